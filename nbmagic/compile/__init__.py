@@ -1,0 +1,1 @@
+"""Compile a pipeline plan to a KFP v2 pipeline."""

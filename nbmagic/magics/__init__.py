@@ -1,0 +1,1 @@
+"""The IPython surface: one Magics class per area; each parses arguments, calls the library, displays."""

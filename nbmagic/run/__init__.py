@@ -1,0 +1,1 @@
+"""Run pipelines: the step runtime, the local runner, and KFP clusters."""

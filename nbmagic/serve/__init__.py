@@ -1,0 +1,1 @@
+"""Serving: packaging a model and its transformer, KServe's model server locally, InferenceServices."""

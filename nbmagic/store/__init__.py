@@ -1,0 +1,1 @@
+"""The run store: typed marshalling, content-addressed values, runs, cache and lineage."""

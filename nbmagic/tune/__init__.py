@@ -1,0 +1,1 @@
+"""Tuning: search spaces, the form, local trials with Optuna, Katib Experiments."""
