@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import PipelineError
+from .settings import StepSettings
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 PARAMETER_TYPES: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
@@ -22,16 +23,6 @@ def check_name(name: str, what: str) -> str:
             f"invalid {what} name {name!r}: use letters, digits and _ (not starting with a digit), at most 63 characters"
         )
     return name
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """Per-step run settings; the cluster-ready ones are filled in by the settings parser."""
-
-    cache: bool = True
-    image: str | None = None
-    packages: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
 
 @dataclass(frozen=True)
