@@ -1,13 +1,465 @@
-"""Per-step settings: caching, image, packages, and what a cluster step needs."""
+"""Per-step settings: caching, image, packages, and what a cluster step needs.
+
+A step's settings come from ``%%step NAME [options]``; pipeline-wide defaults use the same options and the same
+type (``%pipeline_config``), and :func:`merge` combines the two. Every option is checked when it is parsed, so a
+malformed value is one clear error naming the option before anything runs. Secret *values* never appear here:
+only the names of Kubernetes secrets and keys.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterable, Mapping
+
+from ..errors import NbMagicError
+
+CPU_RE = re.compile(r"^([0-9]*\.)?[0-9]+m?$")  # what kfp's set_cpu_* accept
+MEMORY_RE = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")  # what kfp's set_memory_* accept
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+ACCELERATOR_RE = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+K8S_NAME_RE = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})*$")  # secret and PVC names (RFC 1123 subdomain)
+SECRET_KEY_RE = re.compile(r"^[-._A-Za-z0-9]+$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+DEFAULT_ACCELERATOR = "nvidia.com/gpu"
+
+
+class SettingError(NbMagicError):
+    """A step or pipeline setting is malformed."""
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """Key ``key`` of Kubernetes secret ``secret`` exposed as environment variable ``env``."""
+
+    secret: str
+    key: str
+    env: str
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """Kubernetes secret ``secret`` mounted as files (one per key) under directory ``path``."""
+
+    secret: str
+    path: str
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """An existing PersistentVolumeClaim ``pvc`` mounted at ``path``."""
+
+    pvc: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """A pod toleration: ``key[=value][:effect]`` (operator Equal with a value, Exists without)."""
+
+    key: str
+    operator: str = "Exists"
+    value: str | None = None
+    effect: str | None = None
 
 
 @dataclass(frozen=True)
 class StepSettings:
-    """How a step runs; pipeline-wide defaults use the same type."""
+    """How a step runs; pipeline-wide defaults use the same type. ``None`` / empty means "not set"."""
 
     cache: bool = True
     image: str | None = None
     packages: tuple[str, ...] = ()
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    accelerator: str | None = None
+    accelerator_count: int | None = None
+    retries: int | None = None
+    retry_backoff: int | None = None  # seconds before the first retry
+    timeout: int | None = None  # seconds
+    env: tuple[tuple[str, str], ...] = ()
+    secret_env: tuple[SecretEnv, ...] = ()
+    secret_files: tuple[SecretFile, ...] = ()
+    volumes: tuple[VolumeMount, ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def is_default(self) -> bool:
+        return self == StepSettings()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing and validation of single values; each error names the option.
+
+
+def memory_bytes(quantity: str) -> int:
+    """``2Gi`` -> 2147483648 (for local memory limits)."""
+    match = MEMORY_RE.match(quantity)
+    if not match:
+        raise SettingError(f"--memory: {quantity!r} is not a memory quantity like 512Mi or 2Gi")
+    suffix = match.group(1) or ""
+    number = int(quantity[: len(quantity) - len(suffix)])
+    powers = "KMGTPE"
+    if suffix.endswith("i"):
+        return number * 1024 ** (powers.index(suffix[0]) + 1)
+    return number * 1000 ** (powers.index(suffix) + 1) if suffix else number
+
+
+def parse_cpu(value: str, option: str = "--cpu") -> str:
+    if not CPU_RE.match(value):
+        raise SettingError(f"{option}: {value!r} is not a CPU quantity like 500m, 1 or 1.5")
+    return value
+
+
+def parse_memory(value: str, option: str = "--memory") -> str:
+    if not MEMORY_RE.match(value):
+        raise SettingError(
+            f"{option}: {value!r} is not a memory quantity: a whole number with an optional suffix K, M, G, T, Ki, Mi, Gi, Ti (e.g. 512Mi, 2Gi)"
+        )
+    return value
+
+
+def parse_duration(value: str, option: str) -> int:
+    """``90`` / ``90s`` / ``10m`` / ``1h30m`` -> seconds."""
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    match = DURATION_RE.match(text)
+    if not text or not match:
+        raise SettingError(f"{option}: {value!r} is not a duration like 30s, 10m, 1h30m or a number of seconds")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def parse_accelerator(value: str, option: str = "--gpu") -> tuple[str, int]:
+    """``nvidia.com/gpu=2`` / ``nvidia.com/gpu`` / ``2`` -> (type, count)."""
+    kind, sep, count_text = value.partition("=")
+    if not sep and kind.isdigit():
+        kind, count_text = DEFAULT_ACCELERATOR, kind
+    kind = kind.strip()
+    if not ACCELERATOR_RE.match(kind):
+        raise SettingError(
+            f"{option}: accelerator type {kind!r} is not a Kubernetes resource name like vendor.com/name (e.g. nvidia.com/gpu)"
+        )
+    count_text = count_text.strip() or "1"
+    if not count_text.isdigit() or int(count_text) < 1:
+        raise SettingError(f"{option}: accelerator count {count_text!r} must be a whole number >= 1")
+    return kind, int(count_text)
+
+
+def parse_retries(value: Any, option: str = "--retries") -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise SettingError(f"{option}: {value!r} is not a whole number") from None
+    if number < 0:
+        raise SettingError(f"{option}: {number} is negative; use 0 or more retries")
+    return number
+
+
+def parse_env(value: str, option: str = "--env") -> tuple[str, str]:
+    name, sep, text = value.partition("=")
+    if not sep or not ENV_NAME_RE.match(name):
+        raise SettingError(f"{option}: {value!r} is not NAME=VALUE with NAME a valid environment variable name")
+    return name, text
+
+
+def _k8s_name(name: str, what: str, option: str) -> str:
+    if not K8S_NAME_RE.match(name) or len(name) > 253:
+        raise SettingError(f"{option}: {what} {name!r} is not a Kubernetes name (lower-case letters, digits, - and .)")
+    return name
+
+
+def _absolute(path: str, option: str) -> str:
+    if not path.startswith("/") or "\0" in path or any(part == ".." for part in path.split("/")):
+        raise SettingError(f"{option}: mount path {path!r} must be an absolute path without '..'")
+    return path
+
+
+def parse_secret(value: str, option: str = "--secret") -> SecretEnv:
+    """``NAME:KEY=ENVVAR`` (or ``NAME:KEY``, exposing it as KEY upper-cased)."""
+    secret, sep, rest = value.partition(":")
+    key, _, env = rest.partition("=")
+    if not sep or not key:
+        raise SettingError(f"{option}: {value!r} names no key; use SECRET:KEY=ENVVAR (e.g. db-creds:password=DB_PASSWORD)")
+    _k8s_name(secret, "secret", option)
+    if not SECRET_KEY_RE.match(key):
+        raise SettingError(f"{option}: secret key {key!r} may only contain letters, digits, '-', '_' and '.'")
+    env = env or re.sub(r"[^A-Za-z0-9_]", "_", key).upper()
+    if not ENV_NAME_RE.match(env):
+        raise SettingError(f"{option}: {env!r} is not a valid environment variable name")
+    return SecretEnv(secret, key, env)
+
+
+def parse_secret_file(value: str, option: str = "--secret-file") -> SecretFile:
+    """``NAME:/mount/path``."""
+    secret, sep, path = value.partition(":")
+    if not sep:
+        raise SettingError(f"{option}: {value!r} is not SECRET:/mount/path")
+    return SecretFile(_k8s_name(secret, "secret", option), _absolute(path, option))
+
+
+def parse_volume(value: str, option: str = "--volume") -> VolumeMount:
+    """``PVC:/mount/path``."""
+    pvc, sep, path = value.partition(":")
+    if not sep:
+        raise SettingError(f"{option}: {value!r} is not PVC:/mount/path")
+    return VolumeMount(_k8s_name(pvc, "PVC", option), _absolute(path, option))
+
+
+def parse_node_selector(value: str, option: str = "--node-selector") -> tuple[str, str]:
+    key, sep, label = value.partition("=")
+    if not sep or not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(label):
+        raise SettingError(f"{option}: {value!r} is not LABEL=VALUE with a valid Kubernetes label")
+    return key, label
+
+
+def parse_toleration(value: str, option: str = "--toleration") -> Toleration:
+    """``key[=value][:Effect]``; without a value the operator is Exists."""
+    head, _, effect = value.partition(":")
+    key, sep, label = head.partition("=")
+    if not LABEL_KEY_RE.match(key) or (sep and not LABEL_VALUE_RE.match(label)):
+        raise SettingError(f"{option}: {value!r} is not KEY[=VALUE][:EFFECT] with a valid taint key")
+    if effect and effect not in TAINT_EFFECTS:
+        raise SettingError(f"{option}: effect {effect!r} must be one of {', '.join(TAINT_EFFECTS)}")
+    if sep:
+        return Toleration(key, "Equal", label, effect or None)
+    return Toleration(key, "Exists", None, effect or None)
+
+
+def parse_package(value: str, option: str = "--packages") -> str:
+    text = value.strip()
+    if not text or text.startswith("-") or any(c in text for c in "\n\r\0"):
+        raise SettingError(f"{option}: {value!r} is not a pip requirement")
+    return text
+
+
+def parse_image(value: str, option: str = "--image") -> str:
+    text = value.strip()
+    if not text or any(c.isspace() for c in text):
+        raise SettingError(f"{option}: {value!r} is not a container image reference")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Magic arguments (the same list for %%step and %pipeline_config).
+
+SETTING_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--cpu",), {"metavar": "QTY", "help": "CPU request, e.g. 500m or 2 (cluster only)"}),
+    (("--cpu-limit",), {"metavar": "QTY", "help": "CPU limit, e.g. 1 or 1500m (cluster only)"}),
+    (("--memory",), {"metavar": "QTY", "help": "memory request, e.g. 512Mi or 2Gi (cluster only)"}),
+    (
+        ("--memory-limit",),
+        {"metavar": "QTY", "help": "memory limit, e.g. 4Gi; also enforced on local runs (the step is stopped)"},
+    ),
+    (
+        ("--gpu",),
+        {
+            "metavar": "TYPE=N",
+            "help": "accelerators: vendor.com/name=COUNT, e.g. nvidia.com/gpu=1 (a bare number means nvidia.com/gpu; cluster only)",
+        },
+    ),
+    (("--retries",), {"metavar": "N", "help": "retry a failing step N times (local and cluster)"}),
+    (
+        ("--retry-backoff",),
+        {"metavar": "DURATION", "help": "wait before the first retry, e.g. 30s or 2m; doubles after each retry"},
+    ),
+    (("--timeout",), {"metavar": "DURATION", "help": "stop the step after e.g. 90s, 10m, 1h30m (local and cluster)"}),
+    (
+        ("--env",),
+        {"action": "append", "metavar": "NAME=VALUE", "help": "environment variable (repeatable; not for secrets)"},
+    ),
+    (
+        ("--secret",),
+        {
+            "action": "append",
+            "metavar": "SECRET:KEY=ENVVAR",
+            "help": "expose key KEY of Kubernetes secret SECRET as $ENVVAR (repeatable); locally $ENVVAR is taken from the kernel's environment",
+        },
+    ),
+    (
+        ("--secret-file",),
+        {"action": "append", "metavar": "SECRET:/PATH", "help": "mount Kubernetes secret SECRET as files under /PATH (repeatable; cluster only)"},
+    ),
+    (
+        ("--volume",),
+        {"action": "append", "metavar": "PVC:/PATH", "help": "mount existing PersistentVolumeClaim PVC at /PATH (repeatable; cluster only)"},
+    ),
+    (
+        ("--node-selector",),
+        {"action": "append", "metavar": "LABEL=VALUE", "help": "schedule on nodes with this label (repeatable; cluster only)"},
+    ),
+    (
+        ("--toleration",),
+        {
+            "action": "append",
+            "metavar": "KEY[=VALUE][:EFFECT]",
+            "help": "tolerate a node taint, e.g. gpu=true:NoSchedule (repeatable; cluster only)",
+        },
+    ),
+    (("--image",), {"metavar": "IMAGE", "help": "container image for the step (default: python:<kernel's version>)"}),
+    (
+        ("--packages",),
+        {
+            "nargs": "+",
+            "metavar": "REQ",
+            "help": "extra pip requirements, e.g. xgboost==2.1 (imported packages are pinned automatically)",
+        },
+    ),
+    (("--no-cache",), {"action": "store_true", "default": False, "help": "always re-run this step (no cache)"}),
+]
+
+
+def _merge_keyed(base: Iterable[Any], extra: Iterable[Any], key) -> tuple[Any, ...]:
+    """Items of ``base`` then ``extra``; an item of ``extra`` replaces one of ``base`` with the same key."""
+    merged: dict[Any, Any] = {key(item): item for item in base}
+    for item in extra:
+        merged.pop(key(item), None)
+        merged[key(item)] = item
+    return tuple(merged.values())
+
+
+def _package_key(requirement: str) -> str:
+    name = requirement
+    for i, char in enumerate(requirement):
+        if not (char.isalnum() or char in "-_."):
+            name = requirement[:i]
+            break
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+_KEYS = {
+    "packages": _package_key,
+    "env": lambda item: item[0],
+    "secret_env": lambda item: item.env,
+    "secret_files": lambda item: item.path,
+    "volumes": lambda item: item.path,
+    "node_selector": lambda item: item[0],
+    "tolerations": lambda item: item,
+}
+
+
+def settings_from_args(namespace: Any, base: StepSettings | None = None) -> StepSettings:
+    """Apply parsed ``SETTING_ARGUMENTS`` (an argparse namespace) on top of ``base``; validates each option."""
+    get = lambda name: getattr(namespace, name, None)  # noqa: E731
+    changes: dict[str, Any] = {}
+    if get("no_cache"):
+        changes["cache"] = False
+    if get("image") is not None:
+        changes["image"] = parse_image(get("image"))
+    if get("packages"):
+        changes["packages"] = tuple(parse_package(p) for p in get("packages"))
+    if get("cpu") is not None:
+        changes["cpu_request"] = parse_cpu(get("cpu"), "--cpu")
+    if get("cpu_limit") is not None:
+        changes["cpu_limit"] = parse_cpu(get("cpu_limit"), "--cpu-limit")
+    if get("memory") is not None:
+        changes["memory_request"] = parse_memory(get("memory"), "--memory")
+    if get("memory_limit") is not None:
+        changes["memory_limit"] = parse_memory(get("memory_limit"), "--memory-limit")
+    if get("gpu") is not None:
+        changes["accelerator"], changes["accelerator_count"] = parse_accelerator(get("gpu"))
+    if get("retries") is not None:
+        changes["retries"] = parse_retries(get("retries"))
+    if get("retry_backoff") is not None:
+        changes["retry_backoff"] = parse_duration(get("retry_backoff"), "--retry-backoff")
+    if get("timeout") is not None:
+        changes["timeout"] = parse_duration(get("timeout"), "--timeout")
+        if changes["timeout"] <= 0:
+            raise SettingError(f"--timeout: {get('timeout')!r} must be longer than 0 seconds")
+    if get("env"):
+        changes["env"] = tuple(parse_env(v) for v in get("env"))
+    if get("secret"):
+        changes["secret_env"] = tuple(parse_secret(v) for v in get("secret"))
+    if get("secret_file"):
+        changes["secret_files"] = tuple(parse_secret_file(v) for v in get("secret_file"))
+    if get("volume"):
+        changes["volumes"] = tuple(parse_volume(v) for v in get("volume"))
+    if get("node_selector"):
+        changes["node_selector"] = tuple(parse_node_selector(v) for v in get("node_selector"))
+    if get("toleration"):
+        changes["tolerations"] = tuple(parse_toleration(v) for v in get("toleration"))
+    return merge(base or StepSettings(), StepSettings(**changes) if changes else StepSettings())
+
+
+def merge(pipeline_defaults: StepSettings | None, step: StepSettings) -> StepSettings:
+    """The settings a step runs with: its own, falling back to the pipeline's defaults.
+
+    Single values: the step's wins when set. Lists (packages, env, secrets, volumes, node selector, tolerations):
+    the defaults plus the step's, the step's replacing a default with the same name/path. Caching is on only when
+    both allow it.
+    """
+    if pipeline_defaults is None:
+        return step
+    changes: dict[str, Any] = {"cache": pipeline_defaults.cache and step.cache}
+    for f in fields(StepSettings):
+        if f.name == "cache":
+            continue
+        ours, theirs = getattr(step, f.name), getattr(pipeline_defaults, f.name)
+        if f.name in _KEYS:
+            changes[f.name] = _merge_keyed(theirs, ours, _KEYS[f.name])
+        else:
+            changes[f.name] = ours if ours is not None else theirs
+    if step.accelerator is not None:  # type and count travel together
+        changes["accelerator_count"] = step.accelerator_count
+    return replace(step, **changes)
+
+
+def cluster_only(settings: StepSettings) -> list[str]:
+    """Settings that a local run cannot honour, one readable line each (shown once, never silently dropped)."""
+    found: list[str] = []
+    if settings.accelerator:
+        found.append(f"accelerator {settings.accelerator} x{settings.accelerator_count or 1}")
+    for secret in settings.secret_env:
+        found.append(
+            f"secret {secret.secret}:{secret.key} as ${secret.env} (set ${secret.env} in the kernel for a local stand-in)"
+        )
+    for secret_file in settings.secret_files:
+        found.append(f"secret {secret_file.secret} mounted at {secret_file.path}")
+    for volume in settings.volumes:
+        found.append(f"PVC {volume.pvc} mounted at {volume.path}")
+    for key, value in settings.node_selector:
+        found.append(f"node selector {key}={value}")
+    for tol in settings.tolerations:
+        found.append(
+            "toleration " + tol.key + (f"={tol.value}" if tol.value is not None else "") + (f":{tol.effect}" if tol.effect else "")
+        )
+    if settings.cpu_request or settings.cpu_limit:
+        found.append("cpu " + "/".join(f"{k} {v}" for k, v in (("request", settings.cpu_request), ("limit", settings.cpu_limit)) if v))
+    if settings.memory_request:
+        found.append(f"memory request {settings.memory_request}")
+    if settings.image:
+        found.append(f"image {settings.image} (local runs use the kernel's environment)")
+    return found
+
+
+def local_env(settings: StepSettings, environ: Mapping[str, str]) -> dict[str, str]:
+    """Environment a local run adds: ``--env`` values plus local stand-ins for secrets found in ``environ``."""
+    env = {secret.env: environ[secret.env] for secret in settings.secret_env if secret.env in environ}
+    env.update(settings.env)
+    return env
+
+
+__all__ = [
+    "SETTING_ARGUMENTS",
+    "SecretEnv",
+    "SecretFile",
+    "SettingError",
+    "StepSettings",
+    "Toleration",
+    "VolumeMount",
+    "cluster_only",
+    "local_env",
+    "memory_bytes",
+    "merge",
+    "settings_from_args",
+]
