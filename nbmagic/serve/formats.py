@@ -1,0 +1,124 @@
+"""Save a model in the file layout its KServe runtime expects, and load it back as a predict function.
+
+Layouts (what KServe's runtimes read from ``storageUri``):
+  sklearn   one ``model.joblib``                     (sklearnserver accepts exactly one .joblib/.pkl)
+  xgboost   ``model.json``                           (xgbserver: .bst/.json/.ubj via xgboost.Booster)
+  lightgbm  ``model.bst``                            (lgbserver: lightgbm.Booster(model_file=...))
+  keras     TF SavedModel in ``1/`` (numbered dir)   (TF Serving)
+  pytorch, predict, callable: ``model.dill``         (no built-in runtime can load an arbitrary Python object:
+            TorchServe needs a .mar with a handler, Triton a TorchScript trace that needs example inputs;
+            dill, unlike pickle, also stores classes and functions defined in the notebook. These are served
+            by nbmagic's own server image on a cluster.)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from nbmagic.serve.detect import ModelKind
+from nbmagic.serve.errors import ServeError
+
+MODEL_FILES = {
+    "sklearn": "model.joblib",
+    "xgboost": "model.json",
+    "lightgbm": "model.bst",
+    "keras": "1",
+    "pytorch": "model.dill",
+    "predict": "model.dill",
+    "callable": "model.dill",
+}
+
+
+def save_model(model: Any, kind: ModelKind, directory: Path, name: str = "model") -> str:
+    """Write ``model`` into ``directory``; returns the file (or directory) name written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    filename = MODEL_FILES[kind.kind]
+    target = directory / filename
+    try:
+        if kind.kind == "sklearn":
+            import joblib
+
+            joblib.dump(model, target)
+        elif kind.kind == "xgboost":
+            booster = model.get_booster() if hasattr(model, "get_booster") else model
+            booster.save_model(str(target))
+        elif kind.kind == "lightgbm":
+            booster = getattr(model, "booster_", model)
+            booster.save_model(str(target))
+        elif kind.kind == "keras":
+            _save_keras(model, target)
+        else:
+            dump_object(model, target)
+    except ServeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any library error becomes one line naming the model
+        raise ServeError(f"cannot save model '{name}' ({kind.type_name}) as {filename}: {_one_line(exc)}") from exc
+    return filename
+
+
+def _save_keras(model: Any, target: Path) -> None:
+    if hasattr(model, "export"):  # Keras 3: export() writes a TF SavedModel
+        model.export(str(target))
+    else:
+        import tensorflow as tf
+
+        tf.saved_model.save(model, str(target))
+
+
+def dump_object(obj: Any, target: Path) -> None:
+    """Serialize any Python object with dill (notebook classes and functions included)."""
+    import dill
+
+    data = dill.dumps(obj, recurse=True)
+    target.write_bytes(data)
+
+
+def load_object(path: Path) -> Any:
+    import dill
+
+    return dill.loads(path.read_bytes())
+
+
+def load_predict(directory: Path, kind: str, filename: str) -> Callable[[Any], Any]:
+    """Load the saved model and return ``f(inputs) -> predictions``."""
+    path = directory / filename
+    if kind == "sklearn":
+        import joblib
+
+        return joblib.load(path).predict
+    if kind == "xgboost":
+        import xgboost as xgb
+
+        booster = xgb.Booster(model_file=str(path))
+        return lambda x: booster.predict(xgb.DMatrix(x))
+    if kind == "lightgbm":
+        import lightgbm as lgb
+
+        return lgb.Booster(model_file=str(path)).predict
+    if kind == "keras":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(path))
+        fn = loaded.signatures.get("serving_default") if hasattr(loaded, "signatures") else None
+        if fn is None:
+            return lambda x: loaded(tf.constant(x)).numpy()
+        return lambda x: next(iter(fn(tf.constant(x)).values())).numpy()
+    obj = load_object(path)
+    if kind == "pytorch":
+        import torch
+
+        obj.eval()
+
+        def predict_torch(x: Any) -> Any:
+            with torch.no_grad():
+                return obj(torch.as_tensor(x, dtype=torch.float32)).numpy()
+
+        return predict_torch
+    if kind == "predict":
+        return obj.predict
+    return obj
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
