@@ -1,0 +1,269 @@
+"""What a cell reads and writes: IPython's transformers first, then ``ast`` and ``symtable``."""
+from __future__ import annotations
+
+import ast
+import builtins
+import symtable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from ..errors import PipelineError
+
+BUILTINS = frozenset(dir(builtins)) | {"get_ipython", "display", "__file__", "__name__"}
+# magics whose argument (line) or body (cell) is Python code run in the user namespace
+CODE_LINE_MAGICS = frozenset({"time", "timeit", "prun"})
+CODE_CELL_MAGICS = frozenset({"time", "timeit", "prun", "capture"})
+
+
+@dataclass
+class CodeInfo:
+    """Names a piece of code reads before binding them, binds, and imports."""
+
+    reads: list[str] = field(default_factory=list)  # in first-read order
+    writes: list[str] = field(default_factory=list)  # in first-write order
+    imports: dict[str, str] = field(default_factory=dict)  # bound name -> top-level module
+    definitions: dict[str, str] = field(default_factory=dict)  # def/class/import name -> its source
+    uses_ipython: bool = False
+
+    @property
+    def modules(self) -> set[str]:
+        return set(self.imports.values())
+
+
+@lru_cache(maxsize=512)
+def to_python(source: str) -> str:
+    """IPython source (magics, ``!shell``) -> plain Python, as IPython itself runs it."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return TransformerManager().transform_cell(source)
+
+
+def parse(code: str, where: str) -> ast.Module:
+    try:
+        return ast.parse(code)
+    except SyntaxError as exc:
+        raise PipelineError(f"{where}: syntax error on line {exc.lineno}: {exc.msg}") from None
+
+
+class _Scanner(ast.NodeVisitor):
+    """Walks module-level statements in execution order, tracking what is bound so far."""
+
+    def __init__(self, info: CodeInfo) -> None:
+        self.info = info
+        self.bound: set[str] = set()
+
+    # -- names -------------------------------------------------------------------------
+    def read(self, name: str) -> None:
+        if name not in self.bound and name not in BUILTINS and name not in self.info.reads:
+            self.info.reads.append(name)
+
+    def write(self, name: str) -> None:
+        self.bound.add(name)
+        if name not in self.info.writes:
+            self.info.writes.append(name)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.read(node.id)
+        else:
+            self.write(node.id)
+
+    def _mutated_base(self, target: ast.expr) -> None:
+        """``df["a"] = …`` or ``model.coef_ = …`` changes ``df``/``model``: a read and a write."""
+        base = target
+        while isinstance(base, (ast.Attribute, ast.Subscript)):
+            if isinstance(base, ast.Subscript):
+                self.visit(base.slice)
+            base = base.value
+        if isinstance(base, ast.Name):
+            self.read(base.id)
+            self.write(base.id)
+        else:
+            self.visit(base)
+
+    def _target(self, target: ast.expr) -> None:
+        if isinstance(target, (ast.Attribute, ast.Subscript)):
+            self._mutated_base(target)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for element in target.elts:
+                self._target(element)
+        elif isinstance(target, ast.Starred):
+            self._target(target.value)
+        else:
+            self.visit(target)
+
+    # -- statements in evaluation order ------------------------------------------------
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.visit(node.value)
+        for target in node.targets:
+            self._target(target)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self.visit(node.value)
+        if isinstance(node.target, ast.Name):
+            self.read(node.target.id)
+            self.write(node.target.id)
+        else:
+            self._mutated_base(node.target)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:
+            self.visit(node.value)
+            self._target(node.target)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.visit(node.value)
+        self.write(node.target.id)
+
+    def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
+        self.visit(node.iter)
+        self._target(node.target)
+        for statement in node.body + node.orelse:
+            self.visit(statement)
+
+    visit_AsyncFor = visit_For
+
+    def visit_With(self, node: ast.With | ast.AsyncWith) -> None:
+        for item in node.items:
+            self.visit(item.context_expr)
+            if item.optional_vars is not None:
+                self._target(item.optional_vars)
+        for statement in node.body:
+            self.visit(statement)
+
+    visit_AsyncWith = visit_With
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.type is not None:
+            self.visit(node.type)
+        if node.name:
+            self.write(node.name)
+        for statement in node.body:
+            self.visit(statement)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            bound = alias.asname or alias.name.split(".")[0]
+            self.write(bound)
+            self.info.imports[bound] = alias.name.split(".")[0]
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        module = (node.module or "").split(".")[0]
+        for alias in node.names:
+            if alias.name == "*":
+                raise PipelineError(f"'from {node.module} import *' hides which names a step uses; import names explicitly")
+            bound = alias.asname or alias.name
+            self.write(bound)
+            if node.level == 0:
+                self.info.imports[bound] = module
+
+    def _scope(self, node: ast.AST) -> None:
+        """Functions, classes, lambdas, comprehensions: decorators/defaults now, free names later."""
+        for decorator in getattr(node, "decorator_list", []):
+            self.visit(decorator)
+        args = getattr(node, "args", None)
+        if isinstance(args, ast.arguments):
+            for default in args.defaults + [d for d in args.kw_defaults if d is not None]:
+                self.visit(default)
+        for base in getattr(node, "bases", []) + [k.value for k in getattr(node, "keywords", [])]:
+            self.visit(base)
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            self.visit(node.generators[0].iter)  # evaluated in the enclosing scope
+        name = getattr(node, "name", None)
+        if name:
+            self.write(name)
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _scope
+    visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _scope
+
+    def visit_Global(self, node: ast.Global) -> None:  # module-level `global` is a no-op
+        return None
+
+
+def _nested_globals(code: str) -> tuple[set[str], set[str]]:
+    """Global names nested scopes read, and those they assign through ``global``."""
+    reads: set[str] = set()
+    writes: set[str] = set()
+
+    def walk(table: symtable.SymbolTable) -> None:
+        for child in table.get_children():
+            for symbol in child.get_symbols():
+                if symbol.is_global():
+                    if symbol.is_referenced():
+                        reads.add(symbol.get_name())
+                    if symbol.is_declared_global() and symbol.is_assigned():
+                        writes.add(symbol.get_name())
+                elif child.get_type() == "class" and symbol.is_referenced() and not symbol.is_assigned():
+                    reads.add(symbol.get_name())
+            walk(child)
+
+    walk(symtable.symtable(code, "<cell>", "exec"))
+    return reads, writes
+
+
+def _is_ipython_call(node: ast.AST, method: str) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == method
+        and isinstance(node.func.value, ast.Call)
+        and isinstance(node.func.value.func, ast.Name)
+        and node.func.value.func.id == "get_ipython"
+    )
+
+
+def _magic_code(tree: ast.AST) -> list[str]:
+    """Python code carried inside ``%time``/``%%capture``-style magics (as string arguments)."""
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if _is_ipython_call(node, "run_line_magic") and len(node.args) >= 2:
+            name, line = node.args[0], node.args[1]
+            if isinstance(name, ast.Constant) and name.value in CODE_LINE_MAGICS and isinstance(line, ast.Constant):
+                found.append(str(line.value))
+        elif _is_ipython_call(node, "run_cell_magic") and len(node.args) >= 3:
+            name, line, body = node.args[:3]
+            if isinstance(name, ast.Constant) and name.value in CODE_CELL_MAGICS and isinstance(body, ast.Constant):
+                found.append(str(body.value))
+                if name.value == "capture" and isinstance(line, ast.Constant):
+                    words = [w for w in str(line.value).split() if not w.startswith("-")]
+                    if words:
+                        found.append(f"{words[0]} = None")
+    return found
+
+
+def analyze(code: str, where: str = "cell") -> CodeInfo:
+    """Analyse plain Python ``code`` (already transformed by :func:`to_python`)."""
+    tree = parse(code, where)
+    info = CodeInfo()
+    scanner = _Scanner(info)
+    for statement in tree.body:
+        for inner in _magic_code(statement):
+            sub = analyze(to_python(inner), where)
+            for name in sub.reads:
+                scanner.read(name)
+            for name in sub.writes:
+                scanner.write(name)
+            info.imports.update(sub.imports)
+        scanner.visit(statement)
+        if isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            segment = ast.get_source_segment(code, statement) or ast.unparse(statement)
+            if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and statement.decorator_list:
+                first = statement.decorator_list[0]
+                lines = code.splitlines()
+                segment = "\n".join(lines[first.lineno - 1 : statement.end_lineno])
+            names = (
+                [statement.name]
+                if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                else [a.asname or (a.name.split(".")[0] if isinstance(statement, ast.Import) else a.name) for a in statement.names]
+            )
+            for name in names:
+                info.definitions[name] = segment
+    nested_reads, nested_writes = _nested_globals(code)
+    all_bound = set(info.writes)
+    for name in sorted(nested_reads - all_bound - BUILTINS - set(info.reads)):
+        info.reads.append(name)
+    for name in sorted(nested_writes):
+        if name not in info.writes:
+            info.writes.append(name)
+    info.uses_ipython = "get_ipython" in code
+    return info

@@ -1,0 +1,165 @@
+"""Read notebook cells (from the kernel or the file) into steps, parameters, metrics and notebook code."""
+from __future__ import annotations
+
+import argparse
+import ast
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import PipelineError
+from .analysis import parse, to_python
+from .model import Cell, Parameter, Step, check_name
+from .settings import SETTING_ARGUMENTS, StepSettings, settings_from_args
+
+STEP_MAGIC = "step"
+PARAMETERS_MAGIC = "pipeline_parameters"
+METRICS_MAGIC = "pipeline_metrics"
+
+STEP_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("name",), {"help": "the step's name: letters, digits and _"}),
+    (
+        ("--after",),
+        {"nargs": "+", "default": [], "metavar": "STEP", "help": "steps this one runs after, besides those inferred from data"},
+    ),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # raise instead of exiting
+        raise PipelineError(message)
+
+
+def build_parser(prog: str, specs: list[tuple[tuple[str, ...], dict[str, Any]]]) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, add_help=False)
+    for args, kwargs in specs:
+        parser.add_argument(*args, **kwargs)
+    return parser
+
+
+_STEP_PARSER = build_parser("%%step", STEP_ARGUMENTS + SETTING_ARGUMENTS)
+
+
+def parse_step_line(line: str, defaults: StepSettings | None = None) -> tuple[str, tuple[str, ...], StepSettings]:
+    """``NAME [--after A B] [settings]`` -> (name, after, settings); errors name the option."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise PipelineError(f"%%step {line.strip()}: {exc}") from None
+    try:
+        namespace = _STEP_PARSER.parse_args(words)
+    except PipelineError as exc:
+        raise PipelineError(f"%%step {line.strip()}: {exc}") from None
+    name = check_name(namespace.name, "step")
+    after = tuple(dict.fromkeys(check_name(a, "step") for a in namespace.after))
+    if name in after:
+        raise PipelineError(f"step {name!r} cannot run --after itself")
+    return name, after, settings_from_args(namespace, defaults)
+
+
+def parse_parameters(code: str, where: str) -> dict[str, Parameter]:
+    """A ``%%pipeline_parameters`` body: only ``name = literal`` lines (int, float, str, bool)."""
+    tree = parse(code, where)
+    found: dict[str, Parameter] = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str):
+            continue  # a docstring-like comment
+        target = statement.targets[0] if isinstance(statement, ast.Assign) and len(statement.targets) == 1 else None
+        if isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            target = statement.target
+        value_node = getattr(statement, "value", None)
+        if not isinstance(target, ast.Name) or value_node is None:
+            raise PipelineError(
+                f"{where}, line {statement.lineno}: only `name = value` assignments of int, float, str or bool belong in %%pipeline_parameters"
+            )
+        try:
+            value = ast.literal_eval(value_node)
+        except ValueError:
+            raise PipelineError(
+                f"{where}, line {statement.lineno}: parameter {target.id!r} must be a literal int, float, str or bool, not `{ast.unparse(value_node)}`"
+            ) from None
+        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value))
+        if kind is None:
+            raise PipelineError(
+                f"{where}, line {statement.lineno}: parameter {target.id!r} is a {type(value).__name__}; parameters are int, float, str or bool"
+            )
+        name = check_name(target.id, "parameter")
+        found[name] = Parameter(name, value, kind)
+    return found
+
+
+def parse_metrics_line(line: str) -> list[str]:
+    names = line.split()
+    if not names:
+        raise PipelineError("%pipeline_metrics needs at least one variable name")
+    return [check_name(n, "metric") for n in dict.fromkeys(names)]
+
+
+@dataclass(frozen=True)
+class RawCell:
+    """A code cell's full source as the user wrote it, with where it came from."""
+
+    source: str
+    index: int
+    label: str
+    cell_id: str | None = None
+
+
+@dataclass
+class Notebook:
+    """What a sequence of cells declares."""
+
+    steps: list[Step] = field(default_factory=list)
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=list)
+    code: list[Cell] = field(default_factory=list)  # ordinary cells (imports, functions, classes)
+    parameter_cells: list[Cell] = field(default_factory=list)
+
+
+def cell_magic(source: str) -> tuple[str, str, str] | None:
+    """``%%name line\\nbody`` -> (name, line, body); None for a cell without a cell magic."""
+    stripped = source.lstrip()
+    if not stripped.startswith("%%"):
+        return None
+    first, _, body = stripped.partition("\n")
+    name, _, line = first[2:].partition(" ")
+    return name.strip(), line.strip(), body
+
+
+def _metrics_lines(code: str) -> list[str]:
+    """Metric names from ``%pipeline_metrics`` lines anywhere in an ordinary cell."""
+    names: list[str] = []
+    for raw in code.splitlines():
+        text = raw.strip()
+        for prefix in ("%" + METRICS_MAGIC + " ", "%" + METRICS_MAGIC + "\t"):
+            if text.startswith(prefix):
+                names += parse_metrics_line(text[len(prefix):].split("#")[0])
+    return names
+
+
+def read_cells(cells: list[RawCell], defaults: StepSettings | None = None) -> Notebook:
+    """Sort cells into steps, parameters, metrics and notebook code; errors name the cell."""
+    notebook = Notebook()
+    seen: dict[str, RawCell] = {}
+    for raw in cells:
+        magic = cell_magic(raw.source)
+        if magic and magic[0] == STEP_MAGIC:
+            _, line, body = magic
+            name, after, settings = parse_step_line(line, defaults)
+            if name in seen:
+                raise PipelineError(f"two steps are named {name!r} ({seen[name].label} and {raw.label}); rename one")
+            seen[name] = raw
+            cell = Cell(source=body, code=to_python(body), index=raw.index, label=f"{raw.label} (step {name})", cell_id=raw.cell_id)
+            notebook.steps.append(Step(name=name, cell=cell, after=after, settings=settings))
+        elif magic and magic[0] == PARAMETERS_MAGIC:
+            body = magic[2]
+            notebook.parameters.update(parse_parameters(to_python(body), raw.label))
+            notebook.parameter_cells.append(Cell(body, to_python(body), raw.index, raw.label, raw.cell_id))
+        elif magic:
+            continue  # another cell magic (%%bash, %%html …): not Python the steps can use
+        else:
+            for metric in _metrics_lines(raw.source):
+                if metric not in notebook.metrics:
+                    notebook.metrics.append(metric)
+            notebook.code.append(Cell(raw.source, to_python(raw.source), raw.index, raw.label, raw.cell_id))
+    return notebook

@@ -1,0 +1,48 @@
+"""Find the notebook file the kernel runs, and read its code cells with nbformat."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import PipelineError
+from .cells import RawCell
+
+
+def find_notebook(user_ns: Mapping[str, Any], explicit: str | None = None) -> Path | None:
+    """The notebook file: ``--notebook``, VS Code's ``__vsc_ipynb_file__``, or Jupyter's session path."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise PipelineError(f"--notebook {explicit}: no such file")
+        return path.resolve()
+    candidates = [
+        user_ns.get("__vsc_ipynb_file__"),
+        user_ns.get("__session__"),
+        os.environ.get("JPY_SESSION_NAME"),
+    ]
+    for value in candidates:
+        if not value or not isinstance(value, str) or not value.endswith(".ipynb"):
+            continue
+        path = Path(value).expanduser()
+        # Jupyter's session path may be relative to the server's root, while the kernel runs in the notebook's folder
+        for option in (path, Path.cwd() / path, Path.cwd() / path.name):
+            if option.is_file():
+                return option.resolve()
+    return None
+
+
+def read_notebook(path: Path) -> list[RawCell]:
+    """The notebook's code cells in order, with their ids."""
+    import nbformat
+
+    try:
+        notebook = nbformat.read(str(path), as_version=4)
+    except Exception as exc:  # nbformat raises several types for unreadable files
+        raise PipelineError(f"cannot read notebook {path}: {exc}") from None
+    cells: list[RawCell] = []
+    for number, cell in enumerate(notebook.cells, start=1):
+        if cell.cell_type != "code":
+            continue
+        cells.append(RawCell(source=cell.source, index=number, label=f"{path.name} cell {number}", cell_id=cell.get("id")))
+    return cells

@@ -1,0 +1,188 @@
+"""Resolve recorded cells into a validated PipelinePlan: data-flow edges, notebook code, order."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from ..errors import PipelineError
+from .analysis import BUILTINS, CodeInfo, analyze
+from .cells import Notebook
+from .model import PipelinePlan, StepPlan, check_name
+
+# names IPython or the runtime provide inside a step
+PROVIDED = frozenset({"get_ipython", "In", "Out", "exit", "quit"})
+
+
+@dataclass
+class _Definition:
+    """An import, function or class from an ordinary notebook cell."""
+
+    name: str
+    source: str
+    index: int
+    order: int  # position of the definition within the notebook
+    info: CodeInfo
+
+
+def _notebook_definitions(notebook: Notebook) -> dict[str, _Definition]:
+    """The latest definition of each name made by imports, ``def`` or ``class`` in ordinary cells."""
+    found: dict[str, _Definition] = {}
+    order = 0
+    for cell in notebook.code:
+        try:
+            info = analyze(cell.code, cell.label)
+        except PipelineError:
+            continue  # an ordinary cell with a syntax error cannot provide anything
+        for name, source in info.definitions.items():
+            order += 1
+            found[name] = _Definition(name, source, cell.index, order, analyze(source, cell.label))
+    return found
+
+
+def _prelude(names: list[str], definitions: dict[str, _Definition]) -> tuple[list[_Definition], set[str]]:
+    """Definitions the names need, closed over what those definitions use; and names still unresolved."""
+    needed: dict[str, _Definition] = {}
+    unresolved: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name in needed:
+            continue
+        definition = definitions.get(name)
+        if definition is None:
+            unresolved.add(name)
+            continue
+        needed[name] = definition
+        pending.extend(n for n in definition.info.reads if n not in BUILTINS)
+    return sorted(needed.values(), key=lambda d: d.order), unresolved
+
+
+def pipeline_name(notebook_path: str | None, explicit: str | None = None) -> str:
+    """A KFP-friendly pipeline name from the notebook's file name."""
+    if explicit:
+        return check_name(explicit, "pipeline")
+    if notebook_path:
+        stem = re.sub(r"\W+", "_", notebook_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("_")
+        if stem and not stem[0].isdigit():
+            return stem[:63]
+    return "pipeline"
+
+
+def _order(steps: dict[str, StepPlan], index: dict[str, int]) -> list[str]:
+    """Topological order that keeps notebook order among ready steps; a cycle is an error."""
+    remaining = {name: set(plan.upstream) for name, plan in steps.items()}
+    ordered: list[str] = []
+    while remaining:
+        ready = sorted((n for n, deps in remaining.items() if not deps), key=index.__getitem__)
+        if not ready:
+            cycle = " -> ".join(sorted(remaining, key=index.__getitem__))
+            raise PipelineError(f"the steps form a cycle through --after: {cycle}")
+        for name in ready:
+            ordered.append(name)
+            del remaining[name]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return ordered
+
+
+def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: str | None = None) -> PipelinePlan:
+    """Validate the recorded notebook and resolve every step's inputs; errors name step and variable."""
+    if not notebook.steps:
+        raise PipelineError("no steps recorded: mark cells with %%step NAME and run them")
+    steps = sorted(notebook.steps, key=lambda s: s.cell.index)
+    known = {s.name for s in steps}
+    index = {s.name: s.cell.index for s in steps}
+    definitions = _notebook_definitions(notebook)
+    infos = {s.name: analyze(s.cell.code, s.cell.label) for s in steps}
+    parameters = notebook.parameters
+
+    plans: dict[str, StepPlan] = {}
+    consumers: dict[str, set[str]] = {s.name: set() for s in steps}
+    for position, step in enumerate(steps):
+        for after in step.after:
+            if after not in known:
+                raise PipelineError(f"step {step.name!r}: --after names unknown step {after!r} (steps: {', '.join(sorted(known))})")
+        info = infos[step.name]
+        inputs: dict[str, str] = {}
+        reads_params: list[str] = []
+        missing: list[str] = []
+        for var in info.reads:
+            producer = next((s.name for s in reversed(steps[:position]) if var in infos[s.name].writes), None)
+            if producer is not None:
+                inputs[var] = producer
+            elif var in parameters:
+                reads_params.append(var)
+            elif var not in definitions and var not in PROVIDED:
+                missing.append(var)
+        prelude_defs, unresolved = _prelude([v for v in info.reads if v not in inputs and v not in parameters], definitions)
+        # names the notebook functions use may come from steps or parameters too
+        for var in sorted(unresolved - set(missing) - PROVIDED):
+            producer = next((s.name for s in reversed(steps[:position]) if var in infos[s.name].writes), None)
+            if producer is not None:
+                inputs[var] = producer
+            elif var in parameters:
+                reads_params.append(var)
+            else:
+                missing.append(var)
+        if missing:
+            var = missing[0]
+            later = next((s for s in steps[position + 1 :] if var in infos[s.name].writes), None)
+            other = next((c for c in notebook.code if var in analyze_safe(c.code)), None)
+            hint = ""
+            if later is not None:
+                hint = f"; it is assigned in step {later.name!r} ({later.cell.label}), which comes later — add --after or move the cell"
+            elif other is not None:
+                hint = f"; it is assigned in {other.label}, an ordinary cell — make that cell a %%step or a parameter"
+            raise PipelineError(
+                f"step {step.name!r} uses variable {var!r}, which no earlier step, parameter, import or notebook function provides{hint}"
+            )
+        upstream = list(dict.fromkeys(list(step.after) + list(inputs.values())))
+        for source in set(inputs.values()):
+            consumers[source].add(step.name)
+        modules = sorted(set(info.modules).union(*(d.info.modules for d in prelude_defs)) if prelude_defs else set(info.modules))
+        plans[step.name] = StepPlan(
+            name=step.name,
+            cell=step.cell,
+            inputs=inputs,
+            parameters=tuple(dict.fromkeys(reads_params)),
+            writes=tuple(info.writes),
+            outputs=(),
+            metrics=(),
+            prelude="\n\n".join(d.source for d in prelude_defs),
+            modules=tuple(m for m in modules if m),
+            upstream=tuple(upstream),
+            explicit_after=tuple(step.after),
+            settings=step.settings,
+        )
+
+    metric_producer: dict[str, str] = {}
+    for metric in notebook.metrics:
+        producer = next((s.name for s in reversed(steps) if metric in infos[s.name].writes), None)
+        if producer is None:
+            raise PipelineError(f"metric {metric!r} is not assigned by any step")
+        metric_producer[metric] = producer
+
+    order = _order(plans, index)
+    resolved = []
+    for step_name in order:
+        plan = plans[step_name]
+        read_downstream = {v for c in consumers[step_name] for v, src in plans[c].inputs.items() if src == step_name}
+        metrics = tuple(m for m in notebook.metrics if metric_producer[m] == step_name)
+        outputs = tuple(w for w in plan.writes if w in read_downstream or w in metrics)
+        resolved.append(replace(plan, outputs=outputs, metrics=metrics))
+    return PipelinePlan(
+        name=pipeline_name(notebook_path, name),
+        steps=tuple(resolved),
+        parameters=dict(parameters),
+        metrics=tuple(notebook.metrics),
+        notebook=notebook_path,
+    )
+
+
+def analyze_safe(code: str) -> list[str]:
+    """Names ``code`` assigns, or none when it does not parse."""
+    try:
+        return analyze(code).writes
+    except PipelineError:
+        return []
+
