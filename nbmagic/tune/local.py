@@ -1,0 +1,328 @@
+"""Local tuning: Optuna suggests, a trial runner (a local pipeline run) evaluates, in background threads.
+
+The study lives in the run store (``config.home()/tune/<name>.journal``, Optuna's journal storage:
+~5 ms per trial here vs ~30 ms for its SQLite storage), so running the same experiment again resumes it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .. import config
+from .experiment import FAILED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial, TrialResult, objective_of
+from .space import ExperimentSpec, ParameterSpace, TuneError
+
+RunTrial = Callable[[dict[str, Any]], TrialResult]
+KEY_ATTR = "nbmagic_key"
+
+
+def make_sampler(spec: ExperimentSpec) -> tuple[Any, str]:
+    """The Optuna sampler for a Katib algorithm name, and a note when it had to fall back."""
+    import optuna
+
+    samplers = optuna.samplers
+    seed, name = spec.seed, spec.algorithm
+    note = ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "random":
+            return samplers.RandomSampler(seed=seed), note
+        if name == "grid":
+            grid = {p.name: p.grid_values() for p in spec.parameters}
+            return _GridSampler(grid, seed=seed), note
+        if name == "bayesianoptimization":
+            if _importable("torch") and _importable("scipy"):
+                return samplers.GPSampler(seed=seed), note
+            note = "bayesianoptimization: Optuna's GPSampler needs torch, which is not installed; using TPE"
+            return samplers.TPESampler(seed=seed), note
+        if name == "tpe":
+            return samplers.TPESampler(seed=seed), note
+        if name == "multivariate-tpe":
+            return samplers.TPESampler(seed=seed, multivariate=True), note
+        if name == "cmaes":
+            if not _importable("cmaes"):
+                raise TuneError("--algorithm cmaes needs the 'cmaes' package: pip install cmaes")
+            return samplers.CmaEsSampler(seed=seed), note
+        if name == "sobol":
+            return samplers.QMCSampler(qmc_type="sobol", seed=seed), note
+    raise TuneError(f"--algorithm {name!r} has no local counterpart")
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _grid_sampler_class() -> type:
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """GridSampler whose end-of-grid ``study.stop()`` is left to us (it only works inside ``optimize``)."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return AskTellGridSampler
+
+
+def _GridSampler(grid: dict[str, list[Any]], seed: int | None) -> Any:
+    return _grid_sampler_class()(grid, seed=seed)
+
+
+def distributions(spec: ExperimentSpec) -> dict[str, Any]:
+    """Optuna distributions for the tuned parameters."""
+    from optuna import distributions as d
+
+    found: dict[str, Any] = {}
+    for p in spec.parameters:
+        if p.type == "double":
+            found[p.name] = d.FloatDistribution(p.min, p.max, log=p.log, step=p.step)
+        elif p.type == "int":
+            found[p.name] = d.IntDistribution(p.min, p.max, log=p.log, step=p.step or 1)
+        else:
+            found[p.name] = d.CategoricalDistribution([p.cast(v) for v in p.values])
+    return found
+
+
+def grid_size(parameters: tuple[ParameterSpace, ...]) -> int:
+    size = 1
+    for p in parameters:
+        size *= len(p.grid_values())
+    return size
+
+
+def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metrics as JSON-friendly values (numpy scalars become float)."""
+    import numbers
+
+    plain: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            plain[str(key)] = float(value)
+        elif isinstance(value, (str, bool)):
+            plain[str(key)] = value
+    return plain
+
+
+def study_path(name: str, directory: Path | None = None) -> Path:
+    return (directory or config.home() / "tune") / f"{name}.journal"
+
+
+class LocalExperiment(Experiment):
+    """Trials run by ``run_trial`` in up to ``spec.parallel_trials`` background threads."""
+
+    backend = "local"
+
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        run_trial: RunTrial,
+        *,
+        pipeline: str = "pipeline",
+        recorded: Mapping[str, Any] | None = None,
+        directory: Path | None = None,
+        restart: bool = False,
+    ) -> None:
+        spec = spec.validate()
+        super().__init__(spec.experiment_name(pipeline), spec)
+        self._run_trial = run_trial
+        self._recorded = recorded
+        self._pipeline = pipeline
+        self.path = study_path(self.name, directory)
+        self._restart = restart
+        self._stopping = False
+        self._failed_now = 0
+        self._active = 0
+        self._budget = spec.max_trials
+        if spec.algorithm == "grid":
+            self._budget = min(spec.max_trials, grid_size(spec.parameters))
+        self.resumed = 0
+
+    # -- study ----------------------------------------------------------------------------------------
+    def _open_study(self) -> None:
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        from optuna.trial import TrialState
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._restart and self.path.exists():
+            self.path.unlink()
+        storage = JournalStorage(JournalFileBackend(str(self.path)))
+        sampler, self.note = make_sampler(self.spec)
+        direction = "minimize" if self.spec.goal == "minimize" else "maximize"
+        self._study = optuna.create_study(
+            study_name=self.name, storage=storage, sampler=sampler, direction=direction, load_if_exists=True
+        )
+        key = self.spec.key(self._pipeline)
+        recorded_key = self._study.user_attrs.get(KEY_ATTR)
+        if recorded_key is None:
+            self._study.set_user_attr(KEY_ATTR, key)
+        elif recorded_key != key:
+            raise TuneError(
+                f"experiment {self.name!r} exists with another search space or objective: use a new --name or --restart"
+            )
+        self._distributions = distributions(self.spec)
+        for frozen in self._study.get_trials(deepcopy=False):
+            if frozen.state == TrialState.RUNNING:  # left by a kernel that died: not a trial failure
+                self._study._storage.set_trial_user_attr(frozen._trial_id, "interrupted", True)
+                self._study.tell(frozen.number, state=TrialState.FAIL)
+                continue
+            if frozen.user_attrs.get("interrupted"):
+                continue
+            self._trials.append(self._from_frozen(frozen))
+        self.resumed = len(self._trials)
+
+    def _from_frozen(self, frozen: Any) -> Trial:
+        attrs = frozen.user_attrs
+        ok = frozen.state.name == "COMPLETE"
+        return Trial(
+            number=frozen.number,
+            parameters=dict(frozen.params),
+            status=SUCCEEDED if ok else FAILED,
+            objective=frozen.value if ok else None,
+            metrics=dict(attrs.get("metrics", {})),
+            run_id=attrs.get("run_id"),
+            duration=attrs.get("duration"),
+            cached_steps=attrs.get("cached_steps", 0),
+            error=attrs.get("error"),
+        )
+
+    # -- running --------------------------------------------------------------------------------------
+    def start(self) -> "LocalExperiment":
+        """Open (or resume) the study and start the worker threads; returns at once."""
+        self._open_study()
+        left = self._budget - len(self._trials)
+        workers = max(0, min(self.spec.parallel_trials, left))
+        if workers == 0:
+            self._finish()
+            return self
+        self._active = workers
+        for index in range(workers):
+            threading.Thread(target=self._worker, name=f"nbmagic-tune-{self.name}-{index}", daemon=True).start()
+        self._notify()
+        return self
+
+    def _next(self) -> tuple[Any, Trial] | None:
+        with self._lock:
+            if self._stopping or len(self._trials) >= self._budget:
+                return None
+            frozen = self._study.ask(self._distributions)
+            trial = Trial(number=frozen.number, parameters=dict(frozen.params))
+            self._trials.append(trial)
+            return frozen, trial
+
+    def _worker(self) -> None:
+        try:
+            while True:
+                picked = self._next()
+                if picked is None:
+                    break
+                self._notify()
+                self._evaluate(*picked)
+                self._notify()
+        finally:
+            with self._lock:
+                self._active -= 1
+                last = self._active == 0
+            if last:
+                self._finish()
+
+    def _evaluate(self, frozen: Any, trial: Trial) -> None:
+        from optuna.trial import TrialState
+
+        started = time.perf_counter()
+        try:
+            values = self.spec.trial_values(trial.parameters, self._recorded)
+            result = self._run_trial(values)
+        except Exception as exc:  # the trial's failure, kept per trial
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            result = TrialResult(run_id=None, status="failed", error=last)
+        duration = result.duration or (time.perf_counter() - started)
+        objective, problem = (None, result.error or "run failed")
+        if result.status == "done":
+            objective, problem = objective_of(result.metrics, self.spec.objective)
+        metrics = _plain_metrics(result.metrics or {})
+        with self._lock:
+            trial.run_id, trial.metrics, trial.duration = result.run_id, metrics, duration
+            trial.cached_steps = result.cached_steps
+            attrs = {"run_id": result.run_id, "metrics": metrics, "duration": duration,
+                     "cached_steps": result.cached_steps}
+            if objective is None:
+                trial.status, trial.error = FAILED, problem
+                attrs["error"] = problem
+            else:
+                trial.status, trial.objective = SUCCEEDED, objective
+            for key, value in attrs.items():
+                self._study._storage.set_trial_user_attr(frozen._trial_id, key, value)
+            if objective is None:
+                self._study.tell(frozen, state=TrialState.FAIL)
+                self._failed_now += 1
+                if self._failed_now >= self.spec.max_failed_trials and not self._stopping:
+                    self._stopping = True
+                    self.status = FAILED
+                    shown = "; ".join(f"trial {n}: {e}" for n, e in self.errors[-3:])
+                    self.message = f"stopped after {self._failed_now} failed trials (--max-failed {self.spec.max_failed_trials}): {shown}"
+            else:
+                self._study.tell(frozen, objective)
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self.status == RUNNING:
+                self.status = STOPPED if self._stopping else SUCCEEDED
+            if self.status == STOPPED and not self.message:
+                self.message = "stopped: finished trials are kept; run the same experiment again to resume"
+        self._done.set()
+        self._notify()
+
+    def stop(self, wait: bool = False) -> "LocalExperiment":
+        """Start no new trial; running trials end and are kept. ``wait=True`` blocks until they have."""
+        with self._lock:
+            self._stopping = True
+        if wait:
+            self._done.wait()
+        return self
+
+
+def run_local(
+    spec: ExperimentSpec,
+    run_trial: RunTrial,
+    *,
+    pipeline: str = "pipeline",
+    recorded: Mapping[str, Any] | None = None,
+    directory: Path | None = None,
+    restart: bool = False,
+) -> LocalExperiment:
+    """Start a local experiment in the background and return it."""
+    return LocalExperiment(
+        spec, run_trial, pipeline=pipeline, recorded=recorded, directory=directory, restart=restart
+    ).start()
+
+
+def pipeline_trial_runner(plan: Any, *, cache: bool = True) -> RunTrial:
+    """A ``run_trial`` that runs the recorded pipeline with the local runner (``nbmagic.run.local``)."""
+
+    def run_trial(parameters: dict[str, Any]) -> TrialResult:
+        from ..run import local as runner
+
+        started = time.perf_counter()
+        run = runner.run_pipeline(plan, parameters, cache=cache, quiet=True)
+        steps = getattr(run, "steps", {}) or {}
+        cached = sum(bool(getattr(state, "cached", False)) for state in steps.values())
+        error = getattr(run, "error", None)
+        return TrialResult(
+            run_id=getattr(run, "id", None),
+            status="done" if getattr(run, "status", "") == "done" else "failed",
+            metrics=dict(getattr(run, "metrics", {}) or {}),
+            cached_steps=cached,
+            error=None if error is None else str(error).strip().splitlines()[-1] if str(error).strip() else "run failed",
+            duration=time.perf_counter() - started,
+        )
+
+    return run_trial
