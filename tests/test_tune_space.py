@@ -97,7 +97,7 @@ def test_trial_values_take_the_recorded_types():
     s = spec("lr=double(1e-4,1e-1,log)", "units=discrete(32,64)", "shuffle=categorical(True,False)",
              "epochs=int(1,5)").check_against(RECORDED, ["val_loss"])
     values = s.trial_values({"lr": 0.05, "units": 64, "shuffle": "False", "epochs": 3}, RECORDED)
-    assert values == {"lr": 0.05, "units": 64, "shuffle": False, "epochs": 3}
+    assert values == {"lr": 0.05, "units": 64, "shuffle": False, "epochs": 3, "kind": "mlp"}
     assert [type(values[k]) for k in ("lr", "units", "shuffle", "epochs")] == [float, int, bool, int]
 
 
