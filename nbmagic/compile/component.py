@@ -1,0 +1,77 @@
+"""What runs inside each compiled KFP component, as real code (copied verbatim into the generated pipeline).
+
+``nbmagic_run`` is placed beside the generated step functions and shipped with each component through
+``dsl.component(additional_funcs=...)``. It uses only the standard library plus the runtime sources returned by the
+generated ``nbmagic_sources()`` (nbmagic's step runtime and marshaller, exec'd into fresh modules), so the
+component image needs no nbmagic install.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+
+def nbmagic_run(
+    step: str,
+    label: str,
+    code: str,
+    prelude: str,
+    parameters: dict,
+    inputs: dict,
+    outputs: dict,
+    metric_names: tuple = (),
+    metrics: Any = None,
+) -> None:
+    """Run one notebook step: load input artifacts, run the cell, save output artifacts, log metrics."""
+    import numbers
+    import os
+    import sys
+    import types
+
+    def fail(message):
+        sys.stderr.write(f"nbmagic: step {step!r}: {message}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
+
+    def runtime_module(name, source):
+        module = types.ModuleType(name)
+        module.__file__ = f"<{name}>"
+        sys.modules[name] = module
+        exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+        return module
+
+    sources = nbmagic_sources()
+    marshal = runtime_module("nbmagic_marshal", sources["marshal"])
+    runtime = runtime_module("nbmagic_step", sources["step"])
+
+    values = dict(parameters)
+    for name, artifact in inputs.items():
+        try:
+            values[name] = marshal.load(artifact.path, name)
+        except marshal.MarshalError as error:
+            fail(f"cannot load input {name!r}: {error}")
+    wanted = tuple(outputs) + tuple(m for m in metric_names if m not in outputs)
+    try:
+        result = runtime.execute(step, code, label, values, wanted, prelude=prelude)
+    except runtime.StepError as error:
+        sys.stderr.write(error.notebook_traceback)
+        fail(f"{error.exc_type} in {label}")
+    for name in wanted:
+        if name not in result:
+            fail(f"the cell did not assign {name!r}, which the pipeline needs")
+    for name, artifact in outputs.items():
+        os.makedirs(artifact.path, exist_ok=True)
+        try:
+            marshal.save(result[name], artifact.path, name)
+        except marshal.MarshalError as error:
+            fail(f"cannot save output {name!r} ({type(result[name]).__name__}): {error}")
+    for name in metric_names:
+        value = result[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            fail(f"metric {name!r} is {type(value).__name__}, not a number")
+        metrics.log_metric(name, int(value) if isinstance(value, numbers.Integral) else float(value))
+
+
+def source() -> str:
+    """The source text of :func:`nbmagic_run`, as it is pasted into generated pipelines."""
+    return inspect.getsource(nbmagic_run)

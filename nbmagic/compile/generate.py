@@ -1,0 +1,315 @@
+"""PipelinePlan -> the source of a readable KFP DSL module (components, settings calls, @dsl.pipeline).
+
+The same module text is what ``compile_pipeline`` imports and compiles, and what ``export_dsl`` writes for review,
+so the exported file and the YAML cannot drift apart. Code is generated from data: names are checked identifiers,
+every value goes through :func:`literals.literal`, and the result is parsed with ``ast`` before it is used.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import sys
+from dataclasses import dataclass, field
+
+from ..errors import PipelineError
+from ..pipeline.model import PipelinePlan, StepPlan
+from ..pipeline.settings import StepSettings, merge
+from . import component, packages
+from .literals import literal
+
+PIPELINE_FUNCTION = "pipeline"
+OUTPUTS_CLASS = "PipelineOutputs"
+METRICS_ARG = "metrics"
+# Names the generated module defines or imports; step functions and parameters must not shadow them.
+MODULE_NAMES = {
+    "compiler", "dsl", "kubernetes", "kfp", "sys", "Any", "NamedTuple", "Artifact", "Input", "Metrics", "Output",
+    "nbmagic_run", "nbmagic_sources", PIPELINE_FUNCTION, OUTPUTS_CLASS,
+}
+
+
+def default_image() -> str:
+    """``python:<major>.<minor>`` of this kernel, so compiled steps run the Python the notebook used."""
+    return f"python:{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def kfp_pipeline_name(name: str) -> str:
+    """A name KFP accepts (``^[a-z0-9][a-z0-9-]{0,127}$``) from the plan's name."""
+    chars = [c if (c.isascii() and c.isalnum()) else "-" for c in name.lower()]
+    out = "".join(chars).strip("-")
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out[:128].strip("-") or "pipeline"
+
+
+def metrics_output_name(step: str) -> str:
+    """The pipeline output that carries ``step``'s metrics (a ``Metrics`` artifact)."""
+    return f"{step}_metrics"
+
+
+def _reserved() -> set[str]:
+    import typing
+
+    import kfp.dsl
+
+    # The component's ephemeral module does `from kfp.dsl import *` and `from typing import *`.
+    return MODULE_NAMES | set(getattr(kfp.dsl, "__all__", ())) | set(typing.__all__) | set(dir(builtins))
+
+
+class _Names:
+    """Hands out identifiers that do not clash with each other or with reserved names."""
+
+    def __init__(self, taken: set[str]):
+        self.taken = set(taken)
+
+    def claim(self, wanted: str) -> str:
+        name = wanted
+        while name in self.taken:
+            name += "_"
+        self.taken.add(name)
+        return name
+
+
+@dataclass
+class _Component:
+    step: StepPlan
+    function: str  # Python function name of the component
+    task: str  # variable holding its task in the pipeline function
+    settings: StepSettings
+    image: str
+    packages: list[str]
+    params: dict[str, str] = field(default_factory=dict)  # pipeline parameter -> component argument
+    inputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
+    outputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
+    metrics: str | None = None  # component argument for the Metrics artifact
+
+
+def _plan_components(
+    plan: PipelinePlan, image: str | None, extra_packages: tuple[str, ...], defaults: StepSettings | None
+) -> list[_Component]:
+    reserved = _reserved()
+    clashes = sorted(set(plan.parameters) & MODULE_NAMES)
+    if clashes:
+        raise PipelineError(f"parameter {clashes[0]!r} shadows a name the compiled pipeline uses; rename it")
+    module_names = _Names(reserved | set(plan.parameters))
+    pipeline_locals = _Names(reserved | set(plan.parameters))
+    found: list[_Component] = []
+    for step in plan.steps:
+        function = module_names.claim(step.name)
+        pipeline_locals.taken.add(function)
+        settings = merge(defaults, step.settings) if defaults is not None else step.settings
+        modules = list(step.modules)
+        for source in dict.fromkeys(step.inputs.values()):
+            modules += plan.step(source).modules
+        requirements = packages.combine(
+            packages.pinned(dict.fromkeys(modules)), plan.packages, extra_packages, settings.packages
+        )
+        found.append(
+            _Component(
+                step=step,
+                function=function,
+                task="",
+                settings=settings,
+                image=settings.image or image or plan.image or default_image(),
+                packages=requirements,
+            )
+        )
+    # a metric travels as an artifact only when a later step reads it
+    read_later = {(source, var) for step in plan.steps for var, source in step.inputs.items()}
+    for comp in found:
+        read_later_here = {var for source, var in read_later if source == comp.step.name}
+        comp.task = pipeline_locals.claim(f"{comp.function}_task")
+        args = _Names(reserved)
+        for name in comp.step.parameters:
+            comp.params[name] = args.claim(name)
+        for var in comp.step.inputs:
+            comp.inputs[var] = args.claim(f"in_{var}")
+        for var in comp.step.outputs:
+            if var in read_later_here or var not in comp.step.metrics:
+                comp.outputs[var] = args.claim(f"out_{var}")
+        if comp.step.metrics:
+            comp.metrics = args.claim(METRICS_ARG)
+    return found
+
+
+def _sources_function(marshal_source: str, step_source: str) -> list[str]:
+    return [
+        "def nbmagic_sources():",
+        '    """nbmagic\'s step runtime and marshaller (standard library only), exec\'d by nbmagic_run in the component."""',
+        f"    return {{'marshal': {literal(marshal_source)}, 'step': {literal(step_source)}}}",
+    ]
+
+
+def _def_line(function: str, signature: list[str], returns: str = "") -> list[str]:
+    """``def f(a, b):`` on one line when short, else one argument per line."""
+    line = f"def {function}({', '.join(signature)}){returns}:"
+    if len(line) <= 110:
+        return [line]
+    return [f"def {function}("] + [f"    {arg}," for arg in signature] + [f"){returns}:"]
+
+
+def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
+    step = comp.step
+    signature = [f"{arg}: {plan.parameters[name].type}" for name, arg in comp.params.items()]
+    signature += [f"{arg}: Input[Artifact]" for arg in comp.inputs.values()]
+    signature += [f"{arg}: Output[Artifact]" for arg in comp.outputs.values()]
+    if comp.metrics:
+        signature.append(f"{comp.metrics}: Output[Metrics]")
+    lines = [
+        "@dsl.component(",
+        f"    base_image={literal(comp.image)},",
+        f"    packages_to_install={literal(comp.packages)},",
+        "    additional_funcs=[nbmagic_sources, nbmagic_run],",
+        ")",
+        *_def_line(comp.function, signature),
+        f"    {literal(f'Step {step.name!r}: {step.cell.label}.')}",
+        "    nbmagic_run(",
+        f"        step={literal(step.name)},",
+        f"        label={literal(step.cell.label)},",
+        f"        code={literal(step.cell.code)},",
+        f"        prelude={literal(step.prelude)},",
+        "        parameters={" + ", ".join(f"{literal(n)}: {a}" for n, a in comp.params.items()) + "},",
+        "        inputs={" + ", ".join(f"{literal(v)}: {a}" for v, a in comp.inputs.items()) + "},",
+        "        outputs={" + ", ".join(f"{literal(v)}: {a}" for v, a in comp.outputs.items()) + "},",
+    ]
+    if comp.metrics:
+        lines += [f"        metric_names={literal(tuple(step.metrics))},", f"        metrics={comp.metrics},"]
+    lines.append("    )")
+    return lines
+
+
+def _settings_calls(comp: _Component) -> list[str]:
+    """Task method calls and kfp-kubernetes calls for a step's settings."""
+    s, task = comp.settings, comp.task
+    calls = [f"{task}.set_display_name({literal(comp.step.name)})"]
+    if not s.cache:
+        calls.append(f"{task}.set_caching_options(False)")
+    for method, value in (
+        ("set_cpu_request", s.cpu_request),
+        ("set_cpu_limit", s.cpu_limit),
+        ("set_memory_request", s.memory_request),
+        ("set_memory_limit", s.memory_limit),
+    ):
+        if value is not None:
+            calls.append(f"{task}.{method}({literal(value)})")
+    if s.accelerator:
+        calls.append(f"{task}.set_accelerator_type({literal(s.accelerator)})")
+        calls.append(f"{task}.set_accelerator_limit({literal(s.accelerator_count or 1)})")
+    if s.retries:
+        backoff = f", backoff_duration={literal(f'{s.retry_backoff}s')}" if s.retry_backoff is not None else ""
+        calls.append(f"{task}.set_retry(num_retries={literal(s.retries)}{backoff})")
+    for name, value in s.env:
+        calls.append(f"{task}.set_env_variable({literal(name)}, {literal(value)})")
+    if s.timeout:
+        calls.append(f"kubernetes.set_timeout({task}, seconds={literal(s.timeout)})")
+    by_secret: dict[str, dict[str, str]] = {}
+    for secret in s.secret_env:
+        by_secret.setdefault(secret.secret, {})[secret.key] = secret.env
+    for name, key_to_env in by_secret.items():
+        calls.append(
+            f"kubernetes.use_secret_as_env({task}, secret_name={literal(name)}, secret_key_to_env={literal(key_to_env)})"
+        )
+    for secret_file in s.secret_files:
+        calls.append(
+            f"kubernetes.use_secret_as_volume({task}, secret_name={literal(secret_file.secret)}, mount_path={literal(secret_file.path)})"
+        )
+    for volume in s.volumes:
+        calls.append(
+            f"kubernetes.mount_pvc({task}, pvc_name={literal(volume.pvc)}, mount_path={literal(volume.path)})"
+        )
+    for key, value in s.node_selector:
+        calls.append(f"kubernetes.add_node_selector({task}, label_key={literal(key)}, label_value={literal(value)})")
+    for tol in s.tolerations:
+        args = [f"key={literal(tol.key)}", f"operator={literal(tol.operator)}"]
+        if tol.value is not None:
+            args.append(f"value={literal(tol.value)}")
+        if tol.effect:
+            args.append(f"effect={literal(tol.effect)}")
+        calls.append(f"kubernetes.add_toleration({task}, {', '.join(args)})")
+    return calls
+
+
+def _uses_kubernetes(s: StepSettings) -> bool:
+    return bool(s.timeout or s.secret_env or s.secret_files or s.volumes or s.node_selector or s.tolerations)
+
+
+def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
+    by_step = {c.step.name: c for c in comps}
+    metric_steps = [c for c in comps if c.metrics]
+    params = []
+    for p in plan.parameters.values():
+        default = float(p.default) if p.type == "float" else p.default
+        params.append(f"{p.name}: {p.type} = {literal(default)}")
+    returns = f" -> {OUTPUTS_CLASS}" if metric_steps else ""
+    description = f"Compiled by nbmagic from {plan.notebook}." if plan.notebook else "Compiled by nbmagic."
+    lines = [
+        f"@dsl.pipeline(name={literal(kfp_pipeline_name(plan.name))}, description={literal(description)})",
+        *_def_line(PIPELINE_FUNCTION, params, returns),
+    ]
+    for comp in comps:
+        step = comp.step
+        args = [f"{arg}={name}" for name, arg in comp.params.items()]
+        args += [
+            f"{arg}={by_step[step.inputs[var]].task}.outputs[{literal(by_step[step.inputs[var]].outputs[var])}]"
+            for var, arg in comp.inputs.items()
+        ]
+        lines.append(f"    {comp.task} = {comp.function}({', '.join(args)})")
+        data_sources = set(step.inputs.values())
+        after = [by_step[s].task for s in step.upstream if s not in data_sources]
+        if after:
+            lines.append(f"    {comp.task}.after({', '.join(after)})")
+        lines += [f"    {call}" for call in _settings_calls(comp)]
+    if metric_steps:
+        fields_ = ", ".join(
+            f"{metrics_output_name(c.step.name)}={c.task}.outputs[{literal(c.metrics)}]" for c in metric_steps
+        )
+        lines.append(f"    return {OUTPUTS_CLASS}({fields_})")
+    return lines
+
+
+def generate(
+    plan: PipelinePlan,
+    *,
+    image: str | None = None,
+    packages: tuple[str, ...] | list[str] = (),
+    defaults: StepSettings | None = None,
+    marshal_source: str,
+    step_source: str,
+) -> str:
+    """The DSL module text for ``plan``; ``marshal_source`` / ``step_source`` are embedded in every component."""
+    if not plan.steps:
+        raise PipelineError(f"pipeline {plan.name!r} has no steps to compile")
+    comps = _plan_components(plan, image, tuple(packages), defaults)
+    metric_steps = [c for c in comps if c.metrics]
+    need_kubernetes = any(_uses_kubernetes(c.settings) for c in comps)
+    yaml_name = f"{kfp_pipeline_name(plan.name)}.yaml"
+    header = [
+        literal(
+            f"KFP pipeline {plan.name!r}, generated by nbmagic"
+            + (f" from {plan.notebook}" if plan.notebook else "")
+            + ".\n\nEach step is a lightweight Python component that runs the notebook cell through nbmagic's step"
+            + " runtime (embedded below).\nCompile: python THIS_FILE [OUTPUT.yaml]"
+            + f"  (default {yaml_name})\n"
+        ),
+        "import sys",
+        "from typing import Any, NamedTuple",
+        "",
+        "from kfp import compiler, dsl" + (", kubernetes" if need_kubernetes else ""),
+        "from kfp.dsl import Artifact, Input, Metrics, Output",
+        "",
+    ]
+    body: list[str] = []
+    if metric_steps:
+        outputs = ", ".join(f"({literal(metrics_output_name(c.step.name))}, Metrics)" for c in metric_steps)
+        body += [f"{OUTPUTS_CLASS} = NamedTuple({literal(OUTPUTS_CLASS)}, [{outputs}])", "", ""]
+    body += _sources_function(marshal_source, step_source) + ["", ""]
+    body += component.source().rstrip("\n").splitlines() + ["", ""]
+    for comp in comps:
+        body += _component_source(comp, plan) + ["", ""]
+    body += _pipeline_source(plan, comps) + ["", ""]
+    body += [
+        'if __name__ == "__main__":',
+        f"    compiler.Compiler().compile({PIPELINE_FUNCTION}, sys.argv[1] if len(sys.argv) > 1 else {literal(yaml_name)})",
+    ]
+    text = "\n".join(header + body) + "\n"
+    ast.parse(text)  # generated code must at least be valid Python
+    return text

@@ -1,0 +1,132 @@
+"""Compile a PipelinePlan to KFP v2 IR YAML with the kfp SDK, or export it as a readable KFP DSL module.
+
+Both go through one generated module (see ``generate``): ``compile_pipeline`` imports it from a temporary file (so
+``dsl.component`` can read the component sources) and runs ``kfp.compiler``; ``export_dsl`` writes it for review.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import NbMagicError, PipelineError
+from ..pipeline.model import PipelinePlan
+from ..pipeline.settings import StepSettings
+from .generate import PIPELINE_FUNCTION, generate, metrics_output_name
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_FILES = {"marshal": PACKAGE_ROOT / "store" / "marshal.py", "step": PACKAGE_ROOT / "run" / "step.py"}
+
+
+def _runtime_source(which: str) -> str:
+    path = RUNTIME_FILES[which]
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise NbMagicError(f"cannot read nbmagic's {which} runtime {path}: {exc.strerror}") from None
+
+
+def dsl_source(
+    plan: PipelinePlan,
+    *,
+    image: str | None = None,
+    packages: tuple[str, ...] | list[str] = (),
+    defaults: StepSettings | None = None,
+) -> str:
+    """The KFP DSL Python module for ``plan`` (what ``export_dsl`` writes and ``compile_pipeline`` compiles)."""
+    return generate(
+        plan,
+        image=image,
+        packages=tuple(packages),
+        defaults=defaults,
+        marshal_source=_runtime_source("marshal"),
+        step_source=_runtime_source("step"),
+    )
+
+
+def compile_source(source: str, name: str = "pipeline") -> str:
+    """Import a generated DSL module from a temporary file and compile its pipeline; returns the IR YAML text."""
+    from kfp import compiler
+
+    with tempfile.TemporaryDirectory(prefix="nbmagic-compile-") as tmp:
+        module_name = f"nbmagic_generated_{uuid.uuid4().hex}"
+        module_path = Path(tmp) / f"{module_name}.py"
+        module_path.write_text(source, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(module_name, module_path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+            output = Path(tmp) / "pipeline.yaml"
+            compiler.Compiler().compile(getattr(module, PIPELINE_FUNCTION), str(output))
+            return output.read_text(encoding="utf-8")
+        except NbMagicError:
+            raise
+        except Exception as exc:  # the kfp SDK rejected something: report it as one line
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PipelineError(f"kfp could not compile pipeline {name!r}: {message}") from exc
+        finally:
+            sys.modules.pop(module_name, None)
+
+
+def compile_pipeline(
+    plan: PipelinePlan,
+    *,
+    image: str | None = None,
+    packages: tuple[str, ...] | list[str] = (),
+    output: Path | str | None = None,
+    defaults: StepSettings | None = None,
+) -> str:
+    """Compile ``plan`` to KFP v2 IR YAML; writes it to ``output`` when given. Returns the YAML text.
+
+    ``image`` / ``packages``: pipeline-wide base image and extra requirements (a step's own settings win);
+    ``defaults``: pipeline-wide step settings merged under each step's (``settings.merge``).
+    """
+    import warnings
+
+    source = dsl_source(plan, image=image, packages=packages, defaults=defaults)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # kfp's note about its future default base image
+        text = compile_source(source, plan.name)
+    if output is not None:
+        path = Path(output)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return text
+
+
+def export_dsl(
+    plan: PipelinePlan,
+    path: Path | str,
+    *,
+    image: str | None = None,
+    packages: tuple[str, ...] | list[str] = (),
+    defaults: StepSettings | None = None,
+) -> Path:
+    """Write a readable KFP DSL Python file equivalent to ``compile_pipeline``'s YAML; returns its path."""
+    path = Path(path)
+    path.write_text(dsl_source(plan, image=image, packages=packages, defaults=defaults), encoding="utf-8")
+    return path
+
+
+def metrics_from_outputs(plan: PipelinePlan, outputs: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """Metric name -> value from a pipeline run's outputs (kfp.local's task ``.outputs``: ``Metrics`` artifacts).
+
+    kfp.local hands integers back as floats; whole floats of metrics that are ints in the notebook cannot be told
+    apart here, so values are returned as stored.
+    """
+    found: dict[str, Any] = {}
+    outputs = getattr(outputs, "outputs", outputs)
+    for step in plan.steps:
+        if not step.metrics:
+            continue
+        artifact = outputs[metrics_output_name(step.name)]
+        metadata = getattr(artifact, "metadata", artifact)
+        for name in step.metrics:
+            found[name] = metadata[name]
+    return found
