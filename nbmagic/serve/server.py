@@ -28,18 +28,20 @@ _PROTOCOL_HEADER = "x-nbmagic-protocol"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m nbmagic.serve.server", description=__doc__.splitlines()[0])
     parser.add_argument("--package", required=True, type=Path, help="serving package directory")
-    parser.add_argument("--name", required=True, help="model name in URLs (/v1/models/NAME)")
-    parser.add_argument("--http-port", type=int, default=8080)
+    # KServe appends --model_name/--predictor_host/--http_port to transformer containers: accept both spellings.
+    parser.add_argument("--name", "--model_name", dest="name", required=True, help="model name in URLs")
+    parser.add_argument("--http-port", "--http_port", dest="http_port", type=int, default=8080)
     parser.add_argument("--grpc-port", type=int, default=None, help="serve gRPC on this port (off by default)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--predictor-only", action="store_true", help="serve the model without the transformer")
     mode.add_argument("--transformer-only", action="store_true", help="serve the transformer, forward to a predictor")
-    parser.add_argument("--predictor-host", default=None, help="HOST:PORT of the predictor (--transformer-only)")
-    parser.add_argument("--predictor-protocol", default="v1", choices=["v1", "v2"])
+    parser.add_argument("--predictor-host", "--predictor_host", dest="predictor_host", default=None, help="HOST:PORT of the predictor (--transformer-only)")
+    parser.add_argument("--predictor-protocol", "--predictor_protocol", dest="predictor_protocol", default="v1",
+                        choices=["v1", "v2"])
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies")
     parser.add_argument("--log-requests", action="store_true", help="log one line per request (slower)")
-    args = parser.parse_args(argv)
+    args, _unknown = parser.parse_known_args(argv)  # other KServe-injected flags are ignored
     if args.transformer_only and not args.predictor_host:
         parser.error("--transformer-only needs --predictor-host")
     return args

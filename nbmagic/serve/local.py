@@ -1,0 +1,252 @@
+"""Run nbmagic's KServe model server in a subprocess of the kernel and hand back a ``Server`` handle.
+
+The server binds 127.0.0.1 on a free port (or ``port``), gRPC stays off unless asked, and it dies with the
+kernel: the child sets PR_SET_PDEATHSIG and watches the parent pid; ``atexit`` stops every live server.
+"""
+from __future__ import annotations
+
+import atexit
+import html
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from nbmagic.serve import client
+from nbmagic.serve.errors import ServeError, ServerFailed
+from nbmagic.serve.package import Package
+
+HOST = "127.0.0.1"
+_LIVE: dict[str, "Server"] = {}
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def check_port(port: int, host: str = HOST) -> int:
+    """``port`` if nothing listens on it, else a ServeError naming it."""
+    if not 0 < port < 65536:
+        raise ServeError(f"--port {port} is not a TCP port number")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise ServeError(f"port {port} is already in use on {host}: choose another --port or leave it out") from None
+    return port
+
+
+class _Process:
+    """One server subprocess and its log file."""
+
+    def __init__(self, role: str, args: list[str], log: Path) -> None:
+        self.role = role
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:
+            self.popen = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+                [sys.executable, "-m", "nbmagic.serve.server", *args, "--parent-pid", str(os.getpid())],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_child_env(),
+            )
+
+    def tail(self, n: int = 20) -> list[str]:
+        try:
+            with open(self.log, errors="replace") as f:
+                return [line.rstrip("\n") for line in deque(f, maxlen=n)]
+        except OSError:
+            return []
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def _child_env() -> dict[str, str]:
+    """The kernel's environment, with nbmagic and the kernel's working directory importable."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    paths = [root, os.getcwd(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Server:
+    """A live local model server: ``url``, ``predict()``, ``logs()``, ``status``, ``stop()``."""
+
+    def __init__(self, package: Package, *, port: int | None = None, split: bool = False, protocol: str = "v1",
+                 grpc_port: int | None = None, timeout: float = 60.0, log_dir: Path | None = None) -> None:
+        if protocol not in ("v1", "v2"):
+            raise ServeError(f"--protocol {protocol} is not supported: use v1 or v2")
+        self.package = package
+        self.name = package.name
+        self.split = split
+        self.protocol = protocol
+        self.port = check_port(port) if port else free_port()
+        self.grpc_port = check_port(grpc_port) if grpc_port else None
+        self.url = f"http://{HOST}:{self.port}"
+        self._session: Any = None
+        if self.name in _LIVE:  # serving again under the same name replaces the old server
+            _LIVE[self.name].stop()
+        log_dir = log_dir or package.path.parent / "logs"
+        self.processes: list[_Process] = []
+        common = ["--package", str(package.path), "--name", self.name, "--host", HOST]
+        try:
+            if split:
+                predictor_port = free_port()
+                self.processes.append(_Process("predictor", [*common, "--http-port", str(predictor_port),
+                                                             "--predictor-only"], log_dir / "predictor.log"))
+                self._wait_ready(self.processes[0], f"http://{HOST}:{predictor_port}", timeout)
+                self.processes.append(_Process("transformer", [
+                    *common, "--http-port", str(self.port), "--transformer-only",
+                    "--predictor-host", f"{HOST}:{predictor_port}", "--predictor-protocol", protocol,
+                    *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else [])], log_dir / "transformer.log"))
+            else:
+                self.processes.append(_Process("server", [
+                    *common, "--http-port", str(self.port),
+                    *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else [])], log_dir / "server.log"))
+            self._wait_ready(self.processes[-1], self.url, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        _LIVE[self.name] = self
+
+    def _wait_ready(self, proc: _Process, url: str, timeout: float) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        ready = f"{url}/v1/models/{self.name}"
+        while time.monotonic() < deadline:
+            code = proc.popen.poll()
+            if code is not None:
+                raise ServerFailed(self._failure(proc, f"exited with code {code} before it was ready"))
+            try:
+                if requests.get(ready, timeout=1.0).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise ServerFailed(self._failure(proc, f"was not ready after {timeout:.0f} s"))
+
+    def _failure(self, proc: _Process, what: str) -> str:
+        tail = "\n".join("    " + line for line in proc.tail(15))
+        return f"{proc.role} for '{self.name}' {what}; last lines of {proc.log}:\n{tail}"
+
+    # --- the handle -----------------------------------------------------------------------------------------
+    @property
+    def model_type(self) -> str:
+        return self.package.manifest["type_name"]
+
+    @property
+    def transformer(self) -> str | None:
+        return self.package.manifest.get("transformer")
+
+    @property
+    def status(self) -> str:
+        """``running``, ``stopped`` or ``exited (code N)`` (the first process that is not running)."""
+        codes = [p.popen.poll() for p in self.processes]
+        if all(c is None for c in codes):
+            return "running" if self.processes else "stopped"
+        if getattr(self, "_stopped", False):
+            return "stopped"
+        return f"exited (code {next(c for c in codes if c is not None)})"
+
+    def predict(self, data: Any, protocol: str | None = None, raw: bool = False) -> Any:
+        """Send ``data`` (raw rows, or a ready V1/V2 body dict); returns the predictions (``raw``: the response)."""
+        import requests
+
+        protocol = protocol or ("v2" if isinstance(data, dict) and "inputs" in data else self.protocol)
+        if self.status != "running":
+            raise ServeError(f"server '{self.name}' is {self.status}: serve it again")
+        if self._session is None:
+            self._session = requests.Session()
+        body = client.request_body(data, protocol)
+        response = client.post(self._session, client.infer_url(self.url, self.name, protocol), body, self.name)
+        return response if raw else client.predictions(response)
+
+    def logs(self, n: int = 50, follow: float | None = None) -> str:
+        """The last ``n`` log lines (both processes when split); ``follow=SECONDS`` shows a live tail in the notebook."""
+        if follow:
+            return self._follow(n, follow)
+        parts = []
+        for proc in self.processes:
+            lines = proc.tail(n)
+            parts.append("\n".join(([f"== {proc.role} =="] if len(self.processes) > 1 else []) + lines))
+        return "\n".join(parts)
+
+    def _follow(self, n: int, seconds: float) -> str:
+        from IPython.display import Pretty, display
+
+        handle = display(Pretty(self.logs(n)), display_id=True)
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline and self.status == "running":
+                time.sleep(0.5)
+                handle.update(Pretty(self.logs(n)))
+        except KeyboardInterrupt:
+            pass
+        return ""
+
+    def stop(self) -> None:
+        """Stop the server processes (idempotent)."""
+        self._stopped = True
+        for proc in reversed(self.processes):
+            proc.stop()
+        if _LIVE.get(self.name) is self:
+            del _LIVE[self.name]
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __repr__(self) -> str:
+        return f"<Server {self.name} {self.url} {self.status}>"
+
+    def _repr_html_(self) -> str:
+        layout = "split: transformer -> predictor" if self.split else "transformer in process"
+        rows = [("name", self.name), ("URL", self.url), ("model type", self.model_type),
+                ("transformer", f"{self.transformer or '-'} ({layout})" if self.transformer else "-"),
+                ("protocol", self.protocol + (f" + gRPC :{self.grpc_port}" if self.grpc_port else "")),
+                ("status", self.status)]
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in rows)
+        return f"<table class='nbmagic-server'>{body}</table>"
+
+
+def serve(package: Package, **options: Any) -> Server:
+    """Start a local server for ``package`` (replacing a live one with the same name)."""
+    return Server(package, **options)
+
+
+def live() -> dict[str, Server]:
+    """Live servers by name (stopped or crashed ones are dropped)."""
+    for name, server in list(_LIVE.items()):
+        if server.status != "running":
+            server.stop()
+    return dict(_LIVE)
+
+
+def stop(name: str) -> None:
+    if name not in _LIVE:
+        known = ", ".join(sorted(_LIVE)) or "none"
+        raise ServeError(f"no live server named '{name}' (live: {known})")
+    _LIVE[name].stop()
+
+
+def stop_all() -> None:
+    for server in list(_LIVE.values()):
+        server.stop()
+
+
+atexit.register(stop_all)
