@@ -1,0 +1,316 @@
+"""Katib on a cluster: build a v1beta1 Experiment as a plain dict, submit it, and watch it.
+
+No kubeflow-katib SDK (it cannot be installed beside kfp). Each trial is a batch/v1 Job running
+``python -m nbmagic.tune.trial``, which starts the compiled pipeline on KFP with the trial's typed
+parameters and prints ``name=value`` lines for Katib's StdOut metrics collector.
+The compiled pipeline travels in a ConfigMap mounted into the trial Job.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Mapping
+
+from .experiment import FAILED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial
+from .space import ExperimentSpec, _fmt
+
+GROUP, VERSION, PLURAL, TRIALS = "kubeflow.org", "v1beta1", "experiments", "trials"
+EXPERIMENT_LABEL = "katib.kubeflow.org/experiment"
+PACKAGE_DIR = "/nbmagic"
+PACKAGE_FILE = "pipeline.yaml"
+DEFAULT_IMAGE = "python:3.11-slim"
+DEFAULT_INSTALL = ("kfp==2.17.3", "nbmagic")
+SEEDED = ("random", "tpe", "multivariate-tpe", "cmaes", "bayesianoptimization")
+
+
+def _feasible(p: Any) -> dict[str, Any]:
+    if p.type in ("categorical", "discrete"):
+        return {"list": list(p.values)}
+    space = {"min": _fmt(p.min), "max": _fmt(p.max)}
+    if p.step is not None:
+        space["step"] = _fmt(p.step)
+    if p.log:
+        space["distribution"] = "logUniform"
+    return space
+
+
+def trial_command(
+    spec: ExperimentSpec,
+    *,
+    host: str,
+    pipeline_package: str,
+    pipeline_name: str,
+    recorded: Mapping[str, Any] | None = None,
+    kfp_experiment: str | None = None,
+    namespace: str | None = None,
+) -> list[str]:
+    """The trial runner's argv; tuned values are Katib ``${trialParameters.NAME}`` placeholders."""
+    argv = ["python", "-m", "nbmagic.tune.trial", "--host", host, "--pipeline-package", pipeline_package,
+            "--pipeline-name", pipeline_name]
+    if kfp_experiment:
+        argv += ["--experiment", kfp_experiment]
+    if namespace:
+        argv += ["--namespace", namespace]
+    for p in spec.parameters:
+        kind = recorded[p.name].type if recorded and p.name in recorded else _python_type(p)
+        argv += ["--type", f"{p.name}={kind}", "--param", f"{p.name}=${{trialParameters.{p.name}}}"]
+    for name, value in spec.fixed.items():
+        kind = recorded[name].type if recorded and name in recorded else type(value).__name__
+        argv += ["--type", f"{name}={kind}", "--param", f"{name}={value}"]
+    for metric in (spec.objective, *spec.additional_metrics):
+        argv += ["--metric", metric]
+    return argv
+
+
+def _python_type(p: Any) -> str:
+    if p.type == "double":
+        return "float"
+    if p.type == "int":
+        return "int"
+    if p.type == "discrete":
+        return "int" if isinstance(p.cast(p.values[0]), int) else "float"
+    return "str"
+
+
+def _shell_join(argv: list[str]) -> str:
+    import shlex
+
+    # single quotes: Katib replaces ${trialParameters.x} in the manifest text; the shell must not expand it
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def build_configmap(name: str, namespace: str, pipeline_yaml: str) -> dict[str, Any]:
+    """The ConfigMap that carries the compiled pipeline to every trial."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-pipeline", "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "nbmagic", EXPERIMENT_LABEL: name}},
+        "data": {PACKAGE_FILE: pipeline_yaml},
+    }
+
+
+def build_experiment(
+    spec: ExperimentSpec,
+    *,
+    name: str,
+    namespace: str,
+    host: str,
+    pipeline_name: str,
+    recorded: Mapping[str, Any] | None = None,
+    image: str = DEFAULT_IMAGE,
+    install: tuple[str, ...] = DEFAULT_INSTALL,
+    kfp_experiment: str | None = None,
+    service_account: str | None = None,
+) -> dict[str, Any]:
+    """A Katib v1beta1 Experiment (plain dict) whose trials run the pipeline on KFP."""
+    spec = spec.validate()
+    package = f"{PACKAGE_DIR}/{PACKAGE_FILE}"
+    argv = trial_command(spec, host=host, pipeline_package=package, pipeline_name=pipeline_name,
+                         recorded=recorded, kfp_experiment=kfp_experiment, namespace=namespace)
+    script = _shell_join(argv)
+    if install:
+        script = "pip install --quiet " + " ".join(install) + " && " + script
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "trial",
+            "image": image,
+            "command": ["sh", "-c", script],
+            "volumeMounts": [{"name": "pipeline", "mountPath": PACKAGE_DIR, "readOnly": True}],
+        }],
+        "volumes": [{"name": "pipeline", "configMap": {"name": f"{name}-pipeline"}}],
+    }
+    if service_account:
+        pod["serviceAccountName"] = service_account
+    algorithm: dict[str, Any] = {"algorithmName": spec.algorithm}
+    if spec.seed is not None and spec.algorithm in SEEDED:
+        algorithm["algorithmSettings"] = [{"name": "random_state", "value": str(spec.seed)}]
+    objective: dict[str, Any] = {"type": spec.goal, "objectiveMetricName": spec.objective}
+    if spec.additional_metrics:
+        objective["additionalMetricNames"] = list(spec.additional_metrics)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Experiment",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "nbmagic"}},
+        "spec": {
+            "algorithm": algorithm,
+            "objective": objective,
+            "parameters": [
+                {"name": p.name, "parameterType": p.type, "feasibleSpace": _feasible(p)} for p in spec.parameters
+            ],
+            "maxTrialCount": spec.max_trials,
+            "parallelTrialCount": spec.parallel_trials,
+            "maxFailedTrialCount": spec.max_failed_trials,
+            "metricsCollectorSpec": {"collector": {"kind": "StdOut"}},
+            "trialTemplate": {
+                "primaryContainerName": "trial",
+                "trialParameters": [
+                    {"name": p.name, "description": f"{p.type} {p.name}", "reference": p.name}
+                    for p in spec.parameters
+                ],
+                "trialSpec": {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "spec": {"backoffLimit": 0, "template": {"spec": pod}},
+                },
+            },
+        },
+    }
+
+
+def api_client(api_host: str | None = None) -> Any:
+    """A Kubernetes ApiClient: ``api_host`` if given, else in-cluster config, else the kubeconfig."""
+    from kubernetes import client, config as kube_config
+
+    if api_host:
+        configuration = client.Configuration()
+        configuration.host = api_host
+        return client.ApiClient(configuration)
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+    return client.ApiClient()
+
+
+def _trial_from(obj: Mapping[str, Any], index: int, objective: str) -> Trial:
+    spec, status = obj.get("spec", {}), obj.get("status", {})
+    params = {a["name"]: a.get("value") for a in spec.get("parameterAssignments", [])}
+    metrics: dict[str, float] = {}
+    for metric in status.get("observation", {}).get("metrics", []) or []:
+        try:
+            metrics[metric["name"]] = float(metric.get("latest"))
+        except (TypeError, ValueError):
+            pass
+    conditions = {c.get("type"): c for c in status.get("conditions", []) or [] if c.get("status") == "True"}
+    state, error = RUNNING, None
+    if "Succeeded" in conditions:
+        state = SUCCEEDED if objective in metrics else FAILED
+        error = None if objective in metrics else f"metric {objective!r} was not collected"
+    elif {"Failed", "MetricsUnavailable", "Killed", "EarlyStopped"} & set(conditions):
+        kind = next(k for k in ("Failed", "MetricsUnavailable", "Killed", "EarlyStopped") if k in conditions)
+        state, error = FAILED, conditions[kind].get("message") or kind
+    started, ended = status.get("startTime"), status.get("completionTime")
+    return Trial(
+        number=index, name=obj.get("metadata", {}).get("name", ""), parameters=params, status=state,
+        objective=metrics.get(objective) if state == SUCCEEDED else None, metrics=metrics,
+        duration=_seconds(started, ended), error=error,
+    )
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    from datetime import datetime
+
+    if not start or not end:
+        return None
+    parse = lambda text: datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
+class KatibExperiment(Experiment):
+    """A submitted Katib Experiment, polled in a background thread; same surface as the local one."""
+
+    backend = "katib"
+
+    def __init__(self, spec: ExperimentSpec, manifest: dict[str, Any], *, client: Any, poll: float = 5.0) -> None:
+        super().__init__(manifest["metadata"]["name"], spec)
+        self.namespace = manifest["metadata"]["namespace"]
+        self.manifest = manifest
+        self.raw_status: dict[str, Any] = {}
+        self._client = client
+        self._poll = poll
+        self._stop_requested = False
+
+    def _api(self) -> Any:
+        from kubernetes import client
+
+        return client.CustomObjectsApi(self._client)
+
+    def submit(self, configmap: dict[str, Any] | None = None) -> "KatibExperiment":
+        """Create the ConfigMap (if any) and the Experiment, then start watching."""
+        from kubernetes import client
+
+        if configmap is not None:
+            client.CoreV1Api(self._client).create_namespaced_config_map(self.namespace, configmap)
+        self._api().create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.manifest)
+        threading.Thread(target=self._watch, name=f"nbmagic-katib-{self.name}", daemon=True).start()
+        return self
+
+    def refresh(self) -> None:
+        """Read the Experiment's status and its Trials once."""
+        api = self._api()
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+        listed = api.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, TRIALS, label_selector=f"{EXPERIMENT_LABEL}={self.name}"
+        )
+        items = sorted(listed.get("items", []), key=lambda t: (t["metadata"].get("creationTimestamp", ""),
+                                                              t["metadata"]["name"]))
+        trials = [_trial_from(item, i, self.spec.objective) for i, item in enumerate(items)]
+        status = obj.get("status", {}) or {}
+        conditions = {c.get("type"): c for c in status.get("conditions", []) or [] if c.get("status") == "True"}
+        with self._lock:
+            self.raw_status = status
+            self._trials = trials
+            if "Succeeded" in conditions:
+                self.status = STOPPED if self._stop_requested else SUCCEEDED
+                self.message = conditions["Succeeded"].get("message", "")
+            elif "Failed" in conditions:
+                self.status = FAILED
+                shown = "; ".join(f"trial {n}: {e}" for n, e in self.errors[-3:])
+                self.message = (conditions["Failed"].get("message", "") + (f": {shown}" if shown else "")).strip()
+
+    def _watch(self) -> None:
+        failures = 0
+        while not self._done.is_set():
+            try:
+                self.refresh()
+                failures = 0
+            except Exception as exc:  # keep watching through a flaky API server, up to a point
+                failures += 1
+                self.message = f"cannot read experiment {self.name!r}: {exc}".splitlines()[0]
+                if failures >= 5:
+                    self.status = FAILED
+            self._notify()
+            if self.status != RUNNING:
+                self._done.set()
+                self._notify()
+                return
+            time.sleep(self._poll)
+
+    def stop(self, wait: bool = False) -> "KatibExperiment":
+        """Lower maxTrialCount to the trials created so far: Katib starts no more, running ones end."""
+        with self._lock:
+            self._stop_requested = True
+            count = max(1, len(self._trials))
+        self._api().patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.name, {"spec": {"maxTrialCount": count}}
+        )
+        if wait:
+            self._done.wait()
+        return self
+
+
+def run_katib(
+    spec: ExperimentSpec,
+    pipeline_yaml: str,
+    *,
+    host: str,
+    pipeline_name: str,
+    namespace: str = "kubeflow-user-example-com",
+    recorded: Mapping[str, Any] | None = None,
+    image: str = DEFAULT_IMAGE,
+    install: tuple[str, ...] = DEFAULT_INSTALL,
+    kfp_experiment: str | None = None,
+    service_account: str | None = None,
+    client: Any = None,
+    poll: float = 5.0,
+) -> KatibExperiment:
+    """Build, submit and start watching a Katib Experiment for the compiled pipeline."""
+    spec = spec.validate()
+    name = spec.experiment_name(pipeline_name)
+    manifest = build_experiment(spec, name=name, namespace=namespace, host=host, pipeline_name=pipeline_name,
+                                recorded=recorded, image=image, install=install, kfp_experiment=kfp_experiment,
+                                service_account=service_account)
+    experiment = KatibExperiment(spec, manifest, client=client or api_client(), poll=poll)
+    return experiment.submit(build_configmap(name, namespace, pipeline_yaml))

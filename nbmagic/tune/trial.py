@@ -1,0 +1,104 @@
+"""The Katib trial runner: ``python -m nbmagic.tune.trial --host H --pipeline-package P --type lr=float --param lr=0.01 ...``
+
+Parameters arrive as text and are turned back into their recorded types (``--type``) before the KFP
+run starts. After the run, each metric is printed as a ``name=value`` line for Katib's StdOut collector.
+Exit status: 0 when the run succeeded and reported the objective, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import NbMagicError
+from ..pipeline.model import Parameter
+
+TYPES = ("bool", "int", "float", "str")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nbmagic.tune.trial", description=__doc__.splitlines()[0])
+    p.add_argument("--host", required=True, help="KFP API endpoint")
+    p.add_argument("--pipeline-package", required=True, help="compiled pipeline YAML (path)")
+    p.add_argument("--pipeline-name", default="pipeline")
+    p.add_argument("--experiment", default=None, help="KFP experiment for the runs")
+    p.add_argument("--namespace", default=None)
+    p.add_argument("--type", action="append", default=[], metavar="NAME=TYPE", help="bool|int|float|str")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--metric", action="append", default=[], metavar="NAME",
+                   help="metrics to print; the first is the objective")
+    return p
+
+
+def typed_parameters(types: Sequence[str], params: Sequence[str]) -> dict[str, Any]:
+    """``--type``/``--param`` pairs -> {name: typed value}; a parameter without a type stays text."""
+    kinds: dict[str, str] = {}
+    for item in types:
+        name, eq, kind = item.partition("=")
+        if not eq or kind not in TYPES:
+            raise NbMagicError(f"--type {item!r}: expected NAME=bool|int|float|str")
+        kinds[name] = kind
+    values: dict[str, Any] = {}
+    for item in params:
+        name, eq, raw = item.partition("=")
+        if not eq:
+            raise NbMagicError(f"--param {item!r}: expected NAME=VALUE")
+        kind = kinds.get(name, "str")
+        values[name] = Parameter(name, raw, kind).coerce(raw)
+    return values
+
+
+def metric_lines(metrics: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """``name=value`` lines: the requested metrics first, then any other numeric ones."""
+    order = list(names) + sorted(k for k in metrics if k not in names)
+    lines = []
+    for name in order:
+        value = metrics.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value)  # numpy scalars, numeric strings
+            except (TypeError, ValueError):
+                continue
+        if math.isfinite(float(value)):
+            lines.append(f"{name}={float(value)!r}")
+    return lines
+
+
+def _default_submit(*args: Any, **kwargs: Any) -> Any:
+    from ..run import cluster
+
+    return cluster.submit(*args, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = None) -> int:
+    """Run one trial; ``submit`` is ``nbmagic.run.cluster.submit`` unless a test passes another."""
+    args = parser().parse_args(argv)
+    try:
+        parameters = typed_parameters(args.type, args.param)
+        pipeline_yaml = Path(args.pipeline_package).read_text()
+    except (NbMagicError, OSError) as exc:
+        print(f"nbmagic trial: {exc}", file=sys.stderr)
+        return 1
+    print(f"nbmagic trial: parameters {parameters}", file=sys.stderr)
+    run = (submit or _default_submit)(
+        pipeline_yaml, host=args.host, parameters=parameters, pipeline_name=args.pipeline_name,
+        experiment=args.experiment, namespace=args.namespace,
+    )
+    run.wait()
+    status = str(getattr(run, "status", "") or "")
+    metrics = dict(getattr(run, "metrics", {}) or {})
+    for line in metric_lines(metrics, args.metric):
+        print(line, flush=True)
+    if status.lower() not in ("", "done", "succeeded"):
+        print(f"nbmagic trial: run {getattr(run, 'id', '?')} ended {status}", file=sys.stderr)
+        return 1
+    if args.metric and args.metric[0] not in metrics:
+        print(f"nbmagic trial: metric {args.metric[0]!r} was not reported by the run", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Katib Experiments: generated manifests against the v1beta1 schema, submission to a fake Kubernetes API,
+and the trial runner's typed parameters and StdOut lines."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from fake_katib_api import FakeKatib, FakeKubernetesAPI, katib_errors, schema_errors
+from nbmagic.pipeline.model import Parameter
+from nbmagic.tune import trial as trial_runner
+from nbmagic.tune.katib import api_client, build_experiment, run_katib
+from nbmagic.tune.space import ExperimentSpec, parse_param
+
+RECORDED = {"lr": Parameter("lr", 0.01, "float"), "epochs": Parameter("epochs", 10, "int"),
+            "kind": Parameter("kind", "mlp", "str"), "units": Parameter("units", 64, "int"),
+            "shuffle": Parameter("shuffle", True, "bool")}
+
+
+def spec(*params, **kw):
+    params = params or ("lr=double(1e-4,1e-1,log)", "epochs=int(5,50)", "kind=categorical(mlp,gbm)",
+                        "units=discrete(32,64,128)")
+    kw.setdefault("objective", "val_loss")
+    return ExperimentSpec(parameters=tuple(parse_param(p) for p in params), **kw).check_against(
+        RECORDED, ["val_loss", "acc"])
+
+
+def manifest(s=None, **kw):
+    return build_experiment(s or spec(additional_metrics=("acc",), seed=7, fixed={"shuffle": "false"}),
+                            name="quickstart-1", namespace="team-a", host="http://ml-pipeline.kubeflow:8888",
+                            pipeline_name="quickstart", recorded=RECORDED, **kw)
+
+
+@pytest.mark.parametrize("algorithm", ["random", "tpe", "multivariate-tpe", "cmaes", "sobol", "bayesianoptimization"])
+def test_generated_experiment_is_valid_against_the_katib_schema(algorithm):
+    exp = manifest(spec(algorithm=algorithm, seed=1))
+    assert schema_errors(exp) == [] and katib_errors(exp) == []
+
+
+def test_experiment_fields():
+    exp = manifest()
+    s = exp["spec"]
+    assert s["algorithm"] == {"algorithmName": "tpe", "algorithmSettings": [{"name": "random_state", "value": "7"}]}
+    assert s["objective"] == {"type": "minimize", "objectiveMetricName": "val_loss", "additionalMetricNames": ["acc"]}
+    assert s["parameters"] == [
+        {"name": "lr", "parameterType": "double",
+         "feasibleSpace": {"min": "0.0001", "max": "0.1", "distribution": "logUniform"}},
+        {"name": "epochs", "parameterType": "int", "feasibleSpace": {"min": "5", "max": "50"}},
+        {"name": "kind", "parameterType": "categorical", "feasibleSpace": {"list": ["mlp", "gbm"]}},
+        {"name": "units", "parameterType": "discrete", "feasibleSpace": {"list": ["32", "64", "128"]}},
+    ]
+    assert (s["maxTrialCount"], s["parallelTrialCount"], s["maxFailedTrialCount"]) == (12, 1, 3)
+    assert s["metricsCollectorSpec"] == {"collector": {"kind": "StdOut"}}
+    template = s["trialTemplate"]
+    assert [p["reference"] for p in template["trialParameters"]] == ["lr", "epochs", "kind", "units"]
+    job = template["trialSpec"]
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    script = container["command"][2]
+    argv = shlex.split(script.split(" && ", 1)[1])
+    assert argv[:3] == ["python", "-m", "nbmagic.tune.trial"]
+    assert "lr=${trialParameters.lr}" in argv and "epochs=int" in argv and "shuffle=False" in argv
+    assert "token" not in json.dumps(exp).lower()
+
+
+def test_grid_without_a_step_and_bad_specs_fail_the_strict_schema_or_katib_checks():
+    exp = manifest(spec("lr=double(0.01,0.1,step=0.01)", "units=discrete(32,64)", algorithm="grid"))
+    assert katib_errors(exp) == [] and schema_errors(exp) == []
+    broken = json.loads(json.dumps(exp))
+    broken["spec"]["parameters"][0]["feasibleSpace"] = {"distribution": "gaussian", "min": "1", "max": "0"}
+    broken["spec"]["objective"]["goalType"] = "minimize"  # not a field
+    broken["spec"]["trialTemplate"]["trialParameters"][0]["reference"] = "learning_rate"
+    assert any("goalType" in e for e in schema_errors(broken))
+    problems = " | ".join(katib_errors(broken))
+    assert "lr: min > max" in problems and "unknown distribution" in problems and "learning_rate" in problems
+
+
+def test_submission_and_watching_through_the_kubernetes_api():
+    with FakeKubernetesAPI() as api:
+        exp = run_katib(spec(max_trials=4, parallel_trials=2), "pipelineSpec: {}\n", host="http://kfp:8888",
+                        pipeline_name="quickstart", namespace="team-a", recorded=RECORDED,
+                        client=api_client(api.url), poll=0.01)
+        exp.wait(20)
+        assert exp.done and exp.status == "succeeded", exp.message
+        assert ("POST", "/api/v1/namespaces/team-a/configmaps") in api.state.requests
+        assert ("POST", "/apis/kubeflow.org/v1beta1/namespaces/team-a/experiments") in api.state.requests
+        stored = api.state.configmaps[("team-a", f"{exp.name}-pipeline")]
+        assert stored["data"]["pipeline.yaml"] == "pipelineSpec: {}\n"
+        trials = exp.trials
+        assert len(trials) == 4 and all(t.status == "succeeded" for t in trials)
+        best = exp.best
+        optimal = exp.raw_status["currentOptimalTrial"]
+        assert best.objective == min(t.objective for t in trials)
+        assert trials[best.trial].name == optimal["bestTrialName"]
+        # a second submission of the same experiment is refused by the API server
+        with pytest.raises(Exception, match="409"):
+            run_katib(spec(max_trials=4, parallel_trials=2), "x", host="h", pipeline_name="quickstart",
+                      namespace="team-a", recorded=RECORDED, client=api_client(api.url), poll=0.01)
+
+
+def test_failing_trials_and_stop():
+    failing = FakeKatib(metrics=lambda assignments, objective, index: None)
+    with FakeKubernetesAPI(failing) as api:
+        exp = run_katib(spec(max_trials=10, max_failed_trials=2), "y", host="h", pipeline_name="p",
+                        namespace="ns", recorded=RECORDED, client=api_client(api.url), poll=0.01).wait(20)
+        assert exp.status == "failed" and "max failed" in exp.message
+        assert [t.status for t in exp.trials] == ["failed", "failed"] and exp.trials[0].error == "Job has failed"
+    with FakeKubernetesAPI() as api:
+        exp = run_katib(spec(max_trials=50, parallel_trials=2), "z", host="h", pipeline_name="p", namespace="ns",
+                        recorded=RECORDED, client=api_client(api.url), poll=0.05)
+        while not exp.trials:
+            exp.wait(0.05)
+        exp.stop()
+        exp.wait(20)
+        assert exp.status == "stopped" and 1 <= len(exp.trials) < 50
+        assert api.state.experiments[("ns", exp.name)]["spec"]["maxTrialCount"] == len(exp.trials)
+
+
+class FakeRun:
+    def __init__(self, status, metrics):
+        self.id, self.status, self.metrics, self.waited = "run-1", status, metrics, False
+
+    def wait(self):
+        self.waited = True
+
+
+def test_trial_runner_types_parameters_and_prints_metric_lines(tmp_path, capsys):
+    package = tmp_path / "pipeline.yaml"
+    package.write_text("pipelineSpec: {}\n")
+    argv = shlex.split(manifest()["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+                       ["containers"][0]["command"][2].split(" && ", 1)[1])[3:]
+    argv = [a.replace("/nbmagic/pipeline.yaml", str(package)) for a in argv]
+    substituted = [a.replace("${trialParameters.lr}", "0.0031").replace("${trialParameters.epochs}", "12")
+                   .replace("${trialParameters.kind}", "gbm").replace("${trialParameters.units}", "128")
+                   for a in argv]
+    seen = {}
+
+    def submit(pipeline_yaml, **kw):
+        seen.update(kw, pipeline_yaml=pipeline_yaml)
+        seen["run"] = FakeRun("succeeded", {"val_loss": 0.25, "acc": 0.9, "note": "text"})
+        return seen["run"]
+
+    assert trial_runner.main(substituted, submit=submit) == 0
+    assert seen["parameters"] == {"lr": 0.0031, "epochs": 12, "kind": "gbm", "units": 128, "shuffle": False}
+    assert [type(seen["parameters"][k]) for k in ("lr", "epochs", "units", "shuffle")] == [float, int, int, bool]
+    assert seen["host"] == "http://ml-pipeline.kubeflow:8888" and seen["namespace"] == "team-a"
+    assert seen["pipeline_yaml"] == "pipelineSpec: {}\n" and seen["run"].waited
+    assert capsys.readouterr().out.splitlines() == ["val_loss=0.25", "acc=0.9"]
+    # a failed run or a missing objective fails the trial (Katib then counts it as failed)
+    assert trial_runner.main(substituted, submit=lambda *a, **k: FakeRun("failed", {})) == 1
+    assert trial_runner.main(substituted, submit=lambda *a, **k: FakeRun("succeeded", {"acc": 1})) == 1
+    with pytest.raises(SystemExit):
+        trial_runner.main(["--host", "h"])
+    assert trial_runner.main(["--host", "h", "--pipeline-package", str(package), "--type", "epochs=int",
+                              "--param", "epochs=ten"], submit=submit) == 1
+    assert "parameter 'epochs' is int" in capsys.readouterr().err
