@@ -209,7 +209,8 @@ def _api_errors(host: str, what: str, token: str | None) -> Iterator[None]:
                                   token)) from None
     except urllib3.exceptions.HTTPError as err:
         reason = str(getattr(err, "reason", None) or err)
-        reason = re.sub(r"<[^>]*>:?\s*", "", reason).strip("()' ")
+        # drop urllib3's "HTTPConnection(host=..., port=...): " / "<... object at 0x..>: " prefixes
+        reason = re.sub(r"^(\w+\([^)]*\)|<[^>]*>):\s*", "", reason)
         raise ClusterError(_scrub(f"cannot reach the KFP API at {host} ({what}): {reason}", token)) from None
     except (ValueError, TimeoutError, OSError) as err:
         raise ClusterError(_scrub(f"KFP {what} at {host} failed: {err}", token)) from None
@@ -286,7 +287,7 @@ def submit(pipeline_yaml: str | os.PathLike, *, host: str | None = None,
                 service_account=service_account)
     for line in printed.getvalue().splitlines():
         log.debug("kfp: %s", _scrub(line, token))
-    run = ClusterRun(client, result.run_info, host=host, token_hint=token,
+    run = ClusterRun(client, result.run_info, host=host,
                      ui_host=ui_host or os.environ.get(KFP_UI_ENV) or host, pipeline_spec=spec)
     log.info("submitted run %s (%s) to %s: %s", run.id, run_name, host, run.url)
     return run
@@ -298,11 +299,10 @@ class ClusterRun:
     """A pipeline run on a KFP cluster: id, url, status, per-task status, metric references."""
 
     def __init__(self, client: Any, info: Any, *, host: str, ui_host: str | None = None,
-                 pipeline_spec: dict | None = None, token_hint: str | None = None) -> None:
+                 pipeline_spec: dict | None = None) -> None:
         self._client = client
         self._info = info
         self._spec = pipeline_spec or {}
-        self._secret = token_hint  # used only to mask error text; never shown
         self.host = host
         self.id: str = info.run_id
         self.name: str | None = info.display_name
@@ -386,7 +386,7 @@ class ClusterRun:
     # polling -------------------------------------------------------------------------------
     def refresh(self) -> "ClusterRun":
         """Fetch the run again (``GET /apis/v2beta1/runs/{id}``)."""
-        with _api_errors(self.host, f"reading run {self.id}", self._secret):
+        with _api_errors(self.host, f"reading run {self.id}", None):
             self._info = self._client.get_run(self.id)
         return self
 
@@ -412,6 +412,12 @@ class ClusterRun:
                 raise ClusterRunTimeout(f"run {self.id} still {self.status} after {timeout:g} s: {self.url}")
             pause = poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)
+
+    def logs(self, step: str) -> str:
+        """Not available: the v2beta1 API serves no task logs (the KFP UI reads them from the pods)."""
+        if step not in self.tasks and step not in self._spec.get("root", {}).get("dag", {}).get("tasks", {}):
+            raise ClusterError(f"run {self.id} has no step {step!r}")
+        raise ClusterError(f"logs of step {step!r} are not served by the KFP v2beta1 API; open {self.url}")
 
     # display -------------------------------------------------------------------------------
     def __repr__(self) -> str:
