@@ -565,7 +565,8 @@ def _verify_file(directory: Path, entry: dict, algorithm: str, name: str) -> Non
         raise _corrupt(name, f"file {entry['path']} does not match its hash (altered)")
 
 
-def load(directory: str | os.PathLike, name: str | None = None, mmap: bool = True) -> Any:
+def load(directory: str | os.PathLike, name: str | None = None, mmap: bool = True, *,
+         expected_hash: str | None = None) -> Any:
     """Load the value stored in ``directory``, verifying every byte against the manifest's hash.
 
     A truncated, altered or missing file raises :class:`MarshalError` naming the value; wrong data is never
@@ -576,10 +577,13 @@ def load(directory: str | os.PathLike, name: str | None = None, mmap: bool = Tru
     one pass over the page cache, no copy, and edits to the array never reach the stored file. Smaller arrays
     are read into fresh memory and hashed from there (one copy, one hash pass). Other formats hash each file
     (through a map) and then let their library read it, which then hits the page cache.
+    ``expected_hash`` (e.g. the key in a content-addressed store) must equal the manifest's hash.
     """
     directory = Path(directory)
     manifest = read_manifest(directory, name)
     name = name or manifest.get("name") or str(directory)
+    if expected_hash is not None and manifest.get("hash") != expected_hash:
+        raise _corrupt(name, f"manifest hash is not {expected_hash[:12]}... (altered or misplaced)")
     _check_layout(directory, manifest, name)
     fmt, meta = manifest["format"], manifest.get("meta", {})
     algorithm = manifest["hash_algorithm"]

@@ -1,0 +1,218 @@
+"""Content-addressed object store: each value is stored once, under ``objects/<hash[:2]>/<hash>/``.
+
+A value is serialized (:mod:`nbmagic.store.marshal`) into a private temp directory under ``tmp/``, its files
+made read-only, then the directory is renamed into place in one atomic step. If the object already exists
+(another run or process stored the same value first) the temp directory is discarded, so concurrent writers
+of one value are safe and the value is kept once. A process killed mid-write leaves only its temp
+directory, which :meth:`ObjectStore.sweep_tmp` removes; ``objects/`` never holds a half-written value.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from nbmagic.errors import SerializationError
+from nbmagic.store import marshal
+
+_HASH = re.compile(r"[0-9a-f]{16,128}")
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+class StoreError(SerializationError, marshal.MarshalError):
+    """A value could not be stored, found or loaded (one line naming the value)."""
+
+
+@dataclass(frozen=True)
+class ValueRef:
+    """A stored value: its content hash plus what a listing needs without opening the object."""
+
+    hash: str
+    type: str
+    format: str
+    size: int
+    name: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ValueRef":
+        return cls(**{k: data[k] for k in ("hash", "type", "format", "size", "name")})
+
+
+class ObjectStore:
+    """Values on disk keyed by content hash, safe for several processes at once."""
+
+    def __init__(self, root: str | os.PathLike, fsync: bool = False):
+        """``fsync=True`` also flushes each new object to disk before it becomes visible (power-loss safety;
+        a kill -9 needs no fsync). Without it a torn object after a power cut is caught by the hash on load."""
+        self.root = Path(root)
+        self.objects_dir = self.root / "objects"
+        self.tmp_dir = self.root / "tmp"
+        self.fsync = fsync
+
+    # ------------------------------------------------------------------ paths
+    def _path(self, digest: str) -> Path:
+        if not isinstance(digest, str) or not _HASH.fullmatch(digest):
+            raise StoreError(f"not a value hash: {str(digest)[:40]!r}")
+        return self.objects_dir / digest[:2] / digest
+
+    def _new_tmp(self, kind: str = "w") -> Path:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        path = self.tmp_dir / f"{kind}-{os.getpid()}-{_HOST}-{uuid.uuid4().hex[:12]}"
+        path.mkdir()
+        return path
+
+    # ------------------------------------------------------------------ write
+    def put(self, obj: Any, name: str) -> ValueRef:
+        """Store obj (once, however often it is put) and return its reference."""
+        known = marshal.fingerprint(obj, name)
+        if known is not None and self.exists(known):
+            return self._ref(known, name)
+        tmp = self._new_tmp()
+        try:
+            try:
+                manifest = marshal.save(obj, tmp, name)
+            except marshal.MarshalError as exc:
+                raise StoreError(str(exc)) from exc
+            digest = manifest["hash"]
+            final = self._path(digest)
+            if final.exists():
+                return self._ref(digest, name, manifest)
+            for p in tmp.iterdir():
+                p.chmod(0o444)
+                if self.fsync:
+                    _fsync(p)
+            if self.fsync:
+                _fsync(tmp)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise StoreError(f"cannot store variable {name!r}: {exc}") from exc
+                # another process stored the same value first: theirs is identical
+            else:
+                if self.fsync:
+                    _fsync(final.parent)
+            return self._ref(digest, name, manifest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _ref(self, digest: str, name: str, manifest: dict | None = None) -> ValueRef:
+        m = manifest or self.manifest(digest)
+        return ValueRef(digest, m["type"], m["format"], int(m["size"]), name)
+
+    # ------------------------------------------------------------------ read
+    def get(self, ref_or_hash: ValueRef | str, name: str | None = None, mmap: bool = True) -> Any:
+        """Load a value, verified against its hash (StoreError names the value if missing or corrupt)."""
+        digest = ref_or_hash.hash if isinstance(ref_or_hash, ValueRef) else ref_or_hash
+        if name is None and isinstance(ref_or_hash, ValueRef):
+            name = ref_or_hash.name
+        path = self._path(digest)
+        if not (path / marshal.MANIFEST).exists():
+            raise StoreError(f"stored value {name or digest[:12]!r} is not in the store (hash {digest[:12]})")
+        try:
+            return marshal.load(path, name, mmap, expected_hash=digest)
+        except StoreError:
+            raise
+        except marshal.MarshalError as exc:
+            raise StoreError(str(exc)) from exc
+
+    def manifest(self, digest: str) -> dict:
+        """The value's manifest (type, format, files, size, hash, versions)."""
+        path = self._path(digest)
+        if not path.exists():
+            raise StoreError(f"value {digest[:12]} is not in the store")
+        try:
+            return marshal.read_manifest(path, digest[:12])
+        except marshal.MarshalError as exc:
+            raise StoreError(str(exc)) from exc
+
+    def exists(self, digest: str) -> bool:
+        return (self._path(digest) / marshal.MANIFEST).exists()
+
+    def size(self, digest: str) -> int:
+        """Bytes of the value's data files."""
+        return int(self.manifest(digest)["size"])
+
+    def iter_hashes(self) -> Iterator[str]:
+        """Every stored value's hash (order unspecified)."""
+        if not self.objects_dir.is_dir():
+            return
+        with os.scandir(self.objects_dir) as shards:
+            for shard in shards:
+                if len(shard.name) != 2 or not shard.is_dir():
+                    continue
+                with os.scandir(shard.path) as entries:
+                    for e in entries:
+                        if e.name.startswith(shard.name) and _HASH.fullmatch(e.name):
+                            yield e.name
+
+    # ------------------------------------------------------------------ removal
+    def delete(self, digest: str) -> bool:
+        """Remove a value; returns False if it was not there. Readers see it whole or not at all."""
+        path = self._path(digest)
+        if not path.exists():
+            return False
+        grave = self._new_tmp("del")
+        try:
+            os.rename(path, grave / digest)
+        except FileNotFoundError:
+            shutil.rmtree(grave, ignore_errors=True)
+            return False
+        shutil.rmtree(grave, ignore_errors=True)
+        return True
+
+    def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
+        """Remove temp directories left by killed writers; returns how many were removed.
+
+        A directory is removed when nothing in it changed for ``older_than_s`` seconds and, if it was made
+        on this host, its writer process is gone.
+        """
+        if not self.tmp_dir.is_dir():
+            return 0
+        now, removed = time.time(), 0
+        for entry in os.scandir(self.tmp_dir):
+            parts = entry.name.split("-")
+            try:
+                newest = max([entry.stat().st_mtime] + [e.stat().st_mtime for e in os.scandir(entry.path)])
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if now - newest < older_than_s:
+                continue
+            if len(parts) == 4 and parts[2] == _HOST and parts[1].isdigit() and _alive(int(parts[1])):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
