@@ -36,6 +36,7 @@ def check_port(port: int, host: str = HOST) -> int:
     if not 0 < port < 65536:
         raise ServeError(f"--port {port} is not a TCP port number")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "in use"
         try:
             sock.bind((host, port))
         except OSError:
@@ -97,6 +98,7 @@ class Server:
         self.port = check_port(port) if port else free_port()
         self.grpc_port = check_port(grpc_port) if grpc_port else None
         self.url = f"http://{HOST}:{self.port}"
+        self.predictor_url = self.url  # split: the predictor's own server
         self._session: Any = None
         if self.name in _LIVE:  # serving again under the same name replaces the old server
             _LIVE[self.name].stop()
@@ -106,6 +108,7 @@ class Server:
         try:
             if split:
                 predictor_port = free_port()
+                self.predictor_url = f"http://{HOST}:{predictor_port}"
                 self.processes.append(_Process("predictor", [*common, "--http-port", str(predictor_port),
                                                              "--predictor-only"], log_dir / "predictor.log"))
                 self._wait_ready(self.processes[0], f"http://{HOST}:{predictor_port}", timeout)
