@@ -216,16 +216,19 @@ class KfpApiServer:
     Attributes tests use: ``url``, ``requests`` (all :class:`Recorded`), ``rejected``
     (requests answered 4xx/5xx by validation or auth), ``token`` (when set, every request must
     carry ``Authorization: Bearer <token>``), ``multi_user`` (healthz answer), ``run_states``
-    (the states a newly created run walks through, one per GET).
+    (the states a newly created run walks through, one per GET), ``failure_message``;
+    ``tls=(certfile, keyfile)`` serves https.
     """
 
     def __init__(self, *, token: str | None = None, multi_user: bool = False,
-                 run_states: list[str] | None = None, swagger: Path = SWAGGER_PATH) -> None:
+                 run_states: list[str] | None = None, swagger: Path = SWAGGER_PATH,
+                 tls: tuple[str, str] | None = None) -> None:
         self.swagger = Swagger(swagger)
         self.token = token
         self.multi_user = multi_user
         self.run_states = list(run_states or ["PENDING", "RUNNING", "SUCCEEDED"])
         self.failure_message = "step failed: exit code 1"
+        self.tls = tls  # (certfile, keyfile): serve https
         self.requests: list[Recorded] = []
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, _RunRecord] = {}
@@ -251,6 +254,12 @@ class KfpApiServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
+        if self.tls:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                         name="kfp-api-server", daemon=True)
         self._thread.start()
@@ -272,7 +281,7 @@ class KfpApiServer:
     def url(self) -> str:
         assert self._httpd is not None, "server not started"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     @property
     def rejected(self) -> list[Recorded]:

@@ -301,6 +301,27 @@ def test_multi_user_needs_a_namespace(compiled):
         assert srv.experiments[run.experiment_id]["namespace"] == "team-a"
 
 
+def test_tls_with_a_private_ca_certificate(compiled, tmp_path):
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    with KfpApiServer(tls=(str(cert), str(key))) as srv:
+        assert srv.url.startswith("https://")
+        with pytest.raises(cluster.ClusterError) as excinfo:
+            cluster.submit(compiled, host=srv.url)
+        assert "CERTIFICATE_VERIFY_FAILED" in _one_line_error(excinfo)
+        run = cluster.submit(compiled, host=srv.url, ssl_ca_cert=str(cert))
+        assert run.wait(timeout=30, poll_interval=0.01).status == "done"
+        import urllib3
+
+        with pytest.warns(urllib3.exceptions.InsecureRequestWarning):
+            run = cluster.submit(compiled, host=srv.url, verify_ssl=False)
+        assert run.url.startswith("https://") and not srv.rejected
+
+
 # --- the token -------------------------------------------------------------------------------
 
 def test_token_only_in_the_authorization_header(compiled, caplog, capsys, monkeypatch):
