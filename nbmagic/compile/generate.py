@@ -61,8 +61,8 @@ class _Names:
     def __init__(self, taken: set[str]):
         self.taken = set(taken)
 
-    def claim(self, wanted: str) -> str:
-        name = wanted
+    def claim(self, wanted: str, suffix: str = "_") -> str:
+        name = wanted if wanted not in self.taken else wanted + suffix
         while name in self.taken:
             name += "_"
         self.taken.add(name)
@@ -94,7 +94,7 @@ def _plan_components(
     pipeline_locals = _Names(reserved | set(plan.parameters))
     found: list[_Component] = []
     for step in plan.steps:
-        function = module_names.claim(step.name)
+        function = module_names.claim(step.name, "_step")
         pipeline_locals.taken.add(function)
         settings = merge(defaults, step.settings) if defaults is not None else step.settings
         modules = list(step.modules)

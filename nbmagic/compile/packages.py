@@ -9,8 +9,9 @@ from typing import Iterable
 # The KFP launcher installs kfp itself; listing a "kfp*" requirement would stop kfp from injecting its own install.
 SKIPPED = {"kfp", "kfp-pipeline-spec", "kfp-server-api", "kfp-kubernetes", "nbmagic"}
 # What the marshaller may need for values of a given module's types (besides dill for everything else).
-COMPANIONS = {"pandas": ("pyarrow",)}
-ALWAYS = ("dill",)
+COMPANIONS = {"pandas": ("pyarrow",), "scikit-learn": ("joblib",)}
+# dill for the generic fallback; xxhash because manifests hashed with xxh3 need it to load
+ALWAYS = ("dill", "xxhash")
 
 
 def normalize(name: str) -> str:
