@@ -8,7 +8,7 @@ from __future__ import annotations
 import linecache
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 
 class StepError(Exception):
@@ -46,13 +46,17 @@ def execute(
     writes: list[str] | tuple[str, ...],
     prelude: str = "",
     prelude_label: str = "<notebook code>",
+    setup: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``prelude`` then ``code`` in a fresh namespace seeded with ``values``.
 
+    ``setup`` may prepare the namespace first (e.g. an IPython shell for magics in the cell).
     Returns the names in ``writes`` that the code left bound. Raises StepError if the code raises.
     """
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     labels = {label, prelude_label}
+    if setup is not None:
+        setup(namespace)
     try:
         if prelude:
             _register(prelude_label, prelude)

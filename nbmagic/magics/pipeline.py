@@ -1,0 +1,285 @@
+"""%%step, %%pipeline_parameters, %pipeline_metrics, %pipeline_config, %pipeline and %compile_run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ..errors import NbMagicError
+from ..pipeline.cells import (
+    METRICS_MAGIC,
+    PARAMETERS_MAGIC,
+    STEP_ARGUMENTS,
+    STEP_MAGIC,
+    parse_metrics_line,
+    parse_parameters,
+    parse_step_line,
+)
+from ..pipeline.analysis import to_python
+from ..pipeline.settings import SETTING_ARGUMENTS, settings_from_args
+from .common import arguments, in_notebook, usage_errors
+from .state import kernel_state
+
+
+class _QuietError(Exception):
+    """Re-raised after a %%step body failed: IPython already showed the traceback once."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+    def _render_traceback_(self) -> list[str]:
+        return []
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, str]:
+    """``["lr=0.1", "kind=svm"]`` -> ``{"lr": "0.1", "kind": "svm"}``; the plan types them."""
+    values: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise NbMagicError(f"--param {pair!r}: expected NAME=VALUE")
+        values[name.strip()] = value
+    return values
+
+
+@magics_class
+class PipelineMagics(Magics):
+    """Record pipeline structure as cells run, and compile/run it."""
+
+    @property
+    def state(self):  # noqa: ANN201
+        return kernel_state(self.shell)
+
+    def _run_body(self, body: str) -> None:
+        """Run a cell body exactly like a normal cell; a failure fails this cell too."""
+        self.state.nested += 1
+        try:
+            result = self.shell.run_cell(body, store_history=False)
+        finally:
+            self.state.nested -= 1
+        error = result.error_before_exec or result.error_in_exec
+        if error is not None:
+            raise _QuietError(error)
+
+    @magic_arguments()
+    @arguments(STEP_ARGUMENTS + SETTING_ARGUMENTS)
+    @cell_magic("step")
+    @usage_errors
+    def step(self, line: str, cell: str) -> None:
+        """Record this cell as pipeline step NAME, then run it like a normal cell.
+
+        Edges come from data flow: a step that reads a variable runs after the nearest earlier step that
+        assigns it. ``--after`` adds edges that carry no data. Imports, functions and classes from ordinary
+        cells are made available inside the step. Settings (resources, retries, timeout, env, secrets,
+        volumes, image, packages, caching) apply to this step on top of ``%pipeline_config``.
+
+        Example::
+
+            %%step train --after process --memory 4Gi --retries 2
+            model = fit(X, y, lr)
+        """
+        parse_step_line(line, self.state.recorder.defaults)  # validates before anything is recorded
+        self.state.record_current(f"%%{STEP_MAGIC} {line}\n{cell}")
+        self._run_body(cell)
+
+    @cell_magic("pipeline_parameters")
+    @usage_errors
+    def pipeline_parameters(self, line: str, cell: str) -> None:
+        """Record this cell's assignments as pipeline parameters (int, float, str, bool), then run it.
+
+        Only ``name = literal`` lines belong here; their types come from the defaults. Example::
+
+            %%pipeline_parameters
+            lr = 0.01
+            epochs = 20
+            kind = "mlp"
+        """
+        parse_parameters(to_python(cell), "%%pipeline_parameters")
+        self.state.record_current(f"%%{PARAMETERS_MAGIC} {line}\n{cell}")
+        self._run_body(cell)
+
+    @magic_arguments()
+    @argument("names", nargs="+", help="variables that hold the pipeline's metrics (numbers)")
+    @line_magic("pipeline_metrics")
+    @usage_errors
+    def pipeline_metrics(self, line: str) -> None:
+        """Declare which variables are the pipeline's metrics; the step that assigns each produces it."""
+        parse_metrics_line(line)  # validation; the cell itself is recorded by the post-run hook
+
+    @magic_arguments()
+    @arguments(SETTING_ARGUMENTS)
+    @line_magic("pipeline_config")
+    @usage_errors
+    def pipeline_config(self, line: str) -> None:
+        """Pipeline-wide defaults for every step's settings (a step's own options win).
+
+        Example: ``%pipeline_config --image python:3.11 --memory 2Gi --retries 1``
+        """
+        args = parse_argstring(self.pipeline_config, line)
+        self.state.recorder.defaults = settings_from_args(args, None)
+
+    @magic_arguments()
+    @argument("--notebook", help="the notebook file, when the kernel cannot find it")
+    @argument("--remove", metavar="STEP", help="forget a recorded step (for front ends without a notebook file)")
+    @argument("--reset", action="store_true", help="forget everything recorded in this kernel")
+    @line_magic("pipeline")
+    @usage_errors
+    def pipeline(self, line: str) -> Any:
+        """Show the recorded pipeline: steps, edges with the variables that flow on them, parameters, metrics."""
+        args = parse_argstring(self.pipeline, line)
+        if args.reset:
+            self.state.recorder.reset()
+            print("nbmagic: forgot every recorded cell")
+            return None
+        if args.remove:
+            if not self.state.recorder.forget_step(args.remove):
+                raise NbMagicError(f"no recorded step {args.remove!r}")
+            print(f"nbmagic: forgot step {args.remove!r}")
+            return None
+        plan = self.state.plan(args.notebook)
+        return PlanView(plan)
+
+    @magic_arguments()
+    @argument("--param", action="append", metavar="NAME=VALUE", help="override a pipeline parameter (repeatable)")
+    @argument("--no-cache", action="store_true", help="run every step, reusing nothing")
+    @argument("--workers", type=int, default=None, help="steps run at once locally (default: number of cores)")
+    @argument("--output", "-o", metavar="FILE", help="write the compiled pipeline: .yaml for KFP IR, .py for readable KFP DSL")
+    @argument("--no-run", action="store_true", help="only compile (with --output)")
+    @argument("--host", help="KFP API URL: run on that cluster instead of locally (or $NBMAGIC_KFP_HOST with --cluster)")
+    @argument("--cluster", action="store_true", help="run on the KFP cluster named by $NBMAGIC_KFP_HOST")
+    @argument("--experiment", help="KFP experiment name (cluster runs)")
+    @argument("--namespace", help="Kubernetes namespace (cluster runs)")
+    @argument("--notebook", help="the notebook file, when the kernel cannot find it")
+    @argument("--name", help="pipeline name (default: the notebook's file name)")
+    @argument("--quiet", action="store_true", help="no live progress")
+    @line_magic("compile_run")
+    @usage_errors
+    def compile_run(self, line: str) -> Any:
+        """Compile the recorded steps into a KFP v2 pipeline and run it — on this machine by default.
+
+        Locally, independent steps run in parallel and unchanged steps are reused from the cache.
+        ``run = %compile_run --param lr=0.1`` returns the Run: ``run.metrics``, ``run.steps``,
+        ``run.logs("train")``, ``run.value("model")``.
+        """
+        args = parse_argstring(self.compile_run, line)
+        plan = self.state.plan(args.notebook, args.name)
+        overrides = parse_params(args.param)
+        values = plan.resolve_parameters(overrides)  # wrong types fail here, before anything runs
+        defaults = self.state.recorder.defaults
+        if args.output:
+            path = write_compiled(plan, args.output, defaults)
+            print(f"nbmagic: wrote {path}")
+        if args.no_run:
+            if not args.output:
+                raise NbMagicError("--no-run only makes sense with --output FILE")
+            return None
+        if args.host or args.cluster:
+            return self._run_on_cluster(plan, values, args, defaults)
+        from ..pipeline.settings import cluster_only, merge
+        from ..run.local import LocalRunner
+
+        plan = merged_plan(plan, defaults)
+        notes = sorted({note for s in plan.steps for note in cluster_only(s.settings)})
+        if notes:
+            print("nbmagic: cluster-only settings, not applied locally: " + "; ".join(notes))
+        view = ProgressView(quiet=args.quiet)
+        run = LocalRunner(workers=args.workers).run(plan, values, cache=not args.no_cache, listener=view.update)
+        self.state.last_run = run
+        view.close(run)
+        if run.status == "failed":
+            failed = next(s for s in run.steps.values() if s.status in ("failed", "timed_out"))
+            if failed.traceback:
+                print(failed.traceback, end="", file=__import__("sys").stderr)
+        return run
+
+    def _run_on_cluster(self, plan, values, args, defaults):  # noqa: ANN001, ANN202
+        from ..compile.kfp import compile_pipeline
+        from ..run.cluster import submit
+
+        text = compile_pipeline(plan, defaults=defaults)
+        run = submit(
+            text,
+            host=args.host,
+            parameters=values,
+            pipeline_name=plan.name,
+            experiment=args.experiment,
+            namespace=args.namespace,
+        )
+        print(f"nbmagic: run {run.id} started on {run.url}")
+        return run
+
+
+def merged_plan(plan, defaults):  # noqa: ANN001, ANN201
+    """The plan with pipeline-wide settings merged under each step's own."""
+    from ..pipeline.settings import merge
+
+    for step in plan.steps:
+        plan = plan.with_settings(step.name, merge(defaults, step.settings))
+    return plan
+
+
+def write_compiled(plan, output: str, defaults) -> Path:  # noqa: ANN001
+    """Write the compiled pipeline: KFP IR YAML, or readable KFP DSL for a ``.py`` path."""
+    from ..compile.kfp import compile_pipeline, export_dsl
+
+    path = Path(output).expanduser()
+    if not path.parent.is_dir():
+        raise NbMagicError(f"--output {output}: folder {path.parent} does not exist")
+    if path.suffix == ".py":
+        return export_dsl(plan, path, defaults=defaults)
+    compile_pipeline(plan, output=path, defaults=defaults)
+    return path
+
+
+class PlanView:
+    """``%pipeline``'s result: text in a terminal, text and a DAG picture in a notebook."""
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+
+    def __repr__(self) -> str:
+        from ..pipeline.render import plan_text
+
+        return plan_text(self.plan)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        from ..pipeline.render import plan_svg, plan_text
+
+        return f"<div>{plan_svg(self.plan)}<pre>{html.escape(plan_text(self.plan))}</pre></div>"
+
+
+class ProgressView:
+    """Live step states: an updating table in a notebook, plain lines in a terminal."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.rich = in_notebook()
+        self.handle = None
+        self._last: dict[str, str] = {}
+
+    def update(self, run: Any, state: Any) -> None:
+        if self.quiet:
+            return
+        if self.rich:
+            from IPython.display import HTML, display
+
+            from ..run.result import progress_html
+
+            if self.handle is None:
+                self.handle = display(HTML(progress_html(run)), display_id=True)
+            else:
+                self.handle.update(HTML(progress_html(run)))
+        elif state is not None and self._last.get(state.name) != state.status:
+            self._last[state.name] = state.status
+            took = f" ({state.duration:.2f} s)" if state.status not in ("running", "pending") and state.duration else ""
+            print(f"[{run.id}] {state.name}: {state.status}{took}", flush=True)
+
+    def close(self, run: Any) -> None:
+        if not self.quiet and not self.rich:
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in run.metrics.items())
+            print(f"[{run.id}] {run.status} in {run.duration:.2f} s" + (f"; {metrics}" if metrics else ""), flush=True)

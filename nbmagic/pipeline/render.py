@@ -1,0 +1,72 @@
+"""Show a plan: a text summary, and an SVG picture of its DAG laid out in layers."""
+from __future__ import annotations
+
+import html
+
+from .model import PipelinePlan
+
+
+def plan_text(plan: PipelinePlan) -> str:
+    lines = [f"pipeline {plan.name}" + (f"  ({plan.notebook})" if plan.notebook else "")]
+    if plan.parameters:
+        lines.append("parameters: " + ", ".join(f"{p.name}: {p.type} = {p.default!r}" for p in plan.parameters.values()))
+    if plan.metrics:
+        lines.append("metrics: " + ", ".join(plan.metrics))
+    lines.append("steps:")
+    for step in plan.steps:
+        reads = ", ".join(step.parameters)
+        lines.append(f"  {step.name}" + (f"  [parameters: {reads}]" if reads else "") + (f"  -> metrics: {', '.join(step.metrics)}" if step.metrics else ""))
+    edges = plan.edges
+    if edges:
+        lines.append("edges:")
+        for edge in edges:
+            how = "--after" if edge.explicit and not edge.variables else "inferred"
+            if edge.explicit and edge.variables:
+                how = "--after, inferred"
+            flow = ", ".join(edge.variables) if edge.variables else "(order only)"
+            lines.append(f"  {edge.source} -> {edge.target}: {flow}  [{how}]")
+    return "\n".join(lines)
+
+
+def _layers(plan: PipelinePlan) -> dict[str, int]:
+    layer: dict[str, int] = {}
+    for step in plan.steps:  # plan.steps is topologically ordered
+        layer[step.name] = 1 + max((layer[u] for u in step.upstream), default=-1)
+    return layer
+
+
+def plan_svg(plan: PipelinePlan) -> str:
+    """The DAG as SVG: one row per layer, edges labelled with the variables that flow on them."""
+    layer = _layers(plan)
+    rows: dict[int, list[str]] = {}
+    for step in plan.steps:
+        rows.setdefault(layer[step.name], []).append(step.name)
+    box_w, box_h, gap_x, gap_y = 150, 36, 40, 70
+    width = max(len(r) for r in rows.values()) * (box_w + gap_x) + gap_x
+    height = len(rows) * (box_h + gap_y) + gap_y // 2
+    pos: dict[str, tuple[float, float]] = {}
+    for depth, names in rows.items():
+        row_w = len(names) * (box_w + gap_x) - gap_x
+        for i, name in enumerate(names):
+            x = (width - row_w) / 2 + i * (box_w + gap_x)
+            pos[name] = (x, gap_y / 3 + depth * (box_h + gap_y))
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
+        '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>',
+    ]
+    for edge in plan.edges:
+        (sx, sy), (tx, ty) = pos[edge.source], pos[edge.target]
+        x1, y1, x2, y2 = sx + box_w / 2, sy + box_h, tx + box_w / 2, ty
+        dash = ' stroke-dasharray="4,3"' if edge.explicit and not edge.variables else ""
+        parts.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2 - 2}" stroke="#555"{dash} marker-end="url(#arrow)"/>')
+        if edge.variables:
+            label = html.escape(", ".join(edge.variables))
+            parts.append(f'<text x="{(x1 + x2) / 2 + 4}" y="{(y1 + y2) / 2}" fill="#555">{label}</text>')
+    for step in plan.steps:
+        x, y = pos[step.name]
+        fill = "#e8f5e9" if step.metrics else "#e3f2fd"
+        parts.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="{fill}" stroke="#1e88e5"/>')
+        parts.append(f'<text x="{x + box_w / 2}" y="{y + box_h / 2 + 4}" text-anchor="middle">{html.escape(step.name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,283 @@
+"""The local runner: schedule a plan's steps on the warm worker, in parallel, reusing cached results."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import NbMagicError
+from ..pipeline.model import PipelinePlan, StepPlan
+from ..store.runs import RunStore
+from .result import Run, StepState
+
+Listener = Callable[[Run, StepState | None], None]
+
+
+def _installed(module: str) -> bool:
+    """A library installed in site-packages (safe to import once in the worker), not a notebook-local module."""
+    import importlib.util
+
+    if module in sys.stdlib_module_names:
+        return False
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return False
+    origin = (spec.origin or "") if spec else ""
+    return "site-packages" in origin or "dist-packages" in origin
+
+
+def _versions(modules: tuple[str, ...]) -> list[str]:
+    from ..compile.packages import pinned
+
+    return pinned(modules)
+
+
+def cache_key(step: StepPlan, parameters: dict[str, Any], inputs: dict[str, str]) -> str:
+    """What decides whether a step's stored result can be reused."""
+    settings = step.settings
+    material = {
+        "code": step.cell.code,
+        "prelude": step.prelude,
+        "parameters": {name: parameters[name] for name in step.parameters},
+        "inputs": inputs,
+        "versions": _versions(step.modules),
+        "writes": list(step.writes),
+        "metrics": list(step.metrics),
+        "env": list(getattr(settings, "env", ()) or ()),
+        "python": list(sys.version_info[:2]),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class LocalRunner:
+    """Runs plans on this machine. One instance can run several plans at once from different threads."""
+
+    def __init__(self, store: RunStore | None = None, workers: int | None = None) -> None:
+        self.store = store or RunStore()
+        self.workers = workers or os.cpu_count() or 2
+
+    def run(
+        self,
+        plan: PipelinePlan,
+        parameters: dict[str, Any] | None = None,
+        *,
+        cache: bool = True,
+        listener: Listener | None = None,
+        experiment: str | None = None,
+        workers: int | None = None,
+    ) -> Run:
+        """Run ``plan`` with parameter overrides; returns when every step has finished, failed or been skipped."""
+        from .pool import worker_pool
+
+        values = plan.resolve_parameters(parameters)
+        limit = workers or self.workers
+        if limit < 1:
+            raise NbMagicError(f"--workers must be at least 1, not {limit}")
+        names = [s.name for s in plan.steps]
+        run_id = self.store.create_run(plan.name, values, names, notebook=plan.notebook, experiment=experiment)
+        run = Run(run_id, plan.name, names, values, self.store)
+        run_dir = self.store.run_dir(run_id)
+        notify = listener or (lambda *_: None)
+        notify(run, None)
+        pool = worker_pool()
+        modules = sorted({m for s in plan.steps for m in s.modules if _installed(m)})
+        if modules:
+            pool.preload(modules)
+
+        running: dict[Future[dict[str, Any]], tuple[StepPlan, str]] = {}
+        retry_at: dict[str, float] = {}
+        steps = {s.name: s for s in plan.steps}
+        try:
+            while True:
+                self._skip_after_failures(run, steps, notify)
+                for step in plan.steps:
+                    state = run.steps[step.name]
+                    if len(running) >= limit:
+                        break
+                    if state.status != "pending" or retry_at.get(step.name, 0) > time.time():
+                        continue
+                    if not all(run.steps[u].status in ("done", "cached") for u in step.upstream):
+                        continue
+                    submitted = self._start(run, step, values, cache, run_dir, pool, notify)
+                    if submitted is not None:
+                        running[submitted[0]] = (step, submitted[1])
+                if not running:
+                    pending = [s for s in run.steps.values() if s.status == "pending"]
+                    if not pending:
+                        break
+                    if retry_at:
+                        time.sleep(max(0.0, min(retry_at.values()) - time.time()))
+                        continue
+                    # anything still pending has no way to start (cannot happen with a valid plan)
+                    break
+                wait_for = None
+                if retry_at:
+                    wait_for = max(0.0, min(retry_at.values()) - time.time())
+                finished, _ = wait(list(running), timeout=wait_for if wait_for is not None else 1.0, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    step, spec_path = running.pop(future)
+                    retry_at.pop(step.name, None)
+                    again = self._finish(run, step, future.result(), spec_path, cache, notify)
+                    if again is not None:
+                        retry_at[step.name] = again
+        except KeyboardInterrupt:
+            for future in running:
+                pool.kill(getattr(future, "task_id", ""))
+            self._abort(run, "interrupted", running, pool)
+            notify(run, None)
+            raise
+        failed = [s for s in run.steps.values() if s.status in ("failed", "timed_out")]
+        run.status = "failed" if failed else "done"
+        run.error = failed[0].error if failed else None
+        run.ended = time.time()
+        self.store.finish_run(run_id, run.status, run.metrics, run.error)
+        notify(run, None)
+        return run
+
+    # -- one step ------------------------------------------------------------------------------
+    def _start(self, run: Run, step: StepPlan, values: dict[str, Any], cache: bool, run_dir: Path, pool: Any, notify: Listener):
+        state = run.steps[step.name]
+        inputs = {var: run.steps[src].outputs[var]["hash"] for var, src in step.inputs.items()}
+        key = cache_key(step, values, inputs)
+        use_cache = cache and step.settings.cache
+        state.started = time.time()
+        if use_cache:
+            entry = self.store.cache_get(key)
+            if entry is not None:
+                state.status, state.ended = "cached", time.time()
+                state.outputs, state.not_kept = entry.outputs, entry.not_kept
+                run.metrics.update(entry.metrics)
+                self.store.set_step(run.id, step.name, "cached", cached=1, cache_key=key, started=state.started, ended=state.ended,
+                                    properties={"reused_execution": entry.execution_id})
+                self.store.record_execution(run.id, step.name, self._input_refs(run, step), entry.outputs)
+                notify(run, state)
+                return None
+        state.status = "running"
+        state.attempts += 1
+        spec = {
+            "step": step.name,
+            "code": step.cell.code,
+            "label": step.cell.label,
+            "prelude": step.prelude,
+            "prelude_label": f"notebook code used by step {step.name}",
+            "parameters": {name: values[name] for name in step.parameters},
+            "inputs": inputs,
+            "writes": list(step.writes),
+            "required": sorted(set(step.outputs) | set(step.metrics)),
+            "metrics": list(step.metrics),
+            "store": str(self.store.root),
+            "log": str(run_dir / f"{step.name}.log"),
+            "result": str(run_dir / f"{step.name}.result.json"),
+            "env": dict(getattr(step.settings, "env", ()) or ()),
+            "uses_ipython": "get_ipython" in step.cell.code or "get_ipython" in step.prelude,
+            "cache_key": key,
+        }
+        spec_path = run_dir / f"{step.name}.spec.json"
+        spec_path.write_text(json.dumps(spec))
+        result_path = Path(spec["result"])
+        if result_path.exists():
+            result_path.unlink()
+        self.store.set_step(run.id, step.name, "running", cache_key=key, started=state.started, log=spec["log"])
+        notify(run, state)
+        timeout = getattr(step.settings, "timeout", None)
+        memory = _memory_limit(step)
+        task, future = pool.submit(str(spec_path), timeout=timeout, memory=memory)
+        future.task_id = task  # type: ignore[attr-defined]
+        return future, str(spec_path)
+
+    def _finish(self, run: Run, step: StepPlan, event: dict[str, Any], spec_path: str, cache: bool, notify: Listener) -> float | None:
+        """Record a finished step; return when to retry it, or None."""
+        state = run.steps[step.name]
+        spec = json.loads(Path(spec_path).read_text())
+        result_path = Path(spec["result"])
+        result = json.loads(result_path.read_text()) if result_path.exists() else None
+        state.ended = time.time()
+        if event.get("timed_out"):
+            state.status = "timed_out"
+            state.error = f"step {step.name!r} timed out after {step.settings.timeout} s and was stopped"
+        elif result is None:
+            signal_ = event.get("signal")
+            state.status = "failed"
+            memory = getattr(step.settings, "memory_limit", None) or getattr(step.settings, "memory_request", None)
+            if signal_ == 9 and memory:
+                state.error = f"step {step.name!r} was stopped: it went over its memory limit {memory}"
+            elif event.get("worker_died"):
+                state.error = f"step {step.name!r}: the step worker process ended unexpectedly"
+            else:
+                state.error = f"step {step.name!r} ended without a result (exit code {event.get('code')}, signal {signal_})"
+        else:
+            state.status = result["status"]
+            state.error = result.get("error")
+            state.traceback = result.get("traceback")
+            if state.status == "failed" and "MemoryError" in (state.error or "") and _memory_limit(step):
+                state.error = f"step {step.name!r} went over its memory limit {step.settings.memory_limit or step.settings.memory_request}: {state.error}"
+            state.outputs = result.get("outputs", {})
+            state.not_kept = result.get("not_kept", {})
+        retries = getattr(step.settings, "retries", None) or 0
+        if state.status in ("failed", "timed_out") and state.attempts <= retries:
+            backoff = getattr(step.settings, "retry_backoff", None) or 0
+            delay = backoff * (2 ** (state.attempts - 1))
+            state.status = "pending"
+            notify(run, state)
+            return time.time() + delay
+        if state.status == "done":
+            run.metrics.update(result.get("metrics", {}))
+            execution = self.store.record_execution(run.id, step.name, self._input_refs(run, step), state.outputs)
+            if cache and step.settings.cache:
+                self.store.cache_put(spec["cache_key"], step.name, execution, state.outputs, result.get("metrics", {}), state.not_kept)
+        self.store.set_step(
+            run.id, step.name, state.status, ended=state.ended, error=state.error, traceback=state.traceback,
+            properties={"not_kept": state.not_kept, "attempts": state.attempts, "parameters": spec["parameters"]},
+        )
+        notify(run, state)
+        return None
+
+    def _input_refs(self, run: Run, step: StepPlan) -> dict[str, dict[str, Any]]:
+        return {var: run.steps[src].outputs[var] for var, src in step.inputs.items()}
+
+    def _skip_after_failures(self, run: Run, steps: dict[str, StepPlan], notify: Listener) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for name, state in run.steps.items():
+                if state.status != "pending":
+                    continue
+                blocked = [u for u in steps[name].upstream if run.steps[u].status in ("failed", "timed_out", "skipped")]
+                if blocked:
+                    state.status = "skipped"
+                    state.error = f"skipped: upstream step {blocked[0]!r} did not finish"
+                    self.store.set_step(run.id, name, "skipped", error=state.error)
+                    notify(run, state)
+                    changed = True
+
+    def _abort(self, run: Run, reason: str, running: dict, pool: Any) -> None:
+        for state in run.steps.values():
+            if state.status in ("pending", "running"):
+                state.status = "failed" if state.status == "running" else "skipped"
+                state.error = reason
+                state.ended = time.time()
+                self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
+        run.status, run.error, run.ended = "failed", reason, time.time()
+        self.store.finish_run(run.id, "failed", run.metrics, reason)
+
+
+def _memory_limit(step: StepPlan) -> int | None:
+    quantity = getattr(step.settings, "memory_limit", None)
+    if not quantity:
+        return None
+    from ..pipeline.settings import memory_bytes
+
+    return memory_bytes(quantity)
+
+
+def run_pipeline(plan: PipelinePlan, parameters: dict[str, Any] | None = None, **options: Any) -> Run:
+    """Run ``plan`` locally with a default runner (store from ``$NBMAGIC_HOME``)."""
+    store = options.pop("store", None)
+    workers = options.pop("workers", None)
+    return LocalRunner(store, workers).run(plan, parameters, **options)

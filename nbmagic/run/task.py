@@ -1,0 +1,107 @@
+"""One step as a worker child runs it: load inputs from the store, execute, keep every value it assigns."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .step import StepError, execute
+
+
+def _redirect_output(log_path: str) -> None:
+    """Send the step's stdout/stderr (Python and C level) to its log file."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+
+
+def _ipython_setup(namespace: dict[str, Any]) -> None:
+    """Give ``%time``/``!cmd`` lines in a step a shell whose namespace is the step's own."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance(user_ns=namespace)
+    namespace["get_ipython"] = lambda: shell
+
+
+def _metric(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle)
+    os.replace(tmp, path)
+
+
+def run_task(spec_path: str) -> int:
+    """Run the step described by the JSON spec at ``spec_path``; write its result next to it. Exit code 0/1."""
+    spec = json.loads(Path(spec_path).read_text())
+    _redirect_output(spec["log"])
+    os.environ.update(spec.get("env", {}))
+    from ..store.objects import ObjectStore
+
+    store = ObjectStore(Path(spec["store"]))
+    result: dict[str, Any] = {"status": "failed", "outputs": {}, "not_kept": {}, "metrics": {}, "started": time.time()}
+    try:
+        values = dict(spec["parameters"])
+        for var, digest in spec["inputs"].items():
+            values[var] = store.get(digest, name=var)
+        assigned = execute(
+            spec["step"],
+            spec["code"],
+            spec["label"],
+            values,
+            spec["writes"],
+            prelude=spec.get("prelude", ""),
+            prelude_label=spec.get("prelude_label", "<notebook code>"),
+            setup=_ipython_setup if spec.get("uses_ipython") else None,
+        )
+        required = set(spec["required"])
+        for name in spec["metrics"]:
+            if name not in assigned:
+                raise RuntimeError(f"step {spec['step']!r} did not assign metric {name!r}")
+            number = _metric(assigned[name])
+            if number is None:
+                raise TypeError(f"metric {name!r} from step {spec['step']!r} is a {type(assigned[name]).__name__}, not a number")
+            result["metrics"][name] = number
+        for name, value in assigned.items():
+            if spec.get("keep_all", True) is False and name not in required:
+                continue
+            try:
+                result["outputs"][name] = asdict(store.put(value, name))
+            except Exception as exc:  # noqa: BLE001 - unserializable values are reported by name
+                reason = f"{type(value).__module__}.{type(value).__qualname__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                if name in required:
+                    raise _OutputError(
+                        f"step {spec['step']!r}: variable {name!r} of type {type(value).__qualname__} cannot be stored for the steps that read it ({exc})"
+                    ) from None
+                result["not_kept"][name] = reason
+        missing = sorted(required - set(assigned))
+        if missing:
+            raise _OutputError(f"step {spec['step']!r} did not assign {missing[0]!r}, which a later step reads")
+        result["status"] = "done"
+    except StepError as exc:
+        result["error"] = str(exc)
+        result["traceback"] = exc.notebook_traceback
+        sys.stderr.write(exc.notebook_traceback)
+    except Exception as exc:  # noqa: BLE001 - store and output errors
+        result["error"] = str(exc) if isinstance(exc, _OutputError) else f"step {spec['step']!r}: {type(exc).__name__}: {exc}"
+        sys.stderr.write(result["error"] + "\n")
+    result["ended"] = time.time()
+    _write_json(spec["result"], result)
+    return 0 if result["status"] == "done" else 1
+
+
+class _OutputError(Exception):
+    pass

@@ -1,0 +1,153 @@
+"""The step worker: a warm parent process that forks one child per step.
+
+The parent imports the libraries steps use once; each step then starts in ~5 ms as a forked child with its
+own process group, so a timeout or memory limit stops that step (and whatever it spawned) alone.
+
+Protocol, one JSON object per line. Requests on stdin:
+``{"op": "preload", "modules": [...]}``, ``{"op": "run", "task": ID, "spec": PATH, "timeout": S, "memory": BYTES}``,
+``{"op": "kill", "task": ID}``. Events on stdout: ``{"event": "ready"}``, ``{"event": "preloaded", "modules": [...]}``,
+``{"event": "exit", "task": ID, "code": N, "signal": N, "timed_out": bool}``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+
+def _send(out: Any, event: dict[str, Any]) -> None:
+    out.write(json.dumps(event) + "\n")
+    out.flush()
+
+
+def _child(spec_path: str, memory: int | None) -> None:
+    """In the forked child: detach, apply limits, run the step, exit without running the parent's cleanup."""
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        if memory:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        from .task import run_task
+
+        code = run_task(spec_path)
+    except BaseException:  # noqa: BLE001 - reported through the exit code and the log
+        import traceback
+
+        traceback.print_exc()
+        code = 3
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve(stdin: Any = None, stdout: Any = None) -> None:
+    """Main loop: read requests, fork children, report their exits; ends when stdin closes."""
+    stdin = stdin or sys.stdin
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w") if stdout is None else stdout
+    # children must never write into the protocol stream
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupts are for the kernel
+    tasks: dict[int, dict[str, Any]] = {}  # pid -> {"task", "deadline", "timed_out"}
+    buffer = b""
+    _send(out, {"event": "ready", "pid": os.getpid()})
+    fd = stdin.fileno()
+    open_input = True
+    while open_input or tasks:
+        deadlines = [t["deadline"] for t in tasks.values() if t["deadline"]]
+        wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        readable, _, _ = select.select([fd, wake_r] if open_input else [wake_r], [], [], wait)
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+        now = time.monotonic()
+        for pid, task in tasks.items():
+            if task["deadline"] and now >= task["deadline"] and not task["timed_out"]:
+                task["timed_out"] = True
+                _kill_group(pid)
+        while tasks:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            task = tasks.pop(pid, None)
+            if task is None:
+                continue
+            _kill_group(pid)  # whatever the step left running in its group
+            _send(
+                out,
+                {
+                    "event": "exit",
+                    "task": task["task"],
+                    "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                    "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                    "timed_out": task["timed_out"],
+                },
+            )
+        if fd in readable and open_input:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_input = False
+                for pid in tasks:
+                    _kill_group(pid)
+                continue
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    _handle(json.loads(line), tasks, out)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _handle(request: dict[str, Any], tasks: dict[int, dict[str, Any]], out: Any) -> None:
+    op = request.get("op")
+    if op == "preload":
+        loaded = []
+        for module in request.get("modules", []):
+            try:
+                importlib.import_module(module)
+                loaded.append(module)
+            except BaseException:  # noqa: BLE001 - a step that imports it will report the error itself
+                pass
+        _send(out, {"event": "preloaded", "modules": loaded})
+    elif op == "run":
+        pid = os.fork()
+        if pid == 0:
+            _child(request["spec"], request.get("memory"))
+        timeout = request.get("timeout")
+        tasks[pid] = {"task": request["task"], "deadline": time.monotonic() + timeout if timeout else None, "timed_out": False}
+        _send(out, {"event": "started", "task": request["task"], "pid": pid})
+    elif op == "kill":
+        for pid, task in tasks.items():
+            if task["task"] == request.get("task"):
+                _kill_group(pid)
+
+
+if __name__ == "__main__":
+    serve()
