@@ -151,3 +151,17 @@ class Experiment:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(self.summary())
+
+    def _ipython_display_(self) -> None:
+        """A live view in notebooks (not again in the cell that started it), the summary in a terminal."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None and getattr(shell, "execution_count", None) == getattr(self, "_shown_in", -1):
+            return
+        if shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell":
+            from .view import LiveView
+
+            LiveView(self).show()
+        else:
+            print(self.summary())

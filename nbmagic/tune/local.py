@@ -305,23 +305,29 @@ def run_local(
     ).start()
 
 
-def pipeline_trial_runner(plan: Any, *, cache: bool = True) -> RunTrial:
-    """A ``run_trial`` that runs the recorded pipeline with the local runner (``nbmagic.run.local``)."""
+def pipeline_trial_runner(plan: Any, *, cache: bool = True, experiment: str | None = None,
+                          runner: Any = None) -> RunTrial:
+    """A ``run_trial`` that runs the recorded pipeline on the local runner (``nbmagic.run.local``).
+
+    Steps that read no tuned parameter hit the cache after the first trial.
+    """
+    shared: list[Any] = [runner]
 
     def run_trial(parameters: dict[str, Any]) -> TrialResult:
-        from ..run import local as runner
+        from ..run.local import LocalRunner
 
+        if shared[0] is None:
+            shared[0] = LocalRunner()
         started = time.perf_counter()
-        run = runner.run_pipeline(plan, parameters, cache=cache, quiet=True)
-        steps = getattr(run, "steps", {}) or {}
-        cached = sum(bool(getattr(state, "cached", False)) for state in steps.values())
-        error = getattr(run, "error", None)
+        run = shared[0].run(plan, parameters, cache=cache, experiment=experiment)
+        error = None
+        if run.status != "done":
+            failed = [s for s in run.steps.values() if s.status in ("failed", "timed_out")]
+            first = (run.error or (failed[0].error if failed else "") or "run failed").strip().splitlines()
+            error = (f"step {failed[0].name!r}: " if failed else "") + (first[-1] if first else "run failed")
         return TrialResult(
-            run_id=getattr(run, "id", None),
-            status="done" if getattr(run, "status", "") == "done" else "failed",
-            metrics=dict(getattr(run, "metrics", {}) or {}),
-            cached_steps=cached,
-            error=None if error is None else str(error).strip().splitlines()[-1] if str(error).strip() else "run failed",
+            run_id=run.id, status="done" if run.status == "done" else "failed", metrics=dict(run.metrics),
+            cached_steps=sum(1 for state in run.steps.values() if state.cached), error=error,
             duration=time.perf_counter() - started,
         )
 

@@ -66,6 +66,25 @@ def metric_lines(metrics: dict[str, Any], names: Sequence[str]) -> list[str]:
     return lines
 
 
+def metric_values(run: Any) -> dict[str, Any]:
+    """Metric name -> value from a finished run.
+
+    Plain values are taken as they are; a reference object (``nbmagic.run.cluster.MetricsRef``) counts
+    when it carries a ``value`` (a number, or a dict of name -> number for a task's metrics output).
+    A run may also offer ``metric_values()``, which wins.
+    """
+    reader = getattr(run, "metric_values", None)
+    raw = reader() if callable(reader) else (getattr(run, "metrics", None) or {})
+    found: dict[str, Any] = {}
+    for key, value in dict(raw).items():
+        value = getattr(value, "value", value)
+        if isinstance(value, dict):
+            found.update(value)
+        elif value is not None:
+            found[str(key)] = value
+    return found
+
+
 def _default_submit(*args: Any, **kwargs: Any) -> Any:
     from ..run import cluster
 
@@ -88,7 +107,7 @@ def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = 
     )
     run.wait()
     status = str(getattr(run, "status", "") or "")
-    metrics = dict(getattr(run, "metrics", {}) or {})
+    metrics = metric_values(run)
     for line in metric_lines(metrics, args.metric):
         print(line, flush=True)
     if status.lower() not in ("", "done", "succeeded"):

@@ -1,0 +1,210 @@
+"""%katib: tune the recorded pipeline — a form in notebooks, or every field as an argument."""
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .common import in_notebook, usage_errors
+
+SYNTAX = """\
+Search space, one --param per tuned parameter:
+  lr=double(1e-4,1e-1,log)       continuous, log scale (min > 0)
+  lr=double(0.01,0.1,step=0.01)  quantized (grid needs a step for doubles)
+  epochs=int(5,50)               integers (optional step=N, log)
+  kind=categorical(mlp,gbm)      values (quote values holding commas)
+  units=discrete(32,64,128)      numbers
+Parameters not given keep their recorded defaults; --fixed name=value overrides one.
+Without --param, a form pre-filled from %%pipeline_parameters and %pipeline_metrics is shown.
+Examples:
+  exp = %katib --algorithm tpe --max-trials 30 --parallel 2 --objective val_loss --param "lr=double(1e-4,1e-1,log)"
+  exp.best, exp.trials, exp.wait(), exp.stop()
+"""
+
+
+@magics_class
+class TuneMagics(Magics):
+    """Hyperparameter tuning of the recorded pipeline, locally with Optuna or with Katib on a cluster."""
+
+    @magic_arguments()
+    @argument("--param", action="append", default=[], metavar="NAME=TYPE(...)", help="a tuned parameter (see above)")
+    @argument("--fixed", action="append", default=[], metavar="NAME=VALUE", help="keep a parameter at this value")
+    @argument("--objective", help="the metric to optimise (default: the first recorded metric)")
+    @argument("--goal", choices=["minimize", "maximize"], help="default: guessed from the metric's name")
+    @argument("--metrics", help="additional metrics to collect, comma-separated")
+    @argument("--algorithm", default="tpe",
+              help="random, grid, bayesianoptimization, tpe, multivariate-tpe, cmaes, sobol (Katib's names)")
+    @argument("--max-trials", type=int, default=12)
+    @argument("--parallel", type=int, default=1, help="trials at once")
+    @argument("--max-failed", type=int, default=3, help="stop after this many failed trials")
+    @argument("--seed", type=int, help="sampler seed")
+    @argument("--name", help="experiment name (default: pipeline name + a hash of the search space)")
+    @argument("--restart", action="store_true", help="forget the stored study of this experiment")
+    @argument("--no-cache", action="store_true", help="run every step in every trial")
+    @argument("--wait", action="store_true", help="block until the experiment ends")
+    @argument("--quiet", action="store_true", help="no live view")
+    @argument("--notebook", help="the notebook file, when the kernel cannot find it")
+    @argument("--host", help="KFP API URL: run a Katib Experiment on that cluster; trials run the pipeline there")
+    @argument("--namespace", default="kubeflow-user-example-com", help="Kubernetes namespace (cluster)")
+    @argument("--image", help="trial Job image (cluster; needs python, kfp and nbmagic)")
+    @argument("--kfp-experiment", help="KFP experiment for the trial runs (cluster)")
+    @argument("--service-account", help="trial Job service account (cluster)")
+    @argument("--api-server", help="Kubernetes API URL (cluster; default: in-cluster config or kubeconfig)")
+    @line_magic("katib")
+    @usage_errors
+    def katib(self, line: str) -> Any:
+        """Tune the recorded pipeline: each trial is a pipeline run; unchanged steps come from the cache."""
+        args = parse_argstring(self.katib, line)
+        from .state import current_plan
+
+        plan = current_plan(self.shell, args.notebook)
+        if not args.param:
+            return self._form(plan, args)
+        return self._start(plan, args, build_spec(args, plan))
+
+    def _form(self, plan: Any, args: Any) -> Any:
+        from ..tune.form import TuneForm
+        from ..tune.space import TuneError, spec_from_recorded
+
+        if not plan.parameters:
+            raise TuneError("no pipeline parameters recorded: mark them with %%pipeline_parameters first")
+        if not plan.metrics:
+            raise TuneError("no pipeline metrics recorded: mark one with %pipeline_metrics NAME first")
+        defaults = spec_from_recorded(plan.parameters, plan.metrics)
+        overrides = {k: v for k, v in {"algorithm": args.algorithm, "max_trials": args.max_trials,
+                                        "parallel_trials": args.parallel, "max_failed_trials": args.max_failed,
+                                        "objective": args.objective, "goal": args.goal}.items() if v is not None}
+        from dataclasses import replace
+
+        defaults = replace(defaults, **overrides)
+        holder: dict[str, Any] = {}
+
+        def on_run(spec: Any) -> Any:
+            from dataclasses import replace as copy
+
+            spec = copy(spec, seed=args.seed, name=args.name or "")
+            return self._start(plan, args, spec, target=holder["form"].view)
+
+        form = TuneForm(plan.parameters, plan.metrics, on_run, defaults=defaults)
+        holder["form"] = form
+        from IPython.display import display
+
+        display(form.widget)
+        return FormHandle(form, self.shell)
+
+    def _start(self, plan: Any, args: Any, spec: Any, target: Any = None) -> Any:
+        spec = spec.check_against(plan.parameters, plan.metrics)
+        state_defaults = _pipeline_defaults(self.shell)
+        if args.host:
+            experiment = self._katib_on_cluster(plan, args, spec, state_defaults)
+        else:
+            from ..tune.local import LocalExperiment, pipeline_trial_runner
+            from .pipeline import merged_plan
+
+            merged = merged_plan(plan, state_defaults) if state_defaults is not None else plan
+            name = spec.experiment_name(plan.name)
+            runner = pipeline_trial_runner(merged, cache=not args.no_cache, experiment=name)
+            experiment = LocalExperiment(spec, runner, pipeline=plan.name, recorded=plan.parameters,
+                                         restart=args.restart)
+            experiment.start()
+        show(experiment, self.shell, quiet=args.quiet, target=target)
+        if args.wait:
+            experiment.wait()
+        return experiment
+
+    def _katib_on_cluster(self, plan: Any, args: Any, spec: Any, defaults: Any) -> Any:
+        from ..compile.kfp import compile_pipeline
+        from ..tune import katib
+
+        text = compile_pipeline(plan, defaults=defaults) if defaults is not None else compile_pipeline(plan)
+        return katib.run_katib(
+            spec, text, host=args.host, pipeline_name=plan.name, namespace=args.namespace,
+            recorded=plan.parameters, image=args.image or plan.image or katib.DEFAULT_IMAGE,
+            kfp_experiment=args.kfp_experiment, service_account=args.service_account,
+            client=katib.api_client(args.api_server),
+        )
+
+    katib.__doc__ = (katib.__doc__ or "") + "\n\n" + SYNTAX
+
+
+def build_spec(args: Any, plan: Any) -> Any:
+    """The ExperimentSpec from parsed %katib arguments (the form builds the same object)."""
+    from ..tune.space import ExperimentSpec, guess_goal, parse_fixed, parse_param
+
+    objective = args.objective or (plan.metrics[0] if plan.metrics else "")
+    return ExperimentSpec(
+        parameters=tuple(parse_param(_unquote(p)) for p in args.param),
+        objective=objective,
+        goal=args.goal or guess_goal(objective),
+        fixed=dict(parse_fixed(_unquote(f)) for f in args.fixed),
+        additional_metrics=tuple(m.strip() for m in (args.metrics or "").split(",") if m.strip()),
+        algorithm=args.algorithm,
+        max_trials=args.max_trials,
+        parallel_trials=args.parallel,
+        max_failed_trials=args.max_failed,
+        seed=args.seed,
+        name=args.name or "",
+    )
+
+
+def _unquote(text: str) -> str:
+    """IPython's argument parser keeps the quotes around ``"lr=double(...)"``."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _pipeline_defaults(shell: Any) -> Any:
+    from .state import kernel_state
+
+    return getattr(kernel_state(shell).recorder, "defaults", None)
+
+
+def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None) -> None:
+    """Attach the live view (HTML in notebooks, a summary line in a terminal)."""
+    from ..tune.view import LiveView
+
+    experiment._shown_in = getattr(shell, "execution_count", None)
+    if quiet:
+        return
+    if target is not None:
+        LiveView(experiment, target=target).show()
+    elif in_notebook():
+        LiveView(experiment).show()
+    else:
+        print(f"nbmagic: {experiment.backend} experiment {experiment.name!r} started "
+              f"({experiment.spec.max_trials} trials, {experiment.spec.parallel_trials} at once); "
+              "exp.wait() blocks, exp.best shows the best trial")
+        if experiment.note:
+            print(f"nbmagic: {experiment.note}")
+
+
+class FormHandle:
+    """What ``exp = %katib`` returns when the form is shown: the form, then the experiment it started."""
+
+    def __init__(self, form: Any, shell: Any) -> None:
+        self.form = form
+        self._shown_in = getattr(shell, "execution_count", None)
+
+    @property
+    def experiment(self) -> Any:
+        return self.form._current()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.form._current(), name)
+
+    def _ipython_display_(self) -> None:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        shell = get_ipython()
+        if shell is not None and getattr(shell, "execution_count", None) == self._shown_in:
+            return  # already displayed by %katib in this cell
+        display(self.form.widget)
+
+    def __repr__(self) -> str:
+        return f"<%katib form; experiment: {self.form.experiment!r}>"
