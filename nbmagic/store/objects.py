@@ -86,8 +86,6 @@ class ObjectStore:
                 raise StoreError(str(exc)) from exc
             digest = manifest["hash"]
             final = self._path(digest)
-            if final.exists():
-                return self._ref(digest, name, manifest)
             for p in tmp.iterdir():
                 p.chmod(0o444)
                 if self.fsync:
