@@ -1,0 +1,135 @@
+"""The ``nbmagic`` command: the same library as the magics, from a saved notebook, without Jupyter."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import NbMagicError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _plan(notebook: str, name: str | None = None):  # noqa: ANN202
+    from .pipeline.cells import read_cells
+    from .pipeline.notebook import read_notebook
+    from .pipeline.plan import build_plan
+
+    path = Path(notebook).expanduser()
+    if not path.is_file():
+        raise NbMagicError(f"no notebook {notebook}")
+    cells = read_notebook(path)
+    recorded = read_cells(cells)
+    plan = build_plan(recorded, notebook_path=str(path.resolve()), name=name)
+    return plan, _defaults(cells)
+
+
+def _defaults(cells: list) -> Any:
+    """Pipeline-wide settings from a ``%pipeline_config`` line in the notebook."""
+    import shlex
+
+    from .pipeline.cells import SETTING_ARGUMENTS, build_parser
+    from .pipeline.settings import StepSettings, settings_from_args
+
+    parser = build_parser("%pipeline_config", SETTING_ARGUMENTS)
+    defaults = StepSettings()
+    for cell in cells:
+        for line in cell.source.splitlines():
+            if line.strip().startswith("%pipeline_config"):
+                args = parser.parse_args(shlex.split(line.strip()[len("%pipeline_config"):]))
+                defaults = settings_from_args(args, None)
+    return defaults
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .magics.pipeline import merged_plan, parse_params
+    from .run.local import LocalRunner
+
+    plan, defaults = _plan(args.notebook, args.name)
+    values = plan.resolve_parameters(parse_params(args.param))
+    if args.host:
+        from .compile.kfp import compile_pipeline
+        from .run.cluster import submit
+
+        run = submit(compile_pipeline(plan, defaults=defaults), host=args.host, parameters=values,
+                     pipeline_name=plan.name, experiment=args.experiment, namespace=args.namespace)
+        print(f"run {run.id} started: {run.url}")
+        return 0
+    plan = merged_plan(plan, defaults)
+
+    def show(run: Any, state: Any) -> None:
+        if state is not None and state.status != "pending":
+            took = f" ({state.duration:.2f} s)" if state.status not in ("running",) and state.duration is not None else ""
+            print(f"[{run.id}] {state.name}: {state.status}{took}", flush=True)
+
+    run = LocalRunner(workers=args.workers).run(plan, values, cache=not args.no_cache, listener=None if args.quiet else show)
+    metrics = ", ".join(f"{k}={v:.6g}" for k, v in run.metrics.items())
+    print(f"[{run.id}] {run.status} in {run.duration:.2f} s, {run.cached_steps}/{len(run.steps)} steps cached" + (f"; {metrics}" if metrics else ""))
+    if run.status != "done":
+        failed = next(s for s in run.steps.values() if s.status in ("failed", "timed_out"))
+        print(failed.traceback or failed.error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .magics.pipeline import write_compiled
+
+    plan, defaults = _plan(args.notebook, args.name)
+    path = write_compiled(plan, args.output, defaults)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbmagic", description="Notebook pipelines on Kubeflow, local first.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a saved notebook's pipeline (locally, or on a KFP cluster with --host)")
+    run.add_argument("notebook")
+    run.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a pipeline parameter")
+    run.add_argument("--no-cache", action="store_true", help="run every step, reusing nothing")
+    run.add_argument("--workers", type=int, default=None, help="steps run at once (default: cores)")
+    run.add_argument("--name", help="pipeline name (default: the notebook's file name)")
+    run.add_argument("--host", help="KFP API URL to run on instead of locally")
+    run.add_argument("--experiment", help="KFP experiment (cluster runs)")
+    run.add_argument("--namespace", help="Kubernetes namespace (cluster runs)")
+    run.add_argument("--quiet", action="store_true", help="print only the result")
+    run.set_defaults(func=cmd_run)
+
+    comp = sub.add_parser("compile", help="compile a saved notebook's pipeline to KFP IR YAML (or DSL .py)")
+    comp.add_argument("notebook")
+    comp.add_argument("-o", "--output", required=True, help="FILE.yaml for KFP IR, FILE.py for readable KFP DSL")
+    comp.add_argument("--name", help="pipeline name (default: the notebook's file name)")
+    comp.set_defaults(func=cmd_compile)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list[Callable[[Any], None]]:
+    """Subcommands from other rooms (run history, garbage collection, …), each a ``register(subparsers)``."""
+    found = []
+    for module in ("nbmagic.state_cli",):
+        try:
+            found.append(__import__(module, fromlist=["register"]).register)
+        except ImportError as exc:
+            if exc.name != module:
+                raise
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except NbMagicError as exc:
+        print(f"nbmagic: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
