@@ -153,3 +153,19 @@ def test_every_algorithm_has_a_sampler_that_runs(algorithm, tmp_path):
                     directory=tmp_path).wait(60)
     assert exp.status == "succeeded", exp.message
     assert len({t.parameters["lr"] for t in exp.trials}) > 1
+
+
+def test_kernel_interrupt_while_waiting_stops_the_experiment(tmp_path):
+    import _thread
+
+    def slowish(values):
+        time.sleep(0.2)
+        return TrialResult("r", "done", metrics={"loss": values["lr"]})
+
+    exp = run_local(spec(max_trials=50), slowish, recorded=RECORDED, directory=tmp_path)
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        exp.wait(20)
+    exp.wait(20)
+    assert exp.status == "stopped" and 1 <= len(exp.trials) < 50
+    assert all(t.status == "succeeded" for t in exp.trials)  # the running trial ended and was kept
