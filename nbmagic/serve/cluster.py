@@ -85,10 +85,11 @@ def api_client(host: str | None = None) -> Any:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        try:
-            config.load_kube_config()
+        try:  # KUBECONFIG is read now, not when kubernetes was imported
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         except Exception as exc:  # noqa: BLE001
-            raise ServeError(f"--cluster: no Kubernetes configuration found ({type(exc).__name__})") from None
+            raise ServeError(f"--cluster: no usable Kubernetes configuration ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     return k8s.ApiClient()
 
 
@@ -152,13 +153,15 @@ class ClusterServer:
     def wait_ready(self, timeout: float = 600.0, interval: float = 2.0) -> "ClusterServer":
         deadline = time.monotonic() + timeout
         last = None
+        pause = 0.1
         while time.monotonic() < deadline:
             obj = self._get()
             last = ready_condition(obj)
             if last and last.get("status") == "True":
                 self.url = (obj.get("status") or {}).get("url")
                 return self
-            time.sleep(interval)
+            time.sleep(pause)
+            pause = min(pause * 2, interval)  # quick at first, then every ``interval`` seconds
         why = f"{last.get('reason', '')} {last.get('message', '')}".strip() if last else "no Ready condition yet"
         raise ServeError(f"InferenceService '{self.name}' in '{self.namespace}' not Ready after {timeout:.0f} s: {why}")
 
