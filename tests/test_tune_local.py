@@ -156,14 +156,15 @@ def test_every_algorithm_has_a_sampler_that_runs(algorithm, tmp_path):
 
 
 def test_kernel_interrupt_while_waiting_stops_the_experiment(tmp_path):
-    import _thread
+    import os
+    import signal
 
     def slowish(values):
         time.sleep(0.2)
         return TrialResult("r", "done", metrics={"loss": values["lr"]})
 
     exp = run_local(spec(max_trials=50), slowish, recorded=RECORDED, directory=tmp_path)
-    threading.Timer(0.3, _thread.interrupt_main).start()
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         exp.wait(20)
     exp.wait(20)
