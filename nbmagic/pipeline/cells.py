@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PipelineError
+from ..errors import NbMagicError, PipelineError
 from .analysis import parse, to_python
 from .model import Cell, Parameter, Step, check_name
 from .settings import SETTING_ARGUMENTS, StepSettings, settings_from_args
@@ -54,14 +54,21 @@ def parse_step_line(line: str, defaults: StepSettings | None = None) -> tuple[st
     after = tuple(dict.fromkeys(check_name(a, "step") for a in namespace.after))
     if name in after:
         raise PipelineError(f"step {name!r} cannot run --after itself")
-    return name, after, settings_from_args(namespace, defaults)
+    try:
+        return name, after, settings_from_args(namespace, defaults)
+    except NbMagicError as exc:
+        raise PipelineError(f"%%step {name}: {exc}") from None
 
 
-def parse_parameters(code: str, where: str) -> dict[str, Parameter]:
-    """A ``%%pipeline_parameters`` body: only ``name = literal`` lines (int, float, str, bool)."""
+def parse_parameters(code: str, where: str, first_line: int = 2) -> dict[str, Parameter]:
+    """A ``%%pipeline_parameters`` body: only ``name = literal`` lines (int, float, str, bool).
+
+    ``first_line`` is the cell line the body starts on (after the magic line), so errors name the cell's line.
+    """
     tree = parse(code, where)
     found: dict[str, Parameter] = {}
     for statement in tree.body:
+        statement.lineno += first_line - 1
         if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str):
             continue  # a docstring-like comment
         target = statement.targets[0] if isinstance(statement, ast.Assign) and len(statement.targets) == 1 else None
