@@ -1,0 +1,150 @@
+"""The local runner on real worker processes: parallelism, caching, failures, limits, stored values."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from nbmagic.pipeline.cells import RawCell, read_cells
+from nbmagic.pipeline.plan import build_plan
+from nbmagic.run.local import LocalRunner
+
+
+def plan_of(*sources: str):
+    cells = [RawCell(source, i, f"cell {i}") for i, source in enumerate(sources, start=1)]
+    return build_plan(read_cells(cells))
+
+
+@pytest.fixture
+def runner():
+    return LocalRunner(workers=2)
+
+
+def test_independent_steps_run_at_the_same_time(runner):
+    plan = plan_of(
+        "import time\n",
+        "%%step a\na_start = time.time()\ntime.sleep(1)\na_end = time.time()\n",
+        "%%step b\nb_start = time.time()\ntime.sleep(1)\nb_end = time.time()\n",
+    )
+    run = runner.run(plan)
+    assert run.status == "done"
+    a = run.value("a_start"), run.value("a_end")
+    b = run.value("b_start"), run.value("b_end")
+    assert a[0] < b[1] and b[0] < a[1], "the two steps' run times do not overlap"
+
+
+PIPELINE = (
+    "%%pipeline_parameters\nscale = 2\noffset = 1\n",
+    "%%step load\nimport numpy as np\ndata = np.arange(10.0)\n",
+    "%%step features\nfeatures = data * scale\n",
+    "%%step shifted\nshift = data + offset\n",
+    "%%step total\nresult = float(features.sum() + shift.sum())\n",
+    "%pipeline_metrics result\n",
+)
+
+
+def test_cache_reuses_unchanged_steps_and_reruns_what_a_parameter_reaches(runner):
+    plan = plan_of(*PIPELINE)
+    first = runner.run(plan)
+    assert first.status == "done" and first.metrics == {"result": 90.0 + 55.0}
+    assert first.cached_steps == 0
+    again = runner.run(plan)
+    assert {s.name: s.status for s in again.steps.values()} == dict.fromkeys(["load", "features", "shifted", "total"], "cached")
+    assert again.metrics == first.metrics
+    changed = runner.run(plan, {"offset": "3"})
+    assert {s.name: s.status for s in changed.steps.values()} == {"load": "cached", "features": "cached", "shifted": "done", "total": "done"}
+    assert changed.metrics["result"] == 90.0 + 75.0
+    uncached = runner.run(plan, cache=False)
+    assert uncached.cached_steps == 0
+
+
+def test_per_step_cache_opt_out(runner):
+    plan = plan_of("%%step stamp --no-cache\nimport time\nnow = time.time()\n", "%%step keep\nk = 1\n")
+    runner.run(plan)
+    second = runner.run(plan)
+    assert second.steps["stamp"].status == "done" and second.steps["keep"].status == "cached"
+
+
+def test_numpy_values_cross_edges_as_npy(runner):
+    run = runner.run(plan_of(*PIPELINE))
+    assert run.outputs("load")["data"]["format"] == "npy"
+
+
+def test_failing_step_points_at_the_cell_skips_downstream_keeps_upstream_and_resumes(runner):
+    broken = list(PIPELINE)
+    broken[2] = "%%step features\nfactor = scale\nfeatures = data.reshape(3, 3) * factor\n"
+    run = runner.run(plan_of(*broken))
+    assert run.status == "failed"
+    features = run.steps["features"]
+    assert features.status == "failed"
+    assert "ValueError" in features.error and "reshape" in features.error
+    assert 'File "cell 3 (step features)", line 2' in features.traceback
+    assert "features = data.reshape(3, 3) * factor" in features.traceback
+    assert "ephemeral" not in features.traceback and "nbmagic/run" not in features.traceback
+    assert run.steps["total"].status == "skipped"
+    assert run.steps["load"].status == "done" and run.value("data").shape == (10,)
+    fixed = runner.run(plan_of(*PIPELINE))
+    assert fixed.steps["load"].status == "cached" and fixed.steps["features"].status == "done"
+
+
+def test_unserializable_value_a_later_step_reads_names_step_variable_and_type(runner):
+    run = runner.run(plan_of("%%step make\nimport threading\nlock = threading.Lock()\n", "%%step use\nheld = lock.locked()\n"))
+    error = run.steps["make"].error
+    assert run.status == "failed"
+    assert "step 'make'" in error and "'lock'" in error and "lock" in error.lower()
+
+
+def test_unserializable_value_nobody_reads_is_listed_as_not_kept(runner):
+    run = runner.run(plan_of("%%step make\nimport threading\nguard = threading.Lock()\nn = 3\n"))
+    assert run.status == "done"
+    assert "guard" in run.steps["make"].not_kept and "lock" in run.steps["make"].not_kept["guard"].lower()
+    assert run.value("n") == 3
+
+
+def test_retries_rerun_a_step_that_fails_once(runner, tmp_path):
+    marker = tmp_path / "tried"
+    plan = plan_of(
+        f"%%step flaky --retries 1\nimport os\nif not os.path.exists({str(marker)!r}):\n    open({str(marker)!r}, 'w').close()\n    raise RuntimeError('first try fails')\nok = True\n"
+    )
+    run = runner.run(plan)
+    assert run.status == "done" and run.steps["flaky"].attempts == 2
+
+
+def test_timeout_stops_the_step_and_its_process(runner, tmp_path):
+    pid_file = tmp_path / "pid"
+    plan = plan_of(f"%%step slow --timeout 1s\nimport os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    started = time.monotonic()
+    run = runner.run(plan)
+    assert time.monotonic() - started < 30
+    assert run.steps["slow"].status == "timed_out"
+    assert "timed out after 1 s" in run.steps["slow"].error
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_memory_limit_stops_a_step_with_a_clear_message(runner):
+    plan = plan_of("%%step hungry --memory-limit 300Mi\nblob = bytearray(2 * 1024 ** 3)\n")
+    run = runner.run(plan)
+    assert run.steps["hungry"].status == "failed"
+    assert "memory limit 300Mi" in run.steps["hungry"].error
+
+
+def test_environment_variables_apply_locally(runner):
+    run = runner.run(plan_of("%%step env --env MODE=fast\nimport os\nmode = os.environ['MODE']\n"))
+    assert run.value("mode") == "fast"
+
+
+def test_ipython_syntax_runs_inside_a_step(runner):
+    run = runner.run(plan_of("%%step shell\n%time squares = [i * i for i in range(5)]\nlisting = !echo hello\n"))
+    assert run.status == "done", run.steps["shell"].error
+    assert run.value("squares") == [0, 1, 4, 9, 16]
+    assert list(run.value("listing")) == ["hello"]
+    assert "Wall time" in run.logs("shell")
+
+
+def test_logs_hold_what_the_step_printed(runner):
+    run = runner.run(plan_of("%%step talk\nprint('hello log')\nimport sys\nprint('to stderr', file=sys.stderr)\n"))
+    log = run.logs("talk")
+    assert "hello log" in log and "to stderr" in log
