@@ -277,6 +277,13 @@ def test_names_that_would_clash_get_distinct_identifiers():
     assert spec["root"]["dag"]["tasks"]["print-step"]["taskInfo"]["name"] == "print"
 
 
+def test_a_plan_without_parameters_or_metrics_compiles_to_a_pipeline_without_outputs():
+    plan = PipelinePlan("solo", (step("only", "print('hello')\n"),), {}, ())
+    (spec,) = load_ir(compile_pipeline(plan))
+    assert list(spec["root"]["dag"]["tasks"]) == ["only"]
+    assert "outputDefinitions" not in spec["root"] and "inputDefinitions" not in spec["root"]
+
+
 def test_bad_plans_are_one_line_errors():
     with pytest.raises(PipelineError, match="has no steps"):
         compile_pipeline(replace(demo_plan(), steps=()))

@@ -5,6 +5,8 @@ file takes ~30 s; the pipeline is the issue's digits workflow kept small.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from nbmagic.compile.kfp import compile_pipeline, metrics_from_outputs
@@ -119,6 +121,13 @@ def test_compiled_yaml_runs_unchanged_on_kfp_local_with_the_direct_runs_metrics(
         assert from_kfp[name] == value, name  # exact: same code, same data, same seeds
     assert 0.8 < direct["logreg_accuracy"] <= 1.0
     assert direct["n_test"] == 450
+    # values crossed the edges as typed artifacts written by nbmagic's marshaller (arrays as npy, models as joblib)
+    (load_output,) = (tmp_path / "kfp-root").glob("digits-*/load/executor_output.json")
+    x_meta = json.loads(load_output.read_text())["artifacts"]["out_X"]["artifacts"][0]["metadata"]
+    assert (x_meta["type"], x_meta["format"]) == ("numpy.ndarray", "npy")
+    (train_output,) = (tmp_path / "kfp-root").glob("digits-*/train-logreg/executor_output.json")
+    model_meta = json.loads(train_output.read_text())["artifacts"]["out_logreg"]["artifacts"][0]["metadata"]
+    assert model_meta["format"] == "joblib"
 
 
 def test_a_failing_step_reports_the_notebook_cell_not_generated_code(tmp_path, kfp_local, capfd):

@@ -62,9 +62,10 @@ def nbmagic_run(
     for name, artifact in outputs.items():
         os.makedirs(artifact.path, exist_ok=True)
         try:
-            marshal.save(result[name], artifact.path, name)
+            manifest = marshal.save(result[name], artifact.path, name)
         except marshal.MarshalError as error:
             fail(f"cannot save output {name!r} ({type(result[name]).__name__}): {error}")
+        artifact.metadata.update({k: manifest[k] for k in ("type", "format", "size", "hash") if k in manifest})
     for name in metric_names:
         value = result[name]
         if isinstance(value, bool) or not isinstance(value, numbers.Real):

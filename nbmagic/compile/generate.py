@@ -252,12 +252,16 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
             f"{arg}={by_step[step.inputs[var]].task}.outputs[{literal(by_step[step.inputs[var]].outputs[var])}]"
             for var, arg in comp.inputs.items()
         ]
-        lines.append(f"    {comp.task} = {comp.function}({', '.join(args)})")
+        call = f"    {comp.task} = {comp.function}({', '.join(args)})"
+        if len(call) > 110:
+            call = "\n".join([f"    {comp.task} = {comp.function}(", *(f"        {a}," for a in args), "    )"])
+        lines.append(call)
         data_sources = set(step.inputs.values())
         after = [by_step[s].task for s in step.upstream if s not in data_sources]
         if after:
             lines.append(f"    {comp.task}.after({', '.join(after)})")
         lines += [f"    {call}" for call in _settings_calls(comp)]
+        lines.append("")
     if metric_steps:
         fields_ = ", ".join(
             f"{metrics_output_name(c.step.name)}={c.task}.outputs[{literal(c.metrics)}]" for c in metric_steps
@@ -301,11 +305,17 @@ def generate(
     if metric_steps:
         outputs = ", ".join(f"({literal(metrics_output_name(c.step.name))}, Metrics)" for c in metric_steps)
         body += [f"{OUTPUTS_CLASS} = NamedTuple({literal(OUTPUTS_CLASS)}, [{outputs}])", "", ""]
+    body += ["# --- nbmagic runtime, shipped inside every component (generated: do not edit) ---", ""]
     body += _sources_function(marshal_source, step_source) + ["", ""]
     body += component.source().rstrip("\n").splitlines() + ["", ""]
+    body += ["# --- one component per notebook step ---", "", ""]
     for comp in comps:
         body += _component_source(comp, plan) + ["", ""]
-    body += _pipeline_source(plan, comps) + ["", ""]
+    body += ["# --- the pipeline: data flow, parameters and per-step settings ---", "", ""]
+    pipeline_lines = _pipeline_source(plan, comps)
+    if not metric_steps and pipeline_lines[-1] == "":
+        pipeline_lines.pop()
+    body += pipeline_lines + ["", ""]
     body += [
         'if __name__ == "__main__":',
         f"    compiler.Compiler().compile({PIPELINE_FUNCTION}, sys.argv[1] if len(sys.argv) > 1 else {literal(yaml_name)})",
