@@ -86,6 +86,13 @@ def test_binds_loopback_only_and_grpc_off(server):
     assert listen_ports == {port}  # no gRPC listener
 
 
+def _listening(port: int) -> set[str]:
+    """Addresses (hex, as in /proc/net/tcp*) with a listening socket on ``port``."""
+    text = Path("/proc/net/tcp").read_text() + Path("/proc/net/tcp6").read_text()
+    fields = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("sl")]
+    return {f[1].split(":")[0] for f in fields if f[3] == "0A" and int(f[1].split(":")[1], 16) == port}
+
+
 def test_bad_requests_carry_the_server_message(server):
     with pytest.raises(local.ServeError, match=r"answered 400: transformer 'process_features' failed: KeyError: 'X'"):
         server.predict(["AXA"])
@@ -104,9 +111,11 @@ def test_logs_html_and_list(server, shell):
 
 def test_split_layout_transformer_forwards_to_predictor(shell):
     srv = shell.run_line_magic("serve", "model --transformer process_features --with tokenizer --name seq-split "
-                                        "--split --protocol v2")
+                                        "--split --protocol v2 --grpc")
     try:
         assert [p.role for p in srv.processes] == ["predictor", "transformer"]
+        addresses = _listening(srv.grpc_port)  # gRPC when asked, on 127.0.0.1 only (maybe as ::ffff:127.0.0.1)
+        assert addresses and addresses <= {"0100007F", "0000000000000000FFFF00000100007F"}
         assert srv.predict(RAW) == shell.user_ns["expected"]  # V2 client -> transformer -> V2 predictor
         assert srv.predict(RAW, protocol="v1") == shell.user_ns["expected"]
         assert srv.predictor_url != srv.url

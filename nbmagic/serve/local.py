@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -53,7 +54,8 @@ class _Process:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             self.popen = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-                [sys.executable, "-m", "nbmagic.serve.server", *args, "--parent-pid", str(os.getpid())],
+                [sys.executable, "-m", "nbmagic.serve.server", *args, "--parent-pid", str(os.getpid()),
+                 *(["--pdeathsig"] if threading.current_thread() is threading.main_thread() else [])],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_child_env(),
             )
 

@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--predictor-protocol", "--predictor_protocol", dest="predictor_protocol", default="v1",
                         choices=["v1", "v2"])
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies")
+    parser.add_argument("--pdeathsig", action="store_true",
+                        help="also use PR_SET_PDEATHSIG (only when started from the parent's main thread: "
+                             "the signal fires when the starting *thread* ends)")
     parser.add_argument("--log-requests", action="store_true", help="log one line per request (slower)")
     args, _unknown = parser.parse_known_args(argv)  # other KServe-injected flags are ignored
     if args.transformer_only and not args.predictor_host:
@@ -215,11 +218,11 @@ def _model_classes() -> tuple[type, type]:
 
 # --- process plumbing ------------------------------------------------------------------------------------------
 
-def die_with_parent(parent_pid: int | None) -> None:
+def die_with_parent(parent_pid: int | None, pdeathsig: bool = True) -> None:
     """Exit when the parent (the kernel) dies: PR_SET_PDEATHSIG on Linux, plus a watchdog thread everywhere."""
     if not parent_pid:
         return
-    if sys.platform.startswith("linux"):
+    if pdeathsig and sys.platform.startswith("linux"):
         try:
             import ctypes
             import signal
@@ -275,7 +278,7 @@ def _quiet(log_requests: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    die_with_parent(args.parent_pid)
+    die_with_parent(args.parent_pid, args.pdeathsig)
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv at import time: give it none of ours
     import kserve
 

@@ -1,0 +1,194 @@
+"""Serving benchmark: %serve's server (transformer in process) vs KServe's split layout (transformer server ->
+predictor server) vs a plain FastAPI endpoint, on the same scikit-learn model and notebook transformer.
+
+    python bench/bench_serve.py [--requests 500] [--duration 5] [--connections 8] [--out bench/RESULTS-serve.md]
+
+Measures start-up to ready, p50/p99 latency of sequential V1 requests (one keep-alive connection) and
+throughput under concurrency with wrk (Debian package). Prints a table and the ratios against the targets.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+NOTEBOOK = '''
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+tokenizer = {"A": 0, "C": 1, "G": 2, "U": 3}
+def counts(seq):
+    return [sum(1 for c in seq if tokenizer[c] == k) for k in range(4)]
+def process_features(rows):
+    return np.array([counts(s) for s in rows], dtype=float)
+rng = np.random.default_rng(0)
+train = ["".join(rng.choice(list("ACGU"), 30)) for _ in range(400)]
+model = LogisticRegression().fit(process_features(train), [int(s.count("G") > s.count("C")) for s in train])
+'''
+BODY = json.dumps({"instances": ["ACGUACGUACGUAAGGCCUU", "GGGGCCAUAUAUGCGCAAAU"]})
+
+FASTAPI_APP = textwrap.dedent('''
+    """The baseline: the same package behind one FastAPI route, no KServe."""
+    import sys
+    from pathlib import Path
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from nbmagic.serve import formats, transformer
+    from nbmagic.serve.package import open_package
+
+    pkg = open_package(Path(sys.argv[1]))
+    predict = formats.load_predict(pkg.model_dir, pkg.manifest["kind"], pkg.manifest["model_file"])
+    transform = transformer.load(pkg.transformer_dir)
+    app = FastAPI()
+
+    @app.post("/v1/models/{name}:predict")
+    async def infer(name: str, request: Request):
+        body = await request.json()
+        return {"predictions": predict(transform(body["instances"])).tolist()}
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sequential(port: int, path: str, n: int) -> tuple[float, float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    headers = {"Content-Type": "application/json"}
+    times = []
+    for i in range(n + 20):
+        t0 = time.perf_counter()
+        conn.request("POST", path, BODY, headers)
+        response = conn.getresponse()
+        data = response.read()
+        if i >= 20:  # warm-up excluded
+            times.append(time.perf_counter() - t0)
+        assert response.status == 200, data
+    conn.close()
+    times.sort()
+    return times[len(times) // 2] * 1000, times[int(len(times) * 0.99) - 1] * 1000
+
+
+def throughput(port: int, path: str, duration: int, connections: int, script: Path) -> float:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s", str(script),
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def wait_ready(port: int, path: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("baseline server exited")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("POST", path, BODY, {"Content-Type": "application/json"})
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("baseline server not ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as markdown here")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk)")
+
+    work = Path(tempfile.mkdtemp(prefix="nbmagic-bench-serve-"))
+    os.environ["NBMAGIC_HOME"] = str(work / "home")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from nbmagic.serve import local
+    from nbmagic.serve.api import make_package
+
+    shell = InteractiveShell.instance()
+    shell.run_cell(NOTEBOOK, store_history=True).raise_error()
+    ns = shell.user_ns
+    package = make_package(ns["model"], name="bench", model_var="model", transformer=ns["process_features"],
+                           transformer_var="process_features", with_objects={"tokenizer": ns["tokenizer"]})
+    script = work / "post.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n')
+    path = "/v1/models/bench:predict"
+    rows = []
+
+    for label, split in (("%serve (transformer in process)", False), ("KServe split: transformer -> predictor", True)):
+        t0 = time.perf_counter()
+        server = local.serve(package, split=split)
+        startup = time.perf_counter() - t0
+        try:
+            p50, p99 = sequential(server.port, path, args.requests)
+            rps = throughput(server.port, path, args.duration, args.connections, script)
+        finally:
+            server.stop()
+        rows.append((label, startup, p50, p99, rps))
+
+    app = work / "fastapi_app.py"
+    app.write_text(FASTAPI_APP)
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(app), str(package.path), str(port)], env=env)
+    try:
+        wait_ready(port, path, proc)
+        startup = time.perf_counter() - t0
+        p50, p99 = sequential(port, path, args.requests)
+        rps = throughput(port, path, args.duration, args.connections, script)
+    finally:
+        proc.terminate()
+        proc.wait()
+    rows.append(("plain FastAPI endpoint", startup, p50, p99, rps))
+
+    ours, split, plain = rows
+    lines = [
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}; model: scikit-learn LogisticRegression "
+        f"+ notebook transformer (tokenizer counts), 2 raw sequences per V1 request.",
+        f"Sequential: {args.requests} requests on one keep-alive connection (after 20 warm-up); "
+        f"throughput: `wrk -t2 -c{args.connections} -d{args.duration}s` (client on the same 2 cores).",
+        "",
+        "| layout | start-up to ready (s) | p50 (ms) | p99 (ms) | throughput (req/s) |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {label} | {s:.2f} | {p50:.2f} | {p99:.2f} | {rps:,.0f} |" for label, s, p50, p99, rps in rows],
+        "",
+        f"- %serve vs split: p50 {split[2] / ours[2]:.2f}x lower, throughput {ours[4] / split[4]:.2f}x "
+        f"(target >= 2x: {'met' if ours[4] / split[4] >= 2 else 'NOT met'})",
+        f"- %serve vs plain FastAPI: p50 {ours[2] / plain[2]:.2f}x, throughput {ours[4] / plain[4]:.2f}x "
+        "(KServe's routing, validation and timing middleware)",
+        f"- p50 {ours[2]:.2f} ms (target <= 2 ms: {'met' if ours[2] <= 2 else 'NOT met'}); start-up {ours[1]:.2f} s "
+        f"(target <= 3 s: {'met' if ours[1] <= 3 else 'NOT met'})",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text("## Serving (`%serve`)\n\nCommand: `python bench/bench_serve.py --out bench/RESULTS-serve.md`"
+                            "\n\n" + text + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
