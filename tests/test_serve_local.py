@@ -131,7 +131,10 @@ def test_split_layout_transformer_forwards_to_predictor(shell):
 
 
 def test_stop_by_name_releases_the_port(shell):
-    srv = shell.run_line_magic("serve", "model --name seq-stop")
+    first = shell.run_line_magic("serve", "model --name seq-stop")
+    # serving again under the same name (and port) replaces the old server
+    srv = shell.run_line_magic("serve", f"model --name seq-stop --port {first.port}")
+    assert first.status == "stopped" and srv.port == first.port
     assert srv.predict([[5, 0, 0, 0]]) in ([0], [1])
     shell.run_line_magic("serve", "--stop seq-stop")
     assert srv.status == "stopped"

@@ -97,13 +97,13 @@ class Server:
         self.name = package.name
         self.split = split
         self.protocol = protocol
+        if self.name in _LIVE:  # serving again under the same name replaces the old server (and frees its port)
+            _LIVE[self.name].stop()
         self.port = check_port(port) if port else free_port()
         self.grpc_port = check_port(grpc_port) if grpc_port else None
         self.url = f"http://{HOST}:{self.port}"
         self.predictor_url = self.url  # split: the predictor's own server
         self._session: Any = None
-        if self.name in _LIVE:  # serving again under the same name replaces the old server
-            _LIVE[self.name].stop()
         log_dir = log_dir or package.path.parent / "logs"
         self.processes: list[_Process] = []
         common = ["--package", str(package.path), "--name", self.name, "--host", HOST]
@@ -113,11 +113,12 @@ class Server:
                 self.predictor_url = f"http://{HOST}:{predictor_port}"
                 self.processes.append(_Process("predictor", [*common, "--http-port", str(predictor_port),
                                                              "--predictor-only"], log_dir / "predictor.log"))
-                self._wait_ready(self.processes[0], f"http://{HOST}:{predictor_port}", timeout)
+                # both start at once: the transformer needs the predictor only when a request arrives
                 self.processes.append(_Process("transformer", [
                     *common, "--http-port", str(self.port), "--transformer-only",
                     "--predictor-host", f"{HOST}:{predictor_port}", "--predictor-protocol", protocol,
                     *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else [])], log_dir / "transformer.log"))
+                self._wait_ready(self.processes[0], self.predictor_url, timeout)
             else:
                 self.processes.append(_Process("server", [
                     *common, "--http-port", str(self.port),
