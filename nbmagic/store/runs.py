@@ -4,6 +4,20 @@ ML Metadata's concepts and names are kept so the data maps onto it: ``contexts``
 experiment), ``executions`` (one per step run), ``artifacts`` (stored values), ``events`` (INPUT/OUTPUT
 links between them), ``associations``/``attributions`` (context membership). ``runs`` and ``cache`` are
 denormalised views kept for fast listing and cache look-ups.
+
+Contracts other rooms rely on:
+
+* ``runs.experiment`` names the tuning experiment a run was a trial of. The experiment's objective lives in
+  the ``contexts`` row of type ``'experiment'``: ``properties = {"objective": METRIC, "goal": "minimize" |
+  "maximize"}`` (write it with :meth:`RunStore.set_experiment`); ``%restore best`` reads it.
+* ``runs.dag`` (JSON ``{step: [upstream steps]}``, from ``create_run(upstream=...)``) is the run's DAG; when a
+  run has none, :meth:`RunStore.run_dag` infers data edges from the INPUT/OUTPUT events.
+* ``executions.environment`` (JSON: ``python``, ``platform``, ``packages``) is what the step ran with
+  (``record_execution(environment=...)``); ``executions.code_hash`` identifies the step's code
+  (:func:`nbmagic.store.lineage.code_hash`).
+
+Schema changes are additive migrations (``PRAGMA user_version``), so stores written by older versions stay
+readable and older readers ignore the new columns.
 """
 from __future__ import annotations
 
@@ -48,6 +62,18 @@ CREATE TABLE IF NOT EXISTS cache (
     key TEXT PRIMARY KEY, step TEXT NOT NULL, execution_id INTEGER NOT NULL, outputs TEXT NOT NULL,
     metrics TEXT NOT NULL DEFAULT '{}', not_kept TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
     used REAL NOT NULL);
+"""
+
+SCHEMA_VERSION = 2
+# (version, table, column, declaration): additive, so an older store gains them on first open
+MIGRATIONS = (
+    (2, "runs", "dag", "TEXT"),
+    (2, "executions", "environment", "TEXT"),
+)
+INDEXES = """
+CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
+CREATE INDEX IF NOT EXISTS executions_cache_key ON executions(cache_key);
+CREATE INDEX IF NOT EXISTS cache_execution ON cache(execution_id);
 """
 
 
@@ -95,7 +121,25 @@ class RunStore:
         self.root = Path(root) if root else home() / "store"
         self.root.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connection().executescript(SCHEMA)
+        conn = self._connection()
+        conn.executescript(SCHEMA)
+        self._migrate(conn)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring an older index up to :data:`SCHEMA_VERSION` (add columns and indexes; nothing is dropped)."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._db() as db:  # one process migrates; the others wait, then find the work done
+            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return
+            for _version, table, column, decl in MIGRATIONS:
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            for statement in INDEXES.strip().split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- plumbing --------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -158,10 +202,14 @@ class RunStore:
         kind: str = "local",
         run_id: str | None = None,
         url: str | None = None,
+        upstream: dict[str, list[str]] | None = None,
     ) -> str:
+        """Index a new run; ``upstream`` (step -> the steps it runs after) records the run's DAG."""
+        import platform
+
         run_id = run_id or new_run_id()
         with self._db() as db:
-            context = self._context(db, "run", run_id, {"pipeline": pipeline})
+            context = self._context(db, "run", run_id, {"pipeline": pipeline, "python": platform.python_version(), "platform": platform.platform()})
             self._context(db, "pipeline", pipeline)
             if experiment:
                 self._context(db, "experiment", experiment)
@@ -172,7 +220,59 @@ class RunStore:
             )
             for step in steps:
                 db.execute("INSERT INTO executions(run_id, step, state) VALUES (?,?,?)", (run_id, step, "pending"))
+            if upstream is not None:
+                db.execute("UPDATE runs SET dag=? WHERE id=?", (json.dumps({k: list(v) for k, v in upstream.items()}), run_id))
         return run_id
+
+    def set_run_dag(self, run_id: str, upstream: dict[str, list[str]]) -> None:
+        """Record the run's DAG (step -> the steps it runs after) when ``create_run`` did not get it."""
+        with self._db() as db:
+            db.execute("UPDATE runs SET dag=? WHERE id=?", (json.dumps({k: list(v) for k, v in upstream.items()}), run_id))
+
+    def run_dag(self, run_id: str) -> dict[str, list[str]]:
+        """step -> upstream steps, in execution (topological) order: recorded, else inferred from data edges."""
+        conn = self._connection()
+        row = conn.execute("SELECT dag FROM runs WHERE id=?", (run_id,)).fetchone()
+        steps = [r[0] for r in conn.execute("SELECT step FROM executions WHERE run_id=? ORDER BY id", (run_id,))]
+        if row and row[0]:
+            recorded = json.loads(row[0])
+            return {s: list(recorded.get(s, [])) for s in steps}
+        # a step read variable v whose value (same name, same artifact) an earlier step assigned
+        produced: dict[tuple[str, int], str] = {}
+        dag: dict[str, list[str]] = {s: [] for s in steps}
+        rows = conn.execute(
+            "SELECT e.step, ev.type, ev.name, ev.artifact_id FROM executions e JOIN events ev ON ev.execution_id = e.id"
+            " WHERE e.run_id=? ORDER BY e.id", (run_id,)).fetchall()
+        by_step: dict[str, list[tuple[str, str, int]]] = {}
+        for step, kind, name, artifact in rows:
+            by_step.setdefault(step, []).append((kind, name, artifact))
+        for step in steps:
+            for kind, name, artifact in by_step.get(step, []):
+                source = produced.get((name, artifact))
+                if kind == "INPUT" and source and source != step and source not in dag[step]:
+                    dag[step].append(source)
+            for kind, name, artifact in by_step.get(step, []):
+                if kind == "OUTPUT":
+                    produced[(name, artifact)] = step
+        return dag
+
+    # -- experiments -------------------------------------------------------------------------
+    def set_experiment(self, name: str, objective: str, goal: str, **properties: Any) -> None:
+        """Record a tuning experiment's objective metric and goal (``minimize``/``maximize``) on its context."""
+        if goal not in ("minimize", "maximize"):
+            from ..errors import NbMagicError
+
+            raise NbMagicError(f"experiment {name!r}: goal must be 'minimize' or 'maximize', not {goal!r}")
+        with self._db() as db:
+            context = self._context(db, "experiment", name)
+            row = db.execute("SELECT properties FROM contexts WHERE id=?", (context,)).fetchone()
+            merged = {**json.loads(row[0] or "{}"), **properties, "objective": objective, "goal": goal}
+            db.execute("UPDATE contexts SET properties=? WHERE id=?", (json.dumps(merged), context))
+
+    def experiment_properties(self, name: str) -> dict[str, Any] | None:
+        """The experiment context's properties (``objective``, ``goal``, …), or None if there is no such context."""
+        row = self._connection().execute("SELECT properties FROM contexts WHERE type='experiment' AND name=?", (name,)).fetchone()
+        return json.loads(row[0] or "{}") if row else None
 
     def finish_run(self, run_id: str, status: str, metrics: dict[str, float], error: str | None = None) -> None:
         with self._db() as db:
@@ -264,14 +364,24 @@ class RunStore:
         step: str,
         inputs: dict[str, dict[str, Any]],
         outputs: dict[str, dict[str, Any]],
+        environment: dict[str, Any] | None = None,
     ) -> int:
-        """Link a step execution to the values it read (INPUT) and assigned (OUTPUT)."""
+        """Link a step execution to the values it read (INPUT) and assigned (OUTPUT).
+
+        ``environment`` (see :func:`nbmagic.store.lineage.environment`) records the Python and package versions
+        the step ran with; without it the Python version and platform of this process are recorded.
+        """
+        if environment is None:
+            import platform
+
+            environment = {"python": platform.python_version(), "platform": platform.platform()}
         with self._db() as db:
             execution_id, context_id = db.execute(
                 "SELECT e.id, r.context_id FROM executions e JOIN runs r ON r.id = e.run_id WHERE e.run_id=? AND e.step=?",
                 (run_id, step),
             ).fetchone()
             db.execute("INSERT OR IGNORE INTO associations VALUES (?,?)", (context_id, execution_id))
+            db.execute("UPDATE executions SET environment=? WHERE id=?", (json.dumps(environment), execution_id))
             for kind, values in (("INPUT", inputs), ("OUTPUT", outputs)):
                 for name, ref in values.items():
                     artifact = self._artifact(db, ref)
@@ -291,7 +401,8 @@ class RunStore:
 
     def step_rows(self, run_id: str) -> list[dict[str, Any]]:
         cur = self._connection().execute(
-            "SELECT id, step, state, cached, started, ended, error, traceback, log, cache_key, code_hash, properties FROM executions WHERE run_id=? ORDER BY id",
+            "SELECT id, step, state, cached, started, ended, error, traceback, log, cache_key, code_hash, properties, environment"
+            " FROM executions WHERE run_id=? ORDER BY id",
             (run_id,),
         )
         names = [d[0] for d in cur.description]
