@@ -44,6 +44,7 @@ MANIFEST = "manifest.json"
 SCHEMA = 1
 MMAP_THRESHOLD = 64 << 20  # arrays at least this large load memory-mapped when mmap=True
 _ALIGN = 64  # out-of-band pickle buffers start on 64-byte boundaries
+_CHUNK = 8 << 20  # I/O in 8 MiB pieces: one huge read/write stalls on page faults on a busy machine
 _PLAIN_LIMIT = 1_000_000  # containers: elements inspected before giving up on "plain"
 
 
@@ -269,12 +270,36 @@ def _npy_parts(arr: Any) -> tuple[bytes, memoryview]:
     return buf.getvalue(), data
 
 
+def _write_chunks(f: Any, data: memoryview, h: Any = None) -> None:
+    """Write data in pieces, hashing each piece while it is still in the CPU cache."""
+    for o in range(0, data.nbytes, _CHUNK):
+        part = data[o:o + _CHUNK]
+        f.write(part)
+        if h is not None:
+            h.update(part)
+
+
+def _read_chunks(f: Any, data: memoryview, h: Any = None) -> int:
+    """readinto data in pieces (hashing each); returns the bytes read."""
+    got = 0
+    while got < data.nbytes:
+        n = f.readinto(data[got:got + _CHUNK])
+        if not n:
+            break
+        if h is not None:
+            h.update(data[got:got + n])
+        got += n
+    return got
+
+
 def _write_npy(arr: Any, directory: Path, algorithm: str, name: str) -> str:
     header, data = _npy_parts(arr)
+    h = _hasher(algorithm, name)
+    h.update(header)
     with open(directory / "value.npy", "wb") as f:
         f.write(header)
-        f.write(data)
-    return _hash_buffer(algorithm, name, header, data)
+        _write_chunks(f, data, h)
+    return h.hexdigest()
 
 
 def _w_npy(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
@@ -356,7 +381,7 @@ def _w_pickle(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
                 if pad:
                     f.write(b"\0" * pad)
                     offset += pad
-                f.write(raw)
+                _write_chunks(f, raw)
                 spans.append([offset, raw.nbytes])
                 offset += raw.nbytes
         meta["buffers"] = spans
@@ -386,9 +411,15 @@ def _w_torch(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
     if isinstance(obj, torch.Tensor):
         torch.save(obj, directory / "tensor.pt")
         return {"kind": "tensor"}, _versions("torch"), {}
-    torch.save(obj, directory / "module.pt")
+    meta: dict = {"kind": "module"}
+    if type(obj).__module__ == "__main__":  # a notebook-defined class: keep it by value
+        import dill
+        torch.save(obj, directory / "module.pt", pickle_module=dill)
+        meta["pickle_module"] = "dill"
+    else:
+        torch.save(obj, directory / "module.pt")
     torch.save(obj.state_dict(), directory / "state_dict.pt")
-    return {"kind": "module"}, _versions("torch"), {}
+    return meta, _versions("torch", "dill"), {}
 
 
 def _w_keras(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
@@ -575,7 +606,8 @@ def load(directory: str | os.PathLike, name: str | None = None, mmap: bool = Tru
     so the check costs a fraction of the read itself. A numpy array of at least ``MMAP_THRESHOLD`` bytes
     (with ``mmap=True``) is hashed through the very copy-on-write mapping that backs the returned array:
     one pass over the page cache, no copy, and edits to the array never reach the stored file. Smaller arrays
-    are read into fresh memory and hashed from there (one copy, one hash pass). Other formats hash each file
+    (or ``mmap=False``) are read into fresh memory in 8 MiB pieces, each hashed as it arrives (verify while
+    reading: one copy, and the hash reads data that is still in the CPU cache). Other formats hash each file
     (through a map) and then let their library read it, which then hits the page cache.
     ``expected_hash`` (e.g. the key in a content-addressed store) must equal the manifest's hash.
     """
@@ -634,16 +666,12 @@ def _read_npy(path: Path, digest: str, algorithm: str, name: str, allow_mmap: bo
                 raise _corrupt(name, f"file {path.name} does not match its hash (altered)")
             return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset, order=order)
         f.seek(0)
-        header = f.read(offset)
+        h = _hasher(algorithm, name)
+        h.update(f.read(offset))
         arr = np.empty(shape, dtype=dtype, order=order)
         data = memoryview((arr.T if fortran else arr).reshape(-1).view(np.uint8)) if nbytes else memoryview(b"")
-        got = 0
-        while got < nbytes:
-            n = f.readinto(data[got:])
-            if not n:
-                break
-            got += n
-    if got != nbytes or _hash_buffer(algorithm, name, header, data) != digest:
+        got = _read_chunks(f, data, h)
+    if got != nbytes or h.hexdigest() != digest:
         raise _corrupt(name, f"file {path.name} does not match its hash (altered)")
     return arr
 
@@ -667,7 +695,7 @@ def _r_pickle(directory: Path, meta: dict, mmap: bool) -> Any:
                 raw: Any = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_COPY)
             else:
                 raw = bytearray(size)
-                f.readinto(raw)
+                _read_chunks(f, memoryview(raw))
         view = memoryview(raw)
         buffers = [view[o:o + n] for o, n in spans]
     with open(directory / "value.pkl", "rb") as f:
@@ -689,7 +717,11 @@ def _r_torch(directory: Path, meta: dict, mmap: bool) -> Any:
     import torch
     if meta.get("kind") == "tensor":
         return torch.load(directory / "tensor.pt", weights_only=True)
-    module = torch.load(directory / "module.pt", weights_only=False)
+    kw: dict = {}
+    if meta.get("pickle_module") == "dill":
+        import dill
+        kw["pickle_module"] = dill
+    module = torch.load(directory / "module.pt", weights_only=False, **kw)
     module.load_state_dict(torch.load(directory / "state_dict.pt", weights_only=True))
     return module
 
