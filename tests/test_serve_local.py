@@ -205,3 +205,12 @@ def test_server_dies_with_its_kernel(tmp_path):
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(pid)
+
+
+def test_requests_leave_the_log_quiet_and_logs_follow(server, capsys):
+    before = server.logs(1000).splitlines()
+    for _ in range(5):
+        server.predict(RAW)
+    assert server.logs(1000).splitlines() == before  # no per-request lines (access log, latency, warnings)
+    server.logs(5, follow=0.3)
+    assert "Uvicorn running" in capsys.readouterr().out

@@ -193,14 +193,27 @@ class Server:
         return "\n".join(parts)
 
     def _follow(self, n: int, seconds: float) -> str:
+        """Refresh one display of the last ``n`` lines for ``seconds`` (interrupt the cell to stop early)."""
+        from IPython import get_ipython
         from IPython.display import Pretty, display
 
-        handle = display(Pretty(self.logs(n)), display_id=True)
+        handle = display(Pretty(self.logs(n)), display_id=True) if get_ipython() is not None else None
+        shown = self.logs(n)
+        if handle is None:  # not in IPython: print the lines as they come
+            print(shown)
         deadline = time.monotonic() + seconds
         try:
             while time.monotonic() < deadline and self.status == "running":
                 time.sleep(0.5)
-                handle.update(Pretty(self.logs(n)))
+                text = self.logs(n)
+                if text == shown:
+                    continue
+                if handle is None:
+                    old = set(shown.splitlines())
+                    print("\n".join(line for line in text.splitlines() if line not in old))
+                else:
+                    handle.update(Pretty(text))
+                shown = text
         except KeyboardInterrupt:
             pass
         return ""

@@ -271,6 +271,10 @@ def _bind_locally(host: str) -> None:
 
 
 def _quiet(log_requests: bool) -> None:
+    import warnings
+
+    # fastapi warns about KServe's ORJSONResponse on every request: one log line (and time) per request
+    warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated")
     level = logging.INFO if log_requests else logging.WARNING
     logging.getLogger("uvicorn.access").setLevel(level)
     logging.getLogger("kserve.trace").setLevel(level)
