@@ -81,9 +81,13 @@ def parallel_coordinates_svg(experiment: Experiment, trials: list[Trial]) -> str
         (experiment.spec.objective, f"{_fmt(low)}..{_fmt(high)}" if objectives else "")]
     for i, (name, detail) in enumerate(labels):
         x = PAD + i * step
+        # outer axes' labels grow inwards so they are not cut at the SVG's edges
+        anchor, tx = "middle", x
+        if axes > 1 and i in (0, axes - 1):
+            anchor, tx = ("start", x - 4) if i == 0 else ("end", x + 4)
         parts.append(f'<line x1="{x:.1f}" y1="{PAD}" x2="{x:.1f}" y2="{HEIGHT - PAD}" stroke="#555"/>')
-        parts.append(f'<text x="{x:.1f}" y="{PAD - 14}" font-size="11" text-anchor="middle">{html.escape(name)}</text>')
-        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - PAD + 14}" font-size="9" text-anchor="middle" fill="#666">'
+        parts.append(f'<text x="{tx:.1f}" y="{PAD - 14}" font-size="11" text-anchor="{anchor}">{html.escape(name)}</text>')
+        parts.append(f'<text x="{tx:.1f}" y="{HEIGHT - PAD + 14}" font-size="9" text-anchor="{anchor}" fill="#666">'
                      f'{html.escape(detail[:28])}</text>')
     parts.append("</svg>")
     return "".join(parts)
