@@ -79,7 +79,7 @@ def test_failing_step_points_at_the_cell_skips_downstream_keeps_upstream_and_res
     features = run.steps["features"]
     assert features.status == "failed"
     assert "ValueError" in features.error and "reshape" in features.error
-    assert 'File "cell 3 (step features)", line 2' in features.traceback
+    assert 'File "cell 3 (step features)", line 3' in features.traceback  # line 1 is the %%step line
     assert "features = data.reshape(3, 3) * factor" in features.traceback
     assert "ephemeral" not in features.traceback and "nbmagic/run" not in features.traceback
     assert run.steps["total"].status == "skipped"

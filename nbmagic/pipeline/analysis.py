@@ -23,6 +23,7 @@ class CodeInfo:
     writes: list[str] = field(default_factory=list)  # in first-write order
     imports: dict[str, str] = field(default_factory=dict)  # bound name -> top-level module
     definitions: dict[str, str] = field(default_factory=dict)  # def/class/import name -> its source
+    lines: dict[str, int] = field(default_factory=dict)  # def/class/import name -> first line in the cell
     uses_ipython: bool = False
 
     @property
@@ -247,10 +248,12 @@ def analyze(code: str, where: str = "cell") -> CodeInfo:
         scanner.visit(statement)
         if isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             segment = ast.get_source_segment(code, statement) or ast.unparse(statement)
+            first_line = statement.lineno
             if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and statement.decorator_list:
                 first = statement.decorator_list[0]
                 lines = code.splitlines()
                 segment = "\n".join(lines[first.lineno - 1 : statement.end_lineno])
+                first_line = first.lineno
             names = (
                 [statement.name]
                 if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
@@ -258,6 +261,7 @@ def analyze(code: str, where: str = "cell") -> CodeInfo:
             )
             for name in names:
                 info.definitions[name] = segment
+                info.lines[name] = first_line
     nested_reads, nested_writes = _nested_globals(code)
     all_bound = set(info.writes)
     for name in sorted(nested_reads - all_bound - BUILTINS - set(info.reads)):

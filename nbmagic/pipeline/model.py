@@ -100,6 +100,8 @@ class StepPlan:
     upstream: tuple[str, ...]  # every step this one runs after (explicit and inferred)
     explicit_after: tuple[str, ...]
     settings: StepSettings = field(default_factory=StepSettings)
+    # the prelude as (cell label, first line, source) pieces, so tracebacks point at notebook cells
+    prelude_parts: tuple[tuple[str, int, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ class _Definition:
 
     name: str
     source: str
-    index: int
+    label: str  # the cell it comes from
+    line: int  # its first line in that cell
     order: int  # position of the definition within the notebook
     info: CodeInfo
 
@@ -35,7 +36,7 @@ def _notebook_definitions(notebook: Notebook) -> dict[str, _Definition]:
             continue  # an ordinary cell with a syntax error cannot provide anything
         for name, source in info.definitions.items():
             order += 1
-            found[name] = _Definition(name, source, cell.index, order, analyze(source, cell.label))
+            found[name] = _Definition(name, source, cell.label, info.lines[name], order, analyze(source, cell.label))
     return found
 
 
@@ -149,6 +150,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
             outputs=(),
             metrics=(),
             prelude="\n\n".join(d.source for d in prelude_defs),
+            prelude_parts=tuple((d.label, d.line, d.source) for d in prelude_defs),
             modules=tuple(m for m in modules if m),
             upstream=tuple(upstream),
             explicit_after=tuple(step.after),

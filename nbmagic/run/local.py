@@ -164,7 +164,8 @@ class LocalRunner:
             "step": step.name,
             "code": step.cell.code,
             "label": step.cell.label,
-            "prelude": step.prelude,
+            "first_line": 2,  # the cell's first line is the %%step magic
+            "prelude": [list(part) for part in step.prelude_parts] or step.prelude,
             "prelude_label": f"notebook code used by step {step.name}",
             "parameters": {name: values[name] for name in step.parameters},
             "inputs": inputs,

@@ -44,26 +44,36 @@ def execute(
     label: str,
     values: dict[str, Any],
     writes: list[str] | tuple[str, ...],
-    prelude: str = "",
+    prelude: str | list[tuple[str, int, str]] | tuple = "",
     prelude_label: str = "<notebook code>",
     setup: Callable[[dict[str, Any]], None] | None = None,
+    first_line: int = 1,
 ) -> dict[str, Any]:
     """Run ``prelude`` then ``code`` in a fresh namespace seeded with ``values``.
 
+    ``prelude`` is notebook code the cell needs: one text (labelled ``prelude_label``), or
+    ``(cell label, first line, source)`` pieces whose tracebacks point at their own cells and lines.
+
+    ``first_line`` is the cell line ``code`` starts on (2 under a ``%%step`` line).
     ``setup`` may prepare the namespace first (e.g. an IPython shell for magics in the cell).
     Returns the names in ``writes`` that the code left bound. Raises StepError if the code raises.
     """
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
-    labels = {label, prelude_label}
+    pieces = [(prelude_label, 1, prelude)] if isinstance(prelude, str) else [tuple(p) for p in prelude]
+    labels = {label} | {piece[0] for piece in pieces}
     if setup is not None:
         setup(namespace)
     try:
-        if prelude:
-            _register(prelude_label, prelude)
-            exec(compile(prelude, prelude_label, "exec"), namespace)
+        for piece_label, piece_line, source in pieces:
+            if not source:
+                continue
+            padded = "\n" * (piece_line - 1) + source  # keep the cell's own line numbers
+            _register(piece_label, padded)
+            exec(compile(padded, piece_label, "exec"), namespace)
         namespace.update(values)
-        _register(label, code)
-        exec(compile(code, label, "exec"), namespace)
+        padded = "\n" * (first_line - 1) + code  # line numbers as the notebook shows them
+        _register(label, padded)
+        exec(compile(padded, label, "exec"), namespace)
     except BaseException as exc:  # noqa: BLE001 - the cell's own error, reported with its traceback
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(exc, SystemExit):
             raise

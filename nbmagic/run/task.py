@@ -66,6 +66,7 @@ def run_task(spec_path: str) -> int:
             prelude=spec.get("prelude", ""),
             prelude_label=spec.get("prelude_label", "<notebook code>"),
             setup=_ipython_setup if spec.get("uses_ipython") else None,
+            first_line=spec.get("first_line", 1),
         )
         required = set(spec["required"])
         for name in spec["metrics"]:
