@@ -87,7 +87,10 @@ class Policy:
                 raise GcError(f"{where}: keep_last must be 0 or more")
         if data.get("older_than") is not None:
             value = data["older_than"]
-            policy.older_than = float(value) if isinstance(value, (int, float)) else parse_duration(value, f"{where}: older_than")
+            try:
+                policy.older_than = float(value) if isinstance(value, (int, float)) else parse_duration(value, f"{where}: older_than")
+            except NbMagicError as exc:
+                raise GcError(str(exc)) from None
         if data.get("max_size") is not None:
             policy.max_size = parse_size(data["max_size"], f"{where}: max_size")
         if data.get("keep_best") is not None:

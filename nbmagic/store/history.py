@@ -80,7 +80,7 @@ def parse_where(text: str | Iterable[str] | None) -> list[Condition]:
 
 def _condition(text: str) -> Condition:
     match = _COND.match(text)
-    if not match or not match.group(3):
+    if not match or not match.group(3) or match.group(3)[0] in "<>=!~":
         raise HistoryError(f"--where {text.strip()!r}: expected NAME OP VALUE with OP one of < <= > >= = != ~ (e.g. val_loss<0.3)")
     name, op, raw = match.groups()
     return Condition(name, op, _literal(name, raw))
@@ -89,10 +89,10 @@ def _condition(text: str) -> Condition:
 def _literal(name: str, raw: str) -> Any:
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
         return raw[1:-1]
-    key = name.split(".")[-1]
-    if key in ("duration", "age") and name == key:
+    key = name[4:] if name.startswith("run.") else name
+    if key in ("duration", "age"):
         return parse_duration(raw, f"--where {name}")
-    if key in ("started", "ended") and name == key:
+    if key in ("started", "ended"):
         return _timestamp(raw)
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
@@ -112,21 +112,26 @@ def _timestamp(raw: str) -> float:
 
 
 def field_value(record: RunRecord, name: str, now: float | None = None) -> Any:
-    """A run's value for a --where/--sort field: a run column, ``param.X``, ``metric.X`` or a bare metric/parameter."""
+    """A run's value for a --where/--sort field: ``metric.X``, ``param.X``, ``run.COLUMN``, or a bare name
+    (a metric, else a parameter, else a run column such as status, duration, age)."""
     prefix, dot, rest = name.partition(".")
     if dot and prefix in ("param", "params", "parameters", "p"):
         return record.parameters.get(rest)
     if dot and prefix in ("metric", "metrics", "m"):
         return record.metrics.get(rest)
+    if dot and prefix == "run":
+        name = rest
+    elif name in record.metrics:
+        return record.metrics[name]
+    elif name in record.parameters:
+        return record.parameters[name]
     if name in BUILTIN:
         if name == "duration":
             return record.duration
         if name == "age":
             return (now or time.time()) - record.started
         return getattr(record, name)
-    if name in record.metrics:
-        return record.metrics[name]
-    return record.parameters.get(name)
+    return None
 
 
 # ----------------------------------------------------------------------------------------- query
