@@ -678,7 +678,10 @@ def _read_npy(path: Path, digest: str, algorithm: str, name: str, allow_mmap: bo
 
 def _r_parquet(directory: Path, meta: dict, mmap: bool) -> Any:
     import pyarrow.parquet as pq
-    df = pq.read_table(directory / "value.parquet", memory_map=True).to_pandas()
+    table = pq.read_table(directory / "value.parquet", memory_map=True)
+    # one block per column (no consolidation copy) unless the frame is wide enough for that to hurt pandas
+    df = table.to_pandas(split_blocks=table.num_columns <= 100, self_destruct=True)
+    del table
     if meta.get("series"):
         return df["__value__"].rename(meta.get("series_name"))
     return df
