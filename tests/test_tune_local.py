@@ -170,3 +170,22 @@ def test_kernel_interrupt_while_waiting_stops_the_experiment(tmp_path):
     exp.wait(20)
     assert exp.status == "stopped" and 1 <= len(exp.trials) < 50
     assert all(t.status == "succeeded" for t in exp.trials)  # the running trial ended and was kept
+
+
+def test_pipeline_trials_run_with_the_step_runtime_already_in_the_worker(ip):
+    """Forked steps then skip importing nbmagic's step runtime and store (20-80 ms per wave of steps)."""
+    from conftest import run_cell
+    from nbmagic.magics.state import current_plan
+    from nbmagic.run.pool import worker_pool
+    from nbmagic.tune.local import STEP_RUNTIME, pipeline_trial_runner
+
+    for cell in ("%%pipeline_parameters\nlr = 0.01", "%%step load\ndata = [1, 2, 3]",
+                 "%%step train\nloss = (lr - 0.02) ** 2 + len(data) * 0", "%pipeline_metrics loss"):
+        assert run_cell(ip, cell).success
+    pool = worker_pool()
+    pool.close()  # a fresh worker that has imported nothing yet
+    run_trial = pipeline_trial_runner(current_plan(ip))
+    first, second = run_trial({"lr": 0.03}), run_trial({"lr": 0.05})
+    assert first.status == second.status == "done" and second.cached_steps == 1
+    assert second.metrics["loss"] == pytest.approx(0.0009)
+    assert set(STEP_RUNTIME) <= set(pool._preload_done.result(0))  # what the worker reports it imported
