@@ -97,8 +97,10 @@ def _plan_components(
         function = module_names.claim(step.name, "_step")
         pipeline_locals.taken.add(function)
         settings = merge(defaults, step.settings) if defaults is not None else step.settings
+        # an input's type comes from whatever library made it, anywhere upstream (a step computing
+        # `data * 2` passes on a numpy array without importing numpy): install the ancestors' libraries too
         modules = list(step.modules)
-        for source in dict.fromkeys(step.inputs.values()):
+        for source in _ancestors(plan, step.name):
             modules += plan.step(source).modules
         requirements = packages.combine(
             packages.pinned(dict.fromkeys(modules)), plan.packages, extra_packages, settings.packages
@@ -129,6 +131,18 @@ def _plan_components(
         if comp.step.metrics:
             comp.metrics = args.claim(METRICS_ARG)
     return found
+
+
+def _ancestors(plan: PipelinePlan, name: str) -> list[str]:
+    """Every step ``name`` depends on, directly or not, in plan order."""
+    seen: set[str] = set()
+    pending = list(plan.step(name).upstream)
+    while pending:
+        current = pending.pop()
+        if current not in seen:
+            seen.add(current)
+            pending.extend(plan.step(current).upstream)
+    return [s.name for s in plan.steps if s.name in seen]
 
 
 def _sources_function(marshal_source: str, step_source: str) -> list[str]:

@@ -208,6 +208,10 @@ class PipelineMagics(Magics):
             experiment=args.experiment,
             namespace=args.namespace,
         )
+        from ..store.history import record_cluster_run
+        from ..store.runs import RunStore
+
+        record_cluster_run(RunStore(), run, plan.name, values, [s.name for s in plan.steps], experiment=args.experiment)
         print(f"nbmagic: run {run.id} started on {run.url}")
         return run
 

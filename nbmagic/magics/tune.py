@@ -103,7 +103,10 @@ class TuneMagics(Magics):
             from .pipeline import merged_plan
 
             merged = merged_plan(plan, state_defaults) if state_defaults is not None else plan
+            from ..store.runs import RunStore
+
             name = spec.experiment_name(plan.name)
+            RunStore().set_experiment(name, spec.objective, spec.goal)  # what `%restore best` ranks by
             runner = pipeline_trial_runner(merged, cache=not args.no_cache, experiment=name)
             experiment = LocalExperiment(spec, runner, pipeline=plan.name, recorded=plan.parameters,
                                          restart=args.restart)

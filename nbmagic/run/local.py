@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
+from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore
 from .result import Run, StepState
 
@@ -80,7 +81,10 @@ class LocalRunner:
         if limit < 1:
             raise NbMagicError(f"--workers must be at least 1, not {limit}")
         names = [s.name for s in plan.steps]
-        run_id = self.store.create_run(plan.name, values, names, notebook=plan.notebook, experiment=experiment)
+        run_id = self.store.create_run(
+            plan.name, values, names, notebook=plan.notebook, experiment=experiment,
+            upstream={s.name: list(s.upstream) for s in plan.steps},
+        )
         run = Run(run_id, plan.name, names, values, self.store)
         run_dir = self.store.run_dir(run_id)
         notify = listener or (lambda *_: None)
@@ -138,7 +142,17 @@ class LocalRunner:
         run.ended = time.time()
         self.store.finish_run(run_id, run.status, run.metrics, run.error)
         notify(run, None)
+        self._collect_garbage()
         return run
+
+    def _collect_garbage(self) -> None:
+        """Apply the store's automatic gc policy, if one is configured; a failure never fails the run."""
+        from ..store.gc import auto_gc
+
+        try:
+            auto_gc(self.store)
+        except Exception as exc:  # noqa: BLE001 - gc is housekeeping
+            print(f"nbmagic: automatic gc skipped: {exc}", file=sys.stderr)
 
     # -- one step ------------------------------------------------------------------------------
     def _start(self, run: Run, step: StepPlan, values: dict[str, Any], cache: bool, run_dir: Path, pool: Any, notify: Listener):
@@ -154,8 +168,11 @@ class LocalRunner:
                 state.outputs, state.not_kept = entry.outputs, entry.not_kept
                 run.metrics.update(entry.metrics)
                 self.store.set_step(run.id, step.name, "cached", cached=1, cache_key=key, started=state.started, ended=state.ended,
-                                    properties={"reused_execution": entry.execution_id})
-                self.store.record_execution(run.id, step.name, self._input_refs(run, step), entry.outputs)
+                                    code_hash=code_hash(step.cell.code, step.prelude),
+                                    properties={"reused_execution": entry.execution_id, "not_kept": entry.not_kept,
+                                                "parameters": {n: values[n] for n in step.parameters}})
+                self.store.record_execution(run.id, step.name, self._input_refs(run, step), entry.outputs,
+                                            environment=environment(step.modules))
                 notify(run, state)
                 return None
         state.status = "running"
@@ -184,7 +201,8 @@ class LocalRunner:
         result_path = Path(spec["result"])
         if result_path.exists():
             result_path.unlink()
-        self.store.set_step(run.id, step.name, "running", cache_key=key, started=state.started, log=spec["log"])
+        self.store.set_step(run.id, step.name, "running", cache_key=key, started=state.started, log=spec["log"],
+                            code_hash=code_hash(step.cell.code, step.prelude))
         notify(run, state)
         timeout = getattr(step.settings, "timeout", None)
         memory = _memory_limit(step)
@@ -229,7 +247,8 @@ class LocalRunner:
             return time.time() + delay
         if state.status == "done":
             run.metrics.update(result.get("metrics", {}))
-            execution = self.store.record_execution(run.id, step.name, self._input_refs(run, step), state.outputs)
+            execution = self.store.record_execution(run.id, step.name, self._input_refs(run, step), state.outputs,
+                                                    environment=environment(step.modules))
             if cache and step.settings.cache:
                 self.store.cache_put(spec["cache_key"], step.name, execution, state.outputs, result.get("metrics", {}), state.not_kept)
         self.store.set_step(
