@@ -67,6 +67,7 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupts are for the kernel
+    _warm_runtime()
     tasks: dict[int, dict[str, Any]] = {}  # pid -> {"task", "deadline", "timed_out"}
     buffer = b""
     _send(out, {"event": "ready", "pid": os.getpid()})
@@ -116,6 +117,15 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
                 line, buffer = buffer.split(b"\n", 1)
                 if line.strip():
                     _handle(json.loads(line), tasks, out)
+
+
+def _warm_runtime() -> None:
+    """Import what every step uses (runtime, store, hashing) once, so forked steps start with it loaded."""
+    for module in ("nbmagic.run.task", "nbmagic.store.objects", "nbmagic.store.marshal", "xxhash", "dill"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
 
 
 def _kill_group(pid: int) -> None:
