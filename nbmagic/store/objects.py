@@ -16,6 +16,7 @@ import shutil
 import socket
 import time
 import uuid
+from .processes import alive
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -189,23 +190,12 @@ class ObjectStore:
                 continue
             if now - newest < older_than_s:
                 continue
-            if len(parts) == 4 and parts[2] == _HOST and parts[1].isdigit() and _alive(int(parts[1])):
+            if len(parts) == 4 and parts[2] == _HOST and parts[1].isdigit() and alive(int(parts[1])):
                 continue
             shutil.rmtree(entry.path, ignore_errors=True)
             removed += 1
         return removed
 
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync(path: Path) -> None:

@@ -29,9 +29,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..config import home
+from .processes import alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contexts (
@@ -339,7 +340,7 @@ class RunStore:
         conn = self._connection()
         torn = []
         for run_id, pid in conn.execute("SELECT id, owner_pid FROM runs WHERE status IN ('running','pending') AND kind='local'"):
-            if pid and not _alive(pid):
+            if pid and not alive(pid):
                 torn.append(run_id)
         for run_id in torn:
             with self._db() as db:
@@ -438,18 +439,3 @@ class RunStore:
                 "INSERT OR REPLACE INTO cache VALUES (?,?,?,?,?,?,?,?)",
                 (key, step, execution_id, json.dumps(outputs), json.dumps(metrics), json.dumps(not_kept), now, now),
             )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def iter_json(rows: Iterator[tuple[str]]) -> Iterator[Any]:
-    for (text,) in rows:
-        yield json.loads(text)
