@@ -12,6 +12,14 @@ Implemented: healthz, experiments create/list/get, runs create/get/list. A creat
 through ``server.run_states`` (default PENDING -> RUNNING -> SUCCEEDED), one state per GET, with
 per-task ``run_details.task_details`` derived from the submitted pipeline spec.
 
+Task details come in two layouts. ``layout="simple"`` (default): one entry per pipeline task with its
+``pod_name``. ``layout="argo"``: what KFP's Argo backend reports, one entry per Argo node (workflow,
+``root-driver``, ``root``, ``<task>-driver``, ``<task>``) with no ``pod_name`` of its own and Argo's
+children node ids in ``child_tasks[].pod_name``; ``pod_name_format`` ``"v1"`` (pod name = node id) or
+``"v2"`` (Argo >= 3.4: ``<workflow>-<template>-<hash>``, so node ids are not pod names).
+``server.pods(run_id)`` lists the pods such a run would have (name, task, role, labels, annotations)
+for :class:`PodLogServer`, which plays the Kubernetes core API's pod log and pod list endpoints.
+
 Usage::
 
     with KfpApiServer(token="t0k") as server:
@@ -29,6 +37,7 @@ import json
 import os
 import re
 import threading
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -182,6 +191,7 @@ class _RunRecord:
     states: list[str]
     gets: int = 0
     created_at: str = ""
+    workflow: str = ""  # the Argo workflow name (layout="argo")
 
 
 def _now() -> str:
@@ -222,7 +232,10 @@ class KfpApiServer:
 
     def __init__(self, *, token: str | None = None, multi_user: bool = False,
                  run_states: list[str] | None = None, swagger: Path = SWAGGER_PATH,
-                 tls: tuple[str, str] | None = None) -> None:
+                 tls: tuple[str, str] | None = None, layout: str = "simple",
+                 pod_name_format: str = "v1") -> None:
+        assert layout in ("simple", "argo") and pod_name_format in ("v1", "v2")
+        self.layout, self.pod_name_format = layout, pod_name_format
         self.swagger = Swagger(swagger)
         self.token = token
         self.multi_user = multi_user
@@ -455,7 +468,8 @@ class KfpApiServer:
                                 f"parameter {name!r}: {value!r} is not a {inputs[name]}")
         run_id = self._new_id("run")
         record = _RunRecord(body=dict(body, run_id=run_id, experiment_id=exp_id or ""),
-                            states=list(self.run_states), created_at=_now())
+                            states=list(self.run_states), created_at=_now(),
+                            workflow=f"{spec.get('pipelineInfo', {}).get('name', 'pipeline')}-x{len(self.runs):04d}")
         self.runs[run_id] = record
         return self._view_run(run_id, record)
 
@@ -486,7 +500,8 @@ class KfpApiServer:
                                   "task_details": tasks}
         return run
 
-    def _task_details(self, run_id: str, spec: dict, run_state: str) -> list[dict]:
+    def _task_states(self, spec: dict, run_state: str) -> list[tuple[str, str, str]]:
+        """(task, component, state) per root DAG task, dependencies first; empty before the run starts."""
         order = _topo_tasks(spec)
         if run_state in ("PENDING", "RUNTIME_STATE_UNSPECIFIED") or not order:
             return []
@@ -498,23 +513,247 @@ class KfpApiServer:
             states = ["SUCCEEDED"] * (n - 1) + ["FAILED"]
         else:
             states = [run_state] * n
+        return [(name, comp, state) for (name, comp), state in zip(order, states)]
+
+    def _task_details(self, run_id: str, spec: dict, run_state: str) -> list[dict]:
+        if self.layout == "argo":
+            return self._argo_task_details(run_id, spec, run_state)
         details = []
-        for i, ((name, comp), state) in enumerate(zip(order, states)):
+        for i, (name, comp, state) in enumerate(self._task_states(spec, run_state)):
             task: dict[str, Any] = {"run_id": run_id, "task_id": f"{run_id}-t{i}", "display_name": name,
                                     "create_time": _now(), "state": state, "execution_id": str(100 + i),
                                     "pod_name": f"{name}-pod-{i}"}
-            if state != "PENDING":
-                task["start_time"] = _now()
-            if state in ("SUCCEEDED", "FAILED"):
-                task["end_time"] = _now()
-            if state == "FAILED":
-                task["error"] = {"code": 2, "message": self.failure_message, "details": []}
-            if state == "SUCCEEDED":
-                arts = spec.get("components", {}).get(comp, {}).get("outputDefinitions", {}).get("artifacts", {})
-                task["outputs"] = {out: {"artifact_ids": [str(1000 + 10 * i + j)]}
-                                   for j, out in enumerate(sorted(arts))}
+            self._finish_task(task, spec, comp, state, i)
             details.append(task)
         return details
+
+    def _finish_task(self, task: dict, spec: dict, comp: str, state: str, i: int) -> None:
+        if state != "PENDING":
+            task["start_time"] = _now()
+        if state in ("SUCCEEDED", "FAILED"):
+            task["end_time"] = _now()
+        if state == "FAILED":
+            task["error"] = {"code": 2, "message": self.failure_message, "details": []}
+        if state == "SUCCEEDED":
+            arts = spec.get("components", {}).get(comp, {}).get("outputDefinitions", {}).get("artifacts", {})
+            task["outputs"] = {out: {"artifact_ids": [str(1000 + 10 * i + j)]} for j, out in enumerate(sorted(arts))}
+
+    # layout="argo": the Argo nodes of KFP's compiled workflow ------------------------------------
+    @staticmethod
+    def _node_id(workflow: str, node: str) -> str:
+        return f"{workflow}-{zlib.crc32(node.encode()):010d}"
+
+    def _argo_nodes(self, run_id: str, spec: dict) -> list[dict]:
+        """Every Argo node of the run: name, display name, node id, pod template, children (node names)."""
+        wf = self.runs[run_id].workflow
+        tasks = spec.get("root", {}).get("dag", {}).get("tasks", {})
+        downstream: dict[str, list[str]] = {t: [] for t in tasks}
+        for t, body in tasks.items():
+            for dep in body.get("dependentTasks", []):
+                downstream.setdefault(dep, []).append(t)
+        firsts = [t for t, body in tasks.items() if not body.get("dependentTasks")]
+        nodes = [{"name": wf, "display": wf, "id": wf, "template": None, "children": [f"{wf}.root-driver"]},
+                 {"name": f"{wf}.root-driver", "display": "root-driver", "template": "system-dag-driver",
+                  "children": [f"{wf}.root"]},
+                 {"name": f"{wf}.root", "display": "root", "template": None,
+                  "children": [f"{wf}.root.{t}-driver" for t in firsts]}]
+        for t in tasks:
+            nodes.append({"name": f"{wf}.root.{t}-driver", "display": f"{t}-driver",
+                          "template": "system-container-driver", "children": [f"{wf}.root.{t}"], "task": t})
+            nodes.append({"name": f"{wf}.root.{t}", "display": t, "template": "system-container-executor",
+                          "children": [f"{wf}.root.{d}-driver" for d in downstream.get(t, [])], "task": t})
+        for node in nodes:
+            node.setdefault("id", self._node_id(wf, node["name"]))
+        return nodes
+
+    def _pod_name(self, workflow: str, node: dict) -> str:
+        if self.pod_name_format == "v1":
+            return node["id"]
+        return f"{workflow}-{node['template']}-{node['id'].rsplit('-', 1)[1]}"
+
+    def pods(self, run_id: str) -> list[dict]:
+        """The pods of a run as Argo would name, label and annotate them (with ``task`` and ``role``)."""
+        record = self.runs[run_id]
+        spec = _pipeline_spec(record.body["pipeline_spec"])
+        if self.layout == "simple":
+            return [{"name": f"{name}-pod-{i}", "task": name, "role": "executor",
+                     "labels": {"pipeline/runid": run_id}, "annotations": {}}
+                    for i, (name, _) in enumerate(_topo_tasks(spec))]
+        out = []
+        for node in self._argo_nodes(run_id, spec):
+            if node["template"] is None:
+                continue  # DAG nodes have no pod
+            out.append({"name": self._pod_name(record.workflow, node), "task": node.get("task"),
+                        "role": "driver" if node["template"].endswith("driver") else "executor",
+                        "labels": {"pipeline/runid": run_id, "workflows.argoproj.io/workflow": record.workflow},
+                        "annotations": {"workflows.argoproj.io/node-id": node["id"],
+                                        "workflows.argoproj.io/node-name": node["name"]}})
+        return out
+
+    def _argo_task_details(self, run_id: str, spec: dict, run_state: str) -> list[dict]:
+        states = {t: (comp, state) for t, comp, state in self._task_states(spec, run_state)}
+        if not states:
+            return []
+        overall = "SUCCEEDED" if all(s == "SUCCEEDED" for _, s in states.values()) else run_state
+        nodes = self._argo_nodes(run_id, spec)
+        ids = {n["name"]: n["id"] for n in nodes}
+        details = []
+        for i, node in enumerate(sorted(nodes, key=lambda n: n["name"])):  # the backend sorts by node name
+            task = node.get("task")
+            comp, state = states[task] if task else ("", overall)
+            if task and node["display"].endswith("-driver") and state != "PENDING":
+                state = "SUCCEEDED"
+            detail: dict[str, Any] = {"run_id": run_id, "task_id": f"{run_id}-n{i}", "display_name": node["display"],
+                                      "create_time": _now(), "state": state}
+            kids = [{"pod_name": ids[c]} for c in node["children"] if c in ids]
+            if kids:
+                detail["child_tasks"] = kids
+            self._finish_task(detail, spec, comp if task and not node["display"].endswith("-driver") else "",
+                              state, i)
+            details.append(detail)
+        return details
+
+
+class PodLogServer:
+    """The Kubernetes core API endpoints nbmagic reads pod logs with, on 127.0.0.1.
+
+    ``GET /api/v1/namespaces/{ns}/pods/{name}/log`` (text; 404 for an unknown pod, 400 for an unknown
+    container, as the API server answers) and ``GET /api/v1/namespaces/{ns}/pods?labelSelector=k=v``
+    (a PodList). Unknown query parameters are refused with 400. Settings tests use: ``token`` (every
+    request must carry ``Authorization: Bearer <token>``), ``forbid_logs`` / ``forbid_list`` (403 as
+    RBAC answers, the message naming the user), ``requests`` (method, path, query, headers).
+    """
+
+    LOG_QUERY = {"container", "follow", "insecureSkipTLSVerifyBackend", "limitBytes", "pretty", "previous",
+                 "sinceSeconds", "tailLines", "timestamps"}
+    LIST_QUERY = {"allowWatchBookmarks", "continue", "fieldSelector", "labelSelector", "limit", "pretty",
+                  "resourceVersion", "resourceVersionMatch", "sendInitialEvents", "timeoutSeconds", "watch"}
+
+    def __init__(self, namespace: str = "kubeflow", *, token: str | None = None,
+                 pod_source: Any = None) -> None:
+        self.namespace = namespace
+        self.token = token
+        self.forbid_logs = False
+        self.forbid_list = False
+        self.pods: dict[str, dict] = {}
+        self.pod_source = pod_source  # () -> {name: pod}: pods that appear while a run goes on
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+
+    def add_pod(self, name: str, log: str, *, labels: dict | None = None, annotations: dict | None = None,
+                containers: tuple[str, ...] = ("wait", "main")) -> None:
+        """A pod whose ``main`` container printed ``log`` (Argo pods also have a ``wait`` container)."""
+        self.pods[name] = self.pod(log, labels=labels, annotations=annotations, containers=containers)
+
+    @staticmethod
+    def pod(log: str, *, labels: dict | None = None, annotations: dict | None = None,
+            containers: tuple[str, ...] = ("wait", "main")) -> dict:
+        return {"log": log, "labels": dict(labels or {}), "annotations": dict(annotations or {}),
+                "containers": containers}
+
+    def start(self) -> "PodLogServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                status, ctype, data = server._answer(self)
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="pod-log-server", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "PodLogServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def log_reads(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/log")]
+
+    def lists(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/pods")]
+
+    @staticmethod
+    def _status(code: int, reason: str, message: str) -> tuple[int, str, bytes]:
+        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code}
+        return code, "application/json", json.dumps(body).encode()
+
+    def _answer(self, handler: BaseHTTPRequestHandler) -> tuple[int, str, bytes]:
+        parts = urlsplit(handler.path)
+        rec = Recorded(method="GET", path=parts.path, query=parse_qs(parts.query, keep_blank_values=True),
+                       headers={k.lower(): v for k, v in handler.headers.items()}, body=None)
+        with self._lock:
+            self.requests.append(rec)
+        auth = rec.headers.get("authorization", "")
+        if self.token is not None and auth != f"Bearer {self.token}":
+            return self._status(401, "Unauthorized", "Unauthorized")
+        user = f"token {auth.split(' ')[-1]}" if auth else "system:anonymous"
+        pods = dict(self.pod_source() if self.pod_source else {}, **self.pods)
+        q = {k: v[-1] for k, v in rec.query.items()}
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/log", parts.path)
+        if m:
+            unknown = set(q) - self.LOG_QUERY
+            if unknown:
+                return self._status(400, "BadRequest", f"unknown query parameter {sorted(unknown)[0]}")
+            ns, name = m.groups()
+            if self.forbid_logs:
+                # the real message names the user; here it even carries the token, to prove it is masked
+                return self._status(403, "Forbidden", f'pods "{name}" is forbidden: User "{user}" cannot get '
+                                    f'resource "pods/log" in API group "" in the namespace "{ns}"')
+            pod = pods.get(name) if ns == self.namespace else None
+            if pod is None:
+                return self._status(404, "NotFound", f'pods "{name}" not found')
+            container = q.get("container")
+            if container is None and len(pod["containers"]) > 1:
+                return self._status(400, "BadRequest", f"a container name must be specified for pod {name}, "
+                                    f"choose one of: [{' '.join(pod['containers'])}]")
+            if container is not None and container not in pod["containers"]:
+                return self._status(400, "BadRequest", f"container {container} is not valid for pod {name}")
+            text = pod["log"] if container in (None, "main") else "time=... level=info msg=\"waiting\"\n"
+            return 200, "text/plain", text.encode()
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods", parts.path)
+        if m:
+            unknown = set(q) - self.LIST_QUERY
+            if unknown:
+                return self._status(400, "BadRequest", f"unknown query parameter {sorted(unknown)[0]}")
+            if self.forbid_list:
+                return self._status(403, "Forbidden", f'pods is forbidden: User "{user}" cannot list resource '
+                                    f'"pods" in API group "" in the namespace "{m.group(1)}"')
+            wanted = dict(sel.split("=", 1) for sel in q.get("labelSelector", "").split(",") if "=" in sel)
+            items = [{"metadata": {"name": name, "namespace": self.namespace, "labels": pod["labels"],
+                                   "annotations": pod["annotations"]},
+                      "spec": {"containers": [{"name": c, "image": "python:3.11"} for c in pod["containers"]]}}
+                     for name, pod in pods.items()
+                     if m.group(1) == self.namespace and all(pod["labels"].get(k) == v for k, v in wanted.items())]
+            return 200, "application/json", json.dumps(
+                {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}).encode()
+        return self._status(404, "NotFound", "the server could not find the requested resource")
 
 
 def _coerce(value: str) -> Any:

@@ -33,8 +33,9 @@ def _isolated(monkeypatch, tmp_path):
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
     for name in ("NBMAGIC_KFP_HOST", "NBMAGIC_KFP_TOKEN", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT",
                  "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
-                 "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID"):
+                 "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID", "NBMAGIC_K8S_HOST", "NBMAGIC_K8S_NAMESPACE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))  # no real cluster is ever asked
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +195,8 @@ def test_wait_polls_until_done_with_task_status_and_metric_refs(server, compiled
     assert run.status == "done" and run.state == "SUCCEEDED" and run.error is None
     assert run.tasks["train"].duration is not None
     ref = run.metrics["train.metrics"]
-    assert ref.artifact_type == "system.Metrics" and ref.value is None
+    assert ref.artifact_type == "system.Metrics" and ref.value is None  # no Kubernetes access: no values
+    assert "no Kubernetes access" in run.metrics_error and "NBMAGIC_K8S_HOST" in run.metrics_error
     assert ref.artifact_ids and all(i.isdigit() for i in ref.artifact_ids)
     assert set(run.metrics) == {"train.metrics"}
     assert not server.rejected

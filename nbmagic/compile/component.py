@@ -10,6 +10,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+METRIC_LINE_PREFIX = "nbmagic-metric "
+"""What starts each metric line :func:`nbmagic_run` prints (``nbmagic-metric {"step": ..., "name": ..., "value": ...}``).
+
+The literal is repeated inside ``nbmagic_run`` because only that function's source travels into the component."""
+
 
 def nbmagic_run(
     step: str,
@@ -66,11 +71,20 @@ def nbmagic_run(
         except marshal.MarshalError as error:
             fail(f"cannot save output {name!r} ({type(result[name]).__name__}): {error}")
         artifact.metadata.update({k: manifest[k] for k in ("type", "format", "size", "hash") if k in manifest})
+    logged = {}
     for name in metric_names:
         value = result[name]
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             fail(f"metric {name!r} is {type(value).__name__}, not a number")
-        metrics.log_metric(name, int(value) if isinstance(value, numbers.Integral) else float(value))
+        logged[name] = int(value) if isinstance(value, numbers.Integral) else float(value)
+    for name, value in logged.items():
+        metrics.log_metric(name, value)
+    # One JSON line per metric on stdout (= the pod log on a cluster): the KFP REST API returns no metric
+    # values, the Kubernetes pod log API does. Printed last, so they follow anything the cell printed.
+    import json
+
+    for name, value in logged.items():
+        print("nbmagic-metric " + json.dumps({"step": step, "name": name, "value": value}), flush=True)
 
 
 def source() -> str:

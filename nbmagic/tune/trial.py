@@ -2,6 +2,10 @@
 
 Parameters arrive as text and are turned back into their recorded types (``--type``) before the KFP
 run starts. After the run, each metric is printed as a ``name=value`` line for Katib's StdOut collector.
+The values come from ``ClusterRun.metric_values()``, which reads the lines the pipeline's metric step
+printed from its pod log with the Kubernetes API (in the trial Job: the in-cluster service account, which
+needs ``get pods/log`` and ``list pods`` in the run's namespace; ``--k8s-namespace`` when the KFP pods run
+elsewhere than ``--namespace``, e.g. ``kubeflow`` for a standalone KFP).
 Exit status: 0 when the run succeeded and reported the objective, 1 otherwise.
 """
 from __future__ import annotations
@@ -25,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline-name", default="pipeline")
     p.add_argument("--experiment", default=None, help="KFP experiment for the runs")
     p.add_argument("--namespace", default=None)
+    p.add_argument("--k8s-namespace", default=None, help="namespace of the run's pods (metric logs)")
+    p.add_argument("--k8s-host", default=None, help="Kubernetes API URL (default: in-cluster, kubeconfig)")
     p.add_argument("--type", action="append", default=[], metavar="NAME=TYPE", help="bool|int|float|str")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--metric", action="append", default=[], metavar="NAME",
@@ -101,13 +107,22 @@ def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = 
         print(f"nbmagic trial: {exc}", file=sys.stderr)
         return 1
     print(f"nbmagic trial: parameters {parameters}", file=sys.stderr)
-    run = (submit or _default_submit)(
-        pipeline_yaml, host=args.host, parameters=parameters, pipeline_name=args.pipeline_name,
-        experiment=args.experiment, namespace=args.namespace,
-    )
-    run.wait()
+    where = {k: v for k, v in (("k8s_host", args.k8s_host), ("k8s_namespace", args.k8s_namespace)) if v}
+    try:
+        run = (submit or _default_submit)(
+            pipeline_yaml, host=args.host, parameters=parameters, pipeline_name=args.pipeline_name,
+            experiment=args.experiment, namespace=args.namespace, **where,
+        )
+        run.wait()
+    except NbMagicError as exc:
+        print(f"nbmagic trial: {exc}", file=sys.stderr)
+        return 1
     status = str(getattr(run, "status", "") or "")
-    metrics = metric_values(run)
+    try:
+        metrics = metric_values(run)
+    except NbMagicError as exc:  # logs unreadable: say why, print nothing Katib could mistake for metrics
+        print(f"nbmagic trial: {exc}", file=sys.stderr)
+        metrics = {}
     for line in metric_lines(metrics, args.metric):
         print(line, flush=True)
     if status.lower() not in ("", "done", "succeeded"):
