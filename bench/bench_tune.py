@@ -1,7 +1,7 @@
 """Tuning benchmark: 20 trials of the quickstart pipeline, nbmagic ``%katib`` (local runner, cached upstream
 steps) vs re-executing the whole notebook per trial with papermill, same Optuna sampler and seed.
 
-    python bench/bench_tune.py [--trials 20] [--seed 0] [--out bench/RESULTS-tune.md]
+    python bench/bench_tune.py [--trials 20] [--seed 0] [--repeat 3] [--out bench/RESULTS-tune.md]
 
 nbmagic: the quickstart's cells run in an IPython ``InteractiveShell`` (as in a notebook, not timed), then
 ``exp = %katib ... --wait --quiet`` is timed from the call to the experiment's end.
@@ -170,50 +170,58 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-def report(nb: dict[str, Any], pm: dict[str, Any], trials: int, seed: int, load: tuple[str, str]) -> str:
+def loadavg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def report(pairs: list[tuple[dict[str, Any], dict[str, Any]]], trials: int, seed: int) -> str:
+    nb, pm = pairs[0]
     rows = nb["trials"]
-    later = rows[1:] or rows
+    later = [r for n, _ in pairs for r in n["trials"][1:]] or rows
     overheads = [r["overhead"] for r in later]
     between = [r["before"] for r in later]
     total = [r["overhead"] + r["before"] for r in later]
-    all_in = (nb["wall"] - sum(r["compute"] for r in rows)) / len(rows)
-    ratio = pm["wall"] / nb["wall"]
-    same = [r["params"] for r in rows] == [r["params"] for r in pm["trials"]]
+    all_in = [(n["wall"] - sum(r["compute"] for r in n["trials"])) / len(n["trials"]) for n, _ in pairs]
+    ratios = [p["wall"] / n["wall"] for n, p in pairs]
+    same = all([r["params"] for r in n["trials"]] == [r["params"] for r in p["trials"]] for n, p in pairs)
     best = nb["best"]
+    table = ["| repeat (order) | nbmagic `%katib` end to end | papermill end to end | speed-up | nbmagic per trial "
+             "(median) | papermill per trial (median) | load average |", "|---|---|---|---|---|---|---|"]
+    for index, (n, p) in enumerate(pairs):
+        table.append(
+            f"| {index + 1} ({n['order']}) | {n['wall']:.1f} s | {p['wall']:.1f} s | {p['wall'] / n['wall']:.1f}x | "
+            f"{statistics.median(r['wall'] for r in n['trials']):.2f} s | "
+            f"{statistics.median(r['wall'] for r in p['trials']):.2f} s | {n['load']} |")
     lines = [
         f"Quickstart pipeline (digits; load_data -> process -> train_svm | train_forest -> evaluate), {trials} trials, "
         f"TPE seed {seed}, tuning C=double(0.1,10,log) and n_estimators=int(10,100), objective {OBJECTIVE} (maximize), "
-        "one trial at a time in both.",
+        f"one trial at a time in both; {len(pairs)} repeat(s), the order alternating, each nbmagic repeat with a fresh "
+        "run store and a fresh step worker.",
         "",
-        "| | end to end | per trial (median) | first trial |",
-        "|---|---|---|---|",
-        f"| nbmagic `%katib` (local runner, cache) | {nb['wall']:.1f} s | {statistics.median(r['wall'] for r in rows):.2f} s "
-        f"| {rows[0]['wall']:.2f} s |",
-        f"| papermill, whole notebook per trial | {pm['wall']:.1f} s | "
-        f"{statistics.median(r['wall'] for r in pm['trials']):.2f} s | {pm['trials'][0]['wall']:.2f} s |",
+        *table,
         "",
-        f"- **Speed-up end to end: {ratio:.1f}x** (target >= 3x).",
-        f"- Same parameters suggested in the same order by both: {'yes' if same else 'NO'}; "
-        f"best nbmagic trial {best.trial} {OBJECTIVE}={best.objective:.4f} {best.parameters}; "
-        f"best papermill trial {pm['best'][0]} {OBJECTIVE}={pm['best'][1]:.4f}.",
+        f"- **Speed-up end to end: median {statistics.median(ratios):.1f}x, lowest {min(ratios):.1f}x** (target >= 3x).",
+        f"- Same parameters suggested in the same order by both, every repeat: {'yes' if same else 'NO'}; "
+        f"best trial {best.trial} {OBJECTIVE}={best.objective:.4f} {best.parameters} (papermill: trial {pm['best'][0]}, "
+        f"{pm['best'][1]:.4f}).",
         f"- Cached steps per trial (nbmagic): {[r['cached'] for r in rows]} (load_data and process read no tuned "
         "parameter; a repeated n_estimators also reuses train_forest).",
         f"- Trial compute (union of the uncached steps' in-worker run time): median "
-        f"{ms(statistics.median(r['compute'] for r in rows))}.",
-        f"- **Overhead per trial** beyond its own compute, trials 1-{len(rows) - 1} (steady state):",
+        f"{ms(statistics.median(r['compute'] for r in later))}.",
+        f"- **Overhead per trial** beyond its own compute, steady state (trials 1-{trials - 1} of every repeat, "
+        f"{len(later)} trials):",
         f"  - runner: trial wall time (around LocalRunner.run) - its steps' in-worker time: median "
         f"{ms(statistics.median(overheads))}, mean {ms(statistics.mean(overheads))}, max {ms(max(overheads))} "
         "(target <= 50 ms);",
         f"  - between trials (Optuna tell + ask on the journal study, thread hand-off): median "
         f"{ms(statistics.median(between))}, max {ms(max(between))};",
         f"  - **both together: median {ms(statistics.median(total))}, mean {ms(statistics.mean(total))}**.",
-        f"- One-time costs: `%katib` set-up before the first trial (plan, Optuna import, study, step worker start "
-        f"and preload of the notebook's imports) {ms(rows[0]['before'])}; the first trial's runner overhead "
-        f"{ms(rows[0]['overhead'])}; "
-        f"after the last trial {ms(nb['after'])}. Everything included, (experiment wall - all in-worker time) / "
-        f"{len(rows)} = {ms(all_in)} per trial.",
+        f"- One-time costs (repeat 1): `%katib` set-up before the first trial (plan, Optuna import, study, step worker "
+        f"start and preload of the notebook's imports) {ms(rows[0]['before'])}; the first trial's runner overhead "
+        f"{ms(rows[0]['overhead'])}; after the last trial {ms(nb['after'])}. Everything included, (experiment wall - "
+        f"all in-worker time) / {trials}: {', '.join(ms(a) for a in all_in)} per trial.",
         f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; load average before/after: {load[0]} / {load[1]}.",
+        f"{platform.python_version()}; shared with other jobs, hence the repeats.",
     ]
     return "\n".join(lines)
 
@@ -222,30 +230,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="nbmagic/papermill pairs, order alternating")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as markdown here")
     parser.add_argument("--verbose", action="store_true", help="print every trial")
     args = parser.parse_args()
 
-    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    from nbmagic.run.pool import worker_pool
+
+    pairs = []
     with tempfile.TemporaryDirectory(prefix="nbmagic-bench-tune-") as tmp:
         work = Path(tmp)
-        os.environ["NBMAGIC_HOME"] = str(work / "home")
         cells = notebook_cells()
         plain = work / "quickstart-plain.ipynb"
         plain_notebook(cells, plain)
-        print(f"nbmagic: {args.trials} trials with %katib ...", flush=True)
-        nb = run_nbmagic(cells, args.trials, args.seed)
-        print(f"  {nb['wall']:.1f} s ({nb['status']})", flush=True)
-        print(f"papermill: {args.trials} notebook executions ...", flush=True)
-        pm = run_papermill(plain, work, args.trials, args.seed)
-        print(f"  {pm['wall']:.1f} s", flush=True)
-    load_after = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    if args.verbose:
-        for a, b in zip(nb["trials"], pm["trials"]):
-            print(f"  trial {a['number']:2d} {a['params']} nbmagic {a['wall']:.3f}s (compute {a['compute']:.3f}s, "
-                  f"overhead {a['overhead'] * 1000:.0f} ms, cached {a['cached']}) {a['objective']:.4f} | "
-                  f"papermill {b['wall']:.2f}s {b['objective']:.4f}")
-    text = report(nb, pm, args.trials, args.seed, (load_before, load_after))
+        for index in range(args.repeat):
+            os.environ["NBMAGIC_HOME"] = str(work / f"home-{index}")
+            pool = worker_pool()
+            pool.close()  # every repeat starts its step worker cold
+            pool._preloaded.clear()  # close() keeps the old worker's list, so the new one would not be preloaded
+            load = loadavg()
+            results: dict[str, Any] = {}
+            for kind in (("nbmagic", "papermill") if index % 2 == 0 else ("papermill", "nbmagic")):
+                print(f"repeat {index + 1}: {kind}, {args.trials} trials ...", flush=True)
+                if kind == "nbmagic":
+                    results[kind] = run_nbmagic(cells, args.trials, args.seed)
+                else:
+                    results[kind] = run_papermill(plain, work, args.trials, args.seed)
+                print(f"  {results[kind]['wall']:.1f} s", flush=True)
+            nb, pm = results["nbmagic"], results["papermill"]
+            nb["order"] = "nbmagic first" if index % 2 == 0 else "papermill first"
+            nb["load"] = load
+            pairs.append((nb, pm))
+            if args.verbose:
+                for a, b in zip(nb["trials"], pm["trials"]):
+                    print(f"  trial {a['number']:2d} {a['params']} nbmagic {a['wall']:.3f}s (compute {a['compute']:.3f}s,"
+                          f" overhead {a['overhead'] * 1000:.0f} ms, before {a['before'] * 1000:.0f} ms, cached "
+                          f"{a['cached']}) {a['objective']:.4f} | papermill {b['wall']:.2f}s {b['objective']:.4f}")
+    text = report(pairs, args.trials, args.seed)
     print()
     print(text)
     if args.out:

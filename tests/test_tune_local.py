@@ -177,7 +177,6 @@ def test_pipeline_trials_run_with_their_imports_already_in_the_worker(ip):
     (the runner preloads only top-level packages, e.g. sklearn but not sklearn.ensemble): 20-130 ms per step."""
     from conftest import run_cell
     from nbmagic.magics.state import current_plan
-    from nbmagic.run.pool import worker_pool
     from nbmagic.tune.local import pipeline_trial_runner, step_imports
 
     for cell in ("import json\nimport numpy", "%%pipeline_parameters\nlr = 0.01",
@@ -188,7 +187,6 @@ def test_pipeline_trials_run_with_their_imports_already_in_the_worker(ip):
         assert run_cell(ip, cell).success
     plan = current_plan(ip)
     assert step_imports(plan) == ["numpy", "numpy.polynomial"]  # json is stdlib: nothing to warm
-    worker_pool().close()  # a fresh worker that has imported nothing yet
     run_trial = pipeline_trial_runner(plan)
     first, second = run_trial({"lr": 0.03}), run_trial({"lr": 0.05})
     assert first.status == second.status == "done" and second.cached_steps == 1
