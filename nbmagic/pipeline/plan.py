@@ -123,7 +123,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
                 inputs[var] = producer
             elif var in parameters:
                 reads_params.append(var)
-            else:
+            elif var not in info.writes:  # a name the step assigns itself is there when it calls the function
                 missing.append(var)
         if missing:
             var = missing[0]
