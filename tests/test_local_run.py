@@ -148,3 +148,12 @@ def test_logs_hold_what_the_step_printed(runner):
     run = runner.run(plan_of("%%step talk\nprint('hello log')\nimport sys\nprint('to stderr', file=sys.stderr)\n"))
     log = run.logs("talk")
     assert "hello log" in log and "to stderr" in log
+
+
+def test_a_secret_gets_its_local_stand_in_from_the_kernel_environment_and_never_touches_disk(runner, monkeypatch):
+    monkeypatch.setenv("DB_PASSWORD", "s3cr3t-stand-in")
+    run = runner.run(plan_of("%%step connect --secret db-creds:password=DB_PASSWORD\nimport os\nlength = len(os.environ['DB_PASSWORD'])\n"))
+    assert run.status == "done", run.steps["connect"].error
+    assert run.value("length") == len("s3cr3t-stand-in")
+    for path in runner.store.run_dir(run.id).iterdir():
+        assert "s3cr3t-stand-in" not in path.read_text(errors="replace"), path

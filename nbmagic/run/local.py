@@ -206,7 +206,11 @@ class LocalRunner:
         notify(run, state)
         timeout = getattr(step.settings, "timeout", None)
         memory = _memory_limit(step)
-        task, future = pool.submit(str(spec_path), timeout=timeout, memory=memory)
+        # local stand-ins for secrets travel over the worker's pipe, never into files on disk
+        from ..pipeline.settings import local_env
+
+        secrets = {k: v for k, v in local_env(step.settings, os.environ).items() if k not in spec["env"]}
+        task, future = pool.submit(str(spec_path), timeout=timeout, memory=memory, env=secrets)
         future.task_id = task  # type: ignore[attr-defined]
         return future, str(spec_path)
 

@@ -76,13 +76,15 @@ class WorkerPool:
         done.result(timeout=600)
         self._preloaded.update(wanted)
 
-    def submit(self, spec_path: str, *, timeout: float | None = None, memory: int | None = None) -> tuple[str, Future[dict[str, Any]]]:
+    def submit(
+        self, spec_path: str, *, timeout: float | None = None, memory: int | None = None, env: dict[str, str] | None = None
+    ) -> tuple[str, Future[dict[str, Any]]]:
         """Start a task; the future resolves with the worker's exit event."""
         with self._lock:
             task = str(next(self._ids))
             future: Future[dict[str, Any]] = Future()
             self._pending[task] = future
-            self._send({"op": "run", "task": task, "spec": spec_path, "timeout": timeout, "memory": memory})
+            self._send({"op": "run", "task": task, "spec": spec_path, "timeout": timeout, "memory": memory, "env": env or {}})
         return task, future
 
     def kill(self, task: str) -> None:

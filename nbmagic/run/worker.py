@@ -25,7 +25,7 @@ def _send(out: Any, event: dict[str, Any]) -> None:
     out.flush()
 
 
-def _child(spec_path: str, memory: int | None) -> None:
+def _child(spec_path: str, memory: int | None, env: dict[str, str]) -> None:
     """In the forked child: detach, apply limits, run the step, exit without running the parent's cleanup."""
     code = 1
     try:
@@ -34,6 +34,7 @@ def _child(spec_path: str, memory: int | None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
+        os.environ.update(env)
         if memory:
             import resource
 
@@ -149,7 +150,7 @@ def _handle(request: dict[str, Any], tasks: dict[int, dict[str, Any]], out: Any)
     elif op == "run":
         pid = os.fork()
         if pid == 0:
-            _child(request["spec"], request.get("memory"))
+            _child(request["spec"], request.get("memory"), request.get("env") or {})
         timeout = request.get("timeout")
         tasks[pid] = {"task": request["task"], "deadline": time.monotonic() + timeout if timeout else None, "timed_out": False}
         _send(out, {"event": "started", "task": request["task"], "pid": pid})
