@@ -197,7 +197,8 @@ def test_run_metrics_fill_in_after_wait_with_settings_from_the_environment(compi
         run = cluster.submit(path, host=kfp_server.url, parameters=PARAMS, namespace="team-a", experiment="e")
         run.wait(timeout=30, poll_interval=0.01)
         assert run.k8s_namespace == "team-a"  # multi-user KFP: the pods run in the profile namespace
-        assert run.metrics["score-it.metrics"].value == EXPECTED  # what %compile_run --host's run shows
+        assert f"mean_value={EXPECTED['mean_value']!r}" in run._repr_html_()  # the notebook shows the values
+        assert run.metrics["score-it.metrics"].value == EXPECTED  # what %compile_run --host's run holds
         monkeypatch.setenv("NBMAGIC_K8S_NAMESPACE", "elsewhere")
         with pytest.raises(cluster.ClusterLogsError) as excinfo:
             run.metric_values(refresh=True)
@@ -341,6 +342,33 @@ def test_tokens_stay_in_headers(compiled, tmp_path, monkeypatch, caplog, capsys)
                  repr(run.metrics), caplog.text, *capsys.readouterr()]
         for text in texts:
             assert KFP_TOKEN not in text and K8S_TOKEN not in text
+    finally:
+        kfp_server.stop()
+        pods.stop()
+
+
+# --- %compile_run --host -----------------------------------------------------------------------
+
+def test_compile_run_host_returns_a_run_whose_metrics_fill_in_after_wait(ip, compiled, monkeypatch):
+    """The magic's run (same steps as the fixture's pipeline, so the pods' logs are that real run's)."""
+    from conftest import run_cell
+
+    _, logs, _ = compiled
+    kfp_server, pods = _servers(logs, layout="argo")
+    monkeypatch.setenv("NBMAGIC_K8S_HOST", pods.url)
+    try:
+        for cell in ("%%pipeline_parameters\nn = 3\nscale = 0.1\n",
+                     "%%step make_data\ndata = [i * scale for i in range(n)]\n",
+                     "%%step score_it\ntotal = sum(data)\nmean_value = total / len(data)\ncount = len(data)\n",
+                     "%pipeline_metrics total mean_value count\n",
+                     f"run = %compile_run --host {kfp_server.url}\n"):
+            result = run_cell(ip, cell)
+            assert result.success, result.error_in_exec or result.error_before_exec
+        run = ip.user_ns["run"]
+        assert isinstance(run, cluster.ClusterRun)
+        run.wait(timeout=30, poll_interval=0.01)
+        assert run.metrics["score-it.metrics"].value == EXPECTED and run.metric_values() == EXPECTED
+        assert not kfp_server.rejected
     finally:
         kfp_server.stop()
         pods.stop()

@@ -794,6 +794,8 @@ class ClusterRun:
                  if rows else "")
         err = f"<div>error: {esc(self.error)}</div>" if self.status == "failed" and self.error else ""
         shown = ""
+        if self.status == "done":
+            self.metrics  # noqa: B018 - reads the values once, so the finished run shows them
         if self._values:
             shown = "<div>metrics: " + ", ".join(
                 f"{esc(k)}={v!r}" for t in self._values.values() for k, v in t.items()) + "</div>"
