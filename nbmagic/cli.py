@@ -57,6 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"run {run.id} started: {run.url}")
         return 0
     plan = merged_plan(plan, defaults)
+    from .pipeline.settings import cluster_only
+
+    notes = sorted({note for s in plan.steps for note in cluster_only(s.settings)})
+    if notes:
+        print("cluster-only settings, not applied locally: " + "; ".join(notes))
 
     def show(run: Any, state: Any) -> None:
         if state is not None and state.status != "pending":

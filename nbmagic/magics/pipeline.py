@@ -178,7 +178,7 @@ class PipelineMagics(Magics):
             return None
         if args.host or args.cluster:
             return self._run_on_cluster(plan, values, args, defaults)
-        from ..pipeline.settings import cluster_only, merge
+        from ..pipeline.settings import cluster_only
         from ..run.local import LocalRunner
 
         plan = merged_plan(plan, defaults)
