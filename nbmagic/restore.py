@@ -195,7 +195,7 @@ class RestoreReport:
         lines = [f"restored {len(self.loaded)} values from run {self.run_id}, state after step {self.step}"]
         width = max([len(item.name) for item in self.loaded] + [4])
         for item in self.loaded:
-            was = f"  (replaced a {self.replaced[item.name]})" if item.name in self.replaced else ""
+            was = f"  (replaced a value of type {self.replaced[item.name]})" if item.name in self.replaced else ""
             lines.append(f"  {item.name:<{width}}  {item.type:<40}  {_size(item.size) if item.hash else '':>9}  {item.step}{was}")
         for name, (step, reason) in self.not_kept.items():
             lines.append(f"  {name:<{width}}  not kept by step {step}: {reason}")

@@ -68,3 +68,8 @@ def test_star_import_is_rejected_with_the_module_named():
 def test_syntax_error_names_the_line():
     with pytest.raises(PipelineError, match="line 2"):
         analyze("x = 1\nx = = 2", "step 'bad'")
+
+
+def test_throwaway_underscore_is_not_a_step_value():
+    result = info("total = 0\nfor _ in range(3):\n    total += 1")
+    assert "_" not in result.writes and "total" in result.writes

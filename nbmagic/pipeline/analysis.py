@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
 import symtable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..errors import PipelineError
 
+# IPython's output history (`_`, `__`, `_5`, `_i5`): never a step's value
+IPYTHON_HISTORY = re.compile(r"^(_{1,3}|_i{0,3}\d+|_i{1,3})$")
 BUILTINS = frozenset(dir(builtins)) | {"get_ipython", "display", "__file__", "__name__"}
 # magics whose argument (line) or body (cell) is Python code run in the user namespace
 CODE_LINE_MAGICS = frozenset({"time", "timeit", "prun"})
@@ -60,7 +63,7 @@ class _Scanner(ast.NodeVisitor):
 
     def write(self, name: str) -> None:
         self.bound.add(name)
-        if name not in self.info.writes:
+        if name not in self.info.writes and not IPYTHON_HISTORY.match(name):
             self.info.writes.append(name)
 
     def visit_Name(self, node: ast.Name) -> None:
