@@ -73,7 +73,9 @@ def test_katib_form_in_notebook7_runs_trials_and_shows_the_best(notebook_server,
         row("lr").locator("input[placeholder=max]").fill("0.5")
         row("depth").locator("input[placeholder=max]").fill("4")
         form.locator(".widget-dropdown", has_text="algorithm").locator("select").select_option("random")
-        form.locator(".widget-text", has_text="max trials").locator("input").fill(str(TRIALS))
+        trials = form.locator(".widget-text", has_text="max trials").locator("input")
+        trials.fill(str(TRIALS))
+        trials.press("Tab")  # an IntText sends its value on blur or Enter
         form.locator("button", has_text="Run").click()
 
         view = form.locator(".nbmagic-tune[data-status=succeeded]")
