@@ -195,7 +195,9 @@ def _settings_calls(comp: _Component) -> list[str]:
     """Task method calls and kfp-kubernetes calls for a step's settings."""
     s, task = comp.settings, comp.task
     calls = [f"{task}.set_display_name({literal(comp.step.name)})"]
-    if not s.cache:
+    # a step that produces metrics always runs on a cluster: a KFP cache hit would skip the code that
+    # prints the metric values the run (and a Katib trial) reads back from the step's log
+    if not s.cache or comp.metrics:
         calls.append(f"{task}.set_caching_options(False)")
     for method, value in (
         ("set_cpu_request", s.cpu_request),
