@@ -9,7 +9,6 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from ..errors import NbMagicError
 from ..pipeline.cells import (
-    METRICS_MAGIC,
     PARAMETERS_MAGIC,
     STEP_ARGUMENTS,
     STEP_MAGIC,

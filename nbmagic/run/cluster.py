@@ -376,29 +376,13 @@ def resolve_k8s_host(k8s_host: str | None = None) -> str | None:
 
 
 def kubernetes_client(k8s_host: str | None = None) -> Any:
-    """A ``kubernetes.client.ApiClient``: explicit host, else in-cluster config, else the kubeconfig.
+    """A ``kubernetes.client.ApiClient`` for reading pod logs (see :func:`nbmagic.kube.api_client`)."""
+    from ..kube import api_client
 
-    Each call builds its own Configuration; the kubernetes package's global default is left alone.
-    """
-    from kubernetes import client, config
-
-    host = resolve_k8s_host(k8s_host)
-    configuration = client.Configuration()
-    if host:
-        configuration.host = host
-        return client.ApiClient(configuration)
     try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        try:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
-                                    client_configuration=configuration)
-        except Exception as exc:  # noqa: BLE001 - kubeconfig problems come in many types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ClusterLogsError(
-                f"cannot read pod logs: no Kubernetes access (not in a cluster, kubeconfig: "
-                f"{first}); set ${K8S_HOST_ENV} or KUBECONFIG") from None
-    return client.ApiClient(configuration)
+        return api_client(resolve_k8s_host(k8s_host))
+    except NbMagicError as exc:
+        raise ClusterLogsError(f"cannot read pod logs: {exc}; set ${K8S_HOST_ENV} or KUBECONFIG") from None
 
 
 def _kubeconfig_namespace() -> str | None:

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from nbmagic import __version__
+from nbmagic.kube import api_client
 from nbmagic.serve import client
 from nbmagic.serve.errors import ServeError
 from nbmagic.serve.package import Package, validate_name
@@ -72,25 +73,6 @@ def inference_service(package: Package, *, storage_uri: str, namespace: str = "d
                      "annotations": {"nbmagic/model-type": package.manifest["type_name"]}},
         "spec": spec,
     }
-
-
-def api_client(host: str | None = None) -> Any:
-    """A kubernetes ApiClient: ``host`` given (tests, proxies) or in-cluster config, else ~/.kube/config."""
-    from kubernetes import client as k8s, config
-
-    if host:
-        configuration = k8s.Configuration()
-        configuration.host = host
-        return k8s.ApiClient(configuration)
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:  # KUBECONFIG is read now, not when kubernetes was imported
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
-        except Exception as exc:  # noqa: BLE001
-            raise ServeError(f"--cluster: no usable Kubernetes configuration ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    return k8s.ApiClient()
 
 
 def submit(manifest: dict[str, Any], api: Any) -> dict[str, Any]:

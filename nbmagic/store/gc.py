@@ -215,8 +215,6 @@ def collect(store: RunStore, policy: Policy, *, dry_run: bool = False, keep: Ite
 
 
 def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], grace: float, now: float) -> GcReport:
-    from .lineage import backfill_code_hashes  # noqa: F401 - documented companion
-
     store.mark_torn_runs()
     conn = store._connection()
     runs = conn.execute("SELECT id, started, status, kind, experiment, metrics FROM runs ORDER BY started DESC, id DESC").fetchall()

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any, Mapping
 
+from ..kube import api_client
 from .experiment import FAILED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial
 from .space import ExperimentSpec, _fmt
 
@@ -157,21 +158,6 @@ def build_experiment(
             },
         },
     }
-
-
-def api_client(api_host: str | None = None) -> Any:
-    """A Kubernetes ApiClient: ``api_host`` if given, else in-cluster config, else the kubeconfig."""
-    from kubernetes import client, config as kube_config
-
-    if api_host:
-        configuration = client.Configuration()
-        configuration.host = api_host
-        return client.ApiClient(configuration)
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
-    return client.ApiClient()
 
 
 def _trial_from(obj: Mapping[str, Any], index: int, objective: str) -> Trial:

@@ -1,0 +1,30 @@
+"""One way to reach the Kubernetes API, for KFP pod logs, Katib Experiments and KServe InferenceServices."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import NbMagicError
+
+
+def api_client(host: str | None = None) -> Any:
+    """A ``kubernetes.client.ApiClient``: ``host`` if given, else in-cluster config, else the kubeconfig.
+
+    Each call builds its own Configuration (the kubernetes package's global default is left alone), and
+    ``$KUBECONFIG`` is read at call time. No configuration at all is a one-line NbMagicError.
+    """
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if host:
+        configuration.host = host
+        return client.ApiClient(configuration)
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        try:
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
+        except Exception as exc:  # noqa: BLE001 - kubeconfig problems come in many types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise NbMagicError(f"no Kubernetes access (not in a cluster, kubeconfig: {first})") from None
+    return client.ApiClient(configuration)
