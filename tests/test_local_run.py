@@ -157,3 +157,47 @@ def test_a_secret_gets_its_local_stand_in_from_the_kernel_environment_and_never_
     assert run.value("length") == len("s3cr3t-stand-in")
     for path in runner.store.run_dir(run.id).iterdir():
         assert "s3cr3t-stand-in" not in path.read_text(errors="replace"), path
+
+
+INTERRUPT_SCRIPT = r"""
+import os, signal, sys, threading, time
+from pathlib import Path
+from IPython.core.interactiveshell import InteractiveShell
+ip = InteractiveShell.instance()
+ip.run_line_magic("load_ext", "nbmagic")
+pid_file = Path(sys.argv[1])
+# the cell runs in this kernel too: only the pipeline's copy (with --env IN_PIPELINE=1) sleeps
+ip.run_cell("%%step slow --env IN_PIPELINE=1\nimport os, time\nif os.environ.get('IN_PIPELINE'):\n    open(" + repr(str(pid_file)) + ", 'w').write(str(os.getpid()))\n    time.sleep(60)\n")
+
+def interrupt():
+    while not pid_file.exists() or not pid_file.read_text():
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=interrupt, daemon=True).start()
+result = ip.run_cell("%compile_run --quiet")
+print("ERROR", type(result.error_in_exec).__name__)
+from nbmagic.store.runs import RunStore
+(run,) = RunStore().list_runs()
+print("RUN", run.status, run.error)
+"""
+
+
+def test_kernel_interrupt_stops_the_run_and_its_step_processes(tmp_path):
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "pid"
+    done = subprocess.run([sys.executable, "-c", INTERRUPT_SCRIPT, str(pid_file)], capture_output=True, text=True, timeout=120)
+    assert "ERROR KeyboardInterrupt" in done.stdout, done.stdout + done.stderr
+    assert "RUN failed interrupted" in done.stdout
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"step process {pid} still running after the interrupt")
