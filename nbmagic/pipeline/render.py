@@ -55,18 +55,45 @@ def plan_svg(plan: PipelinePlan) -> str:
         '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
         '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>',
     ]
+    extent = float(width)
+    fanout: dict[str, int] = {}
+    for edge in plan.edges:
+        fanout[edge.source] = fanout.get(edge.source, 0) + 1
     for edge in plan.edges:
         (sx, sy), (tx, ty) = pos[edge.source], pos[edge.target]
         x1, y1, x2, y2 = sx + box_w / 2, sy + box_h, tx + box_w / 2, ty
         dash = ' stroke-dasharray="4,3"' if edge.explicit and not edge.variables else ""
-        parts.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2 - 2}" stroke="#555"{dash} marker-end="url(#arrow)"/>')
+        skip = layer[edge.target] - layer[edge.source] > 1
+        if skip:
+            # an edge over a layer bows out to the right so it does not run through the boxes between
+            between = [pos[n][0] + box_w for n, d in layer.items() if layer[edge.source] < d < layer[edge.target]]
+            clear = max(between + [x1, x2]) + 24  # the curve's midpoint passes right of those boxes
+            cx, cy = 2 * clear - (x1 + x2) / 2, (y1 + y2) / 2
+            parts.append(
+                f'<path d="M{x1},{y1} Q{cx},{cy} {x2},{y2 - 2}" fill="none" stroke="#555"{dash} marker-end="url(#arrow)"/>'
+            )
+        else:
+            parts.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2 - 2}" stroke="#555"{dash} marker-end="url(#arrow)"/>')
         if edge.variables:
-            label = html.escape(", ".join(edge.variables))
-            parts.append(f'<text x="{(x1 + x2) / 2 + 4}" y="{(y1 + y2) / 2}" fill="#555">{label}</text>')
+            full = ", ".join(edge.variables)
+            label = full if len(full) <= 22 else full[:21] + "…"
+            # near the source when it fans out (labels of sibling edges then sit apart), else mid-way
+            t = 0.3 if fanout[edge.source] > 1 and not skip else 0.5
+            if skip:  # the curve's midpoint
+                lx, ly = 0.25 * x1 + 0.5 * cx + 0.25 * x2, 0.25 * y1 + 0.5 * cy + 0.25 * y2
+            else:
+                lx, ly = x1 + (x2 - x1) * t, y1 + (y2 - y1) * t
+            anchor, dx = ("end", -6) if x2 < x1 - 1 and not skip else ("start", 6)
+            parts.append(
+                f'<text x="{lx + dx}" y="{ly + 4}" text-anchor="{anchor}" fill="#444" stroke="#fff" stroke-width="3" '
+                f'paint-order="stroke"><title>{html.escape(full)}</title>{html.escape(label)}</text>'
+            )
+            extent = max(extent, lx + dx + 7 * len(label) if anchor == "start" else lx)
     for step in plan.steps:
         x, y = pos[step.name]
         fill = "#e8f5e9" if step.metrics else "#e3f2fd"
         parts.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="{fill}" stroke="#1e88e5"/>')
         parts.append(f'<text x="{x + box_w / 2}" y="{y + box_h / 2 + 4}" text-anchor="middle">{html.escape(step.name)}</text>')
     parts.append("</svg>")
+    parts[0] = parts[0].replace(f'width="{width}"', f'width="{int(extent) + 10}"', 1)
     return "".join(parts)
