@@ -27,6 +27,8 @@ class CodeInfo:
     imports: dict[str, str] = field(default_factory=dict)  # bound name -> top-level module
     definitions: dict[str, str] = field(default_factory=dict)  # def/class/import name -> its source
     lines: dict[str, int] = field(default_factory=dict)  # def/class/import name -> first line in the cell
+    # writes that only change an existing object (``df["a"] = …``, ``model.fit(X)``, ``del d[k]``), never bind it
+    mutated: set[str] = field(default_factory=set)
     uses_ipython: bool = False
 
     @property
@@ -55,6 +57,7 @@ class _Scanner(ast.NodeVisitor):
     def __init__(self, info: CodeInfo) -> None:
         self.info = info
         self.bound: set[str] = set()
+        self.assigned: set[str] = set()  # names truly bound (not only mutated)
 
     # -- names -------------------------------------------------------------------------
     def read(self, name: str) -> None:
@@ -63,8 +66,18 @@ class _Scanner(ast.NodeVisitor):
 
     def write(self, name: str) -> None:
         self.bound.add(name)
+        self.assigned.add(name)
         if name not in self.info.writes and not IPYTHON_HISTORY.match(name):
             self.info.writes.append(name)
+
+    def mutate(self, name: str) -> None:
+        """The object bound to ``name`` changes in place: it is read, and the cell's version is a write."""
+        self.read(name)
+        was_assigned = name in self.assigned
+        self.write(name)
+        if not was_assigned:
+            self.assigned.discard(name)
+            self.info.mutated.add(name)
 
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
@@ -80,8 +93,7 @@ class _Scanner(ast.NodeVisitor):
                 self.visit(base.slice)
             base = base.value
         if isinstance(base, ast.Name):
-            self.read(base.id)
-            self.write(base.id)
+            self.mutate(base.id)
         else:
             self.visit(base)
 
@@ -114,6 +126,54 @@ class _Scanner(ast.NodeVisitor):
         if node.value is not None:
             self.visit(node.value)
             self._target(node.target)
+
+    def visit_Delete(self, node: ast.Delete) -> None:
+        """``del x`` needs ``x`` and leaves the cell without it; ``del d[k]`` / ``del o.a`` change ``d`` / ``o``."""
+        targets = list(node.targets)
+        while targets:
+            target = targets.pop(0)
+            if isinstance(target, (ast.Tuple, ast.List)):
+                targets[:0] = target.elts
+            elif isinstance(target, ast.Name):
+                self.read(target.id)
+                self.bound.discard(target.id)
+            else:
+                self._mutated_base(target)
+
+    def visit_Expr(self, node: ast.Expr) -> None:
+        """A method call whose result is dropped (``model.fit(X)``, ``rows.append(r)``) changes its object."""
+        self.visit(node.value)
+        base: ast.expr = node.value
+        if not (isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute)):
+            return
+        while isinstance(base, (ast.Attribute, ast.Subscript, ast.Call)):
+            if isinstance(base, ast.Call):
+                if not isinstance(base.func, (ast.Attribute, ast.Subscript)):
+                    return  # ``make().fit()`` changes a new object, not a name
+                base = base.func
+            else:
+                base = base.value
+        if isinstance(base, ast.Name) and base.id not in BUILTINS and base.id not in self.info.imports:
+            self.mutate(base.id)
+
+    # -- match statements: capture patterns bind names ---------------------------------
+    def visit_MatchAs(self, node: ast.MatchAs) -> None:
+        if node.pattern is not None:
+            self.visit(node.pattern)
+        if node.name:
+            self.write(node.name)
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> None:
+        if node.name:
+            self.write(node.name)
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        for key in node.keys:
+            self.visit(key)
+        for pattern in node.patterns:
+            self.visit(pattern)
+        if node.rest:
+            self.write(node.rest)
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)
@@ -173,6 +233,8 @@ class _Scanner(ast.NodeVisitor):
             self.visit(base)
         if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
             self.visit(node.generators[0].iter)  # evaluated in the enclosing scope
+            for target in _comprehension_walrus_targets(node):
+                self.write(target)  # ``[y for x in xs if (y := f(x))]`` binds ``y`` in the cell
         name = getattr(node, "name", None)
         if name:
             self.write(name)
@@ -182,6 +244,19 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Global(self, node: ast.Global) -> None:  # module-level `global` is a no-op
         return None
+
+
+def _comprehension_walrus_targets(node: ast.AST) -> list[str]:
+    """Names ``:=`` binds inside a comprehension (they land in the enclosing scope), not inside nested lambdas."""
+    found: list[str] = []
+    pending = list(ast.iter_child_nodes(node))
+    while pending:
+        child = pending.pop(0)
+        if isinstance(child, ast.NamedExpr) and isinstance(child.target, ast.Name):
+            found.append(child.target.id)
+        if not isinstance(child, (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            pending.extend(ast.iter_child_nodes(child))
+    return found
 
 
 def _nested_globals(code: str) -> tuple[set[str], set[str]]:
@@ -246,7 +321,7 @@ def analyze(code: str, where: str = "cell") -> CodeInfo:
             for name in sub.reads:
                 scanner.read(name)
             for name in sub.writes:
-                scanner.write(name)
+                scanner.mutate(name) if name in sub.mutated else scanner.write(name)
             info.imports.update(sub.imports)
         scanner.visit(statement)
         if isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -272,5 +347,6 @@ def analyze(code: str, where: str = "cell") -> CodeInfo:
     for name in sorted(nested_writes):
         if name not in info.writes:
             info.writes.append(name)
+    info.mutated -= scanner.assigned | nested_writes
     info.uses_ipython = "get_ipython" in code
     return info

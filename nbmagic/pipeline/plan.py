@@ -97,6 +97,12 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
     infos = {s.name: analyze(s.cell.code, s.cell.label) for s in steps}
     parameters = notebook.parameters
 
+    def provides(step_name: str, var: str) -> bool:
+        """The step leaves ``var`` for later steps; a step that only changes a notebook import (``os.environ[…] = …``,
+        ``random.seed(0)``) does not replace it."""
+        info = infos[step_name]
+        return var in info.writes and not (var in info.mutated and var in definitions)
+
     plans: dict[str, StepPlan] = {}
     consumers: dict[str, set[str]] = {s.name: set() for s in steps}
     for position, step in enumerate(steps):
@@ -108,7 +114,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
         reads_params: list[str] = []
         missing: list[str] = []
         for var in info.reads:
-            producer = next((s.name for s in reversed(steps[:position]) if var in infos[s.name].writes), None)
+            producer = next((s.name for s in reversed(steps[:position]) if provides(s.name, var)), None)
             if producer is not None:
                 inputs[var] = producer
             elif var in parameters:
@@ -118,7 +124,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
         prelude_defs, unresolved = _prelude([v for v in info.reads if v not in inputs and v not in parameters], definitions)
         # names the notebook functions use may come from steps or parameters too
         for var in sorted(unresolved - set(missing) - PROVIDED):
-            producer = next((s.name for s in reversed(steps[:position]) if var in infos[s.name].writes), None)
+            producer = next((s.name for s in reversed(steps[:position]) if provides(s.name, var)), None)
             if producer is not None:
                 inputs[var] = producer
             elif var in parameters:
@@ -146,7 +152,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
             cell=step.cell,
             inputs=inputs,
             parameters=tuple(dict.fromkeys(reads_params)),
-            writes=tuple(info.writes),
+            writes=tuple(w for w in info.writes if not (w in info.mutated and w in definitions)),
             outputs=(),
             metrics=(),
             prelude="\n\n".join(d.source for d in prelude_defs),
