@@ -39,15 +39,48 @@ def _versions(modules: tuple[str, ...]) -> list[str]:
     return pinned(modules)
 
 
-def cache_key(step: StepPlan, parameters: dict[str, Any], inputs: dict[str, str]) -> str:
-    """What decides whether a step's stored result can be reused."""
+def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
+    """module -> hash of its source, for modules the step imports from the notebook's own files (not installed)."""
+    import importlib.util
+
+    found: dict[str, str] = {}
+    for module in modules:
+        if module in sys.stdlib_module_names or module in sys.builtin_module_names:
+            continue
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        origin = (spec.origin or "") if spec else ""
+        if not origin or not os.path.isfile(origin) or "site-packages" in origin or "dist-packages" in origin:
+            continue
+        folders = list(spec.submodule_search_locations or [])
+        files = sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py")) if folders else [origin]
+        digest = hashlib.sha256()
+        for name in files:
+            try:
+                digest.update(name.encode() + b"\0" + Path(name).read_bytes())
+            except OSError:
+                continue
+        found[module] = digest.hexdigest()
+    return found
+
+
+def cache_key(step: StepPlan, parameters: dict[str, Any], inputs: dict[str, str], after: dict[str, str] | None = None) -> str:
+    """What decides whether a step's stored result can be reused.
+
+    ``after`` maps the steps this one runs ``--after`` to their own keys: those edges carry side effects (files),
+    so a changed upstream step changes this one's key too.
+    """
     settings = step.settings
     material = {
         "code": step.cell.code,
         "prelude": step.prelude,
         "parameters": {name: parameters[name] for name in step.parameters},
         "inputs": inputs,
+        "after": after or {},
         "versions": _versions(step.modules),
+        "local_modules": _local_sources(step.modules),
         "writes": list(step.writes),
         "metrics": list(step.metrics),
         "env": list(getattr(settings, "env", ()) or ()),
@@ -158,7 +191,9 @@ class LocalRunner:
     def _start(self, run: Run, step: StepPlan, values: dict[str, Any], cache: bool, run_dir: Path, pool: Any, notify: Listener):
         state = run.steps[step.name]
         inputs = {var: run.steps[src].outputs[var]["hash"] for var, src in step.inputs.items()}
-        key = cache_key(step, values, inputs)
+        after = {name: run.steps[name].cache_key or "" for name in step.explicit_after}
+        key = cache_key(step, values, inputs, after)
+        state.cache_key = key
         use_cache = cache and step.settings.cache
         state.started = time.time()
         if use_cache:

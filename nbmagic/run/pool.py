@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
@@ -20,7 +21,8 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._pending: dict[str, Future[dict[str, Any]]] = {}
         self._preloaded: set[str] = set()
-        self._preload_done: Future[list[str]] | None = None
+        # one future per preload request in flight; the worker answers them in order
+        self._preloads: deque[Future[list[str]]] = deque()
         self._ids = itertools.count(1)
 
     # -- process -------------------------------------------------------------------------
@@ -51,9 +53,11 @@ class WorkerPool:
                 future = self._pending.pop(event["task"], None)
                 if future is not None:
                     future.set_result(event)
-            elif event["event"] == "preloaded" and self._preload_done is not None:
-                self._preload_done.set_result(event["modules"])
+            elif event["event"] == "preloaded" and self._preloads:
+                self._preloads.popleft().set_result(event["modules"])
         # the worker died: fail everything still waiting on it
+        while self._preloads:
+            self._preloads.popleft().set_result([])
         for task, future in list(self._pending.items()):
             self._pending.pop(task, None)
             future.set_result({"event": "exit", "task": task, "code": None, "signal": -1, "timed_out": False, "worker_died": True})
@@ -70,9 +74,13 @@ class WorkerPool:
             wanted = sorted(set(modules) - self._preloaded)
             if not wanted:
                 return
-            self._preload_done = Future()
-            self._send({"op": "preload", "modules": wanted})
-            done = self._preload_done
+            done: Future[list[str]] = Future()
+            self._preloads.append(done)  # before sending: the answer may come back at once
+            try:
+                self._send({"op": "preload", "modules": wanted})
+            except BaseException:
+                self._preloads.remove(done)
+                raise
         done.result(timeout=600)
         self._preloaded.update(wanted)
 

@@ -18,6 +18,7 @@ class StepState:
     error: str | None = None
     traceback: str | None = None
     attempts: int = 0
+    cache_key: str | None = None
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     not_kept: dict[str, str] = field(default_factory=dict)
 
