@@ -80,3 +80,16 @@ def test_calling_a_method_of_a_notebook_import_does_not_make_the_step_its_produc
     assert plan.step("b").inputs == {"x": "a"}
     assert "import random" in plan.step("b").prelude
     assert "random" not in plan.step("a").writes  # a module is not a value the step keeps
+
+
+def test_a_step_may_read_a_value_from_a_later_cell_it_runs_after():
+    """The error for this case says "add --after"; doing so must work."""
+    plan = plan_of("%%step report --after train\nprint(acc)\n", "%%step train\nacc = 0.5\n")
+    assert [s.name for s in plan.steps] == ["train", "report"]
+    assert plan.step("report").inputs == {"acc": "train"}
+    assert "acc" in plan.step("train").outputs
+
+
+def test_a_step_may_read_from_a_later_cell_through_a_chain_of_after():
+    plan = plan_of("%%step c --after b\nz = x\n", "%%step b --after a\ny = 1\n", "%%step a\nx = 1\n")
+    assert plan.step("c").inputs == {"x": "a"}

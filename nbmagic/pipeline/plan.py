@@ -103,6 +103,26 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
         info = infos[step_name]
         return var in info.writes and not (var in info.mutated and var in definitions)
 
+    by_name = {s.name: s for s in steps}
+
+    def after_closure(name: str) -> list[str]:
+        """Steps ``name`` runs after through explicit --after edges (transitively), latest in the notebook first."""
+        seen: set[str] = set()
+        pending = [a for a in by_name[name].after if a in by_name]
+        while pending:
+            other = pending.pop()
+            if other not in seen:
+                seen.add(other)
+                pending.extend(a for a in by_name[other].after if a in by_name)
+        return sorted(seen - {name}, key=index.__getitem__, reverse=True)
+
+    def producer_of(position: int, name: str, var: str) -> str | None:
+        """The nearest earlier step that provides ``var``, else a later one this step runs --after."""
+        earlier = next((s.name for s in reversed(steps[:position]) if provides(s.name, var)), None)
+        if earlier is not None:
+            return earlier
+        return next((s for s in after_closure(name) if index[s] > index[name] and provides(s, var)), None)
+
     plans: dict[str, StepPlan] = {}
     consumers: dict[str, set[str]] = {s.name: set() for s in steps}
     for position, step in enumerate(steps):
@@ -114,7 +134,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
         reads_params: list[str] = []
         missing: list[str] = []
         for var in info.reads:
-            producer = next((s.name for s in reversed(steps[:position]) if provides(s.name, var)), None)
+            producer = producer_of(position, step.name, var)
             if producer is not None:
                 inputs[var] = producer
             elif var in parameters:
@@ -124,7 +144,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
         prelude_defs, unresolved = _prelude([v for v in info.reads if v not in inputs and v not in parameters], definitions)
         # names the notebook functions use may come from steps or parameters too
         for var in sorted(unresolved - set(missing) - PROVIDED):
-            producer = next((s.name for s in reversed(steps[:position]) if provides(s.name, var)), None)
+            producer = producer_of(position, step.name, var)
             if producer is not None:
                 inputs[var] = producer
             elif var in parameters:
