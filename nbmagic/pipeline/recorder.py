@@ -19,6 +19,22 @@ class Execution:
     when: float  # time of the latest execution
 
 
+def _parameter_names(body: str) -> set[str]:
+    """Names a ``%%pipeline_parameters`` body assigns (empty if it does not parse)."""
+    import ast
+
+    try:
+        tree = ast.parse(body)
+    except SyntaxError:
+        return set()
+    return {
+        target.id
+        for statement in tree.body
+        for target in (statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)])
+        if isinstance(target, ast.Name)
+    }
+
+
 class Recorder:
     """Cells executed in this kernel; the source of truth when no notebook file is known."""
 
@@ -36,7 +52,8 @@ class Recorder:
         if magic and magic[0] == STEP_MAGIC:
             return ("step", magic[1].split()[0] if magic[1].split() else "")
         if magic and magic[0] == PARAMETERS_MAGIC:
-            return ("parameters", "")
+            # the names it declares: re-running it with new values replaces it, another parameters cell adds to it
+            return ("parameters", ",".join(sorted(_parameter_names(magic[2]))))
         if f"%{METRICS_MAGIC}" in source:
             return ("metrics", "")
         return ("code", hashlib.sha1(source.encode()).hexdigest())
