@@ -42,6 +42,15 @@ def _defaults(cells: list) -> Any:
     return defaults
 
 
+def _enter_notebook_folder(notebook: Path) -> None:
+    """Run where Jupyter runs a notebook's kernel: in its folder, with that folder importable (local modules)."""
+    import os
+
+    folder = notebook.expanduser().resolve().parent
+    os.chdir(folder)
+    sys.path.insert(0, str(folder))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .magics.pipeline import merged_plan, parse_params
     from .run.local import LocalRunner
@@ -57,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"run {run.id} started: {run.url}")
         return 0
     plan = merged_plan(plan, defaults)
+    _enter_notebook_folder(Path(args.notebook))
     from .pipeline.settings import cluster_only
 
     notes = sorted({note for s in plan.steps for note in cluster_only(s.settings)})
@@ -91,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbmagic", description="Notebook pipelines on Kubeflow, local first.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a saved notebook's pipeline (locally, or on a KFP cluster with --host)")
+    run = sub.add_parser("run", help="run a saved notebook's pipeline (locally in the notebook's folder, as Jupyter would, or on a KFP cluster with --host)")
     run.add_argument("notebook")
     run.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a pipeline parameter")
     run.add_argument("--no-cache", action="store_true", help="run every step, reusing nothing")
