@@ -80,3 +80,15 @@ def test_editing_a_local_module_a_step_imports_reruns_the_step(tmp_path, monkeyp
         assert not again.steps["a"].cached and again.metrics == {"value": 3.0}
     finally:
         pool.close()
+
+
+def test_a_cached_step_missing_a_value_a_new_step_reads_runs_again():
+    """A value not kept the first time (no step read it) is needed now: re-run, never a KeyError."""
+    first = plan_of("%%pipeline_parameters\nflag = False\n", "%%step a\nif flag:\n    x = 1\ny = 2\n")
+    runner = LocalRunner()
+    assert runner.run(first).status == "done"
+    second = plan_of("%%pipeline_parameters\nflag = False\n", "%%step a\nif flag:\n    x = 1\ny = 2\n", "%%step b\nz = x\n")
+    run = runner.run(second)
+    assert run.status == "failed"
+    assert run.steps["a"].status == "failed" and "did not assign 'x'" in run.steps["a"].error
+    assert run.steps["b"].status == "skipped"

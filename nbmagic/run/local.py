@@ -198,7 +198,8 @@ class LocalRunner:
         state.started = time.time()
         if use_cache:
             entry = self.store.cache_get(key)
-            if entry is not None:
+            needed = set(step.outputs) | set(step.metrics)
+            if entry is not None and needed <= set(entry.outputs) and set(step.metrics) <= set(entry.metrics):
                 state.status, state.ended = "cached", time.time()
                 state.outputs, state.not_kept = entry.outputs, entry.not_kept
                 run.metrics.update(entry.metrics)
