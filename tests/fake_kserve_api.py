@@ -1,7 +1,7 @@
 """A local HTTP server playing the Kubernetes API for KServe InferenceServices (serving.kserve.io/v1beta1).
 
 It checks each request's path and method, validates bodies against the CRD's openAPIV3Schema
-(``/work/shared/schemas/kserve-inferenceservices-crd.yaml``, or ``$NBMAGIC_SCHEMAS``) with jsonschema, rejects
+(``tests/schemas/kserve-inferenceservices-crd.yaml``, or ``$NBMAGIC_SCHEMAS``) with jsonschema, rejects
 fields the schema does not declare (the API server would silently prune them), and answers GET with a
 Ready status after ``ready_after`` reads. Requests are recorded in ``requests``.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMAS = Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parents[2] / "shared" / "schemas"))
+SCHEMAS = Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas"))
 CRD = SCHEMAS / "kserve-inferenceservices-crd.yaml"
 _PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices(?:/(?P<name>[^/?]+))?$")
 _schema_cache: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """A small KFP v2beta1 API server for tests: every request is checked against the real swagger.
 
 It is not a mock of ``kfp.Client``: the real client talks HTTP to it. Each request's method and
-path must match an operation in ``shared/schemas/kfp-api-v2beta1.swagger.json``; query parameters
+path must match an operation in ``tests/schemas/kfp-api-v2beta1.swagger.json``; query parameters
 and JSON bodies are validated against the swagger ``definitions`` (converted to JSON Schema
 draft 4 with the protojson rules grpc-gateway applies: int64 as strings, enums as names or
 numbers, lowerCamelCase aliases, unknown fields rejected). Invalid requests get HTTP 400 with a
@@ -48,7 +48,7 @@ import jsonschema
 
 SWAGGER_PATH = Path(os.environ.get(
     "NBMAGIC_KFP_SWAGGER",
-    Path(__file__).resolve().parents[2] / "shared" / "schemas" / "kfp-api-v2beta1.swagger.json"))
+    Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas")) / "kfp-api-v2beta1.swagger.json"))
 
 _DROP_KEYS = {"description", "title", "example", "externalDocs"}
 _INT64 = re.compile(r"^-?[0-9]+$")
