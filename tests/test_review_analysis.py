@@ -93,3 +93,14 @@ def test_a_step_may_read_a_value_from_a_later_cell_it_runs_after():
 def test_a_step_may_read_from_a_later_cell_through_a_chain_of_after():
     plan = plan_of("%%step c --after b\nz = x\n", "%%step b --after a\ny = 1\n", "%%step a\nx = 1\n")
     assert plan.step("c").inputs == {"x": "a"}
+
+
+def test_a_global_a_function_assigns_before_reading_is_not_a_read():
+    result = info("def init():\n    global CONFIG\n    CONFIG = {'a': 1}\n    return CONFIG\ncfg = init()\n")
+    assert result.reads == []
+    assert "CONFIG" in result.writes
+
+
+def test_a_global_a_function_reads_before_assigning_is_a_read():
+    result = info("def bump():\n    global counter\n    counter += 1\nbump()\n")
+    assert result.reads == ["counter"]

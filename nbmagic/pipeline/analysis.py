@@ -259,16 +259,37 @@ def _comprehension_walrus_targets(node: ast.AST) -> list[str]:
     return found
 
 
+def _function_reads(code: str) -> dict[tuple[str, int], set[str]]:
+    """(function name, line) -> names its body reads before binding them, in execution order."""
+    found: dict[tuple[str, int], set[str]] = {}
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            scanner = _Scanner(CodeInfo())
+            arguments = node.args
+            scanner.bound |= {a.arg for a in arguments.posonlyargs + arguments.args + arguments.kwonlyargs}
+            scanner.bound |= {a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None}
+            for statement in node.body:
+                scanner.visit(statement)
+            found[(node.name, node.lineno)] = set(scanner.info.reads)
+    return found
+
+
 def _nested_globals(code: str) -> tuple[set[str], set[str]]:
     """Global names nested scopes read, and those they assign through ``global``."""
     reads: set[str] = set()
     writes: set[str] = set()
+    first_reads = _function_reads(code)
 
     def walk(table: symtable.SymbolTable) -> None:
         for child in table.get_children():
             for symbol in child.get_symbols():
                 if symbol.is_global():
-                    if symbol.is_referenced():
+                    key = (child.get_name(), child.get_lineno())
+                    if symbol.is_declared_global() and key in first_reads:
+                        # ``global x`` then ``x = …; use(x)`` reads nothing; ``x += 1`` reads x first
+                        if symbol.get_name() in first_reads[key]:
+                            reads.add(symbol.get_name())
+                    elif symbol.is_referenced():
                         reads.add(symbol.get_name())
                     if symbol.is_declared_global() and symbol.is_assigned():
                         writes.add(symbol.get_name())
