@@ -92,3 +92,24 @@ def test_a_cached_step_missing_a_value_a_new_step_reads_runs_again():
     assert run.status == "failed"
     assert run.steps["a"].status == "failed" and "did not assign 'x'" in run.steps["a"].error
     assert run.steps["b"].status == "skipped"
+
+
+def test_an_error_inside_the_runner_marks_the_run_failed_and_stops_its_steps():
+    """Not only Ctrl-C: any error escaping the scheduler (here a progress listener) must not leave a 'running' run."""
+    import pytest
+
+    plan = plan_of("%%step slow\nimport time\ntime.sleep(30)\nx = 1\n", "%%step fast\ny = 2\n")
+    runner = LocalRunner()
+    seen: list = []
+
+    def listener(run, state):
+        seen.append(run)
+        if state is not None and state.name == "fast" and state.status == "done":
+            raise RuntimeError("display broke")
+
+    with pytest.raises(RuntimeError, match="display broke"):
+        runner.run(plan, cache=False, listener=listener)
+    record = runner.store.get_run(seen[0].id)
+    assert record.status == "failed"
+    states = {row["step"]: row["state"] for row in runner.store.step_rows(seen[0].id)}
+    assert states["slow"] != "running"

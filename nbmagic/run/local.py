@@ -163,11 +163,15 @@ class LocalRunner:
                     again = self._finish(run, step, future.result(), spec_path, cache, notify)
                     if again is not None:
                         retry_at[step.name] = again
-        except KeyboardInterrupt:
+        except BaseException as exc:  # Ctrl-C, or anything else escaping: stop the steps, never leave a 'running' run
             for future in running:
                 pool.kill(getattr(future, "task_id", ""))
-            self._abort(run, "interrupted", running, pool)
-            notify(run, None)
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"the runner stopped: {type(exc).__name__}: {exc}"
+            self._abort(run, reason, running, pool)
+            try:
+                notify(run, None)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
             raise
         failed = [s for s in run.steps.values() if s.status in ("failed", "timed_out")]
         run.status = "failed" if failed else "done"
