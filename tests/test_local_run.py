@@ -201,3 +201,15 @@ def test_kernel_interrupt_stops_the_run_and_its_step_processes(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"step process {pid} still running after the interrupt")
+
+
+def test_a_new_worker_after_close_gets_the_libraries_preloaded_again(runner):
+    from nbmagic.run.pool import worker_pool
+
+    plan = plan_of("%%step warm\nimport sys\nhad_json_tool = 'json.tool' in sys.modules\n", "import json.tool\n")
+    pool = worker_pool()
+    pool.preload(["json.tool"])
+    pool.close()
+    pool.preload(["json.tool"])  # must reach the new worker, not be skipped as "already done"
+    run = runner.run(plan)
+    assert run.value("had_json_tool") is True

@@ -56,7 +56,7 @@ def test_restore_last_brings_back_the_model_and_predicts(ran, capsys):
     assert type(ns["n_classes"]).__name__ == "int64" and ns["n_classes"] == 3  # numpy scalar stays a scalar
     assert type(ns["raw_rows"]) is int
     assert "sklearn.linear_model" in out and "train" in out and "load" in out
-    assert "replaced a str" in out  # X replaced a str
+    assert "replaced a value of type str" in out  # X replaced a str
     assert "handle" in out and "not kept" in out  # unserializable values are listed, not silently missing
 
 

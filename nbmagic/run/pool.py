@@ -71,6 +71,7 @@ class WorkerPool:
     def preload(self, modules: list[str]) -> None:
         """Import installed libraries once in the worker so forked steps start warm."""
         with self._lock:
+            self._ensure()  # a new worker (first use, or after one died or was closed) has nothing preloaded
             wanted = sorted(set(modules) - self._preloaded)
             if not wanted:
                 return
