@@ -174,10 +174,11 @@ def test_kernel_interrupt_while_waiting_stops_the_experiment(tmp_path):
 
 def test_pipeline_trials_run_with_their_imports_already_in_the_worker(ip):
     """Forked steps find nbmagic's step runtime and the submodules the notebook imports already imported
-    (the runner preloads only top-level packages, e.g. sklearn but not sklearn.ensemble): 20-130 ms per step."""
+    (the runner preloads full module names, e.g. sklearn.ensemble, not only sklearn): 20-130 ms per step."""
     from conftest import run_cell
     from nbmagic.magics.state import current_plan
-    from nbmagic.tune.local import pipeline_trial_runner, step_imports
+    from nbmagic.run.local import preload_modules
+    from nbmagic.tune.local import pipeline_trial_runner
 
     for cell in ("import json\nimport numpy", "%%pipeline_parameters\nlr = 0.01",
                  "%%step load\ndata = numpy.arange(3)",
@@ -186,7 +187,7 @@ def test_pipeline_trials_run_with_their_imports_already_in_the_worker(ip):
                  "%pipeline_metrics loss warm"):
         assert run_cell(ip, cell).success
     plan = current_plan(ip)
-    assert step_imports(plan) == ["numpy", "numpy.polynomial"]  # json is stdlib: nothing to warm
+    assert preload_modules(plan) == ["numpy", "numpy.polynomial"]  # json is stdlib: nothing to warm
     run_trial = pipeline_trial_runner(plan)
     first, second = run_trial({"lr": 0.03}), run_trial({"lr": 0.05})
     assert first.status == second.status == "done" and second.cached_steps == 1

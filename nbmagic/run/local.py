@@ -33,6 +33,27 @@ def _installed(module: str) -> bool:
     return "site-packages" in origin or "dist-packages" in origin
 
 
+def preload_modules(plan: PipelinePlan) -> list[str]:
+    """Installed modules the steps import, by their full names (``sklearn.ensemble``, not just ``sklearn``),
+    for the worker to import once before forking; a submodule left out is imported again by every step."""
+    import ast
+
+    found: set[str] = set()
+    for step in plan.steps:
+        for source in (step.prelude, step.cell.code):
+            try:
+                tree = ast.parse(source or "")
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    found.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    found.add(node.module)
+    installed = {top for top in {name.split(".")[0] for name in found} if _installed(top)}
+    return sorted(name for name in found if name.split(".")[0] in installed)
+
+
 def _versions(modules: tuple[str, ...]) -> list[str]:
     from ..compile.packages import pinned
 
@@ -123,7 +144,7 @@ class LocalRunner:
         notify = listener or (lambda *_: None)
         notify(run, None)
         pool = worker_pool()
-        modules = sorted({m for s in plan.steps for m in s.modules if _installed(m)})
+        modules = preload_modules(plan)
         if modules:
             pool.preload(modules)
 

@@ -19,7 +19,6 @@ from .space import ExperimentSpec, ParameterSpace, TuneError
 RunTrial = Callable[[dict[str, Any]], TrialResult]
 KEY_ATTR = "nbmagic_key"
 # what every forked step imports first; imported once in the worker, not in each trial's steps (~20-80 ms a wave)
-STEP_RUNTIME = ["nbmagic.run.task", "nbmagic.store.objects"]
 
 
 def make_sampler(spec: ExperimentSpec) -> tuple[Any, str]:
@@ -307,31 +306,6 @@ def run_local(
     ).start()
 
 
-def step_imports(plan: Any) -> list[str]:
-    """Installed modules the steps import, by their full names (``sklearn.ensemble``, not just ``sklearn``).
-
-    The runner preloads top-level packages; without their submodules every trial's steps import them again.
-    """
-    import ast
-
-    from ..run.local import _installed
-
-    found: set[str] = set()
-    for step in plan.steps:
-        for source in (step.prelude, step.cell.code):
-            try:
-                tree = ast.parse(source or "")
-            except SyntaxError:
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    found.update(alias.name for alias in node.names)
-                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                    found.add(node.module)
-    installed = {top for top in {name.split(".")[0] for name in found} if _installed(top)}
-    return sorted(name for name in found if name.split(".")[0] in installed)
-
-
 def pipeline_trial_runner(plan: Any, *, cache: bool = True, experiment: str | None = None,
                           runner: Any = None) -> RunTrial:
     """A ``run_trial`` that runs the recorded pipeline on the local runner (``nbmagic.run.local``).
@@ -339,15 +313,12 @@ def pipeline_trial_runner(plan: Any, *, cache: bool = True, experiment: str | No
     Steps that read no tuned parameter hit the cache after the first trial.
     """
     shared: list[Any] = [runner]
-    warm = STEP_RUNTIME + step_imports(plan)
 
     def run_trial(parameters: dict[str, Any]) -> TrialResult:
         from ..run.local import LocalRunner
-        from ..run.pool import worker_pool
 
         if shared[0] is None:
-            shared[0] = LocalRunner()
-        worker_pool().preload(warm)  # a no-op once the worker has them
+            shared[0] = LocalRunner()  # it preloads what the steps import; the worker has the step runtime
         started = time.perf_counter()
         run = shared[0].run(plan, parameters, cache=cache, experiment=experiment)
         error = None
