@@ -163,6 +163,7 @@ INTERRUPT_SCRIPT = r"""
 import os, signal, sys, threading, time
 from pathlib import Path
 from IPython.core.interactiveshell import InteractiveShell
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as ipykernel does while a cell runs
 ip = InteractiveShell.instance()
 ip.run_line_magic("load_ext", "nbmagic")
 pid_file = Path(sys.argv[1])

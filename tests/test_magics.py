@@ -114,3 +114,14 @@ def test_renamed_step_with_the_same_cell_id_leaves_no_stale_step(ip):
     ip.run_cell("%%step old_name\nx = 1", store_history=True, cell_id="cell-1")
     ip.run_cell("%%step new_name\nx = 1", store_history=True, cell_id="cell-1")
     assert recorded_steps(ip) == ["new_name"]
+
+
+def test_a_trailing_comment_on_a_magic_line_is_ignored(ip):
+    run_cell(ip, "%%step counted  # the counting step\nn = 3")
+    assert recorded_steps(ip) == ["counted"]
+    result = run_cell(ip, "%pipeline  # what is recorded")
+    assert result.success, result.error_in_exec
+    from nbmagic.magics.common import strip_comment
+
+    assert strip_comment("--param name='a # b'  # note") == "--param name='a # b'"
+    assert strip_comment("--param tag=x#1") == "--param tag=x#1"

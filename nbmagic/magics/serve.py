@@ -9,6 +9,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from nbmagic.errors import NbMagicError
+from nbmagic.magics.common import strip_comment
 
 
 class ServerList:
@@ -72,7 +73,7 @@ class ServeMagics(Magics):
         Returns a handle: ``server.url``, ``server.predict(raw_rows)``, ``server.logs()``, ``server.status``,
         ``server.stop()``. Servers bind 127.0.0.1 and stop with the kernel.
         """
-        args = parse_argstring(self.serve, line)
+        args = parse_argstring(self.serve, strip_comment(line))
         try:
             return self._serve(args)
         except NbMagicError as exc:

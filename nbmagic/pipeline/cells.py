@@ -43,7 +43,7 @@ _STEP_PARSER = build_parser("%%step", STEP_ARGUMENTS + SETTING_ARGUMENTS)
 def parse_step_line(line: str, defaults: StepSettings | None = None) -> tuple[str, tuple[str, ...], StepSettings]:
     """``NAME [--after A B] [settings]`` -> (name, after, settings); errors name the option."""
     try:
-        words = shlex.split(line)
+        words = shlex.split(line, comments=True)
     except ValueError as exc:
         raise PipelineError(f"%%step {line.strip()}: {exc}") from None
     try:
