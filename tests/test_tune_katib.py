@@ -38,6 +38,12 @@ def test_generated_experiment_is_valid_against_the_katib_schema(algorithm):
     assert schema_errors(exp) == [] and katib_errors(exp) == []
 
 
+def trial_argv(container: dict) -> list[str]:
+    """The trial runner's argv: the command itself, or after the installs in ``sh -c "pip install … && …"``."""
+    command = container["command"]
+    return shlex.split(command[2].split(" && ", 1)[1]) if command[:2] == ["sh", "-c"] else list(command)
+
+
 def test_experiment_fields():
     exp = manifest()
     s = exp["spec"]
@@ -57,8 +63,7 @@ def test_experiment_fields():
     job = template["trialSpec"]
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     container = job["spec"]["template"]["spec"]["containers"][0]
-    script = container["command"][2]
-    argv = shlex.split(script.split(" && ", 1)[1])
+    argv = trial_argv(container)
     assert argv[:3] == ["python", "-m", "nbmagic.tune.trial"]
     assert "lr=${trialParameters.lr}" in argv and "epochs=int" in argv and "shuffle=False" in argv
     assert "token" not in json.dumps(exp).lower()
@@ -128,8 +133,7 @@ class FakeRun:
 def test_trial_runner_types_parameters_and_prints_metric_lines(tmp_path, capsys):
     package = tmp_path / "pipeline.yaml"
     package.write_text("pipelineSpec: {}\n")
-    argv = shlex.split(manifest()["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
-                       ["containers"][0]["command"][2].split(" && ", 1)[1])[3:]
+    argv = trial_argv(manifest()["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0])[3:]
     argv = [a.replace("/nbmagic/pipeline.yaml", str(package)) for a in argv]
     substituted = [a.replace("${trialParameters.lr}", "0.0031").replace("${trialParameters.epochs}", "12")
                    .replace("${trialParameters.kind}", "gbm").replace("${trialParameters.units}", "128")

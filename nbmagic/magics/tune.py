@@ -123,7 +123,7 @@ class TuneMagics(Magics):
         text = compile_pipeline(plan, defaults=defaults) if defaults is not None else compile_pipeline(plan)
         return katib.run_katib(
             spec, text, host=args.host, pipeline_name=plan.name, namespace=args.namespace,
-            recorded=plan.parameters, image=args.image or plan.image or katib.DEFAULT_IMAGE,
+            recorded=plan.parameters, image=args.image or plan.image,
             kfp_experiment=args.kfp_experiment, service_account=args.service_account,
             client=katib.api_client(args.api_server),
         )

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from nbmagic import __version__
+from nbmagic.images import nbmagic_image
 from nbmagic.kube import api_client
 from nbmagic.serve import client
 from nbmagic.serve.errors import ServeError
@@ -27,7 +27,7 @@ _SCHEMES = ("s3://", "gs://", "pvc://", "file://", "https://", "hdfs://", "webhd
 
 def serve_image() -> str:
     """The image with nbmagic + kserve installed, for transformer and custom predictor containers."""
-    return os.environ.get(IMAGE_ENV) or f"ghcr.io/nbmagic/nbmagic-serve:{__version__}"
+    return os.environ.get(IMAGE_ENV) or nbmagic_image()
 
 
 def _server_container(package: Package, storage_uri: str, image: str, extra: list[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any, Mapping
 
+from ..images import nbmagic_image
 from ..kube import api_client
 from .experiment import FAILED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial
 from .space import ExperimentSpec, _fmt
@@ -19,8 +20,7 @@ GROUP, VERSION, PLURAL, TRIALS = "kubeflow.org", "v1beta1", "experiments", "tria
 EXPERIMENT_LABEL = "katib.kubeflow.org/experiment"
 PACKAGE_DIR = "/nbmagic"
 PACKAGE_FILE = "pipeline.yaml"
-DEFAULT_IMAGE = "python:3.11-slim"
-DEFAULT_INSTALL = ("kfp==2.17.3", "nbmagic")
+DEFAULT_INSTALL: tuple[str, ...] = ()  # the nbmagic image (see nbmagic.images) has kfp and nbmagic
 SEEDED = ("random", "tpe", "multivariate-tpe", "cmaes", "bayesianoptimization")
 
 
@@ -99,7 +99,7 @@ def build_experiment(
     host: str,
     pipeline_name: str,
     recorded: Mapping[str, Any] | None = None,
-    image: str = DEFAULT_IMAGE,
+    image: str | None = None,
     install: tuple[str, ...] = DEFAULT_INSTALL,
     kfp_experiment: str | None = None,
     service_account: str | None = None,
@@ -109,15 +109,14 @@ def build_experiment(
     package = f"{PACKAGE_DIR}/{PACKAGE_FILE}"
     argv = trial_command(spec, host=host, pipeline_package=package, pipeline_name=pipeline_name,
                          recorded=recorded, kfp_experiment=kfp_experiment, namespace=namespace)
-    script = _shell_join(argv)
-    if install:
-        script = "pip install --quiet " + " ".join(install) + " && " + script
+    # the nbmagic image runs the trial runner directly; another image installs what it needs first
+    command = ["sh", "-c", "pip install --quiet " + " ".join(install) + " && " + _shell_join(argv)] if install else argv
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [{
             "name": "trial",
-            "image": image,
-            "command": ["sh", "-c", script],
+            "image": image or nbmagic_image(),
+            "command": command,
             "volumeMounts": [{"name": "pipeline", "mountPath": PACKAGE_DIR, "readOnly": True}],
         }],
         "volumes": [{"name": "pipeline", "configMap": {"name": f"{name}-pipeline"}}],
@@ -285,7 +284,7 @@ def run_katib(
     pipeline_name: str,
     namespace: str = "kubeflow-user-example-com",
     recorded: Mapping[str, Any] | None = None,
-    image: str = DEFAULT_IMAGE,
+    image: str | None = None,
     install: tuple[str, ...] = DEFAULT_INSTALL,
     kfp_experiment: str | None = None,
     service_account: str | None = None,
