@@ -11,6 +11,7 @@ import pytest
 from nbmagic.restore import restore
 from nbmagic.store.gc import GcError, Policy, auto_gc, collect, load_policy, parse_policy, parse_size
 from nbmagic.store.runs import RunStore
+from conftest import run_ok
 
 CELLS = [
     "%%pipeline_parameters\nscale = 1\n",
@@ -21,18 +22,11 @@ CELLS = [
 ]
 
 
-def _run(shell, line):
-    result = shell.run_cell(line, store_history=True)
-    if result.error_in_exec or result.error_before_exec:
-        raise result.error_in_exec or result.error_before_exec
-    return result.result
-
-
 @pytest.fixture
 def three(ip):
     for cell in CELLS:
-        _run(ip, cell)
-    runs = [_run(ip, f"%compile_run --quiet --param scale={s}") for s in (2, 3, 4)]
+        run_ok(ip, cell)
+    runs = [run_ok(ip, f"%compile_run --quiet --param scale={s}") for s in (2, 3, 4)]
     assert all(r.status == "done" for r in runs)
     return ip, runs
 
@@ -62,7 +56,7 @@ def test_keep_last_frees_only_unreferenced_values(three):
     restore(store, r3.id, namespace=ns)
     assert ns["weights"] == r3.metrics["weights"] and len(ns["data"]) == 50_000
     # the cache entry run 3 reused survives (re-pointed), so a new run still hits it
-    again = _run(ip, "%compile_run --quiet --param scale=1")
+    again = run_ok(ip, "%compile_run --quiet --param scale=1")
     assert again.steps["load"].status == "cached" and again.steps["feat"].status == "done"
 
 
@@ -123,7 +117,7 @@ def test_policy_parsing_and_auto_gc(three, monkeypatch):
     with pytest.raises(GcError, match="older_than"):
         parse_policy("older_than=soon")
     assert auto_gc(store) is None  # no policy: nothing happens
-    _run(ip, "%gc --keep-last 2 --set-policy")
+    run_ok(ip, "%gc --keep-last 2 --set-policy")
     assert load_policy(store).keep_last == 2
     report = auto_gc(store)
     assert [r for r, _, _ in report.runs] == [r1.id]
@@ -136,10 +130,10 @@ def test_policy_parsing_and_auto_gc(three, monkeypatch):
 
 def test_gc_magic_and_command(three):
     ip, (r1, r2, r3) = three
-    report = _run(ip, "%gc --keep-last 2 --dry-run")
+    report = run_ok(ip, "%gc --keep-last 2 --dry-run")
     assert report.dry_run and [r for r, _, _ in report.runs] == [r1.id] and "would remove 1 runs" in report.text()
     with pytest.raises(Exception, match="give --keep-last"):
-        _run(ip, "%gc")
+        run_ok(ip, "%gc")
     store = RunStore()
     cmd = [sys.executable, "-m", "nbmagic.cli", "gc", "--store", str(store.root)]
     out = subprocess.run(cmd + ["--keep-last", "1", "--dry-run"], capture_output=True, text=True, check=True).stdout

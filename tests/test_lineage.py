@@ -9,6 +9,7 @@ from IPython.core.error import UsageError
 from nbmagic.store.history import compare
 from nbmagic.store.lineage import code_hash, executions, lineage, resolve_artifact
 from nbmagic.store.runs import RunStore
+from conftest import run_ok
 
 CELLS = [
     "%%pipeline_parameters\nscale = 2\n",
@@ -19,19 +20,12 @@ CELLS = [
 ]
 
 
-def _run(shell, line):
-    result = shell.run_cell(line, store_history=True)
-    if result.error_in_exec or result.error_before_exec:
-        raise result.error_in_exec or result.error_before_exec
-    return result.result
-
-
 @pytest.fixture
 def runs(ip):
     for cell in CELLS:
-        _run(ip, cell)
-    first = _run(ip, "%compile_run --quiet")
-    second = _run(ip, "%compile_run --quiet --param scale=3")
+        run_ok(ip, cell)
+    first = run_ok(ip, "%compile_run --quiet")
+    second = run_ok(ip, "%compile_run --quiet --param scale=3")
     return ip, first, second
 
 
@@ -66,24 +60,24 @@ def test_downstream_consumers_in_the_run_and_elsewhere(runs):
 
 def test_lineage_magic_for_restored_and_run_variables(runs):
     ip, first, second = runs
-    _run(ip, f"%restore {first.id} --vars features")
-    graph = _run(ip, "%lineage features")
+    run_ok(ip, f"%restore {first.id} --vars features")
+    graph = run_ok(ip, "%lineage features")
     assert graph.run_id == first.id and "restored into the kernel" in graph.note
-    graph = _run(ip, "%lineage total")  # computed by the notebook cell, found in the kernel's last run
+    graph = run_ok(ip, "%lineage total")  # computed by the notebook cell, found in the kernel's last run
     assert graph.run_id == second.id and graph.producer.step == "fit"
     artifact_id = graph.artifact.id
-    assert _run(ip, f"%lineage artifact:{artifact_id}").artifact.hash == graph.artifact.hash
+    assert run_ok(ip, f"%lineage artifact:{artifact_id}").artifact.hash == graph.artifact.hash
     with pytest.raises(UsageError, match="neither a kernel variable"):
-        _run(ip, "%lineage not-a-thing")
+        run_ok(ip, "%lineage not-a-thing")
     ip.user_ns["local_only"] = 5
     with pytest.raises(UsageError, match="did not come from a run"):
-        _run(ip, "%lineage local_only")
+        run_ok(ip, "%lineage local_only")
 
 
 def test_compare_names_the_step_whose_code_changed(runs):
     ip, first, second = runs
-    _run(ip, "%%step fit\nweights = sum(features) + 1\ntotal = float(weights)\n")
-    third = _run(ip, "%compile_run --quiet --param scale=3")
+    run_ok(ip, "%%step fit\nweights = sum(features) + 1\ntotal = float(weights)\n")
+    third = run_ok(ip, "%compile_run --quiet --param scale=3")
     diff = compare(RunStore(), second.id, third.id)
     steps = {s.step: s for s in diff.steps}
     assert steps["fit"].code_differs and steps["fit"].values == ["total", "weights"]
