@@ -214,3 +214,8 @@ def test_a_new_worker_after_close_gets_the_libraries_preloaded_again(runner):
     pool.preload(["json.tool"])  # must reach the new worker, not be skipped as "already done"
     run = runner.run(plan)
     assert run.value("had_json_tool") is True
+
+
+def test_step_code_runs_with_its_own_future_flags_like_the_notebook(runner):
+    run = runner.run(plan_of("%%step typed\ndef f(x: int) -> int:\n    return x\nannotation = f.__annotations__['x']\n"))
+    assert run.status == "done" and run.value("annotation") is int  # not the string 'int'

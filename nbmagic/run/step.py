@@ -69,11 +69,11 @@ def execute(
                 continue
             padded = "\n" * (piece_line - 1) + source  # keep the cell's own line numbers
             _register(piece_label, padded)
-            exec(compile(padded, piece_label, "exec"), namespace)
+            exec(compile(padded, piece_label, "exec", dont_inherit=True), namespace)
         namespace.update(values)
         padded = "\n" * (first_line - 1) + code  # line numbers as the notebook shows them
         _register(label, padded)
-        exec(compile(padded, label, "exec"), namespace)
+        exec(compile(padded, label, "exec", dont_inherit=True), namespace)
     except BaseException as exc:  # noqa: BLE001 - the cell's own error, reported with its traceback
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(exc, SystemExit):
             raise
