@@ -110,6 +110,11 @@ def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return plain
 
 
+# study file -> the experiment of this process that is running it (a second one would fail its trials)
+_LIVE: dict[str, "LocalExperiment"] = {}
+_LIVE_LOCK = threading.Lock()
+
+
 def study_path(name: str, directory: Path | None = None) -> Path:
     return (directory or config.home() / "tune") / f"{name}.journal"
 
@@ -198,7 +203,20 @@ class LocalExperiment(Experiment):
     # -- running --------------------------------------------------------------------------------------
     def start(self) -> "LocalExperiment":
         """Open (or resume) the study and start the worker threads; returns at once."""
-        self._open_study()
+        key = str(self.path.resolve())
+        with _LIVE_LOCK:
+            other = _LIVE.get(key)
+            if other is not None and not other.done:
+                raise TuneError(
+                    f"experiment {self.name!r} is still running in this kernel: stop it first (exp.stop()) or use another --name"
+                )
+            _LIVE[key] = self
+        try:
+            self._open_study()
+        except BaseException:
+            with _LIVE_LOCK:
+                _LIVE.pop(key, None)
+            raise
         left = self._budget - len(self._trials)
         workers = max(0, min(self.spec.parallel_trials, left))
         if workers == 0:
@@ -280,6 +298,9 @@ class LocalExperiment(Experiment):
             if self.status == STOPPED and not self.message:
                 self.message = "stopped: finished trials are kept; run the same experiment again to resume"
         self._done.set()
+        with _LIVE_LOCK:
+            if _LIVE.get(str(self.path.resolve())) is self:
+                del _LIVE[str(self.path.resolve())]
         self._notify()
 
     def stop(self, wait: bool = False) -> "LocalExperiment":
