@@ -22,24 +22,7 @@ def _plan(notebook: str, name: str | None = None):  # noqa: ANN202
     cells = read_notebook(path)
     recorded = read_cells(cells)
     plan = build_plan(recorded, notebook_path=str(path.resolve()), name=name)
-    return plan, _defaults(cells)
-
-
-def _defaults(cells: list) -> Any:
-    """Pipeline-wide settings from a ``%pipeline_config`` line in the notebook."""
-    import shlex
-
-    from .pipeline.cells import SETTING_ARGUMENTS, build_parser
-    from .pipeline.settings import StepSettings, settings_from_args
-
-    parser = build_parser("%pipeline_config", SETTING_ARGUMENTS)
-    defaults = StepSettings()
-    for cell in cells:
-        for line in cell.source.splitlines():
-            if line.strip().startswith("%pipeline_config"):
-                args = parser.parse_args(shlex.split(line.strip()[len("%pipeline_config"):]))
-                defaults = settings_from_args(args, None)
-    return defaults
+    return plan, plan.defaults
 
 
 def _enter_notebook_folder(notebook: Path) -> None:

@@ -125,3 +125,13 @@ def test_a_trailing_comment_on_a_magic_line_is_ignored(ip):
 
     assert strip_comment("--param name='a # b'  # note") == "--param name='a # b'"
     assert strip_comment("--param tag=x#1") == "--param tag=x#1"
+
+
+def test_pipeline_config_sets_defaults_and_a_bad_one_is_not_recorded(ip):
+    run_cell(ip, "%pipeline_config --retries 2 --env A=1")
+    run_cell(ip, "%%step s --env B=2\nx = 1")
+    plan = current_plan(ip)
+    assert plan.defaults.retries == 2
+    bad = run_cell(ip, "%pipeline_config --memory 2GG")
+    assert isinstance(bad.error_in_exec, UsageError) and "--memory" in str(bad.error_in_exec)
+    assert current_plan(ip).defaults.retries == 2  # the refused line changed nothing

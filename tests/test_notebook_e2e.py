@@ -95,3 +95,19 @@ def test_usage_error_fails_the_cell_with_one_line(tmp_path, monkeypatch):
             client.execute_cell(nb.cells[2], 2)
     assert "UsageError" in str(caught.value)
     assert "step 'a': --after names unknown step 'ghost'" in str(caught.value)
+
+
+def test_pipeline_config_in_the_file_applies_after_a_restart(tmp_path, monkeypatch):
+    path = tmp_path / "config.ipynb"
+    cells = [
+        new_code_cell("%load_ext nbmagic"),
+        new_code_cell("%pipeline_config --env MODE=from-config"),
+        new_code_cell("%%step read\nimport os\nmode = os.environ.get('MODE', 'unset')"),
+        new_code_cell("run = %compile_run --quiet\nprint('mode', run.value('mode'))"),
+    ]
+    nbformat.write(new_notebook(cells=cells), path)
+    client, nb = client_for(path, monkeypatch)
+    with client.setup_kernel():
+        for index in (0, 3):  # fresh kernel: neither the config cell nor the step ran here
+            client.execute_cell(nb.cells[index], index)
+    assert "mode from-config" in text_of(nb.cells[3])

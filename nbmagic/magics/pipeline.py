@@ -10,6 +10,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..errors import NbMagicError
 from ..pipeline.cells import (
     PARAMETERS_MAGIC,
+    parse_config_line,
     STEP_ARGUMENTS,
     STEP_MAGIC,
     parse_metrics_line,
@@ -17,7 +18,7 @@ from ..pipeline.cells import (
     parse_step_line,
 )
 from ..pipeline.analysis import to_python
-from ..pipeline.settings import SETTING_ARGUMENTS, settings_from_args
+from ..pipeline.settings import SETTING_ARGUMENTS
 from .common import arguments, in_notebook, usage_errors
 from .state import kernel_state
 
@@ -80,7 +81,7 @@ class PipelineMagics(Magics):
             %%step train --after process --memory 4Gi --retries 2
             model = fit(X, y, lr)
         """
-        parse_step_line(line, self.state.recorder.defaults)  # validates before anything is recorded
+        parse_step_line(line)  # validates before anything is recorded
         self.state.record_current(f"%%{STEP_MAGIC} {line}\n{cell}")
         self._run_body(cell)
 
@@ -117,8 +118,7 @@ class PipelineMagics(Magics):
 
         Example: ``%pipeline_config --image python:3.11 --memory 2Gi --retries 1``
         """
-        args = parse_argstring(self.pipeline_config, line)
-        self.state.recorder.defaults = settings_from_args(args, None)
+        parse_config_line(line)  # validation; the cell itself is recorded by the post-run hook, like the file's
 
     @magic_arguments()
     @argument("--notebook", help="the notebook file, when the kernel cannot find it")
@@ -167,7 +167,7 @@ class PipelineMagics(Magics):
         plan = self.state.plan(args.notebook, args.name)
         overrides = parse_params(args.param)
         values = plan.resolve_parameters(overrides)  # wrong types fail here, before anything runs
-        defaults = self.state.recorder.defaults
+        defaults = plan.defaults
         if args.output:
             path = write_compiled(plan, args.output, defaults)
             print(f"nbmagic: wrote {path}")

@@ -34,6 +34,10 @@ class KernelState:
             return
         source, cell_id = self.current
         self.current = None
+        from IPython.core.error import UsageError
+
+        if isinstance(getattr(result, "error_in_exec", None), UsageError):
+            return  # a magic refused its arguments: nothing of this cell is recorded
         magic = cell_magic(source)
         if magic and magic[0] in (STEP_MAGIC, PARAMETERS_MAGIC):
             return  # those magics record themselves once their arguments are valid

@@ -13,6 +13,7 @@ from .model import Cell, Parameter, Step, check_name
 from .settings import SETTING_ARGUMENTS, StepSettings, settings_from_args
 
 STEP_MAGIC = "step"
+CONFIG_MAGIC = "pipeline_config"
 PARAMETERS_MAGIC = "pipeline_parameters"
 METRICS_MAGIC = "pipeline_metrics"
 
@@ -121,6 +122,7 @@ class Notebook:
     metrics: list[str] = field(default_factory=list)
     code: list[Cell] = field(default_factory=list)  # ordinary cells (imports, functions, classes)
     parameter_cells: list[Cell] = field(default_factory=list)
+    defaults: StepSettings = field(default_factory=StepSettings)  # from the last %pipeline_config line
 
 
 def cell_magic(source: str) -> tuple[str, str, str] | None:
@@ -144,15 +146,36 @@ def _metrics_lines(code: str) -> list[str]:
     return names
 
 
-def read_cells(cells: list[RawCell], defaults: StepSettings | None = None) -> Notebook:
-    """Sort cells into steps, parameters, metrics and notebook code; errors name the cell."""
+_CONFIG_PARSER = build_parser("%pipeline_config", SETTING_ARGUMENTS)
+
+
+def parse_config_line(line: str, where: str = "%pipeline_config") -> StepSettings:
+    """The settings of a ``%pipeline_config`` line (without the magic); errors name the option."""
+    try:
+        namespace = _CONFIG_PARSER.parse_args(shlex.split(line, comments=True))
+        return settings_from_args(namespace, None)
+    except (NbMagicError, ValueError) as exc:
+        raise PipelineError(f"{where}: {exc}") from None
+
+
+def _config_lines(source: str) -> list[str]:
+    prefix = "%" + CONFIG_MAGIC
+    return [
+        text.strip()[len(prefix):]
+        for text in source.splitlines()
+        if text.strip() == prefix or text.strip().startswith(prefix + " ") or text.strip().startswith(prefix + "\t")
+    ]
+
+
+def read_cells(cells: list[RawCell]) -> Notebook:
+    """Sort cells into steps, parameters, metrics, pipeline-wide settings and notebook code; errors name the cell."""
     notebook = Notebook()
     seen: dict[str, RawCell] = {}
     for raw in cells:
         magic = cell_magic(raw.source)
         if magic and magic[0] == STEP_MAGIC:
             _, line, body = magic
-            name, after, settings = parse_step_line(line, defaults)
+            name, after, settings = parse_step_line(line)
             if name in seen:
                 raise PipelineError(f"two steps are named {name!r} ({seen[name].label} and {raw.label}); rename one")
             seen[name] = raw
@@ -165,6 +188,8 @@ def read_cells(cells: list[RawCell], defaults: StepSettings | None = None) -> No
         elif magic:
             continue  # another cell magic (%%bash, %%html …): not Python the steps can use
         else:
+            for config in _config_lines(raw.source):
+                notebook.defaults = parse_config_line(config, f"{raw.label}: %pipeline_config")
             for metric in _metrics_lines(raw.source):
                 if metric not in notebook.metrics:
                     notebook.metrics.append(metric)

@@ -123,6 +123,7 @@ class PipelinePlan:
     notebook: str | None = None
     image: str | None = None
     packages: tuple[str, ...] = ()
+    defaults: StepSettings = field(default_factory=StepSettings)  # pipeline-wide settings (%pipeline_config)
 
     def step(self, name: str) -> StepPlan:
         for step in self.steps:

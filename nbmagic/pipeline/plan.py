@@ -204,6 +204,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
         parameters=dict(parameters),
         metrics=tuple(notebook.metrics),
         notebook=notebook_path,
+        defaults=notebook.defaults,
     )
 
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cells import METRICS_MAGIC, PARAMETERS_MAGIC, STEP_MAGIC, Notebook, RawCell, cell_magic, read_cells
+from .cells import CONFIG_MAGIC, METRICS_MAGIC, PARAMETERS_MAGIC, STEP_MAGIC, Notebook, RawCell, cell_magic, read_cells
 from .notebook import read_notebook
 from .settings import StepSettings
 
@@ -56,6 +56,8 @@ class Recorder:
             return ("parameters", ",".join(sorted(_parameter_names(magic[2]))))
         if f"%{METRICS_MAGIC}" in source:
             return ("metrics", "")
+        if f"%{CONFIG_MAGIC}" in source:
+            return ("config", "")
         return ("code", hashlib.sha1(source.encode()).hexdigest())
 
     def record(self, source: str, cell_id: str | None = None) -> None:
@@ -117,4 +119,6 @@ class Recorder:
         return merged
 
     def notebook(self, notebook_path: Path | None = None) -> Notebook:
-        return read_cells(self.cells(notebook_path), self.defaults)
+        notebook = read_cells(self.cells(notebook_path))
+        self.defaults = notebook.defaults  # the latest %pipeline_config, for callers that ask the recorder
+        return notebook
