@@ -91,19 +91,32 @@ def _importable(value: Any) -> tuple[str, str] | None:
     return module, qualname
 
 
+def _notebook_function(value: Any) -> types.FunctionType | None:
+    """The notebook ``def`` behind ``value``, through decorators that keep ``__wrapped__`` (functools.wraps,
+    lru_cache): its source carries the decorator lines, so the server applies them again."""
+    try:
+        inner = inspect.unwrap(value)
+    except ValueError:  # a __wrapped__ cycle
+        return None
+    if isinstance(inner, types.FunctionType) and inner.__module__ in _NOTEBOOK_MODULES:
+        return inner
+    return None
+
+
 def capture(fn: Any, name: str, with_objects: dict[str, Any] | None = None) -> TransformerSpec:
     """Collect ``fn`` (the transformer, called ``name`` in the notebook) and everything it uses."""
     with_objects = dict(with_objects or {})
     if not callable(fn):
         raise ServeError(f"transformer '{name}' ({type(fn).__name__}) is not a function")
     spec = TransformerSpec(entry=name)
-    if not isinstance(fn, types.FunctionType) or fn.__module__ not in _NOTEBOOK_MODULES:
+    inner = _notebook_function(fn)
+    if inner is None:
         where = _importable(fn)
         if where is None:
             raise ServeError(f"transformer '{name}' must be a def function in the notebook or an importable function")
         spec.imports.append({"name": name, "module": where[0], "attr": where[1]})
     else:
-        _collect(fn, name, spec, with_objects, seen=set())
+        _collect(inner, name, spec, with_objects, seen=set())
     for key, value in with_objects.items():
         spec.assets.setdefault(key, value)
     return spec
@@ -131,8 +144,8 @@ def _collect(fn: types.FunctionType, name: str, spec: TransformerSpec, with_obje
         value = namespace[ref]
         if isinstance(value, types.ModuleType):
             spec.imports.append({"name": ref, "module": value.__name__, "attr": None})
-        elif isinstance(value, types.FunctionType) and value.__module__ in _NOTEBOOK_MODULES:
-            _collect(value, ref, spec, with_objects, seen)
+        elif _notebook_function(value) is not None:
+            _collect(_notebook_function(value), ref, spec, with_objects, seen)
         elif (inspect.isclass(value) or inspect.isroutine(value)) and _importable(value):
             module, qualname = _importable(value)  # type: ignore[misc]
             spec.imports.append({"name": ref, "module": module, "attr": qualname})
