@@ -29,6 +29,10 @@ def _enter_notebook_folder(notebook: Path) -> None:
     """Run where Jupyter runs a notebook's kernel: in its folder, with that folder importable (local modules)."""
     import os
 
+    from .config import HOME_ENV
+
+    if os.environ.get(HOME_ENV):  # a relative store path means relative to where the command was typed
+        os.environ[HOME_ENV] = str(Path(os.environ[HOME_ENV]).expanduser().resolve())
     folder = notebook.expanduser().resolve().parent
     os.chdir(folder)
     sys.path.insert(0, str(folder))

@@ -42,3 +42,17 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path):
     assert result.stderr.strip() == "nbmagic: parameter 'n_estimators' is int; 'many' is not a valid int"
     missing = nbmagic("run", str(tmp_path / "nope.ipynb"))
     assert missing.returncode == 2 and "no notebook" in missing.stderr
+
+
+def test_a_relative_store_path_is_relative_to_where_the_command_runs(tmp_path):
+    import os
+
+    notebook = tmp_path / "nb" / "quickstart.ipynb"
+    notebook.parent.mkdir()
+    shutil.copy(QUICKSTART, notebook)
+    env = {**os.environ, "NBMAGIC_HOME": "relative-store"}
+    done = subprocess.run([sys.executable, "-m", "nbmagic.cli", "run", str(notebook), "--quiet", "--param", "n_estimators=10"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "relative-store" / "store" / "index.sqlite").exists()
+    assert not (notebook.parent / "relative-store").exists()
