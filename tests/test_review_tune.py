@@ -39,3 +39,40 @@ def test_starting_an_experiment_that_is_still_running_is_refused_and_the_first_k
     assert first.status == "succeeded" and [t.status for t in first.trials] == ["succeeded"] * 3
     again = run_local(spec(max_trials=4), waiting, recorded=RECORDED, directory=tmp_path).wait(30)
     assert again.resumed == 3 and len(again.trials) == 4
+
+
+from conftest import run_cell  # noqa: E402
+
+CELLS = [
+    "%%pipeline_parameters\nlr = 0.01",
+    "%%step load\ndata = list(range(5))",
+    "%%step train\nval_loss = (lr - 0.03) ** 2 + len(data) * 0",
+    "%pipeline_metrics val_loss",
+]
+
+
+def test_rerunning_katib_after_a_step_changed_starts_a_new_study_instead_of_resuming_old_results(ip):
+    for cell in CELLS:
+        assert run_cell(ip, cell).success
+    line = '%katib --max-trials 2 --param "lr=double(1e-3,1e-1)" --seed 1 --quiet'
+    run_cell(ip, f"first = {line}")
+    first = ip.user_ns["first"].wait(120)
+    assert first.status == "succeeded" and len(first.trials) == 2
+    run_cell(ip, f"same = {line}")
+    assert ip.user_ns["same"].wait(60).resumed == 2  # unchanged code: resumes
+    # the data scientist fixes the training step and tunes again: the old trials measured other code
+    assert run_cell(ip, "%%step train\nval_loss = (lr - 0.05) ** 2 + len(data) * 0").success
+    run_cell(ip, f"second = {line}")
+    second = ip.user_ns["second"].wait(120)
+    assert second.name != first.name and second.resumed == 0 and len(second.trials) == 2
+    assert all(abs(t.objective - (t.parameters["lr"] - 0.05) ** 2) < 1e-12 for t in second.trials)
+    # under an explicit --name, the changed step is named instead of mixing results of two versions of it
+    assert run_cell(ip, "%%step train\nval_loss = (lr - 0.03) ** 2 + len(data) * 0").success
+    run_cell(ip, f"named = {line} --name mine")
+    ip.user_ns["named"].wait(120)
+    assert run_cell(ip, "%%step train\nval_loss = (lr - 0.07) ** 2 + len(data) * 0").success
+    result = run_cell(ip, f"{line} --name mine")
+    assert not result.success
+    assert "experiment 'mine' ran other code of step 'train'" in str(result.error_in_exec)
+    assert run_cell(ip, f"fresh = {line} --name mine --restart").success
+    assert ip.user_ns["fresh"].wait(120).resumed == 0

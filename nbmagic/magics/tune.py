@@ -105,11 +105,15 @@ class TuneMagics(Magics):
             merged = merged_plan(plan, state_defaults) if state_defaults is not None else plan
             from ..store.runs import RunStore
 
-            name = spec.experiment_name(plan.name)
+            from ..store.lineage import code_hash
+            from ..tune.local import code_key
+
+            code = {step.name: code_hash(step.cell.code, step.prelude) for step in merged.steps}
+            name = spec.experiment_name(plan.name, code_key(code))
             RunStore().set_experiment(name, spec.objective, spec.goal)  # what `%restore best` ranks by
             runner = pipeline_trial_runner(merged, cache=not args.no_cache, experiment=name)
             experiment = LocalExperiment(spec, runner, pipeline=plan.name, recorded=plan.parameters,
-                                         restart=args.restart)
+                                         restart=args.restart, code=code)
             experiment.start()
         show(experiment, self.shell, quiet=args.quiet, target=target)
         if args.wait:

@@ -18,6 +18,7 @@ from .space import ExperimentSpec, ParameterSpace, TuneError
 
 RunTrial = Callable[[dict[str, Any]], TrialResult]
 KEY_ATTR = "nbmagic_key"
+CODE_ATTR = "nbmagic_code"  # step name -> code hash of the steps the trials ran
 # what every forked step imports first; imported once in the worker, not in each trial's steps (~20-80 ms a wave)
 
 
@@ -115,6 +116,11 @@ _LIVE: dict[str, "LocalExperiment"] = {}
 _LIVE_LOCK = threading.Lock()
 
 
+def code_key(code: Mapping[str, str]) -> str:
+    """One text for the steps' code hashes ("" when unknown), part of the experiment's default name."""
+    return ",".join(f"{name}:{code[name]}" for name in sorted(code))
+
+
 def study_path(name: str, directory: Path | None = None) -> Path:
     return (directory or config.home() / "tune") / f"{name}.journal"
 
@@ -133,9 +139,11 @@ class LocalExperiment(Experiment):
         recorded: Mapping[str, Any] | None = None,
         directory: Path | None = None,
         restart: bool = False,
+        code: Mapping[str, str] | None = None,
     ) -> None:
         spec = spec.validate()
-        super().__init__(spec.experiment_name(pipeline), spec)
+        self._code = dict(code or {})
+        super().__init__(spec.experiment_name(pipeline, code_key(self._code)), spec)
         self._run_trial = run_trial
         self._recorded = recorded
         self._pipeline = pipeline
@@ -173,6 +181,15 @@ class LocalExperiment(Experiment):
         elif recorded_key != key:
             raise TuneError(
                 f"experiment {self.name!r} exists with another search space or objective: use a new --name or --restart"
+            )
+        recorded_code = self._study.user_attrs.get(CODE_ATTR)
+        if self._code and recorded_code is None:
+            self._study.set_user_attr(CODE_ATTR, self._code)
+        elif self._code and recorded_code != self._code:
+            changed = sorted(n for n in set(recorded_code) | set(self._code) if recorded_code.get(n) != self._code.get(n))
+            raise TuneError(
+                f"experiment {self.name!r} ran other code of step {changed[0]!r}: its trials would mix two versions; "
+                "use --restart to start over or a new --name"
             )
         self._distributions = distributions(self.spec)
         for frozen in self._study.get_trials(deepcopy=False):

@@ -286,8 +286,9 @@ class ExperimentSpec:
                 raise TuneError(f"metric {metric!r} is not recorded (metrics: {', '.join(metrics)})")
         return replace(spec, fixed=fixed)
 
-    def key(self, pipeline: str = "") -> str:
-        """A stable hash of what defines the study (space, fixed values, objective, algorithm, seed)."""
+    def key(self, pipeline: str = "", code: str = "") -> str:
+        """A stable hash of what defines the study (space, fixed values, objective, algorithm, seed; the steps'
+        code when given, so a changed notebook starts a new study instead of resuming results of the old code)."""
         data = {
             "pipeline": pipeline,
             "parameters": [asdict(p) for p in self.parameters],
@@ -297,14 +298,16 @@ class ExperimentSpec:
             "algorithm": self.algorithm,
             "seed": self.seed,
         }
+        if code:
+            data["code"] = code
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
-    def experiment_name(self, pipeline: str = "pipeline") -> str:
+    def experiment_name(self, pipeline: str = "pipeline", code: str = "") -> str:
         """``self.name`` or ``<pipeline>-<key>`` (a valid Katib / file name)."""
         if self.name:
             return self.name
         base = re.sub(r"[^a-z0-9-]+", "-", pipeline.lower()).strip("-")[:30].strip("-") or "tune"
-        return f"{base}-{self.key(pipeline)}"
+        return f"{base}-{self.key(pipeline, code)}"
 
     def to_args(self) -> list[str]:
         """The ``%katib`` arguments that build this spec (shown by the form, handy for VS Code users)."""
