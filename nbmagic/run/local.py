@@ -15,6 +15,7 @@ from ..pipeline.model import PipelinePlan, StepPlan
 from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore
 from .result import Run, StepState
+from .step import uses_ipython
 
 Listener = Callable[[Run, StepState | None], None]
 
@@ -254,7 +255,7 @@ class LocalRunner:
             "log": str(run_dir / f"{step.name}.log"),
             "result": str(run_dir / f"{step.name}.result.json"),
             "env": dict(getattr(step.settings, "env", ()) or ()),
-            "uses_ipython": "get_ipython" in step.cell.code or "get_ipython" in step.prelude,
+            "uses_ipython": uses_ipython(step.cell.code, step.prelude),
             "cache_key": key,
         }
         spec_path = run_dir / f"{step.name}.spec.json"

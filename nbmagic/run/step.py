@@ -38,6 +38,19 @@ def _notebook_traceback(exc: BaseException, labels: set[str]) -> str:
     return "".join(lines)
 
 
+def ipython_setup(namespace: dict[str, Any]) -> None:
+    """Give ``%time`` / ``!cmd`` lines in a step (IPython-transformed to ``get_ipython()`` calls) a shell whose
+    namespace is the step's own. Needs IPython where the step runs."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance(user_ns=namespace)
+    namespace["get_ipython"] = lambda: shell
+
+
+def uses_ipython(*sources: str) -> bool:
+    return any("get_ipython" in (source or "") for source in sources)
+
+
 def execute(
     step: str,
     code: str,

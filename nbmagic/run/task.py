@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .step import StepError, execute
+from .step import StepError, execute, ipython_setup
 
 
 def _redirect_output(log_path: str) -> None:
@@ -20,14 +20,6 @@ def _redirect_output(log_path: str) -> None:
     os.close(fd)
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
-
-
-def _ipython_setup(namespace: dict[str, Any]) -> None:
-    """Give ``%time``/``!cmd`` lines in a step a shell whose namespace is the step's own."""
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shell = InteractiveShell.instance(user_ns=namespace)
-    namespace["get_ipython"] = lambda: shell
 
 
 def _metric(value: Any) -> float | None:
@@ -65,7 +57,7 @@ def run_task(spec_path: str) -> int:
             spec["writes"],
             prelude=spec.get("prelude", ""),
             prelude_label=spec.get("prelude_label", "<notebook code>"),
-            setup=_ipython_setup if spec.get("uses_ipython") else None,
+            setup=ipython_setup if spec.get("uses_ipython") else None,
             first_line=spec.get("first_line", 1),
         )
         required = set(spec["required"])
