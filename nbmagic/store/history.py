@@ -157,7 +157,11 @@ def query(store: RunStore, where: str | Iterable[str] | None = None, sort: str |
     conditions = parse_where(where)
     keys = sort_keys(sort) or [("started", True)]
     now = time.time()
-    records = [r for r in store.list_runs(pipeline=pipeline, experiment=experiment) if all(c.test(r, now) for c in conditions)]
+    every = store.list_runs(pipeline=pipeline, experiment=experiment)
+    for option, names in (("--where", [c.field for c in conditions]), ("--sort", [k for k, _ in keys])):
+        for name in names:
+            _check_field(every, name, option, now)
+    records = [r for r in every if all(c.test(r, now) for c in conditions)]
     for name, descending in reversed(keys):  # stable sorts, last key first; missing values always last
         present = [r for r in records if _sortable(field_value(r, name, now)) is not None]
         missing = [r for r in records if _sortable(field_value(r, name, now)) is None]
@@ -167,6 +171,18 @@ def query(store: RunStore, where: str | Iterable[str] | None = None, sort: str |
     if limit is not None and limit > 0:
         records = records[:limit]
     return records, total
+
+
+def _check_field(records: list[RunRecord], name: str, option: str, now: float) -> None:
+    """A field no run has is a typo: name it (a filter on it would match nothing, a sort would do nothing)."""
+    if not records or (name.partition(".")[2] or name) in BUILTIN and not name.startswith(("param", "p.", "metric", "m.")):
+        return
+    if any(field_value(r, name, now) is not None for r in records):
+        return
+    metrics = sorted({k for r in records for k in r.metrics})
+    params = sorted({k for r in records for k in r.parameters})
+    raise HistoryError(f"{option} {name!r}: no run has a metric or parameter {name!r} "
+                       f"(metrics: {', '.join(metrics) or 'none'}; parameters: {', '.join(params) or 'none'})")
 
 
 def _sortable(value: Any) -> tuple[int, Any] | None:
