@@ -44,17 +44,22 @@ def infer_url(base_url: str, name: str, protocol: str) -> str:
 
 
 def predictions(response: dict[str, Any]) -> Any:
-    """The predictions of a V1 or V2 response: V1 ``predictions``; V2 the first output, reshaped."""
+    """The predictions of a V1 or V2 response: V1 ``predictions``; V2 the output reshaped (several: name -> it)."""
     if "predictions" in response:
         return response["predictions"]
     outputs = response.get("outputs") or []
     if not outputs:
         return response
-    out = outputs[0]
     import numpy as np
 
-    shape = out.get("shape") or [len(out["data"])]
-    return np.asarray(out["data"], dtype=object if out.get("datatype") == "BYTES" else None).reshape(shape).tolist()
+    def values(out: dict[str, Any]) -> Any:
+        shape = out.get("shape") or [len(out["data"])]
+        dtype = object if out.get("datatype") == "BYTES" else None
+        return np.asarray(out["data"], dtype=dtype).reshape(shape).tolist()
+
+    if len(outputs) == 1:
+        return values(outputs[0])
+    return {out.get("name", f"output-{i}"): values(out) for i, out in enumerate(outputs)}
 
 
 def post(session: Any, url: str, body: dict[str, Any], server: str, timeout: float = 60.0) -> dict[str, Any]:

@@ -94,8 +94,8 @@ def _text(value: Any) -> Any:
 def _as_array(values: Any) -> Any:
     import numpy as np
 
-    if hasattr(values, "to_numpy") or hasattr(values, "shape"):
-        return values
+    if isinstance(values, dict) or hasattr(values, "to_numpy") or hasattr(values, "shape"):
+        return values  # a dict (several inputs) goes to the model as it is
     return np.asarray(values)
 
 
@@ -103,12 +103,16 @@ def _infer_response(name: str, result: Any, request_id: str | None = None) -> An
     import numpy as np
     from kserve.protocol.infer_type import InferOutput, InferResponse
 
-    array = np.asarray(result.to_numpy() if hasattr(result, "to_numpy") else result)
-    if array.dtype.kind in "USO":
-        array = array.astype(object)
-    output = InferOutput(name="output-0", shape=list(array.shape), datatype=_datatype(array))
-    output.set_data_from_numpy(array, binary_data=False)
-    return InferResponse(response_id=request_id or "", model_name=name, infer_outputs=[output])
+    named = result.items() if isinstance(result, dict) else [("output-0", result)]  # a dict: one output per key
+    outputs = []
+    for key, value in named:
+        array = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value)
+        if array.dtype.kind in "USO":
+            array = array.astype(object)
+        output = InferOutput(name=str(key), shape=list(array.shape), datatype=_datatype(array))
+        output.set_data_from_numpy(array, binary_data=False)
+        outputs.append(output)
+    return InferResponse(response_id=request_id or "", model_name=name, infer_outputs=outputs)
 
 
 def _datatype(array: Any) -> str:
@@ -118,6 +122,8 @@ def _datatype(array: Any) -> str:
 
 
 def _to_list(result: Any) -> Any:
+    if isinstance(result, dict):
+        return {key: _to_list(value) for key, value in result.items()}
     if hasattr(result, "to_numpy"):
         result = result.to_numpy()
     return result.tolist() if hasattr(result, "tolist") else result
@@ -210,7 +216,10 @@ def _model_classes() -> tuple[type, type]:
         def postprocess(self, result: Any, headers: dict[str, str] | None = None) -> Any:
             wants_v2 = headers is not None and headers.get(_PROTOCOL_HEADER) == "v2"
             if isinstance(result, InferResponse):
-                return result if wants_v2 else {"predictions": result.outputs[0].as_numpy().tolist()}
+                if wants_v2:
+                    return result
+                outs = {o.name: o.as_numpy().tolist() for o in result.outputs}
+                return {"predictions": next(iter(outs.values())) if len(outs) == 1 else outs}
             return _infer_response(self.name, result["predictions"]) if wants_v2 else result
 
     return PackagedModel, ForwardingTransformer
