@@ -174,13 +174,24 @@ class Server:
         import requests
 
         protocol = protocol or ("v2" if isinstance(data, dict) and "inputs" in data else self.protocol)
-        if self.status != "running":
-            raise ServeError(f"server '{self.name}' is {self.status}: serve it again")
+        status = self.status
+        if status != "running":
+            raise ServeError(f"server '{self.name}' is {status}{self._last_words()}: serve it again")
         if self._session is None:
             self._session = requests.Session()
         body = client.request_body(data, protocol)
         response = client.post(self._session, client.infer_url(self.url, self.name, protocol), body, self.name)
         return response if raw else client.predictions(response)
+
+    def _last_words(self) -> str:
+        """`` (last log line: ...)`` of the first process that exited on its own (nothing after stop())."""
+        if getattr(self, "_stopped", False):
+            return ""
+        for proc in self.processes:
+            if proc.popen.poll() is not None:
+                lines = [line.strip() for line in proc.tail(20) if line.strip()]
+                return f" (last log line of {proc.log}: {lines[-1]})" if lines else ""
+        return ""
 
     def logs(self, n: int = 50, follow: float | None = None) -> str:
         """The last ``n`` log lines (both processes when split); ``follow=SECONDS`` shows a live tail in the notebook."""
