@@ -76,3 +76,23 @@ def test_rerunning_katib_after_a_step_changed_starts_a_new_study_instead_of_resu
     assert "experiment 'mine' ran other code of step 'train'" in str(result.error_in_exec)
     assert run_cell(ip, f"fresh = {line} --name mine --restart").success
     assert ip.user_ns["fresh"].wait(120).resumed == 0
+
+
+def test_cmaes_with_a_categorical_parameter_says_so_once_instead_of_a_warning_per_trial(tmp_path, caplog):
+    import logging
+
+    import optuna
+
+    recorded = {"lr": Parameter("lr", 0.01, "float"), "kind": Parameter("kind", "mlp", "str")}
+    cma = ExperimentSpec(parameters=(parse_param("lr=double(1e-3,1e-1)"), parse_param("kind=categorical(mlp,gbm)")),
+                         objective="loss", algorithm="cmaes", max_trials=4, seed=1).check_against(recorded, ["loss"])
+    optuna.logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING, logger="optuna"):
+            exp = run_local(cma, lambda v: TrialResult("r", "done", metrics={"loss": v["lr"]}), recorded=recorded,
+                            directory=tmp_path).wait(60)
+    finally:
+        optuna.logging.disable_propagation()
+    assert exp.status == "succeeded" and len(exp.trials) == 4
+    assert not [r for r in caplog.records if "sampled independently" in r.getMessage()]
+    assert "cmaes" in exp.note and "'kind'" in exp.note and "random" in exp.note

@@ -48,7 +48,11 @@ def make_sampler(spec: ExperimentSpec) -> tuple[Any, str]:
         if name == "cmaes":
             if not _importable("cmaes"):
                 raise TuneError("--algorithm cmaes needs the 'cmaes' package: pip install cmaes")
-            return samplers.CmaEsSampler(seed=seed), note
+            listed = [p.name for p in spec.parameters if p.type in ("categorical", "discrete")]
+            if listed:  # said once here, not in a warning per trial
+                note = (f"cmaes: CMA-ES searches ranges only; {', '.join(map(repr, listed))} "
+                        "(a list of values) are sampled at random")
+            return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False), note
         if name == "sobol":
             return samplers.QMCSampler(qmc_type="sobol", seed=seed), note
     raise TuneError(f"--algorithm {name!r} has no local counterpart")
