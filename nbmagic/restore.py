@@ -53,8 +53,11 @@ def best_run(store: RunStore, experiment: str | None = None) -> str:
         raise RestoreError(f"'best': experiment {experiment!r} has no recorded objective; restore a run id instead")
     best: tuple[float, str] | None = None
     sign = 1.0 if goal == "minimize" else -1.0
+    since = (props or {}).get("since") or 0.0  # set by %katib --restart: older trials were forgotten
     for record in store.list_runs(experiment=experiment):
         value = record.metrics.get(objective)
+        if record.started < since:
+            continue
         if record.status != "done" or not isinstance(value, (int, float)) or value != value:
             continue
         if best is None or sign * value < best[0]:

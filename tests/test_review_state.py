@@ -27,3 +27,21 @@ def test_a_misspelt_where_or_sort_field_is_named_instead_of_matching_nothing(sto
     make_run(store, {"lr": 0.2, "depth": 3}, {"val_loss": 0.9})
     assert len(query(store, "depth>2", sort="status,-duration")[0]) == 1
     assert query(RunStore(store.root / "empty"), "val_los<0.3")[1] == 0
+
+
+def test_restore_best_after_katib_restart_ignores_the_forgotten_study(ip):
+    from conftest import run_cell
+
+    cells = ["%%pipeline_parameters\nlr = 0.01", "%%step train\nval_loss = (lr - 0.03) ** 2\nmodel = 'old'",
+             "%pipeline_metrics val_loss"]
+    for cell in cells:
+        assert run_cell(ip, cell).success
+    line = '%katib --max-trials 2 --param "lr=double(1e-3,1e-1)" --seed 1 --quiet --name mine'
+    assert run_cell(ip, f"old = {line}").success
+    ip.user_ns["old"].wait(120)
+    assert run_cell(ip, "%%step train\nval_loss = (lr - 0.03) ** 2 + 1\nmodel = 'new'").success
+    assert run_cell(ip, f"new = {line} --restart").success
+    new = ip.user_ns["new"].wait(120)
+    assert new.resumed == 0 and new.best is not None
+    assert run_cell(ip, "%restore best --vars model").success
+    assert ip.user_ns["model"] == "new"

@@ -110,11 +110,14 @@ class TuneMagics(Magics):
 
             code = {step.name: code_hash(step.cell.code, step.prelude) for step in merged.steps}
             name = spec.experiment_name(plan.name, code_key(code))
-            RunStore().set_experiment(name, spec.objective, spec.goal)  # what `%restore best` ranks by
+            import time
+
+            since = {"since": time.time()} if args.restart else {}  # `%restore best` forgets older trials
             runner = pipeline_trial_runner(merged, cache=not args.no_cache, experiment=name)
             experiment = LocalExperiment(spec, runner, pipeline=plan.name, recorded=plan.parameters,
                                          restart=args.restart, code=code)
             experiment.start()
+            RunStore().set_experiment(name, spec.objective, spec.goal, **since)  # what `%restore best` ranks by
         show(experiment, self.shell, quiet=args.quiet, target=target)
         if args.wait:
             experiment.wait()
