@@ -91,12 +91,26 @@ def compile_pipeline(
     source = dsl_source(plan, image=image, packages=packages, defaults=defaults)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # kfp's note about its future default base image
-        text = compile_source(source, plan.name)
+        text = _header_safe(compile_source(source, plan.name), plan)
     if output is not None:
         path = Path(output)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
+    return text
+
+
+def _header_safe(text: str, plan: PipelinePlan) -> str:
+    """kfp writes each str parameter's default raw into its ``#`` comment header: a default with a line break
+    would continue on an uncommented line and the YAML would not parse. Comment those continuation lines."""
+    import re
+
+    for parameter in plan.parameters.values():
+        if parameter.type != "str" or not re.search(r"[\r\n]", parameter.default):
+            continue
+        shown = re.sub(r"\r\n|\r", "\n", f"[Default: '{parameter.default}']")  # read back in text mode
+        commented = shown.replace("\n", "\n#      ")
+        text = text.replace(shown, commented, 1)
     return text
 
 
