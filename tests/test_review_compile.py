@@ -16,3 +16,20 @@ def test_a_multi_line_str_parameter_default_leaves_the_yaml_parseable():
     (spec,) = list(yaml.safe_load_all(text))
     assert spec["root"]["inputDefinitions"]["parameters"]["query"]["defaultValue"] == query
     assert text.startswith("# PIPELINE DEFINITION\n")
+
+
+def test_a_request_above_its_limit_is_one_error_before_anything_runs():
+    import pytest
+
+    from nbmagic.errors import NbMagicError
+    from test_compile import _settings, demo_plan
+
+    with pytest.raises(NbMagicError, match=r"--memory 4Gi is more than --memory-limit 2Gi"):
+        _settings("--memory 4Gi --memory-limit 2Gi")
+    with pytest.raises(NbMagicError, match=r"--cpu 1500m is more than --cpu-limit 1"):
+        _settings("--cpu 1500m --cpu-limit 1")
+    assert _settings("--cpu 0.5 --cpu-limit 500m --memory 1G --memory-limit 1000M").cpu_limit == "500m"
+    # a step's request against the pipeline-wide limit: caught when compiling, naming the step
+    plan = demo_plan().with_settings("fit", _settings("--memory 4Gi"))
+    with pytest.raises(NbMagicError, match=r"step 'fit': --memory 4Gi is more than --memory-limit 2Gi"):
+        compile_pipeline(plan, defaults=_settings("--memory-limit 2Gi"))

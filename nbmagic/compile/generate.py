@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
-from ..pipeline.settings import StepSettings, merge
+from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
 from . import component, packages
 from .literals import literal
 
@@ -97,6 +97,10 @@ def _plan_components(
         function = module_names.claim(step.name, "_step")
         pipeline_locals.taken.add(function)
         settings = merge(defaults, step.settings) if defaults is not None else step.settings
+        try:
+            check_limits(settings)
+        except SettingError as exc:
+            raise PipelineError(f"step {step.name!r}: {exc}") from None
         # an input's type comes from whatever library made it, anywhere upstream (a step computing
         # `data * 2` passes on a numpy array without importing numpy): install the ancestors' libraries too
         modules = list(step.modules)

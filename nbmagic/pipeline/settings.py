@@ -114,6 +114,22 @@ def memory_bytes(quantity: str) -> int:
     return number * 1000 ** (powers.index(suffix) + 1) if suffix else number
 
 
+def cpu_millis(quantity: str) -> float:
+    """``500m`` -> 500, ``1.5`` -> 1500."""
+    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+
+
+def check_limits(settings: StepSettings) -> StepSettings:
+    """Kubernetes refuses a pod whose request is above its limit: say so before anything runs."""
+    for request, limit, value, option, limit_option in (
+        (settings.cpu_request, settings.cpu_limit, cpu_millis, "--cpu", "--cpu-limit"),
+        (settings.memory_request, settings.memory_limit, memory_bytes, "--memory", "--memory-limit"),
+    ):
+        if request is not None and limit is not None and value(request) > value(limit):
+            raise SettingError(f"{option} {request} is more than {limit_option} {limit}: a request cannot exceed its limit")
+    return settings
+
+
 def parse_cpu(value: str, option: str = "--cpu") -> str:
     if not CPU_RE.match(value):
         raise SettingError(f"{option}: {value!r} is not a CPU quantity like 500m, 1 or 1.5")
@@ -388,7 +404,7 @@ def settings_from_args(namespace: Any, base: StepSettings | None = None) -> Step
         changes["node_selector"] = tuple(parse_node_selector(v) for v in get("node_selector"))
     if get("toleration"):
         changes["tolerations"] = tuple(parse_toleration(v) for v in get("toleration"))
-    return merge(base or StepSettings(), StepSettings(**changes) if changes else StepSettings())
+    return check_limits(merge(base or StepSettings(), StepSettings(**changes) if changes else StepSettings()))
 
 
 def merge(pipeline_defaults: StepSettings | None, step: StepSettings) -> StepSettings:
@@ -457,6 +473,7 @@ __all__ = [
     "StepSettings",
     "Toleration",
     "VolumeMount",
+    "check_limits",
     "cluster_only",
     "local_env",
     "memory_bytes",
