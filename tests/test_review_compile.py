@@ -33,3 +33,13 @@ def test_a_request_above_its_limit_is_one_error_before_anything_runs():
     plan = demo_plan().with_settings("fit", _settings("--memory 4Gi"))
     with pytest.raises(NbMagicError, match=r"step 'fit': --memory 4Gi is more than --memory-limit 2Gi"):
         compile_pipeline(plan, defaults=_settings("--memory-limit 2Gi"))
+
+
+def test_url_and_path_requirements_are_not_merged_into_one():
+    from nbmagic.compile.packages import combine
+    from nbmagic.pipeline.settings import StepSettings, merge
+
+    urls = ["git+https://github.com/a/x.git", "git+https://github.com/b/y.git", "./libs/z", "./libs/w"]
+    assert combine(["numpy==1.0"], urls, ["numpy>=2", "pkg @ https://h/p.whl"]) == [*urls, "numpy>=2", "pkg @ https://h/p.whl"]
+    merged = merge(StepSettings(packages=tuple(urls[:2])), StepSettings(packages=tuple(urls[2:])))
+    assert merged.packages == tuple(urls)

@@ -25,13 +25,20 @@ def normalize(name: str) -> str:
 
 
 def requirement_name(requirement: str) -> str:
-    """``scikit-learn[extra]>=1.4; python_version>'3'`` -> ``scikit-learn`` (normalized)."""
+    """``scikit-learn[extra]>=1.4; python_version>'3'`` -> ``scikit-learn`` (normalized).
+
+    A URL or a path (``git+https://...``, ``./lib``, ``/wheels/x.whl``) names no package: it is its own key."""
     text = requirement.strip()
+    name = text
     for i, char in enumerate(text):
         if not (char.isalnum() or char in "-_."):
-            text = text[:i]
+            name = text[:i]
+            if char in "+:/\\" or not name or name.startswith("."):
+                return text
             break
-    return normalize(text)
+    if name.startswith(".") or not name:
+        return text
+    return normalize(name)
 
 
 @functools.lru_cache(maxsize=1)

@@ -345,12 +345,9 @@ def _merge_keyed(base: Iterable[Any], extra: Iterable[Any], key) -> tuple[Any, .
 
 
 def _package_key(requirement: str) -> str:
-    name = requirement
-    for i, char in enumerate(requirement):
-        if not (char.isalnum() or char in "-_."):
-            name = requirement[:i]
-            break
-    return name.lower().replace("_", "-").replace(".", "-")
+    from ..compile.packages import requirement_name  # standard library only
+
+    return requirement_name(requirement)
 
 
 _KEYS = {
