@@ -718,8 +718,11 @@ class ClusterRun:
     # polling -------------------------------------------------------------------------------
     def refresh(self) -> "ClusterRun":
         """Fetch the run again (``GET /apis/v2beta1/runs/{id}``)."""
-        with _api_errors(self.host, f"reading run {self.id}", None):
-            self._info = self._client.get_run(self.id)
+        try:
+            with _api_errors(self.host, f"reading run {self.id}", None):
+                self._info = self._client.get_run(self.id)
+        except ClusterError as err:  # an auth proxy may echo the Authorization header back
+            raise type(err)(self._hide(str(err))) from None
         return self
 
     def wait(self, timeout: float | None = None, poll_interval: float = 5.0,
