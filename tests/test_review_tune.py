@@ -96,3 +96,24 @@ def test_cmaes_with_a_categorical_parameter_says_so_once_instead_of_a_warning_pe
     assert exp.status == "succeeded" and len(exp.trials) == 4
     assert not [r for r in caplog.records if "sampled independently" in r.getMessage()]
     assert "cmaes" in exp.note and "'kind'" in exp.note and "random" in exp.note
+
+
+def test_katib_stop_counts_the_trials_that_exist_now_not_the_last_poll(tmp_path):
+    """Lowering maxTrialCount below the trials Katib already made would have it delete running ones."""
+    from fake_katib_api import FakeKubernetesAPI
+
+    from nbmagic.tune.katib import api_client, run_katib
+
+    with FakeKubernetesAPI() as api:
+        exp = run_katib(spec(max_trials=50, parallel_trials=2), "z", host="h", pipeline_name="p", namespace="ns",
+                        recorded=RECORDED, client=api_client(api.url), poll=5.0)
+        deadline = time.time() + 5
+        while not exp.trials and time.time() < deadline:
+            time.sleep(0.01)
+        seen = len(exp.trials)
+        for _ in range(2):  # Katib moves on between two polls of the watcher
+            api.state.advance(("ns", exp.name))
+        made = len(api.state.trials[("ns", exp.name)])
+        assert made > seen
+        exp.stop()
+        assert api.state.experiments[("ns", exp.name)]["spec"]["maxTrialCount"] >= made

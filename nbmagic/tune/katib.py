@@ -267,7 +267,13 @@ class KatibExperiment(Experiment):
         """Lower maxTrialCount to the trials created so far: Katib starts no more, running ones end."""
         with self._lock:
             self._stop_requested = True
-            count = max(1, len(self._trials))
+        try:  # the trials as they are now: a count from the last poll would have Katib delete newer, running ones
+            self.refresh()
+        except Exception:  # noqa: BLE001 - the API is flaky: the last poll's count is the best we know
+            pass
+        with self._lock:
+            created = self.raw_status.get("trials") if isinstance(self.raw_status.get("trials"), int) else 0
+            count = max(1, len(self._trials), created)
         self._api().patch_namespaced_custom_object(
             GROUP, VERSION, self.namespace, PLURAL, self.name, {"spec": {"maxTrialCount": count}}
         )
