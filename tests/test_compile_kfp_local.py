@@ -142,9 +142,24 @@ def test_a_failing_step_reports_the_notebook_cell_not_generated_code(tmp_path, k
     captured = capfd.readouterr()
     log = captured.out + captured.err
     assert not task.outputs  # the pipeline failed: no metrics
-    assert 'File "broken.ipynb cell 7", line 2, in <module>' in log
+    assert 'File "broken.ipynb cell 7", line 3, in <module>' in log  # line 1 is the %%step line
     assert "return 1 / v" in log
     assert "ZeroDivisionError: division by zero" in log
     assert "nbmagic: step 'boom': ZeroDivisionError in broken.ipynb cell 7" in log
     traceback_part = log[log.index("Traceback (most recent call last)"):]
     assert "ephemeral_component.py" not in traceback_part.split("ZeroDivisionError")[0]
+
+
+def test_ipython_syntax_in_a_step_runs_in_the_compiled_component(tmp_path, kfp_local):
+    from kfp import components
+
+    from nbmagic.pipeline.cells import RawCell, read_cells
+    from nbmagic.pipeline.plan import build_plan
+
+    cells = ["%%step shell\n%time squares = [i * i for i in range(4)]\nlisting = !echo hello\nn = len(listing) + sum(squares)\n",
+             "%pipeline_metrics n\n"]
+    plan = build_plan(read_cells([RawCell(c, i, f"cell {i}") for i, c in enumerate(cells, start=1)]))
+    text = compile_pipeline(plan)
+    assert "ipython==" in text  # the shell the magics need is installed with the step
+    task = components.load_component_from_text(text)()
+    assert metrics_from_outputs(plan, task) == {"n": 15}

@@ -57,7 +57,9 @@ def nbmagic_run(
             fail(f"cannot load input {name!r}: {error}")
     wanted = tuple(outputs) + tuple(m for m in metric_names if m not in outputs)
     try:
-        result = runtime.execute(step, code, label, values, wanted, prelude=prelude)
+        # the cell's first line is its %%step line; %time / !cmd lines get an IPython shell of their own
+        setup = runtime.ipython_setup if runtime.uses_ipython(code, prelude) else None
+        result = runtime.execute(step, code, label, values, wanted, prelude=prelude, setup=setup, first_line=2)
     except runtime.StepError as error:
         sys.stderr.write(error.notebook_traceback)
         fail(f"{error.exc_type} in {label}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
+from ..run.step import uses_ipython
 from . import component, packages
 from .literals import literal
 
@@ -104,6 +105,8 @@ def _plan_components(
         # an input's type comes from whatever library made it, anywhere upstream (a step computing
         # `data * 2` passes on a numpy array without importing numpy): install the ancestors' libraries too
         modules = list(step.modules)
+        if uses_ipython(step.cell.code, step.prelude):
+            modules.append("IPython")  # %time / !cmd lines in the cell run through an IPython shell
         for source in _ancestors(plan, step.name):
             modules += plan.step(source).modules
         requirements = packages.combine(
