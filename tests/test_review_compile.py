@@ -36,7 +36,7 @@ def test_a_request_above_its_limit_is_one_error_before_anything_runs():
 
 
 def test_url_and_path_requirements_are_not_merged_into_one():
-    from nbmagic.compile.packages import combine
+    from nbmagic.packages import combine
     from nbmagic.pipeline.settings import StepSettings, merge
 
     urls = ["git+https://github.com/a/x.git", "git+https://github.com/b/y.git", "./libs/z", "./libs/w"]

@@ -15,7 +15,8 @@ from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
 from ..run.step import uses_ipython
-from . import component, packages
+from .. import packages
+from . import component
 from .literals import literal
 
 PIPELINE_FUNCTION = "pipeline"

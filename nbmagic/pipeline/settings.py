@@ -345,7 +345,7 @@ def _merge_keyed(base: Iterable[Any], extra: Iterable[Any], key) -> tuple[Any, .
 
 
 def _package_key(requirement: str) -> str:
-    from ..compile.packages import requirement_name  # standard library only
+    from ..packages import requirement_name  # standard library only
 
     return requirement_name(requirement)
 

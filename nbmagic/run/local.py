@@ -56,7 +56,7 @@ def preload_modules(plan: PipelinePlan) -> list[str]:
 
 
 def _versions(modules: tuple[str, ...]) -> list[str]:
-    from ..compile.packages import pinned
+    from ..packages import pinned
 
     return pinned(modules)
 

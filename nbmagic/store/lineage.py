@@ -34,7 +34,7 @@ def environment(modules: Iterable[str] = ()) -> dict[str, Any]:
 
     packages: dict[str, str] = {}
     if modules:
-        from ..compile.packages import pinned
+        from ..packages import pinned
 
         for requirement in pinned(tuple(sorted(set(modules)))):
             name, _, version = requirement.partition("==")
