@@ -64,7 +64,7 @@ class PipelineMagics(Magics):
         if error is not None:
             raise _QuietError(error)
 
-    @magic_arguments()
+    @magic_arguments(name="%step")  # the usage line then reads %%step
     @arguments(STEP_ARGUMENTS + SETTING_ARGUMENTS)
     @cell_magic("step")
     @usage_errors
