@@ -193,3 +193,20 @@ def test_pipeline_trials_run_with_their_imports_already_in_the_worker(ip):
     assert first.status == second.status == "done" and second.cached_steps == 1
     assert second.metrics["loss"] == pytest.approx(0.0009)
     assert first.metrics["warm"] == second.metrics["warm"] == 1.0  # imported in the worker before the fork
+
+
+def test_terminal_view_prints_each_finished_trial_once_and_the_summary(tmp_path):
+    from nbmagic.tune.view import TerminalView
+
+    lines: list[str] = []
+    exp = LocalExperiment(spec(max_trials=4, parallel_trials=2), quadratic(), pipeline="p", recorded=RECORDED,
+                          directory=tmp_path)
+    TerminalView(exp, write=lines.append).attach()
+    exp.start().wait(30)
+    deadline = time.monotonic() + 10  # the summary follows the end, from the experiment's own thread
+    while not (lines and "succeeded" in lines[-1]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    trial_lines = [line for line in lines if " trial " in line and "best trial" not in line]
+    assert len(trial_lines) == 4 and len(set(trial_lines)) == 4
+    assert all("loss=" in line for line in trial_lines)
+    assert "4 succeeded, 0 failed" in lines[-1] and "best trial" in lines[-1]

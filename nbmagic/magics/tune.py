@@ -173,7 +173,7 @@ def _pipeline_defaults(shell: Any) -> Any:
 
 
 def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None) -> None:
-    """Attach the live view (HTML in notebooks, a summary line in a terminal)."""
+    """Attach the live view (HTML in notebooks; in a terminal, a line per finished trial and the summary)."""
     from ..tune.view import LiveView
 
     experiment._shown_in = getattr(shell, "execution_count", None)
@@ -189,7 +189,9 @@ def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None
               "exp.wait() blocks, exp.best shows the best trial")
         if experiment.note:
             print(f"nbmagic: {experiment.note}")
+        from ..tune.view import TerminalView
 
+        TerminalView(experiment).attach().update(experiment)
 
 class FormHandle:
     """What ``exp = %katib`` returns when the form is shown: the form, then the experiment it started."""

@@ -210,3 +210,36 @@ class LiveView:
             self.target.value = render_html(self.experiment)
         elif self._handle is not None:
             self._handle.update(HTML(render_html(self.experiment)))
+
+
+class TerminalView:
+    """The live view for terminal IPython: one line per finished trial, and the summary at the end."""
+
+    def __init__(self, experiment: Any, write: Any = None) -> None:
+        self.experiment = experiment
+        self.write = write or (lambda text: print(text, flush=True))
+        self._reported: set[int] = set()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def attach(self) -> "TerminalView":
+        self.experiment.on_update(self.update)
+        return self
+
+    def update(self, experiment: Any) -> None:
+        with self._lock:
+            spec = experiment.spec
+            for trial in list(experiment.trials):
+                if trial.status == "running" or trial.number in self._reported:
+                    continue
+                self._reported.add(trial.number)
+                best = experiment.best
+                if trial.status == "succeeded" and trial.objective is not None:
+                    outcome = f"{spec.objective}={trial.objective:.6g}"
+                else:
+                    outcome = f"{trial.status}: {(trial.error or '').strip().splitlines()[-1] if trial.error else ''}"
+                best_text = f" (best {best.objective:.6g}, trial {best.trial})" if best else ""
+                self.write(f"[{experiment.name}] trial {trial.number} {outcome} {trial.parameters}{best_text}")
+            if experiment.done and not self._closed:
+                self._closed = True
+                self.write(f"[{experiment.name}] {experiment.summary()}")
