@@ -12,10 +12,11 @@ import json
 import os
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
+
+from http_fakes import JsonHandler, LocalServer
 
 SCHEMA = Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas")) / "katib-v1beta1.swagger.json"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -251,27 +252,8 @@ class FakeKatib:
         }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     state: FakeKatib
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _send(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _status(self, code: int, reason: str, message: str) -> None:
-        self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-                          "message": message, "code": code})
-
-    def _body(self) -> Any:
-        length = int(self.headers.get("Content-Length", 0))
-        return json.loads(self.rfile.read(length) or b"null")
 
     def _route(self, method: str) -> None:
         url = urlparse(self.path)
@@ -351,20 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._route("DELETE")
 
 
-class FakeKubernetesAPI:
+class FakeKubernetesAPI(LocalServer):
     """``with FakeKubernetesAPI() as api: api.url, api.state``."""
 
     def __init__(self, state: FakeKatib | None = None) -> None:
         self.state = state or FakeKatib()
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FakeKubernetesAPI":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(type("Handler", (_Handler,), {"state": self.state}), name="fake-katib-api")

@@ -8,16 +8,15 @@ Ready status after ``ready_after`` reads. Requests are recorded in ``requests``.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
+
+from http_fakes import JsonHandler, LocalServer
 
 SCHEMAS = Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas"))
 CRD = SCHEMAS / "kserve-inferenceservices-crd.yaml"
@@ -84,44 +83,24 @@ class FakeKServeAPI:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.reads: dict[tuple[str, str], int] = {}
         self.requests: list[tuple[str, str, Any]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.host = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = LocalServer(self._handler(), name="fake-kserve-api")
+
+    @property
+    def host(self) -> str:
+        """The fake Kubernetes API's own address (``url`` is the service URL it reports)."""
+        return self._server.url
 
     def __enter__(self) -> "FakeKServeAPI":
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[JsonHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _status(self, code: int, reason: str, message: str) -> None:
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
-                                  "reason": reason, "message": message})
-
-            def _body(self) -> Any:
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    return json.loads(self.rfile.read(length) or b"null")
-                except ValueError:
-                    return None
-
+        class Handler(JsonHandler):
             def _route(self, method: str) -> None:
                 match = _PATH.match(self.path.split("?")[0])
                 body = self._body() if method in ("POST", "PUT") else None

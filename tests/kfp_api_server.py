@@ -38,13 +38,14 @@ import os
 import re
 import threading
 import zlib
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
+
+from http_fakes import JsonHandler, LocalServer, status_body
 
 SWAGGER_PATH = Path(os.environ.get(
     "NBMAGIC_KFP_SWAGGER",
@@ -220,7 +221,7 @@ _PARAM_CHECKS = {
 }
 
 
-class KfpApiServer:
+class KfpApiServer(LocalServer):
     """A threaded KFP v2beta1 API server on 127.0.0.1 that validates every request.
 
     Attributes tests use: ``url``, ``requests`` (all :class:`Recorded`), ``rejected``
@@ -235,66 +236,31 @@ class KfpApiServer:
                  tls: tuple[str, str] | None = None, layout: str = "simple",
                  pod_name_format: str = "v1") -> None:
         assert layout in ("simple", "argo") and pod_name_format in ("v1", "v2")
+        super().__init__(tls=tls, name="kfp-api-server")
         self.layout, self.pod_name_format = layout, pod_name_format
         self.swagger = Swagger(swagger)
         self.token = token
         self.multi_user = multi_user
         self.run_states = list(run_states or ["PENDING", "RUNNING", "SUCCEEDED"])
         self.failure_message = "step failed: exit code 1"
-        self.tls = tls  # (certfile, keyfile): serve https
         self.requests: list[Recorded] = []
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, _RunRecord] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "KfpApiServer":
+    def _make_handler(self) -> type[JsonHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # keep test output quiet
-                pass
 
             def _handle(self) -> None:
                 server._dispatch(self)
 
             do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _handle
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        if self.tls:
-            import ssl
-
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*self.tls)
-            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                        name="kfp-api-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> "KfpApiServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+        return Handler
 
     @property
     def rejected(self) -> list[Recorded]:
@@ -305,7 +271,7 @@ class KfpApiServer:
         return [r for r in self.requests if r.operation == operation]
 
     # request handling ------------------------------------------------------------------------
-    def _dispatch(self, handler: BaseHTTPRequestHandler) -> None:
+    def _dispatch(self, handler: JsonHandler) -> None:
         parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
@@ -332,12 +298,7 @@ class KfpApiServer:
             rec.error = err.message
             status, payload = err.status, {"code": err.code, "message": err.message, "details": []}
         rec.status = status
-        data = json.dumps(payload).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        handler._send(status, payload)
 
     def _check_auth(self, rec: Recorded) -> None:
         if self.token is None:
@@ -614,7 +575,7 @@ class KfpApiServer:
         return details
 
 
-class PodLogServer:
+class PodLogServer(LocalServer):
     """The Kubernetes core API endpoints nbmagic reads pod logs with, on 127.0.0.1.
 
     ``GET /api/v1/namespaces/{ns}/pods/{name}/log`` (text; 404 for an unknown pod, 400 for an unknown
@@ -631,6 +592,7 @@ class PodLogServer:
 
     def __init__(self, namespace: str = "kubeflow", *, token: str | None = None,
                  pod_source: Any = None) -> None:
+        super().__init__(name="pod-log-server")
         self.namespace = namespace
         self.token = token
         self.forbid_logs = False
@@ -639,7 +601,6 @@ class PodLogServer:
         self.pod_source = pod_source  # () -> {name: pod}: pods that appear while a run goes on
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
     def add_pod(self, name: str, log: str, *, labels: dict | None = None, annotations: dict | None = None,
                 containers: tuple[str, ...] = ("wait", "main")) -> None:
@@ -652,45 +613,16 @@ class PodLogServer:
         return {"log": log, "labels": dict(labels or {}), "annotations": dict(annotations or {}),
                 "containers": containers}
 
-    def start(self) -> "PodLogServer":
+    def _make_handler(self) -> type[JsonHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
             def do_GET(self) -> None:  # noqa: N802
-                status, ctype, data = server._answer(self)
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._reply(*server._answer(self))
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="pod-log-server", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> "PodLogServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return Handler
 
     def log_reads(self) -> list[Recorded]:
         return [r for r in self.requests if r.path.endswith("/log")]
@@ -700,11 +632,9 @@ class PodLogServer:
 
     @staticmethod
     def _status(code: int, reason: str, message: str) -> tuple[int, str, bytes]:
-        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": message, "reason": reason, "code": code}
-        return code, "application/json", json.dumps(body).encode()
+        return code, "application/json", json.dumps(status_body(code, reason, message)).encode()
 
-    def _answer(self, handler: BaseHTTPRequestHandler) -> tuple[int, str, bytes]:
+    def _answer(self, handler: JsonHandler) -> tuple[int, str, bytes]:
         parts = urlsplit(handler.path)
         rec = Recorded(method="GET", path=parts.path, query=parse_qs(parts.query, keep_blank_values=True),
                        headers={k.lower(): v for k, v in handler.headers.items()}, body=None)

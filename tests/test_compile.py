@@ -14,26 +14,9 @@ from IPython.core import magic_arguments
 from nbmagic.compile.kfp import compile_pipeline, export_dsl
 from nbmagic.compile.literals import literal
 from nbmagic.errors import PipelineError
-from nbmagic.pipeline.model import Cell, Parameter, PipelinePlan, StepPlan
+from nbmagic.pipeline.model import Parameter, PipelinePlan
 from nbmagic.pipeline.settings import SETTING_ARGUMENTS, StepSettings, settings_from_args
-
-
-def step(name, code, *, inputs=None, params=(), outputs=(), metrics=(), prelude="", modules=(), after=(), index=1):
-    inputs = inputs or {}
-    upstream = tuple(dict.fromkeys([*inputs.values(), *after]))
-    return StepPlan(
-        name=name,
-        cell=Cell(source=code, code=code, index=index, label=f"demo.ipynb cell {index}"),
-        inputs=inputs,
-        parameters=tuple(params),
-        writes=tuple(outputs),
-        outputs=tuple(outputs),
-        metrics=tuple(metrics),
-        prelude=prelude,
-        modules=tuple(modules),
-        upstream=upstream,
-        explicit_after=tuple(after),
-    )
+from plans import step
 
 
 def demo_plan(**changes) -> PipelinePlan:

@@ -13,25 +13,13 @@ from nbmagic.compile.kfp import compile_pipeline, metrics_from_outputs
 from nbmagic.pipeline.model import Cell, Parameter, PipelinePlan, StepPlan
 from nbmagic.run.step import execute
 from nbmagic.store import marshal
+from plans import step as plan_step
 
 pytestmark = pytest.mark.slow
 
 
-def _step(name, index, code, prelude, *, inputs=None, params=(), outputs=(), metrics=(), modules=()):
-    inputs = inputs or {}
-    return StepPlan(
-        name=name,
-        cell=Cell(source=code, code=code, index=index, label=f"digits.ipynb cell {index}"),
-        inputs=inputs,
-        parameters=tuple(params),
-        writes=tuple(outputs),
-        outputs=tuple(outputs),
-        metrics=tuple(metrics),
-        prelude=prelude,
-        modules=tuple(modules),
-        upstream=tuple(dict.fromkeys(inputs.values())),
-        explicit_after=(),
-    )
+def _step(name, index, code, prelude, **fields):
+    return plan_step(name, code, index=index, prelude=prelude, notebook="digits.ipynb", **fields)
 
 
 def digits_plan() -> PipelinePlan:

@@ -3,19 +3,16 @@ playing the Kubernetes API; predictions then go to the service URL (here a real 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_kserve_api import FakeKServeAPI, validate  # noqa: E402
+from serve_shell import serve_shell  # noqa: E402
 
-from nbmagic.magics.serve import ServeMagics  # noqa: E402
 from nbmagic.serve import cluster, local  # noqa: E402
 from nbmagic.serve.api import make_package  # noqa: E402
 from nbmagic.serve.errors import ServeError  # noqa: E402
@@ -23,13 +20,7 @@ from nbmagic.serve.errors import ServeError  # noqa: E402
 RAW = ["AAAAC", "UUUUG"]
 
 
-@pytest.fixture(scope="module")
-def shell(tmp_path_factory):
-    old = os.environ.get("NBMAGIC_HOME")
-    os.environ["NBMAGIC_HOME"] = str(tmp_path_factory.mktemp("home"))
-    ip = InteractiveShell.instance()
-    ip.register_magics(ServeMagics)
-    ip.run_cell('''
+NOTEBOOK = '''
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 vocab = {"A": 0, "C": 1, "G": 2, "U": 3}
@@ -40,13 +31,13 @@ class Echo:
     def predict(self, x):
         return x
 echo = Echo()
-''', store_history=True).raise_error()
-    yield ip
-    local.stop_all()
-    if old is None:
-        os.environ.pop("NBMAGIC_HOME", None)
-    else:
-        os.environ["NBMAGIC_HOME"] = old
+'''
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory):
+    with serve_shell(tmp_path_factory.mktemp("home"), NOTEBOOK) as ip:
+        yield ip
 
 
 @pytest.fixture()

@@ -14,23 +14,17 @@ from pathlib import Path
 import pytest
 import requests
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
 from nbmagic.magics.serve import ServeMagics
 from nbmagic.serve import local
+from serve_shell import serve_shell
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ["AAAAC", "UUUUG", "CCCAA", "GGGUU"]
 
 
-@pytest.fixture(scope="module")
-def shell(tmp_path_factory):
-    old = os.environ.get("NBMAGIC_HOME")
-    os.environ["NBMAGIC_HOME"] = str(tmp_path_factory.mktemp("home"))
-    ip = InteractiveShell.instance()
-    ip.register_magics(ServeMagics)
-    ip.run_cell('''
+NOTEBOOK = '''
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 tokenizer = {"A": 0, "C": 1, "G": 2, "U": 3}
@@ -41,13 +35,13 @@ def process_features(rows):
 train = ["AAAAC", "UUUUG", "CCCAA", "GGGUU", "AACAA", "UUGUU", "ACAAA", "GUUUU"]
 model = LogisticRegression().fit(process_features(train), [0, 1, 0, 1, 0, 1, 0, 1])
 expected = model.predict(process_features(["AAAAC", "UUUUG", "CCCAA", "GGGUU"])).tolist()
-''', store_history=True).raise_error()
-    yield ip
-    local.stop_all()
-    if old is None:
-        os.environ.pop("NBMAGIC_HOME", None)
-    else:
-        os.environ["NBMAGIC_HOME"] = old
+'''
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory):
+    with serve_shell(tmp_path_factory.mktemp("home"), NOTEBOOK) as ip:
+        yield ip
 
 
 @pytest.fixture(scope="module")
