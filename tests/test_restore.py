@@ -75,7 +75,11 @@ def test_restore_step_loads_only_that_step_and_ancestors(ran):
 def test_restore_vars_prefix_and_errors(ran):
     ip, first, second = ran
     _clear(ip, "model", "X", "acc")
-    _run(ip, f"%restore {first.id[:17]} --vars model,acc")
+    # the shortest prefix of the first run's id that no other run shares (ids of one second differ in hex only)
+    others = [r.id for r in RunStore().list_runs() if r.id != first.id]
+    prefix = next(first.id[:n] for n in range(17, len(first.id) + 1) if not any(o.startswith(first.id[:n]) for o in others))
+    assert len(prefix) < len(first.id)
+    _run(ip, f"%restore {prefix} --vars model,acc")
     assert ip.user_ns["model"].C == 1.0 and "X" not in ip.user_ns
     with pytest.raises(UsageError, match="no value 'nope'"):
         _run(ip, "%restore last --vars nope")
