@@ -98,10 +98,11 @@ def test_submission_and_watching_through_the_kubernetes_api():
         optimal = exp.raw_status["currentOptimalTrial"]
         assert best.objective == min(t.objective for t in trials)
         assert trials[best.trial].name == optimal["bestTrialName"]
-        # a second submission of the same experiment is refused by the API server
-        with pytest.raises(Exception, match="409"):
-            run_katib(spec(max_trials=4, parallel_trials=2), "x", host="h", pipeline_name="quickstart",
-                      namespace="team-a", recorded=RECORDED, client=api_client(api.url), poll=0.01)
+        # the same experiment again (the API server answers 409) is watched again, as a local one resumes
+        again = run_katib(spec(max_trials=4, parallel_trials=2), "x", host="h", pipeline_name="quickstart",
+                          namespace="team-a", recorded=RECORDED, client=api_client(api.url), poll=0.01).wait(20)
+        assert again.resumed and again.name == exp.name and again.status == "succeeded"
+        assert len(again.trials) == 4
 
 
 def test_failing_trials_and_stop():
@@ -159,3 +160,15 @@ def test_trial_runner_types_parameters_and_prints_metric_lines(tmp_path, capsys)
     assert trial_runner.main(["--host", "h", "--pipeline-package", str(package), "--type", "epochs=int",
                               "--param", "epochs=ten"], submit=submit) == 1
     assert "parameter 'epochs' is int" in capsys.readouterr().err
+
+
+def test_changed_step_code_names_a_new_katib_experiment():
+    names = []
+    with FakeKubernetesAPI() as api:
+        for code in ("train:aaa", "train:aaa", "train:bbb"):
+            exp = run_katib(spec(max_trials=1), "pipelineSpec: {}\n", host="http://kfp:8888", pipeline_name="quickstart",
+                            namespace="team-a", recorded=RECORDED, client=api_client(api.url), poll=0.01, code=code)
+            exp.wait(20)
+            names.append((exp.name, exp.resumed))
+    assert names[0][0] == names[1][0] != names[2][0]
+    assert [resumed for _, resumed in names] == [False, True, False]  # the same experiment again is watched, not re-created

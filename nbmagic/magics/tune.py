@@ -94,24 +94,22 @@ class TuneMagics(Magics):
         return FormHandle(form, self.shell)
 
     def _start(self, plan: Any, args: Any, spec: Any, target: Any = None) -> Any:
+        import time
+
+        from ..store.lineage import code_hash
+        from ..store.runs import RunStore
+        from ..tune.local import LocalExperiment, code_key, pipeline_trial_runner
+        from .pipeline import merged_plan
+
         spec = spec.check_against(plan.parameters, plan.metrics)
         state_defaults = _pipeline_defaults(self.shell)
+        merged = merged_plan(plan, state_defaults) if state_defaults is not None else plan
+        # the steps' code is part of the experiment's identity: changed code starts a new study
+        code = {step.name: code_hash(step.cell.code, step.prelude) for step in merged.steps}
         if args.host:
-            experiment = self._katib_on_cluster(plan, args, spec, state_defaults)
+            experiment = self._katib_on_cluster(plan, args, spec, state_defaults, code_key(code))
         else:
-            from ..tune.local import LocalExperiment, pipeline_trial_runner
-            from .pipeline import merged_plan
-
-            merged = merged_plan(plan, state_defaults) if state_defaults is not None else plan
-            from ..store.runs import RunStore
-
-            from ..store.lineage import code_hash
-            from ..tune.local import code_key
-
-            code = {step.name: code_hash(step.cell.code, step.prelude) for step in merged.steps}
             name = spec.experiment_name(plan.name, code_key(code))
-            import time
-
             since = {"since": time.time()} if args.restart else {}  # `%restore best` forgets older trials
             runner = pipeline_trial_runner(merged, cache=not args.no_cache, experiment=name)
             experiment = LocalExperiment(spec, runner, pipeline=plan.name, recorded=plan.parameters,
@@ -123,7 +121,7 @@ class TuneMagics(Magics):
             experiment.wait()
         return experiment
 
-    def _katib_on_cluster(self, plan: Any, args: Any, spec: Any, defaults: Any) -> Any:
+    def _katib_on_cluster(self, plan: Any, args: Any, spec: Any, defaults: Any, code: str = "") -> Any:
         from ..compile.kfp import compile_pipeline
         from ..tune import katib
 
@@ -132,7 +130,7 @@ class TuneMagics(Magics):
             spec, text, host=args.host, pipeline_name=plan.name, namespace=args.namespace,
             recorded=plan.parameters, image=args.image or plan.image,
             kfp_experiment=args.kfp_experiment, service_account=args.service_account,
-            client=katib.api_client(args.api_server),
+            client=katib.api_client(args.api_server), code=code,
         )
 
     katib.__doc__ = (katib.__doc__ or "") + "\n\n" + SYNTAX

@@ -206,6 +206,7 @@ class KatibExperiment(Experiment):
         self._client = client
         self._poll = poll
         self._stop_requested = False
+        self.resumed = False  # True when the Experiment already existed and is watched again
 
     def _api(self) -> Any:
         from kubernetes import client
@@ -213,12 +214,29 @@ class KatibExperiment(Experiment):
         return client.CustomObjectsApi(self._client)
 
     def submit(self, configmap: dict[str, Any] | None = None) -> "KatibExperiment":
-        """Create the ConfigMap (if any) and the Experiment, then start watching."""
+        """Create the ConfigMap (if any) and the Experiment, then start watching.
+
+        The default name covers the search space, objective, algorithm and the steps' code, so an Experiment
+        that already exists under it is this same experiment: it is watched again (resumed), as locally.
+        """
         from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        def create(call: Any, body: dict[str, Any]) -> bool:
+            try:
+                call(body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                return False
+            return True
 
         if configmap is not None:
-            client.CoreV1Api(self._client).create_namespaced_config_map(self.namespace, configmap)
-        self._api().create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.manifest)
+            create(lambda body: client.CoreV1Api(self._client).create_namespaced_config_map(self.namespace, body), configmap)
+        api = self._api()
+        self.resumed = not create(
+            lambda body: api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body), self.manifest
+        )
         threading.Thread(target=self._watch, name=f"nbmagic-katib-{self.name}", daemon=True).start()
         return self
 
@@ -296,10 +314,14 @@ def run_katib(
     service_account: str | None = None,
     client: Any = None,
     poll: float = 5.0,
+    code: str = "",
 ) -> KatibExperiment:
-    """Build, submit and start watching a Katib Experiment for the compiled pipeline."""
+    """Build, submit and start watching a Katib Experiment for the compiled pipeline.
+
+    ``code`` (the steps' code hashes) is part of the default name, as for local experiments.
+    """
     spec = spec.validate()
-    name = spec.experiment_name(pipeline_name)
+    name = spec.experiment_name(pipeline_name, code)
     manifest = build_experiment(spec, name=name, namespace=namespace, host=host, pipeline_name=pipeline_name,
                                 recorded=recorded, image=image, install=install, kfp_experiment=kfp_experiment,
                                 service_account=service_account)
