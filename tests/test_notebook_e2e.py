@@ -28,6 +28,16 @@ def client_for(path: Path, monkeypatch) -> tuple[NotebookClient, nbformat.Notebo
     return NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}), nb
 
 
+def run_in_fresh_kernel(path: Path, cells: list, indexes: tuple[int, ...], monkeypatch) -> nbformat.NotebookNode:
+    """Save ``cells`` as the notebook at ``path``, then run only the cells at ``indexes`` in a new kernel."""
+    nbformat.write(new_notebook(cells=cells), path)
+    client, nb = client_for(path, monkeypatch)
+    with client.setup_kernel():
+        for index in indexes:
+            client.execute_cell(nb.cells[index], index)
+    return nb
+
+
 def test_quickstart_runs_end_to_end_on_a_real_kernel(tmp_path, monkeypatch):
     path = tmp_path / "quickstart.ipynb"
     shutil.copy(EXAMPLES / "quickstart.ipynb", path)
@@ -55,11 +65,8 @@ def test_restart_then_compile_run_reads_unexecuted_steps_from_the_file(tmp_path,
         new_code_cell("%pipeline_metrics s"),
         new_code_cell("run = %compile_run --quiet\nprint('metrics', run.metrics, run.status)"),
     ]
-    nbformat.write(new_notebook(cells=cells), path)
-    client, nb = client_for(path, monkeypatch)
-    with client.setup_kernel():
-        for index in (0, 5):  # a fresh kernel: load the extension, then run — no step cell executed
-            client.execute_cell(nb.cells[index], index)
+    # a fresh kernel: load the extension, then run — no step cell executed
+    nb = run_in_fresh_kernel(path, cells, (0, 5), monkeypatch)
     assert "metrics {'s': 6.0} done" in text_of(nb.cells[5])
 
 
@@ -105,9 +112,5 @@ def test_pipeline_config_in_the_file_applies_after_a_restart(tmp_path, monkeypat
         new_code_cell("%%step read\nimport os\nmode = os.environ.get('MODE', 'unset')"),
         new_code_cell("run = %compile_run --quiet\nprint('mode', run.value('mode'))"),
     ]
-    nbformat.write(new_notebook(cells=cells), path)
-    client, nb = client_for(path, monkeypatch)
-    with client.setup_kernel():
-        for index in (0, 3):  # fresh kernel: neither the config cell nor the step ran here
-            client.execute_cell(nb.cells[index], index)
+    nb = run_in_fresh_kernel(path, cells, (0, 3), monkeypatch)  # neither the config cell nor the step ran here
     assert "mode from-config" in text_of(nb.cells[3])

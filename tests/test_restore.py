@@ -9,6 +9,7 @@ from IPython.core.error import UsageError
 from nbmagic.errors import NbMagicError
 from nbmagic.restore import Provenance, resolve_run, restore, state_after
 from nbmagic.store.runs import RunStore
+from conftest import run_ok
 
 CELLS = [
     "import numpy as np\nfrom sklearn.linear_model import LogisticRegression\nfrom sklearn.datasets import load_iris\n",
@@ -20,19 +21,12 @@ CELLS = [
 ]
 
 
-def _run(shell, line: str):
-    result = shell.run_cell(line, store_history=True)
-    if result.error_in_exec or result.error_before_exec:
-        raise result.error_in_exec or result.error_before_exec
-    return result.result
-
-
 @pytest.fixture
 def ran(ip):
     for cell in CELLS:
-        _run(ip, cell)
-    first = _run(ip, "%compile_run --quiet")
-    second = _run(ip, "%compile_run --quiet --param C=0.01")
+        run_ok(ip, cell)
+    first = run_ok(ip, "%compile_run --quiet")
+    second = run_ok(ip, "%compile_run --quiet --param C=0.01")
     assert first.status == "done" and second.status == "done", (first.error, second.error)
     return ip, first, second
 
@@ -47,7 +41,7 @@ def test_restore_last_brings_back_the_model_and_predicts(ran, capsys):
     _clear(ip, "model", "X", "y", "acc", "C", "n_classes", "raw_rows")
     ip.user_ns["X"] = "something else"
     capsys.readouterr()
-    _run(ip, "%restore last")
+    run_ok(ip, "%restore last")
     out = capsys.readouterr().out
     ns = ip.user_ns
     assert ns["C"] == 0.01 and type(ns["C"]) is float  # the run's parameters, typed
@@ -63,9 +57,9 @@ def test_restore_last_brings_back_the_model_and_predicts(ran, capsys):
 def test_restore_step_loads_only_that_step_and_ancestors(ran):
     ip, first, second = ran
     _clear(ip, "model", "X", "y", "side_value", "acc")
-    _run(ip, f"%restore {first.id} load")
+    run_ok(ip, f"%restore {first.id} load")
     assert "X" in ip.user_ns and "model" not in ip.user_ns and "side_value" not in ip.user_ns
-    _run(ip, f"%restore {first.id} side")
+    run_ok(ip, f"%restore {first.id} side")
     assert ip.user_ns["side_value"] == "side" and "model" not in ip.user_ns
     state = state_after(RunStore(), first.id, "train")
     assert set(state.items) == {"C", "X", "y", "raw_rows", "model", "acc", "n_classes"}  # side is not an ancestor of train
@@ -79,16 +73,16 @@ def test_restore_vars_prefix_and_errors(ran):
     others = [r.id for r in RunStore().list_runs() if r.id != first.id]
     prefix = next(first.id[:n] for n in range(17, len(first.id) + 1) if not any(o.startswith(first.id[:n]) for o in others))
     assert len(prefix) < len(first.id)
-    _run(ip, f"%restore {prefix} --vars model,acc")
+    run_ok(ip, f"%restore {prefix} --vars model,acc")
     assert ip.user_ns["model"].C == 1.0 and "X" not in ip.user_ns
     with pytest.raises(UsageError, match="no value 'nope'"):
-        _run(ip, "%restore last --vars nope")
+        run_ok(ip, "%restore last --vars nope")
     with pytest.raises(UsageError, match="has no step 'nostep'"):
-        _run(ip, "%restore last nostep")
+        run_ok(ip, "%restore last nostep")
     with pytest.raises(UsageError, match="no run 'zzz'"):
-        _run(ip, "%restore zzz")
+        run_ok(ip, "%restore zzz")
     with pytest.raises(UsageError, match="ambiguous"):
-        _run(ip, "%restore 2")
+        run_ok(ip, "%restore 2")
 
 
 def test_restore_best_uses_the_experiment_objective(ran):
@@ -106,7 +100,7 @@ def test_restore_best_uses_the_experiment_objective(ran):
     store.set_experiment("exp1", "acc", "minimize")
     assert resolve_run(store, "best:exp1") != best_id
     _clear(ip, "model")
-    _run(ip, "%restore best --vars model")
+    run_ok(ip, "%restore best --vars model")
     assert ip.user_ns["model"] is not None
 
 

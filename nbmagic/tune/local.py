@@ -333,19 +333,9 @@ class LocalExperiment(Experiment):
         return self
 
 
-def run_local(
-    spec: ExperimentSpec,
-    run_trial: RunTrial,
-    *,
-    pipeline: str = "pipeline",
-    recorded: Mapping[str, Any] | None = None,
-    directory: Path | None = None,
-    restart: bool = False,
-) -> LocalExperiment:
-    """Start a local experiment in the background and return it."""
-    return LocalExperiment(
-        spec, run_trial, pipeline=pipeline, recorded=recorded, directory=directory, restart=restart
-    ).start()
+def run_local(spec: ExperimentSpec, run_trial: RunTrial, **options: Any) -> LocalExperiment:
+    """Start a local experiment in the background and return it (``options`` as for :class:`LocalExperiment`)."""
+    return LocalExperiment(spec, run_trial, **options).start()
 
 
 def pipeline_trial_runner(plan: Any, *, cache: bool = True, experiment: str | None = None,
