@@ -9,6 +9,7 @@ Throughput = value size / (save time + load time), best of ``--repeat`` rounds; 
 Our load verifies the full content hash (the default); numpy loads memory-mapped (the default) and,
 for comparison, into fresh memory (``mmap=False``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,7 +29,7 @@ import dill  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nbmagic.store import marshal  # noqa: E402
+from nbmagic.runtime import marshal  # noqa: E402
 
 MB = 1e6
 
@@ -83,6 +85,7 @@ def run_case(label: str, obj: Any, work: Path, repeat: int, variants: list[tuple
         def load() -> Any:
             with open(p, "rb") as f:
                 return dill.load(f)
+
         ts, _ = timed(dump)
         tl, back = timed(load)
         results["dill"].append((ts, tl))
@@ -98,9 +101,19 @@ def run_case(label: str, obj: Any, work: Path, repeat: int, variants: list[tuple
     for vname, runs in results.items():
         best = min(runs, key=lambda r: r[0] + r[1])
         total = best[0] + best[1]
-        rows.append({"case": label, "variant": vname, "size_mb": size / MB, "save_s": best[0], "load_s": best[1],
-                     "total_s": total, "median_total_s": statistics.median(s + l for s, l in runs),
-                     "mb_s": size / MB / total, "x_dill": dill_best / total})
+        rows.append(
+            {
+                "case": label,
+                "variant": vname,
+                "size_mb": size / MB,
+                "save_s": best[0],
+                "load_s": best[1],
+                "total_s": total,
+                "median_total_s": statistics.median(s + l for s, l in runs),
+                "mb_s": size / MB / total,
+                "x_dill": dill_best / total,
+            }
+        )
     print(f"  ({label}: ours stored as {fmt})", flush=True)
     return rows
 
@@ -112,28 +125,44 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="working directory (default: a temp dir)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-marshal-", dir=args.dir))
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, pandas {pd.__version__}, "
-          f"dill {dill.__version__}, hash {marshal._hash_algorithm()}, {os.cpu_count()} cpus, dir {work}")
+    print(
+        f"python {sys.version.split()[0]}, numpy {np.__version__}, pandas {pd.__version__}, "
+        f"dill {dill.__version__}, hash {marshal._hash_algorithm()}, {os.cpu_count()} cpus, dir {work}"
+    )
     rows: list[dict] = []
     try:
         sizes = [500 << 20] + ([1 << 30] if args.full else [])
         for nbytes in sizes:
             arr = numpy_value(nbytes)
-            rows += run_case(f"numpy {nbytes >> 20} MiB float64", arr, work, args.repeat, [
-                ("ours (mmap)", {}, {}), ("ours (mmap=False)", {}, {"mmap": False})])
+            rows += run_case(
+                f"numpy {nbytes >> 20} MiB float64",
+                arr,
+                work,
+                args.repeat,
+                [("ours (mmap)", {}, {}), ("ours (mmap=False)", {}, {"mmap": False})],
+            )
             del arr
         df = pandas_value()
-        rows += run_case("pandas 1M x 20", df, work, args.repeat, [
-            ("ours (parquet, default)", {}, {}), ("ours (pandas_format=pickle)", {"pandas_format": "pickle"}, {})])
+        rows += run_case(
+            "pandas 1M x 20",
+            df,
+            work,
+            args.repeat,
+            [("ours (parquet, default)", {}, {}), ("ours (pandas_format=pickle)", {"pandas_format": "pickle"}, {})],
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    head = f"{'case':24} {'variant':28} {'MB':>7} {'save s':>7} {'load s':>7} {'total s':>8} {'median':>7} " \
-           f"{'MB/s':>7} {'x dill':>7}"
+    head = (
+        f"{'case':24} {'variant':28} {'MB':>7} {'save s':>7} {'load s':>7} {'total s':>8} {'median':>7} "
+        f"{'MB/s':>7} {'x dill':>7}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['case']:24} {r['variant']:28} {r['size_mb']:7.0f} {r['save_s']:7.3f} {r['load_s']:7.3f} "
-              f"{r['total_s']:8.3f} {r['median_total_s']:7.3f} {r['mb_s']:7.0f} {r['x_dill']:7.2f}")
+        print(
+            f"{r['case']:24} {r['variant']:28} {r['size_mb']:7.0f} {r['save_s']:7.3f} {r['load_s']:7.3f} "
+            f"{r['total_s']:8.3f} {r['median_total_s']:7.3f} {r['mb_s']:7.0f} {r['x_dill']:7.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Measures: per-step overhead of trivial steps, two independent 1-second steps, a fully cached re-run of a
 4-step pipeline, a 500 MB numpy array crossing one edge, and `%load_ext nbmagic` in a warm interpreter.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,7 +90,10 @@ def load_ext_ms(repeat: int) -> tuple[float, float]:
         "t = time.perf_counter(); ip.run_line_magic('load_ext', 'nbmagic'); a = time.perf_counter() - t\n"
         "t = time.perf_counter(); ip.run_line_magic('pwd', ''); b = time.perf_counter() - t\nprint(a, b)\n"
     )
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split() for _ in range(repeat)]
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+        for _ in range(repeat)
+    ]
     return median([float(r[0]) * 1000 for r in runs]), median([float(r[1]) * 1000 for r in runs])
 
 
@@ -114,7 +118,9 @@ def main() -> None:
 
     per_step = median([ours(chain(args.steps), cache=False) / args.steps for _ in range(args.repeat)])
     kfp_step = both(lambda v: kfp_local(chain(args.kfp_steps), root, venv=v) / args.kfp_steps)
-    rows.append(("per-step time, trivial steps (median)", per_step, kfp_step, lambda x: f"{x * 1000:.1f} ms", "<= 20 ms"))
+    rows.append(
+        ("per-step time, trivial steps (median)", per_step, kfp_step, lambda x: f"{x * 1000:.1f} ms", "<= 20 ms")
+    )
 
     pair = median([ours(parallel_pair(), cache=False) for _ in range(args.repeat)])
     kfp_pair = both(lambda v: kfp_local(parallel_pair(), root, venv=v))
@@ -127,15 +133,22 @@ def main() -> None:
         kfp_local(four_steps(), root, cache=True, venv=venv)  # fills kfp.local's cache
         return kfp_local(four_steps(), root, cache=True, venv=venv)
 
-    rows.append(("fully cached re-run, 4 steps", cached, both(kfp_cached_run), lambda x: f"{x * 1000:.0f} ms", "< 200 ms"))
+    rows.append(
+        ("fully cached re-run, 4 steps", cached, both(kfp_cached_run), lambda x: f"{x * 1000:.0f} ms", "< 200 ms")
+    )
 
     small = median([ours(big_edge(1), cache=False) for _ in range(args.repeat)])
     big = median([ours(big_edge(args.mb), cache=False) for _ in range(args.repeat)])
     kfp_extra = both(lambda v: kfp_local(big_edge(args.mb), root, venv=v) - kfp_local(big_edge(1), root, venv=v))
-    rows.append((
-        f"{args.mb} MB numpy array across one edge: extra time over a 1 MB array (create, save, load)",
-        big - small, kfp_extra, lambda x: f"{x:.2f} s = {args.mb / 1024 / max(x, 1e-9):.2f} GB/s", ">= 1 GB/s",
-    ))
+    rows.append(
+        (
+            f"{args.mb} MB numpy array across one edge: extra time over a 1 MB array (create, save, load)",
+            big - small,
+            kfp_extra,
+            lambda x: f"{x:.2f} s = {args.mb / 1024 / max(x, 1e-9):.2f} GB/s",
+            ">= 1 GB/s",
+        )
+    )
 
     lines = [
         "| measure | nbmagic local runner | kfp.local (defaults: venv per task) | kfp.local (use_venv=False) | speed-up vs each | target |",

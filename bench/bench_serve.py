@@ -6,6 +6,7 @@ predictor server) vs a plain FastAPI endpoint, on the same scikit-learn model an
 Measures start-up to ready, p50/p99 latency of sequential V1 requests (one keep-alive connection) and
 throughput under concurrency with wrk (Debian package). Prints a table and the ratios against the targets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-NOTEBOOK = '''
+NOTEBOOK = """
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 tokenizer = {"A": 0, "C": 1, "G": 2, "U": 3}
@@ -38,7 +39,7 @@ def process_features(rows):
 rng = np.random.default_rng(0)
 train = ["".join(rng.choice(list("ACGU"), 30)) for _ in range(400)]
 model = LogisticRegression().fit(process_features(train), [int(s.count("G") > s.count("C")) for s in train])
-'''
+"""
 BODY = json.dumps({"instances": ["ACGUACGUACGUAAGGCCUU", "GGGGCCAUAUAUGCGCAAAU"]})
 
 FASTAPI_APP = textwrap.dedent('''
@@ -88,8 +89,12 @@ def sequential(port: int, path: str, n: int) -> tuple[float, float]:
 
 
 def throughput(port: int, path: str, duration: int, connections: int, script: Path) -> float:
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s", str(script),
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     if "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -131,11 +136,18 @@ def main() -> None:
     shell = InteractiveShell.instance()
     shell.run_cell(NOTEBOOK, store_history=True).raise_error()
     ns = shell.user_ns
-    package = make_package(ns["model"], name="bench", model_var="model", transformer=ns["process_features"],
-                           transformer_var="process_features", with_objects={"tokenizer": ns["tokenizer"]})
+    package = make_package(
+        ns["model"],
+        name="bench",
+        model_var="model",
+        transformer=ns["process_features"],
+        transformer_var="process_features",
+        with_objects={"tokenizer": ns["tokenizer"]},
+    )
     script = work / "post.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\n'
-                      'wrk.headers["Content-Type"] = "application/json"\n')
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\nwrk.headers["Content-Type"] = "application/json"\n'
+    )
     path = "/v1/models/bench:predict"
     rows = []
 
@@ -199,8 +211,10 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        args.out.write_text("## Serving (`%serve`)\n\nCommand: `python bench/bench_serve.py --out bench/RESULTS-serve.md`"
-                            "\n\n" + text + "\n")
+        args.out.write_text(
+            "## Serving (`%serve`)\n\nCommand: `python bench/bench_serve.py --out bench/RESULTS-serve.md`"
+            "\n\n" + text + "\n"
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -6,6 +6,7 @@ Reference: a bare ``SELECT`` of every run row (the floor any listing pays).
 
     python bench/bench_state.py [--runs 10000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,31 +23,48 @@ def build(store, n: int) -> None:
     now = time.time()
     conn = store._connection()
     conn.execute("BEGIN IMMEDIATE")
-    data_aid = conn.execute("INSERT INTO artifacts(hash, type, format, size, created) VALUES (?,?,?,?,?)",
-                            (shared.hash, shared.type, shared.format, shared.size, now)).lastrowid
+    data_aid = conn.execute(
+        "INSERT INTO artifacts(hash, type, format, size, created) VALUES (?,?,?,?,?)",
+        (shared.hash, shared.type, shared.format, shared.size, now),
+    ).lastrowid
     for i, ref in enumerate(refs):
         run_id = f"20250101-{i:06d}-{i:06x}"
         started = now - (n - i) * 60
         params = {"lr": round(0.001 * (i % 100 + 1), 4), "kind": ("svm", "mlp")[i % 2]}
         metrics = {"val_loss": (i * 7919 % 1000) / 1000, "acc": (i * 104729 % 1000) / 1000}
-        ctx = conn.execute("INSERT INTO contexts(type, name, properties, created) VALUES ('run', ?, '{}', ?)", (run_id, started)).lastrowid
-        conn.execute("INSERT INTO runs(id, pipeline, status, kind, parameters, metrics, started, ended, steps, cached, context_id)"
-                     " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                     (run_id, "demo", "done", "local", json.dumps(params), json.dumps(metrics), started, started + 3, 2, 1, ctx))
-        load = conn.execute("INSERT INTO executions(run_id, step, state, cached, cache_key, started, ended, properties) VALUES (?,?,?,?,?,?,?,?)",
-                            (run_id, "load", "cached" if i else "done", 1 if i else 0, "k-load", started, started + 1, "{}")).lastrowid
-        train = conn.execute("INSERT INTO executions(run_id, step, state, cached, cache_key, started, ended, properties) VALUES (?,?,?,?,?,?,?,?)",
-                             (run_id, "train", "done", 0, f"k-train-{i}", started + 1, started + 3,
-                              json.dumps({"parameters": params}))).lastrowid
-        aid = conn.execute("INSERT INTO artifacts(hash, type, format, size, created) VALUES (?,?,?,?,?)",
-                           (ref.hash, ref.type, ref.format, ref.size, started)).lastrowid
-        conn.executemany("INSERT INTO events VALUES (?,?,?,?)",
-                         [(load, data_aid, "OUTPUT", "data"), (train, data_aid, "INPUT", "data"), (train, aid, "OUTPUT", "model")])
-        conn.execute("INSERT INTO cache VALUES (?,?,?,?,?,?,?,?)",
-                     (f"k-train-{i}", "train", train, json.dumps({"model": ref.to_dict()}), "{}", "{}", started, started))
+        ctx = conn.execute(
+            "INSERT INTO contexts(type, name, properties, created) VALUES ('run', ?, '{}', ?)", (run_id, started)
+        ).lastrowid
+        conn.execute(
+            "INSERT INTO runs(id, pipeline, status, kind, parameters, metrics, started, ended, steps, cached, context_id)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, "demo", "done", "local", json.dumps(params), json.dumps(metrics), started, started + 3, 2, 1, ctx),
+        )
+        load = conn.execute(
+            "INSERT INTO executions(run_id, step, state, cached, cache_key, started, ended, properties) VALUES (?,?,?,?,?,?,?,?)",
+            (run_id, "load", "cached" if i else "done", 1 if i else 0, "k-load", started, started + 1, "{}"),
+        ).lastrowid
+        train = conn.execute(
+            "INSERT INTO executions(run_id, step, state, cached, cache_key, started, ended, properties) VALUES (?,?,?,?,?,?,?,?)",
+            (run_id, "train", "done", 0, f"k-train-{i}", started + 1, started + 3, json.dumps({"parameters": params})),
+        ).lastrowid
+        aid = conn.execute(
+            "INSERT INTO artifacts(hash, type, format, size, created) VALUES (?,?,?,?,?)",
+            (ref.hash, ref.type, ref.format, ref.size, started),
+        ).lastrowid
+        conn.executemany(
+            "INSERT INTO events VALUES (?,?,?,?)",
+            [(load, data_aid, "OUTPUT", "data"), (train, data_aid, "INPUT", "data"), (train, aid, "OUTPUT", "model")],
+        )
+        conn.execute(
+            "INSERT INTO cache VALUES (?,?,?,?,?,?,?,?)",
+            (f"k-train-{i}", "train", train, json.dumps({"model": ref.to_dict()}), "{}", "{}", started, started),
+        )
         if i == 0:
-            conn.execute("INSERT INTO cache VALUES (?,?,?,?,?,?,?,?)",
-                         ("k-load", "load", load, json.dumps({"data": shared.to_dict()}), "{}", "{}", started, started))
+            conn.execute(
+                "INSERT INTO cache VALUES (?,?,?,?,?,?,?,?)",
+                ("k-load", "load", load, json.dumps({"data": shared.to_dict()}), "{}", "{}", started, started),
+            )
         folder = store.root / "runs" / run_id
         folder.mkdir(parents=True)
         (folder / "train.log").write_text("fit done\n")
@@ -83,26 +101,40 @@ def main() -> None:
 
     floor = timed(lambda: sqlite3.connect(store.root / "index.sqlite").execute("SELECT * FROM runs").fetchall())
     rows = []
-    for label, line in (("%runs (newest 50)", ""),
-                        ("%runs --where val_loss<0.3 --sort val_loss", "--where 'val_loss<0.3' --sort val_loss"),
-                        ("%runs --sort -acc --limit 0 (all rows, text)", "--sort -acc --limit 0")):
+    for label, line in (
+        ("%runs (newest 50)", ""),
+        ("%runs --where val_loss<0.3 --sort val_loss", "--where 'val_loss<0.3' --sort val_loss"),
+        ("%runs --sort -acc --limit 0 (all rows, text)", "--sort -acc --limit 0"),
+    ):
+
         def run(line=line):
             table = ip.run_line_magic("runs", line)
             table.text()
             table._repr_html_()
+
         rows.append((label, timed(run), 1.0))
     dry = timed(lambda: ip.run_line_magic("gc", "--keep-last 1000 --dry-run"), repeat=1)
     rows.append(("%gc --keep-last 1000 --dry-run", dry, 10.0))
     t = time.perf_counter()
     report = ip.run_line_magic("gc", "--keep-last 1000")
-    rows.append((f"%gc --keep-last 1000 (removes {len(report.runs)} runs, {len(report.values)} values)", time.perf_counter() - t, 10.0))
-    assert len(store.list_runs()) == 1000 and store.objects.exists(store.step_values(store.list_runs()[0].id, "load")["data"]["hash"])
+    rows.append(
+        (
+            f"%gc --keep-last 1000 (removes {len(report.runs)} runs, {len(report.values)} values)",
+            time.perf_counter() - t,
+            10.0,
+        )
+    )
+    assert len(store.list_runs()) == 1000 and store.objects.exists(
+        store.step_values(store.list_runs()[0].id, "load")["data"]["hash"]
+    )
 
     print(f"\nreference: SELECT * FROM runs ({args.runs} rows): {floor * 1000:.1f} ms\n")
     print(f"| operation over {args.runs} runs | time | target | time / target | vs bare SELECT |")
     print("|---|---|---|---|---|")
     for label, seconds, target in rows:
-        print(f"| {label} | {seconds * 1000:.0f} ms | < {target:g} s | {seconds / target:.2f} | {seconds / floor:.0f}x |")
+        print(
+            f"| {label} | {seconds * 1000:.0f} ms | < {target:g} s | {seconds / target:.2f} | {seconds / floor:.0f}x |"
+        )
 
 
 if __name__ == "__main__":

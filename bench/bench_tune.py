@@ -18,6 +18,7 @@ those intervals is the trial's compute (the two training steps run at the same t
   * one-time: %katib's set-up before the first run (including the step worker's start and the preload of
     the modules the notebook imports).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,11 +85,17 @@ def run_nbmagic(cells: list[str], trials: int, seed: int) -> dict[str, Any]:
         for source in cells:
             result = shell.run_cell(source)
             if not result.success:
-                raise SystemExit(f"quickstart cell failed in the shell: {result.error_in_exec or result.error_before_exec}")
-    params = " ".join(f'--param "{name}=' + (f'double({lo},{hi},log)"' if isinstance(lo, float) else f'int({lo},{hi})"')
-                      for name, (lo, hi, _) in SPACE.items())
-    line = (f"exp = %katib --algorithm tpe --seed {seed} --max-trials {trials} --parallel 1 --objective {OBJECTIVE} "
-            f"--goal maximize {params} --wait --quiet")
+                raise SystemExit(
+                    f"quickstart cell failed in the shell: {result.error_in_exec or result.error_before_exec}"
+                )
+    params = " ".join(
+        f'--param "{name}=' + (f'double({lo},{hi},log)"' if isinstance(lo, float) else f'int({lo},{hi})"')
+        for name, (lo, hi, _) in SPACE.items()
+    )
+    line = (
+        f"exp = %katib --algorithm tpe --seed {seed} --max-trials {trials} --parallel 1 --objective {OBJECTIVE} "
+        f"--goal maximize {params} --wait --quiet"
+    )
     clock = time.time()
     started = time.perf_counter()
     result = shell.run_cell(line)
@@ -102,14 +109,29 @@ def run_nbmagic(cells: list[str], trials: int, seed: int) -> dict[str, Any]:
     for trial in experiment.trials:
         compute = interval_union(step_spans(store.run_dir(trial.run_id)))
         record = store.get_run(trial.run_id)
-        rows.append({"number": trial.number, "params": trial.parameters, "objective": trial.objective,
-                     "status": trial.status, "wall": trial.duration, "compute": compute,
-                     "overhead": trial.duration - compute, "cached": trial.cached_steps,
-                     # before the first run: %katib's set-up; later: Optuna tell + ask, thread hand-off
-                     "before": record.started - previous_end})
+        rows.append(
+            {
+                "number": trial.number,
+                "params": trial.parameters,
+                "objective": trial.objective,
+                "status": trial.status,
+                "wall": trial.duration,
+                "compute": compute,
+                "overhead": trial.duration - compute,
+                "cached": trial.cached_steps,
+                # before the first run: %katib's set-up; later: Optuna tell + ask, thread hand-off
+                "before": record.started - previous_end,
+            }
+        )
         previous_end = record.ended
-    return {"line": line, "wall": wall, "trials": rows, "status": experiment.status, "best": experiment.best,
-            "after": clock_end - previous_end}
+    return {
+        "line": line,
+        "wall": wall,
+        "trials": rows,
+        "status": experiment.status,
+        "best": experiment.best,
+        "after": clock_end - previous_end,
+    }
 
 
 # -- papermill baseline ------------------------------------------------------------------------------------
@@ -125,7 +147,9 @@ def plain_notebook(cells: list[str], path: Path) -> None:
         body = "\n".join(line for line in lines if not line.lstrip().startswith("%")).strip()
         if body:
             out.append(nbformat.v4.new_code_cell(body, metadata={"tags": tags}))
-    out.append(nbformat.v4.new_code_cell(f"import json\nprint(json.dumps({{m: float(globals()[m]) for m in {METRICS!r}}}))"))
+    out.append(
+        nbformat.v4.new_code_cell(f"import json\nprint(json.dumps({{m: float(globals()[m]) for m in {METRICS!r}}}))")
+    )
     notebook = nbformat.v4.new_notebook(cells=out)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, str(path))
@@ -134,8 +158,10 @@ def plain_notebook(cells: list[str], path: Path) -> None:
 def distributions() -> dict[str, Any]:
     from optuna.distributions import FloatDistribution, IntDistribution
 
-    return {name: FloatDistribution(lo, hi, log=log) if isinstance(lo, float) else IntDistribution(lo, hi, log=log)
-            for name, (lo, hi, log) in SPACE.items()}
+    return {
+        name: FloatDistribution(lo, hi, log=log) if isinstance(lo, float) else IntDistribution(lo, hi, log=log)
+        for name, (lo, hi, log) in SPACE.items()
+    }
 
 
 def run_papermill(notebook: Path, work: Path, trials: int, seed: int) -> dict[str, Any]:
@@ -152,14 +178,27 @@ def run_papermill(notebook: Path, work: Path, trials: int, seed: int) -> dict[st
         trial = study.ask(space)
         t0 = time.perf_counter()
         output = work / f"trial-{number}.ipynb"
-        papermill.execute_notebook(str(notebook), str(output), parameters=dict(trial.params), kernel_name="python3",
-                                   progress_bar=False, log_output=False, cwd=str(work))
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=dict(trial.params),
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            cwd=str(work),
+        )
         executed = nbformat.read(str(output), as_version=4)
         text = "".join(o.get("text", "") for o in executed.cells[-1].outputs if o.get("name") == "stdout")
         metrics = json.loads(text.strip().splitlines()[-1])
         study.tell(trial, metrics[OBJECTIVE])
-        rows.append({"number": number, "params": dict(trial.params), "objective": metrics[OBJECTIVE],
-                     "wall": time.perf_counter() - t0})
+        rows.append(
+            {
+                "number": number,
+                "params": dict(trial.params),
+                "objective": metrics[OBJECTIVE],
+                "wall": time.perf_counter() - t0,
+            }
+        )
     wall = time.perf_counter() - started
     best = study.best_trial
     return {"wall": wall, "trials": rows, "best": (best.number, best.value, best.params)}
@@ -185,13 +224,17 @@ def report(pairs: list[tuple[dict[str, Any], dict[str, Any]]], trials: int, seed
     ratios = [p["wall"] / n["wall"] for n, p in pairs]
     same = all([r["params"] for r in n["trials"]] == [r["params"] for r in p["trials"]] for n, p in pairs)
     best = nb["best"]
-    table = ["| repeat (order) | nbmagic `%katib` end to end | papermill end to end | speed-up | nbmagic per trial "
-             "(median) | papermill per trial (median) | load average |", "|---|---|---|---|---|---|---|"]
+    table = [
+        "| repeat (order) | nbmagic `%katib` end to end | papermill end to end | speed-up | nbmagic per trial "
+        "(median) | papermill per trial (median) | load average |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for index, (n, p) in enumerate(pairs):
         table.append(
             f"| {index + 1} ({n['order']}) | {n['wall']:.1f} s | {p['wall']:.1f} s | {p['wall'] / n['wall']:.1f}x | "
             f"{statistics.median(r['wall'] for r in n['trials']):.2f} s | "
-            f"{statistics.median(r['wall'] for r in p['trials']):.2f} s | {n['load']} |")
+            f"{statistics.median(r['wall'] for r in p['trials']):.2f} s | {n['load']} |"
+        )
     lines = [
         f"Quickstart pipeline (digits; load_data -> process -> train_svm | train_forest -> evaluate), {trials} trials, "
         f"TPE seed {seed}, tuning C=double(0.1,10,log) and n_estimators=int(10,100), objective {OBJECTIVE} (maximize), "
@@ -250,7 +293,7 @@ def main() -> None:
             pool._preloaded.clear()  # close() keeps the old worker's list, so the new one would not be preloaded
             load = loadavg()
             results: dict[str, Any] = {}
-            for kind in (("nbmagic", "papermill") if index % 2 == 0 else ("papermill", "nbmagic")):
+            for kind in ("nbmagic", "papermill") if index % 2 == 0 else ("papermill", "nbmagic"):
                 print(f"repeat {index + 1}: {kind}, {args.trials} trials ...", flush=True)
                 if kind == "nbmagic":
                     results[kind] = run_nbmagic(cells, args.trials, args.seed)
@@ -263,9 +306,11 @@ def main() -> None:
             pairs.append((nb, pm))
             if args.verbose:
                 for a, b in zip(nb["trials"], pm["trials"]):
-                    print(f"  trial {a['number']:2d} {a['params']} nbmagic {a['wall']:.3f}s (compute {a['compute']:.3f}s,"
-                          f" overhead {a['overhead'] * 1000:.0f} ms, before {a['before'] * 1000:.0f} ms, cached "
-                          f"{a['cached']}) {a['objective']:.4f} | papermill {b['wall']:.2f}s {b['objective']:.4f}")
+                    print(
+                        f"  trial {a['number']:2d} {a['params']} nbmagic {a['wall']:.3f}s (compute {a['compute']:.3f}s,"
+                        f" overhead {a['overhead'] * 1000:.0f} ms, before {a['before'] * 1000:.0f} ms, cached "
+                        f"{a['cached']}) {a['objective']:.4f} | papermill {b['wall']:.2f}s {b['objective']:.4f}"
+                    )
     text = report(pairs, args.trials, args.seed)
     print()
     print(text)

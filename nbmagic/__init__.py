@@ -2,6 +2,7 @@
 
 ``%load_ext nbmagic`` registers the magics; nothing heavy is imported here.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

@@ -1,10 +1,12 @@
 """The ``nbmagic`` command: the same library as the magics, from a saved notebook, without Jupyter."""
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import NbMagicError
 
@@ -48,8 +50,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .compile.kfp import compile_pipeline
         from .run.cluster import submit
 
-        run = submit(compile_pipeline(plan, defaults=defaults), host=args.host, parameters=values,
-                     pipeline_name=plan.name, experiment=args.experiment, namespace=args.namespace)
+        run = submit(
+            compile_pipeline(plan, defaults=defaults),
+            host=args.host,
+            parameters=values,
+            pipeline_name=plan.name,
+            experiment=args.experiment,
+            namespace=args.namespace,
+        )
         print(f"run {run.id} started: {run.url}")
         return 0
     plan = merged_plan(plan, defaults)
@@ -62,12 +70,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def show(run: Any, state: Any) -> None:
         if state is not None and state.status != "pending":
-            took = f" ({state.duration:.2f} s)" if state.status not in ("running",) and state.duration is not None else ""
+            took = (
+                f" ({state.duration:.2f} s)" if state.status not in ("running",) and state.duration is not None else ""
+            )
             print(f"[{run.id}] {state.name}: {state.status}{took}", flush=True)
 
-    run = LocalRunner(workers=args.workers).run(plan, values, cache=not args.no_cache, listener=None if args.quiet else show)
+    run = LocalRunner(workers=args.workers).run(
+        plan, values, cache=not args.no_cache, listener=None if args.quiet else show
+    )
     metrics = ", ".join(f"{k}={v:.6g}" for k, v in run.metrics.items())
-    print(f"[{run.id}] {run.status} in {run.duration:.2f} s, {run.cached_steps}/{len(run.steps)} steps cached" + (f"; {metrics}" if metrics else ""))
+    print(
+        f"[{run.id}] {run.status} in {run.duration:.2f} s, {run.cached_steps}/{len(run.steps)} steps cached"
+        + (f"; {metrics}" if metrics else "")
+    )
     if run.status != "done":
         failed = next(s for s in run.steps.values() if s.status in ("failed", "timed_out"))
         print(failed.traceback or failed.error, file=sys.stderr)
@@ -88,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbmagic", description="Notebook pipelines on Kubeflow, local first.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a saved notebook's pipeline (locally in the notebook's folder, as Jupyter would, or on a KFP cluster with --host)")
+    run = sub.add_parser(
+        "run",
+        help="run a saved notebook's pipeline (locally in the notebook's folder, as Jupyter would, or on a KFP cluster with --host)",
+    )
     run.add_argument("notebook")
     run.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a pipeline parameter")
     run.add_argument("--no-cache", action="store_true", help="run every step, reusing nothing")

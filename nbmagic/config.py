@@ -1,4 +1,5 @@
 """Where nbmagic keeps its files, read from the environment."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 It is built from the repository's ``Dockerfile`` (``docker build -t REGISTRY/nbmagic:VERSION .``, then pushed)
 and named by ``$NBMAGIC_IMAGE``; the default name is the local tag that build gives.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """One way to reach the Kubernetes API, for KFP pod logs, Katib Experiments and KServe InferenceServices."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,9 @@ def api_client(host: str | None = None) -> Any:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         try:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+            )
         except Exception as exc:  # noqa: BLE001 - kubeconfig problems come in many types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise NbMagicError(f"no Kubernetes access (not in a cluster, kubeconfig: {first})") from None

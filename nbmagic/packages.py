@@ -1,10 +1,11 @@
 """Installed distributions behind imported modules, pinned to this environment's versions (compiled steps, cache keys, lineage)."""
+
 from __future__ import annotations
 
 import functools
 import importlib.metadata as metadata
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 # The KFP launcher installs kfp itself; listing a "kfp*" requirement would stop kfp from injecting its own install.
 SKIPPED = {"kfp", "kfp-pipeline-spec", "kfp-server-api", "kfp-kubernetes", "nbmagic"}
@@ -46,7 +47,7 @@ def _module_distributions() -> dict[str, list[str]]:
     return metadata.packages_distributions()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _version(distribution: str) -> str | None:
     try:
         return metadata.version(distribution)

@@ -3,12 +3,14 @@
 Pure library (no IPython): :func:`restore` loads into any namespace dict and returns a report that renders as
 text and HTML; :class:`Provenance` remembers which variable came from which stored value for ``%lineage``.
 """
+
 from __future__ import annotations
 
 import html
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import NbMagicError
 from .store.lineage import ArtifactRef, Execution, _size, executions
@@ -23,6 +25,7 @@ PARAMETERS = "(parameters)"
 
 
 # ----------------------------------------------------------------------------------------- resolving runs
+
 
 def resolve_run(store: RunStore, ref: str) -> str:
     """A run id from an id, a unique prefix, ``last``, ``best`` or ``best:EXPERIMENT``."""
@@ -41,12 +44,17 @@ def best_run(store: RunStore, experiment: str | None = None) -> str:
     """
     conn = store._connection()
     if experiment is None:
-        row = conn.execute("SELECT experiment FROM runs WHERE experiment IS NOT NULL ORDER BY started DESC LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT experiment FROM runs WHERE experiment IS NOT NULL ORDER BY started DESC LIMIT 1"
+        ).fetchone()
         if row is None:
             raise RestoreError("'best': no tuning experiment in the store yet (runs of %katib have one)")
         experiment = row[0]
     props = store.experiment_properties(experiment)
-    if props is None and conn.execute("SELECT 1 FROM runs WHERE experiment=? LIMIT 1", (experiment,)).fetchone() is None:
+    if (
+        props is None
+        and conn.execute("SELECT 1 FROM runs WHERE experiment=? LIMIT 1", (experiment,)).fetchone() is None
+    ):
         raise RestoreError(f"'best': no experiment {experiment!r} in the store")
     objective, goal = (props or {}).get("objective"), (props or {}).get("goal", "minimize")
     if not objective:
@@ -68,6 +76,7 @@ def best_run(store: RunStore, experiment: str | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------------------- what to load
+
 
 @dataclass
 class StateItem:
@@ -96,7 +105,8 @@ def state_after(store: RunStore, run_id: str, step: str | None = None, names: It
     if record.kind != "local":
         raise RestoreError(
             f"run {run_id} ran on a cluster: its values live in KFP's artifact store, and the KFP v2beta1 API only "
-            "gives MLMD artifact ids, not values; restore a local run")
+            "gives MLMD artifact ids, not values; restore a local run"
+        )
     execs = executions(store, run_id)
     by_step = {e.step: e for e in execs}
     if step is None:
@@ -110,7 +120,9 @@ def state_after(store: RunStore, run_id: str, step: str | None = None, names: It
         if step not in by_step:
             raise RestoreError(f"run {run_id} has no step {step!r} (steps: {', '.join(by_step)})")
         if by_step[step].state not in ("done", "cached"):
-            raise RestoreError(f"step {step!r} of run {run_id} did not finish ({by_step[step].state}): no state after it")
+            raise RestoreError(
+                f"step {step!r} of run {run_id} did not finish ({by_step[step].state}): no state after it"
+            )
         chosen = [by_step[step]]
     dag = store.run_dag(run_id)
     wanted: set[str] = set()
@@ -133,8 +145,10 @@ def state_after(store: RunStore, run_id: str, step: str | None = None, names: It
         names = [n for n in names if n]
         unknown = [n for n in names if n not in items and n not in not_kept]
         if unknown:
-            raise RestoreError(f"--vars: run {run_id} has no value {unknown[0]!r} at step {step or '/'.join(e.step for e in chosen)}"
-                               f" (it has: {', '.join(sorted(items)) or 'nothing'})")
+            raise RestoreError(
+                f"--vars: run {run_id} has no value {unknown[0]!r} at step {step or '/'.join(e.step for e in chosen)}"
+                f" (it has: {', '.join(sorted(items)) or 'nothing'})"
+            )
         items = {n: items[n] for n in names if n in items}
         not_kept = {n: not_kept[n] for n in names if n in not_kept}
     label = step if step is not None else ", ".join(e.step for e in chosen)
@@ -150,7 +164,9 @@ def _not_kept(store: RunStore, ex: Execution) -> dict[str, str]:
     conn = store._connection()
     row = conn.execute("SELECT not_kept FROM cache WHERE key=?", (ex.cache_key,)).fetchone() if ex.cache_key else None
     if row is None and ex.reused_execution:
-        row = conn.execute("SELECT json_extract(properties, '$.not_kept') FROM executions WHERE id=?", (ex.reused_execution,)).fetchone()
+        row = conn.execute(
+            "SELECT json_extract(properties, '$.not_kept') FROM executions WHERE id=?", (ex.reused_execution,)
+        ).fetchone()
     return dict(json.loads(row[0])) if row and row[0] else {}
 
 
@@ -172,6 +188,7 @@ def _leaves(dag: dict[str, list[str]], finished: set[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- loading
+
 
 @dataclass
 class Loaded:
@@ -199,7 +216,9 @@ class RestoreReport:
         width = max([len(item.name) for item in self.loaded] + [4])
         for item in self.loaded:
             was = f"  (replaced a value of type {self.replaced[item.name]})" if item.name in self.replaced else ""
-            lines.append(f"  {item.name:<{width}}  {item.type:<40}  {_size(item.size) if item.hash else '':>9}  {item.step}{was}")
+            lines.append(
+                f"  {item.name:<{width}}  {item.type:<40}  {_size(item.size) if item.hash else '':>9}  {item.step}{was}"
+            )
         for name, (step, reason) in self.not_kept.items():
             lines.append(f"  {name:<{width}}  not kept by step {step}: {reason}")
         return "\n".join(lines)
@@ -211,18 +230,24 @@ class RestoreReport:
         rows = []
         for item in self.loaded:
             was = html.escape(self.replaced.get(item.name, ""))
-            rows.append(f"<tr><td style='text-align:left'><code>{html.escape(item.name)}</code></td>"
-                        f"<td style='text-align:left'>{html.escape(item.type)}</td>"
-                        f"<td style='text-align:right'>{_size(item.size) if item.hash else ''}</td>"
-                        f"<td style='text-align:left'>{html.escape(item.step)}</td><td style='text-align:left'>{was}</td></tr>")
+            rows.append(
+                f"<tr><td style='text-align:left'><code>{html.escape(item.name)}</code></td>"
+                f"<td style='text-align:left'>{html.escape(item.type)}</td>"
+                f"<td style='text-align:right'>{_size(item.size) if item.hash else ''}</td>"
+                f"<td style='text-align:left'>{html.escape(item.step)}</td><td style='text-align:left'>{was}</td></tr>"
+            )
         for name, (step, reason) in self.not_kept.items():
-            rows.append(f"<tr style='color:#e53935'><td style='text-align:left'><code>{html.escape(name)}</code></td>"
-                        f"<td style='text-align:left' colspan='2'>not kept: {html.escape(reason)}</td>"
-                        f"<td style='text-align:left'>{html.escape(step)}</td><td></td></tr>")
-        return (f"<div><b>restored run {html.escape(self.run_id)}</b> · state after step {html.escape(self.step)}"
-                "<table><thead><tr><th style='text-align:left'>name</th><th style='text-align:left'>type</th><th>size</th>"
-                "<th style='text-align:left'>from step</th><th style='text-align:left'>replaced</th></tr></thead>"
-                f"<tbody>{''.join(rows)}</tbody></table></div>")
+            rows.append(
+                f"<tr style='color:#e53935'><td style='text-align:left'><code>{html.escape(name)}</code></td>"
+                f"<td style='text-align:left' colspan='2'>not kept: {html.escape(reason)}</td>"
+                f"<td style='text-align:left'>{html.escape(step)}</td><td></td></tr>"
+            )
+        return (
+            f"<div><b>restored run {html.escape(self.run_id)}</b> · state after step {html.escape(self.step)}"
+            "<table><thead><tr><th style='text-align:left'>name</th><th style='text-align:left'>type</th><th>size</th>"
+            "<th style='text-align:left'>from step</th><th style='text-align:left'>replaced</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
+        )
 
 
 def load_state(store: RunStore, state: RunState) -> dict[str, Any]:
@@ -235,8 +260,9 @@ def load_state(store: RunStore, state: RunState) -> dict[str, Any]:
             values[name] = item.value
             continue
         if not store.objects.exists(item.ref.hash):
-            raise RestoreError(f"value {name!r} of run {state.run_id} (step {item.step}) is no longer in the store"
-                               " (removed by gc?)")
+            raise RestoreError(
+                f"value {name!r} of run {state.run_id} (step {item.step}) is no longer in the store (removed by gc?)"
+            )
         try:
             values[name] = store.objects.get(item.ref.hash, name=name)
         except StoreError as exc:
@@ -244,10 +270,16 @@ def load_state(store: RunStore, state: RunState) -> dict[str, Any]:
     return values
 
 
-def restore(store: RunStore, run: str, step: str | None = None, names: Iterable[str] | None = None,
-            namespace: dict[str, Any] | None = None, provenance: "Provenance | None" = None) -> RestoreReport:
+def restore(
+    store: RunStore,
+    run: str,
+    step: str | None = None,
+    names: Iterable[str] | None = None,
+    namespace: dict[str, Any] | None = None,
+    provenance: Provenance | None = None,
+) -> RestoreReport:
     """Load the state after ``step`` of ``run`` into ``namespace`` (all values load before any is assigned)."""
-    from .store.marshal import type_name
+    from .runtime.marshal import type_name
 
     run_id = resolve_run(store, run)
     state = state_after(store, run_id, step, names)
@@ -258,8 +290,16 @@ def restore(store: RunStore, run: str, step: str | None = None, names: Iterable[
     for name, value in values.items():
         item = state.items[name]
         ref = item.ref
-        loaded.append(Loaded(name, ref.type if ref and ref.type else type_name(value), ref.size if ref else None,
-                             item.step, ref.hash if ref else None, ref.id if ref else None))
+        loaded.append(
+            Loaded(
+                name,
+                ref.type if ref and ref.type else type_name(value),
+                ref.size if ref else None,
+                item.step,
+                ref.hash if ref else None,
+                ref.id if ref else None,
+            )
+        )
         target[name] = value
         if provenance is not None:
             if ref is not None:
@@ -270,6 +310,7 @@ def restore(store: RunStore, run: str, step: str | None = None, names: Iterable[
 
 
 # ----------------------------------------------------------------------------------------- provenance
+
 
 @dataclass
 class Origin:

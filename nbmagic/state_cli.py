@@ -2,6 +2,7 @@
 
 The argument specs and the two command bodies are shared with the ``%runs`` and ``%gc`` magics.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,23 +12,44 @@ from typing import Any
 from .errors import NbMagicError
 
 RUNS_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-    (("--where", "-w"), dict(action="append", metavar="COND",
-                             help="filter, e.g. \"val_loss<0.3\", \"lr>=0.01, status=done\", \"pipeline~demo\", \"age<2h\"")),
-    (("--sort", "-s"), dict(metavar="FIELD", help="sort by a metric, parameter or column; '-' in front for descending (default -started)")),
+    (
+        ("--where", "-w"),
+        dict(
+            action="append",
+            metavar="COND",
+            help='filter, e.g. "val_loss<0.3", "lr>=0.01, status=done", "pipeline~demo", "age<2h"',
+        ),
+    ),
+    (
+        ("--sort", "-s"),
+        dict(
+            metavar="FIELD",
+            help="sort by a metric, parameter or column; '-' in front for descending (default -started)",
+        ),
+    ),
     (("--limit", "-n"), dict(type=int, default=None, help="show at most N runs (default 50; 0 for all)")),
     (("--pipeline",), dict(help="only runs of this pipeline")),
     (("--experiment",), dict(help="only trials of this tuning experiment")),
-    (("--compare",), dict(nargs=2, metavar=("A", "B"), help="parameter, metric and step code differences between two runs")),
+    (
+        ("--compare",),
+        dict(nargs=2, metavar=("A", "B"), help="parameter, metric and step code differences between two runs"),
+    ),
 ]
 
 GC_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--keep-last",), dict(type=int, metavar="N", help="keep the N most recent runs")),
     (("--older-than",), dict(metavar="AGE", help="drop runs older than AGE (e.g. 30d, 12h)")),
     (("--max-size",), dict(metavar="SIZE", help="drop oldest runs until the store's values fit in SIZE (e.g. 5GB)")),
-    (("--keep",), dict(action="append", metavar="RUN", help="never drop this run (repeatable; id, prefix, last or best)")),
+    (
+        ("--keep",),
+        dict(action="append", metavar="RUN", help="never drop this run (repeatable; id, prefix, last or best)"),
+    ),
     (("--no-keep-best",), dict(action="store_true", help="do not protect each experiment's best trial")),
     (("--dry-run",), dict(action="store_true", help="list what would go and the bytes freed; remove nothing")),
-    (("--set-policy",), dict(action="store_true", help="save the given limits as the automatic policy applied after runs")),
+    (
+        ("--set-policy",),
+        dict(action="store_true", help="save the given limits as the automatic policy applied after runs"),
+    ),
     (("--show-policy",), dict(action="store_true", help="print the automatic policy")),
     (("--clear-policy",), dict(action="store_true", help="remove the automatic policy")),
 ]
@@ -88,7 +110,9 @@ def gc_command(store: Any, args: argparse.Namespace) -> Any:
     if policy.empty():
         configured = load_policy(store)
         if configured is None or configured.empty():
-            raise NbMagicError("gc: give --keep-last N, --older-than AGE or --max-size SIZE (or set an automatic policy)")
+            raise NbMagicError(
+                "gc: give --keep-last N, --older-than AGE or --max-size SIZE (or set an automatic policy)"
+            )
         policy = configured
     keep = [resolve_run(store, ref) for ref in (args.keep or [])]
     return collect(store, policy, dry_run=args.dry_run, keep=keep)

@@ -1,7 +1,10 @@
 """Shared fixtures: a private run store per test, and an IPython shell with nbmagic loaded."""
+
 from __future__ import annotations
 
 import pytest
+
+pytest_plugins = ["helpers.browser"]
 
 
 @pytest.fixture(autouse=True)
@@ -29,16 +32,3 @@ def ip():
         shell.user_ns.pop(name, None)
     yield shell
     shell.extension_manager.unload_extension("nbmagic")
-
-
-def run_cell(shell, source: str):
-    """Run a cell like a front end does (hooks included); return the ExecutionResult."""
-    return shell.run_cell(source, store_history=True)
-
-
-def run_ok(shell, source: str):
-    """Run a cell and return its result; the cell's error, if any, is raised."""
-    result = shell.run_cell(source, store_history=True)
-    if result.error_in_exec or result.error_before_exec:
-        raise result.error_in_exec or result.error_before_exec
-    return result.result

@@ -1,4 +1,5 @@
 """What a cell reads and writes, after IPython's transformers."""
+
 from __future__ import annotations
 
 import pytest

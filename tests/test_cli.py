@@ -1,4 +1,5 @@
 """The `nbmagic` command from a saved notebook, without Jupyter."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,7 +13,9 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.i
 
 
 def nbmagic(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nbmagic.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nbmagic.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_run_a_saved_notebook_then_rerun_from_the_cache(tmp_path):
@@ -51,8 +54,14 @@ def test_a_relative_store_path_is_relative_to_where_the_command_runs(tmp_path):
     notebook.parent.mkdir()
     shutil.copy(QUICKSTART, notebook)
     env = {**os.environ, "NBMAGIC_HOME": "relative-store"}
-    done = subprocess.run([sys.executable, "-m", "nbmagic.cli", "run", str(notebook), "--quiet", "--param", "n_estimators=10"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "nbmagic.cli", "run", str(notebook), "--quiet", "--param", "n_estimators=10"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "relative-store" / "store" / "index.sqlite").exists()
     assert not (notebook.parent / "relative-store").exists()

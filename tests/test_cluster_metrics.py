@@ -5,6 +5,7 @@ nbmagic's compiler and run once on kfp.local's SubprocessRunner (the same compon
 task's streamed output becomes its pod's log in :class:`PodLogServer`. The KFP side is the swagger-checking
 :class:`KfpApiServer`, in its simple layout and in the Argo layout of KFP's real backend (v1 and v2 pod names).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kfp_api_server import KfpApiServer, PodLogServer  # noqa: E402
-
-from nbmagic.compile.component import METRIC_LINE_PREFIX  # noqa: E402
+from helpers.kfp_api_server import KfpApiServer, PodLogServer  # noqa: E402
 from nbmagic.compile.kfp import compile_pipeline  # noqa: E402
 from nbmagic.errors import NbMagicError  # noqa: E402
 from nbmagic.pipeline.model import Cell, Parameter, PipelinePlan, StepPlan  # noqa: E402
 from nbmagic.run import cluster  # noqa: E402
+from nbmagic.runtime.component import METRIC_LINE_PREFIX  # noqa: E402
 from nbmagic.tune import trial as trial_runner  # noqa: E402
 
 PARAMS = {"n": 3, "scale": 0.1}
@@ -36,22 +36,35 @@ K8S_TOKEN = "k8s-tok-9z8y7x6w5v-SECRET"
 
 def _step(name, index, code, *, inputs=None, params=(), outputs=(), metrics=()):
     inputs = inputs or {}
-    return StepPlan(name=name, cell=Cell(source=code, code=code, index=index, label=f"tiny.ipynb cell {index}"),
-                    inputs=inputs, parameters=tuple(params), writes=tuple(outputs), outputs=tuple(outputs),
-                    metrics=tuple(metrics), prelude="", modules=(), upstream=tuple(dict.fromkeys(inputs.values())),
-                    explicit_after=())
+    return StepPlan(
+        name=name,
+        cell=Cell(source=code, code=code, index=index, label=f"tiny.ipynb cell {index}"),
+        inputs=inputs,
+        parameters=tuple(params),
+        writes=tuple(outputs),
+        outputs=tuple(outputs),
+        metrics=tuple(metrics),
+        prelude="",
+        modules=(),
+        upstream=tuple(dict.fromkeys(inputs.values())),
+        explicit_after=(),
+    )
 
 
 def tiny_plan() -> PipelinePlan:
     steps = (
         _step("make_data", 1, "data = [i * scale for i in range(n)]\n", params=("n", "scale"), outputs=("data",)),
-        _step("score_it", 2,
-              "total = sum(data)\nmean_value = total / len(data)\ncount = len(data)\n"
-              "print('hello from the cell')\n"
-              # a cell printing a look-alike line: nbmagic's own lines come after it and win
-              f"print('{METRIC_LINE_PREFIX}' + '{{\"step\": \"score_it\", \"name\": \"total\", \"value\": -1}}')\n",
-              inputs={"data": "make_data"}, outputs=("total", "mean_value", "count"),
-              metrics=("total", "mean_value", "count")),
+        _step(
+            "score_it",
+            2,
+            "total = sum(data)\nmean_value = total / len(data)\ncount = len(data)\n"
+            "print('hello from the cell')\n"
+            # a cell printing a look-alike line: nbmagic's own lines come after it and win
+            f'print(\'{METRIC_LINE_PREFIX}\' + \'{{"step": "score_it", "name": "total", "value": -1}}\')\n',
+            inputs={"data": "make_data"},
+            outputs=("total", "mean_value", "count"),
+            metrics=("total", "mean_value", "count"),
+        ),
     )
     parameters = {"n": Parameter("n", 4, "int"), "scale": Parameter("scale", 0.5, "float")}
     return PipelinePlan("tiny", steps, parameters, ("total", "mean_value", "count"))
@@ -81,8 +94,12 @@ def compiled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("metrics")
     path = tmp / "tiny.yaml"
     compile_pipeline(tiny_plan(), output=path)
-    done = subprocess.run([sys.executable, "-c", _KFP_LOCAL, str(path), str(tmp / "root"), json.dumps(PARAMS)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _KFP_LOCAL, str(path), str(tmp / "root"), json.dumps(PARAMS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     logs = _task_logs(done.stdout)
     assert set(logs) == {"make-data", "score-it"}, done.stdout[-2000:]
@@ -95,14 +112,22 @@ def _isolated(monkeypatch, tmp_path):
     import kfp
 
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    for name in ("NBMAGIC_KFP_HOST", "NBMAGIC_KFP_TOKEN", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT",
-                 "NBMAGIC_K8S_HOST", "NBMAGIC_K8S_NAMESPACE", "KUBERNETES_SERVICE_HOST"):
+    for name in (
+        "NBMAGIC_KFP_HOST",
+        "NBMAGIC_KFP_TOKEN",
+        "KF_PIPELINES_ENDPOINT",
+        "KF_PIPELINES_UI_ENDPOINT",
+        "NBMAGIC_K8S_HOST",
+        "NBMAGIC_K8S_NAMESPACE",
+        "KUBERNETES_SERVICE_HOST",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
 
 
 def _pods_of(kfp_server: KfpApiServer, logs: dict[str, str]):
     """A PodLogServer pod source: every run's pods, executors logging what the real component printed."""
+
     def source():
         pods = {}
         for run_id in list(kfp_server.runs):
@@ -110,6 +135,7 @@ def _pods_of(kfp_server: KfpApiServer, logs: dict[str, str]):
                 log = logs[pod["task"]] if pod["role"] == "executor" else "driver: resolved inputs\n"
                 pods[pod["name"]] = PodLogServer.pod(log, labels=pod["labels"], annotations=pod["annotations"])
         return pods
+
     return source
 
 
@@ -127,32 +153,37 @@ def _one_line(excinfo) -> str:
 
 # --- the lines themselves --------------------------------------------------------------------
 
+
 def test_the_component_prints_one_json_line_per_metric(compiled):
     _, logs, artifact = compiled
     lines = [line for line in logs["score-it"].splitlines() if line.startswith(METRIC_LINE_PREFIX)]
-    assert [json.loads(line[len(METRIC_LINE_PREFIX):]) for line in lines[-3:]] == [
-        {"step": "score_it", "name": name, "value": EXPECTED[name]} for name in ("total", "mean_value", "count")]
+    assert [json.loads(line[len(METRIC_LINE_PREFIX) :]) for line in lines[-3:]] == [
+        {"step": "score_it", "name": name, "value": EXPECTED[name]} for name in ("total", "mean_value", "count")
+    ]
     assert "hello from the cell" in logs["score-it"]
     assert METRIC_LINE_PREFIX not in logs["make-data"]
     assert artifact == pytest.approx(EXPECTED)  # kfp's own Metrics artifact agrees
 
 
 def test_parse_metric_lines_is_strict_and_keeps_order():
-    text = "\n".join([
-        '2024-05-01T10:00:00.000000000Z nbmagic-metric {"step": "a", "name": "x", "value": 1.5}',
-        'nbmagic-metric {"step": "a", "name": "y", "value": "7"}',  # not a number
-        'nbmagic-metric {"step": "a", "name": "z", "value": true}',  # bool is not a metric
-        'nbmagic-metric {broken json',
-        'xnbmagic-metric {"step": "a", "name": "w", "value": 2}',  # glued to other text
-        '    nbmagic-metric {"step": "b", "name": "x", "value": NaN}',
-        'nbmagic-metric {"step": "a", "name": "x", "value": 2}',
-    ])
+    text = "\n".join(
+        [
+            '2024-05-01T10:00:00.000000000Z nbmagic-metric {"step": "a", "name": "x", "value": 1.5}',
+            'nbmagic-metric {"step": "a", "name": "y", "value": "7"}',  # not a number
+            'nbmagic-metric {"step": "a", "name": "z", "value": true}',  # bool is not a metric
+            "nbmagic-metric {broken json",
+            'xnbmagic-metric {"step": "a", "name": "w", "value": 2}',  # glued to other text
+            '    nbmagic-metric {"step": "b", "name": "x", "value": NaN}',
+            'nbmagic-metric {"step": "a", "name": "x", "value": 2}',
+        ]
+    )
     found = cluster.parse_metric_lines(text)
     assert [(s, n) for s, n, _ in found] == [("a", "x"), ("b", "x"), ("a", "x")]
     assert found[0][2] == 1.5 and found[2][2] == 2 and found[1][2] != found[1][2]  # NaN
 
 
 # --- submit -> wait -> metric values ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("layout,names", [("simple", "v1"), ("argo", "v1"), ("argo", "v2")])
 def test_metric_values_come_from_the_pod_log(compiled, layout, names):
@@ -172,8 +203,9 @@ def test_metric_values_come_from_the_pod_log(compiled, layout, names):
         reads = pods.log_reads()
         assert {r.query.get("container", [None])[0] for r in reads} == {"main"}
         assert all(r.path.startswith("/api/v1/namespaces/kubeflow/pods/") for r in reads)
-        executor = next(p["name"] for p in kfp_server.pods(run.id) if p["task"] == "score-it"
-                        and p["role"] == "executor")
+        executor = next(
+            p["name"] for p in kfp_server.pods(run.id) if p["task"] == "score-it" and p["role"] == "executor"
+        )
         assert reads[-1].path.endswith(f"/pods/{executor}/log")
         if names == "v2":  # node ids are not pod names: found through KFP's run label
             assert [r.query["labelSelector"] for r in pods.lists()] == [[f"pipeline/runid={run.id}"]]
@@ -211,9 +243,26 @@ def test_run_metrics_fill_in_after_wait_with_settings_from_the_environment(compi
 
 # --- the Katib trial runner ------------------------------------------------------------------
 
+
 def _trial_argv(path, kfp_url):
-    return ["--host", kfp_url, "--pipeline-package", str(path), "--type", "n=int", "--param", "n=3",
-            "--type", "scale=float", "--param", "scale=0.1", "--metric", "mean_value", "--metric", "total"]
+    return [
+        "--host",
+        kfp_url,
+        "--pipeline-package",
+        str(path),
+        "--type",
+        "n=int",
+        "--param",
+        "n=3",
+        "--type",
+        "scale=float",
+        "--param",
+        "scale=0.1",
+        "--metric",
+        "mean_value",
+        "--metric",
+        "total",
+    ]
 
 
 def test_trial_runner_prints_the_values_for_katibs_stdout_collector(compiled, capsys, monkeypatch):
@@ -248,6 +297,7 @@ def test_trial_fails_with_one_clear_line_when_logs_are_unreadable(compiled, caps
 
 
 # --- logs that cannot be read ----------------------------------------------------------------
+
 
 def test_unreadable_logs_are_one_line_errors(compiled):
     path, logs, _ = compiled
@@ -311,6 +361,7 @@ def test_no_kubernetes_configuration_is_one_line(compiled):
 
 # --- tokens ----------------------------------------------------------------------------------
 
+
 def test_tokens_stay_in_headers(compiled, tmp_path, monkeypatch, caplog, capsys):
     """KFP token to the KFP API, kubeconfig token to the Kubernetes API; neither in messages, logs or reprs."""
     path, logs, _ = compiled
@@ -318,11 +369,18 @@ def test_tokens_stay_in_headers(compiled, tmp_path, monkeypatch, caplog, capsys)
     kfp_server = KfpApiServer(token=KFP_TOKEN, layout="argo").start()
     pods = PodLogServer("ml", token=K8S_TOKEN, pod_source=_pods_of(kfp_server, logs)).start()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": pods.url}}],
-        "users": [{"name": "u", "user": {"token": K8S_TOKEN}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "ml"}}]}))
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [{"name": "k", "cluster": {"server": pods.url}}],
+                "users": [{"name": "u", "user": {"token": K8S_TOKEN}}],
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "ml"}}],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("NBMAGIC_KFP_TOKEN", KFP_TOKEN)
     try:
@@ -338,8 +396,16 @@ def test_tokens_stay_in_headers(compiled, tmp_path, monkeypatch, caplog, capsys)
         with pytest.raises(cluster.ClusterLogsError) as excinfo:
             run.metric_values(refresh=True)
         assert "HTTP 403" in _one_line(excinfo) and "***" in str(excinfo.value)
-        texts = [str(excinfo.value), run.metrics_error, repr(run), run._repr_html_(), str(vars(run)),
-                 repr(run.metrics), caplog.text, *capsys.readouterr()]
+        texts = [
+            str(excinfo.value),
+            run.metrics_error,
+            repr(run),
+            run._repr_html_(),
+            str(vars(run)),
+            repr(run.metrics),
+            caplog.text,
+            *capsys.readouterr(),
+        ]
         for text in texts:
             assert KFP_TOKEN not in text and K8S_TOKEN not in text
     finally:
@@ -349,19 +415,22 @@ def test_tokens_stay_in_headers(compiled, tmp_path, monkeypatch, caplog, capsys)
 
 # --- %compile_run --host -----------------------------------------------------------------------
 
+
 def test_compile_run_host_returns_a_run_whose_metrics_fill_in_after_wait(ip, compiled, monkeypatch):
     """The magic's run (same steps as the fixture's pipeline, so the pods' logs are that real run's)."""
-    from conftest import run_cell
+    from helpers.shell import run_cell
 
     _, logs, _ = compiled
     kfp_server, pods = _servers(logs, layout="argo")
     monkeypatch.setenv("NBMAGIC_K8S_HOST", pods.url)
     try:
-        for cell in ("%%pipeline_parameters\nn = 3\nscale = 0.1\n",
-                     "%%step make_data\ndata = [i * scale for i in range(n)]\n",
-                     "%%step score_it\ntotal = sum(data)\nmean_value = total / len(data)\ncount = len(data)\n",
-                     "%pipeline_metrics total mean_value count\n",
-                     f"run = %compile_run --host {kfp_server.url}\n"):
+        for cell in (
+            "%%pipeline_parameters\nn = 3\nscale = 0.1\n",
+            "%%step make_data\ndata = [i * scale for i in range(n)]\n",
+            "%%step score_it\ntotal = sum(data)\nmean_value = total / len(data)\ncount = len(data)\n",
+            "%pipeline_metrics total mean_value count\n",
+            f"run = %compile_run --host {kfp_server.url}\n",
+        ):
             result = run_cell(ip, cell)
             assert result.success, result.error_in_exec or result.error_before_exec
         run = ip.user_ns["run"]

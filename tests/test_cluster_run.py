@@ -15,14 +15,17 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kfp_api_server import KfpApiServer  # noqa: E402
-
+from helpers.kfp_api_server import KfpApiServer  # noqa: E402
 from nbmagic.errors import NbMagicError  # noqa: E402
 from nbmagic.run import cluster  # noqa: E402
 
 TOKEN = "tok-9f8e7d6c5b4a-SECRET"
-FLOW = ["HealthzService_GetHealthz", "ExperimentService_ListExperiments",
-        "ExperimentService_CreateExperiment", "RunService_CreateRun"]
+FLOW = [
+    "HealthzService_GetHealthz",
+    "ExperimentService_ListExperiments",
+    "ExperimentService_CreateExperiment",
+    "RunService_CreateRun",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +34,17 @@ def _isolated(monkeypatch, tmp_path):
     import kfp
 
     monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    for name in ("NBMAGIC_KFP_HOST", "NBMAGIC_KFP_TOKEN", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT",
-                 "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
-                 "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID", "NBMAGIC_K8S_HOST", "NBMAGIC_K8S_NAMESPACE"):
+    for name in (
+        "NBMAGIC_KFP_HOST",
+        "NBMAGIC_KFP_TOKEN",
+        "KF_PIPELINES_ENDPOINT",
+        "KF_PIPELINES_UI_ENDPOINT",
+        "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
+        "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
+        "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID",
+        "NBMAGIC_K8S_HOST",
+        "NBMAGIC_K8S_NAMESPACE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))  # no real cluster is ever asked
 
@@ -76,10 +87,12 @@ def _one_line_error(excinfo) -> str:
 
 # --- the test server itself rejects what the swagger forbids ---------------------------------
 
+
 def _raw(server, method, path, body=None, headers=None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(server.url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        server.url + path, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, json.loads(resp.read())
@@ -90,12 +103,16 @@ def _raw(server, method, path, body=None, headers=None):
 def test_server_rejects_requests_outside_the_swagger(server):
     status, body = _raw(server, "POST", "/apis/v2beta1/experiments", {"display_name": 7})
     assert status == 400 and "display_name" in body["message"]
-    status, body = _raw(server, "POST", "/apis/v2beta1/runs",
-                        {"display_name": "r", "pipeline_spec": {}, "runtime_config": {"parameters": {}},
-                         "bogus_field": 1})
+    status, body = _raw(
+        server,
+        "POST",
+        "/apis/v2beta1/runs",
+        {"display_name": "r", "pipeline_spec": {}, "runtime_config": {"parameters": {}}, "bogus_field": 1},
+    )
     assert status == 400 and "bogus_field" in body["message"]
-    status, body = _raw(server, "POST", "/apis/v2beta1/runs",
-                        {"display_name": "r", "pipeline_spec": {"root": {"no_such_field": 1}}})
+    status, body = _raw(
+        server, "POST", "/apis/v2beta1/runs", {"display_name": "r", "pipeline_spec": {"root": {"no_such_field": 1}}}
+    )
     assert status == 400 and "PipelineSpec" in body["message"]
     status, body = _raw(server, "GET", "/apis/v2beta1/experiments?page_size=ten")
     assert status == 400 and "page_size" in body["message"]
@@ -105,8 +122,14 @@ def test_server_rejects_requests_outside_the_swagger(server):
     assert _raw(server, "PUT", "/apis/v2beta1/runs")[0] == 405
     assert len(server.rejected) == 7
     # camelCase names and enum numbers are valid protojson, as grpc-gateway accepts them
-    status, _ = _raw(server, "GET", "/apis/v2beta1/experiments?filter=" + urllib.request.quote(json.dumps(
-        {"predicates": [{"operation": 1, "key": "display_name", "stringValue": "x"}]})))
+    status, _ = _raw(
+        server,
+        "GET",
+        "/apis/v2beta1/experiments?filter="
+        + urllib.request.quote(
+            json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": "x"}]})
+        ),
+    )
     assert status == 200
 
 
@@ -119,9 +142,15 @@ def test_server_checks_the_bearer_token():
 
 # --- submission ------------------------------------------------------------------------------
 
+
 def test_submit_sends_the_compiled_spec_with_typed_parameters(server, compiled):
-    run = cluster.submit(compiled, host=server.url, experiment="nbmagic-tests", run_name="first",
-                         parameters={"n": 7, "scale": 2.5, "label": "b", "shuffle": True})
+    run = cluster.submit(
+        compiled,
+        host=server.url,
+        experiment="nbmagic-tests",
+        run_name="first",
+        parameters={"n": 7, "scale": 2.5, "label": "b", "shuffle": True},
+    )
     assert not server.rejected, [r.error for r in server.rejected]
     assert [r.operation for r in server.requests] == FLOW
     created = server.calls("RunService_CreateRun")[0].body
@@ -184,13 +213,19 @@ def test_platform_spec_travels_with_the_pipeline_spec(server, tmp_path):
 
 # --- following the run -----------------------------------------------------------------------
 
+
 def test_wait_polls_until_done_with_task_status_and_metric_refs(server, compiled):
     run = cluster.submit(compiled, host=server.url)
     seen = []
-    run.wait(timeout=30, poll_interval=0.01,
-             on_update=lambda r: seen.append((r.status, {n: t.status for n, t in r.tasks.items()})))
-    assert seen == [("running", {"prepare": "done", "train": "running"}),
-                    ("done", {"prepare": "done", "train": "done"})]
+    run.wait(
+        timeout=30,
+        poll_interval=0.01,
+        on_update=lambda r: seen.append((r.status, {n: t.status for n, t in r.tasks.items()})),
+    )
+    assert seen == [
+        ("running", {"prepare": "done", "train": "running"}),
+        ("done", {"prepare": "done", "train": "done"}),
+    ]
     assert len(server.calls("RunService_GetRun")) == 2
     assert run.status == "done" and run.state == "SUCCEEDED" and run.error is None
     assert run.tasks["train"].duration is not None
@@ -227,6 +262,7 @@ def test_wait_times_out_with_one_line(server, compiled):
 
 
 # --- bad input -------------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -307,9 +343,28 @@ def test_tls_with_a_private_ca_certificate(compiled, tmp_path):
     import subprocess
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     with KfpApiServer(tls=(str(cert), str(key))) as srv:
         assert srv.url.startswith("https://")
         with pytest.raises(cluster.ClusterError) as excinfo:
@@ -325,6 +380,7 @@ def test_tls_with_a_private_ca_certificate(compiled, tmp_path):
 
 
 # --- the token -------------------------------------------------------------------------------
+
 
 def test_token_only_in_the_authorization_header(compiled, caplog, capsys, monkeypatch):
     caplog.set_level(logging.DEBUG)

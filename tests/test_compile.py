@@ -1,4 +1,5 @@
 """Compile a PipelinePlan with the real kfp compiler and check the IR; the readable DSL export compiles to the same IR."""
+
 from __future__ import annotations
 
 import ast
@@ -11,12 +12,12 @@ import pytest
 import yaml
 from IPython.core import magic_arguments
 
+from helpers.plans import step
 from nbmagic.compile.kfp import compile_pipeline, export_dsl
 from nbmagic.compile.literals import literal
 from nbmagic.errors import PipelineError
 from nbmagic.pipeline.model import Parameter, PipelinePlan
 from nbmagic.pipeline.settings import SETTING_ARGUMENTS, StepSettings, settings_from_args
-from plans import step
 
 
 def demo_plan(**changes) -> PipelinePlan:
@@ -47,7 +48,7 @@ def demo_plan(**changes) -> PipelinePlan:
     parameters = {
         "n": Parameter("n", 10, "int"),
         "rate": Parameter("rate", 0.5, "float"),
-        "label": Parameter("label", "it's \"quoted\"", "str"),
+        "label": Parameter("label", 'it\'s "quoted"', "str"),
         "verbose": Parameter("verbose", False, "bool"),
     }
     plan = PipelinePlan("Demo_Pipeline", steps, parameters, ("score", "count"), notebook="demo.ipynb")
@@ -72,7 +73,7 @@ def test_ir_has_one_component_per_step_typed_parameters_artifacts_and_metrics():
     assert spec["root"]["inputDefinitions"]["parameters"] == {
         "n": {"parameterType": "NUMBER_INTEGER", "defaultValue": 10.0, "isOptional": True},
         "rate": {"parameterType": "NUMBER_DOUBLE", "defaultValue": 0.5, "isOptional": True},
-        "label": {"parameterType": "STRING", "defaultValue": "it's \"quoted\"", "isOptional": True},
+        "label": {"parameterType": "STRING", "defaultValue": 'it\'s "quoted"', "isOptional": True},
         "verbose": {"parameterType": "BOOLEAN", "defaultValue": False, "isOptional": True},
     }
     tasks = spec["root"]["dag"]["tasks"]
@@ -114,12 +115,12 @@ def test_components_embed_the_cell_the_prelude_and_the_runtime():
     assert names == ["nbmagic_sources", "nbmagic_run", "fit"]
     (sources_function,) = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "nbmagic_sources"]
     sources = ast.literal_eval(sources_function.body[-1].value)  # type: ignore[attr-defined]
-    import nbmagic.run.step
-    import nbmagic.store.marshal
+    import nbmagic.runtime.marshal
+    import nbmagic.runtime.step
 
-    with open(nbmagic.run.step.__file__, encoding="utf-8") as f:
+    with open(nbmagic.runtime.step.__file__, encoding="utf-8") as f:
         assert sources["step"] == f.read()
-    with open(nbmagic.store.marshal.__file__, encoding="utf-8") as f:
+    with open(nbmagic.runtime.marshal.__file__, encoding="utf-8") as f:
         assert sources["marshal"] == f.read()
     assert "import nbmagic" not in source and "from nbmagic" not in source
 
@@ -216,7 +217,10 @@ def test_pipeline_defaults_merge_under_step_settings():
     assert spec["root"]["dag"]["tasks"]["fit"]["retryPolicy"]["maxRetryCount"] == 5
     assert spec["root"]["dag"]["tasks"]["load"]["retryPolicy"]["maxRetryCount"] == 1
     assert executor(spec, "fit")["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "step"}]
-    timeouts = {k: v["activeDeadlineSeconds"] for k, v in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()}
+    timeouts = {
+        k: v["activeDeadlineSeconds"]
+        for k, v in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()
+    }
     assert timeouts == {f"exec-{t}": "60" for t in ("load", "fit", "report", "score")}
 
 
@@ -250,8 +254,15 @@ def test_compiling_is_deterministic():
 def test_names_that_would_clash_get_distinct_identifiers():
     steps = (
         step("Input", "X = 1\nin_X = 2\n", outputs=("X", "in_X"), index=1),
-        step("print", "metrics = X + in_X + in_X_ + pipeline\n", inputs={"X": "Input", "in_X": "Input"},
-             params=("in_X_", "pipeline_"), outputs=("metrics",), metrics=("metrics",), index=2),
+        step(
+            "print",
+            "metrics = X + in_X + in_X_ + pipeline\n",
+            inputs={"X": "Input", "in_X": "Input"},
+            params=("in_X_", "pipeline_"),
+            outputs=("metrics",),
+            metrics=("metrics",),
+            index=2,
+        ),
     )
     parameters = {"in_X_": Parameter("in_X_", 1, "int"), "pipeline_": Parameter("pipeline_", 2, "int")}
     plan = PipelinePlan("clash", steps, parameters, ("metrics",))
@@ -280,8 +291,20 @@ def test_bad_plans_are_one_line_errors():
 
 @pytest.mark.parametrize(
     "value",
-    ["plain", "a\nb", "ends with quote'\n", "'''\n\"\"\"\n", "back\\slash\n\\n", "tab\there\n", "cr\r\n", "é ü 中\n", "",
-     ("x",), ["a", 1, 2.5, True, None], {"k": "v\n"}],
+    [
+        "plain",
+        "a\nb",
+        "ends with quote'\n",
+        "'''\n\"\"\"\n",
+        "back\\slash\n\\n",
+        "tab\there\n",
+        "cr\r\n",
+        "é ü 中\n",
+        "",
+        ("x",),
+        ["a", 1, 2.5, True, None],
+        {"k": "v\n"},
+    ],
 )
 def test_literals_round_trip(value):
     assert ast.literal_eval(literal(value)) == value

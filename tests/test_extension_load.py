@@ -1,4 +1,5 @@
 """`%load_ext nbmagic` stays light: no kfp, kubernetes, kserve, optuna or pandas imported."""
+
 from __future__ import annotations
 
 import json
@@ -23,4 +24,15 @@ print(json.dumps({{"heavy": heavy, "line": lines, "cell": cells}}))
     result = json.loads(out.strip().splitlines()[-1])
     assert result["heavy"] == []
     assert {"step", "pipeline_parameters"} <= set(result["cell"])
-    assert {"pipeline_metrics", "pipeline", "pipeline_config", "compile_run", "katib", "serve", "restore", "runs", "lineage", "gc"} <= set(result["line"])
+    assert {
+        "pipeline_metrics",
+        "pipeline",
+        "pipeline_config",
+        "compile_run",
+        "katib",
+        "serve",
+        "restore",
+        "runs",
+        "lineage",
+        "gc",
+    } <= set(result["line"])

@@ -1,4 +1,5 @@
 """Garbage collection: policies, dry runs, reference counting through lineage and live cache entries, auto gc."""
+
 from __future__ import annotations
 
 import os
@@ -8,10 +9,10 @@ import time
 
 import pytest
 
+from helpers.shell import run_ok
 from nbmagic.restore import restore
 from nbmagic.store.gc import GcError, Policy, auto_gc, collect, load_policy, parse_policy, parse_size
 from nbmagic.store.runs import RunStore
-from conftest import run_ok
 
 CELLS = [
     "%%pipeline_parameters\nscale = 1\n",
@@ -111,7 +112,9 @@ def test_policy_parsing_and_auto_gc(three, monkeypatch):
     ip, (r1, r2, r3) = three
     store = RunStore()
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30 and parse_size("100") == 100
-    assert parse_policy("keep_last=3,older_than=2d,max_size=1MB").describe() == "keep_last=3,older_than=2d,max_size=1.0MB"
+    assert (
+        parse_policy("keep_last=3,older_than=2d,max_size=1MB").describe() == "keep_last=3,older_than=2d,max_size=1.0MB"
+    )
     with pytest.raises(GcError, match="unknown setting 'keep'"):
         parse_policy("keep=3")
     with pytest.raises(GcError, match="older_than"):

@@ -1,4 +1,5 @@
 """Lineage of values produced by real local runs: producers, inputs, parameters, code hashes, cache hits, consumers."""
+
 from __future__ import annotations
 
 import json
@@ -6,10 +7,10 @@ import json
 import pytest
 from IPython.core.error import UsageError
 
+from helpers.shell import run_ok
 from nbmagic.store.history import compare
 from nbmagic.store.lineage import code_hash, executions, lineage, resolve_artifact
 from nbmagic.store.runs import RunStore
-from conftest import run_ok
 
 CELLS = [
     "%%pipeline_parameters\nscale = 2\n",

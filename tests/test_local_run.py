@@ -1,4 +1,5 @@
 """The local runner on real worker processes: parallelism, caching, failures, limits, stored values."""
+
 from __future__ import annotations
 
 import os
@@ -50,10 +51,17 @@ def test_cache_reuses_unchanged_steps_and_reruns_what_a_parameter_reaches(runner
     assert first.status == "done" and first.metrics == {"result": 90.0 + 55.0}
     assert first.cached_steps == 0
     again = runner.run(plan)
-    assert {s.name: s.status for s in again.steps.values()} == dict.fromkeys(["load", "features", "shifted", "total"], "cached")
+    assert {s.name: s.status for s in again.steps.values()} == dict.fromkeys(
+        ["load", "features", "shifted", "total"], "cached"
+    )
     assert again.metrics == first.metrics
     changed = runner.run(plan, {"offset": "3"})
-    assert {s.name: s.status for s in changed.steps.values()} == {"load": "cached", "features": "cached", "shifted": "done", "total": "done"}
+    assert {s.name: s.status for s in changed.steps.values()} == {
+        "load": "cached",
+        "features": "cached",
+        "shifted": "done",
+        "total": "done",
+    }
     assert changed.metrics["result"] == 90.0 + 75.0
     uncached = runner.run(plan, cache=False)
     assert uncached.cached_steps == 0
@@ -89,7 +97,9 @@ def test_failing_step_points_at_the_cell_skips_downstream_keeps_upstream_and_res
 
 
 def test_unserializable_value_a_later_step_reads_names_step_variable_and_type(runner):
-    run = runner.run(plan_of("%%step make\nimport threading\nlock = threading.Lock()\n", "%%step use\nheld = lock.locked()\n"))
+    run = runner.run(
+        plan_of("%%step make\nimport threading\nlock = threading.Lock()\n", "%%step use\nheld = lock.locked()\n")
+    )
     error = run.steps["make"].error
     assert run.status == "failed"
     assert "step 'make'" in error and "'lock'" in error and "lock" in error.lower()
@@ -113,7 +123,9 @@ def test_retries_rerun_a_step_that_fails_once(runner, tmp_path):
 
 def test_timeout_stops_the_step_and_its_process(runner, tmp_path):
     pid_file = tmp_path / "pid"
-    plan = plan_of(f"%%step slow --timeout 1s\nimport os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    plan = plan_of(
+        f"%%step slow --timeout 1s\nimport os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
+    )
     started = time.monotonic()
     run = runner.run(plan)
     assert time.monotonic() - started < 30
@@ -152,7 +164,11 @@ def test_logs_hold_what_the_step_printed(runner):
 
 def test_a_secret_gets_its_local_stand_in_from_the_kernel_environment_and_never_touches_disk(runner, monkeypatch):
     monkeypatch.setenv("DB_PASSWORD", "s3cr3t-stand-in")
-    run = runner.run(plan_of("%%step connect --secret db-creds:password=DB_PASSWORD\nimport os\nlength = len(os.environ['DB_PASSWORD'])\n"))
+    run = runner.run(
+        plan_of(
+            "%%step connect --secret db-creds:password=DB_PASSWORD\nimport os\nlength = len(os.environ['DB_PASSWORD'])\n"
+        )
+    )
     assert run.status == "done", run.steps["connect"].error
     assert run.value("length") == len("s3cr3t-stand-in")
     for path in runner.store.run_dir(run.id).iterdir():
@@ -189,7 +205,9 @@ def test_kernel_interrupt_stops_the_run_and_its_step_processes(tmp_path):
     import sys
 
     pid_file = tmp_path / "pid"
-    done = subprocess.run([sys.executable, "-c", INTERRUPT_SCRIPT, str(pid_file)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_SCRIPT, str(pid_file)], capture_output=True, text=True, timeout=120
+    )
     assert "ERROR KeyboardInterrupt" in done.stdout, done.stdout + done.stderr
     assert "RUN failed interrupted" in done.stdout
     pid = int(pid_file.read_text())
@@ -217,5 +235,7 @@ def test_a_new_worker_after_close_gets_the_libraries_preloaded_again(runner):
 
 
 def test_step_code_runs_with_its_own_future_flags_like_the_notebook(runner):
-    run = runner.run(plan_of("%%step typed\ndef f(x: int) -> int:\n    return x\nannotation = f.__annotations__['x']\n"))
+    run = runner.run(
+        plan_of("%%step typed\ndef f(x: int) -> int:\n    return x\nannotation = f.__annotations__['x']\n")
+    )
     assert run.status == "done" and run.value("annotation") is int  # not the string 'int'

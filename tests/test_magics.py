@@ -1,11 +1,11 @@
 """The magics in IPython's InteractiveShell: recording, running like normal cells, errors, loading."""
+
 from __future__ import annotations
 
 from IPython.core.error import UsageError
 
+from helpers.shell import run_cell
 from nbmagic.magics.state import current_plan, kernel_state
-
-from conftest import run_cell
 
 
 def recorded_steps(ip):

@@ -1,4 +1,5 @@
 """Typed marshalling: per-type round trips, manifests, the dill fallback, refusals and tamper detection."""
+
 from __future__ import annotations
 
 import datetime
@@ -15,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbmagic.store import marshal
-from nbmagic.store.marshal import MarshalError, MarshalWarning
+from nbmagic.runtime import marshal
+from nbmagic.runtime.marshal import MarshalError, MarshalWarning
 
 
 @pytest.fixture
@@ -27,6 +28,7 @@ def vdir(tmp_path):
         d = tmp_path / f"v{next(counter)}"
         d.mkdir()
         return d
+
     return make
 
 
@@ -40,11 +42,13 @@ def roundtrip(obj, vdir, name="x", **kw):
 
 
 def test_module_imports_only_stdlib():
-    code = ("import sys; before = set(sys.modules); import nbmagic.store.marshal as m; "
-            "heavy = {'numpy', 'pandas', 'pyarrow', 'dill', 'joblib', 'sklearn', 'xxhash'} & set(sys.modules); "
-            "others = [n for n in sys.modules if n.startswith('nbmagic') and n not in "
-            "('nbmagic', 'nbmagic.store', 'nbmagic.store.marshal')]; "
-            "assert not heavy and not others, (heavy, others)")
+    code = (
+        "import sys; before = set(sys.modules); import nbmagic.runtime.marshal as m; "
+        "heavy = {'numpy', 'pandas', 'pyarrow', 'dill', 'joblib', 'sklearn', 'xxhash'} & set(sys.modules); "
+        "others = [n for n in sys.modules if n.startswith('nbmagic') and n not in "
+        "('nbmagic', 'nbmagic.runtime', 'nbmagic.runtime.marshal')]; "
+        "assert not heavy and not others, (heavy, others)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     source = Path(marshal.__file__).read_text()
     assert "from nbmagic" not in source and "import nbmagic" not in source
@@ -52,18 +56,23 @@ def test_module_imports_only_stdlib():
 
 # ---------------------------------------------------------------------------------------- numpy
 
-@pytest.mark.parametrize("arr", [
-    np.arange(12, dtype=np.int32).reshape(3, 4),
-    np.array(3.5),                                          # 0-d
-    np.zeros((0, 3)),                                       # empty
-    np.asfortranarray(np.random.default_rng(0).random((5, 7))),
-    np.arange(20)[::3],                                     # non-contiguous
-    np.array([b"ab", b"c"]), np.array(["héllo", "x"]),
-    np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
-    np.array([1 + 2j, 3j], dtype=np.complex64),
-    np.array(["2024-01-01", "NaT"], dtype="datetime64[ns]"),
-    np.array([True, False]),
-])
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.arange(12, dtype=np.int32).reshape(3, 4),
+        np.array(3.5),  # 0-d
+        np.zeros((0, 3)),  # empty
+        np.asfortranarray(np.random.default_rng(0).random((5, 7))),
+        np.arange(20)[::3],  # non-contiguous
+        np.array([b"ab", b"c"]),
+        np.array(["héllo", "x"]),
+        np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+        np.array([1 + 2j, 3j], dtype=np.complex64),
+        np.array(["2024-01-01", "NaT"], dtype="datetime64[ns]"),
+        np.array([True, False]),
+    ],
+)
 def test_numpy_arrays_roundtrip_without_pickle(arr, vdir):
     manifest, back = roundtrip(arr, vdir)
     assert manifest["format"] == "npy" and manifest["type"] == "numpy.ndarray"
@@ -79,8 +88,18 @@ def test_object_array_is_pickled(vdir):
     assert manifest["format"] == "pickle" and back.dtype == object and list(back) == list(arr)
 
 
-@pytest.mark.parametrize("value", [np.float32(1.5), np.int64(-7), np.bool_(True), np.complex128(1 - 1j),
-                                   np.datetime64("2024-02-03"), np.str_("abc"), np.uint8(255)])
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.float32(1.5),
+        np.int64(-7),
+        np.bool_(True),
+        np.complex128(1 - 1j),
+        np.datetime64("2024-02-03"),
+        np.str_("abc"),
+        np.uint8(255),
+    ],
+)
 def test_numpy_scalar_stays_a_scalar_of_its_dtype(value, vdir):
     manifest, back = roundtrip(value, vdir)
     assert manifest["format"] == "npy-scalar"
@@ -121,17 +140,23 @@ def test_fingerprint_equals_saved_hash_and_depends_on_type(vdir):
 
 # ---------------------------------------------------------------------------------------- pandas
 
+
 def _frame(n=300):
     rng = np.random.default_rng(2)
-    return pd.DataFrame({
-        "f": rng.random(n), "i": rng.integers(-5, 5, n), "u8": rng.integers(0, 9, n).astype("uint8"),
-        "b": rng.random(n) > 0.5, "s": [f"s{i}" for i in range(n)],
-        "cat": pd.Categorical(rng.choice(["a", "b"], n)),
-        "t": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC"),
-        "td": pd.to_timedelta(np.arange(n), unit="s"),
-        "ni": pd.array(rng.integers(0, 3, n), dtype="Int64"),
-        "nan": np.where(rng.random(n) > 0.5, np.nan, 1.0),
-    })
+    return pd.DataFrame(
+        {
+            "f": rng.random(n),
+            "i": rng.integers(-5, 5, n),
+            "u8": rng.integers(0, 9, n).astype("uint8"),
+            "b": rng.random(n) > 0.5,
+            "s": [f"s{i}" for i in range(n)],
+            "cat": pd.Categorical(rng.choice(["a", "b"], n)),
+            "t": pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC"),
+            "td": pd.to_timedelta(np.arange(n), unit="s"),
+            "ni": pd.array(rng.integers(0, 3, n), dtype="Int64"),
+            "nan": np.where(rng.random(n) > 0.5, np.nan, 1.0),
+        }
+    )
 
 
 @pytest.mark.parametrize("index", [None, "named", "strings", "range_offset", "multi", "datetime"])
@@ -162,13 +187,17 @@ def test_series_roundtrip_keeps_name(vdir):
     assert back.name is None and list(back) == [1, 2]
 
 
-@pytest.mark.parametrize("df", [
-    pd.DataFrame({0: [1, 2], 1: [3, 4]}),                      # non-string column names
-    pd.DataFrame({"a": [1, "x", 2.5]}),                         # mixed object column
-    pd.DataFrame({"a": [[1, 2], [3]]}),                         # nested values
-    pd.DataFrame([[1, 2]], columns=["a", "a"]),                 # duplicate columns
-    pd.DataFrame({"a": [1, 2]}, dtype=object),                  # ints in an object column
-], ids=["int-columns", "mixed-object", "lists", "dup-columns", "object-ints"])
+@pytest.mark.parametrize(
+    "df",
+    [
+        pd.DataFrame({0: [1, 2], 1: [3, 4]}),  # non-string column names
+        pd.DataFrame({"a": [1, "x", 2.5]}),  # mixed object column
+        pd.DataFrame({"a": [[1, 2], [3]]}),  # nested values
+        pd.DataFrame([[1, 2]], columns=["a", "a"]),  # duplicate columns
+        pd.DataFrame({"a": [1, 2]}, dtype=object),  # ints in an object column
+    ],
+    ids=["int-columns", "mixed-object", "lists", "dup-columns", "object-ints"],
+)
 def test_frames_parquet_cannot_hold_fall_back_to_pickle(df, vdir):
     manifest, back = roundtrip(df, vdir)
     assert manifest["format"] == "pickle"
@@ -183,6 +212,7 @@ def test_pandas_pickle_format_on_request(vdir):
 
 
 # ---------------------------------------------------------------------------------------- sklearn
+
 
 def test_sklearn_estimator_roundtrips_and_still_predicts(vdir):
     from sklearn.datasets import make_classification
@@ -211,12 +241,27 @@ def test_estimator_holding_a_lambda_falls_back_to_dill_with_warning(vdir):
 
 # ---------------------------------------------------------------------------------------- plain values
 
-@pytest.mark.parametrize("value", [
-    0, -(2**80), 1.25, float("inf"), "text", b"\x00bytes", True, None, 3 + 4j,
-    [1, 2.0, "3"], (1, (2, None)), {"a": [1, {2, 3}], 5: frozenset({1})}, set(),
-    {"when": datetime.datetime(2024, 1, 2, 3, 4), "amount": decimal.Decimal("1.10"), "path": Path("/x")},
-    range(3),
-])
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        -(2**80),
+        1.25,
+        float("inf"),
+        "text",
+        b"\x00bytes",
+        True,
+        None,
+        3 + 4j,
+        [1, 2.0, "3"],
+        (1, (2, None)),
+        {"a": [1, {2, 3}], 5: frozenset({1})},
+        set(),
+        {"when": datetime.datetime(2024, 1, 2, 3, 4), "amount": decimal.Decimal("1.10"), "path": Path("/x")},
+        range(3),
+    ],
+)
 def test_plain_values_roundtrip_with_their_type(value, vdir):
     manifest, back = roundtrip(value, vdir)
     assert manifest["format"] == "pickle"
@@ -239,6 +284,7 @@ def test_container_of_arrays_is_plain_pickle_with_out_of_band_buffers(vdir):
 
 # ---------------------------------------------------------------------------------------- dill fallback
 
+
 def test_closure_falls_back_to_dill_with_a_warning_naming_variable_and_type(vdir):
     base = 10
 
@@ -256,23 +302,30 @@ def test_lambda_loads_in_a_fresh_process(vdir):
     d = vdir()
     with pytest.warns(MarshalWarning):
         marshal.save(lambda x: x * 3, d, "triple")
-    out = subprocess.run([sys.executable, "-c",
-                          f"from nbmagic.store import marshal; print(marshal.load({str(d)!r})(4))"],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", f"from nbmagic.runtime import marshal; print(marshal.load({str(d)!r})(4))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert out.stdout.strip() == "12"
 
 
 # ---------------------------------------------------------------------------------------- refusals
 
+
 def _gen():
     yield 1
 
 
-@pytest.mark.parametrize("make,tname", [
-    (lambda: _gen(), "generator"),
-    (threading.Lock, "_thread.lock"),
-    (socket.socket, "socket.socket"),
-])
+@pytest.mark.parametrize(
+    "make,tname",
+    [
+        (lambda: _gen(), "generator"),
+        (threading.Lock, "_thread.lock"),
+        (socket.socket, "socket.socket"),
+    ],
+)
 def test_unserializable_value_is_a_one_line_error(make, tname, vdir):
     obj = make()
     d = vdir()
@@ -307,14 +360,16 @@ def test_save_needs_an_empty_directory(vdir):
 
 # ---------------------------------------------------------------------------------------- integrity
 
+
 def _stored(vdir, obj, name="model"):
     d = vdir()
     marshal.save(obj, d, name)
     return d
 
 
-@pytest.mark.parametrize("obj", [np.arange(1000.0), _frame(50), {"a": list(range(100))}],
-                         ids=["npy", "parquet", "pickle"])
+@pytest.mark.parametrize(
+    "obj", [np.arange(1000.0), _frame(50), {"a": list(range(100))}], ids=["npy", "parquet", "pickle"]
+)
 def test_flipped_byte_is_detected(obj, vdir):
     d = _stored(vdir, obj)
     data = next(p for p in d.iterdir() if p.name != "manifest.json")
@@ -348,9 +403,12 @@ def test_consistently_edited_manifest_is_detected(vdir):
     d = _stored(vdir, {"k": 1}, "cfg")
     data = d / "value.pkl"
     import pickle
+
     data.write_bytes(pickle.dumps({"k": 2}, protocol=5))
     manifest = json.loads((d / "manifest.json").read_text())
-    manifest["files"][0].update(size=data.stat().st_size, hash=marshal._hash_file(data, manifest["hash_algorithm"], "x"))
+    manifest["files"][0].update(
+        size=data.stat().st_size, hash=marshal._hash_file(data, manifest["hash_algorithm"], "x")
+    )
     (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(MarshalError, match="'cfg' is corrupt: manifest does not match its hash"):
         marshal.load(d)
@@ -380,11 +438,12 @@ def test_manifest_fields(vdir):
     d = vdir()
     m = marshal.save(np.arange(3), d, "a")
     assert set(m) >= {"name", "type", "format", "files", "size", "hash", "versions", "python"}
-    assert m["name"] == "a" and m["python"] == "%d.%d.%d" % sys.version_info[:3]
+    assert m["name"] == "a" and m["python"] == "{}.{}.{}".format(*sys.version_info[:3])
     assert m["hash_algorithm"] in ("xxh3-128", "blake2b-192")
 
 
 # ---------------------------------------------------------------------------------------- guarded libraries
+
 
 def test_torch_module_roundtrip(vdir):
     torch = pytest.importorskip("torch")

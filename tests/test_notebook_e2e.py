@@ -1,4 +1,5 @@
 """Notebooks on a real ipykernel through nbclient: the quickstart end to end, restart, rename."""
+
 from __future__ import annotations
 
 import shutil
@@ -25,7 +26,9 @@ def text_of(cell) -> str:
 def client_for(path: Path, monkeypatch) -> tuple[NotebookClient, nbformat.NotebookNode]:
     monkeypatch.setenv("JPY_SESSION_NAME", str(path))
     nb = nbformat.read(path, as_version=4)
-    return NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}), nb
+    return NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ), nb
 
 
 def run_in_fresh_kernel(path: Path, cells: list, indexes: tuple[int, ...], monkeypatch) -> nbformat.NotebookNode:
@@ -72,7 +75,9 @@ def test_restart_then_compile_run_reads_unexecuted_steps_from_the_file(tmp_path,
 
 def test_a_renamed_and_saved_step_leaves_no_stale_step(tmp_path, monkeypatch):
     path = tmp_path / "rename.ipynb"
-    nb = new_notebook(cells=[new_code_cell("%load_ext nbmagic"), new_code_cell("%%step old_name\nx = 1"), new_code_cell("%pipeline")])
+    nb = new_notebook(
+        cells=[new_code_cell("%load_ext nbmagic"), new_code_cell("%%step old_name\nx = 1"), new_code_cell("%pipeline")]
+    )
     nbformat.write(nb, path)
     client, nb = client_for(path, monkeypatch)
     with client.setup_kernel():
@@ -93,7 +98,16 @@ def test_a_renamed_and_saved_step_leaves_no_stale_step(tmp_path, monkeypatch):
 
 def test_usage_error_fails_the_cell_with_one_line(tmp_path, monkeypatch):
     path = tmp_path / "bad.ipynb"
-    nbformat.write(new_notebook(cells=[new_code_cell("%load_ext nbmagic"), new_code_cell("%%step a --after ghost\nx = 1"), new_code_cell("%compile_run")]), path)
+    nbformat.write(
+        new_notebook(
+            cells=[
+                new_code_cell("%load_ext nbmagic"),
+                new_code_cell("%%step a --after ghost\nx = 1"),
+                new_code_cell("%compile_run"),
+            ]
+        ),
+        path,
+    )
     client, nb = client_for(path, monkeypatch)
     with client.setup_kernel():
         client.execute_cell(nb.cells[0], 0)

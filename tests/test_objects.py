@@ -1,4 +1,5 @@
 """Content-addressed object store: dedup, integrity, deletion, crash safety and concurrent writers."""
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -37,7 +38,7 @@ def test_put_get_and_ref(store):
     np.testing.assert_array_equal(store.get(ref.hash), arr)
     assert store.manifest(ref.hash)["hash"] == ref.hash
     assert ValueRef.from_dict(ref.to_dict()) == ref
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         ref.hash = "x"  # frozen
 
 

@@ -1,4 +1,5 @@
 """The seed's example, examples/openvaccine.ipynb, end to end on a real kernel: pipeline, tuning, restore, serving."""
+
 from __future__ import annotations
 
 import ast
@@ -30,7 +31,11 @@ def text_of(cell) -> str:
 
 def cell_starting(nb, prefix: str, exact: bool = False) -> str:
     """The outputs of the one code cell whose source starts with ``prefix`` (or is ``prefix``)."""
-    found = [c for c in nb.cells if c.cell_type == "code" and (c.source.strip() == prefix if exact else c.source.startswith(prefix))]
+    found = [
+        c
+        for c in nb.cells
+        if c.cell_type == "code" and (c.source.strip() == prefix if exact else c.source.startswith(prefix))
+    ]
     assert len(found) == 1, f"expected one cell starting with {prefix!r}, found {len(found)}"
     return text_of(found[0])
 
@@ -45,7 +50,9 @@ def executed(tmp_path_factory):
         patch.setenv("NBMAGIC_HOME", str(directory / "home"))
         patch.setenv("JPY_SESSION_NAME", str(path))
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(directory)}}).execute()
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(directory)}}
+        ).execute()
     return nb, directory
 
 
@@ -76,7 +83,9 @@ def test_tuning_runs_six_trials_reusing_the_cached_upstream_steps(executed):
         assert set(values) == {"learning_rate", "alpha", "hidden"} and values["hidden"] in (16, 32, 64)
         assert 0.001 <= values["learning_rate"] <= 0.03 and 1e-5 <= values["alpha"] <= 0.01
     best = float(re.search(r"objective=([\d.e-]+)", cell_starting(nb, "exp = %katib")).group(1))
-    assert f"{best:.4f}" == f"{min(float(t[2]) for t in trials):.4f}"  # val_loss is minimised: exp.best is the lowest trial
+    assert (
+        f"{best:.4f}" == f"{min(float(t[2]) for t in trials):.4f}"
+    )  # val_loss is minimised: exp.best is the lowest trial
 
 
 def test_restore_best_brings_the_best_trials_model_back(executed):

@@ -1,4 +1,5 @@
 """The quickstart notebook, compiled: the YAML runs unchanged on kfp.local and gives our local runner's metrics."""
+
 from __future__ import annotations
 
 from pathlib import Path

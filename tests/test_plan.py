@@ -1,4 +1,5 @@
 """Resolving recorded cells into a plan: inferred and explicit edges, and every kind of bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,8 +44,18 @@ def test_edges_are_inferred_from_data_flow_and_explicit_after():
 
 def test_parameters_are_typed_from_their_defaults():
     plan = plan_of(*BASE)
-    assert {n: p.type for n, p in plan.parameters.items()} == {"lr": "float", "epochs": "int", "kind": "str", "verbose": "bool"}
-    assert plan.resolve_parameters({"lr": "0.1", "epochs": "7", "verbose": "true"}) == {"lr": 0.1, "epochs": 7, "kind": "a", "verbose": True}
+    assert {n: p.type for n, p in plan.parameters.items()} == {
+        "lr": "float",
+        "epochs": "int",
+        "kind": "str",
+        "verbose": "bool",
+    }
+    assert plan.resolve_parameters({"lr": "0.1", "epochs": "7", "verbose": "true"}) == {
+        "lr": 0.1,
+        "epochs": 7,
+        "kind": "a",
+        "verbose": True,
+    }
     with pytest.raises(PipelineError, match="parameter 'epochs' is int; '1.5' is not a valid int"):
         plan.resolve_parameters({"epochs": "1.5"})
     with pytest.raises(PipelineError, match="unknown parameter 'momentum'"):
@@ -68,12 +79,21 @@ def test_explicit_after_can_order_against_notebook_order():
         (("%%step a --after b\nx = 1\n", "%%step b --after a\ny = 2\n"), "cycle through --after: a -> b"),
         (("%%step a\nx = 1\n", "%%step a\ny = 2\n"), "two steps are named 'a' \\(cell 1 and cell 2\\)"),
         (("%%step 2fast\nx = 1\n",), "invalid step name '2fast'"),
-        (("%%pipeline_parameters\nlr = 1 / 3\n", "%%step a\nx = lr\n"), "cell 1, line 2: parameter 'lr' must be a literal"),
+        (
+            ("%%pipeline_parameters\nlr = 1 / 3\n", "%%step a\nx = lr\n"),
+            "cell 1, line 2: parameter 'lr' must be a literal",
+        ),
         (("%%pipeline_parameters\nlr = [1]\n", "%%step a\nx = lr\n"), "parameter 'lr' is a list"),
         (("%%pipeline_parameters\nprint(1)\n", "%%step a\nx = 1\n"), "cell 1, line 2: only `name = value`"),
         (("%%step a\nx = 1\n", "%pipeline_metrics acc\n"), "metric 'acc' is not assigned by any step"),
-        (("%%step a\nx = y + 1\n",), "step 'a' uses variable 'y', which no earlier step, parameter, import or notebook function provides"),
-        (("%%step a\nx = y + 1\n", "%%step b\ny = 2\n"), "it is assigned in step 'b' \\(cell 2 \\(step b\\)\\), which comes later"),
+        (
+            ("%%step a\nx = y + 1\n",),
+            "step 'a' uses variable 'y', which no earlier step, parameter, import or notebook function provides",
+        ),
+        (
+            ("%%step a\nx = y + 1\n", "%%step b\ny = 2\n"),
+            "it is assigned in step 'b' \\(cell 2 \\(step b\\)\\), which comes later",
+        ),
         (("y = 5\n", "%%step a\nx = y + 1\n"), "it is assigned in cell 1, an ordinary cell"),
         (("x = 1\n",), "no steps recorded"),
         (("%%step a --memory 2GG\nx = 1\n",), "--memory: '2GG' is not a memory quantity"),

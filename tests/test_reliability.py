@@ -1,4 +1,5 @@
 """The store under real failures: kill -9 of a run in the middle of writing a value, and parallel runs at once."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,6 @@ import time
 from pathlib import Path
 
 import nbformat
-import pytest
 
 from nbmagic.restore import restore
 from nbmagic.store.runs import RunStore
@@ -35,8 +35,9 @@ def _notebook(path: Path, cells: list[str]) -> Path:
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nbmagic.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nbmagic.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 def _descendants(pid: int) -> list[int]:

@@ -1,4 +1,5 @@
 """%restore in an IPython shell: state after a step, ancestors only, --vars, last/prefix/best, reports, errors."""
+
 from __future__ import annotations
 
 import os
@@ -6,10 +7,10 @@ import os
 import pytest
 from IPython.core.error import UsageError
 
+from helpers.shell import run_ok
 from nbmagic.errors import NbMagicError
 from nbmagic.restore import Provenance, resolve_run, restore, state_after
 from nbmagic.store.runs import RunStore
-from conftest import run_ok
 
 CELLS = [
     "import numpy as np\nfrom sklearn.linear_model import LogisticRegression\nfrom sklearn.datasets import load_iris\n",
@@ -62,7 +63,15 @@ def test_restore_step_loads_only_that_step_and_ancestors(ran):
     run_ok(ip, f"%restore {first.id} side")
     assert ip.user_ns["side_value"] == "side" and "model" not in ip.user_ns
     state = state_after(RunStore(), first.id, "train")
-    assert set(state.items) == {"C", "X", "y", "raw_rows", "model", "acc", "n_classes"}  # side is not an ancestor of train
+    assert set(state.items) == {
+        "C",
+        "X",
+        "y",
+        "raw_rows",
+        "model",
+        "acc",
+        "n_classes",
+    }  # side is not an ancestor of train
     assert state.items["X"].step == "load"
 
 
@@ -71,7 +80,9 @@ def test_restore_vars_prefix_and_errors(ran):
     _clear(ip, "model", "X", "acc")
     # the shortest prefix of the first run's id that no other run shares (ids of one second differ in hex only)
     others = [r.id for r in RunStore().list_runs() if r.id != first.id]
-    prefix = next(first.id[:n] for n in range(17, len(first.id) + 1) if not any(o.startswith(first.id[:n]) for o in others))
+    prefix = next(
+        first.id[:n] for n in range(17, len(first.id) + 1) if not any(o.startswith(first.id[:n]) for o in others)
+    )
     assert len(prefix) < len(first.id)
     run_ok(ip, f"%restore {prefix} --vars model,acc")
     assert ip.user_ns["model"].C == 1.0 and "X" not in ip.user_ns
@@ -90,7 +101,7 @@ def test_restore_best_uses_the_experiment_objective(ran):
     store = RunStore()
     with pytest.raises(NbMagicError, match="no tuning experiment"):
         resolve_run(store, "best")
-    for run, acc in ((first, 0.9), (second, 0.5)):
+    for run, _acc in ((first, 0.9), (second, 0.5)):
         store._connection().execute("UPDATE runs SET experiment='exp1' WHERE id=?", (run.id,))
     with pytest.raises(NbMagicError, match="no recorded objective"):
         resolve_run(store, "best")

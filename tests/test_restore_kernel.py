@@ -1,4 +1,5 @@
 """A real Jupyter kernel (nbclient): run a pipeline, forget the model, %restore it, predict; %lineage and %runs show."""
+
 from __future__ import annotations
 
 import os

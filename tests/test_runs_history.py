@@ -1,4 +1,5 @@
 """Run history: --where parsing (no eval), sorting, limits, compare, `nbmagic runs`, old index migration."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,34 @@ from nbmagic.store.lineage import code_hash
 from nbmagic.store.runs import SCHEMA, RunStore
 
 
-def make_run(store: RunStore, params: dict, metrics: dict, *, code: str = "m = 1", started: float | None = None,
-             status: str = "done", pipeline: str = "demo", value: object = 1) -> str:
+def make_run(
+    store: RunStore,
+    params: dict,
+    metrics: dict,
+    *,
+    code: str = "m = 1",
+    started: float | None = None,
+    status: str = "done",
+    pipeline: str = "demo",
+    value: object = 1,
+) -> str:
     run_id = store.create_run(pipeline, params, ["prep", "train"], upstream={"prep": [], "train": ["prep"]})
     data = store.objects.put([1, 2, 3], "data")
     out = store.objects.put(value, "m")
-    store.set_step(run_id, "prep", "done", code_hash=code_hash("data = [1, 2, 3]"), cache_key="k-prep", started=1, ended=2)
+    store.set_step(
+        run_id, "prep", "done", code_hash=code_hash("data = [1, 2, 3]"), cache_key="k-prep", started=1, ended=2
+    )
     store.record_execution(run_id, "prep", {}, {"data": data.to_dict()})
-    store.set_step(run_id, "train", "done", code_hash=code_hash(code), cache_key=f"k-{code}-{params}", started=2, ended=3,
-                   properties={"parameters": params})
+    store.set_step(
+        run_id,
+        "train",
+        "done",
+        code_hash=code_hash(code),
+        cache_key=f"k-{code}-{params}",
+        started=2,
+        ended=3,
+        properties={"parameters": params},
+    )
     store.record_execution(run_id, "train", {"data": data.to_dict()}, {"m": out.to_dict()})
     store.finish_run(run_id, status, metrics)
     if started is not None:
@@ -37,7 +57,9 @@ def store(tmp_path):
     ids = [
         make_run(store, {"lr": 0.1, "kind": "svm"}, {"val_loss": 0.5}, started=now - 3600 * 5),
         make_run(store, {"lr": 0.01, "kind": "mlp"}, {"val_loss": 0.2}, started=now - 3600 * 3, code="m = 2", value=2),
-        make_run(store, {"lr": 0.001, "kind": "mlp"}, {"val_loss": 0.25, "acc": 0.9}, started=now - 60, status="failed"),
+        make_run(
+            store, {"lr": 0.001, "kind": "mlp"}, {"val_loss": 0.25, "acc": 0.9}, started=now - 60, status="failed"
+        ),
         make_run(store, {"lr": 0.1}, {}, started=now - 30, pipeline="other"),
     ]
     store.ids = ids
@@ -96,10 +118,14 @@ def test_compare_reports_parameters_metrics_and_code(store):
 def test_nbmagic_runs_command(store):
     ids = store.ids
     cmd = [sys.executable, "-m", "nbmagic.cli", "runs", "--store", str(store.root)]
-    out = subprocess.run(cmd + ["--where", "val_loss<0.3", "--sort", "-val_loss"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        cmd + ["--where", "val_loss<0.3", "--sort", "-val_loss"], capture_output=True, text=True, check=True
+    ).stdout
     lines = out.strip().splitlines()
     assert lines[0].startswith("id") and ids[2] in lines[1] and ids[1] in lines[2] and len(lines) == 3
-    data = json.loads(subprocess.run(cmd + ["--json", "--limit", "0"], capture_output=True, text=True, check=True).stdout)
+    data = json.loads(
+        subprocess.run(cmd + ["--json", "--limit", "0"], capture_output=True, text=True, check=True).stdout
+    )
     assert len(data) == 4
     out = subprocess.run(cmd + ["--compare", ids[0], ids[1]], capture_output=True, text=True, check=True).stdout
     assert "lr: 0.1 -> 0.01" in out and "code differs" in out
@@ -120,8 +146,10 @@ def test_an_old_index_is_migrated_and_stays_readable(tmp_path):
     root.mkdir()
     conn = sqlite3.connect(root / "index.sqlite")
     conn.executescript(SCHEMA)  # the first schema: no dag/environment columns, user_version 0
-    conn.execute("INSERT INTO runs(id, pipeline, status, parameters, metrics, started, steps) VALUES"
-                 " ('20200101-000000-aaaaaa', 'p', 'done', '{\"a\": 1}', '{\"x\": 2.0}', 1.0, 1)")
+    conn.execute(
+        "INSERT INTO runs(id, pipeline, status, parameters, metrics, started, steps) VALUES"
+        " ('20200101-000000-aaaaaa', 'p', 'done', '{\"a\": 1}', '{\"x\": 2.0}', 1.0, 1)"
+    )
     conn.execute("INSERT INTO executions(run_id, step, state) VALUES ('20200101-000000-aaaaaa', 's', 'done')")
     conn.commit()
     conn.close()

@@ -1,5 +1,6 @@
 """%serve --cluster: InferenceService manifests checked against KServe's CRD schema, submitted to a local server
 playing the Kubernetes API; predictions then go to the service URL (here a real local nbmagic server)."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,8 @@ import pytest
 from IPython.core.error import UsageError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_kserve_api import FakeKServeAPI, validate  # noqa: E402
-from serve_shell import serve_shell  # noqa: E402
-
+from helpers.fake_kserve_api import FakeKServeAPI, validate  # noqa: E402
+from helpers.serve_shell import serve_shell  # noqa: E402
 from nbmagic.serve import cluster, local  # noqa: E402
 from nbmagic.serve.api import make_package  # noqa: E402
 from nbmagic.serve.errors import ServeError  # noqa: E402
@@ -20,7 +20,7 @@ from nbmagic.serve.errors import ServeError  # noqa: E402
 RAW = ["AAAAC", "UUUUG"]
 
 
-NOTEBOOK = '''
+NOTEBOOK = """
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 vocab = {"A": 0, "C": 1, "G": 2, "U": 3}
@@ -31,7 +31,7 @@ class Echo:
     def predict(self, x):
         return x
 echo = Echo()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,31 @@ def shell(tmp_path_factory):
 @pytest.fixture()
 def sk_package(shell):
     ns = shell.user_ns
-    return make_package(ns["clf"], name="seq", model_var="clf", transformer=ns["featurize"],
-                        transformer_var="featurize", with_objects={"vocab": ns["vocab"]})
+    return make_package(
+        ns["clf"],
+        name="seq",
+        model_var="clf",
+        transformer=ns["featurize"],
+        transformer_var="featurize",
+        with_objects={"vocab": ns["vocab"]},
+    )
 
 
 def test_builtin_runtime_manifest_is_valid(sk_package):
-    manifest = cluster.inference_service(sk_package, storage_uri="s3://bucket/models/seq", namespace="team-a",
-                                         protocol="v2", image="registry.local/nbmagic-serve:1")
+    manifest = cluster.inference_service(
+        sk_package,
+        storage_uri="s3://bucket/models/seq",
+        namespace="team-a",
+        protocol="v2",
+        image="registry.local/nbmagic-serve:1",
+    )
     assert validate(manifest) is None
     model = manifest["spec"]["predictor"]["model"]
-    assert model == {"modelFormat": {"name": "sklearn"}, "storageUri": "s3://bucket/models/seq/model",
-                     "protocolVersion": "v2"}
+    assert model == {
+        "modelFormat": {"name": "sklearn"},
+        "storageUri": "s3://bucket/models/seq/model",
+        "protocolVersion": "v2",
+    }
     container = manifest["spec"]["transformer"]["containers"][0]
     assert container["image"] == "registry.local/nbmagic-serve:1"
     assert container["command"] == ["python", "-m", "nbmagic.serve.server"]
@@ -83,8 +97,11 @@ def test_fake_api_rejects_what_kubernetes_would(sk_package):
     manifest = cluster.inference_service(sk_package, storage_uri="s3://b/p")
     manifest["spec"]["predictor"]["model"]["modelFormat"] = {}
     with FakeKServeAPI() as api:
-        with pytest.raises(ServeError, match=r"creating InferenceService 'seq' in 'default' failed: 422 .*"
-                                             r"'name' is a required property"):
+        with pytest.raises(
+            ServeError,
+            match=r"creating InferenceService 'seq' in 'default' failed: 422 .*"
+            r"'name' is a required property",
+        ):
             cluster.submit(manifest, cluster.api_client(api.host))
         manifest = cluster.inference_service(sk_package, storage_uri="s3://b/p")
         manifest["spec"]["predictor"]["model"]["storageURI"] = "s3://typo"
@@ -97,8 +114,14 @@ def test_deploy_uploads_submits_waits_and_predicts(sk_package, tmp_path):
     backend = local.serve(sk_package)  # stands in for the cluster's service URL: a real server, same package
     try:
         with FakeKServeAPI(url=backend.url, ready_after=3) as api:
-            handle = cluster.deploy(sk_package, storage_uri=f"file://{target}", namespace="ml",
-                                    api=cluster.api_client(api.host), timeout=30, interval=0.2)
+            handle = cluster.deploy(
+                sk_package,
+                storage_uri=f"file://{target}",
+                namespace="ml",
+                api=cluster.api_client(api.host),
+                timeout=30,
+                interval=0.2,
+            )
             assert (target / "model" / "model.joblib").is_file()
             assert (target / "transformer" / "assets" / "vocab.dill").is_file()
             methods = [(m, p.split("?")[0]) for m, p, _ in api.requests]
@@ -110,8 +133,14 @@ def test_deploy_uploads_submits_waits_and_predicts(sk_package, tmp_path):
             assert handle.predict(RAW, protocol="v2") == [0, 1]
             assert "featurize" in handle._repr_html_() and "kubectl logs -n ml" in handle.logs()
             # serving again replaces the existing InferenceService (409 -> GET -> PUT with its resourceVersion)
-            cluster.deploy(sk_package, storage_uri=f"file://{target}", namespace="ml",
-                           api=cluster.api_client(api.host), timeout=30, interval=0.2)
+            cluster.deploy(
+                sk_package,
+                storage_uri=f"file://{target}",
+                namespace="ml",
+                api=cluster.api_client(api.host),
+                timeout=30,
+                interval=0.2,
+            )
             put = [(p, b) for m, p, b in api.requests if m == "PUT"]
             assert len(put) == 1 and put[0][1]["metadata"]["resourceVersion"] == "1"
             handle.stop()
@@ -122,15 +151,24 @@ def test_deploy_uploads_submits_waits_and_predicts(sk_package, tmp_path):
 
 def test_not_ready_times_out_with_reason(sk_package, tmp_path):
     with FakeKServeAPI(ready_after=10**6) as api:
-        with pytest.raises(ServeError, match="InferenceService 'seq' in 'default' not Ready after 1 s: RevisionMissing"):
-            cluster.deploy(sk_package, storage_uri=f"file://{tmp_path}/p", api=cluster.api_client(api.host),
-                           timeout=1, interval=0.2)
+        with pytest.raises(
+            ServeError, match="InferenceService 'seq' in 'default' not Ready after 1 s: RevisionMissing"
+        ):
+            cluster.deploy(
+                sk_package,
+                storage_uri=f"file://{tmp_path}/p",
+                api=cluster.api_client(api.host),
+                timeout=1,
+                interval=0.2,
+            )
 
 
 def test_magic_cluster_uses_kubeconfig(shell, tmp_path, monkeypatch):
     with FakeKServeAPI(url="http://seq.ml.example.com", ready_after=1) as api:
         kubeconfig = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
             "clusters": [{"name": "fake", "cluster": {"server": api.host}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
             "users": [{"name": "me", "user": {}}],
@@ -139,8 +177,10 @@ def test_magic_cluster_uses_kubeconfig(shell, tmp_path, monkeypatch):
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         handle = shell.run_line_magic(
-            "serve", f"clf --transformer featurize --with vocab --name seq-c --cluster --namespace ml "
-                     f"--storage-uri file://{tmp_path}/store")
+            "serve",
+            f"clf --transformer featurize --with vocab --name seq-c --cluster --namespace ml "
+            f"--storage-uri file://{tmp_path}/store",
+        )
         assert isinstance(handle, cluster.ClusterServer) and handle.url == "http://seq.ml.example.com"
         posted = next(b for m, _, b in api.requests if m == "POST")
         assert posted["spec"]["predictor"]["model"]["storageUri"] == f"file://{tmp_path}/store/model"

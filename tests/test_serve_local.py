@@ -1,5 +1,6 @@
 """%serve locally: KServe's real model server in a subprocess, requested over HTTP (V1 and V2), split layout,
 failures (port in use, model that cannot load, wrong shapes), registry, stop, and no orphans."""
+
 from __future__ import annotations
 
 import os
@@ -15,16 +16,16 @@ import pytest
 import requests
 from IPython.core.error import UsageError
 
+from helpers.serve_shell import serve_shell
 from nbmagic.magics.serve import ServeMagics
 from nbmagic.serve import local
-from serve_shell import serve_shell
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ["AAAAC", "UUUUG", "CCCAA", "GGGUU"]
 
 
-NOTEBOOK = '''
+NOTEBOOK = """
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 tokenizer = {"A": 0, "C": 1, "G": 2, "U": 3}
@@ -35,7 +36,7 @@ def process_features(rows):
 train = ["AAAAC", "UUUUG", "CCCAA", "GGGUU", "AACAA", "UUGUU", "ACAAA", "GUUUU"]
 model = LogisticRegression().fit(process_features(train), [0, 1, 0, 1, 0, 1, 0, 1])
 expected = model.predict(process_features(["AAAAC", "UUUUG", "CCCAA", "GGGUU"])).tolist()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,11 @@ def test_binds_loopback_only_and_grpc_off(server):
     pid = server.processes[0].popen.pid
     inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     sockets = {i[8:-1] for i in inodes if i.startswith("socket:[")}
-    listen_ports = {int(f[1].split(":")[1], 16) for f in (l.split() for l in listening.splitlines() if l.strip())
-                    if len(f) > 9 and f[3] == "0A" and f[9] in sockets}
+    listen_ports = {
+        int(f[1].split(":")[1], 16)
+        for f in (l.split() for l in listening.splitlines() if l.strip())
+        if len(f) > 9 and f[3] == "0A" and f[9] in sockets
+    }
     assert listen_ports == {port}  # no gRPC listener
 
 
@@ -104,8 +108,9 @@ def test_logs_html_and_list(server, shell):
 
 
 def test_split_layout_transformer_forwards_to_predictor(shell):
-    srv = shell.run_line_magic("serve", "model --transformer process_features --with tokenizer --name seq-split "
-                                        "--split --protocol v2 --grpc")
+    srv = shell.run_line_magic(
+        "serve", "model --transformer process_features --with tokenizer --name seq-split --split --protocol v2 --grpc"
+    )
     try:
         assert [p.role for p in srv.processes] == ["predictor", "transformer"]
         addresses = _listening(srv.grpc_port)  # gRPC when asked, on 127.0.0.1 only (maybe as ::ffff:127.0.0.1)
@@ -113,8 +118,9 @@ def test_split_layout_transformer_forwards_to_predictor(shell):
         assert srv.predict(RAW) == shell.user_ns["expected"]  # V2 client -> transformer -> V2 predictor
         assert srv.predict(RAW, protocol="v1") == shell.user_ns["expected"]
         assert srv.predictor_url != srv.url
-        bad = requests.post(f"{srv.predictor_url}/v1/models/seq-split:predict", json={"instances": [[1.0, 2.0]]},
-                            timeout=10)
+        bad = requests.post(
+            f"{srv.predictor_url}/v1/models/seq-split:predict", json={"instances": [[1.0, 2.0]]}, timeout=10
+        )
         assert bad.status_code == 400
         assert "X has 2 features, but LogisticRegression is expecting 4 features" in bad.json()["error"]
         assert "split: transformer -&gt; predictor" in srv._repr_html_()
@@ -179,14 +185,14 @@ def _alive(pid: int) -> bool:
 
 
 def test_server_dies_with_its_kernel(tmp_path):
-    script = textwrap.dedent('''
+    script = textwrap.dedent("""
         import sys, time
         from sklearn.dummy import DummyClassifier
         from nbmagic.serve.api import serve
         srv = serve(DummyClassifier().fit([[0], [1]], [0, 1]), name="orphan")
         print(srv.processes[0].popen.pid, flush=True)
         time.sleep(120)
-    ''')
+    """)
     env = dict(os.environ, NBMAGIC_HOME=str(tmp_path), PYTHONPATH=str(ROOT))
     kernel = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:

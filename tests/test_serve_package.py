@@ -1,4 +1,5 @@
 """Packaging for serving: model detection, runtime file layouts, transformer capture and reload (no server)."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ from nbmagic.serve.package import build, default_name, open_package, validate_na
 def ns():
     """A notebook namespace: functions defined in IPython cells (their source comes from IPython's linecache)."""
     shell = InteractiveShell.instance()
-    result = shell.run_cell('''
+    result = shell.run_cell(
+        """
 import numpy as np
 import math
 from collections import Counter
@@ -36,7 +38,9 @@ class Doubler:
     def predict(self, x):
         return [2 * v for v in x]
 doubler = Doubler()
-''', store_history=True)
+""",
+        store_history=True,
+    )
     result.raise_error()
     return shell.user_ns
 
@@ -48,11 +52,14 @@ def test_detect_kinds(ns):
     assert detect(lambda x: x).kind == "callable"
 
 
-@pytest.mark.parametrize("obj, message", [
-    ({"a": 1}, r"'m' \(dict\) is not a model"),
-    (LogisticRegression(), "is not fitted"),
-    (LogisticRegression, "is the class LogisticRegression"),
-])
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ({"a": 1}, r"'m' \(dict\) is not a model"),
+        (LogisticRegression(), "is not fitted"),
+        (LogisticRegression, "is the class LogisticRegression"),
+    ],
+)
 def test_detect_rejects_non_models(obj, message):
     with pytest.raises(ServeError, match=message):
         detect(obj, "m")
@@ -68,8 +75,9 @@ def test_sklearn_saved_as_one_joblib(tmp_path):
 
 
 def test_transformer_captures_imports_functions_and_assets(ns, tmp_path):
-    spec = transformer.capture(ns["process_features"], "process_features",
-                               {"tokenizer": ns["tokenizer"], "SCALE": ns["SCALE"]})
+    spec = transformer.capture(
+        ns["process_features"], "process_features", {"tokenizer": ns["tokenizer"], "SCALE": ns["SCALE"]}
+    )
     assert [f["name"] for f in spec.functions] == ["one_hot_counts", "process_features"]
     assert {"name": "np", "module": "numpy", "attr": None} in spec.imports
     assert set(spec.assets) == {"tokenizer", "SCALE"}
@@ -95,8 +103,9 @@ def test_transformer_missing_name_is_named(ns):
 
 
 def test_unserializable_asset_is_named(ns, tmp_path):
-    spec = transformer.capture(ns["process_features"], "process_features",
-                               {"tokenizer": (c for c in "ACGU"), "SCALE": 2.0})
+    spec = transformer.capture(
+        ns["process_features"], "process_features", {"tokenizer": (c for c in "ACGU"), "SCALE": 2.0}
+    )
     with pytest.raises(ServeError, match=r"cannot serialize --with object 'tokenizer' \(generator\): TypeError"):
         transformer.write(spec, tmp_path)
 
@@ -115,8 +124,14 @@ def test_with_without_transformer_and_bad_names(tmp_path):
 def test_failed_build_leaves_no_package(ns, tmp_path):
     model = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
     with pytest.raises(ServeError):
-        build(model, tmp_path / "p", name="m", transformer=ns["process_features"],
-              transformer_var="process_features", with_objects={"tokenizer": (c for c in "ACGU"), "SCALE": 1.0})
+        build(
+            model,
+            tmp_path / "p",
+            name="m",
+            transformer=ns["process_features"],
+            transformer_var="process_features",
+            with_objects={"tokenizer": (c for c in "ACGU"), "SCALE": 1.0},
+        )
     assert not (tmp_path / "p").exists() and not (tmp_path / "p.tmp").exists()
 
 

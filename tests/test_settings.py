@@ -1,7 +1,6 @@
 """Per-step settings: option parsing and validation, merging with pipeline defaults, cluster-only listing."""
-from __future__ import annotations
 
-import shlex
+from __future__ import annotations
 
 import pytest
 from IPython.core import magic_arguments
@@ -125,7 +124,9 @@ def test_bare_gpu_count_means_nvidia():
 
 
 def test_merge_step_wins_and_lists_combine_by_name():
-    defaults = parse("--memory-limit 1Gi --retries 1 --env A=1 --env B=2 --packages pandas==2.0 --volume data:/mnt/data")
+    defaults = parse(
+        "--memory-limit 1Gi --retries 1 --env A=1 --env B=2 --packages pandas==2.0 --volume data:/mnt/data"
+    )
     step = parse("--retries 3 --env B=3 --packages pandas==2.2 rich --volume other:/mnt/data --secret s:k=K")
     merged = merge(defaults, step)
     assert merged.memory_limit == "1Gi"
@@ -154,9 +155,19 @@ def test_cluster_only_lists_what_local_runs_cannot_honour():
     assert cluster_only(parse("--memory-limit 1Gi --retries 2 --timeout 1m --env A=1 --no-cache")) == []
     listed = cluster_only(parse(ALL))
     text = "\n".join(listed)
-    for expected in ("nvidia.com/gpu x2", "db-creds:password", "$DB_PASSWORD", "/etc/tls", "PVC data", "pool=gpu",
-                     "gpu=true:NoSchedule", "toleration spot", "cpu request 500m/limit 2", "memory request 1Gi",
-                     "python:3.11-slim"):
+    for expected in (
+        "nvidia.com/gpu x2",
+        "db-creds:password",
+        "$DB_PASSWORD",
+        "/etc/tls",
+        "PVC data",
+        "pool=gpu",
+        "gpu=true:NoSchedule",
+        "toleration spot",
+        "cpu request 500m/limit 2",
+        "memory request 1Gi",
+        "python:3.11-slim",
+    ):
         assert expected in text
 
 

@@ -4,6 +4,7 @@ The notebook is written here with nbformat; the test clicks Run All, edits the f
 the trial count), clicks Run and reads the live view in the page. The study the kernel stored is then read
 back with Optuna to check that what was typed in the browser is what the kernel tuned.
 """
+
 from __future__ import annotations
 
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from browser import dump_page, notebook_root, notebook_server, page, requires_chromium  # noqa: F401 - fixtures
+from helpers.browser import dump_page, requires_chromium
 
 NOTEBOOK = "tune.ipynb"
 CELLS = [

@@ -1,5 +1,6 @@
 """Katib Experiments: generated manifests against the v1beta1 schema, submission to a fake Kubernetes API,
 and the trial runner's typed parameters and StdOut lines."""
+
 from __future__ import annotations
 
 import json
@@ -7,29 +8,44 @@ import shlex
 
 import pytest
 
-from fake_katib_api import FakeKatib, FakeKubernetesAPI, katib_errors, schema_errors
+from helpers.fake_katib_api import FakeKatib, FakeKubernetesAPI, katib_errors, schema_errors
 from nbmagic.pipeline.model import Parameter
 from nbmagic.tune import trial as trial_runner
 from nbmagic.tune.katib import api_client, build_experiment, run_katib
 from nbmagic.tune.space import ExperimentSpec, parse_param
 
-RECORDED = {"lr": Parameter("lr", 0.01, "float"), "epochs": Parameter("epochs", 10, "int"),
-            "kind": Parameter("kind", "mlp", "str"), "units": Parameter("units", 64, "int"),
-            "shuffle": Parameter("shuffle", True, "bool")}
+RECORDED = {
+    "lr": Parameter("lr", 0.01, "float"),
+    "epochs": Parameter("epochs", 10, "int"),
+    "kind": Parameter("kind", "mlp", "str"),
+    "units": Parameter("units", 64, "int"),
+    "shuffle": Parameter("shuffle", True, "bool"),
+}
 
 
 def spec(*params, **kw):
-    params = params or ("lr=double(1e-4,1e-1,log)", "epochs=int(5,50)", "kind=categorical(mlp,gbm)",
-                        "units=discrete(32,64,128)")
+    params = params or (
+        "lr=double(1e-4,1e-1,log)",
+        "epochs=int(5,50)",
+        "kind=categorical(mlp,gbm)",
+        "units=discrete(32,64,128)",
+    )
     kw.setdefault("objective", "val_loss")
     return ExperimentSpec(parameters=tuple(parse_param(p) for p in params), **kw).check_against(
-        RECORDED, ["val_loss", "acc"])
+        RECORDED, ["val_loss", "acc"]
+    )
 
 
 def manifest(s=None, **kw):
-    return build_experiment(s or spec(additional_metrics=("acc",), seed=7, fixed={"shuffle": "false"}),
-                            name="quickstart-1", namespace="team-a", host="http://ml-pipeline.kubeflow:8888",
-                            pipeline_name="quickstart", recorded=RECORDED, **kw)
+    return build_experiment(
+        s or spec(additional_metrics=("acc",), seed=7, fixed={"shuffle": "false"}),
+        name="quickstart-1",
+        namespace="team-a",
+        host="http://ml-pipeline.kubeflow:8888",
+        pipeline_name="quickstart",
+        recorded=RECORDED,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("algorithm", ["random", "tpe", "multivariate-tpe", "cmaes", "sobol", "bayesianoptimization"])
@@ -50,8 +66,11 @@ def test_experiment_fields():
     assert s["algorithm"] == {"algorithmName": "tpe", "algorithmSettings": [{"name": "random_state", "value": "7"}]}
     assert s["objective"] == {"type": "minimize", "objectiveMetricName": "val_loss", "additionalMetricNames": ["acc"]}
     assert s["parameters"] == [
-        {"name": "lr", "parameterType": "double",
-         "feasibleSpace": {"min": "0.0001", "max": "0.1", "distribution": "logUniform"}},
+        {
+            "name": "lr",
+            "parameterType": "double",
+            "feasibleSpace": {"min": "0.0001", "max": "0.1", "distribution": "logUniform"},
+        },
         {"name": "epochs", "parameterType": "int", "feasibleSpace": {"min": "5", "max": "50"}},
         {"name": "kind", "parameterType": "categorical", "feasibleSpace": {"list": ["mlp", "gbm"]}},
         {"name": "units", "parameterType": "discrete", "feasibleSpace": {"list": ["32", "64", "128"]}},
@@ -83,9 +102,16 @@ def test_grid_without_a_step_and_bad_specs_fail_the_strict_schema_or_katib_check
 
 def test_submission_and_watching_through_the_kubernetes_api():
     with FakeKubernetesAPI() as api:
-        exp = run_katib(spec(max_trials=4, parallel_trials=2), "pipelineSpec: {}\n", host="http://kfp:8888",
-                        pipeline_name="quickstart", namespace="team-a", recorded=RECORDED,
-                        client=api_client(api.url), poll=0.01)
+        exp = run_katib(
+            spec(max_trials=4, parallel_trials=2),
+            "pipelineSpec: {}\n",
+            host="http://kfp:8888",
+            pipeline_name="quickstart",
+            namespace="team-a",
+            recorded=RECORDED,
+            client=api_client(api.url),
+            poll=0.01,
+        )
         exp.wait(20)
         assert exp.done and exp.status == "succeeded", exp.message
         assert ("POST", "/api/v1/namespaces/team-a/configmaps") in api.state.requests
@@ -99,8 +125,16 @@ def test_submission_and_watching_through_the_kubernetes_api():
         assert best.objective == min(t.objective for t in trials)
         assert trials[best.trial].name == optimal["bestTrialName"]
         # the same experiment again (the API server answers 409) is watched again, as a local one resumes
-        again = run_katib(spec(max_trials=4, parallel_trials=2), "x", host="h", pipeline_name="quickstart",
-                          namespace="team-a", recorded=RECORDED, client=api_client(api.url), poll=0.01).wait(20)
+        again = run_katib(
+            spec(max_trials=4, parallel_trials=2),
+            "x",
+            host="h",
+            pipeline_name="quickstart",
+            namespace="team-a",
+            recorded=RECORDED,
+            client=api_client(api.url),
+            poll=0.01,
+        ).wait(20)
         assert again.resumed and again.name == exp.name and again.status == "succeeded"
         assert len(again.trials) == 4
 
@@ -108,13 +142,29 @@ def test_submission_and_watching_through_the_kubernetes_api():
 def test_failing_trials_and_stop():
     failing = FakeKatib(metrics=lambda assignments, objective, index: None)
     with FakeKubernetesAPI(failing) as api:
-        exp = run_katib(spec(max_trials=10, max_failed_trials=2), "y", host="h", pipeline_name="p",
-                        namespace="ns", recorded=RECORDED, client=api_client(api.url), poll=0.01).wait(20)
+        exp = run_katib(
+            spec(max_trials=10, max_failed_trials=2),
+            "y",
+            host="h",
+            pipeline_name="p",
+            namespace="ns",
+            recorded=RECORDED,
+            client=api_client(api.url),
+            poll=0.01,
+        ).wait(20)
         assert exp.status == "failed" and "max failed" in exp.message
         assert [t.status for t in exp.trials] == ["failed", "failed"] and exp.trials[0].error == "Job has failed"
     with FakeKubernetesAPI() as api:
-        exp = run_katib(spec(max_trials=50, parallel_trials=2), "z", host="h", pipeline_name="p", namespace="ns",
-                        recorded=RECORDED, client=api_client(api.url), poll=0.05)
+        exp = run_katib(
+            spec(max_trials=50, parallel_trials=2),
+            "z",
+            host="h",
+            pipeline_name="p",
+            namespace="ns",
+            recorded=RECORDED,
+            client=api_client(api.url),
+            poll=0.05,
+        )
         while not exp.trials:
             exp.wait(0.05)
         exp.stop()
@@ -136,9 +186,13 @@ def test_trial_runner_types_parameters_and_prints_metric_lines(tmp_path, capsys)
     package.write_text("pipelineSpec: {}\n")
     argv = trial_argv(manifest()["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0])[3:]
     argv = [a.replace("/nbmagic/pipeline.yaml", str(package)) for a in argv]
-    substituted = [a.replace("${trialParameters.lr}", "0.0031").replace("${trialParameters.epochs}", "12")
-                   .replace("${trialParameters.kind}", "gbm").replace("${trialParameters.units}", "128")
-                   for a in argv]
+    substituted = [
+        a.replace("${trialParameters.lr}", "0.0031")
+        .replace("${trialParameters.epochs}", "12")
+        .replace("${trialParameters.kind}", "gbm")
+        .replace("${trialParameters.units}", "128")
+        for a in argv
+    ]
     seen = {}
 
     def submit(pipeline_yaml, **kw):
@@ -157,8 +211,13 @@ def test_trial_runner_types_parameters_and_prints_metric_lines(tmp_path, capsys)
     assert trial_runner.main(substituted, submit=lambda *a, **k: FakeRun("succeeded", {"acc": 1})) == 1
     with pytest.raises(SystemExit):
         trial_runner.main(["--host", "h"])
-    assert trial_runner.main(["--host", "h", "--pipeline-package", str(package), "--type", "epochs=int",
-                              "--param", "epochs=ten"], submit=submit) == 1
+    assert (
+        trial_runner.main(
+            ["--host", "h", "--pipeline-package", str(package), "--type", "epochs=int", "--param", "epochs=ten"],
+            submit=submit,
+        )
+        == 1
+    )
     assert "parameter 'epochs' is int" in capsys.readouterr().err
 
 
@@ -166,9 +225,22 @@ def test_changed_step_code_names_a_new_katib_experiment():
     names = []
     with FakeKubernetesAPI() as api:
         for code in ("train:aaa", "train:aaa", "train:bbb"):
-            exp = run_katib(spec(max_trials=1), "pipelineSpec: {}\n", host="http://kfp:8888", pipeline_name="quickstart",
-                            namespace="team-a", recorded=RECORDED, client=api_client(api.url), poll=0.01, code=code)
+            exp = run_katib(
+                spec(max_trials=1),
+                "pipelineSpec: {}\n",
+                host="http://kfp:8888",
+                pipeline_name="quickstart",
+                namespace="team-a",
+                recorded=RECORDED,
+                client=api_client(api.url),
+                poll=0.01,
+                code=code,
+            )
             exp.wait(20)
             names.append((exp.name, exp.resumed))
     assert names[0][0] == names[1][0] != names[2][0]
-    assert [resumed for _, resumed in names] == [False, True, False]  # the same experiment again is watched, not re-created
+    assert [resumed for _, resumed in names] == [
+        False,
+        True,
+        False,
+    ]  # the same experiment again is watched, not re-created

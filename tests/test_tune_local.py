@@ -1,4 +1,5 @@
 """Local tuning with real Optuna and a plain Python trial function."""
+
 from __future__ import annotations
 
 import threading
@@ -11,8 +12,11 @@ from nbmagic.tune.experiment import TrialResult
 from nbmagic.tune.local import LocalExperiment, make_sampler, run_local
 from nbmagic.tune.space import ALGORITHMS, ExperimentSpec, parse_param
 
-RECORDED = {"lr": Parameter("lr", 0.01, "float"), "epochs": Parameter("epochs", 10, "int"),
-            "kind": Parameter("kind", "mlp", "str")}
+RECORDED = {
+    "lr": Parameter("lr", 0.01, "float"),
+    "epochs": Parameter("epochs", 10, "int"),
+    "kind": Parameter("kind", "mlp", "str"),
+}
 
 
 def spec(**kw):
@@ -28,8 +32,10 @@ def quadratic(calls=None, delay=0.0):
             calls.append(values)
         time.sleep(delay)
         loss = (values["lr"] - 0.02) ** 2 + values["epochs"] * 1e-4
-        return TrialResult(run_id=f"run-{len(calls or [])}", status="done", metrics={"loss": loss, "acc": 1 - loss},
-                           cached_steps=2)
+        return TrialResult(
+            run_id=f"run-{len(calls or [])}", status="done", metrics={"loss": loss, "acc": 1 - loss}, cached_steps=2
+        )
+
     return run_trial
 
 
@@ -75,8 +81,9 @@ def test_resume_runs_only_the_missing_trials(tmp_path):
     assert again.name == first.name and again.resumed == 3
     assert len(calls) == 5 and [t.number for t in again.trials][:3] == numbers
     assert again.trials[0].run_id == first.trials[0].run_id
-    fresh = run_local(spec(max_trials=2), quadratic(calls), recorded=RECORDED, directory=tmp_path,
-                      restart=True).wait(30)
+    fresh = run_local(spec(max_trials=2), quadratic(calls), recorded=RECORDED, directory=tmp_path, restart=True).wait(
+        30
+    )
     assert fresh.resumed == 0 and len(fresh.trials) == 2
 
 
@@ -99,13 +106,16 @@ def test_a_trial_that_always_fails_stops_at_max_failed_with_errors(tmp_path):
 
 
 def test_failed_runs_and_missing_metrics_are_trial_errors(tmp_path):
-    outcomes = iter([
-        TrialResult("a", "failed", error="step 'train' failed: ZeroDivisionError"),
-        TrialResult("b", "done", metrics={"acc": 0.5}),
-        TrialResult("c", "done", metrics={"loss": 0.25}),
-    ])
-    exp = run_local(spec(max_trials=3, max_failed_trials=5), lambda v: next(outcomes), recorded=RECORDED,
-                    directory=tmp_path).wait(30)
+    outcomes = iter(
+        [
+            TrialResult("a", "failed", error="step 'train' failed: ZeroDivisionError"),
+            TrialResult("b", "done", metrics={"acc": 0.5}),
+            TrialResult("c", "done", metrics={"loss": 0.25}),
+        ]
+    )
+    exp = run_local(
+        spec(max_trials=3, max_failed_trials=5), lambda v: next(outcomes), recorded=RECORDED, directory=tmp_path
+    ).wait(30)
     errors = [t.error for t in exp.trials]
     assert errors[0] == "step 'train' failed: ZeroDivisionError"
     assert errors[1] == "metric 'loss' was not reported by the run (reported: acc)"
@@ -126,14 +136,20 @@ def test_stop_keeps_finished_trials_and_lets_running_ones_end(tmp_path):
     exp.wait(30)
     assert exp.status == "stopped" and len(exp.trials) == 2
     assert all(t.status == "succeeded" for t in exp.trials)
-    resumed = LocalExperiment(spec(max_trials=10, parallel_trials=2), waiting, recorded=RECORDED,
-                              directory=tmp_path).start().wait(30)
+    resumed = (
+        LocalExperiment(spec(max_trials=10, parallel_trials=2), waiting, recorded=RECORDED, directory=tmp_path)
+        .start()
+        .wait(30)
+    )
     assert resumed.resumed == 2 and len(resumed.trials) == 10
 
 
 def test_grid_visits_each_point_once_and_ends_when_exhausted(tmp_path):
-    grid = spec(algorithm="grid", max_trials=50, parameters=(parse_param("lr=double(0.01,0.03,step=0.01)"),
-                                                             parse_param("kind=categorical(mlp,gbm)")))
+    grid = spec(
+        algorithm="grid",
+        max_trials=50,
+        parameters=(parse_param("lr=double(0.01,0.03,step=0.01)"), parse_param("kind=categorical(mlp,gbm)")),
+    )
     seen = []
 
     def record(values):
@@ -149,8 +165,9 @@ def test_grid_visits_each_point_once_and_ends_when_exhausted(tmp_path):
 def test_every_algorithm_has_a_sampler_that_runs(algorithm, tmp_path):
     sampler, note = make_sampler(spec(algorithm=algorithm))
     assert type(sampler).__name__.endswith("Sampler")
-    exp = run_local(spec(algorithm=algorithm, max_trials=4), quadratic(), recorded=RECORDED,
-                    directory=tmp_path).wait(60)
+    exp = run_local(spec(algorithm=algorithm, max_trials=4), quadratic(), recorded=RECORDED, directory=tmp_path).wait(
+        60
+    )
     assert exp.status == "succeeded", exp.message
     assert len({t.parameters["lr"] for t in exp.trials}) > 1
 
@@ -175,16 +192,19 @@ def test_kernel_interrupt_while_waiting_stops_the_experiment(tmp_path):
 def test_pipeline_trials_run_with_their_imports_already_in_the_worker(ip):
     """Forked steps find nbmagic's step runtime and the submodules the notebook imports already imported
     (the runner preloads full module names, e.g. sklearn.ensemble, not only sklearn): 20-130 ms per step."""
-    from conftest import run_cell
+    from helpers.shell import run_cell
     from nbmagic.magics.state import current_plan
     from nbmagic.run.local import preload_modules
     from nbmagic.tune.local import pipeline_trial_runner
 
-    for cell in ("import json\nimport numpy", "%%pipeline_parameters\nlr = 0.01",
-                 "%%step load\ndata = numpy.arange(3)",
-                 "%%step train\nimport sys\nwarm = float('numpy.polynomial' in sys.modules)\n"
-                 "import numpy.polynomial\nloss = (lr - 0.02) ** 2 + len(data) * 0",
-                 "%pipeline_metrics loss warm"):
+    for cell in (
+        "import json\nimport numpy",
+        "%%pipeline_parameters\nlr = 0.01",
+        "%%step load\ndata = numpy.arange(3)",
+        "%%step train\nimport sys\nwarm = float('numpy.polynomial' in sys.modules)\n"
+        "import numpy.polynomial\nloss = (lr - 0.02) ** 2 + len(data) * 0",
+        "%pipeline_metrics loss warm",
+    ):
         assert run_cell(ip, cell).success
     plan = current_plan(ip)
     assert preload_modules(plan) == ["numpy", "numpy.polynomial"]  # json is stdlib: nothing to warm
@@ -199,8 +219,9 @@ def test_terminal_view_prints_each_finished_trial_once_and_the_summary(tmp_path)
     from nbmagic.tune.view import TerminalView
 
     lines: list[str] = []
-    exp = LocalExperiment(spec(max_trials=4, parallel_trials=2), quadratic(), pipeline="p", recorded=RECORDED,
-                          directory=tmp_path)
+    exp = LocalExperiment(
+        spec(max_trials=4, parallel_trials=2), quadratic(), pipeline="p", recorded=RECORDED, directory=tmp_path
+    )
     TerminalView(exp, write=lines.append).attach()
     exp.start().wait(30)
     deadline = time.monotonic() + 10  # the summary follows the end, from the experiment's own thread

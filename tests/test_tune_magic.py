@@ -1,5 +1,6 @@
 """%katib in an IPython shell on the real local runner; the form and the arguments build the same spec;
 the live view's HTML."""
+
 from __future__ import annotations
 
 import shlex
@@ -7,7 +8,7 @@ import shlex
 import pytest
 from IPython.core.magic_arguments import parse_argstring
 
-from conftest import run_cell
+from helpers.shell import run_cell
 from nbmagic.magics.tune import TuneMagics, build_spec
 from nbmagic.pipeline.model import Parameter
 from nbmagic.tune.experiment import TrialResult
@@ -32,16 +33,22 @@ def record(ip):
 
 def test_katib_runs_trials_on_the_local_runner_with_cached_upstream_steps(ip, capsys):
     record(ip)
-    result = run_cell(ip, 'exp = %katib --max-trials 4 --param "lr=double(1e-3,1e-1,log)" '
-                          '--param "epochs=int(5,20)" --fixed kind=mlp --seed 2')
+    result = run_cell(
+        ip,
+        'exp = %katib --max-trials 4 --param "lr=double(1e-3,1e-1,log)" '
+        '--param "epochs=int(5,20)" --fixed kind=mlp --seed 2',
+    )
     assert result.success, result.error_in_exec
     exp = ip.user_ns["exp"].wait(120)
     assert exp.status == "succeeded" and len(exp.trials) == 4
     assert [t.cached_steps for t in exp.trials] == [0, 1, 1, 1]  # `load` reads no tuned parameter
     assert exp.best.objective == min(t.objective for t in exp.trials) and exp.best.run_id
     # the same experiment again resumes: nothing left to run
-    run_cell(ip, 'again = %katib --max-trials 4 --param "lr=double(1e-3,1e-1,log)" '
-                 '--param "epochs=int(5,20)" --fixed kind=mlp --seed 2')
+    run_cell(
+        ip,
+        'again = %katib --max-trials 4 --param "lr=double(1e-3,1e-1,log)" '
+        '--param "epochs=int(5,20)" --fixed kind=mlp --seed 2',
+    )
     again = ip.user_ns["again"].wait(30)
     assert again.resumed == 4 and len(again.trials) == 4
 
@@ -54,12 +61,15 @@ def test_failing_trials_stop_at_max_failed(ip):
     assert all("step 'train'" in t.error and "boom" in t.error for t in exp.trials)
 
 
-@pytest.mark.parametrize("line, message", [
-    ('--param "depth=int(1,3)"', "unknown parameter 'depth'"),
-    ('--param "lr=double(1,2)" --objective f1', "metric 'f1' is not recorded"),
-    ('--param "lr=double(0.1,0.01)"', "parameter 'lr': min 0.1 > max 0.01"),
-    ('--algorithm grid --param "lr=double(0.01,0.1)"', "grid over a continuous range needs a step"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('--param "depth=int(1,3)"', "unknown parameter 'depth'"),
+        ('--param "lr=double(1,2)" --objective f1', "metric 'f1' is not recorded"),
+        ('--param "lr=double(0.1,0.01)"', "parameter 'lr': min 0.1 > max 0.01"),
+        ('--algorithm grid --param "lr=double(0.01,0.1)"', "grid over a continuous range needs a step"),
+    ],
+)
 def test_bad_input_is_a_one_line_usage_error(ip, capsys, line, message):
     record(ip)
     result = run_cell(ip, f"%katib {line}")
@@ -77,8 +87,12 @@ def test_katib_help_documents_the_syntax(ip):
     assert "lr=double(1e-4,1e-1,log)" in doc and "categorical(" in doc and "discrete(" in doc
 
 
-RECORDED = {"lr": Parameter("lr", 0.01, "float"), "epochs": Parameter("epochs", 10, "int"),
-            "kind": Parameter("kind", "mlp", "str"), "units": Parameter("units", 64, "int")}
+RECORDED = {
+    "lr": Parameter("lr", 0.01, "float"),
+    "epochs": Parameter("epochs", 10, "int"),
+    "kind": Parameter("kind", "mlp", "str"),
+    "units": Parameter("units", 64, "int"),
+}
 
 
 class Plan:
@@ -97,17 +111,23 @@ def test_form_and_arguments_build_the_same_spec():
     form.additional.value = ("acc",)
     form.run_button.click()
     assert len(started) == 1
-    line = ('--algorithm multivariate-tpe --max-trials 30 --parallel 2 --objective val_loss --goal minimize '
-            '--metrics acc --param "lr=double(1e-4,1e-1,log)" --param "epochs=int(5,50)" '
-            '--param "kind=categorical(mlp,gbm)" --param "units=discrete(32,64,128)"')
+    line = (
+        "--algorithm multivariate-tpe --max-trials 30 --parallel 2 --objective val_loss --goal minimize "
+        '--metrics acc --param "lr=double(1e-4,1e-1,log)" --param "epochs=int(5,50)" '
+        '--param "kind=categorical(mlp,gbm)" --param "units=discrete(32,64,128)"'
+    )
     args = parse_argstring(TuneMagics.katib, line)
     from_args = build_spec(args, Plan).check_against(RECORDED, Plan.metrics)
     assert started[0] == from_args
     # the form shows the equivalent magic line, which parses back to the same spec
     shown = form.command.value.removeprefix("<code>%katib ").removesuffix("</code>").replace("&quot;", '"')
     shown = shown.replace("&#x27;", "'")
-    assert build_spec(parse_argstring(TuneMagics.katib, " ".join(shlex.quote(a) for a in shlex.split(shown))),
-                      Plan).check_against(RECORDED, Plan.metrics) == from_args
+    assert (
+        build_spec(
+            parse_argstring(TuneMagics.katib, " ".join(shlex.quote(a) for a in shlex.split(shown))), Plan
+        ).check_against(RECORDED, Plan.metrics)
+        == from_args
+    )
 
 
 def test_form_shows_mistakes_inline_and_does_not_run():
@@ -132,8 +152,12 @@ def test_form_shows_mistakes_inline_and_does_not_run():
 
 
 def test_live_view_html_has_table_best_progress_and_plots(tmp_path):
-    spec = ExperimentSpec(parameters=(parse_param("lr=double(1e-3,1e-1,log)"), parse_param("kind=categorical(a,b)")),
-                          objective="loss", max_trials=5, max_failed_trials=5)
+    spec = ExperimentSpec(
+        parameters=(parse_param("lr=double(1e-3,1e-1,log)"), parse_param("kind=categorical(a,b)")),
+        objective="loss",
+        max_trials=5,
+        max_failed_trials=5,
+    )
     outcomes = iter([0.5, None, 0.2, 0.9, 0.3])
 
     def trial(values):

@@ -1,4 +1,5 @@
 """The search-space syntax and experiment validation (pure data, no kernel)."""
+
 from __future__ import annotations
 
 import pytest
@@ -68,8 +69,9 @@ def test_grid_needs_a_step_for_continuous_ranges_only():
 
 
 def test_check_against_recorded_pipeline():
-    good = spec("lr=double(1e-4,1e-1,log)", "units=discrete(32,64)", "shuffle=categorical(true,false)",
-                fixed={"epochs": "7"}).check_against(RECORDED, ["val_loss", "acc"])
+    good = spec(
+        "lr=double(1e-4,1e-1,log)", "units=discrete(32,64)", "shuffle=categorical(true,false)", fixed={"epochs": "7"}
+    ).check_against(RECORDED, ["val_loss", "acc"])
     assert good.fixed == {"epochs": 7}
     cases = [
         (spec("depth=int(1,3)"), "unknown parameter 'depth' (recorded: lr, epochs, kind, units, shuffle)"),
@@ -94,8 +96,9 @@ def test_check_against_recorded_pipeline():
 
 
 def test_trial_values_take_the_recorded_types():
-    s = spec("lr=double(1e-4,1e-1,log)", "units=discrete(32,64)", "shuffle=categorical(True,False)",
-             "epochs=int(1,5)").check_against(RECORDED, ["val_loss"])
+    s = spec(
+        "lr=double(1e-4,1e-1,log)", "units=discrete(32,64)", "shuffle=categorical(True,False)", "epochs=int(1,5)"
+    ).check_against(RECORDED, ["val_loss"])
     values = s.trial_values({"lr": 0.05, "units": 64, "shuffle": "False", "epochs": 3}, RECORDED)
     assert values == {"lr": 0.05, "units": 64, "shuffle": False, "epochs": 3, "kind": "mlp"}
     assert [type(values[k]) for k in ("lr", "units", "shuffle", "epochs")] == [float, int, bool, int]

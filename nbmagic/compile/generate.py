@@ -4,6 +4,7 @@ The same module text is what ``compile_pipeline`` imports and compiles, and what
 so the exported file and the YAML cannot drift apart. Code is generated from data: names are checked identifiers,
 every value goes through :func:`literals.literal`, and the result is parsed with ``ast`` before it is used.
 """
+
 from __future__ import annotations
 
 import ast
@@ -11,12 +12,12 @@ import builtins
 import sys
 from dataclasses import dataclass, field
 
+from .. import packages
 from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
-from ..run.step import uses_ipython
-from .. import packages
-from . import component
+from ..runtime import component
+from ..runtime.step import uses_ipython
 from .literals import literal
 
 PIPELINE_FUNCTION = "pipeline"
@@ -24,8 +25,21 @@ OUTPUTS_CLASS = "PipelineOutputs"
 METRICS_ARG = "metrics"
 # Names the generated module defines or imports; step functions and parameters must not shadow them.
 MODULE_NAMES = {
-    "compiler", "dsl", "kubernetes", "kfp", "sys", "Any", "NamedTuple", "Artifact", "Input", "Metrics", "Output",
-    "nbmagic_run", "nbmagic_sources", PIPELINE_FUNCTION, OUTPUTS_CLASS,
+    "compiler",
+    "dsl",
+    "kubernetes",
+    "kfp",
+    "sys",
+    "Any",
+    "NamedTuple",
+    "Artifact",
+    "Input",
+    "Metrics",
+    "Output",
+    "nbmagic_run",
+    "nbmagic_sources",
+    PIPELINE_FUNCTION,
+    OUTPUTS_CLASS,
 }
 
 
@@ -237,9 +251,7 @@ def _settings_calls(comp: _Component) -> list[str]:
             f"kubernetes.use_secret_as_volume({task}, secret_name={literal(secret_file.secret)}, mount_path={literal(secret_file.path)})"
         )
     for volume in s.volumes:
-        calls.append(
-            f"kubernetes.mount_pvc({task}, pvc_name={literal(volume.pvc)}, mount_path={literal(volume.path)})"
-        )
+        calls.append(f"kubernetes.mount_pvc({task}, pvc_name={literal(volume.pvc)}, mount_path={literal(volume.path)})")
     for key, value in s.node_selector:
         calls.append(f"kubernetes.add_node_selector({task}, label_key={literal(key)}, label_value={literal(value)})")
     for tol in s.tolerations:

@@ -3,14 +3,16 @@
 Both go through one generated module (see ``generate``): ``compile_pipeline`` imports it from a temporary file (so
 ``dsl.component`` can read the component sources) and runs ``kfp.compiler``; ``export_dsl`` writes it for review.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import sys
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import NbMagicError, PipelineError
 from ..pipeline.model import PipelinePlan
@@ -18,7 +20,7 @@ from ..pipeline.settings import StepSettings
 from .generate import PIPELINE_FUNCTION, generate, metrics_output_name
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-RUNTIME_FILES = {"marshal": PACKAGE_ROOT / "store" / "marshal.py", "step": PACKAGE_ROOT / "run" / "step.py"}
+RUNTIME_FILES = {"marshal": PACKAGE_ROOT / "runtime" / "marshal.py", "step": PACKAGE_ROOT / "runtime" / "step.py"}
 
 
 def _runtime_source(which: str) -> str:

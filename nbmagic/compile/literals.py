@@ -1,4 +1,5 @@
 """Python literals for generated code: readable (multi-line strings stay multi-line) and checked by round trip."""
+
 from __future__ import annotations
 
 import ast

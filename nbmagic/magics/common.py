@@ -1,8 +1,10 @@
 """Helpers every Magics class shares: library errors as UsageErrors, argument specs as magic_arguments."""
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
@@ -39,7 +41,9 @@ def usage_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def arguments(specs: list[tuple[tuple[str, ...], dict[str, Any]]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def arguments(
+    specs: list[tuple[tuple[str, ...], dict[str, Any]]],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Apply a list of ``(args, kwargs)`` argument specs as IPython ``@argument`` decorators, in order."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,4 +1,5 @@
 """%%step, %%pipeline_parameters, %pipeline_metrics, %pipeline_config, %pipeline and %compile_run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,16 +9,16 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ..errors import NbMagicError
+from ..pipeline.analysis import to_python
 from ..pipeline.cells import (
     PARAMETERS_MAGIC,
-    parse_config_line,
     STEP_ARGUMENTS,
     STEP_MAGIC,
+    parse_config_line,
     parse_metrics_line,
     parse_parameters,
     parse_step_line,
 )
-from ..pipeline.analysis import to_python
 from ..pipeline.settings import SETTING_ARGUMENTS
 from .common import arguments, in_notebook, usage_errors
 from .state import kernel_state
@@ -145,9 +146,13 @@ class PipelineMagics(Magics):
     @argument("--param", action="append", metavar="NAME=VALUE", help="override a pipeline parameter (repeatable)")
     @argument("--no-cache", action="store_true", help="run every step, reusing nothing")
     @argument("--workers", type=int, default=None, help="steps run at once locally (default: number of cores)")
-    @argument("--output", "-o", metavar="FILE", help="write the compiled pipeline: .yaml for KFP IR, .py for readable KFP DSL")
+    @argument(
+        "--output", "-o", metavar="FILE", help="write the compiled pipeline: .yaml for KFP IR, .py for readable KFP DSL"
+    )
     @argument("--no-run", action="store_true", help="only compile (with --output)")
-    @argument("--host", help="KFP API URL: run on that cluster instead of locally (or $NBMAGIC_KFP_HOST with --cluster)")
+    @argument(
+        "--host", help="KFP API URL: run on that cluster instead of locally (or $NBMAGIC_KFP_HOST with --cluster)"
+    )
     @argument("--cluster", action="store_true", help="run on the KFP cluster named by $NBMAGIC_KFP_HOST")
     @argument("--experiment", help="KFP experiment name (cluster runs)")
     @argument("--namespace", help="Kubernetes namespace (cluster runs)")

@@ -1,4 +1,5 @@
 """``%serve``: serve a model from the kernel with its pre-processing transformer (locally or on KServe)."""
+
 from __future__ import annotations
 
 import html
@@ -21,17 +22,23 @@ class ServerList:
     def __repr__(self) -> str:
         if not self.servers:
             return "no live servers"
-        return "\n".join(f"{s.name}\t{s.url}\t{s.model_type}\t{s.transformer or '-'}\t{s.status}"
-                         for s in self.servers.values())
+        return "\n".join(
+            f"{s.name}\t{s.url}\t{s.model_type}\t{s.transformer or '-'}\t{s.status}" for s in self.servers.values()
+        )
 
     def _repr_html_(self) -> str:
         if not self.servers:
             return "<p>no live servers</p>"
         head = "".join(f"<th>{h}</th>" for h in ("name", "URL", "model type", "transformer", "protocol", "status"))
         rows = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in
-                             (s.name, s.url, s.model_type, s.transformer or "-", s.protocol, s.status)) + "</tr>"
-            for s in self.servers.values())
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(v))}</td>"
+                for v in (s.name, s.url, s.model_type, s.transformer or "-", s.protocol, s.status)
+            )
+            + "</tr>"
+            for s in self.servers.values()
+        )
         return f"<table class='nbmagic-servers'><tr>{head}</tr>{rows}</table>"
 
 
@@ -48,21 +55,44 @@ class ServeMagics(Magics):
         return ns[name]
 
     @magic_arguments()
-    @argument("model", nargs="?", help="notebook variable holding the model (sklearn, xgboost, lightgbm, "
-                                       "pytorch, keras, or any object with predict() or __call__)")
+    @argument(
+        "model",
+        nargs="?",
+        help="notebook variable holding the model (sklearn, xgboost, lightgbm, "
+        "pytorch, keras, or any object with predict() or __call__)",
+    )
     @argument("--transformer", metavar="FN", help="notebook function applied to raw request data before predict")
-    @argument("--with", dest="with_", metavar="OBJ", nargs="+", action="append", default=[],
-              help="notebook objects the transformer uses (e.g. a tokenizer), packaged with it")
+    @argument(
+        "--with",
+        dest="with_",
+        metavar="OBJ",
+        nargs="+",
+        action="append",
+        default=[],
+        help="notebook objects the transformer uses (e.g. a tokenizer), packaged with it",
+    )
     @argument("--name", help="server name (lowercase, digits, '-'); default: from the model variable")
     @argument("--port", type=int, help="HTTP port on 127.0.0.1 (default: a free port)")
-    @argument("--split", action="store_true",
-              help="run the transformer as its own server forwarding to the predictor (KServe's cluster layout)")
+    @argument(
+        "--split",
+        action="store_true",
+        help="run the transformer as its own server forwarding to the predictor (KServe's cluster layout)",
+    )
     @argument("--protocol", default="v1", choices=["v1", "v2"], help="default protocol of predict() (both are served)")
-    @argument("--grpc", nargs="?", type=int, const=0, default=None, metavar="PORT",
-              help="also serve gRPC (V2) on PORT (default: a free port); off unless given")
+    @argument(
+        "--grpc",
+        nargs="?",
+        type=int,
+        const=0,
+        default=None,
+        metavar="PORT",
+        help="also serve gRPC (V2) on PORT (default: a free port); off unless given",
+    )
     @argument("--cluster", action="store_true", help="deploy a KServe InferenceService instead of a local server")
     @argument("--namespace", default="default", help="namespace of the InferenceService (--cluster)")
-    @argument("--storage-uri", help="where the package is uploaded: s3://, gs://, pvc://CLAIM/PATH, file:// (--cluster)")
+    @argument(
+        "--storage-uri", help="where the package is uploaded: s3://, gs://, pvc://CLAIM/PATH, file:// (--cluster)"
+    )
     @argument("--image", help="image with nbmagic for the transformer/custom predictor (--cluster)")
     @argument("--list", action="store_true", help="list the live local servers")
     @argument("--stop", metavar="NAME", help="stop the live local server NAME")
@@ -98,10 +128,22 @@ class ServeMagics(Magics):
             grpc_port = args.grpc or local.free_port()
         from nbmagic.serve.api import serve
 
-        return serve(model, name=args.name, model_var=args.model, transformer=transformer,
-                     transformer_var=args.transformer, with_objects=with_objects, port=args.port, split=args.split,
-                     protocol=args.protocol, grpc_port=grpc_port, cluster=args.cluster, namespace=args.namespace,
-                     storage_uri=args.storage_uri, image=args.image)
+        return serve(
+            model,
+            name=args.name,
+            model_var=args.model,
+            transformer=transformer,
+            transformer_var=args.transformer,
+            with_objects=with_objects,
+            port=args.port,
+            split=args.split,
+            protocol=args.protocol,
+            grpc_port=grpc_port,
+            cluster=args.cluster,
+            namespace=args.namespace,
+            storage_uri=args.storage_uri,
+            image=args.image,
+        )
 
 
 def register(ipython: Any) -> None:

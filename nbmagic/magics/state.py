@@ -1,4 +1,5 @@
 """Per-kernel state: the recorder fed by IPython's cell hooks, and the plan built from it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,7 +64,7 @@ class KernelState:
         return build_plan(recorded, notebook_path=str(path) if path else None, name=name)
 
 
-_STATES: "WeakKeyDictionary[Any, KernelState]" = WeakKeyDictionary()
+_STATES: WeakKeyDictionary[Any, KernelState] = WeakKeyDictionary()
 
 
 def kernel_state(shell: Any) -> KernelState:

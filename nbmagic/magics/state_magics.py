@@ -1,4 +1,5 @@
 """%restore, %lineage, %runs and %gc: bring a run's state back, trace values, list runs, collect garbage."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +12,7 @@ from ..errors import NbMagicError
 from ..state_cli import GC_ARGUMENTS, RUNS_ARGUMENTS, gc_command, runs_command, sort_line_fix
 from .common import arguments, in_notebook, usage_errors
 
-_PROVENANCE: "WeakKeyDictionary[Any, Any]" = WeakKeyDictionary()
+_PROVENANCE: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
 
 
 def provenance(shell: Any) -> Any:
@@ -35,7 +36,9 @@ class StateMagics(Magics):
     """Run state: restore it, trace it, list it, collect it."""
 
     @magic_arguments()
-    @argument("run", help="run id, unique prefix, 'last', 'best' (best trial of the latest experiment) or 'best:EXPERIMENT'")
+    @argument(
+        "run", help="run id, unique prefix, 'last', 'best' (best trial of the latest experiment) or 'best:EXPERIMENT'"
+    )
     @argument("step", nargs="?", help="restore the state right after this step (default: the run's last step)")
     @argument("--vars", metavar="A,B", help="only these variables")
     @line_magic("restore")
@@ -53,7 +56,9 @@ class StateMagics(Magics):
 
         args = parse_argstring(self.restore, line)
         names = [n.strip() for n in args.vars.split(",")] if args.vars else None
-        report = restore(_store(), args.run, args.step, names, namespace=self.shell.user_ns, provenance=provenance(self.shell))
+        report = restore(
+            _store(), args.run, args.step, names, namespace=self.shell.user_ns, provenance=provenance(self.shell)
+        )
         if in_notebook():
             from IPython.display import display
 
@@ -63,7 +68,9 @@ class StateMagics(Magics):
 
     @magic_arguments()
     @argument("name", help="a kernel variable (restored or produced by a run) or an artifact id / value hash")
-    @argument("--run", help="look the variable up in this run (default: where it was restored from, else the latest run)")
+    @argument(
+        "--run", help="look the variable up in this run (default: where it was restored from, else the latest run)"
+    )
     @line_magic("lineage")
     @usage_errors
     def lineage(self, line: str) -> Any:
@@ -78,7 +85,9 @@ class StateMagics(Magics):
             origin = provenance(self.shell).origin(name, ns[name])
             if origin is not None:
                 artifact = resolve_artifact(store, str(origin.artifact_id))
-                return lineage(store, artifact, origin.run_id, name=name, note=f"restored into the kernel from run {origin.run_id}")
+                return lineage(
+                    store, artifact, origin.run_id, name=name, note=f"restored into the kernel from run {origin.run_id}"
+                )
         if name.isidentifier():
             found = self._latest_output(store, name, args.run)
             if found is not None:
@@ -99,15 +108,20 @@ class StateMagics(Magics):
         if not runs and last:
             runs.append(last)
         for run_id in runs:
-            row = conn.execute("SELECT ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
-                               " WHERE e.run_id=? AND ev.name=? AND ev.type='OUTPUT' ORDER BY e.id DESC LIMIT 1",
-                               (run_id, name)).fetchone()
+            row = conn.execute(
+                "SELECT ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
+                " WHERE e.run_id=? AND ev.name=? AND ev.type='OUTPUT' ORDER BY e.id DESC LIMIT 1",
+                (run_id, name),
+            ).fetchone()
             if row:
                 return run_id, row[0]
         if run:
             raise NbMagicError(f"run {runs[0]} assigned no variable {name!r}")
-        row = conn.execute("SELECT e.run_id, ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
-                           " WHERE ev.name=? AND ev.type='OUTPUT' ORDER BY e.id DESC LIMIT 1", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT e.run_id, ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
+            " WHERE ev.name=? AND ev.type='OUTPUT' ORDER BY e.id DESC LIMIT 1",
+            (name,),
+        ).fetchone()
         return (row[0], row[1]) if row else None
 
     @magic_arguments()
@@ -149,7 +163,7 @@ def _kernel_note(name: str, ns: dict[str, Any], store: Any, artifact_id: int, ru
     """Say whether the kernel's variable is the run's value (when that can be checked cheaply)."""
     if name not in ns:
         return f"{name!r} is not in the kernel; showing run {run_id}'s value"
-    from ..store import marshal
+    from ..runtime import marshal
 
     digest = marshal.fingerprint(ns[name], name)
     if digest is None:

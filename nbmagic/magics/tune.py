@@ -1,4 +1,5 @@
 """%katib: tune the recorded pipeline — a form in notebooks, or every field as an argument."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -33,8 +34,11 @@ class TuneMagics(Magics):
     @argument("--objective", help="the metric to optimise (default: the first recorded metric)")
     @argument("--goal", choices=["minimize", "maximize"], help="default: guessed from the metric's name")
     @argument("--metrics", help="additional metrics to collect, comma-separated")
-    @argument("--algorithm", default="tpe",
-              help="random, grid, bayesianoptimization, tpe, multivariate-tpe, cmaes, sobol (Katib's names)")
+    @argument(
+        "--algorithm",
+        default="tpe",
+        help="random, grid, bayesianoptimization, tpe, multivariate-tpe, cmaes, sobol (Katib's names)",
+    )
     @argument("--max-trials", type=int, default=12)
     @argument("--parallel", type=int, default=1, help="trials at once")
     @argument("--max-failed", type=int, default=3, help="stop after this many failed trials")
@@ -72,9 +76,18 @@ class TuneMagics(Magics):
         if not plan.metrics:
             raise TuneError("no pipeline metrics recorded: mark one with %pipeline_metrics NAME first")
         defaults = spec_from_recorded(plan.parameters, plan.metrics)
-        overrides = {k: v for k, v in {"algorithm": args.algorithm, "max_trials": args.max_trials,
-                                        "parallel_trials": args.parallel, "max_failed_trials": args.max_failed,
-                                        "objective": args.objective, "goal": args.goal}.items() if v is not None}
+        overrides = {
+            k: v
+            for k, v in {
+                "algorithm": args.algorithm,
+                "max_trials": args.max_trials,
+                "parallel_trials": args.parallel,
+                "max_failed_trials": args.max_failed,
+                "objective": args.objective,
+                "goal": args.goal,
+            }.items()
+            if v is not None
+        }
         from dataclasses import replace
 
         defaults = replace(defaults, **overrides)
@@ -112,8 +125,9 @@ class TuneMagics(Magics):
             name = spec.experiment_name(plan.name, code_key(code))
             since = {"since": time.time()} if args.restart else {}  # `%restore best` forgets older trials
             runner = pipeline_trial_runner(merged, cache=not args.no_cache, experiment=name)
-            experiment = LocalExperiment(spec, runner, pipeline=plan.name, recorded=plan.parameters,
-                                         restart=args.restart, code=code)
+            experiment = LocalExperiment(
+                spec, runner, pipeline=plan.name, recorded=plan.parameters, restart=args.restart, code=code
+            )
             experiment.start()
             RunStore().set_experiment(name, spec.objective, spec.goal, **since)  # what `%restore best` ranks by
         show(experiment, self.shell, quiet=args.quiet, target=target)
@@ -127,10 +141,17 @@ class TuneMagics(Magics):
 
         text = compile_pipeline(plan, defaults=defaults) if defaults is not None else compile_pipeline(plan)
         return katib.run_katib(
-            spec, text, host=args.host, pipeline_name=plan.name, namespace=args.namespace,
-            recorded=plan.parameters, image=args.image or plan.image,
-            kfp_experiment=args.kfp_experiment, service_account=args.service_account,
-            client=katib.api_client(args.api_server), code=code,
+            spec,
+            text,
+            host=args.host,
+            pipeline_name=plan.name,
+            namespace=args.namespace,
+            recorded=plan.parameters,
+            image=args.image or plan.image,
+            kfp_experiment=args.kfp_experiment,
+            service_account=args.service_account,
+            client=katib.api_client(args.api_server),
+            code=code,
         )
 
     katib.__doc__ = (katib.__doc__ or "") + "\n\n" + SYNTAX
@@ -182,14 +203,17 @@ def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None
     elif in_notebook():
         LiveView(experiment).show()
     else:
-        print(f"nbmagic: {experiment.backend} experiment {experiment.name!r} started "
-              f"({experiment.spec.max_trials} trials, {experiment.spec.parallel_trials} at once); "
-              "exp.wait() blocks, exp.best shows the best trial")
+        print(
+            f"nbmagic: {experiment.backend} experiment {experiment.name!r} started "
+            f"({experiment.spec.max_trials} trials, {experiment.spec.parallel_trials} at once); "
+            "exp.wait() blocks, exp.best shows the best trial"
+        )
         if experiment.note:
             print(f"nbmagic: {experiment.note}")
         from ..tune.view import TerminalView
 
         TerminalView(experiment).attach().update(experiment)
+
 
 class FormHandle:
     """What ``exp = %katib`` returns when the form is shown: the form, then the experiment it started."""

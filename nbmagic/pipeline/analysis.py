@@ -1,4 +1,5 @@
 """What a cell reads and writes: IPython's transformers first, then ``ast`` and ``symtable``."""
+
 from __future__ import annotations
 
 import ast
@@ -215,7 +216,9 @@ class _Scanner(ast.NodeVisitor):
         module = (node.module or "").split(".")[0]
         for alias in node.names:
             if alias.name == "*":
-                raise PipelineError(f"'from {node.module} import *' hides which names a step uses; import names explicitly")
+                raise PipelineError(
+                    f"'from {node.module} import *' hides which names a step uses; import names explicitly"
+                )
             bound = alias.asname or alias.name
             self.write(bound)
             if node.level == 0:
@@ -348,7 +351,10 @@ def analyze(code: str, where: str = "cell") -> CodeInfo:
         if isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             segment = ast.get_source_segment(code, statement) or ast.unparse(statement)
             first_line = statement.lineno
-            if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and statement.decorator_list:
+            if (
+                isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                and statement.decorator_list
+            ):
                 first = statement.decorator_list[0]
                 lines = code.splitlines()
                 segment = "\n".join(lines[first.lineno - 1 : statement.end_lineno])
@@ -356,7 +362,10 @@ def analyze(code: str, where: str = "cell") -> CodeInfo:
             names = (
                 [statement.name]
                 if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                else [a.asname or (a.name.split(".")[0] if isinstance(statement, ast.Import) else a.name) for a in statement.names]
+                else [
+                    a.asname or (a.name.split(".")[0] if isinstance(statement, ast.Import) else a.name)
+                    for a in statement.names
+                ]
             )
             for name in names:
                 info.definitions[name] = segment

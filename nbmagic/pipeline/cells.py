@@ -1,4 +1,5 @@
 """Read notebook cells (from the kernel or the file) into steps, parameters, metrics and notebook code."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,12 @@ STEP_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("name",), {"help": "the step's name: letters, digits and _"}),
     (
         ("--after",),
-        {"nargs": "+", "default": [], "metavar": "STEP", "help": "steps this one runs after, besides those inferred from data"},
+        {
+            "nargs": "+",
+            "default": [],
+            "metavar": "STEP",
+            "help": "steps this one runs after, besides those inferred from data",
+        },
     ),
 ]
 
@@ -70,7 +76,11 @@ def parse_parameters(code: str, where: str, first_line: int = 2) -> dict[str, Pa
     found: dict[str, Parameter] = {}
     for statement in tree.body:
         statement.lineno += first_line - 1
-        if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str):
+        if (
+            isinstance(statement, ast.Expr)
+            and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str)
+        ):
             continue  # a docstring-like comment
         target = statement.targets[0] if isinstance(statement, ast.Assign) and len(statement.targets) == 1 else None
         if isinstance(statement, ast.AnnAssign) and statement.value is not None:
@@ -142,7 +152,7 @@ def _metrics_lines(code: str) -> list[str]:
         text = raw.strip()
         for prefix in ("%" + METRICS_MAGIC + " ", "%" + METRICS_MAGIC + "\t"):
             if text.startswith(prefix):
-                names += parse_metrics_line(text[len(prefix):].split("#")[0])
+                names += parse_metrics_line(text[len(prefix) :].split("#")[0])
     return names
 
 
@@ -161,7 +171,7 @@ def parse_config_line(line: str, where: str = "%pipeline_config") -> StepSetting
 def _config_lines(source: str) -> list[str]:
     prefix = "%" + CONFIG_MAGIC
     return [
-        text.strip()[len(prefix):]
+        text.strip()[len(prefix) :]
         for text in source.splitlines()
         if text.strip() == prefix or text.strip().startswith(prefix + " ") or text.strip().startswith(prefix + "\t")
     ]
@@ -179,7 +189,13 @@ def read_cells(cells: list[RawCell]) -> Notebook:
             if name in seen:
                 raise PipelineError(f"two steps are named {name!r} ({seen[name].label} and {raw.label}); rename one")
             seen[name] = raw
-            cell = Cell(source=body, code=to_python(body), index=raw.index, label=f"{raw.label} (step {name})", cell_id=raw.cell_id)
+            cell = Cell(
+                source=body,
+                code=to_python(body),
+                index=raw.index,
+                label=f"{raw.label} (step {name})",
+                cell_id=raw.cell_id,
+            )
             notebook.steps.append(Step(name=name, cell=cell, after=after, settings=settings))
         elif magic and magic[0] == PARAMETERS_MAGIC:
             body = magic[2]

@@ -2,6 +2,7 @@
 
 Nothing here imports IPython or kfp; a plan can be built and checked without a kernel.
 """
+
 from __future__ import annotations
 
 import keyword
@@ -78,9 +79,7 @@ class Parameter:
             "str": isinstance(value, str),
         }[self.type]
         if not ok:
-            raise PipelineError(
-                f"parameter {self.name!r} is {self.type}; got {type(value).__name__} {value!r}"
-            )
+            raise PipelineError(f"parameter {self.name!r} is {self.type}; got {type(value).__name__} {value!r}")
         return float(value) if self.type == "float" else value
 
 
@@ -154,6 +153,6 @@ class PipelinePlan:
             values[name] = self.parameters[name].coerce(raw)
         return values
 
-    def with_settings(self, name: str, settings: StepSettings) -> "PipelinePlan":
+    def with_settings(self, name: str, settings: StepSettings) -> PipelinePlan:
         steps = tuple(replace(s, settings=settings) if s.name == name else s for s in self.steps)
         return replace(self, steps=steps)

@@ -1,9 +1,11 @@
 """Find the notebook file the kernel runs, and read its code cells with nbformat."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import PipelineError
 from .cells import RawCell
@@ -44,5 +46,7 @@ def read_notebook(path: Path) -> list[RawCell]:
     for number, cell in enumerate(notebook.cells, start=1):
         if cell.cell_type != "code":
             continue
-        cells.append(RawCell(source=cell.source, index=number, label=f"{path.name} cell {number}", cell_id=cell.get("id")))
+        cells.append(
+            RawCell(source=cell.source, index=number, label=f"{path.name} cell {number}", cell_id=cell.get("id"))
+        )
     return cells

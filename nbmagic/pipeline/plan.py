@@ -1,4 +1,5 @@
 """Resolve recorded cells into a validated PipelinePlan: data-flow edges, notebook code, order."""
+
 from __future__ import annotations
 
 import re
@@ -128,7 +129,9 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
     for position, step in enumerate(steps):
         for after in step.after:
             if after not in known:
-                raise PipelineError(f"step {step.name!r}: --after names unknown step {after!r} (steps: {', '.join(sorted(known))})")
+                raise PipelineError(
+                    f"step {step.name!r}: --after names unknown step {after!r} (steps: {', '.join(sorted(known))})"
+                )
         info = infos[step.name]
         inputs: dict[str, str] = {}
         reads_params: list[str] = []
@@ -141,7 +144,9 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
                 reads_params.append(var)
             elif var not in definitions and var not in PROVIDED:
                 missing.append(var)
-        prelude_defs, unresolved = _prelude([v for v in info.reads if v not in inputs and v not in parameters], definitions)
+        prelude_defs, unresolved = _prelude(
+            [v for v in info.reads if v not in inputs and v not in parameters], definitions
+        )
         # names the notebook functions use may come from steps or parameters too
         for var in sorted(unresolved - set(missing) - PROVIDED):
             producer = producer_of(position, step.name, var)
@@ -166,7 +171,9 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
         upstream = list(dict.fromkeys(list(step.after) + list(inputs.values())))
         for source in set(inputs.values()):
             consumers[source].add(step.name)
-        modules = sorted(set(info.modules).union(*(d.info.modules for d in prelude_defs)) if prelude_defs else set(info.modules))
+        modules = sorted(
+            set(info.modules).union(*(d.info.modules for d in prelude_defs)) if prelude_defs else set(info.modules)
+        )
         plans[step.name] = StepPlan(
             name=step.name,
             cell=step.cell,
@@ -214,4 +221,3 @@ def analyze_safe(code: str) -> list[str]:
         return analyze(code).writes
     except PipelineError:
         return []
-

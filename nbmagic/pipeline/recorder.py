@@ -1,4 +1,5 @@
 """What the live kernel has run, cell by cell, merged with the notebook file when there is one."""
+
 from __future__ import annotations
 
 import hashlib
@@ -90,7 +91,10 @@ class Recorder:
         by_step = {
             cell_magic(e.source)[1].split()[0]: e
             for e in executions
-            if not e.cell_id and cell_magic(e.source) and cell_magic(e.source)[0] == STEP_MAGIC and cell_magic(e.source)[1].split()
+            if not e.cell_id
+            and cell_magic(e.source)
+            and cell_magic(e.source)[0] == STEP_MAGIC
+            and cell_magic(e.source)[1].split()
         }
         by_source = {e.source: e for e in executions if not e.cell_id}
         merged: list[RawCell] = []

@@ -1,4 +1,5 @@
 """Show a plan: a text summary, and an SVG picture of its DAG laid out in layers."""
+
 from __future__ import annotations
 
 import html
@@ -9,13 +10,19 @@ from .model import PipelinePlan
 def plan_text(plan: PipelinePlan) -> str:
     lines = [f"pipeline {plan.name}" + (f"  ({plan.notebook})" if plan.notebook else "")]
     if plan.parameters:
-        lines.append("parameters: " + ", ".join(f"{p.name}: {p.type} = {p.default!r}" for p in plan.parameters.values()))
+        lines.append(
+            "parameters: " + ", ".join(f"{p.name}: {p.type} = {p.default!r}" for p in plan.parameters.values())
+        )
     if plan.metrics:
         lines.append("metrics: " + ", ".join(plan.metrics))
     lines.append("steps:")
     for step in plan.steps:
         reads = ", ".join(step.parameters)
-        lines.append(f"  {step.name}" + (f"  [parameters: {reads}]" if reads else "") + (f"  -> metrics: {', '.join(step.metrics)}" if step.metrics else ""))
+        lines.append(
+            f"  {step.name}"
+            + (f"  [parameters: {reads}]" if reads else "")
+            + (f"  -> metrics: {', '.join(step.metrics)}" if step.metrics else "")
+        )
     edges = plan.edges
     if edges:
         lines.append("edges:")
@@ -73,7 +80,9 @@ def plan_svg(plan: PipelinePlan) -> str:
                 f'<path d="M{x1},{y1} Q{cx},{cy} {x2},{y2 - 2}" fill="none" stroke="#555"{dash} marker-end="url(#arrow)"/>'
             )
         else:
-            parts.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2 - 2}" stroke="#555"{dash} marker-end="url(#arrow)"/>')
+            parts.append(
+                f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2 - 2}" stroke="#555"{dash} marker-end="url(#arrow)"/>'
+            )
         if edge.variables:
             full = ", ".join(edge.variables)
             label = full if len(full) <= 22 else full[:21] + "…"
@@ -93,7 +102,9 @@ def plan_svg(plan: PipelinePlan) -> str:
         x, y = pos[step.name]
         fill = "#e8f5e9" if step.metrics else "#e3f2fd"
         parts.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="{fill}" stroke="#1e88e5"/>')
-        parts.append(f'<text x="{x + box_w / 2}" y="{y + box_h / 2 + 4}" text-anchor="middle">{html.escape(step.name)}</text>')
+        parts.append(
+            f'<text x="{x + box_w / 2}" y="{y + box_h / 2 + 4}" text-anchor="middle">{html.escape(step.name)}</text>'
+        )
     parts.append("</svg>")
     parts[0] = parts[0].replace(f'width="{width}"', f'width="{int(extent) + 10}"', 1)
     return "".join(parts)

@@ -5,11 +5,13 @@ type (``%pipeline_config``), and :func:`merge` combines the two. Every option is
 malformed value is one clear error naming the option before anything runs. Secret *values* never appear here:
 only the names of Kubernetes secrets and keys.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..errors import NbMagicError
 
@@ -126,7 +128,9 @@ def check_limits(settings: StepSettings) -> StepSettings:
         (settings.memory_request, settings.memory_limit, memory_bytes, "--memory", "--memory-limit"),
     ):
         if request is not None and limit is not None and value(request) > value(limit):
-            raise SettingError(f"{option} {request} is more than {limit_option} {limit}: a request cannot exceed its limit")
+            raise SettingError(
+                f"{option} {request} is more than {limit_option} {limit}: a request cannot exceed its limit"
+            )
     return settings
 
 
@@ -206,7 +210,9 @@ def parse_secret(value: str, option: str = "--secret") -> SecretEnv:
     secret, sep, rest = value.partition(":")
     key, _, env = rest.partition("=")
     if not sep or not key:
-        raise SettingError(f"{option}: {value!r} names no key; use SECRET:KEY=ENVVAR (e.g. db-creds:password=DB_PASSWORD)")
+        raise SettingError(
+            f"{option}: {value!r} names no key; use SECRET:KEY=ENVVAR (e.g. db-creds:password=DB_PASSWORD)"
+        )
     _k8s_name(secret, "secret", option)
     if not SECRET_KEY_RE.match(key):
         raise SettingError(f"{option}: secret key {key!r} may only contain letters, digits, '-', '_' and '.'")
@@ -304,15 +310,27 @@ SETTING_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     ),
     (
         ("--secret-file",),
-        {"action": "append", "metavar": "SECRET:/PATH", "help": "mount Kubernetes secret SECRET as files under /PATH (repeatable; cluster only)"},
+        {
+            "action": "append",
+            "metavar": "SECRET:/PATH",
+            "help": "mount Kubernetes secret SECRET as files under /PATH (repeatable; cluster only)",
+        },
     ),
     (
         ("--volume",),
-        {"action": "append", "metavar": "PVC:/PATH", "help": "mount existing PersistentVolumeClaim PVC at /PATH (repeatable; cluster only)"},
+        {
+            "action": "append",
+            "metavar": "PVC:/PATH",
+            "help": "mount existing PersistentVolumeClaim PVC at /PATH (repeatable; cluster only)",
+        },
     ),
     (
         ("--node-selector",),
-        {"action": "append", "metavar": "LABEL=VALUE", "help": "schedule on nodes with this label (repeatable; cluster only)"},
+        {
+            "action": "append",
+            "metavar": "LABEL=VALUE",
+            "help": "schedule on nodes with this label (repeatable; cluster only)",
+        },
     ),
     (
         ("--toleration",),
@@ -444,10 +462,16 @@ def cluster_only(settings: StepSettings) -> list[str]:
         found.append(f"node selector {key}={value}")
     for tol in settings.tolerations:
         found.append(
-            "toleration " + tol.key + (f"={tol.value}" if tol.value is not None else "") + (f":{tol.effect}" if tol.effect else "")
+            "toleration "
+            + tol.key
+            + (f"={tol.value}" if tol.value is not None else "")
+            + (f":{tol.effect}" if tol.effect else "")
         )
     if settings.cpu_request or settings.cpu_limit:
-        found.append("cpu " + "/".join(f"{k} {v}" for k, v in (("request", settings.cpu_request), ("limit", settings.cpu_limit)) if v))
+        found.append(
+            "cpu "
+            + "/".join(f"{k} {v}" for k, v in (("request", settings.cpu_request), ("limit", settings.cpu_limit)) if v)
+        )
     if settings.memory_request:
         found.append(f"memory request {settings.memory_request}")
     if settings.image:

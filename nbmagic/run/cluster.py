@@ -53,6 +53,7 @@ number; read on first access, a failure is kept in ``ClusterRun.metrics_error``)
 ``ClusterRun.plugin_outputs`` returns the values plugins (e.g. MLflow) publish in
 ``plugins_output``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,9 +67,10 @@ import re
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from nbmagic.errors import NbMagicError
@@ -86,10 +88,16 @@ log = logging.getLogger(__name__)
 
 # KFP RuntimeState -> nbmagic status (pending / running / cached / done / failed)
 _RUN_STATUS = {
-    None: "pending", "RUNTIME_STATE_UNSPECIFIED": "pending", "PENDING": "pending",
-    "RUNNING": "running", "CANCELING": "running", "PAUSED": "running",
-    "SUCCEEDED": "done", "SKIPPED": "done",
-    "FAILED": "failed", "CANCELED": "failed",
+    None: "pending",
+    "RUNTIME_STATE_UNSPECIFIED": "pending",
+    "PENDING": "pending",
+    "RUNNING": "running",
+    "CANCELING": "running",
+    "PAUSED": "running",
+    "SUCCEEDED": "done",
+    "SKIPPED": "done",
+    "FAILED": "failed",
+    "CANCELED": "failed",
 }
 _TASK_STATUS = dict(_RUN_STATUS, SKIPPED="cached")
 FINAL = frozenset({"done", "failed"})
@@ -149,6 +157,7 @@ class MetricsRef:
 
 # --- settings --------------------------------------------------------------------------------
 
+
 def resolve_host(host: str | None = None) -> str:
     """The KFP API URL from ``host`` or the environment, validated, without a trailing slash."""
     value = host or os.environ.get(HOST_ENV) or os.environ.get(KFP_HOST_ENV)
@@ -158,7 +167,7 @@ def resolve_host(host: str | None = None) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ClusterError(f"KFP host {value!r} is not an http(s)://HOST[:PORT][/PATH] URL")
     try:
-        parts.port
+        _ = parts.port
     except ValueError:
         raise ClusterError(f"KFP host {value!r} has an invalid port") from None
     return value.strip().rstrip("/")
@@ -173,8 +182,10 @@ def _load_pipeline(pipeline_yaml: str | os.PathLike) -> tuple[str, dict]:
     """(text, pipeline spec dict) from IR YAML text or a path to it."""
     import yaml
 
-    if isinstance(pipeline_yaml, os.PathLike) or ("\n" not in pipeline_yaml and (
-            pipeline_yaml.endswith((".yaml", ".yml", ".json")) or os.path.exists(pipeline_yaml))):
+    if isinstance(pipeline_yaml, os.PathLike) or (
+        "\n" not in pipeline_yaml
+        and (pipeline_yaml.endswith((".yaml", ".yml", ".json")) or os.path.exists(pipeline_yaml))
+    ):
         path = Path(pipeline_yaml)
         try:
             text = path.read_text()
@@ -222,6 +233,7 @@ def _scrub(text: str, secret: str | None) -> str:
 
 # --- errors from kfp / kfp_server_api / urllib3 -> one line ----------------------------------
 
+
 @contextlib.contextmanager
 def _api_errors(host: str, what: str, token: str | None) -> Iterator[None]:
     import kfp_server_api
@@ -240,8 +252,9 @@ def _api_errors(host: str, what: str, token: str | None) -> Iterator[None]:
         hint = " (check the token: existing_token or $NBMAGIC_KFP_TOKEN)" if err.status in (401, 403) else ""
         if err.status == 404 and what == "connecting":
             detail = "no KFP v2beta1 API here (GET /apis/v2beta1/healthz answered 404)"
-        raise ClusterError(_scrub(f"KFP API at {host} refused {what}: HTTP {err.status} {detail}{hint}",
-                                  token)) from None
+        raise ClusterError(
+            _scrub(f"KFP API at {host} refused {what}: HTTP {err.status} {detail}{hint}", token)
+        ) from None
     except urllib3.exceptions.HTTPError as err:
         reason = str(getattr(err, "reason", None) or err)
         # drop urllib3's "HTTPConnection(host=..., port=...): " / "<... object at 0x..>: " prefixes
@@ -266,8 +279,9 @@ def _client_class() -> type:
     return _Client
 
 
-def connect(host: str | None = None, *, namespace: str | None = None, existing_token: str | None = None,
-            **client_options: Any) -> Any:
+def connect(
+    host: str | None = None, *, namespace: str | None = None, existing_token: str | None = None, **client_options: Any
+) -> Any:
     """A ``kfp.Client`` for ``host`` (see module doc for defaults); errors are one-line ClusterErrors."""
     host = resolve_host(host)
     token = resolve_token(existing_token)
@@ -284,16 +298,32 @@ def connect(host: str | None = None, *, namespace: str | None = None, existing_t
 
 # --- submit ----------------------------------------------------------------------------------
 
-def submit(pipeline_yaml: str | os.PathLike, *, host: str | None = None,
-           parameters: dict[str, Any] | None = None, pipeline_name: str | None = None,
-           experiment: str | None = None, namespace: str | None = None, run_name: str | None = None,
-           existing_token: str | None = None, credentials: Any = None, cookies: str | None = None,
-           client_id: str | None = None, other_client_id: str | None = None,
-           other_client_secret: str | None = None, proxy: str | None = None,
-           ssl_ca_cert: str | None = None, verify_ssl: bool | None = None,
-           ui_host: str | None = None, pipeline_root: str | None = None,
-           enable_caching: bool | None = None, service_account: str | None = None,
-           k8s_host: str | None = None, k8s_namespace: str | None = None) -> "ClusterRun":
+
+def submit(
+    pipeline_yaml: str | os.PathLike,
+    *,
+    host: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    pipeline_name: str | None = None,
+    experiment: str | None = None,
+    namespace: str | None = None,
+    run_name: str | None = None,
+    existing_token: str | None = None,
+    credentials: Any = None,
+    cookies: str | None = None,
+    client_id: str | None = None,
+    other_client_id: str | None = None,
+    other_client_secret: str | None = None,
+    proxy: str | None = None,
+    ssl_ca_cert: str | None = None,
+    verify_ssl: bool | None = None,
+    ui_host: str | None = None,
+    pipeline_root: str | None = None,
+    enable_caching: bool | None = None,
+    service_account: str | None = None,
+    k8s_host: str | None = None,
+    k8s_namespace: str | None = None,
+) -> ClusterRun:
     """Start the compiled pipeline on the KFP API at ``host`` and return its :class:`ClusterRun`.
 
     ``k8s_host`` / ``k8s_namespace``: where the run's pod logs (metric values) are read; see module doc.
@@ -312,32 +342,57 @@ def submit(pipeline_yaml: str | os.PathLike, *, host: str | None = None,
     pipeline_name = pipeline_name or spec.get("pipelineInfo", {}).get("name") or "pipeline"
     run_name = run_name or f"{pipeline_name} {_dt.datetime.now():%Y-%m-%d %H-%M-%S}"
 
-    client = connect(host, namespace=namespace, existing_token=token, credentials=credentials,
-                     cookies=cookies, client_id=client_id, other_client_id=other_client_id,
-                     other_client_secret=other_client_secret, proxy=proxy, ssl_ca_cert=ssl_ca_cert,
-                     verify_ssl=verify_ssl, ui_host=ui_host)
+    client = connect(
+        host,
+        namespace=namespace,
+        existing_token=token,
+        credentials=credentials,
+        cookies=cookies,
+        client_id=client_id,
+        other_client_id=other_client_id,
+        other_client_secret=other_client_secret,
+        proxy=proxy,
+        ssl_ca_cert=ssl_ca_cert,
+        verify_ssl=verify_ssl,
+        ui_host=ui_host,
+    )
     printed = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="nbmagic-kfp-") as tmp:
         package = Path(tmp) / "pipeline.yaml"
         package.write_text(text)
         with _api_errors(host, "the run", token), contextlib.redirect_stdout(printed):
             result = client.create_run_from_pipeline_package(
-                str(package), arguments=parameters, run_name=run_name, experiment_name=experiment,
-                namespace=namespace, pipeline_root=pipeline_root, enable_caching=enable_caching,
-                service_account=service_account)
+                str(package),
+                arguments=parameters,
+                run_name=run_name,
+                experiment_name=experiment,
+                namespace=namespace,
+                pipeline_root=pipeline_root,
+                enable_caching=enable_caching,
+                service_account=service_account,
+            )
     for line in printed.getvalue().splitlines():
         log.debug("kfp: %s", _scrub(line, token))
-    run = ClusterRun(client, result.run_info, host=host,
-                     ui_host=ui_host or os.environ.get(KFP_UI_ENV) or host, pipeline_spec=spec,
-                     namespace=namespace, k8s_host=k8s_host, k8s_namespace=k8s_namespace, secret=token)
+    run = ClusterRun(
+        client,
+        result.run_info,
+        host=host,
+        ui_host=ui_host or os.environ.get(KFP_UI_ENV) or host,
+        pipeline_spec=spec,
+        namespace=namespace,
+        k8s_host=k8s_host,
+        k8s_namespace=k8s_namespace,
+        secret=token,
+    )
     log.info("submitted run %s (%s) to %s: %s", run.id, run_name, host, run.url)
     return run
 
 
 # --- metric lines from pod logs (Kubernetes core API) ----------------------------------------
 
+
 def _metric_line_pattern() -> re.Pattern[str]:
-    from nbmagic.compile.component import METRIC_LINE_PREFIX
+    from nbmagic.runtime.component import METRIC_LINE_PREFIX
 
     # anywhere after a word boundary: `kubectl logs --timestamps` and log shippers put text in front
     return re.compile(r"(?:^|\s)" + re.escape(METRIC_LINE_PREFIX) + r"(\{.*\})\s*$")
@@ -358,8 +413,12 @@ def parse_metric_lines(text: str) -> list[tuple[str, str, float]]:
         if not isinstance(item, dict):
             continue
         step, name, value = item.get("step"), item.get("name"), item.get("value")
-        if (isinstance(step, str) and isinstance(name, str) and isinstance(value, (int, float))
-                and not isinstance(value, bool)):
+        if (
+            isinstance(step, str)
+            and isinstance(name, str)
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ):
             found.append((step, name, value))
     return found
 
@@ -421,13 +480,23 @@ def _k8s_detail(err: Any) -> str:
 
 # --- the run ---------------------------------------------------------------------------------
 
+
 class ClusterRun:
     """A pipeline run on a KFP cluster: id, url, status, per-task status, metrics (values from pod logs)."""
 
-    def __init__(self, client: Any, info: Any, *, host: str, ui_host: str | None = None,
-                 pipeline_spec: dict | None = None, namespace: str | None = None,
-                 k8s_host: str | None = None, k8s_namespace: str | None = None,
-                 secret: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        info: Any,
+        *,
+        host: str,
+        ui_host: str | None = None,
+        pipeline_spec: dict | None = None,
+        namespace: str | None = None,
+        k8s_host: str | None = None,
+        k8s_namespace: str | None = None,
+        secret: str | None = None,
+    ) -> None:
         self._client = client
         self._info = info
         self._spec = pipeline_spec or {}
@@ -486,10 +555,15 @@ class ClusterRun:
         for t in details:
             name = t.display_name or t.task_id or "?"
             out[name] = TaskStatus(
-                name=name, status=_TASK_STATUS.get(t.state, "running"), state=t.state,
-                started=t.start_time, finished=t.end_time,
+                name=name,
+                status=_TASK_STATUS.get(t.state, "running"),
+                state=t.state,
+                started=t.start_time,
+                finished=t.end_time,
                 error=t.error.message if t.error is not None and t.error.message else None,
-                task_id=t.task_id, pod_name=t.pod_name)
+                task_id=t.task_id,
+                pod_name=t.pod_name,
+            )
         return out
 
     @property
@@ -633,15 +707,21 @@ class ClusterRun:
             if err.status in (401, 403):
                 verb = "list pods" if what.startswith("list") else "get pods/log"
                 hint = f" (the Kubernetes identity needs {verb} in namespace {namespace})"
-            raise ClusterLogsError(self._secret_free(
-                f"cannot read the pod logs of run {self.id}: {what} in namespace {namespace} refused: "
-                f"{_k8s_detail(err)}{hint}")) from None
+            raise ClusterLogsError(
+                self._secret_free(
+                    f"cannot read the pod logs of run {self.id}: {what} in namespace {namespace} refused: "
+                    f"{_k8s_detail(err)}{hint}"
+                )
+            ) from None
         if isinstance(err, (urllib3.exceptions.HTTPError, OSError)):
             reason = re.sub(r"^(\w+\([^)]*\)|<[^>]*>):\s*", "", str(getattr(err, "reason", None) or err))
             host = getattr(getattr(self._core.api_client, "configuration", None), "host", "?")
-            raise ClusterLogsError(self._secret_free(
-                f"cannot read the pod logs of run {self.id}: cannot reach the Kubernetes API at {host} "
-                f"({what}): {reason}")) from None
+            raise ClusterLogsError(
+                self._secret_free(
+                    f"cannot read the pod logs of run {self.id}: cannot reach the Kubernetes API at {host} "
+                    f"({what}): {reason}"
+                )
+            ) from None
         raise err
 
     def _pod_log(self, core: Any, namespace: str, pod: str) -> str | None:
@@ -651,8 +731,9 @@ class ClusterRun:
         for container in ("main", None):
             try:
                 # preload off: the client would otherwise json-parse a log that happens to be valid JSON
-                response = core.read_namespaced_pod_log(pod, namespace, container=container,
-                                                        _preload_content=False, _request_timeout=(10, 120))
+                response = core.read_namespaced_pod_log(
+                    pod, namespace, container=container, _preload_content=False, _request_timeout=(10, 120)
+                )
                 return response.data.decode("utf-8", "replace")
             except ApiException as err:
                 if err.status == 400 and container is not None:
@@ -681,8 +762,11 @@ class ClusterRun:
     def _run_pods(self, core: Any, namespace: str) -> list[Any]:
         listed = self._k8s_call(
             "listing the run's pods",
-            lambda: core.list_namespaced_pod(namespace, label_selector=f"{RUN_ID_LABEL}={self.id}",
-                                             _request_timeout=(10, 60)), namespace)
+            lambda: core.list_namespaced_pod(
+                namespace, label_selector=f"{RUN_ID_LABEL}={self.id}", _request_timeout=(10, 60)
+            ),
+            namespace,
+        )
         return list(getattr(listed, "items", None) or [])
 
     def _read_by_run_label(self, core: Any, namespace: str, tasks: list[str]) -> None:
@@ -691,7 +775,8 @@ class ClusterRun:
         if not pods:
             raise ClusterLogsError(
                 f"cannot read metrics of run {self.id}: no pod of step {tasks[0]!r} in namespace {namespace} "
-                f"(deleted, or the run is in another namespace: set ${K8S_NAMESPACE_ENV})")
+                f"(deleted, or the run is in another namespace: set ${K8S_NAMESPACE_ENV})"
+            )
         logs: dict[str, str | None] = {}
         for task in tasks:
             mine = [p for p in pods if _pod_is_task(p, self._task_names(task), set(self._pod_candidates(task)))]
@@ -705,7 +790,8 @@ class ClusterRun:
                 read = ", ".join(n for p in (mine or pods) if logs.get(n := p.metadata.name) is not None) or "none"
                 raise ClusterLogsError(
                     f"cannot read metrics of run {self.id}: no metric lines in the pod logs of step {task!r} "
-                    f"(pods read: {read}); a KFP cache hit runs no code, re-run with caching off")
+                    f"(pods read: {read}); a KFP cache hit runs no code, re-run with caching off"
+                )
 
     @property
     def plugin_outputs(self) -> dict[str, dict[str, Any]]:
@@ -716,7 +802,7 @@ class ClusterRun:
         return out
 
     # polling -------------------------------------------------------------------------------
-    def refresh(self) -> "ClusterRun":
+    def refresh(self) -> ClusterRun:
         """Fetch the run again (``GET /apis/v2beta1/runs/{id}``)."""
         try:
             with _api_errors(self.host, f"reading run {self.id}", None):
@@ -725,8 +811,12 @@ class ClusterRun:
             raise type(err)(self._hide(str(err))) from None
         return self
 
-    def wait(self, timeout: float | None = None, poll_interval: float = 5.0,
-             on_update: Callable[["ClusterRun"], None] | None = None) -> "ClusterRun":
+    def wait(
+        self,
+        timeout: float | None = None,
+        poll_interval: float = 5.0,
+        on_update: Callable[[ClusterRun], None] | None = None,
+    ) -> ClusterRun:
         """Poll until done or failed; ``on_update(run)`` runs whenever the run or a task changes.
 
         Raises ClusterRunTimeout after ``timeout`` seconds (None: wait forever).
@@ -764,8 +854,10 @@ class ClusterRun:
                 text = self._pod_log(core, namespace, pod.metadata.name)
                 if text is not None:
                     return text
-        raise ClusterLogsError(f"no pod of step {step!r} of run {self.id} in namespace {namespace} "
-                               f"(not started, deleted, or another namespace: set ${K8S_NAMESPACE_ENV})")
+        raise ClusterLogsError(
+            f"no pod of step {step!r} of run {self.id} in namespace {namespace} "
+            f"(not started, deleted, or another namespace: set ${K8S_NAMESPACE_ENV})"
+        )
 
     # display -------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -776,20 +868,25 @@ class ClusterRun:
         rows = "".join(
             f"<tr><td>{esc(t.name)}</td><td>{esc(t.status)}</td>"
             f"<td>{'' if t.duration is None else f'{t.duration:.1f} s'}</td></tr>"
-            for t in self.tasks.values())
-        table = (f"<table><tr><th>task</th><th>status</th><th>time</th></tr>{rows}</table>"
-                 if rows else "")
+            for t in self.tasks.values()
+        )
+        table = f"<table><tr><th>task</th><th>status</th><th>time</th></tr>{rows}</table>" if rows else ""
         err = f"<div>error: {esc(self.error)}</div>" if self.status == "failed" and self.error else ""
         shown = ""
         if self.status == "done":
             self.metrics  # noqa: B018 - reads the values once, so the finished run shows them
         if self._values:
-            shown = "<div>metrics: " + ", ".join(
-                f"{esc(k)}={v!r}" for t in self._values.values() for k, v in t.items()) + "</div>"
+            shown = (
+                "<div>metrics: "
+                + ", ".join(f"{esc(k)}={v!r}" for t in self._values.values() for k, v in t.items())
+                + "</div>"
+            )
         elif self.metrics_error:
             shown = f"<div>metrics unavailable: {esc(self.metrics_error)}</div>"
-        return (f"<div><b>KFP run</b> <code>{esc(self.id)}</code> &mdash; <b>{esc(self.status)}</b> "
-                f"&mdash; <a href=\"{esc(self.url)}\" target=\"_blank\">{esc(self.url)}</a>{err}{shown}{table}</div>")
+        return (
+            f"<div><b>KFP run</b> <code>{esc(self.id)}</code> &mdash; <b>{esc(self.status)}</b> "
+            f'&mdash; <a href="{esc(self.url)}" target="_blank">{esc(self.url)}</a>{err}{shown}{table}</div>'
+        )
 
 
 def _pod_is_task(pod: Any, names: tuple[str, ...], node_ids: set[str]) -> bool:

@@ -1,4 +1,5 @@
 """The local runner: schedule a plan's steps on the warm worker, in parallel, reusing cached results."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,16 +7,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
+from ..runtime.step import uses_ipython
 from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore
 from .result import Run, StepState
-from .step import uses_ipython
 
 Listener = Callable[[Run, StepState | None], None]
 
@@ -88,7 +90,9 @@ def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
-def cache_key(step: StepPlan, parameters: dict[str, Any], inputs: dict[str, str], after: dict[str, str] | None = None) -> str:
+def cache_key(
+    step: StepPlan, parameters: dict[str, Any], inputs: dict[str, str], after: dict[str, str] | None = None
+) -> str:
     """What decides whether a step's stored result can be reused.
 
     ``after`` maps the steps this one runs ``--after`` to their own keys: those edges carry side effects (files),
@@ -137,7 +141,11 @@ class LocalRunner:
             raise NbMagicError(f"--workers must be at least 1, not {limit}")
         names = [s.name for s in plan.steps]
         run_id = self.store.create_run(
-            plan.name, values, names, notebook=plan.notebook, experiment=experiment,
+            plan.name,
+            values,
+            names,
+            notebook=plan.notebook,
+            experiment=experiment,
             upstream={s.name: list(s.upstream) for s in plan.steps},
         )
         run = Run(run_id, plan.name, names, values, self.store)
@@ -178,7 +186,9 @@ class LocalRunner:
                 wait_for = None
                 if retry_at:
                     wait_for = max(0.0, min(retry_at.values()) - time.time())
-                finished, _ = wait(list(running), timeout=wait_for if wait_for is not None else 1.0, return_when=FIRST_COMPLETED)
+                finished, _ = wait(
+                    list(running), timeout=wait_for if wait_for is not None else 1.0, return_when=FIRST_COMPLETED
+                )
                 for future in finished:
                     step, spec_path = running.pop(future)
                     retry_at.pop(step.name, None)
@@ -188,7 +198,11 @@ class LocalRunner:
         except BaseException as exc:  # Ctrl-C, or anything else escaping: stop the steps, never leave a 'running' run
             for future in running:
                 pool.kill(getattr(future, "task_id", ""))
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"the runner stopped: {type(exc).__name__}: {exc}"
+            reason = (
+                "interrupted"
+                if isinstance(exc, KeyboardInterrupt)
+                else f"the runner stopped: {type(exc).__name__}: {exc}"
+            )
             self._abort(run, reason, running, pool)
             try:
                 notify(run, None)
@@ -214,7 +228,9 @@ class LocalRunner:
             print(f"nbmagic: automatic gc skipped: {exc}", file=sys.stderr)
 
     # -- one step ------------------------------------------------------------------------------
-    def _start(self, run: Run, step: StepPlan, values: dict[str, Any], cache: bool, run_dir: Path, pool: Any, notify: Listener):
+    def _start(
+        self, run: Run, step: StepPlan, values: dict[str, Any], cache: bool, run_dir: Path, pool: Any, notify: Listener
+    ):
         state = run.steps[step.name]
         inputs = {var: run.steps[src].outputs[var]["hash"] for var, src in step.inputs.items()}
         after = {name: run.steps[name].cache_key or "" for name in step.explicit_after}
@@ -229,12 +245,24 @@ class LocalRunner:
                 state.status, state.ended = "cached", time.time()
                 state.outputs, state.not_kept = entry.outputs, entry.not_kept
                 run.metrics.update(entry.metrics)
-                self.store.set_step(run.id, step.name, "cached", cached=1, cache_key=key, started=state.started, ended=state.ended,
-                                    code_hash=code_hash(step.cell.code, step.prelude),
-                                    properties={"reused_execution": entry.execution_id, "not_kept": entry.not_kept,
-                                                "parameters": {n: values[n] for n in step.parameters}})
-                self.store.record_execution(run.id, step.name, self._input_refs(run, step), entry.outputs,
-                                            environment=environment(step.modules))
+                self.store.set_step(
+                    run.id,
+                    step.name,
+                    "cached",
+                    cached=1,
+                    cache_key=key,
+                    started=state.started,
+                    ended=state.ended,
+                    code_hash=code_hash(step.cell.code, step.prelude),
+                    properties={
+                        "reused_execution": entry.execution_id,
+                        "not_kept": entry.not_kept,
+                        "parameters": {n: values[n] for n in step.parameters},
+                    },
+                )
+                self.store.record_execution(
+                    run.id, step.name, self._input_refs(run, step), entry.outputs, environment=environment(step.modules)
+                )
                 notify(run, state)
                 return None
         state.status = "running"
@@ -263,8 +291,15 @@ class LocalRunner:
         result_path = Path(spec["result"])
         if result_path.exists():
             result_path.unlink()
-        self.store.set_step(run.id, step.name, "running", cache_key=key, started=state.started, log=spec["log"],
-                            code_hash=code_hash(step.cell.code, step.prelude))
+        self.store.set_step(
+            run.id,
+            step.name,
+            "running",
+            cache_key=key,
+            started=state.started,
+            log=spec["log"],
+            code_hash=code_hash(step.cell.code, step.prelude),
+        )
         notify(run, state)
         timeout = getattr(step.settings, "timeout", None)
         memory = _memory_limit(step)
@@ -276,7 +311,9 @@ class LocalRunner:
         future.task_id = task  # type: ignore[attr-defined]
         return future, str(spec_path)
 
-    def _finish(self, run: Run, step: StepPlan, event: dict[str, Any], spec_path: str, cache: bool, notify: Listener) -> float | None:
+    def _finish(
+        self, run: Run, step: StepPlan, event: dict[str, Any], spec_path: str, cache: bool, notify: Listener
+    ) -> float | None:
         """Record a finished step; return when to retry it, or None."""
         state = run.steps[step.name]
         spec = json.loads(Path(spec_path).read_text())
@@ -295,7 +332,9 @@ class LocalRunner:
             elif event.get("worker_died"):
                 state.error = f"step {step.name!r}: the step worker process ended unexpectedly"
             else:
-                state.error = f"step {step.name!r} ended without a result (exit code {event.get('code')}, signal {signal_})"
+                state.error = (
+                    f"step {step.name!r} ended without a result (exit code {event.get('code')}, signal {signal_})"
+                )
         else:
             state.status = result["status"]
             state.error = result.get("error")
@@ -313,12 +352,20 @@ class LocalRunner:
             return time.time() + delay
         if state.status == "done":
             run.metrics.update(result.get("metrics", {}))
-            execution = self.store.record_execution(run.id, step.name, self._input_refs(run, step), state.outputs,
-                                                    environment=environment(step.modules))
+            execution = self.store.record_execution(
+                run.id, step.name, self._input_refs(run, step), state.outputs, environment=environment(step.modules)
+            )
             if cache and step.settings.cache:
-                self.store.cache_put(spec["cache_key"], step.name, execution, state.outputs, result.get("metrics", {}), state.not_kept)
+                self.store.cache_put(
+                    spec["cache_key"], step.name, execution, state.outputs, result.get("metrics", {}), state.not_kept
+                )
         self.store.set_step(
-            run.id, step.name, state.status, ended=state.ended, error=state.error, traceback=state.traceback,
+            run.id,
+            step.name,
+            state.status,
+            ended=state.ended,
+            error=state.error,
+            traceback=state.traceback,
             properties={"not_kept": state.not_kept, "attempts": state.attempts, "parameters": spec["parameters"]},
         )
         notify(run, state)

@@ -1,4 +1,5 @@
 """The kernel's handle on the step worker (``worker.py``): start it once, send tasks, wait for exits."""
+
 from __future__ import annotations
 
 import atexit
@@ -60,7 +61,9 @@ class WorkerPool:
             self._preloads.popleft().set_result([])
         for task, future in list(self._pending.items()):
             self._pending.pop(task, None)
-            future.set_result({"event": "exit", "task": task, "code": None, "signal": -1, "timed_out": False, "worker_died": True})
+            future.set_result(
+                {"event": "exit", "task": task, "code": None, "signal": -1, "timed_out": False, "worker_died": True}
+            )
 
     def _send(self, request: dict[str, Any]) -> None:
         process = self._ensure()
@@ -86,14 +89,21 @@ class WorkerPool:
         self._preloaded.update(wanted)
 
     def submit(
-        self, spec_path: str, *, timeout: float | None = None, memory: int | None = None, env: dict[str, str] | None = None
+        self,
+        spec_path: str,
+        *,
+        timeout: float | None = None,
+        memory: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> tuple[str, Future[dict[str, Any]]]:
         """Start a task; the future resolves with the worker's exit event."""
         with self._lock:
             task = str(next(self._ids))
             future: Future[dict[str, Any]] = Future()
             self._pending[task] = future
-            self._send({"op": "run", "task": task, "spec": spec_path, "timeout": timeout, "memory": memory, "env": env or {}})
+            self._send(
+                {"op": "run", "task": task, "spec": spec_path, "timeout": timeout, "memory": memory, "env": env or {}}
+            )
         return task, future
 
     def kill(self, task: str) -> None:

@@ -1,4 +1,5 @@
 """A pipeline run as the user sees it: status per step, metrics, logs, and values on demand."""
+
 from __future__ import annotations
 
 import html
@@ -76,7 +77,7 @@ class Run:
 
         raise NbMagicError(f"run {self.id}: no stored value {name!r}" + (f" from step {step!r}" if step else ""))
 
-    def wait(self, timeout: float | None = None) -> "Run":
+    def wait(self, timeout: float | None = None) -> Run:
         return self  # local runs return when finished
 
     def _check_step(self, step: str) -> StepState:

@@ -1,4 +1,5 @@
 """One step as a worker child runs it: load inputs from the store, execute, keep every value it assigns."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .step import StepError, execute, ipython_setup
+from ..runtime.step import StepError, execute, ipython_setup
 
 
 def _redirect_output(log_path: str) -> None:
@@ -66,7 +67,9 @@ def run_task(spec_path: str) -> int:
                 raise RuntimeError(f"step {spec['step']!r} did not assign metric {name!r}")
             number = _metric(assigned[name])
             if number is None:
-                raise TypeError(f"metric {name!r} from step {spec['step']!r} is a {type(assigned[name]).__name__}, not a number")
+                raise TypeError(
+                    f"metric {name!r} from step {spec['step']!r} is a {type(assigned[name]).__name__}, not a number"
+                )
             result["metrics"][name] = number
         for name, value in assigned.items():
             if spec.get("keep_all", True) is False and name not in required:
@@ -89,7 +92,9 @@ def run_task(spec_path: str) -> int:
         result["traceback"] = exc.notebook_traceback
         sys.stderr.write(exc.notebook_traceback)
     except Exception as exc:  # noqa: BLE001 - store and output errors
-        result["error"] = str(exc) if isinstance(exc, _OutputError) else f"step {spec['step']!r}: {type(exc).__name__}: {exc}"
+        result["error"] = (
+            str(exc) if isinstance(exc, _OutputError) else f"step {spec['step']!r}: {type(exc).__name__}: {exc}"
+        )
         sys.stderr.write(result["error"] + "\n")
     result["ended"] = time.time()
     _write_json(spec["result"], result)

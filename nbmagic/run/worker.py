@@ -8,6 +8,7 @@ Protocol, one JSON object per line. Requests on stdin:
 ``{"op": "kill", "task": ID}``. Events on stdout: ``{"event": "ready"}``, ``{"event": "preloaded", "modules": [...]}``,
 ``{"event": "exit", "task": ID, "code": N, "signal": N, "timed_out": bool}``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -122,7 +123,7 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
 
 def _warm_runtime() -> None:
     """Import what every step uses (runtime, store, hashing) once, so forked steps start with it loaded."""
-    for module in ("nbmagic.run.task", "nbmagic.store.objects", "nbmagic.store.marshal", "xxhash", "dill"):
+    for module in ("nbmagic.run.task", "nbmagic.store.objects", "nbmagic.runtime.marshal", "xxhash", "dill"):
         try:
             importlib.import_module(module)
         except ImportError:
@@ -152,7 +153,11 @@ def _handle(request: dict[str, Any], tasks: dict[int, dict[str, Any]], out: Any)
         if pid == 0:
             _child(request["spec"], request.get("memory"), request.get("env") or {})
         timeout = request.get("timeout")
-        tasks[pid] = {"task": request["task"], "deadline": time.monotonic() + timeout if timeout else None, "timed_out": False}
+        tasks[pid] = {
+            "task": request["task"],
+            "deadline": time.monotonic() + timeout if timeout else None,
+            "timed_out": False,
+        }
         _send(out, {"event": "started", "task": request["task"], "pid": pid})
     elif op == "kill":
         for pid, task in tasks.items():

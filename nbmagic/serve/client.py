@@ -1,12 +1,17 @@
 """HTTP requests to a KServe model server (local or on a cluster): V1 and V2 bodies, errors with the server's message."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from nbmagic.serve.errors import PredictError, ServeError
 
-_V2_TYPES = {"f": {2: "FP16", 4: "FP32", 8: "FP64"}, "i": {1: "INT8", 2: "INT16", 4: "INT32", 8: "INT64"},
-             "u": {1: "UINT8", 2: "UINT16", 4: "UINT32", 8: "UINT64"}, "b": {1: "BOOL"}}
+_V2_TYPES = {
+    "f": {2: "FP16", 4: "FP32", 8: "FP64"},
+    "i": {1: "INT8", 2: "INT16", 4: "INT32", 8: "INT64"},
+    "u": {1: "UINT8", 2: "UINT16", 4: "UINT32", 8: "UINT64"},
+    "b": {1: "BOOL"},
+}
 
 
 def request_body(data: Any, protocol: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Transformer: a container running ``python -m nbmagic.serve.server --transformer-
 (KServe's storage initializer fetches the package for it from ``STORAGE_URI``; KServe adds ``--model_name`` and
 ``--predictor_host``). Inside pods the servers bind 0.0.0.0 - pod networking needs it; local servers never do.
 """
+
 from __future__ import annotations
 
 import html
@@ -41,8 +42,15 @@ def _server_container(package: Package, storage_uri: str, image: str, extra: lis
     }
 
 
-def inference_service(package: Package, *, storage_uri: str, namespace: str = "default", protocol: str = "v1",
-                      image: str | None = None, service_account: str | None = None) -> dict[str, Any]:
+def inference_service(
+    package: Package,
+    *,
+    storage_uri: str,
+    namespace: str = "default",
+    protocol: str = "v1",
+    image: str | None = None,
+    service_account: str | None = None,
+) -> dict[str, Any]:
     """The InferenceService manifest (a plain dict, as the Kubernetes API takes it)."""
     validate_name(package.name)
     validate_name(namespace)
@@ -55,22 +63,29 @@ def inference_service(package: Package, *, storage_uri: str, namespace: str = "d
     fmt = package.manifest.get("model_format")
     predictor: dict[str, Any]
     if fmt in ("sklearn", "xgboost", "lightgbm", "tensorflow"):
-        predictor = {"model": {"modelFormat": {"name": fmt}, "storageUri": f"{base}/model",
-                               "protocolVersion": protocol}}
+        predictor = {
+            "model": {"modelFormat": {"name": fmt}, "storageUri": f"{base}/model", "protocolVersion": protocol}
+        }
     else:  # pytorch, predict(), callable: no built-in runtime loads a dill file
         predictor = {"containers": [_server_container(package, base, image, ["--predictor-only"])]}
     if service_account:
         predictor["serviceAccountName"] = service_account
     spec: dict[str, Any] = {"predictor": predictor}
     if package.transformer_dir is not None:
-        spec["transformer"] = {"containers": [_server_container(
-            package, base, image, ["--transformer-only", "--predictor-protocol", protocol])]}
+        spec["transformer"] = {
+            "containers": [
+                _server_container(package, base, image, ["--transformer-only", "--predictor-protocol", protocol])
+            ]
+        }
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "InferenceService",
-        "metadata": {"name": package.name, "namespace": namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "nbmagic"},
-                     "annotations": {"nbmagic/model-type": package.manifest["type_name"]}},
+        "metadata": {
+            "name": package.name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "nbmagic"},
+            "annotations": {"nbmagic/model-type": package.manifest["type_name"]},
+        },
         "spec": spec,
     }
 
@@ -86,16 +101,19 @@ def submit(manifest: dict[str, Any], api: Any) -> dict[str, Any]:
         return objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
     except ApiException as exc:
         if exc.status != 409:
-            raise ServeError(f"creating InferenceService '{name}' in '{namespace}' failed: "
-                             f"{exc.status} {_api_message(exc)}") from None
+            raise ServeError(
+                f"creating InferenceService '{name}' in '{namespace}' failed: {exc.status} {_api_message(exc)}"
+            ) from None
     current = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    body = dict(manifest, metadata=dict(manifest["metadata"],
-                                        resourceVersion=current["metadata"].get("resourceVersion")))
+    body = dict(
+        manifest, metadata=dict(manifest["metadata"], resourceVersion=current["metadata"].get("resourceVersion"))
+    )
     try:
         return objects.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
     except ApiException as exc:
-        raise ServeError(f"replacing InferenceService '{name}' in '{namespace}' failed: "
-                         f"{exc.status} {_api_message(exc)}") from None
+        raise ServeError(
+            f"replacing InferenceService '{name}' in '{namespace}' failed: {exc.status} {_api_message(exc)}"
+        ) from None
 
 
 def _api_message(exc: Any) -> str:
@@ -130,9 +148,10 @@ class ClusterServer:
         from kubernetes import client as k8s
 
         return k8s.CustomObjectsApi(self.api).get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, self.name)
+            GROUP, VERSION, self.namespace, PLURAL, self.name
+        )
 
-    def wait_ready(self, timeout: float = 600.0, interval: float = 2.0) -> "ClusterServer":
+    def wait_ready(self, timeout: float = 600.0, interval: float = 2.0) -> ClusterServer:
         deadline = time.monotonic() + timeout
         last = None
         pause = 0.1
@@ -170,28 +189,46 @@ class ClusterServer:
         return response if raw else client.predictions(response)
 
     def logs(self, n: int = 50) -> str:
-        return (f"logs are in the pods: kubectl logs -n {self.namespace} -l "
-                f"serving.kserve.io/inferenceservice={self.name} --all-containers --tail {n}")
+        return (
+            f"logs are in the pods: kubectl logs -n {self.namespace} -l "
+            f"serving.kserve.io/inferenceservice={self.name} --all-containers --tail {n}"
+        )
 
     def stop(self) -> None:
         from kubernetes import client as k8s
 
         k8s.CustomObjectsApi(self.api).delete_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, self.name)
+            GROUP, VERSION, self.namespace, PLURAL, self.name
+        )
 
     def _repr_html_(self) -> str:
-        rows = [("name", self.name), ("namespace", self.namespace), ("URL", self.url or "-"),
-                ("model type", self.package.manifest["type_name"]),
-                ("transformer", self.package.manifest.get("transformer") or "-"),
-                ("protocol", self.protocol), ("status", self.status)]
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in rows)
+        rows = [
+            ("name", self.name),
+            ("namespace", self.namespace),
+            ("URL", self.url or "-"),
+            ("model type", self.package.manifest["type_name"]),
+            ("transformer", self.package.manifest.get("transformer") or "-"),
+            ("protocol", self.protocol),
+            ("status", self.status),
+        ]
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+        )
         return f"<table class='nbmagic-server'>{body}</table>"
 
 
-def deploy(package: Package, *, storage_uri: str, namespace: str = "default", protocol: str = "v1",
-           image: str | None = None, api: Any = None, timeout: float = 600.0, interval: float = 2.0,
-           uploader: Any = None) -> ClusterServer:
+def deploy(
+    package: Package,
+    *,
+    storage_uri: str,
+    namespace: str = "default",
+    protocol: str = "v1",
+    image: str | None = None,
+    api: Any = None,
+    timeout: float = 600.0,
+    interval: float = 2.0,
+    uploader: Any = None,
+) -> ClusterServer:
     """Upload the package, submit the InferenceService, wait until Ready."""
     from nbmagic.serve import upload
 

@@ -1,4 +1,5 @@
 """Recognise what kind of model an object is, without importing ML libraries that are not already in use."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,9 +54,7 @@ def detect(obj: Any, name: str = "model") -> ModelKind:
         return ModelKind("predict", None, type_name(obj))
     if callable(obj):
         return ModelKind("callable", None, type_name(obj))
-    raise ServeError(
-        f"'{name}' ({type_name(obj)}) is not a model: it has no predict() method and is not callable"
-    )
+    raise ServeError(f"'{name}' ({type_name(obj)}) is not a model: it has no predict() method and is not callable")
 
 
 def _check_fitted(obj: Any, name: str) -> None:

@@ -1,4 +1,5 @@
 """Serving errors: one line naming the model, function, object or option at fault."""
+
 from __future__ import annotations
 
 from nbmagic.errors import NbMagicError

@@ -10,10 +10,12 @@ Layouts (what KServe's runtimes read from ``storageUri``):
             dill, unlike pickle, also stores classes and functions defined in the notebook. These are served
             by nbmagic's own server image on a cluster.)
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nbmagic.serve.detect import ModelKind
 from nbmagic.serve.errors import ServeError

@@ -3,6 +3,7 @@
 The server binds 127.0.0.1 on a free port (or ``port``), gRPC stays off unless asked, and it dies with the
 kernel: the child sets PR_SET_PDEATHSIG and watches the parent pid; ``atexit`` stops every live server.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -23,7 +24,7 @@ from nbmagic.serve.errors import ServeError, ServerFailed
 from nbmagic.serve.package import Package
 
 HOST = "127.0.0.1"
-_LIVE: dict[str, "Server"] = {}
+_LIVE: dict[str, Server] = {}
 
 
 def free_port(host: str = HOST) -> int:
@@ -41,7 +42,9 @@ def check_port(port: int, host: str = HOST) -> int:
         try:
             sock.bind((host, port))
         except OSError:
-            raise ServeError(f"port {port} is already in use on {host}: choose another --port or leave it out") from None
+            raise ServeError(
+                f"port {port} is already in use on {host}: choose another --port or leave it out"
+            ) from None
     return port
 
 
@@ -54,9 +57,19 @@ class _Process:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             self.popen = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-                [sys.executable, "-m", "nbmagic.serve.server", *args, "--parent-pid", str(os.getpid()),
-                 *(["--pdeathsig"] if threading.current_thread() is threading.main_thread() else [])],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_child_env(),
+                [
+                    sys.executable,
+                    "-m",
+                    "nbmagic.serve.server",
+                    *args,
+                    "--parent-pid",
+                    str(os.getpid()),
+                    *(["--pdeathsig"] if threading.current_thread() is threading.main_thread() else []),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_child_env(),
             )
 
     def tail(self, n: int = 20) -> list[str]:
@@ -89,8 +102,17 @@ def _child_env() -> dict[str, str]:
 class Server:
     """A live local model server: ``url``, ``predict()``, ``logs()``, ``status``, ``stop()``."""
 
-    def __init__(self, package: Package, *, port: int | None = None, split: bool = False, protocol: str = "v1",
-                 grpc_port: int | None = None, timeout: float = 60.0, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        package: Package,
+        *,
+        port: int | None = None,
+        split: bool = False,
+        protocol: str = "v1",
+        grpc_port: int | None = None,
+        timeout: float = 60.0,
+        log_dir: Path | None = None,
+    ) -> None:
         if protocol not in ("v1", "v2"):
             raise ServeError(f"--protocol {protocol} is not supported: use v1 or v2")
         self.package = package
@@ -111,18 +133,45 @@ class Server:
             if split:
                 predictor_port = free_port()
                 self.predictor_url = f"http://{HOST}:{predictor_port}"
-                self.processes.append(_Process("predictor", [*common, "--http-port", str(predictor_port),
-                                                             "--predictor-only"], log_dir / "predictor.log"))
+                self.processes.append(
+                    _Process(
+                        "predictor",
+                        [*common, "--http-port", str(predictor_port), "--predictor-only"],
+                        log_dir / "predictor.log",
+                    )
+                )
                 # both start at once: the transformer needs the predictor only when a request arrives
-                self.processes.append(_Process("transformer", [
-                    *common, "--http-port", str(self.port), "--transformer-only",
-                    "--predictor-host", f"{HOST}:{predictor_port}", "--predictor-protocol", protocol,
-                    *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else [])], log_dir / "transformer.log"))
+                self.processes.append(
+                    _Process(
+                        "transformer",
+                        [
+                            *common,
+                            "--http-port",
+                            str(self.port),
+                            "--transformer-only",
+                            "--predictor-host",
+                            f"{HOST}:{predictor_port}",
+                            "--predictor-protocol",
+                            protocol,
+                            *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else []),
+                        ],
+                        log_dir / "transformer.log",
+                    )
+                )
                 self._wait_ready(self.processes[0], self.predictor_url, timeout)
             else:
-                self.processes.append(_Process("server", [
-                    *common, "--http-port", str(self.port),
-                    *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else [])], log_dir / "server.log"))
+                self.processes.append(
+                    _Process(
+                        "server",
+                        [
+                            *common,
+                            "--http-port",
+                            str(self.port),
+                            *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else []),
+                        ],
+                        log_dir / "server.log",
+                    )
+                )
             self._wait_ready(self.processes[-1], self.url, timeout)
         except BaseException:
             self.stop()
@@ -245,12 +294,17 @@ class Server:
 
     def _repr_html_(self) -> str:
         layout = "split: transformer -> predictor" if self.split else "transformer in process"
-        rows = [("name", self.name), ("URL", self.url), ("model type", self.model_type),
-                ("transformer", f"{self.transformer or '-'} ({layout})" if self.transformer else "-"),
-                ("protocol", self.protocol + (f" + gRPC :{self.grpc_port}" if self.grpc_port else "")),
-                ("status", self.status)]
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in rows)
+        rows = [
+            ("name", self.name),
+            ("URL", self.url),
+            ("model type", self.model_type),
+            ("transformer", f"{self.transformer or '-'} ({layout})" if self.transformer else "-"),
+            ("protocol", self.protocol + (f" + gRPC :{self.grpc_port}" if self.grpc_port else "")),
+            ("status", self.status),
+        ]
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+        )
         return f"<table class='nbmagic-server'>{body}</table>"
 
 
@@ -261,7 +315,7 @@ def serve(package: Package, **options: Any) -> Server:
 
 def live() -> dict[str, Server]:
     """Live servers by name (stopped or crashed ones are dropped)."""
-    for name, server in list(_LIVE.items()):
+    for _name, server in list(_LIVE.items()):
         if server.status != "running":
             server.stop()
     return dict(_LIVE)

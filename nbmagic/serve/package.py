@@ -7,6 +7,7 @@ Layout (the ``model/`` directory alone is what a KServe built-in runtime's ``sto
     DIR/transformer/transformer.json    imports, notebook function sources, asset names
     DIR/transformer/assets/NAME.dill    --with objects
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbmagic.serve import formats, transformer as transformer_mod
+from nbmagic.serve import formats
+from nbmagic.serve import transformer as transformer_mod
 from nbmagic.serve.detect import ModelKind, detect
 from nbmagic.serve.errors import ServeError
 
@@ -27,7 +29,9 @@ _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 def validate_name(name: str) -> str:
     """A server name becomes a path, a URL segment and a Kubernetes name: DNS-1035 label."""
     if not _NAME.match(name or ""):
-        raise ServeError(f"server name '{name}' is invalid: use lowercase letters, digits and '-', starting with a letter")
+        raise ServeError(
+            f"server name '{name}' is invalid: use lowercase letters, digits and '-', starting with a letter"
+        )
     return name
 
 
@@ -59,15 +63,24 @@ class Package:
         return self.path / "transformer" if self.manifest.get("transformer") else None
 
 
-def build(model: Any, directory: Path, *, name: str, model_var: str = "model", transformer: Any = None,
-          transformer_var: str | None = None, with_objects: dict[str, Any] | None = None) -> Package:
+def build(
+    model: Any,
+    directory: Path,
+    *,
+    name: str,
+    model_var: str = "model",
+    transformer: Any = None,
+    transformer_var: str | None = None,
+    with_objects: dict[str, Any] | None = None,
+) -> Package:
     """Detect, save and package ``model`` (and the transformer) into ``directory`` (replaced if present)."""
     validate_name(name)
     kind: ModelKind = detect(model, model_var)
     spec = None
     if transformer is not None:
-        spec = transformer_mod.capture(transformer, transformer_var or getattr(transformer, "__name__", "transform"),
-                                       with_objects)
+        spec = transformer_mod.capture(
+            transformer, transformer_var or getattr(transformer, "__name__", "transform"), with_objects
+        )
     elif with_objects:
         raise ServeError(f"--with {', '.join(with_objects)} given without --transformer")
     staging = directory.with_name(directory.name + ".tmp")
@@ -77,8 +90,12 @@ def build(model: Any, directory: Path, *, name: str, model_var: str = "model", t
         if spec is not None:
             transformer_mod.write(spec, staging / "transformer")
         manifest = {
-            "name": name, "kind": kind.kind, "model_format": kind.model_format, "type_name": kind.type_name,
-            "model_file": model_file, "transformer": spec.entry if spec else None,
+            "name": name,
+            "kind": kind.kind,
+            "model_format": kind.model_format,
+            "type_name": kind.type_name,
+            "model_file": model_file,
+            "transformer": spec.entry if spec else None,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     except BaseException:

@@ -10,6 +10,7 @@ Both V1 (``{"instances": [...]}``) and V2 (open inference protocol) requests are
 The transformer receives a Python list: V1 ``instances``, or for V2 the single input tensor as a nested
 list (bytes decoded to str; several inputs: a dict name -> list). Its result goes to the model's predict.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,13 +37,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--predictor-only", action="store_true", help="serve the model without the transformer")
     mode.add_argument("--transformer-only", action="store_true", help="serve the transformer, forward to a predictor")
-    parser.add_argument("--predictor-host", "--predictor_host", dest="predictor_host", default=None, help="HOST:PORT of the predictor (--transformer-only)")
-    parser.add_argument("--predictor-protocol", "--predictor_protocol", dest="predictor_protocol", default="v1",
-                        choices=["v1", "v2"])
+    parser.add_argument(
+        "--predictor-host",
+        "--predictor_host",
+        dest="predictor_host",
+        default=None,
+        help="HOST:PORT of the predictor (--transformer-only)",
+    )
+    parser.add_argument(
+        "--predictor-protocol", "--predictor_protocol", dest="predictor_protocol", default="v1", choices=["v1", "v2"]
+    )
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies")
-    parser.add_argument("--pdeathsig", action="store_true",
-                        help="also use PR_SET_PDEATHSIG (only when started from the parent's main thread: "
-                             "the signal fires when the starting *thread* ends)")
+    parser.add_argument(
+        "--pdeathsig",
+        action="store_true",
+        help="also use PR_SET_PDEATHSIG (only when started from the parent's main thread: "
+        "the signal fires when the starting *thread* ends)",
+    )
     parser.add_argument("--log-requests", action="store_true", help="log one line per request (slower)")
     args, _unknown = parser.parse_known_args(argv)  # other KServe-injected flags are ignored
     if args.transformer_only and not args.predictor_host:
@@ -51,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- request/response conversion (numpy and kserve are imported lazily; the server process has them) ---------
+
 
 def _request_rows(payload: Any, headers: dict[str, str] | None) -> Any:
     """The request's data as a Python list (V1 instances, or V2 input tensors)."""
@@ -72,18 +84,20 @@ def _request_rows(payload: Any, headers: dict[str, str] | None) -> Any:
         except ValueError:
             raise InvalidInput("request body is not JSON") from None
     if not isinstance(payload, dict):
-        raise InvalidInput("request body must be a JSON object with \"instances\" (V1) or \"inputs\" (V2)")
+        raise InvalidInput('request body must be a JSON object with "instances" (V1) or "inputs" (V2)')
     rows = payload.get("instances", payload.get("inputs"))
     if not isinstance(rows, list):
-        raise InvalidInput("V1 request needs \"instances\": a list, e.g. {\"instances\": [[1, 2, 3]]}")
+        raise InvalidInput('V1 request needs "instances": a list, e.g. {"instances": [[1, 2, 3]]}')
     return rows
 
 
 def _tensor_list(tensor: Any) -> Any:
     array = tensor.as_numpy()
     if array.dtype == object:
-        return [[_text(v) for v in row] if hasattr(row, "__len__") and not isinstance(row, (bytes, str)) else _text(row)
-                for row in array.tolist()]
+        return [
+            [_text(v) for v in row] if hasattr(row, "__len__") and not isinstance(row, (bytes, str)) else _text(row)
+            for row in array.tolist()
+        ]
     return array.tolist()
 
 
@@ -141,7 +155,8 @@ def _model_classes() -> tuple[type, type]:
     import kserve
     from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 
-    from nbmagic.serve import formats, transformer as transformer_mod
+    from nbmagic.serve import formats
+    from nbmagic.serve import transformer as transformer_mod
     from nbmagic.serve.package import open_package
 
     class PackagedModel(kserve.Model):
@@ -226,6 +241,7 @@ def _model_classes() -> tuple[type, type]:
 
 
 # --- process plumbing ------------------------------------------------------------------------------------------
+
 
 def die_with_parent(parent_pid: int | None, pdeathsig: bool = True) -> None:
     """Exit when the parent (the kernel) dies: PR_SET_PDEATHSIG on Linux, plus a watchdog thread everywhere."""

@@ -6,9 +6,10 @@ is an error naming the missing name. Names are found from the bytecode (LOAD_GLO
 and its nested code: comprehensions, lambdas, inner functions) plus, with ``ast``, the names its decorators
 and default values use.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 import __future__
+
 import ast
 import builtins
 import dis
@@ -17,9 +18,10 @@ import inspect
 import json
 import textwrap
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nbmagic.serve.errors import ServeError
 
@@ -38,8 +40,12 @@ class TransformerSpec:
     assets: dict[str, Any] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
-        return {"entry": self.entry, "imports": self.imports, "functions": self.functions,
-                "assets": sorted(self.assets)}
+        return {
+            "entry": self.entry,
+            "imports": self.imports,
+            "functions": self.functions,
+            "assets": sorted(self.assets),
+        }
 
 
 def global_names(fn: types.FunctionType) -> list[str]:
@@ -122,8 +128,9 @@ def capture(fn: Any, name: str, with_objects: dict[str, Any] | None = None) -> T
     return spec
 
 
-def _collect(fn: types.FunctionType, name: str, spec: TransformerSpec, with_objects: dict[str, Any],
-             seen: set[str]) -> None:
+def _collect(
+    fn: types.FunctionType, name: str, spec: TransformerSpec, with_objects: dict[str, Any], seen: set[str]
+) -> None:
     seen.add(name)
     if fn.__name__ == "<lambda>":
         raise ServeError(f"transformer function '{name}' is a lambda: define it with def")
@@ -169,8 +176,10 @@ def write(spec: TransformerSpec, directory: Path) -> None:
         try:
             data = dill.dumps(value, recurse=True)
         except Exception as exc:  # noqa: BLE001 - dill/pickle raise many types
-            raise ServeError(f"cannot serialize --with object '{key}' ({type(value).__name__}): "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise ServeError(
+                f"cannot serialize --with object '{key}' ({type(value).__name__}): "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
         (assets / f"{key}.dill").write_bytes(data)
     (directory / MANIFEST).write_text(json.dumps(spec.manifest(), indent=1))
 

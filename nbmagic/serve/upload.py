@@ -5,12 +5,14 @@ claim's local mount (``NBMAGIC_PVC_MOUNTS="claim=/mount,..."``, e.g. the noteboo
 ``s3://`` and ``gs://`` use boto3 / google-cloud-storage with their usual credential chains (environment,
 instance role, workload identity) — nbmagic never reads, stores or forwards credentials itself.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 from urllib.parse import urlparse
 
 from nbmagic.serve.errors import ServeError
@@ -46,8 +48,10 @@ def upload_pvc(source: Path, uri: str) -> str:
     parsed = urlparse(uri)
     mount = pvc_mounts().get(parsed.netloc)
     if mount is None:
-        raise ServeError(f"--storage-uri {uri}: PVC '{parsed.netloc}' is not mounted here; "
-                         f"set NBMAGIC_PVC_MOUNTS='{parsed.netloc}=/its/mount/path'")
+        raise ServeError(
+            f"--storage-uri {uri}: PVC '{parsed.netloc}' is not mounted here; "
+            f"set NBMAGIC_PVC_MOUNTS='{parsed.netloc}=/its/mount/path'"
+        )
     _copy_tree(source, mount / parsed.path.lstrip("/"))
     return uri
 
@@ -79,7 +83,10 @@ def upload_gs(source: Path, uri: str) -> str:
 
 
 UPLOADERS: dict[str, Callable[[Path, str], str]] = {
-    "file": upload_file, "pvc": upload_pvc, "s3": upload_s3, "gs": upload_gs,
+    "file": upload_file,
+    "pvc": upload_pvc,
+    "s3": upload_s3,
+    "gs": upload_gs,
 }
 
 

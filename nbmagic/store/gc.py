@@ -8,6 +8,7 @@ running run started, and unreferenced values younger than ``grace`` seconds (a r
 The automatic policy is ``<store>/gc.json`` (``{"keep_last": 200, "older_than": "30d", "max_size": "20GB"}``) or
 ``$NBMAGIC_GC`` (``keep_last=200,older_than=30d,max_size=20GB``, which wins); :func:`auto_gc` applies it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ..errors import NbMagicError
 from .history import parse_duration
@@ -29,8 +31,26 @@ from .runs import RunStore
 POLICY_FILE = "gc.json"
 ENV = "NBMAGIC_GC"
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?$")
-_FACTORS = {None: 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-            "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
+_FACTORS = {
+    None: 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
+}
 
 
 class GcError(NbMagicError):
@@ -70,13 +90,20 @@ class Policy:
         return ",".join(parts) or "(no policy)"
 
     def to_json(self) -> dict[str, Any]:
-        return {"keep_last": self.keep_last, "older_than": self.older_than, "max_size": self.max_size, "keep_best": self.keep_best}
+        return {
+            "keep_last": self.keep_last,
+            "older_than": self.older_than,
+            "max_size": self.max_size,
+            "keep_best": self.keep_best,
+        }
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], where: str = "policy") -> "Policy":
+    def from_mapping(cls, data: dict[str, Any], where: str = "policy") -> Policy:
         unknown = set(data) - {"keep_last", "older_than", "max_size", "keep_best"}
         if unknown:
-            raise GcError(f"{where}: unknown setting {sorted(unknown)[0]!r} (keep_last, older_than, max_size, keep_best)")
+            raise GcError(
+                f"{where}: unknown setting {sorted(unknown)[0]!r} (keep_last, older_than, max_size, keep_best)"
+            )
         policy = cls()
         if data.get("keep_last") is not None:
             try:
@@ -88,7 +115,9 @@ class Policy:
         if data.get("older_than") is not None:
             value = data["older_than"]
             try:
-                policy.older_than = float(value) if isinstance(value, (int, float)) else parse_duration(value, f"{where}: older_than")
+                policy.older_than = (
+                    float(value) if isinstance(value, (int, float)) else parse_duration(value, f"{where}: older_than")
+                )
             except NbMagicError as exc:
                 raise GcError(str(exc)) from None
         if data.get("max_size") is not None:
@@ -139,6 +168,7 @@ def save_policy(store: RunStore, policy: Policy | None) -> None:
 
 # ----------------------------------------------------------------------------------------- report
 
+
 @dataclass
 class GcReport:
     dry_run: bool
@@ -154,9 +184,11 @@ class GcReport:
 
     def text(self, limit: int = 30) -> str:
         verb = "would remove" if self.dry_run else "removed"
-        lines = [f"gc ({self.policy.describe()}): {verb} {len(self.runs)} runs, {len(self.values)} values, "
-                 f"{self.cache_entries} cache entries; {_size(self.bytes_freed)} freed of {_size(self.store_bytes)}; "
-                 f"{self.kept_runs} runs kept"]
+        lines = [
+            f"gc ({self.policy.describe()}): {verb} {len(self.runs)} runs, {len(self.values)} values, "
+            f"{self.cache_entries} cache entries; {_size(self.bytes_freed)} freed of {_size(self.store_bytes)}; "
+            f"{self.kept_runs} runs kept"
+        ]
         for run_id, started, why in self.runs[:limit]:
             lines.append(f"  run {run_id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))}  {why}")
         if len(self.runs) > limit:
@@ -173,6 +205,7 @@ class GcReport:
 
 
 # ----------------------------------------------------------------------------------------- collect
+
 
 @contextlib.contextmanager
 def _lock(store: RunStore, wait: bool = True) -> Iterator[bool]:
@@ -197,18 +230,33 @@ def _best_runs(store: RunStore, runs: list[tuple]) -> set[str]:
             continue
         if experiment not in goals:
             props = store.experiment_properties(experiment) or {}
-            goals[experiment] = (props["objective"], 1.0 if props.get("goal", "minimize") == "minimize" else -1.0) if props.get("objective") else None
+            goals[experiment] = (
+                (props["objective"], 1.0 if props.get("goal", "minimize") == "minimize" else -1.0)
+                if props.get("objective")
+                else None
+            )
         goal = goals[experiment]
         if goal is None:
             continue
         value = json.loads(metrics).get(goal[0])
-        if isinstance(value, (int, float)) and value == value and (experiment not in best or goal[1] * value < best[experiment][0]):
+        if (
+            isinstance(value, (int, float))
+            and value == value
+            and (experiment not in best or goal[1] * value < best[experiment][0])
+        ):
             best[experiment] = (goal[1] * value, run_id)
     return {run_id for _, run_id in best.values()}
 
 
-def collect(store: RunStore, policy: Policy, *, dry_run: bool = False, keep: Iterable[str] = (), grace: float = 60.0,
-            now: float | None = None) -> GcReport:
+def collect(
+    store: RunStore,
+    policy: Policy,
+    *,
+    dry_run: bool = False,
+    keep: Iterable[str] = (),
+    grace: float = 60.0,
+    now: float | None = None,
+) -> GcReport:
     """Apply ``policy``: choose runs to drop, then values nothing kept refers to; ``dry_run`` only reports."""
     with _lock(store):
         return _collect(store, policy, dry_run, set(keep), grace, now or time.time())
@@ -217,7 +265,9 @@ def collect(store: RunStore, policy: Policy, *, dry_run: bool = False, keep: Ite
 def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], grace: float, now: float) -> GcReport:
     store.mark_torn_runs()
     conn = store._connection()
-    runs = conn.execute("SELECT id, started, status, kind, experiment, metrics FROM runs ORDER BY started DESC, id DESC").fetchall()
+    runs = conn.execute(
+        "SELECT id, started, status, kind, experiment, metrics FROM runs ORDER BY started DESC, id DESC"
+    ).fetchall()
     active = {r[0] for r in runs if r[2] in ("running", "pending")}
     protected = active | keep | (_best_runs(store, runs) if policy.keep_best else set())
     doomed: dict[str, str] = {}
@@ -247,7 +297,7 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
         entries[key] = (holders, {ref["hash"] for ref in json.loads(outputs).values()})
 
     refs: dict[int, int] = {}
-    for run_id, aids in run_artifacts.items():
+    for aids in run_artifacts.values():
         for aid in aids:
             refs[aid] = refs.get(aid, 0) + 1
     cache_refs: dict[str, int] = {}
@@ -318,9 +368,16 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
             doomed[run_id] = f"store over {_size(policy.max_size)}"
             drop(run_id)
             remaining -= sum(size_of(d) for d in freed - before)
-    report = GcReport(dry_run, policy, [(r[0], r[1], doomed[r[0]]) for r in reversed(runs) if r[0] in doomed],
-                      sorted((d, size_of(d)) for d in freed), sum(size_of(d) for d in freed), store_bytes,
-                      len(runs) - len(doomed), len(dead_keys))
+    report = GcReport(
+        dry_run,
+        policy,
+        [(r[0], r[1], doomed[r[0]]) for r in reversed(runs) if r[0] in doomed],
+        sorted((d, size_of(d)) for d in freed),
+        sum(size_of(d) for d in freed),
+        store_bytes,
+        len(runs) - len(doomed),
+        len(dead_keys),
+    )
     if dry_run:
         return report
     _apply(store, report, set(doomed), dead_keys, {by_hash[d] for d in freed if d in by_hash}, key_runs, exec_run)
@@ -355,8 +412,15 @@ def _active_values(store: RunStore, active: set[str]) -> set[str]:
     return found
 
 
-def _apply(store: RunStore, report: GcReport, doomed: set[str], dead_keys: set[str], dead_artifacts: set[int],
-           key_runs: dict[str, set[str]], exec_run: dict[int, str]) -> None:
+def _apply(
+    store: RunStore,
+    report: GcReport,
+    doomed: set[str],
+    dead_keys: set[str],
+    dead_artifacts: set[int],
+    key_runs: dict[str, set[str]],
+    exec_run: dict[int, str],
+) -> None:
     """Remove the index rows first (one transaction), then the values and run folders."""
     from .lineage import execution, step_code_hash
 
@@ -364,7 +428,9 @@ def _apply(store: RunStore, report: GcReport, doomed: set[str], dead_keys: set[s
     doomed_execs = {eid for eid, run_id in exec_run.items() if run_id in doomed}
     # kept cached steps that reused a dropped execution keep its code hash (its spec file is about to go)
     updates = []
-    for eid, props, chash in conn.execute("SELECT id, properties, code_hash FROM executions WHERE cached=1 AND code_hash IS NULL"):
+    for eid, props, _chash in conn.execute(
+        "SELECT id, properties, code_hash FROM executions WHERE cached=1 AND code_hash IS NULL"
+    ):
         if eid in doomed_execs:
             continue
         reused = json.loads(props or "{}").get("reused_execution")
@@ -386,31 +452,42 @@ def _apply(store: RunStore, report: GcReport, doomed: set[str], dead_keys: set[s
         db.executemany("INSERT INTO gc_execs VALUES (?)", [(e,) for e in doomed_execs])
         db.executemany("INSERT INTO gc_artifacts VALUES (?)", [(a,) for a in dead_artifacts])
         # a run that started meanwhile may have recorded one of these values: it stays
-        db.execute("DELETE FROM gc_artifacts WHERE id IN (SELECT artifact_id FROM events WHERE execution_id NOT IN gc_execs)")
+        db.execute(
+            "DELETE FROM gc_artifacts WHERE id IN (SELECT artifact_id FROM events WHERE execution_id NOT IN gc_execs)"
+        )
         # live cache entries made by a dropped execution now point at a kept run's execution with the same key
-        for key, eid in conn.execute("SELECT key, execution_id FROM cache WHERE execution_id IN gc_execs").fetchall():
+        for key, _eid in conn.execute("SELECT key, execution_id FROM cache WHERE execution_id IN gc_execs").fetchall():
             if key in dead_keys:
                 continue
-            kept = db.execute("SELECT id FROM executions WHERE cache_key=? AND id NOT IN gc_execs AND state IN ('done','cached')"
-                              " ORDER BY id LIMIT 1", (key,)).fetchone()
+            kept = db.execute(
+                "SELECT id FROM executions WHERE cache_key=? AND id NOT IN gc_execs AND state IN ('done','cached')"
+                " ORDER BY id LIMIT 1",
+                (key,),
+            ).fetchone()
             if kept:
                 db.execute("UPDATE cache SET execution_id=? WHERE key=?", (kept[0], key))
         db.executemany("DELETE FROM cache WHERE key=?", [(k,) for k in dead_keys])
         db.execute("DELETE FROM events WHERE execution_id IN gc_execs")
         db.execute("DELETE FROM associations WHERE execution_id IN gc_execs")
-        db.execute("DELETE FROM attributions WHERE context_id IN (SELECT id FROM contexts WHERE type='run' AND name IN gc_runs)")
+        db.execute(
+            "DELETE FROM attributions WHERE context_id IN (SELECT id FROM contexts WHERE type='run' AND name IN gc_runs)"
+        )
         db.execute("DELETE FROM contexts WHERE type='run' AND name IN gc_runs")
         db.execute("DELETE FROM executions WHERE id IN gc_execs")
         db.execute("DELETE FROM runs WHERE id IN gc_runs")
         db.execute("DELETE FROM attributions WHERE artifact_id IN gc_artifacts")
         db.execute("DELETE FROM artifacts WHERE id IN gc_artifacts")
-        rescued = {row[0] for row in db.execute("SELECT hash FROM artifacts WHERE id IN (SELECT artifact_id FROM events)")}
+        rescued = {
+            row[0] for row in db.execute("SELECT hash FROM artifacts WHERE id IN (SELECT artifact_id FROM events)")
+        }
     freed_hashes = [(d, s) for d, s in report.values if d not in rescued]
     if len(freed_hashes) != len(report.values):
-        report.notes.append(f"{len(report.values) - len(freed_hashes)} values were kept: a run started meanwhile uses them")
+        report.notes.append(
+            f"{len(report.values) - len(freed_hashes)} values were kept: a run started meanwhile uses them"
+        )
         report.values = freed_hashes
         report.bytes_freed = sum(s for _, s in freed_hashes)
-    for digest, _size_ in freed_hashes:
+    for digest, _ in freed_hashes:
         store.objects.delete(digest)
     runs_dir = store.root / "runs"
     for run_id in doomed:
@@ -419,6 +496,7 @@ def _apply(store: RunStore, report: GcReport, doomed: set[str], dead_keys: set[s
 
 
 # ----------------------------------------------------------------------------------------- automatic
+
 
 def auto_gc(store: RunStore | None = None) -> GcReport | None:
     """Apply the configured policy if the store is over it; cheap when there is nothing to do.
@@ -432,8 +510,9 @@ def auto_gc(store: RunStore | None = None) -> GcReport | None:
         return None
     conn = store._connection()
     count, oldest = conn.execute("SELECT COUNT(*), MIN(started) FROM runs").fetchone()
-    over = (policy.keep_last is not None and count > policy.keep_last) or \
-           (policy.older_than is not None and oldest is not None and oldest < time.time() - policy.older_than)
+    over = (policy.keep_last is not None and count > policy.keep_last) or (
+        policy.older_than is not None and oldest is not None and oldest < time.time() - policy.older_than
+    )
     if not over and policy.max_size is not None:
         total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM artifacts").fetchone()[0]
         over = total > policy.max_size

@@ -1,12 +1,14 @@
 """Run history: list, filter (``val_loss<0.3``, parsed, never eval'd), sort and compare runs of the index."""
+
 from __future__ import annotations
 
 import html
 import json
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..errors import NbMagicError
 from .runs import RunRecord, RunStore
@@ -16,7 +18,20 @@ class HistoryError(NbMagicError):
     """A --where / --sort expression or a run reference that cannot be used."""
 
 
-BUILTIN = ("id", "pipeline", "status", "kind", "experiment", "notebook", "started", "ended", "duration", "steps", "cached", "age")
+BUILTIN = (
+    "id",
+    "pipeline",
+    "status",
+    "kind",
+    "experiment",
+    "notebook",
+    "started",
+    "ended",
+    "duration",
+    "steps",
+    "cached",
+    "age",
+)
 _COND = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|!=|==|=|<|>|~)\s*(.*?)\s*$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)?$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -31,6 +46,7 @@ def parse_duration(text: str, option: str = "duration") -> float:
 
 
 # ----------------------------------------------------------------------------------------- --where
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -68,7 +84,7 @@ def parse_where(text: str | Iterable[str] | None) -> list[Condition]:
     if not text:
         return []
     pieces: list[str] = []
-    for chunk in ([text] if isinstance(text, str) else list(text)):
+    for chunk in [text] if isinstance(text, str) else list(text):
         chunk = chunk.strip()
         if len(chunk) >= 2 and chunk[0] == chunk[-1] and chunk[0] in "'\"":
             chunk = chunk[1:-1]  # IPython's magic argument splitter keeps the quotes
@@ -81,7 +97,9 @@ def parse_where(text: str | Iterable[str] | None) -> list[Condition]:
 def _condition(text: str) -> Condition:
     match = _COND.match(text)
     if not match or not match.group(3) or match.group(3)[0] in "<>=!~":
-        raise HistoryError(f"--where {text.strip()!r}: expected NAME OP VALUE with OP one of < <= > >= = != ~ (e.g. val_loss<0.3)")
+        raise HistoryError(
+            f"--where {text.strip()!r}: expected NAME OP VALUE with OP one of < <= > >= = != ~ (e.g. val_loss<0.3)"
+        )
     name, op, raw = match.groups()
     return Condition(name, op, _literal(name, raw))
 
@@ -136,6 +154,7 @@ def field_value(record: RunRecord, name: str, now: float | None = None) -> Any:
 
 # ----------------------------------------------------------------------------------------- query
 
+
 def sort_keys(text: str | None) -> list[tuple[str, bool]]:
     """``"-started"`` / ``"val_loss,-duration"`` -> [(field, descending)]."""
     keys = []
@@ -151,8 +170,15 @@ def sort_keys(text: str | None) -> list[tuple[str, bool]]:
     return keys
 
 
-def query(store: RunStore, where: str | Iterable[str] | None = None, sort: str | None = None, limit: int | None = None,
-          *, pipeline: str | None = None, experiment: str | None = None) -> tuple[list[RunRecord], int]:
+def query(
+    store: RunStore,
+    where: str | Iterable[str] | None = None,
+    sort: str | None = None,
+    limit: int | None = None,
+    *,
+    pipeline: str | None = None,
+    experiment: str | None = None,
+) -> tuple[list[RunRecord], int]:
     """Runs matching every condition, sorted (default newest first); returns (runs up to ``limit``, total matching)."""
     conditions = parse_where(where)
     keys = sort_keys(sort) or [("started", True)]
@@ -175,14 +201,20 @@ def query(store: RunStore, where: str | Iterable[str] | None = None, sort: str |
 
 def _check_field(records: list[RunRecord], name: str, option: str, now: float) -> None:
     """A field no run has is a typo: name it (a filter on it would match nothing, a sort would do nothing)."""
-    if not records or (name.partition(".")[2] or name) in BUILTIN and not name.startswith(("param", "p.", "metric", "m.")):
+    if (
+        not records
+        or (name.partition(".")[2] or name) in BUILTIN
+        and not name.startswith(("param", "p.", "metric", "m."))
+    ):
         return
     if any(field_value(r, name, now) is not None for r in records):
         return
     metrics = sorted({k for r in records for k in r.metrics})
     params = sorted({k for r in records for k in r.parameters})
-    raise HistoryError(f"{option} {name!r}: no run has a metric or parameter {name!r} "
-                       f"(metrics: {', '.join(metrics) or 'none'}; parameters: {', '.join(params) or 'none'})")
+    raise HistoryError(
+        f"{option} {name!r}: no run has a metric or parameter {name!r} "
+        f"(metrics: {', '.join(metrics) or 'none'}; parameters: {', '.join(params) or 'none'})"
+    )
 
 
 def _sortable(value: Any) -> tuple[int, Any] | None:
@@ -194,6 +226,7 @@ def _sortable(value: Any) -> tuple[int, Any] | None:
 
 
 # ----------------------------------------------------------------------------------------- table
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -224,9 +257,16 @@ class RunTable:
     def rows(self) -> list[list[str]]:
         out = []
         for r in self.runs:
-            cells = {"id": r.id + ("" if r.kind == "local" else f" ({r.kind})"), "pipeline": r.pipeline, "status": r.status,
-                     "parameters": _pairs(r.parameters), "metrics": _pairs(r.metrics), "duration": _duration(r),
-                     "cached": f"{r.cached}/{r.steps}", "started": _when(r.started)}
+            cells = {
+                "id": r.id + ("" if r.kind == "local" else f" ({r.kind})"),
+                "pipeline": r.pipeline,
+                "status": r.status,
+                "parameters": _pairs(r.parameters),
+                "metrics": _pairs(r.metrics),
+                "duration": _duration(r),
+                "cached": f"{r.cached}/{r.steps}",
+                "started": _when(r.started),
+            }
             out.append([cells[c] for c in self.columns])
         return out
 
@@ -257,12 +297,28 @@ class RunTable:
         return f"<div><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}</div>"
 
     def to_records(self) -> list[dict[str, Any]]:
-        return [dict(id=r.id, pipeline=r.pipeline, status=r.status, kind=r.kind, parameters=r.parameters, metrics=r.metrics,
-                     started=r.started, ended=r.ended, duration=r.duration, steps=r.steps, cached=r.cached,
-                     experiment=r.experiment, error=r.error) for r in self.runs]
+        return [
+            dict(
+                id=r.id,
+                pipeline=r.pipeline,
+                status=r.status,
+                kind=r.kind,
+                parameters=r.parameters,
+                metrics=r.metrics,
+                started=r.started,
+                ended=r.ended,
+                duration=r.duration,
+                steps=r.steps,
+                cached=r.cached,
+                experiment=r.experiment,
+                error=r.error,
+            )
+            for r in self.runs
+        ]
 
 
 # ----------------------------------------------------------------------------------------- compare
+
 
 @dataclass
 class StepDiff:
@@ -283,7 +339,10 @@ class Comparison:
     steps: list[StepDiff]
 
     def text(self) -> str:
-        lines = [f"A = {self.a.id} ({self.a.pipeline}, {self.a.status})", f"B = {self.b.id} ({self.b.pipeline}, {self.b.status})"]
+        lines = [
+            f"A = {self.a.id} ({self.a.pipeline}, {self.a.status})",
+            f"B = {self.b.id} ({self.b.pipeline}, {self.b.status})",
+        ]
         lines.append("parameters:" if self.parameters else "parameters: same")
         for k, (x, y) in self.parameters.items():
             lines.append(f"  {k}: {_fmt(x) if x is not None else '—'} -> {_fmt(y) if y is not None else '—'}")
@@ -318,15 +377,23 @@ class Comparison:
         def table(title: str, diffs: dict[str, tuple[Any, Any]]) -> str:
             if not diffs:
                 return f"<div>{title}: same</div>"
-            rows = "".join(f"<tr><td style='text-align:left'>{html.escape(k)}</td><td>{html.escape(_fmt(x) if x is not None else '—')}</td>"
-                           f"<td>{html.escape(_fmt(y) if y is not None else '—')}</td></tr>" for k, (x, y) in diffs.items())
+            rows = "".join(
+                f"<tr><td style='text-align:left'>{html.escape(k)}</td><td>{html.escape(_fmt(x) if x is not None else '—')}</td>"
+                f"<td>{html.escape(_fmt(y) if y is not None else '—')}</td></tr>"
+                for k, (x, y) in diffs.items()
+            )
             return f"<div>{title}<table><thead><tr><th></th><th>A</th><th>B</th></tr></thead><tbody>{rows}</tbody></table></div>"
 
-        steps = "".join(f"<tr><td style='text-align:left'>{html.escape(s.step)}</td><td style='text-align:left'>"
-                        f"{html.escape(self._step_note(s))}</td></tr>" for s in self.steps)
-        return (f"<div><b>A</b> {html.escape(self.a.id)} · <b>B</b> {html.escape(self.b.id)}"
-                f"{table('parameters', self.parameters)}{table('metrics', self.metrics)}"
-                f"<div>steps<table><tbody>{steps}</tbody></table></div></div>")
+        steps = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(s.step)}</td><td style='text-align:left'>"
+            f"{html.escape(self._step_note(s))}</td></tr>"
+            for s in self.steps
+        )
+        return (
+            f"<div><b>A</b> {html.escape(self.a.id)} · <b>B</b> {html.escape(self.b.id)}"
+            f"{table('parameters', self.parameters)}{table('metrics', self.metrics)}"
+            f"<div>steps<table><tbody>{steps}</tbody></table></div></div>"
+        )
 
 
 def compare(store: RunStore, a: str, b: str, resolve: Callable[[str], str] | None = None) -> Comparison:
@@ -347,10 +414,22 @@ def compare(store: RunStore, a: str, b: str, resolve: Callable[[str], str] | Non
             steps.append(StepDiff(name, x.state if x else "", y.state if y else "", False, False))
             continue
         ca, cb = step_code_hash(store, x), step_code_hash(store, y)
-        values = sorted(n for n in set(x.outputs) | set(y.outputs)
-                        if (x.outputs.get(n).hash if n in x.outputs else None) != (y.outputs.get(n).hash if n in y.outputs else None))
-        steps.append(StepDiff(name, x.state, y.state, bool(ca and cb and ca != cb),
-                              bool(x.cache_key and y.cache_key and x.cache_key != y.cache_key), values))
+        values = sorted(
+            n
+            for n in set(x.outputs) | set(y.outputs)
+            if (x.outputs.get(n).hash if n in x.outputs else None)
+            != (y.outputs.get(n).hash if n in y.outputs else None)
+        )
+        steps.append(
+            StepDiff(
+                name,
+                x.state,
+                y.state,
+                bool(ca and cb and ca != cb),
+                bool(x.cache_key and y.cache_key and x.cache_key != y.cache_key),
+                values,
+            )
+        )
     return Comparison(ra, rb, params, metrics, steps)
 
 
@@ -360,11 +439,25 @@ def _diff(x: dict[str, Any], y: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
 
 # ----------------------------------------------------------------------------------------- cluster runs
 
-def record_cluster_run(store: RunStore, run: Any, pipeline: str, parameters: dict[str, Any], steps: Iterable[str] = (),
-                       experiment: str | None = None) -> str:
+
+def record_cluster_run(
+    store: RunStore,
+    run: Any,
+    pipeline: str,
+    parameters: dict[str, Any],
+    steps: Iterable[str] = (),
+    experiment: str | None = None,
+) -> str:
     """Index a submitted cluster run (``nbmagic.run.cluster.ClusterRun``) so ``%runs`` lists it."""
-    return store.create_run(pipeline, parameters, list(steps), experiment=experiment, kind="cluster", run_id=run.id,
-                            url=getattr(run, "url", None))
+    return store.create_run(
+        pipeline,
+        parameters,
+        list(steps),
+        experiment=experiment,
+        kind="cluster",
+        run_id=run.id,
+        url=getattr(run, "url", None),
+    )
 
 
 def refresh_cluster_run(store: RunStore, run: Any) -> None:

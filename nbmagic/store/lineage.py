@@ -4,15 +4,17 @@ who consumed it. Read-only queries on :class:`~nbmagic.store.runs.RunStore`; tex
 Per execution the index holds: INPUT/OUTPUT events (values with hashes), parameters (``properties``), the
 code hash, cache hit (``cached`` + ``properties.reused_execution``), start/end and ``environment``.
 """
+
 from __future__ import annotations
 
 import hashlib
 import html
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import NbMagicError
 
@@ -22,6 +24,7 @@ class LineageError(NbMagicError):
 
 
 # ----------------------------------------------------------------------------------------- recording helpers
+
 
 def code_hash(code: str, prelude: str = "") -> str:
     """The identity of a step's code: its cell code and the notebook code (prelude) it runs with."""
@@ -43,6 +46,7 @@ def environment(modules: Iterable[str] = ()) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- data
+
 
 @dataclass
 class ArtifactRef:
@@ -83,14 +87,30 @@ _EXEC_COLUMNS = "id, run_id, step, state, cached, started, ended, cache_key, cod
 def _execution_from_row(row: tuple) -> Execution:
     eid, run_id, step, state, cached, started, ended, key, chash, props, env = row
     props = json.loads(props or "{}")
-    return Execution(eid, run_id, step, state, bool(cached), started, ended, key, chash, dict(props.get("parameters") or {}),
-                     json.loads(env) if env else {}, dict(props.get("not_kept") or {}), props.get("reused_execution"))
+    return Execution(
+        eid,
+        run_id,
+        step,
+        state,
+        bool(cached),
+        started,
+        ended,
+        key,
+        chash,
+        dict(props.get("parameters") or {}),
+        json.loads(env) if env else {},
+        dict(props.get("not_kept") or {}),
+        props.get("reused_execution"),
+    )
 
 
 def executions(store: Any, run_id: str) -> list[Execution]:
     """A run's step executions in execution (topological) order, with their inputs and outputs."""
     conn = store._connection()
-    found = [_execution_from_row(r) for r in conn.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE run_id=? ORDER BY id", (run_id,))]
+    found = [
+        _execution_from_row(r)
+        for r in conn.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE run_id=? ORDER BY id", (run_id,))
+    ]
     _attach_events(conn, found)
     return found
 
@@ -112,7 +132,9 @@ def _attach_events(conn: Any, found: list[Execution]) -> None:
     marks = ",".join("?" * len(by_id))
     rows = conn.execute(
         "SELECT ev.execution_id, ev.type, ev.name, a.id, a.hash, a.type, a.format, a.size FROM events ev"
-        f" JOIN artifacts a ON a.id = ev.artifact_id WHERE ev.execution_id IN ({marks})", tuple(by_id))
+        f" JOIN artifacts a ON a.id = ev.artifact_id WHERE ev.execution_id IN ({marks})",
+        tuple(by_id),
+    )
     for eid, kind, name, aid, digest, tname, fmt, size in rows:
         ref = ArtifactRef(aid, digest, tname, fmt, size, name)
         (by_id[eid].inputs if kind == "INPUT" else by_id[eid].outputs)[name] = ref
@@ -167,8 +189,10 @@ def resolve_artifact(store: Any, text: str) -> ArtifactRef:
         raise LineageError(f"no artifact {text!r} in the store")
     if len(ident) < 6 or not all(c in "0123456789abcdef" for c in ident.lower()):
         raise LineageError(f"{text!r} is neither a kernel variable nor an artifact id or value hash")
-    rows = conn.execute("SELECT id, hash, type, format, size FROM artifacts WHERE hash >= ? AND hash < ? LIMIT 2",
-                        (ident.lower(), ident.lower() + "g")).fetchall()
+    rows = conn.execute(
+        "SELECT id, hash, type, format, size FROM artifacts WHERE hash >= ? AND hash < ? LIMIT 2",
+        (ident.lower(), ident.lower() + "g"),
+    ).fetchall()
     if not rows:
         raise LineageError(f"no stored value with hash {text!r}")
     if len(rows) > 1:
@@ -178,12 +202,19 @@ def resolve_artifact(store: Any, text: str) -> ArtifactRef:
 
 def _events_of(store: Any, artifact_id: int, kind: str) -> list[tuple[int, str, str, str]]:
     """(execution id, run id, step, name) of executions that read (INPUT) or wrote (OUTPUT) an artifact."""
-    return store._connection().execute(
-        "SELECT e.id, e.run_id, e.step, ev.name FROM events ev JOIN executions e ON e.id = ev.execution_id"
-        " WHERE ev.artifact_id=? AND ev.type=? ORDER BY e.id", (artifact_id, kind)).fetchall()
+    return (
+        store._connection()
+        .execute(
+            "SELECT e.id, e.run_id, e.step, ev.name FROM events ev JOIN executions e ON e.id = ev.execution_id"
+            " WHERE ev.artifact_id=? AND ev.type=? ORDER BY e.id",
+            (artifact_id, kind),
+        )
+        .fetchall()
+    )
 
 
 # ----------------------------------------------------------------------------------------- the graph
+
 
 @dataclass
 class Lineage:
@@ -200,7 +231,9 @@ class Lineage:
     code: dict[int, str | None]  # execution id -> code hash
     origins: dict[int, tuple[str, str] | None]  # cached execution id -> (run, step) it reused
     note: str = ""
-    value_versions: dict[int, dict[str, str]] = field(default_factory=dict)  # execution id -> libraries in output manifests
+    value_versions: dict[int, dict[str, str]] = field(
+        default_factory=dict
+    )  # execution id -> libraries in output manifests
 
     # -- text ------------------------------------------------------------------------------------
     def text(self) -> str:
@@ -211,9 +244,14 @@ class Lineage:
         if self.producer is None:
             lines.append("  no execution in the index produced it")
         else:
-            lines.append(f"  from run {self.producer.run_id}, step {self.producer.step}"
-                         + (f" (also produced by {self.other_producers} other execution{'s' if self.other_producers > 1 else ''})"
-                            if self.other_producers else ""))
+            lines.append(
+                f"  from run {self.producer.run_id}, step {self.producer.step}"
+                + (
+                    f" (also produced by {self.other_producers} other execution{'s' if self.other_producers > 1 else ''})"
+                    if self.other_producers
+                    else ""
+                )
+            )
         lines.append("upstream:")
         for ex in self.upstream:
             lines.extend(self._execution_lines(ex))
@@ -275,7 +313,11 @@ class Lineage:
                 edges.add((akey, ekey))
             for name, ref in ex.outputs.items():
                 akey = f"a{ref.id}"
-                if akey == root or ex in self.downstream or any(akey == f"a{r.id}" for u in chain for r in u.inputs.values()):
+                if (
+                    akey == root
+                    or ex in self.downstream
+                    or any(akey == f"a{r.id}" for u in chain for r in u.inputs.values())
+                ):
                     nodes.setdefault(akey, (name, "value"))
                     edges.add((ekey, akey))
         return _svg(nodes, edges)
@@ -284,8 +326,15 @@ class Lineage:
         return f"<div>{self.svg()}<pre>{html.escape(self.text())}</pre></div>"
 
 
-def lineage(store: Any, artifact: ArtifactRef, run_id: str | None = None, *, name: str | None = None, note: str = "",
-            max_other: int = 20) -> Lineage:
+def lineage(
+    store: Any,
+    artifact: ArtifactRef,
+    run_id: str | None = None,
+    *,
+    name: str | None = None,
+    note: str = "",
+    max_other: int = 20,
+) -> Lineage:
     """The lineage of ``artifact``, focused on ``run_id`` (default: the most recent run that produced it)."""
     producers = _events_of(store, artifact.id, "OUTPUT")
     if name:
@@ -334,8 +383,20 @@ def lineage(store: Any, artifact: ArtifactRef, run_id: str | None = None, *, nam
             original = execution(store, int(ex.reused_execution))
             origins[ex.id] = (original.run_id, original.step) if original else None
     versions = {ex.id: _manifest_versions(store, ex) for ex in upstream}
-    return Lineage(artifact, run_id, producer, upstream, sources, downstream, others[:max_other],
-                   max(0, len(producers) - 1) if producer else len(producers), code, origins, note, versions)
+    return Lineage(
+        artifact,
+        run_id,
+        producer,
+        upstream,
+        sources,
+        downstream,
+        others[:max_other],
+        max(0, len(producers) - 1) if producer else len(producers),
+        code,
+        origins,
+        note,
+        versions,
+    )
 
 
 def _manifest_versions(store: Any, ex: Execution) -> dict[str, str]:
@@ -362,6 +423,7 @@ def _producer_in_run(run_execs: list[Execution], consumer: Execution, name: str,
 
 
 # ----------------------------------------------------------------------------------------- rendering
+
 
 def _size(size: int | None) -> str:
     if size is None:
@@ -411,13 +473,19 @@ def _svg(nodes: dict[str, tuple[str, str]], edges: set[tuple[str, str]]) -> str:
     ]
     for a, b in sorted(edges):
         (ax, ay), (bx, by) = pos[a], pos[b]
-        parts.append(f'<line x1="{ax + box_w / 2:.0f}" y1="{ay + box_h:.0f}" x2="{bx + box_w / 2:.0f}" y2="{by - 2:.0f}" '
-                     'stroke="#666" marker-end="url(#lin-arrow)"/>')
+        parts.append(
+            f'<line x1="{ax + box_w / 2:.0f}" y1="{ay + box_h:.0f}" x2="{bx + box_w / 2:.0f}" y2="{by - 2:.0f}" '
+            'stroke="#666" marker-end="url(#lin-arrow)"/>'
+        )
     for key, (label, kind) in nodes.items():
         x, y = pos[key]
         fill, stroke, rx = _STYLE[kind]
         weight = ' font-weight="bold"' if kind in ("root", "exec") else ""
-        parts.append(f'<rect x="{x:.0f}" y="{y:.0f}" width="{box_w}" height="{box_h}" rx="{min(rx, box_h / 2):.0f}" fill="{fill}" stroke="{stroke}"/>')
-        parts.append(f'<text x="{x + box_w / 2:.0f}" y="{y + box_h / 2 + 4:.0f}" text-anchor="middle"{weight}>{html.escape(label[:22])}</text>')
+        parts.append(
+            f'<rect x="{x:.0f}" y="{y:.0f}" width="{box_w}" height="{box_h}" rx="{min(rx, box_h / 2):.0f}" fill="{fill}" stroke="{stroke}"/>'
+        )
+        parts.append(
+            f'<text x="{x + box_w / 2:.0f}" y="{y + box_h / 2 + 4:.0f}" text-anchor="middle"{weight}>{html.escape(label[:22])}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)

@@ -1,11 +1,12 @@
 """Content-addressed object store: each value is stored once, under ``objects/<hash[:2]>/<hash>/``.
 
-A value is serialized (:mod:`nbmagic.store.marshal`) into a private temp directory under ``tmp/``, its files
+A value is serialized (:mod:`nbmagic.runtime.marshal`) into a private temp directory under ``tmp/``, its files
 made read-only, then the directory is renamed into place in one atomic step. If the object already exists
 (another run or process stored the same value first) the temp directory is discarded, so concurrent writers
 of one value are safe and the value is kept once. A process killed mid-write leaves only its temp
 directory, which :meth:`ObjectStore.sweep_tmp` removes; ``objects/`` never holds a half-written value.
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,13 +17,15 @@ import shutil
 import socket
 import time
 import uuid
-from .processes import alive
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from nbmagic.errors import SerializationError
-from nbmagic.store import marshal
+from nbmagic.runtime import marshal
+
+from .processes import alive
 
 _HASH = re.compile(r"[0-9a-f]{16,128}")
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
@@ -46,7 +49,7 @@ class ValueRef:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ValueRef":
+    def from_dict(cls, data: dict[str, Any]) -> ValueRef:
         return cls(**{k: data[k] for k in ("hash", "type", "format", "size", "name")})
 
 
@@ -195,7 +198,6 @@ class ObjectStore:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed += 1
         return removed
-
 
 
 def _fsync(path: Path) -> None:

@@ -1,4 +1,5 @@
 """Is a process that owns a run or a temp folder still there?"""
+
 from __future__ import annotations
 
 import os

@@ -19,6 +19,7 @@ Contracts other rooms rely on:
 Schema changes are additive migrations (``PRAGMA user_version``), so stores written by older versions stay
 readable and older readers ignore the new columns.
 """
+
 from __future__ import annotations
 
 import json
@@ -146,7 +147,9 @@ class RunStore:
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=60000")
@@ -164,7 +167,7 @@ class RunStore:
         def __exit__(self, exc_type: Any, *_: Any) -> None:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
-    def _db(self) -> "RunStore._Tx":
+    def _db(self) -> RunStore._Tx:
         return RunStore._Tx(self._connection())
 
     @property
@@ -210,25 +213,47 @@ class RunStore:
 
         run_id = run_id or new_run_id()
         with self._db() as db:
-            context = self._context(db, "run", run_id, {"pipeline": pipeline, "python": platform.python_version(), "platform": platform.platform()})
+            context = self._context(
+                db,
+                "run",
+                run_id,
+                {"pipeline": pipeline, "python": platform.python_version(), "platform": platform.platform()},
+            )
             self._context(db, "pipeline", pipeline)
             if experiment:
                 self._context(db, "experiment", experiment)
             db.execute(
                 "INSERT INTO runs(id, pipeline, status, kind, parameters, notebook, experiment, started, steps, url, owner_pid, context_id)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, pipeline, "running", kind, json.dumps(parameters), notebook, experiment, time.time(), len(steps), url, os.getpid(), context),
+                (
+                    run_id,
+                    pipeline,
+                    "running",
+                    kind,
+                    json.dumps(parameters),
+                    notebook,
+                    experiment,
+                    time.time(),
+                    len(steps),
+                    url,
+                    os.getpid(),
+                    context,
+                ),
             )
             for step in steps:
                 db.execute("INSERT INTO executions(run_id, step, state) VALUES (?,?,?)", (run_id, step, "pending"))
             if upstream is not None:
-                db.execute("UPDATE runs SET dag=? WHERE id=?", (json.dumps({k: list(v) for k, v in upstream.items()}), run_id))
+                db.execute(
+                    "UPDATE runs SET dag=? WHERE id=?", (json.dumps({k: list(v) for k, v in upstream.items()}), run_id)
+                )
         return run_id
 
     def set_run_dag(self, run_id: str, upstream: dict[str, list[str]]) -> None:
         """Record the run's DAG (step -> the steps it runs after) when ``create_run`` did not get it."""
         with self._db() as db:
-            db.execute("UPDATE runs SET dag=? WHERE id=?", (json.dumps({k: list(v) for k, v in upstream.items()}), run_id))
+            db.execute(
+                "UPDATE runs SET dag=? WHERE id=?", (json.dumps({k: list(v) for k, v in upstream.items()}), run_id)
+            )
 
     def run_dag(self, run_id: str) -> dict[str, list[str]]:
         """step -> upstream steps, in execution (topological) order: recorded, else inferred from data edges."""
@@ -243,7 +268,9 @@ class RunStore:
         dag: dict[str, list[str]] = {s: [] for s in steps}
         rows = conn.execute(
             "SELECT e.step, ev.type, ev.name, ev.artifact_id FROM executions e JOIN events ev ON ev.execution_id = e.id"
-            " WHERE e.run_id=? ORDER BY e.id", (run_id,)).fetchall()
+            " WHERE e.run_id=? ORDER BY e.id",
+            (run_id,),
+        ).fetchall()
         by_step: dict[str, list[tuple[str, str, int]]] = {}
         for step, kind, name, artifact in rows:
             by_step.setdefault(step, []).append((kind, name, artifact))
@@ -272,7 +299,11 @@ class RunStore:
 
     def experiment_properties(self, name: str) -> dict[str, Any] | None:
         """The experiment context's properties (``objective``, ``goal``, …), or None if there is no such context."""
-        row = self._connection().execute("SELECT properties FROM contexts WHERE type='experiment' AND name=?", (name,)).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT properties FROM contexts WHERE type='experiment' AND name=?", (name,))
+            .fetchone()
+        )
         return json.loads(row[0] or "{}") if row else None
 
     def finish_run(self, run_id: str, status: str, metrics: dict[str, float], error: str | None = None) -> None:
@@ -292,8 +323,38 @@ class RunStore:
             db.execute(f"UPDATE runs SET {', '.join(f'{k}=?' for k in sets)} WHERE id=?", (*sets.values(), run_id))
 
     def _record(self, row: sqlite3.Row | tuple) -> RunRecord:
-        (rid, pipeline, status, kind, params, metrics, notebook, experiment, started, ended, steps, cached, error, url) = row
-        return RunRecord(rid, pipeline, status, kind, json.loads(params), json.loads(metrics), notebook, experiment, started, ended, steps, cached, error, url)
+        (
+            rid,
+            pipeline,
+            status,
+            kind,
+            params,
+            metrics,
+            notebook,
+            experiment,
+            started,
+            ended,
+            steps,
+            cached,
+            error,
+            url,
+        ) = row
+        return RunRecord(
+            rid,
+            pipeline,
+            status,
+            kind,
+            json.loads(params),
+            json.loads(metrics),
+            notebook,
+            experiment,
+            started,
+            ended,
+            steps,
+            cached,
+            error,
+            url,
+        )
 
     _RUN_COLUMNS = "id, pipeline, status, kind, parameters, metrics, notebook, experiment, started, ended, steps, cached, error, url"
 
@@ -301,7 +362,9 @@ class RunStore:
         row = self._connection().execute(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)).fetchone()
         return self._record(row) if row else None
 
-    def list_runs(self, limit: int | None = None, pipeline: str | None = None, experiment: str | None = None) -> list[RunRecord]:
+    def list_runs(
+        self, limit: int | None = None, pipeline: str | None = None, experiment: str | None = None
+    ) -> list[RunRecord]:
         self.mark_torn_runs()
         query = f"SELECT {self._RUN_COLUMNS} FROM runs"
         where, args = [], []
@@ -328,7 +391,9 @@ class RunStore:
             if not row:
                 raise NbMagicError("no runs in the store yet")
             return row[0]
-        rows = conn.execute("SELECT id FROM runs WHERE id LIKE ? ORDER BY started DESC LIMIT 2", (ref.replace("%", "") + "%",)).fetchall()
+        rows = conn.execute(
+            "SELECT id FROM runs WHERE id LIKE ? ORDER BY started DESC LIMIT 2", (ref.replace("%", "") + "%",)
+        ).fetchall()
         if not rows:
             raise NbMagicError(f"no run {ref!r} in the store")
         if len(rows) > 1 and rows[0][0] != ref:
@@ -339,13 +404,20 @@ class RunStore:
         """Runs left 'running' by a process that no longer exists are failed (e.g. after kill -9)."""
         conn = self._connection()
         torn = []
-        for run_id, pid in conn.execute("SELECT id, owner_pid FROM runs WHERE status IN ('running','pending') AND kind='local'"):
+        for run_id, pid in conn.execute(
+            "SELECT id, owner_pid FROM runs WHERE status IN ('running','pending') AND kind='local'"
+        ):
             if pid and not alive(pid):
                 torn.append(run_id)
         for run_id in torn:
             with self._db() as db:
-                db.execute("UPDATE runs SET status='failed', error='the run was interrupted (its process ended)', ended=COALESCE(ended, ?) WHERE id=?", (time.time(), run_id))
-                db.execute("UPDATE executions SET state='failed' WHERE run_id=? AND state IN ('running','pending')", (run_id,))
+                db.execute(
+                    "UPDATE runs SET status='failed', error='the run was interrupted (its process ended)', ended=COALESCE(ended, ?) WHERE id=?",
+                    (time.time(), run_id),
+                )
+                db.execute(
+                    "UPDATE executions SET state='failed' WHERE run_id=? AND state IN ('running','pending')", (run_id,)
+                )
         return len(torn)
 
     # -- executions and lineage ----------------------------------------------------------------
@@ -420,9 +492,11 @@ class RunStore:
 
     # -- cache ---------------------------------------------------------------------------------
     def cache_get(self, key: str) -> CacheEntry | None:
-        row = self._connection().execute(
-            "SELECT key, step, execution_id, outputs, metrics, not_kept FROM cache WHERE key=?", (key,)
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT key, step, execution_id, outputs, metrics, not_kept FROM cache WHERE key=?", (key,))
+            .fetchone()
+        )
         if row is None:
             return None
         entry = CacheEntry(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), json.loads(row[5]))
@@ -432,7 +506,15 @@ class RunStore:
             db.execute("UPDATE cache SET used=? WHERE key=?", (time.time(), key))
         return entry
 
-    def cache_put(self, key: str, step: str, execution_id: int, outputs: dict[str, Any], metrics: dict[str, float], not_kept: dict[str, str]) -> None:
+    def cache_put(
+        self,
+        key: str,
+        step: str,
+        execution_id: int,
+        outputs: dict[str, Any],
+        metrics: dict[str, float],
+        not_kept: dict[str, str],
+    ) -> None:
         now = time.time()
         with self._db() as db:
             db.execute(

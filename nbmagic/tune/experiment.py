@@ -1,11 +1,13 @@
 """What a tuning experiment looks like from the notebook, whichever backend runs it (local Optuna or Katib)."""
+
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .space import ExperimentSpec
 
@@ -85,7 +87,7 @@ class Experiment:
         self._trials: list[Trial] = []
         self._lock = threading.RLock()
         self._done = threading.Event()
-        self._observers: list[Callable[["Experiment"], None]] = []
+        self._observers: list[Callable[[Experiment], None]] = []
 
     @property
     def trials(self) -> list[Trial]:
@@ -110,7 +112,7 @@ class Experiment:
     def errors(self) -> list[tuple[int, str]]:
         return [(t.number, t.error or "") for t in self.trials if t.status == FAILED]
 
-    def on_update(self, callback: Callable[["Experiment"], None]) -> None:
+    def on_update(self, callback: Callable[[Experiment], None]) -> None:
         """Call ``callback(experiment)`` (from a background thread) whenever a trial starts or ends."""
         self._observers.append(callback)
 
@@ -121,7 +123,7 @@ class Experiment:
             except Exception:  # a broken view must not stop the trials
                 pass
 
-    def wait(self, timeout: float | None = None) -> "Experiment":
+    def wait(self, timeout: float | None = None) -> Experiment:
         """Block until the experiment ends; a kernel interrupt stops it (running trials end) and re-raises."""
         try:
             self._done.wait(timeout)
@@ -130,7 +132,7 @@ class Experiment:
             raise
         return self
 
-    def stop(self, wait: bool = False) -> "Experiment":  # pragma: no cover - overridden
+    def stop(self, wait: bool = False) -> Experiment:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def summary(self) -> str:

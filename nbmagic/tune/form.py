@@ -3,14 +3,27 @@
 Run builds the same :class:`ExperimentSpec` the magic arguments build and calls ``on_run(spec)``;
 mistakes appear inline next to their row, never as a traceback. ipywidgets is imported lazily.
 """
+
 from __future__ import annotations
 
 import traceback
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..errors import NbMagicError
-from .space import (ALGORITHMS, GOALS, PARAMETER_TYPES, ExperimentSpec, ParameterSpace, TuneError, _fmt, _number,
-                    _split, guess_goal, suggest_space)
+from .space import (
+    ALGORITHMS,
+    GOALS,
+    PARAMETER_TYPES,
+    ExperimentSpec,
+    ParameterSpace,
+    TuneError,
+    _fmt,
+    _number,
+    _split,
+    guess_goal,
+    suggest_space,
+)
 
 ERROR_STYLE = "color:#b00020"
 
@@ -23,20 +36,22 @@ class _Row:
 
         space = suggest_space(parameter)
         self.parameter = parameter
-        self.tune = w.Checkbox(value=tuned, description=parameter.name, indent=False,
-                               layout=w.Layout(width="140px"))
+        self.tune = w.Checkbox(value=tuned, description=parameter.name, indent=False, layout=w.Layout(width="140px"))
         self.type = w.Dropdown(options=list(PARAMETER_TYPES), value=space.type, layout=w.Layout(width="110px"))
-        self.min = w.Text(value=_fmt(space.min) if space.min is not None else "", placeholder="min",
-                          layout=w.Layout(width="90px"))
-        self.max = w.Text(value=_fmt(space.max) if space.max is not None else "", placeholder="max",
-                          layout=w.Layout(width="90px"))
+        self.min = w.Text(
+            value=_fmt(space.min) if space.min is not None else "", placeholder="min", layout=w.Layout(width="90px")
+        )
+        self.max = w.Text(
+            value=_fmt(space.max) if space.max is not None else "", placeholder="max", layout=w.Layout(width="90px")
+        )
         self.log = w.Checkbox(value=space.log, description="log", indent=False, layout=w.Layout(width="50px"))
         self.step = w.Text(value="", placeholder="step", layout=w.Layout(width="70px"))
         self.values = w.Text(value=", ".join(space.values), placeholder="a, b, c", layout=w.Layout(width="220px"))
         self.fixed = w.Text(value=str(parameter.default), placeholder="value", layout=w.Layout(width="220px"))
         self.error = w.HTML(value="")
-        self.widget = w.HBox([self.tune, self.type, self.min, self.max, self.log, self.step, self.values,
-                              self.fixed, self.error])
+        self.widget = w.HBox(
+            [self.tune, self.type, self.min, self.max, self.log, self.step, self.values, self.fixed, self.error]
+        )
         for control in (self.tune, self.type):
             control.observe(lambda change: self.sync(), names="value")
         self.sync()
@@ -44,10 +59,15 @@ class _Row:
     def sync(self) -> None:
         """Show only the controls that apply to the chosen mode and type."""
         ranged = self.type.value in ("double", "int")
-        for control, shown in ((self.type, self.tune.value), (self.min, self.tune.value and ranged),
-                               (self.max, self.tune.value and ranged), (self.log, self.tune.value and ranged),
-                               (self.step, self.tune.value and ranged), (self.values, self.tune.value and not ranged),
-                               (self.fixed, not self.tune.value)):
+        for control, shown in (
+            (self.type, self.tune.value),
+            (self.min, self.tune.value and ranged),
+            (self.max, self.tune.value and ranged),
+            (self.log, self.tune.value and ranged),
+            (self.step, self.tune.value and ranged),
+            (self.values, self.tune.value and not ranged),
+            (self.fixed, not self.tune.value),
+        ):
             control.layout.display = None if shown else "none"
 
     def space(self, algorithm: str) -> ParameterSpace:
@@ -55,7 +75,8 @@ class _Row:
         where = f"parameter {name!r}"
         if kind in ("categorical", "discrete"):
             return ParameterSpace(name, kind, values=tuple(v for v in _split(self.values.value) if v)).validate(
-                algorithm)
+                algorithm
+            )
         low = _number(self.min.value.strip(), f"{where} min") if self.min.value.strip() else None
         high = _number(self.max.value.strip(), f"{where} max") if self.max.value.strip() else None
         step = _number(self.step.value.strip(), f"{where} step") if self.step.value.strip() else None
@@ -82,24 +103,37 @@ class TuneForm:
 
         self.parameters, self.metrics, self.on_run = dict(parameters), list(metrics), on_run
         self.experiment: Any = None
-        tuned = {p.name for p in defaults.parameters} if defaults else {
-            n for n, p in self.parameters.items() if p.type in ("float", "int")}
+        tuned = (
+            {p.name for p in defaults.parameters}
+            if defaults
+            else {n for n, p in self.parameters.items() if p.type in ("float", "int")}
+        )
         self.rows = [_Row(p, p.name in tuned) for p in self.parameters.values()]
         objective = (defaults.objective if defaults else "") or (self.metrics[0] if self.metrics else None)
-        self.objective = w.Dropdown(options=self.metrics, value=objective if objective in self.metrics else None,
-                                    description="objective")
-        self.goal = w.Dropdown(options=list(GOALS), value=defaults.goal if defaults else guess_goal(objective or ""),
-                               description="goal")
-        self.additional = w.SelectMultiple(options=self.metrics, value=tuple(defaults.additional_metrics)
-                                           if defaults else (), description="also track", rows=min(4, max(1, len(self.metrics))))
-        self.algorithm = w.Dropdown(options=list(ALGORITHMS), value=defaults.algorithm if defaults else "tpe",
-                                    description="algorithm")
-        self.max_trials = w.BoundedIntText(value=defaults.max_trials if defaults else 12, min=1, max=100000,
-                                           description="max trials")
-        self.parallel = w.BoundedIntText(value=defaults.parallel_trials if defaults else 1, min=1, max=1000,
-                                         description="parallel")
-        self.max_failed = w.BoundedIntText(value=defaults.max_failed_trials if defaults else 3, min=1, max=100000,
-                                           description="max failed")
+        self.objective = w.Dropdown(
+            options=self.metrics, value=objective if objective in self.metrics else None, description="objective"
+        )
+        self.goal = w.Dropdown(
+            options=list(GOALS), value=defaults.goal if defaults else guess_goal(objective or ""), description="goal"
+        )
+        self.additional = w.SelectMultiple(
+            options=self.metrics,
+            value=tuple(defaults.additional_metrics) if defaults else (),
+            description="also track",
+            rows=min(4, max(1, len(self.metrics))),
+        )
+        self.algorithm = w.Dropdown(
+            options=list(ALGORITHMS), value=defaults.algorithm if defaults else "tpe", description="algorithm"
+        )
+        self.max_trials = w.BoundedIntText(
+            value=defaults.max_trials if defaults else 12, min=1, max=100000, description="max trials"
+        )
+        self.parallel = w.BoundedIntText(
+            value=defaults.parallel_trials if defaults else 1, min=1, max=1000, description="parallel"
+        )
+        self.max_failed = w.BoundedIntText(
+            value=defaults.max_failed_trials if defaults else 3, min=1, max=100000, description="max failed"
+        )
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.error = w.HTML(value="")
@@ -109,12 +143,21 @@ class TuneForm:
         self.run_button.on_click(lambda button: self.run())
         self.stop_button.on_click(lambda button: self.stop())
         header = w.HTML("<b>tune</b> / fixed &nbsp; type &nbsp; min &nbsp; max &nbsp; log &nbsp; step &nbsp; values")
-        self.widget = w.VBox([
-            header, *(row.widget for row in self.rows),
-            w.HBox([self.objective, self.goal]), self.additional,
-            w.HBox([self.algorithm, self.max_trials]), w.HBox([self.parallel, self.max_failed]),
-            w.HBox([self.run_button, self.stop_button]), self.error, self.command, self.view, self.output,
-        ])
+        self.widget = w.VBox(
+            [
+                header,
+                *(row.widget for row in self.rows),
+                w.HBox([self.objective, self.goal]),
+                self.additional,
+                w.HBox([self.algorithm, self.max_trials]),
+                w.HBox([self.parallel, self.max_failed]),
+                w.HBox([self.run_button, self.stop_button]),
+                self.error,
+                self.command,
+                self.view,
+                self.output,
+            ]
+        )
         self.widget.add_class("nbmagic-katib-form")
 
     def _ipython_display_(self) -> None:
@@ -144,9 +187,14 @@ class TuneForm:
             self._say("fix the marked rows")
             return None
         spec = ExperimentSpec(
-            parameters=tuple(spaces), objective=self.objective.value or "", goal=self.goal.value,
-            fixed=fixed, additional_metrics=tuple(m for m in self.additional.value if m != self.objective.value),
-            algorithm=algorithm, max_trials=self.max_trials.value, parallel_trials=self.parallel.value,
+            parameters=tuple(spaces),
+            objective=self.objective.value or "",
+            goal=self.goal.value,
+            fixed=fixed,
+            additional_metrics=tuple(m for m in self.additional.value if m != self.objective.value),
+            algorithm=algorithm,
+            max_trials=self.max_trials.value,
+            parallel_trials=self.parallel.value,
             max_failed_trials=self.max_failed.value,
         )
         try:

@@ -5,11 +5,13 @@ No kubeflow-katib SDK (it cannot be installed beside kfp). Each trial is a batch
 parameters and prints ``name=value`` lines for Katib's StdOut metrics collector.
 The compiled pipeline travels in a ConfigMap mounted into the trial Job.
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..images import nbmagic_image
 from ..kube import api_client
@@ -46,8 +48,17 @@ def trial_command(
     namespace: str | None = None,
 ) -> list[str]:
     """The trial runner's argv; tuned values are Katib ``${trialParameters.NAME}`` placeholders."""
-    argv = ["python", "-m", "nbmagic.tune.trial", "--host", host, "--pipeline-package", pipeline_package,
-            "--pipeline-name", pipeline_name]
+    argv = [
+        "python",
+        "-m",
+        "nbmagic.tune.trial",
+        "--host",
+        host,
+        "--pipeline-package",
+        pipeline_package,
+        "--pipeline-name",
+        pipeline_name,
+    ]
     if kfp_experiment:
         argv += ["--experiment", kfp_experiment]
     if namespace:
@@ -85,8 +96,11 @@ def build_configmap(name: str, namespace: str, pipeline_yaml: str) -> dict[str, 
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": f"{name}-pipeline", "namespace": namespace,
-                     "labels": {"app.kubernetes.io/managed-by": "nbmagic", EXPERIMENT_LABEL: name}},
+        "metadata": {
+            "name": f"{name}-pipeline",
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "nbmagic", EXPERIMENT_LABEL: name},
+        },
         "data": {PACKAGE_FILE: pipeline_yaml},
     }
 
@@ -107,18 +121,27 @@ def build_experiment(
     """A Katib v1beta1 Experiment (plain dict) whose trials run the pipeline on KFP."""
     spec = spec.validate()
     package = f"{PACKAGE_DIR}/{PACKAGE_FILE}"
-    argv = trial_command(spec, host=host, pipeline_package=package, pipeline_name=pipeline_name,
-                         recorded=recorded, kfp_experiment=kfp_experiment, namespace=namespace)
+    argv = trial_command(
+        spec,
+        host=host,
+        pipeline_package=package,
+        pipeline_name=pipeline_name,
+        recorded=recorded,
+        kfp_experiment=kfp_experiment,
+        namespace=namespace,
+    )
     # the nbmagic image runs the trial runner directly; another image installs what it needs first
     command = ["sh", "-c", "pip install --quiet " + " ".join(install) + " && " + _shell_join(argv)] if install else argv
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
-        "containers": [{
-            "name": "trial",
-            "image": image or nbmagic_image(),
-            "command": command,
-            "volumeMounts": [{"name": "pipeline", "mountPath": PACKAGE_DIR, "readOnly": True}],
-        }],
+        "containers": [
+            {
+                "name": "trial",
+                "image": image or nbmagic_image(),
+                "command": command,
+                "volumeMounts": [{"name": "pipeline", "mountPath": PACKAGE_DIR, "readOnly": True}],
+            }
+        ],
         "volumes": [{"name": "pipeline", "configMap": {"name": f"{name}-pipeline"}}],
     }
     if service_account:
@@ -146,8 +169,7 @@ def build_experiment(
             "trialTemplate": {
                 "primaryContainerName": "trial",
                 "trialParameters": [
-                    {"name": p.name, "description": f"{p.type} {p.name}", "reference": p.name}
-                    for p in spec.parameters
+                    {"name": p.name, "description": f"{p.type} {p.name}", "reference": p.name} for p in spec.parameters
                 ],
                 "trialSpec": {
                     "apiVersion": "batch/v1",
@@ -178,9 +200,14 @@ def _trial_from(obj: Mapping[str, Any], index: int, objective: str) -> Trial:
         state, error = FAILED, conditions[kind].get("message") or kind
     started, ended = status.get("startTime"), status.get("completionTime")
     return Trial(
-        number=index, name=obj.get("metadata", {}).get("name", ""), parameters=params, status=state,
-        objective=metrics.get(objective) if state == SUCCEEDED else None, metrics=metrics,
-        duration=_seconds(started, ended), error=error,
+        number=index,
+        name=obj.get("metadata", {}).get("name", ""),
+        parameters=params,
+        status=state,
+        objective=metrics.get(objective) if state == SUCCEEDED else None,
+        metrics=metrics,
+        duration=_seconds(started, ended),
+        error=error,
     )
 
 
@@ -213,7 +240,7 @@ class KatibExperiment(Experiment):
 
         return client.CustomObjectsApi(self._client)
 
-    def submit(self, configmap: dict[str, Any] | None = None) -> "KatibExperiment":
+    def submit(self, configmap: dict[str, Any] | None = None) -> KatibExperiment:
         """Create the ConfigMap (if any) and the Experiment, then start watching.
 
         The default name covers the search space, objective, algorithm and the steps' code, so an Experiment
@@ -232,10 +259,14 @@ class KatibExperiment(Experiment):
             return True
 
         if configmap is not None:
-            create(lambda body: client.CoreV1Api(self._client).create_namespaced_config_map(self.namespace, body), configmap)
+            create(
+                lambda body: client.CoreV1Api(self._client).create_namespaced_config_map(self.namespace, body),
+                configmap,
+            )
         api = self._api()
         self.resumed = not create(
-            lambda body: api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body), self.manifest
+            lambda body: api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body),
+            self.manifest,
         )
         threading.Thread(target=self._watch, name=f"nbmagic-katib-{self.name}", daemon=True).start()
         return self
@@ -247,8 +278,9 @@ class KatibExperiment(Experiment):
         listed = api.list_namespaced_custom_object(
             GROUP, VERSION, self.namespace, TRIALS, label_selector=f"{EXPERIMENT_LABEL}={self.name}"
         )
-        items = sorted(listed.get("items", []), key=lambda t: (t["metadata"].get("creationTimestamp", ""),
-                                                              t["metadata"]["name"]))
+        items = sorted(
+            listed.get("items", []), key=lambda t: (t["metadata"].get("creationTimestamp", ""), t["metadata"]["name"])
+        )
         trials = [_trial_from(item, i, self.spec.objective) for i, item in enumerate(items)]
         status = obj.get("status", {}) or {}
         conditions = {c.get("type"): c for c in status.get("conditions", []) or [] if c.get("status") == "True"}
@@ -281,7 +313,7 @@ class KatibExperiment(Experiment):
                 return
             time.sleep(self._poll)
 
-    def stop(self, wait: bool = False) -> "KatibExperiment":
+    def stop(self, wait: bool = False) -> KatibExperiment:
         """Lower maxTrialCount to the trials created so far: Katib starts no more, running ones end."""
         with self._lock:
             self._stop_requested = True
@@ -322,8 +354,17 @@ def run_katib(
     """
     spec = spec.validate()
     name = spec.experiment_name(pipeline_name, code)
-    manifest = build_experiment(spec, name=name, namespace=namespace, host=host, pipeline_name=pipeline_name,
-                                recorded=recorded, image=image, install=install, kfp_experiment=kfp_experiment,
-                                service_account=service_account)
+    manifest = build_experiment(
+        spec,
+        name=name,
+        namespace=namespace,
+        host=host,
+        pipeline_name=pipeline_name,
+        recorded=recorded,
+        image=image,
+        install=install,
+        kfp_experiment=kfp_experiment,
+        service_account=service_account,
+    )
     experiment = KatibExperiment(spec, manifest, client=client or api_client(), poll=poll)
     return experiment.submit(build_configmap(name, namespace, pipeline_yaml))

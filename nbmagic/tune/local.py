@@ -3,14 +3,16 @@
 The study lives in the run store (``config.home()/tune/<name>.journal``, Optuna's journal storage:
 ~5 ms per trial here vs ~30 ms for its SQLite storage), so running the same experiment again resumes it.
 """
+
 from __future__ import annotations
 
 import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .. import config
 from .experiment import FAILED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial, TrialResult, objective_of
@@ -50,8 +52,10 @@ def make_sampler(spec: ExperimentSpec) -> tuple[Any, str]:
                 raise TuneError("--algorithm cmaes needs the 'cmaes' package: pip install cmaes")
             listed = [p.name for p in spec.parameters if p.type in ("categorical", "discrete")]
             if listed:  # said once here, not in a warning per trial
-                note = (f"cmaes: CMA-ES searches ranges only; {', '.join(map(repr, listed))} "
-                        "(a list of values) are sampled at random")
+                note = (
+                    f"cmaes: CMA-ES searches ranges only; {', '.join(map(repr, listed))} "
+                    "(a list of values) are sampled at random"
+                )
             return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False), note
         if name == "sobol":
             return samplers.QMCSampler(qmc_type="sobol", seed=seed), note
@@ -116,7 +120,7 @@ def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # study file -> the experiment of this process that is running it (a second one would fail its trials)
-_LIVE: dict[str, "LocalExperiment"] = {}
+_LIVE: dict[str, LocalExperiment] = {}
 _LIVE_LOCK = threading.Lock()
 
 
@@ -190,7 +194,9 @@ class LocalExperiment(Experiment):
         if self._code and recorded_code is None:
             self._study.set_user_attr(CODE_ATTR, self._code)
         elif self._code and recorded_code != self._code:
-            changed = sorted(n for n in set(recorded_code) | set(self._code) if recorded_code.get(n) != self._code.get(n))
+            changed = sorted(
+                n for n in set(recorded_code) | set(self._code) if recorded_code.get(n) != self._code.get(n)
+            )
             raise TuneError(
                 f"experiment {self.name!r} ran other code of step {changed[0]!r}: its trials would mix two versions; "
                 "use --restart to start over or a new --name"
@@ -222,7 +228,7 @@ class LocalExperiment(Experiment):
         )
 
     # -- running --------------------------------------------------------------------------------------
-    def start(self) -> "LocalExperiment":
+    def start(self) -> LocalExperiment:
         """Open (or resume) the study and start the worker threads; returns at once."""
         key = str(self.path.resolve())
         with _LIVE_LOCK:
@@ -292,8 +298,12 @@ class LocalExperiment(Experiment):
         with self._lock:
             trial.run_id, trial.metrics, trial.duration = result.run_id, metrics, duration
             trial.cached_steps = result.cached_steps
-            attrs = {"run_id": result.run_id, "metrics": metrics, "duration": duration,
-                     "cached_steps": result.cached_steps}
+            attrs = {
+                "run_id": result.run_id,
+                "metrics": metrics,
+                "duration": duration,
+                "cached_steps": result.cached_steps,
+            }
             if objective is None:
                 trial.status, trial.error = FAILED, problem
                 attrs["error"] = problem
@@ -324,7 +334,7 @@ class LocalExperiment(Experiment):
                 del _LIVE[str(self.path.resolve())]
         self._notify()
 
-    def stop(self, wait: bool = False) -> "LocalExperiment":
+    def stop(self, wait: bool = False) -> LocalExperiment:
         """Start no new trial; running trials end and are kept. ``wait=True`` blocks until they have."""
         with self._lock:
             self._stopping = True
@@ -338,8 +348,9 @@ def run_local(spec: ExperimentSpec, run_trial: RunTrial, **options: Any) -> Loca
     return LocalExperiment(spec, run_trial, **options).start()
 
 
-def pipeline_trial_runner(plan: Any, *, cache: bool = True, experiment: str | None = None,
-                          runner: Any = None) -> RunTrial:
+def pipeline_trial_runner(
+    plan: Any, *, cache: bool = True, experiment: str | None = None, runner: Any = None
+) -> RunTrial:
     """A ``run_trial`` that runs the recorded pipeline on the local runner (``nbmagic.run.local``).
 
     Steps that read no tuned parameter hit the cache after the first trial.
@@ -359,8 +370,11 @@ def pipeline_trial_runner(plan: Any, *, cache: bool = True, experiment: str | No
             first = (run.error or (failed[0].error if failed else "") or "run failed").strip().splitlines()
             error = (f"step {failed[0].name!r}: " if failed else "") + (first[-1] if first else "run failed")
         return TrialResult(
-            run_id=run.id, status="done" if run.status == "done" else "failed", metrics=dict(run.metrics),
-            cached_steps=sum(1 for state in run.steps.values() if state.cached), error=error,
+            run_id=run.id,
+            status="done" if run.status == "done" else "failed",
+            metrics=dict(run.metrics),
+            cached_steps=sum(1 for state in run.steps.values() if state.cached),
+            error=error,
             duration=time.perf_counter() - started,
         )
 

@@ -11,14 +11,16 @@ Parameter syntax (one ``--param`` per tuned parameter)::
 Parameters that are not tuned keep their recorded defaults; ``--fixed name=value`` overrides one.
 Nothing here imports optuna, kubernetes or ipywidgets.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..errors import NbMagicError
 
@@ -95,7 +97,7 @@ class ParameterSpace:
     log: bool = False
     values: tuple[str, ...] = ()
 
-    def validate(self, algorithm: str | None = None) -> "ParameterSpace":
+    def validate(self, algorithm: str | None = None) -> ParameterSpace:
         """Return self if usable (with ints normalised), else raise one line naming the parameter."""
         where = f"parameter {self.name!r}"
         if self.type not in PARAMETER_TYPES:
@@ -226,7 +228,7 @@ class ExperimentSpec:
     seed: int | None = None
     name: str = ""
 
-    def validate(self) -> "ExperimentSpec":
+    def validate(self) -> ExperimentSpec:
         """Checks that need no recorded pipeline; returns the spec with normalised parameters."""
         if not self.parameters:
             raise TuneError("no parameter to tune: give at least one --param name=type(...)")
@@ -258,7 +260,7 @@ class ExperimentSpec:
         params = tuple(p.validate(self.algorithm) for p in self.parameters)
         return replace(self, parameters=params, fixed=dict(self.fixed))
 
-    def check_against(self, recorded: Mapping[str, Any], metrics: Iterable[str]) -> "ExperimentSpec":
+    def check_against(self, recorded: Mapping[str, Any], metrics: Iterable[str]) -> ExperimentSpec:
         """Check the spec against the recorded ``%%pipeline_parameters`` and ``%pipeline_metrics``."""
         spec = self.validate()
         metrics = tuple(metrics)
@@ -312,9 +314,18 @@ class ExperimentSpec:
     def to_args(self) -> list[str]:
         """The ``%katib`` arguments that build this spec (shown by the form, handy for VS Code users)."""
         args = [
-            "--algorithm", self.algorithm, "--objective", self.objective, "--goal", self.goal,
-            "--max-trials", str(self.max_trials), "--parallel", str(self.parallel_trials),
-            "--max-failed", str(self.max_failed_trials),
+            "--algorithm",
+            self.algorithm,
+            "--objective",
+            self.objective,
+            "--goal",
+            self.goal,
+            "--max-trials",
+            str(self.max_trials),
+            "--parallel",
+            str(self.parallel_trials),
+            "--max-failed",
+            str(self.max_failed_trials),
         ]
         for p in self.parameters:
             args += ["--param", p.to_text()]
@@ -371,5 +382,6 @@ def spec_from_recorded(parameters: Mapping[str, Any], metrics: Iterable[str]) ->
     tuned = tuple(suggest_space(p) for p in parameters.values() if p.type in ("float", "int"))
     fixed = {p.name: p.default for p in parameters.values() if p.type not in ("float", "int")}
     objective = metrics[0] if metrics else ""
-    return ExperimentSpec(parameters=tuned, objective=objective, goal=guess_goal(objective) if objective else "minimize",
-                          fixed=fixed)
+    return ExperimentSpec(
+        parameters=tuned, objective=objective, goal=guess_goal(objective) if objective else "minimize", fixed=fixed
+    )

@@ -8,13 +8,15 @@ needs ``get pods/log`` and ``list pods`` in the run's namespace; ``--k8s-namespa
 elsewhere than ``--namespace``, e.g. ``kubeflow`` for a standalone KFP).
 Exit status: 0 when the run succeeded and reported the objective, 1 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import NbMagicError
 from ..pipeline.model import Parameter
@@ -33,8 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--k8s-host", default=None, help="Kubernetes API URL (default: in-cluster, kubeconfig)")
     p.add_argument("--type", action="append", default=[], metavar="NAME=TYPE", help="bool|int|float|str")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    p.add_argument("--metric", action="append", default=[], metavar="NAME",
-                   help="metrics to print; the first is the objective")
+    p.add_argument(
+        "--metric", action="append", default=[], metavar="NAME", help="metrics to print; the first is the objective"
+    )
     return p
 
 
@@ -110,8 +113,13 @@ def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = 
     where = {k: v for k, v in (("k8s_host", args.k8s_host), ("k8s_namespace", args.k8s_namespace)) if v}
     try:
         run = (submit or _default_submit)(
-            pipeline_yaml, host=args.host, parameters=parameters, pipeline_name=args.pipeline_name,
-            experiment=args.experiment, namespace=args.namespace, **where,
+            pipeline_yaml,
+            host=args.host,
+            parameters=parameters,
+            pipeline_name=args.pipeline_name,
+            experiment=args.experiment,
+            namespace=args.namespace,
+            **where,
         )
         run.wait()
     except NbMagicError as exc:

@@ -4,6 +4,7 @@
 Rendered as HTML from data (no matplotlib), shown with an IPython display handle and updated from the
 experiment's background thread, so it works in JupyterLab, Notebook 7, VS Code and nbclient alike.
 """
+
 from __future__ import annotations
 
 import html
@@ -75,10 +76,13 @@ def parallel_coordinates_svg(experiment: Experiment, trials: list[Trial]) -> str
                 points.append(f"{PAD + i * step:.1f},{y(f):.1f}")
         f_obj = 0.5 if high == low else (t.objective - low) / (high - low)
         points.append(f"{PAD + (axes - 1) * step:.1f},{y(f_obj):.1f}")
-        parts.append(f'<polyline fill="none" stroke="{_color(ranks[t.number])}" stroke-width="1.5" '
-                     f'opacity="0.85" points="{" ".join(points)}"><title>trial {t.number}</title></polyline>')
+        parts.append(
+            f'<polyline fill="none" stroke="{_color(ranks[t.number])}" stroke-width="1.5" '
+            f'opacity="0.85" points="{" ".join(points)}"><title>trial {t.number}</title></polyline>'
+        )
     labels = [(p.name, p.to_text().split("=", 1)[1]) for p in params] + [
-        (experiment.spec.objective, f"{_fmt(low)}..{_fmt(high)}" if objectives else "")]
+        (experiment.spec.objective, f"{_fmt(low)}..{_fmt(high)}" if objectives else "")
+    ]
     for i, (name, detail) in enumerate(labels):
         x = PAD + i * step
         # outer axes' labels grow inwards so they are not cut at the SVG's edges
@@ -86,9 +90,13 @@ def parallel_coordinates_svg(experiment: Experiment, trials: list[Trial]) -> str
         if axes > 1 and i in (0, axes - 1):
             anchor, tx = ("start", x - 4) if i == 0 else ("end", x + 4)
         parts.append(f'<line x1="{x:.1f}" y1="{PAD}" x2="{x:.1f}" y2="{HEIGHT - PAD}" stroke="#555"/>')
-        parts.append(f'<text x="{tx:.1f}" y="{PAD - 14}" font-size="11" text-anchor="{anchor}">{html.escape(name)}</text>')
-        parts.append(f'<text x="{tx:.1f}" y="{HEIGHT - PAD + 14}" font-size="9" text-anchor="{anchor}" fill="#666">'
-                     f'{html.escape(detail[:28])}</text>')
+        parts.append(
+            f'<text x="{tx:.1f}" y="{PAD - 14}" font-size="11" text-anchor="{anchor}">{html.escape(name)}</text>'
+        )
+        parts.append(
+            f'<text x="{tx:.1f}" y="{HEIGHT - PAD + 14}" font-size="9" text-anchor="{anchor}" fill="#666">'
+            f"{html.escape(detail[:28])}</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -110,8 +118,10 @@ def objective_svg(experiment: Experiment, trials: list[Trial]) -> str:
             better = best is None or (t.objective < best if experiment.spec.goal == "minimize" else t.objective > best)
             best = t.objective if better else best
             line.append(f"{x(t.number):.1f},{y(best):.1f}")
-            parts.append(f'<circle cx="{x(t.number):.1f}" cy="{y(t.objective):.1f}" r="3" fill="#1f77b4">'
-                         f'<title>trial {t.number}: {_fmt(t.objective)}</title></circle>')
+            parts.append(
+                f'<circle cx="{x(t.number):.1f}" cy="{y(t.objective):.1f}" r="3" fill="#1f77b4">'
+                f"<title>trial {t.number}: {_fmt(t.objective)}</title></circle>"
+            )
         parts.append(f'<polyline fill="none" stroke="#d62728" stroke-width="1.5" points="{" ".join(line)}"/>')
         parts.append(f'<text x="{PAD - 4}" y="{y(high) + 4:.1f}" font-size="9" text-anchor="end">{_fmt(high)}</text>')
         parts.append(f'<text x="{PAD - 4}" y="{y(low) + 4:.1f}" font-size="9" text-anchor="end">{_fmt(low)}</text>')
@@ -133,20 +143,34 @@ def render_html(experiment: Experiment) -> str:
     names = [p.name for p in spec.parameters]
     for t in trials:
         mark = ' style="background:#e8f4e8"' if best and t.number == best.trial else ""
-        cells = [str(t.number), *(_fmt(t.parameters.get(n, "")) for n in names), t.status,
-                 "" if t.objective is None else _fmt(t.objective),
-                 "" if t.duration is None else f"{t.duration:.2f}s", str(t.cached_steps),
-                 html.escape((t.error or "")[:160])]
+        cells = [
+            str(t.number),
+            *(_fmt(t.parameters.get(n, "")) for n in names),
+            t.status,
+            "" if t.objective is None else _fmt(t.objective),
+            "" if t.duration is None else f"{t.duration:.2f}s",
+            str(t.cached_steps),
+            html.escape((t.error or "")[:160]),
+        ]
         rows.append(f"<tr{mark}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in
-                   ["trial", *names, "status", spec.objective, "duration", "cached steps", "error"])
+    head = "".join(
+        f"<th>{html.escape(h)}</th>"
+        for h in ["trial", *names, "status", spec.objective, "duration", "cached steps", "error"]
+    )
     best_text = "no finished trial yet"
     if best:
-        best_text = (f"best: trial {best.trial}, {html.escape(spec.objective)} = {_fmt(best.objective)}, "
-                     + ", ".join(f"{html.escape(k)}={_fmt(v)}" for k, v in best.parameters.items()))
+        best_text = f"best: trial {best.trial}, {html.escape(spec.objective)} = {_fmt(best.objective)}, " + ", ".join(
+            f"{html.escape(k)}={_fmt(v)}" for k, v in best.parameters.items()
+        )
     note = f'<div style="color:#a60">{html.escape(experiment.note)}</div>' if experiment.note else ""
-    message = (f'<div style="color:{"#b00" if experiment.status == FAILED else "#444"}">'
-               f"{html.escape(experiment.message)}</div>") if experiment.message else ""
+    message = (
+        (
+            f'<div style="color:{"#b00" if experiment.status == FAILED else "#444"}">'
+            f"{html.escape(experiment.message)}</div>"
+        )
+        if experiment.message
+        else ""
+    )
     return (
         f'<div class="nbmagic-tune" data-status="{experiment.status}">'
         f"<b>{html.escape(experiment.backend)} experiment {html.escape(experiment.name)}</b> "
@@ -174,7 +198,7 @@ class LiveView:
         self._last = 0.0
         self._pending = False
 
-    def show(self) -> "LiveView":
+    def show(self) -> LiveView:
         if self.target is not None:
             self.target.value = render_html(self.experiment)
         else:
@@ -222,7 +246,7 @@ class TerminalView:
         self._closed = False
         self._lock = threading.Lock()
 
-    def attach(self) -> "TerminalView":
+    def attach(self) -> TerminalView:
         self.experiment.on_update(self.update)
         return self
 

@@ -5,6 +5,7 @@ It checks each request's path and method, validates bodies against the CRD's ope
 fields the schema does not declare (the API server would silently prune them), and answers GET with a
 Ready status after ``ready_after`` reads. Requests are recorded in ``requests``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,11 +17,13 @@ from typing import Any
 import jsonschema
 import yaml
 
-from http_fakes import JsonHandler, LocalServer
+from helpers.http_fakes import JsonHandler, LocalServer
 
 SCHEMAS = Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas"))
 CRD = SCHEMAS / "kserve-inferenceservices-crd.yaml"
-_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices(?:/(?P<name>[^/?]+))?$")
+_PATH = re.compile(
+    r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices(?:/(?P<name>[^/?]+))?$"
+)
 _schema_cache: dict[str, Any] = {}
 
 
@@ -90,7 +93,7 @@ class FakeKServeAPI:
         """The fake Kubernetes API's own address (``url`` is the service URL it reports)."""
         return self._server.url
 
-    def __enter__(self) -> "FakeKServeAPI":
+    def __enter__(self) -> FakeKServeAPI:
         self._server.start()
         return self
 
@@ -119,7 +122,7 @@ class FakeKServeAPI:
                     return self._replace(key, body)
                 if method == "DELETE":
                     if key not in api.objects:
-                        return self._status(404, "NotFound", f"inferenceservices \"{name}\" not found")
+                        return self._status(404, "NotFound", f'inferenceservices "{name}" not found')
                     del api.objects[key]
                     return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
                 return self._status(405, "MethodNotAllowed", method)
@@ -138,7 +141,7 @@ class FakeKServeAPI:
                     return
                 key = (ns, body["metadata"]["name"])
                 if key in api.objects:
-                    return self._status(409, "AlreadyExists", f"inferenceservices \"{key[1]}\" already exists")
+                    return self._status(409, "AlreadyExists", f'inferenceservices "{key[1]}" already exists')
                 body["metadata"].update(namespace=ns, resourceVersion="1", generation=1)
                 api.objects[key] = body
                 api.reads[key] = 0
@@ -146,7 +149,7 @@ class FakeKServeAPI:
 
             def _replace(self, key: tuple[str, str], body: Any) -> None:
                 if key not in api.objects:
-                    return self._status(404, "NotFound", f"inferenceservices \"{key[1]}\" not found")
+                    return self._status(404, "NotFound", f'inferenceservices "{key[1]}" not found')
                 if not self._check(key[0], body):
                     return
                 current = api.objects[key]["metadata"]["resourceVersion"]
@@ -159,12 +162,19 @@ class FakeKServeAPI:
 
             def _get(self, key: tuple[str, str]) -> None:
                 if key not in api.objects:
-                    return self._status(404, "NotFound", f"inferenceservices \"{key[1]}\" not found")
+                    return self._status(404, "NotFound", f'inferenceservices "{key[1]}" not found')
                 api.reads[key] += 1
                 obj = dict(api.objects[key])
                 ready = api.reads[key] >= api.ready_after
-                obj["status"] = {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                                                 "reason": "" if ready else "RevisionMissing"}]}
+                obj["status"] = {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True" if ready else "False",
+                            "reason": "" if ready else "RevisionMissing",
+                        }
+                    ]
+                }
                 if ready:
                     obj["status"]["url"] = api.url
                 self._send(200, obj)

@@ -1,13 +1,24 @@
 """Building PipelinePlan steps for tests, as the %%step magic would record them."""
+
 from __future__ import annotations
 
 from nbmagic.pipeline.model import Cell, StepPlan
 
 
-def step(name: str, code: str, *, inputs: dict[str, str] | None = None, params: tuple[str, ...] = (),
-         outputs: tuple[str, ...] = (), metrics: tuple[str, ...] = (), prelude: str = "",
-         modules: tuple[str, ...] = (), after: tuple[str, ...] = (), index: int = 1,
-         notebook: str = "demo.ipynb") -> StepPlan:
+def step(
+    name: str,
+    code: str,
+    *,
+    inputs: dict[str, str] | None = None,
+    params: tuple[str, ...] = (),
+    outputs: tuple[str, ...] = (),
+    metrics: tuple[str, ...] = (),
+    prelude: str = "",
+    modules: tuple[str, ...] = (),
+    after: tuple[str, ...] = (),
+    index: int = 1,
+    notebook: str = "demo.ipynb",
+) -> StepPlan:
     """A StepPlan for cell ``index`` of ``notebook``: upstream = producers of ``inputs``, then ``after``."""
     inputs = inputs or {}
     return StepPlan(

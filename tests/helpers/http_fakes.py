@@ -5,6 +5,7 @@
 ``LocalServer`` runs a handler class in a ``ThreadingHTTPServer`` on 127.0.0.1 (port chosen by the OS)
 in a daemon thread, https when given ``tls=(certfile, keyfile)``; it is a context manager with ``url``.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ from typing import Any, Self
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
     """A Kubernetes ``Status`` failure body, as the API server answers errors."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -52,8 +60,13 @@ class LocalServer:
     Subclasses whose handler needs the server override :meth:`_make_handler` instead of passing one.
     """
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler] | None = None, *,
-                 tls: tuple[str, str] | None = None, name: str = "local-http-server") -> None:
+    def __init__(
+        self,
+        handler: type[BaseHTTPRequestHandler] | None = None,
+        *,
+        tls: tuple[str, str] | None = None,
+        name: str = "local-http-server",
+    ) -> None:
         self.tls = tls  # (certfile, keyfile): serve https
         self._handler = handler
         self._name = name

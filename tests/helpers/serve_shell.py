@@ -1,9 +1,10 @@
 """An IPython shell with the %serve magics for the serve tests, in its own NBMAGIC_HOME."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell

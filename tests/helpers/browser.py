@@ -5,6 +5,7 @@ The server runs with a random token on 127.0.0.1 and a free port, in its own Jup
 teardown it is stopped with SIGTERM and any process it started (kernels, their workers) that is still
 alive is killed by pid. Chromium is Debian's ``/usr/bin/chromium`` driven by Playwright (no downloads).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,23 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_available() -> bool:
@@ -69,20 +79,42 @@ class NotebookServer:
         """A browser URL with the token (e.g. ``notebooks/test.ipynb``)."""
         return f"{self.base}/{path.lstrip('/')}?token={self.token}"
 
-    def start(self, timeout: float = 30) -> "NotebookServer":
+    def start(self, timeout: float = 30) -> NotebookServer:
         self.state.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        for name, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                          ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython"),
-                          ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"), ("JUPYTERLAB_SETTINGS_DIR", "settings")):
+        for name, sub in (
+            ("JUPYTER_CONFIG_DIR", "config"),
+            ("JUPYTER_DATA_DIR", "data"),
+            ("JUPYTER_RUNTIME_DIR", "runtime"),
+            ("IPYTHONDIR", "ipython"),
+            ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+            ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+        ):
             env[name] = str(self.state / sub)
         env.update(self.extra_env)
-        command = [sys.executable, "-m", "jupyter", "notebook", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                   f"--IdentityProvider.token={self.token}", "--allow-root", f"--port={self.port}",
-                   "--ServerApp.port_retries=0", f"--ServerApp.root_dir={self.root}"]
+        command = [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "notebook",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={self.token}",
+            "--allow-root",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={self.root}",
+        ]
         log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         try:
             wait_for(self._ready, timeout, f"the notebook server on port {self.port}")
@@ -103,8 +135,12 @@ class NotebookServer:
     def api(self, path: str, method: str = "GET", body: Any = None) -> Any:
         """Call the server's REST API with the token; returns the decoded JSON (or None)."""
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.base}/{path.lstrip('/')}", data=data, method=method,
-                                         headers={"Authorization": f"token {self.token}"})
+        request = urllib.request.Request(
+            f"{self.base}/{path.lstrip('/')}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+        )
         with urllib.request.urlopen(request, timeout=5) as response:
             text = response.read()
         return json.loads(text) if text else None
@@ -118,8 +154,9 @@ class NotebookServer:
 
     def wait_kernel_idle(self, notebook: str, timeout: float = 30) -> None:
         """The UI's idle indicator can fire before the kernel has started; the REST API knows."""
-        wait_for(lambda: self.kernel_state(notebook) == "idle", timeout, f"the kernel of {notebook} to be idle",
-                 interval=0.2)
+        wait_for(
+            lambda: self.kernel_state(notebook) == "idle", timeout, f"the kernel of {notebook} to be idle", interval=0.2
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         try:

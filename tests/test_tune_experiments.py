@@ -1,4 +1,5 @@
 """Review findings for tuning: each test failed before its fix."""
+
 from __future__ import annotations
 
 import threading
@@ -41,7 +42,7 @@ def test_starting_an_experiment_that_is_still_running_is_refused_and_the_first_k
     assert again.resumed == 3 and len(again.trials) == 4
 
 
-from conftest import run_cell  # noqa: E402
+from helpers.shell import run_cell  # noqa: E402
 
 CELLS = [
     "%%pipeline_parameters\nlr = 0.01",
@@ -84,13 +85,22 @@ def test_cmaes_with_a_categorical_parameter_says_so_once_instead_of_a_warning_pe
     import optuna
 
     recorded = {"lr": Parameter("lr", 0.01, "float"), "kind": Parameter("kind", "mlp", "str")}
-    cma = ExperimentSpec(parameters=(parse_param("lr=double(1e-3,1e-1)"), parse_param("kind=categorical(mlp,gbm)")),
-                         objective="loss", algorithm="cmaes", max_trials=4, seed=1).check_against(recorded, ["loss"])
+    cma = ExperimentSpec(
+        parameters=(parse_param("lr=double(1e-3,1e-1)"), parse_param("kind=categorical(mlp,gbm)")),
+        objective="loss",
+        algorithm="cmaes",
+        max_trials=4,
+        seed=1,
+    ).check_against(recorded, ["loss"])
     optuna.logging.enable_propagation()
     try:
         with caplog.at_level(logging.WARNING, logger="optuna"):
-            exp = run_local(cma, lambda v: TrialResult("r", "done", metrics={"loss": v["lr"]}), recorded=recorded,
-                            directory=tmp_path).wait(60)
+            exp = run_local(
+                cma,
+                lambda v: TrialResult("r", "done", metrics={"loss": v["lr"]}),
+                recorded=recorded,
+                directory=tmp_path,
+            ).wait(60)
     finally:
         optuna.logging.disable_propagation()
     assert exp.status == "succeeded" and len(exp.trials) == 4
@@ -100,13 +110,20 @@ def test_cmaes_with_a_categorical_parameter_says_so_once_instead_of_a_warning_pe
 
 def test_katib_stop_counts_the_trials_that_exist_now_not_the_last_poll(tmp_path):
     """Lowering maxTrialCount below the trials Katib already made would have it delete running ones."""
-    from fake_katib_api import FakeKubernetesAPI
-
+    from helpers.fake_katib_api import FakeKubernetesAPI
     from nbmagic.tune.katib import api_client, run_katib
 
     with FakeKubernetesAPI() as api:
-        exp = run_katib(spec(max_trials=50, parallel_trials=2), "z", host="h", pipeline_name="p", namespace="ns",
-                        recorded=RECORDED, client=api_client(api.url), poll=5.0)
+        exp = run_katib(
+            spec(max_trials=50, parallel_trials=2),
+            "z",
+            host="h",
+            pipeline_name="p",
+            namespace="ns",
+            recorded=RECORDED,
+            client=api_client(api.url),
+            poll=5.0,
+        )
         deadline = time.time() + 5
         while not exp.trials and time.time() < deadline:
             time.sleep(0.01)

@@ -5,6 +5,7 @@ unknown fields are rejected, plus the checks Katib's admission webhook makes), s
 and serves GETs whose status progresses: each GET of an Experiment advances the simulated Katib
 by one step (start up to parallelTrialCount trials, finish the running ones).
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,16 +13,30 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from http_fakes import JsonHandler, LocalServer
+from helpers.http_fakes import JsonHandler, LocalServer
 
-SCHEMA = Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas")) / "katib-v1beta1.swagger.json"
+SCHEMA = (
+    Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas")) / "katib-v1beta1.swagger.json"
+)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-ALGORITHMS = {"random", "grid", "bayesianoptimization", "tpe", "multivariate-tpe", "cmaes", "sobol", "hyperband",
-              "pbt", "enas", "darts"}
+ALGORITHMS = {
+    "random",
+    "grid",
+    "bayesianoptimization",
+    "tpe",
+    "multivariate-tpe",
+    "cmaes",
+    "sobol",
+    "hyperband",
+    "pbt",
+    "enas",
+    "darts",
+}
 COLLECTORS = {"StdOut", "File", "TensorFlowEvent", "PrometheusMetric", "Custom", "None", "Push"}
 STAMP = "2026-01-01T00:00:{:02d}Z"
 
@@ -34,8 +49,11 @@ OBJECT_META = {
         "namespace": {"type": "string", "pattern": DNS_LABEL.pattern},
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-        "uid": {"type": "string"}, "resourceVersion": {"type": "string"}, "generation": {"type": "integer"},
-        "creationTimestamp": {"type": "string"}, "generateName": {"type": "string"},
+        "uid": {"type": "string"},
+        "resourceVersion": {"type": "string"},
+        "generation": {"type": "integer"},
+        "creationTimestamp": {"type": "string"},
+        "generateName": {"type": "string"},
         "finalizers": {"type": "array", "items": {"type": "string"}},
         "ownerReferences": {"type": "array", "items": {"type": "object"}},
     },
@@ -66,8 +84,10 @@ def validator(definition: str, schema_path: Path = SCHEMA) -> Any:
 
 
 def schema_errors(obj: Any, definition: str = "v1beta1.Experiment") -> list[str]:
-    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in validator(definition).iter_errors(obj)]
+    return [
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator(definition).iter_errors(obj)
+    ]
 
 
 def katib_errors(experiment: dict[str, Any]) -> list[str]:
@@ -199,21 +219,37 @@ class FakeKatib:
                 trial["status"]["completionTime"] = STAMP.format(min(self._tick, 59))
                 if metrics is None:
                     trial["status"]["conditions"].append(
-                        {"type": "Failed", "status": "True", "reason": "TrialFailed", "message": "Job has failed"})
+                        {"type": "Failed", "status": "True", "reason": "TrialFailed", "message": "Job has failed"}
+                    )
                 else:
-                    trial["status"]["observation"] = {"metrics": [
-                        {"name": k, "latest": str(v), "min": str(v), "max": str(v)} for k, v in metrics.items()]}
+                    trial["status"]["observation"] = {
+                        "metrics": [
+                            {"name": k, "latest": str(v), "min": str(v), "max": str(v)} for k, v in metrics.items()
+                        ]
+                    }
                     trial["status"]["conditions"].append({"type": "Succeeded", "status": "True"})
                 trial["status"]["conditions"][-2]["status"] = "False"
         done = [t for t in trials if t["status"]["conditions"][-1]["type"] != "Running"]
         failed = [t for t in done if t["status"]["conditions"][-1]["type"] == "Failed"]
         succeeded = [t for t in done if t["status"]["conditions"][-1]["type"] == "Succeeded"]
         if failed and len(failed) >= spec.get("maxFailedTrialCount", 10**9):
-            status["conditions"].append({"type": "Failed", "status": "True", "reason": "ExperimentMaxFailedTrialsReached",
-                                         "message": "Experiment has failed because max failed count has reached"})
+            status["conditions"].append(
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "ExperimentMaxFailedTrialsReached",
+                    "message": "Experiment has failed because max failed count has reached",
+                }
+            )
         elif len(trials) >= spec.get("maxTrialCount", 1) and len(done) == len(trials):
-            status["conditions"].append({"type": "Succeeded", "status": "True", "reason": "ExperimentMaxTrialsReached",
-                                         "message": "Experiment has succeeded because max trial count has reached"})
+            status["conditions"].append(
+                {
+                    "type": "Succeeded",
+                    "status": "True",
+                    "reason": "ExperimentMaxTrialsReached",
+                    "message": "Experiment has succeeded because max trial count has reached",
+                }
+            )
         else:
             room = min(spec.get("parallelTrialCount", 3), spec.get("maxTrialCount", 1) - len(trials))
             for _ in range(max(0, room)):
@@ -241,14 +277,22 @@ class FakeKatib:
         meta = experiment["metadata"]
         assignments = self._sample(experiment["spec"], index)
         return {
-            "apiVersion": "kubeflow.org/v1beta1", "kind": "Trial",
-            "metadata": {"name": f"{meta['name']}-{index:04d}", "namespace": meta["namespace"],
-                         "labels": {"katib.kubeflow.org/experiment": meta["name"]},
-                         "creationTimestamp": STAMP.format(min(index, 59))},
-            "spec": {"parameterAssignments": [{"name": k, "value": v} for k, v in assignments.items()],
-                     "objective": experiment["spec"]["objective"]},
-            "status": {"startTime": STAMP.format(min(self._tick, 59)),
-                       "conditions": [{"type": "Created", "status": "False"}, {"type": "Running", "status": "True"}]},
+            "apiVersion": "kubeflow.org/v1beta1",
+            "kind": "Trial",
+            "metadata": {
+                "name": f"{meta['name']}-{index:04d}",
+                "namespace": meta["namespace"],
+                "labels": {"katib.kubeflow.org/experiment": meta["name"]},
+                "creationTimestamp": STAMP.format(min(index, 59)),
+            },
+            "spec": {
+                "parameterAssignments": [{"name": k, "value": v} for k, v in assignments.items()],
+                "objective": experiment["spec"]["objective"],
+            },
+            "status": {
+                "startTime": STAMP.format(min(self._tick, 59)),
+                "conditions": [{"type": "Created", "status": "False"}, {"type": "Running", "status": "True"}],
+            },
         }
 
 
@@ -266,8 +310,11 @@ class _Handler(JsonHandler):
             if parts[:2] == ["api", "v1"] and len(parts) == 5 and parts[4] == "configmaps" and method == "POST":
                 body = self._body()
                 meta = body.get("metadata", {}) if isinstance(body, dict) else {}
-                if body.get("kind") != "ConfigMap" or meta.get("namespace", parts[3]) != parts[3] \
-                        or not DNS_LABEL.match(meta.get("name", "")):
+                if (
+                    body.get("kind") != "ConfigMap"
+                    or meta.get("namespace", parts[3]) != parts[3]
+                    or not DNS_LABEL.match(meta.get("name", ""))
+                ):
                     return self._status(422, "Invalid", "not a ConfigMap for this namespace")
                 key = (parts[3], meta["name"])
                 if key in self.state.configmaps:
@@ -315,8 +362,13 @@ class _Handler(JsonHandler):
         if plural == "trials" and method == "GET" and name is None:
             selector = query.get("labelSelector", [""])[0]
             label, _, value = selector.partition("=")
-            items = [t for (ns, _), trials in state.trials.items() if ns == namespace for t in trials
-                     if not selector or t["metadata"]["labels"].get(label) == value]
+            items = [
+                t
+                for (ns, _), trials in state.trials.items()
+                if ns == namespace
+                for t in trials
+                if not selector or t["metadata"]["labels"].get(label) == value
+            ]
             return self._send(200, {"apiVersion": "kubeflow.org/v1beta1", "kind": "TrialList", "items": items})
         self._status(405, "MethodNotAllowed", f"{method} {plural}")
 

@@ -27,6 +27,7 @@ Usage::
         ...
         assert not server.rejected
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,11 +46,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 
-from http_fakes import JsonHandler, LocalServer, status_body
+from helpers.http_fakes import JsonHandler, LocalServer, status_body
 
-SWAGGER_PATH = Path(os.environ.get(
-    "NBMAGIC_KFP_SWAGGER",
-    Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas")) / "kfp-api-v2beta1.swagger.json"))
+SWAGGER_PATH = Path(
+    os.environ.get(
+        "NBMAGIC_KFP_SWAGGER",
+        Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas"))
+        / "kfp-api-v2beta1.swagger.json",
+    )
+)
 
 _DROP_KEYS = {"description", "title", "example", "externalDocs"}
 _INT64 = re.compile(r"^-?[0-9]+$")
@@ -93,8 +98,7 @@ def convert_schema(node: Any) -> Any:
         return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _NUMBER.pattern}]}
     if kind == "string" and "enum" in node:
         names = list(node["enum"])
-        return {"anyOf": [{"type": "string", "enum": names},
-                          {"type": "integer", "enum": list(range(len(names)))}]}
+        return {"anyOf": [{"type": "string", "enum": names}, {"type": "integer", "enum": list(range(len(names)))}]}
     if kind == "object" and "properties" in node and "additionalProperties" not in node:
         out["additionalProperties"] = False
     return out
@@ -160,8 +164,14 @@ class Swagger:
             where = "/".join(str(p) for p in err.absolute_path) or "<root>"
             detail = err.message
             if err.context:  # anyOf: say what each alternative wanted
-                alts = sorted({c.message[len(repr(c.instance)):].strip() if c.message.startswith(repr(c.instance))
-                               else c.message for c in err.context})
+                alts = sorted(
+                    {
+                        c.message[len(repr(c.instance)) :].strip()
+                        if c.message.startswith(repr(c.instance))
+                        else c.message
+                        for c in err.context
+                    }
+                )
                 detail = f"{err.instance!r}: " + " or ".join(alts)
             found.append(f"{where}: {detail}")
         return found
@@ -196,7 +206,7 @@ class _RunRecord:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _ApiError(Exception):
@@ -231,10 +241,17 @@ class KfpApiServer(LocalServer):
     ``tls=(certfile, keyfile)`` serves https.
     """
 
-    def __init__(self, *, token: str | None = None, multi_user: bool = False,
-                 run_states: list[str] | None = None, swagger: Path = SWAGGER_PATH,
-                 tls: tuple[str, str] | None = None, layout: str = "simple",
-                 pod_name_format: str = "v1") -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        multi_user: bool = False,
+        run_states: list[str] | None = None,
+        swagger: Path = SWAGGER_PATH,
+        tls: tuple[str, str] | None = None,
+        layout: str = "simple",
+        pod_name_format: str = "v1",
+    ) -> None:
         assert layout in ("simple", "argo") and pod_name_format in ("v1", "v2")
         super().__init__(tls=tls, name="kfp-api-server")
         self.layout, self.pod_name_format = layout, pod_name_format
@@ -275,9 +292,13 @@ class KfpApiServer(LocalServer):
         parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
-        rec = Recorded(method=handler.command, path=parts.path,
-                       query=parse_qs(parts.query, keep_blank_values=True),
-                       headers={k.lower(): v for k, v in handler.headers.items()}, body=None)
+        rec = Recorded(
+            method=handler.command,
+            path=parts.path,
+            query=parse_qs(parts.query, keep_blank_values=True),
+            headers={k.lower(): v for k, v in handler.headers.items()},
+            body=None,
+        )
         with self._lock:
             self.requests.append(rec)
         op = None
@@ -314,8 +335,10 @@ class KfpApiServer(LocalServer):
             if spec is None:
                 raise _ApiError(400, _INVALID_ARGUMENT, f"unknown query parameter {name!r} for {op['operationId']}")
             for value in values:
-                problems = self.swagger.errors({k: v for k, v in spec.items() if k in ("type", "format", "enum")},
-                                               value if spec.get("type") == "string" else _coerce(value))
+                problems = self.swagger.errors(
+                    {k: v for k, v in spec.items() if k in ("type", "format", "enum")},
+                    value if spec.get("type") == "string" else _coerce(value),
+                )
                 if problems:
                     raise _ApiError(400, _INVALID_ARGUMENT, f"query parameter {name!r}: {problems[0]}")
         for spec in params:
@@ -361,8 +384,10 @@ class KfpApiServer(LocalServer):
             if operation == "RunService_GetRun":
                 return 200, self._get_run(path["run_id"])
             if operation == "RunService_ListRuns":
-                return 200, {"runs": [self._view_run(rid, r) for rid, r in self.runs.items()],
-                             "total_size": len(self.runs)}
+                return 200, {
+                    "runs": [self._view_run(rid, r) for rid, r in self.runs.items()],
+                    "total_size": len(self.runs),
+                }
         raise _ApiError(501, _UNIMPLEMENTED, f"{operation} is valid but not implemented by this test server")
 
     def _new_id(self, prefix: str) -> str:
@@ -378,9 +403,14 @@ class KfpApiServer(LocalServer):
             raise _ApiError(400, _INVALID_ARGUMENT, "multi-user mode: experiment namespace is required")
         if any(e["display_name"] == name and e.get("namespace", "") == ns for e in self.experiments.values()):
             raise _ApiError(409, _ALREADY_EXISTS, f"experiment {name!r} already exists")
-        exp = {"experiment_id": self._new_id("exp"), "display_name": name,
-               "description": body.get("description", ""), "namespace": ns,
-               "created_at": _now(), "storage_state": "AVAILABLE"}
+        exp = {
+            "experiment_id": self._new_id("exp"),
+            "display_name": name,
+            "description": body.get("description", ""),
+            "namespace": ns,
+            "created_at": _now(),
+            "storage_state": "AVAILABLE",
+        }
         self.experiments[exp["experiment_id"]] = exp
         return exp
 
@@ -414,7 +444,9 @@ class KfpApiServer(LocalServer):
             raise _ApiError(404, _NOT_FOUND, f"experiment {exp_id} not found")
         has_spec, has_ref = "pipeline_spec" in body, "pipeline_version_reference" in body
         if has_spec == has_ref:
-            raise _ApiError(400, _INVALID_ARGUMENT, "exactly one of pipeline_spec and pipeline_version_reference is required")
+            raise _ApiError(
+                400, _INVALID_ARGUMENT, "exactly one of pipeline_spec and pipeline_version_reference is required"
+            )
         if has_ref:
             raise _ApiError(501, _UNIMPLEMENTED, "test server runs only inline pipeline_spec")
         spec = _pipeline_spec(body["pipeline_spec"])
@@ -425,12 +457,14 @@ class KfpApiServer(LocalServer):
                 raise _ApiError(400, _INVALID_ARGUMENT, f"parameter {name!r} is not an input of the pipeline")
             check = _PARAM_CHECKS.get(inputs[name])
             if check and not check(value):
-                raise _ApiError(400, _INVALID_ARGUMENT,
-                                f"parameter {name!r}: {value!r} is not a {inputs[name]}")
+                raise _ApiError(400, _INVALID_ARGUMENT, f"parameter {name!r}: {value!r} is not a {inputs[name]}")
         run_id = self._new_id("run")
-        record = _RunRecord(body=dict(body, run_id=run_id, experiment_id=exp_id or ""),
-                            states=list(self.run_states), created_at=_now(),
-                            workflow=f"{spec.get('pipelineInfo', {}).get('name', 'pipeline')}-x{len(self.runs):04d}")
+        record = _RunRecord(
+            body=dict(body, run_id=run_id, experiment_id=exp_id or ""),
+            states=list(self.run_states),
+            created_at=_now(),
+            workflow=f"{spec.get('pipelineInfo', {}).get('name', 'pipeline')}-x{len(self.runs):04d}",
+        )
         self.runs[run_id] = record
         return self._view_run(run_id, record)
 
@@ -444,21 +478,30 @@ class KfpApiServer(LocalServer):
     def _view_run(self, run_id: str, record: _RunRecord) -> dict:
         state = record.states[min(record.gets, len(record.states) - 1)]
         body = record.body
-        run = {k: copy.deepcopy(v) for k, v in body.items()
-               if k in ("experiment_id", "display_name", "description", "pipeline_spec",
-                        "runtime_config", "service_account")}
-        run.update(run_id=run_id, state=state, storage_state="AVAILABLE",
-                   created_at=record.created_at, scheduled_at=record.created_at,
-                   state_history=[{"update_time": record.created_at, "state": s}
-                                  for s in record.states[:min(record.gets, len(record.states) - 1) + 1]])
+        run = {
+            k: copy.deepcopy(v)
+            for k, v in body.items()
+            if k
+            in ("experiment_id", "display_name", "description", "pipeline_spec", "runtime_config", "service_account")
+        }
+        run.update(
+            run_id=run_id,
+            state=state,
+            storage_state="AVAILABLE",
+            created_at=record.created_at,
+            scheduled_at=record.created_at,
+            state_history=[
+                {"update_time": record.created_at, "state": s}
+                for s in record.states[: min(record.gets, len(record.states) - 1) + 1]
+            ],
+        )
         if state in ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"):
             run["finished_at"] = _now()
         if state == "FAILED":
             run["error"] = {"code": 2, "message": self.failure_message, "details": []}
         tasks = self._task_details(run_id, _pipeline_spec(body["pipeline_spec"]), state)
         if tasks:
-            run["run_details"] = {"pipeline_context_id": "11", "pipeline_run_context_id": "12",
-                                  "task_details": tasks}
+            run["run_details"] = {"pipeline_context_id": "11", "pipeline_run_context_id": "12", "task_details": tasks}
         return run
 
     def _task_states(self, spec: dict, run_state: str) -> list[tuple[str, str, str]]:
@@ -481,9 +524,15 @@ class KfpApiServer(LocalServer):
             return self._argo_task_details(run_id, spec, run_state)
         details = []
         for i, (name, comp, state) in enumerate(self._task_states(spec, run_state)):
-            task: dict[str, Any] = {"run_id": run_id, "task_id": f"{run_id}-t{i}", "display_name": name,
-                                    "create_time": _now(), "state": state, "execution_id": str(100 + i),
-                                    "pod_name": f"{name}-pod-{i}"}
+            task: dict[str, Any] = {
+                "run_id": run_id,
+                "task_id": f"{run_id}-t{i}",
+                "display_name": name,
+                "create_time": _now(),
+                "state": state,
+                "execution_id": str(100 + i),
+                "pod_name": f"{name}-pod-{i}",
+            }
             self._finish_task(task, spec, comp, state, i)
             details.append(task)
         return details
@@ -513,16 +562,40 @@ class KfpApiServer(LocalServer):
             for dep in body.get("dependentTasks", []):
                 downstream.setdefault(dep, []).append(t)
         firsts = [t for t, body in tasks.items() if not body.get("dependentTasks")]
-        nodes = [{"name": wf, "display": wf, "id": wf, "template": None, "children": [f"{wf}.root-driver"]},
-                 {"name": f"{wf}.root-driver", "display": "root-driver", "template": "system-dag-driver",
-                  "children": [f"{wf}.root"]},
-                 {"name": f"{wf}.root", "display": "root", "template": None,
-                  "children": [f"{wf}.root.{t}-driver" for t in firsts]}]
+        nodes = [
+            {"name": wf, "display": wf, "id": wf, "template": None, "children": [f"{wf}.root-driver"]},
+            {
+                "name": f"{wf}.root-driver",
+                "display": "root-driver",
+                "template": "system-dag-driver",
+                "children": [f"{wf}.root"],
+            },
+            {
+                "name": f"{wf}.root",
+                "display": "root",
+                "template": None,
+                "children": [f"{wf}.root.{t}-driver" for t in firsts],
+            },
+        ]
         for t in tasks:
-            nodes.append({"name": f"{wf}.root.{t}-driver", "display": f"{t}-driver",
-                          "template": "system-container-driver", "children": [f"{wf}.root.{t}"], "task": t})
-            nodes.append({"name": f"{wf}.root.{t}", "display": t, "template": "system-container-executor",
-                          "children": [f"{wf}.root.{d}-driver" for d in downstream.get(t, [])], "task": t})
+            nodes.append(
+                {
+                    "name": f"{wf}.root.{t}-driver",
+                    "display": f"{t}-driver",
+                    "template": "system-container-driver",
+                    "children": [f"{wf}.root.{t}"],
+                    "task": t,
+                }
+            )
+            nodes.append(
+                {
+                    "name": f"{wf}.root.{t}",
+                    "display": t,
+                    "template": "system-container-executor",
+                    "children": [f"{wf}.root.{d}-driver" for d in downstream.get(t, [])],
+                    "task": t,
+                }
+            )
         for node in nodes:
             node.setdefault("id", self._node_id(wf, node["name"]))
         return nodes
@@ -537,18 +610,32 @@ class KfpApiServer(LocalServer):
         record = self.runs[run_id]
         spec = _pipeline_spec(record.body["pipeline_spec"])
         if self.layout == "simple":
-            return [{"name": f"{name}-pod-{i}", "task": name, "role": "executor",
-                     "labels": {"pipeline/runid": run_id}, "annotations": {}}
-                    for i, (name, _) in enumerate(_topo_tasks(spec))]
+            return [
+                {
+                    "name": f"{name}-pod-{i}",
+                    "task": name,
+                    "role": "executor",
+                    "labels": {"pipeline/runid": run_id},
+                    "annotations": {},
+                }
+                for i, (name, _) in enumerate(_topo_tasks(spec))
+            ]
         out = []
         for node in self._argo_nodes(run_id, spec):
             if node["template"] is None:
                 continue  # DAG nodes have no pod
-            out.append({"name": self._pod_name(record.workflow, node), "task": node.get("task"),
-                        "role": "driver" if node["template"].endswith("driver") else "executor",
-                        "labels": {"pipeline/runid": run_id, "workflows.argoproj.io/workflow": record.workflow},
-                        "annotations": {"workflows.argoproj.io/node-id": node["id"],
-                                        "workflows.argoproj.io/node-name": node["name"]}})
+            out.append(
+                {
+                    "name": self._pod_name(record.workflow, node),
+                    "task": node.get("task"),
+                    "role": "driver" if node["template"].endswith("driver") else "executor",
+                    "labels": {"pipeline/runid": run_id, "workflows.argoproj.io/workflow": record.workflow},
+                    "annotations": {
+                        "workflows.argoproj.io/node-id": node["id"],
+                        "workflows.argoproj.io/node-name": node["name"],
+                    },
+                }
+            )
         return out
 
     def _argo_task_details(self, run_id: str, spec: dict, run_state: str) -> list[dict]:
@@ -564,13 +651,17 @@ class KfpApiServer(LocalServer):
             comp, state = states[task] if task else ("", overall)
             if task and node["display"].endswith("-driver") and state != "PENDING":
                 state = "SUCCEEDED"
-            detail: dict[str, Any] = {"run_id": run_id, "task_id": f"{run_id}-n{i}", "display_name": node["display"],
-                                      "create_time": _now(), "state": state}
+            detail: dict[str, Any] = {
+                "run_id": run_id,
+                "task_id": f"{run_id}-n{i}",
+                "display_name": node["display"],
+                "create_time": _now(),
+                "state": state,
+            }
             kids = [{"pod_name": ids[c]} for c in node["children"] if c in ids]
             if kids:
                 detail["child_tasks"] = kids
-            self._finish_task(detail, spec, comp if task and not node["display"].endswith("-driver") else "",
-                              state, i)
+            self._finish_task(detail, spec, comp if task and not node["display"].endswith("-driver") else "", state, i)
             details.append(detail)
         return details
 
@@ -585,13 +676,32 @@ class PodLogServer(LocalServer):
     RBAC answers, the message naming the user), ``requests`` (method, path, query, headers).
     """
 
-    LOG_QUERY = {"container", "follow", "insecureSkipTLSVerifyBackend", "limitBytes", "pretty", "previous",
-                 "sinceSeconds", "tailLines", "timestamps"}
-    LIST_QUERY = {"allowWatchBookmarks", "continue", "fieldSelector", "labelSelector", "limit", "pretty",
-                  "resourceVersion", "resourceVersionMatch", "sendInitialEvents", "timeoutSeconds", "watch"}
+    LOG_QUERY = {
+        "container",
+        "follow",
+        "insecureSkipTLSVerifyBackend",
+        "limitBytes",
+        "pretty",
+        "previous",
+        "sinceSeconds",
+        "tailLines",
+        "timestamps",
+    }
+    LIST_QUERY = {
+        "allowWatchBookmarks",
+        "continue",
+        "fieldSelector",
+        "labelSelector",
+        "limit",
+        "pretty",
+        "resourceVersion",
+        "resourceVersionMatch",
+        "sendInitialEvents",
+        "timeoutSeconds",
+        "watch",
+    }
 
-    def __init__(self, namespace: str = "kubeflow", *, token: str | None = None,
-                 pod_source: Any = None) -> None:
+    def __init__(self, namespace: str = "kubeflow", *, token: str | None = None, pod_source: Any = None) -> None:
         super().__init__(name="pod-log-server")
         self.namespace = namespace
         self.token = token
@@ -602,16 +712,32 @@ class PodLogServer(LocalServer):
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
 
-    def add_pod(self, name: str, log: str, *, labels: dict | None = None, annotations: dict | None = None,
-                containers: tuple[str, ...] = ("wait", "main")) -> None:
+    def add_pod(
+        self,
+        name: str,
+        log: str,
+        *,
+        labels: dict | None = None,
+        annotations: dict | None = None,
+        containers: tuple[str, ...] = ("wait", "main"),
+    ) -> None:
         """A pod whose ``main`` container printed ``log`` (Argo pods also have a ``wait`` container)."""
         self.pods[name] = self.pod(log, labels=labels, annotations=annotations, containers=containers)
 
     @staticmethod
-    def pod(log: str, *, labels: dict | None = None, annotations: dict | None = None,
-            containers: tuple[str, ...] = ("wait", "main")) -> dict:
-        return {"log": log, "labels": dict(labels or {}), "annotations": dict(annotations or {}),
-                "containers": containers}
+    def pod(
+        log: str,
+        *,
+        labels: dict | None = None,
+        annotations: dict | None = None,
+        containers: tuple[str, ...] = ("wait", "main"),
+    ) -> dict:
+        return {
+            "log": log,
+            "labels": dict(labels or {}),
+            "annotations": dict(annotations or {}),
+            "containers": containers,
+        }
 
     def _make_handler(self) -> type[JsonHandler]:
         server = self
@@ -636,8 +762,13 @@ class PodLogServer(LocalServer):
 
     def _answer(self, handler: JsonHandler) -> tuple[int, str, bytes]:
         parts = urlsplit(handler.path)
-        rec = Recorded(method="GET", path=parts.path, query=parse_qs(parts.query, keep_blank_values=True),
-                       headers={k.lower(): v for k, v in handler.headers.items()}, body=None)
+        rec = Recorded(
+            method="GET",
+            path=parts.path,
+            query=parse_qs(parts.query, keep_blank_values=True),
+            headers={k.lower(): v for k, v in handler.headers.items()},
+            body=None,
+        )
         with self._lock:
             self.requests.append(rec)
         auth = rec.headers.get("authorization", "")
@@ -654,18 +785,26 @@ class PodLogServer(LocalServer):
             ns, name = m.groups()
             if self.forbid_logs:
                 # the real message names the user; here it even carries the token, to prove it is masked
-                return self._status(403, "Forbidden", f'pods "{name}" is forbidden: User "{user}" cannot get '
-                                    f'resource "pods/log" in API group "" in the namespace "{ns}"')
+                return self._status(
+                    403,
+                    "Forbidden",
+                    f'pods "{name}" is forbidden: User "{user}" cannot get '
+                    f'resource "pods/log" in API group "" in the namespace "{ns}"',
+                )
             pod = pods.get(name) if ns == self.namespace else None
             if pod is None:
                 return self._status(404, "NotFound", f'pods "{name}" not found')
             container = q.get("container")
             if container is None and len(pod["containers"]) > 1:
-                return self._status(400, "BadRequest", f"a container name must be specified for pod {name}, "
-                                    f"choose one of: [{' '.join(pod['containers'])}]")
+                return self._status(
+                    400,
+                    "BadRequest",
+                    f"a container name must be specified for pod {name}, "
+                    f"choose one of: [{' '.join(pod['containers'])}]",
+                )
             if container is not None and container not in pod["containers"]:
                 return self._status(400, "BadRequest", f"container {container} is not valid for pod {name}")
-            text = pod["log"] if container in (None, "main") else "time=... level=info msg=\"waiting\"\n"
+            text = pod["log"] if container in (None, "main") else 'time=... level=info msg="waiting"\n'
             return 200, "text/plain", text.encode()
         m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods", parts.path)
         if m:
@@ -673,16 +812,33 @@ class PodLogServer(LocalServer):
             if unknown:
                 return self._status(400, "BadRequest", f"unknown query parameter {sorted(unknown)[0]}")
             if self.forbid_list:
-                return self._status(403, "Forbidden", f'pods is forbidden: User "{user}" cannot list resource '
-                                    f'"pods" in API group "" in the namespace "{m.group(1)}"')
+                return self._status(
+                    403,
+                    "Forbidden",
+                    f'pods is forbidden: User "{user}" cannot list resource '
+                    f'"pods" in API group "" in the namespace "{m.group(1)}"',
+                )
             wanted = dict(sel.split("=", 1) for sel in q.get("labelSelector", "").split(",") if "=" in sel)
-            items = [{"metadata": {"name": name, "namespace": self.namespace, "labels": pod["labels"],
-                                   "annotations": pod["annotations"]},
-                      "spec": {"containers": [{"name": c, "image": "python:3.11"} for c in pod["containers"]]}}
-                     for name, pod in pods.items()
-                     if m.group(1) == self.namespace and all(pod["labels"].get(k) == v for k, v in wanted.items())]
-            return 200, "application/json", json.dumps(
-                {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}).encode()
+            items = [
+                {
+                    "metadata": {
+                        "name": name,
+                        "namespace": self.namespace,
+                        "labels": pod["labels"],
+                        "annotations": pod["annotations"],
+                    },
+                    "spec": {"containers": [{"name": c, "image": "python:3.11"} for c in pod["containers"]]},
+                }
+                for name, pod in pods.items()
+                if m.group(1) == self.namespace and all(pod["labels"].get(k) == v for k, v in wanted.items())
+            ]
+            return (
+                200,
+                "application/json",
+                json.dumps(
+                    {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+                ).encode(),
+            )
         return self._status(404, "NotFound", "the server could not find the requested resource")
 
 
@@ -698,9 +854,12 @@ def _coerce(value: str) -> Any:
 def _snake(obj: Any) -> Any:
     """Normalise lowerCamelCase JSON names (protojson accepts both) to proto field names."""
     if isinstance(obj, dict):
-        return {re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", k).lower() if not k.startswith("@") else k:
-                (v if k in ("pipeline_spec", "pipelineSpec", "parameters") else _snake(v))
-                for k, v in obj.items()}
+        return {
+            re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", k).lower() if not k.startswith("@") else k: (
+                v if k in ("pipeline_spec", "pipelineSpec", "parameters") else _snake(v)
+            )
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [_snake(v) for v in obj]
     return obj

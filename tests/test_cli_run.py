@@ -1,9 +1,9 @@
 """Review findings: `nbmagic run` runs a notebook where Jupyter would, in the notebook's folder."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 
@@ -24,7 +24,10 @@ def test_run_uses_the_notebook_folder_for_relative_files_and_local_modules(tmp_p
     nbformat.write(notebook, str(path))
     result = subprocess.run(
         [sys.executable, "-m", "nbmagic.cli", "run", "project/notebooks/train.ipynb"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "value=14" in result.stdout

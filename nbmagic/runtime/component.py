@@ -5,6 +5,7 @@
 generated ``nbmagic_sources()`` (nbmagic's step runtime and marshaller, exec'd into fresh modules), so the
 component image needs no nbmagic install.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -45,7 +46,7 @@ def nbmagic_run(
         exec(compile(source, f"<{name}>", "exec"), module.__dict__)
         return module
 
-    sources = nbmagic_sources()
+    sources = nbmagic_sources()  # noqa: F821 - defined beside this function in the generated module
     marshal = runtime_module("nbmagic_marshal", sources["marshal"])
     runtime = runtime_module("nbmagic_step", sources["step"])
 

@@ -1,5 +1,6 @@
 """Review of %serve: decorated transformers, transformers and models that work with dicts (several V2 inputs and
 outputs), and what a dead server's predict() says."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,8 @@ from nbmagic.serve.errors import ServeError
 @pytest.fixture(scope="module")
 def ns():
     shell = InteractiveShell.instance()
-    shell.run_cell('''
+    shell.run_cell(
+        '''
 import functools
 import numpy as np
 def logged(f):
@@ -39,7 +41,9 @@ class Crashes:
         import os
         print("about to crash", flush=True)
         os._exit(3)
-''', store_history=True).raise_error()
+''',
+        store_history=True,
+    ).raise_error()
     return shell.user_ns
 
 
@@ -52,12 +56,21 @@ def test_decorated_transformer_and_decorated_helper_are_packaged(ns, tmp_path):
 
 
 def test_dict_from_transformer_reaches_the_model_and_dict_outputs_come_back(ns):
-    srv = serve(ns["Columns"](), name="review-cols", model_var="cols", transformer=ns["to_columns"],
-                transformer_var="to_columns")
+    srv = serve(
+        ns["Columns"](),
+        name="review-cols",
+        model_var="cols",
+        transformer=ns["to_columns"],
+        transformer_var="to_columns",
+    )
     try:
         assert srv.predict([[1, 2], [3, 4]]) == {"total": [6, 14], "label": ["small", "big"]}
-        body = {"inputs": [{"name": "a", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]},
-                           {"name": "b", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 0.5]}]}
+        body = {
+            "inputs": [
+                {"name": "a", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]},
+                {"name": "b", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 0.5]},
+            ]
+        }
         assert srv.predict(body) == {"total": [4.0], "label": ["small"]}
         outputs = srv.predict(body, raw=True)["outputs"]
         assert [(o["name"], o["datatype"]) for o in outputs] == [("total", "FP64"), ("label", "BYTES")]

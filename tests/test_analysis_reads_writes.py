@@ -1,4 +1,5 @@
 """Review findings: names a cell reads and writes that the analysis missed or invented."""
+
 from __future__ import annotations
 
 from nbmagic.pipeline.analysis import analyze, to_python

@@ -1,4 +1,5 @@
 """Review findings: the local runner shared by threads (parallel %katib trials), and what its cache key sees."""
+
 from __future__ import annotations
 
 import threading
@@ -71,7 +72,9 @@ def test_editing_a_local_module_a_step_imports_reruns_the_step(tmp_path, monkeyp
     pool = WorkerPool()  # a worker started here, as a kernel started next to its notebook
     monkeypatch.setattr(pool_module, "_POOL", pool)
     try:
-        plan = plan_of("from helpers_review_mod import FACTOR\n", "%%step a\nvalue = float(FACTOR)\n", "%pipeline_metrics value\n")
+        plan = plan_of(
+            "from helpers_review_mod import FACTOR\n", "%%step a\nvalue = float(FACTOR)\n", "%pipeline_metrics value\n"
+        )
         runner = LocalRunner()
         first = runner.run(plan)
         assert first.metrics == {"value": 2.0}, first.error
@@ -87,7 +90,9 @@ def test_a_cached_step_missing_a_value_a_new_step_reads_runs_again():
     first = plan_of("%%pipeline_parameters\nflag = False\n", "%%step a\nif flag:\n    x = 1\ny = 2\n")
     runner = LocalRunner()
     assert runner.run(first).status == "done"
-    second = plan_of("%%pipeline_parameters\nflag = False\n", "%%step a\nif flag:\n    x = 1\ny = 2\n", "%%step b\nz = x\n")
+    second = plan_of(
+        "%%pipeline_parameters\nflag = False\n", "%%step a\nif flag:\n    x = 1\ny = 2\n", "%%step b\nz = x\n"
+    )
     run = runner.run(second)
     assert run.status == "failed"
     assert run.steps["a"].status == "failed" and "did not assign 'x'" in run.steps["a"].error

@@ -1,17 +1,22 @@
-"""Review of compiling: parameter defaults kfp writes into its comment header, and other corner cases."""
+"""Compiling: parameter defaults kfp writes into its comment header, and other corner cases."""
+
 from __future__ import annotations
 
 import yaml
+from test_compile import step
 
 from nbmagic.compile.kfp import compile_pipeline
 from nbmagic.pipeline.model import Parameter, PipelinePlan
-from test_compile import step
 
 
 def test_a_multi_line_str_parameter_default_leaves_the_yaml_parseable():
     query = "SELECT *\nFROM t\r\nWHERE x = ']' -- é"
-    plan = PipelinePlan("q", (step("load", "rows = len(query)\n", params=("query",), outputs=("rows",)),),
-                        {"query": Parameter("query", query, "str")}, ())
+    plan = PipelinePlan(
+        "q",
+        (step("load", "rows = len(query)\n", params=("query",), outputs=("rows",)),),
+        {"query": Parameter("query", query, "str")},
+        (),
+    )
     text = compile_pipeline(plan)
     (spec,) = list(yaml.safe_load_all(text))
     assert spec["root"]["inputDefinitions"]["parameters"]["query"]["defaultValue"] == query
@@ -20,9 +25,9 @@ def test_a_multi_line_str_parameter_default_leaves_the_yaml_parseable():
 
 def test_a_request_above_its_limit_is_one_error_before_anything_runs():
     import pytest
+    from test_compile import _settings, demo_plan
 
     from nbmagic.errors import NbMagicError
-    from test_compile import _settings, demo_plan
 
     with pytest.raises(NbMagicError, match=r"--memory 4Gi is more than --memory-limit 2Gi"):
         _settings("--memory 4Gi --memory-limit 2Gi")
@@ -40,6 +45,10 @@ def test_url_and_path_requirements_are_not_merged_into_one():
     from nbmagic.pipeline.settings import StepSettings, merge
 
     urls = ["git+https://github.com/a/x.git", "git+https://github.com/b/y.git", "./libs/z", "./libs/w"]
-    assert combine(["numpy==1.0"], urls, ["numpy>=2", "pkg @ https://h/p.whl"]) == [*urls, "numpy>=2", "pkg @ https://h/p.whl"]
+    assert combine(["numpy==1.0"], urls, ["numpy>=2", "pkg @ https://h/p.whl"]) == [
+        *urls,
+        "numpy>=2",
+        "pkg @ https://h/p.whl",
+    ]
     merged = merge(StepSettings(packages=tuple(urls[:2])), StepSettings(packages=tuple(urls[2:])))
     assert merged.packages == tuple(urls)

@@ -3,6 +3,7 @@
 Used by the local runner's worker processes and, embedded as source, by compiled KFP components,
 so it imports only the standard library.
 """
+
 from __future__ import annotations
 
 import linecache

@@ -1,4 +1,4 @@
-"""Review of cluster runs: polling errors keep the token out, and a run deleted while it is followed."""
+"""Cluster runs: polling errors keep the token out, and a run deleted while it is followed."""
 # no `from __future__ import annotations`: kfp reads component annotations as real types
 
 import sys
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kfp_api_server import KfpApiServer, _ApiError  # noqa: E402
 from test_cluster_run import TOKEN, _isolated, _one_line_error, compiled  # noqa: E402,F401
 
+from helpers.kfp_api_server import KfpApiServer, _ApiError  # noqa: E402
 from nbmagic.run import cluster  # noqa: E402
 
 

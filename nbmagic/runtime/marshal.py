@@ -26,6 +26,7 @@ Integrity. ``manifest["hash"]`` covers the type, the format, format details and 
 Files are hashed with xxh3-128 (~15 GB/s; the ``xxhash`` package) or, without it, BLAKE2b-192
 (stdlib, ~1 GB/s); the manifest records which. See :func:`load` for how verification stays fast.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,6 +59,7 @@ class MarshalWarning(UserWarning):
 
 # ----------------------------------------------------------------------------------------- hashing
 
+
 def _hash_algorithm() -> str:
     try:
         import xxhash  # noqa: F401
@@ -71,8 +73,9 @@ def _hasher(algorithm: str, name: str) -> Any:
         try:
             import xxhash
         except ImportError:
-            raise MarshalError(f"cannot verify stored value {name!r}: its hash is xxh3-128, "
-                               "install the 'xxhash' package") from None
+            raise MarshalError(
+                f"cannot verify stored value {name!r}: its hash is xxh3-128, install the 'xxhash' package"
+            ) from None
         return xxhash.xxh3_128()
     if algorithm == "blake2b-192":
         return hashlib.blake2b(digest_size=24)
@@ -97,13 +100,22 @@ def _hash_file(path: Path, algorithm: str, name: str) -> str:
 
 def _combined_hash(algorithm: str, type_name: str, fmt: str, meta: dict, files: list[dict], name: str) -> str:
     """The value's hash: type, format, format details and every file's name, size and hash."""
-    head = json.dumps({"schema": SCHEMA, "type": type_name, "format": fmt, "meta": meta,
-                       "files": [[f["path"], f["size"], f["hash"]] for f in files]},
-                      sort_keys=True, separators=(",", ":"))
+    head = json.dumps(
+        {
+            "schema": SCHEMA,
+            "type": type_name,
+            "format": fmt,
+            "meta": meta,
+            "files": [[f["path"], f["size"], f["hash"]] for f in files],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return _hash_buffer(algorithm, name, head.encode())
 
 
 # ------------------------------------------------------------------------------------ type helpers
+
 
 def type_name(obj: Any) -> str:
     """Qualified type name: ``int``, ``numpy.ndarray``, ``sklearn.linear_model._base.LinearRegression``."""
@@ -153,20 +165,56 @@ def _is_pandas(obj: Any) -> bool:
 
 _PLAIN_ATOMS = (int, float, complex, str, bytes, bool, type(None), range, slice)
 _PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict)
-_STDLIB_LEAVES = {"datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta",
-                  "datetime.timezone", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
-                  "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath",
-                  "pathlib.PureWindowsPath", "pathlib.Path", "collections.OrderedDict",
-                  "collections.Counter", "collections.deque", "bytearray"}
+_STDLIB_LEAVES = {
+    "datetime.datetime",
+    "datetime.date",
+    "datetime.time",
+    "datetime.timedelta",
+    "datetime.timezone",
+    "decimal.Decimal",
+    "fractions.Fraction",
+    "uuid.UUID",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+    "pathlib.PurePosixPath",
+    "pathlib.PureWindowsPath",
+    "pathlib.Path",
+    "collections.OrderedDict",
+    "collections.Counter",
+    "collections.deque",
+    "bytearray",
+}
 
 
 # Live resources: pickling one (dill can) gives back a new, unrelated resource, so refuse them.
-_LIVE = {"generator", "coroutine", "async_generator", "frame", "_thread.lock", "_thread.RLock",
-         "_thread._local", "threading.Thread", "socket.socket", "ssl.SSLSocket", "_io.TextIOWrapper",
-         "_io.BufferedReader", "_io.BufferedWriter", "_io.BufferedRandom", "_io.FileIO", "select.epoll",
-         "mmap.mmap", "sqlite3.Connection", "sqlite3.Cursor", "subprocess.Popen", "multiprocessing.Process",
-         "multiprocessing.context.Process", "multiprocessing.context.ForkProcess",
-         "multiprocessing.context.SpawnProcess", "multiprocessing.pool.Pool", "asyncio.Task"}
+_LIVE = {
+    "generator",
+    "coroutine",
+    "async_generator",
+    "frame",
+    "_thread.lock",
+    "_thread.RLock",
+    "_thread._local",
+    "threading.Thread",
+    "socket.socket",
+    "ssl.SSLSocket",
+    "_io.TextIOWrapper",
+    "_io.BufferedReader",
+    "_io.BufferedWriter",
+    "_io.BufferedRandom",
+    "_io.FileIO",
+    "select.epoll",
+    "mmap.mmap",
+    "sqlite3.Connection",
+    "sqlite3.Cursor",
+    "subprocess.Popen",
+    "multiprocessing.Process",
+    "multiprocessing.context.Process",
+    "multiprocessing.context.ForkProcess",
+    "multiprocessing.context.SpawnProcess",
+    "multiprocessing.pool.Pool",
+    "asyncio.Task",
+}
 
 
 def _is_plain(obj: Any) -> bool:
@@ -180,16 +228,20 @@ def _is_plain(obj: Any) -> bool:
         t = type(x)
         if t in _PLAIN_ATOMS:
             continue
-        if t in _PLAIN_CONTAINERS or type_name(x) in ("collections.OrderedDict", "collections.Counter",
-                                                       "collections.deque"):
+        if t in _PLAIN_CONTAINERS or type_name(x) in (
+            "collections.OrderedDict",
+            "collections.Counter",
+            "collections.deque",
+        ):
             if id(x) in seen:
                 continue
             seen.add(id(x))
             stack.extend(x.keys() if isinstance(x, dict) else ())
             stack.extend(x.values() if isinstance(x, dict) else x)
             continue
-        if type_name(x) in _STDLIB_LEAVES or (x is not obj and (
-                _is_ndarray(x) or _is_npscalar(x) or _is_pandas(x) or _is_sklearn(x))):
+        if type_name(x) in _STDLIB_LEAVES or (
+            x is not obj and (_is_ndarray(x) or _is_npscalar(x) or _is_pandas(x) or _is_sklearn(x))
+        ):
             continue
         return False
     return True
@@ -240,6 +292,7 @@ def _is_lightgbm(obj: Any) -> bool:
 
 def _resolve(qualified: str) -> Any:
     import importlib
+
     module, _, qual = qualified.rpartition(".")
     obj: Any = importlib.import_module(module)
     for part in qual.split("."):
@@ -255,6 +308,7 @@ Written = "tuple[dict, dict[str, str], dict[str, str]]"
 def _npy_parts(arr: Any) -> tuple[bytes, memoryview]:
     """The exact bytes numpy writes to a .npy file: header, then the data in memory order."""
     import numpy as np
+
     if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
         arr = np.ascontiguousarray(arr)
     fmt = np.lib.format
@@ -273,7 +327,7 @@ def _npy_parts(arr: Any) -> tuple[bytes, memoryview]:
 def _write_chunks(f: Any, data: memoryview, h: Any = None) -> None:
     """Write data in pieces, hashing each piece while it is still in the CPU cache."""
     for o in range(0, data.nbytes, _CHUNK):
-        part = data[o:o + _CHUNK]
+        part = data[o : o + _CHUNK]
         f.write(part)
         if h is not None:
             h.update(part)
@@ -283,11 +337,11 @@ def _read_chunks(f: Any, data: memoryview, h: Any = None) -> int:
     """readinto data in pieces (hashing each); returns the bytes read."""
     got = 0
     while got < data.nbytes:
-        n = f.readinto(data[got:got + _CHUNK])
+        n = f.readinto(data[got : got + _CHUNK])
         if not n:
             break
         if h is not None:
-            h.update(data[got:got + n])
+            h.update(data[got : got + n])
         got += n
     return got
 
@@ -309,6 +363,7 @@ def _w_npy(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
 
 def _w_npy_scalar(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
     import numpy as np
+
     h = _write_npy(np.asarray(obj), directory, algorithm, name)
     return {}, _versions("numpy"), {"value.npy": h}
 
@@ -316,6 +371,7 @@ def _w_npy_scalar(obj: Any, directory: Path, algorithm: str, name: str) -> Writt
 def _parquet_table(obj: Any) -> Any:
     """An Arrow table for obj if parquet will give back an equal frame, else None."""
     import pandas as pd
+
     try:
         import pyarrow as pa
     except ImportError:
@@ -323,9 +379,14 @@ def _parquet_table(obj: Any) -> Any:
     df = obj.to_frame(name="__value__") if isinstance(obj, pd.Series) else obj
     if isinstance(obj, pd.Series) and not (obj.name is None or isinstance(obj.name, str)):
         return None
-    if (not all(isinstance(c, str) for c in df.columns) or not df.columns.is_unique
-            or obj.attrs or not obj.flags.allows_duplicate_labels or not isinstance(df.columns, pd.Index)
-            or type(df.columns) is not pd.Index):
+    if (
+        not all(isinstance(c, str) for c in df.columns)
+        or not df.columns.is_unique
+        or obj.attrs
+        or not obj.flags.allows_duplicate_labels
+        or not isinstance(df.columns, pd.Index)
+        or type(df.columns) is not pd.Index
+    ):
         return None
     try:
         table = pa.Table.from_pandas(df, preserve_index=None)
@@ -342,7 +403,7 @@ def _parquet_table(obj: Any) -> Any:
             back = table.slice(start, k).to_pandas()
         except (pa.ArrowException, TypeError, ValueError):
             return None
-        want = df.iloc[start:start + k]
+        want = df.iloc[start : start + k]
         if range_index:
             want, back = want.reset_index(drop=True), back.reset_index(drop=True)
         try:
@@ -355,11 +416,25 @@ def _parquet_table(obj: Any) -> Any:
 def _w_parquet(obj: Any, directory: Path, algorithm: str, name: str, table: Any) -> Written:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    dict_cols = [f.name for f in table.schema
-                 if not (pa.types.is_floating(f.type) or pa.types.is_integer(f.type)
-                         or pa.types.is_boolean(f.type) or pa.types.is_temporal(f.type))]
-    pq.write_table(table, directory / "value.parquet", compression="none", use_dictionary=dict_cols,
-                   write_statistics=False, data_page_size=8 << 20)
+
+    dict_cols = [
+        f.name
+        for f in table.schema
+        if not (
+            pa.types.is_floating(f.type)
+            or pa.types.is_integer(f.type)
+            or pa.types.is_boolean(f.type)
+            or pa.types.is_temporal(f.type)
+        )
+    ]
+    pq.write_table(
+        table,
+        directory / "value.parquet",
+        compression="none",
+        use_dictionary=dict_cols,
+        write_statistics=False,
+        data_page_size=8 << 20,
+    )
     meta = {"series": type(obj).__name__ == "Series"}
     if meta["series"]:
         meta["series_name"] = obj.name
@@ -390,6 +465,7 @@ def _w_pickle(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
 
 def _w_joblib(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
     import joblib
+
     joblib.dump(obj, directory / "value.joblib")
     root = type(obj).__module__.split(".")[0]
     return {}, _versions("joblib", "sklearn", "numpy", root), {}
@@ -397,6 +473,7 @@ def _w_joblib(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
 
 def _w_dill(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
     import dill
+
     try:
         with open(directory / "value.dill", "wb") as f:
             dill.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL, recurse=True)
@@ -408,12 +485,14 @@ def _w_dill(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
 
 def _w_torch(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
     import torch
+
     if isinstance(obj, torch.Tensor):
         torch.save(obj, directory / "tensor.pt")
         return {"kind": "tensor"}, _versions("torch"), {}
     meta: dict = {"kind": "module"}
     if type(obj).__module__ == "__main__":  # a notebook-defined class: keep it by value
         import dill
+
         torch.save(obj, directory / "module.pt", pickle_module=dill)
         meta["pickle_module"] = "dill"
     else:
@@ -471,6 +550,7 @@ def _clear(directory: Path) -> None:
 
 # -------------------------------------------------------------------------------------------- save
 
+
 def save(obj: Any, directory: str | os.PathLike, name: str, *, pandas_format: str | None = None) -> dict:
     """Store obj in the existing empty ``directory`` and write ``manifest.json``; return the manifest.
 
@@ -486,8 +566,10 @@ def save(obj: Any, directory: str | os.PathLike, name: str, *, pandas_format: st
         raise MarshalError(f"cannot store variable {name!r}: {directory} is not empty")
     tname = _value_type(obj)
     if tname in _LIVE:
-        raise MarshalError(f"cannot store variable {name!r} of type {tname}: "
-                           "it is a live resource (re-create it in the step that uses it)")
+        raise MarshalError(
+            f"cannot store variable {name!r} of type {tname}: "
+            "it is a live resource (re-create it in the step that uses it)"
+        )
     pandas_format = pandas_format or os.environ.get("NBMAGIC_PANDAS_FORMAT", "parquet")
     algorithm = _hash_algorithm()
     attempts = _candidates(obj, pandas_format)
@@ -503,14 +585,19 @@ def save(obj: Any, directory: str | os.PathLike, name: str, *, pandas_format: st
     else:
         raise MarshalError(f"cannot store variable {name!r} of type {tname}: {errors[-1]}")
     if fmt == "dill":
-        warnings.warn(f"variable {name!r} of type {tname} has no dedicated format and is stored with dill; "
-                      "it may not load under other library versions", MarshalWarning, stacklevel=2)
+        warnings.warn(
+            f"variable {name!r} of type {tname} has no dedicated format and is stored with dill; "
+            "it may not load under other library versions",
+            MarshalWarning,
+            stacklevel=2,
+        )
     files = []
     for p in sorted(directory.iterdir()):
         if not p.is_file():
             raise MarshalError(f"cannot store variable {name!r}: format {fmt} wrote a directory {p.name}")
-        files.append({"path": p.name, "size": p.stat().st_size,
-                      "hash": known.get(p.name) or _hash_file(p, algorithm, name)})
+        files.append(
+            {"path": p.name, "size": p.stat().st_size, "hash": known.get(p.name) or _hash_file(p, algorithm, name)}
+        )
     manifest = {
         "schema": SCHEMA,
         "name": name,
@@ -538,6 +625,7 @@ def fingerprint(obj: Any, name: str = "value") -> str | None:
         fmt, arr = "npy", obj
     elif _is_npscalar(obj):
         import numpy as np
+
         arr = np.asarray(obj)
         if arr.dtype.hasobject:
             return None
@@ -546,12 +634,14 @@ def fingerprint(obj: Any, name: str = "value") -> str | None:
         return None
     algorithm = _hash_algorithm()
     header, data = _npy_parts(arr)
-    files = [{"path": "value.npy", "size": len(header) + data.nbytes,
-              "hash": _hash_buffer(algorithm, name, header, data)}]
+    files = [
+        {"path": "value.npy", "size": len(header) + data.nbytes, "hash": _hash_buffer(algorithm, name, header, data)}
+    ]
     return _combined_hash(algorithm, _value_type(obj), fmt, {}, files, name)
 
 
 # -------------------------------------------------------------------------------------------- load
+
 
 def read_manifest(directory: str | os.PathLike, name: str | None = None) -> dict:
     """The manifest of a stored value (MarshalError if missing or unreadable)."""
@@ -562,8 +652,9 @@ def read_manifest(directory: str | os.PathLike, name: str | None = None) -> dict
         if not isinstance(manifest, dict) or "format" not in manifest or "files" not in manifest:
             raise ValueError("not a value manifest")
     except (OSError, ValueError) as exc:
-        raise MarshalError(f"cannot load stored value {name or str(directory)!r}: "
-                           f"manifest unreadable ({type(exc).__name__})") from None
+        raise MarshalError(
+            f"cannot load stored value {name or str(directory)!r}: manifest unreadable ({type(exc).__name__})"
+        ) from None
     return manifest
 
 
@@ -585,8 +676,9 @@ def _check_layout(directory: Path, manifest: dict, name: str) -> None:
             raise _corrupt(name, f"file {p} is missing") from None
         if size != f["size"]:
             raise _corrupt(name, f"file {p} is {size} bytes, expected {f['size']} (truncated or altered)")
-    want = _combined_hash(algorithm, manifest.get("type", ""), manifest["format"], manifest.get("meta", {}),
-                          files, name)
+    want = _combined_hash(
+        algorithm, manifest.get("type", ""), manifest["format"], manifest.get("meta", {}), files, name
+    )
     if want != manifest.get("hash"):
         raise _corrupt(name, "manifest does not match its hash (altered)")
 
@@ -596,8 +688,9 @@ def _verify_file(directory: Path, entry: dict, algorithm: str, name: str) -> Non
         raise _corrupt(name, f"file {entry['path']} does not match its hash (altered)")
 
 
-def load(directory: str | os.PathLike, name: str | None = None, mmap: bool = True, *,
-         expected_hash: str | None = None) -> Any:
+def load(
+    directory: str | os.PathLike, name: str | None = None, mmap: bool = True, *, expected_hash: str | None = None
+) -> Any:
     """Load the value stored in ``directory``, verifying every byte against the manifest's hash.
 
     A truncated, altered or missing file raises :class:`MarshalError` naming the value; wrong data is never
@@ -632,13 +725,15 @@ def load(directory: str | os.PathLike, name: str | None = None, mmap: bool = Tru
     except MarshalError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a missing library or class: one clear line
-        raise MarshalError(f"cannot load stored value {name!r} of type {manifest.get('type')} "
-                           f"({fmt}): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                           ) from exc
+        raise MarshalError(
+            f"cannot load stored value {name!r} of type {manifest.get('type')} "
+            f"({fmt}): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
 
 
 def _read_npy(path: Path, digest: str, algorithm: str, name: str, allow_mmap: bool) -> Any:
     import numpy as np
+
     fmt = np.lib.format
     with open(path, "rb") as f:
         try:
@@ -678,6 +773,7 @@ def _read_npy(path: Path, digest: str, algorithm: str, name: str, allow_mmap: bo
 
 def _r_parquet(directory: Path, meta: dict, mmap: bool) -> Any:
     import pyarrow.parquet as pq
+
     table = pq.read_table(directory / "value.parquet", memory_map=True)
     # one block per column (no consolidation copy) unless the frame is wide enough for that to hurt pandas
     df = table.to_pandas(split_blocks=table.num_columns <= 100, self_destruct=True)
@@ -700,29 +796,33 @@ def _r_pickle(directory: Path, meta: dict, mmap: bool) -> Any:
                 raw = bytearray(size)
                 _read_chunks(f, memoryview(raw))
         view = memoryview(raw)
-        buffers = [view[o:o + n] for o, n in spans]
+        buffers = [view[o : o + n] for o, n in spans]
     with open(directory / "value.pkl", "rb") as f:
         return pickle.load(f, buffers=buffers)
 
 
 def _r_joblib(directory: Path, meta: dict, mmap: bool) -> Any:
     import joblib
+
     return joblib.load(directory / "value.joblib")
 
 
 def _r_dill(directory: Path, meta: dict, mmap: bool) -> Any:
     import dill
+
     with open(directory / "value.dill", "rb") as f:
         return dill.load(f)
 
 
 def _r_torch(directory: Path, meta: dict, mmap: bool) -> Any:
     import torch
+
     if meta.get("kind") == "tensor":
         return torch.load(directory / "tensor.pt", weights_only=True)
     kw: dict = {}
     if meta.get("pickle_module") == "dill":
         import dill
+
         kw["pickle_module"] = dill
     module = torch.load(directory / "module.pt", weights_only=False, **kw)
     module.load_state_dict(torch.load(directory / "state_dict.pt", weights_only=True))
@@ -739,6 +839,7 @@ def _r_keras(directory: Path, meta: dict, mmap: bool) -> Any:
 
 def _r_xgboost(directory: Path, meta: dict, mmap: bool) -> Any:
     import xgboost  # noqa: F401
+
     model = _resolve(meta["class"])()
     model.load_model(str(directory / "model.json"))
     return model
@@ -746,10 +847,17 @@ def _r_xgboost(directory: Path, meta: dict, mmap: bool) -> Any:
 
 def _r_lightgbm(directory: Path, meta: dict, mmap: bool) -> Any:
     import lightgbm
+
     return lightgbm.Booster(model_file=str(directory / "model.bst"))
 
 
 _READERS: dict[str, Callable[[Path, dict, bool], Any]] = {
-    "parquet": _r_parquet, "pickle": _r_pickle, "joblib": _r_joblib, "dill": _r_dill,
-    "torch": _r_torch, "keras": _r_keras, "xgboost": _r_xgboost, "lightgbm": _r_lightgbm,
+    "parquet": _r_parquet,
+    "pickle": _r_pickle,
+    "joblib": _r_joblib,
+    "dill": _r_dill,
+    "torch": _r_torch,
+    "keras": _r_keras,
+    "xgboost": _r_xgboost,
+    "lightgbm": _r_lightgbm,
 }

@@ -1,9 +1,9 @@
 """Review findings: recording cells in a front end that sends no cell ids (terminal IPython, some editors)."""
+
 from __future__ import annotations
 
+from helpers.shell import run_cell
 from nbmagic.magics.state import kernel_state
-
-from conftest import run_cell
 
 
 def test_two_parameter_cells_without_cell_ids_are_both_kept(ip):

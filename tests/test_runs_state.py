@@ -1,12 +1,12 @@
 """Review findings for run state: each test failed before its fix."""
+
 from __future__ import annotations
 
 import pytest
+from test_runs_history import make_run
 
 from nbmagic.store.history import HistoryError, query
 from nbmagic.store.runs import RunStore
-
-from test_runs_history import make_run
 
 
 @pytest.fixture
@@ -19,7 +19,10 @@ def store(tmp_path):
 
 def test_a_misspelt_where_or_sort_field_is_named_instead_of_matching_nothing(store):
     assert len(query(store, "val_loss<0.3")[0]) == 1
-    with pytest.raises(HistoryError, match=r"--where 'val_los': no run has a metric or parameter 'val_los' \(metrics: val_loss; parameters: lr\)"):
+    with pytest.raises(
+        HistoryError,
+        match=r"--where 'val_los': no run has a metric or parameter 'val_los' \(metrics: val_loss; parameters: lr\)",
+    ):
         query(store, "val_los<0.3")
     with pytest.raises(HistoryError, match="--sort 'metric.lr': no run has"):
         query(store, sort="-metric.lr")
@@ -30,10 +33,13 @@ def test_a_misspelt_where_or_sort_field_is_named_instead_of_matching_nothing(sto
 
 
 def test_restore_best_after_katib_restart_ignores_the_forgotten_study(ip):
-    from conftest import run_cell
+    from helpers.shell import run_cell
 
-    cells = ["%%pipeline_parameters\nlr = 0.01", "%%step train\nval_loss = (lr - 0.03) ** 2\nmodel = 'old'",
-             "%pipeline_metrics val_loss"]
+    cells = [
+        "%%pipeline_parameters\nlr = 0.01",
+        "%%step train\nval_loss = (lr - 0.03) ** 2\nmodel = 'old'",
+        "%pipeline_metrics val_loss",
+    ]
     for cell in cells:
         assert run_cell(ip, cell).success
     line = '%katib --max-trials 2 --param "lr=double(1e-3,1e-1)" --seed 1 --quiet --name mine'
