@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..runtime.step import StepError, execute, ipython_setup
+from ..runtime.step import StepError, changed, execute, fingerprint, ipython_setup
 
 
 def _redirect_output(log_path: str) -> None:
@@ -50,12 +50,16 @@ def run_task(spec_path: str) -> int:
         values = dict(spec["parameters"])
         for var, digest in spec["inputs"].items():
             values[var] = store.get(digest, name=var)
+        writes = list(spec["writes"])
+        # every loaded value is fingerprinted before and after: a change the code does not show is still seen
+        before = {var: fingerprint(values[var]) for var in spec["inputs"]} if spec.get("watch", True) else {}
+        extra = [n for n in list(before) + list(spec["metrics"]) if n not in writes]
         assigned = execute(
             spec["step"],
             spec["code"],
             spec["label"],
             values,
-            spec["writes"],
+            writes + extra,
             prelude=spec.get("prelude", ""),
             prelude_label=spec.get("prelude_label", "<notebook code>"),
             setup=ipython_setup if spec.get("uses_ipython") else None,
@@ -71,9 +75,22 @@ def run_task(spec_path: str) -> int:
                     f"metric {name!r} from step {spec['step']!r} is a {type(assigned[name]).__name__}, not a number"
                 )
             result["metrics"][name] = number
+        moved = set(changed(before, assigned))
+        result["changed"] = sorted(v for v in moved if v not in writes)
+        input_refs = spec.get("input_refs", {})
         for name, value in assigned.items():
+            if name in before and name not in moved:
+                if name in writes and name in input_refs:
+                    result["outputs"][name] = input_refs[name]  # changed nothing after all: the same stored value
+                    continue
+                if name not in writes:
+                    continue
+            if name not in writes and name not in moved:
+                continue  # a parameter reported as a metric
             if spec.get("keep_all", True) is False and name not in required:
                 continue
+            if name not in required and _not_state(value):
+                continue  # modules, figures: nothing a later step or %restore can use
             try:
                 result["outputs"][name] = asdict(store.put(value, name))
             except Exception as exc:  # noqa: BLE001 - unserializable values are reported by name
@@ -99,6 +116,13 @@ def run_task(spec_path: str) -> int:
     result["ended"] = time.time()
     _write_json(spec["result"], result)
     return 0 if result["status"] == "done" else 1
+
+
+def _not_state(value: Any) -> bool:
+    """Values not worth keeping: modules, and matplotlib figures/axes (they only draw)."""
+    import types
+
+    return isinstance(value, types.ModuleType) or type(value).__module__.split(".")[0] == "matplotlib"
 
 
 class _OutputError(Exception):

@@ -96,3 +96,59 @@ def execute(
         sys.stdout.flush()
         sys.stderr.flush()
     return {name: namespace[name] for name in writes if name in namespace}
+
+
+def _hasher():
+    try:
+        import xxhash
+
+        return xxhash.xxh3_128()
+    except ImportError:
+        import hashlib
+
+        return hashlib.blake2b(digest_size=16)
+
+
+def fingerprint(value: Any) -> str | None:
+    """A content hash of ``value`` as it is now, to tell whether a step changed it in place; None if unknown.
+
+    Arrays are hashed over their memory (xxh3); pandas objects per row; anything else through pickle, with
+    large buffers hashed out of band instead of copied."""
+    import pickle
+
+    digest = _hasher()
+    np = sys.modules.get("numpy")
+    try:
+        if np is not None and isinstance(value, np.ndarray) and value.dtype != object:
+            digest.update(f"{value.dtype.str}{value.shape}".encode())
+            digest.update(memoryview(np.ascontiguousarray(value)).cast("B"))
+            return digest.hexdigest()
+        pd = sys.modules.get("pandas")
+        if pd is not None and isinstance(value, (pd.DataFrame, pd.Series)):
+            try:
+                rows = pd.util.hash_pandas_object(value, index=True).to_numpy()
+                digest.update(memoryview(rows).cast("B"))
+                frame = isinstance(value, pd.DataFrame)
+                names = list(value.columns) if frame else [value.name]
+                types = list(value.dtypes) if frame else [value.dtype]
+                digest.update(repr((names, [str(t) for t in types], list(value.index.names))).encode())
+                digest.update(repr(getattr(value, "attrs", {})).encode())
+                return digest.hexdigest()
+            except TypeError:
+                pass  # unhashable cells (lists in a column): pickle below
+
+        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+            digest.update(buffer.raw())
+            return False
+
+        digest.update(pickle.dumps(value, protocol=5, buffer_callback=out_of_band))
+        return digest.hexdigest()
+    except Exception:  # noqa: BLE001 - a value pickle cannot read: its changes cannot be seen
+        return None
+
+
+def changed(before: dict[str, str | None], values: dict[str, Any]) -> list[str]:
+    """Names whose value no longer matches its fingerprint in ``before`` (unknown fingerprints count as changed)."""
+    return [
+        name for name, old in before.items() if name in values and (old is None or fingerprint(values[name]) != old)
+    ]
