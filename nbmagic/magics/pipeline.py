@@ -194,9 +194,13 @@ class PipelineMagics(Magics):
         self.state.last_run = run
         view.close(run)
         if run.status == "failed":
-            failed = next(s for s in run.steps.values() if s.status in ("failed", "timed_out"))
-            if failed.traceback:
+            failed = next((s for s in run.steps.values() if s.status in ("failed", "timed_out")), None)
+            if failed is not None and failed.traceback:
                 print(failed.traceback, end="", file=__import__("sys").stderr)
+            from ..errors import RunFailed
+
+            reason = (failed.error if failed is not None else run.error) or "a step failed"
+            raise RunFailed(run, f"run {run.id} failed: {reason} (the run: %runs last, or this error's .run)")
         return run
 
     def _run_on_cluster(self, plan, values, args, defaults):  # noqa: ANN001, ANN202
