@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..errors import PipelineError
@@ -77,12 +78,16 @@ def _first_line(statement: ast.stmt) -> int:
 
 
 def _prelude(
-    names: list[str], definitions: dict[str, list[_Definition]], before: int | None = None
+    names: list[str],
+    definitions: dict[str, list[_Definition]],
+    before: int | None = None,
+    taken: Callable[[str], bool] = lambda name: False,
 ) -> tuple[list[_Definition], set[str], dict[str, _Definition]]:
     """Definitions the names need, closed over what those definitions use; names still unresolved; and
     names carried statements read as they run, with the statement (these cannot come from steps).
 
-    ``before``: only statements of cells before this notebook position are carried (what the notebook had run)."""
+    ``before``: only statements of cells before this notebook position are carried (what the notebook had run).
+    ``taken``: names an earlier step provides (a carried list a step appended to): those come from the step."""
     needed: dict[tuple[str, int], _Definition] = {}
     unresolved: set[str] = set()
     eager_reads: dict[str, _Definition] = {}
@@ -93,6 +98,9 @@ def _prelude(
         if name in done:
             continue
         done.add(name)
+        if taken(name) and any(d.eager for d in definitions.get(name, ())):
+            unresolved.add(name)
+            continue
         options = [d for d in definitions.get(name, ()) if not d.eager or before is None or d.index < before] or [
             d for d in definitions.get(name, ()) if not d.eager
         ]
@@ -153,7 +161,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
     for step in steps:  # what earlier runs saw a step change in place, though its code does not show it
         info = infos[step.name]
         for var in changed_in_place(step.cell.code):
-            if var in info.reads and var not in info.writes:
+            if var not in info.writes:
                 info.writes.append(var)
                 info.mutated.add(var)
     parameters = notebook.parameters
@@ -208,7 +216,10 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
             ):
                 missing.append(var)
         prelude_defs, unresolved, eager_reads = _prelude(
-            [v for v in info.reads if v not in inputs and v not in parameters], definitions, step.cell.index
+            [v for v in info.reads if v not in inputs and v not in parameters],
+            definitions,
+            step.cell.index,
+            lambda var, position=position, name=step.name: producer_of(position, name, var) is not None,
         )
         for var, statement in eager_reads.items():
             if var in parameters:
@@ -256,7 +267,7 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
             metrics=(),
             prelude="\n\n".join(d.source for d in prelude_defs),
             prelude_parts=tuple((d.label, d.line, d.source) for d in prelude_defs),
-            carried=tuple(dict.fromkeys(f"{d.label}: {d.name}" for d in prelude_defs if d.eager)),
+            carried=tuple(dict.fromkeys((d.label, d.name) for d in prelude_defs if d.eager)),
             modules=tuple(m for m in modules if m),
             upstream=tuple(upstream),
             explicit_after=tuple(step.after),

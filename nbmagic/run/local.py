@@ -292,6 +292,7 @@ class LocalRunner:
             "inputs": inputs,
             "input_refs": {var: run.steps[src].outputs[var] for var, src in step.inputs.items()},
             "writes": list(step.writes),
+            "carried": [name for _, name in step.carried],
             "required": sorted(set(step.outputs) | set(step.metrics)),
             "metrics": list(step.metrics),
             "store": str(self.store.root),
@@ -464,6 +465,8 @@ def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[st
             for var, src in step.inputs.items()
             if var in variables and src != changer and steps[src].cell.index < position
         }
+        carried = {name for _, name in step.carried}
+        moved.update({var: changer for var in variables if var in carried and var not in step.inputs})
         if moved:
             steps[name] = replace(
                 step, inputs={**step.inputs, **moved}, upstream=tuple(dict.fromkeys(step.upstream + (changer,)))

@@ -53,7 +53,15 @@ def run_task(spec_path: str) -> int:
         writes = list(spec["writes"])
         # every loaded value is fingerprinted before and after: a change the code does not show is still seen
         before = {var: fingerprint(values[var]) for var in spec["inputs"]} if spec.get("watch", True) else {}
-        extra = [n for n in list(before) + list(spec["metrics"]) if n not in writes]
+        carried = [n for n in spec.get("carried", []) if n not in writes and n not in before]
+        extra = [n for n in list(before) + carried + list(spec["metrics"]) if n not in writes]
+
+        def carried_fingerprints(namespace: dict[str, Any]) -> None:
+            """Values carried from ordinary cells (``history = []``), as the prelude made them."""
+            for name in carried:
+                if name in namespace:
+                    before[name] = fingerprint(namespace[name])
+
         assigned = execute(
             spec["step"],
             spec["code"],
@@ -64,6 +72,7 @@ def run_task(spec_path: str) -> int:
             prelude_label=spec.get("prelude_label", "<notebook code>"),
             setup=ipython_setup if spec.get("uses_ipython") else None,
             first_line=spec.get("first_line", 1),
+            after_prelude=carried_fingerprints if carried and spec.get("watch", True) else None,
         )
         required = set(spec["required"])
         for name in spec["metrics"]:

@@ -62,6 +62,7 @@ def execute(
     prelude_label: str = "<notebook code>",
     setup: Callable[[dict[str, Any]], None] | None = None,
     first_line: int = 1,
+    after_prelude: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``prelude`` then ``code`` in a fresh namespace seeded with ``values``.
 
@@ -69,7 +70,8 @@ def execute(
     ``(cell label, first line, source)`` pieces whose tracebacks point at their own cells and lines.
 
     ``first_line`` is the cell line ``code`` starts on (2 under a ``%%step`` line).
-    ``setup`` may prepare the namespace first (e.g. an IPython shell for magics in the cell).
+    ``setup`` may prepare the namespace first (e.g. an IPython shell for magics in the cell);
+    ``after_prelude`` sees the namespace once the prelude has run (to fingerprint carried values).
     Returns the names in ``writes`` that the code left bound. Raises StepError if the code raises.
     """
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -85,6 +87,8 @@ def execute(
             _register(piece_label, padded)
             exec(compile(padded, piece_label, "exec", dont_inherit=True), namespace)
         namespace.update(values)
+        if after_prelude is not None:
+            after_prelude(namespace)
         padded = "\n" * (first_line - 1) + code  # line numbers as the notebook shows them
         _register(label, padded)
         exec(compile(padded, label, "exec", dont_inherit=True), namespace)
