@@ -515,6 +515,42 @@ def _apply(
             shutil.rmtree(runs_dir / run_id, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------------------- verify
+
+
+@dataclass
+class VerifyReport:
+    """What ``gc --verify`` found: values checked, corrupt ones removed, cache entries dropped with them."""
+
+    checked: int
+    removed: list[tuple[str, str]]  # (hash, reason)
+    cache_entries: int
+
+    def text(self) -> str:
+        head = (
+            f"gc --verify: {_count(self.checked, 'value')} checked, {len(self.removed)} corrupt removed, "
+            f"{_count(self.cache_entries, 'cache entry').replace('entrys', 'entries')} dropped"
+        )
+        if self.removed:
+            head += " (the steps that made them run again on the next run)"
+        return "\n".join([head] + [f"  {digest[:12]}: {reason}" for digest, reason in self.removed])
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        head, *rest = self.text().splitlines()
+        return f"<div><b>{html.escape(head)}</b><pre>{html.escape(chr(10).join(rest))}</pre></div>"
+
+
+def verify(store: RunStore) -> VerifyReport:
+    """Check every stored value against its hash; remove corrupt ones and the cache entries listing them."""
+    with _lock(store):
+        checked, removed = store.objects.verify_all()
+        dropped = store.cache_drop_values({digest for digest, _ in removed})
+    return VerifyReport(checked, removed, dropped)
+
+
 # ----------------------------------------------------------------------------------------- automatic
 
 

@@ -96,9 +96,12 @@ class ObjectStore:
         return self.objects_dir / digest[:2] / digest
 
     def _new_tmp(self, kind: str = "w") -> Path:
-        self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.tmp_dir.is_dir():
+            self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.tmp_dir.chmod(0o700)
         path = self.tmp_dir / f"{kind}-{os.getpid()}-{_HOST}-{uuid.uuid4().hex[:12]}"
         path.mkdir(mode=0o700)
+        path.chmod(0o700)  # whatever the umask
         return path
 
     @contextlib.contextmanager
@@ -168,7 +171,11 @@ class ObjectStore:
                 if self.exists(digest) and self._intact(digest, name) and self._touch(digest):
                     return self._ref(digest, name, manifest)  # another process stored the same value first
                 try:
-                    final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    if not final.parent.is_dir():
+                        self.objects_dir.mkdir(mode=0o700, exist_ok=True)
+                        self.objects_dir.chmod(0o700)
+                        final.parent.mkdir(mode=0o700, exist_ok=True)
+                        final.parent.chmod(0o700)
                     os.rename(tmp, final)
                 except OSError as exc:
                     if _disk_full(exc):

@@ -126,7 +126,15 @@ def make_private_dir(path: Path) -> None:
             f"the run store {path} is a file, not a folder: point $NBMAGIC_HOME at a folder (or remove the file)"
         )
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        missing = []
+        for folder in (path, *path.parents):
+            if folder.exists():
+                break
+            missing.append(folder)
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=0o700)
+            folder.chmod(0o700)  # the mode given to mkdir is masked by the umask
         if path.stat().st_mode & 0o077:
             path.chmod(0o700)
     except NotADirectoryError:
@@ -142,9 +150,11 @@ def index_error(exc: BaseException, path: Path) -> StoreUnavailable:
     text = str(exc).lower()
     if "full" in text or getattr(exc, "sqlite_errorcode", None) == 13:
         return StoreUnavailable(f"the run store index {path}: no space left on device (free space, then run again)")
-    if "readonly" in text or "read-only" in text:
+    writable = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+    if "readonly" in text or "read-only" in text or ("unable to open" in text and path.exists() and not writable):
         return StoreUnavailable(
-            f"the run store index {path} is read-only: make it and its folder writable by you (chmod u+w)"
+            f"the run store index {path} is read-only: make it and its folder writable by you"
+            " (chmod u+w, or a read-write mount)"
         )
     if "not a database" in text or "malformed" in text:
         return StoreUnavailable(f"the run store index {path} is damaged ({exc}): move it away to start an empty index")
@@ -194,6 +204,13 @@ class RunStore:
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close this thread's connection to the index (the next call opens a new one)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     # -- plumbing --------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
