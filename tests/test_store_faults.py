@@ -254,11 +254,9 @@ def test_gc_verify_removes_corrupt_values_and_their_cache_entries(ip):
 def test_a_killed_run_is_torn_even_when_its_pid_is_reused(tmp_path):
     root = tmp_path / "store"
     code = (
-        "import sys, time; sys.path.insert(0, %r)\n"
-        "from nbmagic.store.runs import RunStore\n"
-        "print(RunStore(%r).create_run('p', {}, ['a']), flush=True)\n"
-        "time.sleep(60)\n"
-    ) % (str(Path(__file__).parents[1]), str(root))
+        "import time\nfrom nbmagic.store.runs import RunStore\n"
+        f"print(RunStore({str(root)!r}).create_run('p', {{}}, ['a']), flush=True)\ntime.sleep(60)\n"
+    )
     owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     run_id = owner.stdout.readline().strip()
     store = RunStore(root)
@@ -283,10 +281,9 @@ def test_a_killed_run_is_torn_even_when_its_pid_is_reused(tmp_path):
 
 def test_store_is_owner_only_whatever_the_umask(tmp_path):
     code = (
-        "import os, sys; sys.path.insert(0, %r); os.umask(0)\n"
-        "from nbmagic.store.runs import RunStore\n"
-        "s = RunStore(%r); s.objects.put([1, 2], 'x'); s.run_dir('r1')\n"
-    ) % (str(Path(__file__).parents[1]), str(tmp_path / "home" / "store"))
+        "import os\nos.umask(0)\nfrom nbmagic.store.runs import RunStore\n"
+        f"s = RunStore({str(tmp_path / 'home' / 'store')!r})\ns.objects.put([1, 2], 'x')\ns.run_dir('r1')\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     loose = []
     for path in [tmp_path / "home", *(tmp_path / "home").rglob("*")]:
