@@ -53,6 +53,14 @@ class MarshalError(ValueError):
     """A value could not be stored or loaded; the one-line message names the variable and type."""
 
 
+class CorruptValue(MarshalError):
+    """A stored value's bytes do not match its manifest (altered, truncated or missing files)."""
+
+
+#: errno values meaning "the filesystem has no room": :func:`save` re-raises these OSErrors unchanged
+DISK_FULL = frozenset({28, 122, 27})  # ENOSPC, EDQUOT, EFBIG
+
+
 class MarshalWarning(UserWarning):
     """A value was stored with the dill fallback."""
 
@@ -579,6 +587,11 @@ def save(obj: Any, directory: str | os.PathLike, name: str, *, pandas_format: st
         try:
             meta, versions, known = writer(obj, directory, algorithm, name)
             break
+        except OSError as exc:
+            _clear(directory)
+            if exc.errno in DISK_FULL:
+                raise  # no format can help: the caller reports the full filesystem
+            errors.append(f"{fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         except Exception as exc:  # noqa: BLE001 - any failure moves on to the next format
             errors.append(f"{fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             _clear(directory)
@@ -658,8 +671,32 @@ def read_manifest(directory: str | os.PathLike, name: str | None = None) -> dict
     return manifest
 
 
-def _corrupt(name: str, detail: str) -> MarshalError:
-    return MarshalError(f"stored value {name!r} is corrupt: {detail}")
+def _corrupt(name: str, detail: str) -> CorruptValue:
+    return CorruptValue(f"stored value {name!r} is corrupt: {detail}")
+
+
+def verify(directory: str | os.PathLike, name: str | None = None, *, expected_hash: str | None = None) -> dict:
+    """Check a stored value's manifest and every file's hash without loading it; return the manifest.
+
+    Raises :class:`CorruptValue` naming the value when anything does not match.
+    """
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory, name)
+    except MarshalError as exc:
+        raise CorruptValue(str(exc)) from None
+    name = name or manifest.get("name") or str(directory)
+    if expected_hash is not None and manifest.get("hash") != expected_hash:
+        raise _corrupt(name, f"manifest hash is not {expected_hash[:12]}... (altered or misplaced)")
+    try:
+        _check_layout(directory, manifest, name)
+        for entry in manifest["files"]:
+            _verify_file(directory, entry, manifest["hash_algorithm"], name)
+    except CorruptValue:
+        raise
+    except (KeyError, TypeError, MarshalError) as exc:
+        raise _corrupt(name, f"manifest unusable ({type(exc).__name__})") from None
+    return manifest
 
 
 def _check_layout(directory: Path, manifest: dict, name: str) -> None:
