@@ -59,7 +59,9 @@ class Forward:
 
         if self.protocol == "v1":
             url = f"{self.base}/v1/models/{self.name}:predict"
-            response = await self.client.post(url, content=orjson.dumps({"instances": _to_list(features)}))
+            response = await self.client.post(
+                url, content=orjson.dumps({"instances": _to_list(features)}, option=orjson.OPT_SERIALIZE_NUMPY)
+            )
             payload = self._check(response)
             predictions = payload["predictions"]
             if isinstance(predictions, dict):
