@@ -142,10 +142,13 @@ def _plan_components(
             modules.append("IPython")  # %time / !cmd lines in the cell run through an IPython shell
         for source in _ancestors(plan, step.name):
             modules += plan.step(source).modules
-        requirements = packages.combine(
-            packages.pinned(dict.fromkeys(modules)), plan.packages, extra_packages, settings.packages
-        )
         chosen = settings.image or image or plan.image or default_image()
+        pins = packages.pinned(dict.fromkeys(modules))
+        if chosen in runtime_images:  # the image has nbmagic and what its runtime needs
+            pins = [
+                p for p in pins if packages.requirement_name(p) not in packages.ALWAYS or p.split("==")[0] in modules
+            ]
+        requirements = packages.combine(pins, plan.packages, extra_packages, settings.packages)
         found.append(
             _Component(
                 step=step,
@@ -207,10 +210,10 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
         "@dsl.component(",
         f"    base_image={literal(comp.image)},",
         f"    packages_to_install={literal(comp.packages)},",
+        *([] if comp.embeds_runtime else ["    install_kfp_package=False,  # the image has nbmagic, hence kfp"]),
         *(["    additional_funcs=[nbmagic_bootstrap],"] if comp.embeds_runtime else []),
         ")",
         *_def_line(comp.function, signature),
-        f"    {literal(f'Step {step.name!r}: {step.cell.label}.')}",
         *([f"    nbmagic_bootstrap({RUNTIME_ARG})"] if comp.embeds_runtime else []),
         "    from nbmagic.runtime.component import nbmagic_run",
         "",
