@@ -136,6 +136,24 @@ def export_dsl(
     return path
 
 
+def write_output(
+    plan: PipelinePlan,
+    output: Path | str,
+    *,
+    defaults: StepSettings | None = None,
+    image: str | None = None,
+    runtime_image: str | None = None,
+) -> Path:
+    """Write the compiled pipeline to ``output``: KFP IR YAML, or readable KFP DSL for a ``.py`` path."""
+    path = Path(output).expanduser()
+    if not path.parent.is_dir():
+        raise NbMagicError(f"--output {output}: folder {path.parent} does not exist")
+    if path.suffix == ".py":
+        return export_dsl(plan, path, image=image, defaults=defaults, runtime_image=runtime_image)
+    compile_pipeline(plan, output=path, image=image, defaults=defaults, runtime_image=runtime_image)
+    return path
+
+
 def metrics_from_outputs(plan: PipelinePlan, outputs: Mapping[str, Any] | Any) -> dict[str, Any]:
     """Metric name -> value from a pipeline run's outputs (kfp.local's task ``.outputs``: ``Metrics`` artifacts).
 
