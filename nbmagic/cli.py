@@ -103,11 +103,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .magics.pipeline import write_compiled
+    from .compile.kfp import write_output
+    from .compile.size import human, size_warning
+    from .images import nbmagic_image
 
     plan, defaults = _plan(args.notebook, args.name)
-    path = write_compiled(plan, args.output, defaults)
-    print(f"wrote {path}")
+    image = (args.image or nbmagic_image()) if args.image is not None else None
+    path = write_output(plan, args.output, defaults=defaults, image=image, runtime_image=image)
+    if path.suffix == ".py":
+        print(f"wrote {path}")
+        return 0
+    size = path.stat().st_size
+    print(f"wrote {path} ({human(size)}, {len(plan.steps)} steps)")
+    warning = size_warning(size, len(plan.steps), path.name)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -147,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("notebook")
     comp.add_argument("-o", "--output", required=True, help="FILE.yaml for KFP IR, FILE.py for readable KFP DSL")
     comp.add_argument("--name", help="pipeline name (default: the notebook's file name)")
+    comp.add_argument(
+        "--image",
+        nargs="?",
+        const="",
+        metavar="IMAGE",
+        help="run the steps in nbmagic's cluster image (default $NBMAGIC_IMAGE), whose nbmagic runtime they use",
+    )
     comp.set_defaults(func=cmd_compile)
 
     conv = sub.add_parser("convert", help="turn a Kale-tagged notebook into an nbmagic notebook")

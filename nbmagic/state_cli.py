@@ -47,6 +47,10 @@ GC_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--no-keep-best",), dict(action="store_true", help="do not protect each experiment's best trial")),
     (("--dry-run",), dict(action="store_true", help="list what would go and the bytes freed; remove nothing")),
     (
+        ("--verify",),
+        dict(action="store_true", help="check every stored value against its hash; remove corrupt ones (fsck)"),
+    ),
+    (
         ("--set-policy",),
         dict(action="store_true", help="save the given limits as the automatic policy applied after runs"),
     ),
@@ -92,7 +96,7 @@ def runs_command(store: Any, args: argparse.Namespace) -> Any:
 def gc_command(store: Any, args: argparse.Namespace) -> Any:
     """A GcReport, or a line about the automatic policy."""
     from .restore import resolve_run
-    from .store.gc import Policy, collect, load_policy, save_policy
+    from .store.gc import Policy, collect, load_policy, save_policy, verify
 
     given = {"keep_last": args.keep_last, "older_than": args.older_than, "max_size": args.max_size}
     if args.show_policy:
@@ -107,6 +111,13 @@ def gc_command(store: Any, args: argparse.Namespace) -> Any:
             raise NbMagicError("--set-policy needs --keep-last, --older-than or --max-size")
         save_policy(store, policy)
         return f"automatic gc policy: {policy.describe()} (applied after each run; in {store.root / 'gc.json'})"
+    if getattr(args, "verify", False):
+        checked = verify(store)
+        if policy.empty():
+            return checked
+        report = collect(store, policy, dry_run=args.dry_run, keep=[resolve_run(store, r) for r in args.keep or []])
+        report.notes.append(checked.text().splitlines()[0])
+        return report
     if policy.empty():
         configured = load_policy(store)
         if configured is None or configured.empty():
