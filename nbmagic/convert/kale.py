@@ -108,7 +108,7 @@ def _serve_lines(source: str) -> str:
             lines.append(f"{call.group(1)}# was Kale's `{line.strip()}`: run `%serve {call.group(2)}` in its own cell")
         else:
             lines.append(line)
-    return "\n".join(lines)
+    return "\n".join(lines) + ("\n" if source.endswith("\n") else "")
 
 
 def _step_line(name: str, after: list[str], options: list[str]) -> str:
