@@ -23,6 +23,8 @@ def _plan(notebook: str, name: str | None = None):  # noqa: ANN202
         raise NbMagicError(f"no notebook {notebook}")
     cells = read_notebook(path)
     recorded = read_cells(cells)
+    for warning in recorded.warnings:
+        print(f"nbmagic: warning: {warning}")
     plan = build_plan(recorded, notebook_path=str(path.resolve()), name=name)
     return plan, plan.defaults
 

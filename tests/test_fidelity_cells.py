@@ -101,3 +101,16 @@ def test_papermill_stops_at_a_failed_run(tmp_path, monkeypatch):
         papermill.execute_notebook(str(path), str(tmp_path / "out.ipynb"), kernel_name="python3", cwd=str(tmp_path))
     assert caught.value.ename == "RunFailed" and "step 'boom' failed: ValueError: bad row" in caught.value.evalue
     assert not (tmp_path / "after.txt").exists()
+
+
+def test_pipeline_text_says_what_each_step_carries_and_changes_in_place():
+    from nbmagic.pipeline.render import plan_text
+
+    plan = plan_of(
+        "BASES = 'ACGU'\n",
+        "%%step load\nrows = [1]\n",
+        "%%step grow\nrows.append(len(BASES))\n",
+        "%%step use\nn = len(rows)\n",
+    )
+    text = plan_text(plan)
+    assert "    carries: cell 1: BASES" in text and "    changes in place: rows" in text
