@@ -40,7 +40,7 @@ def best(fn, repeat: int) -> float:
 def step_time(store_root: Path, digest: str, watch: bool, repeat: int) -> float:
     """A worker-style step in a fresh process: load the input from the store, sum it, keep the sum."""
     times = []
-    for i in range(repeat):
+    for _ in range(repeat):
         folder = Path(tempfile.mkdtemp(dir=store_root))
         spec = {
             "step": "use",
@@ -116,7 +116,7 @@ def main() -> None:
         lines.append(f"| {label} | {stored:.3f} s | {hashed:.3f} s | {hashed / stored:.1%} |")
     lines += [
         "",
-        "| step loading a stored input of %d MB | check off | check on | on / off |" % args.mb,
+        f"| step loading a stored input of {args.mb} MB | check off | check on | on / off |",
         "|---|---:|---:|---:|",
         f"| run_task (load, sum, keep the sum) | {off:.3f} s | {on:.3f} s | {on / off:.2f}x |",
     ]
