@@ -177,6 +177,13 @@ def fingerprint(value: Any) -> str | None:
                     digest.update(repr(index).encode())
                 else:
                     digest.update(memoryview(pd.util.hash_pandas_object(index).to_numpy()).cast("B"))
+                kinds = {t.kind for t in frame.dtypes}
+                whole = frame.to_numpy() if len(set(frame.dtypes)) == 1 and kinds <= set("biufc") else None
+                if whole is not None and (whole.flags.c_contiguous or whole.flags.f_contiguous):
+                    # one numeric block: hash its memory as it lies (the transpose of a column-major block)
+                    digest.update(memoryview(whole if whole.flags.c_contiguous else whole.T).cast("B"))
+                    digest.update(repr(getattr(value, "attrs", {})).encode())
+                    return digest.hexdigest()
                 for position in range(frame.shape[1]):
                     column = frame.iloc[:, position]
                     if column.dtype.kind in "biufcmM":
