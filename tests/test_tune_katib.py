@@ -173,6 +173,40 @@ def test_failing_trials_and_stop():
         assert api.state.experiments[("ns", exp.name)]["spec"]["maxTrialCount"] == len(exp.trials)
 
 
+def test_stop_reads_again_when_katib_adds_trials_between_read_and_patch():
+    with FakeKubernetesAPI() as api:
+        exp = run_katib(
+            spec(max_trials=50, parallel_trials=2),
+            "w",
+            host="h",
+            pipeline_name="p",
+            namespace="ns",
+            recorded=RECORDED,
+            client=api_client(api.url),
+            poll=3600,  # the watcher reads once; this test drives every other read itself
+        )
+        while not exp.trials:
+            exp.wait(0.05)
+        key, refresh, raced = ("ns", exp.name), exp.refresh, []
+
+        def refresh_then_katib_acts():
+            refresh()
+            if not raced:  # Katib's controller makes trials after stop() read the count, before it patches
+                raced.append(True)
+                with api.state.lock:
+                    api.state.advance(key)
+
+        exp.refresh = refresh_then_katib_acts
+        exp.stop()
+        patches = [r for r in api.state.requests if r[0] == "PATCH"]
+        assert len(patches) == 2  # the first patch was refused (409: the Experiment changed), the second read again
+        while exp.status == "running":
+            refresh()
+        made = len(api.state.trials[key])
+        assert exp.status == "stopped" and len(exp.trials) == made
+        assert api.state.experiments[key]["spec"]["maxTrialCount"] == made
+
+
 class FakeRun:
     def __init__(self, status, metrics):
         self.id, self.status, self.metrics, self.waited = "run-1", status, metrics, False

@@ -3,7 +3,8 @@
 It checks each request's path, method and body (against katib-v1beta1.swagger.json, made strict:
 unknown fields are rejected, plus the checks Katib's admission webhook makes), stores Experiments,
 and serves GETs whose status progresses: each GET of an Experiment advances the simulated Katib
-by one step (start up to parallelTrialCount trials, finish the running ones).
+by one step (start up to parallelTrialCount trials, finish the running ones) and gives it a new
+resourceVersion; a PATCH naming an older resourceVersion is refused with 409, as a real API server does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from urllib.parse import parse_qs, urlparse
 from helpers.http_fakes import JsonHandler, LocalServer
 
 SCHEMA = (
-    Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parents[1] / "schemas")) / "katib-v1beta1.swagger.json"
+    Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parents[1] / "schemas"))
+    / "katib-v1beta1.swagger.json"
 )
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ALGORITHMS = {
@@ -177,6 +179,11 @@ def default_metrics(assignments: dict[str, str], objective: str, index: int) -> 
     return {objective: round(total, 6)}
 
 
+def bump(obj: dict[str, Any]) -> None:
+    """A changed object gets a new ``metadata.resourceVersion`` (what optimistic concurrency checks against)."""
+    obj["metadata"]["resourceVersion"] = str(int(obj["metadata"].get("resourceVersion", "0")) + 1)
+
+
 class FakeKatib:
     """The server's state; ``metrics`` decides each simulated trial's outcome (None -> the trial fails)."""
 
@@ -210,6 +217,7 @@ class FakeKatib:
         if any(c["type"] in ("Succeeded", "Failed") for c in status["conditions"]):
             return
         self._tick += 1
+        bump(experiment)  # the controller updates the status: a new resourceVersion, as on a real API server
         objective = spec["objective"]["objectiveMetricName"]
         for trial in trials:
             if trial["status"]["conditions"][-1]["type"] == "Running":
@@ -338,6 +346,7 @@ class _Handler(JsonHandler):
             stored = copy.deepcopy(body)
             stored["metadata"].update(uid=f"uid-{len(state.experiments)}", creationTimestamp=STAMP.format(0))
             stored["status"] = {"conditions": [{"type": "Created", "status": "True"}]}
+            bump(stored)
             state.experiments[key], state.trials[key] = stored, []
             return self._send(201, stored)
         if plural == "experiments" and name:
@@ -352,9 +361,23 @@ class _Handler(JsonHandler):
                     return self._status(415, "UnsupportedMediaType", "use a JSON merge patch")
                 patch = self._body()
                 allowed = {"maxTrialCount", "parallelTrialCount", "maxFailedTrialCount"}
-                if set(patch) != {"spec"} or not set(patch["spec"]) <= allowed:
+                meta = patch.get("metadata", {})
+                if (
+                    not {"spec"} <= set(patch) <= {"spec", "metadata"}
+                    or not set(patch["spec"]) <= allowed
+                    or not set(meta) <= {"resourceVersion"}
+                ):
                     return self._status(422, "Invalid", "only the trial counts of a running Experiment can change")
+                current = state.experiments[key]["metadata"]["resourceVersion"]
+                if "resourceVersion" in meta and meta["resourceVersion"] != current:
+                    return self._status(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on experiments.kubeflow.org "{name}": the object has been '
+                        "modified; please apply your changes to the latest version and try again",
+                    )
                 state.experiments[key]["spec"].update(patch["spec"])
+                bump(state.experiments[key])
                 return self._send(200, state.experiments[key])
             if method == "DELETE":
                 del state.experiments[key]
