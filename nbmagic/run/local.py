@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
+from ..reporting import REPORT_FILE
 from ..runtime.step import uses_ipython
 from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore
@@ -224,8 +225,9 @@ class LocalRunner:
             for name in list(run._flights):  # type: ignore[attr-defined]
                 self._release_flight(run, name)  # not finished here (stopped): a waiter runs the step itself
         failed = [s for s in run.steps.values() if s.status in ("failed", "timed_out")]
-        run.status = "failed" if failed else "done"
-        run.error = failed[0].error if failed else None
+        pruned = [s for s in run.steps.values() if s.status == "pruned"]
+        run.status = "failed" if failed else "pruned" if pruned else "done"
+        run.error = failed[0].error if failed else pruned[0].error if pruned else None
         run.ended = time.time()
         self.store.finish_run(run_id, run.status, run.metrics, run.error)
         notify(run, None)
@@ -305,7 +307,10 @@ class LocalRunner:
             "store": str(self.store.root),
             "log": str(run_dir / f"{step.name}.log"),
             "result": str(run_dir / f"{step.name}.result.json"),
-            "env": dict(getattr(step.settings, "env", ()) or ()),
+            "env": {
+                **dict(getattr(step.settings, "env", ()) or ()),
+                REPORT_FILE: str(run_dir / f"{step.name}.reports.jsonl"),  # nbmagic.report() writes here
+            },
             "uses_ipython": uses_ipython(step.cell.code, step.prelude),
             "cache_key": key,
         }
@@ -373,8 +378,10 @@ class LocalRunner:
             state.status = "pending"
             notify(run, state)
             return time.time() + delay
-        if state.status != "done":
+        if state.status not in ("done", "pruned"):
             self._release_flight(run, step.name, state.error or state.status)
+        elif state.status == "pruned":  # stopped early, nothing to share: a waiter runs the step itself
+            self._release_flight(run, step.name)
         if state.status == "done":
             run.metrics.update(result.get("metrics", {}))
             execution = self.store.record_execution(
@@ -439,7 +446,11 @@ class LocalRunner:
             for name, state in run.steps.items():
                 if state.status != "pending":
                     continue
-                blocked = [u for u in steps[name].upstream if run.steps[u].status in ("failed", "timed_out", "skipped")]
+                blocked = [
+                    u
+                    for u in steps[name].upstream
+                    if run.steps[u].status in ("failed", "timed_out", "skipped", "pruned")
+                ]
                 if blocked:
                     state.status = "skipped"
                     state.error = f"skipped: upstream step {blocked[0]!r} did not finish"
