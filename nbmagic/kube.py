@@ -31,3 +31,11 @@ def api_client(host: str | None = None) -> Any:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise NbMagicError(f"no Kubernetes access (not in a cluster, kubeconfig: {first})") from None
     return client.ApiClient(configuration)
+
+
+PROFILE_NAMESPACE = "kubeflow-user-example-com"  # Kubeflow's example user profile: where runs and experiments go
+
+
+def default_namespace(explicit: str | None = None) -> str:
+    """The namespace of a user's Kubeflow resources (Katib Experiments): ``explicit``, else the profile's."""
+    return explicit or PROFILE_NAMESPACE

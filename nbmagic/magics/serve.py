@@ -7,10 +7,10 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
+from nbmagic.arguments import parse
 from nbmagic.errors import NbMagicError
-from nbmagic.magics.common import strip_comment
 
 
 class ServerList:
@@ -103,9 +103,8 @@ class ServeMagics(Magics):
         Returns a handle: ``server.url``, ``server.predict(raw_rows)``, ``server.logs()``, ``server.status``,
         ``server.stop()``. Servers bind 127.0.0.1 and stop with the kernel.
         """
-        args = parse_argstring(self.serve, strip_comment(line))
         try:
-            return self._serve(args)
+            return self._serve(parse(self.serve, line))
         except NbMagicError as exc:
             raise UsageError(str(exc)) from None
 
@@ -126,7 +125,7 @@ class ServeMagics(Magics):
         grpc_port = None
         if args.grpc is not None:
             grpc_port = args.grpc or local.free_port()
-        from nbmagic.serve.api import serve
+        from nbmagic.api import serve
 
         return serve(
             model,

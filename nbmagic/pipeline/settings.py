@@ -501,3 +501,10 @@ __all__ = [
     "merge",
     "settings_from_args",
 ]
+
+
+def merged_plan(plan: Any, defaults: StepSettings | None) -> Any:
+    """``plan`` with the pipeline-wide settings ``defaults`` merged under each step's own."""
+    for step in plan.steps:
+        plan = plan.with_settings(step.name, merge(defaults, step.settings))
+    return plan

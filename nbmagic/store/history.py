@@ -86,8 +86,6 @@ def parse_where(text: str | Iterable[str] | None) -> list[Condition]:
     pieces: list[str] = []
     for chunk in [text] if isinstance(text, str) else list(text):
         chunk = chunk.strip()
-        if len(chunk) >= 2 and chunk[0] == chunk[-1] and chunk[0] in "'\"":
-            chunk = chunk[1:-1]  # IPython's magic argument splitter keeps the quotes
         for part in re.split(r",|\s+and\s+", chunk, flags=re.IGNORECASE):
             if part.strip():
                 pieces.append(part)
