@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .. import units
 from ..errors import NbMagicError
 
 CPU_RE = re.compile(r"^([0-9]*\.)?[0-9]+m?$")  # what kfp's set_cpu_* accept
@@ -24,7 +25,6 @@ SECRET_KEY_RE = re.compile(r"^[-._A-Za-z0-9]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 
@@ -105,20 +105,18 @@ class StepSettings:
 
 def memory_bytes(quantity: str) -> int:
     """``2Gi`` -> 2147483648 (for local memory limits)."""
-    match = MEMORY_RE.match(quantity)
-    if not match:
-        raise SettingError(f"--memory: {quantity!r} is not a memory quantity like 512Mi or 2Gi")
-    suffix = match.group(1) or ""
-    number = int(quantity[: len(quantity) - len(suffix)])
-    powers = "KMGTPE"
-    if suffix.endswith("i"):
-        return number * 1024 ** (powers.index(suffix[0]) + 1)
-    return number * 1000 ** (powers.index(suffix) + 1) if suffix else number
+    try:
+        return units.memory_bytes(quantity)
+    except ValueError:
+        raise SettingError(f"--memory: {quantity!r} is not a memory quantity like 512Mi or 2Gi") from None
 
 
 def cpu_millis(quantity: str) -> float:
     """``500m`` -> 500, ``1.5`` -> 1500."""
-    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+    try:
+        return units.cpu_millis(quantity)
+    except ValueError:
+        raise SettingError(f"--cpu: {quantity!r} is not a CPU quantity like 500m, 1 or 1.5") from None
 
 
 def check_limits(settings: StepSettings) -> StepSettings:
@@ -149,15 +147,14 @@ def parse_memory(value: str, option: str = "--memory") -> str:
 
 
 def parse_duration(value: str, option: str) -> int:
-    """``90`` / ``90s`` / ``10m`` / ``1h30m`` -> seconds."""
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    match = DURATION_RE.match(text)
-    if not text or not match:
+    """``90`` / ``90s`` / ``10m`` / ``1h30m`` / ``2d`` -> whole seconds."""
+    try:
+        seconds = units.duration_seconds(str(value))
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0 or seconds != int(seconds):
         raise SettingError(f"{option}: {value!r} is not a duration like 30s, 10m, 1h30m or a number of seconds")
-    hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    return int(seconds)
 
 
 def parse_accelerator(value: str, option: str = "--gpu") -> tuple[str, int]:
