@@ -13,18 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .. import units
+from .. import k8s_names, units
 from ..errors import NbMagicError
+from ..k8s_names import DNS_LABEL
 
 CPU_RE = re.compile(r"^([0-9]*\.)?[0-9]+m?$")  # what kfp's set_cpu_* accept
 MEMORY_RE = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")  # what kfp's set_memory_* accept
-DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 ACCELERATOR_RE = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-K8S_NAME_RE = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})*$")  # secret and PVC names (RFC 1123 subdomain)
 SECRET_KEY_RE = re.compile(r"^[-._A-Za-z0-9]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 
@@ -191,7 +188,7 @@ def parse_env(value: str, option: str = "--env") -> tuple[str, str]:
 
 
 def _k8s_name(name: str, what: str, option: str) -> str:
-    if not K8S_NAME_RE.match(name) or len(name) > 253:
+    if not k8s_names.is_subdomain(name):
         raise SettingError(f"{option}: {what} {name!r} is not a Kubernetes name (lower-case letters, digits, - and .)")
     return name
 
@@ -237,7 +234,7 @@ def parse_volume(value: str, option: str = "--volume") -> VolumeMount:
 
 def parse_node_selector(value: str, option: str = "--node-selector") -> tuple[str, str]:
     key, sep, label = value.partition("=")
-    if not sep or not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(label):
+    if not sep or not k8s_names.is_label_key(key) or not k8s_names.is_label_value(label):
         raise SettingError(f"{option}: {value!r} is not LABEL=VALUE with a valid Kubernetes label")
     return key, label
 
@@ -246,7 +243,7 @@ def parse_toleration(value: str, option: str = "--toleration") -> Toleration:
     """``key[=value][:Effect]``; without a value the operator is Exists."""
     head, _, effect = value.partition(":")
     key, sep, label = head.partition("=")
-    if not LABEL_KEY_RE.match(key) or (sep and not LABEL_VALUE_RE.match(label)):
+    if not k8s_names.is_label_key(key) or (sep and not k8s_names.is_label_value(label)):
         raise SettingError(f"{option}: {value!r} is not KEY[=VALUE][:EFFECT] with a valid taint key")
     if effect and effect not in TAINT_EFFECTS:
         raise SettingError(f"{option}: effect {effect!r} must be one of {', '.join(TAINT_EFFECTS)}")

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import NbMagicError
+from ..k8s_names import is_label
 from .kfp_client import ClusterError
 
 K8S_HOST_ENV = "NBMAGIC_K8S_HOST"
@@ -106,7 +107,7 @@ def resolve_k8s_namespace(k8s_namespace: str | None = None, run_namespace: str |
         except OSError:
             value = None
     value = value or _kubeconfig_namespace() or "kubeflow"
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", value) or len(value) > 63:
+    if not is_label(value):
         raise ClusterError(f"Kubernetes namespace {value!r} is not a valid namespace name")
     return value
 
