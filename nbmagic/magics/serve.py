@@ -11,6 +11,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from nbmagic.arguments import parse
 from nbmagic.errors import NbMagicError
+from nbmagic.kube import SERVING_NAMESPACE
 
 
 class ServerList:
@@ -89,7 +90,7 @@ class ServeMagics(Magics):
         help="also serve gRPC (V2) on PORT (default: a free port); off unless given",
     )
     @argument("--cluster", action="store_true", help="deploy a KServe InferenceService instead of a local server")
-    @argument("--namespace", default="default", help="namespace of the InferenceService (--cluster)")
+    @argument("--namespace", default=SERVING_NAMESPACE, help="namespace of the InferenceService (--cluster)")
     @argument(
         "--storage-uri", help="where the package is uploaded: s3://, gs://, pvc://CLAIM/PATH, file:// (--cluster)"
     )

@@ -17,7 +17,6 @@ import json
 import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +26,6 @@ from .kfp_client import ClusterError
 
 K8S_HOST_ENV = "NBMAGIC_K8S_HOST"
 K8S_NAMESPACE_ENV = "NBMAGIC_K8S_NAMESPACE"
-IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 RUN_ID_LABEL = "pipeline/runid"  # KFP labels every pod of a run with it
 
 
@@ -88,25 +86,12 @@ def kubernetes_client(k8s_host: str | None = None) -> Any:
         raise ClusterLogsError(f"cannot read pod logs: {exc}; set ${K8S_HOST_ENV} or KUBECONFIG") from None
 
 
-def _kubeconfig_namespace() -> str | None:
-    try:
-        from kubernetes import config
-
-        _, active = config.list_kube_config_contexts(config_file=os.environ.get("KUBECONFIG") or None)
-        return (active or {}).get("context", {}).get("namespace") or None
-    except Exception:  # noqa: BLE001 - no kubeconfig: no namespace from it
-        return None
-
-
 def resolve_k8s_namespace(k8s_namespace: str | None = None, run_namespace: str | None = None) -> str:
     """Where the run's pods are (see module doc for the order), validated as a Kubernetes name."""
+    from ..kube import KFP_NAMESPACE, current_namespace
+
     value = k8s_namespace or os.environ.get(K8S_NAMESPACE_ENV) or run_namespace
-    if not value:
-        try:
-            value = Path(IN_CLUSTER_NAMESPACE_FILE).read_text().strip() or None
-        except OSError:
-            value = None
-    value = value or _kubeconfig_namespace() or "kubeflow"
+    value = value or current_namespace() or KFP_NAMESPACE
     if not is_label(value):
         raise ClusterError(f"Kubernetes namespace {value!r} is not a valid namespace name")
     return value
