@@ -152,6 +152,15 @@ def build_experiment(
     objective: dict[str, Any] = {"type": spec.goal, "objectiveMetricName": spec.objective}
     if spec.additional_metrics:
         objective["additionalMetricNames"] = list(spec.additional_metrics)
+    experiment_spec: dict[str, Any] = {}
+    if spec.early_stopping:  # Katib stops trials from the timestamped name=value lines nbmagic.report() prints
+        experiment_spec["earlyStopping"] = {
+            "algorithmName": spec.early_stopping,
+            "algorithmSettings": [
+                {"name": "min_trials_required", "value": str(spec.min_trials)},
+                {"name": "start_step", "value": str(spec.start_step)},
+            ],
+        }
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Experiment",
@@ -166,6 +175,7 @@ def build_experiment(
             "parallelTrialCount": spec.parallel_trials,
             "maxFailedTrialCount": spec.max_failed_trials,
             "metricsCollectorSpec": {"collector": {"kind": "StdOut"}},
+            **experiment_spec,
             "trialTemplate": {
                 "primaryContainerName": "trial",
                 "trialParameters": [

@@ -92,6 +92,17 @@ def schema_errors(obj: Any, definition: str = "v1beta1.Experiment") -> list[str]
     ]
 
 
+JOB_SCHEMA = SCHEMA.with_name("k8s-batch-v1-job.schema.json")
+
+
+def job_errors(job: Any) -> list[str]:
+    """A batch/v1 Job checked against the Kubernetes client's models (strict: unknown fields are errors)."""
+    import jsonschema
+
+    checker = jsonschema.Draft7Validator(json.loads(JOB_SCHEMA.read_text()))
+    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in checker.iter_errors(job)]
+
+
 def katib_errors(experiment: dict[str, Any]) -> list[str]:
     """The semantic checks Katib's validating webhook makes on a new Experiment."""
     errors: list[str] = []
@@ -156,6 +167,7 @@ def katib_errors(experiment: dict[str, Any]) -> list[str]:
         errors.append(f"trialParameter {name} is never used in trialSpec")
     trial_spec = template.get("trialSpec", {})
     if trial_spec.get("kind") == "Job":
+        errors += [f"trialSpec {e}" for e in job_errors(trial_spec)]
         containers = trial_spec.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
         if not containers:
             errors.append("trialSpec Job has no containers")
@@ -165,6 +177,17 @@ def katib_errors(experiment: dict[str, Any]) -> list[str]:
     kind = spec.get("metricsCollectorSpec", {}).get("collector", {}).get("kind", "StdOut")
     if kind not in COLLECTORS:
         errors.append(f"metrics collector kind {kind!r} is unknown")
+    stopping = spec.get("earlyStopping")
+    if stopping is not None:  # Katib's early stopping: medianstop only, on the StdOut or File collector
+        if stopping.get("algorithmName") != "medianstop":
+            errors.append(f"earlyStopping.algorithmName {stopping.get('algorithmName')!r} is not medianstop")
+        if kind not in ("StdOut", "File"):
+            errors.append(f"early stopping needs the StdOut or File metrics collector, not {kind}")
+        for setting in stopping.get("algorithmSettings", []) or []:
+            if setting.get("name") not in ("min_trials_required", "start_step"):
+                errors.append(f"medianstop has no setting {setting.get('name')!r}")
+            elif not str(setting.get("value", "")).isdigit() or int(setting["value"]) < 1:
+                errors.append(f"medianstop {setting['name']} must be an integer >= 1, not {setting.get('value')!r}")
     return errors
 
 
