@@ -111,3 +111,27 @@ def test_medianstop_prunes_trials_cleanly(tmp_path):
     # resuming the study reads the pruned trials back as pruned, with their curves
     resumed = LocalExperiment(spec, runner, pipeline="curves", directory=tmp_path / "tune").start().wait(60)
     assert [(t.number, t.status, t.curve) for t in resumed.trials] == [(t.number, t.status, t.curve) for t in trials]
+
+
+def test_form_field_and_katib_flags_build_the_same_early_stopping_spec():
+    from nbmagic.arguments import parse
+    from nbmagic.magics.tune import TuneMagics, build_spec
+    from nbmagic.pipeline.model import Parameter
+    from nbmagic.tune.form import TuneForm
+
+    recorded = {"c": Parameter("c", 1.0, "float")}
+
+    class Plan:
+        parameters, metrics = recorded, ["loss"]
+
+    started = []
+    form = TuneForm(recorded, ["loss"], started.append)
+    form.row("c").min.value, form.row("c").max.value, form.row("c").log.value = "0", "6", False
+    form.early_stopping.value = "medianstop"
+    form.run_button.click()
+    line = '--param "c=double(0,6)" --objective loss --goal minimize --early-stopping medianstop'
+    from_args = build_spec(parse(TuneMagics.katib, line), Plan).check_against(recorded, ["loss"])
+    assert started == [from_args] and from_args.early_stopping == "medianstop"
+    assert "--early-stopping medianstop --min-trials 3 --start-step 4" in form.command.value
+    custom = parse(TuneMagics.katib, line + " --min-trials 5 --start-step 2")
+    assert (build_spec(custom, Plan).min_trials, build_spec(custom, Plan).start_step) == (5, 2)
