@@ -77,14 +77,24 @@ class PipelineMagics(Magics):
         cells are made available inside the step. Settings (resources, retries, timeout, env, secrets,
         volumes, image, packages, caching) apply to this step on top of ``%pipeline_config``.
 
+        Reuse (``--reuse`` here or on ``%pipeline_config``; off by default): when the step's code, the notebook
+        code it uses, the parameters and the kernel's values it reads, package versions and its ``--inputs``
+        files are unchanged, the cell is not run: its results are loaded from the store (where an earlier cell
+        or ``%compile_run`` left them) and what it printed is shown again, with one line saying so. Reuse skips
+        side effects: files the cell writes and plots it draws are not made again. A step that reads a file
+        should declare it (``--inputs data/raw.csv``: a changed file means the step runs) or use ``--no-reuse``.
+        A value that cannot be hashed or stored makes the cell simply run.
+
         Example::
 
             %%step train --after process --memory 4Gi --retries 2
             model = fit(X, y, lr)
         """
-        parse_step_line(line)  # validates before anything is recorded
+        name = parse_step_line(line)[0]  # validates before anything is recorded
         self.state.record_current(f"%%{STEP_MAGIC} {line}\n{cell}")
-        self._run_body(cell)
+        from ..run.reuse import run_step_cell
+
+        run_step_cell(self.state, name, line, self.shell.user_ns, lambda: self._run_body(cell))
 
     @cell_magic("pipeline_parameters")
     @usage_errors
