@@ -129,8 +129,9 @@ class Reuse:
         self._store = store
         self._hasher: ValueHasher | None = None
         self.keys: dict[str, str] = {}  # step -> key of its latest reuse-enabled execution in this kernel
-        self.session: str | None = None  # run id of this kernel's notebook session in the store
+        self.session: str | None = None  # run id of this kernel's current notebook session in the store
         self._metrics: dict[str, float] = {}
+        self._recorded: set[str] = set()  # steps recorded in the current session run
 
     @property
     def store(self) -> RunStore:
@@ -180,8 +181,13 @@ class Reuse:
         started = time.time()
         try:
             key, values, inputs = self.key(plan, step, namespace)
-        except NotReusable:
+        except NotReusable as exc:
+            reason = str(exc)
+        else:
+            reason = None
+        if reason is not None:
             self.keys.pop(step.name, None)
+            print(f"{step.name}: runs (cannot be reused: {reason})", flush=True)
             run_body()
             return "ran"
         entry = self.store.cache_get(key)
@@ -296,8 +302,12 @@ class Reuse:
     ) -> int:
         """Index the cell's execution in this kernel's session run: computed here, or a reuse of an earlier one."""
         store = self.store
-        if self.session is None:
+        if self.session is None or step.name in self._recorded:
+            # a session run holds each step once: running a cell again starts the next one, so an execution
+            # that cache entries point at is never overwritten
             self.session = store.create_run(plan.name, {}, [], notebook=plan.notebook, kind="notebook")
+            self._recorded, self._metrics = set(), {}
+        self._recorded.add(step.name)
         run_id = self.session
         store.add_step(run_id, step.name)
         log = None
@@ -359,17 +369,25 @@ def run_step_cell(state: Any, name: str, line: str, namespace: dict[str, Any], r
     ``state`` is the kernel's recorder state (``plan()``, ``recorder``); ``run_body`` runs the cell as usual.
     Returns ``"reused"``, ``"stored"`` or ``"ran"``.
     """
-    plan = None
-    if _might_reuse(state, line):
-        try:
-            plan = state.plan()
-            step = plan.step(name)
-        except NbMagicError:
-            plan = None
-    if plan is None or not reuse_wanted(plan, step):
+    if not _might_reuse(state, line):
         run_body()
         return "ran"
+    try:
+        plan = state.plan()
+        step = plan.step(name)
+    except NbMagicError as exc:
+        if "--reuse" in line:  # asked for on this cell: say why it cannot be
+            print(f"{name}: runs (cannot be reused: {exc})", flush=True)
+        plan = None
+    if plan is None:
+        run_body()
+        return "ran"
+    if not reuse_wanted(plan, step):
+        run_body()
+        return "ran"
+    from ..config import home
+
     reuse = _SESSIONS.get(state)
-    if reuse is None:
+    if reuse is None or reuse.store.root != home() / "store":  # $NBMAGIC_HOME changed: a new store
         reuse = _SESSIONS[state] = Reuse()
     return reuse.run_cell(plan, step, namespace, run_body)
