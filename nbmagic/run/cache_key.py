@@ -18,9 +18,72 @@ from ..pipeline.model import StepPlan
 
 
 def _versions(modules: tuple[str, ...]) -> list[str]:
+    """Pinned versions of the distributions behind ``modules``, as :func:`nbmagic.packages.pinned` gives them.
+
+    Finding which distribution provides a module reads every installed package's metadata (about a second,
+    once per process). The answers are kept in ``$NBMAGIC_HOME/cache/versions.json`` together with the names of
+    the distributions' metadata folders on ``sys.path``: installing, removing or upgrading a package changes
+    those names (they carry the version), and then everything is looked up again.
+    """
     from ..packages import pinned
 
-    return pinned(modules)
+    key = ",".join(modules)
+    stamp = _path_stamp()
+    memo = _read_memo()
+    if memo.get("stamp") == stamp and key in memo.get("pins", {}):
+        return list(memo["pins"][key])
+    found = pinned(modules)
+    pins = memo.get("pins", {}) if memo.get("stamp") == stamp else {}
+    pins[key] = found
+    _write_memo({"stamp": stamp, "pins": pins})
+    return found
+
+
+def _path_stamp() -> str:
+    """The installed distributions' folder names (they carry the versions) on every ``sys.path`` entry."""
+    digest = hashlib.sha256()
+    for entry in sys.path:
+        digest.update(entry.encode() + b"\0")
+        try:
+            with os.scandir(entry or ".") as found:
+                names = sorted(e.name for e in found if e.name.endswith((".dist-info", ".egg-info", ".egg-link")))
+        except OSError:
+            continue
+        digest.update("\0".join(names).encode() + b"\1")
+    return digest.hexdigest()
+
+
+def _memo_path() -> Path:
+    from ..config import home
+
+    return home() / "cache" / "versions.json"
+
+
+def _read_memo() -> dict[str, Any]:
+    try:
+        data = json.loads(_memo_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_memo(data: dict[str, Any]) -> None:
+    path = _memo_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only a shortcut: the next call looks the versions up again
+
+
+def environment(modules: tuple[str, ...]) -> dict[str, Any]:
+    """What a step runs with (as :func:`nbmagic.store.lineage.environment` records it), from the same pins."""
+    import platform
+
+    packages = dict(p.partition("==")[::2] for p in _versions(tuple(sorted(set(modules))))) if modules else {}
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages}
 
 
 def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:

@@ -22,9 +22,9 @@ from weakref import WeakKeyDictionary
 from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import StepSettings, merge
-from ..store.lineage import code_hash, environment
+from ..store.lineage import code_hash
 from ..store.runs import RunStore
-from .cache_key import cache_key
+from .cache_key import cache_key, environment
 
 
 class NotReusable(Exception):
