@@ -8,6 +8,7 @@ cannot be hashed or stored makes the cell simply run.
 
 from __future__ import annotations
 
+import atexit
 import io
 import pickle
 import sys
@@ -115,6 +116,9 @@ class _Tee(io.TextIOBase):
         self.kept.append(text)
         return self.real.write(text)
 
+    def on_next_cell(self, info: Any = None) -> None:
+        self.flush()
+
     def flush(self) -> None:
         self.real.flush()
 
@@ -132,6 +136,8 @@ class Reuse:
         self.session: str | None = None  # run id of this kernel's current notebook session in the store
         self._metrics: dict[str, float] = {}
         self._recorded: set[str] = set()  # steps recorded in the current session run
+        self._pool: Any = None
+        self._pending: list[Any] = []
 
     @property
     def store(self) -> RunStore:
@@ -179,6 +185,7 @@ class Reuse:
     ) -> str:
         """Reuse the step's stored results or run it and store them; returns ``"reused"``, ``"stored"`` or ``"ran"``."""
         started = time.time()
+        self.flush()
         try:
             key, values, inputs = self.key(plan, step, namespace)
         except NotReusable as exc:
@@ -206,8 +213,18 @@ class Reuse:
                     f" — %%step {step.name} --no-reuse to run it",
                     flush=True,
                 )
-                self._record(
-                    plan, step, key, values, inputs, entry.outputs, entry.metrics, started, reused=entry.execution_id
+                # indexed while the kernel goes on (the next reuse-enabled cell waits for it): the cell ends now
+                self._later(
+                    self._record,
+                    plan,
+                    step,
+                    key,
+                    values,
+                    inputs,
+                    entry.outputs,
+                    entry.metrics,
+                    started,
+                    reused=entry.execution_id,
                 )
                 return "reused"
         before = {name: id(namespace[name]) for name in step.writes if name in namespace}
@@ -287,6 +304,26 @@ class Reuse:
         return "ran"
 
     # -- the session run -------------------------------------------------------------------------------
+    def _later(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbmagic-reuse")
+            atexit.register(self.flush)
+        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+
+    def on_next_cell(self, info: Any = None) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Wait for the records still being written; a failure is reported in one line, never raised."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - the values are in the kernel; only the record is missing
+                print(f"nbmagic: a reused cell could not be recorded in the run store: {exc}", file=sys.stderr)
+
     def _record(
         self,
         plan: PipelinePlan,
@@ -389,5 +426,12 @@ def run_step_cell(state: Any, name: str, line: str, namespace: dict[str, Any], r
 
     reuse = _SESSIONS.get(state)
     if reuse is None or reuse.store.root != home() / "store":  # $NBMAGIC_HOME changed: a new store
+        shell = getattr(state, "shell", None)
+        if reuse is not None:
+            reuse.flush()
+            if shell is not None:
+                shell.events.unregister("pre_run_cell", reuse.on_next_cell)
         reuse = _SESSIONS[state] = Reuse()
+        if shell is not None:  # whatever runs next (%runs, %compile_run, …) sees every record
+            shell.events.register("pre_run_cell", reuse.on_next_cell)
     return reuse.run_cell(plan, step, namespace, run_body)
