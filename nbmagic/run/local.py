@@ -75,7 +75,7 @@ class LocalRunner:
         workers: int | None = None,
     ) -> Run:
         """Run ``plan`` with parameter overrides; returns when every step has finished, failed or been skipped."""
-        from .pool import worker_pool
+        from .lazy_pool import LazyPool
 
         values = plan.resolve_parameters(parameters)
         limit = workers or self.workers
@@ -94,10 +94,7 @@ class LocalRunner:
         run_dir = self.store.run_dir(run_id)
         notify = listener or (lambda *_: None)
         notify(run, None)
-        pool = worker_pool()
-        modules = preload_modules(plan)
-        if modules:
-            pool.preload(modules)
+        pool = LazyPool(preload_modules(plan))  # no worker start when every step comes from the cache
 
         running: dict[Future[dict[str, Any]], tuple[StepPlan, str]] = {}
         retry_at: dict[str, float] = {}
