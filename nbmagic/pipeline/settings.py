@@ -13,18 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .. import k8s_names, units
 from ..errors import NbMagicError
+from ..k8s_names import DNS_LABEL
 
 CPU_RE = re.compile(r"^([0-9]*\.)?[0-9]+m?$")  # what kfp's set_cpu_* accept
 MEMORY_RE = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")  # what kfp's set_memory_* accept
-DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 ACCELERATOR_RE = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-K8S_NAME_RE = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})*$")  # secret and PVC names (RFC 1123 subdomain)
 SECRET_KEY_RE = re.compile(r"^[-._A-Za-z0-9]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 
@@ -90,6 +87,8 @@ class StepSettings:
     volumes: tuple[VolumeMount, ...] = ()
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[Toleration, ...] = ()
+    reuse: bool | None = None  # interactive reuse of stored results (None: the pipeline's setting, off by default)
+    inputs: tuple[str, ...] = ()  # files whose content joins the step's cache key
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -105,20 +104,18 @@ class StepSettings:
 
 def memory_bytes(quantity: str) -> int:
     """``2Gi`` -> 2147483648 (for local memory limits)."""
-    match = MEMORY_RE.match(quantity)
-    if not match:
-        raise SettingError(f"--memory: {quantity!r} is not a memory quantity like 512Mi or 2Gi")
-    suffix = match.group(1) or ""
-    number = int(quantity[: len(quantity) - len(suffix)])
-    powers = "KMGTPE"
-    if suffix.endswith("i"):
-        return number * 1024 ** (powers.index(suffix[0]) + 1)
-    return number * 1000 ** (powers.index(suffix) + 1) if suffix else number
+    try:
+        return units.memory_bytes(quantity)
+    except ValueError:
+        raise SettingError(f"--memory: {quantity!r} is not a memory quantity like 512Mi or 2Gi") from None
 
 
 def cpu_millis(quantity: str) -> float:
     """``500m`` -> 500, ``1.5`` -> 1500."""
-    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+    try:
+        return units.cpu_millis(quantity)
+    except ValueError:
+        raise SettingError(f"--cpu: {quantity!r} is not a CPU quantity like 500m, 1 or 1.5") from None
 
 
 def check_limits(settings: StepSettings) -> StepSettings:
@@ -149,15 +146,14 @@ def parse_memory(value: str, option: str = "--memory") -> str:
 
 
 def parse_duration(value: str, option: str) -> int:
-    """``90`` / ``90s`` / ``10m`` / ``1h30m`` -> seconds."""
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    match = DURATION_RE.match(text)
-    if not text or not match:
+    """``90`` / ``90s`` / ``10m`` / ``1h30m`` / ``2d`` -> whole seconds."""
+    try:
+        seconds = units.duration_seconds(str(value))
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0 or seconds != int(seconds):
         raise SettingError(f"{option}: {value!r} is not a duration like 30s, 10m, 1h30m or a number of seconds")
-    hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    return int(seconds)
 
 
 def parse_accelerator(value: str, option: str = "--gpu") -> tuple[str, int]:
@@ -194,7 +190,7 @@ def parse_env(value: str, option: str = "--env") -> tuple[str, str]:
 
 
 def _k8s_name(name: str, what: str, option: str) -> str:
-    if not K8S_NAME_RE.match(name) or len(name) > 253:
+    if not k8s_names.is_subdomain(name):
         raise SettingError(f"{option}: {what} {name!r} is not a Kubernetes name (lower-case letters, digits, - and .)")
     return name
 
@@ -240,7 +236,7 @@ def parse_volume(value: str, option: str = "--volume") -> VolumeMount:
 
 def parse_node_selector(value: str, option: str = "--node-selector") -> tuple[str, str]:
     key, sep, label = value.partition("=")
-    if not sep or not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(label):
+    if not sep or not k8s_names.is_label_key(key) or not k8s_names.is_label_value(label):
         raise SettingError(f"{option}: {value!r} is not LABEL=VALUE with a valid Kubernetes label")
     return key, label
 
@@ -249,7 +245,7 @@ def parse_toleration(value: str, option: str = "--toleration") -> Toleration:
     """``key[=value][:Effect]``; without a value the operator is Exists."""
     head, _, effect = value.partition(":")
     key, sep, label = head.partition("=")
-    if not LABEL_KEY_RE.match(key) or (sep and not LABEL_VALUE_RE.match(label)):
+    if not k8s_names.is_label_key(key) or (sep and not k8s_names.is_label_value(label)):
         raise SettingError(f"{option}: {value!r} is not KEY[=VALUE][:EFFECT] with a valid taint key")
     if effect and effect not in TAINT_EFFECTS:
         raise SettingError(f"{option}: effect {effect!r} must be one of {', '.join(TAINT_EFFECTS)}")
@@ -263,6 +259,12 @@ def parse_package(value: str, option: str = "--packages") -> str:
     if not text or text.startswith("-") or any(c in text for c in "\n\r\0"):
         raise SettingError(f"{option}: {value!r} is not a pip requirement")
     return text
+
+
+def parse_input(value: str, option: str = "--inputs") -> str:
+    if not value.strip() or "\0" in value:
+        raise SettingError(f"{option}: {value!r} is not a file path")
+    return value
 
 
 def parse_image(value: str, option: str = "--image") -> str:
@@ -350,6 +352,23 @@ SETTING_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         },
     ),
     (("--no-cache",), {"action": "store_true", "default": False, "help": "always re-run this step (no cache)"}),
+    (
+        ("--reuse",),
+        {
+            "action": "store_true",
+            "default": False,
+            "help": "when the cell runs in the notebook, load its results from the store if code and inputs are unchanged",
+        },
+    ),
+    (("--no-reuse",), {"action": "store_true", "default": False, "help": "always run the cell in the notebook"}),
+    (
+        ("--inputs",),
+        {
+            "nargs": "+",
+            "metavar": "PATH",
+            "help": "files or folders the step reads: a change to their content means the step runs again",
+        },
+    ),
 ]
 
 
@@ -376,6 +395,7 @@ _KEYS = {
     "volumes": lambda item: item.path,
     "node_selector": lambda item: item[0],
     "tolerations": lambda item: item,
+    "inputs": lambda item: item,
 }
 
 
@@ -385,6 +405,12 @@ def settings_from_args(namespace: Any, base: StepSettings | None = None) -> Step
     changes: dict[str, Any] = {}
     if get("no_cache"):
         changes["cache"] = False
+    if get("reuse") and get("no_reuse"):
+        raise SettingError("--reuse and --no-reuse cannot both be given")
+    if get("reuse") or get("no_reuse"):
+        changes["reuse"] = bool(get("reuse"))
+    if get("inputs"):
+        changes["inputs"] = tuple(dict.fromkeys(parse_input(p) for p in get("inputs")))
     if get("image") is not None:
         changes["image"] = parse_image(get("image"))
     if get("packages"):
@@ -501,3 +527,10 @@ __all__ = [
     "merge",
     "settings_from_args",
 ]
+
+
+def merged_plan(plan: Any, defaults: StepSettings | None) -> Any:
+    """``plan`` with the pipeline-wide settings ``defaults`` merged under each step's own."""
+    for step in plan.steps:
+        plan = plan.with_settings(step.name, merge(defaults, step.settings))
+    return plan

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..reporting import REPORT_FILE, Pruned, prune_path
 from ..runtime.step import StepError, changed, execute, fingerprint, ipython_setup
 
 
@@ -116,7 +117,12 @@ def run_task(spec_path: str) -> int:
             raise _OutputError(f"step {spec['step']!r} did not assign {missing[0]!r}, which a later step reads")
         result["status"] = "done"
     except StepError as exc:
-        result["error"] = str(exc)
+        report_file = os.environ.get(REPORT_FILE, "")
+        if exc.exc_type == Pruned.__name__ and report_file and os.path.exists(prune_path(report_file)):
+            result["status"] = "pruned"  # stopped early by the tuning experiment: not a failure, not cached
+            result["error"] = f"step {spec['step']!r} stopped early: {str(exc).split(': ', 2)[-1]}"
+        else:
+            result["error"] = str(exc)
         result["traceback"] = exc.notebook_traceback
         sys.stderr.write(exc.notebook_traceback)
     except Exception as exc:  # noqa: BLE001 - store and output errors
