@@ -114,3 +114,22 @@ def test_pipeline_text_says_what_each_step_carries_and_changes_in_place():
     )
     text = plan_text(plan)
     assert "    carries: cell 1: BASES" in text and "    changes in place: rows" in text
+
+
+def test_passing_a_parameter_to_a_function_does_not_replace_it():
+    plan = plan_of(
+        "%%pipeline_parameters\nlr = 0.1\n",
+        "def fit(rate):\n    return rate * 2\n",
+        "%%step a\nfit(lr)\nx = 1\n",
+        "%%step b\ny = lr + x\n",
+    )
+    assert "lr" not in plan.step("a").writes and plan.step("b").parameters == ("lr",)
+
+
+def test_modules_a_step_imports_are_not_stored():
+    from nbmagic.run.local import LocalRunner
+
+    plan = plan_of("%%step draw\nimport json\nimport os.path as osp\nn = len(json.dumps(osp.sep))\n")
+    run = LocalRunner(workers=1).run(plan)
+    assert run.status == "done"
+    assert set(run.steps["draw"].outputs) == {"n"} and run.steps["draw"].not_kept == {}
