@@ -133,3 +133,10 @@ def test_modules_a_step_imports_are_not_stored():
     run = LocalRunner(workers=1).run(plan)
     assert run.status == "done"
     assert set(run.steps["draw"].outputs) == {"n"} and run.steps["draw"].not_kept == {}
+
+
+def test_an_ordinary_cell_running_a_magic_is_never_carried():
+    with pytest.raises(PipelineError, match="step 'b' uses variable 'run'"):
+        plan_of("run = %compile_run\n", "%%step b\nstatus = run.status\n")
+    plan = plan_of("%time BASE = 'x'\n", "%%step b\nn = len(BASE)\n")
+    assert plan.step("b").carried == (("cell 1", "BASE"),)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..errors import PipelineError
-from .analysis import BUILTINS, CodeInfo, analyze
+from .analysis import BUILTINS, CODE_LINE_MAGICS, CodeInfo, analyze
 from .cells import Notebook
 from .learned import changed_in_place
 from .model import PipelinePlan, StepPlan, check_name
@@ -31,6 +31,7 @@ class _Definition:
     eager: bool = False  # a statement run as the prelude runs (its reads must exist then), not a def/class/import
 
 
+_LINE_MAGIC = re.compile(r"run_line_magic\(\s*['\"](\w+)['\"]")
 _DEFINING = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
@@ -55,6 +56,8 @@ def _notebook_definitions(notebook: Notebook) -> dict[str, list[_Definition]]:
                         ]
                 continue
             source = ast.get_source_segment(cell.code, statement) or ast.unparse(statement)
+            if any(m not in CODE_LINE_MAGICS for m in _LINE_MAGIC.findall(source)) or "run_cell_magic(" in source:
+                continue  # `run = %compile_run`, `%katib …`: never carried into a step
             try:
                 part = analyze(source, cell.label)
             except PipelineError:
