@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
-from ..reporting import REPORT_FILE
+from ..runtime.report import REPORT_FILE
 from ..runtime.step import uses_ipython
 from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore

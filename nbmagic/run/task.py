@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..reporting import REPORT_FILE, Pruned, prune_path
+from ..runtime.report import REPORT_FILE, Pruned, prune_path
 from ..runtime.step import StepError, changed, execute, fingerprint, ipython_setup
 
 
