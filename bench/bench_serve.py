@@ -71,7 +71,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def sequential(port: int, path: str, n: int) -> tuple[float, float]:
+def sequential(port: int, path: str, n: int) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port)
     headers = {"Content-Type": "application/json"}
     times = []
@@ -84,7 +84,11 @@ def sequential(port: int, path: str, n: int) -> tuple[float, float]:
             times.append(time.perf_counter() - t0)
         assert response.status == 200, data
     conn.close()
-    times.sort()
+    return times
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
     return times[len(times) // 2] * 1000, times[int(len(times) * 0.99) - 1] * 1000
 
 
@@ -121,6 +125,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--startups", type=int, default=3, help="start-ups per layout (the median is reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measuring rounds (medians reported)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as markdown here")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -149,53 +154,64 @@ def main() -> None:
         f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\nwrk.headers["Content-Type"] = "application/json"\n'
     )
     path = "/v1/models/bench:predict"
-    rows = []
+    ports: dict[str, int] = {}
+    startup: dict[str, float] = {}
+    stops = []
+    try:
+        for label, split in (
+            ("%serve (transformer in process)", False),
+            ("KServe split: transformer -> predictor", True),
+        ):
+            starts = []
+            for _ in range(args.startups):
+                t0 = time.perf_counter()
+                server = local.serve(package, split=split)
+                starts.append(time.perf_counter() - t0)
+                if len(starts) < args.startups:
+                    server.stop()
+            startup[label] = statistics.median(starts)
+            ports[label] = server.port
+            stops.append(server.stop)
 
-    for label, split in (("%serve (transformer in process)", False), ("KServe split: transformer -> predictor", True)):
+        app = work / "fastapi_app.py"
+        app.write_text(FASTAPI_APP)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
         starts = []
         for _ in range(args.startups):
+            port = free_port()
             t0 = time.perf_counter()
-            server = local.serve(package, split=split)
+            proc = subprocess.Popen([sys.executable, str(app), str(package.path), str(port)], env=env)
+            wait_ready(port, path, proc)
             starts.append(time.perf_counter() - t0)
             if len(starts) < args.startups:
-                server.stop()
-        startup = statistics.median(starts)
-        try:
-            p50, p99 = sequential(server.port, path, args.requests)
-            rps = throughput(server.port, path, args.duration, args.connections, script)
-        finally:
-            server.stop()
-        rows.append((label, startup, p50, p99, rps))
+                proc.terminate()
+                proc.wait()
+        label = "plain FastAPI endpoint"
+        startup[label] = statistics.median(starts)
+        ports[label] = port
+        stops.append(lambda: (proc.terminate(), proc.wait()))
 
-    app = work / "fastapi_app.py"
-    app.write_text(FASTAPI_APP)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    starts = []
-    for _ in range(args.startups):
-        port = free_port()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(app), str(package.path), str(port)], env=env)
-        wait_ready(port, path, proc)
-        starts.append(time.perf_counter() - t0)
-        if len(starts) < args.startups:
-            proc.terminate()
-            proc.wait()
-    startup = statistics.median(starts)
-    try:
-        p50, p99 = sequential(port, path, args.requests)
-        rps = throughput(port, path, args.duration, args.connections, script)
+        # interleaved rounds: the machine's load drifts, so every layout sees the same conditions
+        times: dict[str, list[float]] = {k: [] for k in ports}
+        rates: dict[str, list[float]] = {k: [] for k in ports}
+        for _ in range(args.rounds):
+            for label, port in ports.items():
+                times[label] += sequential(port, path, args.requests // args.rounds)
+            for label, port in ports.items():
+                rates[label].append(throughput(port, path, args.duration, args.connections, script))
     finally:
-        proc.terminate()
-        proc.wait()
-    rows.append(("plain FastAPI endpoint", startup, p50, p99, rps))
+        for stop in stops:
+            stop()
+    rows = [(label, startup[label], *percentiles(times[label]), statistics.median(rates[label])) for label in ports]
 
     ours, split, plain = rows
     lines = [
         f"Machine: {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), "
         f"Python {platform.python_version()}; model: scikit-learn LogisticRegression "
         f"+ notebook transformer (tokenizer counts), 2 raw sequences per V1 request.",
-        f"Sequential: {args.requests} requests on one keep-alive connection (after 20 warm-up); start-up: median of {args.startups}, from "
-        f"starting the process(es) to the first ready answer; throughput: `wrk -t2 -c{args.connections} -d{args.duration}s` (client on the same 2 cores).",
+        f"Sequential: {args.requests} requests on one keep-alive connection (20 warm-up per round); start-up: median of {args.startups}, from "
+        f"starting the process(es) to the first ready answer; throughput: median of {args.rounds} `wrk -t2 -c{args.connections} -d{args.duration}s` "
+        f"(client on the same 2 cores); the three layouts are measured in {args.rounds} interleaved rounds.",
         "",
         "| layout | start-up to ready (s) | p50 (ms) | p99 (ms) | throughput (req/s) |",
         "|---|---:|---:|---:|---:|",
