@@ -23,6 +23,7 @@ def shell(tmp_path_factory):
 
 
 def _stored(obj, tmp_path):
+    tmp_path.mkdir(parents=True)
     marshal.save(obj, tmp_path, "model")
     return marshal.load(tmp_path, "model")
 

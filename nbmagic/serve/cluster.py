@@ -70,6 +70,7 @@ def inference_service(
     if fmt in ("sklearn", "xgboost", "lightgbm", "tensorflow"):
         predictor = kserve.V1beta1PredictorSpec(
             model=kserve.V1beta1ModelSpec(
+                name=None,  # the container name: KServe's default, not an empty string
                 model_format=kserve.V1beta1ModelFormat(name=fmt),
                 storage_uri=f"{base}/model",
                 protocol_version=protocol,
