@@ -45,7 +45,7 @@ def _cells(ip, cells):
 
 def _flip_byte(store: RunStore, digest: str) -> Path:
     folder = store.objects._path(digest)
-    data = next(p for p in folder.iterdir() if p.name != "manifest.json")
+    data = folder / store.objects.manifest(digest)["files"][0]["path"]
     data.chmod(0o600)
     raw = bytearray(data.read_bytes())
     raw[-1] ^= 0xFF
@@ -336,3 +336,84 @@ def test_fault_table_is_recorded():
     assert {line.split("`")[1] for line in rows} >= {
         name for name in globals() if name.startswith("test_") and name != "test_fault_table_is_recorded"
     }
+
+
+# ------------------------------------------------------------------------------------------- security
+
+
+def test_a_secret_never_reaches_the_store_or_the_log(ip, monkeypatch, nbmagic_home):
+    secret = "hunter2-very-secret"
+    monkeypatch.setenv("DB_PASSWORD", secret)
+    _cells(
+        ip,
+        [
+            "%%step read --secret db-creds:password=DB_PASSWORD\nimport os\npw = os.environ['DB_PASSWORD']\n"
+            "conn = {'user': 'me', 'password': pw}\nn = len(pw)\nprint('connecting with', pw)\n",
+            "%%step use\nm = n * 2\n",
+            "%pipeline_metrics m\n",
+        ],
+    )
+    run = run_ok(ip, "%compile_run --quiet")
+    assert run.status == "done" and run.metrics["m"] == 2 * len(secret)
+    read = run.steps["read"]
+    assert read.not_kept == {"pw": "holds a secret", "conn": "holds a secret"} and "n" in read.outputs
+    assert "connecting with ***" in run.logs("read")
+    leaked = [p for p in Path(nbmagic_home).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def test_a_step_that_passes_a_secret_on_fails_with_one_line(ip, monkeypatch):
+    monkeypatch.setenv("DB_PASSWORD", "hunter2-very-secret")
+    _cells(
+        ip,
+        [
+            "%%step read --secret db-creds:password=DB_PASSWORD\nimport os\npw = os.environ['DB_PASSWORD']\n",
+            "%%step use\nm = len(pw)\n",
+            "%pipeline_metrics m\n",
+        ],
+    )
+    run = run_ok(ip, "%compile_run --quiet")
+    assert run.status == "failed" and run.steps["read"].error == (
+        "step 'read': variable 'pw' holds a secret and is not passed to the steps that read it"
+        " (read the secret in the step that uses it)"
+    )
+
+
+def test_a_planted_pickle_is_refused_before_it_runs(tmp_path):
+    from nbmagic.runtime import marshal
+    from nbmagic.store.objects import UntrustedValue
+
+    store = RunStore(tmp_path / "store")
+    honest = store.objects.put({"a": 1}, "d")  # signed with the store's key
+    assert store.objects.get(honest, "d") == {"a": 1}
+    key = store.root / "key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    manifest = marshal.save(Payload(), staging, "model")  # a valid manifest and content hash, but no signature
+    planted = store.objects._path(manifest["hash"])
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(planted)
+    with pytest.raises(
+        UntrustedValue, match=r"^stored value 'model' \((pickle|dill)\) is not signed with this store's key"
+    ):
+        store.objects.get(manifest["hash"], "model")
+    assert not marker.exists()
+    (planted / "manifest.sig").write_text("0" * 64)  # a forged signature does not help
+    with pytest.raises(UntrustedValue):
+        store.objects.get(manifest["hash"], "model")
+    assert not marker.exists()
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    safe = marshal.save(np.arange(3), arrays, "a")  # npy never runs code: loads unsigned
+    target = store.objects._path(safe["hash"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    arrays.rename(target)
+    assert list(store.objects.get(safe["hash"], "a")) == [0, 1, 2]

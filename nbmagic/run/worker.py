@@ -42,7 +42,7 @@ def _child(spec_path: str, memory: int | None, env: dict[str, str]) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         from .task import run_task
 
-        code = run_task(spec_path)
+        code = run_task(spec_path, secrets=tuple(env.values()))  # the pipe carries only secrets
     except BaseException:  # noqa: BLE001 - reported through the exit code and the log
         import traceback
 
