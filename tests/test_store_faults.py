@@ -417,3 +417,17 @@ def test_a_planted_pickle_is_refused_before_it_runs(tmp_path):
     target.parent.mkdir(parents=True, exist_ok=True)
     arrays.rename(target)
     assert list(store.objects.get(safe["hash"], "a")) == [0, 1, 2]
+
+
+def test_best_trial_ties_go_to_the_earliest_trial(tmp_path):
+    store = RunStore(tmp_path / "store")
+    first = store.create_run("p", {}, [], experiment="exp")
+    store.finish_run(first, "done", {"acc": 0.9})
+    time.sleep(0.01)
+    second = store.create_run("p", {}, [], experiment="exp")
+    store.finish_run(second, "done", {"acc": 0.9})
+    nan = store.create_run("p", {}, [], experiment="exp")
+    store.finish_run(nan, "done", {"acc": float("nan")})
+    store.set_experiment("exp", "acc", "maximize")
+    assert store.best_trial("exp") == first == resolve_run(store, "best:exp")
+    assert store.best_trials() == {first}

@@ -661,7 +661,7 @@ class RunStore:
 
         Among the experiment's finished (``done``) runs started since its ``since`` property (set by
         ``%katib --restart``), the one whose objective metric is lowest (``minimize``) or highest
-        (``maximize``); NaN and missing values never win; on a tie the newest run. None when the experiment
+        (``maximize``); NaN and missing values never win; on a tie the earliest trial (as ``Experiment.best``). None when the experiment
         has no objective or no such trial.
         """
         props = self.experiment_properties(experiment) or {}
@@ -672,7 +672,7 @@ class RunStore:
         since = props.get("since") or 0.0
         best: tuple[float, str] | None = None
         for run_id, started, metrics in self._connection().execute(
-            "SELECT id, started, metrics FROM runs WHERE experiment=? AND status='done' ORDER BY started DESC, id DESC",
+            "SELECT id, started, metrics FROM runs WHERE experiment=? AND status='done' ORDER BY started, id",
             (experiment,),
         ):
             value = json.loads(metrics or "{}").get(objective)
