@@ -431,3 +431,20 @@ def test_best_trial_ties_go_to_the_earliest_trial(tmp_path):
     store.set_experiment("exp", "acc", "maximize")
     assert store.best_trial("exp") == first == resolve_run(store, "best:exp")
     assert store.best_trials() == {first}
+
+
+def test_a_step_log_is_capped_head_and_tail_kept(ip, monkeypatch):
+    monkeypatch.setenv("NBMAGIC_LOG_CAP", "1MB")
+    _cells(
+        ip,
+        [
+            "%%step noisy\nprint('FIRST LINE')\nfor i in range(100_000):\n    print('x' * 60)\n"
+            "print('LAST LINE')\nn = 1\n",
+            "%pipeline_metrics n\n",
+        ],
+    )
+    run = run_ok(ip, "%compile_run --quiet")
+    log = run.logs("noisy")
+    assert run.status == "done" and 10**6 <= len(log.encode()) < 10**6 + 200
+    assert log.startswith("FIRST LINE") and log.rstrip().endswith("LAST LINE")
+    assert "bytes cut: the step's log was over the 1000000 byte cap ($NBMAGIC_LOG_CAP)" in log

@@ -15,7 +15,7 @@ from ..runtime.step import StepError, execute, ipython_setup
 
 def _redirect_output(log_path: str) -> None:
     """Send the step's stdout/stderr (Python and C level) to its log file."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -112,8 +112,21 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
     result["ended"] = time.time()
     if secrets:
         _mask(result, spec["log"], secrets)
+    _cap_log(spec["log"])
     _write_json(spec["result"], result)
     return 0 if result["status"] == "done" else 1
+
+
+def _cap_log(log_path: str) -> None:
+    """Keep the head and tail of an over-long log (``$NBMAGIC_LOG_CAP``, default 50 MB), the cut marked."""
+    from ..store.logs import cap_log
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        cap_log(log_path)
+    except Exception as exc:  # noqa: BLE001 - a bad cap setting must not fail the step
+        sys.stderr.write(f"nbmagic: log not capped: {exc}\n")
 
 
 def _mask(result: dict[str, Any], log_path: str, secrets: tuple[str, ...]) -> None:
