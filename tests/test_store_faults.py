@@ -448,3 +448,30 @@ def test_a_step_log_is_capped_head_and_tail_kept(ip, monkeypatch):
     assert run.status == "done" and 10**6 <= len(log.encode()) < 10**6 + 200
     assert log.startswith("FIRST LINE") and log.rstrip().endswith("LAST LINE")
     assert "bytes cut: the step's log was over the 1000000 byte cap ($NBMAGIC_LOG_CAP)" in log
+
+
+def test_a_disk_that_fills_during_a_run_is_one_line_and_the_run_ends_failed(ip, tmp_path, monkeypatch):
+    from IPython.core.error import UsageError
+
+    with small_filesystem(tmp_path / "fs", "4m") as fs:
+        monkeypatch.setenv("NBMAGIC_HOME", str(fs))
+        filler = fs / "filler"
+        _cells(
+            ip,
+            [
+                # fills the disk when the run executes it (not when the cell runs in this kernel)
+                f"%%step fill\nimport os\nif os.getpid() != {os.getpid()}:\n"
+                f"    handle = open({str(filler)!r}, 'wb')\n    try:\n        while True:\n"
+                "            handle.write(b'0' * 65536)\n            handle.flush()\n    except OSError:\n"
+                "        handle.close()\n    del handle\nn = 1\n",
+                "%%step after\nm = n + 1\n",
+                "%pipeline_metrics m\n",
+            ],
+        )
+        with pytest.raises(UsageError) as caught:
+            run_ok(ip, "%compile_run --quiet")
+        message = str(caught.value)
+        assert "\n" not in message and "no space left on device" in message and str(fs) in message
+        filler.unlink()  # space is back: the run's end is recorded, nothing stays 'running'
+        runs = RunStore().list_runs()
+        assert [(r.status, r.error) for r in runs] == [("failed", message)]

@@ -201,6 +201,8 @@ class LocalRunner:
             reason = (
                 "interrupted"
                 if isinstance(exc, KeyboardInterrupt)
+                else str(exc)
+                if isinstance(exc, NbMagicError)
                 else f"the runner stopped: {type(exc).__name__}: {exc}"
             )
             self._abort(run, reason, running, pool)
@@ -397,7 +399,10 @@ class LocalRunner:
                 state.status = "failed" if state.status == "running" else "skipped"
                 state.error = reason
                 state.ended = time.time()
-                self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
+                try:
+                    self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
+                except NbMagicError:  # the index cannot be written (disk full): finish_run keeps the outcome
+                    pass
         run.status, run.error, run.ended = "failed", reason, time.time()
         self.store.finish_run(run.id, "failed", run.metrics, reason)
 

@@ -167,6 +167,10 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+# (store root, run id) -> (status, metrics, error, ended): run ends the index could not take when they happened
+_UNFINISHED: dict[tuple[str, str], tuple[str, dict[str, float], str | None, float]] = {}
+
+
 def new_run_id() -> str:
     """Sortable by time, unique across processes: ``YYYYmmdd-HHMMSS-xxxxxx``."""
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + uuid.uuid4().hex[:6]
@@ -395,11 +399,33 @@ class RunStore:
         return json.loads(row[0] or "{}") if row else None
 
     def finish_run(self, run_id: str, status: str, metrics: dict[str, float], error: str | None = None) -> None:
+        """Record how a run ended. If the index cannot be written now (disk full, read-only), the outcome is
+        kept in this process and written by the next call that can (``list_runs``, gc, the next run)."""
+        try:
+            self._finish_run(run_id, status, metrics, error, time.time())
+        except StoreUnavailable:
+            _UNFINISHED[(str(self.root), run_id)] = (status, metrics, error, time.time())
+            raise
+
+    def _finish_pending(self) -> None:
+        for (root, run_id), outcome in list(_UNFINISHED.items()):
+            if root == str(self.root):
+                try:
+                    self._finish_run(run_id, *outcome)
+                except StoreUnavailable:
+                    return
+                _UNFINISHED.pop((root, run_id), None)
+
+    def _finish_run(self, run_id: str, status: str, metrics: dict[str, float], error: str | None, ended: float) -> None:
         with self._db() as db:
+            if status != "done":
+                db.execute(
+                    "UPDATE executions SET state='failed' WHERE run_id=? AND state IN ('running','pending')", (run_id,)
+                )
             cached = db.execute("SELECT COUNT(*) FROM executions WHERE run_id=? AND cached=1", (run_id,)).fetchone()[0]
             db.execute(
                 "UPDATE runs SET status=?, metrics=?, ended=?, cached=?, error=? WHERE id=?",
-                (status, json.dumps(metrics), time.time(), cached, error, run_id),
+                (status, json.dumps(metrics), ended, cached, error, run_id),
             )
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -490,7 +516,10 @@ class RunStore:
         return rows[0][0]
 
     def mark_torn_runs(self) -> int:
-        """Runs left 'running' by a process that no longer exists are failed (e.g. after kill -9)."""
+        """Runs left 'running' by a process that no longer exists are failed (e.g. after kill -9); runs whose
+        end this process could not record earlier (a full disk) are recorded now."""
+        if _UNFINISHED:
+            self._finish_pending()
         conn = self._connection()
         torn = []
         for run_id, pid, started in conn.execute(
