@@ -496,7 +496,12 @@ class RunStore:
         return [self._record(r) for r in self._connection().execute(query, args)]
 
     def resolve_run(self, ref: str) -> str:
-        """A run id from an id, a unique prefix, or ``last``; a clear error otherwise."""
+        """A run id from an id, a unique prefix, ``last``, ``best`` or ``best:EXPERIMENT``; one clear line otherwise."""
+        ref = (ref or "").strip()
+        if not ref:
+            raise NbMagicError("which run? give a run id, a unique prefix, 'last' or 'best'")
+        if ref == "best" or ref.startswith("best:"):
+            return self._resolve_best(ref.partition(":")[2] or None)
         conn = self._connection()
         if ref == "last":
             row = conn.execute("SELECT id FROM runs WHERE kind='local' ORDER BY started DESC LIMIT 1").fetchone()
@@ -514,6 +519,22 @@ class RunStore:
         if len(rows) > 1 and rows[0][0] != ref:
             raise NbMagicError(f"run prefix {ref!r} is ambiguous ({rows[0][0]}, {rows[1][0]}, …)")
         return rows[0][0]
+
+    def _resolve_best(self, experiment: str | None) -> str:
+        """``best``: :meth:`best_trial` of ``experiment`` (default: the most recent experiment), or one clear line."""
+        if experiment is None:
+            experiment = self.latest_experiment()
+            if experiment is None:
+                raise NbMagicError("'best': no tuning experiment in the store yet (runs of %katib have one)")
+        if not self.has_experiment(experiment):
+            raise NbMagicError(f"'best': no experiment {experiment!r} in the store")
+        objective = (self.experiment_properties(experiment) or {}).get("objective")
+        if not objective:
+            raise NbMagicError(f"'best': experiment {experiment!r} has no recorded objective; restore a run id instead")
+        best = self.best_trial(experiment)
+        if best is None:
+            raise NbMagicError(f"'best': experiment {experiment!r} has no finished trial with metric {objective!r}")
+        return best
 
     def mark_torn_runs(self) -> int:
         """Runs left 'running' by a process that no longer exists are failed (e.g. after kill -9); runs whose
