@@ -6,10 +6,12 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
+from .. import api
+from ..api import GC_ARGUMENTS, RUNS_ARGUMENTS
+from ..arguments import parse
 from ..errors import NbMagicError
-from ..state_cli import GC_ARGUMENTS, RUNS_ARGUMENTS, gc_command, runs_command, sort_line_fix
 from .common import arguments, in_notebook, usage_errors
 
 _PROVENANCE: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
@@ -52,12 +54,10 @@ class StateMagics(Magics):
             %restore best --vars model
             %restore 20250101-120000-ab12 train
         """
-        from ..restore import restore
-
-        args = parse_argstring(self.restore, line)
+        args = parse(self.restore, line)
         names = [n.strip() for n in args.vars.split(",")] if args.vars else None
-        report = restore(
-            _store(), args.run, args.step, names, namespace=self.shell.user_ns, provenance=provenance(self.shell)
+        report = api.restore(
+            args.run, args.step, names, namespace=self.shell.user_ns, provenance=provenance(self.shell)
         )
         if in_notebook():
             from IPython.display import display
@@ -77,7 +77,7 @@ class StateMagics(Magics):
         """Where a value came from (steps, inputs, parameters, code versions) and what consumed it."""
         from ..store.lineage import lineage, resolve_artifact
 
-        args = parse_argstring(self.lineage, line)
+        args = parse(self.lineage, line)
         store = _store()
         name = args.name
         ns = self.shell.user_ns
@@ -126,7 +126,7 @@ class StateMagics(Magics):
             %runs --sort -started --limit 10
             %runs --compare last 20250101-120000-ab12
         """
-        return runs_command(_store(), parse_argstring(self.runs, sort_line_fix(line)))
+        return api.runs(**api.runs_options(parse(self.runs, line)))
 
     @magic_arguments()
     @arguments(GC_ARGUMENTS)
@@ -141,7 +141,7 @@ class StateMagics(Magics):
             %gc --older-than 30d --max-size 20GB
             %gc --keep-last 200 --set-policy     # applied automatically after runs
         """
-        result = gc_command(_store(), parse_argstring(self.gc, line))
+        result = api.gc(**api.gc_options(parse(self.gc, line)))
         if isinstance(result, str):
             print(result)
             return None

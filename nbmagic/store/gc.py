@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import units
 from ..errors import NbMagicError
 from .history import parse_duration
 from .lineage import _size
@@ -31,27 +32,6 @@ from .runs import RunStore
 POLICY_FILE = "gc.json"
 LOCK_FILE = "gc.lock"
 ENV = "NBMAGIC_GC"
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?$")
-_FACTORS = {
-    None: 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "ki": 2**10,
-    "kib": 2**10,
-    "mi": 2**20,
-    "mib": 2**20,
-    "gi": 2**30,
-    "gib": 2**30,
-    "ti": 2**40,
-    "tib": 2**40,
-}
 
 
 class GcError(NbMagicError):
@@ -60,12 +40,10 @@ class GcError(NbMagicError):
 
 def parse_size(text: str | int, option: str = "--max-size") -> int:
     """``500MB``, ``5GB``, ``1.5GiB``, ``1000`` -> bytes."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(str(text).strip().lower())
-    if not match:
-        raise GcError(f"{option} {text!r}: expected a size like 500MB, 5GB or 2GiB")
-    return int(float(match.group(1)) * _FACTORS[match.group(2)])
+    try:
+        return units.size_bytes(text)
+    except ValueError:
+        raise GcError(f"{option} {text!r}: expected a size like 500MB, 5GB or 2GiB") from None
 
 
 @dataclass

@@ -417,47 +417,8 @@ _STYLE = {
 
 
 def _svg(nodes: dict[str, tuple[str, str]], edges: set[tuple[str, str]]) -> str:
-    layer: dict[str, int] = {k: 0 for k in nodes}
-    for _ in range(len(nodes)):  # longest path from the sources (graph is acyclic and small)
-        changed = False
-        for a, b in edges:
-            if layer[b] < layer[a] + 1:
-                layer[b] = layer[a] + 1
-                changed = True
-        if not changed:
-            break
-    rows: dict[int, list[str]] = {}
-    for key in nodes:
-        rows.setdefault(layer[key], []).append(key)
-    box_w, box_h, gap_x, gap_y = 140, 30, 24, 40
-    width = max(len(r) for r in rows.values()) * (box_w + gap_x) + gap_x
-    height = len(rows) * (box_h + gap_y) + gap_y // 2
-    pos: dict[str, tuple[float, float]] = {}
-    for depth in sorted(rows):
-        names = rows[depth]
-        row_w = len(names) * (box_w + gap_x) - gap_x
-        for i, key in enumerate(names):
-            pos[key] = ((width - row_w) / 2 + i * (box_w + gap_x), gap_y / 3 + depth * (box_h + gap_y))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" font-family="sans-serif" font-size="11">',
-        '<defs><marker id="lin-arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-        '<path d="M0,0 L8,4 L0,8 z" fill="#666"/></marker></defs>',
-    ]
-    for a, b in sorted(edges):
-        (ax, ay), (bx, by) = pos[a], pos[b]
-        parts.append(
-            f'<line x1="{ax + box_w / 2:.0f}" y1="{ay + box_h:.0f}" x2="{bx + box_w / 2:.0f}" y2="{by - 2:.0f}" '
-            'stroke="#666" marker-end="url(#lin-arrow)"/>'
-        )
-    for key, (label, kind) in nodes.items():
-        x, y = pos[key]
-        fill, stroke, rx = _STYLE[kind]
-        weight = ' font-weight="bold"' if kind in ("root", "exec") else ""
-        parts.append(
-            f'<rect x="{x:.0f}" y="{y:.0f}" width="{box_w}" height="{box_h}" rx="{min(rx, box_h / 2):.0f}" fill="{fill}" stroke="{stroke}"/>'
-        )
-        parts.append(
-            f'<text x="{x + box_w / 2:.0f}" y="{y + box_h / 2 + 4:.0f}" text-anchor="middle"{weight}>{html.escape(label[:22])}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+    from ..dag_svg import Edge, Node, Style, svg
+
+    boxes = [Node(key, label, *_STYLE[kind], bold=kind in ("root", "exec")) for key, (label, kind) in nodes.items()]
+    style = Style(box_w=140, box_h=30, gap_x=24, gap_y=40, font_size=11, line="#666", marker="lin-arrow", node_chars=22)
+    return svg(boxes, [Edge(a, b) for a, b in sorted(edges)], style)
