@@ -321,6 +321,7 @@ class LocalRunner:
         """Record a finished step; return when to retry it, or None."""
         state = run.steps[step.name]
         spec = json.loads(Path(spec_path).read_text())
+        _cap_log(spec["log"])
         result_path = Path(spec["result"])
         result = json.loads(result_path.read_text()) if result_path.exists() else None
         state.ended = time.time()
@@ -405,6 +406,16 @@ class LocalRunner:
                     pass
         run.status, run.error, run.ended = "failed", reason, time.time()
         self.store.finish_run(run.id, "failed", run.metrics, reason)
+
+
+def _cap_log(log_path: str) -> None:
+    """Keep the head and tail of an over-long step log (``$NBMAGIC_LOG_CAP``, default 50 MB), the cut marked."""
+    from ..store.logs import cap_log
+
+    try:
+        cap_log(log_path)
+    except Exception as exc:  # noqa: BLE001 - a bad cap setting must not fail the run
+        print(f"nbmagic: step log not capped: {exc}", file=sys.stderr)
 
 
 def _memory_limit(step: StepPlan) -> int | None:

@@ -112,21 +112,8 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
     result["ended"] = time.time()
     if secrets:
         _mask(result, spec["log"], secrets)
-    _cap_log(spec["log"])
     _write_json(spec["result"], result)
     return 0 if result["status"] == "done" else 1
-
-
-def _cap_log(log_path: str) -> None:
-    """Keep the head and tail of an over-long log (``$NBMAGIC_LOG_CAP``, default 50 MB), the cut marked."""
-    from ..store.logs import cap_log
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        cap_log(log_path)
-    except Exception as exc:  # noqa: BLE001 - a bad cap setting must not fail the step
-        sys.stderr.write(f"nbmagic: log not capped: {exc}\n")
 
 
 def _mask(result: dict[str, Any], log_path: str, secrets: tuple[str, ...]) -> None:
