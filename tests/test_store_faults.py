@@ -6,6 +6,7 @@ are real signals, parallel gc is a second real process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -475,3 +476,90 @@ def test_a_disk_that_fills_during_a_run_is_one_line_and_the_run_ends_failed(ip, 
         filler.unlink()  # space is back: the run's end is recorded, nothing stays 'running'
         runs = RunStore().list_runs()
         assert [(r.status, r.error) for r in runs] == [("failed", message)]
+
+
+# ------------------------------------------------------------------------------------------- process trees
+
+
+def _alive(pid: int) -> bool:
+    from nbmagic.store.processes import alive
+
+    return alive(pid)
+
+
+def _gone_soon(pids: list[int], seconds: float = 5.0) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not any(_alive(pid) for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+ESCAPE = (
+    "import os, subprocess, sys\n"
+    "session = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"  # leaves the step's group
+    "daemon = subprocess.run([sys.executable, '-c', 'import os, time, sys\\n"
+    "if os.fork():\\n    os._exit(0)\\nos.setsid()\\nif os.fork():\\n    os._exit(0)\\n"
+    "print(os.getpid(), flush=True)\\nos.close(1)\\nos.close(2)\\ntime.sleep(300)'], capture_output=True, text=True)\n"
+    "open({pids!r}, 'w').write(f'{{session.pid}} {{daemon.stdout.split()[0]}}')\n"
+    "del session, daemon\n"
+)
+
+
+def _end(pids: Path) -> None:
+    for pid in [int(p) for p in pids.read_text().split()]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    pids.unlink()
+
+
+def test_what_a_step_starts_ends_with_the_step(ip, tmp_path):
+    pids = tmp_path / "pids"
+    _cells(ip, [f"%%step spawn\nif False:\n    pass\n{ESCAPE.format(pids=str(pids))}n = 1\n", "%pipeline_metrics n\n"])
+    _end(pids)  # the cell ran in this kernel too: end what it started here
+    run = run_ok(ip, "%compile_run --quiet --no-cache")
+    assert run.status == "done"
+    leftovers = [int(p) for p in pids.read_text().split()]
+    assert len(leftovers) == 2 and _gone_soon(leftovers)
+
+
+def test_a_timeout_ends_the_whole_tree(ip, tmp_path):
+    pids = tmp_path / "pids"
+    code = (
+        ESCAPE.format(pids=str(pids)) + f"import time\ntime.sleep(0 if os.getpid() == {os.getpid()} else 300)\nn = 1\n"
+    )
+    _cells(ip, [f"%%step spawn --timeout 3\n{code}", "%pipeline_metrics n\n"])
+    _end(pids)
+    run = run_ok(ip, "%compile_run --quiet --no-cache")
+    assert run.status == "failed" and run.steps["spawn"].status == "timed_out"
+    assert _gone_soon([int(p) for p in pids.read_text().split()])
+
+
+def test_a_step_dies_with_its_worker(ip, tmp_path):
+    from nbmagic.run.pool import worker_pool
+
+    marker = tmp_path / "step.pid"
+    code = (
+        f"import os, time\nif os.getpid() != {os.getpid()}:\n"
+        f"    open({str(marker)!r}, 'w').write(str(os.getpid()))\n    time.sleep(300)\nn = 1\n"
+    )
+    _cells(ip, [f"%%step slow\n{code}", "%pipeline_metrics n\n"])
+    import threading
+
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(run=run_cell_quiet(ip)), daemon=True)
+    runner.start()
+    deadline = time.time() + 30
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    step_pid = int(marker.read_text())
+    worker_pid = worker_pool()._process.pid
+    os.kill(worker_pid, signal.SIGKILL)  # the worker is killed: its step must not run on unsupervised
+    assert _gone_soon([step_pid])
+    runner.join(30)
+    assert result["run"].status == "failed"
+
+
+def run_cell_quiet(ip):
+    return run_ok(ip, "%compile_run --quiet --no-cache")
