@@ -563,3 +563,19 @@ def test_a_step_dies_with_its_worker(ip, tmp_path):
 
 def run_cell_quiet(ip):
     return run_ok(ip, "%compile_run --quiet --no-cache")
+
+
+def test_a_step_interrupted_or_crashed_says_so(ip):
+    kernel = os.getpid()
+    _cells(
+        ip,
+        [
+            f"%%step stop\nimport os\nif os.getpid() != {kernel}:\n    raise KeyboardInterrupt\na = 1\n",
+            f"%%step crash\nimport os, ctypes\nif os.getpid() != {kernel}:\n    ctypes.string_at(0)\nb = 1\n",
+            "%pipeline_metrics a b\n",
+        ],
+    )
+    run = run_ok(ip, "%compile_run --quiet")
+    assert run.steps["stop"].error == "step 'stop' was interrupted (KeyboardInterrupt)"
+    assert run.steps["crash"].error == "step 'crash' crashed: segmentation fault (signal 11)"
+    assert RunStore().get_run(run.id).status == "failed"

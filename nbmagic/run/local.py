@@ -18,6 +18,7 @@ from ..runtime.step import uses_ipython
 from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore
 from .result import Run, StepState
+from .worker import INTERRUPTED_EXIT
 
 Listener = Callable[[Run, StepState | None], None]
 
@@ -337,9 +338,7 @@ class LocalRunner:
             elif event.get("worker_died"):
                 state.error = f"step {step.name!r}: the step worker process ended unexpectedly"
             else:
-                state.error = (
-                    f"step {step.name!r} ended without a result (exit code {event.get('code')}, signal {signal_})"
-                )
+                state.error = _ended_without_result(step.name, event.get("code"), signal_)
         else:
             state.status = result["status"]
             state.error = result.get("error")
@@ -406,6 +405,26 @@ class LocalRunner:
                     pass
         run.status, run.error, run.ended = "failed", reason, time.time()
         self.store.finish_run(run.id, "failed", run.metrics, reason)
+
+
+_SIGNAL_NAMES = {
+    4: "illegal instruction",
+    6: "aborted",
+    7: "bus error",
+    8: "floating-point exception",
+    11: "segmentation fault",
+}
+
+
+def _ended_without_result(step: str, code: int | None, signal_: int | None) -> str:
+    """One line for a step process that ended before writing its result."""
+    if code == INTERRUPTED_EXIT:
+        return f"step {step!r} was interrupted (KeyboardInterrupt)"
+    if signal_ in _SIGNAL_NAMES:
+        return f"step {step!r} crashed: {_SIGNAL_NAMES[signal_]} (signal {signal_})"
+    if signal_:
+        return f"step {step!r} was killed (signal {signal_})"
+    return f"step {step!r} ended without a result (exit code {code})"
 
 
 def _cap_log(log_path: str) -> None:

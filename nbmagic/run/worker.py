@@ -33,6 +33,7 @@ def _send(out: Any, event: dict[str, Any]) -> None:
 
 
 TOKEN_ENV = "NBMAGIC_STEP"
+INTERRUPTED_EXIT = 130  # a step that raised KeyboardInterrupt
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 
 
@@ -68,6 +69,8 @@ def _child(spec_path: str, memory: int | None, env: dict[str, str], token: str =
         from .task import run_task
 
         code = run_task(spec_path, secrets=tuple(env.values()))  # the pipe carries only secrets
+    except KeyboardInterrupt:
+        code = INTERRUPTED_EXIT
     except BaseException:  # noqa: BLE001 - reported through the exit code and the log
         import traceback
 
