@@ -438,7 +438,6 @@ class LocalRunner:
         self.store.finish_run(run.id, "failed", run.metrics, reason)
 
 
-<<<<<<< HEAD
 _SIGNAL_NAMES = {
     4: "illegal instruction",
     6: "aborted",
@@ -467,7 +466,8 @@ def _cap_log(log_path: str) -> None:
         cap_log(log_path)
     except Exception as exc:  # noqa: BLE001 - a bad cap setting must not fail the run
         print(f"nbmagic: step log not capped: {exc}", file=sys.stderr)
-=======
+
+
 def _report_in_place(plan: PipelinePlan) -> None:
     """Say once per step and variable that later steps get a step's in-place changes."""
     from ..pipeline.learned import report_once
@@ -527,7 +527,6 @@ def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[st
                 closure.add(name)
                 grew = True
     return sorted(closure, key=lambda n: steps[n].cell.index)
->>>>>>> main
 
 
 def _memory_limit(step: StepPlan) -> int | None:
