@@ -154,7 +154,7 @@ class LocalRunner:
                     elif run.steps[step.name].status == "done":
                         moved = json.loads(Path(spec_path).with_name(f"{step.name}.result.json").read_text())
                         if moved.get("changed"):
-                            started = follow_in_place(steps, step.name, moved["changed"])
+                            started = follow_in_place(steps, step.name, moved["changed"], moved.get("unsure", ()))
                             for name in started:
                                 if run.steps[name].status == "running":
                                     rerun.add(name)
@@ -479,7 +479,9 @@ def _report_in_place(plan: PipelinePlan) -> None:
                 print(message, flush=True)
 
 
-def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[str]) -> list[str]:
+def follow_in_place(
+    steps: dict[str, StepPlan], changer: str, variables: list[str], unsure: list[str] | tuple[str, ...] = ()
+) -> list[str]:
     """``changer`` changed ``variables`` in place though its code did not show it: later steps (in notebook order)
     that read them from an earlier step now read them from ``changer`` (``steps`` is updated), and the fact is kept
     for the next compile. Returns the affected steps and every step after them, to run (again) on the new value."""
@@ -490,7 +492,7 @@ def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[st
     source = steps[changer]
     remember(source.cell.code, variables)
     for var in variables:
-        message = report_once(changer, var, None)
+        message = report_once(changer, var, None, unsure=var in unsure)
         if message:
             print(message, flush=True)
     ancestors: set[str] = set()
