@@ -101,9 +101,10 @@ class TuneMagics(Magics):
 
         form = TuneForm(plan.parameters, plan.metrics, on_run, defaults=defaults)
         holder["form"] = form
-        from IPython.display import display
-
-        display(form.widget)
+        if not in_notebook():  # a terminal cannot show the form: the same settings as a command line
+            print(form.command_line())
+            return None
+        form.show()
         return FormHandle(form, self.shell)
 
     def _start(self, plan: Any, args: Any, spec: Any, target: Any = None) -> Any:
@@ -233,12 +234,11 @@ class FormHandle:
 
     def _ipython_display_(self) -> None:
         from IPython import get_ipython
-        from IPython.display import display
 
         shell = get_ipython()
         if shell is not None and getattr(shell, "execution_count", None) == self._shown_in:
             return  # already displayed by %katib in this cell
-        display(self.form.widget)
+        self.form.show()
 
     def __repr__(self) -> str:
         return f"<%katib form; experiment: {self.form.experiment!r}>"

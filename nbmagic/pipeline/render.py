@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+from . import theme
 from .model import PipelinePlan
 
 
@@ -50,7 +51,7 @@ def plan_svg(plan: PipelinePlan) -> str:
         rows.setdefault(layer[step.name], []).append(step.name)
     box_w, box_h, gap_x, gap_y = 150, 36, 40, 70
     width = max(len(r) for r in rows.values()) * (box_w + gap_x) + gap_x
-    height = len(rows) * (box_h + gap_y) + gap_y // 2
+    height = int(gap_y / 3 + len(rows) * (box_h + gap_y) - gap_y + gap_y / 3)
     pos: dict[str, tuple[float, float]] = {}
     for depth, names in rows.items():
         row_w = len(names) * (box_w + gap_x) - gap_x
@@ -58,9 +59,10 @@ def plan_svg(plan: PipelinePlan) -> str:
             x = (width - row_w) / 2 + i * (box_w + gap_x)
             pos[name] = (x, gap_y / 3 + depth * (box_h + gap_y))
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        f'font-size="12" style="color: {theme.FOREGROUND}" fill="currentColor">',
         '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-        '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>',
+        '<path d="M0,0 L8,4 L0,8 z" fill="currentColor" fill-opacity="0.7"/></marker></defs>',
     ]
     extent = float(width)
     fanout: dict[str, int] = {}
@@ -77,11 +79,11 @@ def plan_svg(plan: PipelinePlan) -> str:
             clear = max(between + [x1, x2]) + 24  # the curve's midpoint passes right of those boxes
             cx, cy = 2 * clear - (x1 + x2) / 2, (y1 + y2) / 2
             parts.append(
-                f'<path d="M{x1},{y1} Q{cx},{cy} {x2},{y2 - 2}" fill="none" stroke="#555"{dash} marker-end="url(#arrow)"/>'
+                f'<path d="M{x1},{y1} Q{cx},{cy} {x2},{y2 - 2}" fill="none" stroke="currentColor" stroke-opacity="0.7"{dash} marker-end="url(#arrow)"/>'
             )
         else:
             parts.append(
-                f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2 - 2}" stroke="#555"{dash} marker-end="url(#arrow)"/>'
+                f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2 - 2}" stroke="currentColor" stroke-opacity="0.7"{dash} marker-end="url(#arrow)"/>'
             )
         if edge.variables:
             full = ", ".join(edge.variables)
@@ -94,13 +96,13 @@ def plan_svg(plan: PipelinePlan) -> str:
                 lx, ly = x1 + (x2 - x1) * t, y1 + (y2 - y1) * t
             anchor, dx = ("end", -6) if x2 < x1 - 1 and not skip else ("start", 6)
             parts.append(
-                f'<text x="{lx + dx}" y="{ly + 4}" text-anchor="{anchor}" fill="#444" stroke="#fff" stroke-width="3" '
-                f'paint-order="stroke"><title>{html.escape(full)}</title>{html.escape(label)}</text>'
+                f'<text x="{lx + dx}" y="{ly + 4}" text-anchor="{anchor}" fill="currentColor" stroke-width="3" '
+                f'paint-order="stroke" style="stroke: {theme.BACKGROUND}; fill: {theme.MUTED}"><title>{html.escape(full)}</title>{html.escape(label)}</text>'
             )
             extent = max(extent, lx + dx + 7 * len(label) if anchor == "start" else lx)
     for step in plan.steps:
         x, y = pos[step.name]
-        fill = "#e8f5e9" if step.metrics else "#e3f2fd"
+        fill = theme.METRIC_BOX if step.metrics else theme.STEP_BOX
         parts.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="{fill}" stroke="#1e88e5"/>')
         parts.append(
             f'<text x="{x + box_w / 2}" y="{y + box_h / 2 + 4}" text-anchor="middle">{html.escape(step.name)}</text>'
