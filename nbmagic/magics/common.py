@@ -83,6 +83,20 @@ def text_only_front_end(shell: Any) -> bool:
     return not _server_knows_kernel()
 
 
+def headless() -> bool:
+    """A notebook run by nbclient (``nbconvert --execute``, papermill): nobody clicks, and the kernel stops after
+    the last cell, so work started in the background must be waited for."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    if shell is None or shell.__class__.__name__ != "ZMQInteractiveShell":
+        return False
+    return (_current_request(shell).get("content") or {}).get("allow_stdin") is False
+
+
 def _current_request(shell: Any) -> dict[str, Any]:
     kernel = getattr(shell, "kernel", None)
     try:

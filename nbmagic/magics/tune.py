@@ -7,7 +7,7 @@ from typing import Any
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .common import in_notebook, usage_errors
+from .common import headless, in_notebook, usage_errors
 
 SYNTAX = """\
 Search space, one --param per tuned parameter:
@@ -46,7 +46,7 @@ class TuneMagics(Magics):
     @argument("--name", help="experiment name (default: pipeline name + a hash of the search space)")
     @argument("--restart", action="store_true", help="forget the stored study of this experiment")
     @argument("--no-cache", action="store_true", help="run every step in every trial")
-    @argument("--wait", action="store_true", help="block until the experiment ends")
+    @argument("--wait", action="store_true", help="block until the experiment ends (always, in nbconvert and papermill runs)")
     @argument("--quiet", action="store_true", help="no live view")
     @argument("--notebook", help="the notebook file, when the kernel cannot find it")
     @argument("--host", help="KFP API URL: run a Katib Experiment on that cluster; trials run the pipeline there")
@@ -132,7 +132,7 @@ class TuneMagics(Magics):
             experiment.start()
             RunStore().set_experiment(name, spec.objective, spec.goal, **since)  # what `%restore best` ranks by
         show(experiment, self.shell, quiet=args.quiet, target=target)
-        if args.wait:
+        if args.wait or (target is None and headless()):  # nbconvert/papermill stop the kernel after the last cell
             experiment.wait()
         return experiment
 
