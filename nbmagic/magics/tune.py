@@ -46,7 +46,9 @@ class TuneMagics(Magics):
     @argument("--name", help="experiment name (default: pipeline name + a hash of the search space)")
     @argument("--restart", action="store_true", help="forget the stored study of this experiment")
     @argument("--no-cache", action="store_true", help="run every step in every trial")
-    @argument("--wait", action="store_true", help="block until the experiment ends (always, in nbconvert and papermill runs)")
+    @argument(
+        "--wait", action="store_true", help="block until the experiment ends (always, in nbconvert and papermill runs)"
+    )
     @argument("--quiet", action="store_true", help="no live view")
     @argument("--notebook", help="the notebook file, when the kernel cannot find it")
     @argument("--host", help="KFP API URL: run a Katib Experiment on that cluster; trials run the pipeline there")
@@ -131,9 +133,11 @@ class TuneMagics(Magics):
             )
             experiment.start()
             RunStore().set_experiment(name, spec.objective, spec.goal, **since)  # what `%restore best` ranks by
-        show(experiment, self.shell, quiet=args.quiet, target=target)
+        view = show(experiment, self.shell, quiet=args.quiet, target=target)
         if args.wait or (target is None and headless()):  # nbconvert/papermill stop the kernel after the last cell
             experiment.wait()
+            if view is not None:
+                view.refresh()  # the final state, published while this cell still runs (and is saved)
         return experiment
 
     def _katib_on_cluster(self, plan: Any, args: Any, spec: Any, defaults: Any, code: str = "") -> Any:
@@ -192,17 +196,17 @@ def _pipeline_defaults(shell: Any) -> Any:
     return getattr(kernel_state(shell).recorder, "defaults", None)
 
 
-def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None) -> None:
+def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None) -> Any:
     """Attach the live view (HTML in notebooks; in a terminal, a line per finished trial and the summary)."""
     from ..tune.view import LiveView
 
     experiment._shown_in = getattr(shell, "execution_count", None)
     if quiet:
-        return
+        return None
     if target is not None:
-        LiveView(experiment, target=target).show()
-    elif in_notebook():
-        LiveView(experiment).show()
+        return LiveView(experiment, target=target).show()
+    if in_notebook():
+        return LiveView(experiment).show()
     else:
         print(
             f"nbmagic: {experiment.backend} experiment {experiment.name!r} started "
@@ -214,6 +218,7 @@ def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None
         from ..tune.view import TerminalView
 
         TerminalView(experiment).attach().update(experiment)
+    return None
 
 
 class FormHandle:
