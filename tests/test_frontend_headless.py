@@ -44,7 +44,7 @@ def test_papermill_waits_for_katib_and_saves_the_final_view_with_a_text_form(tmp
     from nbconvert import LatexExporter, MarkdownExporter
 
     markdown, _ = MarkdownExporter().from_notebook_node(saved)
-    assert "IPython.core.display.HTML object" not in markdown and "data-status=\"succeeded\"" in markdown
+    assert "IPython.core.display.HTML object" not in markdown and 'data-status="succeeded"' in markdown
     latex, _ = LatexExporter().from_notebook_node(saved)  # PDF export: text/plain, not HTML
     assert "IPython.core.display.HTML object" not in latex
     assert "succeeded, 3/3 finished" in latex and "fit: done (" in latex

@@ -109,7 +109,7 @@ _COLORS = {
 
 def progress_html(run: Run) -> str:
     """A table of step states, times and metrics; used live while the run goes and as the Run's display."""
-    from ..pipeline.theme import CELL, ERROR
+    from ..theme import CELL, ERROR
 
     rows = []
     for state in run.steps.values():

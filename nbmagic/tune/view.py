@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from ..pipeline import theme
+from .. import theme
 from .experiment import FAILED, RUNNING, SUCCEEDED, Experiment, Trial
 
 WIDTH, HEIGHT, PAD = 560, 220, 36

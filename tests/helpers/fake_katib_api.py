@@ -21,7 +21,8 @@ from urllib.parse import parse_qs, urlparse
 from helpers.http_fakes import JsonHandler, LocalServer
 
 SCHEMA = (
-    Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas")) / "katib-v1beta1.swagger.json"
+    Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parents[1] / "schemas"))
+    / "katib-v1beta1.swagger.json"
 )
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ALGORITHMS = {

@@ -19,7 +19,7 @@ import yaml
 
 from helpers.http_fakes import JsonHandler, LocalServer
 
-SCHEMAS = Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas"))
+SCHEMAS = Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parents[1] / "schemas"))
 CRD = SCHEMAS / "kserve-inferenceservices-crd.yaml"
 _PATH = re.compile(
     r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices(?:/(?P<name>[^/?]+))?$"

@@ -51,7 +51,7 @@ from helpers.http_fakes import JsonHandler, LocalServer, status_body
 SWAGGER_PATH = Path(
     os.environ.get(
         "NBMAGIC_KFP_SWAGGER",
-        Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parent / "schemas"))
+        Path(os.environ.get("NBMAGIC_SCHEMAS", Path(__file__).resolve().parents[1] / "schemas"))
         / "kfp-api-v2beta1.swagger.json",
     )
 )
