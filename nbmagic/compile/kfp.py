@@ -148,6 +148,8 @@ def write_output(
     path = Path(output).expanduser()
     if not path.parent.is_dir():
         raise NbMagicError(f"--output {output}: folder {path.parent} does not exist")
+    if path.suffix.lower() not in (".yaml", ".yml", ".py"):
+        raise NbMagicError(f"--output {output}: name a .yaml file (KFP IR) or a .py file (readable KFP DSL)")
     if path.suffix == ".py":
         return export_dsl(plan, path, image=image, defaults=defaults, runtime_image=runtime_image)
     compile_pipeline(plan, output=path, image=image, defaults=defaults, runtime_image=runtime_image)

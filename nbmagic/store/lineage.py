@@ -409,10 +409,11 @@ def _size(size: int | None) -> str:
 
 
 _STYLE = {
-    "param": ("#fff8e1", "#f9a825", 40),
-    "value": ("#e3f2fd", "#1e88e5", 6),
-    "root": ("#c8e6c9", "#2e7d32", 6),
-    "exec": ("#f3e5f5", "#8e24aa", 0),
+    # translucent tints: the theme's text colour stays readable on them, in light and dark themes
+    "param": ("rgba(249, 168, 37, 0.18)", "#f9a825", 40),
+    "value": ("rgba(30, 136, 229, 0.14)", "#1e88e5", 6),
+    "root": ("rgba(46, 125, 50, 0.22)", "#2e7d32", 6),
+    "exec": ("rgba(142, 36, 170, 0.16)", "#8e24aa", 0),
 }
 
 
@@ -420,5 +421,5 @@ def _svg(nodes: dict[str, tuple[str, str]], edges: set[tuple[str, str]]) -> str:
     from ..dag_svg import Edge, Node, Style, svg
 
     boxes = [Node(key, label, *_STYLE[kind], bold=kind in ("root", "exec")) for key, (label, kind) in nodes.items()]
-    style = Style(box_w=140, box_h=30, gap_x=24, gap_y=40, font_size=11, line="#666", marker="lin-arrow", node_chars=22)
+    style = Style(box_w=140, box_h=30, gap_x=24, gap_y=40, font_size=11, marker="lin-arrow", node_chars=22)
     return svg(boxes, [Edge(a, b) for a, b in sorted(edges)], style)
