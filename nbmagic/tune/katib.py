@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..images import nbmagic_image
-from ..kube import api_client
+from ..kube import PROFILE_NAMESPACE, api_client
 from .experiment import FAILED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial
 from .space import ExperimentSpec, _fmt
 
@@ -338,7 +338,7 @@ def run_katib(
     *,
     host: str,
     pipeline_name: str,
-    namespace: str = "kubeflow-user-example-com",
+    namespace: str = PROFILE_NAMESPACE,
     recorded: Mapping[str, Any] | None = None,
     image: str | None = None,
     install: tuple[str, ...] = DEFAULT_INSTALL,

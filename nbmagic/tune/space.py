@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import NbMagicError
+from ..k8s_names import is_label
 
 PARAMETER_TYPES = ("double", "int", "categorical", "discrete")
 ALGORITHMS = ("random", "grid", "bayesianoptimization", "tpe", "multivariate-tpe", "cmaes", "sobol")
 GOALS = ("minimize", "maximize")
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 PARAM_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([A-Za-z-]+)\s*\((.*)\)\s*$", re.S)
 MAXIMIZE_HINTS = ("acc", "auc", "f1", "r2", "score", "precision", "recall", "reward", "map", "ndcg")
 # recorded Python type -> tuning types that fit it
@@ -253,7 +253,7 @@ class ExperimentSpec:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise TuneError(f"{what} must be an integer >= {low} (got {value!r})")
-        if self.name and not NAME_RE.match(self.name):
+        if self.name and not is_label(self.name, max_length=40):
             raise TuneError(
                 f"--name {self.name!r}: use lowercase letters, digits and '-' (start and end alphanumeric, at most 40)"
             )

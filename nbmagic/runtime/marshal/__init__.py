@@ -39,9 +39,11 @@ from typing import Any, Callable
 
 from . import dill, joblib, keras, lightgbm, npy, parquet, pickle, torch, xgboost
 from .base import (
+    DISK_FULL,
     MANIFEST,
     MMAP_THRESHOLD,
     SCHEMA,
+    CorruptValue,
     MarshalError,
     MarshalWarning,
     Written,
@@ -54,9 +56,11 @@ from .base import (
 )
 
 __all__ = [
+    "DISK_FULL",
     "MANIFEST",
     "MMAP_THRESHOLD",
     "SCHEMA",
+    "CorruptValue",
     "MarshalError",
     "MarshalWarning",
     "fingerprint",
@@ -64,6 +68,7 @@ __all__ = [
     "read_manifest",
     "save",
     "type_name",
+    "verify",
 ]
 
 # Live resources: pickling one (dill can) gives back a new, unrelated resource, so refuse them.
@@ -166,6 +171,11 @@ def save(obj: Any, directory: str | os.PathLike, name: str, *, pandas_format: st
         try:
             meta, versions, known = writer(obj, directory, algorithm, name)
             break
+        except OSError as exc:
+            _clear(directory)
+            if exc.errno in DISK_FULL:
+                raise  # no format can help: the caller reports the full filesystem
+            errors.append(f"{fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         except Exception as exc:  # noqa: BLE001 - any failure moves on to the next format
             errors.append(f"{fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             _clear(directory)
@@ -240,6 +250,30 @@ def read_manifest(directory: str | os.PathLike, name: str | None = None) -> dict
         raise MarshalError(
             f"cannot load stored value {name or str(directory)!r}: manifest unreadable ({type(exc).__name__})"
         ) from None
+    return manifest
+
+
+def verify(directory: str | os.PathLike, name: str | None = None, *, expected_hash: str | None = None) -> dict:
+    """Check a stored value's manifest and every file's hash without loading it; return the manifest.
+
+    Raises :class:`CorruptValue` naming the value when anything does not match.
+    """
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory, name)
+    except MarshalError as exc:
+        raise CorruptValue(str(exc)) from None
+    name = name or manifest.get("name") or str(directory)
+    if expected_hash is not None and manifest.get("hash") != expected_hash:
+        raise corrupt(name, f"manifest hash is not {expected_hash[:12]}... (altered or misplaced)")
+    try:
+        _check_layout(directory, manifest, name)
+        for entry in manifest["files"]:
+            _verify_file(directory, entry, manifest["hash_algorithm"], name)
+    except CorruptValue:
+        raise
+    except (KeyError, TypeError, MarshalError) as exc:
+        raise corrupt(name, f"manifest unusable ({type(exc).__name__})") from None
     return manifest
 
 

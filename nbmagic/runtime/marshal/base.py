@@ -28,12 +28,20 @@ class MarshalError(ValueError):
     """A value could not be stored or loaded; the one-line message names the variable and type."""
 
 
+class CorruptValue(MarshalError):
+    """A stored value's bytes do not match its manifest (altered, truncated or missing files)."""
+
+
+#: errno values meaning "the filesystem has no room": :func:`save` re-raises these OSErrors unchanged
+DISK_FULL = frozenset({28, 122, 27})  # ENOSPC, EDQUOT, EFBIG
+
+
 class MarshalWarning(UserWarning):
     """A value was stored with the dill fallback."""
 
 
-def corrupt(name: str, detail: str) -> MarshalError:
-    return MarshalError(f"stored value {name!r} is corrupt: {detail}")
+def corrupt(name: str, detail: str) -> CorruptValue:
+    return CorruptValue(f"stored value {name!r} is corrupt: {detail}")
 
 
 # ----------------------------------------------------------------------------------------- hashing
