@@ -7,13 +7,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cells import CONFIG_MAGIC, METRICS_MAGIC, PARAMETERS_MAGIC, STEP_MAGIC, Notebook, RawCell, cell_magic, read_cells
+from .cells import (
+    CONFIG_MAGIC,
+    METRICS_MAGIC,
+    PARAMETERS_MAGIC,
+    STEP_MAGIC,
+    Notebook,
+    RawCell,
+    cell_magic,
+    read_cells,
+    step_name,
+)
 from .notebook import read_notebook
 from .settings import StepSettings
 
 
 @dataclass
-class Execution:
+class RecordedCell:
+    """A cell as the kernel last ran it (not a step execution: those are ``store.lineage.Execution``)."""
+
     source: str
     cell_id: str | None
     first: int  # first-execution order
@@ -40,7 +52,7 @@ class Recorder:
     """Cells executed in this kernel; the source of truth when no notebook file is known."""
 
     def __init__(self) -> None:
-        self._cells: dict[tuple[str, str], Execution] = {}
+        self._cells: dict[tuple[str, str], RecordedCell] = {}
         self._count = 0
         self.notebook_path: Path | None = None
         self.defaults = StepSettings()
@@ -51,7 +63,7 @@ class Recorder:
             return ("id", cell_id)
         magic = cell_magic(source)
         if magic and magic[0] == STEP_MAGIC:
-            return ("step", magic[1].split()[0] if magic[1].split() else "")
+            return ("step", step_name(source) or "")
         if magic and magic[0] == PARAMETERS_MAGIC:
             # the names it declares: re-running it with new values replaces it, another parameters cell adds to it
             return ("parameters", ",".join(sorted(_parameter_names(magic[2]))))
@@ -66,13 +78,12 @@ class Recorder:
         key = self._key(source, cell_id)
         previous = self._cells.get(key)
         self._count += 1
-        self._cells[key] = Execution(source, cell_id, previous.first if previous else self._count, time.time())
+        self._cells[key] = RecordedCell(source, cell_id, previous.first if previous else self._count, time.time())
 
     def forget_step(self, name: str) -> bool:
         """Drop a recorded step by name (for front ends without cell ids or files)."""
         for key, execution in list(self._cells.items()):
-            magic = cell_magic(execution.source)
-            if magic and magic[0] == STEP_MAGIC and magic[1].split()[:1] == [name]:
+            if step_name(execution.source) == name:
                 del self._cells[key]
                 return True
         return False
@@ -88,14 +99,7 @@ class Recorder:
         file_cells = read_notebook(notebook_path)
         saved = notebook_path.stat().st_mtime
         by_id = {e.cell_id: e for e in executions if e.cell_id}
-        by_step = {
-            cell_magic(e.source)[1].split()[0]: e
-            for e in executions
-            if not e.cell_id
-            and cell_magic(e.source)
-            and cell_magic(e.source)[0] == STEP_MAGIC
-            and cell_magic(e.source)[1].split()
-        }
+        by_step = {step_name(e.source): e for e in executions if not e.cell_id and step_name(e.source)}
         by_source = {e.source: e for e in executions if not e.cell_id}
         merged: list[RawCell] = []
         used: set[int] = set()
@@ -104,9 +108,9 @@ class Recorder:
             if execution is None:
                 execution = by_source.get(cell.source)
             if execution is None:
-                magic = cell_magic(cell.source)
-                if magic and magic[0] == STEP_MAGIC and magic[1].split():
-                    execution = by_step.get(magic[1].split()[0])
+                name = step_name(cell.source)
+                if name:
+                    execution = by_step.get(name)
             if execution is not None:
                 used.add(id(execution))
                 merged.append(RawCell(execution.source, cell.index, cell.label, cell.cell_id))

@@ -14,7 +14,7 @@ from ..errors import NbMagicError
 from .space import (
     ALGORITHMS,
     GOALS,
-    PARAMETER_TYPES,
+    SPACE_TYPES,
     ExperimentSpec,
     ParameterSpace,
     TuneError,
@@ -37,7 +37,7 @@ class _Row:
         space = suggest_space(parameter)
         self.parameter = parameter
         self.tune = w.Checkbox(value=tuned, description=parameter.name, indent=False, layout=w.Layout(width="140px"))
-        self.type = w.Dropdown(options=list(PARAMETER_TYPES), value=space.type, layout=w.Layout(width="110px"))
+        self.type = w.Dropdown(options=list(SPACE_TYPES), value=space.type, layout=w.Layout(width="110px"))
         self.min = w.Text(
             value=_fmt(space.min) if space.min is not None else "", placeholder="min", layout=w.Layout(width="90px")
         )
