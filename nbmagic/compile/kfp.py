@@ -10,14 +10,12 @@ import importlib.util
 import sys
 import tempfile
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from ..errors import NbMagicError, PipelineError
 from ..pipeline.model import PipelinePlan
 from ..pipeline.settings import StepSettings
-from .generate import PIPELINE_FUNCTION, generate, metrics_output_name
+from .generate import PIPELINE_FUNCTION, generate
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_FILES = {"marshal": PACKAGE_ROOT / "runtime" / "marshal.py", "step": PACKAGE_ROOT / "runtime" / "step.py"}
@@ -128,21 +126,3 @@ def export_dsl(
     path = Path(path)
     path.write_text(dsl_source(plan, image=image, packages=packages, defaults=defaults), encoding="utf-8")
     return path
-
-
-def metrics_from_outputs(plan: PipelinePlan, outputs: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """Metric name -> value from a pipeline run's outputs (kfp.local's task ``.outputs``: ``Metrics`` artifacts).
-
-    kfp.local hands integers back as floats; whole floats of metrics that are ints in the notebook cannot be told
-    apart here, so values are returned as stored.
-    """
-    found: dict[str, Any] = {}
-    outputs = getattr(outputs, "outputs", outputs)
-    for step in plan.steps:
-        if not step.metrics:
-            continue
-        artifact = outputs[metrics_output_name(step.name)]
-        metadata = getattr(artifact, "metadata", artifact)
-        for name in step.metrics:
-            found[name] = metadata[name]
-    return found

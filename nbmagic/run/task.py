@@ -72,8 +72,6 @@ def run_task(spec_path: str) -> int:
                 )
             result["metrics"][name] = number
         for name, value in assigned.items():
-            if spec.get("keep_all", True) is False and name not in required:
-                continue
             try:
                 result["outputs"][name] = asdict(store.put(value, name))
             except Exception as exc:  # noqa: BLE001 - unserializable values are reported by name

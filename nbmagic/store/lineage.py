@@ -158,25 +158,6 @@ def step_code_hash(store: Any, ex: Execution, _seen: int = 0) -> str | None:
     return None
 
 
-def backfill_code_hashes(store: Any, run_ids: Iterable[str] | None = None) -> int:
-    """Write code hashes found in spec files into the index (before gc removes run folders); returns how many."""
-    conn = store._connection()
-    query = f"SELECT {_EXEC_COLUMNS} FROM executions WHERE code_hash IS NULL AND state IN ('done','cached')"
-    rows = [_execution_from_row(r) for r in conn.execute(query)]
-    wanted = set(run_ids) if run_ids is not None else None
-    updates = []
-    for ex in rows:
-        if wanted is not None and ex.run_id not in wanted and not ex.reused_execution:
-            continue
-        digest = step_code_hash(store, ex)
-        if digest:
-            updates.append((digest, ex.id))
-    if updates:
-        with store._db() as db:
-            db.executemany("UPDATE executions SET code_hash=? WHERE id=?", updates)
-    return len(updates)
-
-
 def resolve_artifact(store: Any, text: str) -> ArtifactRef:
     """An artifact from ``artifact:ID``, a numeric id, or a value hash / unique hash prefix (6+ characters)."""
     conn = store._connection()
