@@ -98,19 +98,16 @@ class Pipeline:
         values = self.values(params)
         return LocalRunner(workers=workers).run(self.merged(), values, cache=cache, listener=listener)
 
-    def compile(self, output: str | os.PathLike[str] | None = None) -> str | Path:
-        """KFP IR YAML text; with ``output``, write it there (``.py``: readable KFP DSL) and return the path."""
-        from .compile.kfp import compile_pipeline, export_dsl
+    def compile(self, output: str | os.PathLike[str] | None = None, *, image: str | None = None) -> str | Path:
+        """KFP IR YAML text; with ``output``, write it there (``.py``: readable KFP DSL) and return the path.
+
+        ``image``: run the steps in nbmagic's cluster image, whose nbmagic runtime they use.
+        """
+        from .compile.kfp import compile_pipeline, write_output
 
         if output is None:
-            return compile_pipeline(self.plan, defaults=self.plan.defaults)
-        path = Path(output).expanduser()
-        if not path.parent.is_dir():
-            raise NbMagicError(f"--output {output}: folder {path.parent} does not exist")
-        if path.suffix == ".py":
-            return export_dsl(self.plan, path, defaults=self.plan.defaults)
-        compile_pipeline(self.plan, output=path, defaults=self.plan.defaults)
-        return path
+            return compile_pipeline(self.plan, defaults=self.plan.defaults, image=image, runtime_image=image)
+        return write_output(self.plan, output, defaults=self.plan.defaults, image=image, runtime_image=image)
 
     def submit(
         self,
@@ -251,6 +248,10 @@ GC_ARGUMENTS: list[Spec] = [
     (("--no-keep-best",), dict(action="store_true", help="do not protect each experiment's best trial")),
     (("--dry-run",), dict(action="store_true", help="list what would go and the bytes freed; remove nothing")),
     (
+        ("--verify",),
+        dict(action="store_true", help="check every stored value against its hash; remove corrupt ones (fsck)"),
+    ),
+    (
         ("--set-policy",),
         dict(action="store_true", help="save the given limits as the automatic policy applied after runs"),
     ),
@@ -295,6 +296,7 @@ def gc(
     keep: Iterable[str] | None = None,
     keep_best: bool = True,
     dry_run: bool = False,
+    verify: bool = False,
     set_policy: bool = False,
     show_policy: bool = False,
     clear_policy: bool = False,
@@ -303,6 +305,7 @@ def gc(
     """Drop old runs and unreferenced values (a GcReport), or show, save or clear the automatic policy (a line)."""
     from .restore import resolve_run
     from .store.gc import Policy, collect, load_policy, save_policy
+    from .store.gc import verify as verify_values
 
     found = store(root)
     if show_policy:
@@ -318,6 +321,13 @@ def gc(
             raise NbMagicError("--set-policy needs --keep-last, --older-than or --max-size")
         save_policy(found, policy)
         return f"automatic gc policy: {policy.describe()} (applied after each run; in {found.root / 'gc.json'})"
+    if verify:
+        checked = verify_values(found)
+        if policy.empty():
+            return checked
+        report = collect(found, policy, dry_run=dry_run, keep=[resolve_run(found, ref) for ref in (keep or [])])
+        report.notes.append(checked.text().splitlines()[0])
+        return report
     if policy.empty():
         configured = load_policy(found)
         if configured is None or configured.empty():
@@ -337,5 +347,15 @@ def runs_options(args: Any) -> dict[str, Any]:
 
 def gc_options(args: Any) -> dict[str, Any]:
     """``gc()`` keyword arguments from parsed GC_ARGUMENTS."""
-    names = ("keep_last", "older_than", "max_size", "keep", "dry_run", "set_policy", "show_policy", "clear_policy")
+    names = (
+        "keep_last",
+        "older_than",
+        "max_size",
+        "keep",
+        "dry_run",
+        "verify",
+        "set_policy",
+        "show_policy",
+        "clear_policy",
+    )
     return {name: getattr(args, name) for name in names} | {"keep_best": not args.no_keep_best}

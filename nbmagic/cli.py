@@ -62,9 +62,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .api import Pipeline
+    from .compile.size import human, size_warning
+    from .images import nbmagic_image
 
-    path = Pipeline.from_notebook(args.notebook, args.name).compile(args.output)
-    print(f"wrote {path}")
+    image = (args.image or nbmagic_image()) if args.image is not None else None
+    pipeline = Pipeline.from_notebook(args.notebook, args.name)
+    path = pipeline.compile(args.output, image=image)
+    if path.suffix == ".py":
+        print(f"wrote {path}")
+        return 0
+    size = path.stat().st_size
+    steps = len(pipeline.plan.steps)
+    print(f"wrote {path} ({human(size)}, {steps} steps)")
+    warning = size_warning(size, steps, path.name)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -112,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("notebook")
     comp.add_argument("-o", "--output", required=True, help="FILE.yaml for KFP IR, FILE.py for readable KFP DSL")
     comp.add_argument("--name", help="pipeline name (default: the notebook's file name)")
+    comp.add_argument(
+        "--image",
+        nargs="?",
+        const="",
+        metavar="IMAGE",
+        help="run the steps in nbmagic's cluster image (default $NBMAGIC_IMAGE), whose nbmagic runtime they use",
+    )
     comp.set_defaults(func=cmd_compile)
 
     from .api import GC_ARGUMENTS, RUNS_ARGUMENTS

@@ -50,12 +50,12 @@ def _version(distribution: str) -> str | None:
 def distributions_for(modules: Iterable[str]) -> list[str]:
     """Installed distributions providing these top-level modules (standard library and unknown modules skipped)."""
     found: dict[str, None] = {}
-    mapping = _module_distributions()
     for module in modules:
         top = module.split(".")[0]
         if top in sys.stdlib_module_names:
             continue
-        for dist in mapping.get(top, []):
+        # scanning every installed distribution takes ~0.5 s: only done (once) when a module needs it
+        for dist in _module_distributions().get(top, []):
             found[dist] = None
             for companion in COMPANIONS.get(normalize(dist), ()):
                 if _version(companion):

@@ -102,27 +102,16 @@ class StateMagics(Magics):
         from ..restore import resolve_run
         from .state import kernel_state
 
-        conn = store._connection()
         runs = [resolve_run(store, run)] if run else []
         last = getattr(kernel_state(self.shell).last_run, "id", None)
         if not runs and last:
             runs.append(last)
-        for run_id in runs:
-            row = conn.execute(
-                "SELECT ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
-                " WHERE e.run_id=? AND ev.name=? AND ev.type='OUTPUT' ORDER BY e.id DESC LIMIT 1",
-                (run_id, name),
-            ).fetchone()
-            if row:
-                return run_id, row[0]
+        found = store.latest_output(name, runs) if runs else None
+        if found is not None:
+            return found
         if run:
             raise NbMagicError(f"run {runs[0]} assigned no variable {name!r}")
-        row = conn.execute(
-            "SELECT e.run_id, ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
-            " WHERE ev.name=? AND ev.type='OUTPUT' ORDER BY e.id DESC LIMIT 1",
-            (name,),
-        ).fetchone()
-        return (row[0], row[1]) if row else None
+        return store.latest_output(name)
 
     @magic_arguments()
     @arguments(RUNS_ARGUMENTS)
@@ -168,6 +157,6 @@ def _kernel_note(name: str, ns: dict[str, Any], store: Any, artifact_id: int, ru
     digest = marshal.fingerprint(ns[name], name)
     if digest is None:
         return f"the kernel's {name!r} was not restored; showing run {run_id}'s value of that name"
-    row = store._connection().execute("SELECT hash FROM artifacts WHERE id=?", (artifact_id,)).fetchone()
-    same = row is not None and row[0] == digest
+    row = store.artifact(artifact_id)
+    same = row is not None and row[1] == digest
     return f"the kernel's {name!r} is {'the same value as' if same else 'different from'} run {run_id}'s"

@@ -223,7 +223,9 @@ class LocalRunner:
         from ..store.gc import auto_gc
 
         try:
-            auto_gc(self.store)
+            report = auto_gc(self.store)
+            if report is not None and report.over_budget:
+                print(report.over_budget, file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - gc is housekeeping
             print(f"nbmagic: automatic gc skipped: {exc}", file=sys.stderr)
 

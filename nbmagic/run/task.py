@@ -75,6 +75,8 @@ def run_task(spec_path: str) -> int:
             try:
                 result["outputs"][name] = asdict(store.put(value, name))
             except Exception as exc:  # noqa: BLE001 - unserializable values are reported by name
+                if getattr(exc, "disk_full", False):  # never a silent gap: the step fails, no cache entry
+                    raise _OutputError(f"step {spec['step']!r}: {exc}") from None
                 reason = f"{type(value).__module__}.{type(value).__qualname__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                 if name in required:
                     raise _OutputError(

@@ -106,35 +106,23 @@ def _execution_from_row(row: tuple) -> Execution:
 
 def executions(store: Any, run_id: str) -> list[Execution]:
     """A run's step executions in execution (topological) order, with their inputs and outputs."""
-    conn = store._connection()
-    found = [
-        _execution_from_row(r)
-        for r in conn.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE run_id=? ORDER BY id", (run_id,))
-    ]
-    _attach_events(conn, found)
+    found = [_execution_from_row(r) for r in store.execution_rows(_EXEC_COLUMNS, run_id=run_id)]
+    _attach_events(store, found)
     return found
 
 
 def execution(store: Any, execution_id: int) -> Execution | None:
-    conn = store._connection()
-    row = conn.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id=?", (execution_id,)).fetchone()
-    if row is None:
+    rows = store.execution_rows(_EXEC_COLUMNS, execution_id=execution_id)
+    if not rows:
         return None
-    found = _execution_from_row(row)
-    _attach_events(conn, [found])
+    found = _execution_from_row(rows[0])
+    _attach_events(store, [found])
     return found
 
 
-def _attach_events(conn: Any, found: list[Execution]) -> None:
-    if not found:
-        return
+def _attach_events(store: Any, found: list[Execution]) -> None:
     by_id = {e.id: e for e in found}
-    marks = ",".join("?" * len(by_id))
-    rows = conn.execute(
-        "SELECT ev.execution_id, ev.type, ev.name, a.id, a.hash, a.type, a.format, a.size FROM events ev"
-        f" JOIN artifacts a ON a.id = ev.artifact_id WHERE ev.execution_id IN ({marks})",
-        tuple(by_id),
-    )
+    rows = store.execution_events(list(by_id))
     for eid, kind, name, aid, digest, tname, fmt, size in rows:
         ref = ArtifactRef(aid, digest, tname, fmt, size, name)
         (by_id[eid].inputs if kind == "INPUT" else by_id[eid].outputs)[name] = ref
@@ -160,20 +148,16 @@ def step_code_hash(store: Any, ex: Execution, _seen: int = 0) -> str | None:
 
 def resolve_artifact(store: Any, text: str) -> ArtifactRef:
     """An artifact from ``artifact:ID``, a numeric id, or a value hash / unique hash prefix (6+ characters)."""
-    conn = store._connection()
     text = text.strip()
     ident = text.split(":", 1)[1] if text.startswith("artifact:") else text
     if ident.isdigit() and len(ident) < 12:
-        row = conn.execute("SELECT id, hash, type, format, size FROM artifacts WHERE id=?", (int(ident),)).fetchone()
+        row = store.artifact(int(ident))
         if row:
             return ArtifactRef(*row)
         raise LineageError(f"no artifact {text!r} in the store")
     if len(ident) < 6 or not all(c in "0123456789abcdef" for c in ident.lower()):
         raise LineageError(f"{text!r} is neither a kernel variable nor an artifact id or value hash")
-    rows = conn.execute(
-        "SELECT id, hash, type, format, size FROM artifacts WHERE hash >= ? AND hash < ? LIMIT 2",
-        (ident.lower(), ident.lower() + "g"),
-    ).fetchall()
+    rows = store.artifacts_with_prefix(ident.lower())
     if not rows:
         raise LineageError(f"no stored value with hash {text!r}")
     if len(rows) > 1:
@@ -183,15 +167,7 @@ def resolve_artifact(store: Any, text: str) -> ArtifactRef:
 
 def _events_of(store: Any, artifact_id: int, kind: str) -> list[tuple[int, str, str, str]]:
     """(execution id, run id, step, name) of executions that read (INPUT) or wrote (OUTPUT) an artifact."""
-    return (
-        store._connection()
-        .execute(
-            "SELECT e.id, e.run_id, e.step, ev.name FROM events ev JOIN executions e ON e.id = ev.execution_id"
-            " WHERE ev.artifact_id=? AND ev.type=? ORDER BY e.id",
-            (artifact_id, kind),
-        )
-        .fetchall()
-    )
+    return store.artifact_events(artifact_id, kind)
 
 
 # ----------------------------------------------------------------------------------------- the graph
