@@ -1,8 +1,8 @@
 """Compile size and time: today's compiler vs the baseline commit's, side by side in one run.
 
 For notebooks of N trivial data-flow steps (each reads the previous step's value and a pipeline parameter, and calls a
-helper function from an ordinary cell), each tree compiles the notebook in a fresh interpreter (``nbmagic.cli``'s
-notebook reader, then ``compile_pipeline``), without the cluster image (plain ``python:3.x`` steps) and with it.
+helper function from an ordinary cell), each tree compiles the notebook in a fresh interpreter (its notebook
+reader, then ``compile_pipeline``), without the cluster image (plain ``python:3.x`` steps) and with it.
 Reported: YAML bytes, bytes per step beyond the step's own code (the slope between the two smallest sizes, minus the
 cell and helper text each step carries), the first compile in the process (kfp's lazy imports included) and the best
 of three warm compiles; ratios are baseline / today.
@@ -31,9 +31,15 @@ DRIVER = r"""
 import json, sys, time, warnings
 warnings.simplefilter("ignore")
 notebook, image, with_image = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-import nbmagic.cli as cli
 from nbmagic.compile import kfp as compiler
-plan, defaults = cli._plan(notebook)
+try:
+    from nbmagic.api import Pipeline
+except ImportError:  # a tree from before the library API
+    import nbmagic.cli as cli
+    plan, defaults = cli._plan(notebook)
+else:
+    plan = Pipeline.from_notebook(notebook).plan
+    defaults = plan.defaults
 kwargs = {"defaults": defaults}
 if with_image:
     kwargs["image"] = image
