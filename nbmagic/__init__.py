@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from .config import VERSION as __version__
+from .reporting import Pruned, report
 
-__all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["Pruned", "__version__", "load_ipython_extension", "report", "unload_ipython_extension"]
 
 
 def _magic_classes() -> list[type]:

@@ -9,13 +9,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbmagic"
 
 # lower never imports higher; rooms in one layer may import each other, without a cycle
 LAYERS: list[set[str]] = [
-    {"errors", "config", "units", "k8s_names", "dag_svg", "arguments", "kube", "images", "packages"},
+    {"errors", "config", "units", "k8s_names", "dag_svg", "arguments", "kube", "images", "packages", "reporting"},
     {"runtime"},
     {"pipeline"},
     {"store"},
     {"compile"},
     {"run"},
-    {"restore", "tune", "serve"},
+    {"restore", "tune", "serve", "convert"},
     {"api"},
     {"magics", "cli", "__init__", "__main__"},
 ]

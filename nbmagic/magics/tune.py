@@ -45,6 +45,13 @@ class TuneMagics(Magics):
     @argument("--parallel", type=int, default=1, help="trials at once")
     @argument("--max-failed", type=int, default=3, help="stop after this many failed trials")
     @argument("--seed", type=int, help="sampler seed")
+    @argument(
+        "--early-stopping",
+        choices=["medianstop"],
+        help="stop trials whose nbmagic.report() values trail the median of finished trials (Katib's medianstop)",
+    )
+    @argument("--min-trials", type=int, default=3, help="medianstop: finished trials before any is stopped")
+    @argument("--start-step", type=int, default=4, help="medianstop: values a trial reports before it can stop")
     @argument("--name", help="experiment name (default: pipeline name + a hash of the search space)")
     @argument("--restart", action="store_true", help="forget the stored study of this experiment")
     @argument("--no-cache", action="store_true", help="run every step in every trial")
@@ -87,6 +94,9 @@ class TuneMagics(Magics):
                 "max_failed_trials": args.max_failed,
                 "objective": args.objective,
                 "goal": args.goal,
+                "early_stopping": args.early_stopping,
+                "min_trials": args.min_trials,
+                "start_step": args.start_step,
             }.items()
             if v is not None
         }
@@ -149,6 +159,9 @@ def build_spec(args: Any, plan: Any) -> Any:
         max_failed=args.max_failed,
         seed=args.seed,
         name=args.name,
+        early_stopping=args.early_stopping,
+        min_trials=args.min_trials,
+        start_step=args.start_step,
     )
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -14,9 +14,12 @@ from typing import Any
 
 from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
+from ..reporting import REPORT_FILE
 from ..runtime.step import uses_ipython
 from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore
+from . import single_flight
+from .cache_key import cache_key
 from .result import Run, StepState
 
 Listener = Callable[[Run, StepState | None], None]
@@ -57,70 +60,13 @@ def preload_modules(plan: PipelinePlan) -> list[str]:
     return sorted(name for name in found if name.split(".")[0] in installed)
 
 
-def _versions(modules: tuple[str, ...]) -> list[str]:
-    from ..packages import pinned
-
-    return pinned(modules)
-
-
-def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
-    """module -> hash of its source, for modules the step imports from the notebook's own files (not installed)."""
-    import importlib.util
-
-    found: dict[str, str] = {}
-    for module in modules:
-        if module in sys.stdlib_module_names or module in sys.builtin_module_names:
-            continue
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            continue
-        origin = (spec.origin or "") if spec else ""
-        if not origin or not os.path.isfile(origin) or "site-packages" in origin or "dist-packages" in origin:
-            continue
-        folders = list(spec.submodule_search_locations or [])
-        files = sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py")) if folders else [origin]
-        digest = hashlib.sha256()
-        for name in files:
-            try:
-                digest.update(name.encode() + b"\0" + Path(name).read_bytes())
-            except OSError:
-                continue
-        found[module] = digest.hexdigest()
-    return found
-
-
-def cache_key(
-    step: StepPlan, parameters: dict[str, Any], inputs: dict[str, str], after: dict[str, str] | None = None
-) -> str:
-    """What decides whether a step's stored result can be reused.
-
-    ``after`` maps the steps this one runs ``--after`` to their own keys: those edges carry side effects (files),
-    so a changed upstream step changes this one's key too.
-    """
-    settings = step.settings
-    material = {
-        "code": step.cell.code,
-        "prelude": step.prelude,
-        "parameters": {name: parameters[name] for name in step.parameters},
-        "inputs": inputs,
-        "after": after or {},
-        "versions": _versions(step.modules),
-        "local_modules": _local_sources(step.modules),
-        "writes": list(step.writes),
-        "metrics": list(step.metrics),
-        "env": list(getattr(settings, "env", ()) or ()),
-        "python": list(sys.version_info[:2]),
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class LocalRunner:
     """Runs plans on this machine. One instance can run several plans at once from different threads."""
 
-    def __init__(self, store: RunStore | None = None, workers: int | None = None) -> None:
+    def __init__(self, store: RunStore | None = None, workers: int | None = None, single_flight: bool = True) -> None:
         self.store = store or RunStore()
         self.workers = workers or os.cpu_count() or 2
+        self.single_flight = single_flight  # a step already running elsewhere with the same key is waited for
 
     def run(
         self,
@@ -133,7 +79,7 @@ class LocalRunner:
         workers: int | None = None,
     ) -> Run:
         """Run ``plan`` with parameter overrides; returns when every step has finished, failed or been skipped."""
-        from .pool import worker_pool
+        from .lazy_pool import LazyPool
 
         values = plan.resolve_parameters(parameters)
         limit = workers or self.workers
@@ -149,21 +95,21 @@ class LocalRunner:
             upstream={s.name: list(s.upstream) for s in plan.steps},
         )
         run = Run(run_id, plan.name, names, values, self.store)
+        run._flights, run._flight_cancel = {}, threading.Event()  # type: ignore[attr-defined]
         run_dir = self.store.run_dir(run_id)
         notify = listener or (lambda *_: None)
         notify(run, None)
-        pool = worker_pool()
-        modules = preload_modules(plan)
-        if modules:
-            pool.preload(modules)
+        pool = LazyPool(preload_modules(plan))  # no worker start when every step comes from the cache
 
         running: dict[Future[dict[str, Any]], tuple[StepPlan, str]] = {}
         retry_at: dict[str, float] = {}
         steps = {s.name: s for s in plan.steps}
+        rerun: set[str] = set()  # running steps that read a value another step has since changed in place
+        _report_in_place(plan)
         try:
             while True:
                 self._skip_after_failures(run, steps, notify)
-                for step in plan.steps:
+                for step in [steps[s.name] for s in plan.steps]:
                     state = run.steps[step.name]
                     if len(running) >= limit:
                         break
@@ -191,11 +137,30 @@ class LocalRunner:
                 )
                 for future in finished:
                     step, spec_path = running.pop(future)
+                    event = future.result()
+                    if event.get("event") == "flight":  # the same step elsewhere has finished
+                        submitted = self._after_flight(run, step, event, values, cache, run_dir, pool, notify)
+                        if submitted is not None:
+                            running[submitted[0]] = (step, submitted[1])
+                        continue
                     retry_at.pop(step.name, None)
-                    again = self._finish(run, step, future.result(), spec_path, cache, notify)
+                    again = self._finish(run, step, event, spec_path, cache, notify)
                     if again is not None:
                         retry_at[step.name] = again
+                    if step.name in rerun:
+                        rerun.discard(step.name)
+                        self._reset(run, step.name, notify)
+                    elif run.steps[step.name].status == "done":
+                        moved = json.loads(Path(spec_path).with_name(f"{step.name}.result.json").read_text())
+                        if moved.get("changed"):
+                            started = follow_in_place(steps, step.name, moved["changed"])
+                            for name in started:
+                                if run.steps[name].status == "running":
+                                    rerun.add(name)
+                                elif run.steps[name].status != "pending":
+                                    self._reset(run, name, notify)
         except BaseException as exc:  # Ctrl-C, or anything else escaping: stop the steps, never leave a 'running' run
+            run._flight_cancel.set()  # type: ignore[attr-defined]
             for future in running:
                 pool.kill(getattr(future, "task_id", ""))
             reason = (
@@ -209,9 +174,13 @@ class LocalRunner:
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
             raise
+        finally:
+            for name in list(run._flights):  # type: ignore[attr-defined]
+                self._release_flight(run, name)  # not finished here (stopped): a waiter runs the step itself
         failed = [s for s in run.steps.values() if s.status in ("failed", "timed_out")]
-        run.status = "failed" if failed else "done"
-        run.error = failed[0].error if failed else None
+        pruned = [s for s in run.steps.values() if s.status == "pruned"]
+        run.status = "failed" if failed else "pruned" if pruned else "done"
+        run.error = failed[0].error if failed else pruned[0].error if pruned else None
         run.ended = time.time()
         self.store.finish_run(run_id, run.status, run.metrics, run.error)
         notify(run, None)
@@ -244,6 +213,7 @@ class LocalRunner:
             entry = self.store.cache_get(key)
             needed = set(step.outputs) | set(step.metrics)
             if entry is not None and needed <= set(entry.outputs) and set(step.metrics) <= set(entry.metrics):
+                self._release_flight(run, step.name)
                 state.status, state.ended = "cached", time.time()
                 state.outputs, state.not_kept = entry.outputs, entry.not_kept
                 run.metrics.update(entry.metrics)
@@ -267,6 +237,14 @@ class LocalRunner:
                 )
                 notify(run, state)
                 return None
+            if self.single_flight and step.name not in run._flights:  # type: ignore[attr-defined]
+                flight = single_flight.try_acquire(self.store.root, key)
+                if flight is None:  # the same step with the same key is running: wait for it, take its result
+                    state.status = "running"
+                    self.store.set_step(run.id, step.name, "running", cache_key=key, started=state.started)
+                    notify(run, state)
+                    return single_flight.wait_for(self.store.root, key, run._flight_cancel), ""  # type: ignore[attr-defined]
+                run._flights[step.name] = flight  # type: ignore[attr-defined]
         state.status = "running"
         state.attempts += 1
         spec = {
@@ -278,13 +256,18 @@ class LocalRunner:
             "prelude_label": f"notebook code used by step {step.name}",
             "parameters": {name: values[name] for name in step.parameters},
             "inputs": inputs,
+            "input_refs": {var: run.steps[src].outputs[var] for var, src in step.inputs.items()},
             "writes": list(step.writes),
+            "carried": [name for _, name in step.carried],
             "required": sorted(set(step.outputs) | set(step.metrics)),
             "metrics": list(step.metrics),
             "store": str(self.store.root),
             "log": str(run_dir / f"{step.name}.log"),
             "result": str(run_dir / f"{step.name}.result.json"),
-            "env": dict(getattr(step.settings, "env", ()) or ()),
+            "env": {
+                **dict(getattr(step.settings, "env", ()) or ()),
+                REPORT_FILE: str(run_dir / f"{step.name}.reports.jsonl"),  # nbmagic.report() writes here
+            },
             "uses_ipython": uses_ipython(step.cell.code, step.prelude),
             "cache_key": key,
         }
@@ -352,6 +335,10 @@ class LocalRunner:
             state.status = "pending"
             notify(run, state)
             return time.time() + delay
+        if state.status not in ("done", "pruned"):
+            self._release_flight(run, step.name, state.error or state.status)
+        elif state.status == "pruned":  # stopped early, nothing to share: a waiter runs the step itself
+            self._release_flight(run, step.name)
         if state.status == "done":
             run.metrics.update(result.get("metrics", {}))
             execution = self.store.record_execution(
@@ -361,6 +348,7 @@ class LocalRunner:
                 self.store.cache_put(
                     spec["cache_key"], step.name, execution, state.outputs, result.get("metrics", {}), state.not_kept
                 )
+            self._release_flight(run, step.name)
         self.store.set_step(
             run.id,
             step.name,
@@ -373,6 +361,45 @@ class LocalRunner:
         notify(run, state)
         return None
 
+    def _after_flight(
+        self,
+        run: Run,
+        step: StepPlan,
+        event: dict[str, Any],
+        values: dict[str, Any],
+        cache: bool,
+        run_dir: Path,
+        pool: Any,
+        notify: Listener,
+    ):
+        """The leader of this step's key is done: take its result from the cache, fail as it failed, or run."""
+        flight = event.get("flight")
+        if flight is None:  # the run was stopped while waiting
+            return None
+        run._flights[step.name] = flight  # type: ignore[attr-defined]
+        failed = event.get("failed")
+        if failed is not None:
+            self._release_flight(run, step.name)
+            state = run.steps[step.name]
+            state.status, state.ended = "failed", time.time()
+            state.error = f"{failed['error']} (the same step with the same inputs failed in run {failed.get('run')})"
+            self.store.set_step(run.id, step.name, "failed", ended=state.ended, error=state.error)
+            notify(run, state)
+            return None
+        return self._start(run, step, values, cache, run_dir, pool, notify)
+
+    def _release_flight(self, run: Run, name: str, error: str | None = None) -> None:
+        flight = run._flights.pop(name, None)  # type: ignore[attr-defined]
+        if flight is not None:
+            flight.release(error, run.id)
+
+    def _reset(self, run: Run, name: str, notify: Listener) -> None:
+        """Run a step again: it ran on a value that an in-place change has since replaced."""
+        state = run.steps[name]
+        state.status, state.error, state.traceback, state.outputs = "pending", None, None, {}
+        self.store.set_step(run.id, name, "pending")
+        notify(run, state)
+
     def _input_refs(self, run: Run, step: StepPlan) -> dict[str, dict[str, Any]]:
         return {var: run.steps[src].outputs[var] for var, src in step.inputs.items()}
 
@@ -383,7 +410,11 @@ class LocalRunner:
             for name, state in run.steps.items():
                 if state.status != "pending":
                     continue
-                blocked = [u for u in steps[name].upstream if run.steps[u].status in ("failed", "timed_out", "skipped")]
+                blocked = [
+                    u
+                    for u in steps[name].upstream
+                    if run.steps[u].status in ("failed", "timed_out", "skipped", "pruned")
+                ]
                 if blocked:
                     state.status = "skipped"
                     state.error = f"skipped: upstream step {blocked[0]!r} did not finish"
@@ -400,6 +431,67 @@ class LocalRunner:
                 self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
         run.status, run.error, run.ended = "failed", reason, time.time()
         self.store.finish_run(run.id, "failed", run.metrics, reason)
+
+
+def _report_in_place(plan: PipelinePlan) -> None:
+    """Say once per step and variable that later steps get a step's in-place changes."""
+    from ..pipeline.learned import report_once
+
+    for step in plan.steps:
+        for var, line in step.in_place:
+            message = report_once(step.name, var, line)
+            if message:
+                print(message, flush=True)
+
+
+def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[str]) -> list[str]:
+    """``changer`` changed ``variables`` in place though its code did not show it: later steps (in notebook order)
+    that read them from an earlier step now read them from ``changer`` (``steps`` is updated), and the fact is kept
+    for the next compile. Returns the affected steps and every step after them, to run (again) on the new value."""
+    from dataclasses import replace
+
+    from ..pipeline.learned import remember, report_once
+
+    source = steps[changer]
+    remember(source.cell.code, variables)
+    for var in variables:
+        message = report_once(changer, var, None)
+        if message:
+            print(message, flush=True)
+    ancestors: set[str] = set()
+    pending = list(source.upstream)
+    while pending:
+        name = pending.pop()
+        if name not in ancestors:
+            ancestors.add(name)
+            pending.extend(steps[name].upstream)
+    position = source.cell.index
+    affected: list[str] = []
+    for name, step in list(steps.items()):
+        if name == changer or name in ancestors or step.cell.index <= position:
+            continue
+        moved = {
+            var: changer
+            for var, src in step.inputs.items()
+            if var in variables and src != changer and steps[src].cell.index < position
+        }
+        carried = {name for _, name in step.carried}
+        moved.update({var: changer for var in variables if var in carried and var not in step.inputs})
+        if moved:
+            steps[name] = replace(
+                step, inputs={**step.inputs, **moved}, upstream=tuple(dict.fromkeys(step.upstream + (changer,)))
+            )
+            affected.append(name)
+    # whatever ran after an affected step ran on its old results
+    closure = set(affected)
+    grew = True
+    while grew:
+        grew = False
+        for name, step in steps.items():
+            if name not in closure and closure & set(step.upstream):
+                closure.add(name)
+                grew = True
+    return sorted(closure, key=lambda n: steps[n].cell.index)
 
 
 def _memory_limit(step: StepPlan) -> int | None:

@@ -24,6 +24,9 @@ def build_spec(
     max_failed: int = 3,
     seed: int | None = None,
     name: str | None = None,
+    early_stopping: str | None = None,
+    min_trials: int = 3,
+    start_step: int = 4,
 ) -> ExperimentSpec:
     """The ExperimentSpec from ``NAME=TYPE(...)`` texts (``%katib --param``); the form builds the same object."""
     from .space import guess_goal, parse_fixed, parse_param
@@ -43,6 +46,9 @@ def build_spec(
         max_failed_trials=max_failed,
         seed=seed,
         name=name or "",
+        early_stopping=early_stopping,
+        min_trials=min_trials,
+        start_step=start_step,
     )
 
 
