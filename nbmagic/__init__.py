@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import Any
+
+from .config import VERSION as __version__
+
+__all__ = ["Pruned", "__version__", "load_ipython_extension", "report", "unload_ipython_extension"]
 
 
 def __getattr__(name: str) -> Any:

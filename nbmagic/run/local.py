@@ -538,10 +538,3 @@ def _memory_limit(step: StepPlan) -> int | None:
     from ..pipeline.settings import memory_bytes
 
     return memory_bytes(quantity)
-
-
-def run_pipeline(plan: PipelinePlan, parameters: dict[str, Any] | None = None, **options: Any) -> Run:
-    """Run ``plan`` locally with a default runner (store from ``$NBMAGIC_HOME``)."""
-    store = options.pop("store", None)
-    workers = options.pop("workers", None)
-    return LocalRunner(store, workers).run(plan, parameters, **options)

@@ -102,8 +102,6 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
                     continue
             if name not in writes and name not in moved:
                 continue  # a parameter reported as a metric
-            if spec.get("keep_all", True) is False and name not in required and name not in moved:
-                continue
             if name not in required and _not_state(value):
                 continue  # modules, figures: nothing a later step or %restore can use
             try:
