@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(gc, GC_ARGUMENTS)
     gc.add_argument("--store", help="the store folder (default: $NBMAGIC_HOME/store)")
     gc.set_defaults(func=cmd_gc)
+
+    from .tune_cli import add_parser as add_tune
+
+    add_tune(sub)
     return parser
 
 
