@@ -246,8 +246,13 @@ class LocalExperiment(Experiment):
                 )
             _LIVE[key] = self
         try:
+            from .ownership import StudyLock
+
+            self._owner = StudyLock(self.path.with_suffix(""), self.name).acquire()  # across processes
             self._open_study()
         except BaseException:
+            if getattr(self, "_owner", None) is not None:
+                self._owner.release()
             with _LIVE_LOCK:
                 _LIVE.pop(key, None)
             raise
@@ -356,6 +361,8 @@ class LocalExperiment(Experiment):
                 self.status = STOPPED if self._stopping else SUCCEEDED
             if self.status == STOPPED and not self.message:
                 self.message = "stopped: finished trials are kept; run the same experiment again to resume"
+        if getattr(self, "_owner", None) is not None:
+            self._owner.release()
         self._done.set()
         with _LIVE_LOCK:
             if _LIVE.get(str(self.path.resolve())) is self:
