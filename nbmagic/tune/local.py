@@ -471,7 +471,8 @@ def pipeline_trial_runner(
 class ReportWatcher:
     """Follows the report files of a run's running steps; writes the prune mark when the reporter says so."""
 
-    POLL = 0.005
+    POLL = 0.005  # a step may be waiting for the decision on its value
+    SLOW_POLL = 0.1  # nothing can be pruned: values only feed the curves
 
     def __init__(self, store: Any, reporter: Callable[..., bool]) -> None:
         self._store, self._reporter = store, reporter
@@ -495,7 +496,8 @@ class ReportWatcher:
                     Path(watched_path(path)).write_text(str(getattr(self._reporter, "wait_from", 1)))
 
     def _loop(self) -> None:
-        while not self._closed.wait(self.POLL):
+        poll = self.POLL if getattr(self._reporter, "wait_from", 1) else self.SLOW_POLL
+        while not self._closed.wait(poll):
             self.read()
         self.read()
 
