@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nbmagic.runtime import marshal  # noqa: E402
+from nbmagic.runtime.marshal.base import hash_algorithm  # noqa: E402
 
 MB = 1e6
 
@@ -127,7 +128,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-marshal-", dir=args.dir))
     print(
         f"python {sys.version.split()[0]}, numpy {np.__version__}, pandas {pd.__version__}, "
-        f"dill {dill.__version__}, hash {marshal._hash_algorithm()}, {os.cpu_count()} cpus, dir {work}"
+        f"dill {dill.__version__}, hash {hash_algorithm()}, {os.cpu_count()} cpus, dir {work}"
     )
     rows: list[dict] = []
     try:

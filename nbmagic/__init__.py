@@ -9,6 +9,8 @@ __version__ = "0.1.0"
 
 from typing import Any
 
+from .reporting import Pruned, report  # noqa: F401 - ``from nbmagic import report`` in a step
+
 
 def _magic_classes() -> list[type]:
     from .magics.pipeline import PipelineMagics

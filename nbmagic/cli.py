@@ -13,20 +13,6 @@ from .errors import NbMagicError
 Command = Callable[[argparse.Namespace], int]
 
 
-def _plan(notebook: str, name: str | None = None):  # noqa: ANN202
-    from .pipeline.cells import read_cells
-    from .pipeline.notebook import read_notebook
-    from .pipeline.plan import build_plan
-
-    path = Path(notebook).expanduser()
-    if not path.is_file():
-        raise NbMagicError(f"no notebook {notebook}")
-    cells = read_notebook(path)
-    recorded = read_cells(cells)
-    plan = build_plan(recorded, notebook_path=str(path.resolve()), name=name)
-    return plan, plan.defaults
-
-
 def _enter_notebook_folder(notebook: Path) -> None:
     """Run where Jupyter runs a notebook's kernel: in its folder, with that folder importable (local modules)."""
     import os
@@ -41,30 +27,16 @@ def _enter_notebook_folder(notebook: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .magics.pipeline import merged_plan, parse_params
-    from .run.local import LocalRunner
+    from .api import Pipeline
 
-    plan, defaults = _plan(args.notebook, args.name)
-    values = plan.resolve_parameters(parse_params(args.param))
+    pipeline = Pipeline.from_notebook(args.notebook, args.name)
+    values = pipeline.values(args.param)
     if args.host:
-        from .compile.kfp import compile_pipeline
-        from .run.cluster import submit
-
-        run = submit(
-            compile_pipeline(plan, defaults=defaults),
-            host=args.host,
-            parameters=values,
-            pipeline_name=plan.name,
-            experiment=args.experiment,
-            namespace=args.namespace,
-        )
+        run = pipeline.submit(values, host=args.host, experiment=args.experiment, namespace=args.namespace)
         print(f"run {run.id} started: {run.url}")
         return 0
-    plan = merged_plan(plan, defaults)
     _enter_notebook_folder(Path(args.notebook))
-    from .pipeline.settings import cluster_only
-
-    notes = sorted({note for s in plan.steps for note in cluster_only(s.settings)})
+    notes = pipeline.local_notes()
     if notes:
         print("cluster-only settings, not applied locally: " + "; ".join(notes))
 
@@ -75,9 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             print(f"[{run.id}] {state.name}: {state.status}{took}", flush=True)
 
-    run = LocalRunner(workers=args.workers).run(
-        plan, values, cache=not args.no_cache, listener=None if args.quiet else show
-    )
+    run = pipeline.run(values, cache=not args.no_cache, workers=args.workers, listener=None if args.quiet else show)
     metrics = ", ".join(f"{k}={v:.6g}" for k, v in run.metrics.items())
     print(
         f"[{run.id}] {run.status} in {run.duration:.2f} s, {run.cached_steps}/{len(run.steps)} steps cached"
@@ -91,11 +61,43 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .magics.pipeline import write_compiled
+    from .api import Pipeline
+    from .compile.size import human, size_warning
+    from .images import nbmagic_image
 
-    plan, defaults = _plan(args.notebook, args.name)
-    path = write_compiled(plan, args.output, defaults)
-    print(f"wrote {path}")
+    image = (args.image or nbmagic_image()) if args.image is not None else None
+    pipeline = Pipeline.from_notebook(args.notebook, args.name)
+    path = pipeline.compile(args.output, image=image)
+    if path.suffix == ".py":
+        print(f"wrote {path}")
+        return 0
+    size = path.stat().st_size
+    steps = len(pipeline.plan.steps)
+    print(f"wrote {path} ({human(size)}, {steps} steps)")
+    warning = size_warning(size, steps, path.name)
+    if warning:
+        print(warning, file=sys.stderr)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .api import runs, runs_options
+
+    result = runs(**runs_options(args), root=args.store)
+    if args.json and hasattr(result, "to_records"):
+        from .store.history import dumps
+
+        print(dumps(result))
+    else:
+        print(result.text() if hasattr(result, "text") else result)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .api import gc, gc_options
+
+    result = gc(**gc_options(args), root=args.store)
+    print(result.text() if hasattr(result, "text") else result)
     return 0
 
 
@@ -122,33 +124,53 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("notebook")
     comp.add_argument("-o", "--output", required=True, help="FILE.yaml for KFP IR, FILE.py for readable KFP DSL")
     comp.add_argument("--name", help="pipeline name (default: the notebook's file name)")
+    comp.add_argument(
+        "--image",
+        nargs="?",
+        const="",
+        metavar="IMAGE",
+        help="run the steps in nbmagic's cluster image (default $NBMAGIC_IMAGE), whose nbmagic runtime they use",
+    )
     comp.set_defaults(func=cmd_compile)
 
-    for register in _extensions():
-        register(sub)
+    from .api import GC_ARGUMENTS, RUNS_ARGUMENTS
+
+    runs = sub.add_parser("runs", help="list, filter, sort and compare runs in the store")
+    _add(runs, RUNS_ARGUMENTS)
+    runs.add_argument("--json", action="store_true", help="print the runs as JSON")
+    runs.add_argument("--store", help="the store folder (default: $NBMAGIC_HOME/store)")
+    runs.set_defaults(func=cmd_runs)
+
+    gc = sub.add_parser("gc", help="drop old runs and free values nothing kept refers to")
+    _add(gc, GC_ARGUMENTS)
+    gc.add_argument("--store", help="the store folder (default: $NBMAGIC_HOME/store)")
+    gc.set_defaults(func=cmd_gc)
     return parser
 
 
-def _extensions() -> list[Callable[[Any], None]]:
-    """Subcommands from other rooms (run history, garbage collection, …), each a ``register(subparsers)``."""
-    found = []
-    for module in ("nbmagic.state_cli",):
-        try:
-            found.append(__import__(module, fromlist=["register"]).register)
-        except ImportError as exc:
-            if exc.name != module:
-                raise
-    return found
+def _add(parser: argparse.ArgumentParser, specs: list[tuple[tuple[str, ...], dict[str, Any]]]) -> None:
+    for names, options in specs:
+        parser.add_argument(*names, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_dash_values(parser, words))
     try:
         return args.func(args)
     except NbMagicError as exc:
         print(f"nbmagic: {exc}", file=sys.stderr)
         return 2
+
+
+def _dash_values(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
+    """``runs --sort -val_loss``: a dash value of a subcommand's option, read as the magics read it."""
+    from .arguments import attach_dash_values
+
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    chosen = sub.choices.get(words[0]) if sub is not None and words else None
+    return words[:1] + attach_dash_values(chosen, words[1:]) if chosen is not None else words
 
 
 if __name__ == "__main__":

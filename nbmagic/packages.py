@@ -7,6 +7,9 @@ import importlib.metadata as metadata
 import sys
 from collections.abc import Iterable
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 # The KFP launcher installs kfp itself; listing a "kfp*" requirement would stop kfp from injecting its own install.
 SKIPPED = {"kfp", "kfp-pipeline-spec", "kfp-server-api", "kfp-kubernetes", "nbmagic"}
 # What the marshaller may need for values of a given module's types (besides dill for everything else).
@@ -17,12 +20,7 @@ ALWAYS = ("dill", "xxhash")
 
 def normalize(name: str) -> str:
     """PEP 503 normalized distribution name."""
-    out = name.strip().lower()
-    for char in "_.":
-        out = out.replace(char, "-")
-    while "--" in out:
-        out = out.replace("--", "-")
-    return out
+    return canonicalize_name(name.strip())
 
 
 def requirement_name(requirement: str) -> str:
@@ -30,16 +28,10 @@ def requirement_name(requirement: str) -> str:
 
     A URL or a path (``git+https://...``, ``./lib``, ``/wheels/x.whl``) names no package: it is its own key."""
     text = requirement.strip()
-    name = text
-    for i, char in enumerate(text):
-        if not (char.isalnum() or char in "-_."):
-            name = text[:i]
-            if char in "+:/\\" or not name or name.startswith("."):
-                return text
-            break
-    if name.startswith(".") or not name:
+    try:
+        return normalize(Requirement(text).name)
+    except InvalidRequirement:
         return text
-    return normalize(name)
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,12 +50,12 @@ def _version(distribution: str) -> str | None:
 def distributions_for(modules: Iterable[str]) -> list[str]:
     """Installed distributions providing these top-level modules (standard library and unknown modules skipped)."""
     found: dict[str, None] = {}
-    mapping = _module_distributions()
     for module in modules:
         top = module.split(".")[0]
         if top in sys.stdlib_module_names:
             continue
-        for dist in mapping.get(top, []):
+        # scanning every installed distribution takes ~0.5 s: only done (once) when a module needs it
+        for dist in _module_distributions().get(top, []):
             found[dist] = None
             for companion in COMPANIONS.get(normalize(dist), ()):
                 if _version(companion):

@@ -42,37 +42,19 @@ def best_run(store: RunStore, experiment: str | None = None) -> str:
 
     The objective and goal come from the experiment's context properties ``{"objective", "goal"}``.
     """
-    conn = store._connection()
     if experiment is None:
-        row = conn.execute(
-            "SELECT experiment FROM runs WHERE experiment IS NOT NULL ORDER BY started DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
+        experiment = store.latest_experiment()
+        if experiment is None:
             raise RestoreError("'best': no tuning experiment in the store yet (runs of %katib have one)")
-        experiment = row[0]
-    props = store.experiment_properties(experiment)
-    if (
-        props is None
-        and conn.execute("SELECT 1 FROM runs WHERE experiment=? LIMIT 1", (experiment,)).fetchone() is None
-    ):
+    if not store.has_experiment(experiment):
         raise RestoreError(f"'best': no experiment {experiment!r} in the store")
-    objective, goal = (props or {}).get("objective"), (props or {}).get("goal", "minimize")
+    objective = (store.experiment_properties(experiment) or {}).get("objective")
     if not objective:
         raise RestoreError(f"'best': experiment {experiment!r} has no recorded objective; restore a run id instead")
-    best: tuple[float, str] | None = None
-    sign = 1.0 if goal == "minimize" else -1.0
-    since = (props or {}).get("since") or 0.0  # set by %katib --restart: older trials were forgotten
-    for record in store.list_runs(experiment=experiment):
-        value = record.metrics.get(objective)
-        if record.started < since:
-            continue
-        if record.status != "done" or not isinstance(value, (int, float)) or value != value:
-            continue
-        if best is None or sign * value < best[0]:
-            best = (sign * value, record.id)
+    best = store.best_trial(experiment)
     if best is None:
         raise RestoreError(f"'best': experiment {experiment!r} has no finished trial with metric {objective!r}")
-    return best[1]
+    return best
 
 
 # ----------------------------------------------------------------------------------------- what to load
@@ -159,15 +141,7 @@ def _not_kept(store: RunStore, ex: Execution) -> dict[str, str]:
     """Values the step assigned but could not store; a cached step's come from its cache entry."""
     if ex.not_kept or not ex.cached:
         return ex.not_kept
-    import json
-
-    conn = store._connection()
-    row = conn.execute("SELECT not_kept FROM cache WHERE key=?", (ex.cache_key,)).fetchone() if ex.cache_key else None
-    if row is None and ex.reused_execution:
-        row = conn.execute(
-            "SELECT json_extract(properties, '$.not_kept') FROM executions WHERE id=?", (ex.reused_execution,)
-        ).fetchone()
-    return dict(json.loads(row[0])) if row and row[0] else {}
+    return store.cached_not_kept(ex.cache_key, ex.reused_execution)
 
 
 def _ancestors(dag: dict[str, list[str]], step: str) -> set[str]:

@@ -21,7 +21,8 @@ from nbmagic.run import cluster  # noqa: E402
 
 TOKEN = "tok-9f8e7d6c5b4a-SECRET"
 FLOW = [
-    "HealthzService_GetHealthz",
+    "HealthzService_GetHealthz",  # nbmagic's one-try probe (a refusal is one line at once) ...
+    "HealthzService_GetHealthz",  # ... then kfp.Client's own check, which succeeds first time
     "ExperimentService_ListExperiments",
     "ExperimentService_CreateExperiment",
     "RunService_CreateRun",

@@ -13,6 +13,7 @@ import yaml
 from IPython.core import magic_arguments
 
 from helpers.plans import step
+from nbmagic.compile.bundle import runtime_base64
 from nbmagic.compile.kfp import compile_pipeline, export_dsl
 from nbmagic.compile.literals import literal
 from nbmagic.errors import PipelineError
@@ -70,6 +71,8 @@ def pip_line(spec: dict, task: str) -> str:
 def test_ir_has_one_component_per_step_typed_parameters_artifacts_and_metrics():
     (spec,) = load_ir(compile_pipeline(demo_plan()))
     assert spec["pipelineInfo"]["name"] == "demo-pipeline"
+    runtime = spec["root"]["inputDefinitions"]["parameters"].pop("nbmagic_runtime")
+    assert runtime == {"parameterType": "STRING", "defaultValue": runtime_base64(), "isOptional": True}
     assert spec["root"]["inputDefinitions"]["parameters"] == {
         "n": {"parameterType": "NUMBER_INTEGER", "defaultValue": 10.0, "isOptional": True},
         "rate": {"parameterType": "NUMBER_DOUBLE", "defaultValue": 0.5, "isOptional": True},
@@ -103,7 +106,7 @@ def test_ir_has_one_component_per_step_typed_parameters_artifacts_and_metrics():
     }
 
 
-def test_components_embed_the_cell_the_prelude_and_the_runtime():
+def test_components_embed_the_cell_and_the_prelude_and_import_the_runtime_package():
     (spec,) = load_ir(compile_pipeline(demo_plan()))
     container = executor(spec, "fit")
     source = container["command"][-1]
@@ -112,17 +115,34 @@ def test_components_embed_the_cell_the_prelude_and_the_runtime():
     assert "model = fit(data, rate)" in source
     module = ast.parse(source)  # the component program is valid Python with our helpers defined once
     names = [n.name for n in module.body if isinstance(n, ast.FunctionDef)]
-    assert names == ["nbmagic_sources", "nbmagic_run", "fit"]
-    (sources_function,) = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "nbmagic_sources"]
-    sources = ast.literal_eval(sources_function.body[-1].value)  # type: ignore[attr-defined]
-    import nbmagic.runtime.marshal
-    import nbmagic.runtime.step
+    assert names == ["nbmagic_bootstrap", "fit"]
+    (fit,) = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "fit"]
+    assert "from nbmagic.runtime.component import nbmagic_run" in ast.unparse(fit)
+    assert "def execute(" not in source and "def save(" not in source  # the runtime is not pasted text
+    # the runtime travels once, as the pipeline parameter every task reads
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {t["inputs"]["parameters"]["nbmagic_runtime"]["componentInputParameter"] for t in tasks.values()} == {
+        "nbmagic_runtime"
+    }
+    # once as the parameter's default, once in the "# Inputs:" comment kfp writes at the top of the file
+    assert compile_pipeline(demo_plan()).count(runtime_base64()[:200]) == 2
 
-    with open(nbmagic.runtime.step.__file__, encoding="utf-8") as f:
-        assert sources["step"] == f.read()
-    with open(nbmagic.runtime.marshal.__file__, encoding="utf-8") as f:
-        assert sources["marshal"] == f.read()
-    assert "import nbmagic" not in source and "from nbmagic" not in source
+
+def test_a_step_in_the_cluster_image_imports_its_runtime_and_carries_none(monkeypatch):
+    monkeypatch.setenv("NBMAGIC_IMAGE", "registry.example/nbmagic:9")
+    plan = demo_plan().with_settings("fit", StepSettings(image="registry.example/nbmagic:9"))
+    (spec,) = load_ir(compile_pipeline(plan))
+    fit = executor(spec, "fit")
+    assert fit["image"] == "registry.example/nbmagic:9"
+    assert "nbmagic_bootstrap" not in fit["command"][-1]
+    assert "from nbmagic.runtime.component import nbmagic_run" in fit["command"][-1]
+    assert "nbmagic_runtime" not in spec["components"]["comp-fit"]["inputDefinitions"]["parameters"]
+    assert "nbmagic_bootstrap" in executor(spec, "load")["command"][-1]  # python:3.x still gets the zip
+    # every step in the image: no runtime anywhere in the pipeline
+    text = compile_pipeline(demo_plan(), image="registry.example/other:1", runtime_image="registry.example/other:1")
+    (spec,) = load_ir(text)
+    assert "nbmagic_runtime" not in spec["root"]["inputDefinitions"]["parameters"]
+    assert "nbmagic_bootstrap" not in text and runtime_base64()[:200] not in text
 
 
 def test_packages_are_pinned_to_this_environment_and_images_settable():
@@ -234,7 +254,8 @@ def test_no_secret_value_reaches_the_ir(monkeypatch):
 
 def test_export_dsl_compiles_with_kfp_to_the_same_ir(tmp_path):
     plan = demo_plan().with_settings("fit", _settings(EVERY_SETTING))
-    ours = load_ir(compile_pipeline(plan))
+    ours_text = compile_pipeline(plan)
+    ours = load_ir(ours_text)
     path = export_dsl(plan, tmp_path / "pipeline.py")
     text = path.read_text()
     assert "@dsl.pipeline(name='demo-pipeline'" in text
@@ -245,6 +266,7 @@ def test_export_dsl_compiles_with_kfp_to_the_same_ir(tmp_path):
     out = tmp_path / "exported.yaml"
     subprocess.run([sys.executable, str(path), str(out)], check=True, cwd=tmp_path, capture_output=True)
     assert load_ir(out.read_text()) == ours
+    assert out.read_text() == ours_text  # the very same YAML, byte for byte
 
 
 def test_compiling_is_deterministic():
@@ -268,7 +290,7 @@ def test_names_that_would_clash_get_distinct_identifiers():
     plan = PipelinePlan("clash", steps, parameters, ("metrics",))
     (spec,) = load_ir(compile_pipeline(plan))
     comp = spec["components"]["comp-print-step"]
-    assert set(comp["inputDefinitions"]["parameters"]) == {"in_X_", "pipeline_"}
+    assert set(comp["inputDefinitions"]["parameters"]) == {"in_X_", "pipeline_", "nbmagic_runtime"}
     assert set(comp["inputDefinitions"]["artifacts"]) == {"in_X", "in_in_X"}
     assert set(comp["outputDefinitions"]["artifacts"]) == {"metrics"}
     assert spec["root"]["dag"]["tasks"]["print-step"]["taskInfo"]["name"] == "print"
@@ -278,7 +300,8 @@ def test_a_plan_without_parameters_or_metrics_compiles_to_a_pipeline_without_out
     plan = PipelinePlan("solo", (step("only", "print('hello')\n"),), {}, ())
     (spec,) = load_ir(compile_pipeline(plan))
     assert list(spec["root"]["dag"]["tasks"]) == ["only"]
-    assert "outputDefinitions" not in spec["root"] and "inputDefinitions" not in spec["root"]
+    assert "outputDefinitions" not in spec["root"]
+    assert list(spec["root"]["inputDefinitions"]["parameters"]) == ["nbmagic_runtime"]  # the runtime only
 
 
 def test_bad_plans_are_one_line_errors():

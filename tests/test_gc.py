@@ -90,9 +90,12 @@ def test_older_than_and_size_budget(three):
     feature_bytes = r1.steps["feat"].outputs["features"]["size"]
     report = collect(store, Policy(max_size=total - feature_bytes // 2), grace=0)  # dropping the oldest run is enough
     assert [r for r, _, _ in report.runs] == [r1.id]
-    report = collect(store, Policy(max_size=1), grace=0)  # never below what the newest run needs... unless it goes
-    assert {r for r, _, _ in report.runs} == {r2.id, r3.id} and store.list_runs() == []
-    assert list(store.objects.iter_hashes()) == []
+    report = collect(store, Policy(max_size=1), grace=0)  # the newest run of the pipeline is never collected
+    assert {r for r, _, _ in report.runs} == {r2.id} and [r.id for r in store.list_runs()] == [r3.id]
+    assert "kept over the 1 B budget: 1 run is protected (the newest)" in report.over_budget
+    assert report.over_budget.startswith("gc: ") and report.over_budget in report.text()
+    kept = {v["hash"] for step in ("load", "feat", "fit") for v in r3.outputs(step).values()}
+    assert set(store.objects.iter_hashes()) == kept  # everything else went; everything r3 needs is still there
 
 
 def test_running_runs_and_fresh_values_are_kept(tmp_path):

@@ -121,7 +121,7 @@ def test_a_trailing_comment_on_a_magic_line_is_ignored(ip):
     assert recorded_steps(ip) == ["counted"]
     result = run_cell(ip, "%pipeline  # what is recorded")
     assert result.success, result.error_in_exec
-    from nbmagic.magics.common import strip_comment
+    from nbmagic.arguments import strip_comment
 
     assert strip_comment("--param name='a # b'  # note") == "--param name='a # b'"
     assert strip_comment("--param tag=x#1") == "--param tag=x#1"

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from helpers.fake_katib_api import FakeKatib, FakeKubernetesAPI, katib_errors, schema_errors
+from helpers.fake_katib_api import FakeKatib, FakeKubernetesAPI, job_errors, katib_errors, schema_errors
 from nbmagic.pipeline.model import Parameter
 from nbmagic.tune import trial as trial_runner
 from nbmagic.tune.katib import api_client, build_experiment, run_katib
@@ -173,6 +173,40 @@ def test_failing_trials_and_stop():
         assert api.state.experiments[("ns", exp.name)]["spec"]["maxTrialCount"] == len(exp.trials)
 
 
+def test_stop_reads_again_when_katib_adds_trials_between_read_and_patch():
+    with FakeKubernetesAPI() as api:
+        exp = run_katib(
+            spec(max_trials=50, parallel_trials=2),
+            "w",
+            host="h",
+            pipeline_name="p",
+            namespace="ns",
+            recorded=RECORDED,
+            client=api_client(api.url),
+            poll=3600,  # the watcher reads once; this test drives every other read itself
+        )
+        while not exp.trials:
+            exp.wait(0.05)
+        key, refresh, raced = ("ns", exp.name), exp.refresh, []
+
+        def refresh_then_katib_acts():
+            refresh()
+            if not raced:  # Katib's controller makes trials after stop() read the count, before it patches
+                raced.append(True)
+                with api.state.lock:
+                    api.state.advance(key)
+
+        exp.refresh = refresh_then_katib_acts
+        exp.stop()
+        patches = [r for r in api.state.requests if r[0] == "PATCH"]
+        assert len(patches) == 2  # the first patch was refused (409: the Experiment changed), the second read again
+        while exp.status == "running":
+            refresh()
+        made = len(api.state.trials[key])
+        assert exp.status == "stopped" and len(exp.trials) == made
+        assert api.state.experiments[key]["spec"]["maxTrialCount"] == made
+
+
 class FakeRun:
     def __init__(self, status, metrics):
         self.id, self.status, self.metrics, self.waited = "run-1", status, metrics, False
@@ -244,3 +278,35 @@ def test_changed_step_code_names_a_new_katib_experiment():
         True,
         False,
     ]  # the same experiment again is watched, not re-created
+
+
+def test_trial_job_is_a_valid_batch_v1_job_and_misspellings_are_refused():
+    exp = manifest(spec(algorithm="tpe", seed=1), service_account="trainer")
+    job = exp["spec"]["trialTemplate"]["trialSpec"]
+    assert job_errors(job) == [] and katib_errors(exp) == []
+    pod = job["spec"]["template"]["spec"]
+    for where, good, bad in (
+        (pod["containers"][0], "volumeMounts", "volumeMountz"),
+        (pod, "restartPolicy", "restartPolicyy"),
+        (job["spec"], "backoffLimit", "backoffLimitt"),
+    ):
+        where[bad] = where.pop(good)
+        problems = job_errors(job)
+        assert any(bad in p for p in problems), problems
+        assert any(bad in p for p in katib_errors(exp))
+        where[good] = where.pop(bad)
+    pod["containers"][0].pop("name")
+    assert any("'name' is a required property" in p for p in job_errors(job))
+
+
+def test_early_stopping_becomes_katibs_medianstop():
+    exp = manifest(spec(algorithm="tpe", seed=1, early_stopping="medianstop", min_trials=5, start_step=3))
+    assert exp["spec"]["earlyStopping"] == {
+        "algorithmName": "medianstop",
+        "algorithmSettings": [{"name": "min_trials_required", "value": "5"}, {"name": "start_step", "value": "3"}],
+    }
+    assert exp["spec"]["metricsCollectorSpec"] == {"collector": {"kind": "StdOut"}}
+    assert schema_errors(exp) == [] and katib_errors(exp) == []
+    exp["spec"]["earlyStopping"]["algorithmSetting"] = exp["spec"]["earlyStopping"].pop("algorithmSettings")
+    assert any("algorithmSetting" in p for p in schema_errors(exp))
+    assert "earlyStopping" not in manifest(spec(algorithm="tpe"))["spec"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from IPython.core.magic_arguments import parse_argstring
 
 from helpers.shell import run_cell
+from nbmagic.arguments import parse
 from nbmagic.magics.tune import TuneMagics, build_spec
 from nbmagic.pipeline.model import Parameter
 from nbmagic.tune.experiment import TrialResult
@@ -116,16 +116,16 @@ def test_form_and_arguments_build_the_same_spec():
         '--metrics acc --param "lr=double(1e-4,1e-1,log)" --param "epochs=int(5,50)" '
         '--param "kind=categorical(mlp,gbm)" --param "units=discrete(32,64,128)"'
     )
-    args = parse_argstring(TuneMagics.katib, line)
+    args = parse(TuneMagics.katib, line)
     from_args = build_spec(args, Plan).check_against(RECORDED, Plan.metrics)
     assert started[0] == from_args
     # the form shows the equivalent magic line, which parses back to the same spec
     shown = form.command.value.removeprefix("<code>%katib ").removesuffix("</code>").replace("&quot;", '"')
     shown = shown.replace("&#x27;", "'")
     assert (
-        build_spec(
-            parse_argstring(TuneMagics.katib, " ".join(shlex.quote(a) for a in shlex.split(shown))), Plan
-        ).check_against(RECORDED, Plan.metrics)
+        build_spec(parse(TuneMagics.katib, " ".join(shlex.quote(a) for a in shlex.split(shown))), Plan).check_against(
+            RECORDED, Plan.metrics
+        )
         == from_args
     )
 

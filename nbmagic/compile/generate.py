@@ -16,11 +16,22 @@ from .. import packages
 from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
-from ..runtime import component
 from ..runtime.step import uses_ipython
 from .literals import literal
 
 PIPELINE_FUNCTION = "pipeline"
+RUNTIME_ARG = "nbmagic_runtime"  # the pipeline parameter (and component input) carrying the zipped runtime
+RUNTIME_CONSTANT = "NBMAGIC_RUNTIME"
+BOOTSTRAP = [
+    "def nbmagic_bootstrap(runtime: str) -> None:",
+    '    """Put nbmagic\'s runtime package (a zip, base64) on sys.path: Python imports straight from the zip."""',
+    "    import base64, os, sys, tempfile",
+    "",
+    '    handle, path = tempfile.mkstemp(prefix="nbmagic-runtime-", suffix=".zip")',
+    '    with os.fdopen(handle, "wb") as f:',
+    "        f.write(base64.b64decode(runtime))",
+    "    sys.path.insert(0, path)",
+]
 OUTPUTS_CLASS = "PipelineOutputs"
 METRICS_ARG = "metrics"
 # Names the generated module defines or imports; step functions and parameters must not shadow them.
@@ -37,7 +48,9 @@ MODULE_NAMES = {
     "Metrics",
     "Output",
     "nbmagic_run",
-    "nbmagic_sources",
+    "nbmagic_bootstrap",
+    RUNTIME_ARG,
+    RUNTIME_CONSTANT,
     PIPELINE_FUNCTION,
     OUTPUTS_CLASS,
 }
@@ -93,6 +106,7 @@ class _Component:
     settings: StepSettings
     image: str
     packages: list[str]
+    embeds_runtime: bool  # the runtime travels with the pipeline (the image does not have it)
     params: dict[str, str] = field(default_factory=dict)  # pipeline parameter -> component argument
     inputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
     outputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
@@ -100,7 +114,11 @@ class _Component:
 
 
 def _plan_components(
-    plan: PipelinePlan, image: str | None, extra_packages: tuple[str, ...], defaults: StepSettings | None
+    plan: PipelinePlan,
+    image: str | None,
+    extra_packages: tuple[str, ...],
+    defaults: StepSettings | None,
+    runtime_images: frozenset[str],
 ) -> list[_Component]:
     reserved = _reserved()
     clashes = sorted(set(plan.parameters) & MODULE_NAMES)
@@ -124,17 +142,22 @@ def _plan_components(
             modules.append("IPython")  # %time / !cmd lines in the cell run through an IPython shell
         for source in _ancestors(plan, step.name):
             modules += plan.step(source).modules
-        requirements = packages.combine(
-            packages.pinned(dict.fromkeys(modules)), plan.packages, extra_packages, settings.packages
-        )
+        chosen = settings.image or image or plan.image or default_image()
+        pins = packages.pinned(dict.fromkeys(modules))
+        if chosen in runtime_images:  # the image has nbmagic and what its runtime needs
+            pins = [
+                p for p in pins if packages.requirement_name(p) not in packages.ALWAYS or p.split("==")[0] in modules
+            ]
+        requirements = packages.combine(pins, plan.packages, extra_packages, settings.packages)
         found.append(
             _Component(
                 step=step,
                 function=function,
                 task="",
                 settings=settings,
-                image=settings.image or image or plan.image or default_image(),
+                image=chosen,
                 packages=requirements,
+                embeds_runtime=chosen not in runtime_images,
             )
         )
     # a metric travels as an artifact only when a later step reads it
@@ -167,14 +190,6 @@ def _ancestors(plan: PipelinePlan, name: str) -> list[str]:
     return [s.name for s in plan.steps if s.name in seen]
 
 
-def _sources_function(marshal_source: str, step_source: str) -> list[str]:
-    return [
-        "def nbmagic_sources():",
-        '    """nbmagic\'s step runtime and marshaller (standard library only), exec\'d by nbmagic_run in the component."""',
-        f"    return {{'marshal': {literal(marshal_source)}, 'step': {literal(step_source)}}}",
-    ]
-
-
 def _def_line(function: str, signature: list[str], returns: str = "") -> list[str]:
     """``def f(a, b):`` on one line when short, else one argument per line."""
     line = f"def {function}({', '.join(signature)}){returns}:"
@@ -185,7 +200,8 @@ def _def_line(function: str, signature: list[str], returns: str = "") -> list[st
 
 def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     step = comp.step
-    signature = [f"{arg}: {plan.parameters[name].type}" for name, arg in comp.params.items()]
+    signature = [f"{RUNTIME_ARG}: str"] if comp.embeds_runtime else []
+    signature += [f"{arg}: {plan.parameters[name].type}" for name, arg in comp.params.items()]
     signature += [f"{arg}: Input[Artifact]" for arg in comp.inputs.values()]
     signature += [f"{arg}: Output[Artifact]" for arg in comp.outputs.values()]
     if comp.metrics:
@@ -194,10 +210,13 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
         "@dsl.component(",
         f"    base_image={literal(comp.image)},",
         f"    packages_to_install={literal(comp.packages)},",
-        "    additional_funcs=[nbmagic_sources, nbmagic_run],",
+        *([] if comp.embeds_runtime else ["    install_kfp_package=False,  # the image has nbmagic, hence kfp"]),
+        *(["    additional_funcs=[nbmagic_bootstrap],"] if comp.embeds_runtime else []),
         ")",
         *_def_line(comp.function, signature),
-        f"    {literal(f'Step {step.name!r}: {step.cell.label}.')}",
+        *([f"    nbmagic_bootstrap({RUNTIME_ARG})"] if comp.embeds_runtime else []),
+        "    from nbmagic.runtime.component import nbmagic_run",
+        "",
         "    nbmagic_run(",
         f"        step={literal(step.name)},",
         f"        label={literal(step.cell.label)},",
@@ -269,12 +288,15 @@ def _uses_kubernetes(s: StepSettings) -> bool:
 
 
 def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
+    embedded = any(c.embeds_runtime for c in comps)
     by_step = {c.step.name: c for c in comps}
     metric_steps = [c for c in comps if c.metrics]
     params = []
     for p in plan.parameters.values():
         default = float(p.default) if p.type == "float" else p.default
         params.append(f"{p.name}: {p.type} = {literal(default)}")
+    if embedded:
+        params.append(f"{RUNTIME_ARG}: str = {RUNTIME_CONSTANT}")
     returns = f" -> {OUTPUTS_CLASS}" if metric_steps else ""
     description = f"Compiled by nbmagic from {plan.notebook}." if plan.notebook else "Compiled by nbmagic."
     lines = [
@@ -283,7 +305,8 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
     ]
     for comp in comps:
         step = comp.step
-        args = [f"{arg}={name}" for name, arg in comp.params.items()]
+        args = [f"{RUNTIME_ARG}={RUNTIME_ARG}"] if comp.embeds_runtime else []
+        args += [f"{arg}={name}" for name, arg in comp.params.items()]
         args += [
             f"{arg}={by_step[step.inputs[var]].task}.outputs[{literal(by_step[step.inputs[var]].outputs[var])}]"
             for var, arg in comp.inputs.items()
@@ -306,19 +329,31 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
     return lines
 
 
+def _runtime_constant(runtime: str, width: int = 100) -> list[str]:
+    """``NBMAGIC_RUNTIME = (...)``: the base64 text in lines of ``width`` characters."""
+    chunks = [runtime[i : i + width] for i in range(0, len(runtime), width)] or [""]
+    return [f"{RUNTIME_CONSTANT} = ("] + [f'    "{chunk}"' for chunk in chunks] + [")"]
+
+
 def generate(
     plan: PipelinePlan,
     *,
     image: str | None = None,
     packages: tuple[str, ...] | list[str] = (),
     defaults: StepSettings | None = None,
-    marshal_source: str,
-    step_source: str,
+    runtime: str,
+    runtime_images: frozenset[str] | set[str] = frozenset(),
 ) -> str:
-    """The DSL module text for ``plan``; ``marshal_source`` / ``step_source`` are embedded in every component."""
+    """The DSL module text for ``plan``.
+
+    ``runtime``: nbmagic's runtime package (zip, base64). Components whose image is one of ``runtime_images``
+    import the runtime the image has; the others get ``runtime`` through one pipeline parameter, so it is in
+    the pipeline once, however many steps there are.
+    """
     if not plan.steps:
         raise PipelineError(f"pipeline {plan.name!r} has no steps to compile")
-    comps = _plan_components(plan, image, tuple(packages), defaults)
+    comps = _plan_components(plan, image, tuple(packages), defaults, frozenset(runtime_images))
+    embedded = any(c.embeds_runtime for c in comps)
     metric_steps = [c for c in comps if c.metrics]
     need_kubernetes = any(_uses_kubernetes(c.settings) for c in comps)
     yaml_name = f"{kfp_pipeline_name(plan.name)}.yaml"
@@ -327,7 +362,13 @@ def generate(
             f"KFP pipeline {plan.name!r}, generated by nbmagic"
             + (f" from {plan.notebook}" if plan.notebook else "")
             + ".\n\nEach step is a lightweight Python component that runs the notebook cell through nbmagic's step"
-            + " runtime (embedded below).\nCompile: python THIS_FILE [OUTPUT.yaml]"
+            + (
+                " runtime: the\nimage's, or the zipped package below, passed to the steps as the pipeline parameter"
+                + f" {RUNTIME_ARG}."
+                if embedded
+                else " runtime, which its image provides."
+            )
+            + "\nCompile: python THIS_FILE [OUTPUT.yaml]"
             + f"  (default {yaml_name})\n"
         ),
         "import sys",
@@ -341,9 +382,10 @@ def generate(
     if metric_steps:
         outputs = ", ".join(f"({literal(metrics_output_name(c.step.name))}, Metrics)" for c in metric_steps)
         body += [f"{OUTPUTS_CLASS} = NamedTuple({literal(OUTPUTS_CLASS)}, [{outputs}])", "", ""]
-    body += ["# --- nbmagic runtime, shipped inside every component (generated: do not edit) ---", ""]
-    body += _sources_function(marshal_source, step_source) + ["", ""]
-    body += component.source().rstrip("\n").splitlines() + ["", ""]
+    if embedded:
+        body += ["# --- nbmagic's runtime package (nbmagic/runtime/, zipped; generated: do not edit) ---", ""]
+        body += _runtime_constant(runtime) + ["", ""]
+        body += BOOTSTRAP + ["", ""]
     body += ["# --- one component per notebook step ---", "", ""]
     for comp in comps:
         body += _component_source(comp, plan) + ["", ""]

@@ -17,18 +17,15 @@ from typing import Any
 from ..errors import NbMagicError, PipelineError
 from ..pipeline.model import PipelinePlan
 from ..pipeline.settings import StepSettings
+from .bundle import runtime_base64
 from .generate import PIPELINE_FUNCTION, generate, metrics_output_name
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-RUNTIME_FILES = {"marshal": PACKAGE_ROOT / "runtime" / "marshal.py", "step": PACKAGE_ROOT / "runtime" / "step.py"}
 
+def runtime_images(runtime_image: str | None = None) -> frozenset[str]:
+    """Images that have nbmagic's runtime installed: the cluster image (``$NBMAGIC_IMAGE``) and ``runtime_image``."""
+    from ..images import nbmagic_image
 
-def _runtime_source(which: str) -> str:
-    path = RUNTIME_FILES[which]
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise NbMagicError(f"cannot read nbmagic's {which} runtime {path}: {exc.strerror}") from None
+    return frozenset(filter(None, (nbmagic_image(), runtime_image)))
 
 
 def dsl_source(
@@ -37,15 +34,20 @@ def dsl_source(
     image: str | None = None,
     packages: tuple[str, ...] | list[str] = (),
     defaults: StepSettings | None = None,
+    runtime_image: str | None = None,
 ) -> str:
-    """The KFP DSL Python module for ``plan`` (what ``export_dsl`` writes and ``compile_pipeline`` compiles)."""
+    """The KFP DSL Python module for ``plan`` (what ``export_dsl`` writes and ``compile_pipeline`` compiles).
+
+    ``runtime_image``: an image that has nbmagic installed (the cluster image built from the Dockerfile), whose
+    steps import nbmagic's runtime from it; steps in other images get the runtime zipped, once per pipeline.
+    """
     return generate(
         plan,
         image=image,
         packages=tuple(packages),
         defaults=defaults,
-        marshal_source=_runtime_source("marshal"),
-        step_source=_runtime_source("step"),
+        runtime=runtime_base64(),
+        runtime_images=runtime_images(runtime_image),
     )
 
 
@@ -82,15 +84,17 @@ def compile_pipeline(
     packages: tuple[str, ...] | list[str] = (),
     output: Path | str | None = None,
     defaults: StepSettings | None = None,
+    runtime_image: str | None = None,
 ) -> str:
     """Compile ``plan`` to KFP v2 IR YAML; writes it to ``output`` when given. Returns the YAML text.
 
     ``image`` / ``packages``: pipeline-wide base image and extra requirements (a step's own settings win);
-    ``defaults``: pipeline-wide step settings merged under each step's (``settings.merge``).
+    ``defaults``: pipeline-wide step settings merged under each step's (``settings.merge``);
+    ``runtime_image``: see :func:`dsl_source`.
     """
     import warnings
 
-    source = dsl_source(plan, image=image, packages=packages, defaults=defaults)
+    source = dsl_source(plan, image=image, packages=packages, defaults=defaults, runtime_image=runtime_image)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # kfp's note about its future default base image
         text = _header_safe(compile_source(source, plan.name), plan)
@@ -123,10 +127,30 @@ def export_dsl(
     image: str | None = None,
     packages: tuple[str, ...] | list[str] = (),
     defaults: StepSettings | None = None,
+    runtime_image: str | None = None,
 ) -> Path:
     """Write a readable KFP DSL Python file equivalent to ``compile_pipeline``'s YAML; returns its path."""
     path = Path(path)
-    path.write_text(dsl_source(plan, image=image, packages=packages, defaults=defaults), encoding="utf-8")
+    text = dsl_source(plan, image=image, packages=packages, defaults=defaults, runtime_image=runtime_image)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_output(
+    plan: PipelinePlan,
+    output: Path | str,
+    *,
+    defaults: StepSettings | None = None,
+    image: str | None = None,
+    runtime_image: str | None = None,
+) -> Path:
+    """Write the compiled pipeline to ``output``: KFP IR YAML, or readable KFP DSL for a ``.py`` path."""
+    path = Path(output).expanduser()
+    if not path.parent.is_dir():
+        raise NbMagicError(f"--output {output}: folder {path.parent} does not exist")
+    if path.suffix == ".py":
+        return export_dsl(plan, path, image=image, defaults=defaults, runtime_image=runtime_image)
+    compile_pipeline(plan, output=path, image=image, defaults=defaults, runtime_image=runtime_image)
     return path
 
 

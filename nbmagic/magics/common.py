@@ -12,29 +12,13 @@ from IPython.core.magic_arguments import argument
 from ..errors import NbMagicError
 
 
-def strip_comment(line: str) -> str:
-    """``--param C=3  # try a larger C`` -> ``--param C=3``: IPython hands a magic the whole line, comment included."""
-    quote: str | None = None
-    previous = " "
-    for index, char in enumerate(line):
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and previous.isspace():
-            return line[:index].rstrip()
-        previous = char
-    return line
-
-
 def usage_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn nbmagic's errors into IPython's one-line UsageError; a trailing ``# comment`` on the line is ignored."""
+    """Turn nbmagic's errors into IPython's one-line UsageError."""
 
     @functools.wraps(func)
     def wrapper(self: Any, line: str = "", *args: Any, **kwargs: Any) -> Any:
         try:
-            return func(self, strip_comment(line), *args, **kwargs)
+            return func(self, line, *args, **kwargs)
         except NbMagicError as exc:
             raise UsageError(str(exc)) from None
 

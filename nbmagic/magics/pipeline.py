@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..api import Pipeline
+from ..arguments import parse
 from ..errors import NbMagicError
 from ..pipeline.analysis import to_python
 from ..pipeline.cells import (
@@ -33,17 +34,6 @@ class _QuietError(Exception):
 
     def _render_traceback_(self) -> list[str]:
         return []
-
-
-def parse_params(pairs: list[str] | None) -> dict[str, str]:
-    """``["lr=0.1", "kind=svm"]`` -> ``{"lr": "0.1", "kind": "svm"}``; the plan types them."""
-    values: dict[str, str] = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise NbMagicError(f"--param {pair!r}: expected NAME=VALUE")
-        values[name.strip()] = value
-    return values
 
 
 @magics_class
@@ -139,7 +129,7 @@ class PipelineMagics(Magics):
     @usage_errors
     def pipeline(self, line: str) -> Any:
         """Show the recorded pipeline: steps, edges with the variables that flow on them, parameters, metrics."""
-        args = parse_argstring(self.pipeline, line)
+        args = parse(self.pipeline, line)
         if args.reset:
             self.state.recorder.reset()
             print("nbmagic: forgot every recorded cell")
@@ -178,29 +168,24 @@ class PipelineMagics(Magics):
         ``run = %compile_run --param lr=0.1`` returns the Run: ``run.metrics``, ``run.steps``,
         ``run.logs("train")``, ``run.value("model")``.
         """
-        args = parse_argstring(self.compile_run, line)
-        plan = self.state.plan(args.notebook, args.name)
-        overrides = parse_params(args.param)
-        values = plan.resolve_parameters(overrides)  # wrong types fail here, before anything runs
-        defaults = plan.defaults
+        args = parse(self.compile_run, line)
+        pipeline = Pipeline(self.state.plan(args.notebook, args.name))
+        values = pipeline.values(args.param)  # wrong types fail here, before anything runs
         if args.output:
-            path = write_compiled(plan, args.output, defaults)
-            print(f"nbmagic: wrote {path}")
+            print(f"nbmagic: wrote {pipeline.compile(args.output)}")
         if args.no_run:
             if not args.output:
                 raise NbMagicError("--no-run only makes sense with --output FILE")
             return None
         if args.host or args.cluster:
-            return self._run_on_cluster(plan, values, args, defaults)
-        from ..pipeline.settings import cluster_only
-        from ..run.local import LocalRunner
-
-        plan = merged_plan(plan, defaults)
-        notes = sorted({note for s in plan.steps for note in cluster_only(s.settings)})
+            run = pipeline.submit(values, host=args.host, experiment=args.experiment, namespace=args.namespace)
+            print(f"nbmagic: run {run.id} started on {run.url}")
+            return run
+        notes = pipeline.local_notes()
         if notes:
             print("nbmagic: cluster-only settings, not applied locally: " + "; ".join(notes))
         view = ProgressView(quiet=args.quiet)
-        run = LocalRunner(workers=args.workers).run(plan, values, cache=not args.no_cache, listener=view.update)
+        run = pipeline.run(values, cache=not args.no_cache, workers=args.workers, listener=view.update)
         self.state.last_run = run
         view.close(run)
         if run.status == "failed":
@@ -208,48 +193,6 @@ class PipelineMagics(Magics):
             if failed.traceback:
                 print(failed.traceback, end="", file=__import__("sys").stderr)
         return run
-
-    def _run_on_cluster(self, plan, values, args, defaults):  # noqa: ANN001, ANN202
-        from ..compile.kfp import compile_pipeline
-        from ..run.cluster import submit
-
-        text = compile_pipeline(plan, defaults=defaults)
-        run = submit(
-            text,
-            host=args.host,
-            parameters=values,
-            pipeline_name=plan.name,
-            experiment=args.experiment,
-            namespace=args.namespace,
-        )
-        from ..store.history import record_cluster_run
-        from ..store.runs import RunStore
-
-        record_cluster_run(RunStore(), run, plan.name, values, [s.name for s in plan.steps], experiment=args.experiment)
-        print(f"nbmagic: run {run.id} started on {run.url}")
-        return run
-
-
-def merged_plan(plan, defaults):  # noqa: ANN001, ANN201
-    """The plan with pipeline-wide settings merged under each step's own."""
-    from ..pipeline.settings import merge
-
-    for step in plan.steps:
-        plan = plan.with_settings(step.name, merge(defaults, step.settings))
-    return plan
-
-
-def write_compiled(plan, output: str, defaults) -> Path:  # noqa: ANN001
-    """Write the compiled pipeline: KFP IR YAML, or readable KFP DSL for a ``.py`` path."""
-    from ..compile.kfp import compile_pipeline, export_dsl
-
-    path = Path(output).expanduser()
-    if not path.parent.is_dir():
-        raise NbMagicError(f"--output {output}: folder {path.parent} does not exist")
-    if path.suffix == ".py":
-        return export_dsl(plan, path, defaults=defaults)
-    compile_pipeline(plan, output=path, defaults=defaults)
-    return path
 
 
 class PlanView:

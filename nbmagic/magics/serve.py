@@ -7,10 +7,11 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
+from nbmagic.arguments import parse
 from nbmagic.errors import NbMagicError
-from nbmagic.magics.common import strip_comment
+from nbmagic.kube import SERVING_NAMESPACE
 
 
 class ServerList:
@@ -89,7 +90,7 @@ class ServeMagics(Magics):
         help="also serve gRPC (V2) on PORT (default: a free port); off unless given",
     )
     @argument("--cluster", action="store_true", help="deploy a KServe InferenceService instead of a local server")
-    @argument("--namespace", default="default", help="namespace of the InferenceService (--cluster)")
+    @argument("--namespace", default=SERVING_NAMESPACE, help="namespace of the InferenceService (--cluster)")
     @argument(
         "--storage-uri", help="where the package is uploaded: s3://, gs://, pvc://CLAIM/PATH, file:// (--cluster)"
     )
@@ -103,9 +104,8 @@ class ServeMagics(Magics):
         Returns a handle: ``server.url``, ``server.predict(raw_rows)``, ``server.logs()``, ``server.status``,
         ``server.stop()``. Servers bind 127.0.0.1 and stop with the kernel.
         """
-        args = parse_argstring(self.serve, strip_comment(line))
         try:
-            return self._serve(args)
+            return self._serve(parse(self.serve, line))
         except NbMagicError as exc:
             raise UsageError(str(exc)) from None
 
@@ -126,7 +126,7 @@ class ServeMagics(Magics):
         grpc_port = None
         if args.grpc is not None:
             grpc_port = args.grpc or local.free_port()
-        from nbmagic.serve.api import serve
+        from nbmagic.api import serve
 
         return serve(
             model,

@@ -8,7 +8,7 @@ from weakref import WeakKeyDictionary
 
 from ..pipeline.cells import PARAMETERS_MAGIC, STEP_MAGIC, cell_magic
 from ..pipeline.model import PipelinePlan
-from ..pipeline.notebook import find_notebook
+from ..pipeline.notebook import find_notebook, find_through_server, kernel_id, vscode_notebook
 from ..pipeline.plan import build_plan
 from ..pipeline.recorder import Recorder
 
@@ -23,6 +23,7 @@ class KernelState:
         self.nested = 0  # >0 while a %%step body runs as a nested cell
         self.notebook_override: Path | None = None
         self.last_run: Any = None
+        self.notes_shown: set[str] = set()
 
     # -- IPython hooks -----------------------------------------------------------------
     def pre_run_cell(self, info: Any) -> None:
@@ -56,11 +57,43 @@ class KernelState:
     def notebook_path(self, explicit: str | None = None) -> Path | None:
         if explicit:
             self.notebook_override = find_notebook({}, explicit)
-        return self.notebook_override or find_notebook(self.shell.user_ns)
+        if self.notebook_override:
+            return self.notebook_override
+        found = find_notebook(self.shell.user_ns)
+        if found is None:
+            in_editor = vscode_notebook(self.recorder.cell_ids())
+            found = in_editor.resolve() if in_editor and in_editor.is_file() else None
+        if found is None and self._in_kernel():
+            found = find_through_server(kernel_id())
+        return found
+
+    def _in_kernel(self) -> bool:
+        return self.shell.__class__.__name__ == "ZMQInteractiveShell"
+
+    def order_note(self) -> str | None:
+        """One line for a notebook front end whose file the kernel cannot find: steps follow kernel order."""
+        ids = self.recorder.cell_ids()
+        if not ids:
+            return None
+        in_editor = vscode_notebook(ids)
+        where = (
+            f"{in_editor.name} is not on the kernel's machine"
+            if in_editor
+            else "the kernel cannot find its notebook file"
+        )
+        return (
+            f"nbmagic: {where}, so steps follow the order cells first ran in this kernel; "
+            "give --notebook PATH (a copy the kernel can read) to follow the file's order"
+        )
 
     def plan(self, notebook: str | None = None, name: str | None = None) -> PipelinePlan:
         path = self.notebook_path(notebook)
         recorded = self.recorder.notebook(path)
+        notes = [self.order_note()] if path is None else self.recorder.notes
+        for note in notes:
+            if note and note not in self.notes_shown:
+                self.notes_shown.add(note)
+                print(note, flush=True)
         return build_plan(recorded, notebook_path=str(path) if path else None, name=name)
 
 

@@ -6,10 +6,12 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
+from .. import api
+from ..api import GC_ARGUMENTS, RUNS_ARGUMENTS
+from ..arguments import parse
 from ..errors import NbMagicError
-from ..state_cli import GC_ARGUMENTS, RUNS_ARGUMENTS, gc_command, runs_command, sort_line_fix
 from .common import arguments, in_notebook, usage_errors
 
 _PROVENANCE: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
@@ -52,12 +54,10 @@ class StateMagics(Magics):
             %restore best --vars model
             %restore 20250101-120000-ab12 train
         """
-        from ..restore import restore
-
-        args = parse_argstring(self.restore, line)
+        args = parse(self.restore, line)
         names = [n.strip() for n in args.vars.split(",")] if args.vars else None
-        report = restore(
-            _store(), args.run, args.step, names, namespace=self.shell.user_ns, provenance=provenance(self.shell)
+        report = api.restore(
+            args.run, args.step, names, namespace=self.shell.user_ns, provenance=provenance(self.shell)
         )
         if in_notebook():
             from IPython.display import display
@@ -77,7 +77,7 @@ class StateMagics(Magics):
         """Where a value came from (steps, inputs, parameters, code versions) and what consumed it."""
         from ..store.lineage import lineage, resolve_artifact
 
-        args = parse_argstring(self.lineage, line)
+        args = parse(self.lineage, line)
         store = _store()
         name = args.name
         ns = self.shell.user_ns
@@ -102,27 +102,16 @@ class StateMagics(Magics):
         from ..restore import resolve_run
         from .state import kernel_state
 
-        conn = store._connection()
         runs = [resolve_run(store, run)] if run else []
         last = getattr(kernel_state(self.shell).last_run, "id", None)
         if not runs and last:
             runs.append(last)
-        for run_id in runs:
-            row = conn.execute(
-                "SELECT ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
-                " WHERE e.run_id=? AND ev.name=? AND ev.type='OUTPUT' ORDER BY e.id DESC LIMIT 1",
-                (run_id, name),
-            ).fetchone()
-            if row:
-                return run_id, row[0]
+        found = store.latest_output(name, runs) if runs else None
+        if found is not None:
+            return found
         if run:
             raise NbMagicError(f"run {runs[0]} assigned no variable {name!r}")
-        row = conn.execute(
-            "SELECT e.run_id, ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
-            " WHERE ev.name=? AND ev.type='OUTPUT' ORDER BY e.id DESC LIMIT 1",
-            (name,),
-        ).fetchone()
-        return (row[0], row[1]) if row else None
+        return store.latest_output(name)
 
     @magic_arguments()
     @arguments(RUNS_ARGUMENTS)
@@ -137,7 +126,7 @@ class StateMagics(Magics):
             %runs --sort -started --limit 10
             %runs --compare last 20250101-120000-ab12
         """
-        return runs_command(_store(), parse_argstring(self.runs, sort_line_fix(line)))
+        return api.runs(**api.runs_options(parse(self.runs, line)))
 
     @magic_arguments()
     @arguments(GC_ARGUMENTS)
@@ -152,7 +141,7 @@ class StateMagics(Magics):
             %gc --older-than 30d --max-size 20GB
             %gc --keep-last 200 --set-policy     # applied automatically after runs
         """
-        result = gc_command(_store(), parse_argstring(self.gc, line))
+        result = api.gc(**api.gc_options(parse(self.gc, line)))
         if isinstance(result, str):
             print(result)
             return None
@@ -168,6 +157,6 @@ def _kernel_note(name: str, ns: dict[str, Any], store: Any, artifact_id: int, ru
     digest = marshal.fingerprint(ns[name], name)
     if digest is None:
         return f"the kernel's {name!r} was not restored; showing run {run_id}'s value of that name"
-    row = store._connection().execute("SELECT hash FROM artifacts WHERE id=?", (artifact_id,)).fetchone()
-    same = row is not None and row[0] == digest
+    row = store.artifact(artifact_id)
+    same = row is not None and row[1] == digest
     return f"the kernel's {name!r} is {'the same value as' if same else 'different from'} run {run_id}'s"

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
+from ..arguments import parse
+from ..kube import PROFILE_NAMESPACE
 from .common import in_notebook, usage_errors
 
 SYNTAX = """\
@@ -43,6 +45,13 @@ class TuneMagics(Magics):
     @argument("--parallel", type=int, default=1, help="trials at once")
     @argument("--max-failed", type=int, default=3, help="stop after this many failed trials")
     @argument("--seed", type=int, help="sampler seed")
+    @argument(
+        "--early-stopping",
+        choices=["medianstop"],
+        help="stop trials whose nbmagic.report() values trail the median of finished trials (Katib's medianstop)",
+    )
+    @argument("--min-trials", type=int, default=3, help="medianstop: finished trials before any is stopped")
+    @argument("--start-step", type=int, default=4, help="medianstop: values a trial reports before it can stop")
     @argument("--name", help="experiment name (default: pipeline name + a hash of the search space)")
     @argument("--restart", action="store_true", help="forget the stored study of this experiment")
     @argument("--no-cache", action="store_true", help="run every step in every trial")
@@ -50,7 +59,7 @@ class TuneMagics(Magics):
     @argument("--quiet", action="store_true", help="no live view")
     @argument("--notebook", help="the notebook file, when the kernel cannot find it")
     @argument("--host", help="KFP API URL: run a Katib Experiment on that cluster; trials run the pipeline there")
-    @argument("--namespace", default="kubeflow-user-example-com", help="Kubernetes namespace (cluster)")
+    @argument("--namespace", default=PROFILE_NAMESPACE, help="Kubernetes namespace (cluster)")
     @argument("--image", help="trial Job image (cluster; needs python, kfp and nbmagic)")
     @argument("--kfp-experiment", help="KFP experiment for the trial runs (cluster)")
     @argument("--service-account", help="trial Job service account (cluster)")
@@ -59,7 +68,7 @@ class TuneMagics(Magics):
     @usage_errors
     def katib(self, line: str) -> Any:
         """Tune the recorded pipeline: each trial is a pipeline run; unchanged steps come from the cache."""
-        args = parse_argstring(self.katib, line)
+        args = parse(self.katib, line)
         from .state import current_plan
 
         plan = current_plan(self.shell, args.notebook)
@@ -85,6 +94,9 @@ class TuneMagics(Magics):
                 "max_failed_trials": args.max_failed,
                 "objective": args.objective,
                 "goal": args.goal,
+                "early_stopping": args.early_stopping,
+                "min_trials": args.min_trials,
+                "start_step": args.start_step,
             }.items()
             if v is not None
         }
@@ -107,88 +119,50 @@ class TuneMagics(Magics):
         return FormHandle(form, self.shell)
 
     def _start(self, plan: Any, args: Any, spec: Any, target: Any = None) -> Any:
-        import time
+        from ..tune.start import start
 
-        from ..store.lineage import code_hash
-        from ..store.runs import RunStore
-        from ..tune.local import LocalExperiment, code_key, pipeline_trial_runner
-        from .pipeline import merged_plan
-
-        spec = spec.check_against(plan.parameters, plan.metrics)
-        state_defaults = _pipeline_defaults(self.shell)
-        merged = merged_plan(plan, state_defaults) if state_defaults is not None else plan
-        # the steps' code is part of the experiment's identity: changed code starts a new study
-        code = {step.name: code_hash(step.cell.code, step.prelude) for step in merged.steps}
-        if args.host:
-            experiment = self._katib_on_cluster(plan, args, spec, state_defaults, code_key(code))
-        else:
-            name = spec.experiment_name(plan.name, code_key(code))
-            since = {"since": time.time()} if args.restart else {}  # `%restore best` forgets older trials
-            runner = pipeline_trial_runner(merged, cache=not args.no_cache, experiment=name)
-            experiment = LocalExperiment(
-                spec, runner, pipeline=plan.name, recorded=plan.parameters, restart=args.restart, code=code
-            )
-            experiment.start()
-            RunStore().set_experiment(name, spec.objective, spec.goal, **since)  # what `%restore best` ranks by
+        experiment = start(
+            plan,
+            spec,
+            defaults=plan.defaults,
+            restart=args.restart,
+            cache=not args.no_cache,
+            host=args.host,
+            namespace=args.namespace,
+            image=args.image,
+            kfp_experiment=args.kfp_experiment,
+            service_account=args.service_account,
+            api_server=args.api_server,
+        )
         show(experiment, self.shell, quiet=args.quiet, target=target)
         if args.wait:
             experiment.wait()
         return experiment
-
-    def _katib_on_cluster(self, plan: Any, args: Any, spec: Any, defaults: Any, code: str = "") -> Any:
-        from ..compile.kfp import compile_pipeline
-        from ..tune import katib
-
-        text = compile_pipeline(plan, defaults=defaults) if defaults is not None else compile_pipeline(plan)
-        return katib.run_katib(
-            spec,
-            text,
-            host=args.host,
-            pipeline_name=plan.name,
-            namespace=args.namespace,
-            recorded=plan.parameters,
-            image=args.image or plan.image,
-            kfp_experiment=args.kfp_experiment,
-            service_account=args.service_account,
-            client=katib.api_client(args.api_server),
-            code=code,
-        )
 
     katib.__doc__ = (katib.__doc__ or "") + "\n\n" + SYNTAX
 
 
 def build_spec(args: Any, plan: Any) -> Any:
     """The ExperimentSpec from parsed %katib arguments (the form builds the same object)."""
-    from ..tune.space import ExperimentSpec, guess_goal, parse_fixed, parse_param
+    from ..tune import start
 
-    objective = args.objective or (plan.metrics[0] if plan.metrics else "")
-    return ExperimentSpec(
-        parameters=tuple(parse_param(_unquote(p)) for p in args.param),
-        objective=objective,
-        goal=args.goal or guess_goal(objective),
-        fixed=dict(parse_fixed(_unquote(f)) for f in args.fixed),
-        additional_metrics=tuple(m.strip() for m in (args.metrics or "").split(",") if m.strip()),
+    return start.build_spec(
+        plan,
+        args.param,
+        fixed=args.fixed,
+        objective=args.objective,
+        goal=args.goal,
+        metrics=args.metrics,
         algorithm=args.algorithm,
         max_trials=args.max_trials,
-        parallel_trials=args.parallel,
-        max_failed_trials=args.max_failed,
+        parallel=args.parallel,
+        max_failed=args.max_failed,
         seed=args.seed,
-        name=args.name or "",
+        name=args.name,
+        early_stopping=args.early_stopping,
+        min_trials=args.min_trials,
+        start_step=args.start_step,
     )
-
-
-def _unquote(text: str) -> str:
-    """IPython's argument parser keeps the quotes around ``"lr=double(...)"``."""
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    return text
-
-
-def _pipeline_defaults(shell: Any) -> Any:
-    from .state import kernel_state
-
-    return getattr(kernel_state(shell).recorder, "defaults", None)
 
 
 def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import ast
-import shlex
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import arguments
 from ..errors import NbMagicError, PipelineError
 from .analysis import parse, to_python
 from .model import Cell, Parameter, Step, check_name
@@ -32,31 +32,23 @@ STEP_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # raise instead of exiting
-        raise PipelineError(message)
-
-
-def build_parser(prog: str, specs: list[tuple[tuple[str, ...], dict[str, Any]]]) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, add_help=False)
-    for args, kwargs in specs:
-        parser.add_argument(*args, **kwargs)
-    return parser
-
-
-_STEP_PARSER = build_parser("%%step", STEP_ARGUMENTS + SETTING_ARGUMENTS)
+@functools.cache
+def _parser(prog: str) -> Any:
+    """The parser of a pipeline magic's line, built on first use (the same specs as the magic's ``?`` help)."""
+    specs = {
+        "%%step": STEP_ARGUMENTS + SETTING_ARGUMENTS,
+        "%pipeline_config": SETTING_ARGUMENTS,
+        "%pipeline_metrics": [(("names",), {"nargs": "*"})],
+    }[prog]
+    return arguments.build_parser(prog, specs)
 
 
 def parse_step_line(line: str, defaults: StepSettings | None = None) -> tuple[str, tuple[str, ...], StepSettings]:
     """``NAME [--after A B] [settings]`` -> (name, after, settings); errors name the option."""
     try:
-        words = shlex.split(line, comments=True)
-    except ValueError as exc:
-        raise PipelineError(f"%%step {line.strip()}: {exc}") from None
-    try:
-        namespace = _STEP_PARSER.parse_args(words)
-    except PipelineError as exc:
-        raise PipelineError(f"%%step {line.strip()}: {exc}") from None
+        namespace = arguments.parse(_parser("%%step"), line)
+    except NbMagicError as exc:
+        raise PipelineError(f"%%step {line.strip()}: {str(exc).removeprefix('%%step: ')}") from None
     name = check_name(namespace.name, "step")
     after = tuple(dict.fromkeys(check_name(a, "step") for a in namespace.after))
     if name in after:
@@ -107,7 +99,11 @@ def parse_parameters(code: str, where: str, first_line: int = 2) -> dict[str, Pa
 
 
 def parse_metrics_line(line: str) -> list[str]:
-    names = line.split()
+    """``%pipeline_metrics`` arguments -> the metric names (at least one)."""
+    try:
+        names = arguments.parse(_parser("%pipeline_metrics"), line).names
+    except NbMagicError as exc:
+        raise PipelineError(str(exc)) from None
     if not names:
         raise PipelineError("%pipeline_metrics needs at least one variable name")
     return [check_name(n, "metric") for n in dict.fromkeys(names)]
@@ -147,34 +143,16 @@ def cell_magic(source: str) -> tuple[str, str, str] | None:
 
 def _metrics_lines(code: str) -> list[str]:
     """Metric names from ``%pipeline_metrics`` lines anywhere in an ordinary cell."""
-    names: list[str] = []
-    for raw in code.splitlines():
-        text = raw.strip()
-        for prefix in ("%" + METRICS_MAGIC + " ", "%" + METRICS_MAGIC + "\t"):
-            if text.startswith(prefix):
-                names += parse_metrics_line(text[len(prefix) :].split("#")[0])
-    return names
-
-
-_CONFIG_PARSER = build_parser("%pipeline_config", SETTING_ARGUMENTS)
+    return [name for line in arguments.magic_lines(METRICS_MAGIC, code) for name in parse_metrics_line(line)]
 
 
 def parse_config_line(line: str, where: str = "%pipeline_config") -> StepSettings:
     """The settings of a ``%pipeline_config`` line (without the magic); errors name the option."""
     try:
-        namespace = _CONFIG_PARSER.parse_args(shlex.split(line, comments=True))
+        namespace = arguments.parse(_parser("%pipeline_config"), line)
         return settings_from_args(namespace, None)
     except (NbMagicError, ValueError) as exc:
-        raise PipelineError(f"{where}: {exc}") from None
-
-
-def _config_lines(source: str) -> list[str]:
-    prefix = "%" + CONFIG_MAGIC
-    return [
-        text.strip()[len(prefix) :]
-        for text in source.splitlines()
-        if text.strip() == prefix or text.strip().startswith(prefix + " ") or text.strip().startswith(prefix + "\t")
-    ]
+        raise PipelineError(f"{where}: {str(exc).removeprefix('%pipeline_config: ')}") from None
 
 
 def read_cells(cells: list[RawCell]) -> Notebook:
@@ -204,7 +182,7 @@ def read_cells(cells: list[RawCell]) -> Notebook:
         elif magic:
             continue  # another cell magic (%%bash, %%html …): not Python the steps can use
         else:
-            for config in _config_lines(raw.source):
+            for config in arguments.magic_lines(CONFIG_MAGIC, raw.source):
                 notebook.defaults = parse_config_line(config, f"{raw.label}: %pipeline_config")
             for metric in _metrics_lines(raw.source):
                 if metric not in notebook.metrics:

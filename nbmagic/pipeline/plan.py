@@ -90,7 +90,10 @@ def _order(steps: dict[str, StepPlan], index: dict[str, int]) -> list[str]:
 def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: str | None = None) -> PipelinePlan:
     """Validate the recorded notebook and resolve every step's inputs; errors name step and variable."""
     if not notebook.steps:
-        raise PipelineError("no steps recorded: mark cells with %%step NAME and run them")
+        raise PipelineError(
+            "no steps recorded: mark cells with %%step NAME and run them "
+            "(or give --notebook PATH when the kernel cannot find its notebook file)"
+        )
     steps = sorted(notebook.steps, key=lambda s: s.cell.index)
     known = {s.name for s in steps}
     index = {s.name: s.cell.index for s in steps}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-
 from .model import PipelinePlan
 
 
@@ -35,76 +33,12 @@ def plan_text(plan: PipelinePlan) -> str:
     return "\n".join(lines)
 
 
-def _layers(plan: PipelinePlan) -> dict[str, int]:
-    layer: dict[str, int] = {}
-    for step in plan.steps:  # plan.steps is topologically ordered
-        layer[step.name] = 1 + max((layer[u] for u in step.upstream), default=-1)
-    return layer
-
-
 def plan_svg(plan: PipelinePlan) -> str:
     """The DAG as SVG: one row per layer, edges labelled with the variables that flow on them."""
-    layer = _layers(plan)
-    rows: dict[int, list[str]] = {}
-    for step in plan.steps:
-        rows.setdefault(layer[step.name], []).append(step.name)
-    box_w, box_h, gap_x, gap_y = 150, 36, 40, 70
-    width = max(len(r) for r in rows.values()) * (box_w + gap_x) + gap_x
-    height = len(rows) * (box_h + gap_y) + gap_y // 2
-    pos: dict[str, tuple[float, float]] = {}
-    for depth, names in rows.items():
-        row_w = len(names) * (box_w + gap_x) - gap_x
-        for i, name in enumerate(names):
-            x = (width - row_w) / 2 + i * (box_w + gap_x)
-            pos[name] = (x, gap_y / 3 + depth * (box_h + gap_y))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-        '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-        '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>',
+    from ..dag_svg import Edge, Node, svg
+
+    nodes = [Node(s.name, s.name, fill="#e8f5e9" if s.metrics else "#e3f2fd") for s in plan.steps]
+    edges = [
+        Edge(e.source, e.target, ", ".join(e.variables), dashed=e.explicit and not e.variables) for e in plan.edges
     ]
-    extent = float(width)
-    fanout: dict[str, int] = {}
-    for edge in plan.edges:
-        fanout[edge.source] = fanout.get(edge.source, 0) + 1
-    for edge in plan.edges:
-        (sx, sy), (tx, ty) = pos[edge.source], pos[edge.target]
-        x1, y1, x2, y2 = sx + box_w / 2, sy + box_h, tx + box_w / 2, ty
-        dash = ' stroke-dasharray="4,3"' if edge.explicit and not edge.variables else ""
-        skip = layer[edge.target] - layer[edge.source] > 1
-        if skip:
-            # an edge over a layer bows out to the right so it does not run through the boxes between
-            between = [pos[n][0] + box_w for n, d in layer.items() if layer[edge.source] < d < layer[edge.target]]
-            clear = max(between + [x1, x2]) + 24  # the curve's midpoint passes right of those boxes
-            cx, cy = 2 * clear - (x1 + x2) / 2, (y1 + y2) / 2
-            parts.append(
-                f'<path d="M{x1},{y1} Q{cx},{cy} {x2},{y2 - 2}" fill="none" stroke="#555"{dash} marker-end="url(#arrow)"/>'
-            )
-        else:
-            parts.append(
-                f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2 - 2}" stroke="#555"{dash} marker-end="url(#arrow)"/>'
-            )
-        if edge.variables:
-            full = ", ".join(edge.variables)
-            label = full if len(full) <= 22 else full[:21] + "…"
-            # near the source when it fans out (labels of sibling edges then sit apart), else mid-way
-            t = 0.3 if fanout[edge.source] > 1 and not skip else 0.5
-            if skip:  # the curve's midpoint
-                lx, ly = 0.25 * x1 + 0.5 * cx + 0.25 * x2, 0.25 * y1 + 0.5 * cy + 0.25 * y2
-            else:
-                lx, ly = x1 + (x2 - x1) * t, y1 + (y2 - y1) * t
-            anchor, dx = ("end", -6) if x2 < x1 - 1 and not skip else ("start", 6)
-            parts.append(
-                f'<text x="{lx + dx}" y="{ly + 4}" text-anchor="{anchor}" fill="#444" stroke="#fff" stroke-width="3" '
-                f'paint-order="stroke"><title>{html.escape(full)}</title>{html.escape(label)}</text>'
-            )
-            extent = max(extent, lx + dx + 7 * len(label) if anchor == "start" else lx)
-    for step in plan.steps:
-        x, y = pos[step.name]
-        fill = "#e8f5e9" if step.metrics else "#e3f2fd"
-        parts.append(f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="{fill}" stroke="#1e88e5"/>')
-        parts.append(
-            f'<text x="{x + box_w / 2}" y="{y + box_h / 2 + 4}" text-anchor="middle">{html.escape(step.name)}</text>'
-        )
-    parts.append("</svg>")
-    parts[0] = parts[0].replace(f'width="{width}"', f'width="{int(extent) + 10}"', 1)
-    return "".join(parts)
+    return svg(nodes, edges)

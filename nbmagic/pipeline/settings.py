@@ -13,18 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .. import k8s_names, units
 from ..errors import NbMagicError
+from ..k8s_names import DNS_LABEL
 
 CPU_RE = re.compile(r"^([0-9]*\.)?[0-9]+m?$")  # what kfp's set_cpu_* accept
 MEMORY_RE = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")  # what kfp's set_memory_* accept
-DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 ACCELERATOR_RE = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-K8S_NAME_RE = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})*$")  # secret and PVC names (RFC 1123 subdomain)
 SECRET_KEY_RE = re.compile(r"^[-._A-Za-z0-9]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 
@@ -107,20 +104,18 @@ class StepSettings:
 
 def memory_bytes(quantity: str) -> int:
     """``2Gi`` -> 2147483648 (for local memory limits)."""
-    match = MEMORY_RE.match(quantity)
-    if not match:
-        raise SettingError(f"--memory: {quantity!r} is not a memory quantity like 512Mi or 2Gi")
-    suffix = match.group(1) or ""
-    number = int(quantity[: len(quantity) - len(suffix)])
-    powers = "KMGTPE"
-    if suffix.endswith("i"):
-        return number * 1024 ** (powers.index(suffix[0]) + 1)
-    return number * 1000 ** (powers.index(suffix) + 1) if suffix else number
+    try:
+        return units.memory_bytes(quantity)
+    except ValueError:
+        raise SettingError(f"--memory: {quantity!r} is not a memory quantity like 512Mi or 2Gi") from None
 
 
 def cpu_millis(quantity: str) -> float:
     """``500m`` -> 500, ``1.5`` -> 1500."""
-    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+    try:
+        return units.cpu_millis(quantity)
+    except ValueError:
+        raise SettingError(f"--cpu: {quantity!r} is not a CPU quantity like 500m, 1 or 1.5") from None
 
 
 def check_limits(settings: StepSettings) -> StepSettings:
@@ -151,15 +146,14 @@ def parse_memory(value: str, option: str = "--memory") -> str:
 
 
 def parse_duration(value: str, option: str) -> int:
-    """``90`` / ``90s`` / ``10m`` / ``1h30m`` -> seconds."""
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    match = DURATION_RE.match(text)
-    if not text or not match:
+    """``90`` / ``90s`` / ``10m`` / ``1h30m`` / ``2d`` -> whole seconds."""
+    try:
+        seconds = units.duration_seconds(str(value))
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0 or seconds != int(seconds):
         raise SettingError(f"{option}: {value!r} is not a duration like 30s, 10m, 1h30m or a number of seconds")
-    hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    return int(seconds)
 
 
 def parse_accelerator(value: str, option: str = "--gpu") -> tuple[str, int]:
@@ -196,7 +190,7 @@ def parse_env(value: str, option: str = "--env") -> tuple[str, str]:
 
 
 def _k8s_name(name: str, what: str, option: str) -> str:
-    if not K8S_NAME_RE.match(name) or len(name) > 253:
+    if not k8s_names.is_subdomain(name):
         raise SettingError(f"{option}: {what} {name!r} is not a Kubernetes name (lower-case letters, digits, - and .)")
     return name
 
@@ -242,7 +236,7 @@ def parse_volume(value: str, option: str = "--volume") -> VolumeMount:
 
 def parse_node_selector(value: str, option: str = "--node-selector") -> tuple[str, str]:
     key, sep, label = value.partition("=")
-    if not sep or not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(label):
+    if not sep or not k8s_names.is_label_key(key) or not k8s_names.is_label_value(label):
         raise SettingError(f"{option}: {value!r} is not LABEL=VALUE with a valid Kubernetes label")
     return key, label
 
@@ -251,7 +245,7 @@ def parse_toleration(value: str, option: str = "--toleration") -> Toleration:
     """``key[=value][:Effect]``; without a value the operator is Exists."""
     head, _, effect = value.partition(":")
     key, sep, label = head.partition("=")
-    if not LABEL_KEY_RE.match(key) or (sep and not LABEL_VALUE_RE.match(label)):
+    if not k8s_names.is_label_key(key) or (sep and not k8s_names.is_label_value(label)):
         raise SettingError(f"{option}: {value!r} is not KEY[=VALUE][:EFFECT] with a valid taint key")
     if effect and effect not in TAINT_EFFECTS:
         raise SettingError(f"{option}: effect {effect!r} must be one of {', '.join(TAINT_EFFECTS)}")
@@ -533,3 +527,10 @@ __all__ = [
     "merge",
     "settings_from_args",
 ]
+
+
+def merged_plan(plan: Any, defaults: StepSettings | None) -> Any:
+    """``plan`` with the pipeline-wide settings ``defaults`` merged under each step's own."""
+    for step in plan.steps:
+        plan = plan.with_settings(step.name, merge(defaults, step.settings))
+    return plan

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -13,9 +14,11 @@ from typing import Any
 
 from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
+from ..reporting import REPORT_FILE
 from ..runtime.step import uses_ipython
 from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore
+from . import single_flight
 from .cache_key import cache_key
 from .result import Run, StepState
 
@@ -60,9 +63,10 @@ def preload_modules(plan: PipelinePlan) -> list[str]:
 class LocalRunner:
     """Runs plans on this machine. One instance can run several plans at once from different threads."""
 
-    def __init__(self, store: RunStore | None = None, workers: int | None = None) -> None:
+    def __init__(self, store: RunStore | None = None, workers: int | None = None, single_flight: bool = True) -> None:
         self.store = store or RunStore()
         self.workers = workers or os.cpu_count() or 2
+        self.single_flight = single_flight  # a step already running elsewhere with the same key is waited for
 
     def run(
         self,
@@ -91,6 +95,7 @@ class LocalRunner:
             upstream={s.name: list(s.upstream) for s in plan.steps},
         )
         run = Run(run_id, plan.name, names, values, self.store)
+        run._flights, run._flight_cancel = {}, threading.Event()  # type: ignore[attr-defined]
         run_dir = self.store.run_dir(run_id)
         notify = listener or (lambda *_: None)
         notify(run, None)
@@ -130,11 +135,18 @@ class LocalRunner:
                 )
                 for future in finished:
                     step, spec_path = running.pop(future)
+                    event = future.result()
+                    if event.get("event") == "flight":  # the same step elsewhere has finished
+                        submitted = self._after_flight(run, step, event, values, cache, run_dir, pool, notify)
+                        if submitted is not None:
+                            running[submitted[0]] = (step, submitted[1])
+                        continue
                     retry_at.pop(step.name, None)
-                    again = self._finish(run, step, future.result(), spec_path, cache, notify)
+                    again = self._finish(run, step, event, spec_path, cache, notify)
                     if again is not None:
                         retry_at[step.name] = again
         except BaseException as exc:  # Ctrl-C, or anything else escaping: stop the steps, never leave a 'running' run
+            run._flight_cancel.set()  # type: ignore[attr-defined]
             for future in running:
                 pool.kill(getattr(future, "task_id", ""))
             reason = (
@@ -148,9 +160,13 @@ class LocalRunner:
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
             raise
+        finally:
+            for name in list(run._flights):  # type: ignore[attr-defined]
+                self._release_flight(run, name)  # not finished here (stopped): a waiter runs the step itself
         failed = [s for s in run.steps.values() if s.status in ("failed", "timed_out")]
-        run.status = "failed" if failed else "done"
-        run.error = failed[0].error if failed else None
+        pruned = [s for s in run.steps.values() if s.status == "pruned"]
+        run.status = "failed" if failed else "pruned" if pruned else "done"
+        run.error = failed[0].error if failed else pruned[0].error if pruned else None
         run.ended = time.time()
         self.store.finish_run(run_id, run.status, run.metrics, run.error)
         notify(run, None)
@@ -162,7 +178,9 @@ class LocalRunner:
         from ..store.gc import auto_gc
 
         try:
-            auto_gc(self.store)
+            report = auto_gc(self.store)
+            if report is not None and report.over_budget:
+                print(report.over_budget, file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - gc is housekeeping
             print(f"nbmagic: automatic gc skipped: {exc}", file=sys.stderr)
 
@@ -181,6 +199,7 @@ class LocalRunner:
             entry = self.store.cache_get(key)
             needed = set(step.outputs) | set(step.metrics)
             if entry is not None and needed <= set(entry.outputs) and set(step.metrics) <= set(entry.metrics):
+                self._release_flight(run, step.name)
                 state.status, state.ended = "cached", time.time()
                 state.outputs, state.not_kept = entry.outputs, entry.not_kept
                 run.metrics.update(entry.metrics)
@@ -204,6 +223,14 @@ class LocalRunner:
                 )
                 notify(run, state)
                 return None
+            if self.single_flight and step.name not in run._flights:  # type: ignore[attr-defined]
+                flight = single_flight.try_acquire(self.store.root, key)
+                if flight is None:  # the same step with the same key is running: wait for it, take its result
+                    state.status = "running"
+                    self.store.set_step(run.id, step.name, "running", cache_key=key, started=state.started)
+                    notify(run, state)
+                    return single_flight.wait_for(self.store.root, key, run._flight_cancel), ""  # type: ignore[attr-defined]
+                run._flights[step.name] = flight  # type: ignore[attr-defined]
         state.status = "running"
         state.attempts += 1
         spec = {
@@ -221,7 +248,10 @@ class LocalRunner:
             "store": str(self.store.root),
             "log": str(run_dir / f"{step.name}.log"),
             "result": str(run_dir / f"{step.name}.result.json"),
-            "env": dict(getattr(step.settings, "env", ()) or ()),
+            "env": {
+                **dict(getattr(step.settings, "env", ()) or ()),
+                REPORT_FILE: str(run_dir / f"{step.name}.reports.jsonl"),  # nbmagic.report() writes here
+            },
             "uses_ipython": uses_ipython(step.cell.code, step.prelude),
             "cache_key": key,
         }
@@ -289,6 +319,10 @@ class LocalRunner:
             state.status = "pending"
             notify(run, state)
             return time.time() + delay
+        if state.status not in ("done", "pruned"):
+            self._release_flight(run, step.name, state.error or state.status)
+        elif state.status == "pruned":  # stopped early, nothing to share: a waiter runs the step itself
+            self._release_flight(run, step.name)
         if state.status == "done":
             run.metrics.update(result.get("metrics", {}))
             execution = self.store.record_execution(
@@ -298,6 +332,7 @@ class LocalRunner:
                 self.store.cache_put(
                     spec["cache_key"], step.name, execution, state.outputs, result.get("metrics", {}), state.not_kept
                 )
+            self._release_flight(run, step.name)
         self.store.set_step(
             run.id,
             step.name,
@@ -310,6 +345,38 @@ class LocalRunner:
         notify(run, state)
         return None
 
+    def _after_flight(
+        self,
+        run: Run,
+        step: StepPlan,
+        event: dict[str, Any],
+        values: dict[str, Any],
+        cache: bool,
+        run_dir: Path,
+        pool: Any,
+        notify: Listener,
+    ):
+        """The leader of this step's key is done: take its result from the cache, fail as it failed, or run."""
+        flight = event.get("flight")
+        if flight is None:  # the run was stopped while waiting
+            return None
+        run._flights[step.name] = flight  # type: ignore[attr-defined]
+        failed = event.get("failed")
+        if failed is not None:
+            self._release_flight(run, step.name)
+            state = run.steps[step.name]
+            state.status, state.ended = "failed", time.time()
+            state.error = f"{failed['error']} (the same step with the same inputs failed in run {failed.get('run')})"
+            self.store.set_step(run.id, step.name, "failed", ended=state.ended, error=state.error)
+            notify(run, state)
+            return None
+        return self._start(run, step, values, cache, run_dir, pool, notify)
+
+    def _release_flight(self, run: Run, name: str, error: str | None = None) -> None:
+        flight = run._flights.pop(name, None)  # type: ignore[attr-defined]
+        if flight is not None:
+            flight.release(error, run.id)
+
     def _input_refs(self, run: Run, step: StepPlan) -> dict[str, dict[str, Any]]:
         return {var: run.steps[src].outputs[var] for var, src in step.inputs.items()}
 
@@ -320,7 +387,11 @@ class LocalRunner:
             for name, state in run.steps.items():
                 if state.status != "pending":
                     continue
-                blocked = [u for u in steps[name].upstream if run.steps[u].status in ("failed", "timed_out", "skipped")]
+                blocked = [
+                    u
+                    for u in steps[name].upstream
+                    if run.steps[u].status in ("failed", "timed_out", "skipped", "pruned")
+                ]
                 if blocked:
                     state.status = "skipped"
                     state.error = f"skipped: upstream step {blocked[0]!r} did not finish"

@@ -7,13 +7,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-FINAL = ("done", "cached", "failed", "skipped", "timed_out")
+FINAL = ("done", "cached", "failed", "skipped", "timed_out", "pruned")
 
 
 @dataclass
 class StepState:
     name: str
-    status: str = "pending"  # pending | running | cached | done | failed | timed_out | skipped
+    status: str = "pending"  # pending | running | cached | done | failed | timed_out | skipped | pruned
     started: float | None = None
     ended: float | None = None
     error: str | None = None
@@ -104,6 +104,7 @@ _COLORS = {
     "failed": "#e53935",
     "timed_out": "#e53935",
     "skipped": "#bdbdbd",
+    "pruned": "#fb8c00",
 }
 
 

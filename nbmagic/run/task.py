@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..reporting import REPORT_FILE, Pruned, prune_path
 from ..runtime.step import StepError, execute, ipython_setup
 
 
@@ -77,6 +78,8 @@ def run_task(spec_path: str) -> int:
             try:
                 result["outputs"][name] = asdict(store.put(value, name))
             except Exception as exc:  # noqa: BLE001 - unserializable values are reported by name
+                if getattr(exc, "disk_full", False):  # never a silent gap: the step fails, no cache entry
+                    raise _OutputError(f"step {spec['step']!r}: {exc}") from None
                 reason = f"{type(value).__module__}.{type(value).__qualname__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                 if name in required:
                     raise _OutputError(
@@ -88,7 +91,12 @@ def run_task(spec_path: str) -> int:
             raise _OutputError(f"step {spec['step']!r} did not assign {missing[0]!r}, which a later step reads")
         result["status"] = "done"
     except StepError as exc:
-        result["error"] = str(exc)
+        report_file = os.environ.get(REPORT_FILE, "")
+        if exc.exc_type == Pruned.__name__ and report_file and os.path.exists(prune_path(report_file)):
+            result["status"] = "pruned"  # stopped early by the tuning experiment: not a failure, not cached
+            result["error"] = f"step {spec['step']!r} stopped early: {str(exc).split(': ', 2)[-1]}"
+        else:
+            result["error"] = str(exc)
         result["traceback"] = exc.notebook_traceback
         sys.stderr.write(exc.notebook_traceback)
     except Exception as exc:  # noqa: BLE001 - store and output errors

@@ -1,20 +1,16 @@
-"""What runs inside each compiled KFP component, as real code (copied verbatim into the generated pipeline).
+"""The component entry point: what each compiled KFP component calls to run its notebook step.
 
-``nbmagic_run`` is placed beside the generated step functions and shipped with each component through
-``dsl.component(additional_funcs=...)``. It uses only the standard library plus the runtime sources returned by the
-generated ``nbmagic_sources()`` (nbmagic's step runtime and marshaller, exec'd into fresh modules), so the
-component image needs no nbmagic install.
+A component imports it as ``from nbmagic.runtime.component import nbmagic_run``: from the cluster image, which
+has nbmagic installed, or from the zipped runtime package the pipeline carries (see ``compile.bundle``), so a
+plain ``python`` image needs no nbmagic install.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 METRIC_LINE_PREFIX = "nbmagic-metric "
-"""What starts each metric line :func:`nbmagic_run` prints (``nbmagic-metric {"step": ..., "name": ..., "value": ...}``).
-
-The literal is repeated inside ``nbmagic_run`` because only that function's source travels into the component."""
+"""What starts each metric line :func:`nbmagic_run` prints (``nbmagic-metric {"step": ..., "name": ..., "value": ...}``)."""
 
 
 def nbmagic_run(
@@ -32,23 +28,14 @@ def nbmagic_run(
     import numbers
     import os
     import sys
-    import types
+
+    from . import marshal
+    from . import step as runtime
 
     def fail(message):
         sys.stderr.write(f"nbmagic: step {step!r}: {message}\n")
         sys.stderr.flush()
         raise SystemExit(1)
-
-    def runtime_module(name, source):
-        module = types.ModuleType(name)
-        module.__file__ = f"<{name}>"
-        sys.modules[name] = module
-        exec(compile(source, f"<{name}>", "exec"), module.__dict__)
-        return module
-
-    sources = nbmagic_sources()  # noqa: F821 - defined beside this function in the generated module
-    marshal = runtime_module("nbmagic_marshal", sources["marshal"])
-    runtime = runtime_module("nbmagic_step", sources["step"])
 
     values = dict(parameters)
     for name, artifact in inputs.items():
@@ -87,9 +74,4 @@ def nbmagic_run(
     import json
 
     for name, value in logged.items():
-        print("nbmagic-metric " + json.dumps({"step": step, "name": name, "value": value}), flush=True)
-
-
-def source() -> str:
-    """The source text of :func:`nbmagic_run`, as it is pasted into generated pipelines."""
-    return inspect.getsource(nbmagic_run)
+        print(METRIC_LINE_PREFIX + json.dumps({"step": step, "name": name, "value": value}), flush=True)

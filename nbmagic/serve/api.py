@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from nbmagic.config import home
+from nbmagic.kube import SERVING_NAMESPACE
 from nbmagic.serve.errors import ServeError
 from nbmagic.serve.package import Package, build, default_name, validate_name
 
@@ -53,7 +54,7 @@ def serve(
     protocol: str = "v1",
     grpc_port: int | None = None,
     cluster: bool = False,
-    namespace: str = "default",
+    namespace: str = SERVING_NAMESPACE,
     storage_uri: str | None = None,
     image: str | None = None,
     api: Any = None,

@@ -6,35 +6,25 @@ from typing import Any
 
 from nbmagic.serve.errors import PredictError, ServeError
 
-_V2_TYPES = {
-    "f": {2: "FP16", 4: "FP32", 8: "FP64"},
-    "i": {1: "INT8", 2: "INT16", 4: "INT32", 8: "INT64"},
-    "u": {1: "UINT8", 2: "UINT16", 4: "UINT32", 8: "UINT64"},
-    "b": {1: "BOOL"},
-}
 
+def request_body(data: Any, protocol: str) -> tuple[bytes, dict[str, str]]:
+    """The V1 or V2 body for ``data`` and its headers (a ready body dict is sent as it is). V2 tensors keep
+    their dtype; FP16 goes as a binary tensor, which JSON cannot carry."""
+    import orjson
 
-def request_body(data: Any, protocol: str) -> dict[str, Any]:
-    """A V1 or V2 JSON body for ``data`` (a ready body dict is sent as it is)."""
+    from nbmagic.serve import protocol as v2
+
     if protocol not in ("v1", "v2"):
         raise ServeError(f"protocol '{protocol}' is not supported: use v1 or v2")
     if isinstance(data, dict):
-        return data
+        return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), {"content-type": "application/json"}
     if protocol == "v1":
-        return {"instances": _plain(data)}
-    import numpy as np
-
-    array = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data)
-    kind = array.dtype.kind
-    if kind in "USO":
-        datatype = "BYTES"
-        values = [str(v) for v in array.ravel().tolist()]
-    elif kind in _V2_TYPES and array.dtype.itemsize in _V2_TYPES[kind]:
-        datatype = _V2_TYPES[kind][array.dtype.itemsize]
-        values = array.ravel().tolist()
-    else:
-        raise ServeError(f"cannot send an array of dtype {array.dtype} with the V2 protocol")
-    return {"inputs": [{"name": "input-0", "shape": list(array.shape), "datatype": datatype, "data": values}]}
+        return orjson.dumps({"instances": _plain(data)}), {"content-type": "application/json"}
+    array = v2.as_array(data)
+    try:
+        return v2.encode_request({"input-0": array})
+    except v2.ProtocolError:
+        raise ServeError(f"cannot send an array of dtype {array.dtype} with the V2 protocol") from None
 
 
 def _plain(data: Any) -> Any:
@@ -57,22 +47,29 @@ def predictions(response: dict[str, Any]) -> Any:
         return response
     import numpy as np
 
+    from nbmagic.serve.protocol import DTYPES
+
     def values(out: dict[str, Any]) -> Any:
         shape = out.get("shape") or [len(out["data"])]
-        dtype = object if out.get("datatype") == "BYTES" else None
-        return np.asarray(out["data"], dtype=dtype).reshape(shape).tolist()
+        return np.asarray(out["data"], dtype=DTYPES.get(out.get("datatype"), None)).reshape(shape).tolist()
 
     if len(outputs) == 1:
         return values(outputs[0])
     return {out.get("name", f"output-{i}"): values(out) for i, out in enumerate(outputs)}
 
 
-def post(session: Any, url: str, body: dict[str, Any], server: str, timeout: float = 60.0) -> dict[str, Any]:
-    """POST JSON; a non-2xx answer raises PredictError carrying the server's own error message."""
+def post(
+    session: Any, url: str, body: tuple[bytes, dict[str, str]], server: str, timeout: float = 60.0
+) -> dict[str, Any]:
+    """POST the body; a non-2xx answer raises PredictError carrying the server's own error message. Binary V2
+    outputs come back in ``data`` like JSON ones."""
     import requests
 
+    from nbmagic.serve import protocol as v2
+
+    content, headers = body
     try:
-        response = session.post(url, json=body, timeout=timeout)
+        response = session.post(url, data=content, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
         raise PredictError(f"server '{server}' is not reachable at {url}: {type(exc).__name__}") from None
     if response.status_code >= 400:
@@ -81,4 +78,10 @@ def post(session: Any, url: str, body: dict[str, Any], server: str, timeout: flo
         except ValueError:
             message = response.text
         raise PredictError(f"server '{server}' answered {response.status_code}: {str(message).strip()}")
-    return response.json()
+    length = response.headers.get(v2.HEADER_LENGTH)
+    if length is None:
+        return response.json()
+    head, arrays = v2.decode_response(response.content, length)
+    for out in head.get("outputs") or []:
+        out.setdefault("data", arrays[out["name"]].ravel().tolist())
+    return head

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from nbmagic.images import nbmagic_image
-from nbmagic.kube import api_client
+from nbmagic.kube import SERVING_NAMESPACE, api_client
 from nbmagic.serve import client
 from nbmagic.serve.errors import ServeError
 from nbmagic.serve.package import Package, validate_name
@@ -46,7 +46,7 @@ def inference_service(
     package: Package,
     *,
     storage_uri: str,
-    namespace: str = "default",
+    namespace: str = SERVING_NAMESPACE,
     protocol: str = "v1",
     image: str | None = None,
     service_account: str | None = None,
@@ -221,7 +221,7 @@ def deploy(
     package: Package,
     *,
     storage_uri: str,
-    namespace: str = "default",
+    namespace: str = SERVING_NAMESPACE,
     protocol: str = "v1",
     image: str | None = None,
     api: Any = None,

@@ -81,6 +81,20 @@ def load_object(path: Path) -> Any:
     return dill.loads(path.read_bytes())
 
 
+def load_outputs(directory: Path, kind: str, filename: str) -> dict[str, Callable[[Any], Any]]:
+    """The model's named outputs, first the default: ``predict`` (and ``predict_proba`` where the model has it)
+    for scikit-learn-style models, ``output-0`` for the others."""
+    if kind in ("sklearn", "predict"):
+        import joblib
+
+        model = joblib.load(directory / filename) if kind == "sklearn" else load_object(directory / filename)
+        outputs = {"predict": model.predict}
+        if callable(getattr(model, "predict_proba", None)):
+            outputs["predict_proba"] = model.predict_proba
+        return outputs
+    return {"output-0": load_predict(directory, kind, filename)}
+
+
 def load_predict(directory: Path, kind: str, filename: str) -> Callable[[Any], Any]:
     """Load the saved model and return ``f(inputs) -> predictions``."""
     path = directory / filename
@@ -112,8 +126,11 @@ def load_predict(directory: Path, kind: str, filename: str) -> Callable[[Any], A
         obj.eval()
 
         def predict_torch(x: Any) -> Any:
+            tensor = torch.as_tensor(x)
+            if tensor.dtype == torch.float64:  # V1 JSON numbers: the float32 a torch model is usually built for
+                tensor = tensor.float()
             with torch.no_grad():
-                return obj(torch.as_tensor(x, dtype=torch.float32)).numpy()
+                return obj(tensor).numpy()
 
         return predict_torch
     if kind == "predict":

@@ -152,7 +152,7 @@ class Server:
                             "--predictor-host",
                             f"{HOST}:{predictor_port}",
                             "--predictor-protocol",
-                            protocol,
+                            "v2",  # binary V2 tensors between the two: dtypes and shapes survive the hop
                             *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else []),
                         ],
                         log_dir / "transformer.log",

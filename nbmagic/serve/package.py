@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbmagic.k8s_names import is_dns1035_label
 from nbmagic.serve import formats
 from nbmagic.serve import transformer as transformer_mod
 from nbmagic.serve.detect import ModelKind, detect
 from nbmagic.serve.errors import ServeError
 
 MANIFEST = "serve.json"
-_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def validate_name(name: str) -> str:
     """A server name becomes a path, a URL segment and a Kubernetes name: DNS-1035 label."""
-    if not _NAME.match(name or ""):
+    if not is_dns1035_label(name or ""):
         raise ServeError(
             f"server name '{name}' is invalid: use lowercase letters, digits and '-', starting with a letter"
         )

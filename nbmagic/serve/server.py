@@ -7,8 +7,9 @@ By default the transformer runs in this process (preprocess, then predict). ``--
 ``--transformer-only`` give KServe's cluster layout: a transformer server forwarding to a predictor server.
 Both V1 (``{"instances": [...]}``) and V2 (open inference protocol) requests are served.
 
-The transformer receives a Python list: V1 ``instances``, or for V2 the single input tensor as a nested
-list (bytes decoded to str; several inputs: a dict name -> list). Its result goes to the model's predict.
+The transformer receives V1 ``instances`` as the JSON list, or for V2 the input tensor as a numpy array of
+its declared dtype (BYTES as str; several inputs: a dict name -> array). Its result goes to the model's outputs
+(see endpoint.py); inference over HTTP runs through the lean routes of routes.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
-_PROTOCOL_HEADER = "x-nbmagic-protocol"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,183 +61,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --- request/response conversion (numpy and kserve are imported lazily; the server process has them) ---------
+# --- the kserve.Model (KServe's own routes and gRPC; HTTP inference goes through routes.py) --------------------
 
 
-def _request_rows(payload: Any, headers: dict[str, str] | None) -> Any:
-    """The request's data as a Python list (V1 instances, or V2 input tensors)."""
-    from kserve.errors import InvalidInput
-    from kserve.protocol.infer_type import InferRequest
+def _model_class() -> type:
+    """Define the kserve.Model subclass (kserve is imported only in the server process)."""
+    import asyncio
 
-    if isinstance(payload, InferRequest):
-        if headers is not None:
-            headers[_PROTOCOL_HEADER] = "v2"
-        if not payload.inputs:
-            raise InvalidInput("V2 request has no inputs")
-        tensors = {i.name: _tensor_list(i) for i in payload.inputs}
-        return next(iter(tensors.values())) if len(tensors) == 1 else tensors
-    if isinstance(payload, (bytes, str)):
-        import json
-
-        try:
-            payload = json.loads(payload)
-        except ValueError:
-            raise InvalidInput("request body is not JSON") from None
-    if not isinstance(payload, dict):
-        raise InvalidInput('request body must be a JSON object with "instances" (V1) or "inputs" (V2)')
-    rows = payload.get("instances", payload.get("inputs"))
-    if not isinstance(rows, list):
-        raise InvalidInput('V1 request needs "instances": a list, e.g. {"instances": [[1, 2, 3]]}')
-    return rows
-
-
-def _tensor_list(tensor: Any) -> Any:
-    array = tensor.as_numpy()
-    if array.dtype == object:
-        return [
-            [_text(v) for v in row] if hasattr(row, "__len__") and not isinstance(row, (bytes, str)) else _text(row)
-            for row in array.tolist()
-        ]
-    return array.tolist()
-
-
-def _text(value: Any) -> Any:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _as_array(values: Any) -> Any:
-    import numpy as np
-
-    if isinstance(values, dict) or hasattr(values, "to_numpy") or hasattr(values, "shape"):
-        return values  # a dict (several inputs) goes to the model as it is
-    return np.asarray(values)
-
-
-def _infer_response(name: str, result: Any, request_id: str | None = None) -> Any:
-    import numpy as np
-    from kserve.protocol.infer_type import InferOutput, InferResponse
-
-    named = result.items() if isinstance(result, dict) else [("output-0", result)]  # a dict: one output per key
-    outputs = []
-    for key, value in named:
-        array = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value)
-        if array.dtype.kind in "USO":
-            array = array.astype(object)
-        output = InferOutput(name=str(key), shape=list(array.shape), datatype=_datatype(array))
-        output.set_data_from_numpy(array, binary_data=False)
-        outputs.append(output)
-    return InferResponse(response_id=request_id or "", model_name=name, infer_outputs=outputs)
-
-
-def _datatype(array: Any) -> str:
-    from kserve.utils.numpy_codec import from_np_dtype
-
-    return from_np_dtype(array.dtype) or "BYTES"
-
-
-def _to_list(result: Any) -> Any:
-    if isinstance(result, dict):
-        return {key: _to_list(value) for key, value in result.items()}
-    if hasattr(result, "to_numpy"):
-        result = result.to_numpy()
-    return result.tolist() if hasattr(result, "tolist") else result
-
-
-def _fail(what: str, exc: BaseException) -> Exception:
-    from kserve.errors import InvalidInput
-
-    text = str(exc).strip().splitlines()
-    return InvalidInput(f"{what} failed: {type(exc).__name__}: {text[0] if text else ''}")
-
-
-def _model_classes() -> tuple[type, type]:
-    """Define the kserve.Model subclasses (kserve is imported only in the server process)."""
     import kserve
-    from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-    from nbmagic.serve import formats
-    from nbmagic.serve import transformer as transformer_mod
-    from nbmagic.serve.package import open_package
+    from nbmagic.serve.endpoint import Endpoint
+    from nbmagic.serve.protocol import ProtocolError, as_array, datatype
 
     class PackagedModel(kserve.Model):
-        """Preprocess with the packaged transformer (if any), then predict with the packaged model."""
+        """The package's endpoint as a kserve.Model: preprocess, predict (here or forwarded), V1/V2 answers."""
 
-        def __init__(self, name: str, package: Path, with_transformer: bool = True) -> None:
-            super().__init__(name)
-            self.package = open_package(package)
-            self.with_transformer = with_transformer
-            self.transform = None
-            self.predict_fn = None
-
-        def load(self) -> bool:
-            pkg = self.package
-            self.predict_fn = formats.load_predict(pkg.model_dir, pkg.manifest["kind"], pkg.manifest["model_file"])
-            if self.with_transformer and pkg.transformer_dir is not None:
-                self.transform = transformer_mod.load(pkg.transformer_dir)
+        def __init__(self, endpoint: Endpoint, forward: Any = None) -> None:
+            super().__init__(endpoint.name)
+            self.endpoint = endpoint
+            self.forward = forward
             self.ready = True
-            return True
 
-        def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
-            rows = _request_rows(payload, headers)
-            if self.transform is None:
-                return rows
+        def get_input_types(self) -> list[dict[str, Any]]:
+            return self.endpoint.inputs_meta
+
+        def get_output_types(self) -> list[dict[str, Any]]:
+            return self.endpoint.outputs_meta
+
+        async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
             try:
-                return self.transform(rows)
-            except Exception as exc:  # noqa: BLE001
-                raise _fail(f"transformer '{self.package.manifest['transformer']}'", exc) from None
+                if isinstance(body, InferRequest):
+                    inputs = {i.name: i.as_numpy() for i in body.inputs}
+                    data = next(iter(inputs.values())) if len(inputs) == 1 else inputs
+                    requested = [o.name for o in body.request_outputs or []] or None
+                    outputs = await self._predict(self.endpoint.preprocess(data), requested)
+                    tensors = []
+                    for key, value in outputs.items():
+                        array = as_array(value)
+                        out = InferOutput(name=key, shape=list(array.shape), datatype=datatype(array))
+                        out.set_data_from_numpy(array, binary_data=body.from_grpc)
+                        tensors.append(out)
+                    response = InferResponse(
+                        response_id=body.id or "", model_name=self.name, infer_outputs=tensors, from_grpc=body.from_grpc
+                    )
+                    return response, {}
+                rows = body.get("instances") if isinstance(body, dict) else None
+                if not isinstance(rows, list):
+                    raise ProtocolError('V1 request needs "instances": a list, e.g. {"instances": [[1, 2, 3]]}')
+                outputs = await self._predict(self.endpoint.preprocess(rows), None)
+                result = next(iter(outputs.values())) if len(outputs) == 1 else outputs
+                return {"predictions": _plain(result)}, {}
+            except ProtocolError as exc:
+                raise InvalidInput(str(exc)) from None
 
-        def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
-            try:
-                return self.predict_fn(_as_array(payload))
-            except Exception as exc:  # noqa: BLE001
-                raise _fail(f"model '{self.name}' predict", exc) from None
+        async def _predict(self, features: Any, requested: list[str] | None) -> dict[str, Any]:
+            if self.forward is not None:
+                return await self.forward(features, requested)
+            return await asyncio.to_thread(self.endpoint.predict, features, requested)
 
-        def postprocess(self, result: Any, headers: dict[str, str] | None = None) -> Any:
-            if headers is not None and headers.get(_PROTOCOL_HEADER) == "v2":
-                return _infer_response(self.name, result)
-            return {"predictions": _to_list(result)}
+    return PackagedModel
 
-    class ForwardingTransformer(kserve.Model):
-        """KServe's transformer layout: preprocess here, predict on the predictor server over HTTP."""
 
-        def __init__(self, name: str, package: Path, protocol: str) -> None:
-            super().__init__(name)
-            self.package = open_package(package)
-            self.protocol = protocol
-            self.transform = None
+def _plain(result: Any) -> Any:
+    from nbmagic.serve.protocol import as_array
 
-        def load(self) -> bool:
-            if self.package.transformer_dir is not None:
-                self.transform = transformer_mod.load(self.package.transformer_dir)
-            self.ready = True
-            return True
-
-        def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
-            rows = _request_rows(payload, headers)
-            if self.transform is not None:
-                try:
-                    rows = self.transform(rows)
-                except Exception as exc:  # noqa: BLE001
-                    raise _fail(f"transformer '{self.package.manifest['transformer']}'", exc) from None
-            if self.protocol == "v1":
-                return {"instances": _to_list(rows)}
-            import numpy as np
-
-            array = np.asarray(rows.to_numpy() if hasattr(rows, "to_numpy") else rows)
-            tensor = InferInput(name="input-0", shape=list(array.shape), datatype=_datatype(array))
-            tensor.set_data_from_numpy(array, binary_data=False)
-            return InferRequest(model_name=self.name, infer_inputs=[tensor])
-
-        def postprocess(self, result: Any, headers: dict[str, str] | None = None) -> Any:
-            wants_v2 = headers is not None and headers.get(_PROTOCOL_HEADER) == "v2"
-            if isinstance(result, InferResponse):
-                if wants_v2:
-                    return result
-                outs = {o.name: o.as_numpy().tolist() for o in result.outputs}
-                return {"predictions": next(iter(outs.values())) if len(outs) == 1 else outs}
-            return _infer_response(self.name, result["predictions"]) if wants_v2 else result
-
-    return PackagedModel, ForwardingTransformer
+    if isinstance(result, dict):
+        return {k: _plain(v) for k, v in result.items()}
+    return as_array(result).tolist()
 
 
 # --- process plumbing ------------------------------------------------------------------------------------------
@@ -268,17 +160,40 @@ def die_with_parent(parent_pid: int | None, pdeathsig: bool = True) -> None:
     threading.Thread(target=watch, name="nbmagic-parent-watchdog", daemon=True).start()
 
 
-def _bind_locally(host: str) -> None:
-    """KServe hard-codes 0.0.0.0 (REST) and [::] (gRPC); make this process's servers bind ``host``."""
+def _install(host: str, routes: list[Any], log_requests: bool) -> None:
+    """Shape KServe's REST server for this process: bind ``host`` (KServe hard-codes 0.0.0.0 and [::]), put the
+    lean inference routes first, answer request-schema errors (FastAPI's 422) as 400 ``{"error": ...}``, and
+    keep KServe's per-request timing middleware only when requests are logged."""
     import grpc
+    from fastapi.exceptions import RequestValidationError
     from kserve import model_server
     from kserve.protocol.grpc import server as grpc_server
     from kserve.protocol.rest.server import RESTServer
+
+    from nbmagic.serve.routes import error
+
+    async def invalid_request(_request: Any, exc: RequestValidationError) -> Any:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in exc.errors()
+        )
+        return error(400, f"invalid request: {problems}")
 
     class LocalRESTServer(RESTServer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.config.host = host
+
+        def _add_middlewares(self, app: Any) -> None:
+            if log_requests:
+                super()._add_middlewares(app)
+
+        def _register_endpoints(self, app: Any) -> None:
+            app.router.routes[:0] = routes
+            super()._register_endpoints(app)
+
+        def _add_exception_handlers(self, app: Any) -> None:
+            super()._add_exception_handlers(app)
+            app.add_exception_handler(RequestValidationError, invalid_request)
 
     class LocalAio:
         def __getattr__(self, attr: str) -> Any:
@@ -311,23 +226,19 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv at import time: give it none of ours
     import kserve
 
-    _bind_locally(args.host)
-    PackagedModel, ForwardingTransformer = _model_classes()
-    if args.transformer_only:
-        from kserve.predictor_config import PredictorConfig
+    from nbmagic.serve.endpoint import Endpoint
+    from nbmagic.serve.routes import Forward, build_routes
 
-        model: Any = ForwardingTransformer(args.name, args.package, args.predictor_protocol)
-        config = PredictorConfig(predictor_host=args.predictor_host, predictor_protocol=args.predictor_protocol)
-    else:
-        model = PackagedModel(args.name, args.package, with_transformer=not args.predictor_only)
-        config = None
-    model.load()
+    endpoint = Endpoint(args.package, with_transformer=not args.predictor_only, with_model=not args.transformer_only)
+    forward = Forward(args.predictor_host, args.predictor_protocol, args.name) if args.transformer_only else None
+    endpoint.name = args.name
+    _install(args.host, build_routes(endpoint, forward), args.log_requests)
+    model = _model_class()(endpoint, forward)
     server = kserve.ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port or 8081,
         enable_grpc=args.grpc_port is not None,
         enable_latency_logging=args.log_requests,
-        predictor_config=config,
     )
     _quiet(args.log_requests)
     server.start([model])

@@ -23,34 +23,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import units
 from ..errors import NbMagicError
 from .history import parse_duration
 from .lineage import _size
 from .runs import RunStore
 
 POLICY_FILE = "gc.json"
+LOCK_FILE = "gc.lock"
 ENV = "NBMAGIC_GC"
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?$")
-_FACTORS = {
-    None: 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "ki": 2**10,
-    "kib": 2**10,
-    "mi": 2**20,
-    "mib": 2**20,
-    "gi": 2**30,
-    "gib": 2**30,
-    "ti": 2**40,
-    "tib": 2**40,
-}
 
 
 class GcError(NbMagicError):
@@ -59,12 +40,10 @@ class GcError(NbMagicError):
 
 def parse_size(text: str | int, option: str = "--max-size") -> int:
     """``500MB``, ``5GB``, ``1.5GiB``, ``1000`` -> bytes."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(str(text).strip().lower())
-    if not match:
-        raise GcError(f"{option} {text!r}: expected a size like 500MB, 5GB or 2GiB")
-    return int(float(match.group(1)) * _FACTORS[match.group(2)])
+    try:
+        return units.size_bytes(text)
+    except ValueError:
+        raise GcError(f"{option} {text!r}: expected a size like 500MB, 5GB or 2GiB") from None
 
 
 @dataclass
@@ -181,6 +160,7 @@ class GcReport:
     cache_entries: int
     tmp_removed: int = 0
     notes: list[str] = field(default_factory=list)
+    over_budget: str | None = None  # one line when --max-size cannot be met
 
     def text(self, limit: int = 30) -> str:
         verb = "would remove" if self.dry_run else "removed"
@@ -194,6 +174,8 @@ class GcReport:
         if len(self.runs) > limit:
             lines.append(f"  … and {len(self.runs) - limit} more runs")
         lines.extend(f"  note: {n}" for n in self.notes)
+        if self.over_budget:
+            lines.append(self.over_budget)
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -209,8 +191,13 @@ class GcReport:
 
 @contextlib.contextmanager
 def _lock(store: RunStore, wait: bool = True) -> Iterator[bool]:
-    """One gc at a time per store (across processes); yields False when ``wait`` is off and another holds it."""
-    with open(store.root / "gc.lock", "a+") as handle:
+    """One gc at a time per store (across processes); yields False when ``wait`` is off and another holds it.
+
+    Live runs take the same lock shared while they write or re-find a value (:meth:`ObjectStore.put`), so a
+    value a run is about to record is never judged unreferenced and deleted between the two.
+    """
+    fd = os.open(store.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    with open(fd, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -222,32 +209,6 @@ def _lock(store: RunStore, wait: bool = True) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _best_runs(store: RunStore, runs: list[tuple]) -> set[str]:
-    best: dict[str, tuple[float, str]] = {}
-    goals: dict[str, tuple[str, float] | None] = {}
-    for run_id, _started, status, _kind, experiment, metrics in runs:
-        if not experiment or status != "done":
-            continue
-        if experiment not in goals:
-            props = store.experiment_properties(experiment) or {}
-            goals[experiment] = (
-                (props["objective"], 1.0 if props.get("goal", "minimize") == "minimize" else -1.0)
-                if props.get("objective")
-                else None
-            )
-        goal = goals[experiment]
-        if goal is None:
-            continue
-        value = json.loads(metrics).get(goal[0])
-        if (
-            isinstance(value, (int, float))
-            and value == value
-            and (experiment not in best or goal[1] * value < best[experiment][0])
-        ):
-            best[experiment] = (goal[1] * value, run_id)
-    return {run_id for _, run_id in best.values()}
-
-
 def collect(
     store: RunStore,
     policy: Policy,
@@ -257,42 +218,57 @@ def collect(
     grace: float = 60.0,
     now: float | None = None,
 ) -> GcReport:
-    """Apply ``policy``: choose runs to drop, then values nothing kept refers to; ``dry_run`` only reports."""
+    """Apply ``policy``: choose runs to drop, then values nothing kept refers to; ``dry_run`` only reports.
+
+    Never collected, by any policy: running runs, the newest run of each pipeline, each experiment's best
+    trial (:meth:`RunStore.best_trial`, unless ``keep_best`` is off) and ``keep``; nor a value a live run
+    wrote or re-found (see :func:`lease`). A run whose values cannot be freed yet keeps its record.
+    """
     with _lock(store):
         return _collect(store, policy, dry_run, set(keep), grace, now or time.time())
 
 
 def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], grace: float, now: float) -> GcReport:
     store.mark_torn_runs()
-    conn = store._connection()
-    runs = conn.execute(
-        "SELECT id, started, status, kind, experiment, metrics FROM runs ORDER BY started DESC, id DESC"
-    ).fetchall()
+    snap = store.gc_snapshot()
+    runs = snap.runs
     active = {r[0] for r in runs if r[2] in ("running", "pending")}
-    protected = active | keep | (_best_runs(store, runs) if policy.keep_best else set())
+    newest = store.newest_runs()
+    best = store.best_trials() if policy.keep_best else set()
+    why_kept: dict[str, str] = {}
+    for label, ids in (
+        ("kept on request", keep),
+        ("the best trial", best),
+        ("the newest", newest),
+        ("running", active),
+    ):
+        for run_id in ids:
+            why_kept[run_id] = label
+    protected = set(why_kept)
     doomed: dict[str, str] = {}
+    wanted: dict[str, str] = {}
     for index, (run_id, started, *_rest) in enumerate(runs):
         if run_id in protected:
             continue
         if policy.keep_last is not None and index >= policy.keep_last:
-            doomed[run_id] = f"beyond the last {policy.keep_last}"
+            wanted[run_id] = f"beyond the last {policy.keep_last}"
         elif policy.older_than is not None and started < now - policy.older_than:
-            doomed[run_id] = f"older than {policy.older_than / 86400:g} days"
+            wanted[run_id] = f"older than {policy.older_than / 86400:g} days"
 
     # references: run -> artifacts (events), cache entry -> holders and artifacts
     exec_run: dict[int, str] = {}
     key_runs: dict[str, set[str]] = {}
-    for eid, run_id, key in conn.execute("SELECT id, run_id, cache_key FROM executions"):
+    for eid, run_id, key in snap.executions:
         exec_run[eid] = run_id
         if key:
             key_runs.setdefault(key, set()).add(run_id)
     run_artifacts: dict[str, set[int]] = {}
-    for eid, aid in conn.execute("SELECT DISTINCT execution_id, artifact_id FROM events"):
+    for eid, aid in snap.events:
         run_artifacts.setdefault(exec_run.get(eid, ""), set()).add(aid)
-    artifacts = {aid: (digest, size or 0) for aid, digest, size in conn.execute("SELECT id, hash, size FROM artifacts")}
+    artifacts = {aid: (digest, size or 0) for aid, digest, size in snap.artifacts}
     by_hash = {digest: aid for aid, (digest, _s) in artifacts.items()}
     entries: dict[str, tuple[set[str], set[str]]] = {}  # key -> (holder runs, hashes)
-    for key, eid, outputs in conn.execute("SELECT key, execution_id, outputs FROM cache"):
+    for key, eid, outputs in snap.cache:
         holders = set(key_runs.get(key, ())) | ({exec_run[eid]} if eid in exec_run else set())
         entries[key] = (holders, {ref["hash"] for ref in json.loads(outputs).values()})
 
@@ -328,46 +304,65 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
                     sizes[digest] = 0
         return sizes[digest]
 
-    def referenced(digest: str) -> bool:
+    def unreferenced(digest: str, less_refs: dict[int, int], less_cache: dict[str, int]) -> bool:
         aid = by_hash.get(digest)
-        return bool((aid is not None and refs.get(aid, 0) > 0) or cache_refs.get(digest, 0) > 0 or digest in pinned)
+        run_refs = refs.get(aid, 0) - less_refs.get(aid, 0) if aid is not None else 0
+        return run_refs <= 0 and cache_refs.get(digest, 0) - less_cache.get(digest, 0) <= 0 and digest not in pinned
+
+    def effect(run_id: str) -> tuple[set[str], set[str], list[str]]:
+        """What dropping the run would do: (values freed, values left unreferenced but too young, dead cache keys)."""
+        less_refs: dict[int, int] = {}
+        for aid in run_artifacts.get(run_id, ()):
+            less_refs[aid] = less_refs.get(aid, 0) + 1
+        less_cache: dict[str, int] = {}
+        keys = [k for k in holders_of.get(run_id, ()) if live_holders[k] == 1]
+        for key in keys:
+            for digest in entries[key][1]:
+                less_cache[digest] = less_cache.get(digest, 0) + 1
+        touched = {artifacts[aid][0] for aid in less_refs} | set(less_cache)
+        gone = {d for d in touched if d in on_disk and d not in freed and unreferenced(d, less_refs, less_cache)}
+        young = {d for d in gone if not _old_enough(store, d, cutoff)}
+        return gone - young, young, keys
+
+    def drop(run_id: str, why: str, keys: list[str], values: set[str]) -> None:
+        doomed[run_id] = why
+        for aid in run_artifacts.get(run_id, ()):
+            refs[aid] -= 1
+        for key in holders_of.get(run_id, ()):
+            live_holders[key] -= 1
+        for key in keys:
+            dead_keys.add(key)
+            for digest in entries[key][1]:
+                cache_refs[digest] -= 1
+        freed.update(values)
 
     freed: set[str] = set()
     dead_keys: set[str] = {k for k, v in live_holders.items() if v == 0}
-
-    def drop(run_id: str) -> None:
-        for aid in run_artifacts.get(run_id, ()):
-            refs[aid] -= 1
-            digest = artifacts[aid][0]
-            if refs[aid] == 0 and digest in on_disk and not referenced(digest) and _old_enough(store, digest, cutoff):
-                freed.add(digest)
-        for key in holders_of.get(run_id, ()):
-            live_holders[key] -= 1
-            if live_holders[key] == 0:
-                dead_keys.add(key)
-                for digest in entries[key][1]:
-                    cache_refs[digest] -= 1
-                    if digest in on_disk and not referenced(digest) and _old_enough(store, digest, cutoff):
-                        freed.add(digest)
-
+    deferred: set[str] = set()
     # values no run or cache entry refers to at all (a torn run's, or left by an interrupted gc)
     for digest in on_disk:
-        if not referenced(digest) and _old_enough(store, digest, cutoff):
+        if unreferenced(digest, {}, {}) and _old_enough(store, digest, cutoff):
             freed.add(digest)
-    for run_id in doomed:
-        drop(run_id)
+    for run_id, why in wanted.items():  # asked for by count or age: values too young to free go on a later gc
+        values, _young, keys = effect(run_id)
+        drop(run_id, why, keys, values)
     store_bytes = sum(size_of(d) for d in on_disk)
+    remaining = store_bytes - sum(size_of(d) for d in freed)
     if policy.max_size is not None:
-        remaining = store_bytes - sum(size_of(d) for d in freed)
         for run_id, _started, *_ in reversed(runs):  # oldest first
             if remaining <= policy.max_size:
                 break
             if run_id in doomed or run_id in protected:
                 continue
-            before = set(freed)
-            doomed[run_id] = f"store over {_size(policy.max_size)}"
-            drop(run_id)
-            remaining -= sum(size_of(d) for d in freed - before)
+            values, young, keys = effect(run_id)
+            if young:  # dropping the record now would not free its bytes: it stays with them
+                deferred.add(run_id)
+                continue
+            if not values:
+                continue  # dropping the record would free nothing (its values are shared with kept runs)
+            drop(run_id, f"store over {_size(policy.max_size)}", keys, values)
+            remaining -= sum(size_of(d) for d in values)
+    deferred -= set(doomed)
     report = GcReport(
         dry_run,
         policy,
@@ -378,11 +373,57 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
         len(runs) - len(doomed),
         len(dead_keys),
     )
+    if deferred:
+        report.notes.append(
+            f"{_count(len(deferred), 'run')} kept for now: {'its' if len(deferred) == 1 else 'their'} values are"
+            f" younger than {grace:g} s (a later gc frees them)"
+        )
+    if policy.max_size is not None and remaining > policy.max_size:
+        report.over_budget = _over_budget(remaining, policy.max_size, runs, doomed, why_kept, deferred, grace)
     if dry_run:
         return report
-    _apply(store, report, set(doomed), dead_keys, {by_hash[d] for d in freed if d in by_hash}, key_runs, exec_run)
+    _apply(store, report, snap, set(doomed), dead_keys, {by_hash[d] for d in freed if d in by_hash}, exec_run)
     report.tmp_removed = store.objects.sweep_tmp()
     return report
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _over_budget(
+    remaining: int,
+    budget: int,
+    runs: list[tuple],
+    doomed: dict[str, str],
+    why_kept: dict[str, str],
+    deferred: set[str],
+    grace: float,
+) -> str:
+    """One line: how far over the budget the store stays, and why the rest cannot go."""
+    reasons: dict[str, int] = {}
+    for run_id, *_ in runs:
+        if run_id in doomed:
+            continue
+        if run_id in why_kept:
+            reasons[why_kept[run_id]] = reasons.get(why_kept[run_id], 0) + 1
+        elif run_id in deferred:
+            reasons["young"] = reasons.get("young", 0) + 1
+        else:
+            reasons["shared"] = reasons.get("shared", 0) + 1
+    parts = []
+    for label in ("the newest", "running", "the best trial", "kept on request"):
+        n = reasons.get(label, 0)
+        if n:
+            parts.append(f"{_count(n, 'run')} {'is' if n == 1 else 'are'} protected ({label})")
+    if reasons.get("young"):
+        n = reasons["young"]
+        parts.append(f"{_count(n, 'run')} {'has' if n == 1 else 'have'} values younger than {grace:g} s")
+    if reasons.get("shared"):
+        n = reasons["shared"]
+        parts.append(f"{_count(n, 'run')} only {'shares' if n == 1 else 'share'} values with kept runs")
+    why = "; ".join(parts) or "the remaining values belong to no run that may be dropped"
+    return f"gc: {_size(remaining)} kept over the {_size(budget)} budget: {why}"
 
 
 def _old_enough(store: RunStore, digest: str, cutoff: float) -> bool:
@@ -415,22 +456,19 @@ def _active_values(store: RunStore, active: set[str]) -> set[str]:
 def _apply(
     store: RunStore,
     report: GcReport,
+    snap: Any,
     doomed: set[str],
     dead_keys: set[str],
     dead_artifacts: set[int],
-    key_runs: dict[str, set[str]],
     exec_run: dict[int, str],
 ) -> None:
     """Remove the index rows first (one transaction), then the values and run folders."""
     from .lineage import execution, step_code_hash
 
-    conn = store._connection()
     doomed_execs = {eid for eid, run_id in exec_run.items() if run_id in doomed}
     # kept cached steps that reused a dropped execution keep its code hash (its spec file is about to go)
     updates = []
-    for eid, props, _chash in conn.execute(
-        "SELECT id, properties, code_hash FROM executions WHERE cached=1 AND code_hash IS NULL"
-    ):
+    for eid, props in snap.reused:
         if eid in doomed_execs:
             continue
         reused = json.loads(props or "{}").get("reused_execution")
@@ -439,47 +477,7 @@ def _apply(
             digest = step_code_hash(store, original) if original else None
             if digest:
                 updates.append((digest, eid))
-    with store._db() as db:
-        if updates:
-            db.executemany("UPDATE executions SET code_hash=? WHERE id=?", updates)
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS gc_runs(id TEXT PRIMARY KEY)")
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS gc_execs(id INTEGER PRIMARY KEY)")
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS gc_artifacts(id INTEGER PRIMARY KEY)")
-        db.execute("DELETE FROM gc_runs")
-        db.execute("DELETE FROM gc_execs")
-        db.execute("DELETE FROM gc_artifacts")
-        db.executemany("INSERT INTO gc_runs VALUES (?)", [(r,) for r in doomed])
-        db.executemany("INSERT INTO gc_execs VALUES (?)", [(e,) for e in doomed_execs])
-        db.executemany("INSERT INTO gc_artifacts VALUES (?)", [(a,) for a in dead_artifacts])
-        # a run that started meanwhile may have recorded one of these values: it stays
-        db.execute(
-            "DELETE FROM gc_artifacts WHERE id IN (SELECT artifact_id FROM events WHERE execution_id NOT IN gc_execs)"
-        )
-        # live cache entries made by a dropped execution now point at a kept run's execution with the same key
-        for key, _eid in conn.execute("SELECT key, execution_id FROM cache WHERE execution_id IN gc_execs").fetchall():
-            if key in dead_keys:
-                continue
-            kept = db.execute(
-                "SELECT id FROM executions WHERE cache_key=? AND id NOT IN gc_execs AND state IN ('done','cached')"
-                " ORDER BY id LIMIT 1",
-                (key,),
-            ).fetchone()
-            if kept:
-                db.execute("UPDATE cache SET execution_id=? WHERE key=?", (kept[0], key))
-        db.executemany("DELETE FROM cache WHERE key=?", [(k,) for k in dead_keys])
-        db.execute("DELETE FROM events WHERE execution_id IN gc_execs")
-        db.execute("DELETE FROM associations WHERE execution_id IN gc_execs")
-        db.execute(
-            "DELETE FROM attributions WHERE context_id IN (SELECT id FROM contexts WHERE type='run' AND name IN gc_runs)"
-        )
-        db.execute("DELETE FROM contexts WHERE type='run' AND name IN gc_runs")
-        db.execute("DELETE FROM executions WHERE id IN gc_execs")
-        db.execute("DELETE FROM runs WHERE id IN gc_runs")
-        db.execute("DELETE FROM attributions WHERE artifact_id IN gc_artifacts")
-        db.execute("DELETE FROM artifacts WHERE id IN gc_artifacts")
-        rescued = {
-            row[0] for row in db.execute("SELECT hash FROM artifacts WHERE id IN (SELECT artifact_id FROM events)")
-        }
+    rescued = store.gc_remove(doomed, doomed_execs, dead_artifacts, dead_keys, updates)
     freed_hashes = [(d, s) for d, s in report.values if d not in rescued]
     if len(freed_hashes) != len(report.values):
         report.notes.append(
@@ -495,6 +493,42 @@ def _apply(
             shutil.rmtree(runs_dir / run_id, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------------------- verify
+
+
+@dataclass
+class VerifyReport:
+    """What ``gc --verify`` found: values checked, corrupt ones removed, cache entries dropped with them."""
+
+    checked: int
+    removed: list[tuple[str, str]]  # (hash, reason)
+    cache_entries: int
+
+    def text(self) -> str:
+        head = (
+            f"gc --verify: {_count(self.checked, 'value')} checked, {len(self.removed)} corrupt removed, "
+            f"{_count(self.cache_entries, 'cache entry').replace('entrys', 'entries')} dropped"
+        )
+        if self.removed:
+            head += " (the steps that made them run again on the next run)"
+        return "\n".join([head] + [f"  {digest[:12]}: {reason}" for digest, reason in self.removed])
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        head, *rest = self.text().splitlines()
+        return f"<div><b>{html.escape(head)}</b><pre>{html.escape(chr(10).join(rest))}</pre></div>"
+
+
+def verify(store: RunStore) -> VerifyReport:
+    """Check every stored value against its hash; remove corrupt ones and the cache entries listing them."""
+    with _lock(store):
+        checked, removed = store.objects.verify_all()
+        dropped = store.cache_drop_values({digest for digest, _ in removed})
+    return VerifyReport(checked, removed, dropped)
+
+
 # ----------------------------------------------------------------------------------------- automatic
 
 
@@ -508,13 +542,11 @@ def auto_gc(store: RunStore | None = None) -> GcReport | None:
     policy = load_policy(store)
     if policy is None or policy.empty():
         return None
-    conn = store._connection()
-    count, oldest = conn.execute("SELECT COUNT(*), MIN(started) FROM runs").fetchone()
+    count, oldest, total = store.totals()
     over = (policy.keep_last is not None and count > policy.keep_last) or (
         policy.older_than is not None and oldest is not None and oldest < time.time() - policy.older_than
     )
     if not over and policy.max_size is not None:
-        total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM artifacts").fetchone()[0]
         over = total > policy.max_size
     if not over:
         return None

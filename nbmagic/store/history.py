@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import units
 from ..errors import NbMagicError
 from .runs import RunRecord, RunStore
 
@@ -33,16 +34,14 @@ BUILTIN = (
     "age",
 )
 _COND = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|!=|==|=|<|>|~)\s*(.*?)\s*$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)?$")
-_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 def parse_duration(text: str, option: str = "duration") -> float:
-    """``90``, ``30s``, ``15m``, ``2h``, ``7d``, ``1w`` -> seconds."""
-    match = _DURATION.match(str(text).strip().lower())
-    if not match:
-        raise HistoryError(f"{option} {text!r}: expected a number with s, m, h, d or w (e.g. 30d)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """``90``, ``30s``, ``15m``, ``2h``, ``1h30m``, ``7d``, ``1w`` -> seconds."""
+    try:
+        return units.duration_seconds(str(text))
+    except ValueError:
+        raise HistoryError(f"{option} {text!r}: expected a number with s, m, h, d or w (e.g. 30d)") from None
 
 
 # ----------------------------------------------------------------------------------------- --where
@@ -86,8 +85,6 @@ def parse_where(text: str | Iterable[str] | None) -> list[Condition]:
     pieces: list[str] = []
     for chunk in [text] if isinstance(text, str) else list(text):
         chunk = chunk.strip()
-        if len(chunk) >= 2 and chunk[0] == chunk[-1] and chunk[0] in "'\"":
-            chunk = chunk[1:-1]  # IPython's magic argument splitter keeps the quotes
         for part in re.split(r",|\s+and\s+", chunk, flags=re.IGNORECASE):
             if part.strip():
                 pieces.append(part)

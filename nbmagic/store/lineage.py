@@ -106,35 +106,23 @@ def _execution_from_row(row: tuple) -> Execution:
 
 def executions(store: Any, run_id: str) -> list[Execution]:
     """A run's step executions in execution (topological) order, with their inputs and outputs."""
-    conn = store._connection()
-    found = [
-        _execution_from_row(r)
-        for r in conn.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE run_id=? ORDER BY id", (run_id,))
-    ]
-    _attach_events(conn, found)
+    found = [_execution_from_row(r) for r in store.execution_rows(_EXEC_COLUMNS, run_id=run_id)]
+    _attach_events(store, found)
     return found
 
 
 def execution(store: Any, execution_id: int) -> Execution | None:
-    conn = store._connection()
-    row = conn.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id=?", (execution_id,)).fetchone()
-    if row is None:
+    rows = store.execution_rows(_EXEC_COLUMNS, execution_id=execution_id)
+    if not rows:
         return None
-    found = _execution_from_row(row)
-    _attach_events(conn, [found])
+    found = _execution_from_row(rows[0])
+    _attach_events(store, [found])
     return found
 
 
-def _attach_events(conn: Any, found: list[Execution]) -> None:
-    if not found:
-        return
+def _attach_events(store: Any, found: list[Execution]) -> None:
     by_id = {e.id: e for e in found}
-    marks = ",".join("?" * len(by_id))
-    rows = conn.execute(
-        "SELECT ev.execution_id, ev.type, ev.name, a.id, a.hash, a.type, a.format, a.size FROM events ev"
-        f" JOIN artifacts a ON a.id = ev.artifact_id WHERE ev.execution_id IN ({marks})",
-        tuple(by_id),
-    )
+    rows = store.execution_events(list(by_id))
     for eid, kind, name, aid, digest, tname, fmt, size in rows:
         ref = ArtifactRef(aid, digest, tname, fmt, size, name)
         (by_id[eid].inputs if kind == "INPUT" else by_id[eid].outputs)[name] = ref
@@ -160,9 +148,7 @@ def step_code_hash(store: Any, ex: Execution, _seen: int = 0) -> str | None:
 
 def backfill_code_hashes(store: Any, run_ids: Iterable[str] | None = None) -> int:
     """Write code hashes found in spec files into the index (before gc removes run folders); returns how many."""
-    conn = store._connection()
-    query = f"SELECT {_EXEC_COLUMNS} FROM executions WHERE code_hash IS NULL AND state IN ('done','cached')"
-    rows = [_execution_from_row(r) for r in conn.execute(query)]
+    rows = [_execution_from_row(r) for r in store.execution_rows(_EXEC_COLUMNS, missing_code_hash=True)]
     wanted = set(run_ids) if run_ids is not None else None
     updates = []
     for ex in rows:
@@ -171,28 +157,22 @@ def backfill_code_hashes(store: Any, run_ids: Iterable[str] | None = None) -> in
         digest = step_code_hash(store, ex)
         if digest:
             updates.append((digest, ex.id))
-    if updates:
-        with store._db() as db:
-            db.executemany("UPDATE executions SET code_hash=? WHERE id=?", updates)
+    store.set_code_hashes(updates)
     return len(updates)
 
 
 def resolve_artifact(store: Any, text: str) -> ArtifactRef:
     """An artifact from ``artifact:ID``, a numeric id, or a value hash / unique hash prefix (6+ characters)."""
-    conn = store._connection()
     text = text.strip()
     ident = text.split(":", 1)[1] if text.startswith("artifact:") else text
     if ident.isdigit() and len(ident) < 12:
-        row = conn.execute("SELECT id, hash, type, format, size FROM artifacts WHERE id=?", (int(ident),)).fetchone()
+        row = store.artifact(int(ident))
         if row:
             return ArtifactRef(*row)
         raise LineageError(f"no artifact {text!r} in the store")
     if len(ident) < 6 or not all(c in "0123456789abcdef" for c in ident.lower()):
         raise LineageError(f"{text!r} is neither a kernel variable nor an artifact id or value hash")
-    rows = conn.execute(
-        "SELECT id, hash, type, format, size FROM artifacts WHERE hash >= ? AND hash < ? LIMIT 2",
-        (ident.lower(), ident.lower() + "g"),
-    ).fetchall()
+    rows = store.artifacts_with_prefix(ident.lower())
     if not rows:
         raise LineageError(f"no stored value with hash {text!r}")
     if len(rows) > 1:
@@ -202,15 +182,7 @@ def resolve_artifact(store: Any, text: str) -> ArtifactRef:
 
 def _events_of(store: Any, artifact_id: int, kind: str) -> list[tuple[int, str, str, str]]:
     """(execution id, run id, step, name) of executions that read (INPUT) or wrote (OUTPUT) an artifact."""
-    return (
-        store._connection()
-        .execute(
-            "SELECT e.id, e.run_id, e.step, ev.name FROM events ev JOIN executions e ON e.id = ev.execution_id"
-            " WHERE ev.artifact_id=? AND ev.type=? ORDER BY e.id",
-            (artifact_id, kind),
-        )
-        .fetchall()
-    )
+    return store.artifact_events(artifact_id, kind)
 
 
 # ----------------------------------------------------------------------------------------- the graph
@@ -445,47 +417,8 @@ _STYLE = {
 
 
 def _svg(nodes: dict[str, tuple[str, str]], edges: set[tuple[str, str]]) -> str:
-    layer: dict[str, int] = {k: 0 for k in nodes}
-    for _ in range(len(nodes)):  # longest path from the sources (graph is acyclic and small)
-        changed = False
-        for a, b in edges:
-            if layer[b] < layer[a] + 1:
-                layer[b] = layer[a] + 1
-                changed = True
-        if not changed:
-            break
-    rows: dict[int, list[str]] = {}
-    for key in nodes:
-        rows.setdefault(layer[key], []).append(key)
-    box_w, box_h, gap_x, gap_y = 140, 30, 24, 40
-    width = max(len(r) for r in rows.values()) * (box_w + gap_x) + gap_x
-    height = len(rows) * (box_h + gap_y) + gap_y // 2
-    pos: dict[str, tuple[float, float]] = {}
-    for depth in sorted(rows):
-        names = rows[depth]
-        row_w = len(names) * (box_w + gap_x) - gap_x
-        for i, key in enumerate(names):
-            pos[key] = ((width - row_w) / 2 + i * (box_w + gap_x), gap_y / 3 + depth * (box_h + gap_y))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" font-family="sans-serif" font-size="11">',
-        '<defs><marker id="lin-arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-        '<path d="M0,0 L8,4 L0,8 z" fill="#666"/></marker></defs>',
-    ]
-    for a, b in sorted(edges):
-        (ax, ay), (bx, by) = pos[a], pos[b]
-        parts.append(
-            f'<line x1="{ax + box_w / 2:.0f}" y1="{ay + box_h:.0f}" x2="{bx + box_w / 2:.0f}" y2="{by - 2:.0f}" '
-            'stroke="#666" marker-end="url(#lin-arrow)"/>'
-        )
-    for key, (label, kind) in nodes.items():
-        x, y = pos[key]
-        fill, stroke, rx = _STYLE[kind]
-        weight = ' font-weight="bold"' if kind in ("root", "exec") else ""
-        parts.append(
-            f'<rect x="{x:.0f}" y="{y:.0f}" width="{box_w}" height="{box_h}" rx="{min(rx, box_h / 2):.0f}" fill="{fill}" stroke="{stroke}"/>'
-        )
-        parts.append(
-            f'<text x="{x + box_w / 2:.0f}" y="{y + box_h / 2 + 4:.0f}" text-anchor="middle"{weight}>{html.escape(label[:22])}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+    from ..dag_svg import Edge, Node, Style, svg
+
+    boxes = [Node(key, label, *_STYLE[kind], bold=kind in ("root", "exec")) for key, (label, kind) in nodes.items()]
+    style = Style(box_w=140, box_h=30, gap_x=24, gap_y=40, font_size=11, line="#666", marker="lin-arrow", node_chars=22)
+    return svg(boxes, [Edge(a, b) for a, b in sorted(edges)], style)

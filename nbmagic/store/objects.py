@@ -5,11 +5,19 @@ made read-only, then the directory is renamed into place in one atomic step. If 
 (another run or process stored the same value first) the temp directory is discarded, so concurrent writers
 of one value are safe and the value is kept once. A process killed mid-write leaves only its temp
 directory, which :meth:`ObjectStore.sweep_tmp` removes; ``objects/`` never holds a half-written value.
+
+Guarantees: a value written or re-found is touched under the store's gc lock (held shared), so gc (which
+holds it exclusively and spares values newer than the oldest running run) never deletes it under a live
+run; a full filesystem is :class:`StoreFull` naming the variable, with nothing left behind; a value whose
+bytes do not match its hash is removed when found (on load, on re-store, or by :meth:`verify_all`), so the
+next run recomputes it; every folder is 0700 and every file 0400, whatever the umask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -33,6 +41,23 @@ _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 
 class StoreError(SerializationError, marshal.MarshalError):
     """A value could not be stored, found or loaded (one line naming the value)."""
+
+
+class StoreFull(StoreError):
+    """The filesystem holding the store has no room for a value."""
+
+    disk_full = True
+
+
+class CorruptValueError(StoreError):
+    """A stored value did not match its hash; it has been removed so the next run recomputes it."""
+
+
+LOCK_FILE = "gc.lock"
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in marshal.DISK_FULL
 
 
 @dataclass(frozen=True)
@@ -71,41 +96,98 @@ class ObjectStore:
         return self.objects_dir / digest[:2] / digest
 
     def _new_tmp(self, kind: str = "w") -> Path:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        if not self.tmp_dir.is_dir():
+            self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.tmp_dir.chmod(0o700)
         path = self.tmp_dir / f"{kind}-{os.getpid()}-{_HOST}-{uuid.uuid4().hex[:12]}"
-        path.mkdir()
+        path.mkdir(mode=0o700)
+        path.chmod(0o700)  # whatever the umask
         return path
+
+    @contextlib.contextmanager
+    def _lease(self) -> Iterator[None]:
+        """Hold the store's gc lock shared: gc (exclusive) cannot judge or delete values meanwhile."""
+        try:
+            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            yield  # a read-only store: no gc can run there either
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _touch(self, digest: str) -> bool:
+        """Mark a re-found value as just used (gc spares values newer than the oldest running run)."""
+        try:
+            os.utime(self._path(digest))
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # e.g. a read-only store: nothing can collect it either
+
+    def _intact(self, digest: str, name: str) -> bool:
+        """Re-found value's bytes still match its hash; a corrupt one is removed (and so rewritten)."""
+        try:
+            marshal.verify(self._path(digest), name, expected_hash=digest)
+            return True
+        except marshal.CorruptValue:
+            self.delete(digest)
+            return False
 
     # ------------------------------------------------------------------ write
     def put(self, obj: Any, name: str) -> ValueRef:
-        """Store obj (once, however often it is put) and return its reference."""
+        """Store obj (once, however often it is put) and return its reference.
+
+        Raises :class:`StoreFull` (one line naming the variable) when the filesystem has no room; nothing is
+        left behind then.
+        """
         known = marshal.fingerprint(obj, name)
-        if known is not None and self.exists(known):
-            return self._ref(known, name)
+        if known is not None:
+            with self._lease():
+                if self.exists(known) and self._intact(known, name) and self._touch(known):
+                    return self._ref(known, name)
         tmp = self._new_tmp()
         try:
             try:
                 manifest = marshal.save(obj, tmp, name)
+                for p in tmp.iterdir():
+                    p.chmod(0o400)
+                    if self.fsync:
+                        _fsync(p)
+                if self.fsync:
+                    _fsync(tmp)
+            except OSError as exc:
+                if _disk_full(exc):
+                    raise StoreFull(f"cannot store variable {name!r}: no space left on device ({self.root})") from None
+                raise StoreError(f"cannot store variable {name!r}: {exc.strerror or exc}") from None
             except marshal.MarshalError as exc:
                 raise StoreError(str(exc)) from exc
             digest = manifest["hash"]
             final = self._path(digest)
-            for p in tmp.iterdir():
-                p.chmod(0o444)
-                if self.fsync:
-                    _fsync(p)
-            if self.fsync:
-                _fsync(tmp)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(tmp, final)
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise StoreError(f"cannot store variable {name!r}: {exc}") from exc
-                # another process stored the same value first: theirs is identical
-            else:
-                if self.fsync:
-                    _fsync(final.parent)
+            with self._lease():
+                if self.exists(digest) and self._intact(digest, name) and self._touch(digest):
+                    return self._ref(digest, name, manifest)  # another process stored the same value first
+                try:
+                    if not final.parent.is_dir():
+                        self.objects_dir.mkdir(mode=0o700, exist_ok=True)
+                        self.objects_dir.chmod(0o700)
+                        final.parent.mkdir(mode=0o700, exist_ok=True)
+                        final.parent.chmod(0o700)
+                    os.rename(tmp, final)
+                except OSError as exc:
+                    if _disk_full(exc):
+                        raise StoreFull(
+                            f"cannot store variable {name!r}: no space left on device ({self.root})"
+                        ) from None
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise StoreError(f"cannot store variable {name!r}: {exc}") from exc
+                    self._touch(digest)  # stored meanwhile by another process: theirs is identical
+                else:
+                    if self.fsync:
+                        _fsync(final.parent)
             return self._ref(digest, name, manifest)
         finally:
             if tmp.exists():
@@ -128,6 +210,11 @@ class ObjectStore:
             return marshal.load(path, name, mmap, expected_hash=digest)
         except StoreError:
             raise
+        except marshal.CorruptValue as exc:
+            self.delete(digest)
+            raise CorruptValueError(
+                f"{exc}; it was removed from the store, so the step that made it runs again on the next run"
+            ) from None
         except marshal.MarshalError as exc:
             raise StoreError(str(exc)) from exc
 
@@ -160,6 +247,21 @@ class ObjectStore:
                     for e in entries:
                         if e.name.startswith(shard.name) and _HASH.fullmatch(e.name):
                             yield e.name
+
+    def verify_all(self) -> tuple[int, list[tuple[str, str]]]:
+        """Check every stored value's bytes against its hash; remove the corrupt ones.
+
+        Returns (how many were checked, [(hash, one-line reason) of each removed value]).
+        """
+        checked, removed = 0, []
+        for digest in list(self.iter_hashes()):
+            checked += 1
+            try:
+                marshal.verify(self._path(digest), digest[:12], expected_hash=digest)
+            except marshal.CorruptValue as exc:
+                if self.delete(digest):
+                    removed.append((digest, str(exc)))
+        return checked, removed
 
     # ------------------------------------------------------------------ removal
     def delete(self, digest: str) -> bool:

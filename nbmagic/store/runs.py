@@ -22,6 +22,8 @@ readable and older readers ignore the new columns.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -33,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import home
-from .processes import alive
+from ..errors import NbMagicError
+from .processes import identity, same_process
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contexts (
@@ -66,11 +69,12 @@ CREATE TABLE IF NOT EXISTS cache (
     used REAL NOT NULL);
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # (version, table, column, declaration): additive, so an older store gains them on first open
 MIGRATIONS = (
     (2, "runs", "dag", "TEXT"),
     (2, "executions", "environment", "TEXT"),
+    (3, "runs", "owner_start", "TEXT"),
 )
 INDEXES = """
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
@@ -111,6 +115,58 @@ class CacheEntry:
     not_kept: dict[str, str] = field(default_factory=dict)
 
 
+class StoreUnavailable(NbMagicError):
+    """The store's folder or index cannot be used (missing, not a folder, read-only, disk full)."""
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) owner-only (0700), whatever the umask; one clear error if impossible."""
+    if path.exists() and not path.is_dir():
+        raise StoreUnavailable(
+            f"the run store {path} is a file, not a folder: point $NBMAGIC_HOME at a folder (or remove the file)"
+        )
+    try:
+        missing = []
+        for folder in (path, *path.parents):
+            if folder.exists():
+                break
+            missing.append(folder)
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=0o700)
+            folder.chmod(0o700)  # the mode given to mkdir is masked by the umask
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except NotADirectoryError:
+        raise StoreUnavailable(
+            f"cannot create the run store {path}: a part of that path is a file; point $NBMAGIC_HOME at a folder"
+        ) from None
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot create the run store {path}: {exc.strerror or exc}") from None
+
+
+def index_error(exc: BaseException, path: Path) -> StoreUnavailable:
+    """One line for an SQLite failure on the index: what happened to which file, and the fix."""
+    text = str(exc).lower()
+    if "full" in text or getattr(exc, "sqlite_errorcode", None) == 13:
+        return StoreUnavailable(f"the run store index {path}: no space left on device (free space, then run again)")
+    writable = os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+    if "readonly" in text or "read-only" in text or ("unable to open" in text and path.exists() and not writable):
+        return StoreUnavailable(
+            f"the run store index {path} is read-only: make it and its folder writable by you"
+            " (chmod u+w, or a read-write mount)"
+        )
+    if "not a database" in text or "malformed" in text:
+        return StoreUnavailable(f"the run store index {path} is damaged ({exc}): move it away to start an empty index")
+    if "unable to open" in text:
+        return StoreUnavailable(f"cannot open the run store index {path}: check the folder exists and is writable")
+    return StoreUnavailable(f"the run store index {path}: {exc}")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def new_run_id() -> str:
     """Sortable by time, unique across processes: ``YYYYmmdd-HHMMSS-xxxxxx``."""
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + uuid.uuid4().hex[:6]
@@ -121,11 +177,17 @@ class RunStore:
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root else home() / "store"
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
         self._local = threading.local()
-        conn = self._connection()
-        conn.executescript(SCHEMA)
+        try:
+            conn = self._connection()
+            conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise index_error(exc, self.root / "index.sqlite") from None
         self._migrate(conn)
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+            with contextlib.suppress(OSError):
+                os.chmod(self.root / name, 0o600)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring an older index up to :data:`SCHEMA_VERSION` (add columns and indexes; nothing is dropped)."""
@@ -143,16 +205,25 @@ class RunStore:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    def close(self) -> None:
+        """Close this thread's connection to the index (the next call opens a new one)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
     # -- plumbing --------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self.root / "index.sqlite", timeout=60, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=60000")
+            path = self.root / "index.sqlite"
+            try:
+                conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout=60000")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise index_error(exc, path) from None
             self._local.conn = conn
         return conn
 
@@ -161,11 +232,26 @@ class RunStore:
             self.conn = conn
 
         def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise index_error(exc, self.path) from None
             return self.conn
 
-        def __exit__(self, exc_type: Any, *_: Any) -> None:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
+            try:
+                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            except sqlite3.Error as error:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                if exc_type is None:
+                    raise index_error(error, self.path) from None
+            if isinstance(exc, sqlite3.Error):
+                raise index_error(exc, self.path) from None
+
+        @property
+        def path(self) -> Path:
+            return Path(self.conn.execute("PRAGMA database_list").fetchone()[2])
 
     def _db(self) -> RunStore._Tx:
         return RunStore._Tx(self._connection())
@@ -180,8 +266,11 @@ class RunStore:
         return store
 
     def run_dir(self, run_id: str) -> Path:
+        if not run_id or "/" in run_id or run_id in (".", ".."):
+            raise NbMagicError(f"not a run id: {run_id!r}")
+        make_private_dir(self.root / "runs")
         path = self.root / "runs" / run_id
-        path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path)
         return path
 
     def _context(self, db: sqlite3.Connection, type_: str, name: str, properties: dict[str, Any] | None = None) -> int:
@@ -242,6 +331,7 @@ class RunStore:
             )
             for step in steps:
                 db.execute("INSERT INTO executions(run_id, step, state) VALUES (?,?,?)", (run_id, step, "pending"))
+            db.execute("UPDATE runs SET owner_start=? WHERE id=?", (identity(os.getpid()), run_id))
             if upstream is not None:
                 db.execute(
                     "UPDATE runs SET dag=? WHERE id=?", (json.dumps({k: list(v) for k, v in upstream.items()}), run_id)
@@ -288,8 +378,6 @@ class RunStore:
     def set_experiment(self, name: str, objective: str, goal: str, **properties: Any) -> None:
         """Record a tuning experiment's objective metric and goal (``minimize``/``maximize``) on its context."""
         if goal not in ("minimize", "maximize"):
-            from ..errors import NbMagicError
-
             raise NbMagicError(f"experiment {name!r}: goal must be 'minimize' or 'maximize', not {goal!r}")
         with self._db() as db:
             context = self._context(db, "experiment", name)
@@ -383,16 +471,17 @@ class RunStore:
 
     def resolve_run(self, ref: str) -> str:
         """A run id from an id, a unique prefix, or ``last``; a clear error otherwise."""
-        from ..errors import NbMagicError
-
         conn = self._connection()
         if ref == "last":
             row = conn.execute("SELECT id FROM runs WHERE kind='local' ORDER BY started DESC LIMIT 1").fetchone()
             if not row:
                 raise NbMagicError("no runs in the store yet")
             return row[0]
+        if not ref or not all(c.isalnum() or c in "-_" for c in ref):
+            raise NbMagicError(f"no run {ref!r} in the store (a run id looks like 20260101-120000-ab12cd)")
+        escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         rows = conn.execute(
-            "SELECT id FROM runs WHERE id LIKE ? ORDER BY started DESC LIMIT 2", (ref.replace("%", "") + "%",)
+            "SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' ORDER BY started DESC LIMIT 2", (escaped + "%",)
         ).fetchall()
         if not rows:
             raise NbMagicError(f"no run {ref!r} in the store")
@@ -404,10 +493,10 @@ class RunStore:
         """Runs left 'running' by a process that no longer exists are failed (e.g. after kill -9)."""
         conn = self._connection()
         torn = []
-        for run_id, pid in conn.execute(
-            "SELECT id, owner_pid FROM runs WHERE status IN ('running','pending') AND kind='local'"
-        ):
-            if pid and not alive(pid):
+        for run_id, pid, started in conn.execute(
+            "SELECT id, owner_pid, owner_start FROM runs WHERE status IN ('running','pending') AND kind='local'"
+        ).fetchall():
+            if pid and not same_process(pid, started):
                 torn.append(run_id)
         for run_id in torn:
             with self._db() as db:
@@ -531,3 +620,273 @@ class RunStore:
                 "INSERT OR REPLACE INTO cache VALUES (?,?,?,?,?,?,?,?)",
                 (key, step, execution_id, json.dumps(outputs), json.dumps(metrics), json.dumps(not_kept), now, now),
             )
+
+    def cache_drop_values(self, hashes: set[str]) -> int:
+        """Forget every cache entry whose outputs include one of ``hashes`` (a lost or corrupt value)."""
+        if not hashes:
+            return 0
+        doomed = []
+        for key, outputs in self._connection().execute("SELECT key, outputs FROM cache").fetchall():
+            if any(ref.get("hash") in hashes for ref in json.loads(outputs).values()):
+                doomed.append((key,))
+        if doomed:
+            with self._db() as db:
+                db.executemany("DELETE FROM cache WHERE key=?", doomed)
+        return len(doomed)
+
+    def cached_not_kept(self, key: str | None, reused_execution: int | None) -> dict[str, str]:
+        """What a cached step could not keep: from its cache entry, else from the execution it reused."""
+        conn = self._connection()
+        row = conn.execute("SELECT not_kept FROM cache WHERE key=?", (key,)).fetchone() if key else None
+        if row is None and reused_execution:
+            row = conn.execute(
+                "SELECT json_extract(properties, '$.not_kept') FROM executions WHERE id=?", (reused_execution,)
+            ).fetchone()
+        return dict(json.loads(row[0])) if row and row[0] else {}
+
+    # -- queries the other store modules, restore and the magics use ----------------------------
+    def runs(self, experiment: str | None = None, pipeline: str | None = None) -> list[RunRecord]:
+        """Every run (newest first), optionally of one experiment or pipeline."""
+        return self.list_runs(pipeline=pipeline, experiment=experiment)
+
+    def latest_experiment(self) -> str | None:
+        """The experiment of the most recent run that was a trial, or None."""
+        row = (
+            self._connection()
+            .execute("SELECT experiment FROM runs WHERE experiment IS NOT NULL ORDER BY started DESC LIMIT 1")
+            .fetchone()
+        )
+        return row[0] if row else None
+
+    def has_experiment(self, name: str) -> bool:
+        """True when a run or an experiment context of that name exists."""
+        conn = self._connection()
+        return bool(
+            conn.execute("SELECT 1 FROM runs WHERE experiment=? LIMIT 1", (name,)).fetchone()
+            or conn.execute("SELECT 1 FROM contexts WHERE type='experiment' AND name=?", (name,)).fetchone()
+        )
+
+    def best_trial(self, experiment: str) -> str | None:
+        """THE rule for an experiment's best trial, used by ``%restore best`` and by gc alike.
+
+        Among the experiment's finished (``done``) runs started since its ``since`` property (set by
+        ``%katib --restart``), the one whose objective metric is lowest (``minimize``) or highest
+        (``maximize``); NaN and missing values never win; on a tie the newest run. None when the experiment
+        has no objective or no such trial.
+        """
+        props = self.experiment_properties(experiment) or {}
+        objective = props.get("objective")
+        if not objective:
+            return None
+        sign = 1.0 if props.get("goal", "minimize") == "minimize" else -1.0
+        since = props.get("since") or 0.0
+        best: tuple[float, str] | None = None
+        for run_id, started, metrics in self._connection().execute(
+            "SELECT id, started, metrics FROM runs WHERE experiment=? AND status='done' ORDER BY started DESC, id DESC",
+            (experiment,),
+        ):
+            value = json.loads(metrics or "{}").get(objective)
+            if started < since or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                continue
+            if best is None or sign * value < best[0]:
+                best = (sign * value, run_id)
+        return best[1] if best else None
+
+    def best_trials(self) -> set[str]:
+        """The best trial (:meth:`best_trial`) of every experiment in the store."""
+        names = [
+            r[0]
+            for r in self._connection().execute("SELECT DISTINCT experiment FROM runs WHERE experiment IS NOT NULL")
+        ]
+        return {run for run in (self.best_trial(name) for name in names) if run}
+
+    def newest_runs(self) -> set[str]:
+        """The newest run of each pipeline (gc never collects these)."""
+        rows = self._connection().execute("SELECT pipeline, id FROM runs ORDER BY started DESC, id DESC").fetchall()
+        newest: dict[str, str] = {}
+        for pipeline, run_id in rows:
+            newest.setdefault(pipeline, run_id)
+        return set(newest.values())
+
+    def latest_output(self, name: str, run_ids: list[str] | None = None) -> tuple[str, int] | None:
+        """(run id, artifact id) of the newest execution that assigned ``name`` (within ``run_ids`` if given)."""
+        conn = self._connection()
+        query = (
+            "SELECT e.run_id, ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
+            " WHERE ev.name=? AND ev.type='OUTPUT'"
+        )
+        if run_ids is None:
+            row = conn.execute(query + " ORDER BY e.id DESC LIMIT 1", (name,)).fetchone()
+            return (row[0], row[1]) if row else None
+        for run_id in run_ids:
+            row = conn.execute(query + " AND e.run_id=? ORDER BY e.id DESC LIMIT 1", (name, run_id)).fetchone()
+            if row:
+                return row[0], row[1]
+        return None
+
+    def artifact(self, artifact_id: int) -> tuple[int, str, str | None, str | None, int | None] | None:
+        """(id, hash, type, format, size) of an artifact, or None."""
+        return (
+            self._connection()
+            .execute("SELECT id, hash, type, format, size FROM artifacts WHERE id=?", (artifact_id,))
+            .fetchone()
+        )
+
+    def artifacts_with_prefix(self, prefix: str, limit: int = 2) -> list[tuple]:
+        """(id, hash, type, format, size) of artifacts whose hash starts with ``prefix`` (hex)."""
+        return (
+            self._connection()
+            .execute(
+                "SELECT id, hash, type, format, size FROM artifacts WHERE hash >= ? AND hash < ? LIMIT ?",
+                (prefix, prefix + "g", limit),
+            )
+            .fetchall()
+        )
+
+    def artifact_events(self, artifact_id: int, kind: str) -> list[tuple[int, str, str, str]]:
+        """(execution id, run id, step, name) of executions that read (INPUT) or wrote (OUTPUT) an artifact."""
+        return (
+            self._connection()
+            .execute(
+                "SELECT e.id, e.run_id, e.step, ev.name FROM events ev JOIN executions e ON e.id = ev.execution_id"
+                " WHERE ev.artifact_id=? AND ev.type=? ORDER BY e.id",
+                (artifact_id, kind),
+            )
+            .fetchall()
+        )
+
+    def execution_rows(
+        self,
+        columns: str,
+        *,
+        run_id: str | None = None,
+        execution_id: int | None = None,
+        missing_code_hash: bool = False,
+    ) -> list[tuple]:
+        """Rows of ``executions`` (``columns`` is the caller's fixed column list), by run, by id, or lacking a code hash."""
+        query, args = f"SELECT {columns} FROM executions", ()
+        if run_id is not None:
+            query, args = query + " WHERE run_id=? ORDER BY id", (run_id,)
+        elif execution_id is not None:
+            query, args = query + " WHERE id=?", (execution_id,)
+        elif missing_code_hash:
+            query += " WHERE code_hash IS NULL AND state IN ('done','cached')"
+        return self._connection().execute(query, args).fetchall()
+
+    def execution_events(self, execution_ids: list[int]) -> list[tuple]:
+        """(execution id, INPUT/OUTPUT, name, artifact id, hash, type, format, size) for those executions."""
+        if not execution_ids:
+            return []
+        marks = ",".join("?" * len(execution_ids))
+        return (
+            self._connection()
+            .execute(
+                "SELECT ev.execution_id, ev.type, ev.name, a.id, a.hash, a.type, a.format, a.size FROM events ev"
+                f" JOIN artifacts a ON a.id = ev.artifact_id WHERE ev.execution_id IN ({marks})",
+                tuple(execution_ids),
+            )
+            .fetchall()
+        )
+
+    def set_code_hashes(self, updates: list[tuple[str, int]]) -> None:
+        """Record (code hash, execution id) pairs."""
+        if updates:
+            with self._db() as db:
+                db.executemany("UPDATE executions SET code_hash=? WHERE id=?", updates)
+
+    def totals(self) -> tuple[int, float | None, int]:
+        """(number of runs, oldest start, bytes of all indexed values): gc's cheap "is anything over?" check."""
+        conn = self._connection()
+        count, oldest = conn.execute("SELECT COUNT(*), MIN(started) FROM runs").fetchone()
+        size = conn.execute("SELECT COALESCE(SUM(size), 0) FROM artifacts").fetchone()[0]
+        return count, oldest, size
+
+    # -- gc ------------------------------------------------------------------------------------
+    def gc_snapshot(self) -> GcSnapshot:
+        """Everything gc needs to count references, read in one transaction."""
+        with self._db() as db:
+            return GcSnapshot(
+                runs=db.execute(
+                    "SELECT id, started, status, kind, experiment, metrics FROM runs ORDER BY started DESC, id DESC"
+                ).fetchall(),
+                executions=db.execute("SELECT id, run_id, cache_key FROM executions").fetchall(),
+                events=db.execute("SELECT DISTINCT execution_id, artifact_id FROM events").fetchall(),
+                artifacts=db.execute("SELECT id, hash, size FROM artifacts").fetchall(),
+                cache=db.execute("SELECT key, execution_id, outputs FROM cache").fetchall(),
+                reused=db.execute(
+                    "SELECT id, properties FROM executions WHERE cached=1 AND code_hash IS NULL"
+                ).fetchall(),
+            )
+
+    def gc_remove(
+        self,
+        runs: set[str],
+        executions: set[int],
+        artifacts: set[int],
+        dead_keys: set[str],
+        code_hashes: list[tuple[str, int]],
+    ) -> set[str]:
+        """Drop runs, their executions, dead cache entries and artifacts in one transaction.
+
+        Returns the hashes of artifacts that a run started meanwhile recorded (they stay).
+        """
+        with self._db() as db:
+            if code_hashes:
+                db.executemany("UPDATE executions SET code_hash=? WHERE id=?", code_hashes)
+            for table, column in (("gc_runs", "id TEXT"), ("gc_execs", "id INTEGER"), ("gc_artifacts", "id INTEGER")):
+                db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table}({column} PRIMARY KEY)")
+                db.execute(f"DELETE FROM {table}")
+            db.executemany("INSERT INTO gc_runs VALUES (?)", [(r,) for r in runs])
+            db.executemany("INSERT INTO gc_execs VALUES (?)", [(e,) for e in executions])
+            db.executemany("INSERT INTO gc_artifacts VALUES (?)", [(a,) for a in artifacts])
+            # a run that started meanwhile may have recorded one of these values: it stays
+            db.execute(
+                "DELETE FROM gc_artifacts WHERE id IN (SELECT artifact_id FROM events WHERE execution_id NOT IN gc_execs)"
+            )
+            # live cache entries made by a dropped execution now point at a kept execution with the same key
+            for (key,) in db.execute("SELECT key FROM cache WHERE execution_id IN gc_execs").fetchall():
+                if key in dead_keys:
+                    continue
+                kept = db.execute(
+                    "SELECT id FROM executions WHERE cache_key=? AND id NOT IN gc_execs AND state IN ('done','cached')"
+                    " ORDER BY id LIMIT 1",
+                    (key,),
+                ).fetchone()
+                if kept:
+                    db.execute("UPDATE cache SET execution_id=? WHERE key=?", (kept[0], key))
+            db.executemany("DELETE FROM cache WHERE key=?", [(k,) for k in dead_keys])
+            db.execute("DELETE FROM events WHERE execution_id IN gc_execs")
+            db.execute("DELETE FROM associations WHERE execution_id IN gc_execs")
+            db.execute(
+                "DELETE FROM attributions WHERE context_id IN (SELECT id FROM contexts WHERE type='run' AND name IN gc_runs)"
+            )
+            db.execute("DELETE FROM contexts WHERE type='run' AND name IN gc_runs")
+            db.execute("DELETE FROM executions WHERE id IN gc_execs")
+            db.execute("DELETE FROM runs WHERE id IN gc_runs")
+            db.execute("DELETE FROM attributions WHERE artifact_id IN gc_artifacts")
+            db.execute("DELETE FROM artifacts WHERE id IN gc_artifacts")
+            return {
+                row[0] for row in db.execute("SELECT hash FROM artifacts WHERE id IN (SELECT artifact_id FROM events)")
+            }
+
+    def forget_artifacts(self, hashes: set[str]) -> None:
+        """Drop index rows of values that are gone from disk and that no execution refers to."""
+        if not hashes:
+            return
+        with self._db() as db:
+            for digest in hashes:
+                db.execute(
+                    "DELETE FROM artifacts WHERE hash=? AND id NOT IN (SELECT artifact_id FROM events)", (digest,)
+                )
+
+
+@dataclass
+class GcSnapshot:
+    """The index rows gc counts references over (see :meth:`RunStore.gc_snapshot`)."""
+
+    runs: list[tuple]
+    executions: list[tuple]
+    events: list[tuple]
+    artifacts: list[tuple]
+    cache: list[tuple]
+    reused: list[tuple]

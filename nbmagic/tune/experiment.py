@@ -12,6 +12,7 @@ from typing import Any
 from .space import ExperimentSpec
 
 RUNNING, SUCCEEDED, FAILED, STOPPED = "running", "succeeded", "failed", "stopped"
+PRUNED = "pruned"  # a trial stopped early by --early-stopping: not a failure
 
 
 @dataclass
@@ -19,7 +20,7 @@ class TrialResult:
     """What a trial runner returns: one pipeline run's outcome."""
 
     run_id: str | None
-    status: str  # "done" | "failed"
+    status: str  # "done" | "failed" | "pruned"
     metrics: dict[str, float] = field(default_factory=dict)
     cached_steps: int = 0
     error: str | None = None
@@ -32,7 +33,7 @@ class Trial:
 
     number: int
     parameters: dict[str, Any]
-    status: str = RUNNING  # running | succeeded | failed
+    status: str = RUNNING  # running | succeeded | failed | pruned
     objective: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
@@ -40,6 +41,7 @@ class Trial:
     cached_steps: int = 0
     error: str | None = None
     name: str = ""
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, objective) from nbmagic.report()
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class Experiment:
     def trials(self) -> list[Trial]:
         """A snapshot of the trials, in the order they started."""
         with self._lock:
-            return [Trial(**vars(t)) for t in self._trials]
+            return [Trial(**{**vars(t), "curve": list(t.curve)}) for t in self._trials]
 
     @property
     def done(self) -> bool:
@@ -136,11 +138,13 @@ class Experiment:
         raise NotImplementedError
 
     def summary(self) -> str:
-        counts = {s: sum(t.status == s for t in self.trials) for s in (RUNNING, SUCCEEDED, FAILED)}
+        counts = {s: sum(t.status == s for t in self.trials) for s in (RUNNING, SUCCEEDED, FAILED, PRUNED)}
         best = self.best
         text = (
             f"{self.backend} experiment {self.name!r} {self.status}: {counts[SUCCEEDED]} succeeded, "
-            f"{counts[FAILED]} failed, {counts[RUNNING]} running of {self.spec.max_trials}"
+            f"{counts[FAILED]} failed, "
+            + (f"{counts[PRUNED]} pruned, " if counts[PRUNED] else "")
+            + f"{counts[RUNNING]} running of {self.spec.max_trials}"
         )
         if best:
             text += f"; best trial {best.trial} {self.spec.objective}={best.objective:.6g} {best.parameters}"

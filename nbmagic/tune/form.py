@@ -103,6 +103,7 @@ class TuneForm:
 
         self.parameters, self.metrics, self.on_run = dict(parameters), list(metrics), on_run
         self.experiment: Any = None
+        self._stopping_settings = (defaults.min_trials, defaults.start_step) if defaults else (3, 4)
         tuned = (
             {p.name for p in defaults.parameters}
             if defaults
@@ -134,6 +135,11 @@ class TuneForm:
         self.max_failed = w.BoundedIntText(
             value=defaults.max_failed_trials if defaults else 3, min=1, max=100000, description="max failed"
         )
+        self.early_stopping = w.Dropdown(
+            options=[("none", None), ("medianstop", "medianstop")],
+            value=defaults.early_stopping if defaults else None,
+            description="early stop",
+        )
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.error = w.HTML(value="")
@@ -151,6 +157,7 @@ class TuneForm:
                 self.additional,
                 w.HBox([self.algorithm, self.max_trials]),
                 w.HBox([self.parallel, self.max_failed]),
+                self.early_stopping,
                 w.HBox([self.run_button, self.stop_button]),
                 self.error,
                 self.command,
@@ -196,6 +203,9 @@ class TuneForm:
             max_trials=self.max_trials.value,
             parallel_trials=self.parallel.value,
             max_failed_trials=self.max_failed.value,
+            early_stopping=self.early_stopping.value,
+            min_trials=self._stopping_settings[0],
+            start_step=self._stopping_settings[1],
         )
         try:
             spec = spec.check_against(self.parameters, self.metrics)

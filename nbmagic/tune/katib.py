@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..images import nbmagic_image
-from ..kube import api_client
+from ..kube import PROFILE_NAMESPACE, api_client
 from .experiment import FAILED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial
 from .space import ExperimentSpec, _fmt
 
@@ -152,6 +152,15 @@ def build_experiment(
     objective: dict[str, Any] = {"type": spec.goal, "objectiveMetricName": spec.objective}
     if spec.additional_metrics:
         objective["additionalMetricNames"] = list(spec.additional_metrics)
+    experiment_spec: dict[str, Any] = {}
+    if spec.early_stopping:  # Katib stops trials from the timestamped name=value lines nbmagic.report() prints
+        experiment_spec["earlyStopping"] = {
+            "algorithmName": spec.early_stopping,
+            "algorithmSettings": [
+                {"name": "min_trials_required", "value": str(spec.min_trials)},
+                {"name": "start_step", "value": str(spec.start_step)},
+            ],
+        }
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Experiment",
@@ -166,6 +175,7 @@ def build_experiment(
             "parallelTrialCount": spec.parallel_trials,
             "maxFailedTrialCount": spec.max_failed_trials,
             "metricsCollectorSpec": {"collector": {"kind": "StdOut"}},
+            **experiment_spec,
             "trialTemplate": {
                 "primaryContainerName": "trial",
                 "trialParameters": [
@@ -233,6 +243,7 @@ class KatibExperiment(Experiment):
         self._client = client
         self._poll = poll
         self._stop_requested = False
+        self._resource_version: str | None = None
         self.resumed = False  # True when the Experiment already existed and is watched again
 
     def _api(self) -> Any:
@@ -286,6 +297,7 @@ class KatibExperiment(Experiment):
         conditions = {c.get("type"): c for c in status.get("conditions", []) or [] if c.get("status") == "True"}
         with self._lock:
             self.raw_status = status
+            self._resource_version = obj.get("metadata", {}).get("resourceVersion")
             self._trials = trials
             if "Succeeded" in conditions:
                 self.status = STOPPED if self._stop_requested else SUCCEEDED
@@ -313,20 +325,34 @@ class KatibExperiment(Experiment):
                 return
             time.sleep(self._poll)
 
-    def stop(self, wait: bool = False) -> KatibExperiment:
-        """Lower maxTrialCount to the trials created so far: Katib starts no more, running ones end."""
+    def stop(self, wait: bool = False, attempts: int = 20) -> KatibExperiment:
+        """Lower maxTrialCount to the trials created so far: Katib starts no more, running ones end.
+
+        Read-then-patch under the Experiment's resourceVersion: if Katib changed it in between (it may have
+        created more trials), the API server answers 409 and the count is read again.
+        """
+        from kubernetes.client.rest import ApiException
+
         with self._lock:
             self._stop_requested = True
-        try:  # the trials as they are now: a count from the last poll would have Katib delete newer, running ones
-            self.refresh()
-        except Exception:  # noqa: BLE001 - the API is flaky: the last poll's count is the best we know
-            pass
-        with self._lock:
-            created = self.raw_status.get("trials") if isinstance(self.raw_status.get("trials"), int) else 0
-            count = max(1, len(self._trials), created)
-        self._api().patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, self.name, {"spec": {"maxTrialCount": count}}
-        )
+        for attempt in range(attempts):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the API is flaky: the last poll's count is the best we know
+                pass
+            with self._lock:
+                created = self.raw_status.get("trials") if isinstance(self.raw_status.get("trials"), int) else 0
+                count = max(1, len(self._trials), created)
+                version = self._resource_version
+            patch: dict[str, Any] = {"spec": {"maxTrialCount": count}}
+            if version and attempt < attempts - 1:
+                patch["metadata"] = {"resourceVersion": version}
+            try:
+                self._api().patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, patch)
+                break
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
         if wait:
             self._done.wait()
         return self
@@ -338,7 +364,7 @@ def run_katib(
     *,
     host: str,
     pipeline_name: str,
-    namespace: str = "kubeflow-user-example-com",
+    namespace: str = PROFILE_NAMESPACE,
     recorded: Mapping[str, Any] | None = None,
     image: str | None = None,
     install: tuple[str, ...] = DEFAULT_INSTALL,

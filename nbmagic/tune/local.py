@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from .experiment import FAILED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial, TrialResult, objective_of
+from .experiment import FAILED, PRUNED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial, TrialResult, objective_of
 from .space import ExperimentSpec, ParameterSpace, TuneError
 
 RunTrial = Callable[[dict[str, Any]], TrialResult]
@@ -180,7 +180,12 @@ class LocalExperiment(Experiment):
         sampler, self.note = make_sampler(self.spec)
         direction = "minimize" if self.spec.goal == "minimize" else "maximize"
         self._study = optuna.create_study(
-            study_name=self.name, storage=storage, sampler=sampler, direction=direction, load_if_exists=True
+            study_name=self.name,
+            storage=storage,
+            sampler=sampler,
+            pruner=make_pruner(self.spec),
+            direction=direction,
+            load_if_exists=True,
         )
         key = self.spec.key(self._pipeline)
         recorded_key = self._study.user_attrs.get(KEY_ATTR)
@@ -218,7 +223,8 @@ class LocalExperiment(Experiment):
         return Trial(
             number=frozen.number,
             parameters=dict(frozen.params),
-            status=SUCCEEDED if ok else FAILED,
+            status=SUCCEEDED if ok else PRUNED if frozen.state.name == "PRUNED" else FAILED,
+            curve=sorted(frozen.intermediate_values.items()),
             objective=frozen.value if ok else None,
             metrics=dict(attrs.get("metrics", {})),
             run_id=attrs.get("run_id"),
@@ -286,12 +292,18 @@ class LocalExperiment(Experiment):
         started = time.perf_counter()
         try:
             values = self.spec.trial_values(trial.parameters, self._recorded)
-            result = self._run_trial(values)
+            if getattr(self._run_trial, "reports", False):
+                result = self._run_trial(values, _Reporter(self, frozen, trial))
+            else:
+                result = self._run_trial(values)
         except Exception as exc:  # the trial's failure, kept per trial
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             result = TrialResult(run_id=None, status="failed", error=last)
         duration = result.duration or (time.perf_counter() - started)
         objective, problem = (None, result.error or "run failed")
+        if result.status == "pruned":
+            self._pruned(frozen, trial, result, duration)
+            return
         if result.status == "done":
             objective, problem = objective_of(result.metrics, self.spec.objective)
         metrics = _plain_metrics(result.metrics or {})
@@ -322,6 +334,21 @@ class LocalExperiment(Experiment):
             else:
                 self._study.tell(frozen, objective)
 
+    def _pruned(self, frozen: Any, trial: Trial, result: TrialResult, duration: float) -> None:
+        """Stopped early: kept as Optuna's PRUNED (its last reported value), not a failure, not the best."""
+        from optuna.trial import TrialState
+
+        with self._lock:
+            trial.run_id, trial.duration, trial.cached_steps = result.run_id, duration, result.cached_steps
+            trial.status, trial.error = PRUNED, result.error
+            for key, value in {
+                "run_id": result.run_id,
+                "duration": duration,
+                "cached_steps": result.cached_steps,
+            }.items():
+                self._study._storage.set_trial_user_attr(frozen._trial_id, key, value)
+            self._study.tell(frozen, state=TrialState.PRUNED)
+
     def _finish(self) -> None:
         with self._lock:
             if self.status == RUNNING:
@@ -343,6 +370,38 @@ class LocalExperiment(Experiment):
         return self
 
 
+def make_pruner(spec: ExperimentSpec) -> Any:
+    """Katib's medianstop as Optuna's MedianPruner (``start_step`` is counted by :class:`_Reporter`)."""
+    import optuna
+
+    if spec.early_stopping == "medianstop":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.min_trials, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
+class _Reporter:
+    """Receives a running trial's ``nbmagic.report()`` values; returns True when the trial should stop."""
+
+    def __init__(self, experiment: LocalExperiment, optuna_trial: Any, trial: Trial) -> None:
+        self._experiment, self._optuna, self._trial = experiment, optuna_trial, trial
+
+    def __call__(self, step: int | None, metrics: Mapping[str, float]) -> bool:
+        spec = self._experiment.spec
+        value = metrics.get(spec.objective)
+        if value is None:
+            return False
+        with self._experiment._lock:
+            curve = self._trial.curve
+            step = step if step is not None else (curve[-1][0] + 1 if curve else 0)
+            if any(seen == step for seen, _ in curve):
+                return False  # Optuna keeps the first value of a step
+            curve.append((step, float(value)))
+            self._optuna.report(float(value), step)
+            prune = bool(spec.early_stopping) and len(curve) >= spec.start_step and self._optuna.should_prune()
+        self._experiment._notify()
+        return prune
+
+
 def run_local(spec: ExperimentSpec, run_trial: RunTrial, **options: Any) -> LocalExperiment:
     """Start a local experiment in the background and return it (``options`` as for :class:`LocalExperiment`)."""
     return LocalExperiment(spec, run_trial, **options).start()
@@ -357,14 +416,31 @@ def pipeline_trial_runner(
     """
     shared: list[Any] = [runner]
 
-    def run_trial(parameters: dict[str, Any]) -> TrialResult:
+    def run_trial(parameters: dict[str, Any], reporter: Callable[..., bool] | None = None) -> TrialResult:
         from ..run.local import LocalRunner
 
         if shared[0] is None:
             shared[0] = LocalRunner()  # it preloads what the steps import; the worker has the step runtime
         started = time.perf_counter()
-        run = shared[0].run(plan, parameters, cache=cache, experiment=experiment)
+        watcher = ReportWatcher(shared[0].store, reporter) if reporter is not None else None
+        try:
+            run = shared[0].run(
+                plan, parameters, cache=cache, experiment=experiment, listener=watcher.listen if watcher else None
+            )
+        finally:
+            if watcher is not None:
+                watcher.close()
         error = None
+        if run.status == "pruned":
+            pruned = [s for s in run.steps.values() if s.status == "pruned"]
+            return TrialResult(
+                run_id=run.id,
+                status="pruned",
+                metrics=dict(run.metrics),
+                cached_steps=sum(1 for state in run.steps.values() if state.cached),
+                error=pruned[0].error if pruned else "pruned",
+                duration=time.perf_counter() - started,
+            )
         if run.status != "done":
             failed = [s for s in run.steps.values() if s.status in ("failed", "timed_out")]
             first = (run.error or (failed[0].error if failed else "") or "run failed").strip().splitlines()
@@ -378,4 +454,56 @@ def pipeline_trial_runner(
             duration=time.perf_counter() - started,
         )
 
+    run_trial.reports = True  # type: ignore[attr-defined] - takes a reporter for nbmagic.report() values
     return run_trial
+
+
+class ReportWatcher:
+    """Follows the report files of a run's running steps; writes the prune mark when the reporter says so."""
+
+    POLL = 0.02
+
+    def __init__(self, store: Any, reporter: Callable[..., bool]) -> None:
+        self._store, self._reporter = store, reporter
+        self._files: dict[str, int] = {}  # path -> bytes read
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="nbmagic-reports", daemon=True)
+        self._thread.start()
+
+    def listen(self, run: Any, state: Any) -> None:
+        if state is not None and state.status == "running":
+            path = str(self._store.run_dir(run.id) / f"{state.name}.reports.jsonl")
+            with self._lock:
+                self._files.setdefault(path, 0)
+
+    def _loop(self) -> None:
+        while not self._closed.wait(self.POLL):
+            self.read()
+        self.read()
+
+    def read(self) -> None:
+        import json
+
+        from ..reporting import prune_path
+
+        with self._lock:
+            files = list(self._files.items())
+        for path, offset in files:
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read()
+            except FileNotFoundError:
+                continue
+            complete = data[: data.rfind(b"\n") + 1]
+            with self._lock:
+                self._files[path] = offset + len(complete)
+            for line in complete.splitlines():
+                record = json.loads(line)
+                if self._reporter(record.get("step"), record.get("metrics", {})) and not self._closed.is_set():
+                    Path(prune_path(path)).touch()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(5)

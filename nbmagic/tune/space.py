@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import NbMagicError
+from ..k8s_names import is_label
 
 PARAMETER_TYPES = ("double", "int", "categorical", "discrete")
 ALGORITHMS = ("random", "grid", "bayesianoptimization", "tpe", "multivariate-tpe", "cmaes", "sobol")
 GOALS = ("minimize", "maximize")
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 PARAM_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([A-Za-z-]+)\s*\((.*)\)\s*$", re.S)
 MAXIMIZE_HINTS = ("acc", "auc", "f1", "r2", "score", "precision", "recall", "reward", "map", "ndcg")
 # recorded Python type -> tuning types that fit it
@@ -212,6 +212,9 @@ def parse_fixed(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+EARLY_STOPPING = (None, "medianstop")
+
+
 @dataclass(frozen=True)
 class ExperimentSpec:
     """A tuning experiment: what to vary, what to optimise, how, and how many trials."""
@@ -227,6 +230,9 @@ class ExperimentSpec:
     max_failed_trials: int = 3
     seed: int | None = None
     name: str = ""
+    early_stopping: str | None = None  # "medianstop": stop trials whose reported values trail the median
+    min_trials: int = 3  # medianstop: finished trials needed before any trial is stopped
+    start_step: int = 4  # medianstop: values a trial reports before it can be stopped
 
     def validate(self) -> ExperimentSpec:
         """Checks that need no recorded pipeline; returns the spec with normalised parameters."""
@@ -250,10 +256,14 @@ class ExperimentSpec:
             ("--max-trials", self.max_trials, 1),
             ("--parallel", self.parallel_trials, 1),
             ("--max-failed", self.max_failed_trials, 1),
+            ("--min-trials", self.min_trials, 1),
+            ("--start-step", self.start_step, 1),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise TuneError(f"{what} must be an integer >= {low} (got {value!r})")
-        if self.name and not NAME_RE.match(self.name):
+        if self.early_stopping not in EARLY_STOPPING:
+            raise TuneError(f"--early-stopping {self.early_stopping!r}: use medianstop (Katib's early stopping)")
+        if self.name and not is_label(self.name, max_length=40):
             raise TuneError(
                 f"--name {self.name!r}: use lowercase letters, digits and '-' (start and end alphanumeric, at most 40)"
             )
@@ -337,6 +347,9 @@ class ExperimentSpec:
             args += ["--seed", str(self.seed)]
         if self.name:
             args += ["--name", self.name]
+        if self.early_stopping:
+            args += ["--early-stopping", self.early_stopping]
+            args += ["--min-trials", str(self.min_trials), "--start-step", str(self.start_step)]
         return args
 
     def trial_values(self, suggested: Mapping[str, Any], recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 It checks each request's path, method and body (against katib-v1beta1.swagger.json, made strict:
 unknown fields are rejected, plus the checks Katib's admission webhook makes), stores Experiments,
 and serves GETs whose status progresses: each GET of an Experiment advances the simulated Katib
-by one step (start up to parallelTrialCount trials, finish the running ones).
+by one step (start up to parallelTrialCount trials, finish the running ones) and gives it a new
+resourceVersion; a PATCH naming an older resourceVersion is refused with 409, as a real API server does.
 """
 
 from __future__ import annotations
@@ -91,6 +92,17 @@ def schema_errors(obj: Any, definition: str = "v1beta1.Experiment") -> list[str]
     ]
 
 
+JOB_SCHEMA = SCHEMA.with_name("k8s-batch-v1-job.schema.json")
+
+
+def job_errors(job: Any) -> list[str]:
+    """A batch/v1 Job checked against the Kubernetes client's models (strict: unknown fields are errors)."""
+    import jsonschema
+
+    checker = jsonschema.Draft7Validator(json.loads(JOB_SCHEMA.read_text()))
+    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in checker.iter_errors(job)]
+
+
 def katib_errors(experiment: dict[str, Any]) -> list[str]:
     """The semantic checks Katib's validating webhook makes on a new Experiment."""
     errors: list[str] = []
@@ -155,6 +167,7 @@ def katib_errors(experiment: dict[str, Any]) -> list[str]:
         errors.append(f"trialParameter {name} is never used in trialSpec")
     trial_spec = template.get("trialSpec", {})
     if trial_spec.get("kind") == "Job":
+        errors += [f"trialSpec {e}" for e in job_errors(trial_spec)]
         containers = trial_spec.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
         if not containers:
             errors.append("trialSpec Job has no containers")
@@ -164,6 +177,17 @@ def katib_errors(experiment: dict[str, Any]) -> list[str]:
     kind = spec.get("metricsCollectorSpec", {}).get("collector", {}).get("kind", "StdOut")
     if kind not in COLLECTORS:
         errors.append(f"metrics collector kind {kind!r} is unknown")
+    stopping = spec.get("earlyStopping")
+    if stopping is not None:  # Katib's early stopping: medianstop only, on the StdOut or File collector
+        if stopping.get("algorithmName") != "medianstop":
+            errors.append(f"earlyStopping.algorithmName {stopping.get('algorithmName')!r} is not medianstop")
+        if kind not in ("StdOut", "File"):
+            errors.append(f"early stopping needs the StdOut or File metrics collector, not {kind}")
+        for setting in stopping.get("algorithmSettings", []) or []:
+            if setting.get("name") not in ("min_trials_required", "start_step"):
+                errors.append(f"medianstop has no setting {setting.get('name')!r}")
+            elif not str(setting.get("value", "")).isdigit() or int(setting["value"]) < 1:
+                errors.append(f"medianstop {setting['name']} must be an integer >= 1, not {setting.get('value')!r}")
     return errors
 
 
@@ -176,6 +200,11 @@ def default_metrics(assignments: dict[str, str], objective: str, index: int) -> 
         except ValueError:
             total += len(value)
     return {objective: round(total, 6)}
+
+
+def bump(obj: dict[str, Any]) -> None:
+    """A changed object gets a new ``metadata.resourceVersion`` (what optimistic concurrency checks against)."""
+    obj["metadata"]["resourceVersion"] = str(int(obj["metadata"].get("resourceVersion", "0")) + 1)
 
 
 class FakeKatib:
@@ -211,6 +240,7 @@ class FakeKatib:
         if any(c["type"] in ("Succeeded", "Failed") for c in status["conditions"]):
             return
         self._tick += 1
+        bump(experiment)  # the controller updates the status: a new resourceVersion, as on a real API server
         objective = spec["objective"]["objectiveMetricName"]
         for trial in trials:
             if trial["status"]["conditions"][-1]["type"] == "Running":
@@ -339,6 +369,7 @@ class _Handler(JsonHandler):
             stored = copy.deepcopy(body)
             stored["metadata"].update(uid=f"uid-{len(state.experiments)}", creationTimestamp=STAMP.format(0))
             stored["status"] = {"conditions": [{"type": "Created", "status": "True"}]}
+            bump(stored)
             state.experiments[key], state.trials[key] = stored, []
             return self._send(201, stored)
         if plural == "experiments" and name:
@@ -353,9 +384,23 @@ class _Handler(JsonHandler):
                     return self._status(415, "UnsupportedMediaType", "use a JSON merge patch")
                 patch = self._body()
                 allowed = {"maxTrialCount", "parallelTrialCount", "maxFailedTrialCount"}
-                if set(patch) != {"spec"} or not set(patch["spec"]) <= allowed:
+                meta = patch.get("metadata", {})
+                if (
+                    not {"spec"} <= set(patch) <= {"spec", "metadata"}
+                    or not set(patch["spec"]) <= allowed
+                    or not set(meta) <= {"resourceVersion"}
+                ):
                     return self._status(422, "Invalid", "only the trial counts of a running Experiment can change")
+                current = state.experiments[key]["metadata"]["resourceVersion"]
+                if "resourceVersion" in meta and meta["resourceVersion"] != current:
+                    return self._status(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on experiments.kubeflow.org "{name}": the object has been '
+                        "modified; please apply your changes to the latest version and try again",
+                    )
                 state.experiments[key]["spec"].update(patch["spec"])
+                bump(state.experiments[key])
                 return self._send(200, state.experiments[key])
             if method == "DELETE":
                 del state.experiments[key]

@@ -1,0 +1,64 @@
+"""``report(val_loss=..., step=epoch)``: a step's intermediate values, for early stopping.
+
+In a local tuning trial the values go to a file the experiment watches (Optuna's ``trial.report`` /
+``should_prune``); when the trial is pruned, the next ``report`` raises :class:`Pruned` and the step ends
+as "pruned". Anywhere else (a KFP pod, a Katib trial, an interactive cell) it prints one line in the format
+Katib's StdOut metrics collector reads: an RFC 3339 timestamp, then ``name=value`` pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from decimal import Decimal
+
+REPORT_FILE = "NBMAGIC_REPORT_FILE"  # set by the local runner for each step it runs
+
+
+class Pruned(Exception):
+    """The tuning experiment stopped this trial early; the step ends, its outputs are not cached."""
+
+
+def prune_path(report_file: str) -> str:
+    return report_file + ".prune"
+
+
+def katib_line(metrics: dict[str, float], step: int | None, at: float | None = None) -> str:
+    """``2026-01-01T00:00:00Z epoch 3: val_loss=0.25``: numbers without exponents (Katib's default filter
+    reads ``-?\\d+(\\.\\d+)?`` only)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if at is None else at))
+    pairs = " ".join(f"{name}={_plain(value)}" for name, value in metrics.items())
+    return f"{stamp} {'' if step is None else f'epoch {step}: '}{pairs}"
+
+
+def _plain(value: float) -> str:
+    text = format(Decimal(repr(float(value))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def report(step: int | None = None, **metrics: float) -> None:
+    """Report intermediate values (``report(val_loss=0.3, step=epoch)``); raises :class:`Pruned` if the
+    experiment has stopped this trial."""
+    if not metrics:
+        raise TypeError("report() needs at least one metric: report(val_loss=..., step=epoch)")
+    values: dict[str, float] = {}
+    for name, value in metrics.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"report(): metric {name!r} is a {type(value).__name__}, not a number") from None
+        if math.isnan(number) or math.isinf(number):
+            raise ValueError(f"report(): metric {name!r} is {number}")
+        values[name] = number
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+        raise TypeError(f"report(): step must be an integer >= 0, not {step!r}")
+    path = os.environ.get(REPORT_FILE)
+    if not path:
+        print(katib_line(values, step), flush=True)
+        return
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"step": step, "metrics": values, "at": time.time()}) + "\n")
+    if os.path.exists(prune_path(path)):
+        raise Pruned(f"pruned at step {step}" if step is not None else "pruned")

@@ -1,0 +1,71 @@
+"""`nbmagic compile` reports the YAML's size, warns near a cluster's object limit, and --image ships no runtime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from nbmagic.compile.size import OBJECT_LIMIT, WARN_AT, size_warning
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
+
+
+def nbmagic(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nbmagic.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def notebook(path: Path, cells: list[str]) -> Path:
+    nb = {
+        "cells": [
+            {"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": c, "outputs": [], "execution_count": None}
+            for i, c in enumerate(cells)
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def test_the_warning_names_the_size_the_steps_and_the_fix():
+    assert size_warning(WARN_AT - 1, 300) is None
+    line = size_warning(1_300_000, 412, "big.yaml")
+    assert line is not None and "\n" not in line
+    assert "big.yaml is 1.3 MB for 412 steps" in line and "--image" in line
+    assert f"~{OBJECT_LIMIT / 1e6:.1f} MB" in line
+
+
+def test_compile_prints_the_size_and_warns_when_a_cluster_may_refuse_the_pipeline(tmp_path):
+    filler = "rows = " + repr(["x" * 60] * 4000) + "\n"  # ~260 KB of cell code per step
+    cells = ["%%step s0\n" + filler + "n0 = len(rows)"]
+    cells += [f"%%step s{i}\n{filler}n{i} = n{i - 1} + len(rows)" for i in range(1, 5)]
+    nb = notebook(tmp_path / "big.ipynb", cells)
+    result = nbmagic("compile", str(nb), "-o", str(tmp_path / "big.yaml"))
+    assert result.returncode == 0, result.stderr
+    size = (tmp_path / "big.yaml").stat().st_size
+    assert size > WARN_AT
+    assert f"({size / 1e6:.1f} MB, 5 steps)" in result.stdout
+    (warning,) = result.stderr.strip().splitlines()
+    assert warning.startswith(f"warning: big.yaml is {size / 1e6:.1f} MB for 5 steps") and "--image" in warning
+    small = nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "q.yaml"))
+    assert small.returncode == 0 and small.stderr == "" and "KB, 5 steps)" in small.stdout
+
+
+def test_compile_with_the_cluster_image_ships_no_runtime(tmp_path):
+    result = nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "q.yaml"), "--image", "registry.example/nb:1")
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "q.yaml").read_text()
+    spec = yaml.safe_load(text)
+    assert "nbmagic_runtime" not in spec["root"]["inputDefinitions"]["parameters"]
+    containers = [e["container"] for e in spec["deploymentSpec"]["executors"].values()]
+    assert {c["image"] for c in containers} == {"registry.example/nb:1"}
+    assert all("from nbmagic.runtime.component import nbmagic_run" in c["command"][-1] for c in containers)
+    assert "nbmagic_bootstrap" not in text and "'kfp==" not in text  # no runtime, no kfp install per step
+    plain = nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "plain.yaml"))
+    assert plain.returncode == 0
+    assert len(text) * 2 < (tmp_path / "plain.yaml").stat().st_size

@@ -1,0 +1,338 @@
+"""The store's fault suite: each fault is done for real and each case asserts the exact outcome.
+
+Full disks are a real tmpfs of a few MB (mounted by the test; skipped where mounting is not allowed), kills
+are real signals, parallel gc is a second real process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.faults import remount, small_filesystem, write_notebook
+from helpers.shell import run_ok
+from nbmagic.errors import NbMagicError
+from nbmagic.restore import resolve_run, restore
+from nbmagic.store.gc import Policy, collect
+from nbmagic.store.objects import StoreFull
+from nbmagic.store.runs import RunStore, StoreUnavailable
+
+BIG = [
+    "%%pipeline_parameters\nseed = 1\n",
+    "%%step make\nimport numpy as np\nbig = np.random.default_rng(seed).random(625_000)\n",  # 5 MB
+    "%%step use\ntotal = float(big.sum())\n",
+    "%pipeline_metrics total\n",
+]
+SMALL = [
+    "%%pipeline_parameters\nscale = 1\n",
+    "%%step load\nimport numpy as np\nsmall = np.arange(1000)\n",
+    "%%step double\nbigger = small * scale\nlast = int(bigger[-1])\n",
+    "%pipeline_metrics last\n",
+]
+
+
+def _cells(ip, cells):
+    for cell in cells:
+        run_ok(ip, cell)
+
+
+def _flip_byte(store: RunStore, digest: str) -> Path:
+    folder = store.objects._path(digest)
+    data = next(p for p in folder.iterdir() if p.name != "manifest.json")
+    data.chmod(0o600)
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    return data
+
+
+# ------------------------------------------------------------------------------------------- gc keeps
+
+
+def test_size_budget_keeps_the_newest_run_and_says_so_in_one_line(ip, capfd):
+    _cells(ip, BIG)
+    run_ok(ip, "%gc --max-size 1MB --set-policy")
+    first = run_ok(ip, "%compile_run --quiet --param seed=1")
+    second = run_ok(ip, "%compile_run --quiet --param seed=2")
+    assert first.status == second.status == "done"
+    err = capfd.readouterr().err
+    assert "gc: 5.0 MB kept over the 1.0 MB budget: 1 run is protected (the newest)" in err
+    store = RunStore()
+    runs = store.list_runs()
+    assert second.id in [r.id for r in runs]  # the run that just finished is never collected
+    ns: dict = {}
+    restore(store, "last", namespace=ns)
+    assert float(ns["big"].sum()) == second.metrics["total"]
+    # the budget really applies: the older run went as soon as its values were past the grace period
+    report = collect(store, Policy(max_size=10**6), grace=0)
+    assert [r.id for r in store.list_runs()] == [second.id] and report.over_budget.count("\n") == 0
+
+
+def test_keep_last_zero_never_deletes_the_new_run(ip, monkeypatch):
+    _cells(ip, SMALL)
+    monkeypatch.setenv("NBMAGIC_GC", "keep_last=0")
+    runs = [run_ok(ip, f"%compile_run --quiet --param scale={s}") for s in (1, 2)]
+    store = RunStore()
+    assert [r.id for r in store.list_runs()] == [runs[1].id]
+    ns: dict = {}
+    restore(store, "last", namespace=ns)
+    assert list(ns["bigger"][:3]) == [0, 2, 4]
+
+
+def test_dry_run_predicts_exactly(ip):
+    _cells(ip, SMALL)
+    for s in (1, 2, 3, 4):
+        run_ok(ip, f"%compile_run --quiet --param scale={s}")
+    store = RunStore()
+    for policy in (Policy(keep_last=1), Policy(max_size=1)):
+        dry = collect(store, policy, dry_run=True, grace=0)
+        real = collect(store, policy, grace=0)
+        assert (dry.runs, dry.values, dry.bytes_freed, dry.over_budget) == (
+            real.runs,
+            real.values,
+            real.bytes_freed,
+            real.over_budget,
+        )
+
+
+def test_best_trial_after_restart_is_what_gc_protects_and_restore_restores(tmp_path):
+    store = RunStore(tmp_path / "store")
+    ids = {}
+    for name, loss in (("old-best", 0.1), ("old", 0.5), ("new-a", 0.4), ("new-b", 0.3)):
+        run_id = store.create_run("p", {}, [], experiment="exp")
+        store.finish_run(run_id, "done", {"loss": loss})
+        ids[name] = run_id
+        time.sleep(0.01)
+        if name == "old":
+            since = time.time()
+    store.set_experiment("exp", "loss", "minimize", since=since)  # %katib --restart forgot the first two
+    assert resolve_run(store, "best") == ids["new-b"] == store.best_trial("exp")
+    report = collect(store, Policy(keep_last=0), grace=0)
+    kept = {r.id for r in store.list_runs()}
+    assert ids["new-b"] in kept and ids["old-best"] not in kept  # the newest run is kept too: new-b is both
+    assert {r for r, _, _ in report.runs} == {ids["old-best"], ids["old"], ids["new-a"]}
+
+
+def test_a_parallel_gc_process_never_removes_what_a_running_run_uses(tmp_path):
+    notebook = write_notebook(
+        tmp_path / "nb.ipynb",
+        [
+            "%%step load\nimport numpy as np\nsmall = np.arange(1000)\n",
+            "%%step wait\nimport time\ntime.sleep(4)\ntotal = int(small.sum())\n",
+            "%pipeline_metrics total\n",
+        ],
+    )
+    nbmagic = [sys.executable, "-m", "nbmagic.cli"]
+    assert subprocess.run([*nbmagic, "run", str(notebook)], capture_output=True).returncode == 0
+    store = RunStore()
+    old = time.time() - 7200
+    for digest in store.objects.iter_hashes():  # the first run's values are long past the grace period
+        os.utime(store.objects._path(digest), (old, old))
+    runner = subprocess.Popen(
+        [*nbmagic, "run", str(notebook), "--no-cache"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    collections = 0
+    while runner.poll() is None:
+        gc = subprocess.run([*nbmagic, "gc", "--keep-last", "0"], capture_output=True, text=True)
+        assert gc.returncode == 0, gc.stderr
+        collections += 1
+    out, err = runner.communicate()
+    assert runner.returncode == 0, err.decode()
+    assert collections >= 2
+    ns: dict = {}
+    restore(RunStore(), "last", namespace=ns)
+    assert ns["total"] == 499500 and len(ns["small"]) == 1000
+
+
+# ------------------------------------------------------------------------------------------- full disk
+
+
+def test_a_full_disk_fails_the_step_naming_the_variable_and_heals_after_space_is_freed(ip, tmp_path, monkeypatch):
+    with small_filesystem(tmp_path / "fs", "3m") as fs:
+        monkeypatch.setenv("NBMAGIC_HOME", str(fs))
+        _cells(ip, BIG)
+        run = run_ok(ip, "%compile_run --quiet")
+        assert run.status == "failed"
+        make = run.steps["make"]
+        assert make.status == "failed" and make.error == (
+            f"step 'make': cannot store variable 'big': no space left on device ({fs / 'store'})"
+        )
+        assert "dill" not in make.error and run.steps["use"].status != "done"
+        store = RunStore()
+        assert store.get_run(run.id).status == "failed"
+        kept = {store.objects.manifest(d)["name"]: d for d in store.objects.iter_hashes()}
+        assert "big" not in kept  # nothing half-written; what was stored whole is intact
+        assert store.objects.verify_all()[1] == []
+        assert list((fs / "store" / "tmp").iterdir()) == []
+        assert [r for r in store.step_rows(run.id) if r["cache_key"] and store.cache_get(r["cache_key"])] == []
+        remount(fs, "size=40m")  # space freed: the next run stores the value (no cached gap)
+        again = run_ok(ip, "%compile_run --quiet")
+        assert again.status == "done" and again.steps["make"].cached is False
+        assert again.value("big").shape == (625_000,)
+
+
+def test_a_full_disk_under_the_index_is_one_line(tmp_path):
+    with small_filesystem(tmp_path / "fs", "1m") as fs:
+        store = RunStore(fs / "store")
+        run_id = store.create_run("p", {}, ["a"])
+        filler = fs / "filler"
+        with open(filler, "wb") as handle, pytest.raises(OSError):
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        with pytest.raises(StoreUnavailable) as caught:
+            for i in range(2000):
+                store.set_step(run_id, "a", "running", log="x" * 4096 + str(i))
+        assert str(caught.value) == (
+            f"the run store index {fs / 'store' / 'index.sqlite'}: no space left on device (free space, then run again)"
+        )
+        with pytest.raises(StoreFull, match=r"^cannot store variable 'v': no space left on device"):
+            store.objects.put(np.ones(100_000), "v")
+        filler.unlink()
+        store.finish_run(run_id, "failed", {}, "disk full")
+        assert store.get_run(run_id).status == "failed"
+
+
+# ------------------------------------------------------------------------------------------- corruption
+
+
+def test_a_corrupt_value_is_noticed_removed_and_recomputed(ip):
+    _cells(ip, SMALL)
+    first = run_ok(ip, "%compile_run --quiet")
+    store = RunStore()
+    digest = first.outputs("load")["small"]["hash"]
+    _flip_byte(store, digest)
+    with pytest.raises(NbMagicError, match=r"stored value 'small' is corrupt: .*runs again on the next run"):
+        restore(store, first.id, namespace={})
+    assert not store.objects.exists(digest)
+    again = run_ok(ip, "%compile_run --quiet")
+    assert again.status == "done" and again.steps["load"].cached is False
+    ns: dict = {}
+    restore(store, again.id, namespace=ns)
+    assert list(ns["small"][:3]) == [0, 1, 2]
+
+
+def test_a_no_cache_rerun_rewrites_a_corrupt_value(ip):
+    _cells(ip, SMALL)
+    first = run_ok(ip, "%compile_run --quiet")
+    store = RunStore()
+    digest = first.outputs("load")["small"]["hash"]
+    _flip_byte(store, digest)
+    again = run_ok(ip, "%compile_run --quiet --no-cache")
+    assert again.status == "done" and again.outputs("load")["small"]["hash"] == digest
+    assert store.objects.get(digest, "small")[999] == 999  # rewritten whole
+
+
+def test_gc_verify_removes_corrupt_values_and_their_cache_entries(ip):
+    _cells(ip, SMALL)
+    first = run_ok(ip, "%compile_run --quiet --param scale=2")
+    store = RunStore()
+    digest = first.outputs("double")["bigger"]["hash"]
+    _flip_byte(store, digest)
+    done = subprocess.run([sys.executable, "-m", "nbmagic.cli", "gc", "--verify"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    head = done.stdout.splitlines()[0]
+    assert (
+        head
+        == "gc --verify: 4 values checked, 1 corrupt removed, 1 cache entry dropped (the steps that made them run again on the next run)"
+    )
+    again = run_ok(ip, "%compile_run --quiet --param scale=2")
+    assert again.steps["load"].cached is True and again.steps["double"].cached is False
+    assert store.objects.get(digest, "bigger")[3] == 6
+
+
+# ------------------------------------------------------------------------------------------- kills and PIDs
+
+
+def test_a_killed_run_is_torn_even_when_its_pid_is_reused(tmp_path):
+    root = tmp_path / "store"
+    code = (
+        "import time\nfrom nbmagic.store.runs import RunStore\n"
+        f"print(RunStore({str(root)!r}).create_run('p', {{}}, ['a']), flush=True)\ntime.sleep(60)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    run_id = owner.stdout.readline().strip()
+    store = RunStore(root)
+    assert store.list_runs()[0].status == "running"
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait()
+    # the PID now belongs to another process (a reused PID, made here with a live stand-in)
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store.update_run(run_id, status="running")
+        store._connection().execute("UPDATE runs SET owner_pid=? WHERE id=?", (stand_in.pid, run_id))
+        assert store.mark_torn_runs() == 1
+        record = store.get_run(run_id)
+        assert record.status == "failed" and record.error == "the run was interrupted (its process ended)"
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+# ------------------------------------------------------------------------------------------- bad homes
+
+
+def test_store_is_owner_only_whatever_the_umask(tmp_path):
+    code = (
+        "import os\nos.umask(0)\nfrom nbmagic.store.runs import RunStore\n"
+        f"s = RunStore({str(tmp_path / 'home' / 'store')!r})\ns.objects.put([1, 2], 'x')\ns.run_dir('r1')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    loose = []
+    for path in [tmp_path / "home", *(tmp_path / "home").rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            loose.append((str(path.relative_to(tmp_path)), oct(mode)))
+    assert loose == []
+
+
+def test_home_that_is_a_file_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    home.write_text("")
+    env = {**os.environ, "NBMAGIC_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "nbmagic.cli", "runs"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"nbmagic: cannot create the run store {home / 'store'}: a part of that path is a file;"
+        " point $NBMAGIC_HOME at a folder\n"
+    )
+
+
+def test_a_read_only_store_is_one_line_and_nothing_is_touched(tmp_path):
+    with small_filesystem(tmp_path / "fs", "4m") as fs:
+        store = RunStore(fs / "store")
+        run_id = store.create_run("p", {}, ["a"])
+        store.finish_run(run_id, "done", {})
+        store.close()
+        before = {p: p.stat().st_mtime for p in fs.rglob("*")}
+        remount(fs, "ro")
+        try:
+            with pytest.raises(StoreUnavailable, match=r"^the run store index .*index.sqlite is read-only: make it"):
+                RunStore(fs / "store").create_run("p", {}, ["a"])
+        finally:
+            remount(fs, "rw")
+        assert {p: p.stat().st_mtime for p in fs.rglob("*")} == before
+
+
+def test_run_prefixes_are_not_sql_wildcards(tmp_path):
+    store = RunStore(tmp_path / "store")
+    store.create_run("p", {}, [])
+    for ref in ("%", "2026____", "_"):
+        with pytest.raises(NbMagicError, match="no run"):
+            resolve_run(store, ref)
+
+
+def test_fault_table_is_recorded():
+    table = (Path(__file__).parents[1] / "RELIABILITY.md").read_text()
+    assert "data lost" in table.lower()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "test_" in line]
+    assert {line.split("`")[1] for line in rows} >= {
+        name for name in globals() if name.startswith("test_") and name != "test_fault_table_is_recorded"
+    }
