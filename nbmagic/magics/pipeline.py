@@ -72,15 +72,26 @@ class PipelineMagics(Magics):
         whose code matches no recorded part of NAME, nor its first line, is taken as the next part, and one
         line says so; ``%pipeline --remove NAME`` starts the step over.
 
+        Reuse (``--reuse`` here or on ``%pipeline_config``; off by default): when the step's code, the notebook
+        code it uses, the parameters and the kernel's values it reads, package versions and its ``--inputs``
+        files are unchanged, the cell is not run: its results are loaded from the store (where an earlier cell
+        or ``%compile_run`` left them) and what it printed is shown again, with one line saying so. Reuse skips
+        side effects: files the cell writes and plots it draws are not made again. A step that reads a file
+        should declare it (``--inputs data/raw.csv``: a changed file means the step runs) or use ``--no-reuse``.
+        A value that cannot be hashed or stored makes the cell simply run.
+
         Example::
 
             %%step train --after process --memory 4Gi --retries 2
             model = fit(X, y, lr)
         """
         name, after, _ = parse_step_line(line)  # validates before anything is recorded
-        self.state.record_current(f"%%{STEP_MAGIC} {line}\n{cell}")
+        self.state.record_current(f"%%{STEP_MAGIC} {line}
+{cell}")
         self._warn_step(name, after, cell)
-        self._run_body(cell)
+        from ..run.reuse import run_step_cell
+
+        run_step_cell(self.state, name, line, self.shell.user_ns, lambda: self._run_body(cell))
 
     def _warn_step(self, name: str, after: tuple[str, ...], cell: str) -> None:
         """One line for a step that runs nothing, or that runs --after a step not recorded yet."""

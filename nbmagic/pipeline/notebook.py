@@ -1,4 +1,4 @@
-"""Find the notebook file the kernel runs, and read its code cells with nbformat."""
+"""Find the notebook file the kernel runs, and read its code cells."""
 
 from __future__ import annotations
 
@@ -103,17 +103,30 @@ def find_through_server(kernel: str | None, runtime_dir: str | None = None, time
 
 def read_notebook(path: Path) -> list[RawCell]:
     """The notebook's code cells in order, with their ids."""
+    notebook = _read_v4(path)
+    cells: list[RawCell] = []
+    for number, cell in enumerate(notebook["cells"], start=1):
+        if cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        cells.append(RawCell(source=source, index=number, label=f"{path.name} cell {number}", cell_id=cell.get("id")))
+    return cells
+
+
+def _read_v4(path: Path) -> dict[str, Any]:
+    """The notebook as nbformat 4 JSON: read directly (importing nbformat takes seconds), older versions converted."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(data, dict) and data.get("nbformat") == 4 and isinstance(data.get("cells"), list):
+            return data
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read notebook {path}: {exc}") from None
     import nbformat
 
     try:
-        notebook = nbformat.read(str(path), as_version=4)
+        return nbformat.read(str(path), as_version=4)
     except Exception as exc:  # nbformat raises several types for unreadable files
         raise PipelineError(f"cannot read notebook {path}: {exc}") from None
-    cells: list[RawCell] = []
-    for number, cell in enumerate(notebook.cells, start=1):
-        if cell.cell_type != "code":
-            continue
-        cells.append(
-            RawCell(source=cell.source, index=number, label=f"{path.name} cell {number}", cell_id=cell.get("id"))
-        )
-    return cells

@@ -87,6 +87,8 @@ class StepSettings:
     volumes: tuple[VolumeMount, ...] = ()
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[Toleration, ...] = ()
+    reuse: bool | None = None  # interactive reuse of stored results (None: the pipeline's setting, off by default)
+    inputs: tuple[str, ...] = ()  # files whose content joins the step's cache key
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -259,6 +261,12 @@ def parse_package(value: str, option: str = "--packages") -> str:
     return text
 
 
+def parse_input(value: str, option: str = "--inputs") -> str:
+    if not value.strip() or "\0" in value:
+        raise SettingError(f"{option}: {value!r} is not a file path")
+    return value
+
+
 def parse_image(value: str, option: str = "--image") -> str:
     text = value.strip()
     if not text or any(c.isspace() for c in text):
@@ -344,6 +352,23 @@ SETTING_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         },
     ),
     (("--no-cache",), {"action": "store_true", "default": False, "help": "always re-run this step (no cache)"}),
+    (
+        ("--reuse",),
+        {
+            "action": "store_true",
+            "default": False,
+            "help": "when the cell runs in the notebook, load its results from the store if code and inputs are unchanged",
+        },
+    ),
+    (("--no-reuse",), {"action": "store_true", "default": False, "help": "always run the cell in the notebook"}),
+    (
+        ("--inputs",),
+        {
+            "nargs": "+",
+            "metavar": "PATH",
+            "help": "files or folders the step reads: a change to their content means the step runs again",
+        },
+    ),
 ]
 
 
@@ -370,6 +395,7 @@ _KEYS = {
     "volumes": lambda item: item.path,
     "node_selector": lambda item: item[0],
     "tolerations": lambda item: item,
+    "inputs": lambda item: item,
 }
 
 
@@ -379,6 +405,12 @@ def settings_from_args(namespace: Any, base: StepSettings | None = None) -> Step
     changes: dict[str, Any] = {}
     if get("no_cache"):
         changes["cache"] = False
+    if get("reuse") and get("no_reuse"):
+        raise SettingError("--reuse and --no-reuse cannot both be given")
+    if get("reuse") or get("no_reuse"):
+        changes["reuse"] = bool(get("reuse"))
+    if get("inputs"):
+        changes["inputs"] = tuple(dict.fromkeys(parse_input(p) for p in get("inputs")))
     if get("image") is not None:
         changes["image"] = parse_image(get("image"))
     if get("packages"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ from ..runtime.step import uses_ipython
 from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore
 from . import single_flight
+from .cache_key import cache_key
 from .result import Run, StepState
 
 Listener = Callable[[Run, StepState | None], None]
@@ -60,64 +60,6 @@ def preload_modules(plan: PipelinePlan) -> list[str]:
     return sorted(name for name in found if name.split(".")[0] in installed)
 
 
-def _versions(modules: tuple[str, ...]) -> list[str]:
-    from ..packages import pinned
-
-    return pinned(modules)
-
-
-def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
-    """module -> hash of its source, for modules the step imports from the notebook's own files (not installed)."""
-    import importlib.util
-
-    found: dict[str, str] = {}
-    for module in modules:
-        if module in sys.stdlib_module_names or module in sys.builtin_module_names:
-            continue
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            continue
-        origin = (spec.origin or "") if spec else ""
-        if not origin or not os.path.isfile(origin) or "site-packages" in origin or "dist-packages" in origin:
-            continue
-        folders = list(spec.submodule_search_locations or [])
-        files = sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py")) if folders else [origin]
-        digest = hashlib.sha256()
-        for name in files:
-            try:
-                digest.update(name.encode() + b"\0" + Path(name).read_bytes())
-            except OSError:
-                continue
-        found[module] = digest.hexdigest()
-    return found
-
-
-def cache_key(
-    step: StepPlan, parameters: dict[str, Any], inputs: dict[str, str], after: dict[str, str] | None = None
-) -> str:
-    """What decides whether a step's stored result can be reused.
-
-    ``after`` maps the steps this one runs ``--after`` to their own keys: those edges carry side effects (files),
-    so a changed upstream step changes this one's key too.
-    """
-    settings = step.settings
-    material = {
-        "code": step.cell.code,
-        "prelude": step.prelude,
-        "parameters": {name: parameters[name] for name in step.parameters},
-        "inputs": inputs,
-        "after": after or {},
-        "versions": _versions(step.modules),
-        "local_modules": _local_sources(step.modules),
-        "writes": list(step.writes),
-        "metrics": list(step.metrics),
-        "env": list(getattr(settings, "env", ()) or ()),
-        "python": list(sys.version_info[:2]),
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class LocalRunner:
     """Runs plans on this machine. One instance can run several plans at once from different threads."""
 
@@ -137,7 +79,7 @@ class LocalRunner:
         workers: int | None = None,
     ) -> Run:
         """Run ``plan`` with parameter overrides; returns when every step has finished, failed or been skipped."""
-        from .pool import worker_pool
+        from .lazy_pool import LazyPool
 
         values = plan.resolve_parameters(parameters)
         limit = workers or self.workers
@@ -157,10 +99,7 @@ class LocalRunner:
         run_dir = self.store.run_dir(run_id)
         notify = listener or (lambda *_: None)
         notify(run, None)
-        pool = worker_pool()
-        modules = preload_modules(plan)
-        if modules:
-            pool.preload(modules)
+        pool = LazyPool(preload_modules(plan))  # no worker start when every step comes from the cache
 
         running: dict[Future[dict[str, Any]], tuple[StepPlan, str]] = {}
         retry_at: dict[str, float] = {}

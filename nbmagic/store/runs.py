@@ -520,6 +520,16 @@ class RunStore:
                 (*sets.values(), run_id, step),
             )
 
+    def add_step(self, run_id: str, step: str) -> None:
+        """Add a pending step to a run that grows as it goes (a notebook session); nothing if it is there."""
+        with self._db() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)", (run_id, step, "pending")
+            )
+            db.execute(
+                "UPDATE runs SET steps=(SELECT COUNT(*) FROM executions WHERE run_id=?) WHERE id=?", (run_id, run_id)
+            )
+
     def record_execution(
         self,
         run_id: str,

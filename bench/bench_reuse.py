@@ -1,0 +1,153 @@
+"""Restart and Run All with interactive reuse vs without, on a real ipykernel through nbclient.
+
+    python bench/bench_reuse.py [--size-mb 40]
+
+The notebook: a 3-s load step (``time.sleep(3)`` then a numpy array), a 1-s transform step reading the
+pipeline parameter ``factor``, and a cheap summary. Both sides run the same notebook, one without and one with
+``%pipeline_config --reuse``, each in fresh kernels with their own store. Timed from the kernel's own
+execution timestamps (``shell.execute_reply`` - ``iopub.execute_input``), summed over the three step cells:
+
+1. first Run All (nothing stored yet);
+2. restart + Run All, nothing changed (target with reuse: < 0.3 s for the step cells in total);
+3. ``factor`` changed, restart + Run All (target: only the transform and the summary run);
+4. ``%compile_run`` right after that interactive Run All (target with reuse: < 0.5 s, nothing recomputed).
+
+Every kernel's summary values are compared with the baseline's: the same results with and without reuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ("load", "transform", "summary")
+
+
+def cells(reuse: bool, factor: float, size_mb: int) -> list:
+    n = size_mb * 1_000_000 // 8
+    return [
+        new_code_cell("%load_ext nbmagic"),
+        new_code_cell("%pipeline_config --reuse" if reuse else "# no reuse"),
+        new_code_cell(f"%%pipeline_parameters\nfactor = {factor}"),
+        new_code_cell(
+            "%%step load\nimport time\nimport numpy as np\ntime.sleep(3)\n"
+            f"data = np.random.default_rng(0).random({n})\nprint('loaded', data.shape)"
+        ),
+        new_code_cell("%%step transform\nimport time\ntime.sleep(1)\nscaled = data * factor\nprint('scaled')"),
+        new_code_cell(
+            "%%step summary\nstats = {'mean': float(scaled.mean()), 'max': float(scaled.max())}\nprint('stats', stats)"
+        ),
+        new_code_cell("print('RESULT', repr(stats))"),
+        new_code_cell(
+            "run = %compile_run --quiet\nprint('STATUS', {n: s.status for n, s in run.steps.items()}, repr(run.value('stats')))"
+        ),
+    ]
+
+
+def seconds(cell) -> float:
+    timing = cell.metadata.get("execution", {})
+    start = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
+    return (end - start).total_seconds()
+
+
+def text(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs) + "".join(
+        "\n".join(o.get("traceback", [])) for o in cell.outputs
+    )
+
+
+def run_all(folder: Path, reuse: bool, factor: float, size_mb: int, compile_run: bool) -> dict:
+    """A fresh kernel runs every cell in order; returns step-cell times, the result, the reuse lines."""
+    path = folder / "bench.ipynb"
+    nb = new_notebook(cells=cells(reuse, factor, size_mb))
+    if not compile_run:
+        nb.cells = nb.cells[:-1]
+    nbformat.write(nb, path)
+    os.environ["JPY_SESSION_NAME"] = str(path)
+    client = NotebookClient(
+        nb, timeout=600, kernel_name="python3", record_timing=True, resources={"metadata": {"path": str(folder)}}
+    )
+    client.execute()
+    steps = {name: seconds(nb.cells[3 + i]) for i, name in enumerate(STEPS)}
+    result = next(line for line in text(nb.cells[6]).splitlines() if line.startswith("RESULT"))
+    found = {
+        "steps": steps,
+        "total": sum(steps.values()),
+        "result": result[len("RESULT ") :],
+        "reused": [n for i, n in enumerate(STEPS) if f"{n}: reused from run" in text(nb.cells[3 + i])],
+    }
+    if compile_run:
+        found["compile_run"] = seconds(nb.cells[7])
+        found["compile_text"] = text(nb.cells[7]).strip()
+    return found
+
+
+def side(reuse: bool, size_mb: int) -> dict:
+    home = tempfile.mkdtemp(prefix="bench-reuse-")
+    os.environ["NBMAGIC_HOME"] = home
+    folder = Path(home) / "nb"
+    folder.mkdir()
+    return {
+        "first": run_all(folder, reuse, 2.0, size_mb, False),
+        "unchanged": run_all(folder, reuse, 2.0, size_mb, False),
+        "changed": run_all(folder, reuse, 3.0, size_mb, True),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=40, help="size of the loaded array")
+    args = parser.parse_args()
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    base = side(False, args.size_mb)
+    ours = side(True, args.size_mb)
+    same = all(base[k]["result"] == ours[k]["result"] for k in base)
+    ok = same and ours["changed"]["reused"] == ["load"] and ours["unchanged"]["reused"] == list(STEPS)
+    cached = "'load': 'cached', 'transform': 'cached', 'summary': 'cached'" in ours["changed"]["compile_text"]
+
+    def row(label: str, b: float, o: float, target: str) -> str:
+        return f"| {label} | {b:.2f} s | {o:.2f} s | {b / o:.0f}x | {target} |"
+
+    print(f"array {args.size_mb} MB; step cells' time summed (kernel timestamps); 2 cores\n")
+    print("| scenario | without reuse | with reuse | ratio | target |")
+    print("|---|---|---|---|---|")
+    print(row("first Run All", base["first"]["total"], ours["first"]["total"], "(stores results)"))
+    print(row("restart + Run All, unchanged", base["unchanged"]["total"], ours["unchanged"]["total"], "< 0.3 s"))
+    print(
+        row(
+            "restart + Run All, factor changed",
+            base["changed"]["total"],
+            ours["changed"]["total"],
+            "only transform + summary run",
+        )
+    )
+    print(
+        row(
+            "%compile_run right after the Run All",
+            base["changed"]["compile_run"],
+            ours["changed"]["compile_run"],
+            "< 0.5 s",
+        )
+    )
+    print()
+    for name in ("unchanged", "changed"):
+        print(f"{name}: per step with reuse {ours[name]['steps']}; reused {ours[name]['reused']}")
+    print(f"compile_run after the changed Run All (reuse): {ours['changed']['compile_text']}")
+    print(f"same results with and without reuse: {same}; {ours['unchanged']['result']}")
+    targets = ours["unchanged"]["total"] < 0.3 and ours["changed"]["compile_run"] < 0.5 and cached and ok and same
+    print(f"targets met: {targets}")
+    return 0 if targets else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""A step's cache key: what decides whether a stored result can stand in for running the step.
+
+The local runner and interactive reuse (:mod:`nbmagic.run.reuse`) both call :func:`cache_key`, so a value the
+kernel computed and a value a run computed are found under the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import NbMagicError
+from ..pipeline.model import StepPlan
+
+
+def _versions(modules: tuple[str, ...]) -> list[str]:
+    """Pinned versions of the distributions behind ``modules``, as :func:`nbmagic.packages.pinned` gives them.
+
+    Finding which distribution provides a module reads every installed package's metadata (about a second,
+    once per process). The answers are kept in ``$NBMAGIC_HOME/cache/versions.json`` together with the names of
+    the distributions' metadata folders on ``sys.path``: installing, removing or upgrading a package changes
+    those names (they carry the version), and then everything is looked up again.
+    """
+    from ..packages import pinned
+
+    key = ",".join(modules)
+    stamp = _path_stamp()
+    memo = _read_memo()
+    if memo.get("stamp") == stamp and key in memo.get("pins", {}):
+        return list(memo["pins"][key])
+    found = pinned(modules)
+    pins = memo.get("pins", {}) if memo.get("stamp") == stamp else {}
+    pins[key] = found
+    _write_memo({"stamp": stamp, "pins": pins})
+    return found
+
+
+def _path_stamp() -> str:
+    """The installed distributions' folder names (they carry the versions) on every ``sys.path`` entry."""
+    digest = hashlib.sha256()
+    for entry in sys.path:
+        digest.update(entry.encode() + b"\0")
+        try:
+            with os.scandir(entry or ".") as found:
+                names = sorted(e.name for e in found if e.name.endswith((".dist-info", ".egg-info", ".egg-link")))
+        except OSError:
+            continue
+        digest.update("\0".join(names).encode() + b"\1")
+    return digest.hexdigest()
+
+
+def _memo_path() -> Path:
+    from ..config import home
+
+    return home() / "cache" / "versions.json"
+
+
+def _read_memo() -> dict[str, Any]:
+    try:
+        data = json.loads(_memo_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_memo(data: dict[str, Any]) -> None:
+    path = _memo_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only a shortcut: the next call looks the versions up again
+
+
+def environment(modules: tuple[str, ...]) -> dict[str, Any]:
+    """What a step runs with (as :func:`nbmagic.store.lineage.environment` records it), from the same pins."""
+    import platform
+
+    packages = dict(p.partition("==")[::2] for p in _versions(tuple(sorted(set(modules))))) if modules else {}
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages}
+
+
+def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
+    """module -> hash of its source, for modules the step imports from the notebook's own files (not installed)."""
+    import importlib.util
+
+    found: dict[str, str] = {}
+    for module in modules:
+        if module in sys.stdlib_module_names or module in sys.builtin_module_names:
+            continue
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        origin = (spec.origin or "") if spec else ""
+        if not origin or not os.path.isfile(origin) or "site-packages" in origin or "dist-packages" in origin:
+            continue
+        folders = list(spec.submodule_search_locations or [])
+        files = sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py")) if folders else [origin]
+        digest = hashlib.sha256()
+        for name in files:
+            try:
+                digest.update(name.encode() + b"\0" + Path(name).read_bytes())
+            except OSError:
+                continue
+        found[module] = digest.hexdigest()
+    return found
+
+
+def file_hashes(paths: tuple[str, ...], step: str) -> dict[str, str]:
+    """path -> content hash of each ``--inputs`` file (a folder: every file under it); a missing one is an error."""
+    found: dict[str, str] = {}
+    for name in paths:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            files = [path]
+        else:
+            raise NbMagicError(f"step {step!r} --inputs {name}: no such file or folder")
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
+            digest.update(_file_hash(file).encode())
+        found[name] = digest.hexdigest()
+    return found
+
+
+def _file_hash(path: Path) -> str:
+    """xxh3-128 of a file's bytes (sha256 without xxhash); read every time, so a rewrite is always seen."""
+    try:
+        import xxhash
+
+        hasher: Any = xxhash.xxh3_128()
+    except ImportError:
+        hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def cache_key(
+    step: StepPlan, parameters: dict[str, Any], inputs: dict[str, str], after: dict[str, str] | None = None
+) -> str:
+    """What decides whether a step's stored result can be reused.
+
+    ``after`` maps the steps this one runs ``--after`` to their own keys: those edges carry side effects (files),
+    so a changed upstream step changes this one's key too.
+    """
+    settings = step.settings
+    material = {
+        "code": step.cell.code,
+        "prelude": step.prelude,
+        "parameters": {name: parameters[name] for name in step.parameters},
+        "inputs": inputs,
+        "after": after or {},
+        "versions": _versions(step.modules),
+        "local_modules": _local_sources(step.modules),
+        "writes": list(step.writes),
+        "metrics": list(step.metrics),
+        "env": list(getattr(settings, "env", ()) or ()),
+        "python": list(sys.version_info[:2]),
+    }
+    files = tuple(getattr(settings, "inputs", ()) or ())
+    if files:  # only keys of steps that declare --inputs change
+        material["files"] = file_hashes(files, step.name)
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,437 @@
+"""Interactive reuse: a ``%%step`` cell whose code and inputs did not change loads its results from the store.
+
+The key is the local runner's own (:func:`nbmagic.run.cache_key.cache_key`), with the inputs' content hashes
+taken from the kernel's current values, so results flow both ways: a cell reuses what a run computed, and a run
+reuses what the kernel computed. A cell is only reused when every value it assigned was kept; anything that
+cannot be hashed or stored makes the cell simply run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import pickle
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from ..errors import NbMagicError
+from ..pipeline.model import PipelinePlan, StepPlan
+from ..pipeline.settings import StepSettings, merge
+from ..store.lineage import code_hash
+from ..store.runs import RunStore
+from .cache_key import cache_key, environment
+
+
+class NotReusable(Exception):
+    """The cell's key cannot be computed (a value that cannot be hashed, a missing file): it simply runs."""
+
+
+def reuse_wanted(plan: PipelinePlan, step: StepPlan) -> bool:
+    """Reuse is on for the step (``--reuse`` on it or on ``%pipeline_config``, not ``--no-reuse``/``--no-cache``)."""
+    settings = merged_settings(plan, step)
+    return bool(settings.reuse) and settings.cache
+
+
+def merged_settings(plan: PipelinePlan, step: StepPlan) -> StepSettings:
+    return merge(plan.defaults, step.settings)
+
+
+class ValueHasher:
+    """Store hashes of kernel values, computed cheaply with xxh3 and remembered by content.
+
+    A numpy array's store hash is computed straight from its buffer (no serialization). Any other value is
+    pickled (protocol 5, large buffers out of band) and that stream is digested with xxh3: a digest already seen
+    when the value was loaded from, or put into, the store gives its store hash without storing it again.
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self._known: dict[str, str] = {}  # content digest -> store hash
+
+    def digest(self, value: Any) -> str:
+        import xxhash
+
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:  # noqa: BLE001 - anything unpicklable cannot be compared
+            raise NotReusable(f"{type(value).__name__} cannot be hashed ({type(exc).__name__})") from None
+        h = xxhash.xxh3_128()
+        h.update(f"{type(value).__module__}.{type(value).__qualname__}\0".encode())
+        h.update(len(stream).to_bytes(8, "little"))
+        h.update(stream)
+        for buffer in buffers:
+            raw = buffer.raw()
+            h.update(raw.nbytes.to_bytes(8, "little"))
+            h.update(raw)
+        return h.hexdigest()
+
+    def remember(self, value: Any, store_hash: str) -> None:
+        """Note that ``value`` (as it is now) is stored under ``store_hash``."""
+        if _fingerprint(value) is None:
+            try:
+                self._known[self.digest(value)] = store_hash
+            except NotReusable:
+                pass
+
+    def store_hash(self, value: Any, name: str) -> str:
+        """The hash the store keeps ``value`` under; stores it when its content was never seen."""
+        known = _fingerprint(value, name)
+        if known is not None:
+            return known
+        digest = self.digest(value)
+        found = self._known.get(digest)
+        if found is not None and self.store.objects.exists(found):
+            return found
+        try:
+            ref = self.store.objects.put(value, name)
+        except Exception as exc:  # noqa: BLE001 - unstorable: the cell runs
+            raise NotReusable(f"variable {name!r} cannot be stored ({exc})") from None
+        self._known[digest] = ref.hash
+        return ref.hash
+
+
+def _fingerprint(value: Any, name: str = "value") -> str | None:
+    from ..runtime import marshal
+
+    try:
+        return marshal.fingerprint(value, name)
+    except Exception:  # noqa: BLE001 - no fast path for this value
+        return None
+
+
+class _Tee(io.TextIOBase):
+    """Writes go to the real stream and are kept, so a reused cell can replay what it printed."""
+
+    def __init__(self, real: Any, kept: list[str]) -> None:
+        self.real, self.kept = real, kept
+
+    def write(self, text: str) -> int:
+        self.kept.append(text)
+        return self.real.write(text)
+
+    def on_next_cell(self, info: Any = None) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class Reuse:
+    """One kernel's reuse: the value hasher, the keys of the steps run so far, and the session run record."""
+
+    def __init__(self, store: RunStore | None = None) -> None:
+        self._store = store
+        self._hasher: ValueHasher | None = None
+        self.keys: dict[str, str] = {}  # step -> key of its latest reuse-enabled execution in this kernel
+        self.session: str | None = None  # run id of this kernel's current notebook session in the store
+        self._metrics: dict[str, float] = {}
+        self._recorded: set[str] = set()  # steps recorded in the current session run
+        self._pool: Any = None
+        self._pending: list[Any] = []
+
+    @property
+    def store(self) -> RunStore:
+        if self._store is None:
+            self._store = RunStore()
+        return self._store
+
+    @property
+    def hasher(self) -> ValueHasher:
+        if self._hasher is None:
+            self._hasher = ValueHasher(self.store)
+        return self._hasher
+
+    # -- the key ----------------------------------------------------------------------------------
+    def key(self, plan: PipelinePlan, step: StepPlan, namespace: dict[str, Any]) -> tuple[str, dict, dict]:
+        """(cache key, parameter values, input hashes) for ``step`` from the kernel's current values."""
+        values: dict[str, Any] = {}
+        for name in step.parameters:
+            if name not in namespace:
+                raise NotReusable(f"parameter {name!r} is not set in the kernel")
+            try:
+                values[name] = plan.parameters[name].coerce(namespace[name])
+            except NbMagicError as exc:
+                raise NotReusable(str(exc)) from None
+        inputs: dict[str, str] = {}
+        for var in step.inputs:
+            if var not in namespace:
+                raise NotReusable(f"variable {var!r} is not set in the kernel")
+            inputs[var] = self.hasher.store_hash(namespace[var], var)
+        after: dict[str, str] = {}
+        for name in step.explicit_after:
+            if name not in self.keys:
+                raise NotReusable(f"step {name!r} it runs after has not run with reuse in this kernel")
+            after[name] = self.keys[name]
+        settings = merged_settings(plan, step)
+        try:
+            key = cache_key(step if settings == step.settings else _with(step, settings), values, inputs, after)
+        except NbMagicError as exc:
+            raise NotReusable(str(exc)) from None
+        return key, values, inputs
+
+    # -- a cell ---------------------------------------------------------------------------------------
+    def run_cell(
+        self, plan: PipelinePlan, step: StepPlan, namespace: dict[str, Any], run_body: Callable[[], None]
+    ) -> str:
+        """Reuse the step's stored results or run it and store them; returns ``"reused"``, ``"stored"`` or ``"ran"``."""
+        started = time.time()
+        self.flush()
+        try:
+            key, values, inputs = self.key(plan, step, namespace)
+        except NotReusable as exc:
+            reason = str(exc)
+        else:
+            reason = None
+        if reason is not None:
+            self.keys.pop(step.name, None)
+            print(f"{step.name}: runs (cannot be reused: {reason})", flush=True)
+            run_body()
+            return "ran"
+        entry = self.store.cache_get(key)
+        needed = set(step.outputs) | set(step.metrics)
+        if entry is not None and not entry.not_kept and needed <= set(entry.outputs):
+            loaded = self._load(entry.outputs)
+            if loaded is not None:
+                namespace.update(loaded)
+                self.keys[step.name] = key
+                source_run, log = self._earlier(entry.execution_id, step.name)
+                if log:
+                    sys.stdout.write(log)
+                took = time.time() - started
+                print(
+                    f"{step.name}: reused from run {source_run} (code and inputs unchanged; {took:.2f} s)"
+                    f" — %%step {step.name} --no-reuse to run it",
+                    flush=True,
+                )
+                # indexed while the kernel goes on (the next reuse-enabled cell waits for it): the cell ends now
+                self._later(
+                    self._record,
+                    plan,
+                    step,
+                    key,
+                    values,
+                    inputs,
+                    entry.outputs,
+                    entry.metrics,
+                    started,
+                    reused=entry.execution_id,
+                )
+                return "reused"
+        before = {name: id(namespace[name]) for name in step.writes if name in namespace}
+        kept: list[str] = []
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, kept), _Tee(err, kept)
+        try:
+            run_body()
+        finally:
+            sys.stdout, sys.stderr = out, err
+        self.keys[step.name] = key
+        assigned = {n: namespace[n] for n in step.writes if n in namespace and before.get(n) != id(namespace[n])}
+        return self._store_results(plan, step, key, values, inputs, assigned, "".join(kept), started)
+
+    def _load(self, outputs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        loaded: dict[str, Any] = {}
+        try:
+            for name, ref in outputs.items():
+                loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True)
+        except Exception:  # noqa: BLE001 - a value gone or unreadable: the cell runs instead
+            return None
+        for name, value in loaded.items():
+            self.hasher.remember(value, outputs[name]["hash"])
+        return loaded
+
+    def _earlier(self, execution_id: int, step: str) -> tuple[str, str]:
+        """The run that computed an entry, and what its step printed."""
+        from ..store.lineage import execution
+
+        found = execution(self.store, execution_id)
+        if found is None:
+            return "?", ""
+        run_id = found.run_id
+        if found.reused_execution:  # a reuse of a reuse: name the run that computed it
+            original = execution(self.store, found.reused_execution)
+            if original is not None:
+                run_id, step = original.run_id, original.step
+        for row in self.store.step_rows(run_id):
+            if row["step"] == step and row.get("log"):
+                try:
+                    return run_id, Path(row["log"]).read_text(errors="replace")
+                except OSError:
+                    return run_id, ""
+        return run_id, ""
+
+    def _store_results(
+        self,
+        plan: PipelinePlan,
+        step: StepPlan,
+        key: str,
+        values: dict[str, Any],
+        inputs: dict[str, str],
+        assigned: dict[str, Any],
+        printed: str,
+        started: float,
+    ) -> str:
+        from .task import _metric
+
+        outputs: dict[str, dict[str, Any]] = {}
+        not_kept: dict[str, str] = {}
+        for name, value in assigned.items():
+            try:
+                with warnings.catch_warnings():  # the format chosen is in the value's manifest; the cell stays quiet
+                    warnings.simplefilter("ignore")
+                    ref = self.store.objects.put(value, name)
+            except Exception as exc:  # noqa: BLE001 - reported by name, and the entry is not cached
+                not_kept[name] = f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
+                continue
+            outputs[name] = asdict(ref)
+            self.hasher.remember(value, ref.hash)
+        metrics = {n: m for n in step.metrics if n in assigned and (m := _metric(assigned[n])) is not None}
+        cacheable = not not_kept and set(step.metrics) <= set(metrics)
+        execution = self._record(plan, step, key, values, inputs, outputs, metrics, started, printed=printed)
+        if cacheable:
+            self.store.cache_put(key, step.name, execution, outputs, metrics, {})
+            return "stored"
+        return "ran"
+
+    # -- the session run -------------------------------------------------------------------------------
+    def _later(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbmagic-reuse")
+            atexit.register(self.flush)
+        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+
+    def on_next_cell(self, info: Any = None) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Wait for the records still being written; a failure is reported in one line, never raised."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - the values are in the kernel; only the record is missing
+                print(f"nbmagic: a reused cell could not be recorded in the run store: {exc}", file=sys.stderr)
+
+    def _record(
+        self,
+        plan: PipelinePlan,
+        step: StepPlan,
+        key: str,
+        values: dict[str, Any],
+        inputs: dict[str, str],
+        outputs: dict[str, dict[str, Any]],
+        metrics: dict[str, float],
+        started: float,
+        reused: int | None = None,
+        printed: str = "",
+    ) -> int:
+        """Index the cell's execution in this kernel's session run: computed here, or a reuse of an earlier one."""
+        store = self.store
+        if self.session is None or step.name in self._recorded:
+            # a session run holds each step once: running a cell again starts the next one, so an execution
+            # that cache entries point at is never overwritten
+            self.session = store.create_run(plan.name, {}, [], notebook=plan.notebook, kind="notebook")
+            self._recorded, self._metrics = set(), {}
+        self._recorded.add(step.name)
+        run_id = self.session
+        store.add_step(run_id, step.name)
+        log = None
+        if reused is None:
+            path = store.run_dir(run_id) / f"{step.name}.log"
+            path.write_text(printed)
+            log = str(path)
+        properties: dict[str, Any] = {"parameters": values, "not_kept": {}}
+        if reused is not None:
+            properties["reused_execution"] = reused
+        store.set_step(
+            run_id,
+            step.name,
+            "cached" if reused is not None else "done",
+            cached=int(reused is not None),
+            cache_key=key,
+            started=started,
+            ended=time.time(),
+            code_hash=code_hash(step.cell.code, step.prelude),
+            log=log,
+            properties=properties,
+        )
+        refs = {var: self._input_ref(var, digest) for var, digest in inputs.items()}
+        execution = store.record_execution(run_id, step.name, refs, outputs, environment=environment(step.modules))
+        self._metrics.update(metrics)
+        store.finish_run(run_id, "done", self._metrics)
+        return execution
+
+    def _input_ref(self, name: str, digest: str) -> dict[str, Any]:
+        try:
+            manifest = self.store.objects.manifest(digest)
+            return {"hash": digest, "type": manifest["type"], "format": manifest["format"], "size": manifest["size"]}
+        except Exception:  # noqa: BLE001 - a hash of a value not (yet) stored: still a link by hash
+            return {"hash": digest, "name": name}
+
+
+def _with(step: StepPlan, settings: StepSettings) -> StepPlan:
+    from dataclasses import replace
+
+    return replace(step, settings=settings)
+
+
+_SESSIONS: WeakKeyDictionary[Any, Reuse] = WeakKeyDictionary()
+
+
+def _might_reuse(state: Any, line: str) -> bool:
+    """Cheap check before building a plan: ``--reuse`` on the step or in a recorded ``%pipeline_config``."""
+    if "--reuse" in line:
+        return True
+    return any(
+        "--reuse" in cell.source and "%pipeline_config" in cell.source
+        for cell in state.recorder.cells(state.notebook_path())
+    )
+
+
+def run_step_cell(state: Any, name: str, line: str, namespace: dict[str, Any], run_body: Callable[[], None]) -> str:
+    """Run a ``%%step`` cell in the kernel, reusing or storing its results when reuse is on for it.
+
+    ``state`` is the kernel's recorder state (``plan()``, ``recorder``); ``run_body`` runs the cell as usual.
+    Returns ``"reused"``, ``"stored"`` or ``"ran"``.
+    """
+    if not _might_reuse(state, line):
+        run_body()
+        return "ran"
+    try:
+        plan = state.plan()
+        step = plan.step(name)
+    except NbMagicError as exc:
+        if "--reuse" in line:  # asked for on this cell: say why it cannot be
+            print(f"{name}: runs (cannot be reused: {exc})", flush=True)
+        plan = None
+    if plan is None:
+        run_body()
+        return "ran"
+    if not reuse_wanted(plan, step):
+        run_body()
+        return "ran"
+    from ..config import home
+
+    reuse = _SESSIONS.get(state)
+    if reuse is None or reuse.store.root != home() / "store":  # $NBMAGIC_HOME changed: a new store
+        shell = getattr(state, "shell", None)
+        if reuse is not None:
+            reuse.flush()
+            if shell is not None:
+                shell.events.unregister("pre_run_cell", reuse.on_next_cell)
+        reuse = _SESSIONS[state] = Reuse()
+        if shell is not None:  # whatever runs next (%runs, %compile_run, …) sees every record
+            shell.events.register("pre_run_cell", reuse.on_next_cell)
+    return reuse.run_cell(plan, step, namespace, run_body)
