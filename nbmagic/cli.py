@@ -40,19 +40,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     if notes:
         print("cluster-only settings, not applied locally: " + "; ".join(notes))
 
+    from .run.follow import LogFollower
+
+    follower = LogFollower()
+    from .api import store
+
+    runs_store = store()
+
     def show(run: Any, state: Any) -> None:
         if state is not None and state.status != "pending":
+            log = runs_store.run_dir(run.id) / f"{state.name}.log"
+            if state.status == "running":
+                follower.start(state.name, log)  # the step's prints, live, as [step] lines
+            else:
+                follower.stop(state.name)
             took = (
                 f" ({state.duration:.2f} s)" if state.status not in ("running",) and state.duration is not None else ""
             )
             print(f"[{run.id}] {state.name}: {state.status}{took}", flush=True)
 
-    run = pipeline.run(values, cache=not args.no_cache, workers=args.workers, listener=None if args.quiet else show)
+    try:
+        run = pipeline.run(values, cache=not args.no_cache, workers=args.workers, listener=None if args.quiet else show)
+    finally:
+        follower.stop_all()
     metrics = ", ".join(f"{k}={v:.6g}" for k, v in run.metrics.items())
     print(
         f"[{run.id}] {run.status} in {run.duration:.2f} s, {run.cached_steps}/{len(run.steps)} steps cached"
         + (f"; {metrics}" if metrics else "")
     )
+    print(f"logs: {runs_store.run_dir(run.id)}")
     if run.status != "done":
         failed = next(s for s in run.steps.values() if s.status in ("failed", "timed_out"))
         print(failed.traceback or failed.error, file=sys.stderr)
@@ -101,6 +117,19 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert.kale import convert_kale
+
+    if not args.from_kale:
+        raise NbMagicError("convert needs --from-kale KALE.ipynb")
+    source = Path(args.from_kale).expanduser()
+    if not source.is_file():
+        raise NbMagicError(f"no notebook {args.from_kale}")
+    for note in convert_kale(source, Path(args.output).expanduser()):
+        print(note)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbmagic", description="Notebook pipelines on Kubeflow, local first.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(gc, GC_ARGUMENTS)
     gc.add_argument("--store", help="the store folder (default: $NBMAGIC_HOME/store)")
     gc.set_defaults(func=cmd_gc)
+
+    conv = sub.add_parser("convert", help="turn a Kale-tagged notebook into an nbmagic notebook")
+    conv.add_argument("--from-kale", metavar="KALE.ipynb", help="the Kale notebook (cell tags) to convert")
+    conv.add_argument("-o", "--output", required=True, help="the nbmagic notebook to write")
+    conv.set_defaults(func=cmd_convert)
     return parser
 
 

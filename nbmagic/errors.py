@@ -15,3 +15,16 @@ class StepFailed(NbMagicError):
 
 class SerializationError(NbMagicError):
     """A value could not be stored or loaded."""
+
+
+class RunFailed(Exception):
+    """A pipeline run ended with a failed step; fails the cell (Run All and papermill stop) with one line.
+
+    The Run stays reachable as ``.run`` (and as ``%runs last``)."""
+
+    def __init__(self, run: object, message: str) -> None:
+        super().__init__(message)
+        self.run = run
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a Python traceback
+        return [f"RunFailed: {self}"]

@@ -77,7 +77,6 @@ def test_explicit_after_can_order_against_notebook_order():
     [
         (("%%step a --after ghost\nx = 1\n",), "step 'a': --after names unknown step 'ghost'"),
         (("%%step a --after b\nx = 1\n", "%%step b --after a\ny = 2\n"), "cycle through --after: a -> b"),
-        (("%%step a\nx = 1\n", "%%step a\ny = 2\n"), "two steps are named 'a' \\(cell 1 and cell 2\\)"),
         (("%%step 2fast\nx = 1\n",), "invalid step name '2fast'"),
         (
             ("%%pipeline_parameters\nlr = 1 / 3\n", "%%step a\nx = lr\n"),
@@ -94,7 +93,10 @@ def test_explicit_after_can_order_against_notebook_order():
             ("%%step a\nx = y + 1\n", "%%step b\ny = 2\n"),
             "it is assigned in step 'b' \\(cell 2 \\(step b\\)\\), which comes later",
         ),
-        (("y = 5\n", "%%step a\nx = y + 1\n"), "it is assigned in cell 1, an ordinary cell"),
+        (
+            ("%%step a\nx = 1\n", "y = x + 1\n", "%%step b\nz = y\n"),
+            "step 'b' .*'y'.*'x', a step's value; it is assigned in cell 2, an ordinary cell",
+        ),
         (("x = 1\n",), "no steps recorded"),
         (("%%step a --memory 2GG\nx = 1\n",), "--memory: '2GG' is not a memory quantity"),
     ],

@@ -178,6 +178,20 @@ def _plan_components(
     return found
 
 
+def stale_readers(plan: PipelinePlan, name: str) -> tuple[str, ...]:
+    """Inputs of step ``name`` that a later step (in notebook order) reads from an earlier producer: were ``name`` to
+    change one in place unseen, that step would get the old value, so the component checks it did not."""
+    step = plan.step(name)
+    found = {
+        var
+        for other in plan.steps
+        if other.cell.index > step.cell.index
+        for var, source in other.inputs.items()
+        if var in step.inputs and source != name and plan.step(source).cell.index < step.cell.index
+    }
+    return tuple(sorted(found))
+
+
 def _ancestors(plan: PipelinePlan, name: str) -> list[str]:
     """Every step ``name`` depends on, directly or not, in plan order."""
     seen: set[str] = set()
@@ -228,6 +242,9 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     ]
     if comp.metrics:
         lines += [f"        metric_names={literal(tuple(step.metrics))},", f"        metrics={comp.metrics},"]
+    watch = stale_readers(plan, step.name)
+    if watch:
+        lines.append(f"        watch={literal(watch)},")
     lines.append("    )")
     return lines
 

@@ -67,6 +67,11 @@ class PipelineMagics(Magics):
         cells are made available inside the step. Settings (resources, retries, timeout, env, secrets,
         volumes, image, packages, caching) apply to this step on top of ``%pipeline_config``.
 
+        Several cells with the same NAME form one step, in notebook order (a continuation). With cell ids or a
+        notebook file each cell is its own part. Without either (papermill, nbclient, plain IPython), a cell
+        whose code matches no recorded part of NAME, nor its first line, is taken as the next part, and one
+        line says so; ``%pipeline --remove NAME`` starts the step over.
+
         Reuse (``--reuse`` here or on ``%pipeline_config``; off by default): when the step's code, the notebook
         code it uses, the parameters and the kernel's values it reads, package versions and its ``--inputs``
         files are unchanged, the cell is not run: its results are loaded from the store (where an earlier cell
@@ -80,11 +85,31 @@ class PipelineMagics(Magics):
             %%step train --after process --memory 4Gi --retries 2
             model = fit(X, y, lr)
         """
-        name = parse_step_line(line)[0]  # validates before anything is recorded
-        self.state.record_current(f"%%{STEP_MAGIC} {line}\n{cell}")
+        name, after, _ = parse_step_line(line)  # validates before anything is recorded
+        self.state.record_current(f"%%{STEP_MAGIC} {line}
+{cell}")
+        self._warn_step(name, after, cell)
         from ..run.reuse import run_step_cell
 
         run_step_cell(self.state, name, line, self.shell.user_ns, lambda: self._run_body(cell))
+
+    def _warn_step(self, name: str, after: tuple[str, ...], cell: str) -> None:
+        """One line for a step that runs nothing, or that runs --after a step not recorded yet."""
+        if all(not text.strip() or text.strip().startswith("#") for text in cell.splitlines()):
+            print(f"nbmagic: warning: step {name!r} holds only comments", flush=True)
+        if not after:
+            return
+        try:
+            known = {s.name for s in self.state.recorder.notebook(self.state.notebook_path(None)).steps}
+        except NbMagicError:
+            return
+        for other in after:
+            if other not in known:
+                print(
+                    f"nbmagic: warning: step {name!r} runs --after {other!r}, which is not a step yet "
+                    "(%compile_run stops until it is)",
+                    flush=True,
+                )
 
     @cell_magic("pipeline_parameters")
     @usage_errors
@@ -189,9 +214,13 @@ class PipelineMagics(Magics):
         self.state.last_run = run
         view.close(run)
         if run.status == "failed":
-            failed = next(s for s in run.steps.values() if s.status in ("failed", "timed_out"))
-            if failed.traceback:
+            failed = next((s for s in run.steps.values() if s.status in ("failed", "timed_out")), None)
+            if failed is not None and failed.traceback:
                 print(failed.traceback, end="", file=__import__("sys").stderr)
+            from ..errors import RunFailed
+
+            reason = (failed.error if failed is not None else run.error) or "a step failed"
+            raise RunFailed(run, f"run {run.id} failed: {reason} (the run: %runs last, or this error's .run)")
         return run
 
 

@@ -30,6 +30,7 @@ class CodeInfo:
     lines: dict[str, int] = field(default_factory=dict)  # def/class/import name -> first line in the cell
     # writes that only change an existing object (``df["a"] = …``, ``model.fit(X)``, ``del d[k]``), never bind it
     mutated: set[str] = field(default_factory=set)
+    mutation_lines: dict[str, int] = field(default_factory=dict)  # mutated name -> first line that changes it
     uses_ipython: bool = False
 
     @property
@@ -59,6 +60,8 @@ class _Scanner(ast.NodeVisitor):
         self.info = info
         self.bound: set[str] = set()
         self.assigned: set[str] = set()  # names truly bound (not only mutated)
+        self.line = 0  # the top-level statement being scanned
+        self.aliases: dict[str, list[str]] = {}  # loop variable -> names it walks over (``for d in [a, b]``)
 
     # -- names -------------------------------------------------------------------------
     def read(self, name: str) -> None:
@@ -66,6 +69,7 @@ class _Scanner(ast.NodeVisitor):
             self.info.reads.append(name)
 
     def write(self, name: str) -> None:
+        self.aliases.pop(name, None)
         self.bound.add(name)
         self.assigned.add(name)
         if name not in self.info.writes and not IPYTHON_HISTORY.match(name):
@@ -73,6 +77,9 @@ class _Scanner(ast.NodeVisitor):
 
     def mutate(self, name: str) -> None:
         """The object bound to ``name`` changes in place: it is read, and the cell's version is a write."""
+        for target in self.aliases.get(name, ()):
+            self.mutate(target)  # ``for d in [train, test]: d["x"] = …`` changes train and test
+        self.info.mutation_lines.setdefault(name, self.line)
         self.read(name)
         was_assigned = name in self.assigned
         self.write(name)
@@ -145,6 +152,14 @@ class _Scanner(ast.NodeVisitor):
         """A method call whose result is dropped (``model.fit(X)``, ``rows.append(r)``) changes its object."""
         self.visit(node.value)
         base: ast.expr = node.value
+        if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id not in BUILTINS:
+            # ``add_col(df)``: a notebook function may change what it is passed
+            for argument in list(base.args) + [k.value for k in base.keywords]:
+                if isinstance(argument, ast.Starred):
+                    argument = argument.value
+                if isinstance(argument, ast.Name) and argument.id not in self.info.imports:
+                    self.mutate(argument.id)
+            return
         if not (isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute)):
             return
         while isinstance(base, (ast.Attribute, ast.Subscript, ast.Call)):
@@ -183,6 +198,10 @@ class _Scanner(ast.NodeVisitor):
     def visit_For(self, node: ast.For | ast.AsyncFor) -> None:
         self.visit(node.iter)
         self._target(node.target)
+        walked = [e.id for e in getattr(node.iter, "elts", []) if isinstance(e, ast.Name)]
+        alias = node.target.id if isinstance(node.target, ast.Name) else None
+        if alias and walked and isinstance(node.iter, (ast.List, ast.Tuple)):
+            self.aliases[alias] = walked
         for statement in node.body + node.orelse:
             self.visit(statement)
 
@@ -347,6 +366,7 @@ def analyze(code: str, where: str = "cell") -> CodeInfo:
             for name in sub.writes:
                 scanner.mutate(name) if name in sub.mutated else scanner.write(name)
             info.imports.update(sub.imports)
+        scanner.line = statement.lineno
         scanner.visit(statement)
         if isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             segment = ast.get_source_segment(code, statement) or ast.unparse(statement)

@@ -94,6 +94,8 @@ def parse_parameters(code: str, where: str, first_line: int = 2) -> dict[str, Pa
                 f"{where}, line {statement.lineno}: parameter {target.id!r} is a {type(value).__name__}; parameters are int, float, str or bool"
             )
         name = check_name(target.id, "parameter")
+        if name in found:
+            raise PipelineError(f"{where}, line {statement.lineno}: parameter {name!r} is declared twice; keep one")
         found[name] = Parameter(name, value, kind)
     return found
 
@@ -129,6 +131,7 @@ class Notebook:
     code: list[Cell] = field(default_factory=list)  # ordinary cells (imports, functions, classes)
     parameter_cells: list[Cell] = field(default_factory=list)
     defaults: StepSettings = field(default_factory=StepSettings)  # from the last %pipeline_config line
+    warnings: list[str] = field(default_factory=list)  # one line each, shown where the plan is built
 
 
 def cell_magic(source: str) -> tuple[str, str, str] | None:
@@ -155,18 +158,48 @@ def parse_config_line(line: str, where: str = "%pipeline_config") -> StepSetting
         raise PipelineError(f"{where}: {str(exc).removeprefix('%pipeline_config: ')}") from None
 
 
+def _only_comments(body: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("#") for line in body.splitlines())
+
+
+def _continue_step(
+    notebook: Notebook, position: int, raw: RawCell, body: str, after: tuple[str, ...], settings
+) -> None:
+    """A second cell with a step's name continues that step (its code runs after the earlier cells')."""
+    step = notebook.steps[position]
+    if settings != StepSettings() and settings != step.settings:
+        raise PipelineError(
+            f"step {step.name!r}: settings go on its first cell ({step.cell.label.split(' (step')[0]}), not on {raw.label}"
+        )
+    code = step.cell.code.rstrip("\n") + "\n" + to_python(body)
+    cell = Cell(
+        source=step.cell.source.rstrip("\n") + "\n" + body,
+        code=code,
+        index=step.cell.index,
+        label=step.cell.label.replace(" (step", f" + {raw.label} (step", 1),
+        cell_id=step.cell.cell_id,
+    )
+    notebook.steps[position] = Step(step.name, cell, tuple(dict.fromkeys(step.after + after)), step.settings)
+
+
 def read_cells(cells: list[RawCell]) -> Notebook:
-    """Sort cells into steps, parameters, metrics, pipeline-wide settings and notebook code; errors name the cell."""
+    """Sort cells into steps, parameters, metrics, pipeline-wide settings and notebook code; errors name the cell.
+
+    Cells with the same step name form one step, in notebook order (a continuation)."""
     notebook = Notebook()
-    seen: dict[str, RawCell] = {}
+    seen: dict[str, int] = {}
+    declared: dict[str, tuple[str, str]] = {}  # parameter -> (cell label, type)
     for raw in cells:
         magic = cell_magic(raw.source)
         if magic and magic[0] == STEP_MAGIC:
             _, line, body = magic
             name, after, settings = parse_step_line(line)
+            if _only_comments(body):
+                notebook.warnings.append(f"step {name!r} ({raw.label}) holds only comments")
             if name in seen:
-                raise PipelineError(f"two steps are named {name!r} ({seen[name].label} and {raw.label}); rename one")
-            seen[name] = raw
+                _continue_step(notebook, seen[name], raw, body, after, settings)
+                continue
+            seen[name] = len(notebook.steps)
             cell = Cell(
                 source=body,
                 code=to_python(body),
@@ -177,7 +210,14 @@ def read_cells(cells: list[RawCell]) -> Notebook:
             notebook.steps.append(Step(name=name, cell=cell, after=after, settings=settings))
         elif magic and magic[0] == PARAMETERS_MAGIC:
             body = magic[2]
-            notebook.parameters.update(parse_parameters(to_python(body), raw.label))
+            found = parse_parameters(to_python(body), raw.label)
+            for pname, parameter in found.items():
+                if pname in declared:
+                    other, kind = declared[pname]
+                    what = "twice" if kind == parameter.type else f"twice, as {kind} and {parameter.type}"
+                    raise PipelineError(f"parameter {pname!r} is declared {what} ({other} and {raw.label}); keep one")
+                declared[pname] = (raw.label, parameter.type)
+            notebook.parameters.update(found)
             notebook.parameter_cells.append(Cell(body, to_python(body), raw.index, raw.label, raw.cell_id))
         elif magic:
             continue  # another cell magic (%%bash, %%html …): not Python the steps can use

@@ -101,6 +101,10 @@ class StepPlan:
     settings: StepSettings = field(default_factory=StepSettings)
     # the prelude as (cell label, first line, source) pieces, so tracebacks point at notebook cells
     prelude_parts: tuple[tuple[str, int, str], ...] = ()
+    # ordinary-cell statements carried into the step: (cell label, name), besides imports, functions and classes
+    carried: tuple[tuple[str, str], ...] = ()
+    # values the step changes in place that later steps read from it: (variable, cell line or 0)
+    in_place: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

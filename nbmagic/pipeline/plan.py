@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..errors import PipelineError
 from .analysis import BUILTINS, CodeInfo, analyze
 from .cells import Notebook
+from .learned import changed_in_place
 from .model import PipelinePlan, StepPlan, check_name
 
 # names IPython or the runtime provide inside a step
@@ -16,7 +19,7 @@ PROVIDED = frozenset({"get_ipython", "In", "Out", "exit", "quit"})
 
 @dataclass
 class _Definition:
-    """An import, function or class from an ordinary notebook cell."""
+    """An import, function, class or other top-level statement from an ordinary notebook cell."""
 
     name: str
     source: str
@@ -24,39 +27,98 @@ class _Definition:
     line: int  # its first line in that cell
     order: int  # position of the definition within the notebook
     info: CodeInfo
+    index: int = 0  # the cell's position in notebook order
+    eager: bool = False  # a statement run as the prelude runs (its reads must exist then), not a def/class/import
 
 
-def _notebook_definitions(notebook: Notebook) -> dict[str, _Definition]:
-    """The latest definition of each name made by imports, ``def`` or ``class`` in ordinary cells."""
-    found: dict[str, _Definition] = {}
+_DEFINING = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _notebook_definitions(notebook: Notebook) -> dict[str, list[_Definition]]:
+    """Name -> the ordinary-cell code that makes it: the latest import/def/class, or every top-level statement
+    that binds (then changes) it, in notebook order."""
+    found: dict[str, list[_Definition]] = {}
     order = 0
     for cell in notebook.code:
         try:
+            tree = ast.parse(cell.code)
             info = analyze(cell.code, cell.label)
-        except PipelineError:
+        except (PipelineError, SyntaxError):
             continue  # an ordinary cell with a syntax error cannot provide anything
-        for name, source in info.definitions.items():
+        for statement in tree.body:
             order += 1
-            found[name] = _Definition(name, source, cell.label, info.lines[name], order, analyze(source, cell.label))
+            if isinstance(statement, _DEFINING):
+                for name, source in info.definitions.items():
+                    if info.lines[name] == _first_line(statement):
+                        found[name] = [
+                            _Definition(name, source, cell.label, info.lines[name], order, analyze(source, cell.label))
+                        ]
+                continue
+            source = ast.get_source_segment(cell.code, statement) or ast.unparse(statement)
+            try:
+                part = analyze(source, cell.label)
+            except PipelineError:
+                continue
+            for name in part.writes:
+                if name in part.mutated and not any(d.eager for d in found.get(name, ())):
+                    continue  # changes a name no ordinary cell binds (a step's value): not carried
+                definition = _Definition(
+                    name, source, cell.label, statement.lineno, order, part, cell.index, eager=True
+                )
+                if name in part.mutated or any(d.eager for d in found.get(name, ())):
+                    found.setdefault(name, []).append(definition)
+                else:
+                    found[name] = [definition]
     return found
 
 
-def _prelude(names: list[str], definitions: dict[str, _Definition]) -> tuple[list[_Definition], set[str]]:
-    """Definitions the names need, closed over what those definitions use; and names still unresolved."""
-    needed: dict[str, _Definition] = {}
+def _first_line(statement: ast.stmt) -> int:
+    decorators = getattr(statement, "decorator_list", None)
+    return decorators[0].lineno if decorators else statement.lineno
+
+
+def _prelude(
+    names: list[str],
+    definitions: dict[str, list[_Definition]],
+    before: int | None = None,
+    taken: Callable[[str], bool] = lambda name: False,
+) -> tuple[list[_Definition], set[str], dict[str, _Definition]]:
+    """Definitions the names need, closed over what those definitions use; names still unresolved; and
+    names carried statements read as they run, with the statement (these cannot come from steps).
+
+    ``before``: only statements of cells before this notebook position are carried (what the notebook had run).
+    ``taken``: names an earlier step provides (a carried list a step appended to): those come from the step."""
+    needed: dict[tuple[str, int], _Definition] = {}
     unresolved: set[str] = set()
+    eager_reads: dict[str, _Definition] = {}
+    done: set[str] = set()
     pending = list(names)
     while pending:
         name = pending.pop()
-        if name in needed:
+        if name in done:
             continue
-        definition = definitions.get(name)
-        if definition is None:
+        done.add(name)
+        if taken(name) and any(d.eager for d in definitions.get(name, ())):
             unresolved.add(name)
             continue
-        needed[name] = definition
-        pending.extend(n for n in definition.info.reads if n not in BUILTINS)
-    return sorted(needed.values(), key=lambda d: d.order), unresolved
+        options = [d for d in definitions.get(name, ()) if not d.eager or before is None or d.index < before] or [
+            d for d in definitions.get(name, ()) if not d.eager
+        ]
+        if not options:
+            unresolved.add(name)
+            continue
+        for definition in options:
+            key = (definition.label, definition.order)
+            if key in needed:
+                continue
+            needed[key] = definition
+            for read in definition.info.reads:
+                if read in BUILTINS:
+                    continue
+                if definition.eager and read not in definitions:
+                    eager_reads.setdefault(read, definition)
+                pending.append(read)
+    return sorted(needed.values(), key=lambda d: d.order), unresolved, eager_reads
 
 
 def pipeline_name(notebook_path: str | None, explicit: str | None = None) -> str:
@@ -99,13 +161,20 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
     index = {s.name: s.cell.index for s in steps}
     definitions = _notebook_definitions(notebook)
     infos = {s.name: analyze(s.cell.code, s.cell.label) for s in steps}
+    for step in steps:  # what earlier runs saw a step change in place, though its code does not show it
+        info = infos[step.name]
+        for var in changed_in_place(step.cell.code):
+            if var not in info.writes:
+                info.writes.append(var)
+                info.mutated.add(var)
     parameters = notebook.parameters
+    modules_or_code = {n for n, ds in definitions.items() if any(not d.eager for d in ds)}
 
     def provides(step_name: str, var: str) -> bool:
         """The step leaves ``var`` for later steps; a step that only changes a notebook import (``os.environ[…] = …``,
         ``random.seed(0)``) does not replace it."""
         info = infos[step_name]
-        return var in info.writes and not (var in info.mutated and var in definitions)
+        return var in info.writes and not (var in info.mutated and var in modules_or_code)
 
     by_name = {s.name: s for s in steps}
 
@@ -145,11 +214,25 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
                 inputs[var] = producer
             elif var in parameters:
                 reads_params.append(var)
-            elif var not in definitions and var not in PROVIDED:
+            elif var not in PROVIDED and not any(
+                not d.eager or d.index < step.cell.index for d in definitions.get(var, ())
+            ):
                 missing.append(var)
-        prelude_defs, unresolved = _prelude(
-            [v for v in info.reads if v not in inputs and v not in parameters], definitions
+        prelude_defs, unresolved, eager_reads = _prelude(
+            [v for v in info.reads if v not in inputs and v not in parameters],
+            definitions,
+            step.cell.index,
+            lambda var, position=position, name=step.name: producer_of(position, name, var) is not None,
         )
+        for var, statement in eager_reads.items():
+            if var in parameters:
+                reads_params.append(var)
+            elif var not in PROVIDED and producer_of(position, step.name, var) is not None:
+                raise PipelineError(
+                    f"step {step.name!r} uses variable {statement.name!r}, which line {statement.line} of "
+                    f"{statement.label} computes from {var!r}, a step's value; it is assigned in {statement.label}, "
+                    "an ordinary cell — make that cell a %%step or a parameter"
+                )
         # names the notebook functions use may come from steps or parameters too
         for var in sorted(unresolved - set(missing) - PROVIDED):
             producer = producer_of(position, step.name, var)
@@ -182,11 +265,12 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
             cell=step.cell,
             inputs=inputs,
             parameters=tuple(dict.fromkeys(reads_params)),
-            writes=tuple(w for w in info.writes if not (w in info.mutated and w in definitions)),
+            writes=tuple(w for w in info.writes if not (w in info.mutated and w in modules_or_code)),
             outputs=(),
             metrics=(),
             prelude="\n\n".join(d.source for d in prelude_defs),
             prelude_parts=tuple((d.label, d.line, d.source) for d in prelude_defs),
+            carried=tuple(dict.fromkeys((d.label, d.name) for d in prelude_defs if d.eager)),
             modules=tuple(m for m in modules if m),
             upstream=tuple(upstream),
             explicit_after=tuple(step.after),
@@ -196,6 +280,12 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
     metric_producer: dict[str, str] = {}
     for metric in notebook.metrics:
         producer = next((s.name for s in reversed(steps) if metric in infos[s.name].writes), None)
+        if producer is None and metric in parameters:
+            # a parameter as a metric: the last step reports the value the run used
+            producer = steps[-1].name
+            last = plans[producer]
+            if metric not in last.parameters:
+                plans[producer] = replace(last, parameters=last.parameters + (metric,))
         if producer is None:
             raise PipelineError(f"metric {metric!r} is not assigned by any step")
         metric_producer[metric] = producer
@@ -207,7 +297,13 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
         read_downstream = {v for c in consumers[step_name] for v, src in plans[c].inputs.items() if src == step_name}
         metrics = tuple(m for m in notebook.metrics if metric_producer[m] == step_name)
         outputs = tuple(w for w in plan.writes if w in read_downstream or w in metrics)
-        resolved.append(replace(plan, outputs=outputs, metrics=metrics))
+        info = infos[step_name]
+        in_place = tuple(
+            (w, info.mutation_lines.get(w, 0) + 1 if w in info.mutation_lines else 0)
+            for w in outputs
+            if w in info.mutated and w in plan.inputs
+        )
+        resolved.append(replace(plan, outputs=outputs, metrics=metrics, in_place=in_place))
     return PipelinePlan(
         name=pipeline_name(notebook_path, name),
         steps=tuple(resolved),

@@ -51,6 +51,16 @@ def _parameter_names(body: str) -> set[str]:
     }
 
 
+def _first_code_line(source: str) -> str:
+    magic = cell_magic(source)
+    body = magic[2] if magic else source
+    return next((line.strip() for line in body.splitlines() if line.strip() and not line.strip().startswith("#")), "")
+
+
+def _part_number(key: tuple[str, str]) -> int:
+    return int(key[1].split("#")[1]) if "#" in key[1] else 1
+
+
 class Recorder:
     """Cells executed in this kernel; the source of truth when no notebook file is known."""
 
@@ -78,9 +88,33 @@ class Recorder:
             return ("config", "")
         return ("code", hashlib.sha1(source.encode()).hexdigest())
 
+    def _step_part(self, key: tuple[str, str], source: str) -> tuple[str, str]:
+        """Without cell ids, a ``%%step NAME`` cell that is not a recorded part of NAME (same source, or same first
+        code line: an edited part) is the step's next part, and says so in one line: code is never dropped."""
+        name = key[1]
+        parts = [k for k in self._cells if k[0] == "step" and k[1].split("#")[0] == name]
+        if not parts:
+            return key
+        for part in parts:
+            if self._cells[part].source == source:
+                return part
+        first = _first_code_line(source)
+        for part in parts:
+            if first and _first_code_line(self._cells[part].source) == first:
+                print(f"nbmagic: this cell replaces part {_part_number(part)} of step {name!r} (same first line)")
+                return part
+        new = ("step", f"{name}#{len(parts) + 1}")
+        print(
+            f"nbmagic: this cell is taken as part {len(parts) + 1} of step {name!r} (a continuation); "
+            f"%pipeline --remove {name} starts the step over"
+        )
+        return new
+
     def record(self, source: str, cell_id: str | None = None) -> None:
         """Remember a cell as it ran; re-running a cell replaces what it recorded."""
         key = self._key(source, cell_id)
+        if key[0] == "step" and not cell_id:
+            key = self._step_part(key, source)
         previous = self._cells.get(key)
         self._count += 1
         if previous is None:
@@ -97,13 +131,14 @@ class Recorder:
         return [e.cell_id for e in sorted(self._cells.values(), key=lambda e: e.first) if e.cell_id]
 
     def forget_step(self, name: str) -> bool:
-        """Drop a recorded step by name (for front ends without cell ids or files)."""
+        """Drop a recorded step, every part of it, by name (for front ends without cell ids or files)."""
+        found = False
         for key, execution in list(self._cells.items()):
             magic = cell_magic(execution.source)
             if magic and magic[0] == STEP_MAGIC and magic[1].split()[:1] == [name]:
                 del self._cells[key]
-                return True
-        return False
+                found = True
+        return found
 
     def reset(self) -> None:
         self._cells.clear()

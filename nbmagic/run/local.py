@@ -104,10 +104,12 @@ class LocalRunner:
         running: dict[Future[dict[str, Any]], tuple[StepPlan, str]] = {}
         retry_at: dict[str, float] = {}
         steps = {s.name: s for s in plan.steps}
+        rerun: set[str] = set()  # running steps that read a value another step has since changed in place
+        _report_in_place(plan)
         try:
             while True:
                 self._skip_after_failures(run, steps, notify)
-                for step in plan.steps:
+                for step in [steps[s.name] for s in plan.steps]:
                     state = run.steps[step.name]
                     if len(running) >= limit:
                         break
@@ -145,6 +147,18 @@ class LocalRunner:
                     again = self._finish(run, step, event, spec_path, cache, notify)
                     if again is not None:
                         retry_at[step.name] = again
+                    if step.name in rerun:
+                        rerun.discard(step.name)
+                        self._reset(run, step.name, notify)
+                    elif run.steps[step.name].status == "done":
+                        moved = json.loads(Path(spec_path).with_name(f"{step.name}.result.json").read_text())
+                        if moved.get("changed"):
+                            started = follow_in_place(steps, step.name, moved["changed"])
+                            for name in started:
+                                if run.steps[name].status == "running":
+                                    rerun.add(name)
+                                elif run.steps[name].status != "pending":
+                                    self._reset(run, name, notify)
         except BaseException as exc:  # Ctrl-C, or anything else escaping: stop the steps, never leave a 'running' run
             run._flight_cancel.set()  # type: ignore[attr-defined]
             for future in running:
@@ -242,7 +256,9 @@ class LocalRunner:
             "prelude_label": f"notebook code used by step {step.name}",
             "parameters": {name: values[name] for name in step.parameters},
             "inputs": inputs,
+            "input_refs": {var: run.steps[src].outputs[var] for var, src in step.inputs.items()},
             "writes": list(step.writes),
+            "carried": [name for _, name in step.carried],
             "required": sorted(set(step.outputs) | set(step.metrics)),
             "metrics": list(step.metrics),
             "store": str(self.store.root),
@@ -377,6 +393,13 @@ class LocalRunner:
         if flight is not None:
             flight.release(error, run.id)
 
+    def _reset(self, run: Run, name: str, notify: Listener) -> None:
+        """Run a step again: it ran on a value that an in-place change has since replaced."""
+        state = run.steps[name]
+        state.status, state.error, state.traceback, state.outputs = "pending", None, None, {}
+        self.store.set_step(run.id, name, "pending")
+        notify(run, state)
+
     def _input_refs(self, run: Run, step: StepPlan) -> dict[str, dict[str, Any]]:
         return {var: run.steps[src].outputs[var] for var, src in step.inputs.items()}
 
@@ -408,6 +431,67 @@ class LocalRunner:
                 self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
         run.status, run.error, run.ended = "failed", reason, time.time()
         self.store.finish_run(run.id, "failed", run.metrics, reason)
+
+
+def _report_in_place(plan: PipelinePlan) -> None:
+    """Say once per step and variable that later steps get a step's in-place changes."""
+    from ..pipeline.learned import report_once
+
+    for step in plan.steps:
+        for var, line in step.in_place:
+            message = report_once(step.name, var, line)
+            if message:
+                print(message, flush=True)
+
+
+def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[str]) -> list[str]:
+    """``changer`` changed ``variables`` in place though its code did not show it: later steps (in notebook order)
+    that read them from an earlier step now read them from ``changer`` (``steps`` is updated), and the fact is kept
+    for the next compile. Returns the affected steps and every step after them, to run (again) on the new value."""
+    from dataclasses import replace
+
+    from ..pipeline.learned import remember, report_once
+
+    source = steps[changer]
+    remember(source.cell.code, variables)
+    for var in variables:
+        message = report_once(changer, var, None)
+        if message:
+            print(message, flush=True)
+    ancestors: set[str] = set()
+    pending = list(source.upstream)
+    while pending:
+        name = pending.pop()
+        if name not in ancestors:
+            ancestors.add(name)
+            pending.extend(steps[name].upstream)
+    position = source.cell.index
+    affected: list[str] = []
+    for name, step in list(steps.items()):
+        if name == changer or name in ancestors or step.cell.index <= position:
+            continue
+        moved = {
+            var: changer
+            for var, src in step.inputs.items()
+            if var in variables and src != changer and steps[src].cell.index < position
+        }
+        carried = {name for _, name in step.carried}
+        moved.update({var: changer for var in variables if var in carried and var not in step.inputs})
+        if moved:
+            steps[name] = replace(
+                step, inputs={**step.inputs, **moved}, upstream=tuple(dict.fromkeys(step.upstream + (changer,)))
+            )
+            affected.append(name)
+    # whatever ran after an affected step ran on its old results
+    closure = set(affected)
+    grew = True
+    while grew:
+        grew = False
+        for name, step in steps.items():
+            if name not in closure and closure & set(step.upstream):
+                closure.add(name)
+                grew = True
+    return sorted(closure, key=lambda n: steps[n].cell.index)
 
 
 def _memory_limit(step: StepPlan) -> int | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..reporting import REPORT_FILE, Pruned, prune_path
-from ..runtime.step import StepError, execute, ipython_setup
+from ..runtime.step import StepError, changed, execute, fingerprint, ipython_setup
 
 
 def _redirect_output(log_path: str) -> None:
@@ -51,16 +51,29 @@ def run_task(spec_path: str) -> int:
         values = dict(spec["parameters"])
         for var, digest in spec["inputs"].items():
             values[var] = store.get(digest, name=var)
+        writes = list(spec["writes"])
+        # every loaded value is fingerprinted before and after: a change the code does not show is still seen
+        before = {var: fingerprint(values[var]) for var in spec["inputs"]} if spec.get("watch", True) else {}
+        carried = [n for n in spec.get("carried", []) if n not in writes and n not in before]
+        extra = [n for n in list(before) + carried + list(spec["metrics"]) if n not in writes]
+
+        def carried_fingerprints(namespace: dict[str, Any]) -> None:
+            """Values carried from ordinary cells (``history = []``), as the prelude made them."""
+            for name in carried:
+                if name in namespace:
+                    before[name] = fingerprint(namespace[name])
+
         assigned = execute(
             spec["step"],
             spec["code"],
             spec["label"],
             values,
-            spec["writes"],
+            writes + extra,
             prelude=spec.get("prelude", ""),
             prelude_label=spec.get("prelude_label", "<notebook code>"),
             setup=ipython_setup if spec.get("uses_ipython") else None,
             first_line=spec.get("first_line", 1),
+            after_prelude=carried_fingerprints if carried and spec.get("watch", True) else None,
         )
         required = set(spec["required"])
         for name in spec["metrics"]:
@@ -72,9 +85,22 @@ def run_task(spec_path: str) -> int:
                     f"metric {name!r} from step {spec['step']!r} is a {type(assigned[name]).__name__}, not a number"
                 )
             result["metrics"][name] = number
+        moved = set(changed(before, assigned))
+        result["changed"] = sorted(v for v in moved if v not in writes)
+        input_refs = spec.get("input_refs", {})
         for name, value in assigned.items():
+            if name in before and name not in moved:
+                if name in writes and name in input_refs:
+                    result["outputs"][name] = input_refs[name]  # changed nothing after all: the same stored value
+                    continue
+                if name not in writes:
+                    continue
+            if name not in writes and name not in moved:
+                continue  # a parameter reported as a metric
             if spec.get("keep_all", True) is False and name not in required:
                 continue
+            if name not in required and _not_state(value):
+                continue  # modules, figures: nothing a later step or %restore can use
             try:
                 result["outputs"][name] = asdict(store.put(value, name))
             except Exception as exc:  # noqa: BLE001 - unserializable values are reported by name
@@ -107,6 +133,13 @@ def run_task(spec_path: str) -> int:
     result["ended"] = time.time()
     _write_json(spec["result"], result)
     return 0 if result["status"] == "done" else 1
+
+
+def _not_state(value: Any) -> bool:
+    """Values not worth keeping: modules, and matplotlib figures/axes (they only draw)."""
+    import types
+
+    return isinstance(value, types.ModuleType) or type(value).__module__.split(".")[0] == "matplotlib"
 
 
 class _OutputError(Exception):

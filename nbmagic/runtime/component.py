@@ -23,6 +23,7 @@ def nbmagic_run(
     outputs: dict,
     metric_names: tuple = (),
     metrics: Any = None,
+    watch: tuple = (),
 ) -> None:
     """Run one notebook step: load input artifacts, run the cell, save output artifacts, log metrics."""
     import numbers
@@ -44,13 +45,23 @@ def nbmagic_run(
         except marshal.MarshalError as error:
             fail(f"cannot load input {name!r}: {error}")
     wanted = tuple(outputs) + tuple(m for m in metric_names if m not in outputs)
+    # inputs later steps read from elsewhere: a change in place here would not reach them
+    before = {name: runtime.fingerprint(values[name]) for name in watch if name in values}
     try:
         # the cell's first line is its %%step line; %time / !cmd lines get an IPython shell of their own
         setup = runtime.ipython_setup if runtime.uses_ipython(code, prelude) else None
-        result = runtime.execute(step, code, label, values, wanted, prelude=prelude, setup=setup, first_line=2)
+        result = runtime.execute(
+            step, code, label, values, wanted + tuple(before), prelude=prelude, setup=setup, first_line=2
+        )
     except runtime.StepError as error:
         sys.stderr.write(error.notebook_traceback)
         fail(f"{error.exc_type} in {label}")
+    for name in runtime.changed(before, result):
+        fail(
+            f"changes {name} in place, and later steps read {name} from an earlier step; run the pipeline "
+            f"locally once (%compile_run) and compile again so they get this version, or end the cell with "
+            f"`{name} = {name}`"
+        )
     for name in wanted:
         if name not in result:
             fail(f"the cell did not assign {name!r}, which the pipeline needs")

@@ -62,6 +62,7 @@ def execute(
     prelude_label: str = "<notebook code>",
     setup: Callable[[dict[str, Any]], None] | None = None,
     first_line: int = 1,
+    after_prelude: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``prelude`` then ``code`` in a fresh namespace seeded with ``values``.
 
@@ -69,7 +70,8 @@ def execute(
     ``(cell label, first line, source)`` pieces whose tracebacks point at their own cells and lines.
 
     ``first_line`` is the cell line ``code`` starts on (2 under a ``%%step`` line).
-    ``setup`` may prepare the namespace first (e.g. an IPython shell for magics in the cell).
+    ``setup`` may prepare the namespace first (e.g. an IPython shell for magics in the cell);
+    ``after_prelude`` sees the namespace once the prelude has run (to fingerprint carried values).
     Returns the names in ``writes`` that the code left bound. Raises StepError if the code raises.
     """
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -85,6 +87,8 @@ def execute(
             _register(piece_label, padded)
             exec(compile(padded, piece_label, "exec", dont_inherit=True), namespace)
         namespace.update(values)
+        if after_prelude is not None:
+            after_prelude(namespace)
         padded = "\n" * (first_line - 1) + code  # line numbers as the notebook shows them
         _register(label, padded)
         exec(compile(padded, label, "exec", dont_inherit=True), namespace)
@@ -96,3 +100,59 @@ def execute(
         sys.stdout.flush()
         sys.stderr.flush()
     return {name: namespace[name] for name in writes if name in namespace}
+
+
+def _hasher():
+    try:
+        import xxhash
+
+        return xxhash.xxh3_128()
+    except ImportError:
+        import hashlib
+
+        return hashlib.blake2b(digest_size=16)
+
+
+def fingerprint(value: Any) -> str | None:
+    """A content hash of ``value`` as it is now, to tell whether a step changed it in place; None if unknown.
+
+    Arrays are hashed over their memory (xxh3); pandas objects per row; anything else through pickle, with
+    large buffers hashed out of band instead of copied."""
+    import pickle
+
+    digest = _hasher()
+    np = sys.modules.get("numpy")
+    try:
+        if np is not None and isinstance(value, np.ndarray) and value.dtype != object:
+            digest.update(f"{value.dtype.str}{value.shape}".encode())
+            digest.update(memoryview(np.ascontiguousarray(value)).cast("B"))
+            return digest.hexdigest()
+        pd = sys.modules.get("pandas")
+        if pd is not None and isinstance(value, (pd.DataFrame, pd.Series)):
+            try:
+                rows = pd.util.hash_pandas_object(value, index=True).to_numpy()
+                digest.update(memoryview(rows).cast("B"))
+                frame = isinstance(value, pd.DataFrame)
+                names = list(value.columns) if frame else [value.name]
+                types = list(value.dtypes) if frame else [value.dtype]
+                digest.update(repr((names, [str(t) for t in types], list(value.index.names))).encode())
+                digest.update(repr(getattr(value, "attrs", {})).encode())
+                return digest.hexdigest()
+            except TypeError:
+                pass  # unhashable cells (lists in a column): pickle below
+
+        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+            digest.update(buffer.raw())
+            return False
+
+        digest.update(pickle.dumps(value, protocol=5, buffer_callback=out_of_band))
+        return digest.hexdigest()
+    except Exception:  # noqa: BLE001 - a value pickle cannot read: its changes cannot be seen
+        return None
+
+
+def changed(before: dict[str, str | None], values: dict[str, Any]) -> list[str]:
+    """Names whose value no longer matches its fingerprint in ``before`` (unknown fingerprints count as changed)."""
+    return [
+        name for name, old in before.items() if name in values and (old is None or fingerprint(values[name]) != old)
+    ]

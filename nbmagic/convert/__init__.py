@@ -1,0 +1,1 @@
+"""Convert notebooks written for other tools into nbmagic notebooks."""
