@@ -86,8 +86,7 @@ class PipelineMagics(Magics):
             model = fit(X, y, lr)
         """
         name, after, _ = parse_step_line(line)  # validates before anything is recorded
-        self.state.record_current(f"%%{STEP_MAGIC} {line}
-{cell}")
+        self.state.record_current(f"%%{STEP_MAGIC} {line}\n{cell}")
         self._warn_step(name, after, cell)
         from ..run.reuse import run_step_cell
 
