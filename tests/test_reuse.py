@@ -188,3 +188,17 @@ def test_a_reused_cell_is_recorded_as_a_reuse_of_the_earlier_execution(ip, tmp_p
     assert reused["load"] == first["load"]["id"]
     listing = str(run_ok(ip, "%runs"))
     assert sessions[0].id in listing
+
+
+def test_a_step_spread_over_several_cells_simply_runs(ip, tmp_path, capsys):
+    marker = tmp_path / "ran.txt"
+    run_ok(ip, f"%%pipeline_parameters\nmarker = {str(marker)!r}\n")
+    run_ok(ip, "%pipeline_config --reuse")
+    first = "%%step both\nopen(marker, 'a').write('one ')\na = 1\n"
+    second = "%%step both\nopen(marker, 'a').write('two ')\nb = a + 1\n"
+    for _ in range(2):
+        run_ok(ip, first)
+        run_ok(ip, second)
+    assert ran(marker) == ["one", "two", "one", "two"]
+    assert ip.user_ns["b"] == 2
+    assert "both: runs (cannot be reused: the step spans several cells)" in capsys.readouterr().out

@@ -387,6 +387,12 @@ def _with(step: StepPlan, settings: StepSettings) -> StepPlan:
     return replace(step, settings=settings)
 
 
+def _code(body: str) -> str:
+    from ..pipeline.analysis import to_python
+
+    return to_python(body).strip()
+
+
 _SESSIONS: WeakKeyDictionary[Any, Reuse] = WeakKeyDictionary()
 
 
@@ -400,26 +406,28 @@ def _might_reuse(state: Any, line: str) -> bool:
     )
 
 
-def run_step_cell(state: Any, name: str, line: str, namespace: dict[str, Any], run_body: Callable[[], None]) -> str:
+def run_step_cell(
+    state: Any, name: str, line: str, namespace: dict[str, Any], run_body: Callable[[], None], body: str | None = None
+) -> str:
     """Run a ``%%step`` cell in the kernel, reusing or storing its results when reuse is on for it.
 
     ``state`` is the kernel's recorder state (``plan()``, ``recorder``); ``run_body`` runs the cell as usual.
     Returns ``"reused"``, ``"stored"`` or ``"ran"``.
     """
-    if not _might_reuse(state, line):
-        run_body()
-        return "ran"
-    try:
-        plan = state.plan()
-        step = plan.step(name)
-    except NbMagicError as exc:
-        if "--reuse" in line:  # asked for on this cell: say why it cannot be
-            print(f"{name}: runs (cannot be reused: {exc})", flush=True)
+    plan = step = None
+    if _might_reuse(state, line):
+        try:
+            plan = state.plan()
+            step = plan.step(name)
+        except NbMagicError as exc:
+            if "--reuse" in line:  # asked for on this cell: say why it cannot be
+                print(f"{name}: runs (cannot be reused: {exc})", flush=True)
+            plan = None
+    if plan is not None and reuse_wanted(plan, step) and body is not None and _code(body) != step.cell.code.strip():
+        # one cell of a step spread over several: its results are the whole step's, so none is reused alone
+        print(f"{name}: runs (cannot be reused: the step spans several cells)", flush=True)
         plan = None
-    if plan is None:
-        run_body()
-        return "ran"
-    if not reuse_wanted(plan, step):
+    if plan is None or not reuse_wanted(plan, step):
         run_body()
         return "ran"
     from ..config import home
