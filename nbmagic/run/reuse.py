@@ -227,7 +227,6 @@ class Reuse:
                     reused=entry.execution_id,
                 )
                 return "reused"
-        before = {name: id(namespace[name]) for name in step.writes if name in namespace}
         kept: list[str] = []
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, kept), _Tee(err, kept)
@@ -236,7 +235,9 @@ class Reuse:
         finally:
             sys.stdout, sys.stderr = out, err
         self.keys[step.name] = key
-        assigned = {n: namespace[n] for n in step.writes if n in namespace and before.get(n) != id(namespace[n])}
+        # every name the cell assigns, as the kernel holds it now (re-binding the same object, as a repeated
+        # import does, counts: a later reuse must bind it too)
+        assigned = {n: namespace[n] for n in step.writes if n in namespace}
         return self._store_results(plan, step, key, values, inputs, assigned, "".join(kept), started)
 
     def _load(self, outputs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
