@@ -200,7 +200,7 @@ class Reuse:
         entry = self.store.cache_get(key)
         needed = set(step.outputs) | set(step.metrics)
         if entry is not None and not entry.not_kept and needed <= set(entry.outputs):
-            loaded = self._load(entry.outputs)
+            loaded = self._load(entry.outputs, step.cell.code)
             if loaded is not None:
                 namespace.update(loaded)
                 self.keys[step.name] = key
@@ -240,15 +240,18 @@ class Reuse:
         assigned = {n: namespace[n] for n in step.writes if n in namespace}
         return self._store_results(plan, step, key, values, inputs, assigned, "".join(kept), started)
 
-    def _load(self, outputs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-        loaded: dict[str, Any] = {}
+    def _load(self, outputs: dict[str, dict[str, Any]], code: str) -> dict[str, Any] | None:
+        modules = [n for n, ref in outputs.items() if ref.get("type") == "module"]
+        loaded = _imports(code, modules) if modules else {}
         try:
             for name, ref in outputs.items():
-                loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True)
+                if name not in loaded:
+                    loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True)
         except Exception:  # noqa: BLE001 - a value gone or unreadable: the cell runs instead
             return None
         for name, value in loaded.items():
-            self.hasher.remember(value, outputs[name]["hash"])
+            if name not in modules:
+                self.hasher.remember(value, outputs[name]["hash"])
         return loaded
 
     def _earlier(self, execution_id: int, step: str) -> tuple[str, str]:
@@ -380,6 +383,32 @@ class Reuse:
             return {"hash": digest, "type": manifest["type"], "format": manifest["format"], "size": manifest["size"]}
         except Exception:  # noqa: BLE001 - a hash of a value not (yet) stored: still a link by hash
             return {"hash": digest, "name": name}
+
+
+def _imports(code: str, names: list[str]) -> dict[str, Any]:
+    """Modules the cell binds with its own top-level import statements, imported again (what running it does);
+    names bound any other way are left out, to be loaded from the store."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return {}
+    found: dict[str, Any] = {}
+    wanted = set(names)
+    for node in tree.body:
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        bound = {alias.asname or alias.name.split(".")[0] for alias in node.names}
+        if not bound & wanted or "*" in bound:
+            continue
+        scope: dict[str, Any] = {}
+        try:
+            exec(compile(ast.Module([node], []), "<reused imports>", "exec"), scope)  # noqa: S102 - the cell's own import
+        except Exception:  # noqa: BLE001 - the store has the value
+            continue
+        found.update({n: scope[n] for n in bound & wanted if n in scope})
+    return found
 
 
 def _with(step: StepPlan, settings: StepSettings) -> StepPlan:
