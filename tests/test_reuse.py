@@ -188,6 +188,8 @@ def test_a_reused_cell_is_recorded_as_a_reuse_of_the_earlier_execution(ip, tmp_p
     reused = {e.step: e.reused_execution for e in executions(store, sessions[0].id)}
     assert reused["load"] == first["load"]["id"]
     assert sessions[0].id in listing
+    trace = str(run_ok(ip, f"%lineage total --run {sessions[0].id}"))
+    assert f"reused run {sessions[1].id} step summary" in trace
 
 
 def test_a_step_spread_over_several_cells_simply_runs(ip, tmp_path, capsys):
