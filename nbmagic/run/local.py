@@ -16,10 +16,10 @@ from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..runtime.report import REPORT_FILE
 from ..runtime.step import uses_ipython
-from ..store.lineage import code_hash, environment
+from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from . import single_flight
-from .cache_key import cache_key
+from .cache_key import cache_key, environment  # versions remembered on disk
 from .result import Run, StepState
 from .worker import INTERRUPTED_EXIT
 
