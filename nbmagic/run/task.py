@@ -10,13 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..reporting import REPORT_FILE, Pruned, prune_path
+from ..runtime.report import REPORT_FILE, Pruned, prune_path
 from ..runtime.step import StepError, changed, execute, fingerprint, ipython_setup
 
 
 def _redirect_output(log_path: str) -> None:
     """Send the step's stdout/stderr (Python and C level) to its log file."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -38,8 +38,11 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def run_task(spec_path: str) -> int:
-    """Run the step described by the JSON spec at ``spec_path``; write its result next to it. Exit code 0/1."""
+def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
+    """Run the step described by the JSON spec at ``spec_path``; write its result next to it. Exit code 0/1.
+
+    ``secrets`` (the values injected for ``--secret``) are never stored, and are masked in the log and result.
+    """
     spec = json.loads(Path(spec_path).read_text())
     _redirect_output(spec["log"])
     os.environ.update(spec.get("env", {}))
@@ -99,15 +102,21 @@ def run_task(spec_path: str) -> int:
                     continue
             if name not in writes and name not in moved:
                 continue  # a parameter reported as a metric
-            if spec.get("keep_all", True) is False and name not in required and name not in moved:
-                continue
             if name not in required and _not_state(value):
                 continue  # modules, figures: nothing a later step or %restore can use
             try:
-                result["outputs"][name] = asdict(store.put(value, name))
+                result["outputs"][name] = asdict(store.put(value, name, secrets))
             except Exception as exc:  # noqa: BLE001 - unserializable values are reported by name
                 if getattr(exc, "disk_full", False):  # never a silent gap: the step fails, no cache entry
                     raise _OutputError(f"step {spec['step']!r}: {exc}") from None
+                if type(exc).__name__ == "SecretValue":
+                    if name in required:
+                        raise _OutputError(
+                            f"step {spec['step']!r}: variable {name!r} holds a secret and is not passed to the steps"
+                            " that read it (read the secret in the step that uses it)"
+                        ) from None
+                    result["not_kept"][name] = "holds a secret"
+                    continue
                 reason = f"{type(value).__module__}.{type(value).__qualname__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                 if name in required:
                     raise _OutputError(
@@ -141,8 +150,34 @@ def run_task(spec_path: str) -> int:
         )
         sys.stderr.write(result["error"] + "\n")
     result["ended"] = time.time()
+    if secrets:
+        _mask(result, spec["log"], secrets)
     _write_json(spec["result"], result)
     return 0 if result["status"] == "done" else 1
+
+
+def _mask(result: dict[str, Any], log_path: str, secrets: tuple[str, ...]) -> None:
+    """Replace every secret in the result's error text and in the step's log with ``***``."""
+    for key in ("error", "traceback"):
+        if isinstance(result.get(key), str):
+            for secret in secrets:
+                if len(secret) >= 4:  # shorter ones would mask ordinary text (and are not secrets worth the name)
+                    result[key] = result[key].replace(secret, "***")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        data = Path(log_path).read_bytes()
+    except OSError:
+        return
+    masked = data
+    for secret in secrets:
+        if len(secret) >= 4:
+            masked = masked.replace(secret.encode(), b"***")
+    if masked != data:
+        tmp = f"{log_path}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(masked)
+        os.replace(tmp, log_path)
 
 
 def _not_state(value: Any) -> bool:
