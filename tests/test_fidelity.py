@@ -86,7 +86,8 @@ def test_compile_run_computes_what_the_notebook_computed(tmp_path, monkeypatch, 
 def test_nbmagic_run_and_kfp_local_give_the_notebooks_metrics(tmp_path, monkeypatch):
     from kfp import components, local
 
-    from nbmagic.compile.kfp import compile_pipeline, metrics_from_outputs
+    from helpers.kfp_outputs import metrics_from_outputs
+    from nbmagic.compile.kfp import compile_pipeline
     from nbmagic.pipeline.cells import read_cells
     from nbmagic.pipeline.notebook import read_notebook
     from nbmagic.pipeline.plan import build_plan
