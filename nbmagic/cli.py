@@ -78,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .api import Pipeline
+    from .compile.bundle import runtime_base64
     from .compile.size import human, size_warning
     from .images import nbmagic_image
 
@@ -90,7 +91,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     size = path.stat().st_size
     steps = len(pipeline.plan.steps)
     print(f"wrote {path} ({human(size)}, {steps} steps)")
-    warning = size_warning(size, steps, path.name)
+    runtime = len(runtime_base64()) if "nbmagic_runtime: str" in path.read_text(encoding="utf-8") else 0
+    warning = size_warning(size, steps, path.name, runtime)
     if warning:
         print(warning, file=sys.stderr)
     return 0

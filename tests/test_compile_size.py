@@ -38,6 +38,11 @@ def test_the_warning_names_the_size_the_steps_and_the_fix():
     assert line is not None and "\n" not in line
     assert "big.yaml is 1.3 MB for 412 steps" in line and "--image" in line
     assert f"~{OBJECT_LIMIT / 1e6:.1f} MB" in line
+    # a small YAML whose steps each receive the runtime: KFP keeps every step's inputs in the run's Workflow
+    assert size_warning(300_000, 30, "p.yaml", runtime=25_000) is None
+    line = size_warning(300_000, 60, "p.yaml", runtime=25_000)
+    assert line is not None and "to each of its 60 steps" in line and "~1.5 MB by the end of a run" in line
+    assert "--image" in line and size_warning(300_000, 60, "p.yaml", runtime=0) is None
 
 
 def test_compile_prints_the_size_and_warns_when_a_cluster_may_refuse_the_pipeline(tmp_path):
@@ -69,3 +74,15 @@ def test_compile_with_the_cluster_image_ships_no_runtime(tmp_path):
     plain = nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "plain.yaml"))
     assert plain.returncode == 0
     assert len(text) * 2 < (tmp_path / "plain.yaml").stat().st_size
+
+
+def test_compile_warns_when_every_step_receiving_the_runtime_would_outgrow_the_run(tmp_path):
+    cells = ["%%step s0\nx0 = 1"] + [f"%%step s{i}\nx{i} = x{i - 1} + 1" for i in range(1, 45)]
+    nb = notebook(tmp_path / "long.ipynb", cells)
+    result = nbmagic("compile", str(nb), "-o", str(tmp_path / "long.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "long.yaml").stat().st_size < WARN_AT and "45 steps)" in result.stdout
+    (warning,) = result.stderr.strip().splitlines()
+    assert "passes nbmagic's runtime" in warning and "each of its 45 steps" in warning and "--image" in warning
+    with_image = nbmagic("compile", str(nb), "-o", str(tmp_path / "image.yaml"), "--image", "registry.example/nb:1")
+    assert with_image.returncode == 0 and with_image.stderr == ""

@@ -44,11 +44,11 @@ def roundtrip(obj, vdir, name="x", **kw):
 
 def test_module_imports_only_stdlib():
     code = (
-        "import sys; before = set(sys.modules); import nbmagic.runtime.marshal as m; "
+        "import sys, nbmagic; before = set(sys.modules); import nbmagic.runtime.marshal as m; "
         "heavy = {'numpy', 'pandas', 'pyarrow', 'dill', 'joblib', 'sklearn', 'xxhash', 'torch', 'keras', "
         "'xgboost', 'lightgbm'} & set(sys.modules); "
-        "others = [n for n in sys.modules if n.startswith('nbmagic') and n not in "
-        "('nbmagic', 'nbmagic.runtime') and not n.startswith('nbmagic.runtime.marshal')]; "
+        "others = [n for n in set(sys.modules) - before if n.startswith('nbmagic') and n != 'nbmagic.runtime' "
+        "and not n.startswith('nbmagic.runtime.marshal')]; "
         "assert not heavy and not others, (heavy, others)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

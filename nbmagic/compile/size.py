@@ -2,6 +2,8 @@
 
 On Kubeflow Pipelines every task's component spec ends up in the Argo Workflow object made from the YAML, and the
 API server refuses objects over etcd's request limit (1.5 MiB by default; the Workflow is larger than the YAML).
+While a run goes on, KFP's driver also writes each task's executor input (its parameter values, so the
+``nbmagic_runtime`` parameter too) into that task's pod spec patch, which Argo keeps in the Workflow's status.
 """
 
 from __future__ import annotations
@@ -15,12 +17,24 @@ def human(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{max(size, 1) / 1e3:.0f} KB"
 
 
-def size_warning(size: int, steps: int, name: str = "the pipeline") -> str | None:
-    """One line when ``size`` bytes of YAML for ``steps`` steps come near the cluster's object limit, else None."""
-    if size < WARN_AT:
-        return None
-    return (
-        f"warning: {name} is {human(size)} for {steps} steps, near the ~{human(OBJECT_LIMIT)} a cluster stores in one "
-        "object (the Argo Workflow KFP makes from it is larger): a cluster may refuse it. Compile with --image "
-        "(steps in nbmagic's cluster image carry no runtime and install nothing nbmagic needs), or make fewer steps"
+def size_warning(size: int, steps: int, name: str = "the pipeline", runtime: int = 0) -> str | None:
+    """One line when ``size`` bytes of YAML for ``steps`` steps come near the cluster's object limit, else None.
+
+    ``runtime``: bytes of the ``nbmagic_runtime`` parameter each step's executor input carries (0 without it).
+    """
+    fix = (
+        "Compile with --image (steps in nbmagic's cluster image carry no runtime and install nothing nbmagic needs), "
+        "or make fewer steps"
     )
+    if size >= WARN_AT:
+        return (
+            f"warning: {name} is {human(size)} for {steps} steps, near the ~{human(OBJECT_LIMIT)} a cluster stores "
+            f"in one object (the Argo Workflow KFP makes from it is larger): a cluster may refuse it. {fix}"
+        )
+    if steps * runtime >= WARN_AT:
+        return (
+            f"warning: {name} passes nbmagic's runtime ({human(runtime)}) to each of its {steps} steps, and KFP keeps "
+            f"every step's inputs in the run's Argo Workflow: ~{human(steps * runtime)} by the end of a run, near the "
+            f"~{human(OBJECT_LIMIT)} a cluster stores in one object. {fix}"
+        )
+    return None
