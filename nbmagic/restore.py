@@ -308,7 +308,3 @@ class Provenance:
 
     def names(self) -> list[str]:
         return sorted(self._origins)
-
-
-def execution_of(execs: list[Execution], step: str) -> Execution | None:
-    return next((e for e in execs if e.step == step), None)

@@ -15,12 +15,12 @@ from typing import Any
 
 from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
-from ..reporting import REPORT_FILE
+from ..runtime.report import REPORT_FILE
 from ..runtime.step import uses_ipython
-from ..store.lineage import code_hash, environment
+from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from . import single_flight
-from .cache_key import cache_key
+from .cache_key import cache_key, environment  # versions remembered on disk
 from .result import Run, StepState
 from .worker import INTERRUPTED_EXIT
 
@@ -155,7 +155,7 @@ class LocalRunner:
                     elif run.steps[step.name].status == "done":
                         moved = json.loads(Path(spec_path).with_name(f"{step.name}.result.json").read_text())
                         if moved.get("changed"):
-                            started = follow_in_place(steps, step.name, moved["changed"])
+                            started = follow_in_place(steps, step.name, moved["changed"], moved.get("unsure", ()))
                             for name in started:
                                 if run.steps[name].status == "running":
                                     rerun.add(name)
@@ -482,7 +482,9 @@ def _report_in_place(plan: PipelinePlan) -> None:
                 print(message, flush=True)
 
 
-def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[str]) -> list[str]:
+def follow_in_place(
+    steps: dict[str, StepPlan], changer: str, variables: list[str], unsure: list[str] | tuple[str, ...] = ()
+) -> list[str]:
     """``changer`` changed ``variables`` in place though its code did not show it: later steps (in notebook order)
     that read them from an earlier step now read them from ``changer`` (``steps`` is updated), and the fact is kept
     for the next compile. Returns the affected steps and every step after them, to run (again) on the new value."""
@@ -493,7 +495,7 @@ def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[st
     source = steps[changer]
     remember(source.cell.code, variables)
     for var in variables:
-        message = report_once(changer, var, None)
+        message = report_once(changer, var, None, unsure=var in unsure)
         if message:
             print(message, flush=True)
     ancestors: set[str] = set()
@@ -539,10 +541,3 @@ def _memory_limit(step: StepPlan) -> int | None:
     from ..pipeline.settings import memory_bytes
 
     return memory_bytes(quantity)
-
-
-def run_pipeline(plan: PipelinePlan, parameters: dict[str, Any] | None = None, **options: Any) -> Run:
-    """Run ``plan`` locally with a default runner (store from ``$NBMAGIC_HOME``)."""
-    store = options.pop("store", None)
-    workers = options.pop("workers", None)
-    return LocalRunner(store, workers).run(plan, parameters, **options)

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..reporting import REPORT_FILE, Pruned, prune_path
+from ..runtime.report import REPORT_FILE, Pruned, prune_path
 from ..runtime.step import StepError, changed, execute, fingerprint, ipython_setup
 
 
@@ -90,6 +90,8 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
             result["metrics"][name] = number
         moved = set(changed(before, assigned))
         result["changed"] = sorted(v for v in moved if v not in writes)
+        # values without a fingerprint (pickle cannot read them) are taken as changed: passed on, to be safe
+        result["unsure"] = sorted(v for v in result["changed"] if before.get(v) is None)
         input_refs = spec.get("input_refs", {})
         for name, value in assigned.items():
             if name in before and name not in moved:
@@ -100,8 +102,6 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
                     continue
             if name not in writes and name not in moved:
                 continue  # a parameter reported as a metric
-            if spec.get("keep_all", True) is False and name not in required:
-                continue
             if name not in required and _not_state(value):
                 continue  # modules, figures: nothing a later step or %restore can use
             try:
@@ -123,6 +123,14 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
                         f"step {spec['step']!r}: variable {name!r} of type {type(value).__qualname__} cannot be stored for the steps that read it ({exc})"
                     ) from None
                 result["not_kept"][name] = reason
+        lost = [v for v in result["changed"] if v not in result["outputs"] and v not in result["unsure"]]
+        if lost:
+            raise _OutputError(
+                f"step {spec['step']!r} changes {lost[0]!r} in place, and the changed value cannot be stored for "
+                f"later steps ({result['not_kept'].get(lost[0], 'not kept')})"
+            )
+        result["changed"] = [v for v in result["changed"] if v in result["outputs"]]
+        result["unsure"] = [v for v in result["unsure"] if v in result["outputs"]]
         missing = sorted(required - set(assigned))
         if missing:
             raise _OutputError(f"step {spec['step']!r} did not assign {missing[0]!r}, which a later step reads")
