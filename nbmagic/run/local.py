@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -169,6 +170,8 @@ class LocalRunner:
                 if isinstance(exc, KeyboardInterrupt)
                 else str(exc)
                 if isinstance(exc, NbMagicError)
+                else f"no space left on device writing {exc.filename or self.store.root} (free space, then run again)"
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 else f"the runner stopped: {type(exc).__name__}: {exc}"
             )
             self._abort(run, reason, running, pool)

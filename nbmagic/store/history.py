@@ -335,7 +335,8 @@ class Comparison:
     metrics: dict[str, tuple[Any, Any]]
     steps: list[StepDiff]
 
-    def text(self) -> str:
+    def text(self, max_width: int | None = None) -> str:
+        """The comparison as lines (``max_width`` is accepted like :meth:`RunTable.text`; lines are not cut)."""
         lines = [
             f"A = {self.a.id} ({self.a.pipeline}, {self.a.status})",
             f"B = {self.b.id} ({self.b.pipeline}, {self.b.status})",
