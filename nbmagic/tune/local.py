@@ -490,7 +490,7 @@ class ReportWatcher:
                 if path not in self._files:
                     self._files[path] = 0
                     self._lines[path] = 0
-                    from ..reporting import watched_path
+                    from ..runtime.report import watched_path
 
                     # from which reported value on report() waits for the decision (0: it never needs to)
                     Path(watched_path(path)).write_text(str(getattr(self._reporter, "wait_from", 1)))
@@ -504,7 +504,7 @@ class ReportWatcher:
     def read(self) -> None:
         import json
 
-        from ..reporting import ack_path, prune_path
+        from ..runtime.report import ack_path, prune_path
 
         with self._lock:
             files = list(self._files.items())
