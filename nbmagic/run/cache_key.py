@@ -39,17 +39,29 @@ def _versions(modules: tuple[str, ...]) -> list[str]:
     return found
 
 
+_LISTED: dict[str, tuple[int, list[str]]] = {}  # sys.path entry -> (its mtime, its distribution folders)
+
+
 def _path_stamp() -> str:
-    """The installed distributions' folder names (they carry the versions) on every ``sys.path`` entry."""
+    """The installed distributions' folder names (they carry the versions) on every ``sys.path`` entry.
+
+    A folder is listed again only when its modification time changed (adding, removing or renaming a
+    distribution's folder changes it); listing site-packages costs milliseconds per step otherwise.
+    """
     digest = hashlib.sha256()
     for entry in sys.path:
         digest.update(entry.encode() + b"\0")
+        folder = os.path.abspath(entry or ".")
         try:
-            with os.scandir(entry or ".") as found:
-                names = sorted(e.name for e in found if e.name.endswith((".dist-info", ".egg-info", ".egg-link")))
+            mtime = os.stat(folder).st_mtime_ns
+            known = _LISTED.get(folder)
+            if known is None or known[0] != mtime:
+                with os.scandir(folder) as found:
+                    names = sorted(e.name for e in found if e.name.endswith((".dist-info", ".egg-info", ".egg-link")))
+                _LISTED[folder] = known = (mtime, names)
         except OSError:
             continue
-        digest.update("\0".join(names).encode() + b"\1")
+        digest.update("\0".join(known[1]).encode() + b"\1")
     return digest.hexdigest()
 
 
