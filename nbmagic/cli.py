@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--from-kale", metavar="KALE.ipynb", help="the Kale notebook (cell tags) to convert")
     conv.add_argument("-o", "--output", required=True, help="the nbmagic notebook to write")
     conv.set_defaults(func=cmd_convert)
+
+    from .tune_cli import add_parser as add_tune
+
+    add_tune(sub)
     return parser
 
 

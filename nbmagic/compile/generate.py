@@ -26,11 +26,12 @@ RUNTIME_CONSTANT = "NBMAGIC_RUNTIME"
 BOOTSTRAP = [
     "def nbmagic_bootstrap(runtime: str) -> None:",
     '    """Put nbmagic\'s runtime package (a zip, base64) on sys.path: Python imports straight from the zip."""',
-    "    import base64, os, sys, tempfile",
+    "    import atexit, base64, os, sys, tempfile",
     "",
     '    handle, path = tempfile.mkstemp(prefix="nbmagic-runtime-", suffix=".zip")',
     '    with os.fdopen(handle, "wb") as f:',
     "        f.write(base64.b64decode(runtime))",
+    "    atexit.register(os.unlink, path)",
     "    sys.path.insert(0, path)",
 ]
 OUTPUTS_CLASS = "PipelineOutputs"

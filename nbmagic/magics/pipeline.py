@@ -90,7 +90,7 @@ class PipelineMagics(Magics):
         self._warn_step(name, after, cell)
         from ..run.reuse import run_step_cell
 
-        run_step_cell(self.state, name, line, self.shell.user_ns, lambda: self._run_body(cell))
+        run_step_cell(self.state, name, line, self.shell.user_ns, lambda: self._run_body(cell), cell)
 
     def _warn_step(self, name: str, after: tuple[str, ...], cell: str) -> None:
         """One line for a step that runs nothing, or that runs --after a step not recorded yet."""

@@ -146,21 +146,6 @@ def step_code_hash(store: Any, ex: Execution, _seen: int = 0) -> str | None:
     return None
 
 
-def backfill_code_hashes(store: Any, run_ids: Iterable[str] | None = None) -> int:
-    """Write code hashes found in spec files into the index (before gc removes run folders); returns how many."""
-    rows = [_execution_from_row(r) for r in store.execution_rows(_EXEC_COLUMNS, missing_code_hash=True)]
-    wanted = set(run_ids) if run_ids is not None else None
-    updates = []
-    for ex in rows:
-        if wanted is not None and ex.run_id not in wanted and not ex.reused_execution:
-            continue
-        digest = step_code_hash(store, ex)
-        if digest:
-            updates.append((digest, ex.id))
-    store.set_code_hashes(updates)
-    return len(updates)
-
-
 def resolve_artifact(store: Any, text: str) -> ArtifactRef:
     """An artifact from ``artifact:ID``, a numeric id, or a value hash / unique hash prefix (6+ characters)."""
     text = text.strip()

@@ -14,7 +14,7 @@ from ..errors import NbMagicError
 from .space import (
     ALGORITHMS,
     GOALS,
-    PARAMETER_TYPES,
+    SPACE_TYPES,
     ExperimentSpec,
     ParameterSpace,
     TuneError,
@@ -45,7 +45,7 @@ class _Row:
         self.parameter = parameter
         width = {name: w.Layout(width=f"{px}px") for name, px in COLUMNS}
         self.tune = w.Checkbox(value=tuned, description=parameter.name, indent=False, layout=width["tune / fixed"])
-        self.type = w.Dropdown(options=list(PARAMETER_TYPES), value=space.type, layout=width["type"])
+        self.type = w.Dropdown(options=list(SPACE_TYPES), value=space.type, layout=width["type"])
         self.min = w.Text(
             value=_fmt(space.min) if space.min is not None else "", placeholder="min", layout=width["min"]
         )

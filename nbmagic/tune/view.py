@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .. import theme
-from .experiment import FAILED, RUNNING, SUCCEEDED, Experiment, Trial
+from .experiment import FAILED, PRUNED, RUNNING, SUCCEEDED, Experiment, Trial
 
 WIDTH, HEIGHT, PAD = 560, 220, 36
 
@@ -144,6 +144,37 @@ def objective_svg(experiment: Experiment, trials: list[Trial]) -> str:
     return "".join(parts)
 
 
+def curves_svg(experiment: Experiment, trials: list[Trial]) -> str:
+    """Each trial's reported values per step (``nbmagic.report``); pruned trials dashed, where they stopped."""
+    shown = [t for t in trials if t.curve]
+    if not shown:
+        return ""
+    values = [v for t in shown for _, v in t.curve]
+    steps = [s for t in shown for s, _ in t.curve]
+    low, high, last = min(values), max(values), max(steps) or 1
+    span = (high - low) or 1.0
+    x = lambda s: PAD + s / last * (WIDTH - 2 * PAD)  # noqa: E731
+    y = lambda v: HEIGHT - PAD - (v - low) / span * (HEIGHT - 2 * PAD)  # noqa: E731
+    colors = {PRUNED: "#fb8c00", RUNNING: "#43a047", SUCCEEDED: "#1f77b4"}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" class="nbmagic-curves">']
+    parts.append(
+        f'<text x="{PAD}" y="16" font-size="11">{html.escape(experiment.spec.objective)} per step '
+        '(<tspan fill="#fb8c00">pruned</tspan>, <tspan fill="#43a047">running</tspan>)</text>'
+    )
+    for t in shown:
+        dash = ' stroke-dasharray="4 3"' if t.status == PRUNED else ""
+        points = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in t.curve)
+        parts.append(
+            f'<polyline fill="none" stroke="{colors.get(t.status, "#999")}" stroke-width="1.3"{dash} '
+            f'points="{points}"><title>trial {t.number} ({t.status})</title></polyline>'
+        )
+    parts.append(f'<text x="{PAD - 4}" y="{y(high) + 4:.1f}" font-size="9" text-anchor="end">{_fmt(high)}</text>')
+    parts.append(f'<text x="{PAD - 4}" y="{y(low) + 4:.1f}" font-size="9" text-anchor="end">{_fmt(low)}</text>')
+    parts.append(f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" stroke="#555"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def render_html(experiment: Experiment) -> str:
     """The whole view as one HTML fragment."""
     trials = experiment.trials
@@ -151,6 +182,7 @@ def render_html(experiment: Experiment) -> str:
     finished = sum(t.status != RUNNING for t in trials)
     running = sum(t.status == RUNNING for t in trials)
     failed = sum(t.status == FAILED for t in trials)
+    pruned = sum(t.status == PRUNED for t in trials)
     percent = int(100 * finished / max(1, spec.max_trials))
     best = experiment.best
     rows = []
@@ -190,12 +222,12 @@ def render_html(experiment: Experiment) -> str:
         f"<b>{html.escape(experiment.backend)} experiment {html.escape(experiment.name)}</b> "
         f"({html.escape(spec.algorithm)}, {spec.goal} {html.escape(spec.objective)}): "
         f'<span class="nbmagic-status">{experiment.status}</span>, {finished}/{spec.max_trials} finished, '
-        f"{running} running, {failed} failed"
+        f"{running} running, {failed} failed{f', {pruned} pruned' if pruned else ''}"
         f'<div style="background:{theme.TRACK};width:{WIDTH}px;height:6px"><div style="background:#1f77b4;'
         f'width:{percent}%;height:6px"></div></div>'
         f'<div class="nbmagic-best">{best_text}</div>{note}{message}'
         f'<div style="display:flex;flex-wrap:wrap">{parallel_coordinates_svg(experiment, trials)}'
-        f"{objective_svg(experiment, trials)}</div>"
+        f"{objective_svg(experiment, trials)}{curves_svg(experiment, trials)}</div>"
         f'<table class="nbmagic-trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
     )
 
