@@ -136,8 +136,9 @@ def objective_svg(experiment: Experiment, trials: list[Trial]) -> str:
                 f"<title>trial {t.number}: {_fmt(t.objective)}</title></circle>"
             )
         parts.append(f'<polyline fill="none" stroke="#d62728" stroke-width="1.5" points="{" ".join(line)}"/>')
-        parts.append(f'<text x="{PAD - 4}" y="{y(high) + 4:.1f}" font-size="9" text-anchor="end">{_fmt(high)}</text>')
-        parts.append(f'<text x="{PAD - 4}" y="{y(low) + 4:.1f}" font-size="9" text-anchor="end">{_fmt(low)}</text>')
+        # inside the plot, just above their level: long or negative values are not cut at the left edge
+        parts.append(f'<text x="{PAD + 4}" y="{y(high) - 4:.1f}" font-size="9">{_fmt(high)}</text>')
+        parts.append(f'<text x="{PAD + 4}" y="{y(low) - 4:.1f}" font-size="9">{_fmt(low)}</text>')
     parts.append(f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" {AXIS}/>')
     parts.append("</svg>")
     return "".join(parts)

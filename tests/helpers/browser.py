@@ -62,7 +62,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class NotebookServer:
     """``jupyter notebook`` on 127.0.0.1 serving ``root``; ``env`` is added to the server's (and kernels') env."""
 
-    def __init__(self, root: Path, env: dict[str, str] | None = None, state: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, env: dict[str, str] | None = None, state: Path | None = None, app: str = "notebook"
+    ) -> None:
+        self.app = app  # "notebook" (Notebook 7, also serves JupyterLab at /lab) or "nbclassic"
         self.root = Path(root)
         self.state = Path(state or self.root.parent / f"{self.root.name}-jupyter")
         self.token = secrets.token_hex(16)
@@ -96,7 +99,7 @@ class NotebookServer:
             sys.executable,
             "-m",
             "jupyter",
-            "notebook",
+            self.app,
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
             f"--IdentityProvider.token={self.token}",
