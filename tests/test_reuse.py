@@ -174,6 +174,7 @@ def test_a_reused_cell_is_recorded_as_a_reuse_of_the_earlier_execution(ip, tmp_p
     notebook(ip, marker)
     restart(ip)
     notebook(ip, marker)
+    listing = str(run_ok(ip, "%runs"))  # the next cell sees the records of the reused cells, written meanwhile
     store = RunStore()
     sessions = [r for r in store.list_runs() if r.kind == "notebook"]
     assert len(sessions) == 2  # one record per pass over the notebook, not a run per cell
@@ -186,5 +187,31 @@ def test_a_reused_cell_is_recorded_as_a_reuse_of_the_earlier_execution(ip, tmp_p
 
     reused = {e.step: e.reused_execution for e in executions(store, sessions[0].id)}
     assert reused["load"] == first["load"]["id"]
-    listing = str(run_ok(ip, "%runs"))
     assert sessions[0].id in listing
+    trace = str(run_ok(ip, f"%lineage total --run {sessions[0].id}"))
+    assert f"reused run {sessions[1].id} step summary" in trace
+
+
+def test_a_step_spread_over_several_cells_simply_runs(ip, tmp_path, capsys):
+    marker = tmp_path / "ran.txt"
+    run_ok(ip, f"%%pipeline_parameters\nmarker = {str(marker)!r}\n")
+    run_ok(ip, "%pipeline_config --reuse")
+    first = "%%step both\nopen(marker, 'a').write('one ')\na = 1\n"
+    second = "%%step both\nopen(marker, 'a').write('two ')\nb = a + 1\n"
+    for _ in range(2):
+        run_ok(ip, first)
+        run_ok(ip, second)
+    assert ran(marker) == ["one", "two", "one", "two"]
+    assert ip.user_ns["b"] == 2
+    assert "both: runs (cannot be reused: the step spans several cells)" in capsys.readouterr().out
+
+
+def test_a_cell_run_again_in_the_same_kernel_keeps_every_name_it_binds(ip, tmp_path):
+    marker = tmp_path / "ran.txt"
+    notebook(ip, marker)
+    run_ok(ip, LOAD + "extra = 1\n")  # changed code: runs; `np` is bound again to the same module object
+    restart(ip)
+    ip.user_ns.pop("extra", None)
+    run_ok(ip, LOAD + "extra = 1\n")
+    assert ran(marker) == ["load", "transform", "summary", "load"]
+    assert ip.user_ns["np"].__name__ == "numpy" and ip.user_ns["extra"] == 1

@@ -200,7 +200,7 @@ class Reuse:
         entry = self.store.cache_get(key)
         needed = set(step.outputs) | set(step.metrics)
         if entry is not None and not entry.not_kept and needed <= set(entry.outputs):
-            loaded = self._load(entry.outputs)
+            loaded = self._load(entry.outputs, step.cell.code)
             if loaded is not None:
                 namespace.update(loaded)
                 self.keys[step.name] = key
@@ -227,7 +227,6 @@ class Reuse:
                     reused=entry.execution_id,
                 )
                 return "reused"
-        before = {name: id(namespace[name]) for name in step.writes if name in namespace}
         kept: list[str] = []
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, kept), _Tee(err, kept)
@@ -236,18 +235,23 @@ class Reuse:
         finally:
             sys.stdout, sys.stderr = out, err
         self.keys[step.name] = key
-        assigned = {n: namespace[n] for n in step.writes if n in namespace and before.get(n) != id(namespace[n])}
+        # every name the cell assigns, as the kernel holds it now (re-binding the same object, as a repeated
+        # import does, counts: a later reuse must bind it too)
+        assigned = {n: namespace[n] for n in step.writes if n in namespace}
         return self._store_results(plan, step, key, values, inputs, assigned, "".join(kept), started)
 
-    def _load(self, outputs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-        loaded: dict[str, Any] = {}
+    def _load(self, outputs: dict[str, dict[str, Any]], code: str) -> dict[str, Any] | None:
+        modules = [n for n, ref in outputs.items() if ref.get("type") == "module"]
+        loaded = _imports(code, modules) if modules else {}
         try:
             for name, ref in outputs.items():
-                loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True)
+                if name not in loaded:
+                    loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True)
         except Exception:  # noqa: BLE001 - a value gone or unreadable: the cell runs instead
             return None
         for name, value in loaded.items():
-            self.hasher.remember(value, outputs[name]["hash"])
+            if name not in modules:
+                self.hasher.remember(value, outputs[name]["hash"])
         return loaded
 
     def _earlier(self, execution_id: int, step: str) -> tuple[str, str]:
@@ -381,10 +385,42 @@ class Reuse:
             return {"hash": digest, "name": name}
 
 
+def _imports(code: str, names: list[str]) -> dict[str, Any]:
+    """Modules the cell binds with its own top-level import statements, imported again (what running it does);
+    names bound any other way are left out, to be loaded from the store."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return {}
+    found: dict[str, Any] = {}
+    wanted = set(names)
+    for node in tree.body:
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        bound = {alias.asname or alias.name.split(".")[0] for alias in node.names}
+        if not bound & wanted or "*" in bound:
+            continue
+        scope: dict[str, Any] = {}
+        try:
+            exec(compile(ast.Module([node], []), "<reused imports>", "exec"), scope)  # noqa: S102 - the cell's own import
+        except Exception:  # noqa: BLE001 - the store has the value
+            continue
+        found.update({n: scope[n] for n in bound & wanted if n in scope})
+    return found
+
+
 def _with(step: StepPlan, settings: StepSettings) -> StepPlan:
     from dataclasses import replace
 
     return replace(step, settings=settings)
+
+
+def _code(body: str) -> str:
+    from ..pipeline.analysis import to_python
+
+    return to_python(body).strip()
 
 
 _SESSIONS: WeakKeyDictionary[Any, Reuse] = WeakKeyDictionary()
@@ -400,26 +436,28 @@ def _might_reuse(state: Any, line: str) -> bool:
     )
 
 
-def run_step_cell(state: Any, name: str, line: str, namespace: dict[str, Any], run_body: Callable[[], None]) -> str:
+def run_step_cell(
+    state: Any, name: str, line: str, namespace: dict[str, Any], run_body: Callable[[], None], body: str | None = None
+) -> str:
     """Run a ``%%step`` cell in the kernel, reusing or storing its results when reuse is on for it.
 
     ``state`` is the kernel's recorder state (``plan()``, ``recorder``); ``run_body`` runs the cell as usual.
     Returns ``"reused"``, ``"stored"`` or ``"ran"``.
     """
-    if not _might_reuse(state, line):
-        run_body()
-        return "ran"
-    try:
-        plan = state.plan()
-        step = plan.step(name)
-    except NbMagicError as exc:
-        if "--reuse" in line:  # asked for on this cell: say why it cannot be
-            print(f"{name}: runs (cannot be reused: {exc})", flush=True)
+    plan = step = None
+    if _might_reuse(state, line):
+        try:
+            plan = state.plan()
+            step = plan.step(name)
+        except NbMagicError as exc:
+            if "--reuse" in line:  # asked for on this cell: say why it cannot be
+                print(f"{name}: runs (cannot be reused: {exc})", flush=True)
+            plan = None
+    if plan is not None and reuse_wanted(plan, step) and body is not None and _code(body) != step.cell.code.strip():
+        # one cell of a step spread over several: its results are the whole step's, so none is reused alone
+        print(f"{name}: runs (cannot be reused: the step spans several cells)", flush=True)
         plan = None
-    if plan is None:
-        run_body()
-        return "ran"
-    if not reuse_wanted(plan, step):
+    if plan is None or not reuse_wanted(plan, step):
         run_body()
         return "ran"
     from ..config import home
