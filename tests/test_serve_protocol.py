@@ -259,3 +259,30 @@ def test_kserve_inference_rest_client_v1_and_v2(clf, shell):
     assert got_v1 == {"predictions": expected}
     assert got_v2.id == "k-1" and got_v2.outputs[0].name == "predict"
     assert got_v2.outputs[0].as_numpy().tolist() == expected
+
+
+def test_kserve_grpc_client_keeps_id_and_dtype(shell):
+    from kserve.inference_client import InferenceGRPCClient
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    srv = shell.run_line_magic("serve", "clf --name clf-grpc --grpc")
+    X = shell.user_ns["X"][:3].astype(np.float32)
+
+    async def run():
+        grpc_client = InferenceGRPCClient(f"127.0.0.1:{srv.grpc_port}")
+        try:
+            tensor_in = InferInput(name="x", shape=list(X.shape), datatype="FP32")
+            tensor_in.set_data_from_numpy(X, binary_data=False)
+            return await grpc_client.infer(
+                InferRequest(model_name=srv.name, infer_inputs=[tensor_in], request_id="g-1")
+            )
+        finally:
+            await grpc_client.close()
+
+    try:
+        answer = asyncio.run(run())
+    finally:
+        srv.stop()
+    out = answer.outputs[0]
+    assert answer.id == "g-1" and (out.name, out.datatype) == ("predict", "INT64")
+    assert out.as_numpy().tolist() == shell.user_ns["clf"].predict(X).tolist()

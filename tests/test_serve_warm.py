@@ -68,3 +68,46 @@ def test_warm_process_can_be_turned_off(tmp_path):
     kinds, survivors = _run_kernel(tmp_path, NBMAGIC_SERVE_WARM="0")
     assert kinds == "Popen"
     assert survivors == []
+
+
+def test_a_kernel_starts_the_warm_process_at_load_ext_and_leaves_nothing_behind(tmp_path):
+    from jupyter_client.manager import start_new_kernel
+
+    env = dict(os.environ, NBMAGIC_HOME=str(tmp_path), PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    manager, kernel = start_new_kernel(kernel_name="python3", env=env, cwd=str(tmp_path))
+    printed: list[str] = []
+
+    def run(code: str) -> None:
+        reply = kernel.execute_interactive(
+            code,
+            timeout=120,
+            output_hook=lambda msg: (
+                printed.append(msg["content"].get("text", "")) if msg["msg_type"] == "stream" else None
+            ),
+        )
+        assert reply["content"]["status"] == "ok", reply["content"]
+
+    try:
+        run("%load_ext nbmagic")
+        run(
+            "import time\nfrom nbmagic.serve import warm\ndeadline = time.time() + 60\n"
+            "while warm._WARM is None and time.time() < deadline: time.sleep(0.05)\n"
+            "print('warm', warm._WARM.popen.pid if warm._WARM else 0)"
+        )
+        run("from sklearn.dummy import DummyClassifier\nmodel = DummyClassifier().fit([[0], [1]], [0, 1])")
+        run(
+            "server = %serve model\nprint('server', type(server.processes[0].popen).__name__, server.processes[0].popen.pid)"
+        )
+        run("print('predict', server.predict([[1]]))")
+    finally:
+        manager.shutdown_kernel(now=False)
+        kernel.stop_channels()
+    words = " ".join(printed).split()
+    warm_pid = int(words[words.index("warm") + 1])
+    kind, server_pid = words[words.index("server") + 1], int(words[words.index("server") + 2])
+    assert warm_pid and kind == "Forked"
+    assert words[words.index("predict") + 1] in ("[0]", "[1]")
+    deadline = time.monotonic() + 15
+    while (_alive(warm_pid) or _alive(server_pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(warm_pid) and not _alive(server_pid)

@@ -47,6 +47,13 @@ class ServerList:
 class ServeMagics(Magics):
     """The serving magic."""
 
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        if getattr(shell, "kernel", None) is not None:  # in a kernel (%load_ext): start the warm server process
+            from nbmagic.serve import warm  # in the background, so even the first %serve skips KServe's imports
+
+            warm.prestart()
+
     def _lookup(self, name: str, what: str) -> Any:
         ns = self.shell.user_ns
         if not name.isidentifier():
@@ -147,10 +154,5 @@ class ServeMagics(Magics):
 
 
 def register(ipython: Any) -> None:
-    """Register ``%serve`` on ``ipython`` (called from ``load_ipython_extension``). In a kernel, the warm server
-    process starts in the background, so that even the first ``%serve`` skips KServe's imports."""
+    """Register ``%serve`` on ``ipython``."""
     ipython.register_magics(ServeMagics)
-    if getattr(ipython, "kernel", None) is not None:
-        from nbmagic.serve import warm
-
-        warm.prestart()
