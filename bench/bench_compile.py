@@ -1,11 +1,12 @@
 """Compile size and time: today's compiler vs the baseline commit's, side by side in one run.
 
 For notebooks of N trivial data-flow steps (each reads the previous step's value and a pipeline parameter, and calls a
-helper function from an ordinary cell), each tree compiles the notebook in a fresh interpreter (``nbmagic.cli``'s
-notebook reader, then ``compile_pipeline``), without the cluster image (plain ``python:3.x`` steps) and with it.
-Reported: YAML bytes, bytes per step beyond the step's own code (the slope between the two smallest sizes, minus the
-cell and helper text each step carries), the first compile in the process (kfp's lazy imports included) and the best
-of three warm compiles; ratios are baseline / today.
+helper function from an ordinary cell), each tree compiles the notebook in a fresh interpreter (its notebook reader,
+then ``compile_pipeline``), without the cluster image (plain ``python:3.x`` steps) and with it.
+Reported: YAML bytes, bytes per step beyond the step's own code (the slope between the smallest and largest
+notebook, minus the cell and helper text each step carries), the first compile in the process (kfp's lazy imports
+included) and the best of three warm compiles; ratios are baseline / today. For scale, kfp's own minimum per step:
+the same data flow as bare components whose body is ``pass``.
 
     python bench/bench_compile.py [--steps 5 60 100] [--baseline a389263] [--markdown bench/RESULTS-compile.md]
 
@@ -31,9 +32,14 @@ DRIVER = r"""
 import json, sys, time, warnings
 warnings.simplefilter("ignore")
 notebook, image, with_image = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-import nbmagic.cli as cli
 from nbmagic.compile import kfp as compiler
-plan, defaults = cli._plan(notebook)
+try:  # the library API
+    from nbmagic.api import Pipeline
+    plan = Pipeline.from_notebook(notebook).plan
+    defaults = plan.defaults
+except ImportError:  # older trees: the command's own notebook reader
+    import nbmagic.cli as cli
+    plan, defaults = cli._plan(notebook)
 kwargs = {"defaults": defaults}
 if with_image:
     kwargs["image"] = image
@@ -46,6 +52,43 @@ for _ in range(4):
     times.append(time.perf_counter() - start)
 print(json.dumps({"bytes": len(text.encode()), "first": times[0], "warm": min(times[1:])}))
 """
+
+
+FLOOR = r"""
+import importlib.util, json, sys, tempfile, warnings
+from pathlib import Path
+from kfp import compiler
+warnings.simplefilter("ignore")
+n, with_image = int(sys.argv[1]), sys.argv[2] == "1"
+lines = ["from kfp import compiler, dsl", "from kfp.dsl import Artifact, Input, Output", ""]
+for i in range(n):
+    signature = "scale: int" + (f", in_x{i - 1}: Input[Artifact]" if i else "") + f", out_x{i}: Output[Artifact]"
+    extra = ", install_kfp_package=False" if with_image else ""
+    lines += [f"@dsl.component(base_image='python:3.11'{extra})", f"def s{i}({signature}):", "    pass", ""]
+lines += ["@dsl.pipeline(name='floor')", "def pipeline(scale: int = 2):"]
+for i in range(n):
+    inputs = f", in_x{i - 1}=t{i - 1}.outputs['out_x{i - 1}']" if i else ""
+    lines.append(f"    t{i} = s{i}(scale=scale{inputs})")
+with tempfile.TemporaryDirectory() as tmp:
+    module_path = Path(tmp) / "floor.py"
+    module_path.write_text("\n".join(lines) + "\n")
+    spec = importlib.util.spec_from_file_location("floor", module_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    compiler.Compiler().compile(module.pipeline, str(Path(tmp) / "floor.yaml"))
+    print(json.dumps({"bytes": len((Path(tmp) / "floor.yaml").read_bytes())}))
+"""
+
+
+def kfp_floor(steps: int, with_image: bool) -> int:
+    """YAML bytes of the same data flow as bare kfp components whose bodies are ``pass``: kfp's own minimum."""
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOR, str(steps), "1" if with_image else "0"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["bytes"]
 
 
 def notebook(path: Path, steps: int) -> int:
@@ -104,6 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
         work = Path(tmp)
         trees = {"baseline": baseline_tree(args.baseline, work), "today": ROOT}
+        floors = {(image, n): kfp_floor(n, image) for image in (False, True) for n in (steps[0], steps[-1])}
         results: dict[tuple, dict] = {}
         own: dict[int, int] = {}
         for n in steps:
@@ -134,6 +178,11 @@ def main() -> None:
         rows.append("")
         if hi > lo:
             for image in (False, True):
+                floor = (floors[(image, hi)] - floors[(image, lo)]) / (hi - lo)
+                rows.append(
+                    f"- kfp's own minimum, {'nbmagic image' if image else 'python:3.x'} (the same data flow as bare "
+                    f"components whose body is `pass`{', no kfp install' if image else ''}): {floor / 1e3:.2f} KB per step"
+                )
                 for label in trees:
                     slope = (results[(label, image, hi)]["bytes"] - results[(label, image, lo)]["bytes"]) / (hi - lo)
                     rows.append(

@@ -5,11 +5,20 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import Any
 
-from .reporting import Pruned, report  # noqa: F401 - ``from nbmagic import report`` in a step
+from .config import VERSION as __version__
+
+__all__ = ["Pruned", "__version__", "load_ipython_extension", "report", "unload_ipython_extension"]
+
+
+def __getattr__(name: str) -> Any:
+    """``from nbmagic import report, Pruned`` in a step (imported on first use, from the step runtime)."""
+    if name in ("report", "Pruned"):
+        from .runtime import report as reporting
+
+        return getattr(reporting, name)
+    raise AttributeError(f"module 'nbmagic' has no attribute {name!r}")
 
 
 def _magic_classes() -> list[type]:

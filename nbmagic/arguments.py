@@ -68,7 +68,8 @@ def parse(parser: argparse.ArgumentParser | Callable[..., Any], line: str) -> ar
     try:
         return found.parse_args(words)
     except UsageError as exc:
-        raise ArgumentError(f"{found.prog}: {exc}") from None
+        prog = found.prog if found.prog.startswith("%") else f"%{found.prog}"
+        raise ArgumentError(f"{prog}: {exc}") from None
 
 
 def attach_dash_values(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:

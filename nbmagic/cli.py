@@ -105,8 +105,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
         print(dumps(result))
     else:
-        print(result.text() if hasattr(result, "text") else result)
+        print(result.text(max_width=_cell_width()) if hasattr(result, "text") else result)
     return 0
+
+
+def _cell_width() -> int:
+    """How wide a table cell may be: half a terminal's width (at least 48), or whole when not printing to one."""
+    import shutil
+
+    if not sys.stdout.isatty():
+        return 10_000
+    return max(48, shutil.get_terminal_size((160, 24)).columns // 2)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nbmagic")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -132,6 +150,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbmagic", description="Notebook pipelines on Kubeflow, local first.")
+    parser.add_argument("--version", action="version", version=f"nbmagic {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
@@ -139,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a saved notebook's pipeline (locally in the notebook's folder, as Jupyter would, or on a KFP cluster with --host)",
     )
     run.add_argument("notebook")
-    run.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a pipeline parameter")
+    run.add_argument(
+        "--param", action="extend", nargs="+", metavar="NAME=VALUE", help="override pipeline parameters (one or more)"
+    )
     run.add_argument("--no-cache", action="store_true", help="run every step, reusing nothing")
     run.add_argument("--workers", type=int, default=None, help="steps run at once (default: cores)")
     run.add_argument("--name", help="pipeline name (default: the notebook's file name)")
@@ -179,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--from-kale", metavar="KALE.ipynb", help="the Kale notebook (cell tags) to convert")
     conv.add_argument("-o", "--output", required=True, help="the nbmagic notebook to write")
     conv.set_defaults(func=cmd_convert)
+
+    from .tune_cli import add_parser as add_tune
+
+    add_tune(sub)
     return parser
 
 

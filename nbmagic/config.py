@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+VERSION = "0.1.0"  # nbmagic.__version__; names the cluster image
 HOME_ENV = "NBMAGIC_HOME"
 
 

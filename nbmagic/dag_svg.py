@@ -9,12 +9,14 @@ import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .theme import BACKGROUND, FOREGROUND, MUTED
+
 
 @dataclass(frozen=True)
 class Node:
     key: str
     label: str
-    fill: str = "#e3f2fd"
+    fill: str = "rgba(30, 136, 229, 0.14)"  # a tint: the theme's text stays readable on it
     stroke: str = "#1e88e5"
     radius: float = 6
     bold: bool = False
@@ -35,7 +37,7 @@ class Style:
     gap_x: int = 40
     gap_y: int = 70
     font_size: int = 12
-    line: str = "#555"
+    line: str = "currentColor"  # the theme's text colour, drawn half-transparent
     marker: str = "arrow"  # the arrow head's id: distinct per kind of graph shown in one page
     label_chars: int = 22  # an edge's label is shortened to this
     node_chars: int | None = None  # a box's label too, when set
@@ -64,7 +66,7 @@ def svg(nodes: Sequence[Node], edges: Sequence[Edge], style: Style = Style()) ->
     for node in nodes:
         rows.setdefault(layer[node.key], []).append(node.key)
     width = max((len(r) for r in rows.values()), default=1) * (s.box_w + s.gap_x) + s.gap_x
-    height = len(rows) * (s.box_h + s.gap_y) + s.gap_y // 2
+    height = int(2 * (s.gap_y / 3) + len(rows) * (s.box_h + s.gap_y) - s.gap_y)  # no empty band below
     pos: dict[str, tuple[float, float]] = {}
     for depth in sorted(rows):
         names = rows[depth]
@@ -73,9 +75,9 @@ def svg(nodes: Sequence[Node], edges: Sequence[Edge], style: Style = Style()) ->
             pos[key] = ((width - row_w) / 2 + i * (s.box_w + s.gap_x), s.gap_y / 3 + depth * (s.box_h + s.gap_y))
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-        f'font-size="{s.font_size}">',
+        f'font-size="{s.font_size}" fill="currentColor" style="color: {FOREGROUND}">',
         f'<defs><marker id="{s.marker}" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-        f'<path d="M0,0 L8,4 L0,8 z" fill="{s.line}"/></marker></defs>',
+        f'<path d="M0,0 L8,4 L0,8 z" fill="{s.line}" fill-opacity="0.7"/></marker></defs>',
     ]
     extent = float(width)
     fanout: dict[str, int] = {}
@@ -85,7 +87,7 @@ def svg(nodes: Sequence[Node], edges: Sequence[Edge], style: Style = Style()) ->
         (sx, sy), (tx, ty) = pos[edge.source], pos[edge.target]
         x1, y1, x2, y2 = sx + s.box_w / 2, sy + s.box_h, tx + s.box_w / 2, ty
         dash = ' stroke-dasharray="4,3"' if edge.dashed else ""
-        arrow = f'stroke="{s.line}"{dash} marker-end="url(#{s.marker})"'
+        arrow = f'stroke="{s.line}" stroke-opacity="0.7"{dash} marker-end="url(#{s.marker})"'
         skip = layer[edge.target] - layer[edge.source] > 1
         cx = cy = 0.0
         if skip:
@@ -106,8 +108,8 @@ def svg(nodes: Sequence[Node], edges: Sequence[Edge], style: Style = Style()) ->
                 lx, ly = x1 + (x2 - x1) * t, y1 + (y2 - y1) * t
             anchor, dx = ("end", -6) if x2 < x1 - 1 and not skip else ("start", 6)
             parts.append(
-                f'<text x="{lx + dx}" y="{ly + 4}" text-anchor="{anchor}" fill="#444" stroke="#fff" stroke-width="3" '
-                f'paint-order="stroke"><title>{html.escape(full)}</title>{html.escape(label)}</text>'
+                f'<text x="{lx + dx}" y="{ly + 4}" text-anchor="{anchor}" stroke-width="3" paint-order="stroke" '
+                f'style="fill: {MUTED}; stroke: {BACKGROUND}"><title>{html.escape(full)}</title>{html.escape(label)}</text>'
             )
             extent = max(extent, lx + dx + 7 * len(label) if anchor == "start" else lx)
     for node in nodes:

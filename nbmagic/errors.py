@@ -9,10 +9,6 @@ class PipelineError(NbMagicError):
     """The recorded pipeline is not valid (names, cycles, unknown steps, undefined variables)."""
 
 
-class StepFailed(NbMagicError):
-    """A step raised while running."""
-
-
 class SerializationError(NbMagicError):
     """A value could not be stored or loaded."""
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 
-from . import __version__
+from .config import VERSION
 
 IMAGE_ENV = "NBMAGIC_IMAGE"
 
 
 def nbmagic_image() -> str:
-    return os.environ.get(IMAGE_ENV) or f"nbmagic:{__version__}"
+    return os.environ.get(IMAGE_ENV) or f"nbmagic:{VERSION}"

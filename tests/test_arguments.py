@@ -36,6 +36,10 @@ def test_usage_mistakes_are_one_line_naming_the_magic():
     with pytest.raises(ArgumentError) as caught:
         parse(runs, "--limit many")
     assert str(caught.value) == "%runs: argument --limit/-n: invalid int value: 'many'"
+    from nbmagic.magics.pipeline import PipelineMagics
+
+    with pytest.raises(ArgumentError, match=r"^%compile_run: unrecognized arguments: --bogus$"):
+        parse(PipelineMagics.compile_run, "--bogus  # a comment is not an argument")
 
 
 def test_lines_from_a_file_read_like_the_magic_line():

@@ -10,8 +10,9 @@ import json
 
 import pytest
 
+from helpers.kfp_outputs import metrics_from_outputs
 from helpers.plans import step as plan_step
-from nbmagic.compile.kfp import compile_pipeline, metrics_from_outputs
+from nbmagic.compile.kfp import compile_pipeline
 from nbmagic.pipeline.model import Cell, Parameter, PipelinePlan, StepPlan
 from nbmagic.runtime import marshal
 from nbmagic.runtime.step import execute

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nbmagic.compile.kfp import compile_pipeline, metrics_from_outputs
+from helpers.kfp_outputs import metrics_from_outputs
+from nbmagic.compile.kfp import compile_pipeline
 from nbmagic.pipeline.cells import read_cells
 from nbmagic.pipeline.notebook import read_notebook
 from nbmagic.pipeline.plan import build_plan

@@ -139,6 +139,7 @@ def test_a_component_runs_its_step_from_the_zipped_runtime_without_nbmagic_insta
     assert json.loads(lines["LOGGED"]) == {"total": 12}
     assert json.loads(lines["METADATA"])["hash"] == marshal.read_manifest(tmp_path / "out")["hash"]
     assert 'nbmagic-metric {"step": "double", "name": "total", "value": 12}' in out.stdout
+    assert not Path(lines["FROM"].split(".zip")[0] + ".zip").exists()  # the zip is removed when the step ends
 
 
 def test_a_step_error_from_the_zipped_runtime_points_at_the_notebook_cell(tmp_path):

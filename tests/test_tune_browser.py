@@ -79,7 +79,7 @@ def test_katib_form_in_notebook7_runs_trials_and_shows_the_best(notebook_server,
         trials.press("Tab")  # an IntText sends its value on blur or Enter
         form.locator("button", has_text="Run").click()
 
-        view = form.locator(".nbmagic-tune[data-status=succeeded]")
+        view = page.locator(".nbmagic-tune[data-status=succeeded]")  # an ordinary output under the form
         view.wait_for(timeout=90_000)
         summary = view.inner_text()
         best_text = view.locator(".nbmagic-best").inner_text()

@@ -9,8 +9,8 @@ import pytest
 
 from nbmagic.pipeline.cells import RawCell, read_cells
 from nbmagic.pipeline.plan import build_plan
-from nbmagic.reporting import katib_line
 from nbmagic.run.local import LocalRunner
+from nbmagic.runtime.report import katib_line
 from nbmagic.store.runs import RunStore
 from nbmagic.tune.local import LocalExperiment, pipeline_trial_runner
 from nbmagic.tune.space import ExperimentSpec, TuneError, parse_param
@@ -135,3 +135,21 @@ def test_form_field_and_katib_flags_build_the_same_early_stopping_spec():
     assert "--early-stopping medianstop --min-trials 3 --start-step 4" in form.command.value
     custom = parse(TuneMagics.katib, line + " --min-trials 5 --start-step 2")
     assert (build_spec(custom, Plan).min_trials, build_spec(custom, Plan).start_step) == (5, 2)
+
+
+def test_live_view_shows_pruned_trials_and_their_curves():
+    from nbmagic.tune.experiment import Experiment, Trial
+    from nbmagic.tune.view import render_html
+
+    spec = ExperimentSpec((parse_param("c=double(0,6)"),), "loss", early_stopping="medianstop").validate()
+    exp = Experiment("curves", spec)
+    exp._trials = [
+        Trial(0, {"c": 3.0}, "succeeded", 0.5, {"loss": 0.5}, curve=[(0, 2.0), (1, 1.0), (2, 0.5)]),
+        Trial(1, {"c": 0.5}, "pruned", None, curve=[(0, 4.0), (1, 3.5)], error="step 'train' stopped early"),
+        Trial(2, {"c": 2.0}, "running", None, curve=[(0, 2.5)]),
+    ]
+    page = render_html(exp)
+    assert "1 pruned" in page and 'class="nbmagic-curves"' in page
+    assert page.count("<polyline") >= 3 and 'stroke-dasharray="4 3"' in page
+    assert "<title>trial 1 (pruned)</title>" in page
+    assert "1 pruned" in exp.summary()

@@ -310,3 +310,23 @@ def test_early_stopping_becomes_katibs_medianstop():
     exp["spec"]["earlyStopping"]["algorithmSetting"] = exp["spec"]["earlyStopping"].pop("algorithmSettings")
     assert any("algorithmSetting" in p for p in schema_errors(exp))
     assert "earlyStopping" not in manifest(spec(algorithm="tpe"))["spec"]
+
+
+def test_a_trial_katib_stopped_early_is_pruned_not_failed():
+    from nbmagic.tune.katib import _trial_from
+
+    stopped = {
+        "metadata": {"name": "e-0003"},
+        "spec": {"parameterAssignments": [{"name": "lr", "value": "0.5"}]},
+        "status": {
+            "conditions": [
+                {"type": "Running", "status": "False"},
+                {"type": "EarlyStopped", "status": "True", "message": "Trial is early stopped"},
+            ],
+            "observation": {"metrics": [{"name": "val_loss", "latest": "0.9"}]},
+        },
+    }
+    trial = _trial_from(stopped, 3, "val_loss")
+    assert (trial.status, trial.error, trial.objective) == ("pruned", "Trial is early stopped", None)
+    stopped["status"]["conditions"][-1]["type"] = "Killed"
+    assert _trial_from(stopped, 3, "val_loss").status == "failed"

@@ -11,6 +11,7 @@ import ast
 import builtins
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import packages
 from ..errors import PipelineError
@@ -25,11 +26,12 @@ RUNTIME_CONSTANT = "NBMAGIC_RUNTIME"
 BOOTSTRAP = [
     "def nbmagic_bootstrap(runtime: str) -> None:",
     '    """Put nbmagic\'s runtime package (a zip, base64) on sys.path: Python imports straight from the zip."""',
-    "    import base64, os, sys, tempfile",
+    "    import atexit, base64, os, sys, tempfile",
     "",
     '    handle, path = tempfile.mkstemp(prefix="nbmagic-runtime-", suffix=".zip")',
     '    with os.fdopen(handle, "wb") as f:',
     "        f.write(base64.b64decode(runtime))",
+    "    atexit.register(os.unlink, path)",
     "    sys.path.insert(0, path)",
 ]
 OUTPUTS_CLASS = "PipelineOutputs"
@@ -315,7 +317,8 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
     if embedded:
         params.append(f"{RUNTIME_ARG}: str = {RUNTIME_CONSTANT}")
     returns = f" -> {OUTPUTS_CLASS}" if metric_steps else ""
-    description = f"Compiled by nbmagic from {plan.notebook}." if plan.notebook else "Compiled by nbmagic."
+    # the notebook's name, not this machine's path to it
+    description = f"Compiled by nbmagic from {Path(plan.notebook).name}." if plan.notebook else "Compiled by nbmagic."
     lines = [
         f"@dsl.pipeline(name={literal(kfp_pipeline_name(plan.name))}, description={literal(description)})",
         *_def_line(PIPELINE_FUNCTION, params, returns),

@@ -10,15 +10,13 @@ import importlib.util
 import sys
 import tempfile
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from ..errors import NbMagicError, PipelineError
 from ..pipeline.model import PipelinePlan
 from ..pipeline.settings import StepSettings
 from .bundle import runtime_base64
-from .generate import PIPELINE_FUNCTION, generate, metrics_output_name
+from .generate import PIPELINE_FUNCTION, generate
 
 
 def runtime_images(runtime_image: str | None = None) -> frozenset[str]:
@@ -148,25 +146,9 @@ def write_output(
     path = Path(output).expanduser()
     if not path.parent.is_dir():
         raise NbMagicError(f"--output {output}: folder {path.parent} does not exist")
+    if path.suffix.lower() not in (".yaml", ".yml", ".py"):
+        raise NbMagicError(f"--output {output}: name a .yaml file (KFP IR) or a .py file (readable KFP DSL)")
     if path.suffix == ".py":
         return export_dsl(plan, path, image=image, defaults=defaults, runtime_image=runtime_image)
     compile_pipeline(plan, output=path, image=image, defaults=defaults, runtime_image=runtime_image)
     return path
-
-
-def metrics_from_outputs(plan: PipelinePlan, outputs: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """Metric name -> value from a pipeline run's outputs (kfp.local's task ``.outputs``: ``Metrics`` artifacts).
-
-    kfp.local hands integers back as floats; whole floats of metrics that are ints in the notebook cannot be told
-    apart here, so values are returned as stored.
-    """
-    found: dict[str, Any] = {}
-    outputs = getattr(outputs, "outputs", outputs)
-    for step in plan.steps:
-        if not step.metrics:
-            continue
-        artifact = outputs[metrics_output_name(step.name)]
-        metadata = getattr(artifact, "metadata", artifact)
-        for name in step.metrics:
-            found[name] = metadata[name]
-    return found

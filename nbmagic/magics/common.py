@@ -39,11 +39,61 @@ def arguments(
 
 
 def in_notebook() -> bool:
-    """True under a Jupyter kernel (rich displays), False in terminal IPython or scripts."""
+    """True where rich displays are seen (JupyterLab, Notebook, VS Code, nbclient/papermill); False in terminal
+    IPython and scripts, and for Jupyter kernels driven by a text-only front end (``jupyter console``, qtconsole)."""
     try:
         from IPython import get_ipython
 
         shell = get_ipython()
     except ImportError:
         return False
-    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+    if shell is None or shell.__class__.__name__ != "ZMQInteractiveShell":
+        return False
+    return not text_only_front_end(shell)
+
+
+def text_only_front_end(shell: Any) -> bool:
+    """A kernel's front end shows only text when its requests carry no notebook cell id, it is not a headless
+    notebook run (those send ``allow_stdin`` false), and no notebook file or Jupyter server session names it."""
+    import os
+
+    request = _current_request(shell)
+    if (request.get("metadata") or {}).get("cellId"):
+        return False  # JupyterLab, Notebook 7, VS Code
+    if (request.get("content") or {}).get("allow_stdin") is False:
+        return False  # nbclient, nbconvert --execute, papermill: outputs are saved in a notebook
+    if os.environ.get("JPY_SESSION_NAME") or shell.user_ns.get("__vsc_ipynb_file__"):
+        return False
+    return not _server_knows_kernel()
+
+
+def headless() -> bool:
+    """A notebook run by nbclient (``nbconvert --execute``, papermill): nobody clicks, and the kernel stops after
+    the last cell, so work started in the background must be waited for."""
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    if shell is None or shell.__class__.__name__ != "ZMQInteractiveShell":
+        return False
+    return (_current_request(shell).get("content") or {}).get("allow_stdin") is False
+
+
+def _current_request(shell: Any) -> dict[str, Any]:
+    kernel = getattr(shell, "kernel", None)
+    try:
+        request = kernel.get_parent("shell") if kernel is not None else None
+    except Exception:  # older ipykernel
+        request = None
+    request = request or getattr(shell, "parent_header", None) or {}
+    return request if isinstance(request, dict) else {}
+
+
+@functools.lru_cache(maxsize=1)
+def _server_knows_kernel() -> bool:
+    """Whether a running Jupyter server has a notebook session on this kernel (classic Notebook 6 says nothing)."""
+    from ..pipeline.notebook import find_through_server, kernel_id
+
+    return find_through_server(kernel_id()) is not None

@@ -238,8 +238,9 @@ class PlanView:
         import html
 
         from ..pipeline.render import plan_svg, plan_text
+        from ..theme import MONO
 
-        return f"<div>{plan_svg(self.plan)}<pre>{html.escape(plan_text(self.plan))}</pre></div>"
+        return f"<div>{plan_svg(self.plan)}<pre style='{MONO}'>{html.escape(plan_text(self.plan))}</pre></div>"
 
 
 class ProgressView:
@@ -255,14 +256,15 @@ class ProgressView:
         if self.quiet:
             return
         if self.rich:
-            from IPython.display import HTML, display
+            from IPython.display import display
 
-            from ..run.result import progress_html
+            from ..run.result import progress_html, progress_text
 
+            data = {"text/html": progress_html(run), "text/plain": progress_text(run)}
             if self.handle is None:
-                self.handle = display(HTML(progress_html(run)), display_id=True)
+                self.handle = display(data, raw=True, display_id=True)
             else:
-                self.handle.update(HTML(progress_html(run)))
+                self.handle.update(data, raw=True)
         elif state is not None and self._last.get(state.name) != state.status:
             self._last[state.name] = state.status
             took = f" ({state.duration:.2f} s)" if state.status not in ("running", "pending") and state.duration else ""

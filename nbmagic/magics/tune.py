@@ -9,7 +9,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..arguments import parse
 from ..kube import PROFILE_NAMESPACE
-from .common import in_notebook, usage_errors
+from .common import headless, in_notebook, usage_errors
 
 SYNTAX = """\
 Search space, one --param per tuned parameter:
@@ -55,7 +55,9 @@ class TuneMagics(Magics):
     @argument("--name", help="experiment name (default: pipeline name + a hash of the search space)")
     @argument("--restart", action="store_true", help="forget the stored study of this experiment")
     @argument("--no-cache", action="store_true", help="run every step in every trial")
-    @argument("--wait", action="store_true", help="block until the experiment ends")
+    @argument(
+        "--wait", action="store_true", help="block until the experiment ends (always, in nbconvert and papermill runs)"
+    )
     @argument("--quiet", action="store_true", help="no live view")
     @argument("--notebook", help="the notebook file, when the kernel cannot find it")
     @argument("--host", help="KFP API URL: run a Katib Experiment on that cluster; trials run the pipeline there")
@@ -113,9 +115,10 @@ class TuneMagics(Magics):
 
         form = TuneForm(plan.parameters, plan.metrics, on_run, defaults=defaults)
         holder["form"] = form
-        from IPython.display import display
-
-        display(form.widget)
+        if not in_notebook():  # a terminal cannot show the form: the same settings as a command line
+            print(form.command_line())
+            return None
+        form.show()
         return FormHandle(form, self.shell)
 
     def _start(self, plan: Any, args: Any, spec: Any, target: Any = None) -> Any:
@@ -134,9 +137,11 @@ class TuneMagics(Magics):
             service_account=args.service_account,
             api_server=args.api_server,
         )
-        show(experiment, self.shell, quiet=args.quiet, target=target)
-        if args.wait:
+        view = show(experiment, self.shell, quiet=args.quiet, target=target)
+        if args.wait or (target is None and headless()):  # nbconvert/papermill stop the kernel after the last cell
             experiment.wait()
+            if view is not None:
+                view.refresh()  # the final state, published while this cell still runs (and is saved)
         return experiment
 
     katib.__doc__ = (katib.__doc__ or "") + "\n\n" + SYNTAX
@@ -165,17 +170,17 @@ def build_spec(args: Any, plan: Any) -> Any:
     )
 
 
-def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None) -> None:
+def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None) -> Any:
     """Attach the live view (HTML in notebooks; in a terminal, a line per finished trial and the summary)."""
     from ..tune.view import LiveView
 
     experiment._shown_in = getattr(shell, "execution_count", None)
     if quiet:
-        return
+        return None
     if target is not None:
-        LiveView(experiment, target=target).show()
-    elif in_notebook():
-        LiveView(experiment).show()
+        return LiveView(experiment, target=target).show()
+    if in_notebook():
+        return LiveView(experiment).show()
     else:
         print(
             f"nbmagic: {experiment.backend} experiment {experiment.name!r} started "
@@ -187,6 +192,7 @@ def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None
         from ..tune.view import TerminalView
 
         TerminalView(experiment).attach().update(experiment)
+    return None
 
 
 class FormHandle:
@@ -207,12 +213,11 @@ class FormHandle:
 
     def _ipython_display_(self) -> None:
         from IPython import get_ipython
-        from IPython.display import display
 
         shell = get_ipython()
         if shell is not None and getattr(shell, "execution_count", None) == self._shown_in:
             return  # already displayed by %katib in this cell
-        display(self.form.widget)
+        self.form.show()
 
     def __repr__(self) -> str:
         return f"<%katib form; experiment: {self.form.experiment!r}>"

@@ -9,6 +9,7 @@ import symtable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..arguments import split
 from ..errors import PipelineError
 
 # IPython's output history (`_`, `__`, `_5`, `_i5`): never a step's value
@@ -347,7 +348,7 @@ def _magic_code(tree: ast.AST) -> list[str]:
             if isinstance(name, ast.Constant) and name.value in CODE_CELL_MAGICS and isinstance(body, ast.Constant):
                 found.append(str(body.value))
                 if name.value == "capture" and isinstance(line, ast.Constant):
-                    words = [w for w in str(line.value).split() if not w.startswith("-")]
+                    words = [w for w in split(str(line.value)) if not w.startswith("-")]
                     if words:
                         found.append(f"{words[0]} = None")
     return found

@@ -10,7 +10,7 @@ from typing import Any
 from .. import arguments
 from ..errors import NbMagicError, PipelineError
 from .analysis import parse, to_python
-from .model import Cell, Parameter, Step, check_name
+from .model import PARAMETER_TYPES, Cell, Parameter, Step, check_name
 from .settings import SETTING_ARGUMENTS, StepSettings, settings_from_args
 
 STEP_MAGIC = "step"
@@ -88,7 +88,7 @@ def parse_parameters(code: str, where: str, first_line: int = 2) -> dict[str, Pa
             raise PipelineError(
                 f"{where}, line {statement.lineno}: parameter {target.id!r} must be a literal int, float, str or bool, not `{ast.unparse(value_node)}`"
             ) from None
-        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value))
+        kind = PARAMETER_TYPES.get(type(value))
         if kind is None:
             raise PipelineError(
                 f"{where}, line {statement.lineno}: parameter {target.id!r} is a {type(value).__name__}; parameters are int, float, str or bool"
@@ -142,6 +142,18 @@ def cell_magic(source: str) -> tuple[str, str, str] | None:
     first, _, body = stripped.partition("\n")
     name, _, line = first[2:].partition(" ")
     return name.strip(), line.strip(), body
+
+
+def step_name(source: str) -> str | None:
+    """The name a ``%%step`` cell gives its step ("" when it gives none); None for any other cell."""
+    magic = cell_magic(source)
+    if not magic or magic[0] != STEP_MAGIC:
+        return None
+    try:
+        words = arguments.split(magic[1])
+    except NbMagicError:
+        return ""
+    return words[0] if words else ""
 
 
 def _metrics_lines(code: str) -> list[str]:

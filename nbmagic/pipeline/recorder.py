@@ -8,13 +8,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cells import CONFIG_MAGIC, METRICS_MAGIC, PARAMETERS_MAGIC, STEP_MAGIC, Notebook, RawCell, cell_magic, read_cells
+from .cells import (
+    CONFIG_MAGIC,
+    METRICS_MAGIC,
+    PARAMETERS_MAGIC,
+    STEP_MAGIC,
+    Notebook,
+    RawCell,
+    cell_magic,
+    read_cells,
+    step_name,
+)
 from .notebook import read_notebook
 from .settings import StepSettings
 
 
 @dataclass
-class Execution:
+class RecordedCell:
+    """A cell as the kernel last ran it (not a step execution: those are ``store.lineage.RecordedCell``)."""
+
     source: str
     cell_id: str | None
     first: int  # first-execution order
@@ -29,10 +41,7 @@ def _kind(source: str) -> str:
 
 
 def _step_name(source: str) -> str | None:
-    magic = cell_magic(source)
-    if magic and magic[0] == STEP_MAGIC and magic[1].split():
-        return magic[1].split()[0]
-    return None
+    return step_name(source) or None
 
 
 def _parameter_names(body: str) -> set[str]:
@@ -65,7 +74,7 @@ class Recorder:
     """Cells executed in this kernel; the source of truth when no notebook file is known."""
 
     def __init__(self) -> None:
-        self._cells: dict[tuple[str, str], Execution] = {}
+        self._cells: dict[tuple[str, str], RecordedCell] = {}
         self._count = 0
         self._last: tuple[str, str] | None = None
         self.notes: list[str] = []  # placements the kernel could only guess, from the latest cells()
@@ -78,7 +87,7 @@ class Recorder:
             return ("id", cell_id)
         magic = cell_magic(source)
         if magic and magic[0] == STEP_MAGIC:
-            return ("step", magic[1].split()[0] if magic[1].split() else "")
+            return ("step", step_name(source) or "")
         if magic and magic[0] == PARAMETERS_MAGIC:
             # the names it declares: re-running it with new values replaces it, another parameters cell adds to it
             return ("parameters", ",".join(sorted(_parameter_names(magic[2]))))
@@ -118,12 +127,12 @@ class Recorder:
         previous = self._cells.get(key)
         self._count += 1
         if previous is None:
-            self._cells[key] = Execution(source, cell_id, self._count, time.time(), self._last)
+            self._cells[key] = RecordedCell(source, cell_id, self._count, time.time(), self._last)
         else:
             history = previous.history
             if previous.source != source:
                 history = (*[h for h in history if h != previous.source], previous.source)[-20:]
-            self._cells[key] = Execution(source, cell_id, previous.first, time.time(), previous.after, history)
+            self._cells[key] = RecordedCell(source, cell_id, previous.first, time.time(), previous.after, history)
         self._last = key
 
     def cell_ids(self) -> list[str]:
@@ -134,8 +143,7 @@ class Recorder:
         """Drop a recorded step, every part of it, by name (for front ends without cell ids or files)."""
         found = False
         for key, execution in list(self._cells.items()):
-            magic = cell_magic(execution.source)
-            if magic and magic[0] == STEP_MAGIC and magic[1].split()[:1] == [name]:
+            if _step_name(execution.source) == name:
                 del self._cells[key]
                 found = True
         return found
@@ -194,7 +202,7 @@ class Recorder:
         return notebook
 
 
-def match_executions(file_cells: list[RawCell], executions: list[Execution]) -> dict[int, Execution]:
+def match_executions(file_cells: list[RawCell], executions: list[RecordedCell]) -> dict[int, RecordedCell]:
     """Which execution (if any) is each file cell's, keyed by the cell's position in ``file_cells``.
 
     In turn: the nbformat cell id (JupyterLab, Notebook 7); then, for executions whose id the file does not
@@ -203,7 +211,7 @@ def match_executions(file_cells: list[RawCell], executions: list[Execution]) -> 
     the position: the one unmatched execution between two matched neighbours takes the one unmatched file
     cell of its kind between them.
     """
-    matched: dict[int, Execution] = {}
+    matched: dict[int, RecordedCell] = {}
     known = {c.cell_id for c in file_cells if c.cell_id}
     by_id = {e.cell_id: e for e in executions if e.cell_id in known}
     for pos, cell in enumerate(file_cells):
@@ -211,7 +219,7 @@ def match_executions(file_cells: list[RawCell], executions: list[Execution]) -> 
             matched[pos] = by_id[cell.cell_id]
     rest = [e for e in executions if e.cell_id not in known]
 
-    def claim(test: Callable[[Execution, RawCell], bool]) -> None:
+    def claim(test: Callable[[RecordedCell, RawCell], bool]) -> None:
         for execution in list(rest):
             for pos, cell in enumerate(file_cells):
                 if pos not in matched and test(execution, cell):
@@ -225,7 +233,7 @@ def match_executions(file_cells: list[RawCell], executions: list[Execution]) -> 
     # first-execution order approximates screen order (Run All runs top to bottom)
     file_pos = {id(e): pos for pos, e in matched.items()}
 
-    def neighbours(execution: Execution) -> tuple[int, int]:
+    def neighbours(execution: RecordedCell) -> tuple[int, int]:
         i = executions.index(execution)
         before = next((file_pos[id(e)] for e in reversed(executions[:i]) if id(e) in file_pos), -1)
         after = next((file_pos[id(e)] for e in executions[i + 1 :] if id(e) in file_pos), len(file_cells))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import theme
 from .model import PipelinePlan
 
 
@@ -21,6 +22,15 @@ def plan_text(plan: PipelinePlan) -> str:
             + (f"  [parameters: {reads}]" if reads else "")
             + (f"  -> metrics: {', '.join(step.metrics)}" if step.metrics else "")
         )
+        if step.carried:
+            by_cell: dict[str, list[str]] = {}
+            for label, name in step.carried:
+                by_cell.setdefault(label, []).append(name)
+            lines.append(
+                "    carries: " + "; ".join(f"{label}: {', '.join(names)}" for label, names in by_cell.items())
+            )
+        if step.in_place:
+            lines.append("    changes in place: " + ", ".join(var for var, _ in step.in_place))
     edges = plan.edges
     if edges:
         lines.append("edges:")
@@ -37,7 +47,7 @@ def plan_svg(plan: PipelinePlan) -> str:
     """The DAG as SVG: one row per layer, edges labelled with the variables that flow on them."""
     from ..dag_svg import Edge, Node, svg
 
-    nodes = [Node(s.name, s.name, fill="#e8f5e9" if s.metrics else "#e3f2fd") for s in plan.steps]
+    nodes = [Node(s.name, s.name, fill=theme.METRIC_BOX if s.metrics else theme.STEP_BOX) for s in plan.steps]
     edges = [
         Edge(e.source, e.target, ", ".join(e.variables), dashed=e.explicit and not e.variables) for e in plan.edges
     ]

@@ -110,23 +110,36 @@ _COLORS = {
 
 def progress_html(run: Run) -> str:
     """A table of step states, times and metrics; used live while the run goes and as the Run's display."""
+    from ..theme import CELL, ERROR
+
     rows = []
     for state in run.steps.values():
         duration = f"{state.duration:.2f} s" if state.duration is not None else ""
-        color = _COLORS.get(state.status, "#000")
-        error = f"<div style='color:#e53935'>{html.escape(state.error or '')}</div>" if state.error else ""
+        color = _COLORS.get(state.status, "inherit")
+        error = f"<div style='color:{ERROR}'>{html.escape(state.error or '')}</div>" if state.error else ""
         rows.append(
-            f"<tr><td style='text-align:left'>{html.escape(state.name)}</td>"
-            f"<td style='text-align:left;color:{color};font-weight:bold'>{state.status}</td>"
-            f"<td style='text-align:right'>{duration}</td><td style='text-align:left'>{error}</td></tr>"
+            f"<tr><td style='{CELL}'>{html.escape(state.name)}</td>"
+            f"<td style='{CELL};color:{color};font-weight:bold'>{state.status}</td>"
+            f"<td style='{CELL};text-align:right'>{duration}</td><td style='{CELL}'>{error}</td></tr>"
         )
     metrics = ", ".join(f"{html.escape(k)} = {v:.4g}" for k, v in run.metrics.items())
     head = (
         f"<b>run {html.escape(run.id)}</b> · {html.escape(run.pipeline)} · "
-        f"<span style='color:{_COLORS.get(run.status, '#000')}'>{run.status}</span> · {run.duration:.2f} s"
+        f"<span style='color:{_COLORS.get(run.status, 'inherit')}'>{run.status}</span> · {run.duration:.2f} s"
         + (f" · {metrics}" if metrics else "")
     )
     return (
-        f"<div>{head}<table><thead><tr><th style='text-align:left'>step</th><th style='text-align:left'>status</th>"
-        f"<th>time</th><th></th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        f"<div>{head}<table><thead><tr><th style='{CELL}'>step</th><th style='{CELL}'>status</th>"
+        f"<th style='{CELL}'>time</th><th></th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
+
+
+def progress_text(run: Run) -> str:
+    """The same as text: a line per step, as a terminal shows them (for text-only front ends and exports)."""
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in run.metrics.items())
+    lines = [f"run {run.id} {run.pipeline}: {run.status} in {run.duration:.2f} s" + (f"; {metrics}" if metrics else "")]
+    for state in run.steps.values():
+        took = f" ({state.duration:.2f} s)" if state.duration is not None and state.status != "pending" else ""
+        error = f": {(state.error or '').strip().splitlines()[-1]}" if state.error and state.error.strip() else ""
+        lines.append(f"  {state.name}: {state.status}{took}{error}")
+    return "\n".join(lines)

@@ -457,16 +457,6 @@ def record_cluster_run(
     )
 
 
-def refresh_cluster_run(store: RunStore, run: Any) -> None:
-    """Copy a cluster run's current status (and end time once finished) into the index."""
-    status = str(getattr(run, "status", "") or "running")
-    fields: dict[str, Any] = {"status": status}
-    if getattr(run, "finished", False):
-        fields["ended"] = time.time()
-        fields["error"] = getattr(run, "error", None)
-    store.update_run(run.id, **fields)
-
-
 def dumps(table: RunTable) -> str:
     """The table as JSON (for ``nbmagic runs --json``)."""
     return json.dumps(table.to_records(), indent=1, default=str)

@@ -146,21 +146,6 @@ def step_code_hash(store: Any, ex: Execution, _seen: int = 0) -> str | None:
     return None
 
 
-def backfill_code_hashes(store: Any, run_ids: Iterable[str] | None = None) -> int:
-    """Write code hashes found in spec files into the index (before gc removes run folders); returns how many."""
-    rows = [_execution_from_row(r) for r in store.execution_rows(_EXEC_COLUMNS, missing_code_hash=True)]
-    wanted = set(run_ids) if run_ids is not None else None
-    updates = []
-    for ex in rows:
-        if wanted is not None and ex.run_id not in wanted and not ex.reused_execution:
-            continue
-        digest = step_code_hash(store, ex)
-        if digest:
-            updates.append((digest, ex.id))
-    store.set_code_hashes(updates)
-    return len(updates)
-
-
 def resolve_artifact(store: Any, text: str) -> ArtifactRef:
     """An artifact from ``artifact:ID``, a numeric id, or a value hash / unique hash prefix (6+ characters)."""
     text = text.strip()
@@ -409,10 +394,11 @@ def _size(size: int | None) -> str:
 
 
 _STYLE = {
-    "param": ("#fff8e1", "#f9a825", 40),
-    "value": ("#e3f2fd", "#1e88e5", 6),
-    "root": ("#c8e6c9", "#2e7d32", 6),
-    "exec": ("#f3e5f5", "#8e24aa", 0),
+    # translucent tints: the theme's text colour stays readable on them, in light and dark themes
+    "param": ("rgba(249, 168, 37, 0.18)", "#f9a825", 40),
+    "value": ("rgba(30, 136, 229, 0.14)", "#1e88e5", 6),
+    "root": ("rgba(46, 125, 50, 0.22)", "#2e7d32", 6),
+    "exec": ("rgba(142, 36, 170, 0.16)", "#8e24aa", 0),
 }
 
 
@@ -420,5 +406,5 @@ def _svg(nodes: dict[str, tuple[str, str]], edges: set[tuple[str, str]]) -> str:
     from ..dag_svg import Edge, Node, Style, svg
 
     boxes = [Node(key, label, *_STYLE[kind], bold=kind in ("root", "exec")) for key, (label, kind) in nodes.items()]
-    style = Style(box_w=140, box_h=30, gap_x=24, gap_y=40, font_size=11, line="#666", marker="lin-arrow", node_chars=22)
+    style = Style(box_w=140, box_h=30, gap_x=24, gap_y=40, font_size=11, marker="lin-arrow", node_chars=22)
     return svg(boxes, [Edge(a, b) for a, b in sorted(edges)], style)

@@ -14,7 +14,7 @@ from ..errors import NbMagicError
 from .space import (
     ALGORITHMS,
     GOALS,
-    PARAMETER_TYPES,
+    SPACE_TYPES,
     ExperimentSpec,
     ParameterSpace,
     TuneError,
@@ -25,7 +25,14 @@ from .space import (
     suggest_space,
 )
 
-ERROR_STYLE = "color:#b00020"
+ERROR_STYLE = "color:#e53935"  # mid-tone red: readable in light and dark themes
+# the row's column widths, shared by the header so its labels sit over their inputs
+COLUMNS = (("tune / fixed", 140), ("type", 110), ("min", 90), ("max", 90), ("log", 50), ("step", 70), ("values", 220))
+NO_WIDGETS = (
+    "The %katib form is an ipywidgets widget, and this front end cannot show widgets. In classic Notebook 6 or "
+    "nbclassic install them into the Jupyter server's environment: pip install widgetsnbextension "
+    "(JupyterLab and Notebook 7: pip install jupyterlab_widgets), then reload the page. Or tune with flags:\n"
+)
 
 
 class _Row:
@@ -36,17 +43,18 @@ class _Row:
 
         space = suggest_space(parameter)
         self.parameter = parameter
-        self.tune = w.Checkbox(value=tuned, description=parameter.name, indent=False, layout=w.Layout(width="140px"))
-        self.type = w.Dropdown(options=list(PARAMETER_TYPES), value=space.type, layout=w.Layout(width="110px"))
+        width = {name: w.Layout(width=f"{px}px") for name, px in COLUMNS}
+        self.tune = w.Checkbox(value=tuned, description=parameter.name, indent=False, layout=width["tune / fixed"])
+        self.type = w.Dropdown(options=list(SPACE_TYPES), value=space.type, layout=width["type"])
         self.min = w.Text(
-            value=_fmt(space.min) if space.min is not None else "", placeholder="min", layout=w.Layout(width="90px")
+            value=_fmt(space.min) if space.min is not None else "", placeholder="min", layout=width["min"]
         )
         self.max = w.Text(
-            value=_fmt(space.max) if space.max is not None else "", placeholder="max", layout=w.Layout(width="90px")
+            value=_fmt(space.max) if space.max is not None else "", placeholder="max", layout=width["max"]
         )
-        self.log = w.Checkbox(value=space.log, description="log", indent=False, layout=w.Layout(width="50px"))
-        self.step = w.Text(value="", placeholder="step", layout=w.Layout(width="70px"))
-        self.values = w.Text(value=", ".join(space.values), placeholder="a, b, c", layout=w.Layout(width="220px"))
+        self.log = w.Checkbox(value=space.log, description="log", indent=False, layout=width["log"])
+        self.step = w.Text(value="", placeholder="step", layout=width["step"])
+        self.values = w.Text(value=", ".join(space.values), placeholder="a, b, c", layout=width["values"])
         self.fixed = w.Text(value=str(parameter.default), placeholder="value", layout=w.Layout(width="220px"))
         self.error = w.HTML(value="")
         self.widget = w.HBox(
@@ -86,6 +94,23 @@ class _Row:
         import html
 
         self.error.value = f'<span style="{ERROR_STYLE}">{html.escape(message)}</span>' if message else ""
+
+
+def _form_box(children: list[Any]) -> Any:
+    import ipywidgets as w
+
+    class FormBox(w.VBox):
+        """The form's box; its text form (for front ends without widgets) says how to get them, or what to type."""
+
+        fallback = ""
+
+        def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+            bundle = super()._repr_mimebundle_(**kwargs)
+            if self.fallback and isinstance(bundle, dict):
+                bundle["text/plain"] = self.fallback
+            return bundle
+
+    return FormBox(children)
 
 
 class TuneForm:
@@ -141,15 +166,17 @@ class TuneForm:
             description="early stop",
         )
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
-        self.stop_button = w.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
+        self.stop_button = w.Button(description="Stop", button_style="", icon="stop", disabled=True)
         self.error = w.HTML(value="")
         self.command = w.HTML(value="")
-        self.view = w.HTML(value="")
+        self.view: Any = None  # the display handle of the output under the form, where the live view goes
         self.output = w.Output()
         self.run_button.on_click(lambda button: self.run())
         self.stop_button.on_click(lambda button: self.stop())
-        header = w.HTML("<b>tune</b> / fixed &nbsp; type &nbsp; min &nbsp; max &nbsp; log &nbsp; step &nbsp; values")
-        self.widget = w.VBox(
+        header = w.HBox(
+            [w.HTML(f"<b>{name}</b>", layout=w.Layout(width=f"{px}px")) for name, px in COLUMNS],
+        )
+        self.widget = _form_box(
             [
                 header,
                 *(row.widget for row in self.rows),
@@ -161,16 +188,34 @@ class TuneForm:
                 w.HBox([self.run_button, self.stop_button]),
                 self.error,
                 self.command,
-                self.view,
                 self.output,
             ]
         )
         self.widget.add_class("nbmagic-katib-form")
+        self.widget.fallback = NO_WIDGETS + self.command_line()
 
     def _ipython_display_(self) -> None:
+        self.show()
+
+    def show(self) -> None:
+        """Display the form, and under it an ordinary output the live view fills (kept when the notebook is saved)."""
         from IPython.display import display
 
         display(self.widget)
+        self.view = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def command_line(self) -> str:
+        """The form's current settings as a ``%katib`` line (what a terminal shows instead of the form)."""
+        import shlex
+
+        shown = [self.error.value, self.command.value, *(row.error.value for row in self.rows)]
+        spec = self.build_spec()
+        self.error.value, self.command.value = shown[0], shown[1]  # asking changes nothing on screen
+        for row, error in zip(self.rows, shown[2:]):
+            row.error.value = error
+        if spec is None:
+            return "%katib --param NAME=double(MIN,MAX) ..."
+        return "%katib " + " ".join(shlex.quote(a) for a in spec.to_args())
 
     def row(self, name: str) -> _Row:
         return next(r for r in self.rows if r.parameter.name == name)
@@ -239,18 +284,23 @@ class TuneForm:
                 traceback.print_exc()
                 return None
         if self.experiment is not None:
-            self.stop_button.disabled = False
+            self._stoppable(True)
             self.experiment.on_update(self._ended)
         return self.experiment
 
     def _ended(self, experiment: Any) -> None:
         if experiment.done:
-            self.stop_button.disabled = True
+            self._stoppable(False)
 
     def stop(self) -> None:
         if self.experiment is not None:
             self.experiment.stop()
-            self.stop_button.disabled = True
+            self._stoppable(False)
+
+    def _stoppable(self, on: bool) -> None:
+        """A disabled Stop button is plain, not a bright warning colour."""
+        self.stop_button.disabled = not on
+        self.stop_button.button_style = "warning" if on else ""
 
     # the form stands in for its experiment: `exp = %katib` then `exp.best` after clicking Run
     def _current(self) -> Any:

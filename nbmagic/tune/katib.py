@@ -15,7 +15,7 @@ from typing import Any
 
 from ..images import nbmagic_image
 from ..kube import PROFILE_NAMESPACE, api_client
-from .experiment import FAILED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial
+from .experiment import FAILED, PRUNED, RUNNING, STOPPED, SUCCEEDED, Experiment, Trial
 from .space import ExperimentSpec, _fmt
 
 GROUP, VERSION, PLURAL, TRIALS = "kubeflow.org", "v1beta1", "experiments", "trials"
@@ -205,8 +205,10 @@ def _trial_from(obj: Mapping[str, Any], index: int, objective: str) -> Trial:
     if "Succeeded" in conditions:
         state = SUCCEEDED if objective in metrics else FAILED
         error = None if objective in metrics else f"metric {objective!r} was not collected"
-    elif {"Failed", "MetricsUnavailable", "Killed", "EarlyStopped"} & set(conditions):
-        kind = next(k for k in ("Failed", "MetricsUnavailable", "Killed", "EarlyStopped") if k in conditions)
+    elif "EarlyStopped" in conditions:  # medianstop stopped it: pruned, not failed
+        state, error = PRUNED, conditions["EarlyStopped"].get("message") or "stopped early by medianstop"
+    elif {"Failed", "MetricsUnavailable", "Killed"} & set(conditions):
+        kind = next(k for k in ("Failed", "MetricsUnavailable", "Killed") if k in conditions)
         state, error = FAILED, conditions[kind].get("message") or kind
     started, ended = status.get("startTime"), status.get("completionTime")
     return Trial(

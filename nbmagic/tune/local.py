@@ -6,6 +6,7 @@ The study lives in the run store (``config.home()/tune/<name>.journal``, Optuna'
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -245,8 +246,13 @@ class LocalExperiment(Experiment):
                 )
             _LIVE[key] = self
         try:
+            from .ownership import StudyLock
+
+            self._owner = StudyLock(self.path.with_suffix(""), self.name).acquire()  # across processes
             self._open_study()
         except BaseException:
+            if getattr(self, "_owner", None) is not None:
+                self._owner.release()
             with _LIVE_LOCK:
                 _LIVE.pop(key, None)
             raise
@@ -355,6 +361,8 @@ class LocalExperiment(Experiment):
                 self.status = STOPPED if self._stopping else SUCCEEDED
             if self.status == STOPPED and not self.message:
                 self.message = "stopped: finished trials are kept; run the same experiment again to resume"
+        if getattr(self, "_owner", None) is not None:
+            self._owner.release()
         self._done.set()
         with _LIVE_LOCK:
             if _LIVE.get(str(self.path.resolve())) is self:
@@ -384,6 +392,8 @@ class _Reporter:
 
     def __init__(self, experiment: LocalExperiment, optuna_trial: Any, trial: Trial) -> None:
         self._experiment, self._optuna, self._trial = experiment, optuna_trial, trial
+        spec = experiment.spec
+        self.wait_from = spec.start_step if spec.early_stopping else 0  # values before it are never pruned
 
     def __call__(self, step: int | None, metrics: Mapping[str, float]) -> bool:
         spec = self._experiment.spec
@@ -461,11 +471,13 @@ def pipeline_trial_runner(
 class ReportWatcher:
     """Follows the report files of a run's running steps; writes the prune mark when the reporter says so."""
 
-    POLL = 0.02
+    POLL = 0.005  # a step may be waiting for the decision on its value
+    SLOW_POLL = 0.1  # nothing can be pruned: values only feed the curves
 
     def __init__(self, store: Any, reporter: Callable[..., bool]) -> None:
         self._store, self._reporter = store, reporter
         self._files: dict[str, int] = {}  # path -> bytes read
+        self._lines: dict[str, int] = {}  # path -> lines decided
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nbmagic-reports", daemon=True)
@@ -475,17 +487,24 @@ class ReportWatcher:
         if state is not None and state.status == "running":
             path = str(self._store.run_dir(run.id) / f"{state.name}.reports.jsonl")
             with self._lock:
-                self._files.setdefault(path, 0)
+                if path not in self._files:
+                    self._files[path] = 0
+                    self._lines[path] = 0
+                    from ..runtime.report import watched_path
+
+                    # from which reported value on report() waits for the decision (0: it never needs to)
+                    Path(watched_path(path)).write_text(str(getattr(self._reporter, "wait_from", 1)))
 
     def _loop(self) -> None:
-        while not self._closed.wait(self.POLL):
+        poll = self.POLL if getattr(self._reporter, "wait_from", 1) else self.SLOW_POLL
+        while not self._closed.wait(poll):
             self.read()
         self.read()
 
     def read(self) -> None:
         import json
 
-        from ..reporting import prune_path
+        from ..runtime.report import ack_path, prune_path
 
         with self._lock:
             files = list(self._files.items())
@@ -499,10 +518,18 @@ class ReportWatcher:
             complete = data[: data.rfind(b"\n") + 1]
             with self._lock:
                 self._files[path] = offset + len(complete)
-            for line in complete.splitlines():
+            lines = complete.splitlines()
+            for line in lines:
                 record = json.loads(line)
                 if self._reporter(record.get("step"), record.get("metrics", {})) and not self._closed.is_set():
                     Path(prune_path(path)).touch()
+            if lines:
+                with self._lock:
+                    self._lines[path] += len(lines)
+                    done = self._lines[path]
+                tmp = f"{path}.ack.tmp"
+                Path(tmp).write_text(str(done))
+                os.replace(tmp, ack_path(path))
 
     def close(self) -> None:
         self._closed.set()

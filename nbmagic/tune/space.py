@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import NbMagicError
 from ..k8s_names import is_label
 
-PARAMETER_TYPES = ("double", "int", "categorical", "discrete")
+SPACE_TYPES = ("double", "int", "categorical", "discrete")  # a tuned parameter's kind of search space
 ALGORITHMS = ("random", "grid", "bayesianoptimization", "tpe", "multivariate-tpe", "cmaes", "sobol")
 GOALS = ("minimize", "maximize")
 PARAM_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([A-Za-z-]+)\s*\((.*)\)\s*$", re.S)
@@ -100,8 +100,8 @@ class ParameterSpace:
     def validate(self, algorithm: str | None = None) -> ParameterSpace:
         """Return self if usable (with ints normalised), else raise one line naming the parameter."""
         where = f"parameter {self.name!r}"
-        if self.type not in PARAMETER_TYPES:
-            raise TuneError(f"{where}: unknown type {self.type!r} (use {', '.join(PARAMETER_TYPES)})")
+        if self.type not in SPACE_TYPES:
+            raise TuneError(f"{where}: unknown type {self.type!r} (use {', '.join(SPACE_TYPES)})")
         if self.type in ("categorical", "discrete"):
             if not self.values:
                 raise TuneError(f"{where}: empty list of values")
@@ -174,8 +174,8 @@ def parse_param(text: str) -> ParameterSpace:
         raise TuneError(f"--param {text!r}: expected name=type(...), e.g. lr=double(1e-4,1e-1,log)")
     name, kind, body = match.group(1), match.group(2).lower(), match.group(3)
     where = f"parameter {name!r}"
-    if kind not in PARAMETER_TYPES:
-        raise TuneError(f"{where}: unknown type {kind!r} (use {', '.join(PARAMETER_TYPES)})")
+    if kind not in SPACE_TYPES:
+        raise TuneError(f"{where}: unknown type {kind!r} (use {', '.join(SPACE_TYPES)})")
     items = _split(body)
     if kind in ("categorical", "discrete"):
         return ParameterSpace(name, kind, values=tuple(items)).validate()

@@ -25,6 +25,21 @@ def prune_path(report_file: str) -> str:
     return report_file + ".prune"
 
 
+def watched_path(report_file: str) -> str:
+    """Present while a tuning experiment follows the file; holds the number of the first reported value
+    that can stop the trial: from it on, ``report`` waits for each value's decision (0: never)."""
+    return report_file + ".watched"
+
+
+def ack_path(report_file: str) -> str:
+    """How many reported lines the experiment has decided on."""
+    return report_file + ".ack"
+
+
+ACK_TIMEOUT = 2.0  # seconds a report waits for the experiment's decision at most
+_written: dict[str, int] = {}
+
+
 def katib_line(metrics: dict[str, float], step: int | None, at: float | None = None) -> str:
     """``2026-01-01T00:00:00Z epoch 3: val_loss=0.25``: numbers without exponents (Katib's default filter
     reads ``-?\\d+(\\.\\d+)?`` only)."""
@@ -60,5 +75,26 @@ def report(step: int | None = None, **metrics: float) -> None:
         return
     with open(path, "a") as handle:
         handle.write(json.dumps({"step": step, "metrics": values, "at": time.time()}) + "\n")
+    _written[path] = _written.get(path, 0) + 1
+    if 0 < _wait_from(path) <= _written[path]:  # wait for the decision on this value (not a stale one)
+        deadline = time.monotonic() + ACK_TIMEOUT
+        while _acked(path) < _written[path] and time.monotonic() < deadline:
+            time.sleep(0.002)
     if os.path.exists(prune_path(path)):
         raise Pruned(f"pruned at step {step}" if step is not None else "pruned")
+
+
+def _acked(path: str) -> int:
+    try:
+        with open(ack_path(path)) as handle:
+            return int(handle.read() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _wait_from(path: str) -> int:
+    try:
+        with open(watched_path(path)) as handle:
+            return int(handle.read() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
