@@ -244,3 +244,23 @@ def test_nbmagic_run_takes_what_the_notebook_computed(ip, tmp_path, monkeypatch)
     assert done.returncode == 0, done.stderr
     assert "3/3 steps cached" in done.stdout
     assert ran(marker) == []
+
+
+def test_input_folders_hash_every_file_and_a_missing_input_is_named(tmp_path):
+    from nbmagic.errors import NbMagicError
+    from nbmagic.run.cache_key import file_hashes
+
+    folder = tmp_path / "raw"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.csv").write_text("1")
+    (folder / "sub" / "b.csv").write_text("2")
+    before = file_hashes((str(folder),), "load")
+    assert file_hashes((str(folder),), "load") == before
+    (folder / "sub" / "b.csv").write_text("3")
+    assert file_hashes((str(folder),), "load") != before
+    (folder / "sub" / "b.csv").rename(folder / "b.csv")  # same bytes, another place: another key
+    moved = file_hashes((str(folder),), "load")
+    (folder / "b.csv").rename(folder / "sub" / "b.csv")
+    assert moved != file_hashes((str(folder),), "load")
+    with pytest.raises(NbMagicError, match=r"step 'load' --inputs .*missing.csv: no such file or folder"):
+        file_hashes((str(tmp_path / "missing.csv"),), "load")
