@@ -215,3 +215,52 @@ def test_a_cell_run_again_in_the_same_kernel_keeps_every_name_it_binds(ip, tmp_p
     run_ok(ip, LOAD + "extra = 1\n")
     assert ran(marker) == ["load", "transform", "summary", "load"]
     assert ip.user_ns["np"].__name__ == "numpy" and ip.user_ns["extra"] == 1
+
+
+def test_nbmagic_run_takes_what_the_notebook_computed(ip, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    marker = tmp_path / "ran.txt"
+    sources = [
+        "%pipeline_config --reuse",
+        f"%%pipeline_parameters\nscale = 2.0\nmarker = {str(marker)!r}\n",
+        LOAD,
+        TRANSFORM,
+        SUMMARY,
+    ]
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell(s) for s in sources]), path)
+    monkeypatch.setenv("JPY_SESSION_NAME", str(path))
+    for source in sources:
+        run_ok(ip, source)
+    assert ran(marker) == ["load", "transform", "summary"]
+    done = subprocess.run(
+        [sys.executable, "-m", "nbmagic.cli", "run", str(path), "--quiet"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "3/3 steps cached" in done.stdout
+    assert ran(marker) == []
+
+
+def test_input_folders_hash_every_file_and_a_missing_input_is_named(tmp_path):
+    from nbmagic.errors import NbMagicError
+    from nbmagic.run.cache_key import file_hashes
+
+    folder = tmp_path / "raw"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.csv").write_text("1")
+    (folder / "sub" / "b.csv").write_text("2")
+    before = file_hashes((str(folder),), "load")
+    assert file_hashes((str(folder),), "load") == before
+    (folder / "sub" / "b.csv").write_text("3")
+    assert file_hashes((str(folder),), "load") != before
+    (folder / "sub" / "b.csv").rename(folder / "b.csv")  # same bytes, another place: another key
+    moved = file_hashes((str(folder),), "load")
+    (folder / "b.csv").rename(folder / "sub" / "b.csv")
+    assert moved != file_hashes((str(folder),), "load")
+    with pytest.raises(NbMagicError, match=r"step 'load' --inputs .*missing.csv: no such file or folder"):
+        file_hashes((str(tmp_path / "missing.csv"),), "load")

@@ -246,7 +246,8 @@ class Reuse:
         try:
             for name, ref in outputs.items():
                 if name not in loaded:
-                    loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True)
+                    # arrays from 1 MiB up are mapped (copy-on-write), not read: the kernel pays for what it touches
+                    loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True, mmap_threshold=1 << 20)
         except Exception:  # noqa: BLE001 - a value gone or unreadable: the cell runs instead
             return None
         for name, value in loaded.items():

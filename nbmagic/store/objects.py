@@ -313,8 +313,12 @@ class ObjectStore:
         return ValueRef(digest, m["type"], m["format"], int(m["size"]), name)
 
     # ------------------------------------------------------------------ read
-    def get(self, ref_or_hash: ValueRef | str, name: str | None = None, mmap: bool = True) -> Any:
-        """Load a value, verified against its hash (StoreError names the value if missing or corrupt)."""
+    def get(
+        self, ref_or_hash: ValueRef | str, name: str | None = None, mmap: bool = True, mmap_threshold: int | None = None
+    ) -> Any:
+        """Load a value, verified against its hash (StoreError names the value if missing or corrupt).
+
+        ``mmap_threshold``: arrays at least this large are memory-mapped (default ``marshal.MMAP_THRESHOLD``)."""
         digest = ref_or_hash.hash if isinstance(ref_or_hash, ValueRef) else ref_or_hash
         if name is None and isinstance(ref_or_hash, ValueRef):
             name = ref_or_hash.name
@@ -323,7 +327,7 @@ class ObjectStore:
             raise StoreError(f"stored value {name or digest[:12]!r} is not in the store (hash {digest[:12]})")
         self._check_trust(digest, name or digest[:12])
         try:
-            return marshal.load(path, name, mmap, expected_hash=digest)
+            return marshal.load(path, name, mmap, expected_hash=digest, mmap_threshold=mmap_threshold)
         except StoreError:
             raise
         except marshal.CorruptValue as exc:

@@ -302,7 +302,12 @@ def _verify_file(directory: Path, entry: dict, algorithm: str, name: str) -> Non
 
 
 def load(
-    directory: str | os.PathLike, name: str | None = None, mmap: bool = True, *, expected_hash: str | None = None
+    directory: str | os.PathLike,
+    name: str | None = None,
+    mmap: bool = True,
+    *,
+    expected_hash: str | None = None,
+    mmap_threshold: int | None = None,
 ) -> Any:
     """Load the value stored in ``directory``, verifying every byte against the manifest's hash.
 
@@ -316,6 +321,7 @@ def load(
     reading: one copy, and the hash reads data that is still in the CPU cache). Other formats hash each file
     (through a map) and then let their library read it, which then hits the page cache.
     ``expected_hash`` (e.g. the key in a content-addressed store) must equal the manifest's hash.
+    ``mmap_threshold`` replaces ``MMAP_THRESHOLD`` for this load.
     """
     directory = Path(directory)
     manifest = read_manifest(directory, name)
@@ -327,7 +333,9 @@ def load(
     algorithm = manifest["hash_algorithm"]
     if fmt in (npy.FORMAT, npy.SCALAR_FORMAT):
         entry = manifest["files"][0]
-        arr = npy.read(directory / entry["path"], entry["hash"], algorithm, name, mmap and fmt == npy.FORMAT)
+        arr = npy.read(
+            directory / entry["path"], entry["hash"], algorithm, name, mmap and fmt == npy.FORMAT, mmap_threshold
+        )
         return arr[()] if fmt == npy.SCALAR_FORMAT else arr
     for entry in manifest["files"]:
         _verify_file(directory, entry, algorithm, name)

@@ -72,7 +72,7 @@ def write_scalar(obj: Any, directory: Path, algorithm: str, name: str) -> Writte
     return {}, versions("numpy"), {FILE: h}
 
 
-def read(path: Path, digest: str, algorithm: str, name: str, allow_mmap: bool) -> Any:
+def read(path: Path, digest: str, algorithm: str, name: str, allow_mmap: bool, threshold: int | None = None) -> Any:
     """The array in ``path``, verified against ``digest`` while it is read (MarshalError if it differs)."""
     import numpy as np
 
@@ -96,7 +96,7 @@ def read(path: Path, digest: str, algorithm: str, name: str, allow_mmap: bool) -
         if os.fstat(f.fileno()).st_size != offset + nbytes:
             raise corrupt(name, f"{path.name} does not hold {shape} {dtype} (truncated or altered)")
         order = "F" if fortran else "C"
-        if allow_mmap and nbytes >= base.MMAP_THRESHOLD:
+        if allow_mmap and nbytes >= (base.MMAP_THRESHOLD if threshold is None else threshold):
             mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_COPY)
             if hash_buffer(algorithm, name, mm) != digest:
                 mm.close()
