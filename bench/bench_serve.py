@@ -3,7 +3,7 @@ predictor server) vs a plain FastAPI endpoint, on the same scikit-learn model an
 
     python bench/bench_serve.py [--requests 500] [--duration 5] [--connections 8] [--out bench/RESULTS-serve.md]
 
-Measures start-up to ready, p50/p99 latency of sequential V1 requests (one keep-alive connection) and
+Measures start-up to ready (first: cold, later: forked by the warm process), p50/p99 latency of sequential V1 requests (one keep-alive connection) and
 throughput under concurrency with wrk (Debian package). Prints a table and the ratios against the targets.
 """
 
@@ -71,7 +71,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def sequential(port: int, path: str, n: int) -> tuple[float, float]:
+def sequential(port: int, path: str, n: int) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port)
     headers = {"Content-Type": "application/json"}
     times = []
@@ -84,7 +84,11 @@ def sequential(port: int, path: str, n: int) -> tuple[float, float]:
             times.append(time.perf_counter() - t0)
         assert response.status == 200, data
     conn.close()
-    times.sort()
+    return times
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
     return times[len(times) // 2] * 1000, times[int(len(times) * 0.99) - 1] * 1000
 
 
@@ -121,6 +125,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--startups", type=int, default=3, help="start-ups per layout (the median is reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measuring rounds (medians reported)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as markdown here")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -130,83 +135,121 @@ def main() -> None:
     os.environ["NBMAGIC_HOME"] = str(work / "home")
     from IPython.core.interactiveshell import InteractiveShell
 
-    from nbmagic.serve import local
+    from nbmagic.serve import local, warm
     from nbmagic.serve.api import make_package
 
     shell = InteractiveShell.instance()
     shell.run_cell(NOTEBOOK, store_history=True).raise_error()
     ns = shell.user_ns
-    package = make_package(
-        ns["model"],
-        name="bench",
-        model_var="model",
-        transformer=ns["process_features"],
-        transformer_var="process_features",
-        with_objects={"tokenizer": ns["tokenizer"]},
-    )
+    packages = {
+        split: make_package(
+            ns["model"],
+            name="bench-split" if split else "bench",  # one live server per name: two names, both layouts up
+            model_var="model",
+            transformer=ns["process_features"],
+            transformer_var="process_features",
+            with_objects={"tokenizer": ns["tokenizer"]},
+        )
+        for split in (False, True)
+    }
+    package = packages[False]
     script = work / "post.lua"
     script.write_text(
         f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\nwrk.headers["Content-Type"] = "application/json"\n'
     )
     path = "/v1/models/bench:predict"
-    rows = []
+    paths: dict[str, str] = {}
+    ports: dict[str, int] = {}
+    startup: dict[str, float] = {}
+    first: dict[str, float] = {}
+    stops = []
+    # a kernel's first %serve: the warm process starts when the extension loads, the notebook's set-up cell
+    # runs, then %serve (it waits for whatever import time is left)
+    warm.stop()
+    warm.prestart()
+    shell.run_cell(NOTEBOOK, store_history=True).raise_error()
+    t0 = time.perf_counter()
+    local.serve(packages[False]).stop()
+    after_load = time.perf_counter() - t0
+    try:
+        for label, split in (
+            ("%serve (transformer in process)", False),
+            ("KServe split: transformer -> predictor", True),
+        ):
+            starts = []
+            if not split:  # the first start pays the imports (no warm process yet), as a kernel's first %serve may
+                warm.stop()  # (only before the first layout: the warm process's servers end with it)
+            for _ in range(args.startups + 1):
+                t0 = time.perf_counter()
+                server = local.serve(packages[split], split=split)
+                starts.append(time.perf_counter() - t0)
+                if len(starts) < args.startups + 1:
+                    server.stop()
+            first[label] = starts[0]
+            startup[label] = statistics.median(starts[1:])
+            ports[label] = server.port
+            paths[label] = f"/v1/models/{server.name}:predict"
+            stops.append(server.stop)
 
-    for label, split in (("%serve (transformer in process)", False), ("KServe split: transformer -> predictor", True)):
+        app = work / "fastapi_app.py"
+        app.write_text(FASTAPI_APP)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
         starts = []
         for _ in range(args.startups):
+            port = free_port()
             t0 = time.perf_counter()
-            server = local.serve(package, split=split)
+            proc = subprocess.Popen([sys.executable, str(app), str(package.path), str(port)], env=env)
+            wait_ready(port, path, proc)
             starts.append(time.perf_counter() - t0)
             if len(starts) < args.startups:
-                server.stop()
-        startup = statistics.median(starts)
-        try:
-            p50, p99 = sequential(server.port, path, args.requests)
-            rps = throughput(server.port, path, args.duration, args.connections, script)
-        finally:
-            server.stop()
-        rows.append((label, startup, p50, p99, rps))
+                proc.terminate()
+                proc.wait()
+        label = "plain FastAPI endpoint"
+        startup[label] = first[label] = statistics.median(starts)
+        ports[label] = port
+        paths[label] = path
+        stops.append(lambda: (proc.terminate(), proc.wait()))
 
-    app = work / "fastapi_app.py"
-    app.write_text(FASTAPI_APP)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    starts = []
-    for _ in range(args.startups):
-        port = free_port()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(app), str(package.path), str(port)], env=env)
-        wait_ready(port, path, proc)
-        starts.append(time.perf_counter() - t0)
-        if len(starts) < args.startups:
-            proc.terminate()
-            proc.wait()
-    startup = statistics.median(starts)
-    try:
-        p50, p99 = sequential(port, path, args.requests)
-        rps = throughput(port, path, args.duration, args.connections, script)
+        # interleaved rounds: the machine's load drifts, so every layout sees the same conditions
+        times: dict[str, list[float]] = {k: [] for k in ports}
+        rates: dict[str, list[float]] = {k: [] for k in ports}
+        for _ in range(args.rounds):
+            for label, port in ports.items():
+                times[label] += sequential(port, paths[label], args.requests // args.rounds)
+            for label, port in ports.items():
+                rates[label].append(throughput(port, paths[label], args.duration, args.connections, script))
     finally:
-        proc.terminate()
-        proc.wait()
-    rows.append(("plain FastAPI endpoint", startup, p50, p99, rps))
+        for stop in stops:
+            stop()
+    rows = [
+        (label, first[label], startup[label], *percentiles(times[label]), statistics.median(rates[label]))
+        for label in ports
+    ]
 
     ours, split, plain = rows
     lines = [
         f"Machine: {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), "
         f"Python {platform.python_version()}; model: scikit-learn LogisticRegression "
         f"+ notebook transformer (tokenizer counts), 2 raw sequences per V1 request.",
-        f"Sequential: {args.requests} requests on one keep-alive connection (after 20 warm-up); start-up: median of {args.startups}, from "
-        f"starting the process(es) to the first ready answer; throughput: `wrk -t2 -c{args.connections} -d{args.duration}s` (client on the same 2 cores).",
+        f"Sequential: {args.requests} requests on one keep-alive connection (20 warm-up per round); start-up: median of {args.startups}, from "
+        f"starting the process(es) to the first ready answer; throughput: median of {args.rounds} `wrk -t2 -c{args.connections} -d{args.duration}s` "
+        f"(client on the same 2 cores); the three layouts are measured in {args.rounds} interleaved rounds.",
         "",
-        "| layout | start-up to ready (s) | p50 (ms) | p99 (ms) | throughput (req/s) |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {label} | {s:.2f} | {p50:.2f} | {p99:.2f} | {rps:,.0f} |" for label, s, p50, p99, rps in rows],
+        "| layout | first start-up (s) | later start-ups (s) | p50 (ms) | p99 (ms) | throughput (req/s) |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[
+            f"| {label} | {f:.2f} | {s:.2f} | {p50:.2f} | {p99:.2f} | {rps:,.0f} |"
+            for label, f, s, p50, p99, rps in rows
+        ],
         "",
-        f"- %serve vs split: p50 {split[2] / ours[2]:.2f}x lower, throughput {ours[4] / split[4]:.2f}x "
-        f"(target >= 2x: {'met' if ours[4] / split[4] >= 2 else 'NOT met'})",
-        f"- %serve vs plain FastAPI: p50 ratio {ours[2] / plain[2]:.2f} (ours / FastAPI), throughput ratio "
-        f"{ours[4] / plain[4]:.2f}; KServe adds routing, validation and a timing middleware over plain FastAPI",
-        f"- p50 {ours[2]:.2f} ms (target <= 2 ms: {'met' if ours[2] <= 2 else 'NOT met'}); start-up {ours[1]:.2f} s "
-        f"(target <= 3 s: {'met' if ours[1] <= 3 else 'NOT met'})",
+        f"- %serve vs plain FastAPI: throughput {ours[5] / plain[5]:.2f}x (target >= 1: "
+        f"{'met' if ours[5] >= plain[5] else 'NOT met'}), p50 ratio {ours[3] / plain[3]:.2f} (ours / FastAPI; target "
+        f"<= 1: {'met' if ours[3] <= plain[3] else 'NOT met'})",
+        f"- %serve vs split: p50 {split[3] / ours[3]:.2f}x lower, throughput {ours[5] / split[5]:.2f}x",
+        f"- start-up, first %serve in a kernel (warm process started at %load_ext, %serve after the set-up cell): "
+        f"{after_load:.2f} s (target <= 2.0 s: {'met' if after_load <= 2.0 else 'NOT met'}); fully cold (the warm "
+        f"process starts with the %serve): {ours[1]:.2f} s (FastAPI's own cold start {plain[1]:.2f} s); later "
+        f"%serve {ours[2]:.2f} s (target <= 0.5 s: {'met' if ours[2] <= 0.5 else 'NOT met'}; forked by the warm process)",
     ]
     text = "\n".join(lines)
     print(text)

@@ -8,9 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from .config import VERSION as __version__
-from .reporting import Pruned, report
 
-__all__ = ["Pruned", "__version__", "load_ipython_extension", "report", "unload_ipython_extension"]
+__all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension"]
+
+
+def __getattr__(name: str) -> Any:
+    """``from nbmagic import report, Pruned`` in a step (imported on first use, from the step runtime)."""
+    if name in ("report", "Pruned"):
+        from .runtime import report as reporting
+
+        return getattr(reporting, name)
+    raise AttributeError(f"module 'nbmagic' has no attribute {name!r}")
 
 
 def _magic_classes() -> list[type]:

@@ -50,6 +50,8 @@ class Pipeline:
         if not notebook.is_file():
             raise NbMagicError(f"no notebook {path}")
         recorded = read_cells(read_notebook(notebook))
+        for warning in recorded.warnings:  # e.g. a step cell that holds only comments
+            print(f"nbmagic: warning: {warning}")
         return cls(build_plan(recorded, notebook_path=str(notebook.resolve()), name=name))
 
     @classmethod

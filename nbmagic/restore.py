@@ -28,33 +28,18 @@ PARAMETERS = "(parameters)"
 
 
 def resolve_run(store: RunStore, ref: str) -> str:
-    """A run id from an id, a unique prefix, ``last``, ``best`` or ``best:EXPERIMENT``."""
-    ref = (ref or "").strip()
-    if not ref:
-        raise RestoreError("which run? give a run id, a unique prefix, 'last' or 'best'")
-    if ref == "best" or ref.startswith("best:"):
-        return best_run(store, ref.partition(":")[2] or None)
-    return store.resolve_run(ref)
+    """A run id from an id, a unique prefix, ``last``, ``best`` or ``best:EXPERIMENT`` (:meth:`RunStore.resolve_run`)."""
+    try:
+        return store.resolve_run(ref)
+    except RestoreError:
+        raise
+    except NbMagicError as exc:
+        raise RestoreError(str(exc)) from None
 
 
 def best_run(store: RunStore, experiment: str | None = None) -> str:
-    """The best finished trial of ``experiment`` (default: the most recent experiment in the store).
-
-    The objective and goal come from the experiment's context properties ``{"objective", "goal"}``.
-    """
-    if experiment is None:
-        experiment = store.latest_experiment()
-        if experiment is None:
-            raise RestoreError("'best': no tuning experiment in the store yet (runs of %katib have one)")
-    if not store.has_experiment(experiment):
-        raise RestoreError(f"'best': no experiment {experiment!r} in the store")
-    objective = (store.experiment_properties(experiment) or {}).get("objective")
-    if not objective:
-        raise RestoreError(f"'best': experiment {experiment!r} has no recorded objective; restore a run id instead")
-    best = store.best_trial(experiment)
-    if best is None:
-        raise RestoreError(f"'best': experiment {experiment!r} has no finished trial with metric {objective!r}")
-    return best
+    """The best finished trial of ``experiment`` (default: the most recent experiment in the store)."""
+    return resolve_run(store, f"best:{experiment}" if experiment else "best")
 
 
 # ----------------------------------------------------------------------------------------- what to load

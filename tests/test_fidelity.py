@@ -53,7 +53,7 @@ alias = nested["rows"]
 alias[0].append(3)
 width = len(df.columns) + len(BASES)
 """,
-    "%%step fit\nmodel.fit(X, y)\nlog(len(X))\n",
+    "%%step fit\nmodel.fit(X, y)\nlog(len(X))\nprint('fitted on', len(X))\n",
     "%%step fit\ncoef = float(model.coef_[0])\n",
     """%%step report
 ncols = len(df.columns)
@@ -97,6 +97,7 @@ def test_nbmagic_run_and_kfp_local_give_the_notebooks_metrics(tmp_path, monkeypa
     ran = cli("run", "fidelity.ipynb", "--no-cache", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert cli_metrics(ran.stdout) == pytest.approx(expected)
+    assert "[fit] fitted on 12" in ran.stdout  # the step's prints, live, prefixed with its name
     assert f"logs: {tmp_path}" not in ran.stdout and "logs: " in ran.stdout
 
     path = tmp_path / "fidelity.ipynb"

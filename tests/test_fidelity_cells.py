@@ -101,3 +101,35 @@ def test_papermill_stops_at_a_failed_run(tmp_path, monkeypatch):
         papermill.execute_notebook(str(path), str(tmp_path / "out.ipynb"), kernel_name="python3", cwd=str(tmp_path))
     assert caught.value.ename == "RunFailed" and "step 'boom' failed: ValueError: bad row" in caught.value.evalue
     assert not (tmp_path / "after.txt").exists()
+
+
+def test_pipeline_text_says_what_each_step_carries_and_changes_in_place():
+    from nbmagic.pipeline.render import plan_text
+
+    plan = plan_of(
+        "BASES = 'ACGU'\n",
+        "%%step load\nrows = [1]\n",
+        "%%step grow\nrows.append(len(BASES))\n",
+        "%%step use\nn = len(rows)\n",
+    )
+    text = plan_text(plan)
+    assert "    carries: cell 1: BASES" in text and "    changes in place: rows" in text
+
+
+def test_passing_a_parameter_to_a_function_does_not_replace_it():
+    plan = plan_of(
+        "%%pipeline_parameters\nlr = 0.1\n",
+        "def fit(rate):\n    return rate * 2\n",
+        "%%step a\nfit(lr)\nx = 1\n",
+        "%%step b\ny = lr + x\n",
+    )
+    assert "lr" not in plan.step("a").writes and plan.step("b").parameters == ("lr",)
+
+
+def test_modules_a_step_imports_are_not_stored():
+    from nbmagic.run.local import LocalRunner
+
+    plan = plan_of("%%step draw\nimport json\nimport os.path as osp\nn = len(json.dumps(osp.sep))\n")
+    run = LocalRunner(workers=1).run(plan)
+    assert run.status == "done"
+    assert set(run.steps["draw"].outputs) == {"n"} and run.steps["draw"].not_kept == {}

@@ -107,6 +107,11 @@ def test_fake_api_rejects_what_kubernetes_would(sk_package):
         manifest["spec"]["predictor"]["model"]["storageURI"] = "s3://typo"
         with pytest.raises(ServeError, match="unknown fields: .spec.predictor.model.storageURI"):
             cluster.submit(manifest, cluster.api_client(api.host))
+        manifest = cluster.inference_service(sk_package, storage_uri="s3://b/p")
+        manifest["sepc"] = manifest["spec"]
+        manifest["metadata"]["nmespace"] = "default"
+        with pytest.raises(ServeError, match=r"unknown fields: .metadata.nmespace, .sepc"):
+            cluster.submit(manifest, cluster.api_client(api.host))
 
 
 def test_deploy_uploads_submits_waits_and_predicts(sk_package, tmp_path):

@@ -6,6 +6,7 @@ are real signals, parallel gc is a second real process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -45,7 +46,7 @@ def _cells(ip, cells):
 
 def _flip_byte(store: RunStore, digest: str) -> Path:
     folder = store.objects._path(digest)
-    data = next(p for p in folder.iterdir() if p.name != "manifest.json")
+    data = folder / store.objects.manifest(digest)["files"][0]["path"]
     data.chmod(0o600)
     raw = bytearray(data.read_bytes())
     raw[-1] ^= 0xFF
@@ -336,3 +337,245 @@ def test_fault_table_is_recorded():
     assert {line.split("`")[1] for line in rows} >= {
         name for name in globals() if name.startswith("test_") and name != "test_fault_table_is_recorded"
     }
+
+
+# ------------------------------------------------------------------------------------------- security
+
+
+def test_a_secret_never_reaches_the_store_or_the_log(ip, monkeypatch, nbmagic_home):
+    secret = "hunter2-very-secret"
+    monkeypatch.setenv("DB_PASSWORD", secret)
+    _cells(
+        ip,
+        [
+            "%%step read --secret db-creds:password=DB_PASSWORD\nimport os\npw = os.environ['DB_PASSWORD']\n"
+            "conn = {'user': 'me', 'password': pw}\nn = len(pw)\nprint('connecting with', pw)\n",
+            "%%step use\nm = n * 2\n",
+            "%pipeline_metrics m\n",
+        ],
+    )
+    run = run_ok(ip, "%compile_run --quiet")
+    assert run.status == "done" and run.metrics["m"] == 2 * len(secret)
+    read = run.steps["read"]
+    assert read.not_kept == {"pw": "holds a secret", "conn": "holds a secret"} and "n" in read.outputs
+    assert "connecting with ***" in run.logs("read")
+    leaked = [p for p in Path(nbmagic_home).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def test_a_step_that_passes_a_secret_on_fails_with_one_line(ip, monkeypatch):
+    monkeypatch.setenv("DB_PASSWORD", "hunter2-very-secret")
+    _cells(
+        ip,
+        [
+            "%%step read --secret db-creds:password=DB_PASSWORD\nimport os\npw = os.environ['DB_PASSWORD']\n",
+            "%%step use\nm = len(pw)\n",
+            "%pipeline_metrics m\n",
+        ],
+    )
+    run = run_ok(ip, "%compile_run --quiet")
+    assert run.status == "failed" and run.steps["read"].error == (
+        "step 'read': variable 'pw' holds a secret and is not passed to the steps that read it"
+        " (read the secret in the step that uses it)"
+    )
+
+
+def test_a_planted_pickle_is_refused_before_it_runs(tmp_path):
+    from nbmagic.runtime import marshal
+    from nbmagic.store.objects import UntrustedValue
+
+    store = RunStore(tmp_path / "store")
+    honest = store.objects.put({"a": 1}, "d")  # signed with the store's key
+    assert store.objects.get(honest, "d") == {"a": 1}
+    key = store.root / "key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    manifest = marshal.save(Payload(), staging, "model")  # a valid manifest and content hash, but no signature
+    planted = store.objects._path(manifest["hash"])
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(planted)
+    with pytest.raises(
+        UntrustedValue, match=r"^stored value 'model' \((pickle|dill)\) is not signed with this store's key"
+    ):
+        store.objects.get(manifest["hash"], "model")
+    assert not marker.exists()
+    (planted / "manifest.sig").write_text("0" * 64)  # a forged signature does not help
+    with pytest.raises(UntrustedValue):
+        store.objects.get(manifest["hash"], "model")
+    assert not marker.exists()
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    safe = marshal.save(np.arange(3), arrays, "a")  # npy never runs code: loads unsigned
+    target = store.objects._path(safe["hash"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    arrays.rename(target)
+    assert list(store.objects.get(safe["hash"], "a")) == [0, 1, 2]
+
+
+def test_best_trial_ties_go_to_the_earliest_trial(tmp_path):
+    store = RunStore(tmp_path / "store")
+    first = store.create_run("p", {}, [], experiment="exp")
+    store.finish_run(first, "done", {"acc": 0.9})
+    time.sleep(0.01)
+    second = store.create_run("p", {}, [], experiment="exp")
+    store.finish_run(second, "done", {"acc": 0.9})
+    nan = store.create_run("p", {}, [], experiment="exp")
+    store.finish_run(nan, "done", {"acc": float("nan")})
+    store.set_experiment("exp", "acc", "maximize")
+    assert store.best_trial("exp") == first == resolve_run(store, "best:exp")
+    assert store.best_trials() == {first}
+
+
+def test_a_step_log_is_capped_head_and_tail_kept(ip, monkeypatch):
+    monkeypatch.setenv("NBMAGIC_LOG_CAP", "1MB")
+    _cells(
+        ip,
+        [
+            "%%step noisy\nprint('FIRST LINE')\nfor i in range(100_000):\n    print('x' * 60)\n"
+            "print('LAST LINE')\nn = 1\n",
+            "%pipeline_metrics n\n",
+        ],
+    )
+    run = run_ok(ip, "%compile_run --quiet")
+    log = run.logs("noisy")
+    assert run.status == "done" and 10**6 <= len(log.encode()) < 10**6 + 200
+    assert log.startswith("FIRST LINE") and log.rstrip().endswith("LAST LINE")
+    assert "bytes cut: the step's log was over the 1000000 byte cap ($NBMAGIC_LOG_CAP)" in log
+
+
+def test_a_disk_that_fills_during_a_run_is_one_line_and_the_run_ends_failed(ip, tmp_path, monkeypatch):
+    from IPython.core.error import UsageError
+
+    with small_filesystem(tmp_path / "fs", "4m") as fs:
+        monkeypatch.setenv("NBMAGIC_HOME", str(fs))
+        filler = fs / "filler"
+        _cells(
+            ip,
+            [
+                # fills the disk when the run executes it (not when the cell runs in this kernel)
+                f"%%step fill\nimport os\nif os.getpid() != {os.getpid()}:\n"
+                f"    handle = open({str(filler)!r}, 'wb')\n    try:\n        while True:\n"
+                "            handle.write(b'0' * 65536)\n            handle.flush()\n    except OSError:\n"
+                "        handle.close()\n    del handle\nn = 1\n",
+                "%%step after\nm = n + 1\n",
+                "%pipeline_metrics m\n",
+            ],
+        )
+        with pytest.raises(UsageError) as caught:
+            run_ok(ip, "%compile_run --quiet")
+        message = str(caught.value)
+        assert "\n" not in message and "no space left on device" in message and str(fs) in message
+        filler.unlink()  # space is back: the run's end is recorded, nothing stays 'running'
+        runs = RunStore().list_runs()
+        assert [(r.status, r.error) for r in runs] == [("failed", message)]
+
+
+# ------------------------------------------------------------------------------------------- process trees
+
+
+def _alive(pid: int) -> bool:
+    from nbmagic.store.processes import alive
+
+    return alive(pid)
+
+
+def _gone_soon(pids: list[int], seconds: float = 5.0) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not any(_alive(pid) for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+ESCAPE = (
+    "import os, subprocess, sys\n"
+    "session = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"  # leaves the step's group
+    "daemon = subprocess.run([sys.executable, '-c', 'import os, time, sys\\n"
+    "if os.fork():\\n    os._exit(0)\\nos.setsid()\\nif os.fork():\\n    os._exit(0)\\n"
+    "print(os.getpid(), flush=True)\\nos.close(1)\\nos.close(2)\\ntime.sleep(300)'], capture_output=True, text=True)\n"
+    "open({pids!r}, 'w').write(f'{{session.pid}} {{daemon.stdout.split()[0]}}')\n"
+    "del session, daemon\n"
+)
+
+
+def _end(pids: Path) -> None:
+    for pid in [int(p) for p in pids.read_text().split()]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    pids.unlink()
+
+
+def test_what_a_step_starts_ends_with_the_step(ip, tmp_path):
+    pids = tmp_path / "pids"
+    _cells(ip, [f"%%step spawn\nif False:\n    pass\n{ESCAPE.format(pids=str(pids))}n = 1\n", "%pipeline_metrics n\n"])
+    _end(pids)  # the cell ran in this kernel too: end what it started here
+    run = run_ok(ip, "%compile_run --quiet --no-cache")
+    assert run.status == "done"
+    leftovers = [int(p) for p in pids.read_text().split()]
+    assert len(leftovers) == 2 and _gone_soon(leftovers)
+
+
+def test_a_timeout_ends_the_whole_tree(ip, tmp_path):
+    pids = tmp_path / "pids"
+    code = (
+        ESCAPE.format(pids=str(pids)) + f"import time\ntime.sleep(0 if os.getpid() == {os.getpid()} else 300)\nn = 1\n"
+    )
+    _cells(ip, [f"%%step spawn --timeout 3\n{code}", "%pipeline_metrics n\n"])
+    _end(pids)
+    run = run_ok(ip, "%compile_run --quiet --no-cache")
+    assert run.status == "failed" and run.steps["spawn"].status == "timed_out"
+    assert _gone_soon([int(p) for p in pids.read_text().split()])
+
+
+def test_a_step_dies_with_its_worker(ip, tmp_path):
+    from nbmagic.run.pool import worker_pool
+
+    marker = tmp_path / "step.pid"
+    code = (
+        f"import os, time\nif os.getpid() != {os.getpid()}:\n"
+        f"    open({str(marker)!r}, 'w').write(str(os.getpid()))\n    time.sleep(300)\nn = 1\n"
+    )
+    _cells(ip, [f"%%step slow\n{code}", "%pipeline_metrics n\n"])
+    import threading
+
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(run=run_cell_quiet(ip)), daemon=True)
+    runner.start()
+    deadline = time.time() + 30
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    step_pid = int(marker.read_text())
+    worker_pid = worker_pool()._process.pid
+    os.kill(worker_pid, signal.SIGKILL)  # the worker is killed: its step must not run on unsupervised
+    assert _gone_soon([step_pid])
+    runner.join(30)
+    assert result["run"].status == "failed"
+
+
+def run_cell_quiet(ip):
+    return run_ok(ip, "%compile_run --quiet --no-cache")
+
+
+def test_a_step_interrupted_or_crashed_says_so(ip):
+    kernel = os.getpid()
+    _cells(
+        ip,
+        [
+            f"%%step stop\nimport os\nif os.getpid() != {kernel}:\n    raise KeyboardInterrupt\na = 1\n",
+            f"%%step crash\nimport os, ctypes\nif os.getpid() != {kernel}:\n    ctypes.string_at(0)\nb = 1\n",
+            "%pipeline_metrics a b\n",
+        ],
+    )
+    run = run_ok(ip, "%compile_run --quiet")
+    assert run.steps["stop"].error == "step 'stop' was interrupted (KeyboardInterrupt)"
+    assert run.steps["crash"].error == "step 'crash' crashed: segmentation fault (signal 11)"
+    assert RunStore().get_run(run.id).status == "failed"

@@ -9,8 +9,8 @@ import pytest
 
 from nbmagic.pipeline.cells import RawCell, read_cells
 from nbmagic.pipeline.plan import build_plan
-from nbmagic.reporting import katib_line
 from nbmagic.run.local import LocalRunner
+from nbmagic.runtime.report import katib_line
 from nbmagic.store.runs import RunStore
 from nbmagic.tune.local import LocalExperiment, pipeline_trial_runner
 from nbmagic.tune.space import ExperimentSpec, TuneError, parse_param

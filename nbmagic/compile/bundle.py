@@ -16,7 +16,10 @@ from pathlib import Path
 from ..errors import NbMagicError
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
-STUB = '"""nbmagic\'s step runtime only, as a compiled pipeline carries it."""\n'
+STUB = (
+    '"""nbmagic\'s step runtime only, as a compiled pipeline carries it."""\n'
+    "from .runtime.report import Pruned, report  # noqa: F401 - ``from nbmagic import report`` in a step\n"
+)
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _cache: dict[tuple, str] = {}
 

@@ -147,5 +147,10 @@ class ServeMagics(Magics):
 
 
 def register(ipython: Any) -> None:
-    """Register ``%serve`` on ``ipython`` (called from ``load_ipython_extension``)."""
+    """Register ``%serve`` on ``ipython`` (called from ``load_ipython_extension``). In a kernel, the warm server
+    process starts in the background, so that even the first ``%serve`` skips KServe's imports."""
     ipython.register_magics(ServeMagics)
+    if getattr(ipython, "kernel", None) is not None:
+        from nbmagic.serve import warm
+
+        warm.prestart()

@@ -51,10 +51,17 @@ def remember(code: str, variables: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def report_once(step: str, variable: str, line: int | None) -> str | None:
-    """The one line telling the user a step changes a value in place, the first time it is seen; else None."""
+def report_once(step: str, variable: str, line: int | None, unsure: bool = False) -> str | None:
+    """The one line telling the user a step changes a value in place, the first time it is seen; else None.
+
+    ``unsure``: the value has no fingerprint, so the step may have changed it; it is passed on all the same."""
     if (step, variable) in _reported:
         return None
     _reported.add((step, variable))
     where = f" (line {line})" if line else ""
+    if unsure:
+        return (
+            f"nbmagic: step {step!r} may change {variable} in place (it cannot be fingerprinted); "
+            "later steps get its version"
+        )
     return f"nbmagic: step {step!r} changes {variable} in place{where}; later steps get its version"

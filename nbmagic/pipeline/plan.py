@@ -168,7 +168,8 @@ def build_plan(notebook: Notebook, *, notebook_path: str | None = None, name: st
                 info.writes.append(var)
                 info.mutated.add(var)
     parameters = notebook.parameters
-    modules_or_code = {n for n, ds in definitions.items() if any(not d.eager for d in ds)}
+    # names a step's "change" never replaces: imports, functions, classes, and parameters (literals passed to calls)
+    modules_or_code = {n for n, ds in definitions.items() if any(not d.eager for d in ds)} | set(notebook.parameters)
 
     def provides(step_name: str, var: str) -> bool:
         """The step leaves ``var`` for later steps; a step that only changes a notebook import (``os.environ[…] = …``,

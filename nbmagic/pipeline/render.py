@@ -21,6 +21,15 @@ def plan_text(plan: PipelinePlan) -> str:
             + (f"  [parameters: {reads}]" if reads else "")
             + (f"  -> metrics: {', '.join(step.metrics)}" if step.metrics else "")
         )
+        if step.carried:
+            by_cell: dict[str, list[str]] = {}
+            for label, name in step.carried:
+                by_cell.setdefault(label, []).append(name)
+            lines.append(
+                "    carries: " + "; ".join(f"{label}: {', '.join(names)}" for label, names in by_cell.items())
+            )
+        if step.in_place:
+            lines.append("    changes in place: " + ", ".join(var for var, _ in step.in_place))
     edges = plan.edges
     if edges:
         lines.append("edges:")

@@ -14,13 +14,14 @@ from typing import Any
 
 from ..errors import NbMagicError
 from ..pipeline.model import PipelinePlan, StepPlan
-from ..reporting import REPORT_FILE
+from ..runtime.report import REPORT_FILE
 from ..runtime.step import uses_ipython
 from ..store.lineage import code_hash, environment
 from ..store.runs import RunStore
 from . import single_flight
 from .cache_key import cache_key
 from .result import Run, StepState
+from .worker import INTERRUPTED_EXIT
 
 Listener = Callable[[Run, StepState | None], None]
 
@@ -153,7 +154,7 @@ class LocalRunner:
                     elif run.steps[step.name].status == "done":
                         moved = json.loads(Path(spec_path).with_name(f"{step.name}.result.json").read_text())
                         if moved.get("changed"):
-                            started = follow_in_place(steps, step.name, moved["changed"])
+                            started = follow_in_place(steps, step.name, moved["changed"], moved.get("unsure", ()))
                             for name in started:
                                 if run.steps[name].status == "running":
                                     rerun.add(name)
@@ -166,6 +167,8 @@ class LocalRunner:
             reason = (
                 "interrupted"
                 if isinstance(exc, KeyboardInterrupt)
+                else str(exc)
+                if isinstance(exc, NbMagicError)
                 else f"the runner stopped: {type(exc).__name__}: {exc}"
             )
             self._abort(run, reason, running, pool)
@@ -302,6 +305,7 @@ class LocalRunner:
         """Record a finished step; return when to retry it, or None."""
         state = run.steps[step.name]
         spec = json.loads(Path(spec_path).read_text())
+        _cap_log(spec["log"])
         result_path = Path(spec["result"])
         result = json.loads(result_path.read_text()) if result_path.exists() else None
         state.ended = time.time()
@@ -317,9 +321,7 @@ class LocalRunner:
             elif event.get("worker_died"):
                 state.error = f"step {step.name!r}: the step worker process ended unexpectedly"
             else:
-                state.error = (
-                    f"step {step.name!r} ended without a result (exit code {event.get('code')}, signal {signal_})"
-                )
+                state.error = _ended_without_result(step.name, event.get("code"), signal_)
         else:
             state.status = result["status"]
             state.error = result.get("error")
@@ -428,9 +430,42 @@ class LocalRunner:
                 state.status = "failed" if state.status == "running" else "skipped"
                 state.error = reason
                 state.ended = time.time()
-                self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
+                try:
+                    self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
+                except NbMagicError:  # the index cannot be written (disk full): finish_run keeps the outcome
+                    pass
         run.status, run.error, run.ended = "failed", reason, time.time()
         self.store.finish_run(run.id, "failed", run.metrics, reason)
+
+
+_SIGNAL_NAMES = {
+    4: "illegal instruction",
+    6: "aborted",
+    7: "bus error",
+    8: "floating-point exception",
+    11: "segmentation fault",
+}
+
+
+def _ended_without_result(step: str, code: int | None, signal_: int | None) -> str:
+    """One line for a step process that ended before writing its result."""
+    if code == INTERRUPTED_EXIT:
+        return f"step {step!r} was interrupted (KeyboardInterrupt)"
+    if signal_ in _SIGNAL_NAMES:
+        return f"step {step!r} crashed: {_SIGNAL_NAMES[signal_]} (signal {signal_})"
+    if signal_:
+        return f"step {step!r} was killed (signal {signal_})"
+    return f"step {step!r} ended without a result (exit code {code})"
+
+
+def _cap_log(log_path: str) -> None:
+    """Keep the head and tail of an over-long step log (``$NBMAGIC_LOG_CAP``, default 50 MB), the cut marked."""
+    from ..store.logs import cap_log
+
+    try:
+        cap_log(log_path)
+    except Exception as exc:  # noqa: BLE001 - a bad cap setting must not fail the run
+        print(f"nbmagic: step log not capped: {exc}", file=sys.stderr)
 
 
 def _report_in_place(plan: PipelinePlan) -> None:
@@ -444,7 +479,9 @@ def _report_in_place(plan: PipelinePlan) -> None:
                 print(message, flush=True)
 
 
-def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[str]) -> list[str]:
+def follow_in_place(
+    steps: dict[str, StepPlan], changer: str, variables: list[str], unsure: list[str] | tuple[str, ...] = ()
+) -> list[str]:
     """``changer`` changed ``variables`` in place though its code did not show it: later steps (in notebook order)
     that read them from an earlier step now read them from ``changer`` (``steps`` is updated), and the fact is kept
     for the next compile. Returns the affected steps and every step after them, to run (again) on the new value."""
@@ -455,7 +492,7 @@ def follow_in_place(steps: dict[str, StepPlan], changer: str, variables: list[st
     source = steps[changer]
     remember(source.cell.code, variables)
     for var in variables:
-        message = report_once(changer, var, None)
+        message = report_once(changer, var, None, unsure=var in unsure)
         if message:
             print(message, flush=True)
     ancestors: set[str] = set()

@@ -10,13 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..reporting import REPORT_FILE, Pruned, prune_path
+from ..runtime.report import REPORT_FILE, Pruned, prune_path
 from ..runtime.step import StepError, changed, execute, fingerprint, ipython_setup
 
 
 def _redirect_output(log_path: str) -> None:
     """Send the step's stdout/stderr (Python and C level) to its log file."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -38,8 +38,11 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def run_task(spec_path: str) -> int:
-    """Run the step described by the JSON spec at ``spec_path``; write its result next to it. Exit code 0/1."""
+def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
+    """Run the step described by the JSON spec at ``spec_path``; write its result next to it. Exit code 0/1.
+
+    ``secrets`` (the values injected for ``--secret``) are never stored, and are masked in the log and result.
+    """
     spec = json.loads(Path(spec_path).read_text())
     _redirect_output(spec["log"])
     os.environ.update(spec.get("env", {}))
@@ -87,6 +90,8 @@ def run_task(spec_path: str) -> int:
             result["metrics"][name] = number
         moved = set(changed(before, assigned))
         result["changed"] = sorted(v for v in moved if v not in writes)
+        # values without a fingerprint (pickle cannot read them) are taken as changed: passed on, to be safe
+        result["unsure"] = sorted(v for v in result["changed"] if before.get(v) is None)
         input_refs = spec.get("input_refs", {})
         for name, value in assigned.items():
             if name in before and name not in moved:
@@ -100,16 +105,32 @@ def run_task(spec_path: str) -> int:
             if name not in required and _not_state(value):
                 continue  # modules, figures: nothing a later step or %restore can use
             try:
-                result["outputs"][name] = asdict(store.put(value, name))
+                result["outputs"][name] = asdict(store.put(value, name, secrets))
             except Exception as exc:  # noqa: BLE001 - unserializable values are reported by name
                 if getattr(exc, "disk_full", False):  # never a silent gap: the step fails, no cache entry
                     raise _OutputError(f"step {spec['step']!r}: {exc}") from None
+                if type(exc).__name__ == "SecretValue":
+                    if name in required:
+                        raise _OutputError(
+                            f"step {spec['step']!r}: variable {name!r} holds a secret and is not passed to the steps"
+                            " that read it (read the secret in the step that uses it)"
+                        ) from None
+                    result["not_kept"][name] = "holds a secret"
+                    continue
                 reason = f"{type(value).__module__}.{type(value).__qualname__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                 if name in required:
                     raise _OutputError(
                         f"step {spec['step']!r}: variable {name!r} of type {type(value).__qualname__} cannot be stored for the steps that read it ({exc})"
                     ) from None
                 result["not_kept"][name] = reason
+        lost = [v for v in result["changed"] if v not in result["outputs"] and v not in result["unsure"]]
+        if lost:
+            raise _OutputError(
+                f"step {spec['step']!r} changes {lost[0]!r} in place, and the changed value cannot be stored for "
+                f"later steps ({result['not_kept'].get(lost[0], 'not kept')})"
+            )
+        result["changed"] = [v for v in result["changed"] if v in result["outputs"]]
+        result["unsure"] = [v for v in result["unsure"] if v in result["outputs"]]
         missing = sorted(required - set(assigned))
         if missing:
             raise _OutputError(f"step {spec['step']!r} did not assign {missing[0]!r}, which a later step reads")
@@ -129,8 +150,34 @@ def run_task(spec_path: str) -> int:
         )
         sys.stderr.write(result["error"] + "\n")
     result["ended"] = time.time()
+    if secrets:
+        _mask(result, spec["log"], secrets)
     _write_json(spec["result"], result)
     return 0 if result["status"] == "done" else 1
+
+
+def _mask(result: dict[str, Any], log_path: str, secrets: tuple[str, ...]) -> None:
+    """Replace every secret in the result's error text and in the step's log with ``***``."""
+    for key in ("error", "traceback"):
+        if isinstance(result.get(key), str):
+            for secret in secrets:
+                if len(secret) >= 4:  # shorter ones would mask ordinary text (and are not secrets worth the name)
+                    result[key] = result[key].replace(secret, "***")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        data = Path(log_path).read_bytes()
+    except OSError:
+        return
+    masked = data
+    for secret in secrets:
+        if len(secret) >= 4:
+            masked = masked.replace(secret.encode(), b"***")
+    if masked != data:
+        tmp = f"{log_path}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(masked)
+        os.replace(tmp, log_path)
 
 
 def _not_state(value: Any) -> bool:

@@ -3,6 +3,12 @@
 The parent imports the libraries steps use once; each step then starts in ~5 ms as a forked child with its
 own process group, so a timeout or memory limit stops that step (and whatever it spawned) alone.
 
+A step's whole process tree is reachable (Linux): the step dies with the worker (``PR_SET_PDEATHSIG``); every
+program it starts carries ``NBMAGIC_STEP=<token>`` in its environment, so children that left the group
+(``start_new_session=True``, double-forked daemons) are found and killed with the step; and the worker is a
+child subreaper, so orphans that cleared their environment are re-parented to it and killed when no step
+runs. Elsewhere only the step's process group is reached.
+
 Protocol, one JSON object per line. Requests on stdin:
 ``{"op": "preload", "modules": [...]}``, ``{"op": "run", "task": ID, "spec": PATH, "timeout": S, "memory": BYTES}``,
 ``{"op": "kill", "task": ID}``. Events on stdout: ``{"event": "ready"}``, ``{"event": "preloaded", "modules": [...]}``,
@@ -26,10 +32,30 @@ def _send(out: Any, event: dict[str, Any]) -> None:
     out.flush()
 
 
-def _child(spec_path: str, memory: int | None, env: dict[str, str]) -> None:
+TOKEN_ENV = "NBMAGIC_STEP"
+INTERRUPTED_EXIT = 130  # a step that raised KeyboardInterrupt
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def _prctl(option: int, value: int) -> None:
+    """Linux ``prctl``; a no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _child(spec_path: str, memory: int | None, env: dict[str, str], token: str = "") -> None:
     """In the forked child: detach, apply limits, run the step, exit without running the parent's cleanup."""
     code = 1
     try:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the step never outlives its worker
+        if token:
+            os.environ[TOKEN_ENV] = token  # inherited by every program the step starts
         os.setpgid(0, 0)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -42,7 +68,9 @@ def _child(spec_path: str, memory: int | None, env: dict[str, str]) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         from .task import run_task
 
-        code = run_task(spec_path)
+        code = run_task(spec_path, secrets=tuple(env.values()))  # the pipe carries only secrets
+    except KeyboardInterrupt:
+        code = INTERRUPTED_EXIT
     except BaseException:  # noqa: BLE001 - reported through the exit code and the log
         import traceback
 
@@ -69,6 +97,7 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupts are for the kernel
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of steps come back to the worker, not to init
     _warm_runtime()
     tasks: dict[int, dict[str, Any]] = {}  # pid -> {"task", "deadline", "timed_out"}
     buffer = b""
@@ -85,7 +114,7 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
         for pid, task in tasks.items():
             if task["deadline"] and now >= task["deadline"] and not task["timed_out"]:
                 task["timed_out"] = True
-                _kill_group(pid)
+                _kill_tree(pid, task["token"])
         while tasks:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -95,8 +124,12 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
                 break
             task = tasks.pop(pid, None)
             if task is None:
+                if not tasks:
+                    _kill_orphans()
                 continue
-            _kill_group(pid)  # whatever the step left running in its group
+            _kill_tree(pid, task["token"])  # whatever the step left running, in its group or not
+            if not tasks:
+                _kill_orphans()
             _send(
                 out,
                 {
@@ -111,8 +144,9 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
             chunk = os.read(fd, 65536)
             if not chunk:
                 open_input = False
-                for pid in tasks:
-                    _kill_group(pid)
+                for pid, task in tasks.items():
+                    _kill_tree(pid, task["token"])
+                _kill_orphans()
                 continue
             buffer += chunk
             while b"\n" in buffer:
@@ -137,6 +171,52 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def _processes() -> list[tuple[int, int, bytes]]:
+    """(pid, parent pid, environment) of this user's processes (Linux ``/proc``; empty elsewhere)."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                ppid = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                environ = handle.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append((int(name), ppid, environ))
+    return found
+
+
+def _kill_tree(pid: int, token: str) -> None:
+    """Kill the step's process group and every process that carries the step's token in its environment."""
+    _kill_group(pid)
+    if not token:
+        return
+    needle = f"{TOKEN_ENV}={token}".encode()
+    for other, _ppid, environ in _processes():
+        if other != os.getpid() and needle in environ.split(b"\0"):
+            try:
+                os.kill(other, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _kill_orphans() -> None:
+    """With no step running, kill the worker's re-parented orphans (step leftovers that shed their token)."""
+    me = os.getpid()
+    for other, ppid, _environ in _processes():
+        if ppid == me:
+            try:
+                os.kill(other, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def _handle(request: dict[str, Any], tasks: dict[int, dict[str, Any]], out: Any) -> None:
     op = request.get("op")
     if op == "preload":
@@ -149,11 +229,13 @@ def _handle(request: dict[str, Any], tasks: dict[int, dict[str, Any]], out: Any)
                 pass
         _send(out, {"event": "preloaded", "modules": loaded})
     elif op == "run":
+        token = f"{os.getpid()}-{request['task']}-{time.monotonic_ns()}"
         pid = os.fork()
         if pid == 0:
-            _child(request["spec"], request.get("memory"), request.get("env") or {})
+            _child(request["spec"], request.get("memory"), request.get("env") or {}, token)
         timeout = request.get("timeout")
         tasks[pid] = {
+            "token": token,
             "task": request["task"],
             "deadline": time.monotonic() + timeout if timeout else None,
             "timed_out": False,
@@ -162,7 +244,7 @@ def _handle(request: dict[str, Any], tasks: dict[int, dict[str, Any]], out: Any)
     elif op == "kill":
         for pid, task in tasks.items():
             if task["task"] == request.get("task"):
-                _kill_group(pid)
+                _kill_tree(pid, task["token"])
 
 
 if __name__ == "__main__":

@@ -113,29 +113,83 @@ def _hasher():
         return hashlib.blake2b(digest_size=16)
 
 
+def _cow_mapping(value: Any) -> str | None:
+    """For an array that lives in a private (copy-on-write) file mapping, as large stored arrays load: "cow:<start>"
+    while no page of that mapping was written, a content hash once one was, None when not such an array.
+
+    Linux counts written copy-on-write pages per mapping (``/proc/self/smaps``), so an unchanged input costs a
+    lookup instead of a pass over its memory."""
+    try:
+        address = value.__array_interface__["data"][0]
+        handle = open("/proc/self/smaps")
+    except (AttributeError, OSError, TypeError, KeyError):
+        return None
+    with handle:
+        inside = False
+        start = ""
+        for line in handle:
+            head = line.split(None, 5)
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                low, _, high = head[0].partition("-")
+                try:
+                    inside = int(low, 16) <= address < int(high, 16)
+                except ValueError:
+                    inside = False
+                if inside:
+                    perms, inode = head[1], head[4]
+                    if not (perms[1] == "w" and perms[3] == "p" and inode != "0"):
+                        return None  # not a private file mapping
+                    start = low
+                continue
+            if inside and head[0] == "Anonymous:" and int(head[1]) > 0:
+                return ""  # written: hash the content
+            if inside and head[0] == "VmFlags:":
+                return f"cow:{start}"
+    return None
+
+
 def fingerprint(value: Any) -> str | None:
     """A content hash of ``value`` as it is now, to tell whether a step changed it in place; None if unknown.
 
-    Arrays are hashed over their memory (xxh3); pandas objects per row; anything else through pickle, with
-    large buffers hashed out of band instead of copied."""
+    Arrays are hashed over their memory (xxh3), unless they sit untouched in a copy-on-write file mapping;
+    pandas numeric columns likewise, other columns per row; anything else through pickle, with large buffers
+    hashed out of band instead of copied."""
     import pickle
 
     digest = _hasher()
     np = sys.modules.get("numpy")
     try:
         if np is not None and isinstance(value, np.ndarray) and value.dtype != object:
+            if value.nbytes >= 1 << 24:
+                mapped = _cow_mapping(value)
+                if mapped:
+                    return mapped
             digest.update(f"{value.dtype.str}{value.shape}".encode())
             digest.update(memoryview(np.ascontiguousarray(value)).cast("B"))
             return digest.hexdigest()
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(value, (pd.DataFrame, pd.Series)):
             try:
-                rows = pd.util.hash_pandas_object(value, index=True).to_numpy()
-                digest.update(memoryview(rows).cast("B"))
-                frame = isinstance(value, pd.DataFrame)
-                names = list(value.columns) if frame else [value.name]
-                types = list(value.dtypes) if frame else [value.dtype]
-                digest.update(repr((names, [str(t) for t in types], list(value.index.names))).encode())
+                frame = value if isinstance(value, pd.DataFrame) else value.to_frame()
+                digest.update(repr((list(frame.columns), [str(t) for t in frame.dtypes], frame.shape)).encode())
+                index = frame.index
+                if isinstance(index, pd.RangeIndex):
+                    digest.update(repr(index).encode())
+                else:
+                    digest.update(memoryview(pd.util.hash_pandas_object(index).to_numpy()).cast("B"))
+                kinds = {t.kind for t in frame.dtypes}
+                whole = frame.to_numpy() if len(set(frame.dtypes)) == 1 and kinds <= set("biufc") else None
+                if whole is not None and (whole.flags.c_contiguous or whole.flags.f_contiguous):
+                    # one numeric block: hash its memory as it lies (the transpose of a column-major block)
+                    digest.update(memoryview(whole if whole.flags.c_contiguous else whole.T).cast("B"))
+                    digest.update(repr(getattr(value, "attrs", {})).encode())
+                    return digest.hexdigest()
+                for position in range(frame.shape[1]):
+                    column = frame.iloc[:, position]
+                    if column.dtype.kind in "biufcmM":
+                        digest.update(memoryview(np.ascontiguousarray(column.to_numpy())).cast("B"))
+                    else:
+                        digest.update(memoryview(pd.util.hash_pandas_object(column, index=False).to_numpy()).cast("B"))
                 digest.update(repr(getattr(value, "attrs", {})).encode())
                 return digest.hexdigest()
             except TypeError:

@@ -31,15 +31,17 @@ def serve_image() -> str:
     return os.environ.get(IMAGE_ENV) or nbmagic_image()
 
 
-def _server_container(package: Package, storage_uri: str, image: str, extra: list[str]) -> dict[str, Any]:
-    return {
-        "name": "kserve-container",
-        "image": image,
-        "command": ["python", "-m", "nbmagic.serve.server"],
-        "args": ["--package", MOUNT, "--name", package.name, "--host", "0.0.0.0", "--http-port", "8080", *extra],
-        "env": [{"name": "STORAGE_URI", "value": storage_uri}],
-        "ports": [{"containerPort": 8080, "protocol": "TCP"}],
-    }
+def _server_container(package: Package, storage_uri: str, image: str, extra: list[str]) -> Any:
+    from kubernetes import client as k8s
+
+    return k8s.V1Container(
+        name="kserve-container",
+        image=image,
+        command=["python", "-m", "nbmagic.serve.server"],
+        args=["--package", MOUNT, "--name", package.name, "--host", "0.0.0.0", "--http-port", "8080", *extra],
+        env=[k8s.V1EnvVar(name="STORAGE_URI", value=storage_uri)],
+        ports=[k8s.V1ContainerPort(container_port=8080, protocol="TCP")],
+    )
 
 
 def inference_service(
@@ -51,7 +53,11 @@ def inference_service(
     image: str | None = None,
     service_account: str | None = None,
 ) -> dict[str, Any]:
-    """The InferenceService manifest (a plain dict, as the Kubernetes API takes it)."""
+    """The InferenceService manifest, built with kserve's typed models and serialized as the Kubernetes API
+    takes it (a dict with camelCase keys; a misspelt field is a TypeError here, not a pruned field there)."""
+    import kserve
+    from kubernetes import client as k8s
+
     validate_name(package.name)
     validate_name(namespace)
     if not storage_uri.startswith(_SCHEMES):
@@ -61,33 +67,40 @@ def inference_service(
     image = image or serve_image()
     base = storage_uri.rstrip("/")
     fmt = package.manifest.get("model_format")
-    predictor: dict[str, Any]
     if fmt in ("sklearn", "xgboost", "lightgbm", "tensorflow"):
-        predictor = {
-            "model": {"modelFormat": {"name": fmt}, "storageUri": f"{base}/model", "protocolVersion": protocol}
-        }
+        predictor = kserve.V1beta1PredictorSpec(
+            model=kserve.V1beta1ModelSpec(
+                name=None,  # the container name: KServe's default, not an empty string
+                model_format=kserve.V1beta1ModelFormat(name=fmt),
+                storage_uri=f"{base}/model",
+                protocol_version=protocol,
+            ),
+            service_account_name=service_account,
+        )
     else:  # pytorch, predict(), callable: no built-in runtime loads a dill file
-        predictor = {"containers": [_server_container(package, base, image, ["--predictor-only"])]}
-    if service_account:
-        predictor["serviceAccountName"] = service_account
-    spec: dict[str, Any] = {"predictor": predictor}
+        predictor = kserve.V1beta1PredictorSpec(
+            containers=[_server_container(package, base, image, ["--predictor-only"])],
+            service_account_name=service_account,
+        )
+    transformer = None
     if package.transformer_dir is not None:
-        spec["transformer"] = {
-            "containers": [
+        transformer = kserve.V1beta1TransformerSpec(
+            containers=[
                 _server_container(package, base, image, ["--transformer-only", "--predictor-protocol", protocol])
             ]
-        }
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "InferenceService",
-        "metadata": {
-            "name": package.name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "nbmagic"},
-            "annotations": {"nbmagic/model-type": package.manifest["type_name"]},
-        },
-        "spec": spec,
-    }
+        )
+    isvc = kserve.V1beta1InferenceService(
+        api_version=f"{GROUP}/{VERSION}",
+        kind="InferenceService",
+        metadata=k8s.V1ObjectMeta(
+            name=package.name,
+            namespace=namespace,
+            labels={"app.kubernetes.io/managed-by": "nbmagic"},
+            annotations={"nbmagic/model-type": package.manifest["type_name"]},
+        ),
+        spec=kserve.V1beta1InferenceServiceSpec(predictor=predictor, transformer=transformer),
+    )
+    return k8s.ApiClient().sanitize_for_serialization(isvc)
 
 
 def submit(manifest: dict[str, Any], api: Any) -> dict[str, Any]:

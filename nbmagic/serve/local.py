@@ -55,6 +55,13 @@ class _Process:
         self.role = role
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
+        env = _child_env()
+        from nbmagic.serve import warm
+
+        process = warm.start(env)
+        self.popen: Any = process.spawn(args, str(log), env) if process is not None else None
+        if self.popen is not None:
+            return
         with open(log, "wb") as out:
             self.popen = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
                 [
@@ -69,7 +76,7 @@ class _Process:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=_child_env(),
+                env=env,
             )
 
     def tail(self, n: int = 20) -> list[str]:
@@ -333,4 +340,11 @@ def stop_all() -> None:
         server.stop()
 
 
-atexit.register(stop_all)
+def _at_exit() -> None:
+    from nbmagic.serve import warm
+
+    stop_all()
+    warm.stop()
+
+
+atexit.register(_at_exit)

@@ -19,8 +19,10 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import hmac
 import os
 import re
+import secrets
 import shutil
 import socket
 import time
@@ -54,6 +56,52 @@ class CorruptValueError(StoreError):
 
 
 LOCK_FILE = "gc.lock"
+KEY_FILE = "key"
+SIGNATURE = "manifest.sig"
+#: formats whose loading never runs code from the file; every other format (pickle, dill, joblib, torch, …) can
+SAFE_FORMATS = frozenset({"npy", "npy-scalar", "parquet"})
+
+
+class SecretValue(StoreError):
+    """A value that equals or contains a secret the run injected: never written to the store."""
+
+
+def _holds_secret(obj: Any, secrets: tuple[str, ...], depth: int = 0, budget: list[int] | None = None) -> bool:
+    """True when obj (or a str/bytes inside a list, tuple, set or dict, a few levels deep) contains a secret."""
+    budget = budget if budget is not None else [100_000]
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 6:
+        return False
+    if isinstance(obj, str):
+        return any(secret == obj or (len(secret) >= 4 and secret in obj) for secret in secrets)
+    if isinstance(obj, (bytes, bytearray)):
+        return any(len(secret) >= 4 and secret.encode() in obj for secret in secrets)
+    if isinstance(obj, dict):
+        return any(
+            _holds_secret(k, secrets, depth + 1, budget) or _holds_secret(v, secrets, depth + 1, budget)
+            for k, v in obj.items()
+        )
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return any(_holds_secret(item, secrets, depth + 1, budget) for item in obj)
+    return False
+
+
+def _files_hold_secret(folder: Path, secrets: tuple[str, ...]) -> bool:
+    """True when a written file's bytes contain a secret (catches secrets inside objects: pickles keep strings)."""
+    import mmap
+
+    needles = [secret.encode() for secret in secrets if len(secret) >= 4]
+    for path in folder.iterdir():
+        if not needles or path.stat().st_size == 0:
+            continue
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if any(data.find(needle) >= 0 for needle in needles):
+                return True
+    return False
+
+
+class UntrustedValue(StoreError):
+    """A stored value whose manifest is not signed with this store's key: refused before loading."""
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -88,6 +136,64 @@ class ObjectStore:
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
         self.fsync = fsync
+        self._key: bytes | None = None
+
+    # ------------------------------------------------------------------ authentication
+    def key(self) -> bytes | None:
+        """The store's secret key (``<store>/key``, 0600, made with the store); None if it cannot be made."""
+        if self._key is None:
+            path = self.root / KEY_FILE
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            except OSError:
+                return None
+            else:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(secrets.token_bytes(32))
+            try:
+                key = path.read_bytes()
+            except OSError:
+                return None
+            if len(key) < 32:  # being written by another process this instant
+                time.sleep(0.05)
+                key = path.read_bytes()
+            self._key = key
+        return self._key
+
+    def _sign(self, folder: Path) -> None:
+        key = self.key()
+        if key is None:
+            return
+        digest = hmac.new(key, (folder / marshal.MANIFEST).read_bytes(), hashlib.sha256).hexdigest()
+        (folder / SIGNATURE).write_text(digest)
+
+    def signed(self, digest: str) -> bool:
+        """True when the value's manifest carries a valid signature made with this store's key."""
+        folder = self._path(digest)
+        key = self.key()
+        try:
+            given = (folder / SIGNATURE).read_text().strip()
+            manifest = (folder / marshal.MANIFEST).read_bytes()
+        except OSError:
+            return False
+        return key is not None and hmac.compare_digest(given, hmac.new(key, manifest, hashlib.sha256).hexdigest())
+
+    def _check_trust(self, digest: str, name: str) -> None:
+        """Refuse, before anything is unpickled, a value whose manifest this store did not sign."""
+        if self.signed(digest):
+            return
+        try:
+            fmt = marshal.read_manifest(self._path(digest), name).get("format")
+        except marshal.MarshalError:
+            fmt = None
+        if fmt in SAFE_FORMATS:
+            return  # loading these never runs code; the content hash still guards the bytes
+        raise UntrustedValue(
+            f"stored value {name!r} ({fmt or 'unknown format'}) is not signed with this store's key: refused before"
+            f" loading, as it could run code ({self._path(digest)})"
+        )
 
     # ------------------------------------------------------------------ paths
     def _path(self, digest: str) -> Path:
@@ -129,21 +235,27 @@ class ObjectStore:
             return True  # e.g. a read-only store: nothing can collect it either
 
     def _intact(self, digest: str, name: str) -> bool:
-        """Re-found value's bytes still match its hash; a corrupt one is removed (and so rewritten)."""
+        """Re-found value's bytes still match its hash and its manifest is signed; else it is removed (and so rewritten)."""
         try:
             marshal.verify(self._path(digest), name, expected_hash=digest)
-            return True
+            if self.signed(digest) or self.key() is None:
+                return True
         except marshal.CorruptValue:
-            self.delete(digest)
-            return False
+            pass
+        self.delete(digest)
+        return False
 
     # ------------------------------------------------------------------ write
-    def put(self, obj: Any, name: str) -> ValueRef:
+    def put(self, obj: Any, name: str, secrets: tuple[str, ...] | list[str] = ()) -> ValueRef:
         """Store obj (once, however often it is put) and return its reference.
 
-        Raises :class:`StoreFull` (one line naming the variable) when the filesystem has no room; nothing is
-        left behind then.
+        Raises :class:`StoreFull` (one line naming the variable) when the filesystem has no room, and
+        :class:`SecretValue` when obj equals or contains one of ``secrets`` (the values a run injected);
+        nothing is left behind then.
         """
+        secrets = tuple(s for s in secrets if s)
+        if secrets and _holds_secret(obj, secrets):
+            raise SecretValue(f"variable {name!r} holds a secret")
         known = marshal.fingerprint(obj, name)
         if known is not None:
             with self._lease():
@@ -153,6 +265,9 @@ class ObjectStore:
         try:
             try:
                 manifest = marshal.save(obj, tmp, name)
+                if secrets and _files_hold_secret(tmp, secrets):
+                    raise SecretValue(f"variable {name!r} holds a secret")
+                self._sign(tmp)
                 for p in tmp.iterdir():
                     p.chmod(0o400)
                     if self.fsync:
@@ -206,6 +321,7 @@ class ObjectStore:
         path = self._path(digest)
         if not (path / marshal.MANIFEST).exists():
             raise StoreError(f"stored value {name or digest[:12]!r} is not in the store (hash {digest[:12]})")
+        self._check_trust(digest, name or digest[:12])
         try:
             return marshal.load(path, name, mmap, expected_hash=digest)
         except StoreError:

@@ -167,6 +167,10 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+# (store root, run id) -> (status, metrics, error, ended): run ends the index could not take when they happened
+_UNFINISHED: dict[tuple[str, str], tuple[str, dict[str, float], str | None, float]] = {}
+
+
 def new_run_id() -> str:
     """Sortable by time, unique across processes: ``YYYYmmdd-HHMMSS-xxxxxx``."""
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + uuid.uuid4().hex[:6]
@@ -395,11 +399,33 @@ class RunStore:
         return json.loads(row[0] or "{}") if row else None
 
     def finish_run(self, run_id: str, status: str, metrics: dict[str, float], error: str | None = None) -> None:
+        """Record how a run ended. If the index cannot be written now (disk full, read-only), the outcome is
+        kept in this process and written by the next call that can (``list_runs``, gc, the next run)."""
+        try:
+            self._finish_run(run_id, status, metrics, error, time.time())
+        except StoreUnavailable:
+            _UNFINISHED[(str(self.root), run_id)] = (status, metrics, error, time.time())
+            raise
+
+    def _finish_pending(self) -> None:
+        for (root, run_id), outcome in list(_UNFINISHED.items()):
+            if root == str(self.root):
+                try:
+                    self._finish_run(run_id, *outcome)
+                except StoreUnavailable:
+                    return
+                _UNFINISHED.pop((root, run_id), None)
+
+    def _finish_run(self, run_id: str, status: str, metrics: dict[str, float], error: str | None, ended: float) -> None:
         with self._db() as db:
+            if status != "done":
+                db.execute(
+                    "UPDATE executions SET state='failed' WHERE run_id=? AND state IN ('running','pending')", (run_id,)
+                )
             cached = db.execute("SELECT COUNT(*) FROM executions WHERE run_id=? AND cached=1", (run_id,)).fetchone()[0]
             db.execute(
                 "UPDATE runs SET status=?, metrics=?, ended=?, cached=?, error=? WHERE id=?",
-                (status, json.dumps(metrics), time.time(), cached, error, run_id),
+                (status, json.dumps(metrics), ended, cached, error, run_id),
             )
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -470,7 +496,12 @@ class RunStore:
         return [self._record(r) for r in self._connection().execute(query, args)]
 
     def resolve_run(self, ref: str) -> str:
-        """A run id from an id, a unique prefix, or ``last``; a clear error otherwise."""
+        """A run id from an id, a unique prefix, ``last``, ``best`` or ``best:EXPERIMENT``; one clear line otherwise."""
+        ref = (ref or "").strip()
+        if not ref:
+            raise NbMagicError("which run? give a run id, a unique prefix, 'last' or 'best'")
+        if ref == "best" or ref.startswith("best:"):
+            return self._resolve_best(ref.partition(":")[2] or None)
         conn = self._connection()
         if ref == "last":
             row = conn.execute("SELECT id FROM runs WHERE kind='local' ORDER BY started DESC LIMIT 1").fetchone()
@@ -489,8 +520,27 @@ class RunStore:
             raise NbMagicError(f"run prefix {ref!r} is ambiguous ({rows[0][0]}, {rows[1][0]}, …)")
         return rows[0][0]
 
+    def _resolve_best(self, experiment: str | None) -> str:
+        """``best``: :meth:`best_trial` of ``experiment`` (default: the most recent experiment), or one clear line."""
+        if experiment is None:
+            experiment = self.latest_experiment()
+            if experiment is None:
+                raise NbMagicError("'best': no tuning experiment in the store yet (runs of %katib have one)")
+        if not self.has_experiment(experiment):
+            raise NbMagicError(f"'best': no experiment {experiment!r} in the store")
+        objective = (self.experiment_properties(experiment) or {}).get("objective")
+        if not objective:
+            raise NbMagicError(f"'best': experiment {experiment!r} has no recorded objective; restore a run id instead")
+        best = self.best_trial(experiment)
+        if best is None:
+            raise NbMagicError(f"'best': experiment {experiment!r} has no finished trial with metric {objective!r}")
+        return best
+
     def mark_torn_runs(self) -> int:
-        """Runs left 'running' by a process that no longer exists are failed (e.g. after kill -9)."""
+        """Runs left 'running' by a process that no longer exists are failed (e.g. after kill -9); runs whose
+        end this process could not record earlier (a full disk) are recorded now."""
+        if _UNFINISHED:
+            self._finish_pending()
         conn = self._connection()
         torn = []
         for run_id, pid, started in conn.execute(
@@ -671,7 +721,7 @@ class RunStore:
 
         Among the experiment's finished (``done``) runs started since its ``since`` property (set by
         ``%katib --restart``), the one whose objective metric is lowest (``minimize``) or highest
-        (``maximize``); NaN and missing values never win; on a tie the newest run. None when the experiment
+        (``maximize``); NaN and missing values never win; on a tie the earliest trial (as ``Experiment.best``). None when the experiment
         has no objective or no such trial.
         """
         props = self.experiment_properties(experiment) or {}
@@ -682,7 +732,7 @@ class RunStore:
         since = props.get("since") or 0.0
         best: tuple[float, str] | None = None
         for run_id, started, metrics in self._connection().execute(
-            "SELECT id, started, metrics FROM runs WHERE experiment=? AND status='done' ORDER BY started DESC, id DESC",
+            "SELECT id, started, metrics FROM runs WHERE experiment=? AND status='done' ORDER BY started, id",
             (experiment,),
         ):
             value = json.loads(metrics or "{}").get(objective)

@@ -485,7 +485,7 @@ class ReportWatcher:
     def read(self) -> None:
         import json
 
-        from ..reporting import prune_path
+        from ..runtime.report import prune_path
 
         with self._lock:
             files = list(self._files.items())

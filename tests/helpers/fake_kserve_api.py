@@ -35,9 +35,18 @@ def isvc_schema() -> dict[str, Any]:
     return _schema_cache["schema"]
 
 
+OBJECT_META = {
+    "name", "generateName", "namespace", "labels", "annotations", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "finalizers", "ownerReferences",
+    "managedFields", "selfLink",
+}  # fmt: skip
+
+
 def unknown_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
     """Fields in ``value`` that a structural schema does not declare (what Kubernetes would prune)."""
     found: list[str] = []
+    if path == ".metadata" and isinstance(value, dict):  # ObjectMeta is a bare object in CRDs: check it by name
+        return [f".metadata.{key}" for key in value if key not in OBJECT_META]
     if isinstance(value, dict) and schema.get("type") == "object":
         props = schema.get("properties")
         extra = schema.get("additionalProperties")
@@ -48,8 +57,6 @@ def unknown_fields(value: Any, schema: dict[str, Any], path: str = "") -> list[s
                 found += unknown_fields(item, props[key], f"{path}.{key}")
             elif isinstance(extra, dict):
                 found += unknown_fields(item, extra, f"{path}.{key}")
-            elif path == "" or path == ".metadata":
-                continue  # ObjectMeta is declared as a bare object in CRDs
             else:
                 found.append(f"{path}.{key}")
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):

@@ -1,0 +1,129 @@
+"""A warm process that has KServe, FastAPI, numpy and nbmagic's server imported, and forks model servers on demand.
+
+    python -m nbmagic.serve.forkserver PARENT_PID
+
+Requests arrive on stdin, one JSON line each: ``{"argv": [...], "log": PATH, "cwd": DIR, "env": {...}}``.
+It answers on stdout ``started PID`` and later ``exit PID CODE``. It exits with its parent (the kernel) or when
+stdin closes, and its servers exit with it (PR_SET_PDEATHSIG and a parent watchdog, as for any server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+_PRELOAD = (
+    "numpy",
+    "orjson",
+    "httpx",
+    "dill",
+    "joblib",
+    "kserve",
+    "kserve.model_server",
+    "kserve.protocol.rest.server",
+    "fastapi",
+    "uvicorn",
+    "nbmagic.serve.server",
+    "nbmagic.serve.endpoint",
+    "nbmagic.serve.routes",
+    "nbmagic.serve.formats",
+    "nbmagic.serve.transformer",
+    "sklearn.base",
+)
+
+
+def _say(text: str) -> None:
+    os.write(1, (text + "\n").encode())  # no Python-level stream lock: safe around fork
+
+
+def preload() -> None:
+    import importlib
+
+    argv, sys.argv = sys.argv, sys.argv[:1]  # kserve.model_server parses sys.argv at import time
+    for name in _PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - an optional library missing: the child imports what it needs
+            pass
+    sys.argv = argv
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            threading.Event().wait(0.2)
+            continue
+        _say(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
+
+
+def _child(request: dict[str, Any]) -> None:
+    """In the forked child: become the model server the request describes."""
+    code = 0
+    try:
+        fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process's own stdout
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+        sys.path[1:1] = extra
+        if request["cwd"] not in sys.path:
+            sys.path.insert(1, request["cwd"])
+        from nbmagic.serve import server
+
+        sys.argv = ["nbmagic.serve.server", *request["argv"]]
+        server.main(request["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - report like an interpreter would, then exit non-zero
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def main() -> None:
+    from nbmagic.serve.server import die_with_parent
+
+    parent = int(sys.argv[1])
+    die_with_parent(parent, pdeathsig=True)
+    preload()
+    threading.Thread(target=_reap, name="reaper", daemon=True).start()
+    _say("ready")
+    children: list[int] = []
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(request)
+        children.append(pid)
+        _say(f"started {pid}")
+    for pid in children:  # the kernel closed our stdin: stop what we started
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+if __name__ == "__main__":
+    main()
