@@ -361,3 +361,16 @@ def gc_options(args: Any) -> dict[str, Any]:
         "clear_policy",
     )
     return {name: getattr(args, name) for name in names} | {"keep_best": not args.no_keep_best}
+
+
+def enter_notebook_folder(notebook: Path) -> None:
+    """Run where Jupyter runs a notebook's kernel: in its folder, with that folder importable (local modules)."""
+    import sys
+
+    from .config import HOME_ENV
+
+    if os.environ.get(HOME_ENV):  # a relative store path means relative to where the command was typed
+        os.environ[HOME_ENV] = str(Path(os.environ[HOME_ENV]).expanduser().resolve())
+    folder = notebook.expanduser().resolve().parent
+    os.chdir(folder)
+    sys.path.insert(0, str(folder))

@@ -13,21 +13,8 @@ from .errors import NbMagicError
 Command = Callable[[argparse.Namespace], int]
 
 
-def _enter_notebook_folder(notebook: Path) -> None:
-    """Run where Jupyter runs a notebook's kernel: in its folder, with that folder importable (local modules)."""
-    import os
-
-    from .config import HOME_ENV
-
-    if os.environ.get(HOME_ENV):  # a relative store path means relative to where the command was typed
-        os.environ[HOME_ENV] = str(Path(os.environ[HOME_ENV]).expanduser().resolve())
-    folder = notebook.expanduser().resolve().parent
-    os.chdir(folder)
-    sys.path.insert(0, str(folder))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from .api import Pipeline
+    from .api import Pipeline, enter_notebook_folder
 
     pipeline = Pipeline.from_notebook(args.notebook, args.name)
     values = pipeline.values(args.param)
@@ -35,7 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run = pipeline.submit(values, host=args.host, experiment=args.experiment, namespace=args.namespace)
         print(f"run {run.id} started: {run.url}")
         return 0
-    _enter_notebook_folder(Path(args.notebook))
+    enter_notebook_folder(Path(args.notebook))
     notes = pipeline.local_notes()
     if notes:
         print("cluster-only settings, not applied locally: " + "; ".join(notes))

@@ -34,8 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .api import Pipeline
-    from .cli import _enter_notebook_folder
+    from .api import Pipeline, enter_notebook_folder
     from .tune.start import build_spec, start
     from .tune.view import TerminalView
 
@@ -59,7 +58,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         start_step=args.start_step,
     )
     if not args.host:
-        _enter_notebook_folder(Path(args.notebook))
+        enter_notebook_folder(Path(args.notebook))
     experiment = start(
         plan,
         spec,

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"run"},
     {"restore", "tune", "serve", "convert"},
     {"api"},
-    {"magics", "cli", "__init__", "__main__"},
+    {"magics", "cli", "tune_cli", "__init__", "__main__"},
 ]
 LAYER = {room: depth for depth, rooms in enumerate(LAYERS) for room in rooms}
 
