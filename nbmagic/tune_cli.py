@@ -35,40 +35,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from .api import Pipeline, enter_notebook_folder
-    from .tune.start import build_spec, start
+    from .tune.start import spec_from_args, start_from_args
     from .tune.view import TerminalView
 
     pipeline = Pipeline.from_notebook(args.notebook)
     plan = pipeline.plan
-    spec = build_spec(
-        plan,
-        args.param,
-        fixed=args.fixed,
-        objective=args.objective,
-        goal=args.goal,
-        metrics=args.metrics,
-        algorithm=args.algorithm,
-        max_trials=args.max_trials,
-        parallel=args.parallel,
-        max_failed=args.max_failed,
-        seed=args.seed,
-        name=args.name,
-        early_stopping=args.early_stopping,
-        min_trials=args.min_trials,
-        start_step=args.start_step,
-    )
+    spec = spec_from_args(plan, args)
     if not args.host:
         enter_notebook_folder(Path(args.notebook))
-    experiment = start(
-        plan,
-        spec,
-        defaults=plan.defaults,
-        restart=args.restart,
-        cache=not args.no_cache,
-        host=args.host,
-        namespace=args.namespace,
-        image=args.image,
-    )
+    experiment = start_from_args(plan, spec, args)
     kept = getattr(experiment, "resumed", 0)  # local: finished trials read back from the stored study
     kept = kept if isinstance(kept, int) and not isinstance(kept, bool) else 0
     print(

@@ -122,21 +122,9 @@ class TuneMagics(Magics):
         return FormHandle(form, self.shell)
 
     def _start(self, plan: Any, args: Any, spec: Any, target: Any = None) -> Any:
-        from ..tune.start import start
+        from ..tune.start import start_from_args
 
-        experiment = start(
-            plan,
-            spec,
-            defaults=plan.defaults,
-            restart=args.restart,
-            cache=not args.no_cache,
-            host=args.host,
-            namespace=args.namespace,
-            image=args.image,
-            kfp_experiment=args.kfp_experiment,
-            service_account=args.service_account,
-            api_server=args.api_server,
-        )
+        experiment = start_from_args(plan, spec, args)
         view = show(experiment, self.shell, quiet=args.quiet, target=target)
         if args.wait or (target is None and headless()):  # nbconvert/papermill stop the kernel after the last cell
             experiment.wait()
@@ -149,25 +137,9 @@ class TuneMagics(Magics):
 
 def build_spec(args: Any, plan: Any) -> Any:
     """The ExperimentSpec from parsed %katib arguments (the form builds the same object)."""
-    from ..tune import start
+    from ..tune.start import spec_from_args
 
-    return start.build_spec(
-        plan,
-        args.param,
-        fixed=args.fixed,
-        objective=args.objective,
-        goal=args.goal,
-        metrics=args.metrics,
-        algorithm=args.algorithm,
-        max_trials=args.max_trials,
-        parallel=args.parallel,
-        max_failed=args.max_failed,
-        seed=args.seed,
-        name=args.name,
-        early_stopping=args.early_stopping,
-        min_trials=args.min_trials,
-        start_step=args.start_step,
-    )
+    return spec_from_args(plan, args)
 
 
 def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None) -> Any:

@@ -15,16 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..store.processes import identity, same_process
 from .space import TuneError
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22), None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def alive(owner: dict[str, Any]) -> bool:
@@ -32,18 +24,7 @@ def alive(owner: dict[str, Any]) -> bool:
     if owner.get("host") != socket.gethostname():
         return True  # another machine: cannot tell, assume it is alive
     pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
-    started = process_start(pid)
-    if started is None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return owner.get("start") is None  # no /proc: the PID alone
-    return started == owner.get("start")
+    return isinstance(pid, int) and same_process(pid, owner.get("start"))
 
 
 def describe(owner: dict[str, Any]) -> str:
@@ -61,7 +42,7 @@ def _me() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - not in a kernel
         kernel = kernel or " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv[:2]))
     pid = os.getpid()
-    return {"pid": pid, "start": process_start(pid), "host": socket.gethostname(), "kernel": kernel, "at": time.time()}
+    return {"pid": pid, "start": identity(pid), "host": socket.gethostname(), "kernel": kernel, "at": time.time()}
 
 
 class StudyLock:

@@ -116,3 +116,41 @@ def start(
     experiment.start()
     RunStore().set_experiment(name, spec.objective, spec.goal, **since)  # what `%restore best` ranks by
     return experiment
+
+
+def spec_from_args(plan: Any, args: Any) -> ExperimentSpec:
+    """The ExperimentSpec from parsed ``%katib`` / ``nbmagic tune`` arguments (the form builds the same object)."""
+    return build_spec(
+        plan,
+        args.param,
+        fixed=args.fixed,
+        objective=args.objective,
+        goal=args.goal,
+        metrics=args.metrics,
+        algorithm=args.algorithm,
+        max_trials=args.max_trials,
+        parallel=args.parallel,
+        max_failed=args.max_failed,
+        seed=args.seed,
+        name=args.name,
+        early_stopping=args.early_stopping,
+        min_trials=args.min_trials,
+        start_step=args.start_step,
+    )
+
+
+def start_from_args(plan: Any, spec: ExperimentSpec, args: Any) -> Experiment:
+    """Start ``spec`` with the backend options of parsed ``%katib`` / ``nbmagic tune`` arguments."""
+    return start(
+        plan,
+        spec,
+        defaults=plan.defaults,
+        restart=args.restart,
+        cache=not args.no_cache,
+        host=args.host,
+        namespace=args.namespace,
+        image=args.image,
+        kfp_experiment=getattr(args, "kfp_experiment", None),
+        service_account=getattr(args, "service_account", None),
+        api_server=getattr(args, "api_server", None),
+    )
