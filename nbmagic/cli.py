@@ -66,8 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from .api import Pipeline
     from .compile.bundle import runtime_base64
-    from .compile.size import human, size_warning
+    from .compile.size import size_warning
     from .images import nbmagic_image
+    from .units import format_size
 
     image = (args.image or nbmagic_image()) if args.image is not None else None
     pipeline = Pipeline.from_notebook(args.notebook, args.name)
@@ -77,7 +78,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 0
     size = path.stat().st_size
     steps = len(pipeline.plan.steps)
-    print(f"wrote {path} ({human(size)}, {steps} steps)")
+    print(f"wrote {path} ({format_size(size)}, {steps} steps)")
     runtime = len(runtime_base64()) if "nbmagic_runtime: str" in path.read_text(encoding="utf-8") else 0
     warning = size_warning(size, steps, path.name, runtime)
     if warning:

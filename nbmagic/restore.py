@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NbMagicError
-from .store.lineage import ArtifactRef, Execution, _size, executions
+from .store.lineage import ArtifactRef, Execution, executions
 from .store.runs import RunStore
+from .units import format_size
 
 
 class RestoreError(NbMagicError):
@@ -176,7 +177,7 @@ class RestoreReport:
         for item in self.loaded:
             was = f"  (replaced a value of type {self.replaced[item.name]})" if item.name in self.replaced else ""
             lines.append(
-                f"  {item.name:<{width}}  {item.type:<40}  {_size(item.size) if item.hash else '':>9}  {item.step}{was}"
+                f"  {item.name:<{width}}  {item.type:<40}  {format_size(item.size) if item.hash else '':>9}  {item.step}{was}"
             )
         for name, (step, reason) in self.not_kept.items():
             lines.append(f"  {name:<{width}}  not kept by step {step}: {reason}")
@@ -192,7 +193,7 @@ class RestoreReport:
             rows.append(
                 f"<tr><td style='text-align:left'><code>{html.escape(item.name)}</code></td>"
                 f"<td style='text-align:left'>{html.escape(item.type)}</td>"
-                f"<td style='text-align:right'>{_size(item.size) if item.hash else ''}</td>"
+                f"<td style='text-align:right'>{format_size(item.size) if item.hash else ''}</td>"
                 f"<td style='text-align:left'>{html.escape(item.step)}</td><td style='text-align:left'>{was}</td></tr>"
             )
         for name, (step, reason) in self.not_kept.items():

@@ -1,5 +1,7 @@
 """Quantities typed by users: Kubernetes CPU and memory, store sizes, durations. Bad text is a ``ValueError``.
 
+Sizes printed to users go through :func:`format_size`.
+
 Callers turn the ``ValueError`` into their own one-line error naming the option.
 """
 
@@ -58,3 +60,15 @@ def duration_seconds(text: str | float) -> float:
     if not parts or _DURATION_PART.sub("", value).strip():
         raise ValueError(f"{text!r} is not a duration")
     return sum(float(number) * _SECONDS[unit] for number, unit in parts)
+
+
+def format_size(size: int | None) -> str:
+    """Bytes for a person, in decimal units: ``512 B``, ``312.4 kB``, ``1.2 MB`` (``? B`` when unknown)."""
+    if size is None:
+        return "? B"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"

@@ -74,3 +74,30 @@ def test_syntax_error_names_the_line():
 def test_throwaway_underscore_is_not_a_step_value():
     result = info("total = 0\nfor _ in range(3):\n    total += 1")
     assert "_" not in result.writes and "total" in result.writes
+
+
+def test_function_globals_cover_decorators_defaults_body_and_nested_scopes():
+    from nbmagic.pipeline.analysis import function_globals
+
+    source = (
+        "@cache(size)\n"
+        "def f(x, k=K):\n"
+        "    global counter\n"
+        "    counter = 1\n"
+        "    y = np.log(x)\n"
+        "    class C:\n"
+        "        z = helper\n"
+        "    return [scale(v) for v in y] + list(map(lambda w: w * factor, y))\n"
+    )
+    assert function_globals(source) == [
+        "cache",
+        "size",
+        "K",
+        "counter",
+        "np",
+        "helper",
+        "scale",
+        "list",
+        "map",
+        "factor",
+    ]

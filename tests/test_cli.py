@@ -41,7 +41,7 @@ def test_compile_writes_kfp_ir_yaml_and_readable_dsl(tmp_path):
         "seed",
         "nbmagic_runtime",
     }
-    assert result.stdout.startswith(f"wrote {tmp_path / 'p.yaml'} (") and "KB, 5 steps)" in result.stdout
+    assert result.stdout.startswith(f"wrote {tmp_path / 'p.yaml'} (") and "kB, 5 steps)" in result.stdout
     assert spec["root"]["inputDefinitions"]["parameters"]["n_estimators"]["parameterType"] == "NUMBER_INTEGER"
     assert nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "p.py")).returncode == 0
     assert "@dsl.pipeline" in (tmp_path / "p.py").read_text()

@@ -58,7 +58,7 @@ def test_compile_prints_the_size_and_warns_when_a_cluster_may_refuse_the_pipelin
     (warning,) = result.stderr.strip().splitlines()
     assert warning.startswith(f"warning: big.yaml is {size / 1e6:.1f} MB for 5 steps") and "--image" in warning
     small = nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "q.yaml"))
-    assert small.returncode == 0 and small.stderr == "" and "KB, 5 steps)" in small.stdout
+    assert small.returncode == 0 and small.stderr == "" and "kB, 5 steps)" in small.stdout
 
 
 def test_compile_with_the_cluster_image_ships_no_runtime(tmp_path):

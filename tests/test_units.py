@@ -30,3 +30,18 @@ def test_one_duration_grammar_for_timeouts_and_ages():
     for bad in ("soon", "5 mins", "1h-30m", ""):
         with pytest.raises(ValueError):
             units.duration_seconds(bad)
+
+
+def test_sizes_print_in_decimal_units():
+    from nbmagic.units import format_size
+
+    assert [format_size(n) for n in (None, 0, 999, 1000, 312_400, 1_250_000, 3 * 10**9, 5 * 10**12)] == [
+        "? B",
+        "0 B",
+        "999 B",
+        "1.0 kB",
+        "312.4 kB",
+        "1.2 MB",
+        "3.0 GB",
+        "5000.0 GB",
+    ]

@@ -8,13 +8,10 @@ While a run goes on, KFP's driver also writes each task's executor input (its pa
 
 from __future__ import annotations
 
+from ..units import format_size
+
 OBJECT_LIMIT = 1536 * 1024  # etcd's default --max-request-bytes
 WARN_AT = 1024 * 1024  # the Workflow adds driver templates and escaping on top of the YAML: warn with room left
-
-
-def human(size: int) -> str:
-    """``312 KB``, ``1.2 MB`` (decimal units, as the size is printed to a person)."""
-    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{max(size, 1) / 1e3:.0f} KB"
 
 
 def size_warning(size: int, steps: int, name: str = "the pipeline", runtime: int = 0) -> str | None:
@@ -28,13 +25,13 @@ def size_warning(size: int, steps: int, name: str = "the pipeline", runtime: int
     )
     if size >= WARN_AT:
         return (
-            f"warning: {name} is {human(size)} for {steps} steps, near the ~{human(OBJECT_LIMIT)} a cluster stores "
+            f"warning: {name} is {format_size(size)} for {steps} steps, near the ~{format_size(OBJECT_LIMIT)} a cluster stores "
             f"in one object (the Argo Workflow KFP makes from it is larger): a cluster may refuse it. {fix}"
         )
     if steps * runtime >= WARN_AT:
         return (
-            f"warning: {name} passes nbmagic's runtime ({human(runtime)}) to each of its {steps} steps, and KFP keeps "
-            f"every step's inputs in the run's Argo Workflow: ~{human(steps * runtime)} by the end of a run, near the "
-            f"~{human(OBJECT_LIMIT)} a cluster stores in one object. {fix}"
+            f"warning: {name} passes nbmagic's runtime ({format_size(runtime)}) to each of its {steps} steps, and KFP keeps "
+            f"every step's inputs in the run's Argo Workflow: ~{format_size(steps * runtime)} by the end of a run, near the "
+            f"~{format_size(OBJECT_LIMIT)} a cluster stores in one object. {fix}"
         )
     return None

@@ -324,6 +324,27 @@ def _nested_globals(code: str) -> tuple[set[str], set[str]]:
     return reads, writes
 
 
+def function_globals(source: str) -> list[str]:
+    """Global names one ``def`` (``source``, decorators included) reads or assigns through ``global``: its
+    decorators, default values, body and nested scopes (comprehensions, lambdas, inner functions, classes),
+    in first-use order."""
+    tree = ast.parse(source)
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        raise PipelineError("expected one def statement")
+    header = list(node.decorator_list) + list(node.args.defaults) + [d for d in node.args.kw_defaults if d]
+    names = {n.id: None for e in header for n in ast.walk(e) if isinstance(n, ast.Name)}
+    reads, writes = _nested_globals(source)
+    used = reads | writes
+    body = sorted((n for n in ast.walk(node) if isinstance(n, ast.Name)), key=lambda n: (n.lineno, n.col_offset))
+    for n in body:
+        if n.id in used:
+            names.setdefault(n.id, None)
+    for name in sorted(used):
+        names.setdefault(name, None)
+    return list(names)
+
+
 def _is_ipython_call(node: ast.AST, method: str) -> bool:
     return (
         isinstance(node, ast.Call)

@@ -2,9 +2,8 @@
 
 Every global name the function (and the notebook functions it calls) uses must be an import, a notebook
 function (its source is packaged), or an object passed with ``--with`` (serialized with dill); anything else
-is an error naming the missing name. Names are found from the bytecode (LOAD_GLOBAL/LOAD_NAME in the function
-and its nested code: comprehensions, lambdas, inner functions) plus, with ``ast``, the names its decorators
-and default values use.
+is an error naming the missing name. Names come from the pipeline's code analysis of the function's source
+(:func:`nbmagic.pipeline.analysis.function_globals`).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import __future__
 
 import ast
 import builtins
-import dis
 import importlib
 import inspect
 import json
@@ -23,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nbmagic.pipeline.analysis import function_globals
 from nbmagic.serve.errors import ServeError
 
 MANIFEST = "transformer.json"
-_GLOBAL_OPS = {"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"}
 _NOTEBOOK_MODULES = {"__main__", "__mp_main__"}
 
 
@@ -49,28 +47,9 @@ class TransformerSpec:
 
 
 def global_names(fn: types.FunctionType) -> list[str]:
-    """Global names ``fn`` reads, in first-use order (bytecode of the body + ast of decorators/defaults)."""
-    names: dict[str, None] = {}
-
-    def walk(code: types.CodeType) -> None:
-        for ins in dis.get_instructions(code):
-            if ins.opname in _GLOBAL_OPS:
-                names.setdefault(str(ins.argval), None)
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                walk(const)
-
-    for name in _header_names(fn):
-        names.setdefault(name, None)
-    walk(fn.__code__)
-    return list(names)
-
-
-def _header_names(fn: types.FunctionType) -> list[str]:
-    """Names used by decorators and default values (evaluated where the function is defined)."""
-    node = _def_node(fn)
-    exprs = list(node.decorator_list) + list(node.args.defaults) + [d for d in node.args.kw_defaults if d]
-    return [n.id for e in exprs for n in ast.walk(e) if isinstance(n, ast.Name)]
+    """Global names ``fn`` uses, in first-use order (decorators, defaults, body and nested scopes)."""
+    _def_node(fn)  # a def of its own, not a lambda
+    return function_globals(_source(fn))
 
 
 def _source(fn: types.FunctionType) -> str:

@@ -25,8 +25,8 @@ from typing import Any
 
 from .. import units
 from ..errors import NbMagicError
+from ..units import format_size
 from .history import parse_duration
-from .lineage import _size
 from .runs import RunStore
 
 POLICY_FILE = "gc.json"
@@ -63,7 +63,7 @@ class Policy:
         if self.older_than is not None:
             parts.append(f"older_than={self.older_than / 86400:g}d")
         if self.max_size is not None:
-            parts.append(f"max_size={_size(self.max_size).replace(' ', '')}")
+            parts.append(f"max_size={format_size(self.max_size).replace(' ', '')}")
         if not self.keep_best:
             parts.append("keep_best=false")
         return ",".join(parts) or "(no policy)"
@@ -166,7 +166,7 @@ class GcReport:
         verb = "would remove" if self.dry_run else "removed"
         lines = [
             f"gc ({self.policy.describe()}): {verb} {len(self.runs)} runs, {len(self.values)} values, "
-            f"{self.cache_entries} cache entries; {_size(self.bytes_freed)} freed of {_size(self.store_bytes)}; "
+            f"{self.cache_entries} cache entries; {format_size(self.bytes_freed)} freed of {format_size(self.store_bytes)}; "
             f"{self.kept_runs} runs kept"
         ]
         for run_id, started, why in self.runs[:limit]:
@@ -360,7 +360,7 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
                 continue
             if not values:
                 continue  # dropping the record would free nothing (its values are shared with kept runs)
-            drop(run_id, f"store over {_size(policy.max_size)}", keys, values)
+            drop(run_id, f"store over {format_size(policy.max_size)}", keys, values)
             remaining -= sum(size_of(d) for d in values)
     deferred -= set(doomed)
     report = GcReport(
@@ -423,7 +423,7 @@ def _over_budget(
         n = reasons["shared"]
         parts.append(f"{_count(n, 'run')} only {'shares' if n == 1 else 'share'} values with kept runs")
     why = "; ".join(parts) or "the remaining values belong to no run that may be dropped"
-    return f"gc: {_size(remaining)} kept over the {_size(budget)} budget: {why}"
+    return f"gc: {format_size(remaining)} kept over the {format_size(budget)} budget: {why}"
 
 
 def _old_enough(store: RunStore, digest: str, cutoff: float) -> bool:

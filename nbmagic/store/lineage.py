@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NbMagicError
+from ..units import format_size
 
 
 class LineageError(NbMagicError):
@@ -195,7 +196,7 @@ class Lineage:
     # -- text ------------------------------------------------------------------------------------
     def text(self) -> str:
         a = self.artifact
-        lines = [f"{a.name or 'value'}: {a.type or '?'}, {_size(a.size)}, artifact {a.id}, hash {a.hash[:12]}"]
+        lines = [f"{a.name or 'value'}: {a.type or '?'}, {format_size(a.size)}, artifact {a.id}, hash {a.hash[:12]}"]
         if self.note:
             lines.append(f"  ({self.note})")
         if self.producer is None:
@@ -238,7 +239,7 @@ class Lineage:
             out.append("    parameters: " + ", ".join(f"{k}={v!r}" for k, v in ex.parameters.items()))
         for name, ref in ex.inputs.items():
             src = self.sources.get(ex.id, {}).get(name) or "outside this run"
-            out.append(f"    input {name}: {ref.type or '?'}, {_size(ref.size)}, hash {ref.hash[:12]} <- {src}")
+            out.append(f"    input {name}: {ref.type or '?'}, {format_size(ref.size)}, hash {ref.hash[:12]} <- {src}")
         env = ex.environment
         if env:
             packages = {**self.value_versions.get(ex.id, {}), **(env.get("packages") or {})}
@@ -380,17 +381,6 @@ def _producer_in_run(run_execs: list[Execution], consumer: Execution, name: str,
 
 
 # ----------------------------------------------------------------------------------------- rendering
-
-
-def _size(size: int | None) -> str:
-    if size is None:
-        return "? B"
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
 
 
 _STYLE = {
