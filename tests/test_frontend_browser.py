@@ -24,7 +24,8 @@ CELLS = [
 TRIALS = 4
 THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
 LUMINANCE = """el => { const c = getComputedStyle(el).fill || getComputedStyle(el).color;
-    const [r, g, b] = c.match(/[\\d.]+/g).map(Number); return (0.299 * r + 0.587 * g + 0.114 * b) / 255; }"""
+    const m = c && c.match(/[\\d.]+/g); if (!m) return null;  // an element the live view just replaced
+    const [r, g, b] = m.map(Number); return (0.299 * r + 0.587 * g + 0.114 * b) / 255; }"""
 TEXT_LUMINANCE = LUMINANCE.replace("getComputedStyle(el).fill || ", "")
 
 
@@ -66,10 +67,14 @@ def test_jupyterlab_tuning_view_reads_in_the_theme_and_survives_save_and_reopen(
         form.locator("button", has_text="Run").click()
         view = page.locator(".nbmagic-tune[data-status=succeeded]")
         view.wait_for(timeout=120_000)
-        body_text = page.locator(".jp-Notebook").evaluate(TEXT_LUMINANCE)
-        svg_texts = view.locator("svg text").evaluate_all(f"els => els.map({LUMINANCE})")
-        dag_texts = page.locator(".jp-OutputArea-output svg text").evaluate_all(f"els => els.map({LUMINANCE})")
-        best_row = view.locator("table.nbmagic-trials tbody tr[style]").first.evaluate(TEXT_LUMINANCE)
+        for _ in range(20):  # the live view publishes its final state once more: read it once it holds still
+            body_text = page.locator(".jp-Notebook").evaluate(TEXT_LUMINANCE)
+            svg_texts = view.locator("svg text").evaluate_all(f"els => els.map({LUMINANCE})")
+            dag_texts = page.locator(".jp-OutputArea-output svg text").evaluate_all(f"els => els.map({LUMINANCE})")
+            best_row = view.locator("table.nbmagic-trials tbody tr[style]").first.evaluate(TEXT_LUMINANCE)
+            if None not in (body_text, best_row, *svg_texts, *dag_texts):
+                break
+            page.wait_for_timeout(250)
         stop_style = form.locator("button", has_text="Stop").get_attribute("class")
         view.scroll_into_view_if_needed()
         page.screenshot(path=str(shots / f"jupyterlab-{theme}.png"), full_page=False)
