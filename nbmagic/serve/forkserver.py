@@ -22,9 +22,7 @@ _PRELOAD = (
     "httpx",
     "dill",
     "joblib",
-    "kserve",
-    "kserve.model_server",
-    "kserve.protocol.rest.server",
+    "nbmagic.serve.kserve_lean",  # KServe's server modules only (see kserve_lean.load)
     "fastapi",
     "uvicorn",
     "nbmagic.serve.server",
@@ -47,6 +45,8 @@ def preload() -> None:
     for name in _PRELOAD:
         try:
             importlib.import_module(name)
+            if name == "nbmagic.serve.kserve_lean":
+                sys.modules[name].load()
         except Exception:  # noqa: BLE001 - an optional library missing: the child imports what it needs
             pass
     sys.argv = argv

@@ -68,14 +68,14 @@ def _model_class() -> type:
     """Define the kserve.Model subclass (kserve is imported only in the server process)."""
     import asyncio
 
-    import kserve
     from kserve.errors import InvalidInput
+    from kserve.model import Model
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
     from nbmagic.serve.endpoint import Endpoint
     from nbmagic.serve.protocol import ProtocolError, as_array, datatype
 
-    class PackagedModel(kserve.Model):
+    class PackagedModel(Model):
         """The package's endpoint as a kserve.Model: preprocess, predict (here or forwarded), V1/V2 answers."""
 
         def __init__(self, endpoint: Endpoint, forward: Any = None) -> None:
@@ -224,7 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     die_with_parent(args.parent_pid, args.pdeathsig)
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv at import time: give it none of ours
-    import kserve
+    from nbmagic.serve import kserve_lean
+
+    kserve_lean.load()
+    from kserve.model_server import ModelServer
 
     from nbmagic.serve.endpoint import Endpoint
     from nbmagic.serve.routes import Forward, build_routes
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     endpoint.name = args.name
     _install(args.host, build_routes(endpoint, forward), args.log_requests)
     model = _model_class()(endpoint, forward)
-    server = kserve.ModelServer(
+    server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port or 8081,
         enable_grpc=args.grpc_port is not None,
