@@ -37,6 +37,7 @@ _PRELOAD = (
     "uvicorn.protocols.http.auto",
     "uvicorn.protocols.websockets.auto",
     "uvicorn.lifespan.on",
+    "uvloop",
     "concurrent.futures.thread",
     "nbmagic.serve.package",
 )
