@@ -120,7 +120,7 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen, timeout: float = 60
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("baseline server exited")
+            raise RuntimeError("server exited before it was ready")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             conn.request("POST", path, BODY, {"Content-Type": "application/json"})
@@ -250,16 +250,27 @@ def main() -> None:
         app = work / "fastapi_app.py"
         app.write_text(FASTAPI_APP)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        starts = []
-        for _ in range(args.startups):
-            port = free_port()
-            t0 = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, str(app), str(package.path), str(port)], env=env)
-            wait_ready(port, path, proc)
-            starts.append(time.perf_counter() - t0)
-            if len(starts) < args.startups:
-                proc.terminate()
-                proc.wait()
+        # cold processes side by side, no warm process: ours (`python -m nbmagic.serve.server`, what
+        # NBMAGIC_SERVE_WARM=0 starts) and the FastAPI app, each until its first prediction; wall and CPU seconds
+        # (CPU: the process's own work, which the machine's load hardly changes)
+        cold: dict[str, list[tuple[float, float]]] = {"ours": [], "fastapi": []}
+        for i in range(args.startups):
+            for which in ("ours", "fastapi"):
+                port = free_port()
+                argv = (
+                    ["-m", "nbmagic.serve.server", "--package", str(package.path), "--name", "bench"]
+                    + ["--http-port", str(port)]
+                    if which == "ours"
+                    else [str(app), str(package.path), str(port)]
+                )
+                t0 = time.perf_counter()
+                proc = subprocess.Popen([sys.executable, *argv], env=env, stderr=subprocess.DEVNULL)
+                wait_ready(port, path, proc)
+                cold[which].append((time.perf_counter() - t0, cpu_seconds(proc.pid)))
+                if which == "ours" or i < args.startups - 1:
+                    proc.terminate()
+                    proc.wait()
+        starts = [wall for wall, _cpu in cold["fastapi"]]
         label = "plain FastAPI endpoint"
         startup[label] = first[label] = statistics.median(starts)
         ports[label] = port
@@ -319,6 +330,11 @@ def main() -> None:
         f"{', '.join(f'{t:.2f}' for t in in_kernel[False])}); set-up cell, `%load_ext nbmagic`, `%serve` (nothing "
         f"overlaps the warm process's imports): {kernel_first[True]:.2f} s (each: "
         f"{', '.join(f'{t:.2f}' for t in in_kernel[True])})",
+        f"- cold server process to its first prediction, median of {args.startups} each, side by side: ours "
+        f"{statistics.median(w for w, _ in cold['ours']):.2f} s wall, "
+        f"{statistics.median(c for _, c in cold['ours']):.2f} s CPU; FastAPI "
+        f"{statistics.median(w for w, _ in cold['fastapi']):.2f} s wall, "
+        f"{statistics.median(c for _, c in cold['fastapi']):.2f} s CPU",
         f"- start-up in this process: %serve right after the warm process was started: "
         f"{after_load:.2f} s; fully cold (the warm "
         f"process starts with the %serve): {ours[1]:.2f} s (FastAPI's own cold start {plain[1]:.2f} s); later "
