@@ -1,4 +1,5 @@
-"""The model server imports only KServe's server modules; the rest of the package still loads when asked for."""
+"""The model server imports only KServe's server modules (the rest loads when asked for); the warm process
+preloads installed model libraries only."""
 
 from __future__ import annotations
 
@@ -44,4 +45,29 @@ def test_server_modules_load_without_the_kubernetes_client():
         "client": "kserve.api.kserve_client",
         "kubernetes_after": True,
         "missing": False,
+    }
+
+
+LIBRARIES = """
+import json, sys
+sys.path.insert(0, ".")
+from nbmagic.serve import forkserver
+forkserver.import_libraries(["usermod", "sklearn.dummy", "sklearn.no_such_module", "keras_like.thing"])
+print(json.dumps({m: m in sys.modules for m in ("usermod", "sklearn.dummy", "sklearn.no_such_module")}))
+"""
+
+
+def test_warm_process_keeps_only_installed_model_libraries(tmp_path):
+    """Before forking, the warm process imports the model's library module (later servers start with it), never
+    a user's own file: that may change between two servers and the fork would keep the old one."""
+    (tmp_path / "usermod.py").write_text("VALUE = 1\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run(
+        [sys.executable, "-c", LIBRARIES], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "usermod": False,
+        "sklearn.dummy": True,
+        "sklearn.no_such_module": False,
     }
