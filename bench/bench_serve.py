@@ -283,15 +283,16 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in ports}
         rates: dict[str, list[float]] = {k: [] for k in ports}
         cpu = {k: 0.0 for k in ports}
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             before = {k: sum(cpu_seconds(pid) for pid in pids[k]) for k in ports}
             for label, taken in sequential(
                 {k: (ports[k], paths[k]) for k in ports}, args.requests // args.rounds
             ).items():
                 times[label] += taken
                 cpu[label] += sum(cpu_seconds(pid) for pid in pids[label]) - before[label]
-            for label, port in ports.items():
-                rates[label].append(throughput(port, paths[label], args.duration, args.connections, script))
+            labels = list(ports)
+            for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:  # each goes first in turn
+                rates[label].append(throughput(ports[label], paths[label], args.duration, args.connections, script))
     finally:
         for stop in stops:
             stop()
@@ -309,7 +310,8 @@ def main() -> None:
         f"Sequential: {args.requests} requests per layout, one keep-alive connection each, the layouts taking turns "
         f"request by request (20 warm-up per round); start-up: median of {args.startups}, from "
         f"starting the process(es) to the first ready answer; throughput: median of {args.rounds} `wrk -t2 -c{args.connections} -d{args.duration}s` "
-        f"(client on the same 2 cores); the three layouts are measured in {args.rounds} interleaved rounds.",
+        f"(client on the same 2 cores); the three layouts are measured in {args.rounds} interleaved rounds, "
+        "each layout's wrk run going first in turn.",
         "",
         "| layout | first start-up (s) | later start-ups (s) | p50 (ms) | p99 (ms) | server CPU per request (us) "
         "| throughput (req/s) |",

@@ -216,7 +216,11 @@ def _quiet(log_requests: bool) -> None:
     # fastapi warns about KServe's ORJSONResponse on every request: one log line (and time) per request
     warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated")
     level = logging.INFO if log_requests else logging.WARNING
-    logging.getLogger("uvicorn.access").setLevel(level)
+    access = logging.getLogger("uvicorn.access")
+    access.setLevel(level)
+    if not log_requests:  # no handler anywhere: uvicorn then skips building an access line per request
+        access.handlers = []
+        access.propagate = False
     logging.getLogger("kserve.trace").setLevel(level)
 
 
