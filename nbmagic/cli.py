@@ -65,8 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .api import Pipeline
-    from .compile.bundle import runtime_base64
     from .compile.size import size_warning
+    from .compile.workflow import estimate
     from .images import nbmagic_image
     from .units import format_size
 
@@ -79,8 +79,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     size = path.stat().st_size
     steps = len(pipeline.plan.steps)
     print(f"wrote {path} ({format_size(size)}, {steps} steps)")
-    runtime = len(runtime_base64()) if "nbmagic_runtime: str" in path.read_text(encoding="utf-8") else 0
-    warning = size_warning(size, steps, path.name, runtime)
+    workflow = estimate(path.read_text(encoding="utf-8")).stored
+    warning = size_warning(size, steps, path.name, workflow)
     if warning:
         print(warning, file=sys.stderr)
     return 0

@@ -21,19 +21,10 @@ from ..runtime.step import uses_ipython
 from .literals import literal
 
 PIPELINE_FUNCTION = "pipeline"
-RUNTIME_ARG = "nbmagic_runtime"  # the pipeline parameter (and component input) carrying the zipped runtime
-RUNTIME_CONSTANT = "NBMAGIC_RUNTIME"
-BOOTSTRAP = [
-    "def nbmagic_bootstrap(runtime: str) -> None:",
-    '    """Put nbmagic\'s runtime package (a zip, base64) on sys.path: Python imports straight from the zip."""',
-    "    import atexit, base64, os, sys, tempfile",
-    "",
-    '    handle, path = tempfile.mkstemp(prefix="nbmagic-runtime-", suffix=".zip")',
-    '    with os.fdopen(handle, "wb") as f:',
-    "        f.write(base64.b64decode(runtime))",
-    "    atexit.register(os.unlink, path)",
-    "    sys.path.insert(0, path)",
-]
+RUNTIME_ARG = "nbmagic_runtime"  # the component input (an artifact) carrying the zipped runtime
+RUNTIME_COMPONENT = "nbmagic_runtime_package"  # the once-per-run component that writes that artifact
+RUNTIME_TASK = "nbmagic_runtime_task"
+RUNTIME_OUTPUT = "runtime"
 OUTPUTS_CLASS = "PipelineOutputs"
 METRICS_ARG = "metrics"
 # Names the generated module defines or imports; step functions and parameters must not shadow them.
@@ -50,9 +41,9 @@ MODULE_NAMES = {
     "Metrics",
     "Output",
     "nbmagic_run",
-    "nbmagic_bootstrap",
     RUNTIME_ARG,
-    RUNTIME_CONSTANT,
+    RUNTIME_COMPONENT,
+    RUNTIME_TASK,
     PIPELINE_FUNCTION,
     OUTPUTS_CLASS,
 }
@@ -216,7 +207,7 @@ def _def_line(function: str, signature: list[str], returns: str = "") -> list[st
 
 def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     step = comp.step
-    signature = [f"{RUNTIME_ARG}: str"] if comp.embeds_runtime else []
+    signature = [f"{RUNTIME_ARG}: Input[Artifact]"] if comp.embeds_runtime else []
     signature += [f"{arg}: {plan.parameters[name].type}" for name, arg in comp.params.items()]
     signature += [f"{arg}: Input[Artifact]" for arg in comp.inputs.values()]
     signature += [f"{arg}: Output[Artifact]" for arg in comp.outputs.values()]
@@ -227,10 +218,13 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
         f"    base_image={literal(comp.image)},",
         f"    packages_to_install={literal(comp.packages)},",
         *([] if comp.embeds_runtime else ["    install_kfp_package=False,  # the image has nbmagic, hence kfp"]),
-        *(["    additional_funcs=[nbmagic_bootstrap],"] if comp.embeds_runtime else []),
         ")",
         *_def_line(comp.function, signature),
-        *([f"    nbmagic_bootstrap({RUNTIME_ARG})"] if comp.embeds_runtime else []),
+        *(
+            ["    import sys", "", f"    sys.path.insert(0, {RUNTIME_ARG}.path)  # nbmagic's runtime package, a zip"]
+            if comp.embeds_runtime
+            else []
+        ),
         "    from nbmagic.runtime.component import nbmagic_run",
         "",
         "    nbmagic_run(",
@@ -314,8 +308,6 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
     for p in plan.parameters.values():
         default = float(p.default) if p.type == "float" else p.default
         params.append(f"{p.name}: {p.type} = {literal(default)}")
-    if embedded:
-        params.append(f"{RUNTIME_ARG}: str = {RUNTIME_CONSTANT}")
     returns = f" -> {OUTPUTS_CLASS}" if metric_steps else ""
     # the notebook's name, not this machine's path to it
     description = f"Compiled by nbmagic from {Path(plan.notebook).name}." if plan.notebook else "Compiled by nbmagic."
@@ -323,9 +315,15 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
         f"@dsl.pipeline(name={literal(kfp_pipeline_name(plan.name))}, description={literal(description)})",
         *_def_line(PIPELINE_FUNCTION, params, returns),
     ]
+    if embedded:
+        lines += [
+            f"    {RUNTIME_TASK} = {RUNTIME_COMPONENT}()",
+            f"    {RUNTIME_TASK}.set_display_name('nbmagic runtime')",
+            "",
+        ]
     for comp in comps:
         step = comp.step
-        args = [f"{RUNTIME_ARG}={RUNTIME_ARG}"] if comp.embeds_runtime else []
+        args = [f"{RUNTIME_ARG}={RUNTIME_TASK}.outputs[{literal(RUNTIME_OUTPUT)}]"] if comp.embeds_runtime else []
         args += [f"{arg}={name}" for name, arg in comp.params.items()]
         args += [
             f"{arg}={by_step[step.inputs[var]].task}.outputs[{literal(by_step[step.inputs[var]].outputs[var])}]"
@@ -349,10 +347,26 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
     return lines
 
 
-def _runtime_constant(runtime: str, width: int = 100) -> list[str]:
-    """``NBMAGIC_RUNTIME = (...)``: the base64 text in lines of ``width`` characters."""
+def _runtime_component(runtime: str, image: str, width: int = 100) -> list[str]:
+    """The component that writes nbmagic's runtime package (zip, base64 in lines of ``width``) as an artifact.
+
+    It runs once per run; every step whose image lacks the runtime takes the artifact as an input, which KFP's
+    launcher downloads, so the package is in the pipeline (and in the run's Workflow) once, not once per step.
+    """
     chunks = [runtime[i : i + width] for i in range(0, len(runtime), width)] or [""]
-    return [f"{RUNTIME_CONSTANT} = ("] + [f'    "{chunk}"' for chunk in chunks] + [")"]
+    return [
+        f"@dsl.component(base_image={literal(image)})",
+        f"def {RUNTIME_COMPONENT}({RUNTIME_OUTPUT}: Output[Artifact]):",
+        '    """nbmagic\'s runtime package (nbmagic/runtime/, zipped; generated: do not edit)."""',
+        "    import base64",
+        "",
+        f'    with open({RUNTIME_OUTPUT}.path, "wb") as f:',
+        "        f.write(",
+        "            base64.b64decode(",
+        *[f'                "{chunk}"' for chunk in chunks],
+        "            )",
+        "        )",
+    ]
 
 
 def generate(
@@ -367,8 +381,8 @@ def generate(
     """The DSL module text for ``plan``.
 
     ``runtime``: nbmagic's runtime package (zip, base64). Components whose image is one of ``runtime_images``
-    import the runtime the image has; the others get ``runtime`` through one pipeline parameter, so it is in
-    the pipeline once, however many steps there are.
+    import the runtime the image has; the others take it as an artifact that one task writes once per run, so
+    it is in the pipeline once, however many steps there are.
     """
     if not plan.steps:
         raise PipelineError(f"pipeline {plan.name!r} has no steps to compile")
@@ -383,8 +397,8 @@ def generate(
             + (f" from {plan.notebook}" if plan.notebook else "")
             + ".\n\nEach step is a lightweight Python component that runs the notebook cell through nbmagic's step"
             + (
-                " runtime: the\nimage's, or the zipped package below, passed to the steps as the pipeline parameter"
-                + f" {RUNTIME_ARG}."
+                " runtime: the\nimage's, or the zipped package below, which one task writes once per run and the"
+                + f" steps\ntake as the artifact {RUNTIME_ARG}."
                 if embedded
                 else " runtime, which its image provides."
             )
@@ -403,9 +417,8 @@ def generate(
         outputs = ", ".join(f"({literal(metrics_output_name(c.step.name))}, Metrics)" for c in metric_steps)
         body += [f"{OUTPUTS_CLASS} = NamedTuple({literal(OUTPUTS_CLASS)}, [{outputs}])", "", ""]
     if embedded:
-        body += ["# --- nbmagic's runtime package (nbmagic/runtime/, zipped; generated: do not edit) ---", ""]
-        body += _runtime_constant(runtime) + ["", ""]
-        body += BOOTSTRAP + ["", ""]
+        body += ["# --- nbmagic's runtime package, written once per run for the steps whose image lacks it ---", ""]
+        body += _runtime_component(runtime, next(c.image for c in comps if c.embeds_runtime)) + ["", ""]
     body += ["# --- one component per notebook step ---", "", ""]
     for comp in comps:
         body += _component_source(comp, plan) + ["", ""]
