@@ -71,7 +71,7 @@ def test_compile_with_the_cluster_image_ships_no_runtime(tmp_path):
     assert "nbmagic-runtime-package" not in spec["root"]["dag"]["tasks"]
     containers = [e["container"] for e in spec["deploymentSpec"]["executors"].values()]
     assert {c["image"] for c in containers} == {"registry.example/nb:1"}
-    assert all("from nbmagic.runtime.component import nbmagic_run" in c["command"][-1] for c in containers)
+    assert all(c["command"] == ["python3", "-m", "nbmagic.runtime.executor"] for c in containers)
     assert "nbmagic_runtime" not in text and "'kfp==" not in text  # no runtime, no kfp install per step
     plain = nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "plain.yaml"))
     assert plain.returncode == 0
