@@ -110,6 +110,7 @@ class _Component:
     inputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
     outputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
     metrics: str | None = None  # component argument for the Metrics artifact
+    watch: tuple[str, ...] = ()  # inputs to check for changes in place (see ``stale_readers``)
 
 
 def _plan_components(
@@ -126,7 +127,9 @@ def _plan_components(
     module_names = _Names(reserved | set(plan.parameters))
     pipeline_locals = _Names(reserved | set(plan.parameters))
     found: list[_Component] = []
+    ancestors: dict[str, set[str]] = {}  # steps come in topological order: each one's from its upstream's
     for step in plan.steps:
+        ancestors[step.name] = set(step.upstream).union(*(ancestors.get(u, ()) for u in step.upstream))
         function = module_names.claim(step.name, "_step")
         pipeline_locals.taken.add(function)
         settings = merge(defaults, step.settings) if defaults is not None else step.settings
@@ -139,8 +142,9 @@ def _plan_components(
         modules = list(step.modules)
         if uses_ipython(step.cell.code, step.prelude):
             modules.append("IPython")  # %time / !cmd lines in the cell run through an IPython shell
-        for source in _ancestors(plan, step.name):
-            modules += plan.step(source).modules
+        for source in plan.steps:
+            if source.name in ancestors[step.name]:
+                modules += source.modules
         chosen = settings.image or image or plan.image or default_image()
         pins = packages.pinned(dict.fromkeys(modules))
         if chosen in runtime_images:  # the image has nbmagic and what its runtime needs
@@ -160,9 +164,14 @@ def _plan_components(
             )
         )
     # a metric travels as an artifact only when a later step reads it
-    read_later = {(source, var) for step in plan.steps for var, source in step.inputs.items()}
+    read_later: dict[str, set[str]] = {}
+    for step in plan.steps:
+        for var, source in step.inputs.items():
+            read_later.setdefault(source, set()).add(var)
+    readers = _readers(plan)
     for comp in found:
-        read_later_here = {var for source, var in read_later if source == comp.step.name}
+        comp.watch = stale_readers(plan, comp.step.name, readers)
+        read_later_here = read_later.get(comp.step.name, set())
         comp.task = pipeline_locals.claim(f"{comp.function}_task")
         args = _Names(reserved)
         for name in comp.step.parameters:
@@ -177,30 +186,31 @@ def _plan_components(
     return found
 
 
-def stale_readers(plan: PipelinePlan, name: str) -> tuple[str, ...]:
+def stale_readers(plan: PipelinePlan, name: str, readers: dict | None = None) -> tuple[str, ...]:
     """Inputs of step ``name`` that a later step (in notebook order) reads from an earlier producer: were ``name`` to
-    change one in place unseen, that step would get the old value, so the component checks it did not."""
+    change one in place unseen, that step would get the old value, so the component checks it did not.
+
+    ``readers``: :func:`_readers` of ``plan``, when the caller asks for every step (built once, not per step)."""
+    readers = _readers(plan) if readers is None else readers
     step = plan.step(name)
+    index = step.cell.index
     found = {
         var
-        for other in plan.steps
-        if other.cell.index > step.cell.index
-        for var, source in other.inputs.items()
-        if var in step.inputs and source != name and plan.step(source).cell.index < step.cell.index
+        for var in step.inputs
+        for reader, source, produced in readers.get(var, ())
+        if reader > index and source != name and produced < index
     }
     return tuple(sorted(found))
 
 
-def _ancestors(plan: PipelinePlan, name: str) -> list[str]:
-    """Every step ``name`` depends on, directly or not, in plan order."""
-    seen: set[str] = set()
-    pending = list(plan.step(name).upstream)
-    while pending:
-        current = pending.pop()
-        if current not in seen:
-            seen.add(current)
-            pending.extend(plan.step(current).upstream)
-    return [s.name for s in plan.steps if s.name in seen]
+def _readers(plan: PipelinePlan) -> dict[str, list[tuple[int, str, int]]]:
+    """Variable -> (reader's cell index, producer, producer's cell index) for every step input of ``plan``."""
+    cells = {s.name: s.cell.index for s in plan.steps}
+    found: dict[str, list[tuple[int, str, int]]] = {}
+    for step in plan.steps:
+        for var, source in step.inputs.items():
+            found.setdefault(var, []).append((step.cell.index, source, cells[source]))
+    return found
 
 
 def _def_line(function: str, signature: list[str], returns: str = "") -> list[str]:
@@ -235,7 +245,7 @@ def _container_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     if comp.metrics:
         spec["metrics"] = comp.metrics
         spec["metric_names"] = list(step.metrics)
-    watch = stale_readers(plan, step.name)
+    watch = comp.watch
     if watch:
         spec["watch"] = list(watch)
     if comp.packages:
@@ -283,7 +293,7 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     ]
     if comp.metrics:
         lines += [f"        metric_names={literal(tuple(step.metrics))},", f"        metrics={comp.metrics},"]
-    watch = stale_readers(plan, step.name)
+    watch = comp.watch
     if watch:
         lines.append(f"        watch={literal(watch)},")
     lines.append("    )")
