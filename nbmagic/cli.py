@@ -79,7 +79,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     size = path.stat().st_size
     steps = len(pipeline.plan.steps)
     print(f"wrote {path} ({format_size(size)}, {steps} steps)")
-    workflow = estimate(path.read_text(encoding="utf-8")).stored
+    workflow = estimate(path.read_text(encoding="utf-8")).least
     warning = size_warning(size, steps, path.name, workflow)
     if warning:
         print(warning, file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from nbmagic.compile.size import OBJECT_LIMIT, WARN_AT, size_warning
+from nbmagic.compile.size import OBJECT_LIMIT, WARN_AT, WORKFLOW_WARN_AT, size_warning
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
 
@@ -41,9 +41,11 @@ def test_the_warning_names_the_size_the_steps_and_the_fix():
     assert "big.yaml is 1.3 MB for 412 steps" in line and "--image" in line
     assert f"~{OBJECT_LIMIT / 1e6:.1f} MB" in line
     # a small YAML whose run grows a large Workflow: KFP keeps every step's inputs and pod spec in it
-    assert size_warning(300_000, 30, "p.yaml", workflow=WARN_AT - 1) is None
+    assert size_warning(300_000, 30, "p.yaml", workflow=WORKFLOW_WARN_AT - 1) is None
     line = size_warning(300_000, 60, "p.yaml", workflow=1_400_000)
-    assert line is not None and "a run of p.yaml (60 steps)" in line and "to ~1.4 MB" in line
+    assert (
+        line is not None and "a run of p.yaml (60 steps)" in line and "to ~1.4 MB even with its status gzipped" in line
+    )
     assert "--image" in line and "\n" not in line
 
 

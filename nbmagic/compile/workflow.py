@@ -48,6 +48,11 @@ class WorkflowSize:
     steps: int
 
     @property
+    def least(self) -> int:
+        """The least the cluster can store it in: spec, and the node status gzipped."""
+        return self.spec + self.status_compressed
+
+    @property
     def stored(self) -> int:
         """What the cluster stores at the run's end: nodes as they are, or compressed when that is over the limit."""
         if self.spec + self.status <= ARGO_LIMIT:
