@@ -589,3 +589,102 @@ def test_a_step_interrupted_or_crashed_says_so(ip):
     assert run.steps["stop"].error == "step 'stop' was interrupted (KeyboardInterrupt)"
     assert run.steps["crash"].error == "step 'crash' crashed: segmentation fault (signal 11)"
     assert RunStore().get_run(run.id).status == "failed"
+
+
+# ------------------------------------------------------------------------------ Ctrl-C on a tuning wait
+
+
+def _tune_cells(pids: Path, hold: Path) -> list[str]:
+    """A pipeline whose trial step starts a ``sleep`` in its own session and waits while ``hold`` exists."""
+    return [
+        "%load_ext nbmagic",
+        "%%pipeline_parameters\nc = 1.0",
+        "%%step train --env IN_PIPELINE=1\nimport os, subprocess, time\nloss = (c - 3.0) ** 2\n"
+        "if os.environ.get('IN_PIPELINE'):\n"
+        "    child = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        f"    open(os.path.join({str(pids)!r}, f'{{os.getpid()}}-{{child.pid}}'), 'w').close()\n"
+        f"    while os.path.exists({str(hold)!r}):\n        time.sleep(0.1)\n    child.kill()\n",
+        "%pipeline_metrics loss",
+    ]
+
+
+KATIB = '%katib --param "c=double(0,6)" --algorithm random --seed 0 --max-trials 4 --parallel 2 --name ctrlc --quiet'
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path, nbmagic_home):
+    from helpers.kernel import execute, execute_in_background, start_kernel
+
+    pids, hold = tmp_path / "pids", tmp_path / "hold"
+    pids.mkdir()
+    hold.touch()
+    manager, client = start_kernel()
+    try:
+        for cell in _tune_cells(pids, hold):
+            assert execute(client, cell)[0] == "ok"
+        thread, result = execute_in_background(client, f"exp = {KATIB} --wait")
+        deadline = time.time() + 120
+        while len(list(pids.iterdir())) < 2:  # both trials are in their step, each with a child in its own session
+            assert time.time() < deadline, "the trials did not start"
+            time.sleep(0.1)
+        started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+        manager.interrupt_kernel()  # a real SIGINT to the kernel, as the Stop button sends
+        thread.join(60)
+        status, out, err = result["reply"]
+        assert status == "ok", err  # the cell ends; `exp` is assigned
+        assert err.strip() == (
+            "nbmagic: interrupted: experiment 'ctrlc' stopped: 0 trials finished, 2 running ones stopped; "
+            "the same %katib resumes it"
+        )
+        assert _gone_soon(started), "a trial's step or its child outlived Ctrl-C"
+        assert execute(client, "print(exp.status, *[t.status for t in exp.trials])")[1].split() == [
+            "stopped",
+            "stopped",
+            "stopped",
+        ]
+        runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
+        assert sorted(r.status for r in runs) == ["stopped", "stopped"]
+        assert all(r.error == "stopped" for r in runs)
+        # the next %katib is not refused and resumes the study: the stopped trials are asked again
+        hold.unlink()
+        status, out, err = execute(client, f"exp2 = {KATIB}\nexp2.wait(120)\nprint(exp2.resumed, exp2.status)")
+        assert status == "ok", err
+        assert out.split() == ["0", "succeeded"]
+        assert execute(client, "print(sum(t.status == 'succeeded' for t in exp2.trials))")[1].strip() == "4"
+        assert execute(client, "%katib --stop")[1].strip() == "nbmagic: no local experiment is running in this kernel"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert not (nbmagic_home / "tune" / "ctrlc.owner").exists()  # the study's owner record was released
+
+
+@pytest.mark.slow
+def test_stop_ends_running_trials_and_katib_stop_names_the_experiment(tmp_path):
+    from helpers.kernel import execute, start_kernel
+
+    pids, hold = tmp_path / "pids", tmp_path / "hold"
+    pids.mkdir()
+    hold.touch()
+    manager, client = start_kernel()
+    try:
+        for cell in _tune_cells(pids, hold):
+            assert execute(client, cell)[0] == "ok"
+        assert execute(client, f"exp = {KATIB}")[0] == "ok"
+        deadline = time.time() + 120
+        while len(list(pids.iterdir())) < 2:
+            assert time.time() < deadline, "the trials did not start"
+            time.sleep(0.1)
+        started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+        status, out, err = execute(client, f"{KATIB}")  # a second one in the same kernel: refused, naming --stop
+        assert status == "error" and "stop it first (%katib --stop," in err
+        status, out, err = execute(client, "%katib --stop")
+        assert status == "ok", err
+        assert out.strip() == (
+            "nbmagic: experiment 'ctrlc' stopped: 0 trials finished, 2 running ones stopped; the same %katib resumes it"
+        )
+        assert _gone_soon(started), "stop() left a trial process running"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
+    assert sorted(r.status for r in runs) == ["stopped", "stopped"]
