@@ -688,3 +688,92 @@ def test_stop_ends_running_trials_and_katib_stop_names_the_experiment(tmp_path):
         manager.shutdown_kernel(now=True)
     runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
     assert sorted(r.status for r in runs) == ["stopped", "stopped"]
+
+
+# ------------------------------------------------------------------------------ smaller faults
+
+
+def test_kfp_unsafe_parameter_values_are_one_line_at_compile(tmp_path, capsys):
+    from nbmagic.cli import main
+
+    cases = {
+        "x = 1e400": "parameter 'x' is inf (a float literal beyond 1.8e308 overflows to inf): a KFP pipeline "
+        "parameter must be a finite number; use a smaller value",
+        "big = 9007199254740993": "parameter 'big' = 9007199254740993 is beyond 2**53: KFP stores numbers as "
+        'doubles and would change it to 9007199254740992; pass it as a str parameter ("9007199254740993") and '
+        "convert it in the step",
+    }
+    for index, (line, expected) in enumerate(cases.items()):
+        notebook = write_notebook(
+            tmp_path / f"n{index}.ipynb", [f"%%pipeline_parameters\n{line}\n", "%%step s\ny = 1\n"]
+        )
+        for output in ("p.yaml", "p.py"):
+            assert main(["compile", str(notebook), "-o", str(tmp_path / output)]) == 2
+            assert capsys.readouterr().err == f"nbmagic: {expected}\n"
+            assert not (tmp_path / output).exists()
+    exact = write_notebook(
+        tmp_path / "ok.ipynb", ["%%pipeline_parameters\nbig = 9007199254740992\n", "%%step s\ny = big\n"]
+    )
+    assert main(["compile", str(exact), "-o", str(tmp_path / "ok.yaml")]) == 0  # 2**53 itself is carried exactly
+    assert "defaultValue: 9007199254740992" in (tmp_path / "ok.yaml").read_text()
+
+
+def test_a_parameter_kfp_would_refuse_is_refused_when_its_cell_runs(ip):
+    from IPython.core.error import UsageError
+
+    for name in ("__name__", "_private"):
+        result = ip.run_cell(f"%%pipeline_parameters\n{name} = 3\n", store_history=True)
+        assert isinstance(result.error_in_exec, UsageError)
+        assert str(result.error_in_exec) == (
+            f"%%pipeline_parameters, line 2: parameter {name!r} must start with a letter "
+            "(pipeline inputs cannot start with _)"
+        )
+
+
+def test_workers_zero_is_an_error(ip):
+    from IPython.core.error import UsageError
+
+    _cells(ip, SMALL)
+    for line in ("%compile_run --workers 0", "%compile_run --workers -2"):
+        result = ip.run_cell(line, store_history=True)
+        assert isinstance(result.error_in_exec, UsageError)
+        assert "--workers must be at least 1" in str(result.error_in_exec)
+    assert RunStore().list_runs() == []  # nothing was started
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_nbmagic_run_on_a_signal_says_one_line_and_ends_everything(tmp_path, sig):
+    pids = tmp_path / "pids"
+    notebook = write_notebook(
+        tmp_path / "slow.ipynb",
+        [
+            "%%step slow\nimport os, subprocess, time\n"
+            "child = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+            f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+            "time.sleep(300)\nx = 1\n"
+        ],
+    )
+    started = time.time()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nbmagic.cli", "run", str(notebook)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, whatever ran pytest
+    )
+    deadline = time.time() + 60
+    while not (pids.exists() and pids.read_text()):
+        assert time.time() < deadline and process.poll() is None, "the step did not start"
+        time.sleep(0.05)
+    step_pids = [int(p) for p in pids.read_text().split()]
+    process.send_signal(sig)
+    signalled = time.time()
+    out, err = process.communicate(timeout=60)
+    reason = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    assert process.returncode == (130 if sig == signal.SIGINT else 143)
+    assert "Traceback" not in out + err and "Error" not in err
+    (run,) = RunStore().list_runs()
+    assert err == f"nbmagic: {reason}: run {run.id} marked failed after {run.duration:.2f} s; its steps were stopped\n"
+    assert run.status == "failed" and run.error == reason
+    assert started < run.started and signalled - 0.5 < run.ended < signalled + 6  # ended at the signal, not later
+    assert _gone_soon(step_pids), "the step or its child outlived the command"

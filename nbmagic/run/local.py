@@ -71,6 +71,8 @@ class LocalRunner:
 
     def __init__(self, store: RunStore | None = None, workers: int | None = None, single_flight: bool = True) -> None:
         self.store = store or RunStore()
+        if workers is not None and workers < 1:
+            raise NbMagicError(f"--workers must be at least 1, not {workers}")
         self.workers = workers or os.cpu_count() or 2
         self.single_flight = single_flight  # a step already running elsewhere with the same key is waited for
 
@@ -93,7 +95,7 @@ class LocalRunner:
         from .lazy_pool import LazyPool
 
         values = plan.resolve_parameters(parameters)
-        limit = workers or self.workers
+        limit = self.workers if workers is None else workers
         if limit < 1:
             raise NbMagicError(f"--workers must be at least 1, not {limit}")
         names = [s.name for s in plan.steps]
