@@ -777,3 +777,83 @@ def test_nbmagic_run_on_a_signal_says_one_line_and_ends_everything(tmp_path, sig
     assert run.status == "failed" and run.error == reason
     assert started < run.started and signalled - 0.5 < run.ended < signalled + 6  # ended at the signal, not later
     assert _gone_soon(step_pids), "the step or its child outlived the command"
+
+
+# ------------------------------------------------------------------------------ single-flight lock files
+
+CONTENDER = """
+import os, sys, time
+from pathlib import Path
+from nbmagic.run.single_flight import try_acquire
+root, key, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+held = root / "held"
+clashes = 0
+for _ in range(rounds):
+    flight = None
+    while flight is None:
+        flight = try_acquire(root, key)
+    try:  # inside the lock: nobody else may be here
+        os.close(os.open(held, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        clashes += 1
+    else:
+        time.sleep(0.0005)
+        os.unlink(held)
+    flight.release()
+print(clashes)
+"""
+
+SWEEPER = """
+import sys, time
+from pathlib import Path
+from nbmagic.store.lockfiles import sweep_flights
+root, until = Path(sys.argv[1]), float(sys.argv[2])
+swept = 0
+while time.time() < until:
+    swept += sweep_flights(root)
+print(swept)
+"""
+
+
+def test_flight_locks_are_removed_without_ever_letting_two_holders_in(tmp_path):
+    key = "ab" * 8
+    contenders = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, str(tmp_path), key, "300"], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    sweeper = subprocess.Popen(
+        [sys.executable, "-c", SWEEPER, str(tmp_path), str(time.time() + 8)], stdout=subprocess.PIPE, text=True
+    )
+    clashes = [int(p.communicate(timeout=120)[0]) for p in contenders]
+    sweeper.communicate(timeout=60)
+    assert clashes == [0, 0, 0]  # holders unlink on release and a sweeper runs: still one holder at a time
+    assert list((tmp_path / "flights").iterdir()) == []  # nothing left behind
+
+
+def test_runs_leave_no_lock_files_and_gc_sweeps_a_killed_leaders(ip, tmp_path):
+    _cells(ip, SMALL)
+    run_ok(ip, "%compile_run --quiet")
+    flights = RunStore().root / "flights"
+    assert sorted(p.name for p in flights.iterdir()) == []  # each step's lock went with its release
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom nbmagic.run.single_flight import try_acquire\n"
+            "f = try_acquire(Path(sys.argv[1]), 'cd' * 8)\nprint('held', flush=True)\ntime.sleep(300)",
+            str(RunStore().root),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        collect(RunStore(), Policy(keep_last=10))
+        assert [p.name for p in flights.iterdir()] == ["cd" * 8 + ".lock"]  # held: never taken from its holder
+    finally:
+        holder.kill()  # a leader killed mid-step leaves its lock file
+        holder.wait()
+    report = collect(RunStore(), Policy(keep_last=10))
+    assert report.flights_removed == 1 and list(flights.iterdir()) == []

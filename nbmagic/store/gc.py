@@ -27,6 +27,7 @@ from .. import units
 from ..errors import NbMagicError
 from ..units import format_size
 from .history import parse_duration
+from .lockfiles import sweep_flights
 from .runs import RunStore
 
 POLICY_FILE = "gc.json"
@@ -159,6 +160,7 @@ class GcReport:
     kept_runs: int
     cache_entries: int
     tmp_removed: int = 0
+    flights_removed: int = 0  # single-flight lock files no step holds, old failure records
     notes: list[str] = field(default_factory=list)
     over_budget: str | None = None  # one line when --max-size cannot be met
 
@@ -384,6 +386,7 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
         return report
     _apply(store, report, snap, set(doomed), dead_keys, {by_hash[d] for d in freed if d in by_hash}, exec_run)
     report.tmp_removed = store.objects.sweep_tmp()
+    report.flights_removed = sweep_flights(store.root)
     return report
 
 
