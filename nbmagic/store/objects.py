@@ -27,7 +27,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -398,6 +398,17 @@ class ObjectStore:
         shutil.rmtree(grave, ignore_errors=True)
         return True
 
+    def bury(self, digests: Iterable[str]) -> Path:
+        """Move the values ``digests`` into one new temp folder and return it (the caller removes it with
+        :func:`remove_tree`); readers see each value whole or not at all."""
+        grave = self._new_tmp("gc")
+        for digest in digests:
+            try:
+                os.rename(self._path(digest), grave / digest)
+            except FileNotFoundError:
+                pass
+        return grave
+
     def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
         """Remove temp directories left by killed writers; returns how many were removed.
 
@@ -428,3 +439,43 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_tree(folder: Path, threads: int = 8) -> None:
+    """Remove ``folder`` and everything in it, its entries in parallel (the file system's wait per directory
+    removed overlaps); what cannot be removed is left for :meth:`ObjectStore.sweep_tmp`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        entries = [entry.path for entry in os.scandir(folder)]
+    except FileNotFoundError:
+        return
+    if len(entries) > 1:
+        with ThreadPoolExecutor(min(threads, len(entries))) as pool:
+            list(pool.map(_remove, entries))
+    else:
+        for entry in entries:
+            _remove(entry)
+    _remove(str(folder))
+
+
+def _remove(path: str) -> None:
+    """Remove a file or a folder tree, quietly (a leftover is swept later)."""
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    _remove(entry.path)
+                else:
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        pass
+        os.rmdir(path)
+    except NotADirectoryError:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
