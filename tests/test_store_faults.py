@@ -857,3 +857,37 @@ def test_runs_leave_no_lock_files_and_gc_sweeps_a_killed_leaders(ip, tmp_path):
         holder.wait()
     report = collect(RunStore(), Policy(keep_last=10))
     assert report.flights_removed == 1 and list(flights.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ values stored before signing
+
+
+def test_values_stored_before_signing_can_be_signed_once_the_user_vouches_for_them(ip, capsys):
+    from nbmagic.cli import main
+    from nbmagic.store.objects import UntrustedValue
+
+    _cells(ip, ["%%step make\nmodel = {'weights': [1, 2, 3]}\nother = {'bias': 4}\n"])
+    run = run_ok(ip, "%compile_run --quiet")
+    store = RunStore()
+    refs = run.steps["make"].outputs
+    for ref in refs.values():  # as a store written before manifests were signed holds them
+        (store.objects._path(ref["hash"]) / "manifest.sig").unlink()
+    with pytest.raises(UntrustedValue):
+        store.objects.get(refs["model"]["hash"], "model")
+    broken = _flip_byte(store, refs["other"]["hash"])  # one of them is also corrupt: it must not get signed
+    capsys.readouterr()
+    assert main(["gc", "--sign-unsigned"]) == 0  # listed, nothing signed without --yes
+    assert capsys.readouterr().out == (
+        "gc --sign-unsigned: 2 values (pickle, 59 B) not signed with this store's key, refused by %restore; if you "
+        "trust everyone who could write this store, run again with --sign-unsigned --yes to sign them\n"
+    )
+    with pytest.raises(UntrustedValue):
+        store.objects.get(refs["model"]["hash"], "model")
+    assert main(["gc", "--yes"]) == 2 and "--yes goes with --sign-unsigned" in capsys.readouterr().err
+    assert main(["gc", "--sign-unsigned", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "gc --sign-unsigned: signed 1 value (pickle, 35 B); 1 corrupt removed instead"
+    assert store.objects.get(refs["model"]["hash"], "model") == {"weights": [1, 2, 3]}
+    assert not broken.exists() and not store.objects.exists(refs["other"]["hash"])
+    assert main(["gc", "--sign-unsigned"]) == 0
+    assert capsys.readouterr().out == "gc --sign-unsigned: every value that could run code on load is signed\n"

@@ -541,6 +541,61 @@ def verify(store: RunStore) -> VerifyReport:
     return VerifyReport(checked, removed, dropped)
 
 
+@dataclass
+class SignReport:
+    """What ``gc --sign-unsigned`` found (and, with ``--yes``, signed): values the store cannot vouch for."""
+
+    found: list[tuple[str, str, int]]  # (hash, format, bytes)
+    signed: int
+    corrupt: list[tuple[str, str]]  # (hash, reason): removed instead of signed
+
+    def text(self) -> str:
+        formats = ", ".join(sorted({fmt for _, fmt, _ in self.found}))
+        size = format_size(sum(n for _, _, n in self.found))
+        if not self.found:
+            return "gc --sign-unsigned: every value that could run code on load is signed"
+        if not self.signed and not self.corrupt:
+            return (
+                f"gc --sign-unsigned: {_count(len(self.found), 'value')} ({formats}, {size}) not signed with this "
+                "store's key, refused by %restore; if you trust everyone who could write this store, run again "
+                "with --sign-unsigned --yes to sign them"
+            )
+        gone = {digest for digest, _ in self.corrupt}
+        kept = [(fmt, n) for digest, fmt, n in self.found if digest not in gone]
+        formats = ", ".join(sorted({fmt for fmt, _ in kept})) or "none"
+        size = format_size(sum(n for _, n in kept))
+        lines = [f"gc --sign-unsigned: signed {_count(self.signed, 'value')} ({formats}, {size})"]
+        if self.corrupt:
+            lines[0] += f"; {len(self.corrupt)} corrupt removed instead"
+            lines += [f"  {digest[:12]}: {reason}" for digest, reason in self.corrupt]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.text()
+
+
+def sign_unsigned(store: RunStore, yes: bool = False) -> SignReport:
+    """List the values not signed with the store's key whose format can run code; with ``yes`` (the user
+    trusts whoever wrote them, e.g. values stored before signing existed), check each against its hash and
+    sign it. A corrupt one is removed with its cache entries instead."""
+    from ..runtime import marshal
+
+    with _lock(store):
+        found = store.objects.unsigned()
+        if not yes:
+            return SignReport(found, 0, [])
+        signed, corrupt = 0, []
+        for digest, _fmt, _size in found:
+            try:
+                store.objects.vouch(digest)
+                signed += 1
+            except marshal.CorruptValue as exc:
+                if store.objects.delete(digest):
+                    corrupt.append((digest, str(exc)))
+        store.cache_drop_values({digest for digest, _ in corrupt})
+    return SignReport(found, signed, corrupt)
+
+
 # ----------------------------------------------------------------------------------------- automatic
 
 

@@ -368,6 +368,34 @@ class ObjectStore:
                         if e.name.startswith(shard.name) and _HASH.fullmatch(e.name):
                             yield e.name
 
+    def unsigned(self) -> list[tuple[str, str, int]]:
+        """(hash, format, bytes) of each value not signed with this store's key whose format can run code when
+        loaded (pickle, dill, joblib, ...): ``%restore`` refuses these."""
+        found = []
+        for digest in self.iter_hashes():
+            if self.signed(digest):
+                continue
+            try:
+                manifest = marshal.read_manifest(self._path(digest), digest[:12])
+            except marshal.MarshalError:
+                manifest = {}
+            fmt = manifest.get("format") or "unknown format"
+            if fmt not in SAFE_FORMATS:
+                found.append((digest, fmt, int(manifest.get("size") or 0)))
+        return found
+
+    def vouch(self, digest: str) -> None:
+        """Sign an unsigned value the user trusts; its bytes are checked against its hash first
+        (``marshal.CorruptValue`` if they do not match)."""
+        folder = self._path(digest)
+        marshal.verify(folder, digest[:12], expected_hash=digest)
+        if self.key() is None:
+            raise StoreError(f"the store has no signing key ({self.root}): cannot sign values")
+        tmp = folder / f"{SIGNATURE}.{os.getpid()}.tmp"
+        tmp.write_text(hmac.new(self.key(), (folder / marshal.MANIFEST).read_bytes(), hashlib.sha256).hexdigest())
+        tmp.chmod(0o400)
+        os.replace(tmp, folder / SIGNATURE)
+
     def verify_all(self) -> tuple[int, list[tuple[str, str]]]:
         """Check every stored value's bytes against its hash; remove the corrupt ones.
 
