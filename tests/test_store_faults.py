@@ -659,6 +659,37 @@ def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path
 
 
 @pytest.mark.slow
+def test_ctrl_c_on_exp_wait_stops_the_trials_then_interrupts_the_cell(tmp_path):
+    from helpers.kernel import execute, execute_in_background, start_kernel
+
+    pids, hold = tmp_path / "pids", tmp_path / "hold"
+    pids.mkdir()
+    hold.touch()
+    manager, client = start_kernel()
+    try:
+        for cell in _tune_cells(pids, hold):
+            assert execute(client, cell)[0] == "ok"
+        assert execute(client, f"exp = {KATIB}")[0] == "ok"
+        thread, result = execute_in_background(client, "exp.wait()")
+        deadline = time.time() + 120
+        while len(list(pids.iterdir())) < 2:
+            assert time.time() < deadline, "the trials did not start"
+            time.sleep(0.1)
+        started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+        manager.interrupt_kernel()
+        thread.join(60)
+        status, out, err = result["reply"]
+        assert status == "error" and "KeyboardInterrupt" in err  # exp.wait() re-raises, once the trials ended
+        assert _gone_soon(started, seconds=0.5), "the interrupt reached the cell before the trials had ended"
+        assert execute(client, "print(exp.status, *[t.status for t in exp.trials])")[1].split() == ["stopped"] * 3
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
+    assert sorted(r.status for r in runs) == ["stopped", "stopped"]
+
+
+@pytest.mark.slow
 def test_stop_ends_running_trials_and_katib_stop_names_the_experiment(tmp_path):
     from helpers.kernel import execute, start_kernel
 
