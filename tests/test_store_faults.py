@@ -922,3 +922,42 @@ def test_values_stored_before_signing_can_be_signed_once_the_user_vouches_for_th
     assert not broken.exists() and not store.objects.exists(refs["other"]["hash"])
     assert main(["gc", "--sign-unsigned"]) == 0
     assert capsys.readouterr().out == "gc --sign-unsigned: every value that could run code on load is signed\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_nbmagic_tune_on_a_signal_stops_its_trials(tmp_path, sig):
+    pids, hold = tmp_path / "pids", tmp_path / "hold"
+    pids.mkdir()
+    hold.touch()
+    notebook = write_notebook(tmp_path / "tune.ipynb", _tune_cells(pids, hold)[1:])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nbmagic.cli",
+            "tune",
+            str(notebook),
+            "--param",
+            "c=double(0,6)",
+            "--algorithm",
+            "random",
+        ]
+        + ["--seed", "0", "--max-trials", "4", "--parallel", "2", "--name", "ctrlc"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + 120
+    while len(list(pids.iterdir())) < 2:
+        assert time.time() < deadline and process.poll() is None, "the trials did not start"
+        time.sleep(0.1)
+    started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == (130 if sig == signal.SIGINT else 143)
+    assert "Traceback" not in out + err and "Error" not in err
+    assert err == "[ctrlc] stopping: running trials end, finished ones are kept\n"
+    assert _gone_soon(started), "a trial's step or its child outlived the command"
+    runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
+    assert sorted(r.status for r in runs) == ["stopped", "stopped"]
