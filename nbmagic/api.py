@@ -325,8 +325,12 @@ def gc(
         raise NbMagicError("--yes goes with --sign-unsigned")
     if sign_unsigned:
         from .store.gc import sign_unsigned as sign
+        from .store.gc import verify as verify_values
 
-        return sign(found, yes=yes)
+        checked = verify_values(found).text() if verify else ""  # corrupt values go first, never signed
+        report = sign(found, yes=yes)
+        report.verified = checked
+        return report
     if show_policy:
         policy = load_policy(found)
         return f"automatic gc policy: {policy.describe() if policy else 'none'}"

@@ -920,8 +920,11 @@ def test_values_stored_before_signing_can_be_signed_once_the_user_vouches_for_th
     assert out.splitlines()[0] == "gc --sign-unsigned: signed 1 value (pickle, 35 B); 1 corrupt removed instead"
     assert store.objects.get(refs["model"]["hash"], "model") == {"weights": [1, 2, 3]}
     assert not broken.exists() and not store.objects.exists(refs["other"]["hash"])
-    assert main(["gc", "--sign-unsigned"]) == 0
-    assert capsys.readouterr().out == "gc --sign-unsigned: every value that could run code on load is signed\n"
+    assert main(["gc", "--verify", "--sign-unsigned"]) == 0
+    assert capsys.readouterr().out == (
+        "gc --verify: 1 value checked, 0 corrupt removed, 0 cache entries dropped\n"
+        "gc --sign-unsigned: every value that could run code on load is signed\n"
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -176,7 +176,10 @@ class LocalRunner:
             run._flight_cancel.set()  # type: ignore[attr-defined]
             for future in running:
                 pool.kill(getattr(future, "task_id", ""))
-            wait(list(running), timeout=KILL_WAIT)  # the worker reports each killed tree's exit
+            try:
+                wait(list(running), timeout=KILL_WAIT)  # the worker reports each killed tree's exit
+            except KeyboardInterrupt:  # a second Ctrl-C: record the run now rather than leave it 'running'
+                pass
             reason = (
                 exc.reason
                 if isinstance(exc, Stopped)

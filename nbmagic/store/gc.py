@@ -548,8 +548,12 @@ class SignReport:
     found: list[tuple[str, str, int]]  # (hash, format, bytes)
     signed: int
     corrupt: list[tuple[str, str]]  # (hash, reason): removed instead of signed
+    verified: str = ""  # the ``--verify`` summary when both were asked for
 
     def text(self) -> str:
+        return "\n".join(line for line in (self.verified, self._text()) if line)
+
+    def _text(self) -> str:
         formats = ", ".join(sorted({fmt for _, fmt, _ in self.found}))
         size = format_size(sum(n for _, _, n in self.found))
         if not self.found:
