@@ -494,6 +494,9 @@ def _apply(
 def remove_files(store: RunStore, digests: Iterable[str], run_ids: Iterable[str]) -> None:
     """Move the values and run folders into one temp folder (each is whole or gone for readers), then remove
     it with a few threads: a file system pays per directory removed, not per gc (``bench/bench_state.py``)."""
+    digests, run_ids = list(digests), list(run_ids)
+    if not digests and not run_ids:
+        return
     grave = store.objects.bury(digests)
     runs_dir = store.root / "runs"
     for run_id in run_ids:
