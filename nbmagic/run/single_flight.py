@@ -64,8 +64,11 @@ def _lock_path(root: Path, key: str) -> Path:
 def try_acquire(root: Path, key: str) -> Flight | None:
     """The flight for ``key`` if nobody else holds it, else None."""
     path = _lock_path(root, key)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # the first flight on this store
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -479,6 +479,7 @@ class ReportWatcher:
         self._files: dict[str, int] = {}  # path -> bytes read
         self._lines: dict[str, int] = {}  # path -> lines decided
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one reader at a time: the poller, or close()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nbmagic-reports", daemon=True)
         self._thread.start()
@@ -499,9 +500,12 @@ class ReportWatcher:
         poll = self.POLL if getattr(self._reporter, "wait_from", 1) else self.SLOW_POLL
         while not self._closed.wait(poll):
             self.read()
-        self.read()
 
     def read(self) -> None:
+        with self._reading:
+            self._read()
+
+    def _read(self) -> None:
         import json
 
         from ..runtime.report import ack_path, prune_path
@@ -532,5 +536,6 @@ class ReportWatcher:
                 os.replace(tmp, ack_path(path))
 
     def close(self) -> None:
+        """Stop polling and take in what is left, in the caller's thread (no wait for the poller to wake)."""
         self._closed.set()
-        self._thread.join(5)
+        self.read()
