@@ -75,7 +75,7 @@ def test_a_second_kernel_watches_read_only_and_cannot_stop_or_drive(tmp_path, nb
 
         watching = [
             "%load_ext nbmagic",
-            f"exp = %katib --watch {NAME} --quiet\nprint(exp.status, '|', exp.driver, '|', len(exp.trials))",
+            f"exp = %katib --watch {NAME}\nprint(exp.status, '|', exp.driver, '|', len(exp.trials))",
             "%katib --list",
             "exp.stop()",
             *pipeline(str(gate))[1:],
@@ -88,7 +88,10 @@ def test_a_second_kernel_watches_read_only_and_cannot_stop_or_drive(tmp_path, nb
             cells = notebook.cells
             for index in range(8):
                 client.execute_cell(cells[index], index)
-            status, who, _ = (part.strip() for part in text_of(cells[1]).split("|"))
+            views = [o for o in cells[1].outputs if o.output_type == "display_data"]  # the live view
+            assert views and NAME in views[0].data["text/html"] and NAME in views[0].data["text/plain"]
+            printed = "".join(o.text for o in cells[1].outputs if o.output_type == "stream")
+            status, who, _ = (part.strip() for part in printed.split("|"))
             assert status == "running" and who.startswith("kernel ") and f"PID {owner_pid} " in who
             listing = text_of(cells[2])
             assert NAME in listing and f"PID {owner_pid} " in listing

@@ -136,10 +136,14 @@ class ReportRelay:
 
     def stop(self) -> None:
         """Stop the thread, then copy what is left."""
-        self._stop.set()
+        self.close()
         if self._thread.is_alive():
             self._thread.join(30)
         self.poll()
+
+    def close(self) -> None:
+        """Stop polling (what is not copied yet stays uncopied)."""
+        self._stop.set()
 
 
 class _Terminated(Exception):
@@ -208,6 +212,8 @@ def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = 
         print(f"nbmagic trial: {exc}", file=sys.stderr)
         return 1
     finally:
+        if relay is not None:
+            relay.close()
         if terminating:
             signal.signal(signal.SIGTERM, previous)
     status = str(getattr(run, "status", "") or "")
