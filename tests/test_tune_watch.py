@@ -146,3 +146,18 @@ def test_watching_in_the_owning_process_returns_the_experiment_itself(tmp_path):
     assert other.best == exp.best
     with pytest.raises(Exception, match="no local experiment 'nope'"):
         WatchedExperiment("nope")
+
+
+def test_watch_and_list_misuse_is_one_line(ip):
+    from helpers.shell import run_cell
+
+    for line, expected in (
+        ("%katib --watch nope", "no local experiment 'nope'"),
+        ("%katib --list --watch nope", "take no search space"),
+        ('%katib --watch nope --param "c=double(0,1)"', "take no search space"),
+    ):
+        result = run_cell(ip, line)
+        error = result.error_in_exec
+        assert type(error).__name__ == "UsageError" and expected in str(error) and "\n" not in str(error)
+    listing = run_cell(ip, "%katib --list").result
+    assert listing.text() == "no local experiments in the store" and "no local experiments" in listing._repr_html_()
