@@ -161,3 +161,34 @@ def test_watch_and_list_misuse_is_one_line(ip):
         assert type(error).__name__ == "UsageError" and expected in str(error) and "\n" not in str(error)
     listing = run_cell(ip, "%katib --list").result
     assert listing.text() == "no local experiments in the store" and "no local experiments" in listing._repr_html_()
+
+
+def test_a_trial_the_owner_stopped_is_listed_as_stopped_by_the_watcher(tmp_path):
+    import threading
+
+    from nbmagic.tune.experiment import TrialResult
+
+    go = threading.Event()
+
+    def run(values):
+        go.wait(10)
+        return TrialResult(run_id=None, status="stopped", error="stopped with the experiment")
+
+    spec = ExperimentSpec((parse_param("c=double(0,6)"),), "loss", name="halted", max_trials=3, algorithm="random")
+    exp = LocalExperiment(spec, run, pipeline="p").start()
+    other = WatchedExperiment("halted", interval=0.05)
+    exp.stop()
+    go.set()
+    exp.wait(10)
+    other.wait(10)
+    assert (
+        [(t.number, t.status) for t in other.trials] == [(t.number, t.status) for t in exp.trials] == [(0, "stopped")]
+    )
+    assert other.status == exp.status == "stopped"
+    # a new owner resumes it: the stopped trial is asked again, and the watcher of that owner no longer lists it
+    go.clear()
+    again = LocalExperiment(spec, lambda values: TrialResult(None, "done", metrics={"loss": 1.0}), pipeline="p").start()
+    again.wait(10)
+    assert (
+        [t.status for t in WatchedExperiment("halted").trials] == ["succeeded"] * 3 == [t.status for t in again.trials]
+    )

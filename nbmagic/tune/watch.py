@@ -101,6 +101,7 @@ class WatchedExperiment(Experiment):
         super().__init__(name, spec_from_record(recorded))
         self.interval = interval
         self.owner: dict[str, Any] | None = None
+        self._session: float | None = None  # when the current (or last seen) owner took the study
         self._closed = threading.Event()
         self.refresh()
         if not self.done:
@@ -115,13 +116,15 @@ class WatchedExperiment(Experiment):
         """Read the owner and the trials again; ends the watch once the owner is gone."""
         owner = read_owner(self.path.with_suffix(".owner"))
         running = owner is not None and alive(owner)
+        if running:
+            self._session = float(owner.get("at") or 0)  # kept after the owner goes: its trials stay classified
         frozen = self._study.get_trials(deepcopy=False)
-        trials = [trial_from_frozen(t) for t in frozen if not t.user_attrs.get("interrupted")]
+        trials = [trial for trial in (self._trial(t) for t in frozen) if trial is not None]
         with self._lock:
             self.owner = owner if running else None
             self._trials = trials
             if not running:
-                finished = sum(t.status != RUNNING for t in trials)
+                finished = sum(t.status not in (RUNNING, STOPPED) for t in trials)
                 self.status = SUCCEEDED if finished >= _budget(self.spec) else STOPPED
                 if self.status == STOPPED:
                     self.message = (
@@ -131,6 +134,18 @@ class WatchedExperiment(Experiment):
             self._done.set()
         self._notify()
         return self
+
+    def _trial(self, frozen: Any) -> Trial | None:
+        """As the owner lists it: a trial its stop() ended is "stopped"; one an earlier, dead owner left
+        running is not a trial (a resumed experiment asks for it again)."""
+        if not frozen.user_attrs.get("interrupted"):
+            return trial_from_frozen(frozen)
+        ended = frozen.datetime_complete
+        if self._session is None or ended is None or ended.timestamp() < self._session:
+            return None
+        trial = trial_from_frozen(frozen)
+        trial.status, trial.error = STOPPED, frozen.user_attrs.get("error") or "stopped"
+        return trial
 
     def _follow(self) -> None:
         while not self._closed.wait(self.interval) and not self.done:
