@@ -5,6 +5,8 @@ run as a process of this environment, which has what the image has) with the met
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -12,7 +14,7 @@ import yaml
 from helpers.kfp_image import run_containers_here
 from helpers.kfp_outputs import metrics_from_outputs
 from helpers.plans import step
-from nbmagic.compile.kfp import compile_pipeline
+from nbmagic.compile.kfp import compile_pipeline, export_dsl
 from nbmagic.pipeline.model import Parameter, PipelinePlan
 
 IMAGE = "registry.example/nbmagic:test"
@@ -67,6 +69,16 @@ def test_an_image_step_is_its_data_not_a_program():
     }
     # metrics no later step reads are logged, not shipped as artifacts
     assert "sh" not in container["command"] and "nbmagic_runtime" not in text and "kfp==" not in text
+
+
+def test_the_exported_dsl_of_an_image_pipeline_compiles_to_the_same_yaml(tmp_path):
+    ours = compile_pipeline(plan(), image=IMAGE, runtime_image=IMAGE)
+    path = export_dsl(plan(), tmp_path / "weights.py", image=IMAGE, runtime_image=IMAGE)
+    text = path.read_text()
+    assert "@dsl.container_component" in text and "scaled = weigh(data, rate)" in text  # the cell, readable
+    out = tmp_path / "exported.yaml"
+    subprocess.run([sys.executable, str(path), str(out)], check=True, cwd=tmp_path, capture_output=True)
+    assert out.read_text() == ours
 
 
 @pytest.mark.slow
