@@ -111,6 +111,28 @@ def test_dry_run_predicts_exactly(ip):
         )
 
 
+def test_gc_removes_a_symlinked_value_or_run_folder_never_what_it_points_to(ip, tmp_path):
+    _cells(ip, SMALL)
+    old, new = (run_ok(ip, f"%compile_run --quiet --param scale={s}") for s in (1, 2))
+    store = RunStore()
+    digest = old.outputs("double")["last"]["hash"]  # (bigger == small at scale 1: shared)
+    outside = {}
+    for name, inside in (("value", store.objects._path(digest)), ("run", store.root / "runs" / old.id)):
+        target = tmp_path / f"outside-{name}"
+        os.rename(inside, target)  # the same bytes, now outside the store, behind a symlink at the old place
+        os.symlink(target, inside, target_is_directory=True)
+        outside[inside] = (target, sorted(p.relative_to(target) for p in target.rglob("*")))
+        assert outside[inside][1]
+    report = collect(store, Policy(keep_last=1), grace=0)
+    assert [r for r, _, _ in report.runs] == [old.id] and digest in {d for d, _ in report.values}
+    for inside, (target, files) in outside.items():
+        assert not os.path.lexists(inside)  # the link went with the gc
+        assert sorted(p.relative_to(target) for p in target.rglob("*")) == files  # what it pointed to did not
+    ns: dict = {}
+    restore(store, new.id, namespace=ns)
+    assert list(ns["bigger"][:3]) == [0, 2, 4]
+
+
 def test_best_trial_after_restart_is_what_gc_protects_and_restore_restores(tmp_path):
     store = RunStore(tmp_path / "store")
     ids = {}

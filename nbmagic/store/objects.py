@@ -25,6 +25,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -471,9 +472,13 @@ def _fsync(path: Path) -> None:
 
 def remove_tree(folder: Path, threads: int = 8) -> None:
     """Remove ``folder`` and everything in it, its entries in parallel (the file system's wait per directory
-    removed overlaps); what cannot be removed is left for :meth:`ObjectStore.sweep_tmp`."""
+    removed overlaps); what cannot be removed is left for :meth:`ObjectStore.sweep_tmp`. A symlink is removed
+    as a link: what it points to is never touched."""
     from concurrent.futures import ThreadPoolExecutor
 
+    if not _is_real_dir(str(folder)):
+        _remove(str(folder))
+        return
     try:
         entries = [entry.path for entry in os.scandir(folder)]
     except FileNotFoundError:
@@ -487,23 +492,20 @@ def remove_tree(folder: Path, threads: int = 8) -> None:
     _remove(str(folder))
 
 
-def _remove(path: str) -> None:
-    """Remove a file or a folder tree, quietly (a leftover is swept later)."""
+def _is_real_dir(path: str) -> bool:
     try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    _remove(entry.path)
-                else:
-                    try:
-                        os.unlink(entry.path)
-                    except FileNotFoundError:
-                        pass
-        os.rmdir(path)
-    except NotADirectoryError:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: str) -> None:
+    """Remove a file, a symlink (never what it points to) or a real folder tree, quietly (a leftover is swept
+    later)."""
+    if _is_real_dir(path):
+        shutil.rmtree(path, ignore_errors=True)  # refuses to follow symlinks, at any depth
+        return
+    try:
+        os.unlink(path)
     except OSError:
-        shutil.rmtree(path, ignore_errors=True)
+        pass
