@@ -644,7 +644,8 @@ def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path
     try:
         for cell in _tune_cells(pids, hold):
             assert execute(client, cell)[0] == "ok"
-        thread, result = execute_in_background(client, f"exp = {KATIB} --wait")
+        # Run All: the cell after `%katib --wait` must not run once Ctrl-C failed the cell
+        thread, result = execute_in_background(client, f"exp = {KATIB} --wait\nafter = 1")
         deadline = time.time() + 120
         while len(list(pids.iterdir())) < 2:  # both trials are in their step, each with a child in its own session
             assert time.time() < deadline, "the trials did not start"
@@ -653,12 +654,15 @@ def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path
         manager.interrupt_kernel()  # a real SIGINT to the kernel, as the Stop button sends
         thread.join(60)
         status, out, err = result["reply"]
-        assert status == "ok", err  # the cell ends; `exp` is assigned
+        assert status == "error", err  # the cell fails, so Run All stops here
         assert err.strip() == (
-            "nbmagic: interrupted: experiment 'ctrlc' stopped: 0 trials finished, 2 running ones stopped; "
-            "the same %katib resumes it"
+            "KeyboardInterrupt: experiment 'ctrlc' stopped: 0 trials finished, 2 running ones stopped; "
+            "the same %katib resumes it (or: exp = sys.last_value.experiment)"
         )
+        assert execute(client, "print('after' in dir())")[1].strip() == "False"
         assert _gone_soon(started), "a trial's step or its child outlived Ctrl-C"
+        # the stopped experiment stays reachable, as the line says
+        assert execute(client, "import sys\nexp = sys.last_value.experiment")[0] == "ok"
         assert execute(client, "print(exp.status, *[t.status for t in exp.trials])")[1].split() == [
             "stopped",
             "stopped",
