@@ -921,6 +921,8 @@ def test_runs_leave_no_lock_files_and_gc_sweeps_a_killed_leaders(ip, tmp_path):
 
 
 def test_values_stored_before_signing_can_be_signed_once_the_user_vouches_for_them(ip, capsys):
+    import re
+
     from nbmagic.cli import main
     from nbmagic.store.objects import UntrustedValue
 
@@ -930,26 +932,69 @@ def test_values_stored_before_signing_can_be_signed_once_the_user_vouches_for_th
     refs = run.steps["make"].outputs
     for ref in refs.values():  # as a store written before manifests were signed holds them
         (store.objects._path(ref["hash"]) / "manifest.sig").unlink()
+    model, other = refs["model"]["hash"], refs["other"]["hash"]
     with pytest.raises(UntrustedValue):
-        store.objects.get(refs["model"]["hash"], "model")
-    broken = _flip_byte(store, refs["other"]["hash"])  # one of them is also corrupt: it must not get signed
-    capsys.readouterr()
-    assert main(["gc", "--sign-unsigned"]) == 0  # listed, nothing signed without --yes
-    assert capsys.readouterr().out == (
+        store.objects.get(model, "model")
+    broken = _flip_byte(store, other)  # one of them is also corrupt: it must not get signed
+
+    def listing() -> str:
+        capsys.readouterr()
+        assert main(["gc", "--sign-unsigned"]) == 0  # listed, nothing signed without --yes
+        return capsys.readouterr().out
+
+    def refused(*argv: str) -> str:
+        capsys.readouterr()
+        assert main(["gc", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        with pytest.raises(UntrustedValue):  # nothing was signed
+            store.objects.get(model, "model")
+        return err
+
+    out = listing()
+    first = re.fullmatch(r".*--sign-unsigned --yes ([0-9a-f]{12})", out.splitlines()[0]).group(1)
+    assert out == (
         "gc --sign-unsigned: 2 values (pickle, 59 B) not signed with this store's key, refused by %restore; if you "
-        "trust everyone who could write this store, run again with --sign-unsigned --yes to sign them\n"
+        f"trust everyone who could write this store, sign exactly these with --sign-unsigned --yes {first}\n"
+        + "".join(f"  {d[:12]}  pickle, {store.objects.manifest(d)['size']} B\n" for d in sorted((model, other)))
     )
-    with pytest.raises(UntrustedValue):
-        store.objects.get(refs["model"]["hash"], "model")
-    assert main(["gc", "--yes"]) == 2 and "--yes goes with --sign-unsigned" in capsys.readouterr().err
-    assert main(["gc", "--sign-unsigned", "--yes"]) == 0
-    out = capsys.readouterr().out
-    assert out.splitlines()[0] == "gc --sign-unsigned: signed 1 value (pickle, 35 B); 1 corrupt removed instead"
-    assert store.objects.get(refs["model"]["hash"], "model") == {"weights": [1, 2, 3]}
-    assert not broken.exists() and not store.objects.exists(refs["other"]["hash"])
+    assert "--yes goes with --sign-unsigned" in refused("--yes", first)
+    assert "--yes needs the set the listing printed" in refused("--sign-unsigned", "--yes")
+    # --sign-unsigned never runs with gc's other options, which it would ignore: one line, nothing signed
+    for extra in (
+        ["--dry-run"],
+        ["--keep-last", "0"],
+        ["--older-than", "1d"],
+        ["--max-size", "1GB"],
+        ["--keep-last", "1", "--set-policy"],
+        ["--keep", "last"],
+        ["--no-keep-best"],
+        ["--show-policy"],
+    ):
+        err = refused("--sign-unsigned", "--yes", first, *extra)
+        assert f"--sign-unsigned cannot go with {extra[0]}" in err, err
+    # a value that appears after the listing is not signed with the set the user saw
+    _cells(ip, ["%%step make2\nplanted = {'c': 5}\n"])
+    planted = run_ok(ip, "%compile_run --quiet").steps["make2"].outputs["planted"]["hash"]
+    (store.objects._path(planted) / "manifest.sig").unlink()
+    err = refused("--sign-unsigned", "--yes", first)
+    assert "the unsigned values changed since that listing" in err and "nothing signed" in err
+    assert not store.objects.signed(planted)
+    second = re.search(r"--yes ([0-9a-f]{12})", listing()).group(1)
+    assert second != first
+    capsys.readouterr()
+    assert main(["gc", "--sign-unsigned", "--yes", second]) == 0
+    out = capsys.readouterr().out.splitlines()
+    size = sum(store.objects.manifest(d)["size"] for d in (model, planted))
+    assert out[0] == f"gc --sign-unsigned: signed 2 values (pickle, {size} B); 1 corrupt removed instead"
+    assert sorted(line for line in out if line.startswith("  signed ")) == sorted(
+        f"  signed {d[:12]}  pickle, {store.objects.manifest(d)['size']} B" for d in (model, planted)
+    )
+    assert store.objects.get(model, "model") == {"weights": [1, 2, 3]}
+    assert not broken.exists() and not store.objects.exists(other)
     assert main(["gc", "--verify", "--sign-unsigned"]) == 0
     assert capsys.readouterr().out == (
-        "gc --verify: 1 value checked, 0 corrupt removed, 0 cache entries dropped\n"
+        "gc --verify: 2 values checked, 0 corrupt removed, 0 cache entries dropped\n"
         "gc --sign-unsigned: every value that could run code on load is signed\n"
     )
 
