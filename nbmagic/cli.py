@@ -216,9 +216,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run (if any) is already recorded and its steps ended
         print(f"nbmagic: {_stopped_line(exc)}", file=sys.stderr)
         return 143 if getattr(exc, "reason", "").startswith("terminated") else 130
-    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    except BrokenPipeError as exc:
+        if _stdout_gone():  # the reader of our output went away (`| head`): nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        print(f"nbmagic: {exc.strerror or exc}: {exc.filename or 'a pipe the command used'}", file=sys.stderr)
+        return 1
+
+
+def _stdout_gone() -> bool:
+    """True when our standard output is a pipe nobody reads any more."""
+    import select
+
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _stop_on_sigterm() -> None:
