@@ -133,6 +133,36 @@ def test_gc_removes_a_symlinked_value_or_run_folder_never_what_it_points_to(ip, 
     assert list(ns["bigger"][:3]) == [0, 2, 4]
 
 
+def test_gc_that_cannot_move_a_folder_removes_it_in_place_and_says_what_was_left(ip, tmp_path):
+    import shutil
+
+    _cells(ip, SMALL)
+    old, new = (run_ok(ip, f"%compile_run --quiet --param scale={s}") for s in (1, 2))
+    store = RunStore()
+    digest = old.outputs("double")["last"]["hash"]
+    with contextlib.ExitStack() as mounts:
+        for name, inside in (("value", store.objects._path(digest)), ("run", store.root / "runs" / old.id)):
+            saved = tmp_path / f"saved-{name}"
+            os.rename(inside, saved)
+            mounts.enter_context(small_filesystem(inside, "1m"))  # a mount point: rename() fails with EBUSY
+            shutil.copytree(saved, inside, dirs_exist_ok=True)
+        report = collect(store, Policy(keep_last=1), grace=0)
+        assert [r for r, _, _ in report.runs] == [old.id] and digest in {d for d, _ in report.values}
+        note = [n for n in report.notes if "could not be moved" in n]
+        assert note == [
+            "1 value and 1 run folder could not be moved out of the store (Device or resource busy); their files "
+            "were removed in place; 2 folders left, remove them by hand: "
+            f"{store.objects._path(digest)}, {store.root / 'runs' / old.id}"
+        ], report.notes
+        assert report.text().count(note[0]) == 1
+        for inside in (store.objects._path(digest), store.root / "runs" / old.id):
+            assert list(inside.iterdir()) == []  # its files went all the same
+    assert [r.id for r in store.list_runs()] == [new.id]
+    ns: dict = {}
+    restore(store, new.id, namespace=ns)
+    assert list(ns["bigger"][:3]) == [0, 2, 4]
+
+
 def test_best_trial_after_restart_is_what_gc_protects_and_restore_restores(tmp_path):
     store = RunStore(tmp_path / "store")
     ids = {}

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import units
@@ -27,7 +28,7 @@ from ..errors import NbMagicError
 from ..units import format_size
 from .history import parse_duration
 from .lockfiles import sweep_flights
-from .objects import remove_tree
+from .objects import move_or_remove, remove_tree
 from .runs import RunStore
 
 POLICY_FILE = "gc.json"
@@ -488,24 +489,45 @@ def _apply(
         )
         report.values = freed_hashes
         report.bytes_freed = sum(s for _, s in freed_hashes)
-    remove_files(store, [d for d, _ in freed_hashes], doomed)
+    unmoved = remove_files(store, [d for d, _ in freed_hashes], doomed)
+    if unmoved:
+        report.notes.append(_unmoved_note(unmoved))
 
 
-def remove_files(store: RunStore, digests: Iterable[str], run_ids: Iterable[str]) -> None:
+def remove_files(store: RunStore, digests: Iterable[str], run_ids: Iterable[str]) -> list[tuple[Path, OSError]]:
     """Move the values and run folders into one temp folder (each is whole or gone for readers), then remove
-    it with a few threads: a file system pays per directory removed, not per gc (``bench/bench_state.py``)."""
+    it with a few threads: a file system pays per directory removed, not per gc (``bench/bench_state.py``).
+
+    Returns the folders the file system refused to move (with the refusal): those are removed in place."""
     digests, run_ids = list(digests), list(run_ids)
     if not digests and not run_ids:
-        return
-    grave = store.objects.bury(digests)
+        return []
+    unmoved: list[tuple[Path, OSError]] = []
+    grave = store.objects.bury(digests, unmoved)
     runs_dir = store.root / "runs"
     for run_id in run_ids:
         if run_id and "/" not in run_id and run_id not in (".", ".."):
-            try:
-                os.rename(runs_dir / run_id, grave / f"run-{run_id}")
-            except FileNotFoundError:
-                pass
+            refused = move_or_remove(runs_dir / run_id, grave / f"run-{run_id}")
+            if refused is not None:
+                unmoved.append((runs_dir / run_id, refused))
     remove_tree(grave)
+    return unmoved
+
+
+def _unmoved_note(unmoved: list[tuple[Path, OSError]]) -> str:
+    """``1 value and 1 run folder could not be moved …; 2 folders left, remove them by hand: …``"""
+    runs = sum(path.parent.name == "runs" for path, _ in unmoved)
+    parts = [
+        _count(len(unmoved) - runs, "value") if len(unmoved) > runs else "",
+        _count(runs, "run folder") if runs else "",
+    ]
+    reasons = ", ".join(sorted({exc.strerror or type(exc).__name__ for _, exc in unmoved}))
+    note = f"{' and '.join(p for p in parts if p)} could not be moved out of the store ({reasons}); their files were removed in place"
+    left = [str(path) for path, _ in unmoved if os.path.lexists(path)]
+    if left:
+        shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        note += f"; {_count(len(left), 'folder')} left, remove {'it' if len(left) == 1 else 'them'} by hand: {shown}"
+    return note
 
 
 # ----------------------------------------------------------------------------------------- verify

@@ -424,18 +424,20 @@ class ObjectStore:
         except FileNotFoundError:
             shutil.rmtree(grave, ignore_errors=True)
             return False
+        except OSError:  # cannot be moved (busy, another device, no permission): removed where it is
+            remove_tree(path)
         shutil.rmtree(grave, ignore_errors=True)
         return True
 
-    def bury(self, digests: Iterable[str]) -> Path:
+    def bury(self, digests: Iterable[str], unmoved: list[tuple[Path, OSError]] | None = None) -> Path:
         """Move the values ``digests`` into one new temp folder and return it (the caller removes it with
-        :func:`remove_tree`); readers see each value whole or not at all."""
+        :func:`remove_tree`); readers see each value whole or not at all. A value the file system refuses to
+        move is removed in place instead, and added to ``unmoved`` with the refusal."""
         grave = self._new_tmp("gc")
         for digest in digests:
-            try:
-                os.rename(self._path(digest), grave / digest)
-            except FileNotFoundError:
-                pass
+            refused = move_or_remove(self._path(digest), grave / digest)
+            if refused is not None and unmoved is not None:
+                unmoved.append((self._path(digest), refused))
         return grave
 
     def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
@@ -468,6 +470,19 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def move_or_remove(source: Path, target: Path) -> OSError | None:
+    """Rename ``source`` to ``target``; if the file system refuses (busy, another device, no permission),
+    remove ``source`` in place instead and return the refusal. A missing ``source`` is no error."""
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        remove_tree(source)
+        return exc
+    return None
 
 
 def remove_tree(folder: Path, threads: int = 8) -> None:
