@@ -132,3 +132,26 @@ def test_a_worker_that_died_unseen_is_one_line_not_a_broken_pipe(tmp_path):
             pool.kill("1")  # stopping a task of a dead worker is quiet: the task died with it
     finally:
         pool.close()
+
+
+def test_main_leaves_the_sigterm_handler_as_it_found_it_and_runs_outside_the_main_thread(tmp_path, capsys):
+    import signal
+    import threading
+
+    from nbmagic.cli import main
+
+    def mine(signum, frame):  # the embedding program's own handler
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["gc", "--show-policy", "--store", str(tmp_path / "store")]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+        codes = []
+        thread = threading.Thread(target=lambda: codes.append(main(["gc", "--show-policy", "--store", str(tmp_path)])))
+        thread.start()
+        thread.join(60)
+        assert codes == [0] and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().out == "automatic gc policy: none\n" * 2
