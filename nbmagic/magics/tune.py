@@ -8,6 +8,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..arguments import parse
+from ..errors import ExperimentInterrupted
 from ..kube import PROFILE_NAMESPACE
 from .common import headless, in_notebook, usage_errors
 
@@ -23,6 +24,10 @@ Without --param, a form pre-filled from %%pipeline_parameters and %pipeline_metr
 Examples:
   exp = %katib --algorithm tpe --max-trials 30 --parallel 2 --objective val_loss --param "lr=double(1e-4,1e-1,log)"
   exp.best, exp.trials, exp.wait(), exp.stop()
+  exp = %katib --watch NAME      follow an experiment another kernel drives (read-only); %katib --list lists them
+Ctrl-C while --wait (or exp.wait()) blocks stops the running trials, then fails the cell (Run All stops there);
+the one line names the experiment: the same %katib resumes its study, sys.last_value.experiment is the
+stopped Experiment.
 """
 
 
@@ -59,6 +64,17 @@ class TuneMagics(Magics):
         "--wait", action="store_true", help="block until the experiment ends (always, in nbconvert and papermill runs)"
     )
     @argument("--quiet", action="store_true", help="no live view")
+    @argument(
+        "--stop",
+        action="store_true",
+        help="stop this kernel's running local experiments (or the one --name names): running trials end",
+    )
+    @argument(
+        "--watch",
+        metavar="NAME",
+        help="follow local experiment NAME read-only (another kernel or nbmagic tune drives it)",
+    )
+    @argument("--list", action="store_true", help="list the store's local experiments and who drives them")
     @argument("--notebook", help="the notebook file, when the kernel cannot find it")
     @argument("--host", help="KFP API URL: run a Katib Experiment on that cluster; trials run the pipeline there")
     @argument("--namespace", default=PROFILE_NAMESPACE, help="Kubernetes namespace (cluster)")
@@ -71,12 +87,31 @@ class TuneMagics(Magics):
     def katib(self, line: str) -> Any:
         """Tune the recorded pipeline: each trial is a pipeline run; unchanged steps come from the cache."""
         args = parse(self.katib, line)
+        if args.stop:
+            return _stop(args.name)
+        if args.list or args.watch:
+            return self._watch(args)
         from .state import current_plan
 
         plan = current_plan(self.shell, args.notebook)
         if not args.param:
             return self._form(plan, args)
         return self._start(plan, args, build_spec(args, plan))
+
+    def _watch(self, args: Any) -> Any:
+        from IPython.core.error import UsageError
+
+        from ..tune.watch import list_experiments, watch
+
+        if args.param or args.host or args.restart or (args.list and args.watch):
+            raise UsageError("%katib --watch NAME and --list take no search space, --host or --restart")
+        if args.list:
+            return list_experiments()
+        experiment = watch(args.watch)
+        show(experiment, self.shell, quiet=args.quiet)
+        if args.wait:  # never implied: a watch started by nbconvert or papermill reads what is there
+            experiment.wait()
+        return experiment
 
     def _form(self, plan: Any, args: Any) -> Any:
         from ..tune.form import TuneForm
@@ -127,12 +162,39 @@ class TuneMagics(Magics):
         experiment = start_from_args(plan, spec, args)
         view = show(experiment, self.shell, quiet=args.quiet, target=target)
         if args.wait or (target is None and headless()):  # nbconvert/papermill stop the kernel after the last cell
-            experiment.wait()
+            try:
+                experiment.wait()  # Ctrl-C: the experiment is stopped (running trials end) before it re-raises
+            except KeyboardInterrupt:
+                if view is not None:
+                    view.refresh()
+                # the cell fails so Run All stops; the experiment stays reachable from the exception
+                raise ExperimentInterrupted(
+                    experiment, f"{_stopped_line(experiment)} (or: exp = sys.last_value.experiment)"
+                ) from None
             if view is not None:
                 view.refresh()  # the final state, published while this cell still runs (and is saved)
         return experiment
 
     katib.__doc__ = (katib.__doc__ or "") + "\n\n" + SYNTAX
+
+
+def _stopped_line(experiment: Any) -> str:
+    counts = {s: sum(t.status == s for t in experiment.trials) for s in ("succeeded", "stopped")}
+    return (
+        f"experiment {experiment.name!r} {experiment.status}: {counts['succeeded']} trials finished, "
+        f"{counts['stopped']} running ones stopped; the same %katib resumes it"
+    )
+
+
+def _stop(name: str | None) -> None:
+    """``%katib --stop``: stop this kernel's running local experiments and say which."""
+    from ..tune.local import stop_running
+
+    stopped = stop_running(name)
+    if not stopped:
+        print("nbmagic: no local experiment is running in this kernel" + (f" named {name!r}" if name else ""))
+    for experiment in stopped:
+        print(f"nbmagic: {_stopped_line(experiment)}")
 
 
 def build_spec(args: Any, plan: Any) -> Any:
@@ -154,8 +216,12 @@ def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None
     if in_notebook():
         return LiveView(experiment).show()
     else:
+        driver = getattr(experiment, "driver", None)  # a watched experiment: someone else drives it
         print(
-            f"nbmagic: {experiment.backend} experiment {experiment.name!r} started "
+            f"nbmagic: watching {experiment.backend} experiment {experiment.name!r} read-only, driven by {driver}; "
+            "exp.wait() blocks until it ends, exp.best shows the best trial"
+            if driver is not None
+            else f"nbmagic: {experiment.backend} experiment {experiment.name!r} started "
             f"({experiment.spec.max_trials} trials, {experiment.spec.parallel_trials} at once); "
             "exp.wait() blocks, exp.best shows the best trial"
         )

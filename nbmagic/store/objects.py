@@ -25,9 +25,10 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -368,6 +369,34 @@ class ObjectStore:
                         if e.name.startswith(shard.name) and _HASH.fullmatch(e.name):
                             yield e.name
 
+    def unsigned(self) -> list[tuple[str, str, int]]:
+        """(hash, format, bytes) of each value not signed with this store's key whose format can run code when
+        loaded (pickle, dill, joblib, ...): ``%restore`` refuses these."""
+        found = []
+        for digest in self.iter_hashes():
+            if self.signed(digest):
+                continue
+            try:
+                manifest = marshal.read_manifest(self._path(digest), digest[:12])
+            except marshal.MarshalError:
+                manifest = {}
+            fmt = manifest.get("format") or "unknown format"
+            if fmt not in SAFE_FORMATS:
+                found.append((digest, fmt, int(manifest.get("size") or 0)))
+        return found
+
+    def vouch(self, digest: str) -> None:
+        """Sign an unsigned value the user trusts; its bytes are checked against its hash first
+        (``marshal.CorruptValue`` if they do not match)."""
+        folder = self._path(digest)
+        marshal.verify(folder, digest[:12], expected_hash=digest)
+        if self.key() is None:
+            raise StoreError(f"the store has no signing key ({self.root}): cannot sign values")
+        tmp = folder / f"{SIGNATURE}.{os.getpid()}.tmp"
+        tmp.write_text(hmac.new(self.key(), (folder / marshal.MANIFEST).read_bytes(), hashlib.sha256).hexdigest())
+        tmp.chmod(0o400)
+        os.replace(tmp, folder / SIGNATURE)
+
     def verify_all(self) -> tuple[int, list[tuple[str, str]]]:
         """Check every stored value's bytes against its hash; remove the corrupt ones.
 
@@ -395,8 +424,21 @@ class ObjectStore:
         except FileNotFoundError:
             shutil.rmtree(grave, ignore_errors=True)
             return False
+        except OSError:  # cannot be moved (busy, another device, no permission): removed where it is
+            remove_tree(path)
         shutil.rmtree(grave, ignore_errors=True)
         return True
+
+    def bury(self, digests: Iterable[str], unmoved: list[tuple[Path, OSError]] | None = None) -> Path:
+        """Move the values ``digests`` into one new temp folder and return it (the caller removes it with
+        :func:`remove_tree`); readers see each value whole or not at all. A value the file system refuses to
+        move is removed in place instead, and added to ``unmoved`` with the refusal."""
+        grave = self._new_tmp("gc")
+        for digest in digests:
+            refused = move_or_remove(self._path(digest), grave / digest)
+            if refused is not None and unmoved is not None:
+                unmoved.append((self._path(digest), refused))
+        return grave
 
     def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
         """Remove temp directories left by killed writers; returns how many were removed.
@@ -428,3 +470,57 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def move_or_remove(source: Path, target: Path) -> OSError | None:
+    """Rename ``source`` to ``target``; if the file system refuses (busy, another device, no permission),
+    remove ``source`` in place instead and return the refusal. A missing ``source`` is no error."""
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        remove_tree(source)
+        return exc
+    return None
+
+
+def remove_tree(folder: Path, threads: int = 8) -> None:
+    """Remove ``folder`` and everything in it, its entries in parallel (the file system's wait per directory
+    removed overlaps); what cannot be removed is left for :meth:`ObjectStore.sweep_tmp`. A symlink is removed
+    as a link: what it points to is never touched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _is_real_dir(str(folder)):
+        _remove(str(folder))
+        return
+    try:
+        entries = [entry.path for entry in os.scandir(folder)]
+    except FileNotFoundError:
+        return
+    if len(entries) > 1:
+        with ThreadPoolExecutor(min(threads, len(entries))) as pool:
+            list(pool.map(_remove, entries))
+    else:
+        for entry in entries:
+            _remove(entry)
+    _remove(str(folder))
+
+
+def _is_real_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: str) -> None:
+    """Remove a file, a symlink (never what it points to) or a real folder tree, quietly (a leftover is swept
+    later)."""
+    if _is_real_dir(path):
+        shutil.rmtree(path, ignore_errors=True)  # refuses to follow symlinks, at any depth
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -139,6 +139,12 @@ class LocalExperiment(Experiment):
 
     backend = "local"
 
+    @property
+    def stop_ends_trials(self) -> bool:  # type: ignore[override]
+        """True when the trial runner takes the stop event (``run_trial.stoppable``): stop() then ends running
+        trials itself, so Ctrl-C waits for them; a runner that cannot be stopped is not waited for."""
+        return bool(getattr(self._run_trial, "stoppable", False))
+
     def __init__(
         self,
         spec: ExperimentSpec,
@@ -159,6 +165,7 @@ class LocalExperiment(Experiment):
         self.path = study_path(self.name, directory)
         self._restart = restart
         self._stopping = False
+        self._halt = threading.Event()  # set by stop(): running trials' runs end (their steps are killed)
         self._failed_now = 0
         self._active = 0
         self._budget = spec.max_trials
@@ -172,6 +179,8 @@ class LocalExperiment(Experiment):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
         from optuna.trial import TrialState
+
+        from .watch import SPEC_ATTR, spec_record
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +201,8 @@ class LocalExperiment(Experiment):
         recorded_key = self._study.user_attrs.get(KEY_ATTR)
         if recorded_key is None:
             self._study.set_user_attr(KEY_ATTR, key)
+        if SPEC_ATTR not in self._study.user_attrs:  # what another process needs to watch it (tune.watch)
+            self._study.set_user_attr(SPEC_ATTR, spec_record(self.spec))
         elif recorded_key != key:
             raise TuneError(
                 f"experiment {self.name!r} exists with another search space or objective: use a new --name or --restart"
@@ -219,20 +230,9 @@ class LocalExperiment(Experiment):
         self.resumed = len(self._trials)
 
     def _from_frozen(self, frozen: Any) -> Trial:
-        attrs = frozen.user_attrs
-        ok = frozen.state.name == "COMPLETE"
-        return Trial(
-            number=frozen.number,
-            parameters=dict(frozen.params),
-            status=SUCCEEDED if ok else PRUNED if frozen.state.name == "PRUNED" else FAILED,
-            curve=sorted(frozen.intermediate_values.items()),
-            objective=frozen.value if ok else None,
-            metrics=dict(attrs.get("metrics", {})),
-            run_id=attrs.get("run_id"),
-            duration=attrs.get("duration"),
-            cached_steps=attrs.get("cached_steps", 0),
-            error=attrs.get("error"),
-        )
+        from .watch import trial_from_frozen
+
+        return trial_from_frozen(frozen)
 
     # -- running --------------------------------------------------------------------------------------
     def start(self) -> LocalExperiment:
@@ -242,7 +242,8 @@ class LocalExperiment(Experiment):
             other = _LIVE.get(key)
             if other is not None and not other.done:
                 raise TuneError(
-                    f"experiment {self.name!r} is still running in this kernel: stop it first (exp.stop()) or use another --name"
+                    f"experiment {self.name!r} is still running in this kernel: stop it first (%katib --stop, or "
+                    "stop() on the Experiment %katib returned) or use another --name"
                 )
             _LIVE[key] = self
         try:
@@ -298,10 +299,11 @@ class LocalExperiment(Experiment):
         started = time.perf_counter()
         try:
             values = self.spec.trial_values(trial.parameters, self._recorded)
+            extra = {"stop": self._halt} if getattr(self._run_trial, "stoppable", False) else {}
             if getattr(self._run_trial, "reports", False):
-                result = self._run_trial(values, _Reporter(self, frozen, trial))
+                result = self._run_trial(values, _Reporter(self, frozen, trial), **extra)
             else:
-                result = self._run_trial(values)
+                result = self._run_trial(values, **extra)
         except Exception as exc:  # the trial's failure, kept per trial
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             result = TrialResult(run_id=None, status="failed", error=last)
@@ -309,6 +311,9 @@ class LocalExperiment(Experiment):
         objective, problem = (None, result.error or "run failed")
         if result.status == "pruned":
             self._pruned(frozen, trial, result, duration)
+            return
+        if result.status == "stopped":
+            self._stopped(frozen, trial, result, duration)
             return
         if result.status == "done":
             objective, problem = objective_of(result.metrics, self.spec.objective)
@@ -355,6 +360,17 @@ class LocalExperiment(Experiment):
                 self._study._storage.set_trial_user_attr(frozen._trial_id, key, value)
             self._study.tell(frozen, state=TrialState.PRUNED)
 
+    def _stopped(self, frozen: Any, trial: Trial, result: TrialResult, duration: float) -> None:
+        """Ended by stop(): kept in the study as interrupted, so a resumed experiment asks for it again."""
+        from optuna.trial import TrialState
+
+        with self._lock:
+            trial.run_id, trial.duration, trial.cached_steps = result.run_id, duration, result.cached_steps
+            trial.status, trial.error = STOPPED, result.error or "stopped"
+            for key, value in {"run_id": result.run_id, "duration": duration, "interrupted": True}.items():
+                self._study._storage.set_trial_user_attr(frozen._trial_id, key, value)
+            self._study.tell(frozen, state=TrialState.FAIL)
+
     def _finish(self) -> None:
         with self._lock:
             if self.status == RUNNING:
@@ -370,12 +386,28 @@ class LocalExperiment(Experiment):
         self._notify()
 
     def stop(self, wait: bool = False) -> LocalExperiment:
-        """Start no new trial; running trials end and are kept. ``wait=True`` blocks until they have."""
+        """Start no new trial and end the running ones (their steps' process trees are killed); finished
+        trials are kept and the study stays resumable. ``wait=True`` blocks until the trials have ended."""
         with self._lock:
             self._stopping = True
+        self._halt.set()
         if wait:
             self._done.wait()
         return self
+
+
+def running() -> list[LocalExperiment]:
+    """The local experiments of this process that are still running."""
+    with _LIVE_LOCK:
+        return [e for e in _LIVE.values() if not e.done]
+
+
+def stop_running(name: str | None = None) -> list[LocalExperiment]:
+    """Stop this process's running local experiments (or the one named ``name``), waiting for their trials."""
+    chosen = [e for e in running() if name in (None, e.name)]
+    for experiment in chosen:
+        experiment.stop(wait=True)
+    return chosen
 
 
 def make_pruner(spec: ExperimentSpec) -> Any:
@@ -426,7 +458,9 @@ def pipeline_trial_runner(
     """
     shared: list[Any] = [runner]
 
-    def run_trial(parameters: dict[str, Any], reporter: Callable[..., bool] | None = None) -> TrialResult:
+    def run_trial(
+        parameters: dict[str, Any], reporter: Callable[..., bool] | None = None, stop: threading.Event | None = None
+    ) -> TrialResult:
         from ..run.local import LocalRunner
 
         if shared[0] is None:
@@ -435,12 +469,26 @@ def pipeline_trial_runner(
         watcher = ReportWatcher(shared[0].store, reporter) if reporter is not None else None
         try:
             run = shared[0].run(
-                plan, parameters, cache=cache, experiment=experiment, listener=watcher.listen if watcher else None
+                plan,
+                parameters,
+                cache=cache,
+                experiment=experiment,
+                listener=watcher.listen if watcher else None,
+                stop=stop,
             )
         finally:
             if watcher is not None:
                 watcher.close()
         error = None
+        if run.status == "stopped":
+            return TrialResult(
+                run_id=run.id,
+                status="stopped",
+                metrics=dict(run.metrics),
+                cached_steps=run.cached_steps,
+                error="stopped with the experiment",
+                duration=time.perf_counter() - started,
+            )
         if run.status == "pruned":
             pruned = [s for s in run.steps.values() if s.status == "pruned"]
             return TrialResult(
@@ -465,6 +513,7 @@ def pipeline_trial_runner(
         )
 
     run_trial.reports = True  # type: ignore[attr-defined] - takes a reporter for nbmagic.report() values
+    run_trial.stoppable = True  # type: ignore[attr-defined] - takes a stop event that ends the run
     return run_trial
 
 
@@ -479,6 +528,7 @@ class ReportWatcher:
         self._files: dict[str, int] = {}  # path -> bytes read
         self._lines: dict[str, int] = {}  # path -> lines decided
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one reader at a time: the poller, or close()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nbmagic-reports", daemon=True)
         self._thread.start()
@@ -499,9 +549,12 @@ class ReportWatcher:
         poll = self.POLL if getattr(self._reporter, "wait_from", 1) else self.SLOW_POLL
         while not self._closed.wait(poll):
             self.read()
-        self.read()
 
     def read(self) -> None:
+        with self._reading:
+            self._read()
+
+    def _read(self) -> None:
         import json
 
         from ..runtime.report import ack_path, prune_path
@@ -532,5 +585,6 @@ class ReportWatcher:
                 os.replace(tmp, ack_path(path))
 
     def close(self) -> None:
+        """Stop polling and take in what is left, in the caller's thread (no wait for the poller to wake)."""
         self._closed.set()
-        self._thread.join(5)
+        self.read()
