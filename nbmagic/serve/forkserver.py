@@ -43,13 +43,8 @@ _PRELOAD = (
 )
 # a request's "modules" (the model's own module) are imported here before forking, so the next server of the
 # same kind starts with them; only installed model libraries, never the user's files (they may change between
-# two servers, and the fork would keep the old ones)
-_LIBRARIES = (
-    "sklearn",
-    "xgboost",
-    "lightgbm",
-    "torch",
-)  # not keras: its backend is chosen by the environment at import
+# two servers, and the fork would keep the old ones); not keras: its backend is chosen by the environment at import
+_LIBRARIES = ("sklearn", "xgboost", "lightgbm", "torch")
 
 
 def _say(text: str) -> None:

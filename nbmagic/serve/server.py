@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _fast_event_loop() -> None:
     """Run on uvloop where it is installed, as ``uvicorn.run`` would: KServe's single-process ModelServer starts
-    its servers with ``asyncio.run``, which otherwise takes the standard library's slower loop (an extra
-    system call and more Python per request)."""
+    its servers with ``asyncio.run``, which otherwise takes the standard library's loop (more Python per
+    request)."""
     import asyncio
     import warnings
 
