@@ -25,13 +25,13 @@ def _versions(modules: tuple[str, ...]) -> list[str]:
     the distributions' metadata folders on ``sys.path``: installing, removing or upgrading a package changes
     those names (they carry the version), and then everything is looked up again.
     """
-    from ..packages import pinned
-
     key = ",".join(modules)
     stamp = _path_stamp()
     memo = _read_memo()
     if memo.get("stamp") == stamp and key in memo.get("pins", {}):
         return list(memo["pins"][key])
+    from ..packages import pinned  # imports packaging: only on a miss
+
     found = pinned(modules)
     pins = memo.get("pins", {}) if memo.get("stamp") == stamp else {}
     pins[key] = found

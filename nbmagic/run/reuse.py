@@ -197,7 +197,7 @@ class Reuse:
             print(f"{step.name}: runs (cannot be reused: {reason})", flush=True)
             run_body()
             return "ran"
-        entry = self.store.cache_get(key)
+        entry = self.store.cache_get(key, touch=False)  # marked used with the record, off the cell's path
         needed = set(step.outputs) | set(step.metrics)
         if entry is not None and not entry.not_kept and needed <= set(entry.outputs):
             loaded = self._load(entry.outputs, step.cell.code)
@@ -344,6 +344,8 @@ class Reuse:
     ) -> int:
         """Index the cell's execution in this kernel's session run: computed here, or a reuse of an earlier one."""
         store = self.store
+        if reused is not None:
+            store.cache_touch(key)
         if self.session is None or step.name in self._recorded:
             # a session run holds each step once: running a cell again starts the next one, so an execution
             # that cache entries point at is never overwritten
