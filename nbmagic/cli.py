@@ -73,6 +73,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     image = (args.image or nbmagic_image()) if args.image is not None else None
     pipeline = Pipeline.from_notebook(args.notebook, args.name)
     path = pipeline.compile(args.output, image=image)
+    from .compile.inputs import cluster_inputs_note
+
+    note = cluster_inputs_note(pipeline.plan)
+    if note:
+        print(note)
     if path.suffix == ".py":
         print(f"wrote {path}")
         return 0

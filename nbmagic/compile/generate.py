@@ -17,6 +17,7 @@ from .. import packages
 from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
+from ..runtime.files import MissingInput, file_hashes
 from ..runtime.step import uses_ipython
 from .literals import literal
 
@@ -113,6 +114,7 @@ class _Component:
     inputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
     outputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
     metrics: str | None = None  # component argument for the Metrics artifact
+    files: dict[str, str] = field(default_factory=dict)  # --inputs path -> its content hash when compiled
 
 
 def _plan_components(
@@ -151,6 +153,11 @@ def _plan_components(
                 p for p in pins if packages.requirement_name(p) not in packages.ALWAYS or p.split("==")[0] in modules
             ]
         requirements = packages.combine(pins, plan.packages, extra_packages, settings.packages)
+        try:
+            # in the component's code, so KFP's cache key changes with the file's content
+            files = file_hashes(tuple(settings.inputs or ()))
+        except MissingInput as missing:
+            raise PipelineError(f"step {step.name!r} --inputs {missing}: no such file or folder") from None
         found.append(
             _Component(
                 step=step,
@@ -160,6 +167,7 @@ def _plan_components(
                 image=chosen,
                 packages=requirements,
                 embeds_runtime=chosen not in runtime_images,
+                files=files,
             )
         )
     # a metric travels as an artifact only when a later step reads it
@@ -247,6 +255,8 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     watch = stale_readers(plan, step.name)
     if watch:
         lines.append(f"        watch={literal(watch)},")
+    if comp.files:
+        lines.append(f"        files={literal(comp.files)},")
     lines.append("    )")
     return lines
 

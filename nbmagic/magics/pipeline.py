@@ -195,6 +195,12 @@ class PipelineMagics(Magics):
         args = parse(self.compile_run, line)
         pipeline = Pipeline(self.state.plan(args.notebook, args.name))
         values = pipeline.values(args.param)  # wrong types fail here, before anything runs
+        if args.output or args.host or args.cluster:
+            from ..compile.inputs import cluster_inputs_note
+
+            note = cluster_inputs_note(pipeline.plan)
+            if note:
+                print(note, flush=True)
         if args.output:
             print(f"nbmagic: wrote {pipeline.compile(args.output)}")
         if args.no_run:

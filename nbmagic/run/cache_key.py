@@ -127,35 +127,13 @@ def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
 
 def file_hashes(paths: tuple[str, ...], step: str) -> dict[str, str]:
     """path -> content hash of each ``--inputs`` file (a folder: every file under it); a missing one is an error."""
-    found: dict[str, str] = {}
-    for name in paths:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
-            files = [path]
-        else:
-            raise NbMagicError(f"step {step!r} --inputs {name}: no such file or folder")
-        digest = hashlib.sha256()
-        for file in files:
-            digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
-            digest.update(_file_hash(file).encode())
-        found[name] = digest.hexdigest()
-    return found
+    from ..runtime.files import MissingInput
+    from ..runtime.files import file_hashes as hashes
 
-
-def _file_hash(path: Path) -> str:
-    """xxh3-128 of a file's bytes (sha256 without xxhash); read every time, so a rewrite is always seen."""
     try:
-        import xxhash
-
-        hasher: Any = xxhash.xxh3_128()
-    except ImportError:
-        hasher = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return hashes(paths)
+    except MissingInput as missing:
+        raise NbMagicError(f"step {step!r} --inputs {missing}: no such file or folder") from None
 
 
 def cache_key(
