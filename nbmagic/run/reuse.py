@@ -74,7 +74,7 @@ class ValueHasher:
 
     def remember(self, value: Any, store_hash: str) -> None:
         """Note that ``value`` (as it is now) is stored under ``store_hash``."""
-        if _fingerprint(value) is None:
+        if not _has_fingerprint(value):  # an array's store hash comes from its memory: nothing to note
             try:
                 self._known[self.digest(value)] = store_hash
             except NotReusable:
@@ -95,6 +95,15 @@ class ValueHasher:
             raise NotReusable(f"variable {name!r} cannot be stored ({exc})") from None
         self._known[digest] = ref.hash
         return ref.hash
+
+
+def _has_fingerprint(value: Any) -> bool:
+    """:func:`_fingerprint` gives ``value``'s store hash (numpy arrays and scalars), told without hashing it."""
+    from ..runtime.marshal import npy
+
+    if npy.is_ndarray(value):
+        return not value.dtype.hasobject
+    return npy.is_scalar(value) and not value.dtype.hasobject
 
 
 def _fingerprint(value: Any, name: str = "value") -> str | None:
