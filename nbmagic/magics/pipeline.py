@@ -78,7 +78,9 @@ class PipelineMagics(Magics):
         or ``%compile_run`` left them) and what it printed is shown again, with one line saying so. Reuse skips
         side effects: files the cell writes and plots it draws are not made again. A step that reads a file
         should declare it (``--inputs data/raw.csv``: a changed file means the step runs) or use ``--no-reuse``.
-        A value that cannot be hashed or stored makes the cell simply run.
+        A value that cannot be hashed or stored makes the cell simply run. A value the cell changes in place
+        unseen by its code is found (fingerprints before and after) and kept with its results. On a cluster,
+        an ``--inputs`` file must be in the step's pod at the same path (image or ``--volume``).
 
         Example::
 
