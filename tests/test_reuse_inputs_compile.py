@@ -93,3 +93,16 @@ def test_compiling_for_a_cluster_says_the_pods_must_find_the_file(ip, tmp_path, 
     run_ok(ip, "%%step report\ntotal = n_raw * 3\n")  # a local run says nothing about clusters
     run_ok(ip, "run = %compile_run --quiet")
     assert "--inputs files" not in capsys.readouterr().out
+
+
+def test_nbmagic_compile_hashes_inputs_beside_the_notebook_and_says_pods_must_find_them(tmp_path):
+    from helpers.fidelity import cli, write_notebook
+
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    (folder / "raw.csv").write_text("a b c\n")
+    write_notebook(folder / "n.ipynb", ["%load_ext nbmagic", *CELLS])
+    done = cli("compile", "nb/n.ipynb", "-o", "p.yaml", cwd=tmp_path)  # typed from another folder
+    assert done.returncode == 0, done.stderr
+    assert "nbmagic: --inputs files are read where each step runs: read_raw (raw.csv)." in done.stdout
+    assert (tmp_path / "p.yaml").exists()
