@@ -3,6 +3,8 @@ a pipeline (%compile_run, nbmagic run, the compiled YAML on kfp.local); every me
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 
 from helpers.fidelity import cli, cli_metrics, kernel_parity, text_of
@@ -133,6 +135,12 @@ def test_restart_and_run_all_with_reuse_gives_the_notebooks_values(tmp_path, mon
     reused = sorted(n for n, text in said.items() if f"{n}: reused from run" in text)
     assert reused == ["enrich", "load", "read_raw", "report"], said
     assert "fit: runs (cannot be reused: the step spans several cells)" in said["fit"]
+    # what the kernel stored, the runner takes: load, enrich (after its in-place change was learned) and read_raw
+    # (which reports the parameter d1 as a metric)
+    status = _compile_run_status(tmp_path, monkeypatch, cells)
+    assert {n: status[n] for n in ("load", "enrich", "read_raw")} == dict.fromkeys(
+        ("load", "enrich", "read_raw"), "cached"
+    )
 
     (tmp_path / "raw.csv").write_text("a\n1\n2\n3\n4\n")  # a changed --inputs file: that step runs
     changed, printed = run_all(tmp_path, monkeypatch, cells, REUSE_NAMES, reuse=True)
@@ -145,3 +153,13 @@ def test_restart_and_run_all_with_reuse_gives_the_notebooks_values(tmp_path, mon
     ours, printed = run_all(tmp_path, monkeypatch, edited, REUSE_NAMES, reuse=True)
     assert baseline["width"] == 8 and differences(baseline, ours) == []
     assert "enrich: reused" not in printed[4] and "load: reused from run" in printed[3]
+
+
+def _compile_run_status(tmp_path, monkeypatch, cells) -> dict:
+    """Restart, Run All with reuse, then ``%compile_run``: each step's status in that run."""
+    from helpers.fidelity_reuse import run_all
+
+    final = "run = %compile_run --quiet\nprint('STATUS', {n: s.status for n, s in run.steps.items()})"
+    _, printed = run_all(tmp_path, monkeypatch, [*cells, final], ["n_raw"], reuse=True)
+    line = next(line for line in printed[-1].splitlines() if line.startswith("STATUS "))
+    return ast.literal_eval(line[len("STATUS ") :])
