@@ -106,3 +106,18 @@ def test_nbmagic_compile_hashes_inputs_beside_the_notebook_and_says_pods_must_fi
     assert done.returncode == 0, done.stderr
     assert "nbmagic: --inputs files are read where each step runs: read_raw (raw.csv)." in done.stdout
     assert (tmp_path / "p.yaml").exists()
+
+
+def test_local_steps_read_relative_files_where_the_run_was_started(tmp_path, monkeypatch):
+    """The step worker outlives a change of folder (``%cd``): each step runs in the caller's folder, so an
+    ``--inputs`` file is read where its hash was taken."""
+    from nbmagic.run.local import LocalRunner
+
+    plan = plan_of(*CELLS)
+    for folder, text in (("a", "a b c\n"), ("b", "a b c d e\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "raw.csv").write_text(text)
+        monkeypatch.chdir(tmp_path / folder)
+        run = LocalRunner(workers=1).run(plan)
+        assert run.status == "done", run.error
+        assert run.metrics["total"] == 2 * len(text.split())

@@ -299,6 +299,8 @@ class LocalRunner:
             },
             "uses_ipython": uses_ipython(step.cell.code, step.prelude),
             "cache_key": key,
+            # relative paths (--inputs files among them) mean what they mean here, wherever the worker started
+            "cwd": os.getcwd(),
         }
         spec_path = run_dir / f"{step.name}.spec.json"
         spec_path.write_text(json.dumps(spec))
