@@ -121,3 +121,37 @@ def test_local_steps_read_relative_files_where_the_run_was_started(tmp_path, mon
         run = LocalRunner(workers=1).run(plan)
         assert run.status == "done", run.error
         assert run.metrics["total"] == 2 * len(text.split())
+
+
+@pytest.mark.slow
+def test_in_nbmagics_image_the_executor_carries_and_checks_the_file_hash(tmp_path, monkeypatch, capfd):
+    """A step in an image that has nbmagic is a container component: the hash is in its arguments and its
+    executor checks the file (kfp.local's DockerRunner, each container run as a process of this environment)."""
+    from kfp import components, local
+
+    from helpers.kfp_image import run_containers_here
+    from helpers.kfp_outputs import metrics_from_outputs
+    from nbmagic.compile.kfp import compile_pipeline
+    from nbmagic.runtime.files import file_hashes
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw.csv").write_text("a b c\n")
+    image = "registry.example/nbmagic:test"
+    plan = plan_of(*CELLS)
+    text = compile_pipeline(plan, output=tmp_path / "image.yaml", image=image, runtime_image=image)
+    component = _component_of(text, "read_raw")
+    assert "nbmagic.runtime.executor" in component
+    assert file_hashes(["raw.csv"])["raw.csv"] in component
+
+    run_containers_here(monkeypatch)
+    local.init(runner=local.DockerRunner(), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
+    task = components.load_component_from_file(str(tmp_path / "image.yaml"))()
+    assert metrics_from_outputs(plan, task) == {"total": 6}
+    (tmp_path / "raw.csv").write_text("a b c d\n")
+    capfd.readouterr()
+    with pytest.raises(RuntimeError):
+        components.load_component_from_file(str(tmp_path / "image.yaml"))()
+    out = capfd.readouterr()
+    assert "nbmagic: step 'read_raw': --inputs raw.csv is not the file the pipeline was compiled with" in (
+        out.out + out.err
+    )
