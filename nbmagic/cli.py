@@ -19,11 +19,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline.from_notebook(args.notebook, args.name)
     values = pipeline.values(args.param)
+    enter_notebook_folder(Path(args.notebook))  # --inputs files and local modules are the notebook's neighbours
     if args.host:
+        from .compile.inputs import cluster_inputs_note
+
+        note = cluster_inputs_note(pipeline.plan)
+        if note:
+            print(note)
         run = pipeline.submit(values, host=args.host, experiment=args.experiment, namespace=args.namespace)
         print(f"run {run.id} started: {run.url}")
         return 0
-    enter_notebook_folder(Path(args.notebook))
     notes = pipeline.local_notes()
     if notes:
         print("cluster-only settings, not applied locally: " + "; ".join(notes))
@@ -65,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .api import Pipeline
+    from .api import Pipeline, enter_notebook_folder
     from .compile.size import size_warning
     from .compile.workflow import estimate
     from .images import nbmagic_image
@@ -73,13 +78,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     image = (args.image or nbmagic_image()) if args.image is not None else None
     pipeline = Pipeline.from_notebook(args.notebook, args.name)
-    path = pipeline.compile(args.output, image=image)
+    output = Path(args.output).expanduser().resolve()  # where the command was typed
+    enter_notebook_folder(Path(args.notebook))  # --inputs files are hashed beside the notebook, as a run reads them
+    path = pipeline.compile(output, image=image)
+    from .compile.inputs import cluster_inputs_note
+
+    note = cluster_inputs_note(pipeline.plan)
+    if note:
+        print(note)
     if path.suffix == ".py":
-        print(f"wrote {path}")
+        print(f"wrote {args.output}")
         return 0
     size = path.stat().st_size
     steps = len(pipeline.plan.steps)
-    print(f"wrote {path} ({format_size(size)}, {steps} steps)")
+    print(f"wrote {args.output} ({format_size(size)}, {steps} steps)")
     workflow = estimate(path.read_text(encoding="utf-8")).least
     warning = size_warning(size, steps, path.name, workflow)
     if warning:

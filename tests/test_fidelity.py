@@ -3,6 +3,8 @@ a pipeline (%compile_run, nbmagic run, the compiled YAML on kfp.local); every me
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 
 from helpers.fidelity import cli, cli_metrics, kernel_parity, text_of
@@ -108,3 +110,56 @@ def test_nbmagic_run_and_kfp_local_give_the_notebooks_metrics(tmp_path, monkeypa
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
     task = components.load_component_from_file(str(tmp_path / "fidelity.yaml"))()
     assert metrics_from_outputs(plan, task) == pytest.approx(expected)
+
+
+READ_FILE = "%%step read_raw --inputs raw.csv\nraw = pd.read_csv('raw.csv')\nn_raw = len(raw)\n"
+REUSE_NAMES = [*NAMES, "X", "y", "ncols", "tcols", "nrows", "logged", "score", "raw", "n_raw"]
+
+
+def test_restart_and_run_all_with_reuse_gives_the_notebooks_values(tmp_path, monkeypatch):
+    """Reused cells (in-place changes, helper-cell constants, a step over two cells, an --inputs file) leave the
+    kernel with exactly the values the notebook computes without reuse."""
+    from helpers.fidelity_reuse import differences, run_all
+
+    monkeypatch.setenv("NBMAGIC_HOME", str(tmp_path / "home"))
+    (tmp_path / "raw.csv").write_text("a\n1\n2\n3\n")
+    cells = [*CELLS, READ_FILE]
+    expected, _ = run_all(tmp_path, monkeypatch, cells, REUSE_NAMES, reuse=False)
+    assert (expected["nrows"], expected["logged"], expected["n_raw"]) == (3, 1, 3)
+
+    first, _ = run_all(tmp_path, monkeypatch, cells, REUSE_NAMES, reuse=True)  # runs every cell, stores results
+    assert differences(expected, first) == []
+    again, printed = run_all(tmp_path, monkeypatch, cells, REUSE_NAMES, reuse=True)  # a restart: reuses
+    assert differences(expected, again) == []
+    said = dict(zip(["load", "enrich", "fit", "fit2", "report", "read_raw"], [printed[i] for i in (3, 4, 5, 6, 7, 9)]))
+    reused = sorted(n for n, text in said.items() if f"{n}: reused from run" in text)
+    assert reused == ["enrich", "load", "read_raw", "report"], said
+    assert "fit: runs (cannot be reused: the step spans several cells)" in said["fit"]
+    # what the kernel stored, the runner takes: load, enrich (after its in-place change was learned) and read_raw
+    # (which reports the parameter d1 as a metric)
+    status = _compile_run_status(tmp_path, monkeypatch, cells)
+    assert {n: status[n] for n in ("load", "enrich", "read_raw")} == dict.fromkeys(
+        ("load", "enrich", "read_raw"), "cached"
+    )
+
+    (tmp_path / "raw.csv").write_text("a\n1\n2\n3\n4\n")  # a changed --inputs file: that step runs
+    changed, printed = run_all(tmp_path, monkeypatch, cells, REUSE_NAMES, reuse=True)
+    assert changed["n_raw"] == 4 and "reused" not in printed[9]
+    assert differences({n: v for n, v in expected.items() if n not in ("raw", "n_raw")}, changed) == []
+
+    # a helper-cell constant edited: steps whose carried code uses it run again, with its new value
+    edited = [cells[0], cells[1].replace('BASES = "ACGU"', 'BASES = "ACGUT"'), *cells[2:]]
+    baseline, _ = run_all(tmp_path, monkeypatch, edited, REUSE_NAMES, reuse=False)
+    ours, printed = run_all(tmp_path, monkeypatch, edited, REUSE_NAMES, reuse=True)
+    assert baseline["width"] == 8 and differences(baseline, ours) == []
+    assert "enrich: reused" not in printed[4] and "load: reused from run" in printed[3]
+
+
+def _compile_run_status(tmp_path, monkeypatch, cells) -> dict:
+    """Restart, Run All with reuse, then ``%compile_run``: each step's status in that run."""
+    from helpers.fidelity_reuse import run_all
+
+    final = "run = %compile_run --quiet\nprint('STATUS', {n: s.status for n, s in run.steps.items()})"
+    _, printed = run_all(tmp_path, monkeypatch, [*cells, final], ["n_raw"], reuse=True)
+    line = next(line for line in printed[-1].splitlines() if line.startswith("STATUS "))
+    return ast.literal_eval(line[len("STATUS ") :])

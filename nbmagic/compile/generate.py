@@ -20,6 +20,7 @@ from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
 from ..runtime.executor import COMMAND as EXECUTOR_COMMAND
+from ..runtime.files import MissingInput, file_hashes
 from ..runtime.step import uses_ipython
 from .literals import literal
 
@@ -112,6 +113,7 @@ class _Component:
     outputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
     metrics: str | None = None  # component argument for the Metrics artifact
     watch: tuple[str, ...] = ()  # inputs to check for changes in place (see ``stale_readers``)
+    files: dict[str, str] = field(default_factory=dict)  # --inputs path -> its content hash when compiled
 
 
 EXACT_INT = 2**53  # KFP carries parameter defaults as protobuf numbers (doubles): larger ints change
@@ -174,6 +176,11 @@ def _plan_components(
                 p for p in pins if packages.requirement_name(p) not in packages.ALWAYS or p.split("==")[0] in modules
             ]
         requirements = packages.combine(pins, plan.packages, extra_packages, settings.packages)
+        try:
+            # in the component's code, so KFP's cache key changes with the file's content
+            files = file_hashes(tuple(settings.inputs or ()))
+        except MissingInput as missing:
+            raise PipelineError(f"step {step.name!r} --inputs {missing}: no such file or folder") from None
         found.append(
             _Component(
                 step=step,
@@ -183,6 +190,7 @@ def _plan_components(
                 image=chosen,
                 packages=requirements,
                 embeds_runtime=chosen not in runtime_images,
+                files=files,
             )
         )
     # a metric travels as an artifact only when a later step reads it
@@ -270,6 +278,8 @@ def _container_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     watch = comp.watch
     if watch:
         spec["watch"] = list(watch)
+    if comp.files:  # in the container's arguments, so KFP's cache key follows the file
+        spec["files"] = comp.files
     if comp.packages:
         spec["packages"] = comp.packages
     return [
@@ -318,6 +328,8 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     watch = comp.watch
     if watch:
         lines.append(f"        watch={literal(watch)},")
+    if comp.files:
+        lines.append(f"        files={literal(comp.files)},")
     lines.append("    )")
     return lines
 

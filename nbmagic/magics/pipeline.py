@@ -78,7 +78,9 @@ class PipelineMagics(Magics):
         or ``%compile_run`` left them) and what it printed is shown again, with one line saying so. Reuse skips
         side effects: files the cell writes and plots it draws are not made again. A step that reads a file
         should declare it (``--inputs data/raw.csv``: a changed file means the step runs) or use ``--no-reuse``.
-        A value that cannot be hashed or stored makes the cell simply run.
+        A value that cannot be hashed or stored makes the cell simply run. A value the cell changes in place
+        unseen by its code is found (fingerprints before and after) and kept with its results. On a cluster,
+        an ``--inputs`` file must be in the step's pod at the same path (image or ``--volume``).
 
         Example::
 
@@ -195,6 +197,12 @@ class PipelineMagics(Magics):
         args = parse(self.compile_run, line)
         pipeline = Pipeline(self.state.plan(args.notebook, args.name))
         values = pipeline.values(args.param)  # wrong types fail here, before anything runs
+        if args.output or args.host or args.cluster:
+            from ..compile.inputs import cluster_inputs_note
+
+            note = cluster_inputs_note(pipeline.plan)
+            if note:
+                print(note, flush=True)
         if args.output:
             print(f"nbmagic: wrote {pipeline.compile(args.output)}")
         if args.no_run:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import re
 import symtable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 from ..arguments import split
@@ -376,7 +377,16 @@ def _magic_code(tree: ast.AST) -> list[str]:
 
 
 def analyze(code: str, where: str = "cell") -> CodeInfo:
-    """Analyse plain Python ``code`` (already transformed by :func:`to_python`)."""
+    """Analyse plain Python ``code`` (already transformed by :func:`to_python`).
+
+    The same code is analysed once per process (every ``%%step`` cell builds the plan again); each caller gets
+    its own copy to extend."""
+    found = _analyzed(code, where)
+    return CodeInfo(**{f.name: copy.copy(getattr(found, f.name)) for f in fields(CodeInfo)})
+
+
+@lru_cache(maxsize=2048)
+def _analyzed(code: str, where: str) -> CodeInfo:
     tree = parse(code, where)
     info = CodeInfo()
     scanner = _Scanner(info)

@@ -25,8 +25,6 @@ def _versions(modules: tuple[str, ...]) -> list[str]:
     the distributions' metadata folders on ``sys.path``: installing, removing or upgrading a package changes
     those names (they carry the version), and then everything is looked up again.
     """
-    from ..packages import pinned
-
     key = ",".join(modules)
     stamp = _path_stamp()
     known = _PINS.get((stamp, key))
@@ -36,6 +34,8 @@ def _versions(modules: tuple[str, ...]) -> list[str]:
     if memo.get("stamp") == stamp and key in memo.get("pins", {}):
         _PINS[(stamp, key)] = list(memo["pins"][key])
         return list(memo["pins"][key])
+    from ..packages import pinned  # imports packaging: only on a miss
+
     found = pinned(modules)
     _PINS[(stamp, key)] = list(found)
     pins = memo.get("pins", {}) if memo.get("stamp") == stamp else {}
@@ -133,35 +133,13 @@ def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
 
 def file_hashes(paths: tuple[str, ...], step: str) -> dict[str, str]:
     """path -> content hash of each ``--inputs`` file (a folder: every file under it); a missing one is an error."""
-    found: dict[str, str] = {}
-    for name in paths:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
-            files = [path]
-        else:
-            raise NbMagicError(f"step {step!r} --inputs {name}: no such file or folder")
-        digest = hashlib.sha256()
-        for file in files:
-            digest.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
-            digest.update(_file_hash(file).encode())
-        found[name] = digest.hexdigest()
-    return found
+    from ..runtime.files import MissingInput
+    from ..runtime.files import file_hashes as hashes
 
-
-def _file_hash(path: Path) -> str:
-    """xxh3-128 of a file's bytes (sha256 without xxhash); read every time, so a rewrite is always seen."""
     try:
-        import xxhash
-
-        hasher: Any = xxhash.xxh3_128()
-    except ImportError:
-        hasher = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return hashes(paths)
+    except MissingInput as missing:
+        raise NbMagicError(f"step {step!r} --inputs {missing}: no such file or folder") from None
 
 
 def cache_key(

@@ -255,7 +255,8 @@ class LocalRunner:
         state.started = time.time()
         if use_cache:
             entry = self.store.cache_get(key)
-            needed = set(step.outputs) | set(step.metrics)
+            # a parameter reported as a metric is no stored value: its number is in the entry's metrics
+            needed = set(step.outputs) | (set(step.metrics) & set(step.writes))
             if entry is not None and needed <= set(entry.outputs) and set(step.metrics) <= set(entry.metrics):
                 self._release_flight(run, step.name)
                 state.status, state.ended = "cached", time.time()
@@ -314,6 +315,8 @@ class LocalRunner:
             },
             "uses_ipython": uses_ipython(step.cell.code, step.prelude),
             "cache_key": key,
+            # relative paths (--inputs files among them) mean what they mean here, wherever the worker started
+            "cwd": os.getcwd(),
         }
         spec_path = run_dir / f"{step.name}.spec.json"
         spec_path.write_text(json.dumps(spec))

@@ -74,7 +74,7 @@ class ValueHasher:
 
     def remember(self, value: Any, store_hash: str) -> None:
         """Note that ``value`` (as it is now) is stored under ``store_hash``."""
-        if _fingerprint(value) is None:
+        if not _has_fingerprint(value):  # an array's store hash comes from its memory: nothing to note
             try:
                 self._known[self.digest(value)] = store_hash
             except NotReusable:
@@ -95,6 +95,15 @@ class ValueHasher:
             raise NotReusable(f"variable {name!r} cannot be stored ({exc})") from None
         self._known[digest] = ref.hash
         return ref.hash
+
+
+def _has_fingerprint(value: Any) -> bool:
+    """:func:`_fingerprint` gives ``value``'s store hash (numpy arrays and scalars), told without hashing it."""
+    from ..runtime.marshal import npy
+
+    if npy.is_ndarray(value):
+        return not value.dtype.hasobject
+    return npy.is_scalar(value) and not value.dtype.hasobject
 
 
 def _fingerprint(value: Any, name: str = "value") -> str | None:
@@ -167,6 +176,9 @@ class Reuse:
             if var not in namespace:
                 raise NotReusable(f"variable {var!r} is not set in the kernel")
             inputs[var] = self.hasher.store_hash(namespace[var], var)
+        return self._key(plan, step, values, inputs), values, inputs
+
+    def _key(self, plan: PipelinePlan, step: StepPlan, values: dict[str, Any], inputs: dict[str, str]) -> str:
         after: dict[str, str] = {}
         for name in step.explicit_after:
             if name not in self.keys:
@@ -174,16 +186,22 @@ class Reuse:
             after[name] = self.keys[name]
         settings = merged_settings(plan, step)
         try:
-            key = cache_key(step if settings == step.settings else _with(step, settings), values, inputs, after)
+            return cache_key(step if settings == step.settings else _with(step, settings), values, inputs, after)
         except NbMagicError as exc:
             raise NotReusable(str(exc)) from None
-        return key, values, inputs
 
     # -- a cell ---------------------------------------------------------------------------------------
     def run_cell(
-        self, plan: PipelinePlan, step: StepPlan, namespace: dict[str, Any], run_body: Callable[[], None]
+        self,
+        plan: PipelinePlan,
+        step: StepPlan,
+        namespace: dict[str, Any],
+        run_body: Callable[[], None],
+        replan: Callable[[], PipelinePlan] | None = None,
     ) -> str:
-        """Reuse the step's stored results or run it and store them; returns ``"reused"``, ``"stored"`` or ``"ran"``."""
+        """Reuse the step's stored results or run it and store them; returns ``"reused"``, ``"stored"`` or ``"ran"``.
+
+        ``replan`` builds the plan again (after a change in place was learned, the step's key changes)."""
         started = time.time()
         self.flush()
         try:
@@ -197,8 +215,9 @@ class Reuse:
             print(f"{step.name}: runs (cannot be reused: {reason})", flush=True)
             run_body()
             return "ran"
-        entry = self.store.cache_get(key)
-        needed = set(step.outputs) | set(step.metrics)
+        entry = self.store.cache_get(key, touch=False)  # marked used with the record, off the cell's path
+        # a parameter reported as a metric is the kernel's own value, not a stored one
+        needed = set(step.outputs) | (set(step.metrics) & set(step.writes))
         if entry is not None and not entry.not_kept and needed <= set(entry.outputs):
             loaded = self._load(entry.outputs, step.cell.code)
             if loaded is not None:
@@ -227,6 +246,12 @@ class Reuse:
                     reused=entry.execution_id,
                 )
                 return "reused"
+        # what the cell reads and does not assign (its inputs, values carried from ordinary cells) is fingerprinted
+        # before and after, as a run's steps are: a change in place the code does not show is kept with the results
+        from ..runtime.step import changed, fingerprint
+
+        watched = [n for n in dict.fromkeys([*step.inputs, *(n for _, n in step.carried)]) if n not in step.writes]
+        before = {n: fingerprint(namespace[n]) for n in watched if n in namespace}
         kept: list[str] = []
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, kept), _Tee(err, kept)
@@ -234,11 +259,59 @@ class Reuse:
             run_body()
         finally:
             sys.stdout, sys.stderr = out, err
-        self.keys[step.name] = key
+        moved = changed(before, namespace)  # a value with no fingerprint counts as changed: kept, to be safe
         # every name the cell assigns, as the kernel holds it now (re-binding the same object, as a repeated
-        # import does, counts: a later reuse must bind it too)
-        assigned = {n: namespace[n] for n in step.writes if n in namespace}
-        return self._store_results(plan, step, key, values, inputs, assigned, "".join(kept), started)
+        # import does, counts: a later reuse must bind it too), and what it changed in place
+        assigned = {n: namespace[n] for n in (*step.writes, *moved) if n in namespace}
+        outputs, not_kept = self._put(assigned)
+        if not_kept:
+            name = next(iter(not_kept))
+            print(
+                f"{step.name}: cannot be reused next time (variable {name!r} of type "
+                f"{type(assigned[name]).__qualname__} cannot be stored)",
+                flush=True,
+            )
+        if moved and not not_kept:
+            key = self._learn(plan, step, moved, values, inputs, replan) or ""
+        if key and not not_kept:
+            self.keys[step.name] = key
+        else:
+            self.keys.pop(step.name, None)
+        reported = {**{n: namespace[n] for n in step.metrics if n in namespace}, **assigned}
+        return self._store_results(plan, step, key, values, inputs, reported, outputs, not_kept, "".join(kept), started)
+
+    def _learn(
+        self,
+        plan: PipelinePlan,
+        step: StepPlan,
+        moved: list[str],
+        values: dict[str, Any],
+        inputs: dict[str, str],
+        replan: Callable[[], PipelinePlan] | None,
+    ) -> str | None:
+        """The cell changed ``moved`` in place though its code does not show it: said in one line and kept (as a
+        run does), so later steps read them from this one. Returns the step's key under the plan that knows it
+        (None when it cannot be computed: the results are then not cached)."""
+        from ..pipeline.learned import remember, report_once
+
+        remember(step.cell.code, moved)
+        for var in moved:
+            message = report_once(step.name, var, None)
+            if message:
+                print(message, flush=True)
+        if replan is None:
+            return None
+        try:
+            plan = replan()
+            step = plan.step(step.name)
+        except NbMagicError:
+            return None
+        if set(step.parameters) != set(values) or set(step.inputs) != set(inputs):
+            return None
+        try:
+            return self._key(plan, step, values, inputs)
+        except NotReusable:
+            return None
 
     def _load(self, outputs: dict[str, dict[str, Any]], code: str) -> dict[str, Any] | None:
         modules = [n for n, ref in outputs.items() if ref.get("type") == "module"]
@@ -282,12 +355,27 @@ class Reuse:
         key: str,
         values: dict[str, Any],
         inputs: dict[str, str],
-        assigned: dict[str, Any],
+        reported: dict[str, Any],
+        outputs: dict[str, dict[str, Any]],
+        not_kept: dict[str, str],
         printed: str,
         started: float,
     ) -> str:
+        """Index the cell's execution; cache its results when every value was kept and every metric is a number.
+
+        ``reported``: the values the cell assigned, and the parameters it reports as metrics."""
         from .task import _metric
 
+        metrics = {n: m for n in step.metrics if n in reported and (m := _metric(reported[n])) is not None}
+        cacheable = bool(key) and not not_kept and set(step.metrics) <= set(metrics)
+        execution = self._record(plan, step, key, values, inputs, outputs, metrics, started, printed=printed)
+        if cacheable:
+            self.store.cache_put(key, step.name, execution, outputs, metrics, {})
+            return "stored"
+        return "ran"
+
+    def _put(self, assigned: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Store each value: (name -> stored reference, name -> why it could not be kept)."""
         outputs: dict[str, dict[str, Any]] = {}
         not_kept: dict[str, str] = {}
         for name, value in assigned.items():
@@ -300,13 +388,7 @@ class Reuse:
                 continue
             outputs[name] = asdict(ref)
             self.hasher.remember(value, ref.hash)
-        metrics = {n: m for n in step.metrics if n in assigned and (m := _metric(assigned[n])) is not None}
-        cacheable = not not_kept and set(step.metrics) <= set(metrics)
-        execution = self._record(plan, step, key, values, inputs, outputs, metrics, started, printed=printed)
-        if cacheable:
-            self.store.cache_put(key, step.name, execution, outputs, metrics, {})
-            return "stored"
-        return "ran"
+        return outputs, not_kept
 
     # -- the session run -------------------------------------------------------------------------------
     def _later(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -344,6 +426,8 @@ class Reuse:
     ) -> int:
         """Index the cell's execution in this kernel's session run: computed here, or a reuse of an earlier one."""
         store = self.store
+        if reused is not None:
+            store.cache_touch(key)
         if self.session is None or step.name in self._recorded:
             # a session run holds each step once: running a cell again starts the next one, so an execution
             # that cache entries point at is never overwritten
@@ -459,6 +543,9 @@ def run_step_cell(
         print(f"{name}: runs (cannot be reused: the step spans several cells)", flush=True)
         plan = None
     if plan is None or not reuse_wanted(plan, step):
+        known = _SESSIONS.get(state)
+        if known is not None:  # its results are no longer those of its last reuse-enabled key
+            known.keys.pop(name, None)
         run_body()
         return "ran"
     from ..config import home
@@ -473,4 +560,4 @@ def run_step_cell(
         reuse = _SESSIONS[state] = Reuse()
         if shell is not None:  # whatever runs next (%runs, %compile_run, …) sees every record
             shell.events.register("pre_run_cell", reuse.on_next_cell)
-    return reuse.run_cell(plan, step, namespace, run_body)
+    return reuse.run_cell(plan, step, namespace, run_body, replan=state.plan)

@@ -51,6 +51,8 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
     store = ObjectStore(Path(spec["store"]))
     result: dict[str, Any] = {"status": "failed", "outputs": {}, "not_kept": {}, "metrics": {}, "started": time.time()}
     try:
+        if spec.get("cwd"):
+            os.chdir(spec["cwd"])  # a forked child of its own: the worker's folder is untouched
         values = dict(spec["parameters"])
         for var, digest in spec["inputs"].items():
             values[var] = store.get(digest, name=var)

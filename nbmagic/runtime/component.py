@@ -24,8 +24,12 @@ def nbmagic_run(
     metric_names: tuple = (),
     metrics: Any = None,
     watch: tuple = (),
+    files: dict | None = None,
 ) -> None:
-    """Run one notebook step: load input artifacts, run the cell, save output artifacts, log metrics."""
+    """Run one notebook step: load input artifacts, run the cell, save output artifacts, log metrics.
+
+    ``files``: the step's ``--inputs`` files and their content hashes when the pipeline was compiled; the step
+    stops when one is missing here or changed (a cached result keyed by the old content would be wrong)."""
     import numbers
     import os
     import sys
@@ -38,6 +42,12 @@ def nbmagic_run(
         sys.stderr.flush()
         raise SystemExit(1)
 
+    if files:
+        from .files import check_files
+
+        problem = check_files(files)
+        if problem:
+            fail(problem)
     values = dict(parameters)
     for name, artifact in inputs.items():
         try:

@@ -3,7 +3,7 @@
 A step whose image has nbmagic installed compiles to a container component that runs this module, so its YAML
 carries the step's data, not a program: INPUT is KFP's executor input (the ``{{$}}`` placeholder, filled in by KFP's
 driver), STEP the step's interface as JSON (name, cell label, which component input or output holds which
-variable or parameter and its type, metrics, requirements to install), CODE and PRELUDE the cell and what it
+variable or parameter and its type, metrics, ``--inputs`` file hashes, requirements to install), CODE and PRELUDE the cell and what it
 needs from ordinary cells, as plain text. KFP's own executor (``kfp.dsl.executor``, which the image has with
 nbmagic) turns the executor input into arguments and writes the executor output, as for a Python component.
 """
@@ -60,6 +60,7 @@ def step_function(spec: dict, code: str, prelude: str) -> Callable[..., None]:
             metric_names=tuple(spec.get("metric_names", ())),
             metrics=arguments.get(metrics) if metrics else None,
             watch=tuple(spec.get("watch", ())),
+            files=spec.get("files"),
         )
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -640,7 +640,9 @@ class RunStore:
         return {name: {"hash": h, "type": t, "format": f, "size": s, "name": name} for name, h, t, f, s in rows}
 
     # -- cache ---------------------------------------------------------------------------------
-    def cache_get(self, key: str) -> CacheEntry | None:
+    def cache_get(self, key: str, touch: bool = True) -> CacheEntry | None:
+        """The entry under ``key`` when every value it names is still stored; ``touch`` marks it used now (for gc)
+        — a caller in a hurry does it later with :meth:`cache_touch`."""
         row = (
             self._connection()
             .execute("SELECT key, step, execution_id, outputs, metrics, not_kept FROM cache WHERE key=?", (key,))
@@ -651,9 +653,13 @@ class RunStore:
         entry = CacheEntry(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), json.loads(row[5]))
         if not all(self.objects.exists(ref["hash"]) for ref in entry.outputs.values()):
             return None  # a value was collected or lost: run the step again
+        if touch:
+            self.cache_touch(key)
+        return entry
+
+    def cache_touch(self, key: str) -> None:
         with self._db() as db:
             db.execute("UPDATE cache SET used=? WHERE key=?", (time.time(), key))
-        return entry
 
     def cache_put(
         self,
