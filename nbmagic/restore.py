@@ -219,11 +219,11 @@ def load_state(store: RunStore, state: RunState) -> dict[str, Any]:
         if item.ref is None:
             values[name] = item.value
             continue
-        if not store.objects.exists(item.ref.hash):
-            raise RestoreError(
-                f"value {name!r} of run {state.run_id} (step {item.step}) is no longer in the store (removed by gc?)"
-            )
         try:
+            if not store.objects.available(item.ref.hash, name):
+                raise RestoreError(
+                    f"value {name!r} of run {state.run_id} (step {item.step}) is no longer in the store (removed by gc?)"
+                )
             values[name] = store.objects.get(item.ref.hash, name=name)
         except StoreError as exc:
             raise RestoreError(f"run {state.run_id} step {item.step}: {exc}") from None
