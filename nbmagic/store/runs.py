@@ -173,8 +173,6 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 # (store root, run id) -> (status, metrics, error, ended): run ends the index could not take when they happened
 _UNFINISHED: dict[tuple[str, str], tuple[str, dict[str, float], str | None, float]] = {}
-# (store root, shared store URI) -> when this process last synced them (time.monotonic)
-_SYNCED: dict[tuple[str, str], float] = {}
 
 
 def new_run_id() -> str:
@@ -881,16 +879,15 @@ class RunStore:
 
     # -- the shared store ----------------------------------------------------------------------
     def sync(self, force: bool = False) -> int:
-        """Import runs published to the shared store since the last sync (at most once a second unless
-        ``force``); a store that cannot be reached is one line on stderr and the local index is used."""
+        """Import runs published to the shared store since the last sync (at most once a second per RunStore
+        unless ``force``); a store that cannot be reached is one line on stderr and the local index is used."""
         if self.remote is None:
             return 0
-        slot = (str(self.root), str(self.remote.uri))
-        if not force and time.monotonic() - _SYNCED.get(slot, -10.0) < 1.0:
+        if not force and time.monotonic() - getattr(self, "_synced", -10.0) < 1.0:
             return 0
         from .backends import RemoteError
 
-        _SYNCED[slot] = time.monotonic()
+        self._synced = time.monotonic()
         try:
             return self.remote.sync(self)
         except RemoteError as exc:

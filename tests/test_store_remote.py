@@ -1,0 +1,221 @@
+"""The shared run store on S3 (moto's real S3 server on 127.0.0.1) and on a shared folder (file://).
+
+Two stores with different ``$NBMAGIC_HOME`` share runs and values through it; faults are done for real: a
+connection cut mid-upload (a TCP proxy), a byte flipped in a stored value, a record or value not signed with
+the team key, many writer processes at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.flaky_proxy import FlakyProxy
+from helpers.plans import step
+from helpers.s3 import s3_store  # noqa: F401 - the fixture
+from nbmagic.errors import NbMagicError
+from nbmagic.pipeline.model import PipelinePlan
+from nbmagic.restore import restore
+from nbmagic.run.local import LocalRunner
+from nbmagic.store.objects import UntrustedValue
+from nbmagic.store.runs import RunStore
+from nbmagic.store_uri import StoreURIError, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _plan(size: int = 10, name: str = "demo") -> PipelinePlan:
+    make = step(
+        "make",
+        f"import numpy as np\nx = np.arange({size}, dtype='float64')\ntotal = float(x.sum())",
+        outputs=("x", "total"),
+        metrics=("total",),
+    )
+    use = step("use", "table = {'n': len(x), 'first': float(x[0])}", inputs={"x": "make"}, outputs=("table",), index=2)
+    return PipelinePlan(name, (make, use), {}, ("total",))
+
+
+def _home(tmp_path: Path, name: str) -> RunStore:
+    return RunStore(tmp_path / name / "store")
+
+
+def test_store_uris_are_checked_in_one_place():
+    assert str(parse("s3://team-bucket/ml/runs/")) == "s3://team-bucket/ml/runs"
+    assert parse("s3://team-bucket").prefix == ""
+    assert str(parse("file:///mnt/shared/runs")) == "file:///mnt/shared/runs"
+    for bad, words in (
+        ("team-bucket/runs", "not a store URI"),
+        ("s3://Bad_Bucket/x", "not an S3 bucket name"),
+        ("s3://bucket/a/../b", "prefix part '..'"),
+        ("s3://key:secret@bucket/x", "credentials and options do not go in the URI"),
+        ("file://relative/path", "absolute path"),
+        ("gs://bucket/x", "gs:// is not supported yet"),
+        ("ftp://host/x", "unknown scheme 'ftp'"),
+    ):
+        with pytest.raises(StoreURIError, match=words.replace("(", r"\(").replace(".", r"\.")):
+            parse(bad)
+
+
+def test_pipeline_config_store_sets_the_kernels_store_and_rejects_bad_uris(ip, monkeypatch):
+    from helpers.shell import run_cell
+
+    monkeypatch.delenv("NBMAGIC_STORE_URI", raising=False)
+    result = run_cell(ip, "%pipeline_config --store s3://no_such/x")
+    assert "not an S3 bucket name" in str(result.error_in_exec)
+    assert "NBMAGIC_STORE_URI" not in os.environ
+    run_cell(ip, "%pipeline_config --store s3://team-bucket/runs --store-secret team-s3")
+    assert os.environ["NBMAGIC_STORE_URI"] == "s3://team-bucket/runs"
+
+
+def test_two_homes_share_runs_and_values_through_a_shared_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{tmp_path / 'shared'}")
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    first = LocalRunner(_home(tmp_path, "alice")).run(_plan())
+    assert first.status == "done", first.error
+    bob = _home(tmp_path, "bob")
+    assert [(r.id, r.status, r.metrics) for r in bob.list_runs()] == [(first.id, "done", {"total": 45.0})]
+    ns: dict = {}
+    restore(bob, "last", namespace=ns)
+    assert np.array_equal(ns["x"], np.arange(10.0)) and ns["table"] == {"n": 10, "first": 0.0}
+    shared = tmp_path / "shared"
+    assert all(p.stat().st_mode & 0o077 == 0 for p in shared.rglob("*")), "a shared folder is owner-only by default"
+    # a value pulled once is then local: the shared copy may go
+    for manifest in (shared / "objects").rglob("manifest.json"):
+        manifest.unlink()
+    ns.clear()
+    restore(bob, first.id, namespace=ns)
+    assert ns["total"] == 45.0
+
+
+def test_runs_and_restore_through_s3(tmp_path, s3_store):
+    run = LocalRunner(_home(tmp_path, "alice")).run(_plan())
+    assert run.status == "done", run.error
+    keys = s3_store.keys()
+    assert [k for k in keys if k.startswith("team/runs/runs/") and k.endswith(f"-{run.id}.json")], keys
+    assert not s3_store.keys("team/runs/locks/"), "the writer's lease is gone once the run is published"
+    bob = _home(tmp_path, "bob")
+    ns: dict = {}
+    report = restore(bob, run.id[:12], namespace=ns)
+    assert {item.name for item in report.loaded} == {"x", "table", "total"}
+    assert np.array_equal(ns["x"], np.arange(10.0)) and ns["table"]["n"] == 10
+    # the second restore reads the local cache only: the shared copy can be gone
+    assert bob.objects.exists(bob.step_values(run.id, "make")["x"]["hash"])
+
+
+def test_a_corrupt_shared_value_is_detected_on_read_and_removed(tmp_path, s3_store):
+    run = LocalRunner(_home(tmp_path, "alice")).run(_plan(size=1000))
+    client = s3_store.client()
+    data_key = next(k for k in s3_store.keys() if k.endswith(".npy"))
+    body = bytearray(client.get_object(Bucket=s3_store.bucket, Key=data_key)["Body"].read())
+    body[-1] ^= 0xFF
+    client.put_object(Bucket=s3_store.bucket, Key=data_key, Body=bytes(body))
+    bob = _home(tmp_path, "bob")
+    with pytest.raises(NbMagicError) as caught:
+        restore(bob, run.id, namespace={}, names=["x"])
+    message = str(caught.value)
+    assert "'x' is corrupt" in message and "removed from the shared store" in message and "\n" not in message
+    assert not [k for k in s3_store.keys() if k.startswith(data_key.rsplit("/", 1)[0])], "the corrupt value is gone"
+
+
+def test_values_that_can_run_code_need_the_team_key(tmp_path, s3_store, monkeypatch, capsys):
+    run = LocalRunner(_home(tmp_path, "alice")).run(_plan())
+    monkeypatch.delenv("NBMAGIC_STORE_KEY")
+    bob = _home(tmp_path, "bob")
+    ns: dict = {}
+    restore(bob, run.id, namespace=ns, names=["x"])  # npy: loading runs no code, the hash guards it
+    assert ns["x"][3] == 3.0
+    with pytest.raises(NbMagicError, match="not signed with the team key .no .NBMAGIC_STORE_KEY is set here"):
+        restore(bob, run.id, namespace=ns, names=["table"])  # a pickle
+    # a kernel holding another key skips the records (one line) instead of trusting them
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "another-team-key-0123456789")
+    carol = _home(tmp_path, "carol")
+    assert carol.list_runs() == []
+    err = capsys.readouterr().err
+    assert "skipped 1 run record(s)" in err and "not signed with the team key" in err
+    with pytest.raises(UntrustedValue):
+        bob.objects.remote.key = b"another-team-key-0123456789"
+        bob.objects.remote.pull_object(bob.objects, bob.step_values(run.id, "use")["table"]["hash"], "table")
+
+
+def test_a_connection_cut_mid_upload_is_one_line_and_leaves_nothing_half_written(
+    tmp_path, s3_store, monkeypatch, capsys
+):
+    proxy = FlakyProxy(int(s3_store.endpoint.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    monkeypatch.setenv("NBMAGIC_STORE_RETRIES", "2")
+    proxy.cut_after = 256 << 10
+    alice = _home(tmp_path, "alice")
+    run = LocalRunner(alice).run(_plan(size=400_000))  # a 3.2 MB array
+    assert run.status == "done", run.error
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nbmagic:")]
+    assert len(err) == 1, err
+    assert f"run {run.id} is recorded here but not in {s3_store.uri}" in err[0]
+    assert "network error" in err[0] and "published with the next run" in err[0]
+    assert proxy.cuts >= 2
+    keys = s3_store.keys()
+    assert not [k for k in keys if k.endswith(".npy") or k.startswith(("team/runs/runs/", "team/runs/locks/"))], keys
+    folders = {k.rsplit("/", 1)[0] for k in keys}
+    assert all(f"{folder}/manifest.json" in keys for folder in folders), "a value is whole or absent"
+    assert _home(tmp_path, "bob").list_runs() == []  # nothing half-published is visible
+    proxy.cut_after = None  # the network is back: the next run publishes both
+    second = LocalRunner(alice).run(_plan(size=400_000), {}, cache=False)
+    bob = _home(tmp_path, "bob")
+    assert {r.id for r in bob.list_runs()} == {run.id, second.id}
+    ns: dict = {}
+    restore(bob, run.id, namespace=ns, names=["x"])
+    assert ns["x"].shape == (400_000,)
+    proxy.close()
+
+
+WRITER = """
+import os, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from helpers.plans import step
+from nbmagic.pipeline.model import PipelinePlan
+from nbmagic.run.local import LocalRunner
+n = int(sys.argv[1])
+plan = PipelinePlan("writers", (step("make", "import numpy as np\\nx = np.full(1000, N)\\nscore = float(N)",
+                    params=("N",), outputs=("x", "score"), metrics=("score",)),), {{}}, ("score",))
+from nbmagic.pipeline.model import Parameter
+plan = PipelinePlan(plan.name, plan.steps, {{"N": Parameter("N", 0, "int")}}, plan.metrics)
+run = LocalRunner(workers=1).run(plan, {{"N": n}})
+print(run.id, run.status, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_many_writer_processes_at_once(tmp_path, s3_store):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    procs = []
+    for n in range(6):
+        env = {**os.environ, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / f"writer{n}")}
+        procs.append(
+            subprocess.Popen([sys.executable, str(script), str(n)], env=env, stdout=subprocess.PIPE, text=True)
+        )
+    ids = {}
+    for n, proc in enumerate(procs):
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0
+        run_id, status = out.split()[-2:]
+        assert status == "done"
+        ids[run_id] = n
+    reader = _home(tmp_path, "reader")
+    runs = reader.list_runs()
+    assert {r.id for r in runs} == set(ids)
+    for run in runs:
+        ns: dict = {}
+        restore(reader, run.id, namespace=ns)
+        assert ns["score"] == float(ids[run.id]) and (ns["x"] == ids[run.id]).all()
+    assert not s3_store.keys("team/runs/locks/")
+    records = s3_store.keys("team/runs/runs/")
+    assert len(records) == 6
+    body = json.loads(s3_store.client().get_object(Bucket=s3_store.bucket, Key=records[0])["Body"].read())
+    assert body["sig"] and body["record"]["run"]["pipeline"] == "writers"
+    assert "testing-secret-access-key" not in json.dumps(body) and s3_store.key not in json.dumps(body)
