@@ -18,7 +18,6 @@ import pytest
 
 from helpers.flaky_proxy import FlakyProxy
 from helpers.plans import step
-from helpers.s3 import s3_store  # noqa: F401 - the fixture
 from nbmagic.errors import NbMagicError
 from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.restore import restore

@@ -1,6 +1,6 @@
 """A real S3 API on this machine for tests: moto's standalone server on 127.0.0.1, one bucket per test.
 
-``from helpers.s3 import s3_store`` gives a fixture that starts the server (once per test session), makes a fresh
+The ``s3_store`` fixture (registered in conftest) is a fixture that starts the server (once per test session), makes a fresh
 bucket and sets ``$NBMAGIC_STORE_URI``, ``$AWS_ENDPOINT_URL``, test credentials and ``$NBMAGIC_STORE_KEY``, so
 every ``RunStore()`` made in the test (and every child process started from it) shares that store.
 """
