@@ -98,3 +98,43 @@ def test_two_kernels_share_one_store_run_tune_and_restore_best(tmp_path, s3_stor
     assert done.returncode == 0, done.stderr
     texts = _execute(["%load_ext nbmagic", "%restore last\nprint('SQ', sq)"], bob, tmp_path)
     assert "SQ 49" in texts[1]
+
+
+@pytest.mark.slow
+def test_the_compiled_yaml_on_kfp_local_records_its_run_in_the_store(tmp_path, s3_store, monkeypatch):
+    from kfp import components, local
+
+    from helpers.plans import step
+    from nbmagic.compile.kfp import compile_pipeline
+    from nbmagic.pipeline.model import Parameter, PipelinePlan
+    from nbmagic.pipeline.settings import StepSettings
+    from nbmagic.restore import restore
+    from nbmagic.store.runs import RunStore
+
+    plan = PipelinePlan(
+        "kfp-demo",
+        (
+            step("load", "import numpy as np\nX = np.arange(6.0) * scale", params=("scale",), outputs=("X",)),
+            step("fit", "mean = float(X.mean())", inputs={"X": "load"}, outputs=("mean",), metrics=("mean",), index=2),
+        ),
+        {"scale": Parameter("scale", 1.0, "float")},
+        ("mean",),
+    )
+    defaults = StepSettings(store=s3_store.uri, store_secret="team-s3")
+    monkeypatch.delenv("NBMAGIC_STORE_URI")  # the URI is compiled in
+    yaml_text = compile_pipeline(plan, output=tmp_path / "p.yaml", defaults=defaults)
+    assert s3_store.uri in yaml_text and "team-s3" in yaml_text and "AWS_SECRET_ACCESS_KEY" in yaml_text
+    for secret in (s3_store.key, "testing-secret-access-key", s3_store.endpoint):
+        assert secret not in yaml_text  # names of secret keys only, never a value
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    task = components.load_component_from_file(str(tmp_path / "p.yaml"))(scale=2.0)
+    assert task.outputs  # the pipeline ran
+    monkeypatch.setenv("NBMAGIC_STORE_URI", s3_store.uri)
+    reader = RunStore(tmp_path / "reader" / "store")
+    (run,) = reader.list_runs()
+    assert (run.pipeline, run.status, run.kind, run.metrics) == ("kfp-demo", "done", "kfp", {"mean": 5.0})
+    assert run.parameters == {"scale": 2.0}
+    ns: dict = {}
+    restore(reader, run.id, namespace=ns)
+    assert list(ns["X"]) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0] and ns["mean"] == 5.0
+    assert reader.run_dag(run.id) == {"load": [], "fit": ["load"]}

@@ -10,10 +10,10 @@ from __future__ import annotations
 import ast
 import builtins
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import packages
+from .. import packages, store_uri
 from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
@@ -23,6 +23,10 @@ from .literals import literal
 PIPELINE_FUNCTION = "pipeline"
 RUNTIME_ARG = "nbmagic_runtime"  # the pipeline parameter (and component input) carrying the zipped runtime
 RUNTIME_CONSTANT = "NBMAGIC_RUNTIME"
+STORE_RUN_ARG = "nbmagic_store_run"  # the component input that gets the KFP run's id (the run's id in the store)
+# --store-secret: keys a compiled step reads from the secret (the first two required, the others if present)
+STORE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+STORE_SECRET_OPTIONAL = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "NBMAGIC_STORE_KEY")
 BOOTSTRAP = [
     "def nbmagic_bootstrap(runtime: str) -> None:",
     '    """Put nbmagic\'s runtime package (a zip, base64) on sys.path: Python imports straight from the zip."""',
@@ -53,6 +57,7 @@ MODULE_NAMES = {
     "nbmagic_bootstrap",
     RUNTIME_ARG,
     RUNTIME_CONSTANT,
+    STORE_RUN_ARG,
     PIPELINE_FUNCTION,
     OUTPUTS_CLASS,
 }
@@ -129,10 +134,13 @@ def _plan_components(
     module_names = _Names(reserved | set(plan.parameters))
     pipeline_locals = _Names(reserved | set(plan.parameters))
     found: list[_Component] = []
+    shared = store_uri.configured()  # the kernel's shared store, unless %pipeline_config --store names one
     for step in plan.steps:
         function = module_names.claim(step.name, "_step")
         pipeline_locals.taken.add(function)
         settings = merge(defaults, step.settings) if defaults is not None else step.settings
+        if settings.store is None and shared is not None:
+            settings = replace(settings, store=str(shared))
         try:
             check_limits(settings)
         except SettingError as exc:
@@ -142,6 +150,8 @@ def _plan_components(
         modules = list(step.modules)
         if uses_ipython(step.cell.code, step.prelude):
             modules.append("IPython")  # %time / !cmd lines in the cell run through an IPython shell
+        if (settings.store or "").startswith("s3://"):
+            modules.append("boto3")  # the step records itself in the shared store
         for source in _ancestors(plan, step.name):
             modules += plan.step(source).modules
         chosen = settings.image or image or plan.image or default_image()
@@ -222,6 +232,8 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     signature += [f"{arg}: Output[Artifact]" for arg in comp.outputs.values()]
     if comp.metrics:
         signature.append(f"{comp.metrics}: Output[Metrics]")
+    if comp.settings.store:
+        signature.append(f"{STORE_RUN_ARG}: str")
     lines = [
         "@dsl.component(",
         f"    base_image={literal(comp.image)},",
@@ -247,6 +259,15 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     watch = stale_readers(plan, step.name)
     if watch:
         lines.append(f"        watch={literal(watch)},")
+    if comp.settings.store:
+        target = {
+            "uri": comp.settings.store,
+            "pipeline": plan.name,
+            "notebook": Path(plan.notebook).name if plan.notebook else None,
+            "steps": [s.name for s in plan.steps],
+            "dag": {s.name: list(s.upstream) for s in plan.steps},
+        }
+        lines.append(f'        store={{**{literal(target)}, "run": {STORE_RUN_ARG}}},')
     lines.append("    )")
     return lines
 
@@ -284,6 +305,12 @@ def _settings_calls(comp: _Component) -> list[str]:
         calls.append(
             f"kubernetes.use_secret_as_env({task}, secret_name={literal(name)}, secret_key_to_env={literal(key_to_env)})"
         )
+    if s.store_secret:
+        for keys, optional in ((STORE_SECRET_KEYS, ""), (STORE_SECRET_OPTIONAL, ", optional=True")):
+            calls.append(
+                f"kubernetes.use_secret_as_env({task}, secret_name={literal(s.store_secret)},"
+                f" secret_key_to_env={literal({k: k for k in keys})}{optional})"
+            )
     for secret_file in s.secret_files:
         calls.append(
             f"kubernetes.use_secret_as_volume({task}, secret_name={literal(secret_file.secret)}, mount_path={literal(secret_file.path)})"
@@ -303,7 +330,9 @@ def _settings_calls(comp: _Component) -> list[str]:
 
 
 def _uses_kubernetes(s: StepSettings) -> bool:
-    return bool(s.timeout or s.secret_env or s.secret_files or s.volumes or s.node_selector or s.tolerations)
+    return bool(
+        s.timeout or s.secret_env or s.secret_files or s.volumes or s.node_selector or s.tolerations or s.store_secret
+    )
 
 
 def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
@@ -331,6 +360,8 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
             f"{arg}={by_step[step.inputs[var]].task}.outputs[{literal(by_step[step.inputs[var]].outputs[var])}]"
             for var, arg in comp.inputs.items()
         ]
+        if comp.settings.store:
+            args.append(f"{STORE_RUN_ARG}=dsl.PIPELINE_JOB_ID_PLACEHOLDER")
         call = f"    {comp.task} = {comp.function}({', '.join(args)})"
         if len(call) > 110:
             call = "\n".join([f"    {comp.task} = {comp.function}(", *(f"        {a}," for a in args), "    )"])
