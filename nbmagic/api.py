@@ -327,7 +327,9 @@ def gc(
         checked = verify_values(found)
         if policy.empty():
             return checked
-        report = collect(found, policy, dry_run=dry_run, keep=[resolve_run(found, ref) for ref in (keep or [])])
+        report = collect(
+            found, policy, dry_run=dry_run, keep=[resolve_run(found, ref) for ref in (keep or [])], shared=True
+        )
         report.notes.append(checked.text().splitlines()[0])
         return report
     if policy.empty():
@@ -338,7 +340,7 @@ def gc(
             )
         policy = configured
     kept = [resolve_run(found, ref) for ref in (keep or [])]
-    return collect(found, policy, dry_run=dry_run, keep=kept)
+    return collect(found, policy, dry_run=dry_run, keep=kept, shared=True)
 
 
 def runs_options(args: Any) -> dict[str, Any]:

@@ -218,3 +218,44 @@ def test_many_writer_processes_at_once(tmp_path, s3_store):
     body = json.loads(s3_store.client().get_object(Bucket=s3_store.bucket, Key=records[0])["Body"].read())
     assert body["sig"] and body["record"]["run"]["pipeline"] == "writers"
     assert "testing-secret-access-key" not in json.dumps(body) and s3_store.key not in json.dumps(body)
+
+
+def test_shared_gc_drops_old_runs_and_their_values_and_keeps_what_kept_runs_use(tmp_path, s3_store):
+    from nbmagic.store.gc import Policy, collect
+
+    alice = _home(tmp_path, "alice")
+    runs = [LocalRunner(alice).run(_plan(size=size)) for size in (100, 200, 300)]
+    bob = _home(tmp_path, "bob")
+    report = collect(bob, Policy(keep_last=1), shared=True, grace=0)
+    assert {run_id for run_id, *_ in report.runs} == {runs[0].id, runs[1].id}
+    assert f"shared store {s3_store.uri}: removed 2 run records, 6 values" in report.text()  # 2 x (x, total, table)
+    carol = _home(tmp_path, "carol")
+    assert [r.id for r in carol.list_runs()] == [runs[2].id]
+    ns: dict = {}
+    restore(carol, "last", namespace=ns)
+    assert ns["x"].shape == (300,) and ns["table"]["n"] == 300
+    assert not s3_store.keys("team/runs/locks/")
+
+
+def test_shared_gc_and_publishing_exclude_each_other(tmp_path, s3_store):
+    import threading
+    import time
+
+    from nbmagic.store.gc import Policy, collect
+    from nbmagic.store.remote import StoreBusy
+
+    alice = _home(tmp_path, "alice")
+    LocalRunner(alice).run(_plan())
+    with alice.remote.lease("writer"):  # a run publishing right now
+        with pytest.raises(StoreBusy, match=r"gc: 1 run\(s\) are publishing to .*; nothing was removed"):
+            collect(_home(tmp_path, "bob"), Policy(keep_last=0), shared=True, grace=0)
+    before = len(s3_store.keys("team/runs/runs/"))
+    bob = _home(tmp_path, "bob")
+    finished = threading.Event()
+    with bob.remote.lease("gc"):  # a gc deleting right now: a run that ends meanwhile waits to publish
+        thread = threading.Thread(target=lambda: (LocalRunner(alice).run(_plan(), cache=False), finished.set()))
+        thread.start()
+        time.sleep(4)
+        assert len(s3_store.keys("team/runs/runs/")) == before and not finished.is_set()
+    thread.join(60)
+    assert finished.is_set() and len(s3_store.keys("team/runs/runs/")) == before + 1

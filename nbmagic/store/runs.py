@@ -1081,6 +1081,21 @@ class RunStore:
             )
         return seen
 
+    def remote_record_runs(self, uri: str) -> dict[str, str]:
+        """record key -> run id of every record imported from ``uri``."""
+        rows = self._connection().execute(
+            "SELECT key, run_id FROM remote_seen WHERE uri=? AND run_id IS NOT NULL", (uri,)
+        )
+        return dict(rows.fetchall())
+
+    def referenced_hashes(self, exclude: set[str] = frozenset()) -> set[str]:
+        """Hashes of every value a run (other than those in ``exclude``) read or wrote."""
+        rows = self._connection().execute(
+            "SELECT DISTINCT e.run_id, a.hash FROM events ev JOIN executions e ON e.id = ev.execution_id"
+            " JOIN artifacts a ON a.id = ev.artifact_id"
+        )
+        return {digest for run_id, digest in rows if run_id not in exclude}
+
     def mark_remote_seen(self, uri: str, keys: list[tuple[str, str | None]]) -> None:
         if keys:
             with self._db() as db:
