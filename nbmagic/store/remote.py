@@ -204,16 +204,16 @@ class RemoteStore:
 
         with ThreadPoolExecutor(max_workers=min(workers, len(fresh))) as pool:
             bodies = list(pool.map(self.backend.get_bytes, fresh))
-        imported, marks, skipped = 0, [], []
+        records, marks, skipped = [], [], []
         for key, data in zip(fresh, bodies):
             record = self._read_record(key, data)
             if record is None:
                 skipped.append(key)
                 marks.append((key, None))
                 continue
-            if store.import_run(record):
-                imported += 1
+            records.append(record)
             marks.append((key, record["run"]["id"]))
+        imported = store.import_runs(records)
         store.mark_remote_seen(uri, marks)
         if skipped:
             print(

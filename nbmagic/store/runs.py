@@ -175,6 +175,19 @@ def _is_disk_full(exc: BaseException) -> bool:
 _UNFINISHED: dict[tuple[str, str], tuple[str, dict[str, float], str | None, float]] = {}
 
 
+_REMOTES: dict[tuple[str, ...], Any] = {}
+
+
+def _shared_store(uri: Any) -> Any:
+    """One RemoteStore (and S3 client, slow to make) per URI, endpoint and key in this process."""
+    from .remote import RemoteStore
+
+    slot = (str(uri), *(os.environ.get(n, "") for n in ("AWS_ENDPOINT_URL", "NBMAGIC_STORE_KEY", "AWS_ACCESS_KEY_ID")))
+    if slot not in _REMOTES:
+        _REMOTES[slot] = RemoteStore(uri)
+    return _REMOTES[slot]
+
+
 def new_run_id() -> str:
     """Sortable by time, unique across processes: ``YYYYmmdd-HHMMSS-xxxxxx``."""
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + uuid.uuid4().hex[:6]
@@ -192,12 +205,7 @@ class RunStore:
             from ..store_uri import configured
 
             uri = configured()
-            if uri is not None:
-                from .remote import RemoteStore
-
-                remote = RemoteStore(uri)
-            else:
-                remote = None
+            remote = None if uri is None else _shared_store(uri)
         self.remote = remote
         self._local = threading.local()
         try:
@@ -961,108 +969,121 @@ class RunStore:
             experiment = {"name": record.experiment, "properties": self.experiment_properties(record.experiment) or {}}
         return {"format": 1, "run": run, "experiment": experiment, "executions": executions, "exported": time.time()}
 
-    def import_run(self, record: dict[str, Any]) -> bool:
-        """Add (or complete) a run published elsewhere; a run made by this store is never overwritten.
+    def import_runs(self, records: list[dict[str, Any]]) -> int:
+        """Add (or complete) runs published elsewhere, in one transaction; a run made by this store is never
+        overwritten. Returns how many records added something."""
+        with self._db() as db:
+            return sum(self._import_run(db, record) for record in records)
 
-        Returns True when something was added."""
+    def import_run(self, record: dict[str, Any]) -> bool:
+        """:meth:`import_runs` of one record."""
+        return self.import_runs([record]) == 1
+
+    def _import_run(self, db: sqlite3.Connection, record: dict[str, Any]) -> bool:
         run = record["run"]
         run_id = str(run.get("id", ""))
         if not run_id or not all(c.isalnum() or c in "-_." for c in run_id) or run_id.startswith("."):
             return False
-        with self._db() as db:
-            row = db.execute("SELECT owner_pid FROM runs WHERE id=?", (run_id,)).fetchone()
-            if row is not None and row[0] is not None:
-                return False  # this store's own run (published from here)
-            experiment = record.get("experiment") or None
-            if experiment and experiment.get("name"):
-                context = self._context(db, "experiment", str(experiment["name"]))
-                old = db.execute("SELECT properties FROM contexts WHERE id=?", (context,)).fetchone()[0]
-                merged = {**json.loads(old or "{}"), **(experiment.get("properties") or {})}
-                db.execute("UPDATE contexts SET properties=? WHERE id=?", (json.dumps(merged), context))
-            self._context(db, "pipeline", str(run["pipeline"]))
-            context = self._context(db, "run", run_id, {"pipeline": run["pipeline"]})
-            executions = record.get("executions") or []
-            metrics = dict(run.get("metrics") or {})
-            status = run["status"]
-            if row is not None:  # a run published in parts (one record per KFP step): merge
-                old_metrics = db.execute("SELECT metrics FROM runs WHERE id=?", (run_id,)).fetchone()[0]
-                metrics = {**json.loads(old_metrics or "{}"), **metrics}
-            else:
-                db.execute(
-                    "INSERT INTO runs(id, pipeline, status, kind, parameters, notebook, experiment, started, steps,"
-                    " url, context_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        run_id,
-                        run["pipeline"],
-                        status,
-                        run.get("kind") or "local",
-                        json.dumps(run.get("parameters") or {}),
-                        run.get("notebook"),
-                        run.get("experiment"),
-                        float(run["started"]),
-                        int(run.get("steps") or len(executions)),
-                        run.get("url"),
-                        context,
-                    ),
-                )
-                for step in run.get("step_names") or []:
-                    db.execute(
-                        "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)",
-                        (run_id, step, "pending"),
-                    )
-            for ex in executions:
-                db.execute(
-                    "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)",
-                    (run_id, ex["step"], ex["state"]),
-                )
-                (ex_id,) = db.execute(
-                    "SELECT id FROM executions WHERE run_id=? AND step=?", (run_id, ex["step"])
-                ).fetchone()
-                db.execute(
-                    "UPDATE executions SET state=?, cache_key=?, code_hash=?, cached=?, started=?, ended=?, error=?,"
-                    " traceback=?, properties=?, environment=? WHERE id=?",
-                    (
-                        ex["state"],
-                        ex.get("cache_key"),
-                        ex.get("code_hash"),
-                        int(bool(ex.get("cached"))),
-                        ex.get("started"),
-                        ex.get("ended"),
-                        ex.get("error"),
-                        ex.get("traceback"),
-                        json.dumps(ex.get("properties") or {}),
-                        json.dumps(ex["environment"]) if ex.get("environment") else None,
-                        ex_id,
-                    ),
-                )
-                db.execute("INSERT OR IGNORE INTO associations VALUES (?,?)", (context, ex_id))
-                for kind, key in (("INPUT", "inputs"), ("OUTPUT", "outputs")):
-                    for name, ref in (ex.get(key) or {}).items():
-                        artifact = self._artifact(db, ref)
-                        db.execute("INSERT OR REPLACE INTO events VALUES (?,?,?,?)", (ex_id, artifact, kind, name))
-                        db.execute("INSERT OR IGNORE INTO attributions VALUES (?,?)", (context, artifact))
-            if run.get("step_names"):  # published in parts: the run is as far as its steps are
-                states = [r[0] for r in db.execute("SELECT state FROM executions WHERE run_id=?", (run_id,))]
-                if any(s in ("failed", "timed_out") for s in states):
-                    status = "failed"
-                elif states and all(s in ("done", "cached") for s in states):
-                    status = "done"
-                else:
-                    status = "running"
-            cached = db.execute("SELECT COUNT(*) FROM executions WHERE run_id=? AND cached=1", (run_id,)).fetchone()[0]
+        row = db.execute("SELECT owner_pid FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is not None and row[0] is not None:
+            return False  # this store's own run (published from here)
+        experiment = record.get("experiment") or None
+        if experiment and experiment.get("name"):
+            context = self._context(db, "experiment", str(experiment["name"]))
+            old = db.execute("SELECT properties FROM contexts WHERE id=?", (context,)).fetchone()[0]
+            merged = {**json.loads(old or "{}"), **(experiment.get("properties") or {})}
+            db.execute("UPDATE contexts SET properties=? WHERE id=?", (json.dumps(merged), context))
+        self._context(db, "pipeline", str(run["pipeline"]))
+        context = self._context(db, "run", run_id, {"pipeline": run["pipeline"]})
+        executions = record.get("executions") or []
+        metrics = dict(run.get("metrics") or {})
+        status = run["status"]
+        if row is not None:  # a run published in parts (one record per KFP step): merge
+            old_metrics, old_params = db.execute(
+                "SELECT metrics, parameters FROM runs WHERE id=?", (run_id,)
+            ).fetchone()
+            metrics = {**json.loads(old_metrics or "{}"), **metrics}
+            params = {**json.loads(old_params or "{}"), **(run.get("parameters") or {})}
             db.execute(
-                "UPDATE runs SET status=?, metrics=?, ended=?, cached=?, error=COALESCE(?, error), dag=COALESCE(?, dag)"
-                " WHERE id=?",
+                "UPDATE runs SET parameters=?, started=MIN(started, ?) WHERE id=?",
+                (json.dumps(params), float(run["started"]), run_id),
+            )
+        else:
+            db.execute(
+                "INSERT INTO runs(id, pipeline, status, kind, parameters, notebook, experiment, started, steps,"
+                " url, context_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    status,
-                    json.dumps(metrics),
-                    run.get("ended"),
-                    cached,
-                    run.get("error"),
-                    json.dumps(run["dag"]) if run.get("dag") else None,
                     run_id,
+                    run["pipeline"],
+                    status,
+                    run.get("kind") or "local",
+                    json.dumps(run.get("parameters") or {}),
+                    run.get("notebook"),
+                    run.get("experiment"),
+                    float(run["started"]),
+                    int(run.get("steps") or len(executions)),
+                    run.get("url"),
+                    context,
                 ),
             )
+            for step in run.get("step_names") or []:
+                db.execute(
+                    "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)",
+                    (run_id, step, "pending"),
+                )
+        for ex in executions:
+            db.execute(
+                "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)",
+                (run_id, ex["step"], ex["state"]),
+            )
+            (ex_id,) = db.execute(
+                "SELECT id FROM executions WHERE run_id=? AND step=?", (run_id, ex["step"])
+            ).fetchone()
+            db.execute(
+                "UPDATE executions SET state=?, cache_key=?, code_hash=?, cached=?, started=?, ended=?, error=?,"
+                " traceback=?, properties=?, environment=? WHERE id=?",
+                (
+                    ex["state"],
+                    ex.get("cache_key"),
+                    ex.get("code_hash"),
+                    int(bool(ex.get("cached"))),
+                    ex.get("started"),
+                    ex.get("ended"),
+                    ex.get("error"),
+                    ex.get("traceback"),
+                    json.dumps(ex.get("properties") or {}),
+                    json.dumps(ex["environment"]) if ex.get("environment") else None,
+                    ex_id,
+                ),
+            )
+            db.execute("INSERT OR IGNORE INTO associations VALUES (?,?)", (context, ex_id))
+            for kind, key in (("INPUT", "inputs"), ("OUTPUT", "outputs")):
+                for name, ref in (ex.get(key) or {}).items():
+                    artifact = self._artifact(db, ref)
+                    db.execute("INSERT OR REPLACE INTO events VALUES (?,?,?,?)", (ex_id, artifact, kind, name))
+                    db.execute("INSERT OR IGNORE INTO attributions VALUES (?,?)", (context, artifact))
+        if run.get("step_names"):  # published in parts: the run is as far as its steps are
+            states = [r[0] for r in db.execute("SELECT state FROM executions WHERE run_id=?", (run_id,))]
+            if any(s in ("failed", "timed_out") for s in states):
+                status = "failed"
+            elif states and all(s in ("done", "cached") for s in states):
+                status = "done"
+            else:
+                status = "running"
+        cached = db.execute("SELECT COUNT(*) FROM executions WHERE run_id=? AND cached=1", (run_id,)).fetchone()[0]
+        db.execute(
+            "UPDATE runs SET status=?, metrics=?, ended=?, cached=?, error=COALESCE(?, error), dag=COALESCE(?, dag)"
+            " WHERE id=?",
+            (
+                status,
+                json.dumps(metrics),
+                run.get("ended"),
+                cached,
+                run.get("error"),
+                json.dumps(run["dag"]) if run.get("dag") else None,
+                run_id,
+            ),
+        )
         return True
 
     def remote_watermark(self, uri: str) -> str | None:

@@ -77,8 +77,33 @@ def _lower(creds: dict[str, str]) -> dict[str, str]:
     }
 
 
-def new_store(prefix: str = "team/runs") -> S3Store:
-    endpoint = moto_endpoint()
+def moto_process() -> tuple[str, object]:
+    """A moto S3 server in its own process (for benchmarks: no GIL shared with the client); (endpoint, Popen)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return endpoint, proc
+
+
+def new_store(prefix: str = "team/runs", endpoint: str | None = None) -> S3Store:
+    endpoint = endpoint or moto_endpoint()
     bucket = f"nbmagic-{uuid.uuid4().hex[:12]}"
     store = S3Store(endpoint, bucket, f"s3://{bucket}/{prefix}", "team-key-" + uuid.uuid4().hex)
     store.client().create_bucket(Bucket=bucket)
