@@ -259,3 +259,25 @@ def test_shared_gc_and_publishing_exclude_each_other(tmp_path, s3_store):
         assert len(s3_store.keys("team/runs/runs/")) == before and not finished.is_set()
     thread.join(60)
     assert finished.is_set() and len(s3_store.keys("team/runs/runs/")) == before + 1
+
+
+def test_katib_trials_get_the_store_and_its_secret_by_name_only():
+    from nbmagic.tune.katib import build_experiment
+    from nbmagic.tune.space import ExperimentSpec, parse_param
+
+    spec = ExperimentSpec((parse_param("c=double(0,6)"),), "loss", name="exp", max_trials=2)
+    manifest = build_experiment(
+        spec,
+        name="exp",
+        namespace="team",
+        host="http://kfp",
+        pipeline_name="p",
+        store="s3://b/p",
+        store_secret="team-s3",
+    )
+    container = manifest["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]
+    command = " ".join(container["command"])
+    assert "--store s3://b/p --katib-experiment exp --goal minimize" in command
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert refs["AWS_SECRET_ACCESS_KEY"] == {"name": "team-s3", "key": "AWS_SECRET_ACCESS_KEY", "optional": False}
+    assert refs["NBMAGIC_STORE_KEY"]["optional"] is True and all("value" not in e for e in container["env"])

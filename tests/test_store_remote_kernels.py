@@ -138,3 +138,19 @@ def test_the_compiled_yaml_on_kfp_local_records_its_run_in_the_store(tmp_path, s
     restore(reader, run.id, namespace=ns)
     assert list(ns["X"]) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0] and ns["mean"] == 5.0
     assert reader.run_dag(run.id) == {"load": [], "fit": ["load"]}
+    # a Katib trial that ran this pipeline on KFP says so in the store: `%restore best` then finds the run there
+    from types import SimpleNamespace
+
+    from nbmagic.tune import trial
+
+    finished = SimpleNamespace(id=run.id, status="SUCCEEDED", metrics={"mean": 5.0}, wait=lambda: None)
+    argv = ["--host", "http://kfp.invalid", "--pipeline-package", str(tmp_path / "p.yaml"), "--pipeline-name"]
+    argv += ["kfp-demo", "--type", "scale=float", "--param", "scale=2.0", "--metric", "mean", "--store", s3_store.uri]
+    argv += ["--katib-experiment", "katib-demo", "--goal", "minimize"]
+    assert trial.main(argv, submit=lambda *a, **k: finished) == 0
+    other = RunStore(tmp_path / "other" / "store")
+    assert other.resolve_run("best") == run.id == other.resolve_run("best:katib-demo")
+    ns = {}
+    restore(other, "best", namespace=ns, names=["X"])
+    assert list(ns["X"]) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert other.get_run(run.id).experiment == "katib-demo" and other.get_run(run.id).status == "done"

@@ -186,6 +186,50 @@ class RemoteStore:
         store.mark_remote_seen(str(self.uri), [(key, run_id)])
         return key
 
+    def publish_trial(
+        self,
+        run_id: str,
+        *,
+        pipeline: str,
+        experiment: str,
+        properties: dict[str, Any],
+        parameters: dict[str, Any],
+        metrics: dict[str, float],
+        status: str,
+    ) -> str:
+        """Record that run ``run_id`` (whose steps record themselves) was a trial of ``experiment``."""
+        if not run_id or not all(c.isalnum() or c in "-_." for c in run_id):
+            raise RemoteError(f"the run store {self.uri}: not a run id: {run_id!r}")
+        now = time.time()
+        record = {
+            "format": RECORD_FORMAT,
+            "run": {
+                "id": run_id,
+                "pipeline": pipeline,
+                "status": status,
+                "kind": "kfp",
+                "parameters": parameters,
+                "metrics": metrics,
+                "notebook": None,
+                "experiment": experiment,
+                "started": now,
+                "ended": now,
+                "steps": 0,
+                "cached": 0,
+                "error": None,
+                "url": None,
+                "dag": None,
+            },
+            "experiment": {"name": experiment, "properties": {k: v for k, v in properties.items() if v}},
+            "executions": [],
+            "exported": now,
+        }
+        key = f"runs/{int(now * 1000):013d}-{run_id}-trial.json"
+        with self.lease("writer"):
+            body = {"record": record, "sig": _sign(self.key, _canonical(record))}
+            self.backend.put_bytes(key, json.dumps(body).encode())
+        return key
+
     def sync(self, store: RunStore, workers: int = 16) -> int:
         """Import the records not seen yet into the local index; returns how many runs were imported."""
         uri = str(self.uri)

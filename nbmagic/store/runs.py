@@ -997,10 +997,10 @@ class RunStore:
         context = self._context(db, "run", run_id, {"pipeline": run["pipeline"]})
         executions = record.get("executions") or []
         metrics = dict(run.get("metrics") or {})
-        status = run["status"]
+        status, ended = run["status"], None
         if row is not None:  # a run published in parts (one record per KFP step): merge
-            old_metrics, old_params = db.execute(
-                "SELECT metrics, parameters FROM runs WHERE id=?", (run_id,)
+            old_metrics, old_params, ended = db.execute(
+                "SELECT metrics, parameters, ended FROM runs WHERE id=?", (run_id,)
             ).fetchone()
             metrics = {**json.loads(old_metrics or "{}"), **metrics}
             params = {**json.loads(old_params or "{}"), **(run.get("parameters") or {})}
@@ -1072,15 +1072,16 @@ class RunStore:
                 status = "running"
         cached = db.execute("SELECT COUNT(*) FROM executions WHERE run_id=? AND cached=1", (run_id,)).fetchone()[0]
         db.execute(
-            "UPDATE runs SET status=?, metrics=?, ended=?, cached=?, error=COALESCE(?, error), dag=COALESCE(?, dag)"
-            " WHERE id=?",
+            "UPDATE runs SET status=?, metrics=?, ended=?, cached=?, error=COALESCE(?, error),"
+            " dag=COALESCE(?, dag), experiment=COALESCE(experiment, ?) WHERE id=?",
             (
                 status,
                 json.dumps(metrics),
-                run.get("ended"),
+                max([t for t in (ended, run.get("ended")) if t is not None], default=None),
                 cached,
                 run.get("error"),
                 json.dumps(run["dag"]) if run.get("dag") else None,
+                run.get("experiment"),
                 run_id,
             ),
         )
