@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .runs import RunStore
 
 RECORD_FORMAT = 1
-WINDOW_MS = 15 * 60 * 1000  # a sync re-lists keys this much older than the newest seen (clock skew, slow writers)
+WINDOW_MS = 2 * 60 * 1000  # a sync re-lists keys this much older than the newest seen (clock skew, slow writers)
 STALE_S = 10 * 60.0  # a lease not renewed for this long belongs to a process that died
 RENEW_S = 60.0
 WAIT_S = float(os.environ.get("NBMAGIC_STORE_LOCK_WAIT", "600"))
