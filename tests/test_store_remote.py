@@ -281,3 +281,20 @@ def test_katib_trials_get_the_store_and_its_secret_by_name_only():
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
     assert refs["AWS_SECRET_ACCESS_KEY"] == {"name": "team-s3", "key": "AWS_SECRET_ACCESS_KEY", "optional": False}
     assert refs["NBMAGIC_STORE_KEY"]["optional"] is True and all("value" not in e for e in container["env"])
+
+
+def test_an_unreachable_store_is_one_line_and_the_local_runs_are_shown(tmp_path, s3_store, monkeypatch, capsys):
+    import socket
+
+    alice = _home(tmp_path, "alice")
+    run = LocalRunner(alice).run(_plan())
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    monkeypatch.setenv("NBMAGIC_STORE_RETRIES", "1")
+    capsys.readouterr()
+    assert [r.id for r in _home(tmp_path, "alice").list_runs()] == [run.id]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nbmagic:")]
+    assert len(err) == 1 and f"the run store {s3_store.uri}: cannot list runs/" in err[0], err
+    assert "network error" in err[0] and "(showing the runs known here)" in err[0]

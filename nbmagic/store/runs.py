@@ -26,6 +26,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -171,6 +172,7 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+_HASH = re.compile(r"[0-9a-f]{16,128}")  # a value's content hash (as ObjectStore checks it)
 # (store root, run id) -> (status, metrics, error, ended): run ends the index could not take when they happened
 _UNFINISHED: dict[tuple[str, str], tuple[str, dict[str, float], str | None, float]] = {}
 
@@ -984,6 +986,14 @@ class RunStore:
         run_id = str(run.get("id", ""))
         if not run_id or not all(c.isalnum() or c in "-_." for c in run_id) or run_id.startswith("."):
             return False
+        hashes = [
+            ref.get("hash")
+            for ex in record.get("executions") or []
+            for k in ("inputs", "outputs")
+            for ref in (ex.get(k) or {}).values()
+        ]
+        if not all(isinstance(h, str) and _HASH.fullmatch(h) for h in hashes):
+            return False  # a record naming something that is not a value hash is not imported
         row = db.execute("SELECT owner_pid FROM runs WHERE id=?", (run_id,)).fetchone()
         if row is not None and row[0] is not None:
             return False  # this store's own run (published from here)
