@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers.browser import NotebookServer, dump_page, requires_chromium
+from helpers.browser import NotebookServer, dump_page, requires_chromium, while_attached
 
 pytest.importorskip("nbclassic")
 
@@ -27,9 +27,6 @@ CELLS = [
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @requires_chromium
-@pytest.mark.xfail(
-    strict=False, reason="intermittent: the live view after Run sometimes does not appear in time; under study"
-)
 def test_nbclassic_finds_the_notebook_and_runs_the_form(notebook_root, page, tmp_path):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -40,9 +37,16 @@ def test_nbclassic_finds_the_notebook_and_runs_the_form(notebook_root, page, tmp
     server.start(timeout=90)
     shots = Path(__file__).resolve().parent.parent / "build" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
     try:
         page.goto(server.url(f"nbclassic/notebooks/{NOTEBOOK}"))
-        page.wait_for_function("window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel", timeout=60_000)
+        # Run All only once the widgets extension has its manager on the kernel (it loads asynchronously, and a
+        # widget displayed before then is never rendered: the form would silently not appear)
+        page.wait_for_function(
+            "window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel && Jupyter.notebook.kernel.widget_manager",
+            timeout=60_000,
+        )
         server.wait_kernel_idle(NOTEBOOK, timeout=60)
         page.evaluate("Jupyter.notebook.execute_all_cells()")
         form = page.locator(".nbmagic-katib-form")
@@ -54,8 +58,10 @@ def test_nbclassic_finds_the_notebook_and_runs_the_form(notebook_root, page, tmp
         view = page.locator(".nbmagic-tune[data-status=succeeded]")
         view.wait_for(timeout=120_000)
         plan_text = page.locator(".output_area pre", has_text="pipeline ").first.inner_text()
-        padding = view.locator("table.nbmagic-trials td").first.evaluate("td => getComputedStyle(td).paddingLeft")
-        view.scroll_into_view_if_needed()
+        # the live view publishes its final state once more: read it whenever it is replaced under us
+        cell = view.locator("table.nbmagic-trials td").first
+        padding = while_attached(page, lambda: cell.evaluate("td => getComputedStyle(td).paddingLeft"))
+        while_attached(page, view.scroll_into_view_if_needed)
         page.screenshot(path=str(shots / "nbclassic.png"))
         page.evaluate("Jupyter.notebook.save_notebook()")
         saved = ""
@@ -67,6 +73,7 @@ def test_nbclassic_finds_the_notebook_and_runs_the_form(notebook_root, page, tmp
     except Exception:
         dump_page(page, tmp_path, "failure")
         print(page.locator(".cell").last.inner_text())
+        print("browser console:", *console[-40:], sep="\n")
         print(server.log_tail())
         raise
     finally:

@@ -20,9 +20,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -220,6 +222,18 @@ def dump_page(page: Any, directory: Path, name: str = "page") -> Path:
     except Exception:  # noqa: BLE001 - a dump must never hide the real failure
         pass
     return png
+
+
+def while_attached(page: Any, action: Callable[[], T], tries: int = 20) -> T:
+    """``action()``, tried again while the element it reads is replaced under it (a live view re-publishing)."""
+    for attempt in range(tries):
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - playwright's Error; anything else is raised at once
+            if "not attached to the DOM" not in str(exc) or attempt == tries - 1:
+                raise
+            page.wait_for_timeout(250)
+    raise AssertionError("unreachable")
 
 
 # -- pytest fixtures ----------------------------------------------------------------------------------------
