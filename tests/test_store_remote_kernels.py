@@ -81,6 +81,7 @@ def test_two_kernels_share_one_store_run_tune_and_restore_best(tmp_path, s3_stor
         nbformat.v4.new_code_cell(src)
         for src in (
             "%load_ext nbmagic",
+            f"%pipeline_config --store {s3_store.uri}",
             "%%pipeline_parameters\nk = 2",
             "%%step square\nsq = k * k",
             "%pipeline_metrics sq",
@@ -88,6 +89,7 @@ def test_two_kernels_share_one_store_run_tune_and_restore_best(tmp_path, s3_stor
     ]
     nbformat.write(nb, tmp_path / "cli.ipynb")
     carol = {**base, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / "carol")}
+    carol.pop("NBMAGIC_STORE_URI")  # the notebook's %pipeline_config names the store
     done = subprocess.run(
         [sys.executable, "-m", "nbmagic.cli", "run", str(tmp_path / "cli.ipynb"), "--param", "k=7", "--quiet"],
         env=carol,
