@@ -229,8 +229,17 @@ def test_shared_gc_drops_old_runs_and_their_values_and_keeps_what_kept_runs_use(
     report = collect(bob, Policy(keep_last=1), shared=True, grace=0)
     assert {run_id for run_id, *_ in report.runs} == {runs[0].id, runs[1].id}
     assert f"shared store {s3_store.uri}: removed 2 run records, 6 values" in report.text()  # 2 x (x, total, table)
+    assert len(s3_store.keys("team/runs/index/")) == 1  # gc leaves a compacted index of the remaining runs
     carol = _home(tmp_path, "carol")
-    assert [r.id for r in carol.list_runs()] == [runs[2].id]
+    fetched: list[str] = []
+    backend = carol.remote.backend
+    get_bytes = backend.get_bytes
+    backend.get_bytes = lambda key: fetched.append(key) or get_bytes(key)
+    try:
+        assert [r.id for r in carol.list_runs()] == [runs[2].id]
+    finally:
+        del backend.get_bytes
+    assert [k.split("/")[0] for k in fetched] == ["index"], fetched  # a first sync of one GET
     ns: dict = {}
     restore(carol, "last", namespace=ns)
     assert ns["x"].shape == (300,) and ns["table"]["n"] == 300

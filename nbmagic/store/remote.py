@@ -4,6 +4,7 @@ Layout under the store URI's prefix::
 
     objects/<h[:2]>/<h>/<files>, manifest.sig, manifest.json   a value, content-addressed as locally
     runs/<ms>-<run id>.json                                     one signed JSON record per published run
+    index/<ms>-<id>.json.gz                                     every run up to <ms>, compacted by gc
     locks/writer-<id>.json, locks/gc-<id>.json                  leases: publishing and gc exclude each other
 
 The local store under ``$NBMAGIC_HOME`` stays the cache in front of it: a finished run is published (its
@@ -21,6 +22,7 @@ format runs no code (``npy``, ``parquet``); a record whose signature does not ma
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import hmac
 import json
@@ -230,10 +232,59 @@ class RemoteStore:
             self.backend.put_bytes(key, json.dumps(body).encode())
         return key
 
+    def write_index(self, store: RunStore) -> str | None:
+        """Write one compacted index of every run this store has seen there (each record signed), so a new
+        kernel's first sync is one GET instead of one per run; older indexes are removed. The caller holds the
+        gc lease (no run publishes meanwhile). Returns the index's key."""
+        uri = str(self.uri)
+        seen = store.remote_record_runs(uri)
+        if not seen:
+            return None
+        entries = []
+        for run_id in sorted(set(seen.values())):
+            if store.get_run(run_id) is not None:
+                record = store.export_run(run_id)
+                entries.append({"record": record, "sig": _sign(self.key, _canonical(record))})
+        covers = max(seen)
+        body = {"format": RECORD_FORMAT, "covers": covers, "keys": sorted(seen.items()), "runs": entries}
+        stamp = covers.removeprefix("runs/")[:13]
+        key = f"index/{stamp}-{uuid.uuid4().hex[:8]}.json.gz"
+        self.backend.put_bytes(key, gzip.compress(json.dumps(body).encode(), 6))
+        for blob in list(self.backend.list("index/")):
+            if blob.key != key:
+                self.backend.delete(blob.key)
+        return key
+
+    def _first_sync(self, store: RunStore) -> int:
+        """An empty home starts from the newest compacted index, if there is one."""
+        indexes = sorted(b.key for b in self.backend.list("index/") if b.key.endswith(".json.gz"))
+        data = self.backend.get_bytes(indexes[-1]) if indexes else None
+        if data is None:
+            return 0
+        try:
+            body = json.loads(gzip.decompress(data))
+            entries, keys = body["runs"], body["keys"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+        records = [r for r in (self._read_record("", json.dumps(e).encode()) for e in entries) if r is not None]
+        imported = store.import_runs(records)
+        store.mark_remote_seen(str(self.uri), [(k, r) for k, r in keys])
+        if len(records) < len(entries):
+            print(
+                f"nbmagic: skipped {len(entries) - len(records)} run record(s) in {indexes[-1]} of {self.uri} not"
+                " signed with the team key ($NBMAGIC_STORE_KEY)",
+                file=sys.stderr,
+            )
+        return imported
+
     def sync(self, store: RunStore, workers: int = 16) -> int:
         """Import the records not seen yet into the local index; returns how many runs were imported."""
         uri = str(self.uri)
         newest = store.remote_watermark(uri)
+        first = 0
+        if newest is None:
+            first = self._first_sync(store)
+            newest = store.remote_watermark(uri)
         start = ""
         if newest:
             stamp = newest.removeprefix("runs/")[:13]
@@ -243,7 +294,7 @@ class RemoteStore:
         seen = store.remote_seen(uri, listed)
         fresh = [k for k in listed if k not in seen]
         if not fresh:
-            return 0
+            return first
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(workers, len(fresh))) as pool:
@@ -265,7 +316,7 @@ class RemoteStore:
                 f" ($NBMAGIC_STORE_KEY), e.g. {skipped[0]}",
                 file=sys.stderr,
             )
-        return imported
+        return first + imported
 
     def _read_record(self, key: str, data: bytes | None) -> dict[str, Any] | None:
         if data is None:

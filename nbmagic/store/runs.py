@@ -1036,11 +1036,10 @@ class RunStore:
                     context,
                 ),
             )
-            for step in run.get("step_names") or []:
-                db.execute(
-                    "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)",
-                    (run_id, step, "pending"),
-                )
+        for step in run.get("step_names") or []:  # a run published in parts: its steps not recorded yet wait
+            db.execute(
+                "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)", (run_id, step, "pending")
+            )
         for ex in executions:
             db.execute(
                 "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)",

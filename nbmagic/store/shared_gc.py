@@ -4,7 +4,8 @@ Runs under the store's gc lease (:meth:`RemoteStore.lease`): while it is held no
 never starts while one does (it gives way with one line), so a value a run is about to refer to is never
 collected. The policy is the local one (``nbmagic.store.gc``), applied to the local index right after a full
 sync, so it sees every run of the team. A value's files are removed manifest first (readers see it whole or not
-at all); files left by an interrupted upload (no manifest) and leases of dead processes go too.
+at all); files left by an interrupted upload (no manifest) and leases of dead processes go too. Last, it
+writes a compacted index of the remaining runs (``index/``), which a new kernel's first sync reads in one GET.
 """
 
 from __future__ import annotations
@@ -63,4 +64,6 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
         if now - blob.modified > STALE_S and not dry_run:
             remote.backend.delete(blob.key)
             found.leftovers += 1
+    if not dry_run:
+        remote.write_index(store)  # a new kernel's first sync reads this one object
     return found
