@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
+from pathlib import Path
 
 
 def build(store, n: int) -> None:
@@ -74,6 +76,38 @@ def build(store, n: int) -> None:
         os.utime(store.objects._path(ref.hash), (old, old))
 
 
+def old_remove_files(store, digests, run_ids) -> None:
+    """The baseline: how gc removed files before (a temp folder and an rmtree per value, an rmtree per run)."""
+    for digest in digests:
+        store.objects.delete(digest)
+    for run_id in run_ids:
+        shutil.rmtree(store.root / "runs" / run_id, ignore_errors=True)
+
+
+def gc_side_by_side(n: int, keep: int) -> list[tuple[str, float]]:
+    """The same gc on two identical fresh stores: the baseline file removal, then the current one."""
+    from nbmagic.store import gc
+    from nbmagic.store.runs import RunStore
+
+    current = gc.remove_files
+    timings = []
+    for label, remove in (("before (a temp folder + rmtree per value)", old_remove_files), ("now", current)):
+        store = RunStore(Path(tempfile.mkdtemp(prefix="nbmagic-bench-gc-")) / "store")
+        build(store, n)
+        gc.remove_files = remove
+        try:
+            t = time.perf_counter()
+            report = gc.collect(store, gc.Policy(keep_last=keep))
+            timings.append(
+                (f"{label}: removes {len(report.runs)} runs, {len(report.values)} values", time.perf_counter() - t)
+            )
+        finally:
+            gc.remove_files = current
+        assert len(store.list_runs()) == keep == len(list((store.root / "runs").iterdir()))
+        shutil.rmtree(store.root.parent, ignore_errors=True)
+    return timings
+
+
 def timed(fn, repeat: int = 3) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -128,6 +162,8 @@ def main() -> None:
         store.step_values(store.list_runs()[0].id, "load")["data"]["hash"]
     )
 
+    side = gc_side_by_side(args.runs, 1000)
+
     print(f"\nreference: SELECT * FROM runs ({args.runs} rows): {floor * 1000:.1f} ms\n")
     print(f"| operation over {args.runs} runs | time | target | time / target | vs bare SELECT |")
     print("|---|---|---|---|---|")
@@ -135,6 +171,13 @@ def main() -> None:
         print(
             f"| {label} | {seconds * 1000:.0f} ms | < {target:g} s | {seconds / target:.2f} | {seconds / floor:.0f}x |"
         )
+
+    (old_label, old_s), (new_label, new_s) = side
+    print(f"\ngc --keep-last 1000 over {args.runs} runs, file removal side by side (fresh identical stores):\n")
+    print("| gc | time | ratio |")
+    print("|---|---|---|")
+    print(f"| {old_label} | {old_s * 1000:.0f} ms | 1.00 |")
+    print(f"| {new_label} | {new_s * 1000:.0f} ms | {new_s / old_s:.2f} ({old_s / new_s:.1f}x faster) |")
 
 
 if __name__ == "__main__":

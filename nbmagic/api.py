@@ -265,6 +265,15 @@ GC_ARGUMENTS: list[Spec] = [
         ("--set-policy",),
         dict(action="store_true", help="save the given limits as the automatic policy applied after runs"),
     ),
+    (
+        ("--sign-unsigned",),
+        dict(
+            action="store_true",
+            help="list values not signed with the store's key (stored before signing existed: %%restore refuses "
+            "pickles among them); with --yes, check and sign them: only if you trust whoever could write the store",
+        ),
+    ),
+    (("--yes",), dict(action="store_true", help="with --sign-unsigned: sign the values listed")),
     (("--show-policy",), dict(action="store_true", help="print the automatic policy")),
     (("--clear-policy",), dict(action="store_true", help="remove the automatic policy")),
 ]
@@ -310,6 +319,8 @@ def gc(
     set_policy: bool = False,
     show_policy: bool = False,
     clear_policy: bool = False,
+    sign_unsigned: bool = False,
+    yes: bool = False,
     root: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Drop old runs and unreferenced values (a GcReport), or show, save or clear the automatic policy (a line)."""
@@ -318,6 +329,16 @@ def gc(
     from .store.gc import verify as verify_values
 
     found = store(root)
+    if yes and not sign_unsigned:
+        raise NbMagicError("--yes goes with --sign-unsigned")
+    if sign_unsigned:
+        from .store.gc import sign_unsigned as sign
+        from .store.gc import verify as verify_values
+
+        checked = verify_values(found).text() if verify else ""  # corrupt values go first, never signed
+        report = sign(found, yes=yes)
+        report.verified = checked
+        return report
     if show_policy:
         policy = load_policy(found)
         return f"automatic gc policy: {policy.describe() if policy else 'none'}"
@@ -369,6 +390,8 @@ def gc_options(args: Any) -> dict[str, Any]:
         "set_policy",
         "show_policy",
         "clear_policy",
+        "sign_unsigned",
+        "yes",
     )
     return {name: getattr(args, name) for name in names} | {"keep_best": not args.no_keep_best}
 

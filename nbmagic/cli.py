@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -206,11 +207,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(_dash_values(parser, words))
+    _stop_on_sigterm()
     try:
         return args.func(args)
     except NbMagicError as exc:
         print(f"nbmagic: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run (if any) is already recorded and its steps ended
+        print(f"nbmagic: {_stopped_line(exc)}", file=sys.stderr)
+        return 143 if getattr(exc, "reason", "").startswith("terminated") else 130
+    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends a command as Ctrl-C does (steps stopped, the run recorded), with its own reason."""
+    import signal
+
+    from .errors import Stopped
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped(f"terminated ({signal.Signals(signum).name})")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _stopped_line(exc: BaseException) -> str:
+    """``interrupted: run ID marked failed after 4.52 s; its steps were stopped`` (or without a run)."""
+    reason = getattr(exc, "reason", None) or "interrupted"
+    run = getattr(exc, "run", None)
+    if run is None:
+        return reason
+    return f"{reason}: run {run.id} marked {run.status} after {run.duration:.2f} s; its steps were stopped"
 
 
 def _dash_values(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:

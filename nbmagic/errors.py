@@ -24,3 +24,11 @@ class RunFailed(Exception):
 
     def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a Python traceback
         return [f"RunFailed: {self}"]
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop asked from outside (SIGTERM, an experiment's stop()): ends a run as Ctrl-C does, with its reason."""
+
+    def __init__(self, reason: str = "stopped") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -56,10 +56,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     view = TerminalView(experiment).attach()
     try:
         experiment.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (the command's handler raises it)
         print(f"[{experiment.name}] stopping: running trials end, finished ones are kept", file=sys.stderr)
         experiment.stop(wait=True)
         view.update(experiment)
-        return 130
+        return 143 if getattr(exc, "reason", "").startswith("terminated") else 130
     view.update(experiment)
     return 1 if experiment.status == "failed" else 0

@@ -47,6 +47,10 @@ def test_nbclassic_finds_the_notebook_and_runs_the_form(notebook_root, page, tmp
             "window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel && Jupyter.notebook.kernel.widget_manager",
             timeout=60_000,
         )
+        # the new manager asks the kernel for its widgets' state on a comm; a kernel_info round trip on the same
+        # channel returns after that answer, so cells run after it do not race the manager's reload (which can
+        # leave a widget's view empty)
+        page.evaluate("new Promise(done => Jupyter.notebook.kernel.kernel_info(done))")
         server.wait_kernel_idle(NOTEBOOK, timeout=60)
         page.evaluate("Jupyter.notebook.execute_all_cells()")
         form = page.locator(".nbmagic-katib-form")

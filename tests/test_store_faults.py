@@ -589,3 +589,379 @@ def test_a_step_interrupted_or_crashed_says_so(ip):
     assert run.steps["stop"].error == "step 'stop' was interrupted (KeyboardInterrupt)"
     assert run.steps["crash"].error == "step 'crash' crashed: segmentation fault (signal 11)"
     assert RunStore().get_run(run.id).status == "failed"
+
+
+# ------------------------------------------------------------------------------ Ctrl-C on a tuning wait
+
+
+def _tune_cells(pids: Path, hold: Path) -> list[str]:
+    """A pipeline whose trial step starts a ``sleep`` in its own session and waits while ``hold`` exists."""
+    return [
+        "%load_ext nbmagic",
+        "%%pipeline_parameters\nc = 1.0",
+        "%%step train --env IN_PIPELINE=1\nimport os, subprocess, time\nloss = (c - 3.0) ** 2\n"
+        "if os.environ.get('IN_PIPELINE'):\n"
+        "    child = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        f"    open(os.path.join({str(pids)!r}, f'{{os.getpid()}}-{{child.pid}}'), 'w').close()\n"
+        f"    while os.path.exists({str(hold)!r}):\n        time.sleep(0.1)\n    child.kill()\n",
+        "%pipeline_metrics loss",
+    ]
+
+
+KATIB = '%katib --param "c=double(0,6)" --algorithm random --seed 0 --max-trials 4 --parallel 2 --name ctrlc --quiet'
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path, nbmagic_home):
+    from helpers.kernel import execute, execute_in_background, start_kernel
+
+    pids, hold = tmp_path / "pids", tmp_path / "hold"
+    pids.mkdir()
+    hold.touch()
+    manager, client = start_kernel()
+    try:
+        for cell in _tune_cells(pids, hold):
+            assert execute(client, cell)[0] == "ok"
+        thread, result = execute_in_background(client, f"exp = {KATIB} --wait")
+        deadline = time.time() + 120
+        while len(list(pids.iterdir())) < 2:  # both trials are in their step, each with a child in its own session
+            assert time.time() < deadline, "the trials did not start"
+            time.sleep(0.1)
+        started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+        manager.interrupt_kernel()  # a real SIGINT to the kernel, as the Stop button sends
+        thread.join(60)
+        status, out, err = result["reply"]
+        assert status == "ok", err  # the cell ends; `exp` is assigned
+        assert err.strip() == (
+            "nbmagic: interrupted: experiment 'ctrlc' stopped: 0 trials finished, 2 running ones stopped; "
+            "the same %katib resumes it"
+        )
+        assert _gone_soon(started), "a trial's step or its child outlived Ctrl-C"
+        assert execute(client, "print(exp.status, *[t.status for t in exp.trials])")[1].split() == [
+            "stopped",
+            "stopped",
+            "stopped",
+        ]
+        runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
+        assert sorted(r.status for r in runs) == ["stopped", "stopped"]
+        assert all(r.error == "stopped" for r in runs)
+        # the next %katib is not refused and resumes the study: the stopped trials are asked again
+        hold.unlink()
+        status, out, err = execute(client, f"exp2 = {KATIB}\nexp2.wait(120)\nprint(exp2.resumed, exp2.status)")
+        assert status == "ok", err
+        assert out.split() == ["0", "succeeded"]
+        assert execute(client, "print(sum(t.status == 'succeeded' for t in exp2.trials))")[1].strip() == "4"
+        assert execute(client, "%katib --stop")[1].strip() == "nbmagic: no local experiment is running in this kernel"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert not (nbmagic_home / "tune" / "ctrlc.owner").exists()  # the study's owner record was released
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_exp_wait_stops_the_trials_then_interrupts_the_cell(tmp_path):
+    from helpers.kernel import execute, execute_in_background, start_kernel
+
+    pids, hold = tmp_path / "pids", tmp_path / "hold"
+    pids.mkdir()
+    hold.touch()
+    manager, client = start_kernel()
+    try:
+        for cell in _tune_cells(pids, hold):
+            assert execute(client, cell)[0] == "ok"
+        assert execute(client, f"exp = {KATIB}")[0] == "ok"
+        thread, result = execute_in_background(client, "exp.wait()")
+        deadline = time.time() + 120
+        while len(list(pids.iterdir())) < 2:
+            assert time.time() < deadline, "the trials did not start"
+            time.sleep(0.1)
+        started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+        manager.interrupt_kernel()
+        thread.join(60)
+        status, out, err = result["reply"]
+        assert status == "error" and "KeyboardInterrupt" in err  # exp.wait() re-raises once the trials ended
+        assert execute(client, "print(exp.done)")[1].strip() == "True"  # stop(wait=True) ran before the re-raise
+        assert _gone_soon(started), "a trial's step or its child outlived Ctrl-C"
+        assert execute(client, "print(exp.status, *[t.status for t in exp.trials])")[1].split() == ["stopped"] * 3
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
+    assert sorted(r.status for r in runs) == ["stopped", "stopped"]
+
+
+@pytest.mark.slow
+def test_stop_ends_running_trials_and_katib_stop_names_the_experiment(tmp_path):
+    from helpers.kernel import execute, start_kernel
+
+    pids, hold = tmp_path / "pids", tmp_path / "hold"
+    pids.mkdir()
+    hold.touch()
+    manager, client = start_kernel()
+    try:
+        for cell in _tune_cells(pids, hold):
+            assert execute(client, cell)[0] == "ok"
+        assert execute(client, f"exp = {KATIB}")[0] == "ok"
+        deadline = time.time() + 120
+        while len(list(pids.iterdir())) < 2:
+            assert time.time() < deadline, "the trials did not start"
+            time.sleep(0.1)
+        started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+        status, out, err = execute(client, f"{KATIB}")  # a second one in the same kernel: refused, naming --stop
+        assert status == "error" and "stop it first (%katib --stop," in err
+        status, out, err = execute(client, "%katib --stop")
+        assert status == "ok", err
+        assert out.strip() == (
+            "nbmagic: experiment 'ctrlc' stopped: 0 trials finished, 2 running ones stopped; the same %katib resumes it"
+        )
+        assert _gone_soon(started), "stop() left a trial process running"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
+    assert sorted(r.status for r in runs) == ["stopped", "stopped"]
+
+
+# ------------------------------------------------------------------------------ smaller faults
+
+
+def test_kfp_unsafe_parameter_values_are_one_line_at_compile(tmp_path, capsys):
+    from nbmagic.cli import main
+
+    cases = {
+        "x = 1e400": "parameter 'x' is inf (a float literal beyond 1.8e308 overflows to inf): a KFP pipeline "
+        "parameter must be a finite number; use a smaller value",
+        "big = 9007199254740993": "parameter 'big' = 9007199254740993 is beyond 2**53: KFP stores numbers as "
+        'doubles and would change it to 9007199254740992; pass it as a str parameter ("9007199254740993") and '
+        "convert it in the step",
+    }
+    for index, (line, expected) in enumerate(cases.items()):
+        notebook = write_notebook(
+            tmp_path / f"n{index}.ipynb", [f"%%pipeline_parameters\n{line}\n", "%%step s\ny = 1\n"]
+        )
+        for output in ("p.yaml", "p.py"):
+            assert main(["compile", str(notebook), "-o", str(tmp_path / output)]) == 2
+            assert capsys.readouterr().err == f"nbmagic: {expected}\n"
+            assert not (tmp_path / output).exists()
+    exact = write_notebook(
+        tmp_path / "ok.ipynb", ["%%pipeline_parameters\nbig = 9007199254740992\n", "%%step s\ny = big\n"]
+    )
+    assert main(["compile", str(exact), "-o", str(tmp_path / "ok.yaml")]) == 0  # 2**53 itself is carried exactly
+    assert "defaultValue: 9007199254740992" in (tmp_path / "ok.yaml").read_text()
+
+
+def test_a_parameter_kfp_would_refuse_is_refused_when_its_cell_runs(ip):
+    from IPython.core.error import UsageError
+
+    for name in ("__name__", "_private"):
+        result = ip.run_cell(f"%%pipeline_parameters\n{name} = 3\n", store_history=True)
+        assert isinstance(result.error_in_exec, UsageError)
+        assert str(result.error_in_exec) == (
+            f"%%pipeline_parameters, line 2: parameter {name!r} must start with a letter "
+            "(pipeline inputs cannot start with _)"
+        )
+
+
+def test_workers_zero_is_an_error(ip):
+    from IPython.core.error import UsageError
+
+    _cells(ip, SMALL)
+    for line in ("%compile_run --workers 0", "%compile_run --workers -2"):
+        result = ip.run_cell(line, store_history=True)
+        assert isinstance(result.error_in_exec, UsageError)
+        assert "--workers must be at least 1" in str(result.error_in_exec)
+    assert RunStore().list_runs() == []  # nothing was started
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_nbmagic_run_on_a_signal_says_one_line_and_ends_everything(tmp_path, sig):
+    pids = tmp_path / "pids"
+    notebook = write_notebook(
+        tmp_path / "slow.ipynb",
+        [
+            "%%step slow\nimport os, subprocess, time\n"
+            "child = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+            f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+            "time.sleep(300)\nx = 1\n"
+        ],
+    )
+    started = time.time()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nbmagic.cli", "run", str(notebook)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, whatever ran pytest
+    )
+    deadline = time.time() + 60
+    while not (pids.exists() and pids.read_text()):
+        assert time.time() < deadline and process.poll() is None, "the step did not start"
+        time.sleep(0.05)
+    step_pids = [int(p) for p in pids.read_text().split()]
+    process.send_signal(sig)
+    signalled = time.time()
+    out, err = process.communicate(timeout=60)
+    reason = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    assert process.returncode == (130 if sig == signal.SIGINT else 143)
+    assert "Traceback" not in out + err and "Error" not in err
+    (run,) = RunStore().list_runs()
+    assert err == f"nbmagic: {reason}: run {run.id} marked failed after {run.duration:.2f} s; its steps were stopped\n"
+    assert run.status == "failed" and run.error == reason
+    assert started < run.started and signalled - 0.5 < run.ended < signalled + 6  # ended at the signal, not later
+    assert _gone_soon(step_pids), "the step or its child outlived the command"
+
+
+# ------------------------------------------------------------------------------ single-flight lock files
+
+CONTENDER = """
+import os, sys, time
+from pathlib import Path
+from nbmagic.run.single_flight import try_acquire
+root, key, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+held = root / "held"
+clashes = 0
+for _ in range(rounds):
+    flight = None
+    while flight is None:
+        flight = try_acquire(root, key)
+    try:  # inside the lock: nobody else may be here
+        os.close(os.open(held, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        clashes += 1
+    else:
+        time.sleep(0.0005)
+        os.unlink(held)
+    flight.release()
+print(clashes)
+"""
+
+SWEEPER = """
+import sys, time
+from pathlib import Path
+from nbmagic.store.lockfiles import sweep_flights
+root, until = Path(sys.argv[1]), float(sys.argv[2])
+swept = 0
+while time.time() < until:
+    swept += sweep_flights(root)
+print(swept)
+"""
+
+
+def test_flight_locks_are_removed_without_ever_letting_two_holders_in(tmp_path):
+    key = "ab" * 8
+    contenders = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, str(tmp_path), key, "300"], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    sweeper = subprocess.Popen(
+        [sys.executable, "-c", SWEEPER, str(tmp_path), str(time.time() + 8)], stdout=subprocess.PIPE, text=True
+    )
+    clashes = [int(p.communicate(timeout=120)[0]) for p in contenders]
+    sweeper.communicate(timeout=60)
+    assert clashes == [0, 0, 0]  # holders unlink on release and a sweeper runs: still one holder at a time
+    assert list((tmp_path / "flights").iterdir()) == []  # nothing left behind
+
+
+def test_runs_leave_no_lock_files_and_gc_sweeps_a_killed_leaders(ip, tmp_path):
+    _cells(ip, SMALL)
+    run_ok(ip, "%compile_run --quiet")
+    flights = RunStore().root / "flights"
+    assert sorted(p.name for p in flights.iterdir()) == []  # each step's lock went with its release
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom nbmagic.run.single_flight import try_acquire\n"
+            "f = try_acquire(Path(sys.argv[1]), 'cd' * 8)\nprint('held', flush=True)\ntime.sleep(300)",
+            str(RunStore().root),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        collect(RunStore(), Policy(keep_last=10))
+        assert [p.name for p in flights.iterdir()] == ["cd" * 8 + ".lock"]  # held: never taken from its holder
+    finally:
+        holder.kill()  # a leader killed mid-step leaves its lock file
+        holder.wait()
+    report = collect(RunStore(), Policy(keep_last=10))
+    assert report.flights_removed == 1 and list(flights.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ values stored before signing
+
+
+def test_values_stored_before_signing_can_be_signed_once_the_user_vouches_for_them(ip, capsys):
+    from nbmagic.cli import main
+    from nbmagic.store.objects import UntrustedValue
+
+    _cells(ip, ["%%step make\nmodel = {'weights': [1, 2, 3]}\nother = {'bias': 4}\n"])
+    run = run_ok(ip, "%compile_run --quiet")
+    store = RunStore()
+    refs = run.steps["make"].outputs
+    for ref in refs.values():  # as a store written before manifests were signed holds them
+        (store.objects._path(ref["hash"]) / "manifest.sig").unlink()
+    with pytest.raises(UntrustedValue):
+        store.objects.get(refs["model"]["hash"], "model")
+    broken = _flip_byte(store, refs["other"]["hash"])  # one of them is also corrupt: it must not get signed
+    capsys.readouterr()
+    assert main(["gc", "--sign-unsigned"]) == 0  # listed, nothing signed without --yes
+    assert capsys.readouterr().out == (
+        "gc --sign-unsigned: 2 values (pickle, 59 B) not signed with this store's key, refused by %restore; if you "
+        "trust everyone who could write this store, run again with --sign-unsigned --yes to sign them\n"
+    )
+    with pytest.raises(UntrustedValue):
+        store.objects.get(refs["model"]["hash"], "model")
+    assert main(["gc", "--yes"]) == 2 and "--yes goes with --sign-unsigned" in capsys.readouterr().err
+    assert main(["gc", "--sign-unsigned", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "gc --sign-unsigned: signed 1 value (pickle, 35 B); 1 corrupt removed instead"
+    assert store.objects.get(refs["model"]["hash"], "model") == {"weights": [1, 2, 3]}
+    assert not broken.exists() and not store.objects.exists(refs["other"]["hash"])
+    assert main(["gc", "--verify", "--sign-unsigned"]) == 0
+    assert capsys.readouterr().out == (
+        "gc --verify: 1 value checked, 0 corrupt removed, 0 cache entries dropped\n"
+        "gc --sign-unsigned: every value that could run code on load is signed\n"
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_nbmagic_tune_on_a_signal_stops_its_trials(tmp_path, sig):
+    pids, hold = tmp_path / "pids", tmp_path / "hold"
+    pids.mkdir()
+    hold.touch()
+    notebook = write_notebook(tmp_path / "tune.ipynb", _tune_cells(pids, hold)[1:])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nbmagic.cli",
+            "tune",
+            str(notebook),
+            "--param",
+            "c=double(0,6)",
+            "--algorithm",
+            "random",
+        ]
+        + ["--seed", "0", "--max-trials", "4", "--parallel", "2", "--name", "ctrlc"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + 120
+    while len(list(pids.iterdir())) < 2:
+        assert time.time() < deadline and process.poll() is None, "the trials did not start"
+        time.sleep(0.1)
+    started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == (130 if sig == signal.SIGINT else 143)
+    assert "Traceback" not in out + err and "Error" not in err
+    assert err == "[ctrlc] stopping: running trials end, finished ones are kept\n"
+    assert _gone_soon(started), "a trial's step or its child outlived the command"
+    runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
+    assert sorted(r.status for r in runs) == ["stopped", "stopped"]

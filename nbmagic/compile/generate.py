@@ -12,6 +12,7 @@ import builtins
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .. import packages, store_uri
 from ..errors import PipelineError
@@ -120,6 +121,25 @@ class _Component:
     metrics: str | None = None  # component argument for the Metrics artifact
 
 
+EXACT_INT = 2**53  # KFP carries parameter defaults as protobuf numbers (doubles): larger ints change
+
+
+def check_kfp_value(name: str, value: Any) -> None:
+    """Refuse a parameter default a KFP pipeline cannot carry exactly (inf/nan, ints beyond 2**53)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PipelineError(
+            f"parameter {name!r} is {value} (a float literal beyond 1.8e308 overflows to inf): "
+            "a KFP pipeline parameter must be a finite number; use a smaller value"
+        )
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > EXACT_INT:
+        raise PipelineError(
+            f"parameter {name!r} = {value} is beyond 2**53: KFP stores numbers as doubles and would change it "
+            f'to {float(value):.17g}; pass it as a str parameter ("{value}") and convert it in the step'
+        )
+
+
 def _plan_components(
     plan: PipelinePlan,
     image: str | None,
@@ -128,6 +148,8 @@ def _plan_components(
     runtime_images: frozenset[str],
 ) -> list[_Component]:
     reserved = _reserved()
+    for parameter in plan.parameters.values():
+        check_kfp_value(parameter.name, parameter.default)
     clashes = sorted(set(plan.parameters) & MODULE_NAMES)
     if clashes:
         raise PipelineError(f"parameter {clashes[0]!r} shadows a name the compiled pipeline uses; rename it")

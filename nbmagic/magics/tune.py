@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -59,6 +60,11 @@ class TuneMagics(Magics):
         "--wait", action="store_true", help="block until the experiment ends (always, in nbconvert and papermill runs)"
     )
     @argument("--quiet", action="store_true", help="no live view")
+    @argument(
+        "--stop",
+        action="store_true",
+        help="stop this kernel's running local experiments (or the one --name names): running trials end",
+    )
     @argument("--notebook", help="the notebook file, when the kernel cannot find it")
     @argument("--host", help="KFP API URL: run a Katib Experiment on that cluster; trials run the pipeline there")
     @argument("--namespace", default=PROFILE_NAMESPACE, help="Kubernetes namespace (cluster)")
@@ -71,6 +77,8 @@ class TuneMagics(Magics):
     def katib(self, line: str) -> Any:
         """Tune the recorded pipeline: each trial is a pipeline run; unchanged steps come from the cache."""
         args = parse(self.katib, line)
+        if args.stop:
+            return _stop(args.name)
         from .state import current_plan
 
         plan = current_plan(self.shell, args.notebook)
@@ -127,12 +135,34 @@ class TuneMagics(Magics):
         experiment = start_from_args(plan, spec, args)
         view = show(experiment, self.shell, quiet=args.quiet, target=target)
         if args.wait or (target is None and headless()):  # nbconvert/papermill stop the kernel after the last cell
-            experiment.wait()
+            try:
+                experiment.wait()  # Ctrl-C: the experiment is stopped (running trials end) before it re-raises
+            except KeyboardInterrupt:
+                print(f"nbmagic: interrupted: {_stopped_line(experiment)}", file=sys.stderr)
             if view is not None:
                 view.refresh()  # the final state, published while this cell still runs (and is saved)
-        return experiment
+        return experiment  # also after Ctrl-C: `exp = %katib --wait ...` keeps the stopped experiment
 
     katib.__doc__ = (katib.__doc__ or "") + "\n\n" + SYNTAX
+
+
+def _stopped_line(experiment: Any) -> str:
+    counts = {s: sum(t.status == s for t in experiment.trials) for s in ("succeeded", "stopped")}
+    return (
+        f"experiment {experiment.name!r} {experiment.status}: {counts['succeeded']} trials finished, "
+        f"{counts['stopped']} running ones stopped; the same %katib resumes it"
+    )
+
+
+def _stop(name: str | None) -> None:
+    """``%katib --stop``: stop this kernel's running local experiments and say which."""
+    from ..tune.local import stop_running
+
+    stopped = stop_running(name)
+    if not stopped:
+        print("nbmagic: no local experiment is running in this kernel" + (f" named {name!r}" if name else ""))
+    for experiment in stopped:
+        print(f"nbmagic: {_stopped_line(experiment)}")
 
 
 def build_spec(args: Any, plan: Any) -> Any:

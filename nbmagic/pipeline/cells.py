@@ -94,6 +94,11 @@ def parse_parameters(code: str, where: str, first_line: int = 2) -> dict[str, Pa
                 f"{where}, line {statement.lineno}: parameter {target.id!r} is a {type(value).__name__}; parameters are int, float, str or bool"
             )
         name = check_name(target.id, "parameter")
+        if not name[0].isalpha():  # KFP's rule for input names: a dunder would be refused only at compile
+            raise PipelineError(
+                f"{where}, line {statement.lineno}: parameter {name!r} must start with a letter "
+                "(pipeline inputs cannot start with _)"
+            )
         if name in found:
             raise PipelineError(f"{where}, line {statement.lineno}: parameter {name!r} is declared twice; keep one")
         found[name] = Parameter(name, value, kind)

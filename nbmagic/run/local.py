@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
-from ..errors import NbMagicError
+from ..errors import NbMagicError, Stopped
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..runtime.report import REPORT_FILE
 from ..runtime.step import uses_ipython
@@ -62,11 +62,17 @@ def preload_modules(plan: PipelinePlan) -> list[str]:
     return sorted(name for name in found if name.split(".")[0] in installed)
 
 
+STOP_POLL = 0.1  # seconds between checks of a run's stop event while steps run
+KILL_WAIT = 5.0  # seconds to wait for killed steps' exits before the run is recorded as ended
+
+
 class LocalRunner:
     """Runs plans on this machine. One instance can run several plans at once from different threads."""
 
     def __init__(self, store: RunStore | None = None, workers: int | None = None, single_flight: bool = True) -> None:
         self.store = store or RunStore()
+        if workers is not None and workers < 1:
+            raise NbMagicError(f"--workers must be at least 1, not {workers}")
         self.workers = workers or os.cpu_count() or 2
         self.single_flight = single_flight  # a step already running elsewhere with the same key is waited for
 
@@ -79,12 +85,17 @@ class LocalRunner:
         listener: Listener | None = None,
         experiment: str | None = None,
         workers: int | None = None,
+        stop: threading.Event | None = None,
     ) -> Run:
-        """Run ``plan`` with parameter overrides; returns when every step has finished, failed or been skipped."""
+        """Run ``plan`` with parameter overrides; returns when every step has finished, failed or been skipped.
+
+        Setting ``stop`` (from any thread) ends the run: running steps are killed with their process trees,
+        the run is recorded ``stopped``.
+        """
         from .lazy_pool import LazyPool
 
         values = plan.resolve_parameters(parameters)
-        limit = workers or self.workers
+        limit = self.workers if workers is None else workers
         if limit < 1:
             raise NbMagicError(f"--workers must be at least 1, not {limit}")
         names = [s.name for s in plan.steps]
@@ -110,6 +121,8 @@ class LocalRunner:
         _report_in_place(plan)
         try:
             while True:
+                if stop is not None and stop.is_set():
+                    raise Stopped("stopped")
                 self._skip_after_failures(run, steps, notify)
                 for step in [steps[s.name] for s in plan.steps]:
                     state = run.steps[step.name]
@@ -131,12 +144,10 @@ class LocalRunner:
                         continue
                     # anything still pending has no way to start (cannot happen with a valid plan)
                     break
-                wait_for = None
+                wait_for = 1.0 if stop is None else STOP_POLL
                 if retry_at:
-                    wait_for = max(0.0, min(retry_at.values()) - time.time())
-                finished, _ = wait(
-                    list(running), timeout=wait_for if wait_for is not None else 1.0, return_when=FIRST_COMPLETED
-                )
+                    wait_for = min(wait_for, max(0.0, min(retry_at.values()) - time.time()))
+                finished, _ = wait(list(running), timeout=wait_for, return_when=FIRST_COMPLETED)
                 for future in finished:
                     step, spec_path = running.pop(future)
                     event = future.result()
@@ -165,8 +176,14 @@ class LocalRunner:
             run._flight_cancel.set()  # type: ignore[attr-defined]
             for future in running:
                 pool.kill(getattr(future, "task_id", ""))
+            try:
+                wait(list(running), timeout=KILL_WAIT)  # the worker reports each killed tree's exit
+            except KeyboardInterrupt:  # a second Ctrl-C: record the run now rather than leave it 'running'
+                pass
             reason = (
-                "interrupted"
+                exc.reason
+                if isinstance(exc, Stopped)
+                else "interrupted"
                 if isinstance(exc, KeyboardInterrupt)
                 else str(exc)
                 if isinstance(exc, NbMagicError)
@@ -174,11 +191,16 @@ class LocalRunner:
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 else f"the runner stopped: {type(exc).__name__}: {exc}"
             )
-            self._abort(run, reason, running, pool)
+            asked = isinstance(exc, Stopped) and stop is not None and stop.is_set()
+            self._abort(run, reason, running, pool, "stopped" if asked else "failed")
             try:
                 notify(run, None)
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
+            if asked:
+                return run  # asked for by the caller: the stopped run is the result
+            if isinstance(exc, KeyboardInterrupt):
+                exc.run = run  # type: ignore[attr-defined] - front ends name the run in their one line
             raise
         finally:
             for name in list(run._flights):  # type: ignore[attr-defined]
@@ -427,18 +449,18 @@ class LocalRunner:
                     notify(run, state)
                     changed = True
 
-    def _abort(self, run: Run, reason: str, running: dict, pool: Any) -> None:
+    def _abort(self, run: Run, reason: str, running: dict, pool: Any, status: str = "failed") -> None:
         for state in run.steps.values():
             if state.status in ("pending", "running"):
-                state.status = "failed" if state.status == "running" else "skipped"
+                state.status = status if state.status == "running" else "skipped"
                 state.error = reason
                 state.ended = time.time()
                 try:
                     self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
                 except NbMagicError:  # the index cannot be written (disk full): finish_run keeps the outcome
                     pass
-        run.status, run.error, run.ended = "failed", reason, time.time()
-        self.store.finish_run(run.id, "failed", run.metrics, reason)
+        run.status, run.error, run.ended = status, reason, time.time()
+        self.store.finish_run(run.id, status, run.metrics, reason)
 
 
 _SIGNAL_NAMES = {

@@ -7,13 +7,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-FINAL = ("done", "cached", "failed", "skipped", "timed_out", "pruned")
+FINAL = ("done", "cached", "failed", "skipped", "timed_out", "pruned", "stopped")
 
 
 @dataclass
 class StepState:
     name: str
-    status: str = "pending"  # pending | running | cached | done | failed | timed_out | skipped | pruned
+    status: str = "pending"  # pending | running | cached | done | failed | timed_out | skipped | pruned | stopped
     started: float | None = None
     ended: float | None = None
     error: str | None = None
@@ -105,6 +105,7 @@ _COLORS = {
     "timed_out": "#e53935",
     "skipped": "#bdbdbd",
     "pruned": "#fb8c00",
+    "stopped": "#fb8c00",
 }
 
 

@@ -4,11 +4,14 @@ The first run to need a key holds an exclusive ``flock`` on ``<store>/flights/<k
 others wait for the lock, then find the leader's result in the cache. A leader that fails leaves
 ``<key>.failed`` (its error and run) for the waiters to fail with; a leader that is stopped or dies leaves
 nothing (the OS drops a dead process's lock), and the next waiter runs the step itself.
+
+The leader removes its lock file as it releases it (``store.lockfiles``: a waiter that locked the removed file
+notices and tries again), so ``flights/`` holds only the keys running now; ``gc`` sweeps what killed leaders
+left behind.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import threading
@@ -16,6 +19,8 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+
+from ..store import lockfiles
 
 POLL = 0.05  # seconds between lock attempts when the leader is in another process
 
@@ -48,8 +53,7 @@ class Flight:
             tmp.write_text(json.dumps(record))
             os.replace(tmp, self.failure_path)
         fd, self._fd = self._fd, None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        lockfiles.unlock(fd, self.path)
         condition = _condition(self.path)
         with condition:
             condition.notify_all()
@@ -58,23 +62,15 @@ class Flight:
 def _lock_path(root: Path, key: str) -> Path:
     if not key or not all(c in "0123456789abcdef" for c in key):
         raise ValueError(f"not a cache key: {key!r}")
-    return Path(root) / "flights" / f"{key}.lock"
+    return Path(root) / lockfiles.FLIGHTS_DIR / f"{key}.lock"
 
 
 def try_acquire(root: Path, key: str) -> Flight | None:
     """The flight for ``key`` if nobody else holds it, else None."""
     path = _lock_path(root, key)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return Flight(path, fd)
+    fd = lockfiles.try_lock(path)
+    return None if fd is None else Flight(path, fd)
 
 
 def wait_for(root: Path, key: str, cancel: threading.Event) -> Future[dict[str, Any]]:

@@ -27,9 +27,16 @@ import time
 from typing import Any
 
 
+class _ParentGone(Exception):
+    """The process that reads the worker's events has ended (its pipe is closed)."""
+
+
 def _send(out: Any, event: dict[str, Any]) -> None:
-    out.write(json.dumps(event) + "\n")
-    out.flush()
+    try:
+        out.write(json.dumps(event) + "\n")
+        out.flush()
+    except (BrokenPipeError, ValueError) as exc:  # ValueError: the stream was closed after a broken pipe
+        raise _ParentGone() from exc
 
 
 TOKEN_ENV = "NBMAGIC_STEP"
@@ -100,6 +107,20 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of steps come back to the worker, not to init
     _warm_runtime()
     tasks: dict[int, dict[str, Any]] = {}  # pid -> {"task", "deadline", "timed_out"}
+    try:
+        _loop(stdin, out, wake_r, tasks)
+    except _ParentGone:  # whoever started us is gone: end every step's tree and leave quietly
+        for pid, task in tasks.items():
+            _kill_tree(pid, task["token"])
+        _kill_orphans()
+        try:
+            out.close()
+        except OSError:
+            pass
+        os._exit(0)
+
+
+def _loop(stdin: Any, out: Any, wake_r: int, tasks: dict[int, dict[str, Any]]) -> None:
     buffer = b""
     _send(out, {"event": "ready", "pid": os.getpid()})
     fd = stdin.fileno()

@@ -17,7 +17,6 @@ import html
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from .. import units
 from ..errors import NbMagicError
 from ..units import format_size
 from .history import parse_duration
+from .lockfiles import sweep_flights
+from .objects import remove_tree
 from .runs import RunStore
 
 POLICY_FILE = "gc.json"
@@ -159,6 +160,7 @@ class GcReport:
     kept_runs: int
     cache_entries: int
     tmp_removed: int = 0
+    flights_removed: int = 0  # single-flight lock files no step holds, old failure records
     notes: list[str] = field(default_factory=list)
     over_budget: str | None = None  # one line when --max-size cannot be met
 
@@ -397,6 +399,7 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
         return report
     _apply(store, report, snap, set(doomed), dead_keys, {by_hash[d] for d in freed if d in by_hash}, exec_run)
     report.tmp_removed = store.objects.sweep_tmp()
+    report.flights_removed = sweep_flights(store.root)
     return report
 
 
@@ -498,12 +501,24 @@ def _apply(
         )
         report.values = freed_hashes
         report.bytes_freed = sum(s for _, s in freed_hashes)
-    for digest, _ in freed_hashes:
-        store.objects.delete(digest)
+    remove_files(store, [d for d, _ in freed_hashes], doomed)
+
+
+def remove_files(store: RunStore, digests: Iterable[str], run_ids: Iterable[str]) -> None:
+    """Move the values and run folders into one temp folder (each is whole or gone for readers), then remove
+    it with a few threads: a file system pays per directory removed, not per gc (``bench/bench_state.py``)."""
+    digests, run_ids = list(digests), list(run_ids)
+    if not digests and not run_ids:
+        return
+    grave = store.objects.bury(digests)
     runs_dir = store.root / "runs"
-    for run_id in doomed:
+    for run_id in run_ids:
         if run_id and "/" not in run_id and run_id not in (".", ".."):
-            shutil.rmtree(runs_dir / run_id, ignore_errors=True)
+            try:
+                os.rename(runs_dir / run_id, grave / f"run-{run_id}")
+            except FileNotFoundError:
+                pass
+    remove_tree(grave)
 
 
 # ----------------------------------------------------------------------------------------- verify
@@ -540,6 +555,65 @@ def verify(store: RunStore) -> VerifyReport:
         checked, removed = store.objects.verify_all()
         dropped = store.cache_drop_values({digest for digest, _ in removed})
     return VerifyReport(checked, removed, dropped)
+
+
+@dataclass
+class SignReport:
+    """What ``gc --sign-unsigned`` found (and, with ``--yes``, signed): values the store cannot vouch for."""
+
+    found: list[tuple[str, str, int]]  # (hash, format, bytes)
+    signed: int
+    corrupt: list[tuple[str, str]]  # (hash, reason): removed instead of signed
+    verified: str = ""  # the ``--verify`` summary when both were asked for
+
+    def text(self) -> str:
+        return "\n".join(line for line in (self.verified, self._text()) if line)
+
+    def _text(self) -> str:
+        formats = ", ".join(sorted({fmt for _, fmt, _ in self.found}))
+        size = format_size(sum(n for _, _, n in self.found))
+        if not self.found:
+            return "gc --sign-unsigned: every value that could run code on load is signed"
+        if not self.signed and not self.corrupt:
+            return (
+                f"gc --sign-unsigned: {_count(len(self.found), 'value')} ({formats}, {size}) not signed with this "
+                "store's key, refused by %restore; if you trust everyone who could write this store, run again "
+                "with --sign-unsigned --yes to sign them"
+            )
+        gone = {digest for digest, _ in self.corrupt}
+        kept = [(fmt, n) for digest, fmt, n in self.found if digest not in gone]
+        formats = ", ".join(sorted({fmt for fmt, _ in kept})) or "none"
+        size = format_size(sum(n for _, n in kept))
+        lines = [f"gc --sign-unsigned: signed {_count(self.signed, 'value')} ({formats}, {size})"]
+        if self.corrupt:
+            lines[0] += f"; {len(self.corrupt)} corrupt removed instead"
+            lines += [f"  {digest[:12]}: {reason}" for digest, reason in self.corrupt]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.text()
+
+
+def sign_unsigned(store: RunStore, yes: bool = False) -> SignReport:
+    """List the values not signed with the store's key whose format can run code; with ``yes`` (the user
+    trusts whoever wrote them, e.g. values stored before signing existed), check each against its hash and
+    sign it. A corrupt one is removed with its cache entries instead."""
+    from ..runtime import marshal
+
+    with _lock(store):
+        found = store.objects.unsigned()
+        if not yes:
+            return SignReport(found, 0, [])
+        signed, corrupt = 0, []
+        for digest, _fmt, _size in found:
+            try:
+                store.objects.vouch(digest)
+                signed += 1
+            except marshal.CorruptValue as exc:
+                if store.objects.delete(digest):
+                    corrupt.append((digest, str(exc)))
+        store.cache_drop_values({digest for digest, _ in corrupt})
+    return SignReport(found, signed, corrupt)
 
 
 # ----------------------------------------------------------------------------------------- automatic

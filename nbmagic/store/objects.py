@@ -27,7 +27,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -378,6 +378,34 @@ class ObjectStore:
                         if e.name.startswith(shard.name) and _HASH.fullmatch(e.name):
                             yield e.name
 
+    def unsigned(self) -> list[tuple[str, str, int]]:
+        """(hash, format, bytes) of each value not signed with this store's key whose format can run code when
+        loaded (pickle, dill, joblib, ...): ``%restore`` refuses these."""
+        found = []
+        for digest in self.iter_hashes():
+            if self.signed(digest):
+                continue
+            try:
+                manifest = marshal.read_manifest(self._path(digest), digest[:12])
+            except marshal.MarshalError:
+                manifest = {}
+            fmt = manifest.get("format") or "unknown format"
+            if fmt not in SAFE_FORMATS:
+                found.append((digest, fmt, int(manifest.get("size") or 0)))
+        return found
+
+    def vouch(self, digest: str) -> None:
+        """Sign an unsigned value the user trusts; its bytes are checked against its hash first
+        (``marshal.CorruptValue`` if they do not match)."""
+        folder = self._path(digest)
+        marshal.verify(folder, digest[:12], expected_hash=digest)
+        if self.key() is None:
+            raise StoreError(f"the store has no signing key ({self.root}): cannot sign values")
+        tmp = folder / f"{SIGNATURE}.{os.getpid()}.tmp"
+        tmp.write_text(hmac.new(self.key(), (folder / marshal.MANIFEST).read_bytes(), hashlib.sha256).hexdigest())
+        tmp.chmod(0o400)
+        os.replace(tmp, folder / SIGNATURE)
+
     def verify_all(self) -> tuple[int, list[tuple[str, str]]]:
         """Check every stored value's bytes against its hash; remove the corrupt ones.
 
@@ -407,6 +435,17 @@ class ObjectStore:
             return False
         shutil.rmtree(grave, ignore_errors=True)
         return True
+
+    def bury(self, digests: Iterable[str]) -> Path:
+        """Move the values ``digests`` into one new temp folder and return it (the caller removes it with
+        :func:`remove_tree`); readers see each value whole or not at all."""
+        grave = self._new_tmp("gc")
+        for digest in digests:
+            try:
+                os.rename(self._path(digest), grave / digest)
+            except FileNotFoundError:
+                pass
+        return grave
 
     def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
         """Remove temp directories left by killed writers; returns how many were removed.
@@ -438,3 +477,43 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_tree(folder: Path, threads: int = 8) -> None:
+    """Remove ``folder`` and everything in it, its entries in parallel (the file system's wait per directory
+    removed overlaps); what cannot be removed is left for :meth:`ObjectStore.sweep_tmp`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        entries = [entry.path for entry in os.scandir(folder)]
+    except FileNotFoundError:
+        return
+    if len(entries) > 1:
+        with ThreadPoolExecutor(min(threads, len(entries))) as pool:
+            list(pool.map(_remove, entries))
+    else:
+        for entry in entries:
+            _remove(entry)
+    _remove(str(folder))
+
+
+def _remove(path: str) -> None:
+    """Remove a file or a folder tree, quietly (a leftover is swept later)."""
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    _remove(entry.path)
+                else:
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        pass
+        os.rmdir(path)
+    except NotADirectoryError:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)

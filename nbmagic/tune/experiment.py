@@ -20,7 +20,7 @@ class TrialResult:
     """What a trial runner returns: one pipeline run's outcome."""
 
     run_id: str | None
-    status: str  # "done" | "failed" | "pruned"
+    status: str  # "done" | "failed" | "pruned" | "stopped"
     metrics: dict[str, float] = field(default_factory=dict)
     cached_steps: int = 0
     error: str | None = None
@@ -33,7 +33,7 @@ class Trial:
 
     number: int
     parameters: dict[str, Any]
-    status: str = RUNNING  # running | succeeded | failed | pruned
+    status: str = RUNNING  # running | succeeded | failed | pruned | stopped
     objective: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
@@ -78,6 +78,7 @@ class Experiment:
     """Shared surface: ``.trials``, ``.best``, ``.status``, ``.wait()``, ``.stop()``, ``.on_update(fn)``."""
 
     backend = "?"
+    stop_ends_trials = False  # True where stop() ends running trials itself (local), so waiting for it is short
 
     def __init__(self, name: str, spec: ExperimentSpec) -> None:
         self.name = name
@@ -130,7 +131,7 @@ class Experiment:
         try:
             self._done.wait(timeout)
         except KeyboardInterrupt:
-            self.stop()
+            self.stop(wait=self.stop_ends_trials)  # local: running trials end before the interrupt goes on
             raise
         return self
 
@@ -138,12 +139,13 @@ class Experiment:
         raise NotImplementedError
 
     def summary(self) -> str:
-        counts = {s: sum(t.status == s for t in self.trials) for s in (RUNNING, SUCCEEDED, FAILED, PRUNED)}
+        counts = {s: sum(t.status == s for t in self.trials) for s in (RUNNING, SUCCEEDED, FAILED, PRUNED, STOPPED)}
         best = self.best
         text = (
             f"{self.backend} experiment {self.name!r} {self.status}: {counts[SUCCEEDED]} succeeded, "
             f"{counts[FAILED]} failed, "
             + (f"{counts[PRUNED]} pruned, " if counts[PRUNED] else "")
+            + (f"{counts[STOPPED]} stopped, " if counts[STOPPED] else "")
             + f"{counts[RUNNING]} running of {self.spec.max_trials}"
         )
         if best:

@@ -138,6 +138,7 @@ class LocalExperiment(Experiment):
     """Trials run by ``run_trial`` in up to ``spec.parallel_trials`` background threads."""
 
     backend = "local"
+    stop_ends_trials = True
 
     def __init__(
         self,
@@ -159,6 +160,7 @@ class LocalExperiment(Experiment):
         self.path = study_path(self.name, directory)
         self._restart = restart
         self._stopping = False
+        self._halt = threading.Event()  # set by stop(): running trials' runs end (their steps are killed)
         self._failed_now = 0
         self._active = 0
         self._budget = spec.max_trials
@@ -242,7 +244,8 @@ class LocalExperiment(Experiment):
             other = _LIVE.get(key)
             if other is not None and not other.done:
                 raise TuneError(
-                    f"experiment {self.name!r} is still running in this kernel: stop it first (exp.stop()) or use another --name"
+                    f"experiment {self.name!r} is still running in this kernel: stop it first (%katib --stop, or "
+                    "stop() on the Experiment %katib returned) or use another --name"
                 )
             _LIVE[key] = self
         try:
@@ -298,10 +301,11 @@ class LocalExperiment(Experiment):
         started = time.perf_counter()
         try:
             values = self.spec.trial_values(trial.parameters, self._recorded)
+            extra = {"stop": self._halt} if getattr(self._run_trial, "stoppable", False) else {}
             if getattr(self._run_trial, "reports", False):
-                result = self._run_trial(values, _Reporter(self, frozen, trial))
+                result = self._run_trial(values, _Reporter(self, frozen, trial), **extra)
             else:
-                result = self._run_trial(values)
+                result = self._run_trial(values, **extra)
         except Exception as exc:  # the trial's failure, kept per trial
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             result = TrialResult(run_id=None, status="failed", error=last)
@@ -309,6 +313,9 @@ class LocalExperiment(Experiment):
         objective, problem = (None, result.error or "run failed")
         if result.status == "pruned":
             self._pruned(frozen, trial, result, duration)
+            return
+        if result.status == "stopped":
+            self._stopped(frozen, trial, result, duration)
             return
         if result.status == "done":
             objective, problem = objective_of(result.metrics, self.spec.objective)
@@ -355,6 +362,17 @@ class LocalExperiment(Experiment):
                 self._study._storage.set_trial_user_attr(frozen._trial_id, key, value)
             self._study.tell(frozen, state=TrialState.PRUNED)
 
+    def _stopped(self, frozen: Any, trial: Trial, result: TrialResult, duration: float) -> None:
+        """Ended by stop(): kept in the study as interrupted, so a resumed experiment asks for it again."""
+        from optuna.trial import TrialState
+
+        with self._lock:
+            trial.run_id, trial.duration, trial.cached_steps = result.run_id, duration, result.cached_steps
+            trial.status, trial.error = STOPPED, result.error or "stopped"
+            for key, value in {"run_id": result.run_id, "duration": duration, "interrupted": True}.items():
+                self._study._storage.set_trial_user_attr(frozen._trial_id, key, value)
+            self._study.tell(frozen, state=TrialState.FAIL)
+
     def _finish(self) -> None:
         with self._lock:
             if self.status == RUNNING:
@@ -370,12 +388,28 @@ class LocalExperiment(Experiment):
         self._notify()
 
     def stop(self, wait: bool = False) -> LocalExperiment:
-        """Start no new trial; running trials end and are kept. ``wait=True`` blocks until they have."""
+        """Start no new trial and end the running ones (their steps' process trees are killed); finished
+        trials are kept and the study stays resumable. ``wait=True`` blocks until the trials have ended."""
         with self._lock:
             self._stopping = True
+        self._halt.set()
         if wait:
             self._done.wait()
         return self
+
+
+def running() -> list[LocalExperiment]:
+    """The local experiments of this process that are still running."""
+    with _LIVE_LOCK:
+        return [e for e in _LIVE.values() if not e.done]
+
+
+def stop_running(name: str | None = None) -> list[LocalExperiment]:
+    """Stop this process's running local experiments (or the one named ``name``), waiting for their trials."""
+    chosen = [e for e in running() if name in (None, e.name)]
+    for experiment in chosen:
+        experiment.stop(wait=True)
+    return chosen
 
 
 def make_pruner(spec: ExperimentSpec) -> Any:
@@ -426,7 +460,9 @@ def pipeline_trial_runner(
     """
     shared: list[Any] = [runner]
 
-    def run_trial(parameters: dict[str, Any], reporter: Callable[..., bool] | None = None) -> TrialResult:
+    def run_trial(
+        parameters: dict[str, Any], reporter: Callable[..., bool] | None = None, stop: threading.Event | None = None
+    ) -> TrialResult:
         from ..run.local import LocalRunner
 
         if shared[0] is None:
@@ -435,12 +471,26 @@ def pipeline_trial_runner(
         watcher = ReportWatcher(shared[0].store, reporter) if reporter is not None else None
         try:
             run = shared[0].run(
-                plan, parameters, cache=cache, experiment=experiment, listener=watcher.listen if watcher else None
+                plan,
+                parameters,
+                cache=cache,
+                experiment=experiment,
+                listener=watcher.listen if watcher else None,
+                stop=stop,
             )
         finally:
             if watcher is not None:
                 watcher.close()
         error = None
+        if run.status == "stopped":
+            return TrialResult(
+                run_id=run.id,
+                status="stopped",
+                metrics=dict(run.metrics),
+                cached_steps=run.cached_steps,
+                error="stopped with the experiment",
+                duration=time.perf_counter() - started,
+            )
         if run.status == "pruned":
             pruned = [s for s in run.steps.values() if s.status == "pruned"]
             return TrialResult(
@@ -465,6 +515,7 @@ def pipeline_trial_runner(
         )
 
     run_trial.reports = True  # type: ignore[attr-defined] - takes a reporter for nbmagic.report() values
+    run_trial.stoppable = True  # type: ignore[attr-defined] - takes a stop event that ends the run
     return run_trial
 
 
