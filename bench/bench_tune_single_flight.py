@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=2.0)
     parser.add_argument("--train", type=float, default=0.3)
     parser.add_argument("--out")
+    parser.add_argument(
+        "--json", help="also write the measured figures as JSON here (bench_trial_overhead.py reads it)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("NBMAGIC_HOME", tempfile.mkdtemp(prefix="nbmagic-bench-home-"))
     from nbmagic.run.pool import worker_pool
@@ -160,6 +163,18 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "overheads": overheads,
+                    "wall": [r["wall"] for r in ours],
+                    "wall_without": [r["wall"] for r in base],
+                    "load": [r["load"] for r in ours],
+                    "process": [r["process"] for r in ours],
+                }
+            )
+        )
     if args.out:
         Path(args.out).write_text(text)
 

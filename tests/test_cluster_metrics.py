@@ -25,6 +25,7 @@ from nbmagic.errors import NbMagicError  # noqa: E402
 from nbmagic.pipeline.model import Cell, Parameter, PipelinePlan, StepPlan  # noqa: E402
 from nbmagic.run import cluster  # noqa: E402
 from nbmagic.runtime.component import METRIC_LINE_PREFIX  # noqa: E402
+from nbmagic.runtime.report import KATIB_LINE  # noqa: E402
 from nbmagic.tune import trial as trial_runner  # noqa: E402
 
 PARAMS = {"n": 3, "scale": 0.1}
@@ -272,7 +273,9 @@ def test_trial_runner_prints_the_values_for_katibs_stdout_collector(compiled, ca
     try:
         assert trial_runner.main(_trial_argv(path, kfp_server.url)) == 0
         out = capsys.readouterr().out.splitlines()
-        assert out == [f"mean_value={EXPECTED['mean_value']!r}", f"total={EXPECTED['total']!r}", "count=3.0"]
+        assert all(KATIB_LINE.match(line) for line in out), out  # time-stamped name=value lines
+        shown = [line.split(" ", 1)[1] for line in out]
+        assert shown == [f"mean_value={EXPECTED['mean_value']!r}", f"total={EXPECTED['total']!r}", "count=3"]
         created = kfp_server.calls("RunService_CreateRun")[0].body
         assert created["runtime_config"]["parameters"] == PARAMS
     finally:

@@ -145,7 +145,7 @@ def test_the_compiled_yaml_on_kfp_local_records_its_run_in_the_store(tmp_path, s
 
     from nbmagic.tune import trial
 
-    finished = SimpleNamespace(id=run.id, status="SUCCEEDED", metrics={"mean": 5.0}, wait=lambda: None)
+    finished = SimpleNamespace(id=run.id, status="SUCCEEDED", metrics={"mean": 5.0}, wait=lambda **_: None)
     argv = ["--host", "http://kfp.invalid", "--pipeline-package", str(tmp_path / "p.yaml"), "--pipeline-name"]
     argv += ["kfp-demo", "--type", "scale=float", "--param", "scale=2.0", "--metric", "mean", "--store", s3_store.uri]
     argv += ["--katib-experiment", "katib-demo", "--goal", "minimize"]

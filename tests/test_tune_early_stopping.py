@@ -17,7 +17,7 @@ from nbmagic.tune.space import ExperimentSpec, TuneError, parse_param
 
 # Katib's StdOut collector: the default metric filter, and an RFC 3339 timestamp first on the line
 KATIB_FILTER = re.compile(r"([\w|-]+)\s*=\s*((-?\d+)(\.\d+)?)")
-RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z ")  # microseconds: values keep their order
 
 
 def test_report_outside_a_trial_prints_katib_stdout_lines(capsys):
@@ -32,7 +32,7 @@ def test_report_outside_a_trial_prints_katib_stdout_lines(capsys):
 
 def test_katib_line_never_uses_exponents():
     line = katib_line({"loss": 1e-12, "big": 3e20}, None, at=0)
-    assert line == "1970-01-01T00:00:00Z loss=0.000000000001 big=300000000000000000000"
+    assert line == "1970-01-01T00:00:00.000000Z loss=0.000000000001 big=300000000000000000000"
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 
 from helpers.fake_katib_api import FakeKatib, FakeKubernetesAPI, job_errors, katib_errors, schema_errors
 from nbmagic.pipeline.model import Parameter
+from nbmagic.runtime.report import KATIB_LINE
 from nbmagic.tune import trial as trial_runner
 from nbmagic.tune.katib import api_client, build_experiment, run_katib
 from nbmagic.tune.space import ExperimentSpec, parse_param
@@ -211,7 +212,7 @@ class FakeRun:
     def __init__(self, status, metrics):
         self.id, self.status, self.metrics, self.waited = "run-1", status, metrics, False
 
-    def wait(self):
+    def wait(self, **_):
         self.waited = True
 
 
@@ -239,7 +240,9 @@ def test_trial_runner_types_parameters_and_prints_metric_lines(tmp_path, capsys)
     assert [type(seen["parameters"][k]) for k in ("lr", "epochs", "units", "shuffle")] == [float, int, int, bool]
     assert seen["host"] == "http://ml-pipeline.kubeflow:8888" and seen["namespace"] == "team-a"
     assert seen["pipeline_yaml"] == "pipelineSpec: {}\n" and seen["run"].waited
-    assert capsys.readouterr().out.splitlines() == ["val_loss=0.25", "acc=0.9"]
+    out = capsys.readouterr().out.splitlines()
+    assert all(KATIB_LINE.match(line) for line in out), out  # time-stamped: later than every reported value
+    assert [line.split(" ", 1)[1] for line in out] == ["val_loss=0.25", "acc=0.9"]
     # a failed run or a missing objective fails the trial (Katib then counts it as failed)
     assert trial_runner.main(substituted, submit=lambda *a, **k: FakeRun("failed", {})) == 1
     assert trial_runner.main(substituted, submit=lambda *a, **k: FakeRun("succeeded", {"acc": 1})) == 1

@@ -24,6 +24,7 @@ Without --param, a form pre-filled from %%pipeline_parameters and %pipeline_metr
 Examples:
   exp = %katib --algorithm tpe --max-trials 30 --parallel 2 --objective val_loss --param "lr=double(1e-4,1e-1,log)"
   exp.best, exp.trials, exp.wait(), exp.stop()
+  exp = %katib --watch NAME      follow an experiment another kernel drives (read-only); %katib --list lists them
 """
 
 
@@ -65,6 +66,12 @@ class TuneMagics(Magics):
         action="store_true",
         help="stop this kernel's running local experiments (or the one --name names): running trials end",
     )
+    @argument(
+        "--watch",
+        metavar="NAME",
+        help="follow local experiment NAME read-only (another kernel or nbmagic tune drives it)",
+    )
+    @argument("--list", action="store_true", help="list the store's local experiments and who drives them")
     @argument("--notebook", help="the notebook file, when the kernel cannot find it")
     @argument("--host", help="KFP API URL: run a Katib Experiment on that cluster; trials run the pipeline there")
     @argument("--namespace", default=PROFILE_NAMESPACE, help="Kubernetes namespace (cluster)")
@@ -79,12 +86,29 @@ class TuneMagics(Magics):
         args = parse(self.katib, line)
         if args.stop:
             return _stop(args.name)
+        if args.list or args.watch:
+            return self._watch(args)
         from .state import current_plan
 
         plan = current_plan(self.shell, args.notebook)
         if not args.param:
             return self._form(plan, args)
         return self._start(plan, args, build_spec(args, plan))
+
+    def _watch(self, args: Any) -> Any:
+        from IPython.core.error import UsageError
+
+        from ..tune.watch import list_experiments, watch
+
+        if args.param or args.host or args.restart or (args.list and args.watch):
+            raise UsageError("%katib --watch NAME and --list take no search space, --host or --restart")
+        if args.list:
+            return list_experiments()
+        experiment = watch(args.watch)
+        show(experiment, self.shell, quiet=args.quiet)
+        if args.wait:  # never implied: a watch started by nbconvert or papermill reads what is there
+            experiment.wait()
+        return experiment
 
     def _form(self, plan: Any, args: Any) -> Any:
         from ..tune.form import TuneForm
@@ -184,8 +208,12 @@ def show(experiment: Any, shell: Any, *, quiet: bool = False, target: Any = None
     if in_notebook():
         return LiveView(experiment).show()
     else:
+        driver = getattr(experiment, "driver", None)  # a watched experiment: someone else drives it
         print(
-            f"nbmagic: {experiment.backend} experiment {experiment.name!r} started "
+            f"nbmagic: watching {experiment.backend} experiment {experiment.name!r} read-only, driven by {driver}; "
+            "exp.wait() blocks until it ends, exp.best shows the best trial"
+            if driver is not None
+            else f"nbmagic: {experiment.backend} experiment {experiment.name!r} started "
             f"({experiment.spec.max_trials} trials, {experiment.spec.parallel_trials} at once); "
             "exp.wait() blocks, exp.best shows the best trial"
         )

@@ -29,16 +29,22 @@ def _versions(modules: tuple[str, ...]) -> list[str]:
 
     key = ",".join(modules)
     stamp = _path_stamp()
+    known = _PINS.get((stamp, key))
+    if known is not None:  # looked up (or read from the file) before in this process, nothing installed since
+        return list(known)
     memo = _read_memo()
     if memo.get("stamp") == stamp and key in memo.get("pins", {}):
+        _PINS[(stamp, key)] = list(memo["pins"][key])
         return list(memo["pins"][key])
     found = pinned(modules)
+    _PINS[(stamp, key)] = list(found)
     pins = memo.get("pins", {}) if memo.get("stamp") == stamp else {}
     pins[key] = found
     _write_memo({"stamp": stamp, "pins": pins})
     return found
 
 
+_PINS: dict[tuple[str, str], list[str]] = {}  # (path stamp, modules) -> pins, so the file is read once per process
 _LISTED: dict[str, tuple[int, list[str]]] = {}  # sys.path entry -> (its mtime, its distribution folders)
 
 

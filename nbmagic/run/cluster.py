@@ -477,6 +477,15 @@ class ClusterRun:
             pause = poll_interval if deadline is None else min(poll_interval, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)
 
+    def terminate(self) -> ClusterRun:
+        """Ask KFP to stop the run (``POST /apis/v2beta1/runs/{id}:terminate``)."""
+        try:
+            with api_errors(self.host, f"terminating run {self.id}", None):
+                self._client.terminate_run(self.id)
+        except ClusterError as err:
+            raise type(err)(self._hide(str(err))) from None
+        return self
+
     def logs(self, step: str) -> str:
         """The log of a step's pod (Kubernetes ``read_namespaced_pod_log``; the KFP API serves no logs)."""
         task = self._task_key(step)

@@ -41,23 +41,35 @@ def _installed(module: str) -> bool:
     return "site-packages" in origin or "dist-packages" in origin
 
 
+_PRELOADS: dict[tuple[str, ...], list[str]] = {}  # the steps' sources -> their installed imports
+
+
 def preload_modules(plan: PipelinePlan) -> list[str]:
     """Installed modules the steps import, by their full names (``sklearn.ensemble``, not just ``sklearn``),
-    for the worker to import once before forking; a submodule left out is imported again by every step."""
+    for the worker to import once before forking; a submodule left out is imported again by every step.
+    Found once per set of step sources (every trial of an experiment runs the same code)."""
+    sources = tuple(source or "" for step in plan.steps for source in (step.prelude, step.cell.code))
+    if sources not in _PRELOADS:
+        if len(_PRELOADS) > 64:
+            _PRELOADS.clear()
+        _PRELOADS[sources] = _imported_and_installed(sources)
+    return list(_PRELOADS[sources])
+
+
+def _imported_and_installed(sources: tuple[str, ...]) -> list[str]:
     import ast
 
     found: set[str] = set()
-    for step in plan.steps:
-        for source in (step.prelude, step.cell.code):
-            try:
-                tree = ast.parse(source or "")
-            except SyntaxError:
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    found.update(alias.name for alias in node.names)
-                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                    found.add(node.module)
+    for source in sources:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module)
     installed = {top for top in {name.split(".")[0] for name in found} if _installed(top)}
     return sorted(name for name in found if name.split(".")[0] in installed)
 

@@ -7,7 +7,9 @@ A step's whole process tree is reachable (Linux): the step dies with the worker 
 program it starts carries ``NBMAGIC_STEP=<token>`` in its environment, so children that left the group
 (``start_new_session=True``, double-forked daemons) are found and killed with the step; and the worker is a
 child subreaper, so orphans that cleared their environment are re-parented to it and killed when no step
-runs. Elsewhere only the step's process group is reached.
+runs. Being a subreaper also keeps every leftover below the worker, so they are looked for in the worker's
+own subtree (``/proc/<pid>/task/<tid>/children``), not across all of ``/proc``. Elsewhere only the step's
+process group is reached.
 
 Protocol, one JSON object per line. Requests on stdin:
 ``{"op": "preload", "modules": [...]}``, ``{"op": "run", "task": ID, "spec": PATH, "timeout": S, "memory": BYTES}``,
@@ -44,16 +46,19 @@ INTERRUPTED_EXIT = 130  # a step that raised KeyboardInterrupt
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 
 
-def _prctl(option: int, value: int) -> None:
-    """Linux ``prctl``; a no-op elsewhere."""
+def _prctl(option: int, value: int) -> bool:
+    """Linux ``prctl``; True if it took effect (a no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
-        return
+        return False
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
-        pass
+        return False
+
+
+_SUBREAPER = False  # set once the worker is a child subreaper: a step's leftovers then stay below it
 
 
 def _child(spec_path: str, memory: int | None, env: dict[str, str], token: str = "") -> None:
@@ -104,7 +109,8 @@ def serve(stdin: Any = None, stdout: Any = None) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupts are for the kernel
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of steps come back to the worker, not to init
+    global _SUBREAPER
+    _SUBREAPER = _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of steps come back to the worker, not to init
     _warm_runtime()
     tasks: dict[int, dict[str, Any]] = {}  # pid -> {"task", "deadline", "timed_out"}
     try:
@@ -192,8 +198,62 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def _children(pid: int) -> list[int] | None:
+    """Direct children of ``pid`` (every thread's), from ``/proc/<pid>/task/<tid>/children``; None if the kernel
+    does not list them (no ``CONFIG_PROC_CHILDREN``), [] if ``pid`` is gone."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
+                found.extend(int(child) for child in handle.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None
+        except OSError:
+            continue
+    return found
+
+
+def _subtree() -> list[tuple[int, int]] | None:
+    """(pid, parent pid) of every process below this worker; None where that cannot be read.
+
+    The worker is a child subreaper, so whatever a step started stays below it (an orphan is re-parented to
+    the worker, not to init): walking down from the worker finds every leftover of a step without reading all
+    of ``/proc``, which costs milliseconds per step on a busy machine.
+    """
+    if not _SUBREAPER:
+        return None
+    found: list[tuple[int, int]] = []
+    parents = [os.getpid()]
+    while parents:
+        parent = parents.pop()
+        children = _children(parent)
+        if children is None:
+            return None
+        found.extend((child, parent) for child in children)
+        parents.extend(children)
+    return found
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
 def _processes() -> list[tuple[int, int, bytes]]:
-    """(pid, parent pid, environment) of this user's processes (Linux ``/proc``; empty elsewhere)."""
+    """(pid, parent pid, environment) of the processes a step may have left: the worker's subtree where it can
+    be read, else every process of this user (Linux ``/proc``; empty elsewhere)."""
+    below = _subtree()
+    if below is not None:
+        return [(pid, ppid, _environ(pid)) for pid, ppid in below]
     found = []
     try:
         entries = os.listdir("/proc")
@@ -230,12 +290,15 @@ def _kill_tree(pid: int, token: str) -> None:
 def _kill_orphans() -> None:
     """With no step running, kill the worker's re-parented orphans (step leftovers that shed their token)."""
     me = os.getpid()
-    for other, ppid, _environ in _processes():
-        if ppid == me:
-            try:
-                os.kill(other, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    below = _subtree()
+    orphans = [p for p, ppid in below if ppid == me] if below is not None else None
+    if orphans is None:
+        orphans = [p for p, ppid, _environ in _processes() if ppid == me]
+    for other in orphans:
+        try:
+            os.kill(other, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _handle(request: dict[str, Any], tasks: dict[int, dict[str, Any]], out: Any) -> None:

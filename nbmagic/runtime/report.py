@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
+from datetime import datetime, timezone
 from decimal import Decimal
 
 REPORT_FILE = "NBMAGIC_REPORT_FILE"  # set by the local runner for each step it runs
@@ -40,10 +42,23 @@ ACK_TIMEOUT = 2.0  # seconds a report waits for the experiment's decision at mos
 _written: dict[str, int] = {}
 
 
+_NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+_NUMBER = r"-?\d+(?:\.\d+)?"
+# exactly what katib_line writes: a report line a step printed can be told from any other output
+KATIB_LINE = re.compile(
+    rf"^\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{{1,9}})?Z (?:epoch \d+: )?{_NAME}={_NUMBER}(?: {_NAME}={_NUMBER})*$"
+)
+
+
 def katib_line(metrics: dict[str, float], step: int | None, at: float | None = None) -> str:
-    """``2026-01-01T00:00:00Z epoch 3: val_loss=0.25``: numbers without exponents (Katib's default filter
-    reads ``-?\\d+(\\.\\d+)?`` only)."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if at is None else at))
+    """``2026-01-01T00:00:00.250000Z epoch 3: val_loss=0.25``, the line Katib's StdOut collector reads.
+
+    The time stamp comes first, with microseconds: Katib orders a trial's values by it (the latest is the
+    trial's result; medianstop averages the first ``start_step``), and several values a second must keep
+    their order. Numbers carry no exponent: older Katib filters read ``-?\\d+(\\.\\d+)?`` only.
+    """
+    when = datetime.fromtimestamp(time.time() if at is None else at, tz=timezone.utc)
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     pairs = " ".join(f"{name}={_plain(value)}" for name, value in metrics.items())
     return f"{stamp} {'' if step is None else f'epoch {step}: '}{pairs}"
 

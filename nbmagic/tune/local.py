@@ -175,6 +175,8 @@ class LocalExperiment(Experiment):
         from optuna.storages.journal import JournalFileBackend
         from optuna.trial import TrialState
 
+        from .watch import SPEC_ATTR, spec_record
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._restart and self.path.exists():
@@ -194,6 +196,8 @@ class LocalExperiment(Experiment):
         recorded_key = self._study.user_attrs.get(KEY_ATTR)
         if recorded_key is None:
             self._study.set_user_attr(KEY_ATTR, key)
+        if SPEC_ATTR not in self._study.user_attrs:  # what another process needs to watch it (tune.watch)
+            self._study.set_user_attr(SPEC_ATTR, spec_record(self.spec))
         elif recorded_key != key:
             raise TuneError(
                 f"experiment {self.name!r} exists with another search space or objective: use a new --name or --restart"
@@ -221,20 +225,9 @@ class LocalExperiment(Experiment):
         self.resumed = len(self._trials)
 
     def _from_frozen(self, frozen: Any) -> Trial:
-        attrs = frozen.user_attrs
-        ok = frozen.state.name == "COMPLETE"
-        return Trial(
-            number=frozen.number,
-            parameters=dict(frozen.params),
-            status=SUCCEEDED if ok else PRUNED if frozen.state.name == "PRUNED" else FAILED,
-            curve=sorted(frozen.intermediate_values.items()),
-            objective=frozen.value if ok else None,
-            metrics=dict(attrs.get("metrics", {})),
-            run_id=attrs.get("run_id"),
-            duration=attrs.get("duration"),
-            cached_steps=attrs.get("cached_steps", 0),
-            error=attrs.get("error"),
-        )
+        from .watch import trial_from_frozen
+
+        return trial_from_frozen(frozen)
 
     # -- running --------------------------------------------------------------------------------------
     def start(self) -> LocalExperiment:
@@ -530,6 +523,7 @@ class ReportWatcher:
         self._files: dict[str, int] = {}  # path -> bytes read
         self._lines: dict[str, int] = {}  # path -> lines decided
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one reader at a time: the poller, or close()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nbmagic-reports", daemon=True)
         self._thread.start()
@@ -550,9 +544,12 @@ class ReportWatcher:
         poll = self.POLL if getattr(self._reporter, "wait_from", 1) else self.SLOW_POLL
         while not self._closed.wait(poll):
             self.read()
-        self.read()
 
     def read(self) -> None:
+        with self._reading:
+            self._read()
+
+    def _read(self) -> None:
         import json
 
         from ..runtime.report import ack_path, prune_path
@@ -583,5 +580,6 @@ class ReportWatcher:
                 os.replace(tmp, ack_path(path))
 
     def close(self) -> None:
+        """Stop polling and take in what is left, in the caller's thread (no wait for the poller to wake)."""
         self._closed.set()
-        self._thread.join(5)
+        self.read()

@@ -63,7 +63,7 @@ class StudyLock:
             if current and current.get("pid") != me["pid"] and alive(current):
                 raise TuneError(
                     f"experiment {self.name!r} is running in {describe(current)}: stop it there or wait for it "
-                    "to end (a new --name starts a separate study)"
+                    f"to end; %katib --watch {self.name} follows it read-only (a new --name starts a separate study)"
                 )
             tmp = self.path.with_suffix(f".owner.{me['pid']}.tmp")
             tmp.write_text(json.dumps(me))

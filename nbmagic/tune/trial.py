@@ -1,7 +1,11 @@
 """The Katib trial runner: ``python -m nbmagic.tune.trial --host H --pipeline-package P --type lr=float --param lr=0.01 ...``
 
 Parameters arrive as text and are turned back into their recorded types (``--type``) before the KFP
-run starts. After the run, each metric is printed as a ``name=value`` line for Katib's StdOut collector.
+run starts. While the run goes on, the ``nbmagic.report()`` lines its steps print in their pods are copied
+to this process's output (:class:`ReportRelay`), where Katib's StdOut collector reads them: Katib's
+``earlyStopping`` (medianstop) then judges the trial from them. After the run, each metric is printed as a
+time-stamped ``name=value`` line (later than every reported value, so it is the trial's latest).
+When Katib stops the trial early it sends SIGTERM: the KFP run is terminated too.
 The values come from ``ClusterRun.metric_values()``, which reads the lines the pipeline's metric step
 printed from its pod log with the Kubernetes API (in the trial Job: the in-cluster service account, which
 needs ``get pods/log`` and ``list pods`` in the run's namespace; ``--k8s-namespace`` when the KFP pods run
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=None, metavar="URI", help="shared run store: record the trial's run there")
     p.add_argument("--katib-experiment", default=None, help="the Katib Experiment this trial belongs to")
     p.add_argument("--goal", default="minimize", choices=("minimize", "maximize"))
+    p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help="how often the run and its logs are read")
     return p
 
 
@@ -86,7 +93,10 @@ def typed_parameters(types: Sequence[str], params: Sequence[str]) -> dict[str, A
 
 
 def metric_lines(metrics: dict[str, Any], names: Sequence[str]) -> list[str]:
-    """``name=value`` lines: the requested metrics first, then any other numeric ones."""
+    """Time-stamped ``name=value`` lines (``nbmagic.runtime.report.katib_line``): the requested metrics
+    first, then any other numeric ones."""
+    from ..runtime.report import katib_line
+
     order = list(names) + sorted(k for k in metrics if k not in names)
     lines = []
     for name in order:
@@ -97,8 +107,77 @@ def metric_lines(metrics: dict[str, Any], names: Sequence[str]) -> list[str]:
             except (TypeError, ValueError):
                 continue
         if math.isfinite(float(value)):
-            lines.append(f"{name}={float(value)!r}")
+            lines.append(katib_line({name: float(value)}, None))
     return lines
+
+
+class ReportRelay:
+    """Copies the ``nbmagic.report()`` lines a KFP run's steps print in their pods to ``out``, each once and
+    in order, while the run goes on (a thread reading the steps' pod logs every ``interval`` seconds).
+
+    Only whole lines in the exact report format are copied (``KATIB_LINE``), so nothing else a step prints
+    can be taken for a metric. Logs that cannot be read yet are tried again at the next poll.
+    """
+
+    def __init__(self, run: Any, out: Any, interval: float) -> None:
+        self.run, self.out, self.interval = run, out, interval
+        self._copied: dict[str, int] = {}  # step -> report lines already copied
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="nbmagic-report-relay", daemon=True)
+
+    def start(self) -> ReportRelay:
+        if callable(getattr(self.run, "logs", None)):
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        """Read the logs of the steps that have started; print their new report lines."""
+        from ..errors import NbMagicError
+        from ..runtime.report import KATIB_LINE
+
+        if not callable(getattr(self.run, "logs", None)):
+            return
+        with self._lock:
+            try:
+                tasks = dict(getattr(self.run, "tasks", {}) or {})
+            except NbMagicError:
+                return
+            for step, task in tasks.items():
+                if getattr(task, "status", "") not in ("running", "done", "failed"):
+                    continue
+                try:
+                    text = self.run.logs(step)
+                except NbMagicError:
+                    continue  # not readable yet (pod starting) or not at all: the final metrics say why
+                lines = [line.rstrip("\r") for line in text.splitlines()]
+                found = [line for line in lines if KATIB_LINE.match(line)]
+                for line in found[self._copied.get(step, 0) :]:
+                    print(line, file=self.out, flush=True)
+                self._copied[step] = max(self._copied.get(step, 0), len(found))
+
+    def stop(self) -> None:
+        """Stop the thread, then copy what is left."""
+        self.close()
+        if self._thread.is_alive():
+            self._thread.join(30)
+        self.poll()
+
+    def close(self) -> None:
+        """Stop polling (what is not copied yet stays uncopied)."""
+        self._stop.set()
+
+
+class _Terminated(Exception):
+    """SIGTERM: Katib stops the trial (medianstop), or its Job is deleted."""
+
+
+def _on_sigterm(*_: Any) -> None:
+    raise _Terminated
 
 
 def metric_values(run: Any) -> dict[str, Any]:
@@ -137,6 +216,9 @@ def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = 
         return 1
     print(f"nbmagic trial: parameters {parameters}", file=sys.stderr)
     where = {k: v for k, v in (("k8s_host", args.k8s_host), ("k8s_namespace", args.k8s_namespace)) if v}
+    terminating = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if terminating else None
+    run = relay = None
     try:
         run = (submit or _default_submit)(
             pipeline_yaml,
@@ -147,10 +229,19 @@ def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = 
             namespace=args.namespace,
             **where,
         )
-        run.wait()
+        relay = ReportRelay(run, sys.stdout, args.poll).start()
+        run.wait(poll_interval=args.poll)
+        relay.stop()
+    except _Terminated:
+        return _terminate(run)
     except NbMagicError as exc:
         print(f"nbmagic trial: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if relay is not None:
+            relay.close()
+        if terminating:
+            signal.signal(signal.SIGTERM, previous)
     status = str(getattr(run, "status", "") or "")
     try:
         metrics = metric_values(run)
@@ -168,6 +259,23 @@ def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = 
         print(f"nbmagic trial: metric {args.metric[0]!r} was not reported by the run", file=sys.stderr)
         return 1
     return 0
+
+
+def _terminate(run: Any) -> int:
+    """Stopped from outside (Katib's early stopping sends SIGTERM): end the KFP run as well, in one line."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    if run is None:
+        print("nbmagic trial: stopped (SIGTERM) before the KFP run started", file=sys.stderr)
+        return 143
+    try:
+        run.terminate()
+        print(f"nbmagic trial: stopped (SIGTERM): KFP run {run.id} terminated", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - exiting anyway; say why the run may go on
+        print(
+            f"nbmagic trial: stopped (SIGTERM); KFP run {getattr(run, 'id', '?')} not terminated: {exc}",
+            file=sys.stderr,
+        )
+    return 143
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ numbers, lowerCamelCase aliases, unknown fields rejected). Invalid requests get 
 ``googleRpcStatus`` body naming the problem, and are recorded in ``server.rejected``.
 Responses are validated too, so the server cannot drift from the schema.
 
-Implemented: healthz, experiments create/list/get, runs create/get/list. A created run walks
+Implemented: healthz, experiments create/list/get, runs create/get/list/terminate. A created run walks
 through ``server.run_states`` (default PENDING -> RUNNING -> SUCCEEDED), one state per GET, with
 per-task ``run_details.task_details`` derived from the submitted pipeline spec.
 
@@ -383,6 +383,13 @@ class KfpApiServer(LocalServer):
                 return 200, self._create_run(body, q)
             if operation == "RunService_GetRun":
                 return 200, self._get_run(path["run_id"])
+            if operation == "RunService_TerminateRun":
+                record = self.runs.get(path["run_id"])
+                if record is None:
+                    raise _ApiError(404, _NOT_FOUND, f"run {path['run_id']} not found")
+                shown = min(record.gets, len(record.states) - 1)  # the run ends as KFP shows a terminated run
+                record.states = record.states[: shown + 1] + ["CANCELED"]
+                return 200, {}
             if operation == "RunService_ListRuns":
                 return 200, {
                     "runs": [self._view_run(rid, r) for rid, r in self.runs.items()],
