@@ -307,3 +307,50 @@ def test_an_unreachable_store_is_one_line_and_the_local_runs_are_shown(tmp_path,
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nbmagic:")]
     assert len(err) == 1 and f"the run store {s3_store.uri}: cannot list runs/" in err[0], err
     assert "network error" in err[0] and "(showing the runs known here)" in err[0]
+
+
+@pytest.mark.slow
+def test_gc_looping_while_writer_processes_publish_never_leaves_a_run_without_its_values(tmp_path, s3_store):
+    import threading
+
+    from nbmagic.store.backends import RemoteError
+    from nbmagic.store.gc import Policy, collect
+
+    script = tmp_path / "writer.py"
+    one = 'run = LocalRunner(workers=1).run(plan, {"N": n})\nprint(run.id, run.status, flush=True)'
+    three = "for n in range(n, n + 30, 10):\n    " + one.replace("\n", "\n    ")  # 3 runs per process
+    script.write_text(WRITER.format(root=str(ROOT), tests=str(ROOT / "tests")).replace(one, three))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(n)],
+            env={**os.environ, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / f"writer{n}")},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    stop, sweeps, busy = threading.Event(), [], []
+
+    def gc_loop() -> None:
+        while not stop.is_set():
+            try:
+                sweeps.append(collect(_home(tmp_path, "gc"), Policy(keep_last=0), shared=True, grace=0))
+            except RemoteError:
+                busy.append(1)  # gave way to a publishing run
+
+    thread = threading.Thread(target=gc_loop)
+    thread.start()
+    try:
+        outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    finally:
+        stop.set()
+        thread.join(120)
+    assert all(proc.returncode == 0 for proc in procs) and sum(o.count(" done") for o in outputs) == 12
+    assert sweeps and sum(len(report.runs) for report in sweeps) > 0, "gc ran and dropped runs meanwhile"
+    reader = _home(tmp_path, "reader")
+    listed = reader.list_runs()
+    assert listed, "the newest run is always kept"
+    for run in listed:  # every run still recorded has every value
+        ns: dict = {}
+        restore(reader, run.id, namespace=ns)
+        assert (ns["x"] == ns["score"]).all()
