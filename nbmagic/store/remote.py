@@ -150,7 +150,10 @@ class RemoteStore:
             final = objects._path(digest)
             with objects._lease():
                 if not objects.exists(digest):
-                    final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    for folder in (objects.objects_dir, final.parent):  # owner-only whatever the umask
+                        if not folder.is_dir():
+                            folder.mkdir(mode=0o700, exist_ok=True)
+                            folder.chmod(0o700)
                     try:
                         os.rename(tmp, final)
                     except OSError:
