@@ -273,7 +273,16 @@ GC_ARGUMENTS: list[Spec] = [
             "pickles among them); with --yes, check and sign them: only if you trust whoever could write the store",
         ),
     ),
-    (("--yes",), dict(action="store_true", help="with --sign-unsigned: sign the values listed")),
+    (
+        ("--yes",),
+        dict(
+            nargs="?",
+            const=True,
+            metavar="SET",
+            help="with --sign-unsigned: sign the values listed; SET is the digest of that set the listing printed "
+            "(nothing is signed if the unsigned values changed since)",
+        ),
+    ),
     (("--show-policy",), dict(action="store_true", help="print the automatic policy")),
     (("--clear-policy",), dict(action="store_true", help="remove the automatic policy")),
 ]
@@ -320,23 +329,50 @@ def gc(
     show_policy: bool = False,
     clear_policy: bool = False,
     sign_unsigned: bool = False,
-    yes: bool = False,
+    yes: str | bool | None = None,
     root: str | os.PathLike[str] | None = None,
 ) -> Any:
-    """Drop old runs and unreferenced values (a GcReport), or show, save or clear the automatic policy (a line)."""
+    """Drop old runs and unreferenced values (a GcReport), or show, save or clear the automatic policy (a line).
+
+    ``sign_unsigned`` lists the unsigned values that could run code on load and the digest of that set;
+    ``yes=<that digest>`` then signs exactly those (it goes with ``verify`` only)."""
     from .restore import resolve_run
     from .store.gc import Policy, collect, load_policy, save_policy
     from .store.gc import verify as verify_values
 
     found = store(root)
-    if yes and not sign_unsigned:
+    if yes not in (None, False) and not sign_unsigned:
         raise NbMagicError("--yes goes with --sign-unsigned")
     if sign_unsigned:
         from .store.gc import sign_unsigned as sign
-        from .store.gc import verify as verify_values
 
+        ignored = [
+            flag
+            for flag, given in (
+                ("--dry-run", dry_run),
+                ("--keep-last", keep_last is not None),
+                ("--older-than", older_than is not None),
+                ("--max-size", max_size is not None),
+                ("--keep", bool(keep)),
+                ("--no-keep-best", not keep_best),
+                ("--set-policy", set_policy),
+                ("--show-policy", show_policy),
+                ("--clear-policy", clear_policy),
+            )
+            if given
+        ]
+        if ignored:
+            raise NbMagicError(
+                f"gc: --sign-unsigned cannot go with {', '.join(ignored)}: run it alone (--verify and --yes SET may "
+                "join it); without --yes it only lists"
+            )
+        if yes is True or yes == "":
+            raise NbMagicError(
+                "gc: --yes needs the set the listing printed: run gc --sign-unsigned, check the values it lists, "
+                "then gc --sign-unsigned --yes SET"
+            )
         checked = verify_values(found).text() if verify else ""  # corrupt values go first, never signed
-        report = sign(found, yes=yes)
+        report = sign(found, yes=yes or None)
         report.verified = checked
         return report
     if show_policy:

@@ -66,8 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from .api import Pipeline
-    from .compile.bundle import runtime_base64
     from .compile.size import size_warning
+    from .compile.workflow import estimate
     from .images import nbmagic_image
     from .units import format_size
 
@@ -80,8 +80,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     size = path.stat().st_size
     steps = len(pipeline.plan.steps)
     print(f"wrote {path} ({format_size(size)}, {steps} steps)")
-    runtime = len(runtime_base64()) if "nbmagic_runtime: str" in path.read_text(encoding="utf-8") else 0
-    warning = size_warning(size, steps, path.name, runtime)
+    workflow = estimate(path.read_text(encoding="utf-8")).least
+    warning = size_warning(size, steps, path.name, workflow)
     if warning:
         print(warning, file=sys.stderr)
     return 0
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(_dash_values(parser, words))
-    _stop_on_sigterm()
+    previous = _stop_on_sigterm()
     try:
         return args.func(args)
     except NbMagicError as exc:
@@ -216,21 +216,56 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run (if any) is already recorded and its steps ended
         print(f"nbmagic: {_stopped_line(exc)}", file=sys.stderr)
         return 143 if getattr(exc, "reason", "").startswith("terminated") else 130
-    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    except BrokenPipeError as exc:
+        if _stdout_gone():  # the reader of our output went away (`| head`): nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        print(f"nbmagic: {exc.strerror or exc}: {exc.filename or 'a pipe the command used'}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM ends a command as Ctrl-C does (steps stopped, the run recorded), with its own reason."""
+def _stdout_gone() -> bool:
+    """True when our standard output is a pipe nobody reads any more."""
+    import select
+
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        pass
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM ends a command as Ctrl-C does (steps stopped, the run recorded), with its own reason.
+
+    Returns the handler it replaced (to restore), or None outside the main thread, where Python cannot
+    install one (``main()`` called from a program's worker thread keeps that program's handling)."""
     import signal
+    import threading
 
     from .errors import Stopped
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
 
     def handler(signum: int, frame: Any) -> None:
         raise Stopped(f"terminated ({signal.Signals(signum).name})")
 
-    signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
+    return signal.SIG_DFL if previous is None else previous
 
 
 def _stopped_line(exc: BaseException) -> str:

@@ -32,3 +32,16 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, reason: str = "stopped") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ExperimentInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended ``%katib --wait`` after the experiment's running trials were stopped; fails the cell (Run All
+    stops) with one line. The stopped Experiment stays reachable as ``.experiment``
+    (``sys.last_value.experiment`` in IPython) and the same ``%katib`` resumes its study."""
+
+    def __init__(self, experiment: object, message: str) -> None:
+        super().__init__(message)
+        self.experiment = experiment
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a Python traceback
+        return [f"KeyboardInterrupt: {self}"]

@@ -33,14 +33,8 @@ def test_compile_writes_kfp_ir_yaml_and_readable_dsl(tmp_path):
     result = nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "p.yaml"))
     assert result.returncode == 0, result.stderr
     spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
-    # and nbmagic's runtime, which the steps' python:3.x image lacks
-    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {
-        "C",
-        "n_estimators",
-        "test_size",
-        "seed",
-        "nbmagic_runtime",
-    }
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"C", "n_estimators", "test_size", "seed"}
+    assert "nbmagic-runtime-package" in spec["root"]["dag"]["tasks"]  # the runtime the python:3.x image lacks
     assert result.stdout.startswith(f"wrote {tmp_path / 'p.yaml'} (") and "kB, 5 steps)" in result.stdout
     assert spec["root"]["inputDefinitions"]["parameters"]["n_estimators"]["parameterType"] == "NUMBER_INTEGER"
     assert nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "p.py")).returncode == 0
@@ -73,3 +67,85 @@ def test_a_relative_store_path_is_relative_to_where_the_command_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "relative-store" / "store" / "index.sqlite").exists()
     assert not (notebook.parent / "relative-store").exists()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    child = subprocess.Popen(
+        [sys.executable, "-m", "nbmagic.cli", "gc", "--show-policy", "--store", str(tmp_path / "store")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()  # as `| head` does, before the command prints anything
+    err = child.stderr.read().decode()
+    assert child.wait(60) == 141 and err == ""
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_one_line(monkeypatch, capsys, tmp_path):
+    import os
+
+    import nbmagic.cli as cli
+
+    def other_pipe(args):  # a command whose own pipe (not our stdout) loses its reader
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            os.write(write, b"x")
+        finally:
+            os.close(write)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_gc", other_pipe)
+    assert cli.main(["gc", "--store", str(tmp_path / "store")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nbmagic: ") and "Broken pipe" in err and err.count("\n") == 1
+
+
+def test_a_worker_that_died_unseen_is_one_line_not_a_broken_pipe(tmp_path):
+    import time
+
+    import pytest
+
+    from nbmagic.errors import NbMagicError
+    from nbmagic.run.pool import WorkerPool
+
+    pool = WorkerPool()
+    process = pool._ensure()
+    try:
+        # while another thread waits on the worker, poll() cannot see it exit: the window between a worker's
+        # death and the next write to it, held open here
+        with process._waitpid_lock:
+            process.kill()
+            stat = Path(f"/proc/{process.pid}/stat")
+            deadline = time.time() + 30
+            while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # dead: its end of the pipe is closed
+                assert time.time() < deadline
+                time.sleep(0.01)
+            with pytest.raises(NbMagicError, match=r"^the step worker died \(pid \d+\)"):
+                pool.submit(str(tmp_path / "spec.json"))
+            assert pool._pending == {}
+            pool.kill("1")  # stopping a task of a dead worker is quiet: the task died with it
+    finally:
+        pool.close()
+
+
+def test_main_leaves_the_sigterm_handler_as_it_found_it_and_runs_outside_the_main_thread(tmp_path, capsys):
+    import signal
+    import threading
+
+    from nbmagic.cli import main
+
+    def mine(signum, frame):  # the embedding program's own handler
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["gc", "--show-policy", "--store", str(tmp_path / "store")]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+        codes = []
+        thread = threading.Thread(target=lambda: codes.append(main(["gc", "--show-policy", "--store", str(tmp_path)])))
+        thread.start()
+        thread.join(60)
+        assert codes == [0] and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().out == "automatic gc policy: none\n" * 2

@@ -103,7 +103,8 @@ def compiled(tmp_path_factory):
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     logs = _task_logs(done.stdout)
-    assert set(logs) == {"make-data", "score-it"}, done.stdout[-2000:]
+    # and the task that writes nbmagic's runtime for the python:3.x steps, once per run
+    assert set(logs) == {"nbmagic-runtime-package", "make-data", "score-it"}, done.stdout[-2000:]
     artifact = json.loads(done.stdout.split("KFP-LOCAL-METRICS ", 1)[1].splitlines()[0])
     return path, logs, artifact
 
@@ -195,7 +196,7 @@ def test_metric_values_come_from_the_pod_log(compiled, layout, names):
         assert run.metrics["score-it.metrics"].value is None  # not finished: nothing read
         assert pods.requests == []
         run.wait(timeout=30, poll_interval=0.01)
-        assert run.status == "done" and set(run.tasks) == {"make-data", "score-it"}
+        assert run.status == "done" and set(run.tasks) == {"nbmagic-runtime-package", "make-data", "score-it"}
         values = run.metric_values()
         assert values == EXPECTED and type(values["count"]) is int
         ref = run.metrics["score-it.metrics"]
@@ -322,7 +323,7 @@ def test_unreadable_logs_are_one_line_errors(compiled):
         assert "no pod of step 'score-it' in namespace kubeflow" in _one_line(excinfo)
 
         # a pod that printed no metric lines: a KFP cache hit runs no code
-        pods.pod_source = _pods_of(kfp_server, {"make-data": logs["make-data"], "score-it": "cached\n"})
+        pods.pod_source = _pods_of(kfp_server, {**logs, "score-it": "cached\n"})
         with pytest.raises(cluster.ClusterLogsError) as excinfo:
             run.metric_values()
         assert "no metric lines" in _one_line(excinfo) and "cache" in str(excinfo.value)

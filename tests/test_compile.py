@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata as metadata
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -71,8 +72,6 @@ def pip_line(spec: dict, task: str) -> str:
 def test_ir_has_one_component_per_step_typed_parameters_artifacts_and_metrics():
     (spec,) = load_ir(compile_pipeline(demo_plan()))
     assert spec["pipelineInfo"]["name"] == "demo-pipeline"
-    runtime = spec["root"]["inputDefinitions"]["parameters"].pop("nbmagic_runtime")
-    assert runtime == {"parameterType": "STRING", "defaultValue": runtime_base64(), "isOptional": True}
     assert spec["root"]["inputDefinitions"]["parameters"] == {
         "n": {"parameterType": "NUMBER_INTEGER", "defaultValue": 10.0, "isOptional": True},
         "rate": {"parameterType": "NUMBER_DOUBLE", "defaultValue": 0.5, "isOptional": True},
@@ -80,14 +79,17 @@ def test_ir_has_one_component_per_step_typed_parameters_artifacts_and_metrics():
         "verbose": {"parameterType": "BOOLEAN", "defaultValue": False, "isOptional": True},
     }
     tasks = spec["root"]["dag"]["tasks"]
+    runtime = tasks.pop("nbmagic-runtime-package")  # writes nbmagic's runtime once per run (python:3.x steps)
+    assert runtime["taskInfo"]["name"] == "nbmagic runtime" and "inputs" not in runtime
     assert set(tasks) == {"load", "fit", "report", "score"}
     assert tasks["fit"]["inputs"]["artifacts"]["in_data"]["taskOutputArtifact"] == {
         "outputArtifactKey": "out_data",
         "producerTask": "load",
     }
     assert tasks["fit"]["inputs"]["parameters"]["rate"] == {"componentInputParameter": "rate"}
-    assert tasks["report"]["dependentTasks"] == ["load"]  # explicit --after, no data
-    assert sorted(tasks["score"]["dependentTasks"]) == ["fit", "report"]
+    # every step takes the runtime's artifact, so it runs after its writer
+    assert tasks["report"]["dependentTasks"] == ["load", "nbmagic-runtime-package"]  # explicit --after, no data
+    assert sorted(tasks["score"]["dependentTasks"]) == ["fit", "nbmagic-runtime-package", "report"]
     assert tasks["score"]["taskInfo"]["name"] == "score"
     score = spec["components"]["comp-score"]
     # metrics nobody downstream reads are logged, not shipped as artifacts
@@ -101,6 +103,7 @@ def test_ir_has_one_component_per_step_typed_parameters_artifacts_and_metrics():
         {"outputArtifactKey": "metrics", "producerSubtask": "score"}
     ]
     # steps that produce metrics always run on a cluster (their log carries the values); the others cache
+    assert runtime["cachingOptions"] == {"enableCache": True}  # the same package for every run
     assert {n: t["cachingOptions"] for n, t in tasks.items()} == {
         n: ({} if n == "score" else {"enableCache": True}) for n in tasks
     }
@@ -115,17 +118,22 @@ def test_components_embed_the_cell_and_the_prelude_and_import_the_runtime_packag
     assert "model = fit(data, rate)" in source
     module = ast.parse(source)  # the component program is valid Python with our helpers defined once
     names = [n.name for n in module.body if isinstance(n, ast.FunctionDef)]
-    assert names == ["nbmagic_bootstrap", "fit"]
+    assert names == ["fit"]
     (fit,) = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "fit"]
     assert "from nbmagic.runtime.component import nbmagic_run" in ast.unparse(fit)
     assert "def execute(" not in source and "def save(" not in source  # the runtime is not pasted text
-    # the runtime travels once, as the pipeline parameter every task reads
+    assert "sys.path.insert(0, nbmagic_runtime.path)" in ast.unparse(fit)  # the zip, downloaded by KFP's launcher
+    # the runtime travels once: one task writes it as an artifact, which every step takes as an input
     tasks = spec["root"]["dag"]["tasks"]
-    assert {t["inputs"]["parameters"]["nbmagic_runtime"]["componentInputParameter"] for t in tasks.values()} == {
-        "nbmagic_runtime"
-    }
-    # once as the parameter's default, once in the "# Inputs:" comment kfp writes at the top of the file
-    assert compile_pipeline(demo_plan()).count(runtime_base64()[:200]) == 2
+    writer = tasks.pop("nbmagic-runtime-package")
+    assert {
+        t["inputs"]["artifacts"]["nbmagic_runtime"]["taskOutputArtifact"]["producerTask"] for t in tasks.values()
+    } == {"nbmagic-runtime-package"}
+    assert all("nbmagic_runtime" not in t["inputs"].get("parameters", {}) for t in tasks.values())
+    assert writer["componentRef"]["name"] == "comp-nbmagic-runtime-package"
+    writes = executor(spec, "nbmagic-runtime-package")["command"][-1]
+    assert runtime_base64()[:100] in writes and "base64.b64decode(" in writes
+    assert compile_pipeline(demo_plan()).count(runtime_base64()[:100]) == 1  # in that one component only
 
 
 def test_a_step_in_the_cluster_image_imports_its_runtime_and_carries_none(monkeypatch):
@@ -134,15 +142,18 @@ def test_a_step_in_the_cluster_image_imports_its_runtime_and_carries_none(monkey
     (spec,) = load_ir(compile_pipeline(plan))
     fit = executor(spec, "fit")
     assert fit["image"] == "registry.example/nbmagic:9"
-    assert "nbmagic_bootstrap" not in fit["command"][-1]
-    assert "from nbmagic.runtime.component import nbmagic_run" in fit["command"][-1]
-    assert "nbmagic_runtime" not in spec["components"]["comp-fit"]["inputDefinitions"]["parameters"]
-    assert "nbmagic_bootstrap" in executor(spec, "load")["command"][-1]  # python:3.x still gets the zip
+    # a container component running the image's step executor: its arguments are the step's data
+    assert fit["command"] == ["python3", "-m", "nbmagic.runtime.executor"]
+    assert fit["args"][0] == "{{$}}" and fit["args"][2] == "model = fit(data, rate)\n"
+    # the image lacks the cell's own libraries: the executor installs them, as a Python component's command does
+    assert json.loads(fit["args"][1])["packages"] == [f"numpy=={metadata.version('numpy')}"]
+    assert "nbmagic_runtime" not in spec["components"]["comp-fit"]["inputDefinitions"].get("artifacts", {})
+    assert "nbmagic_runtime.path" in executor(spec, "load")["command"][-1]  # python:3.x still gets the zip
     # every step in the image: no runtime anywhere in the pipeline
     text = compile_pipeline(demo_plan(), image="registry.example/other:1", runtime_image="registry.example/other:1")
     (spec,) = load_ir(text)
-    assert "nbmagic_runtime" not in spec["root"]["inputDefinitions"]["parameters"]
-    assert "nbmagic_bootstrap" not in text and runtime_base64()[:200] not in text
+    assert "nbmagic-runtime-package" not in spec["root"]["dag"]["tasks"]
+    assert "nbmagic_runtime" not in text and runtime_base64()[:100] not in text
 
 
 def test_packages_are_pinned_to_this_environment_and_images_settable():
@@ -290,8 +301,8 @@ def test_names_that_would_clash_get_distinct_identifiers():
     plan = PipelinePlan("clash", steps, parameters, ("metrics",))
     (spec,) = load_ir(compile_pipeline(plan))
     comp = spec["components"]["comp-print-step"]
-    assert set(comp["inputDefinitions"]["parameters"]) == {"in_X_", "pipeline_", "nbmagic_runtime"}
-    assert set(comp["inputDefinitions"]["artifacts"]) == {"in_X", "in_in_X"}
+    assert set(comp["inputDefinitions"]["parameters"]) == {"in_X_", "pipeline_"}
+    assert set(comp["inputDefinitions"]["artifacts"]) == {"in_X", "in_in_X", "nbmagic_runtime"}
     assert set(comp["outputDefinitions"]["artifacts"]) == {"metrics"}
     assert spec["root"]["dag"]["tasks"]["print-step"]["taskInfo"]["name"] == "print"
 
@@ -299,9 +310,8 @@ def test_names_that_would_clash_get_distinct_identifiers():
 def test_a_plan_without_parameters_or_metrics_compiles_to_a_pipeline_without_outputs():
     plan = PipelinePlan("solo", (step("only", "print('hello')\n"),), {}, ())
     (spec,) = load_ir(compile_pipeline(plan))
-    assert list(spec["root"]["dag"]["tasks"]) == ["only"]
-    assert "outputDefinitions" not in spec["root"]
-    assert list(spec["root"]["inputDefinitions"]["parameters"]) == ["nbmagic_runtime"]  # the runtime only
+    assert sorted(spec["root"]["dag"]["tasks"]) == ["nbmagic-runtime-package", "only"]  # and the runtime's writer
+    assert "outputDefinitions" not in spec["root"] and "inputDefinitions" not in spec["root"]
 
 
 def test_bad_plans_are_one_line_errors():

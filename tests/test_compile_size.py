@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from nbmagic.compile.size import OBJECT_LIMIT, WARN_AT, size_warning
+from nbmagic.compile.size import OBJECT_LIMIT, WARN_AT, WORKFLOW_WARN_AT, size_warning
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
 
@@ -38,11 +40,13 @@ def test_the_warning_names_the_size_the_steps_and_the_fix():
     assert line is not None and "\n" not in line
     assert "big.yaml is 1.3 MB for 412 steps" in line and "--image" in line
     assert f"~{OBJECT_LIMIT / 1e6:.1f} MB" in line
-    # a small YAML whose steps each receive the runtime: KFP keeps every step's inputs in the run's Workflow
-    assert size_warning(300_000, 30, "p.yaml", runtime=25_000) is None
-    line = size_warning(300_000, 60, "p.yaml", runtime=25_000)
-    assert line is not None and "to each of its 60 steps" in line and "~1.5 MB by the end of a run" in line
-    assert "--image" in line and size_warning(300_000, 60, "p.yaml", runtime=0) is None
+    # a small YAML whose run grows a large Workflow: KFP keeps every step's inputs and pod spec in it
+    assert size_warning(300_000, 30, "p.yaml", workflow=WORKFLOW_WARN_AT - 1) is None
+    line = size_warning(300_000, 60, "p.yaml", workflow=1_400_000)
+    assert (
+        line is not None and "a run of p.yaml (60 steps)" in line and "to ~1.4 MB even with its status gzipped" in line
+    )
+    assert "--image" in line and "\n" not in line
 
 
 def test_compile_prints_the_size_and_warns_when_a_cluster_may_refuse_the_pipeline(tmp_path):
@@ -66,23 +70,32 @@ def test_compile_with_the_cluster_image_ships_no_runtime(tmp_path):
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "q.yaml").read_text()
     spec = yaml.safe_load(text)
-    assert "nbmagic_runtime" not in spec["root"]["inputDefinitions"]["parameters"]
+    assert "nbmagic-runtime-package" not in spec["root"]["dag"]["tasks"]
     containers = [e["container"] for e in spec["deploymentSpec"]["executors"].values()]
     assert {c["image"] for c in containers} == {"registry.example/nb:1"}
-    assert all("from nbmagic.runtime.component import nbmagic_run" in c["command"][-1] for c in containers)
-    assert "nbmagic_bootstrap" not in text and "'kfp==" not in text  # no runtime, no kfp install per step
+    assert all(c["command"] == ["python3", "-m", "nbmagic.runtime.executor"] for c in containers)
+    assert "nbmagic_runtime" not in text and "'kfp==" not in text  # no runtime, no kfp install per step
     plain = nbmagic("compile", str(QUICKSTART), "-o", str(tmp_path / "plain.yaml"))
     assert plain.returncode == 0
     assert len(text) * 2 < (tmp_path / "plain.yaml").stat().st_size
 
 
-def test_compile_warns_when_every_step_receiving_the_runtime_would_outgrow_the_run(tmp_path):
+def test_a_long_pipeline_without_the_image_carries_its_runtime_once_and_stays_quiet(tmp_path):
+    """The runtime is an artifact written once per run, not a value in every step's inputs: no warning for 45
+    steps, while a run whose 8 steps each read a large parameter is warned about (each step's inputs are kept,
+    several times, in the run's Workflow)."""
     cells = ["%%step s0\nx0 = 1"] + [f"%%step s{i}\nx{i} = x{i - 1} + 1" for i in range(1, 45)]
     nb = notebook(tmp_path / "long.ipynb", cells)
     result = nbmagic("compile", str(nb), "-o", str(tmp_path / "long.yaml"))
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "long.yaml").stat().st_size < WARN_AT and "45 steps)" in result.stdout
+    assert "45 steps)" in result.stdout and result.stderr == ""
+    # 48 KB of base64, more than gzip's window (Argo gzips the nodes of a large Workflow): 8 steps reading it
+    blob = base64.b64encode(random.Random(0).randbytes(36_000)).decode()
+    big = f"%%pipeline_parameters\nblob = {blob!r}\n"
+    cells = [big, "%%step s0\nx0 = len(blob)"] + [f"%%step s{i}\nx{i} = x{i - 1} + len(blob)" for i in range(1, 8)]
+    nb = notebook(tmp_path / "blob.ipynb", cells)
+    result = nbmagic("compile", str(nb), "-o", str(tmp_path / "blob.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "blob.yaml").stat().st_size < WARN_AT
     (warning,) = result.stderr.strip().splitlines()
-    assert "passes nbmagic's runtime" in warning and "each of its 45 steps" in warning and "--image" in warning
-    with_image = nbmagic("compile", str(nb), "-o", str(tmp_path / "image.yaml"), "--image", "registry.example/nb:1")
-    assert with_image.returncode == 0 and with_image.stderr == ""
+    assert warning.startswith("warning: a run of blob.yaml (8 steps) grows the Argo Workflow") and "--image" in warning

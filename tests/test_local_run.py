@@ -239,3 +239,27 @@ def test_step_code_runs_with_its_own_future_flags_like_the_notebook(runner):
         plan_of("%%step typed\ndef f(x: int) -> int:\n    return x\nannotation = f.__annotations__['x']\n")
     )
     assert run.status == "done" and run.value("annotation") is int  # not the string 'int'
+
+
+def test_stop_ends_a_run_waiting_to_retry_a_step(runner, tmp_path):
+    import threading
+
+    marker = tmp_path / "tried"
+    plan = plan_of(
+        f"%%step flaky --retries 2 --retry-backoff 60s\nopen({str(marker)!r}, 'a').write('x')\nraise RuntimeError('fails')\n",
+    )
+    stop = threading.Event()
+    done = {}
+    thread = threading.Thread(target=lambda: done.setdefault("run", runner.run(plan, stop=stop)), daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not marker.exists():  # the first try ran and failed; the retry waits 60 s
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    stopped_at = time.time()
+    stop.set()
+    thread.join(30)
+    assert not thread.is_alive() and time.time() - stopped_at < 5  # not held up by the retry's wait
+    run = done["run"]
+    assert run.status == "stopped" and marker.read_text() == "x"  # never retried once stopped

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import nbmagic
 from nbmagic.compile.bundle import RUNTIME_DIR, runtime_base64, runtime_zip
-from nbmagic.compile.generate import BOOTSTRAP
 from nbmagic.runtime import marshal
 
 PACKAGE_DIR = Path(nbmagic.__file__).resolve().parent
@@ -83,20 +82,21 @@ def test_the_bundle_is_the_runtime_package_and_deterministic():
         assert zf.read("nbmagic/runtime/step.py") == (RUNTIME_DIR / "step.py").read_bytes()
 
 
+# What a compiled step does: the runtime's zip is an input artifact (a file KFP's launcher downloaded, named
+# without a suffix), put first on sys.path.
 STEP = """
 import json, os, sys, types
-runtime_b64, work = sys.argv[1], sys.argv[2]
-{bootstrap}
-nbmagic_bootstrap(runtime_b64)
+runtime, work = sys.argv[1], sys.argv[2]
+sys.path.insert(0, runtime)
 from nbmagic.runtime.component import nbmagic_run
 import nbmagic.runtime.component as component
 
 def artifact(path):
-    return types.SimpleNamespace(path=path, metadata={{}})
+    return types.SimpleNamespace(path=path, metadata={})
 
 class Metrics:
     def __init__(self):
-        self.logged = {{}}
+        self.logged = {}
     def log_metric(self, name, value):
         self.logged[name] = value
 
@@ -106,9 +106,9 @@ nbmagic_run(
     label="demo.ipynb cell 2",
     code="doubled = [v * factor for v in values]\\ntotal = sum(doubled)\\n",
     prelude="",
-    parameters={{"factor": 2}},
-    inputs={{"values": artifact(os.path.join(work, "values"))}},
-    outputs={{"doubled": out}},
+    parameters={"factor": 2},
+    inputs={"values": artifact(os.path.join(work, "values"))},
+    outputs={"doubled": out},
     metric_names=("total",),
     metrics=metrics,
 )
@@ -122,34 +122,33 @@ print("METADATA", json.dumps(out.metadata))
 def test_a_component_runs_its_step_from_the_zipped_runtime_without_nbmagic_installed(tmp_path):
     (tmp_path / "values").mkdir()
     marshal.save([1, 2, 3], tmp_path / "values", "values")
-    script = STEP.format(bootstrap="\n".join(BOOTSTRAP))
+    script = STEP
+    (tmp_path / "runtime").write_bytes(runtime_zip())
     # -I: no PYTHONPATH, no user site; and nbmagic's own folder is not where the script runs
     out = subprocess.run(
-        [sys.executable, "-I", "-c", script, runtime_base64(), str(tmp_path)],
+        [sys.executable, "-I", "-c", script, str(tmp_path / "runtime"), str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.stdout.splitlines() if " " in line}
-    assert ".zip" in lines["FROM"] and "nbmagic-runtime-" in lines["FROM"]  # imported from the zip
+    assert lines["FROM"] == str(tmp_path / "runtime" / "nbmagic" / "runtime" / "component.py")  # from the zip
     loaded = eval(lines["NBMAGIC"])
     assert all(name == "nbmagic" or name.startswith("nbmagic.runtime") for name in loaded), loaded
     assert marshal.load(tmp_path / "out", "doubled") == [2, 4, 6]
     assert json.loads(lines["LOGGED"]) == {"total": 12}
     assert json.loads(lines["METADATA"])["hash"] == marshal.read_manifest(tmp_path / "out")["hash"]
     assert 'nbmagic-metric {"step": "double", "name": "total", "value": 12}' in out.stdout
-    assert not Path(lines["FROM"].split(".zip")[0] + ".zip").exists()  # the zip is removed when the step ends
 
 
 def test_a_step_error_from_the_zipped_runtime_points_at_the_notebook_cell(tmp_path):
     (tmp_path / "values").mkdir()
     marshal.save([1, 2, 3], tmp_path / "values", "values")
-    script = STEP.format(bootstrap="\n".join(BOOTSTRAP)).replace(
-        "doubled = [v * factor for v in values]", "doubled = [v / 0 for v in values]"
-    )
+    (tmp_path / "runtime").write_bytes(runtime_zip())
+    script = STEP.replace("doubled = [v * factor for v in values]", "doubled = [v / 0 for v in values]")
     out = subprocess.run(
-        [sys.executable, "-I", "-c", script, runtime_base64(), str(tmp_path)],
+        [sys.executable, "-I", "-c", script, str(tmp_path / "runtime"), str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -157,4 +156,4 @@ def test_a_step_error_from_the_zipped_runtime_points_at_the_notebook_cell(tmp_pa
     assert out.returncode == 1
     assert 'File "demo.ipynb cell 2", line 2' in out.stderr and "ZeroDivisionError" in out.stderr
     assert "nbmagic: step 'double': ZeroDivisionError in demo.ipynb cell 2" in out.stderr
-    assert ".zip" not in out.stderr  # no runtime frames in what the user reads
+    assert str(tmp_path / "runtime") not in out.stderr  # no runtime frames in what the user reads

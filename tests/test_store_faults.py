@@ -111,6 +111,58 @@ def test_dry_run_predicts_exactly(ip):
         )
 
 
+def test_gc_removes_a_symlinked_value_or_run_folder_never_what_it_points_to(ip, tmp_path):
+    _cells(ip, SMALL)
+    old, new = (run_ok(ip, f"%compile_run --quiet --param scale={s}") for s in (1, 2))
+    store = RunStore()
+    digest = old.outputs("double")["last"]["hash"]  # (bigger == small at scale 1: shared)
+    outside = {}
+    for name, inside in (("value", store.objects._path(digest)), ("run", store.root / "runs" / old.id)):
+        target = tmp_path / f"outside-{name}"
+        os.rename(inside, target)  # the same bytes, now outside the store, behind a symlink at the old place
+        os.symlink(target, inside, target_is_directory=True)
+        outside[inside] = (target, sorted(p.relative_to(target) for p in target.rglob("*")))
+        assert outside[inside][1]
+    report = collect(store, Policy(keep_last=1), grace=0)
+    assert [r for r, _, _ in report.runs] == [old.id] and digest in {d for d, _ in report.values}
+    for inside, (target, files) in outside.items():
+        assert not os.path.lexists(inside)  # the link went with the gc
+        assert sorted(p.relative_to(target) for p in target.rglob("*")) == files  # what it pointed to did not
+    ns: dict = {}
+    restore(store, new.id, namespace=ns)
+    assert list(ns["bigger"][:3]) == [0, 2, 4]
+
+
+def test_gc_that_cannot_move_a_folder_removes_it_in_place_and_says_what_was_left(ip, tmp_path):
+    import shutil
+
+    _cells(ip, SMALL)
+    old, new = (run_ok(ip, f"%compile_run --quiet --param scale={s}") for s in (1, 2))
+    store = RunStore()
+    digest = old.outputs("double")["last"]["hash"]
+    with contextlib.ExitStack() as mounts:
+        for name, inside in (("value", store.objects._path(digest)), ("run", store.root / "runs" / old.id)):
+            saved = tmp_path / f"saved-{name}"
+            os.rename(inside, saved)
+            mounts.enter_context(small_filesystem(inside, "1m"))  # a mount point: rename() fails with EBUSY
+            shutil.copytree(saved, inside, dirs_exist_ok=True)
+        report = collect(store, Policy(keep_last=1), grace=0)
+        assert [r for r, _, _ in report.runs] == [old.id] and digest in {d for d, _ in report.values}
+        note = [n for n in report.notes if "could not be moved" in n]
+        assert note == [
+            "1 value and 1 run folder could not be moved out of the store (Device or resource busy); their files "
+            "were removed in place; 2 folders left, remove them by hand: "
+            f"{store.objects._path(digest)}, {store.root / 'runs' / old.id}"
+        ], report.notes
+        assert report.text().count(note[0]) == 1
+        for inside in (store.objects._path(digest), store.root / "runs" / old.id):
+            assert list(inside.iterdir()) == []  # its files went all the same
+    assert [r.id for r in store.list_runs()] == [new.id]
+    ns: dict = {}
+    restore(store, new.id, namespace=ns)
+    assert list(ns["bigger"][:3]) == [0, 2, 4]
+
+
 def test_best_trial_after_restart_is_what_gc_protects_and_restore_restores(tmp_path):
     store = RunStore(tmp_path / "store")
     ids = {}
@@ -622,7 +674,8 @@ def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path
     try:
         for cell in _tune_cells(pids, hold):
             assert execute(client, cell)[0] == "ok"
-        thread, result = execute_in_background(client, f"exp = {KATIB} --wait")
+        # Run All: the cell after `%katib --wait` must not run once Ctrl-C failed the cell
+        thread, result = execute_in_background(client, f"exp = {KATIB} --wait\nafter = 1")
         deadline = time.time() + 120
         while len(list(pids.iterdir())) < 2:  # both trials are in their step, each with a child in its own session
             assert time.time() < deadline, "the trials did not start"
@@ -631,12 +684,15 @@ def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path
         manager.interrupt_kernel()  # a real SIGINT to the kernel, as the Stop button sends
         thread.join(60)
         status, out, err = result["reply"]
-        assert status == "ok", err  # the cell ends; `exp` is assigned
+        assert status == "error", err  # the cell fails, so Run All stops here
         assert err.strip() == (
-            "nbmagic: interrupted: experiment 'ctrlc' stopped: 0 trials finished, 2 running ones stopped; "
-            "the same %katib resumes it"
+            "KeyboardInterrupt: experiment 'ctrlc' stopped: 0 trials finished, 2 running ones stopped; "
+            "the same %katib resumes it (or: exp = sys.last_value.experiment)"
         )
+        assert execute(client, "print('after' in dir())")[1].strip() == "False"
         assert _gone_soon(started), "a trial's step or its child outlived Ctrl-C"
+        # the stopped experiment stays reachable, as the line says
+        assert execute(client, "import sys\nexp = sys.last_value.experiment")[0] == "ok"
         assert execute(client, "print(exp.status, *[t.status for t in exp.trials])")[1].split() == [
             "stopped",
             "stopped",
@@ -895,6 +951,8 @@ def test_runs_leave_no_lock_files_and_gc_sweeps_a_killed_leaders(ip, tmp_path):
 
 
 def test_values_stored_before_signing_can_be_signed_once_the_user_vouches_for_them(ip, capsys):
+    import re
+
     from nbmagic.cli import main
     from nbmagic.store.objects import UntrustedValue
 
@@ -904,26 +962,69 @@ def test_values_stored_before_signing_can_be_signed_once_the_user_vouches_for_th
     refs = run.steps["make"].outputs
     for ref in refs.values():  # as a store written before manifests were signed holds them
         (store.objects._path(ref["hash"]) / "manifest.sig").unlink()
+    model, other = refs["model"]["hash"], refs["other"]["hash"]
     with pytest.raises(UntrustedValue):
-        store.objects.get(refs["model"]["hash"], "model")
-    broken = _flip_byte(store, refs["other"]["hash"])  # one of them is also corrupt: it must not get signed
-    capsys.readouterr()
-    assert main(["gc", "--sign-unsigned"]) == 0  # listed, nothing signed without --yes
-    assert capsys.readouterr().out == (
+        store.objects.get(model, "model")
+    broken = _flip_byte(store, other)  # one of them is also corrupt: it must not get signed
+
+    def listing() -> str:
+        capsys.readouterr()
+        assert main(["gc", "--sign-unsigned"]) == 0  # listed, nothing signed without --yes
+        return capsys.readouterr().out
+
+    def refused(*argv: str) -> str:
+        capsys.readouterr()
+        assert main(["gc", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        with pytest.raises(UntrustedValue):  # nothing was signed
+            store.objects.get(model, "model")
+        return err
+
+    out = listing()
+    first = re.fullmatch(r".*--sign-unsigned --yes ([0-9a-f]{12})", out.splitlines()[0]).group(1)
+    assert out == (
         "gc --sign-unsigned: 2 values (pickle, 59 B) not signed with this store's key, refused by %restore; if you "
-        "trust everyone who could write this store, run again with --sign-unsigned --yes to sign them\n"
+        f"trust everyone who could write this store, sign exactly these with --sign-unsigned --yes {first}\n"
+        + "".join(f"  {d[:12]}  pickle, {store.objects.manifest(d)['size']} B\n" for d in sorted((model, other)))
     )
-    with pytest.raises(UntrustedValue):
-        store.objects.get(refs["model"]["hash"], "model")
-    assert main(["gc", "--yes"]) == 2 and "--yes goes with --sign-unsigned" in capsys.readouterr().err
-    assert main(["gc", "--sign-unsigned", "--yes"]) == 0
-    out = capsys.readouterr().out
-    assert out.splitlines()[0] == "gc --sign-unsigned: signed 1 value (pickle, 35 B); 1 corrupt removed instead"
-    assert store.objects.get(refs["model"]["hash"], "model") == {"weights": [1, 2, 3]}
-    assert not broken.exists() and not store.objects.exists(refs["other"]["hash"])
+    assert "--yes goes with --sign-unsigned" in refused("--yes", first)
+    assert "--yes needs the set the listing printed" in refused("--sign-unsigned", "--yes")
+    # --sign-unsigned never runs with gc's other options, which it would ignore: one line, nothing signed
+    for extra in (
+        ["--dry-run"],
+        ["--keep-last", "0"],
+        ["--older-than", "1d"],
+        ["--max-size", "1GB"],
+        ["--keep-last", "1", "--set-policy"],
+        ["--keep", "last"],
+        ["--no-keep-best"],
+        ["--show-policy"],
+    ):
+        err = refused("--sign-unsigned", "--yes", first, *extra)
+        assert f"--sign-unsigned cannot go with {extra[0]}" in err, err
+    # a value that appears after the listing is not signed with the set the user saw
+    _cells(ip, ["%%step make2\nplanted = {'c': 5}\n"])
+    planted = run_ok(ip, "%compile_run --quiet").steps["make2"].outputs["planted"]["hash"]
+    (store.objects._path(planted) / "manifest.sig").unlink()
+    err = refused("--sign-unsigned", "--yes", first)
+    assert "the unsigned values changed since that listing" in err and "nothing signed" in err
+    assert not store.objects.signed(planted)
+    second = re.search(r"--yes ([0-9a-f]{12})", listing()).group(1)
+    assert second != first
+    capsys.readouterr()
+    assert main(["gc", "--sign-unsigned", "--yes", second]) == 0
+    out = capsys.readouterr().out.splitlines()
+    size = sum(store.objects.manifest(d)["size"] for d in (model, planted))
+    assert out[0] == f"gc --sign-unsigned: signed 2 values (pickle, {size} B); 1 corrupt removed instead"
+    assert sorted(line for line in out if line.startswith("  signed ")) == sorted(
+        f"  signed {d[:12]}  pickle, {store.objects.manifest(d)['size']} B" for d in (model, planted)
+    )
+    assert store.objects.get(model, "model") == {"weights": [1, 2, 3]}
+    assert not broken.exists() and not store.objects.exists(other)
     assert main(["gc", "--verify", "--sign-unsigned"]) == 0
     assert capsys.readouterr().out == (
-        "gc --verify: 1 value checked, 0 corrupt removed, 0 cache entries dropped\n"
+        "gc --verify: 2 values checked, 0 corrupt removed, 0 cache entries dropped\n"
         "gc --sign-unsigned: every value that could run code on load is signed\n"
     )
 

@@ -231,3 +231,39 @@ def test_terminal_view_prints_each_finished_trial_once_and_the_summary(tmp_path)
     assert len(trial_lines) == 4 and len(set(trial_lines)) == 4
     assert all("loss=" in line for line in trial_lines)
     assert "4 succeeded, 0 failed" in lines[-1] and "best trial" in lines[-1]
+
+
+def test_ctrl_c_waits_for_running_trials_only_when_stop_can_end_them(tmp_path):
+    import os
+    import signal
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def plain(values):  # cannot be stopped: takes no stop event
+        started.set()
+        release.wait(30)
+        return TrialResult(run_id="r", status="done", metrics={"loss": values["lr"]})
+
+    def stoppable(values, stop=None):
+        return plain(values)
+
+    stoppable.stoppable = True
+    assert LocalExperiment(spec(), stoppable, recorded=RECORDED, directory=tmp_path).stop_ends_trials is True
+    exp = run_local(spec(max_trials=2, parallel_trials=1), plain, recorded=RECORDED, directory=tmp_path)
+    assert exp.stop_ends_trials is False
+    assert started.wait(10)
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # a real Ctrl-C while exp.wait() blocks
+    guard = threading.Timer(20, release.set)  # the test never hangs, whatever happens
+    guard.start()
+    began = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            exp.wait(30)
+        # the running trial cannot be ended: Ctrl-C is not held up waiting for it
+        assert time.perf_counter() - began < 10 and not exp.done
+    finally:
+        release.set()
+        guard.cancel()
+    exp.wait(30)
+    assert exp.status == "stopped" and [t.status for t in exp.trials] == ["succeeded"]

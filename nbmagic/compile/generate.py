@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import json
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,27 +19,23 @@ from .. import packages, store_uri
 from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
+from ..runtime.executor import COMMAND as EXECUTOR_COMMAND
 from ..runtime.step import uses_ipython
 from .literals import literal
 
 PIPELINE_FUNCTION = "pipeline"
-RUNTIME_ARG = "nbmagic_runtime"  # the pipeline parameter (and component input) carrying the zipped runtime
-RUNTIME_CONSTANT = "NBMAGIC_RUNTIME"
+RUNTIME_ARG = "nbmagic_runtime"  # the component input (an artifact) carrying the zipped runtime
+RUNTIME_COMPONENT = "nbmagic_runtime_package"  # the once-per-run component that writes that artifact
+RUNTIME_TASK = "nbmagic_runtime_task"
 STORE_RUN_ARG = "nbmagic_store_run"  # the component input that gets the KFP run's id (the run's id in the store)
 # --store-secret: keys a compiled step reads from the secret (the first two required, the others if present)
 STORE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 STORE_SECRET_OPTIONAL = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "NBMAGIC_STORE_KEY")
-BOOTSTRAP = [
-    "def nbmagic_bootstrap(runtime: str) -> None:",
-    '    """Put nbmagic\'s runtime package (a zip, base64) on sys.path: Python imports straight from the zip."""',
-    "    import atexit, base64, os, sys, tempfile",
-    "",
-    '    handle, path = tempfile.mkstemp(prefix="nbmagic-runtime-", suffix=".zip")',
-    '    with os.fdopen(handle, "wb") as f:',
-    "        f.write(base64.b64decode(runtime))",
-    "    atexit.register(os.unlink, path)",
-    "    sys.path.insert(0, path)",
-]
+RUNTIME_OUTPUT = "runtime"
+IMAGE_NOTE = (
+    "steps in an image that has nbmagic are container components running its step executor\n"
+    f"({' '.join(EXECUTOR_COMMAND)}: the step's interface, cell and prelude are its arguments)"
+)
 OUTPUTS_CLASS = "PipelineOutputs"
 METRICS_ARG = "metrics"
 # Names the generated module defines or imports; step functions and parameters must not shadow them.
@@ -55,9 +52,9 @@ MODULE_NAMES = {
     "Metrics",
     "Output",
     "nbmagic_run",
-    "nbmagic_bootstrap",
     RUNTIME_ARG,
-    RUNTIME_CONSTANT,
+    RUNTIME_COMPONENT,
+    RUNTIME_TASK,
     STORE_RUN_ARG,
     PIPELINE_FUNCTION,
     OUTPUTS_CLASS,
@@ -119,6 +116,7 @@ class _Component:
     inputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
     outputs: dict[str, str] = field(default_factory=dict)  # variable -> component argument
     metrics: str | None = None  # component argument for the Metrics artifact
+    watch: tuple[str, ...] = ()  # inputs to check for changes in place (see ``stale_readers``)
 
 
 EXACT_INT = 2**53  # KFP carries parameter defaults as protobuf numbers (doubles): larger ints change
@@ -157,7 +155,9 @@ def _plan_components(
     pipeline_locals = _Names(reserved | set(plan.parameters))
     found: list[_Component] = []
     shared = store_uri.configured()  # the kernel's shared store, unless %pipeline_config --store names one
+    ancestors: dict[str, set[str]] = {}  # steps come in topological order: each one's from its upstream's
     for step in plan.steps:
+        ancestors[step.name] = set(step.upstream).union(*(ancestors.get(u, ()) for u in step.upstream))
         function = module_names.claim(step.name, "_step")
         pipeline_locals.taken.add(function)
         settings = merge(defaults, step.settings) if defaults is not None else step.settings
@@ -174,8 +174,9 @@ def _plan_components(
             modules.append("IPython")  # %time / !cmd lines in the cell run through an IPython shell
         if (settings.store or "").startswith("s3://"):
             modules.append("boto3")  # the step records itself in the shared store
-        for source in _ancestors(plan, step.name):
-            modules += plan.step(source).modules
+        for source in plan.steps:
+            if source.name in ancestors[step.name]:
+                modules += source.modules
         chosen = settings.image or image or plan.image or default_image()
         pins = packages.pinned(dict.fromkeys(modules))
         if chosen in runtime_images:  # the image has nbmagic and what its runtime needs
@@ -195,9 +196,14 @@ def _plan_components(
             )
         )
     # a metric travels as an artifact only when a later step reads it
-    read_later = {(source, var) for step in plan.steps for var, source in step.inputs.items()}
+    read_later: dict[str, set[str]] = {}
+    for step in plan.steps:
+        for var, source in step.inputs.items():
+            read_later.setdefault(source, set()).add(var)
+    readers = _readers(plan)
     for comp in found:
-        read_later_here = {var for source, var in read_later if source == comp.step.name}
+        comp.watch = stale_readers(plan, comp.step.name, readers)
+        read_later_here = read_later.get(comp.step.name, set())
         comp.task = pipeline_locals.claim(f"{comp.function}_task")
         args = _Names(reserved)
         for name in comp.step.parameters:
@@ -212,30 +218,31 @@ def _plan_components(
     return found
 
 
-def stale_readers(plan: PipelinePlan, name: str) -> tuple[str, ...]:
+def stale_readers(plan: PipelinePlan, name: str, readers: dict | None = None) -> tuple[str, ...]:
     """Inputs of step ``name`` that a later step (in notebook order) reads from an earlier producer: were ``name`` to
-    change one in place unseen, that step would get the old value, so the component checks it did not."""
+    change one in place unseen, that step would get the old value, so the component checks it did not.
+
+    ``readers``: :func:`_readers` of ``plan``, when the caller asks for every step (built once, not per step)."""
+    readers = _readers(plan) if readers is None else readers
     step = plan.step(name)
+    index = step.cell.index
     found = {
         var
-        for other in plan.steps
-        if other.cell.index > step.cell.index
-        for var, source in other.inputs.items()
-        if var in step.inputs and source != name and plan.step(source).cell.index < step.cell.index
+        for var in step.inputs
+        for reader, source, produced in readers.get(var, ())
+        if reader > index and source != name and produced < index
     }
     return tuple(sorted(found))
 
 
-def _ancestors(plan: PipelinePlan, name: str) -> list[str]:
-    """Every step ``name`` depends on, directly or not, in plan order."""
-    seen: set[str] = set()
-    pending = list(plan.step(name).upstream)
-    while pending:
-        current = pending.pop()
-        if current not in seen:
-            seen.add(current)
-            pending.extend(plan.step(current).upstream)
-    return [s.name for s in plan.steps if s.name in seen]
+def _readers(plan: PipelinePlan) -> dict[str, list[tuple[int, str, int]]]:
+    """Variable -> (reader's cell index, producer, producer's cell index) for every step input of ``plan``."""
+    cells = {s.name: s.cell.index for s in plan.steps}
+    found: dict[str, list[tuple[int, str, int]]] = {}
+    for step in plan.steps:
+        for var, source in step.inputs.items():
+            found.setdefault(var, []).append((step.cell.index, source, cells[source]))
+    return found
 
 
 def _def_line(function: str, signature: list[str], returns: str = "") -> list[str]:
@@ -246,9 +253,8 @@ def _def_line(function: str, signature: list[str], returns: str = "") -> list[st
     return [f"def {function}("] + [f"    {arg}," for arg in signature] + [f"){returns}:"]
 
 
-def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
-    step = comp.step
-    signature = [f"{RUNTIME_ARG}: str"] if comp.embeds_runtime else []
+def _signature(comp: _Component, plan: PipelinePlan) -> list[str]:
+    signature = [f"{RUNTIME_ARG}: Input[Artifact]"] if comp.embeds_runtime else []
     signature += [f"{arg}: {plan.parameters[name].type}" for name, arg in comp.params.items()]
     signature += [f"{arg}: Input[Artifact]" for arg in comp.inputs.values()]
     signature += [f"{arg}: Output[Artifact]" for arg in comp.outputs.values()]
@@ -256,15 +262,72 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
         signature.append(f"{comp.metrics}: Output[Metrics]")
     if comp.settings.store:
         signature.append(f"{STORE_RUN_ARG}: str")
+    return signature
+
+
+def _store_target(comp: _Component, plan: PipelinePlan) -> dict[str, Any]:
+    """Where and as what a step records itself in the shared store (the run id comes from KFP at run time)."""
+    return {
+        "uri": comp.settings.store,
+        "pipeline": plan.name,
+        "notebook": Path(plan.notebook).name if plan.notebook else None,
+        "steps": [s.name for s in plan.steps],
+        "dag": {s.name: list(s.upstream) for s in plan.steps},
+    }
+
+
+def _container_source(comp: _Component, plan: PipelinePlan) -> list[str]:
+    """A step in an image that has nbmagic: a container component whose command is nbmagic's step executor and
+    whose arguments are data (the step's interface as JSON, then its cell and prelude as plain text)."""
+    step = comp.step
+    spec: dict = {"step": step.name, "label": step.cell.label}
+    if comp.params:
+        spec["parameters"] = {name: [arg, plan.parameters[name].type] for name, arg in comp.params.items()}
+    if comp.inputs:
+        spec["inputs"] = comp.inputs
+    if comp.outputs:
+        spec["outputs"] = comp.outputs
+    if comp.metrics:
+        spec["metrics"] = comp.metrics
+        spec["metric_names"] = list(step.metrics)
+    watch = comp.watch
+    if watch:
+        spec["watch"] = list(watch)
+    if comp.packages:
+        spec["packages"] = comp.packages
+    if comp.settings.store:
+        spec["store"] = _store_target(comp, plan)
+        spec["store_run"] = STORE_RUN_ARG
+    return [
+        "@dsl.container_component",
+        *_def_line(comp.function, _signature(comp, plan)),
+        "    return dsl.ContainerSpec(",
+        f"        image={literal(comp.image)},",
+        f"        command={literal(EXECUTOR_COMMAND)},",
+        "        args=[",
+        "            dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,",
+        f"            {literal(json.dumps(spec, separators=(',', ':')))},",
+        f"            {literal(step.cell.code)},",
+        f"            {literal(step.prelude)},",
+        "        ],",
+        "    )",
+    ]
+
+
+def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
+    if not comp.embeds_runtime:
+        return _container_source(comp, plan)
+    step = comp.step
+    signature = _signature(comp, plan)
     lines = [
         "@dsl.component(",
         f"    base_image={literal(comp.image)},",
         f"    packages_to_install={literal(comp.packages)},",
-        *([] if comp.embeds_runtime else ["    install_kfp_package=False,  # the image has nbmagic, hence kfp"]),
-        *(["    additional_funcs=[nbmagic_bootstrap],"] if comp.embeds_runtime else []),
         ")",
         *_def_line(comp.function, signature),
-        *([f"    nbmagic_bootstrap({RUNTIME_ARG})"] if comp.embeds_runtime else []),
+        "    import sys",
+        "",
+        f"    sys.path.insert(0, {RUNTIME_ARG}.path)  # nbmagic's runtime package, a zip",
         "    from nbmagic.runtime.component import nbmagic_run",
         "",
         "    nbmagic_run(",
@@ -278,18 +341,11 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     ]
     if comp.metrics:
         lines += [f"        metric_names={literal(tuple(step.metrics))},", f"        metrics={comp.metrics},"]
-    watch = stale_readers(plan, step.name)
+    watch = comp.watch
     if watch:
         lines.append(f"        watch={literal(watch)},")
     if comp.settings.store:
-        target = {
-            "uri": comp.settings.store,
-            "pipeline": plan.name,
-            "notebook": Path(plan.notebook).name if plan.notebook else None,
-            "steps": [s.name for s in plan.steps],
-            "dag": {s.name: list(s.upstream) for s in plan.steps},
-        }
-        lines.append(f'        store={{**{literal(target)}, "run": {STORE_RUN_ARG}}},')
+        lines.append(f'        store={{**{literal(_store_target(comp, plan))}, "run": {STORE_RUN_ARG}}},')
     lines.append("    )")
     return lines
 
@@ -365,8 +421,6 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
     for p in plan.parameters.values():
         default = float(p.default) if p.type == "float" else p.default
         params.append(f"{p.name}: {p.type} = {literal(default)}")
-    if embedded:
-        params.append(f"{RUNTIME_ARG}: str = {RUNTIME_CONSTANT}")
     returns = f" -> {OUTPUTS_CLASS}" if metric_steps else ""
     # the notebook's name, not this machine's path to it
     description = f"Compiled by nbmagic from {Path(plan.notebook).name}." if plan.notebook else "Compiled by nbmagic."
@@ -374,9 +428,15 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
         f"@dsl.pipeline(name={literal(kfp_pipeline_name(plan.name))}, description={literal(description)})",
         *_def_line(PIPELINE_FUNCTION, params, returns),
     ]
+    if embedded:
+        lines += [
+            f"    {RUNTIME_TASK} = {RUNTIME_COMPONENT}()",
+            f"    {RUNTIME_TASK}.set_display_name('nbmagic runtime')",
+            "",
+        ]
     for comp in comps:
         step = comp.step
-        args = [f"{RUNTIME_ARG}={RUNTIME_ARG}"] if comp.embeds_runtime else []
+        args = [f"{RUNTIME_ARG}={RUNTIME_TASK}.outputs[{literal(RUNTIME_OUTPUT)}]"] if comp.embeds_runtime else []
         args += [f"{arg}={name}" for name, arg in comp.params.items()]
         args += [
             f"{arg}={by_step[step.inputs[var]].task}.outputs[{literal(by_step[step.inputs[var]].outputs[var])}]"
@@ -402,10 +462,26 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
     return lines
 
 
-def _runtime_constant(runtime: str, width: int = 100) -> list[str]:
-    """``NBMAGIC_RUNTIME = (...)``: the base64 text in lines of ``width`` characters."""
+def _runtime_component(runtime: str, image: str, width: int = 100) -> list[str]:
+    """The component that writes nbmagic's runtime package (zip, base64 in lines of ``width``) as an artifact.
+
+    It runs once per run; every step whose image lacks the runtime takes the artifact as an input, which KFP's
+    launcher downloads, so the package is in the pipeline (and in the run's Workflow) once, not once per step.
+    """
     chunks = [runtime[i : i + width] for i in range(0, len(runtime), width)] or [""]
-    return [f"{RUNTIME_CONSTANT} = ("] + [f'    "{chunk}"' for chunk in chunks] + [")"]
+    return [
+        f"@dsl.component(base_image={literal(image)})",
+        f"def {RUNTIME_COMPONENT}({RUNTIME_OUTPUT}: Output[Artifact]):",
+        '    """nbmagic\'s runtime package (nbmagic/runtime/, zipped; generated: do not edit)."""',
+        "    import base64",
+        "",
+        f'    with open({RUNTIME_OUTPUT}.path, "wb") as f:',
+        "        f.write(",
+        "            base64.b64decode(",
+        *[f'                "{chunk}"' for chunk in chunks],
+        "            )",
+        "        )",
+    ]
 
 
 def generate(
@@ -420,8 +496,8 @@ def generate(
     """The DSL module text for ``plan``.
 
     ``runtime``: nbmagic's runtime package (zip, base64). Components whose image is one of ``runtime_images``
-    import the runtime the image has; the others get ``runtime`` through one pipeline parameter, so it is in
-    the pipeline once, however many steps there are.
+    import the runtime the image has; the others take it as an artifact that one task writes once per run, so
+    it is in the pipeline once, however many steps there are.
     """
     if not plan.steps:
         raise PipelineError(f"pipeline {plan.name!r} has no steps to compile")
@@ -434,13 +510,19 @@ def generate(
         literal(
             f"KFP pipeline {plan.name!r}, generated by nbmagic"
             + (f" from {plan.notebook}" if plan.notebook else "")
-            + ".\n\nEach step is a lightweight Python component that runs the notebook cell through nbmagic's step"
-            + (
-                " runtime: the\nimage's, or the zipped package below, passed to the steps as the pipeline parameter"
-                + f" {RUNTIME_ARG}."
-                if embedded
-                else " runtime, which its image provides."
-            )
+            + ".\n\nEach step runs its notebook cell through nbmagic's step runtime:\n"
+            + ";\n".join(
+                ([] if all(c.embeds_runtime for c in comps) else [IMAGE_NOTE])
+                + (
+                    [
+                        f"steps in other images are Python components taking it as the artifact {RUNTIME_ARG},\n"
+                        "which one task writes once per run (the zipped package below)"
+                    ]
+                    if embedded
+                    else []
+                )
+            )  # fmt: skip
+            + "."
             + "\nCompile: python THIS_FILE [OUTPUT.yaml]"
             + f"  (default {yaml_name})\n"
         ),
@@ -456,9 +538,8 @@ def generate(
         outputs = ", ".join(f"({literal(metrics_output_name(c.step.name))}, Metrics)" for c in metric_steps)
         body += [f"{OUTPUTS_CLASS} = NamedTuple({literal(OUTPUTS_CLASS)}, [{outputs}])", "", ""]
     if embedded:
-        body += ["# --- nbmagic's runtime package (nbmagic/runtime/, zipped; generated: do not edit) ---", ""]
-        body += _runtime_constant(runtime) + ["", ""]
-        body += BOOTSTRAP + ["", ""]
+        body += ["# --- nbmagic's runtime package, written once per run for the steps whose image lacks it ---", ""]
+        body += _runtime_component(runtime, next(c.image for c in comps if c.embeds_runtime)) + ["", ""]
     body += ["# --- one component per notebook step ---", "", ""]
     for comp in comps:
         body += _component_source(comp, plan) + ["", ""]

@@ -25,16 +25,20 @@ def literal(value: Any) -> str:
     """Source text that evaluates to ``value`` (str, int, float, bool, None, and lists/tuples/dicts of them)."""
     if isinstance(value, str):
         text = _triple_quoted(value) if "\n" in value else None
-        text = text if text is not None else repr(value)
-    elif isinstance(value, (bool, int, float)) or value is None:
+        if text is None:
+            return repr(value)  # a str's repr always reads back as itself: nothing to check
+    elif isinstance(value, (bool, int)) or value is None:
+        return repr(value)
+    elif isinstance(value, float):
         text = repr(value)
+    # containers: each item is checked as it is written, and the brackets cannot change what the items mean
     elif isinstance(value, tuple):
         items = [literal(v) for v in value]
-        text = "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     elif isinstance(value, list):
-        text = "[" + ", ".join(literal(v) for v in value) + "]"
+        return "[" + ", ".join(literal(v) for v in value) + "]"
     elif isinstance(value, dict):
-        text = "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
     else:
         raise TypeError(f"cannot write {type(value).__name__} as a literal")
     if ast.literal_eval(text) != value:  # never emit a literal that means something else

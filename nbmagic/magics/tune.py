@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..arguments import parse
+from ..errors import ExperimentInterrupted
 from ..kube import PROFILE_NAMESPACE
 from .common import headless, in_notebook, usage_errors
 
@@ -25,6 +25,9 @@ Examples:
   exp = %katib --algorithm tpe --max-trials 30 --parallel 2 --objective val_loss --param "lr=double(1e-4,1e-1,log)"
   exp.best, exp.trials, exp.wait(), exp.stop()
   exp = %katib --watch NAME      follow an experiment another kernel drives (read-only); %katib --list lists them
+Ctrl-C while --wait (or exp.wait()) blocks stops the running trials, then fails the cell (Run All stops there);
+the one line names the experiment: the same %katib resumes its study, sys.last_value.experiment is the
+stopped Experiment.
 """
 
 
@@ -162,10 +165,15 @@ class TuneMagics(Magics):
             try:
                 experiment.wait()  # Ctrl-C: the experiment is stopped (running trials end) before it re-raises
             except KeyboardInterrupt:
-                print(f"nbmagic: interrupted: {_stopped_line(experiment)}", file=sys.stderr)
+                if view is not None:
+                    view.refresh()
+                # the cell fails so Run All stops; the experiment stays reachable from the exception
+                raise ExperimentInterrupted(
+                    experiment, f"{_stopped_line(experiment)} (or: exp = sys.last_value.experiment)"
+                ) from None
             if view is not None:
                 view.refresh()  # the final state, published while this cell still runs (and is saved)
-        return experiment  # also after Ctrl-C: `exp = %katib --wait ...` keeps the stopped experiment
+        return experiment
 
     katib.__doc__ = (katib.__doc__ or "") + "\n\n" + SYNTAX
 

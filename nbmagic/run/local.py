@@ -152,7 +152,11 @@ class LocalRunner:
                     if not pending:
                         break
                     if retry_at:
-                        time.sleep(max(0.0, min(retry_at.values()) - time.time()))
+                        delay = max(0.0, min(retry_at.values()) - time.time())
+                        if stop is not None:
+                            stop.wait(delay)  # a stop during the retry's wait ends the run at once
+                        else:
+                            time.sleep(delay)
                         continue
                     # anything still pending has no way to start (cannot happen with a valid plan)
                     break

@@ -13,6 +13,12 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
+from ..errors import NbMagicError
+
+
+class WorkerDied(NbMagicError):
+    """The step worker died between two requests (it was killed, or ran out of memory)."""
+
 
 class WorkerPool:
     """One warm worker process shared by every run in this process; thread-safe."""
@@ -67,8 +73,14 @@ class WorkerPool:
 
     def _send(self, request: dict[str, Any]) -> None:
         process = self._ensure()
-        process.stdin.write((json.dumps(request) + "\n").encode())
-        process.stdin.flush()
+        try:
+            process.stdin.write((json.dumps(request) + "\n").encode())
+            process.stdin.flush()
+        except BrokenPipeError as exc:  # it died after _ensure() looked: its steps died with it
+            raise WorkerDied(
+                f"the step worker died (pid {process.pid}); the steps it was running ended with it: run again "
+                "(a new worker starts)"
+            ) from exc
 
     # -- API -----------------------------------------------------------------------------
     def preload(self, modules: list[str]) -> None:
@@ -101,15 +113,29 @@ class WorkerPool:
             task = str(next(self._ids))
             future: Future[dict[str, Any]] = Future()
             self._pending[task] = future
-            self._send(
-                {"op": "run", "task": task, "spec": spec_path, "timeout": timeout, "memory": memory, "env": env or {}}
-            )
+            try:
+                self._send(
+                    {
+                        "op": "run",
+                        "task": task,
+                        "spec": spec_path,
+                        "timeout": timeout,
+                        "memory": memory,
+                        "env": env or {},
+                    }
+                )
+            except BaseException:
+                self._pending.pop(task, None)
+                raise
         return task, future
 
     def kill(self, task: str) -> None:
         with self._lock:
             if self._process is not None and self._process.poll() is None:
-                self._send({"op": "kill", "task": task})
+                try:
+                    self._send({"op": "kill", "task": task})
+                except WorkerDied:
+                    pass  # the task's process tree died with the worker (PR_SET_PDEATHSIG)
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import units
@@ -27,7 +28,7 @@ from ..errors import NbMagicError
 from ..units import format_size
 from .history import parse_duration
 from .lockfiles import sweep_flights
-from .objects import remove_tree
+from .objects import move_or_remove, remove_tree
 from .runs import RunStore
 
 POLICY_FILE = "gc.json"
@@ -501,24 +502,45 @@ def _apply(
         )
         report.values = freed_hashes
         report.bytes_freed = sum(s for _, s in freed_hashes)
-    remove_files(store, [d for d, _ in freed_hashes], doomed)
+    unmoved = remove_files(store, [d for d, _ in freed_hashes], doomed)
+    if unmoved:
+        report.notes.append(_unmoved_note(unmoved))
 
 
-def remove_files(store: RunStore, digests: Iterable[str], run_ids: Iterable[str]) -> None:
+def remove_files(store: RunStore, digests: Iterable[str], run_ids: Iterable[str]) -> list[tuple[Path, OSError]]:
     """Move the values and run folders into one temp folder (each is whole or gone for readers), then remove
-    it with a few threads: a file system pays per directory removed, not per gc (``bench/bench_state.py``)."""
+    it with a few threads: a file system pays per directory removed, not per gc (``bench/bench_state.py``).
+
+    Returns the folders the file system refused to move (with the refusal): those are removed in place."""
     digests, run_ids = list(digests), list(run_ids)
     if not digests and not run_ids:
-        return
-    grave = store.objects.bury(digests)
+        return []
+    unmoved: list[tuple[Path, OSError]] = []
+    grave = store.objects.bury(digests, unmoved)
     runs_dir = store.root / "runs"
     for run_id in run_ids:
         if run_id and "/" not in run_id and run_id not in (".", ".."):
-            try:
-                os.rename(runs_dir / run_id, grave / f"run-{run_id}")
-            except FileNotFoundError:
-                pass
+            refused = move_or_remove(runs_dir / run_id, grave / f"run-{run_id}")
+            if refused is not None:
+                unmoved.append((runs_dir / run_id, refused))
     remove_tree(grave)
+    return unmoved
+
+
+def _unmoved_note(unmoved: list[tuple[Path, OSError]]) -> str:
+    """``1 value and 1 run folder could not be moved …; 2 folders left, remove them by hand: …``"""
+    runs = sum(path.parent.name == "runs" for path, _ in unmoved)
+    parts = [
+        _count(len(unmoved) - runs, "value") if len(unmoved) > runs else "",
+        _count(runs, "run folder") if runs else "",
+    ]
+    reasons = ", ".join(sorted({exc.strerror or type(exc).__name__ for _, exc in unmoved}))
+    note = f"{' and '.join(p for p in parts if p)} could not be moved out of the store ({reasons}); their files were removed in place"
+    left = [str(path) for path, _ in unmoved if os.path.lexists(path)]
+    if left:
+        shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        note += f"; {_count(len(left), 'folder')} left, remove {'it' if len(left) == 1 else 'them'} by hand: {shown}"
+    return note
 
 
 # ----------------------------------------------------------------------------------------- verify
@@ -559,12 +581,17 @@ def verify(store: RunStore) -> VerifyReport:
 
 @dataclass
 class SignReport:
-    """What ``gc --sign-unsigned`` found (and, with ``--yes``, signed): values the store cannot vouch for."""
+    """What ``gc --sign-unsigned`` found (and, with ``--yes SET``, signed): values the store cannot vouch for."""
 
     found: list[tuple[str, str, int]]  # (hash, format, bytes)
-    signed: int
+    signed: list[tuple[str, str, int]]  # (hash, format, bytes) of the values signed
     corrupt: list[tuple[str, str]]  # (hash, reason): removed instead of signed
     verified: str = ""  # the ``--verify`` summary when both were asked for
+    listed: bool = True  # only listed (no --yes)
+
+    @property
+    def digest(self) -> str:
+        return unsigned_set(self.found)
 
     def text(self) -> str:
         return "\n".join(line for line in (self.verified, self._text()) if line)
@@ -574,46 +601,67 @@ class SignReport:
         size = format_size(sum(n for _, _, n in self.found))
         if not self.found:
             return "gc --sign-unsigned: every value that could run code on load is signed"
-        if not self.signed and not self.corrupt:
-            return (
-                f"gc --sign-unsigned: {_count(len(self.found), 'value')} ({formats}, {size}) not signed with this "
-                "store's key, refused by %restore; if you trust everyone who could write this store, run again "
-                "with --sign-unsigned --yes to sign them"
+        if self.listed:
+            shown = self.found[:LISTED]
+            return "\n".join(
+                [
+                    f"gc --sign-unsigned: {_count(len(self.found), 'value')} ({formats}, {size}) not signed with "
+                    "this store's key, refused by %restore; if you trust everyone who could write this store, sign "
+                    f"exactly these with --sign-unsigned --yes {self.digest}"
+                ]
+                + [f"  {digest[:12]}  {fmt}, {format_size(n)}" for digest, fmt, n in shown]
+                + ([f"  … and {len(self.found) - len(shown)} more"] if len(self.found) > len(shown) else [])
             )
-        gone = {digest for digest, _ in self.corrupt}
-        kept = [(fmt, n) for digest, fmt, n in self.found if digest not in gone]
-        formats = ", ".join(sorted({fmt for fmt, _ in kept})) or "none"
-        size = format_size(sum(n for _, n in kept))
-        lines = [f"gc --sign-unsigned: signed {_count(self.signed, 'value')} ({formats}, {size})"]
+        formats = ", ".join(sorted({fmt for _, fmt, _ in self.signed})) or "none"
+        size = format_size(sum(n for _, _, n in self.signed))
+        lines = [f"gc --sign-unsigned: signed {_count(len(self.signed), 'value')} ({formats}, {size})"]
         if self.corrupt:
             lines[0] += f"; {len(self.corrupt)} corrupt removed instead"
-            lines += [f"  {digest[:12]}: {reason}" for digest, reason in self.corrupt]
+        lines += [f"  signed {digest[:12]}  {fmt}, {format_size(n)}" for digest, fmt, n in self.signed]
+        lines += [f"  {digest[:12]}: {reason}" for digest, reason in self.corrupt]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return self.text()
 
 
-def sign_unsigned(store: RunStore, yes: bool = False) -> SignReport:
-    """List the values not signed with the store's key whose format can run code; with ``yes`` (the user
-    trusts whoever wrote them, e.g. values stored before signing existed), check each against its hash and
-    sign it. A corrupt one is removed with its cache entries instead."""
+LISTED = 50  # values listed one per line by ``gc --sign-unsigned`` (the set digest covers them all)
+
+
+def unsigned_set(found: Iterable[tuple[str, str, int]]) -> str:
+    """A short digest of a set of unsigned values (hash, format, bytes): what ``--yes SET`` must match."""
+    import hashlib
+
+    text = "\n".join(f"{digest} {fmt} {size}" for digest, fmt, size in sorted(found))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def sign_unsigned(store: RunStore, yes: str | None = None) -> SignReport:
+    """List the values not signed with the store's key whose format can run code; with ``yes`` (the set
+    digest the listing printed: the user trusts whoever wrote exactly those values, e.g. values stored before
+    signing existed), check each against its hash and sign it. A corrupt one is removed with its cache entries
+    instead. If the unsigned values are no longer the listed set, nothing is signed (:class:`GcError`)."""
     from ..runtime import marshal
 
     with _lock(store):
-        found = store.objects.unsigned()
+        found = sorted(store.objects.unsigned())
         if not yes:
-            return SignReport(found, 0, [])
-        signed, corrupt = 0, []
-        for digest, _fmt, _size in found:
+            return SignReport(found, [], [])
+        if found and yes != unsigned_set(found):
+            raise GcError(
+                f"gc --sign-unsigned --yes {yes}: the unsigned values changed since that listing (their set is now "
+                f"{unsigned_set(found)}); nothing signed: list them again with gc --sign-unsigned"
+            )
+        signed, corrupt = [], []
+        for digest, fmt, size in found:
             try:
                 store.objects.vouch(digest)
-                signed += 1
+                signed.append((digest, fmt, size))
             except marshal.CorruptValue as exc:
                 if store.objects.delete(digest):
                     corrupt.append((digest, str(exc)))
         store.cache_drop_values({digest for digest, _ in corrupt})
-    return SignReport(found, signed, corrupt)
+    return SignReport(found, signed, corrupt, listed=False)
 
 
 # ----------------------------------------------------------------------------------------- automatic

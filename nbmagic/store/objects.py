@@ -25,6 +25,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -433,18 +434,20 @@ class ObjectStore:
         except FileNotFoundError:
             shutil.rmtree(grave, ignore_errors=True)
             return False
+        except OSError:  # cannot be moved (busy, another device, no permission): removed where it is
+            remove_tree(path)
         shutil.rmtree(grave, ignore_errors=True)
         return True
 
-    def bury(self, digests: Iterable[str]) -> Path:
+    def bury(self, digests: Iterable[str], unmoved: list[tuple[Path, OSError]] | None = None) -> Path:
         """Move the values ``digests`` into one new temp folder and return it (the caller removes it with
-        :func:`remove_tree`); readers see each value whole or not at all."""
+        :func:`remove_tree`); readers see each value whole or not at all. A value the file system refuses to
+        move is removed in place instead, and added to ``unmoved`` with the refusal."""
         grave = self._new_tmp("gc")
         for digest in digests:
-            try:
-                os.rename(self._path(digest), grave / digest)
-            except FileNotFoundError:
-                pass
+            refused = move_or_remove(self._path(digest), grave / digest)
+            if refused is not None and unmoved is not None:
+                unmoved.append((self._path(digest), refused))
         return grave
 
     def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
@@ -479,11 +482,28 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def move_or_remove(source: Path, target: Path) -> OSError | None:
+    """Rename ``source`` to ``target``; if the file system refuses (busy, another device, no permission),
+    remove ``source`` in place instead and return the refusal. A missing ``source`` is no error."""
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        remove_tree(source)
+        return exc
+    return None
+
+
 def remove_tree(folder: Path, threads: int = 8) -> None:
     """Remove ``folder`` and everything in it, its entries in parallel (the file system's wait per directory
-    removed overlaps); what cannot be removed is left for :meth:`ObjectStore.sweep_tmp`."""
+    removed overlaps); what cannot be removed is left for :meth:`ObjectStore.sweep_tmp`. A symlink is removed
+    as a link: what it points to is never touched."""
     from concurrent.futures import ThreadPoolExecutor
 
+    if not _is_real_dir(str(folder)):
+        _remove(str(folder))
+        return
     try:
         entries = [entry.path for entry in os.scandir(folder)]
     except FileNotFoundError:
@@ -497,23 +517,20 @@ def remove_tree(folder: Path, threads: int = 8) -> None:
     _remove(str(folder))
 
 
-def _remove(path: str) -> None:
-    """Remove a file or a folder tree, quietly (a leftover is swept later)."""
+def _is_real_dir(path: str) -> bool:
     try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    _remove(entry.path)
-                else:
-                    try:
-                        os.unlink(entry.path)
-                    except FileNotFoundError:
-                        pass
-        os.rmdir(path)
-    except NotADirectoryError:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: str) -> None:
+    """Remove a file, a symlink (never what it points to) or a real folder tree, quietly (a leftover is swept
+    later)."""
+    if _is_real_dir(path):
+        shutil.rmtree(path, ignore_errors=True)  # refuses to follow symlinks, at any depth
+        return
+    try:
+        os.unlink(path)
     except OSError:
-        shutil.rmtree(path, ignore_errors=True)
+        pass

@@ -138,7 +138,12 @@ class LocalExperiment(Experiment):
     """Trials run by ``run_trial`` in up to ``spec.parallel_trials`` background threads."""
 
     backend = "local"
-    stop_ends_trials = True
+
+    @property
+    def stop_ends_trials(self) -> bool:  # type: ignore[override]
+        """True when the trial runner takes the stop event (``run_trial.stoppable``): stop() then ends running
+        trials itself, so Ctrl-C waits for them; a runner that cannot be stopped is not waited for."""
+        return bool(getattr(self._run_trial, "stoppable", False))
 
     def __init__(
         self,
