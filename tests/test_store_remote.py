@@ -355,3 +355,35 @@ def test_gc_looping_while_writer_processes_publish_never_leaves_a_run_without_it
         ns: dict = {}
         restore(reader, run.id, namespace=ns)
         assert (ns["x"] == ns["score"]).all()
+
+
+def test_steps_in_the_cluster_image_carry_the_store_in_their_spec_and_its_secret_by_name():
+    from nbmagic.compile.kfp import compile_pipeline
+    from nbmagic.pipeline.settings import StepSettings
+
+    text = compile_pipeline(
+        _plan(),
+        image="registry.example/nbmagic:1",
+        runtime_image="registry.example/nbmagic:1",
+        defaults=StepSettings(store="s3://team-bucket/runs", store_secret="team-s3"),
+    )
+    assert "nbmagic.runtime.executor" in text and '"store":{"uri":"s3://team-bucket/runs","pipeline":"demo"' in text
+    assert '"store_run":"nbmagic_store_run"' in text and "{{$.pipeline_job_uuid}}" in text
+    assert "secretName: team-s3" in text and "envVar: AWS_SECRET_ACCESS_KEY" in text
+
+
+def test_the_cluster_images_executor_records_the_step_in_the_store(tmp_path, s3_store):
+    from types import SimpleNamespace
+
+    from nbmagic.runtime.executor import step_function
+
+    target = {"uri": s3_store.uri, "pipeline": "exec-demo", "notebook": None, "steps": ["make"], "dag": {"make": []}}
+    spec = {"step": "make", "label": "cell 1", "outputs": {"x": "out_x"}, "store": target, "store_run": "run_arg"}
+    out = SimpleNamespace(path=str(tmp_path / "out"), metadata={})
+    step_function(spec, "import numpy as np\nx = np.ones(4)", "")(out_x=out, run_arg="kfp-run-7")
+    reader = _home(tmp_path, "reader")
+    (run,) = reader.list_runs()
+    assert (run.id, run.pipeline, run.status, run.kind) == ("kfp-run-7", "exec-demo", "done", "kfp")
+    ns: dict = {}
+    restore(reader, "kfp-run-7", namespace=ns)
+    assert list(ns["x"]) == [1.0, 1.0, 1.0, 1.0]
