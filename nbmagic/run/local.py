@@ -392,7 +392,13 @@ class LocalRunner:
             )
             if cache and step.settings.cache:
                 self.store.cache_put(
-                    spec["cache_key"], step.name, execution, state.outputs, result.get("metrics", {}), state.not_kept
+                    spec["cache_key"],
+                    step.name,
+                    execution,
+                    state.outputs,
+                    result.get("metrics", {}),
+                    state.not_kept,
+                    carried=result.get("carried"),
                 )
             self._release_flight(run, step.name)
         self.store.set_step(

@@ -218,7 +218,15 @@ class Reuse:
         entry = self.store.cache_get(key, touch=False)  # marked used with the record, off the cell's path
         # a parameter reported as a metric is the kernel's own value, not a stored one
         needed = set(step.outputs) | (set(step.metrics) & set(step.writes))
-        if entry is not None and not entry.not_kept and needed <= set(entry.outputs):
+        carried = _carried(step, namespace)
+        stale = None if entry is None else _stale(entry.carried, carried)
+        if stale is not None:
+            print(
+                f"{step.name}: runs (cannot be reused: {stale!r} is not the value its stored results were computed"
+                " with)",
+                flush=True,
+            )
+        if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             loaded = self._load(entry.outputs, step.cell.code)
             if loaded is not None:
                 namespace.update(loaded)
@@ -277,8 +285,15 @@ class Reuse:
             self.keys[step.name] = key
         else:
             self.keys.pop(step.name, None)
+        if key and not not_kept and carried and not _as_prelude_makes(step, carried):
+            # the kernel's carried values are not what the notebook's cells give them (a later cell changed one):
+            # a run would compute something else under the same key, so these results are not cached
+            key = ""
+            self.keys.pop(step.name, None)
         reported = {**{n: namespace[n] for n in step.metrics if n in namespace}, **assigned}
-        return self._store_results(plan, step, key, values, inputs, reported, outputs, not_kept, "".join(kept), started)
+        return self._store_results(
+            plan, step, key, values, inputs, reported, outputs, not_kept, "".join(kept), started, carried
+        )
 
     def _learn(
         self,
@@ -360,6 +375,7 @@ class Reuse:
         not_kept: dict[str, str],
         printed: str,
         started: float,
+        carried: dict[str, str | None] | None = None,
     ) -> str:
         """Index the cell's execution; cache its results when every value was kept and every metric is a number.
 
@@ -370,7 +386,7 @@ class Reuse:
         cacheable = bool(key) and not not_kept and set(step.metrics) <= set(metrics)
         execution = self._record(plan, step, key, values, inputs, outputs, metrics, started, printed=printed)
         if cacheable:
-            self.store.cache_put(key, step.name, execution, outputs, metrics, {})
+            self.store.cache_put(key, step.name, execution, outputs, metrics, {}, carried=carried)
             return "stored"
         return "ran"
 
@@ -494,6 +510,49 @@ def _imports(code: str, names: list[str]) -> dict[str, Any]:
             continue
         found.update({n: scope[n] for n in bound & wanted if n in scope})
     return found
+
+
+def _carried_names(step: StepPlan) -> list[str]:
+    return [n for n in dict.fromkeys(name for _, name in step.carried) if n not in step.writes]
+
+
+def _carried(step: StepPlan, namespace: dict[str, Any]) -> dict[str, str | None]:
+    """Fingerprints of the kernel's values the step carries from ordinary cells (None: missing or unhashable)."""
+    from ..runtime.step import fingerprint
+
+    return {n: fingerprint(namespace[n]) if n in namespace else None for n in _carried_names(step)}
+
+
+def _stale(stored: dict[str, str | None] | None, current: dict[str, str | None]) -> str | None:
+    """The first carried value that differs from (or cannot be compared with) the entry's; None when all match."""
+    for name, digest in current.items():
+        if digest is None or stored is None or stored.get(name) != digest:
+            return name
+    return None
+
+
+def _as_prelude_makes(step: StepPlan, carried: dict[str, str | None]) -> bool:
+    """The kernel's carried values are those the step's notebook code (its prelude) gives, as a run computes them."""
+    import contextlib
+
+    from ..runtime.step import StepError, execute, fingerprint, ipython_setup, uses_ipython
+
+    prelude = [tuple(part) for part in step.prelude_parts] or step.prelude
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            made = execute(
+                step.name,
+                "",
+                step.cell.label,
+                {},
+                list(carried),
+                prelude=prelude,
+                setup=ipython_setup if uses_ipython(step.cell.code, step.prelude) else None,
+            )
+    except (StepError, Exception):  # noqa: BLE001 - cannot tell: not cached
+        return False
+    return all(digest is not None and n in made and fingerprint(made[n]) == digest for n, digest in carried.items())
 
 
 def _with(step: StepPlan, settings: StepSettings) -> StepPlan:

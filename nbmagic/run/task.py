@@ -67,6 +67,7 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
             for name in carried:
                 if name in namespace:
                     before[name] = fingerprint(namespace[name])
+            result["carried"] = {name: before.get(name) for name in carried}
 
         assigned = execute(
             spec["step"],

@@ -68,18 +68,19 @@ CREATE TABLE IF NOT EXISTS attributions (context_id INTEGER NOT NULL, artifact_i
 CREATE TABLE IF NOT EXISTS cache (
     key TEXT PRIMARY KEY, step TEXT NOT NULL, execution_id INTEGER NOT NULL, outputs TEXT NOT NULL,
     metrics TEXT NOT NULL DEFAULT '{}', not_kept TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
-    used REAL NOT NULL);
+    used REAL NOT NULL, carried TEXT);
 CREATE TABLE IF NOT EXISTS remote_seen (uri TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT, PRIMARY KEY (uri, key));
 CREATE TABLE IF NOT EXISTS remote_outbox (uri TEXT NOT NULL, run_id TEXT NOT NULL, queued REAL NOT NULL,
     PRIMARY KEY (uri, run_id));
 """
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # (version, table, column, declaration): additive, so an older store gains them on first open
 MIGRATIONS = (
     (2, "runs", "dag", "TEXT"),
     (2, "executions", "environment", "TEXT"),
     (3, "runs", "owner_start", "TEXT"),
+    (4, "cache", "carried", "TEXT"),
 )
 INDEXES = """
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment);
@@ -118,6 +119,8 @@ class CacheEntry:
     outputs: dict[str, dict[str, Any]]
     metrics: dict[str, float] = field(default_factory=dict)
     not_kept: dict[str, str] = field(default_factory=dict)
+    # fingerprints of the values carried from ordinary cells the results were computed with; None: not known
+    carried: dict[str, str | None] | None = None
 
 
 class StoreUnavailable(NbMagicError):
@@ -680,12 +683,15 @@ class RunStore:
         — a caller in a hurry does it later with :meth:`cache_touch`."""
         row = (
             self._connection()
-            .execute("SELECT key, step, execution_id, outputs, metrics, not_kept FROM cache WHERE key=?", (key,))
+            .execute(
+                "SELECT key, step, execution_id, outputs, metrics, not_kept, carried FROM cache WHERE key=?", (key,)
+            )
             .fetchone()
         )
         if row is None:
             return None
-        entry = CacheEntry(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), json.loads(row[5]))
+        carried = json.loads(row[6]) if row[6] else None
+        entry = CacheEntry(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), json.loads(row[5]), carried)
         if not all(self.objects.exists(ref["hash"]) for ref in entry.outputs.values()):
             return None  # a value was collected or lost: run the step again
         if touch:
@@ -704,12 +710,25 @@ class RunStore:
         outputs: dict[str, Any],
         metrics: dict[str, float],
         not_kept: dict[str, str],
+        carried: dict[str, str | None] | None = None,
     ) -> None:
+        """``carried``: fingerprints of the values carried from ordinary cells the results were computed with."""
         now = time.time()
         with self._db() as db:
             db.execute(
-                "INSERT OR REPLACE INTO cache VALUES (?,?,?,?,?,?,?,?)",
-                (key, step, execution_id, json.dumps(outputs), json.dumps(metrics), json.dumps(not_kept), now, now),
+                "INSERT OR REPLACE INTO cache (key, step, execution_id, outputs, metrics, not_kept, created, used,"
+                " carried) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    key,
+                    step,
+                    execution_id,
+                    json.dumps(outputs),
+                    json.dumps(metrics),
+                    json.dumps(not_kept),
+                    now,
+                    now,
+                    None if carried is None else json.dumps(carried),
+                ),
             )
 
     def cache_drop_values(self, hashes: set[str]) -> int:
