@@ -45,3 +45,22 @@ def test_a_run_stores_the_carried_values_its_results_were_computed_with(ip, caps
     capsys.readouterr()
     run_ok(ip, "%%step s\ny = k * 10\n")
     assert ip.user_ns["y"] == 20 and "s: reused from run" in capsys.readouterr().out
+
+
+def test_a_secret_read_by_a_step_is_never_stored_and_masked_in_its_log(ip, nbmagic_home, monkeypatch, capsys):
+    token = "tok-4f9c2a7e1b"
+    monkeypatch.setenv("API_TOKEN", token)
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s --secret creds:token=API_TOKEN\nimport os\ntok = os.environ['API_TOKEN']\nprint('token', tok)\nn = 3\n"
+    run_ok(ip, cell)
+    assert "variable 'tok' holds a secret" in capsys.readouterr().out
+    run = run_ok(ip, "%compile_run --quiet")
+    assert run.steps["s"].status == "done"  # not taken from a cache entry holding the secret
+    logs = list((nbmagic_home / "store").rglob("s.log"))
+    assert logs
+    for path in logs:
+        assert path.stat().st_mode & 0o077 == 0, path
+    for path in (nbmagic_home / "store").rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+    assert all(p.read_text().startswith("token ***") for p in logs), [p.read_text() for p in logs]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import io
+import os
 import pickle
 import sys
 import time
@@ -80,7 +81,7 @@ class ValueHasher:
             except NotReusable:
                 pass
 
-    def store_hash(self, value: Any, name: str) -> str:
+    def store_hash(self, value: Any, name: str, secrets: tuple[str, ...] = ()) -> str:
         """The hash the store keeps ``value`` under; stores it when its content was never seen."""
         known = _fingerprint(value, name)
         if known is not None:
@@ -90,8 +91,8 @@ class ValueHasher:
         if found is not None and self.store.objects.exists(found):
             return found
         try:
-            ref = self.store.objects.put(value, name)
-        except Exception as exc:  # noqa: BLE001 - unstorable: the cell runs
+            ref = self.store.objects.put(value, name, secrets)
+        except Exception as exc:  # noqa: BLE001 - unstorable (or a secret): the cell runs
             raise NotReusable(f"variable {name!r} cannot be stored ({exc})") from None
         self._known[digest] = ref.hash
         return ref.hash
@@ -175,7 +176,7 @@ class Reuse:
         for var in step.inputs:
             if var not in namespace:
                 raise NotReusable(f"variable {var!r} is not set in the kernel")
-            inputs[var] = self.hasher.store_hash(namespace[var], var)
+            inputs[var] = self.hasher.store_hash(namespace[var], var, secrets(plan))
         return self._key(plan, step, values, inputs), values, inputs
 
     def _key(self, plan: PipelinePlan, step: StepPlan, values: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -271,14 +272,16 @@ class Reuse:
         # every name the cell assigns, as the kernel holds it now (re-binding the same object, as a repeated
         # import does, counts: a later reuse must bind it too), and what it changed in place
         assigned = {n: namespace[n] for n in (*step.writes, *moved) if n in namespace}
-        outputs, not_kept = self._put(assigned)
+        hidden = secrets(plan, step)
+        outputs, not_kept = self._put(assigned, hidden)
         if not_kept:
             name = next(iter(not_kept))
-            print(
-                f"{step.name}: cannot be reused next time (variable {name!r} of type "
-                f"{type(assigned[name]).__qualname__} cannot be stored)",
-                flush=True,
+            why = (
+                "holds a secret"
+                if not_kept[name] == SECRET
+                else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
+            print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
         if moved and not not_kept:
             key = self._learn(plan, step, moved, values, inputs, replan) or ""
         if key and not not_kept:
@@ -292,7 +295,7 @@ class Reuse:
             self.keys.pop(step.name, None)
         reported = {**{n: namespace[n] for n in step.metrics if n in namespace}, **assigned}
         return self._store_results(
-            plan, step, key, values, inputs, reported, outputs, not_kept, "".join(kept), started, carried
+            plan, step, key, values, inputs, reported, outputs, not_kept, mask("".join(kept), hidden), started, carried
         )
 
     def _learn(
@@ -390,15 +393,24 @@ class Reuse:
             return "stored"
         return "ran"
 
-    def _put(self, assigned: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        """Store each value: (name -> stored reference, name -> why it could not be kept)."""
+    def _put(
+        self, assigned: dict[str, Any], hidden: tuple[str, ...] = ()
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """Store each value: (name -> stored reference, name -> why it could not be kept).
+
+        A value that equals or holds one of ``hidden`` (the step's secrets) is never stored."""
+        from ..store.objects import SecretValue
+
         outputs: dict[str, dict[str, Any]] = {}
         not_kept: dict[str, str] = {}
         for name, value in assigned.items():
             try:
                 with warnings.catch_warnings():  # the format chosen is in the value's manifest; the cell stays quiet
                     warnings.simplefilter("ignore")
-                    ref = self.store.objects.put(value, name)
+                    ref = self.store.objects.put(value, name, hidden)
+            except SecretValue:
+                not_kept[name] = SECRET
+                continue
             except Exception as exc:  # noqa: BLE001 - reported by name, and the entry is not cached
                 not_kept[name] = f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
                 continue
@@ -455,7 +467,10 @@ class Reuse:
         log = None
         if reused is None:
             path = store.run_dir(run_id) / f"{step.name}.log"
-            path.write_text(printed)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "w") as handle:
+                handle.write(printed)
+            os.chmod(path, 0o600)  # an older log of the same name keeps no wider mode
             log = str(path)
         properties: dict[str, Any] = {"parameters": values, "not_kept": {}}
         if reused is not None:
@@ -510,6 +525,32 @@ def _imports(code: str, names: list[str]) -> dict[str, Any]:
             continue
         found.update({n: scope[n] for n in bound & wanted if n in scope})
     return found
+
+
+SECRET = "holds a secret"
+
+
+def secrets(plan: PipelinePlan, step: StepPlan | None = None) -> tuple[str, ...]:
+    """The values of the ``--secret`` environment variables of ``step`` (of every step when None), as a local run
+    injects them: never stored, masked in logs."""
+
+    from ..pipeline.settings import local_env
+
+    steps = [step] if step is not None else list(plan.steps)
+    found: dict[str, None] = {}
+    for each in steps:
+        settings = merged_settings(plan, each)
+        env = local_env(settings, os.environ)
+        found.update(dict.fromkeys(env[s.env] for s in settings.secret_env if env.get(s.env)))
+    return tuple(found)
+
+
+def mask(text: str, hidden: tuple[str, ...]) -> str:
+    """``text`` with every secret of four characters or more replaced by ``***`` (as a run's log is)."""
+    for secret in hidden:
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _carried_names(step: StepPlan) -> list[str]:

@@ -178,7 +178,7 @@ def _mask(result: dict[str, Any], log_path: str, secrets: tuple[str, ...]) -> No
             masked = masked.replace(secret.encode(), b"***")
     if masked != data:
         tmp = f"{log_path}.tmp"
-        with open(tmp, "wb") as handle:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
             handle.write(masked)
         os.replace(tmp, log_path)
 
