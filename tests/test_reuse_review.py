@@ -64,3 +64,30 @@ def test_a_secret_read_by_a_step_is_never_stored_and_masked_in_its_log(ip, nbmag
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
     assert all(p.read_text().startswith("token ***") for p in logs), [p.read_text() for p in logs]
+
+
+def test_a_cell_reusing_a_runs_results_binds_its_imports_too(ip, capsys):
+    cell = "%%step s\nimport colorsys\nimport fractions as fr\nh = colorsys.rgb_to_hsv(1.0, 0.0, 0.0)\n"
+    run_ok(ip, cell)
+    run_ok(ip, "%compile_run --quiet")  # the run's cache entry keeps no modules
+    for name in ("colorsys", "fr", "h"):
+        ip.user_ns.pop(name, None)
+    run_ok(ip, "%pipeline_config --reuse")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert "s: reused from run" in capsys.readouterr().out
+    assert ip.user_ns["colorsys"].__name__ == "colorsys" and ip.user_ns["fr"].__name__ == "fractions"
+    assert ip.user_ns["h"] == (0.0, 1.0, 1.0)
+
+
+def test_a_name_the_stored_results_lack_makes_the_cell_run(ip, capsys):
+    cell = "%%step s\nimport importlib\nmod = importlib.import_module('colorsys')\nv = 1\n"
+    run_ok(ip, cell)
+    run_ok(ip, "%compile_run --quiet")  # a run keeps no module, and this one no import statement binds
+    for name in ("mod", "v", "importlib"):
+        ip.user_ns.pop(name, None)
+    run_ok(ip, "%pipeline_config --reuse")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert "reused" not in capsys.readouterr().out
+    assert ip.user_ns["mod"].__name__ == "colorsys" and ip.user_ns["v"] == 1

@@ -228,7 +228,7 @@ class Reuse:
                 flush=True,
             )
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
-            loaded = self._load(entry.outputs, step.cell.code)
+            loaded = self._load(entry.outputs, step.cell.code, step.writes)
             if loaded is not None:
                 namespace.update(loaded)
                 self.keys[step.name] = key
@@ -331,9 +331,16 @@ class Reuse:
         except NotReusable:
             return None
 
-    def _load(self, outputs: dict[str, dict[str, Any]], code: str) -> dict[str, Any] | None:
+    def _load(
+        self, outputs: dict[str, dict[str, Any]], code: str, writes: tuple[str, ...] | list[str] = ()
+    ) -> dict[str, Any] | None:
+        """The values the cell binds: from the store, its own imports run again. None when one of ``writes`` is
+        neither (a run keeps no modules or figures): the cell runs instead."""
         modules = [n for n, ref in outputs.items() if ref.get("type") == "module"]
-        loaded = _imports(code, modules) if modules else {}
+        wanted = modules + [w for w in writes if w not in outputs]
+        loaded = _imports(code, wanted) if wanted else {}
+        if any(w not in outputs and w not in loaded for w in writes):
+            return None
         try:
             for name, ref in outputs.items():
                 if name not in loaded:
@@ -342,7 +349,7 @@ class Reuse:
         except Exception:  # noqa: BLE001 - a value gone or unreadable: the cell runs instead
             return None
         for name, value in loaded.items():
-            if name not in modules:
+            if name not in wanted:
                 self.hasher.remember(value, outputs[name]["hash"])
         return loaded
 
