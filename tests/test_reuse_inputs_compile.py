@@ -44,7 +44,7 @@ def test_the_file_hash_is_compiled_in_and_checked_where_the_step_runs(tmp_path, 
     (tmp_path / "raw.csv").write_text("a b c\n")
     plan = plan_of(*CELLS)
     first = compile_pipeline(plan, output=tmp_path / "p.yaml")
-    digest = file_hashes(["raw.csv"])["raw.csv"]
+    digest = file_hashes(["raw.csv"], "sha256")["raw.csv"]
     assert digest in _component_of(first, "read_raw") and digest not in _component_of(first, "report")
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"), raise_on_error=True)
@@ -141,7 +141,7 @@ def test_in_nbmagics_image_the_executor_carries_and_checks_the_file_hash(tmp_pat
     text = compile_pipeline(plan, output=tmp_path / "image.yaml", image=image, runtime_image=image)
     component = _component_of(text, "read_raw")
     assert "nbmagic.runtime.executor" in component
-    assert file_hashes(["raw.csv"])["raw.csv"] in component
+    assert file_hashes(["raw.csv"], "sha256")["raw.csv"] in component
 
     run_containers_here(monkeypatch)
     local.init(runner=local.DockerRunner(), pipeline_root=str(tmp_path / "root"), raise_on_error=True)

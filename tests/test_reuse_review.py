@@ -91,3 +91,34 @@ def test_a_name_the_stored_results_lack_makes_the_cell_run(ip, capsys):
     run_ok(ip, cell)
     assert "reused" not in capsys.readouterr().out
     assert ip.user_ns["mod"].__name__ == "colorsys" and ip.user_ns["v"] == 1
+
+
+def test_input_file_hashes_name_their_algorithm_and_are_checked_with_it(tmp_path, monkeypatch):
+    from nbmagic.runtime import files
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw.csv").write_text("a b c\n")
+    sha = files.file_hashes(["raw.csv"], "sha256")["raw.csv"]
+    xxh = files.file_hashes(["raw.csv"], "xxh3")["raw.csv"]
+    assert sha.startswith("sha256:") and xxh.startswith("xxh3:")
+    assert files.check_files({"raw.csv": sha}) is None and files.check_files({"raw.csv": xxh}) is None
+    monkeypatch.setattr(files, "default_algorithm", lambda: "sha256")  # an image without xxhash
+    assert files.check_files({"raw.csv": xxh}) == (
+        "--inputs raw.csv cannot be checked here: it was hashed with xxh3 and this image has no xxhash "
+        "(install xxhash in the image)"
+    )
+    (tmp_path / "raw.csv").write_text("a b c d\n")
+    assert "is not the file the pipeline was compiled with" in files.check_files({"raw.csv": sha})
+    missing = files.check_files({"gone.csv": sha})
+    assert f"(relative to {tmp_path})" in missing
+
+
+def test_the_cluster_note_says_where_relative_paths_resolve_and_what_a_cache_hit_skips():
+    from nbmagic.compile.inputs import cluster_inputs_note
+    from nbmagic.pipeline.cells import RawCell, read_cells
+    from nbmagic.pipeline.plan import build_plan
+
+    plan = build_plan(read_cells([RawCell("%%step read --inputs raw.csv\nn = 1\n", 1, "cell 1", "id1")]))
+    note = cluster_inputs_note(plan)
+    assert "relative path resolving against the pod's working folder (/ in python:3.x images" in note
+    assert "part of KFP's cache key" in note and "a KFP cache hit runs nothing and checks nothing" in note

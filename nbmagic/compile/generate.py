@@ -187,8 +187,8 @@ def _plan_components(
             ]
         requirements = packages.combine(pins, plan.packages, extra_packages, settings.packages)
         try:
-            # in the component's code, so KFP's cache key changes with the file's content
-            files = file_hashes(tuple(settings.inputs or ()))
+            # in the component's code, so KFP's cache key changes with the file's content (sha256: any image checks it)
+            files = file_hashes(tuple(settings.inputs or ()), "sha256")
         except MissingInput as missing:
             raise PipelineError(f"step {step.name!r} --inputs {missing}: no such file or folder") from None
         found.append(

@@ -17,6 +17,8 @@ def cluster_inputs_note(plan: PipelinePlan) -> str | None:
         return None
     return (
         f"nbmagic: --inputs files are read where each step runs: {'; '.join(declared)}. A cluster's pods find them "
-        "only in the image or on a --volume at that path; the step stops if one is missing there or differs from "
-        "the file hashed now (its hash is compiled in, so KFP's cache follows the file)"
+        "only in the image or on a --volume at that path, a relative path resolving against the pod's working "
+        "folder (/ in python:3.x images, /opt/nbmagic in nbmagic's), not the notebook's. Each file's hash (taken "
+        "now) is compiled into the step, so it is part of KFP's cache key; a step that runs stops if its file is "
+        "missing or differs, but a KFP cache hit runs nothing and checks nothing"
     )
