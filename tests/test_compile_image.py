@@ -60,6 +60,7 @@ def test_an_image_step_is_its_data_not_a_program():
     placeholder, spec, code, prelude = container["args"]
     assert placeholder == "{{$}}" and code.startswith("total = sum(scaled)") and prelude == PRELUDE
     assert json.loads(spec) == {
+        "version": 1,  # the executor refuses a newer spec rather than skip what it cannot read
         "step": "score",
         "label": "demo.ipynb cell 4",
         "parameters": {"rate": ["rate", "float"]},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from helpers.shell import run_ok
 from nbmagic.store.runs import RunStore
 
@@ -122,3 +124,19 @@ def test_the_cluster_note_says_where_relative_paths_resolve_and_what_a_cache_hit
     note = cluster_inputs_note(plan)
     assert "relative path resolving against the pod's working folder (/ in python:3.x images" in note
     assert "part of KFP's cache key" in note and "a KFP cache hit runs nothing and checks nothing" in note
+
+
+def test_the_executor_refuses_a_step_spec_it_cannot_honour_in_full(capsys):
+    import pytest
+
+    from nbmagic.runtime import executor
+
+    newer = {"version": executor.SPEC_VERSION + 1, "step": "s", "label": "cell 1"}
+    with pytest.raises(SystemExit) as stop:
+        executor.main(["{}", json.dumps(newer), "x = 1", ""])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"step spec version {executor.SPEC_VERSION + 1}" in err
+    unknown = {"version": executor.SPEC_VERSION, "step": "s", "label": "cell 1", "mounts": {}}
+    assert "asks for 'mounts'" in executor.spec_problem(unknown)
+    assert executor.spec_problem({"version": executor.SPEC_VERSION, "step": "s", "label": "l", "files": {}}) is None

@@ -20,6 +20,7 @@ from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
 from ..runtime.executor import COMMAND as EXECUTOR_COMMAND
+from ..runtime.executor import SPEC_VERSION
 from ..runtime.files import MissingInput, file_hashes
 from ..runtime.step import uses_ipython
 from .literals import literal
@@ -288,7 +289,7 @@ def _container_source(comp: _Component, plan: PipelinePlan) -> list[str]:
     """A step in an image that has nbmagic: a container component whose command is nbmagic's step executor and
     whose arguments are data (the step's interface as JSON, then its cell and prelude as plain text)."""
     step = comp.step
-    spec: dict = {"step": step.name, "label": step.cell.label}
+    spec: dict = {"version": SPEC_VERSION, "step": step.name, "label": step.cell.label}
     if comp.params:
         spec["parameters"] = {name: [arg, plan.parameters[name].type] for name, arg in comp.params.items()}
     if comp.inputs:

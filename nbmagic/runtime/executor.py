@@ -18,7 +18,30 @@ import sys
 from typing import Any, Callable
 
 COMMAND = ["python3", "-m", "nbmagic.runtime.executor"]
+# the step spec's format: a compiler writes it, an executor refuses a newer one (it would skip what it cannot read)
+SPEC_VERSION = 1
+SPEC_KEYS = frozenset(
+    {"version", "step", "label", "parameters", "inputs", "outputs", "metrics", "metric_names", "watch", "files"}
+    | {"packages", "store", "store_run"}
+)
 TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def spec_problem(spec: dict) -> str | None:
+    """One line when this executor cannot honour ``spec`` in full (newer format, a key it does not know), else None."""
+    version = spec.get("version", 0)
+    if not isinstance(version, int) or version > SPEC_VERSION:
+        return (
+            f"nbmagic: step {spec.get('step', '?')!r} was compiled for step spec version {version}, and this image's "
+            f"nbmagic reads up to version {SPEC_VERSION}: use an image with the nbmagic that compiled the pipeline"
+        )
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        return (
+            f"nbmagic: step {spec.get('step', '?')!r} asks for {unknown[0]!r}, which this image's nbmagic does not "
+            "know: use an image with the nbmagic that compiled the pipeline"
+        )
+    return None
 
 
 def install(packages: list[str]) -> None:
@@ -77,6 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the step described by the command line (see the module's docstring)."""
     executor_input, spec_text, code, prelude = sys.argv[1:] if argv is None else argv
     spec = json.loads(spec_text)
+    problem = spec_problem(spec)
+    if problem:
+        sys.stderr.write(problem + "\n")
+        raise SystemExit(1)
     install(spec.get("packages", []))
     from kfp.dsl.executor import Executor
 
