@@ -140,3 +140,21 @@ def test_the_executor_refuses_a_step_spec_it_cannot_honour_in_full(capsys):
     unknown = {"version": executor.SPEC_VERSION, "step": "s", "label": "cell 1", "mounts": {}}
     assert "asks for 'mounts'" in executor.spec_problem(unknown)
     assert executor.spec_problem({"version": executor.SPEC_VERSION, "step": "s", "label": "l", "files": {}}) is None
+
+
+def test_results_computed_with_other_carried_values_are_reused_by_a_kernel_holding_them(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "history = []")
+    run_ok(ip, "%%step a\nhistory.append(1)\n")  # a step over two cells changes a carried value in place
+    run_ok(ip, "%%step a\nn = 1\n")
+    run_ok(ip, "%%step b\nlogged = len(history)\n")
+    assert ip.user_ns["logged"] == 1
+    for name in ("history", "n", "logged"):
+        ip.user_ns.pop(name)
+    run_ok(ip, "history = []")
+    capsys.readouterr()
+    run_ok(ip, "%%step a\nhistory.append(1)\n")
+    run_ok(ip, "%%step a\nn = 1\n")
+    run_ok(ip, "%%step b\nlogged = len(history)\n")
+    out = capsys.readouterr().out
+    assert "b: reused from run" in out and ip.user_ns["logged"] == 1

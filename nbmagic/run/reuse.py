@@ -221,6 +221,12 @@ class Reuse:
         needed = set(step.outputs) | (set(step.metrics) & set(step.writes))
         carried = _carried(step, namespace)
         stale = None if entry is None else _stale(entry.carried, carried)
+        found = key
+        if (entry is None or stale is not None) and carried and None not in carried.values():
+            # results the kernel computed with carried values other than its cells give (kept under its own key)
+            own = self.store.cache_get(_kernel_key(key, carried), touch=False)
+            if own is not None:
+                found, entry, stale = _kernel_key(key, carried), own, None
         if stale is not None:
             print(
                 f"{step.name}: runs (cannot be reused: {stale!r} is not the value its stored results were computed"
@@ -231,7 +237,7 @@ class Reuse:
             loaded = self._load(entry.outputs, step.cell.code, step.writes)
             if loaded is not None:
                 namespace.update(loaded)
-                self.keys[step.name] = key
+                self.keys[step.name] = found
                 source_run, log = self._earlier(entry.execution_id, step.name)
                 if log:
                     sys.stdout.write(log)
@@ -246,7 +252,7 @@ class Reuse:
                     self._record,
                     plan,
                     step,
-                    key,
+                    found,
                     values,
                     inputs,
                     entry.outputs,
@@ -289,10 +295,14 @@ class Reuse:
         else:
             self.keys.pop(step.name, None)
         if key and not not_kept and carried and not _as_prelude_makes(step, carried):
-            # the kernel's carried values are not what the notebook's cells give them (a later cell changed one):
-            # a run would compute something else under the same key, so these results are not cached
-            key = ""
-            self.keys.pop(step.name, None)
+            # the kernel's carried values are not what the notebook's cells give them (a later cell or an earlier
+            # step changed one): a run would compute something else under the runner's key, so the results are
+            # kept under a key of the kernel's own, which only a kernel holding the same values finds
+            key = _kernel_key(key, carried) if None not in carried.values() else ""
+            if key:
+                self.keys[step.name] = key
+            else:
+                self.keys.pop(step.name, None)
         reported = {**{n: namespace[n] for n in step.metrics if n in namespace}, **assigned}
         return self._store_results(
             plan, step, key, values, inputs, reported, outputs, not_kept, mask("".join(kept), hidden), started, carried
@@ -577,6 +587,14 @@ def _stale(stored: dict[str, str | None] | None, current: dict[str, str | None])
         if digest is None or stored is None or stored.get(name) != digest:
             return name
     return None
+
+
+def _kernel_key(key: str, carried: dict[str, str | None]) -> str:
+    """The key of results computed with these carried values rather than those the notebook's cells give."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps({"key": key, "kernel_carried": carried}, sort_keys=True).encode()).hexdigest()
 
 
 def _as_prelude_makes(step: StepPlan, carried: dict[str, str | None]) -> bool:
