@@ -129,7 +129,9 @@ def main() -> None:
     from nbmagic.serve.server import die_with_parent
 
     parent = int(sys.argv[1])
-    die_with_parent(parent, pdeathsig=True)
+    # no PR_SET_PDEATHSIG: Linux sends it when the *thread* that started us exits, and a short-lived thread of
+    # the kernel starts us; stdin's end (the kernel's pipe closes when it dies) and the watchdog end us instead
+    die_with_parent(parent, pdeathsig=False)
     preload()
     threading.Thread(target=_reap, name="reaper", daemon=True).start()
     _say("ready")
