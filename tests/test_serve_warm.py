@@ -140,3 +140,43 @@ def test_warm_process_outlives_the_thread_that_started_it(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "None"]
+
+
+AFTER_CD = textwrap.dedent("""
+    import os, sys
+    from nbmagic.serve import warm
+    from nbmagic.serve.api import serve
+    from nbmagic.serve.local import _child_env
+
+    first, second = sys.argv[1:3]
+    os.chdir(first)
+    assert warm.start(_child_env())._ready.wait(120)  # the warm process starts in the first folder
+    os.chdir(second)  # %cd
+    sys.path.insert(0, second)
+    import localmod
+
+    server = serve(localmod.Model(), name="after-cd")
+    try:
+        print(type(server.processes[0].popen).__name__, server.predict([[1]]), flush=True)
+    finally:
+        server.stop()
+        warm.stop()
+""")
+
+
+def test_forked_server_imports_local_modules_from_the_current_folder(tmp_path):
+    """After %cd, a server forked by the warm process imports a same-named local module from the new folder."""
+    folders = []
+    for name, value in (("first", 1), ("second", 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "localmod.py").write_text(
+            f"class Model:\n    def predict(self, x):\n        return [{value}] * len(x)\n"
+        )
+        folders.append(str(folder))
+    environment = dict(os.environ, NBMAGIC_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", AFTER_CD, *folders], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["Forked", "[2]"]

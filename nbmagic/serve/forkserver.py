@@ -103,9 +103,8 @@ def _child(request: dict[str, Any]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+        sys.path[0] = request["cwd"]  # as `python -m` in that folder: not the folder the warm process started in
         sys.path[1:1] = extra
-        if request["cwd"] not in sys.path:
-            sys.path.insert(1, request["cwd"])
         from nbmagic.serve import server
 
         sys.argv = ["nbmagic.serve.server", *request["argv"]]
