@@ -23,8 +23,12 @@ _KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp", "tf_keras", "t
 
 def _unloadable(obj: Any) -> list[str]:
     """Names of the model's classes that ``load_model`` could not find: custom classes not registered."""
-    from keras import saving
+    try:
+        from keras import saving
 
+        saving.get_registered_name, saving.get_registered_object  # noqa: B018 - Keras 2.13+ and 3 have both
+    except (ImportError, AttributeError):
+        return []  # no registry to ask: the save itself decides
     layers = obj._flatten_layers(include_self=True, recursive=True) if hasattr(obj, "_flatten_layers") else [obj]
     missing = []
     for layer in layers:
