@@ -65,7 +65,12 @@ def test_experiment_fields():
     exp = manifest()
     s = exp["spec"]
     assert s["algorithm"] == {"algorithmName": "tpe", "algorithmSettings": [{"name": "random_state", "value": "7"}]}
-    assert s["objective"] == {"type": "minimize", "objectiveMetricName": "val_loss", "additionalMetricNames": ["acc"]}
+    assert s["objective"] == {
+        "type": "minimize",
+        "objectiveMetricName": "val_loss",
+        "additionalMetricNames": ["acc"],
+        "metricStrategies": [{"name": "val_loss", "value": "latest"}, {"name": "acc", "value": "latest"}],
+    }
     assert s["parameters"] == [
         {
             "name": "lr",
@@ -333,3 +338,20 @@ def test_a_trial_katib_stopped_early_is_pruned_not_failed():
     assert (trial.status, trial.error, trial.objective) == ("pruned", "Trial is early stopped", None)
     stopped["status"]["conditions"][-1]["type"] = "Killed"
     assert _trial_from(stopped, 3, "val_loss").status == "failed"
+
+
+def test_katib_reads_each_metric_as_its_final_value_as_nbmagic_does():
+    from helpers.katib_collector import metric_strategies, observation, parse_text_logs
+
+    exp = manifest()  # minimize val_loss, additional acc: Katib's defaults would read min of both
+    assert schema_errors(exp) == [] and katib_errors(exp) == []
+    lines = [
+        "2026-01-01T00:00:01.000001Z epoch 0: val_loss=0.5 acc=0.6",
+        "2026-01-01T00:00:02.000001Z epoch 1: val_loss=0.2 acc=0.8",
+        "2026-01-01T00:00:03.000001Z epoch 2: val_loss=0.4 acc=0.7",  # overfits: the final value is not the best
+    ]
+    seen = observation(
+        parse_text_logs("\n".join(lines), ["val_loss", "acc"]), ["val_loss", "acc"], metric_strategies(exp)
+    )
+    assert seen["val_loss"]["min"] == "0.2" and seen["acc"]["max"] == "0.8"
+    assert seen["val_loss"]["value"] == "0.4" and seen["acc"]["value"] == "0.7"  # what nbmagic reads: latest

@@ -14,7 +14,9 @@ pkg/webhook/v1beta1/pod/utils.go):
   the collector) and compared: for the objective, the best value so far; a rule with ``start_step`` is
   judged at that report only; the trial is stopped once every rule is met;
 - a trial's observation: per metric min, max and latest (the value with the latest time stamp; on a tie the
-  later line);
+  later line); the value Katib uses (best trial, suggestions) is the one the metric's strategy names; the
+  experiment defaulter gives every metric without a strategy min (minimize) or max (maximize), the
+  additional metrics too (pkg/apis/controller/experiments/v1beta1/experiment_defaults.go);
 - medianstop's rule: the objective's values of each succeeded trial ordered by time, the first
   ``start_step`` of them averaged; with at least ``min_trials_required`` trials, the "median" of those
   averages, which the service computes as their mean; compared "greater" for minimize, "less" for maximize.
@@ -80,8 +82,20 @@ def parse_text_logs(text: str, metrics: list[str], filters: list[str] | None = N
     return logs
 
 
-def observation(logs: list[MetricLog], metrics: list[str]) -> dict[str, dict[str, str]]:
-    """``getMetrics``: min, max and latest per metric."""
+def metric_strategies(experiment: dict) -> dict[str, str]:
+    """The experiment's ``metricStrategies`` as Katib's defaulter completes them: metric name -> min/max/latest."""
+    objective = experiment["spec"]["objective"]
+    given = {s["name"]: s["value"] for s in objective.get("metricStrategies") or []}
+    default = {"minimize": "min", "maximize": "max"}.get(objective.get("type"), "latest")
+    for name in [objective["objectiveMetricName"], *(objective.get("additionalMetricNames") or [])]:
+        given.setdefault(name, default)
+    return given
+
+
+def observation(
+    logs: list[MetricLog], metrics: list[str], strategies: dict[str, str] | None = None
+) -> dict[str, dict[str, str]]:
+    """``getMetrics``: min, max and latest per metric; with ``strategies`` also ``value``, the one Katib uses."""
     found = {m: {"min": UNAVAILABLE, "max": UNAVAILABLE, "latest": UNAVAILABLE} for m in metrics}
     latest_at: dict[str, datetime] = {}
     for log in logs:
@@ -103,6 +117,9 @@ def observation(logs: list[MetricLog], metrics: list[str]) -> dict[str, dict[str
         if log.name not in latest_at or not latest_at[log.name] > at:
             latest_at[log.name] = at
             metric["latest"] = log.value
+    for name, metric in found.items():
+        if strategies and name in strategies:
+            metric["value"] = metric[strategies[name]]
     return found
 
 
