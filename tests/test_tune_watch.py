@@ -192,3 +192,40 @@ def test_a_trial_the_owner_stopped_is_listed_as_stopped_by_the_watcher(tmp_path)
     assert (
         [t.status for t in WatchedExperiment("halted").trials] == ["succeeded"] * 3 == [t.status for t in again.trials]
     )
+
+
+def test_a_restarted_study_is_read_afresh_and_an_unreadable_one_ends_the_watch(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from nbmagic.tune.ownership import StudyLock
+    from nbmagic.tune.watch import SPEC_ATTR, spec_record
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    path = tmp_path / "restarted.journal"
+    spec = ExperimentSpec((parse_param("c=double(0,6)"),), "loss", name="restarted", max_trials=30)
+
+    def study(trials: int) -> None:  # what the owner writes, here without running pipelines
+        made = optuna.create_study(study_name="restarted", storage=JournalStorage(JournalFileBackend(str(path))))
+        made.set_user_attr(SPEC_ATTR, spec_record(spec))
+        made.optimize(lambda t: t.suggest_float("c", 0, 6), n_trials=trials)
+
+    lock = StudyLock(tmp_path / "restarted", "restarted").acquire()  # this process drives it
+    try:
+        study(3)
+        watched = WatchedExperiment("restarted", directory=tmp_path, interval=0.02)
+        assert watched.status == "running" and len(watched.trials) == 3
+        path.unlink()  # the owner ran --restart: a new, longer study in a new file
+        study(5)
+        deadline = time.time() + 10
+        while len(watched.trials) != 5 and time.time() < deadline:
+            time.sleep(0.02)
+        assert len(watched.trials) == 5 and not watched.done
+        path.unlink()
+        path.write_text("not a study\n")
+        assert watched.wait(10).done
+        assert watched.status == "stopped" and "\n" not in watched.message
+        assert watched.message.startswith(f"watch ended: {path} could not be read")
+    finally:
+        lock.release()
