@@ -224,7 +224,7 @@ def test_a_restarted_study_is_read_afresh_and_an_unreadable_one_ends_the_watch(t
         assert len(watched.trials) == 5 and not watched.done
         path.unlink()
         path.write_text("not a study\n")
-        assert watched.wait(10).done
+        assert watched.wait(30).done
         assert watched.status == "stopped" and "\n" not in watched.message
         assert watched.message.startswith(f"watch ended: {path} could not be read")
     finally:

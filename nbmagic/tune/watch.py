@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .ownership import alive, describe, read_owner
 from .space import ExperimentSpec, ParameterSpace, TuneError
 
 SPEC_ATTR = "nbmagic_spec"  # the study's ExperimentSpec as JSON, written by the process that opens the study
-FAILURES = 5  # reads of the study failing in a row that end a watch
+FAILURES, FAILING_FOR = 5, 3.0  # reads of the study failing in a row, for at least this many s, end a watch
 
 
 class WatchOnly(TuneError):
@@ -167,22 +168,22 @@ class WatchedExperiment(Experiment):
         return trial
 
     def _follow(self) -> None:
-        failed = 0
+        failed, since = 0, 0.0
         while not self._closed.wait(self.interval) and not self.done:
             try:
                 self.refresh()
                 failed = 0
             except Exception as error:  # noqa: BLE001 - a half-written line or a file being replaced: read again
-                failed += 1
-                if failed >= FAILURES:
-                    self._give_up(error)
+                failed, since = failed + 1, since if failed else time.monotonic()
+                if failed >= FAILURES and time.monotonic() - since >= FAILING_FOR:
+                    self._give_up(error, failed)
 
-    def _give_up(self, error: Exception) -> None:
+    def _give_up(self, error: Exception, failed: int) -> None:
         """End the watch with one line: the study could not be read several times in a row."""
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
         with self._lock:
             self.status = STOPPED
-            self.message = f"watch ended: {self.path} could not be read {FAILURES} times in a row ({reason})"
+            self.message = f"watch ended: {self.path} could not be read {failed} times in a row ({reason})"
         self._done.set()
         self._notify()
 
