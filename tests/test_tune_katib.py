@@ -355,3 +355,55 @@ def test_katib_reads_each_metric_as_its_final_value_as_nbmagic_does():
     )
     assert seen["val_loss"]["min"] == "0.2" and seen["acc"]["max"] == "0.8"
     assert seen["val_loss"]["value"] == "0.4" and seen["acc"]["value"] == "0.7"  # what nbmagic reads: latest
+
+
+class RotatingRun:
+    """A run whose step log is read by the relay; tests replace the log as kubelet rotation or a retry would."""
+
+    def __init__(self):
+        self.log, self.since = "", []
+        self.tasks = {"train": type("Task", (), {"status": "running"})()}
+
+    def logs(self, step, since_seconds=None):
+        self.since.append(since_seconds)
+        return self.log
+
+
+def test_the_relay_copies_each_report_once_also_after_a_rotated_or_restarted_log():
+    import io
+
+    from nbmagic.tune.trial import ReportRelay
+
+    run, out = RotatingRun(), io.StringIO()
+    relay = ReportRelay(run, out, 3600)
+    line = [f"2026-01-01T00:00:0{i}.000001Z epoch {i}: val_loss=0.{9 - i}" for i in range(8)]
+    run.log = "\n".join(["starting", line[0], line[1], "val_loss=1"])
+    relay.poll()
+    run.log = "\n".join(line[:3])
+    relay.poll()
+    run.log = "\n".join(line[3:5])  # rotated: the earlier lines are gone, the count of lines starts again
+    relay.poll()
+    run.log = "\n".join([line[4], line[5]])
+    relay.poll()
+    run.log = "\n".join([line[0], line[6], line[7]])  # a line copied before: not copied twice
+    relay.poll()
+    assert out.getvalue().splitlines() == line
+    # the whole log once, then its last seconds only (since the last read, with a margin)
+    assert run.since[0] is None and all(30 <= s < 40 for s in run.since[1:]), run.since
+
+
+def test_pod_logs_asks_the_api_server_for_the_last_seconds_only():
+    from helpers.kfp_api_server import PodLogServer
+    from nbmagic.run.pod_logs import PodLogs
+
+    server = PodLogServer()
+    server.add_pod("train-pod", "2026-01-01T00:00:00.000001Z val_loss=0.5\n")
+    server.start()
+    try:
+        pods = PodLogs("run-1", server.url, lambda text: text)
+        assert "val_loss=0.5" in pods.read("kubeflow", "train-pod")
+        assert "val_loss=0.5" in pods.read("kubeflow", "train-pod", since_seconds=35)
+        first, second = server.log_reads()
+        assert "sinceSeconds" not in first.query and second.query["sinceSeconds"] == ["35"]
+    finally:
+        server.stop()

@@ -20,6 +20,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,9 @@ def metric_lines(metrics: dict[str, Any], names: Sequence[str]) -> list[str]:
     return lines
 
 
+SINCE_MARGIN = 30  # s read again before the last read: a slow poll or a line written late is not missed
+
+
 class ReportRelay:
     """Copies the ``nbmagic.report()`` lines a KFP run's steps print in their pods to ``out``, each once and
     in order, while the run goes on (a thread reading the steps' pod logs every ``interval`` seconds).
@@ -95,7 +99,10 @@ class ReportRelay:
 
     def __init__(self, run: Any, out: Any, interval: float) -> None:
         self.run, self.out, self.interval = run, out, interval
-        self._copied: dict[str, int] = {}  # step -> report lines already copied
+        self._last: dict[str, tuple[str, set[str]]] = {}  # step -> latest stamp copied, lines copied with it
+        self._read_at: dict[str, float] = {}  # step -> when its log was last read (monotonic)
+        logs = getattr(run, "logs", None)
+        self._since = callable(logs) and "since_seconds" in _parameters(logs)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="nbmagic-report-relay", daemon=True)
@@ -124,15 +131,33 @@ class ReportRelay:
             for step, task in tasks.items():
                 if getattr(task, "status", "") not in ("running", "done", "failed"):
                     continue
+                read_at = time.monotonic()
                 try:
-                    text = self.run.logs(step)
+                    text = self._read(step, read_at)
                 except NbMagicError:
                     continue  # not readable yet (pod starting) or not at all: the final metrics say why
+                self._read_at[step] = read_at
                 lines = [line.rstrip("\r") for line in text.splitlines()]
-                found = [line for line in lines if KATIB_LINE.match(line)]
-                for line in found[self._copied.get(step, 0) :]:
-                    print(line, file=self.out, flush=True)
-                self._copied[step] = max(self._copied.get(step, 0), len(found))
+                for line in lines:
+                    if KATIB_LINE.match(line) and self._new(step, line):
+                        print(line, file=self.out, flush=True)
+
+    def _read(self, step: str, now: float) -> str:
+        """The step's log; after a first whole read, only its last seconds (since then, plus a margin)."""
+        since = self._read_at.get(step)
+        if since is None or not self._since:
+            return self.run.logs(step)
+        return self.run.logs(step, since_seconds=math.ceil(now - since) + SINCE_MARGIN)
+
+    def _new(self, step: str, line: str) -> bool:
+        """Whether ``line`` comes after what was copied of ``step`` (by its time stamp, not its position: a
+        rotated log or a retried pod starts its lines again); records it as copied."""
+        stamp = stamp_key(line.split(" ", 1)[0])
+        last, same = self._last.get(step, ("", set()))
+        if stamp < last or (stamp == last and line in same):
+            return False
+        self._last[step] = (stamp, {*same, line} if stamp == last else {line})
+        return True
 
     def stop(self) -> None:
         """Stop the thread, then copy what is left."""
@@ -144,6 +169,21 @@ class ReportRelay:
     def close(self) -> None:
         """Stop polling (what is not copied yet stays uncopied)."""
         self._stop.set()
+
+
+def _parameters(function: Any) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def stamp_key(stamp: str) -> str:
+    """A report line's ``2026-01-01T00:00:00.25Z`` as a string that sorts in time (fraction to 9 digits)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return f"{whole}.{fraction:0<9}"
 
 
 class _Terminated(Exception):
