@@ -407,3 +407,58 @@ def test_pod_logs_asks_the_api_server_for_the_last_seconds_only():
         assert "sinceSeconds" not in first.query and second.query["sinceSeconds"] == ["35"]
     finally:
         server.stop()
+
+
+class LoggingRun(FakeRun):
+    """A finished run whose step logs are read by the relay: ``logs`` maps step -> text or an exception."""
+
+    def __init__(self, logs, status="succeeded", metrics=None):
+        super().__init__(status, metrics or {"val_loss": 0.5})
+        self._logs = logs
+        self.tasks = {step: type("Task", (), {"status": "done"})() for step in logs}
+        self.terminated = False
+
+    def logs(self, step, since_seconds=None):
+        if isinstance(self._logs[step], Exception):
+            raise self._logs[step]
+        return self._logs[step]
+
+    def terminate(self):
+        self.terminated = True
+
+
+def _trial_args(tmp_path):
+    package = tmp_path / "pipeline.yaml"
+    package.write_text("pipelineSpec: {}\n")
+    return ["--host", "h", "--pipeline-package", str(package), "--metric", "val_loss", "--poll", "3600"]
+
+
+def test_a_relay_error_is_one_line_and_the_final_lines_come_after_every_relayed_one(tmp_path, capsys):
+    ahead = "2099-01-01T00:00:00.999999Z epoch 0: val_loss=0.9"  # a step whose clock runs ahead
+    run = LoggingRun({"broken": RuntimeError("connection reset\nby peer"), "train": ahead})
+    assert trial_runner.main(_trial_args(tmp_path), submit=lambda *a, **k: run) == 0
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert out[0] == ahead and [line.split(" ", 1)[1] for line in out[1:]] == ["val_loss=0.5"]
+    assert out[1].split(" ", 1)[0] == "2099-01-01T00:00:01.000000Z"  # Katib takes it as the latest value
+    (warning,) = [line for line in captured.err.splitlines() if "cannot relay" in line]
+    assert "'broken'" in warning and "RuntimeError: connection reset by peer" in warning
+
+
+def test_sigterm_is_not_swallowed_by_code_that_catches_exception(tmp_path, capsys):
+    import os
+    import signal
+
+    class Swallowing(LoggingRun):
+        def wait(self, **_):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            except Exception:  # noqa: BLE001 - client code that catches every error while waiting
+                pass
+
+    import time
+
+    run = Swallowing({"train": ""})
+    assert trial_runner.main(_trial_args(tmp_path), submit=lambda *a, **k: run) == 143
+    assert run.terminated and "terminated" in capsys.readouterr().err
