@@ -155,6 +155,9 @@ def test_watch_and_list_misuse_is_one_line(ip):
         ("%katib --watch nope", "no local experiment 'nope'"),
         ("%katib --list --watch nope", "take no search space"),
         ('%katib --watch nope --param "c=double(0,1)"', "take no search space"),
+        ("%katib --watch nope --max-trials 20", "tuning options: --max-trials given"),
+        ("%katib --watch nope --algorithm tpe --seed 3 --quiet", "tuning options: --algorithm, --seed given"),
+        ("%katib --list --max-t 5", "tuning options: --max-trials given"),
     ):
         result = run_cell(ip, line)
         error = result.error_in_exec
@@ -229,3 +232,26 @@ def test_a_restarted_study_is_read_afresh_and_an_unreadable_one_ends_the_watch(t
         assert watched.message.startswith(f"watch ended: {path} could not be read")
     finally:
         lock.release()
+
+
+def test_the_watcher_never_writes_the_study_file(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from nbmagic.tune.watch import SPEC_ATTR, spec_record
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    path = tmp_path / "untouched.journal"
+    spec = ExperimentSpec((parse_param("c=double(0,6)"),), "loss", name="untouched", max_trials=3)
+    study = optuna.create_study(study_name="untouched", storage=JournalStorage(JournalFileBackend(str(path))))
+    study.set_user_attr(SPEC_ATTR, spec_record(spec))
+    study.optimize(lambda t: t.suggest_float("c", 0, 6), n_trials=1)
+    study.ask()  # a trial an owner that died left running: an owner would mark it, a watcher must not
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    time.sleep(0.02)  # a write now would change the modification time
+    watched = WatchedExperiment("untouched", directory=tmp_path, interval=0.01)
+    watched.refresh()
+    assert watched.done and [t.number for t in watched.trials] == [0, 1]
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["untouched.journal"]  # no lock or owner file either

@@ -5,8 +5,9 @@ cmd/metricscollector/v1beta1/file-metricscollector/main.go, pkg/metricscollector
 pkg/controller.v1beta1/trial/trial_controller_util.go, pkg/earlystopping/v1beta1/medianstop/service.py,
 pkg/webhook/v1beta1/pod/utils.go):
 
-- the webhook wraps the primary container: ``sh -c "<args joined by spaces> 1>FILE 2>&1"`` (keeping a
-  command's own ``sh -c``); stdout and stderr both land in the file the collector reads;
+- the webhook wraps the primary container: ``sh -c "<args joined by spaces> 1>FILE 2>&1 [|| <early stopped
+  or failed check>] && echo completed > DIR/$$$$.pid"`` (keeping a command's own ``sh -c``); stdout and stderr
+  both land in the file the collector reads; the trial's process is a child of that shell;
 - a line counts when it contains a metric's name; its first space-separated token is its time stamp if it
   parses as RFC 3339 (else the zero time); every match of the filter (default
   ``([\\w|-]+)\\s*=\\s*([+-]?\\d*(\\.\\d+)?([Ee][+-]?\\d+)?)``, Go's ASCII ``\\w``) whose name is a metric is a value;
@@ -34,12 +35,40 @@ UNAVAILABLE = "unavailable"
 _RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
 
 
-def wrap_command(command: list[str], metrics_file: str) -> list[str]:
-    """The primary container's command as Katib's webhook rewrites it for the StdOut collector."""
+def wrap_command(command: list[str], metrics_file: str, early_stopping: bool = False) -> list[str]:
+    """The primary container's command as Katib's webhook rewrites it for the StdOut collector, as the
+    shell then receives it (Kubernetes has expanded ``$$`` to ``$`` outside ``$(...)`` references)."""
     shell, args = ["sh", "-c"], list(command)
     if args[:2] in (["sh", "-c"], ["bash", "-c"]):
         shell, args = args[:2], args[2:]
-    return [*shell, " ".join([*args, f"1>{metrics_file} 2>&1"])]
+    folder = metrics_file.rsplit("/", 1)[0] if "/" in metrics_file else "."
+    args.append(f"1>{metrics_file} 2>&1")
+    if early_stopping:
+        args += [
+            "||",
+            f"if test -f {folder}/$$$$.pid && [ $(head -n 1 {folder}/$$.pid) = early-stopped ]; "
+            "then echo Training Container was Early Stopped; else echo Training Container was Failed; exit 1; fi",
+        ]
+    args += ["&&", f"echo completed > {folder}/$$$$.pid"]
+    return [*shell, k8s_expand(" ".join(args))]
+
+
+def k8s_expand(text: str) -> str:
+    """Kubernetes' expansion of a container's command and args with no variables defined: ``$$`` is ``$``;
+    a ``$(...)`` reference to an undefined variable stays as written."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("$(", i) and ")" in text[i:]:
+            end = text.index(")", i)
+            out.append(text[i : end + 1])
+            i = end + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def _time(token: str) -> datetime | None:
