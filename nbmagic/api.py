@@ -41,7 +41,10 @@ class Pipeline:
 
     @classmethod
     def from_notebook(cls, path: str | os.PathLike[str], name: str | None = None) -> Pipeline:
-        """The pipeline a saved ``.ipynb`` declares (its ``%%step`` cells and the magics around them)."""
+        """The pipeline a saved ``.ipynb`` declares (its ``%%step`` cells and the magics around them).
+
+        A ``%pipeline_config --store URI`` line in it makes URI this process's shared store, as running that
+        cell does in a kernel (unless ``$NBMAGIC_STORE_URI`` already names one)."""
         from .pipeline.cells import read_cells
         from .pipeline.notebook import read_notebook
         from .pipeline.plan import build_plan
@@ -52,7 +55,12 @@ class Pipeline:
         recorded = read_cells(read_notebook(notebook))
         for warning in recorded.warnings:  # e.g. a step cell that holds only comments
             print(f"nbmagic: warning: {warning}")
-        return cls(build_plan(recorded, notebook_path=str(notebook.resolve()), name=name))
+        plan = build_plan(recorded, notebook_path=str(notebook.resolve()), name=name)
+        if plan.defaults.store:
+            from .store_uri import ENV
+
+            os.environ.setdefault(ENV, plan.defaults.store)
+        return cls(plan)
 
     @classmethod
     def from_recorder(
@@ -384,7 +392,9 @@ def gc(
         checked = verify_values(found)
         if policy.empty():
             return checked
-        report = collect(found, policy, dry_run=dry_run, keep=[resolve_run(found, ref) for ref in (keep or [])])
+        report = collect(
+            found, policy, dry_run=dry_run, keep=[resolve_run(found, ref) for ref in (keep or [])], shared=True
+        )
         report.notes.append(checked.text().splitlines()[0])
         return report
     if policy.empty():
@@ -395,7 +405,7 @@ def gc(
             )
         policy = configured
     kept = [resolve_run(found, ref) for ref in (keep or [])]
-    return collect(found, policy, dry_run=dry_run, keep=kept)
+    return collect(found, policy, dry_run=dry_run, keep=kept, shared=True)
 
 
 def runs_options(args: Any) -> dict[str, Any]:

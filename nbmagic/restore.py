@@ -70,12 +70,13 @@ def state_after(store: RunStore, run_id: str, step: str | None = None, names: It
     record = store.get_run(run_id)
     if record is None:
         raise RestoreError(f"no run {run_id!r} in the store")
-    if record.kind != "local":
+    execs = executions(store, run_id)
+    if record.kind != "local" and not any(e.outputs for e in execs):  # a cluster run that wrote to no shared store
         raise RestoreError(
             f"run {run_id} ran on a cluster: its values live in KFP's artifact store, and the KFP v2beta1 API only "
-            "gives MLMD artifact ids, not values; restore a local run"
+            "gives MLMD artifact ids, not values; restore a local run (or give the pipeline a shared store:"
+            " %pipeline_config --store s3://BUCKET/PREFIX)"
         )
-    execs = executions(store, run_id)
     by_step = {e.step: e for e in execs}
     if step is None:
         done = [e for e in execs if e.state in ("done", "cached")]
@@ -219,11 +220,11 @@ def load_state(store: RunStore, state: RunState) -> dict[str, Any]:
         if item.ref is None:
             values[name] = item.value
             continue
-        if not store.objects.exists(item.ref.hash):
-            raise RestoreError(
-                f"value {name!r} of run {state.run_id} (step {item.step}) is no longer in the store (removed by gc?)"
-            )
         try:
+            if not store.objects.available(item.ref.hash, name):
+                raise RestoreError(
+                    f"value {name!r} of run {state.run_id} (step {item.step}) is no longer in the store (removed by gc?)"
+                )
             values[name] = store.objects.get(item.ref.hash, name=name)
         except StoreError as exc:
             raise RestoreError(f"run {state.run_id} step {item.step}: {exc}") from None

@@ -9,7 +9,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbmagic"
 
 # lower never imports higher; rooms in one layer may import each other, without a cycle
 LAYERS: list[set[str]] = [
-    {"errors", "config", "units", "k8s_names", "dag_svg", "arguments", "kube", "images", "packages", "theme"},
+    {
+        "errors",
+        "config",
+        "store_uri",
+        "units",
+        "k8s_names",
+        "dag_svg",
+        "arguments",
+        "kube",
+        "images",
+        "packages",
+        "theme",
+    },
     {"runtime"},
     {"pipeline"},
     {"store"},

@@ -1,7 +1,11 @@
-"""xgboost, lightgbm and torch end to end: stored and loaded back by the run store's marshalling, served with
-%serve, predicted over V1 and V2 with the kernel's own predictions as the reference (torch: skipped without it)."""
+"""xgboost, lightgbm, torch and Keras (3, on the torch backend) end to end: stored and loaded back by the run
+store's marshalling, served with %serve, predicted over V1 and V2 with the kernel's own predictions as the
+reference; tensors reach the model in the dtype they were sent in. All of them are in the test extras."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -64,3 +68,56 @@ def test_torch_module_keeps_float32(shell, tmp_path):
     with torch.no_grad():
         expected = net(torch.as_tensor(X[:5], dtype=torch.float32)).numpy()
     _serve_and_compare(shell, "torch_net", net, expected, "FP32")
+
+
+def _v2(srv, array):
+    return srv.predict(array, protocol="v2", raw=True)["outputs"][0]
+
+
+def test_torch_model_sees_the_dtype_sent(shell, tmp_path):
+    """A parameter-free module answers in the dtype it received: FP32, FP64 and INT32 each arrive as sent (no
+    float64 detour, no narrowing); a float32 model gets V1 JSON numbers as float32 (its own dtype)."""
+    torch = pytest.importorskip("torch")
+    shell.user_ns["identity"] = _stored(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Identity()), tmp_path / "id")
+    srv = shell.run_line_magic("serve", "identity --name torch-identity")
+    try:
+        rows = X[:3]
+        for array, datatype in ((rows.astype(np.float32), "FP32"), (rows, "FP64"), (rows.astype(np.int32), "INT32")):
+            out = _v2(srv, array)
+            assert out["datatype"] == datatype and out["shape"] == [3, 4]
+            np.testing.assert_array_equal(np.asarray(out["data"], dtype=array.dtype).reshape(3, 4), array)
+    finally:
+        srv.stop()
+    shell.user_ns["linear"] = _stored(torch.nn.Linear(4, 1).to(torch.float32), tmp_path / "linear")
+    srv = shell.run_line_magic("serve", "linear --name torch-linear")
+    try:
+        assert np.asarray(srv.predict(X[:2].tolist())).shape == (2, 1)  # float64 JSON -> the model's float32
+        assert _v2(srv, X[:2].astype(np.float32))["datatype"] == "FP32"
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def keras_on_torch(monkeypatch):
+    """Keras 3 on the torch backend (the test extras carry keras and a CPU torch, not TensorFlow)."""
+    if "keras" not in sys.modules and importlib.util.find_spec("tensorflow") is None:
+        monkeypatch.setenv("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.config.backend() == "tensorflow":
+        pytest.skip("Keras runs on TensorFlow here: the SavedModel path is not what this test covers")
+    return keras
+
+
+def test_keras_model_keeps_float32(shell, tmp_path, keras_on_torch):
+    keras = keras_on_torch
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="tanh"), keras.layers.Dense(2)])
+    model = _stored(model, tmp_path / "keras")
+    expected = keras.ops.convert_to_numpy(model(X[:5].astype(np.float32), training=False))
+    _serve_and_compare(shell, "keras_net", model, expected, "FP32")
+    from nbmagic.serve.api import package_dir
+    from nbmagic.serve.package import open_package
+
+    package = open_package(package_dir("keras-net"))
+    # a .keras file: no KServe runtime reads it, so the cluster form uses nbmagic's own server
+    assert package.manifest["model_file"] == "model.keras" and package.manifest["model_format"] is None

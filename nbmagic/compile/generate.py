@@ -11,11 +11,11 @@ import ast
 import builtins
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .. import packages
+from .. import packages, store_uri
 from ..errors import PipelineError
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import SettingError, StepSettings, check_limits, merge
@@ -28,6 +28,10 @@ PIPELINE_FUNCTION = "pipeline"
 RUNTIME_ARG = "nbmagic_runtime"  # the component input (an artifact) carrying the zipped runtime
 RUNTIME_COMPONENT = "nbmagic_runtime_package"  # the once-per-run component that writes that artifact
 RUNTIME_TASK = "nbmagic_runtime_task"
+STORE_RUN_ARG = "nbmagic_store_run"  # the component input that gets the KFP run's id (the run's id in the store)
+# --store-secret: keys a compiled step reads from the secret (the first two required, the others if present)
+STORE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+STORE_SECRET_OPTIONAL = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "NBMAGIC_STORE_KEY")
 RUNTIME_OUTPUT = "runtime"
 IMAGE_NOTE = (
     "steps in an image that has nbmagic are container components running its step executor\n"
@@ -52,6 +56,7 @@ MODULE_NAMES = {
     RUNTIME_ARG,
     RUNTIME_COMPONENT,
     RUNTIME_TASK,
+    STORE_RUN_ARG,
     PIPELINE_FUNCTION,
     OUTPUTS_CLASS,
 }
@@ -151,12 +156,15 @@ def _plan_components(
     module_names = _Names(reserved | set(plan.parameters))
     pipeline_locals = _Names(reserved | set(plan.parameters))
     found: list[_Component] = []
+    shared = store_uri.configured()  # the kernel's shared store, unless %pipeline_config --store names one
     ancestors: dict[str, set[str]] = {}  # steps come in topological order: each one's from its upstream's
     for step in plan.steps:
         ancestors[step.name] = set(step.upstream).union(*(ancestors.get(u, ()) for u in step.upstream))
         function = module_names.claim(step.name, "_step")
         pipeline_locals.taken.add(function)
         settings = merge(defaults, step.settings) if defaults is not None else step.settings
+        if settings.store is None and shared is not None:
+            settings = replace(settings, store=str(shared))
         try:
             check_limits(settings)
         except SettingError as exc:
@@ -166,6 +174,8 @@ def _plan_components(
         modules = list(step.modules)
         if uses_ipython(step.cell.code, step.prelude):
             modules.append("IPython")  # %time / !cmd lines in the cell run through an IPython shell
+        if (settings.store or "").startswith("s3://"):
+            modules.append("boto3")  # the step records itself in the shared store
         for source in plan.steps:
             if source.name in ancestors[step.name]:
                 modules += source.modules
@@ -258,7 +268,20 @@ def _signature(comp: _Component, plan: PipelinePlan) -> list[str]:
     signature += [f"{arg}: Output[Artifact]" for arg in comp.outputs.values()]
     if comp.metrics:
         signature.append(f"{comp.metrics}: Output[Metrics]")
+    if comp.settings.store:
+        signature.append(f"{STORE_RUN_ARG}: str")
     return signature
+
+
+def _store_target(comp: _Component, plan: PipelinePlan) -> dict[str, Any]:
+    """Where and as what a step records itself in the shared store (the run id comes from KFP at run time)."""
+    return {
+        "uri": comp.settings.store,
+        "pipeline": plan.name,
+        "notebook": Path(plan.notebook).name if plan.notebook else None,
+        "steps": [s.name for s in plan.steps],
+        "dag": {s.name: list(s.upstream) for s in plan.steps},
+    }
 
 
 def _container_source(comp: _Component, plan: PipelinePlan) -> list[str]:
@@ -282,6 +305,9 @@ def _container_source(comp: _Component, plan: PipelinePlan) -> list[str]:
         spec["files"] = comp.files
     if comp.packages:
         spec["packages"] = comp.packages
+    if comp.settings.store:
+        spec["store"] = _store_target(comp, plan)
+        spec["store_run"] = STORE_RUN_ARG
     return [
         "@dsl.container_component",
         *_def_line(comp.function, _signature(comp, plan)),
@@ -330,6 +356,8 @@ def _component_source(comp: _Component, plan: PipelinePlan) -> list[str]:
         lines.append(f"        watch={literal(watch)},")
     if comp.files:
         lines.append(f"        files={literal(comp.files)},")
+    if comp.settings.store:
+        lines.append(f'        store={{**{literal(_store_target(comp, plan))}, "run": {STORE_RUN_ARG}}},')
     lines.append("    )")
     return lines
 
@@ -367,6 +395,12 @@ def _settings_calls(comp: _Component) -> list[str]:
         calls.append(
             f"kubernetes.use_secret_as_env({task}, secret_name={literal(name)}, secret_key_to_env={literal(key_to_env)})"
         )
+    if s.store_secret:
+        for keys, optional in ((STORE_SECRET_KEYS, ""), (STORE_SECRET_OPTIONAL, ", optional=True")):
+            calls.append(
+                f"kubernetes.use_secret_as_env({task}, secret_name={literal(s.store_secret)},"
+                f" secret_key_to_env={literal({k: k for k in keys})}{optional})"
+            )
     for secret_file in s.secret_files:
         calls.append(
             f"kubernetes.use_secret_as_volume({task}, secret_name={literal(secret_file.secret)}, mount_path={literal(secret_file.path)})"
@@ -386,7 +420,9 @@ def _settings_calls(comp: _Component) -> list[str]:
 
 
 def _uses_kubernetes(s: StepSettings) -> bool:
-    return bool(s.timeout or s.secret_env or s.secret_files or s.volumes or s.node_selector or s.tolerations)
+    return bool(
+        s.timeout or s.secret_env or s.secret_files or s.volumes or s.node_selector or s.tolerations or s.store_secret
+    )
 
 
 def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
@@ -418,6 +454,8 @@ def _pipeline_source(plan: PipelinePlan, comps: list[_Component]) -> list[str]:
             f"{arg}={by_step[step.inputs[var]].task}.outputs[{literal(by_step[step.inputs[var]].outputs[var])}]"
             for var, arg in comp.inputs.items()
         ]
+        if comp.settings.store:
+            args.append(f"{STORE_RUN_ARG}=dsl.PIPELINE_JOB_ID_PLACEHOLDER")
         call = f"    {comp.task} = {comp.function}({', '.join(args)})"
         if len(call) > 110:
             call = "\n".join([f"    {comp.task} = {comp.function}(", *(f"        {a}," for a in args), "    )"])

@@ -20,7 +20,7 @@ from ..pipeline.cells import (
     parse_parameters,
     parse_step_line,
 )
-from ..pipeline.settings import SETTING_ARGUMENTS
+from ..pipeline.settings import SETTING_ARGUMENTS, STORE_ARGUMENTS
 from .common import arguments, in_notebook, usage_errors
 from .state import kernel_state
 
@@ -137,15 +137,24 @@ class PipelineMagics(Magics):
         parse_metrics_line(line)  # validation; the cell itself is recorded by the post-run hook
 
     @magic_arguments()
-    @arguments(SETTING_ARGUMENTS)
+    @arguments(SETTING_ARGUMENTS + STORE_ARGUMENTS)
     @line_magic("pipeline_config")
     @usage_errors
     def pipeline_config(self, line: str) -> None:
         """Pipeline-wide defaults for every step's settings (a step's own options win).
 
         Example: ``%pipeline_config --image python:3.11 --memory 2Gi --retries 1``
+
+        ``--store s3://BUCKET/PREFIX`` (or ``file:///PATH``) makes this kernel record runs and values in that shared
+        store as well (``$NBMAGIC_STORE_URI``).
         """
-        parse_config_line(line)  # validation; the cell itself is recorded by the post-run hook, like the file's
+        import os
+
+        from ..store_uri import ENV
+
+        settings = parse_config_line(line)  # the cell itself is recorded by the post-run hook, like the file's
+        if settings.store:
+            os.environ[ENV] = settings.store
 
     @magic_arguments()
     @argument("--notebook", help="the notebook file, when the kernel cannot find it")

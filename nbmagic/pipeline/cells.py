@@ -11,7 +11,7 @@ from .. import arguments
 from ..errors import NbMagicError, PipelineError
 from .analysis import parse, to_python
 from .model import PARAMETER_TYPES, Cell, Parameter, Step, check_name
-from .settings import SETTING_ARGUMENTS, StepSettings, settings_from_args
+from .settings import SETTING_ARGUMENTS, STORE_ARGUMENTS, StepSettings, settings_from_args
 
 STEP_MAGIC = "step"
 CONFIG_MAGIC = "pipeline_config"
@@ -37,7 +37,7 @@ def _parser(prog: str) -> Any:
     """The parser of a pipeline magic's line, built on first use (the same specs as the magic's ``?`` help)."""
     specs = {
         "%%step": STEP_ARGUMENTS + SETTING_ARGUMENTS,
-        "%pipeline_config": SETTING_ARGUMENTS,
+        "%pipeline_config": SETTING_ARGUMENTS + STORE_ARGUMENTS,
         "%pipeline_metrics": [(("names",), {"nargs": "*"})],
     }[prog]
     return arguments.build_parser(prog, specs)

@@ -89,6 +89,8 @@ class StepSettings:
     tolerations: tuple[Toleration, ...] = ()
     reuse: bool | None = None  # interactive reuse of stored results (None: the pipeline's setting, off by default)
     inputs: tuple[str, ...] = ()  # files whose content joins the step's cache key
+    store: str | None = None  # the shared run store's URI (%pipeline_config only)
+    store_secret: str | None = None  # Kubernetes secret with the store's credentials (%pipeline_config only)
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -372,6 +374,27 @@ SETTING_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
+# Only %pipeline_config takes these: where the whole pipeline records its runs and values.
+STORE_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (
+        ("--store",),
+        {
+            "metavar": "URI",
+            "help": "shared run store: s3://BUCKET/PREFIX or file:///PATH (sets $NBMAGIC_STORE_URI in this kernel;"
+            " compiled pipelines write there too)",
+        },
+    ),
+    (
+        ("--store-secret",),
+        {
+            "metavar": "SECRET",
+            "help": "Kubernetes secret whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,"
+            " NBMAGIC_STORE_KEY) compiled steps get as environment variables",
+        },
+    ),
+]
+
+
 def _merge_keyed(base: Iterable[Any], extra: Iterable[Any], key) -> tuple[Any, ...]:
     """Items of ``base`` then ``extra``; an item of ``extra`` replaces one of ``base`` with the same key."""
     merged: dict[Any, Any] = {key(item): item for item in base}
@@ -445,6 +468,12 @@ def settings_from_args(namespace: Any, base: StepSettings | None = None) -> Step
         changes["node_selector"] = tuple(parse_node_selector(v) for v in get("node_selector"))
     if get("toleration"):
         changes["tolerations"] = tuple(parse_toleration(v) for v in get("toleration"))
+    if get("store") is not None:
+        from .. import store_uri
+
+        changes["store"] = str(store_uri.parse(get("store"), "--store"))
+    if get("store_secret") is not None:
+        changes["store_secret"] = _k8s_name(get("store_secret"), "secret", "--store-secret")
     return check_limits(merge(base or StepSettings(), StepSettings(**changes) if changes else StepSettings()))
 
 

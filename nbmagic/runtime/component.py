@@ -25,14 +25,47 @@ def nbmagic_run(
     metrics: Any = None,
     watch: tuple = (),
     files: dict | None = None,
+    store: dict | None = None,
 ) -> None:
     """Run one notebook step: load input artifacts, run the cell, save output artifacts, log metrics.
 
     ``files``: the step's ``--inputs`` files and their content hashes when the pipeline was compiled; the step
-    stops when one is missing here or changed (a cached result keyed by the old content would be wrong)."""
+    stops when one is missing here or changed (a cached result keyed by the old content would be wrong).
+    ``store`` (``{"uri", "run", "pipeline", "steps", "dag"}``): the shared run store the step records itself in."""
     import numbers
     import os
     import sys
+    import time
+
+    started = time.time()
+
+    def record(state, values, error=None, result=None):
+        if not store:
+            return
+        import tempfile
+
+        from .publish import publish_step
+
+        saved = {name: artifact.path for name, artifact in outputs.items()} if state == "done" else {}
+        try:
+            for name in values if result is not None else ():  # metrics that are no artifact: stored too
+                if name not in saved:
+                    saved[name] = tempfile.mkdtemp(prefix=f"nbmagic-{name}-")
+                    marshal.save(result[name], saved[name], name)
+            publish_step(
+                store,
+                step,
+                state,
+                dict(parameters),
+                {name: artifact.path for name, artifact in inputs.items()},
+                saved,
+                values,
+                started,
+                error,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the store is this step's failure
+            sys.stderr.write(f"nbmagic: step {step!r}: cannot record the step in {store['uri']}: {exc}\n")
+            raise SystemExit(1) from None
 
     from . import marshal
     from . import step as runtime
@@ -40,6 +73,7 @@ def nbmagic_run(
     def fail(message):
         sys.stderr.write(f"nbmagic: step {step!r}: {message}\n")
         sys.stderr.flush()
+        record("failed", {}, message)
         raise SystemExit(1)
 
     if files:
@@ -88,6 +122,7 @@ def nbmagic_run(
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             fail(f"metric {name!r} is {type(value).__name__}, not a number")
         logged[name] = int(value) if isinstance(value, numbers.Integral) else float(value)
+    record("done", logged, result=result)
     for name, value in logged.items():
         metrics.log_metric(name, value)
     # One JSON line per metric on stdout (= the pod log on a cluster): the KFP REST API returns no metric

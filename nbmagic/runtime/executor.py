@@ -47,6 +47,9 @@ def step_function(spec: dict, code: str, prelude: str) -> Callable[..., None]:
     annotations.update({arg: Output[Artifact] for arg in outputs.values()})
     if metrics:
         annotations[metrics] = Output[Metrics]
+    store: dict | None = spec.get("store")  # the shared run store the step records itself in
+    if store:
+        annotations[spec["store_run"]] = str  # KFP's run id
 
     def run(**arguments: Any) -> None:
         nbmagic_run(
@@ -61,6 +64,7 @@ def step_function(spec: dict, code: str, prelude: str) -> Callable[..., None]:
             metrics=arguments.get(metrics) if metrics else None,
             watch=tuple(spec.get("watch", ())),
             files=spec.get("files"),
+            store={**store, "run": arguments[spec["store_run"]]} if store else None,
         )
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -2,7 +2,8 @@
 
     python -m nbmagic.serve.forkserver PARENT_PID
 
-Requests arrive on stdin, one JSON line each: ``{"argv": [...], "log": PATH, "cwd": DIR, "env": {...}}``.
+Requests arrive on stdin, one JSON line each: ``{"argv": [...], "log": PATH, "cwd": DIR, "env": {...},
+"modules": [...]}`` (modules: the model's library modules, imported here first so later servers start warm).
 It answers on stdout ``started PID`` and later ``exit PID CODE``. It exits with its parent (the kernel) or when
 stdin closes, and its servers exit with it (PR_SET_PDEATHSIG and a parent watchdog, as for any server).
 """
@@ -22,9 +23,7 @@ _PRELOAD = (
     "httpx",
     "dill",
     "joblib",
-    "kserve",
-    "kserve.model_server",
-    "kserve.protocol.rest.server",
+    "nbmagic.serve.kserve_lean",  # KServe's server modules only (see kserve_lean.load)
     "fastapi",
     "uvicorn",
     "nbmagic.serve.server",
@@ -33,7 +32,19 @@ _PRELOAD = (
     "nbmagic.serve.formats",
     "nbmagic.serve.transformer",
     "sklearn.base",
+    # what a server imports while it starts (uvicorn's protocols, FastAPI's pydantic.v1 checks)
+    "pydantic.v1",
+    "uvicorn.protocols.http.auto",
+    "uvicorn.protocols.websockets.auto",
+    "uvicorn.lifespan.on",
+    "uvloop",
+    "concurrent.futures.thread",
+    "nbmagic.serve.package",
 )
+# a request's "modules" (the model's own module) are imported here before forking, so the next server of the
+# same kind starts with them; only installed model libraries, never the user's files (they may change between
+# two servers, and the fork would keep the old ones); not keras: its backend is chosen by the environment at import
+_LIBRARIES = ("sklearn", "xgboost", "lightgbm", "torch")
 
 
 def _say(text: str) -> None:
@@ -47,9 +58,23 @@ def preload() -> None:
     for name in _PRELOAD:
         try:
             importlib.import_module(name)
+            if name == "nbmagic.serve.kserve_lean":
+                sys.modules[name].load()
         except Exception:  # noqa: BLE001 - an optional library missing: the child imports what it needs
             pass
     sys.argv = argv
+
+
+def import_libraries(names: list[str]) -> None:
+    """Import the model library modules in ``names`` (others are ignored; failures left to the child)."""
+    import importlib
+
+    for name in names:
+        if name.split(".")[0] in _LIBRARIES and name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the child reports what it cannot import
+                pass
 
 
 def _reap() -> None:
@@ -113,6 +138,7 @@ def main() -> None:
         if not line.strip():
             continue
         request = json.loads(line)
+        import_libraries(request.get("modules", []))
         pid = os.fork()
         if pid == 0:
             _child(request)

@@ -51,7 +51,7 @@ def check_port(port: int, host: str = HOST) -> int:
 class _Process:
     """One server subprocess and its log file."""
 
-    def __init__(self, role: str, args: list[str], log: Path) -> None:
+    def __init__(self, role: str, args: list[str], log: Path, modules: list[str] | None = None) -> None:
         self.role = role
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ class _Process:
         from nbmagic.serve import warm
 
         process = warm.start(env)
-        self.popen: Any = process.spawn(args, str(log), env) if process is not None else None
+        self.popen: Any = process.spawn(args, str(log), env, modules=modules) if process is not None else None
         if self.popen is not None:
             return
         with open(log, "wb") as out:
@@ -136,6 +136,7 @@ class Server:
         log_dir = log_dir or package.path.parent / "logs"
         self.processes: list[_Process] = []
         common = ["--package", str(package.path), "--name", self.name, "--host", HOST]
+        modules = [str(package.manifest.get("type_name", "")).rpartition(".")[0]]  # the model class's module
         try:
             if split:
                 predictor_port = free_port()
@@ -145,6 +146,7 @@ class Server:
                         "predictor",
                         [*common, "--http-port", str(predictor_port), "--predictor-only"],
                         log_dir / "predictor.log",
+                        modules,
                     )
                 )
                 # both start at once: the transformer needs the predictor only when a request arrives
@@ -163,6 +165,7 @@ class Server:
                             *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else []),
                         ],
                         log_dir / "transformer.log",
+                        modules,
                     )
                 )
                 self._wait_ready(self.processes[0], self.predictor_url, timeout)
@@ -177,6 +180,7 @@ class Server:
                             *(["--grpc-port", str(self.grpc_port)] if self.grpc_port else []),
                         ],
                         log_dir / "server.log",
+                        modules,
                     )
                 )
             self._wait_ready(self.processes[-1], self.url, timeout)
@@ -199,7 +203,7 @@ class Server:
                     return
             except requests.RequestException:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.02)
         raise ServerFailed(self._failure(proc, f"was not ready after {timeout:.0f} s"))
 
     def _failure(self, proc: _Process, what: str) -> str:

@@ -92,7 +92,7 @@ def build(
         manifest = {
             "name": name,
             "kind": kind.kind,
-            "model_format": kind.model_format,
+            "model_format": formats.kserve_format(kind.model_format, model_file),
             "type_name": kind.type_name,
             "model_file": model_file,
             "transformer": spec.entry if spec else None,

@@ -68,14 +68,14 @@ def _model_class() -> type:
     """Define the kserve.Model subclass (kserve is imported only in the server process)."""
     import asyncio
 
-    import kserve
     from kserve.errors import InvalidInput
+    from kserve.model import Model
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
     from nbmagic.serve.endpoint import Endpoint
     from nbmagic.serve.protocol import ProtocolError, as_array, datatype
 
-    class PackagedModel(kserve.Model):
+    class PackagedModel(Model):
         """The package's endpoint as a kserve.Model: preprocess, predict (here or forwarded), V1/V2 answers."""
 
         def __init__(self, endpoint: Endpoint, forward: Any = None) -> None:
@@ -216,7 +216,11 @@ def _quiet(log_requests: bool) -> None:
     # fastapi warns about KServe's ORJSONResponse on every request: one log line (and time) per request
     warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated")
     level = logging.INFO if log_requests else logging.WARNING
-    logging.getLogger("uvicorn.access").setLevel(level)
+    access = logging.getLogger("uvicorn.access")
+    access.setLevel(level)
+    if not log_requests:  # no handler anywhere: uvicorn then skips building an access line per request
+        access.handlers = []
+        access.propagate = False
     logging.getLogger("kserve.trace").setLevel(level)
 
 
@@ -224,7 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     die_with_parent(args.parent_pid, args.pdeathsig)
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv at import time: give it none of ours
-    import kserve
+    from nbmagic.serve import kserve_lean
+
+    kserve_lean.load()
+    from kserve.model_server import ModelServer
 
     from nbmagic.serve.endpoint import Endpoint
     from nbmagic.serve.routes import Forward, build_routes
@@ -234,14 +241,32 @@ def main(argv: list[str] | None = None) -> None:
     endpoint.name = args.name
     _install(args.host, build_routes(endpoint, forward), args.log_requests)
     model = _model_class()(endpoint, forward)
-    server = kserve.ModelServer(
+    server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port or 8081,
         enable_grpc=args.grpc_port is not None,
         enable_latency_logging=args.log_requests,
     )
     _quiet(args.log_requests)
+    _fast_event_loop()
     server.start([model])
+
+
+def _fast_event_loop() -> None:
+    """Run on uvloop where it is installed, as ``uvicorn.run`` would: KServe's single-process ModelServer starts
+    its servers with ``asyncio.run``, which otherwise takes the standard library's loop (more Python per
+    request)."""
+    import asyncio
+    import warnings
+
+    try:
+        import uvloop
+    except ImportError:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # policies are deprecated from Python 3.14 on
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())  # KServe configures get_event_loop()'s before asyncio.run
 
 
 if __name__ == "__main__":

@@ -96,12 +96,15 @@ class WarmProcess:
             return self._exits.get(pid, -signal.SIGTERM)
         return None
 
-    def spawn(self, argv: list[str], log: str, env: dict[str, str], timeout: float = 30.0) -> Forked | None:
-        """Fork a server; None when the warm process is not (or no longer) usable."""
+    def spawn(
+        self, argv: list[str], log: str, env: dict[str, str], timeout: float = 30.0, modules: list[str] | None = None
+    ) -> Forked | None:
+        """Fork a server (``modules``: the model's library modules, kept imported for the next ones); None when
+        the warm process is not (or no longer) usable."""
         if not self._ready.wait(timeout) or not self.alive:
             return None
         argv = [*argv, "--parent-pid", str(self.popen.pid), "--pdeathsig"]
-        request = json.dumps({"argv": argv, "log": log, "cwd": os.getcwd(), "env": env})
+        request = json.dumps({"argv": argv, "log": log, "cwd": os.getcwd(), "env": env, "modules": modules or []})
         with self._lock:
             try:
                 assert self.popen.stdin is not None

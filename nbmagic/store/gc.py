@@ -220,13 +220,26 @@ def collect(
     keep: Iterable[str] = (),
     grace: float = 60.0,
     now: float | None = None,
+    shared: bool = False,
 ) -> GcReport:
     """Apply ``policy``: choose runs to drop, then values nothing kept refers to; ``dry_run`` only reports.
 
     Never collected, by any policy: running runs, the newest run of each pipeline, each experiment's best
     trial (:meth:`RunStore.best_trial`, unless ``keep_best`` is off) and ``keep``; nor a value a live run
     wrote or re-found (see :func:`lease`). A run whose values cannot be freed yet keeps its record.
+    With ``shared`` and a shared store configured, the policy covers the team's runs and is applied there too
+    (:mod:`nbmagic.store.shared_gc`).
     """
+    if shared and store.remote is not None:
+        from .shared_gc import sweep
+
+        with store.remote.lease("gc"):
+            store.sync(force=True)
+            with _lock(store):
+                report = _collect(store, policy, dry_run, set(keep), grace, now or time.time())
+            swept = sweep(store, {run_id for run_id, *_ in report.runs}, dry_run, grace)
+            report.notes.append(swept.line(str(store.remote.uri), dry_run))
+            return report
     with _lock(store):
         return _collect(store, policy, dry_run, set(keep), grace, now or time.time())
 

@@ -130,10 +130,13 @@ class ValueRef:
 class ObjectStore:
     """Values on disk keyed by content hash, safe for several processes at once."""
 
-    def __init__(self, root: str | os.PathLike, fsync: bool = False):
+    def __init__(self, root: str | os.PathLike, fsync: bool = False, remote: Any = None):
         """``fsync=True`` also flushes each new object to disk before it becomes visible (power-loss safety;
-        a kill -9 needs no fsync). Without it a torn object after a power cut is caught by the hash on load."""
+        a kill -9 needs no fsync). Without it a torn object after a power cut is caught by the hash on load.
+        ``remote``: a shared store (:class:`~nbmagic.store.remote.RemoteStore`) values missing here are pulled
+        from, once, into this store (see :meth:`available`)."""
         self.root = Path(root)
+        self.remote = remote
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
         self.fsync = fsync
@@ -324,7 +327,7 @@ class ObjectStore:
         if name is None and isinstance(ref_or_hash, ValueRef):
             name = ref_or_hash.name
         path = self._path(digest)
-        if not (path / marshal.MANIFEST).exists():
+        if not self.available(digest, name or digest[:12]):
             raise StoreError(f"stored value {name or digest[:12]!r} is not in the store (hash {digest[:12]})")
         self._check_trust(digest, name or digest[:12])
         try:
@@ -350,7 +353,14 @@ class ObjectStore:
             raise StoreError(str(exc)) from exc
 
     def exists(self, digest: str) -> bool:
+        """The value is in this (local) store."""
         return (self._path(digest) / marshal.MANIFEST).exists()
+
+    def available(self, digest: str, name: str | None = None) -> bool:
+        """The value is here, or was just pulled from the shared store (checked against its hash)."""
+        if self.exists(digest):
+            return True
+        return self.remote is not None and self.remote.pull_object(self, digest, name or digest[:12])
 
     def size(self, digest: str) -> int:
         """Bytes of the value's data files."""

@@ -26,7 +26,9 @@ import contextlib
 import errno
 import json
 import os
+import re
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -67,6 +69,9 @@ CREATE TABLE IF NOT EXISTS cache (
     key TEXT PRIMARY KEY, step TEXT NOT NULL, execution_id INTEGER NOT NULL, outputs TEXT NOT NULL,
     metrics TEXT NOT NULL DEFAULT '{}', not_kept TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
     used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS remote_seen (uri TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT, PRIMARY KEY (uri, key));
+CREATE TABLE IF NOT EXISTS remote_outbox (uri TEXT NOT NULL, run_id TEXT NOT NULL, queued REAL NOT NULL,
+    PRIMARY KEY (uri, run_id));
 """
 
 SCHEMA_VERSION = 3
@@ -167,8 +172,22 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+_HASH = re.compile(r"[0-9a-f]{16,128}")  # a value's content hash (as ObjectStore checks it)
 # (store root, run id) -> (status, metrics, error, ended): run ends the index could not take when they happened
 _UNFINISHED: dict[tuple[str, str], tuple[str, dict[str, float], str | None, float]] = {}
+
+
+_REMOTES: dict[tuple[str, ...], Any] = {}
+
+
+def _shared_store(uri: Any) -> Any:
+    """One RemoteStore (and S3 client, slow to make) per URI, endpoint and key in this process."""
+    from .remote import RemoteStore
+
+    slot = (str(uri), *(os.environ.get(n, "") for n in ("AWS_ENDPOINT_URL", "NBMAGIC_STORE_KEY", "AWS_ACCESS_KEY_ID")))
+    if slot not in _REMOTES:
+        _REMOTES[slot] = RemoteStore(uri)
+    return _REMOTES[slot]
 
 
 def new_run_id() -> str:
@@ -179,9 +198,17 @@ def new_run_id() -> str:
 class RunStore:
     """The on-disk store: values under ``objects/``, logs under ``runs/``, the index in ``index.sqlite``."""
 
-    def __init__(self, root: Path | str | None = None) -> None:
+    def __init__(self, root: Path | str | None = None, remote: Any = "configured") -> None:
+        """``remote``: the shared store (a :class:`~nbmagic.store.remote.RemoteStore`), None for local only, or
+        ``"configured"`` for the one ``$NBMAGIC_STORE_URI`` names."""
         self.root = Path(root) if root else home() / "store"
         make_private_dir(self.root)
+        if remote == "configured":
+            from ..store_uri import configured
+
+            uri = configured()
+            remote = None if uri is None else _shared_store(uri)
+        self.remote = remote
         self._local = threading.local()
         try:
             conn = self._connection()
@@ -266,7 +293,7 @@ class RunStore:
 
         store = getattr(self, "_objects", None)
         if store is None:
-            store = self._objects = ObjectStore(self.root)
+            store = self._objects = ObjectStore(self.root, remote=self.remote)
         return store
 
     def run_dir(self, run_id: str) -> Path:
@@ -406,6 +433,12 @@ class RunStore:
         except StoreUnavailable:
             _UNFINISHED[(str(self.root), run_id)] = (status, metrics, error, time.time())
             raise
+        if self.remote is not None:
+            with self._db() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO remote_outbox VALUES (?,?,?)", (str(self.remote.uri), run_id, time.time())
+                )
+            self.publish_pending()
 
     def _finish_pending(self) -> None:
         for (root, run_id), outcome in list(_UNFINISHED.items()):
@@ -479,6 +512,7 @@ class RunStore:
     def list_runs(
         self, limit: int | None = None, pipeline: str | None = None, experiment: str | None = None
     ) -> list[RunRecord]:
+        self.sync()
         self.mark_torn_runs()
         query = f"SELECT {self._RUN_COLUMNS} FROM runs"
         where, args = [], []
@@ -500,6 +534,7 @@ class RunStore:
         ref = (ref or "").strip()
         if not ref:
             raise NbMagicError("which run? give a run id, a unique prefix, 'last' or 'best'")
+        self.sync()
         if ref == "best" or ref.startswith("best:"):
             return self._resolve_best(ref.partition(":")[2] or None)
         conn = self._connection()
@@ -766,6 +801,7 @@ class RunStore:
 
     def latest_output(self, name: str, run_ids: list[str] | None = None) -> tuple[str, int] | None:
         """(run id, artifact id) of the newest execution that assigned ``name`` (within ``run_ids`` if given)."""
+        self.sync()
         conn = self._connection()
         query = (
             "SELECT e.run_id, ev.artifact_id FROM events ev JOIN executions e ON e.id = ev.execution_id"
@@ -856,6 +892,251 @@ class RunStore:
         count, oldest = conn.execute("SELECT COUNT(*), MIN(started) FROM runs").fetchone()
         size = conn.execute("SELECT COALESCE(SUM(size), 0) FROM artifacts").fetchone()[0]
         return count, oldest, size
+
+    # -- the shared store ----------------------------------------------------------------------
+    def sync(self, force: bool = False) -> int:
+        """Import runs published to the shared store since the last sync (at most once a second per RunStore
+        unless ``force``); a store that cannot be reached is one line on stderr and the local index is used."""
+        if self.remote is None:
+            return 0
+        if not force and time.monotonic() - getattr(self, "_synced", -10.0) < 1.0:
+            return 0
+        from .backends import RemoteError
+
+        self._synced = time.monotonic()
+        try:
+            return self.remote.sync(self)
+        except RemoteError as exc:
+            print(f"nbmagic: {exc} (showing the runs known here)", file=sys.stderr)
+            return 0
+
+    def publish_pending(self) -> list[str]:
+        """Publish this store's finished runs not yet in the shared store; returns the run ids published. A
+        failure is one line on stderr: the runs stay queued and go with the next run."""
+        if self.remote is None:
+            return []
+        from .backends import RemoteError
+        from .objects import StoreError
+
+        uri = str(self.remote.uri)
+        queued = [
+            r[0]
+            for r in self._connection().execute(
+                "SELECT o.run_id FROM remote_outbox o JOIN runs r ON r.id = o.run_id"
+                " WHERE o.uri=? AND r.status NOT IN ('running','pending') ORDER BY o.queued",
+                (uri,),
+            )
+        ]
+        done = []
+        for run_id in queued:
+            try:
+                self.remote.publish(self, run_id)
+            except (RemoteError, StoreError) as exc:
+                print(
+                    f"nbmagic: run {run_id} is recorded here but not in {uri}: {exc}; it is published with the next run",
+                    file=sys.stderr,
+                )
+                break
+            with self._db() as db:
+                db.execute("DELETE FROM remote_outbox WHERE uri=? AND run_id=?", (uri, run_id))
+            done.append(run_id)
+        return done
+
+    def export_run(self, run_id: str) -> dict[str, Any]:
+        """A run as one self-contained record (run row, DAG, experiment, executions with their values)."""
+        conn = self._connection()
+        row = conn.execute(f"SELECT {self._RUN_COLUMNS}, dag FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise NbMagicError(f"no run {run_id!r} in the store")
+        record = self._record(row[:-1])
+        run = {name: getattr(record, name) for name in self._RUN_COLUMNS.replace(" ", "").split(",")}
+        run["dag"] = json.loads(row[-1]) if row[-1] else None
+        steps = self.step_rows(run_id)
+        values: dict[int, dict[str, dict[str, Any]]] = {}
+        for ex_id, kind, name, _aid, digest, type_, fmt, size in self.execution_events([s["id"] for s in steps]):
+            ref = {"hash": digest, "type": type_, "format": fmt, "size": size, "name": name}
+            values.setdefault(ex_id, {}).setdefault("inputs" if kind == "INPUT" else "outputs", {})[name] = ref
+        executions = []
+        for step in steps:
+            props = json.loads(step["properties"] or "{}")
+            reused = props.pop("reused_execution", None)
+            if step["cached"]:
+                props["not_kept"] = self.cached_not_kept(step["cache_key"], reused)
+            executions.append(
+                {
+                    **{k: step[k] for k in ("step", "state", "cached", "started", "ended", "error", "traceback")},
+                    **{k: step[k] for k in ("cache_key", "code_hash")},
+                    "properties": props,
+                    "environment": json.loads(step["environment"]) if step["environment"] else None,
+                    "inputs": values.get(step["id"], {}).get("inputs", {}),
+                    "outputs": values.get(step["id"], {}).get("outputs", {}),
+                }
+            )
+        experiment = None
+        if record.experiment:
+            experiment = {"name": record.experiment, "properties": self.experiment_properties(record.experiment) or {}}
+        return {"format": 1, "run": run, "experiment": experiment, "executions": executions, "exported": time.time()}
+
+    def import_runs(self, records: list[dict[str, Any]]) -> int:
+        """Add (or complete) runs published elsewhere, in one transaction; a run made by this store is never
+        overwritten. Returns how many records added something."""
+        with self._db() as db:
+            return sum(self._import_run(db, record) for record in records)
+
+    def import_run(self, record: dict[str, Any]) -> bool:
+        """:meth:`import_runs` of one record."""
+        return self.import_runs([record]) == 1
+
+    def _import_run(self, db: sqlite3.Connection, record: dict[str, Any]) -> bool:
+        run = record["run"]
+        run_id = str(run.get("id", ""))
+        if not run_id or not all(c.isalnum() or c in "-_." for c in run_id) or run_id.startswith("."):
+            return False
+        hashes = [
+            ref.get("hash")
+            for ex in record.get("executions") or []
+            for k in ("inputs", "outputs")
+            for ref in (ex.get(k) or {}).values()
+        ]
+        if not all(isinstance(h, str) and _HASH.fullmatch(h) for h in hashes):
+            return False  # a record naming something that is not a value hash is not imported
+        row = db.execute("SELECT owner_pid FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is not None and row[0] is not None:
+            return False  # this store's own run (published from here)
+        experiment = record.get("experiment") or None
+        if experiment and experiment.get("name"):
+            context = self._context(db, "experiment", str(experiment["name"]))
+            old = db.execute("SELECT properties FROM contexts WHERE id=?", (context,)).fetchone()[0]
+            merged = {**json.loads(old or "{}"), **(experiment.get("properties") or {})}
+            db.execute("UPDATE contexts SET properties=? WHERE id=?", (json.dumps(merged), context))
+        self._context(db, "pipeline", str(run["pipeline"]))
+        context = self._context(db, "run", run_id, {"pipeline": run["pipeline"]})
+        executions = record.get("executions") or []
+        metrics = dict(run.get("metrics") or {})
+        status, ended = run["status"], None
+        if row is not None:  # a run published in parts (one record per KFP step): merge
+            old_metrics, old_params, ended = db.execute(
+                "SELECT metrics, parameters, ended FROM runs WHERE id=?", (run_id,)
+            ).fetchone()
+            metrics = {**json.loads(old_metrics or "{}"), **metrics}
+            params = {**json.loads(old_params or "{}"), **(run.get("parameters") or {})}
+            db.execute(
+                "UPDATE runs SET parameters=?, started=MIN(started, ?) WHERE id=?",
+                (json.dumps(params), float(run["started"]), run_id),
+            )
+        else:
+            db.execute(
+                "INSERT INTO runs(id, pipeline, status, kind, parameters, notebook, experiment, started, steps,"
+                " url, context_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    run["pipeline"],
+                    status,
+                    run.get("kind") or "local",
+                    json.dumps(run.get("parameters") or {}),
+                    run.get("notebook"),
+                    run.get("experiment"),
+                    float(run["started"]),
+                    int(run.get("steps") or len(executions)),
+                    run.get("url"),
+                    context,
+                ),
+            )
+        for step in run.get("step_names") or []:  # a run published in parts: its steps not recorded yet wait
+            db.execute(
+                "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)", (run_id, step, "pending")
+            )
+        for ex in executions:
+            db.execute(
+                "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)",
+                (run_id, ex["step"], ex["state"]),
+            )
+            (ex_id,) = db.execute(
+                "SELECT id FROM executions WHERE run_id=? AND step=?", (run_id, ex["step"])
+            ).fetchone()
+            db.execute(
+                "UPDATE executions SET state=?, cache_key=?, code_hash=?, cached=?, started=?, ended=?, error=?,"
+                " traceback=?, properties=?, environment=? WHERE id=?",
+                (
+                    ex["state"],
+                    ex.get("cache_key"),
+                    ex.get("code_hash"),
+                    int(bool(ex.get("cached"))),
+                    ex.get("started"),
+                    ex.get("ended"),
+                    ex.get("error"),
+                    ex.get("traceback"),
+                    json.dumps(ex.get("properties") or {}),
+                    json.dumps(ex["environment"]) if ex.get("environment") else None,
+                    ex_id,
+                ),
+            )
+            db.execute("INSERT OR IGNORE INTO associations VALUES (?,?)", (context, ex_id))
+            for kind, key in (("INPUT", "inputs"), ("OUTPUT", "outputs")):
+                for name, ref in (ex.get(key) or {}).items():
+                    artifact = self._artifact(db, ref)
+                    db.execute("INSERT OR REPLACE INTO events VALUES (?,?,?,?)", (ex_id, artifact, kind, name))
+                    db.execute("INSERT OR IGNORE INTO attributions VALUES (?,?)", (context, artifact))
+        if run.get("step_names"):  # published in parts: the run is as far as its steps are
+            states = [r[0] for r in db.execute("SELECT state FROM executions WHERE run_id=?", (run_id,))]
+            if any(s in ("failed", "timed_out") for s in states):
+                status = "failed"
+            elif states and all(s in ("done", "cached") for s in states):
+                status = "done"
+            else:
+                status = "running"
+        cached = db.execute("SELECT COUNT(*) FROM executions WHERE run_id=? AND cached=1", (run_id,)).fetchone()[0]
+        db.execute(
+            "UPDATE runs SET status=?, metrics=?, ended=?, cached=?, error=COALESCE(?, error),"
+            " dag=COALESCE(?, dag), experiment=COALESCE(experiment, ?) WHERE id=?",
+            (
+                status,
+                json.dumps(metrics),
+                max([t for t in (ended, run.get("ended")) if t is not None], default=None),
+                cached,
+                run.get("error"),
+                json.dumps(run["dag"]) if run.get("dag") else None,
+                run.get("experiment"),
+                run_id,
+            ),
+        )
+        return True
+
+    def remote_watermark(self, uri: str) -> str | None:
+        """The newest record key seen in the shared store ``uri``."""
+        return self._connection().execute("SELECT MAX(key) FROM remote_seen WHERE uri=?", (uri,)).fetchone()[0]
+
+    def remote_seen(self, uri: str, keys: list[str]) -> set[str]:
+        """Which of ``keys`` were already imported (or judged) from ``uri``."""
+        conn, seen = self._connection(), set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            seen.update(
+                r[0]
+                for r in conn.execute(f"SELECT key FROM remote_seen WHERE uri=? AND key IN ({marks})", (uri, *chunk))
+            )
+        return seen
+
+    def remote_record_runs(self, uri: str) -> dict[str, str]:
+        """record key -> run id of every record imported from ``uri``."""
+        rows = self._connection().execute(
+            "SELECT key, run_id FROM remote_seen WHERE uri=? AND run_id IS NOT NULL", (uri,)
+        )
+        return dict(rows.fetchall())
+
+    def referenced_hashes(self, exclude: set[str] = frozenset()) -> set[str]:
+        """Hashes of every value a run (other than those in ``exclude``) read or wrote."""
+        rows = self._connection().execute(
+            "SELECT DISTINCT e.run_id, a.hash FROM events ev JOIN executions e ON e.id = ev.execution_id"
+            " JOIN artifacts a ON a.id = ev.artifact_id"
+        )
+        return {digest for run_id, digest in rows if run_id not in exclude}
+
+    def mark_remote_seen(self, uri: str, keys: list[tuple[str, str | None]]) -> None:
+        if keys:
+            with self._db() as db:
+                db.executemany("INSERT OR IGNORE INTO remote_seen VALUES (?,?,?)", [(uri, k, r) for k, r in keys])
 
     # -- gc ------------------------------------------------------------------------------------
     def gc_snapshot(self) -> GcSnapshot:

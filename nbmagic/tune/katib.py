@@ -117,8 +117,14 @@ def build_experiment(
     install: tuple[str, ...] = DEFAULT_INSTALL,
     kfp_experiment: str | None = None,
     service_account: str | None = None,
+    store: str | None = None,
+    store_secret: str | None = None,
 ) -> dict[str, Any]:
-    """A Katib v1beta1 Experiment (plain dict) whose trials run the pipeline on KFP."""
+    """A Katib v1beta1 Experiment (plain dict) whose trials run the pipeline on KFP.
+
+    With ``store`` (a shared run store URI) each trial records which run it was, with its experiment and metrics,
+    so ``%restore best`` finds the best trial's run there; ``store_secret`` gives the trial the store's
+    credentials (the keys of :data:`nbmagic.compile.generate.STORE_SECRET_KEYS`)."""
     spec = spec.validate()
     package = f"{PACKAGE_DIR}/{PACKAGE_FILE}"
     argv = trial_command(
@@ -130,6 +136,8 @@ def build_experiment(
         kfp_experiment=kfp_experiment,
         namespace=namespace,
     )
+    if store:
+        argv += ["--store", store, "--katib-experiment", name, "--goal", spec.goal]
     # the nbmagic image runs the trial runner directly; another image installs what it needs first
     command = ["sh", "-c", "pip install --quiet " + " ".join(install) + " && " + _shell_join(argv)] if install else argv
     pod: dict[str, Any] = {
@@ -146,6 +154,16 @@ def build_experiment(
     }
     if service_account:
         pod["serviceAccountName"] = service_account
+    if store_secret:
+        from ..compile.generate import STORE_SECRET_KEYS, STORE_SECRET_OPTIONAL
+
+        pod["containers"][0]["env"] = [
+            {
+                "name": k,
+                "valueFrom": {"secretKeyRef": {"name": store_secret, "key": k, "optional": k not in STORE_SECRET_KEYS}},
+            }
+            for k in (*STORE_SECRET_KEYS, *STORE_SECRET_OPTIONAL)
+        ]
     algorithm: dict[str, Any] = {"algorithmName": spec.algorithm}
     if spec.seed is not None and spec.algorithm in SEEDED:
         algorithm["algorithmSettings"] = [{"name": "random_state", "value": str(spec.seed)}]
@@ -378,6 +396,8 @@ def run_katib(
     client: Any = None,
     poll: float = 5.0,
     code: str = "",
+    store: str | None = None,
+    store_secret: str | None = None,
 ) -> KatibExperiment:
     """Build, submit and start watching a Katib Experiment for the compiled pipeline.
 
@@ -396,6 +416,8 @@ def run_katib(
         install=install,
         kfp_experiment=kfp_experiment,
         service_account=service_account,
+        store=store,
+        store_secret=store_secret,
     )
     experiment = KatibExperiment(spec, manifest, client=client or api_client(), poll=poll)
     return experiment.submit(build_configmap(name, namespace, pipeline_yaml))

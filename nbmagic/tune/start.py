@@ -103,6 +103,8 @@ def start(
             service_account=service_account,
             client=katib.api_client(api_server),
             code=code,
+            store=(defaults.store if defaults is not None else None) or _configured_store(),
+            store_secret=defaults.store_secret if defaults is not None else None,
         )
     from ..store.runs import RunStore
     from .local import LocalExperiment, pipeline_trial_runner
@@ -116,6 +118,13 @@ def start(
     experiment.start()
     RunStore().set_experiment(name, spec.objective, spec.goal, **since)  # what `%restore best` ranks by
     return experiment
+
+
+def _configured_store() -> str | None:
+    from ..store_uri import configured
+
+    uri = configured()
+    return str(uri) if uri else None
 
 
 def spec_from_args(plan: Any, args: Any) -> ExperimentSpec:

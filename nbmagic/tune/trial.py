@@ -46,8 +46,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metric", action="append", default=[], metavar="NAME", help="metrics to print; the first is the objective"
     )
+    p.add_argument("--store", default=None, metavar="URI", help="shared run store: record the trial's run there")
+    p.add_argument("--katib-experiment", default=None, help="the Katib Experiment this trial belongs to")
+    p.add_argument("--goal", default="minimize", choices=("minimize", "maximize"))
     p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help="how often the run and its logs are read")
     return p
+
+
+def record_trial(args: argparse.Namespace, run: Any, parameters: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Tell the shared store which run this trial was (its experiment, objective and metrics): ``%restore best``
+    there then ranks it with the experiment's other trials. One line on stderr if the store cannot be reached."""
+    from ..store.backends import RemoteError
+    from ..store.remote import RemoteStore
+    from ..store_uri import parse
+
+    status = str(getattr(run, "status", "") or "done").lower()
+    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    try:
+        RemoteStore(parse(args.store)).publish_trial(
+            str(getattr(run, "id", "")),
+            pipeline=args.pipeline_name,
+            experiment=args.katib_experiment or args.pipeline_name,
+            properties={"objective": args.metric[0] if args.metric else None, "goal": args.goal},
+            parameters=parameters,
+            metrics=numbers,
+            status="done" if status in ("done", "succeeded") else "failed",
+        )
+    except (NbMagicError, RemoteError) as exc:
+        print(f"nbmagic trial: the run is not recorded in {args.store}: {exc}", file=sys.stderr)
 
 
 def typed_parameters(types: Sequence[str], params: Sequence[str]) -> dict[str, Any]:
@@ -297,6 +323,8 @@ def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = 
         metrics = {}
     for line in metric_lines(metrics, args.metric, relay.latest if relay is not None else None):
         print(line, flush=True)
+    if args.store:
+        record_trial(args, run, parameters, metrics)
     if status.lower() not in ("", "done", "succeeded"):
         print(f"nbmagic trial: run {getattr(run, 'id', '?')} ended {status}", file=sys.stderr)
         return 1

@@ -129,7 +129,7 @@ def _candidates(obj: Any, pandas_format: str) -> list[tuple[str, Callable[..., W
                 (pickle.FORMAT, pickle.write),
             ]
         return [(pickle.FORMAT, pickle.write)]
-    for module in (torch, keras, xgboost, lightgbm, joblib, pickle):
+    for module in (keras, torch, xgboost, lightgbm, joblib, pickle):  # keras first: on torch a model is a Module too
         if module.claims(obj):
             return [(module.FORMAT, module.write)]
     return []

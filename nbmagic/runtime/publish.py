@@ -1,0 +1,204 @@
+"""A compiled step records itself in the shared run store: its values, then one signed record for the step.
+
+Runs inside a KFP component, so standard library only (boto3 is imported when the store is on S3, like a format's
+library). The layout and record format are the run store's (``nbmagic.store.remote``): values under
+``objects/<h[:2]>/<h>/`` with their ``manifest.json`` written last and only if absent, the step as
+``runs/<ms>-<run id>-<step>.json``; a kernel importing the records puts the run together from its steps.
+Credentials come from the environment (the ``--store-secret`` Kubernetes secret, or the pod's identity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+class _Folder:
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
+    def put(self, key: str, source: Path | None = None, data: bytes | None = None, if_absent: bool = False) -> None:
+        final = self.root / key
+        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        tmp.parent.mkdir(mode=0o700, exist_ok=True)
+        if source is not None:
+            shutil.copyfile(source, tmp)
+        else:
+            tmp.write_bytes(data or b"")
+        os.chmod(tmp, 0o600)
+        try:
+            if if_absent:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    pass
+            else:
+                os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def live(self, prefix: str) -> bool:
+        folder = self.root / prefix.rpartition("/")[0]
+        stem = prefix.rpartition("/")[2]
+        now = time.time()
+        return folder.is_dir() and any(
+            p.name.startswith(stem) and now - p.stat().st_mtime < 600 for p in folder.iterdir()
+        )
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
+
+class _S3:
+    def __init__(self, bucket: str, prefix: str) -> None:
+        import boto3
+
+        self.client, self.bucket, self.prefix = boto3.client("s3"), bucket, prefix
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except Exception as exc:  # noqa: BLE001 - botocore's ClientError, imported lazily
+            if str(getattr(exc, "response", {}).get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def put(self, key: str, source: Path | None = None, data: bytes | None = None, if_absent: bool = False) -> None:
+        if source is not None:
+            self.client.upload_file(str(source), self.bucket, self._key(key))
+            return
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data or b"", **extra)
+        except Exception as exc:  # noqa: BLE001
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code"))
+            if not (if_absent and code in ("PreconditionFailed", "412", "ConditionalRequestConflict")):
+                raise
+
+    def live(self, prefix: str) -> bool:
+        now = time.time()
+        page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(prefix))
+        return any(now - item["LastModified"].timestamp() < 600 for item in page.get("Contents", ()))
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def _backend(uri: str):  # noqa: ANN202
+    scheme, _, rest = uri.partition("://")
+    if scheme == "file":
+        return _Folder(rest)
+    bucket, _, prefix = rest.partition("/")
+    return _S3(bucket, prefix.strip("/"))
+
+
+def _sign(data: bytes) -> str | None:
+    key = os.environ.get("NBMAGIC_STORE_KEY", "")
+    return hmac.new(key.encode(), data, hashlib.sha256).hexdigest() if key else None
+
+
+def _push(store, folder: Path) -> dict:  # noqa: ANN001
+    """Upload one stored value (a marshal folder) unless the store has it; its reference."""
+    manifest_bytes = (folder / MANIFEST).read_bytes()
+    manifest = json.loads(manifest_bytes)
+    digest = manifest["hash"]
+    base = f"objects/{digest[:2]}/{digest}/"
+    if not store.exists(base + MANIFEST):
+        for entry in manifest["files"]:
+            store.put(base + entry["path"], source=folder / entry["path"])
+        signature = _sign(manifest_bytes)
+        if signature:
+            store.put(base + "manifest.sig", data=signature.encode())
+        store.put(base + MANIFEST, data=manifest_bytes, if_absent=True)
+    return {k: manifest.get(k) for k in ("hash", "type", "format", "size")}
+
+
+def publish_step(
+    target: dict,
+    step: str,
+    state: str,
+    parameters: dict,
+    inputs: dict,
+    outputs: dict,
+    metrics: dict,
+    started: float,
+    error: str | None = None,
+) -> str:
+    """Record one finished (or failed) step of run ``target["run"]`` in the store ``target["uri"]``.
+
+    ``inputs``/``outputs`` map variable names to their marshal folders. Returns the record's key."""
+    store = _backend(target["uri"])
+    lease = f"locks/writer-{uuid.uuid4().hex}.json"
+    for _attempt in range(600):  # a gc of the store excludes writers while it deletes
+        store.put(lease, data=json.dumps({"pid": os.getpid(), "since": time.time()}).encode())
+        if not store.live("locks/gc-"):
+            break
+        store.delete(lease)
+        time.sleep(1.0)
+    try:
+        refs = {
+            kind: {name: {**_push(store, Path(folder)), "name": name} for name, folder in values.items()}
+            for kind, values in (("inputs", inputs), ("outputs", outputs))
+        }
+        ended = time.time()
+        record = {
+            "format": 1,
+            "run": {
+                "id": target["run"],
+                "pipeline": target["pipeline"],
+                "status": "running",
+                "kind": "kfp",
+                "parameters": parameters,
+                "metrics": metrics,
+                "notebook": target.get("notebook"),
+                "experiment": None,
+                "started": started,
+                "ended": ended,
+                "steps": len(target["steps"]),
+                "cached": 0,
+                "error": error,
+                "url": None,
+                "dag": target.get("dag"),
+                "step_names": list(target["steps"]),
+            },
+            "experiment": None,
+            "executions": [
+                {
+                    "step": step,
+                    "state": state,
+                    "cached": 0,
+                    "started": started,
+                    "ended": ended,
+                    "error": error,
+                    "traceback": None,
+                    "cache_key": None,
+                    "code_hash": target.get("code_hashes", {}).get(step),
+                    "properties": {},
+                    "environment": None,
+                    **refs,
+                }
+            ],
+            "exported": ended,
+        }
+        canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
+        key = f"runs/{int(ended * 1000):013d}-{target['run']}-{step}.json"
+        store.put(key, data=json.dumps({"record": record, "sig": _sign(canonical)}).encode())
+        return key
+    finally:
+        store.delete(lease)

@@ -1,0 +1,76 @@
+"""Import only the parts of KServe a model server runs on.
+
+``import kserve`` runs a package ``__init__`` that also loads the Kubernetes client, Google auth, the
+cryptography bindings and a hundred API models (about a third of its import time), none of which a running
+model server touches. ``load()`` puts the ``kserve`` package in ``sys.modules`` without running that
+``__init__`` and imports the server's own modules (ModelServer, Model, the REST and gRPC servers, the V2
+types). The first attribute asked of the package that is not loaded yet (``kserve.KServeClient``, say) runs the
+real ``__init__`` then, so code that wants all of KServe still gets it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+SERVER_MODULES = (
+    "kserve.model_server",
+    "kserve.model",
+    "kserve.errors",
+    "kserve.protocol.infer_type",
+    "kserve.protocol.rest.server",
+    "kserve.protocol.grpc.server",
+)
+_LOCK = threading.RLock()
+
+
+def load() -> ModuleType:
+    """The ``kserve`` package with the server's modules imported (the whole package if it already was)."""
+    with _LOCK:
+        package = sys.modules.get("kserve")
+        if package is None:
+            package = _hollow_package()
+        argv, sys.argv = sys.argv, sys.argv[:1]  # kserve.model_server parses sys.argv at import time
+        try:
+            for name in SERVER_MODULES:
+                importlib.import_module(name)
+        finally:
+            sys.argv = argv
+        return package
+
+
+def _hollow_package() -> ModuleType:
+    spec = importlib.util.find_spec("kserve")
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError("No module named 'kserve'", name="kserve")
+    package = importlib.util.module_from_spec(spec)
+    completing = False
+
+    def complete(attr: str) -> object:
+        """Run the package's real ``__init__`` once, then answer ``attr`` from it (a submodule not imported yet
+        is left to the import system: ``from . import context`` asks for it before importing it)."""
+        nonlocal completing
+        with _LOCK:
+            if completing or "__getattr__" not in vars(package) or attr.startswith("__") or _submodule(attr):
+                raise AttributeError(f"module 'kserve' has no attribute '{attr}'")
+            completing = True
+            try:
+                spec.loader.exec_module(package)  # type: ignore[union-attr]
+            finally:
+                vars(package).pop("__getattr__", None)
+                completing = False
+        return getattr(package, attr)
+
+    def _submodule(attr: str) -> bool:
+        return any(
+            (Path(folder) / attr).is_dir() or (Path(folder) / f"{attr}.py").is_file()
+            for folder in spec.submodule_search_locations or ()
+        )
+
+    package.__getattr__ = complete  # type: ignore[method-assign] - PEP 562: module-level __getattr__
+    sys.modules["kserve"] = package
+    return package

@@ -1,0 +1,73 @@
+"""The model server imports only KServe's server modules (the rest loads when asked for); the warm process
+preloads installed model libraries only."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json, sys
+from nbmagic.serve import kserve_lean
+kserve = kserve_lean.load()
+lean = sorted(m for m in ("kubernetes", "google.auth", "kserve.api.kserve_client") if m in sys.modules)
+from kserve.model_server import ModelServer
+from kserve.model import Model
+import kserve as again
+client = again.KServeClient  # not loaded yet: the package's own __init__ runs now
+print(json.dumps({
+    "lean": lean,
+    "same_package": again is kserve,
+    "model_server": again.ModelServer is ModelServer,
+    "model": again.Model is Model,
+    "client": client.__module__,
+    "kubernetes_after": "kubernetes" in sys.modules,
+    "missing": hasattr(again, "no_such_name"),
+}))
+"""
+
+
+def test_server_modules_load_without_the_kubernetes_client():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {
+        "lean": [],
+        "same_package": True,
+        "model_server": True,
+        "model": True,
+        "client": "kserve.api.kserve_client",
+        "kubernetes_after": True,
+        "missing": False,
+    }
+
+
+LIBRARIES = """
+import json, sys
+sys.path.insert(0, ".")
+from nbmagic.serve import forkserver
+forkserver.import_libraries(["usermod", "sklearn.dummy", "sklearn.no_such_module", "keras_like.thing"])
+print(json.dumps({m: m in sys.modules for m in ("usermod", "sklearn.dummy", "sklearn.no_such_module")}))
+"""
+
+
+def test_warm_process_keeps_only_installed_model_libraries(tmp_path):
+    """Before forking, the warm process imports the model's library module (later servers start with it), never
+    a user's own file: that may change between two servers and the fork would keep the old one."""
+    (tmp_path / "usermod.py").write_text("VALUE = 1\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run(
+        [sys.executable, "-c", LIBRARIES], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "usermod": False,
+        "sklearn.dummy": True,
+        "sklearn.no_such_module": False,
+    }
