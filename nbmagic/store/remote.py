@@ -235,19 +235,26 @@ class RemoteStore:
             self.backend.put_bytes(key, json.dumps(body).encode())
         return key
 
-    def write_index(self, store: RunStore) -> str | None:
-        """Write one compacted index of every run this store has seen there (each record signed), so a new
-        kernel's first sync is one GET instead of one per run; older indexes are removed. The caller holds the
-        gc lease (no run publishes meanwhile). Returns the index's key."""
-        uri = str(self.uri)
-        seen = store.remote_record_runs(uri)
-        if not seen:
-            return None
-        entries = []
+    def write_index(self, store: RunStore, foreign: dict[str, dict[str, Any]] | None = None) -> str | None:
+        """Write one compacted index of every run record in the store (each record signed), so a new kernel's
+        first sync is one GET instead of one per run; older indexes are removed. Runs this home indexes are
+        exported from it; ``foreign`` (record key -> record) are the others, read from the store. An index lists
+        only the keys whose record it holds. The caller holds the gc lease (no run publishes meanwhile). Returns
+        the index's key."""
+        foreign = foreign or {}
+        seen = {k: r for k, r in store.remote_record_runs(str(self.uri)).items() if k not in foreign}
+        entries, held = [], set()
         for run_id in sorted(set(seen.values())):
             if store.get_run(run_id) is not None:
                 record = store.export_run(run_id)
                 entries.append({"record": record, "sig": _sign(self.key, _canonical(record))})
+                held.add(run_id)
+        seen = {k: r for k, r in seen.items() if r in held}
+        for key, record in sorted(foreign.items()):
+            entries.append({"record": record, "sig": _sign(self.key, _canonical(record))})
+            seen[key] = record["run"]["id"]
+        if not seen:
+            return None
         covers = max(seen)
         body = {"format": RECORD_FORMAT, "covers": covers, "keys": sorted(seen.items()), "runs": entries}
         stamp = covers.removeprefix("runs/")[:13]
