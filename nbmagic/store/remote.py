@@ -9,8 +9,8 @@ Layout under the store URI's prefix::
 
 The local store under ``$NBMAGIC_HOME`` stays the cache in front of it: a finished run is published (its
 values first, each value's ``manifest.json`` last and only if absent, then the run's record), and before
-``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index (keys are
-time-ordered, so a sync lists only the newest; a key costs one GET once). Values are pulled on first use
+``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index (a sync lists every
+record key and compares it with those seen, whatever the writers' clocks; a key costs one GET once). Values are pulled on first use
 into the local content-addressed cache and checked against their hash; a value that does not match is removed
 from the shared store, so the step that made it runs again.
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from .runs import RunStore
 
 RECORD_FORMAT = 1
-WINDOW_MS = 2 * 60 * 1000  # a sync re-lists keys this much older than the newest seen (clock skew, slow writers)
 STALE_S = 10 * 60.0  # a lease not renewed for this long belongs to a process that died
 RENEW_S = 60.0
 WAIT_S = float(os.environ.get("NBMAGIC_STORE_LOCK_WAIT", "600"))
@@ -290,17 +289,12 @@ class RemoteStore:
     def sync(self, store: RunStore, workers: int = 16) -> int:
         """Import the records not seen yet into the local index; returns how many runs were imported."""
         uri = str(self.uri)
-        newest = store.remote_watermark(uri)
         first = 0
-        if newest is None:
+        if store.remote_watermark(uri) is None:
             first = self._first_sync(store)
-            newest = store.remote_watermark(uri)
-        start = ""
-        if newest:
-            stamp = newest.removeprefix("runs/")[:13]
-            if stamp.isdigit():
-                start = f"runs/{max(0, int(stamp) - WINDOW_MS):013d}"
-        listed = [b.key for b in self.backend.list("runs/", start) if b.key.endswith(".json")]
+        # every record key is listed (a LIST call per 1000 keys) and compared with those seen: keys carry the
+        # writer's clock, so a watermark would hide the runs of a writer whose clock is behind another's
+        listed = [b.key for b in self.backend.list("runs/") if b.key.endswith(".json")]
         seen = store.remote_seen(uri, listed)
         fresh = [k for k in listed if k not in seen]
         if not fresh:
