@@ -53,9 +53,16 @@ class _Folder:
         folder = self.root / prefix.rpartition("/")[0]
         stem = prefix.rpartition("/")[2]
         now = time.time()
-        return folder.is_dir() and any(
-            p.name.startswith(stem) and now - p.stat().st_mtime < 600 for p in folder.iterdir()
-        )
+        if not folder.is_dir():
+            return False
+        for p in folder.iterdir():
+            if p.name.startswith(stem):
+                try:
+                    if now - p.stat().st_mtime < 600:
+                        return True
+                except FileNotFoundError:  # a lease deleted while listed
+                    continue
+        return False
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
@@ -151,6 +158,10 @@ def publish_step(
             break
         store.delete(lease)
         time.sleep(1.0)
+    else:
+        raise RuntimeError(
+            f"a gc of the store has held it for over 600 s ({target['uri']}/locks/gc-*): nothing published"
+        )
     try:
         refs = {
             kind: {name: {**_push(store, Path(folder)), "name": name} for name, folder in values.items()}
