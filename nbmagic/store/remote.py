@@ -76,6 +76,62 @@ def record_hashes(record: dict[str, Any]) -> set[str]:
     }
 
 
+def _name(value: Any) -> bool:
+    """A run id or step name: it becomes a path, so letters, digits and ``-_.`` only, not starting with a dot."""
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and not value.startswith(".")
+        and all(c.isalnum() or c in "-_." for c in value)
+    )
+
+
+def _number(value: Any, optional: bool = False) -> bool:
+    return (value is None and optional) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _mapping(value: Any) -> bool:
+    return value is None or isinstance(value, dict)
+
+
+def well_formed(record: Any) -> bool:
+    """Whether a run record has every field the local index needs, each of the right type."""
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        return False
+    run, experiment, executions = record.get("run"), record.get("experiment"), record.get("executions")
+    if not isinstance(run, dict) or not _name(run.get("id")) or not isinstance(run.get("pipeline"), str):
+        return False
+    if not isinstance(run.get("status"), str) or not _number(run.get("started")):
+        return False
+    if not _number(run.get("ended"), optional=True) or not _number(run.get("steps"), optional=True):
+        return False
+    if not all(_mapping(run.get(k)) for k in ("parameters", "metrics")):
+        return False
+    names = run.get("step_names")
+    if names is not None and (not isinstance(names, list) or not all(_name(n) for n in names)):
+        return False
+    if experiment is not None and not (isinstance(experiment, dict) and isinstance(experiment.get("name"), str)):
+        return False
+    if experiment is not None and not _mapping(experiment.get("properties")):
+        return False
+    if executions is None:
+        return True
+    if not isinstance(executions, list):
+        return False
+    for ex in executions:
+        if not isinstance(ex, dict) or not _name(ex.get("step")) or not isinstance(ex.get("state"), str):
+            return False
+        if not (_number(ex.get("started"), optional=True) and _number(ex.get("ended"), optional=True)):
+            return False
+        if not all(_mapping(ex.get(k)) for k in ("properties", "inputs", "outputs")):
+            return False
+        for kind in ("inputs", "outputs"):
+            refs = ex.get(kind) or {}
+            if not all(isinstance(r, dict) and isinstance(r.get("hash"), str) for r in refs.values()):
+                return False
+    return True
+
+
 class RemoteStore:
     """One shared store (S3 bucket prefix or folder) and the operations the local store needs from it."""
 
@@ -303,11 +359,11 @@ class RemoteStore:
 
         with ThreadPoolExecutor(max_workers=min(workers, len(fresh))) as pool:
             bodies = list(pool.map(self.backend.get_bytes, fresh))
-        records, marks, skipped = [], [], []
+        records, marks, skipped, malformed = [], [], [], []
         for key, data in zip(fresh, bodies):
-            record = self._read_record(key, data)
+            record, why = self._parse(data)
             if record is None:
-                skipped.append(key)
+                (malformed if why == "malformed" else skipped).append(key)
                 marks.append((key, None))
                 continue
             records.append(record)
@@ -320,21 +376,32 @@ class RemoteStore:
                 f" ($NBMAGIC_STORE_KEY), e.g. {skipped[0]}",
                 file=sys.stderr,
             )
+        if malformed:
+            print(
+                f"nbmagic: skipped {len(malformed)} malformed run record(s) in {self.uri} (a field missing or of"
+                f" the wrong type), e.g. {malformed[0]}",
+                file=sys.stderr,
+            )
         return first + imported
 
     def _read_record(self, key: str, data: bytes | None) -> dict[str, Any] | None:
+        """The record in ``data`` if it is well formed and (with a team key) signed with it; else None."""
+        return self._parse(data)[0]
+
+    def _parse(self, data: bytes | None) -> tuple[dict[str, Any] | None, str]:
+        """(record, "") or (None, why): "missing", "malformed" or "unsigned"."""
         if data is None:
-            return None
+            return None, "missing"
         try:
             body = json.loads(data)
             record = body["record"]
-            if record.get("format") != RECORD_FORMAT or not isinstance(record.get("run"), dict):
-                return None
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
+        except (ValueError, KeyError, TypeError):
+            return None, "malformed"
         if self.key and not _verified(self.key, _canonical(record), body.get("sig")):
-            return None
-        return record
+            return None, "unsigned"
+        if not well_formed(record):
+            return None, "malformed"
+        return record, ""
 
     # ------------------------------------------------------------------ leases
     def _live(self, prefix: str, mine: str = "") -> list[str]:

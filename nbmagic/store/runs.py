@@ -980,8 +980,19 @@ class RunStore:
     def import_runs(self, records: list[dict[str, Any]]) -> int:
         """Add (or complete) runs published elsewhere, in one transaction; a run made by this store is never
         overwritten. Returns how many records added something."""
+        added, failed = 0, []
         with self._db() as db:
-            return sum(self._import_run(db, record) for record in records)
+            for record in records:  # each in its own savepoint: one bad record does not stop the others
+                db.execute("SAVEPOINT import_run")
+                try:
+                    added += self._import_run(db, record)
+                except (KeyError, TypeError, ValueError, AttributeError, sqlite3.IntegrityError):
+                    db.execute("ROLLBACK TO import_run")
+                    failed.append(str((record.get("run") or {}).get("id", "?")) if isinstance(record, dict) else "?")
+                db.execute("RELEASE import_run")
+        if failed:
+            print(f"nbmagic: skipped {len(failed)} malformed run record(s), e.g. run {failed[0]!r}", file=sys.stderr)
+        return added
 
     def import_run(self, record: dict[str, Any]) -> bool:
         """:meth:`import_runs` of one record."""
@@ -1042,6 +1053,12 @@ class RunStore:
                     context,
                 ),
             )
+        steps = [*(run.get("step_names") or []), *(ex.get("step") for ex in record.get("executions") or [])]
+        if not all(
+            isinstance(s, str) and s and not s.startswith(".") and all(c.isalnum() or c in "-_." for c in s)
+            for s in steps
+        ):
+            return False  # step names become paths, like run ids
         for step in run.get("step_names") or []:  # a run published in parts: its steps not recorded yet wait
             db.execute(
                 "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)", (run_id, step, "pending")
