@@ -331,15 +331,20 @@ class RemoteStore:
             entries, keys = body["runs"], body["keys"]
         except (OSError, ValueError, KeyError, TypeError):
             return 0
-        records = [r for r in (self._read_record("", json.dumps(e).encode()) for e in entries) if r is not None]
-        imported = store.import_runs(records)
-        store.mark_remote_seen(str(self.uri), [(k, r) for k, r in keys])
-        if len(records) < len(entries):
+        try:
+            records = [self._read_record("", json.dumps(e).encode()) for e in entries]
+            marks = [(str(k), str(r)) for k, r in keys]
+        except (TypeError, ValueError):
+            return 0
+        if any(r is None for r in records):  # not this team key's index: each record is read on its own instead
             print(
-                f"nbmagic: skipped {len(entries) - len(records)} run record(s) in {indexes[-1]} of {self.uri} not"
-                " signed with the team key ($NBMAGIC_STORE_KEY)",
+                f"nbmagic: the run index {indexes[-1]} of {self.uri} does not verify with the team key"
+                " ($NBMAGIC_STORE_KEY): reading each run record instead",
                 file=sys.stderr,
             )
+            return 0
+        imported = store.import_runs(records)
+        store.mark_remote_seen(str(self.uri), marks)
         return imported
 
     def sync(self, store: RunStore, workers: int = 16) -> int:
@@ -362,9 +367,10 @@ class RemoteStore:
         records, marks, skipped, malformed = [], [], [], []
         for key, data in zip(fresh, bodies):
             record, why = self._parse(data)
-            if record is None:
+            if record is None:  # one not signed with this key is read again next time (the key may be fixed)
                 (malformed if why == "malformed" else skipped).append(key)
-                marks.append((key, None))
+                if why == "malformed":
+                    marks.append((key, None))
                 continue
             records.append(record)
             marks.append((key, record["run"]["id"]))
