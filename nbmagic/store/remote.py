@@ -451,6 +451,7 @@ class RemoteStore:
             yield
         finally:
             stop.set()
+            thread.join()  # a renewal under way would write the lease again after the delete
             with contextlib.suppress(RemoteError):
                 self.backend.delete(key)
 
