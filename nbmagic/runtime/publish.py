@@ -49,6 +49,12 @@ class _Folder:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def get(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def live(self, prefix: str) -> bool:
         folder = self.root / prefix.rpartition("/")[0]
         stem = prefix.rpartition("/")[2]
@@ -98,6 +104,14 @@ class _S3:
             if not (if_absent and code in ("PreconditionFailed", "412", "ConditionalRequestConflict")):
                 raise
 
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except Exception as exc:  # noqa: BLE001
+            if str(getattr(exc, "response", {}).get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
     def live(self, prefix: str) -> bool:
         now = time.time()
         page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(prefix))
@@ -126,13 +140,18 @@ def _push(store, folder: Path) -> dict:  # noqa: ANN001
     manifest = json.loads(manifest_bytes)
     digest = manifest["hash"]
     base = f"objects/{digest[:2]}/{digest}/"
-    if not store.exists(base + MANIFEST):
+    signature = _sign(manifest_bytes)
+    stored = store.get(base + MANIFEST)
+    if stored is None:
         for entry in manifest["files"]:
             store.put(base + entry["path"], source=folder / entry["path"])
-        signature = _sign(manifest_bytes)
         if signature:
             store.put(base + "manifest.sig", data=signature.encode())
         store.put(base + MANIFEST, data=manifest_bytes, if_absent=True)
+    elif signature and stored == manifest_bytes:  # uploaded by a writer without this key: sign this very manifest
+        old = store.get(base + "manifest.sig")
+        if old is None or not hmac.compare_digest(old.decode(errors="replace").strip(), signature):
+            store.put(base + "manifest.sig", data=signature.encode())
     return {k: manifest.get(k) for k in ("hash", "type", "format", "size")}
 
 
