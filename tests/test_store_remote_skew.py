@@ -25,3 +25,18 @@ def test_a_reader_sees_runs_of_a_correct_clock_after_a_fast_clocks_run(tmp_path,
     right = LocalRunner(RunStore(tmp_path / "right" / "store")).run(_plan(4))
     reader.sync(force=True)
     assert {r.id for r in reader.list_runs()} == {fast.id, right.id}
+
+
+def test_a_reader_sees_runs_of_a_clock_five_minutes_behind(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    first = LocalRunner(RunStore(tmp_path / "right" / "store")).run(_plan(3))
+    reader = RunStore(tmp_path / "reader" / "store")
+    assert [r.id for r in reader.list_runs()] == [first.id]
+    slow = LocalRunner(RunStore(tmp_path / "slow" / "store")).run(_plan(4))
+    (record,) = (shared / "runs").glob(f"*-{slow.id}.json")
+    stamp, _, rest = record.name.partition("-")
+    record.rename(record.with_name(f"{int(stamp) - 5 * 60 * 1000:013d}-{rest}"))  # its clock is 5 min behind
+    reader.sync(force=True)
+    assert {r.id for r in reader.list_runs()} == {first.id, slow.id}

@@ -9,8 +9,9 @@ Layout under the store URI's prefix::
 
 The local store under ``$NBMAGIC_HOME`` stays the cache in front of it: a finished run is published (its
 values first, each value's ``manifest.json`` last and only if absent, then the run's record), and before
-``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index (a sync lists every
-record key and compares it with those seen, whatever the writers' clocks; a key costs one GET once). Values are pulled on first use
+``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index (a sync lists the
+record keys stamped after its previous listing began, less ``SKEW_S``, and compares them with those seen, so a
+writer's clock ahead of the others hides nothing; a key costs one GET once). Values are pulled on first use
 into the local content-addressed cache and checked against their hash; a value that does not match is removed
 from the shared store, so the step that made it runs again.
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from .runs import RunStore
 
 RECORD_FORMAT = 1
+SKEW_S = 10 * 60.0  # a sync re-lists keys stamped up to this long before its previous listing began (its clock)
 STALE_S = 10 * 60.0  # a lease not renewed for this long belongs to a process that died
 RENEW_S = 60.0
 WAIT_S = float(os.environ.get("NBMAGIC_STORE_LOCK_WAIT", "600"))
@@ -321,7 +323,13 @@ class RemoteStore:
         if not seen:
             return None
         covers = max(seen)
-        body = {"format": RECORD_FORMAT, "covers": covers, "keys": sorted(seen.items()), "runs": entries}
+        body = {
+            "format": RECORD_FORMAT,
+            "covers": covers,
+            "listed_at": time.time(),  # the keys were listed under the gc lease, before this moment
+            "keys": sorted(seen.items()),
+            "runs": entries,
+        }
         stamp = covers.removeprefix("runs/")[:13]
         key = f"index/{stamp}-{uuid.uuid4().hex[:8]}.json.gz"
         self.backend.put_bytes(key, gzip.compress(json.dumps(body).encode(), 6))
@@ -355,6 +363,9 @@ class RemoteStore:
             return 0
         imported = store.import_runs(records)
         store.mark_remote_seen(str(self.uri), marks)
+        listed_at = body.get("listed_at")
+        if _number(listed_at):
+            store.set_remote_listed_at(str(self.uri), float(listed_at))
         return imported
 
     def sync(self, store: RunStore, workers: int = 16) -> int:
@@ -363,12 +374,16 @@ class RemoteStore:
         first = 0
         if store.remote_watermark(uri) is None:
             first = self._first_sync(store)
-        # every record key is listed (a LIST call per 1000 keys) and compared with those seen: keys carry the
-        # writer's clock, so a watermark would hide the runs of a writer whose clock is behind another's
-        listed = [b.key for b in self.backend.list("runs/") if b.key.endswith(".json")]
+        # keys carry their writer's clock, so the newest key seen says nothing about the others: a sync lists the
+        # keys stamped after its previous listing began by this machine's clock, less SKEW_S, and compares them
+        # with those seen (a writer's clock ahead hides nothing; one up to SKEW_S behind neither)
+        began, since = time.time(), store.remote_listed_at(uri)
+        start = "" if since is None else f"runs/{max(0, int((since - SKEW_S) * 1000)):013d}"
+        listed = [b.key for b in self.backend.list("runs/", start) if b.key.endswith(".json")]
         seen = store.remote_seen(uri, listed)
         fresh = [k for k in listed if k not in seen]
         if not fresh:
+            store.set_remote_listed_at(uri, began)
             return first
         from concurrent.futures import ThreadPoolExecutor
 
@@ -386,6 +401,7 @@ class RemoteStore:
             marks.append((key, record["run"]["id"]))
         imported = store.import_runs(records)
         store.mark_remote_seen(uri, marks)
+        store.set_remote_listed_at(uri, began)
         if skipped:
             print(
                 f"nbmagic: skipped {len(skipped)} run record(s) in {self.uri} not signed with the team key"

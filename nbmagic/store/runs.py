@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS cache (
     metrics TEXT NOT NULL DEFAULT '{}', not_kept TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
     used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS remote_seen (uri TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT, PRIMARY KEY (uri, key));
+CREATE TABLE IF NOT EXISTS remote_listed (uri TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS remote_outbox (uri TEXT NOT NULL, run_id TEXT NOT NULL, queued REAL NOT NULL,
     PRIMARY KEY (uri, run_id));
 """
@@ -1134,6 +1135,15 @@ class RunStore:
                 for r in conn.execute(f"SELECT key FROM remote_seen WHERE uri=? AND key IN ({marks})", (uri, *chunk))
             )
         return seen
+
+    def remote_listed_at(self, uri: str) -> float | None:
+        """When (this machine's clock) the last complete listing of ``uri``'s run records began."""
+        row = self._connection().execute("SELECT at FROM remote_listed WHERE uri=?", (uri,)).fetchone()
+        return row[0] if row else None
+
+    def set_remote_listed_at(self, uri: str, at: float) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO remote_listed VALUES (?,?)", (uri, at))
 
     def remote_record_runs(self, uri: str) -> dict[str, str]:
         """record key -> run id of every record imported from ``uri``."""
