@@ -252,6 +252,11 @@ class RemoteStore:
             for digest in sorted(record_hashes(record)):
                 if store.objects.exists(digest):
                     self.push_object(store.objects, digest)
+                elif not self.has_object(digest):  # a record naming a value nobody can load: not published
+                    raise StoreError(
+                        f"value {digest[:12]} of run {run_id} is neither in the local store nor in {self.uri}:"
+                        " cannot publish the run"
+                    )
             key = f"runs/{int(time.time() * 1000):013d}-{run_id}.json"
             body = {"record": record, "sig": _sign(self.key, _canonical(record))}
             self.backend.put_bytes(key, json.dumps(body).encode())

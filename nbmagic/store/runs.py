@@ -937,7 +937,9 @@ class RunStore:
                     f"nbmagic: run {run_id} is recorded here but not in {uri}: {exc}; it is published with the next run",
                     file=sys.stderr,
                 )
-                break
+                if isinstance(exc, RemoteError):
+                    break
+                continue  # this run's value is missing: the runs after it still go
             with self._db() as db:
                 db.execute("DELETE FROM remote_outbox WHERE uri=? AND run_id=?", (uri, run_id))
             done.append(run_id)
