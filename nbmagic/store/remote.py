@@ -239,10 +239,12 @@ class RemoteStore:
         )
 
     def drop_object(self, digest: str) -> None:
-        """Remove a value: its manifest first, so readers see it whole or not at all."""
-        self.backend.delete(self._object_key(digest, marshal.MANIFEST))
-        for blob in list(self.backend.list(self._object_key(digest))):
-            self.backend.delete(blob.key)
+        """Remove a value: its manifest first, so readers see it whole or not at all. Only the files listed
+        before are deleted (a value uploaded again meanwhile keeps what was written after the listing)."""
+        listed = [blob.key for blob in self.backend.list(self._object_key(digest))]
+        manifest = self._object_key(digest, marshal.MANIFEST)
+        for key in sorted(listed, key=lambda k: k != manifest):
+            self.backend.delete(key)
 
     # ------------------------------------------------------------------ runs
     def publish(self, store: RunStore, run_id: str) -> str:
