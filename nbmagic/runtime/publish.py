@@ -22,22 +22,36 @@ MANIFEST = "manifest.json"
 
 
 class _Folder:
+    """Files and folders owner-only plus the group bits of the store's folder, as the kernel's file store."""
+
     def __init__(self, root: str) -> None:
         self.root = Path(root)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        group = self.root.stat().st_mode & 0o070
+        self.dir_mode, self.file_mode = 0o700 | group, 0o600 | (group & 0o060)
+
+    def _mkdir(self, folder: Path) -> None:
+        missing = [p for p in (folder, *folder.parents) if not p.exists() and self.root in p.parents]
+        for path in reversed(missing):
+            try:
+                path.mkdir(mode=self.dir_mode)
+                os.chmod(path, self.dir_mode)
+            except FileExistsError:
+                pass
 
     def exists(self, key: str) -> bool:
         return (self.root / key).is_file()
 
     def put(self, key: str, source: Path | None = None, data: bytes | None = None, if_absent: bool = False) -> None:
         final = self.root / key
-        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._mkdir(final.parent)
         tmp = self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        tmp.parent.mkdir(mode=0o700, exist_ok=True)
+        self._mkdir(tmp.parent)
         if source is not None:
             shutil.copyfile(source, tmp)
         else:
             tmp.write_bytes(data or b"")
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, self.file_mode)
         try:
             if if_absent:
                 try:
