@@ -38,3 +38,19 @@ def test_an_index_with_an_entry_that_does_not_verify_is_not_used(tmp_path, monke
     body["runs"][0]["sig"] = "0" * 64
     index.write_bytes(gzip.compress(json.dumps(body).encode()))
     assert {r.id for r in RunStore(tmp_path / "carol" / "store").list_runs()} == {r.id for r in runs}
+
+
+def test_an_old_record_skipped_under_a_wrong_key_is_imported_once_the_key_is_right(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    run = LocalRunner(RunStore(tmp_path / "alice" / "store")).run(_plan())
+    (record,) = (shared / "runs").glob(f"*-{run.id}.json")
+    stamp, _, rest = record.name.partition("-")
+    record.rename(record.with_name(f"{int(stamp) - 3600 * 1000:013d}-{rest}"))  # published an hour ago
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "w" * 32)
+    bob = RunStore(tmp_path / "bob" / "store")
+    assert bob.list_runs() == []
+    bob.sync(force=True)
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    assert [r.id for r in RunStore(tmp_path / "bob" / "store").list_runs()] == [run.id]
