@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers.browser import dump_page, requires_chromium
+from helpers.browser import dump_page, requires_chromium, while_attached
 
 NOTEBOOK = "tune.ipynb"
 CELLS = [
@@ -69,14 +69,17 @@ def test_jupyterlab_tuning_view_reads_in_the_theme_and_survives_save_and_reopen(
         view.wait_for(timeout=120_000)
         for _ in range(20):  # the live view publishes its final state once more: read it once it holds still
             body_text = page.locator(".jp-Notebook").evaluate(TEXT_LUMINANCE)
-            svg_texts = view.locator("svg text").evaluate_all(f"els => els.map({LUMINANCE})")
+            svg_texts = while_attached(
+                page, lambda: view.locator("svg text").evaluate_all(f"els => els.map({LUMINANCE})")
+            )
             dag_texts = page.locator(".jp-OutputArea-output svg text").evaluate_all(f"els => els.map({LUMINANCE})")
-            best_row = view.locator("table.nbmagic-trials tbody tr[style]").first.evaluate(TEXT_LUMINANCE)
+            best = view.locator("table.nbmagic-trials tbody tr[style]").first
+            best_row = while_attached(page, lambda: best.evaluate(TEXT_LUMINANCE))  # noqa: B023
             if None not in (body_text, best_row, *svg_texts, *dag_texts):
                 break
             page.wait_for_timeout(250)
         stop_style = form.locator("button", has_text="Stop").get_attribute("class")
-        view.scroll_into_view_if_needed()
+        while_attached(page, view.scroll_into_view_if_needed)
         page.screenshot(path=str(shots / f"jupyterlab-{theme}.png"), full_page=False)
 
         page.keyboard.press("Control+s")  # save, then reopen with a fresh kernel

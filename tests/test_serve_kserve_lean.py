@@ -71,3 +71,44 @@ def test_warm_process_keeps_only_installed_model_libraries(tmp_path):
         "sklearn.dummy": True,
         "sklearn.no_such_module": False,
     }
+
+
+REBOUND = """
+import json, sys
+from nbmagic.serve import kserve_lean
+kserve = kserve_lean.load()
+seen = {
+    "utils": kserve.utils.__name__,
+    "constants": kserve.constants.__name__,
+    "get_predict_input": callable(kserve.utils.get_predict_input),
+    "v1beta1": kserve.constants.KSERVE_V1BETA1,
+    "lean": "kubernetes" in sys.modules,
+}
+sys.modules["kubernetes"] = None  # the real __init__ now fails importing the Kubernetes client
+errors = []
+for _ in range(2):
+    try:
+        kserve.KServeClient
+    except Exception as exc:
+        errors.append(type(exc).__name__ + ": " + str(exc))
+seen["errors"] = errors
+print(json.dumps(seen))
+"""
+
+
+def test_utils_and_constants_are_bound_as_kserve_binds_them_and_a_failed_init_keeps_its_error():
+    """User transformer code calls ``kserve.utils.get_predict_input`` and reads ``kserve.constants.KSERVE_V1BETA1``;
+    when the real ``__init__`` fails, later attributes raise that first error, not a bare AttributeError."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", REBOUND], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    from kserve.constants import constants
+
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "utils": "kserve.utils.utils",
+        "constants": "kserve.constants.constants",
+        "get_predict_input": True,
+        "v1beta1": constants.KSERVE_V1BETA1,
+        "lean": False,
+        "errors": ["ModuleNotFoundError: import of kubernetes halted; None in sys.modules"] * 2,
+    }

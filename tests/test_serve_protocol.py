@@ -150,6 +150,24 @@ def test_malformed_requests_are_400_protocol_errors(echo, body, message):
     assert set(answer.json()) == {"error"} and answer.json()["error"].startswith(message)
 
 
+@pytest.mark.parametrize(
+    "datatype,data,message",
+    [
+        ("INT32", [1.5, 2.7], "input 'x': value 1.5 is not an integer (datatype INT32)"),
+        ("UINT8", [0.9], "input 'x': value 0.9 is not an integer (datatype UINT8)"),
+        ("FP32", [1e40], "input 'x': value 1e+40 overflows FP32"),
+        ("BOOL", ["no"], "input 'x': data is not BOOL: it holds strings"),
+        ("FP32", ["2"], "input 'x': data is not FP32: it holds strings"),
+        ("UINT8", [300], "input 'x': value 300 is out of UINT8 range [0, 255]"),
+        ("INT8", [-200], "input 'x': value -200 is out of INT8 range [-128, 127]"),
+    ],
+)
+def test_json_values_the_datatype_would_change_are_400(echo, datatype, data, message):
+    answer = infer(echo, {"inputs": [tensor("x", [len(data)], datatype, data)]})
+    assert answer.status_code == 400
+    assert answer.json() == {"error": message}
+
+
 def test_requested_and_named_outputs_and_binary_output(clf, shell):
     X = shell.user_ns["X"][:3]
     model = shell.user_ns["clf"]

@@ -111,3 +111,72 @@ def test_a_kernel_starts_the_warm_process_at_load_ext_and_leaves_nothing_behind(
     while (_alive(warm_pid) or _alive(server_pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(warm_pid) and not _alive(server_pid)
+
+
+STARTER_THREAD = textwrap.dedent("""
+    import threading, time
+    from nbmagic.serve import warm
+    from nbmagic.serve.local import _child_env
+
+    def starter():
+        process = warm.start(_child_env())
+        assert process._ready.wait(120), "the warm process never said ready"
+
+    thread = threading.Thread(target=starter)
+    thread.start()
+    thread.join()  # the thread that started the warm process has exited
+    time.sleep(3)
+    print(warm._WARM.alive, warm._WARM.popen.poll(), flush=True)
+    warm.stop()
+""")
+
+
+def test_warm_process_outlives_the_thread_that_started_it(tmp_path):
+    """Linux sends PR_SET_PDEATHSIG when the creating thread exits, not the process: the warm process must not
+    die because the (short-lived) thread that started it did."""
+    environment = dict(os.environ, NBMAGIC_HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", STARTER_THREAD], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "None"]
+
+
+AFTER_CD = textwrap.dedent("""
+    import os, sys
+    from nbmagic.serve import warm
+    from nbmagic.serve.api import serve
+    from nbmagic.serve.local import _child_env
+
+    first, second = sys.argv[1:3]
+    os.chdir(first)
+    assert warm.start(_child_env())._ready.wait(120)  # the warm process starts in the first folder
+    os.chdir(second)  # %cd
+    sys.path.insert(0, second)
+    import localmod
+
+    server = serve(localmod.Model(), name="after-cd")
+    try:
+        print(type(server.processes[0].popen).__name__, server.predict([[1]]), flush=True)
+    finally:
+        server.stop()
+        warm.stop()
+""")
+
+
+def test_forked_server_imports_local_modules_from_the_current_folder(tmp_path):
+    """After %cd, a server forked by the warm process imports a same-named local module from the new folder."""
+    folders = []
+    for name, value in (("first", 1), ("second", 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "localmod.py").write_text(
+            f"class Model:\n    def predict(self, x):\n        return [{value}] * len(x)\n"
+        )
+        folders.append(str(folder))
+    environment = dict(os.environ, NBMAGIC_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", AFTER_CD, *folders], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["Forked", "[2]"]

@@ -65,7 +65,12 @@ def test_experiment_fields():
     exp = manifest()
     s = exp["spec"]
     assert s["algorithm"] == {"algorithmName": "tpe", "algorithmSettings": [{"name": "random_state", "value": "7"}]}
-    assert s["objective"] == {"type": "minimize", "objectiveMetricName": "val_loss", "additionalMetricNames": ["acc"]}
+    assert s["objective"] == {
+        "type": "minimize",
+        "objectiveMetricName": "val_loss",
+        "additionalMetricNames": ["acc"],
+        "metricStrategies": [{"name": "val_loss", "value": "latest"}, {"name": "acc", "value": "latest"}],
+    }
     assert s["parameters"] == [
         {
             "name": "lr",
@@ -333,3 +338,127 @@ def test_a_trial_katib_stopped_early_is_pruned_not_failed():
     assert (trial.status, trial.error, trial.objective) == ("pruned", "Trial is early stopped", None)
     stopped["status"]["conditions"][-1]["type"] = "Killed"
     assert _trial_from(stopped, 3, "val_loss").status == "failed"
+
+
+def test_katib_reads_each_metric_as_its_final_value_as_nbmagic_does():
+    from helpers.katib_collector import metric_strategies, observation, parse_text_logs
+
+    exp = manifest()  # minimize val_loss, additional acc: Katib's defaults would read min of both
+    assert schema_errors(exp) == [] and katib_errors(exp) == []
+    lines = [
+        "2026-01-01T00:00:01.000001Z epoch 0: val_loss=0.5 acc=0.6",
+        "2026-01-01T00:00:02.000001Z epoch 1: val_loss=0.2 acc=0.8",
+        "2026-01-01T00:00:03.000001Z epoch 2: val_loss=0.4 acc=0.7",  # overfits: the final value is not the best
+    ]
+    seen = observation(
+        parse_text_logs("\n".join(lines), ["val_loss", "acc"]), ["val_loss", "acc"], metric_strategies(exp)
+    )
+    assert seen["val_loss"]["min"] == "0.2" and seen["acc"]["max"] == "0.8"
+    assert seen["val_loss"]["value"] == "0.4" and seen["acc"]["value"] == "0.7"  # what nbmagic reads: latest
+
+
+class RotatingRun:
+    """A run whose step log is read by the relay; tests replace the log as kubelet rotation or a retry would."""
+
+    def __init__(self):
+        self.log, self.since = "", []
+        self.tasks = {"train": type("Task", (), {"status": "running"})()}
+
+    def logs(self, step, since_seconds=None):
+        self.since.append(since_seconds)
+        return self.log
+
+
+def test_the_relay_copies_each_report_once_also_after_a_rotated_or_restarted_log():
+    import io
+
+    from nbmagic.tune.trial import ReportRelay
+
+    run, out = RotatingRun(), io.StringIO()
+    relay = ReportRelay(run, out, 3600)
+    line = [f"2026-01-01T00:00:0{i}.000001Z epoch {i}: val_loss=0.{9 - i}" for i in range(8)]
+    run.log = "\n".join(["starting", line[0], line[1], "val_loss=1"])
+    relay.poll()
+    run.log = "\n".join(line[:3])
+    relay.poll()
+    run.log = "\n".join(line[3:5])  # rotated: the earlier lines are gone, the count of lines starts again
+    relay.poll()
+    run.log = "\n".join([line[4], line[5]])
+    relay.poll()
+    run.log = "\n".join([line[0], line[6], line[7]])  # a line copied before: not copied twice
+    relay.poll()
+    assert out.getvalue().splitlines() == line
+    # the whole log once, then its last seconds only (since the last read, with a margin)
+    assert run.since[0] is None and all(30 <= s < 40 for s in run.since[1:]), run.since
+
+
+def test_pod_logs_asks_the_api_server_for_the_last_seconds_only():
+    from helpers.kfp_api_server import PodLogServer
+    from nbmagic.run.pod_logs import PodLogs
+
+    server = PodLogServer()
+    server.add_pod("train-pod", "2026-01-01T00:00:00.000001Z val_loss=0.5\n")
+    server.start()
+    try:
+        pods = PodLogs("run-1", server.url, lambda text: text)
+        assert "val_loss=0.5" in pods.read("kubeflow", "train-pod")
+        assert "val_loss=0.5" in pods.read("kubeflow", "train-pod", since_seconds=35)
+        first, second = server.log_reads()
+        assert "sinceSeconds" not in first.query and second.query["sinceSeconds"] == ["35"]
+    finally:
+        server.stop()
+
+
+class LoggingRun(FakeRun):
+    """A finished run whose step logs are read by the relay: ``logs`` maps step -> text or an exception."""
+
+    def __init__(self, logs, status="succeeded", metrics=None):
+        super().__init__(status, metrics or {"val_loss": 0.5})
+        self._logs = logs
+        self.tasks = {step: type("Task", (), {"status": "done"})() for step in logs}
+        self.terminated = False
+
+    def logs(self, step, since_seconds=None):
+        if isinstance(self._logs[step], Exception):
+            raise self._logs[step]
+        return self._logs[step]
+
+    def terminate(self):
+        self.terminated = True
+
+
+def _trial_args(tmp_path):
+    package = tmp_path / "pipeline.yaml"
+    package.write_text("pipelineSpec: {}\n")
+    return ["--host", "h", "--pipeline-package", str(package), "--metric", "val_loss", "--poll", "3600"]
+
+
+def test_a_relay_error_is_one_line_and_the_final_lines_come_after_every_relayed_one(tmp_path, capsys):
+    ahead = "2099-01-01T00:00:00.999999Z epoch 0: val_loss=0.9"  # a step whose clock runs ahead
+    run = LoggingRun({"broken": RuntimeError("connection reset\nby peer"), "train": ahead})
+    assert trial_runner.main(_trial_args(tmp_path), submit=lambda *a, **k: run) == 0
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert out[0] == ahead and [line.split(" ", 1)[1] for line in out[1:]] == ["val_loss=0.5"]
+    assert out[1].split(" ", 1)[0] == "2099-01-01T00:00:01.000000Z"  # Katib takes it as the latest value
+    (warning,) = [line for line in captured.err.splitlines() if "cannot relay" in line]
+    assert "'broken'" in warning and "RuntimeError: connection reset by peer" in warning
+
+
+def test_sigterm_is_not_swallowed_by_code_that_catches_exception(tmp_path, capsys):
+    import os
+    import signal
+
+    class Swallowing(LoggingRun):
+        def wait(self, **_):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            except Exception:  # noqa: BLE001 - client code that catches every error while waiting
+                pass
+
+    import time
+
+    run = Swallowing({"train": ""})
+    assert trial_runner.main(_trial_args(tmp_path), submit=lambda *a, **k: run) == 143
+    assert run.terminated and "terminated" in capsys.readouterr().err

@@ -155,7 +155,7 @@ def _trial(exp: dict, package: Path, kfp_url: str, lr: float, metrics_file: Path
         for a in container["command"]
     ]
     command[command.index("--host") + 1] = kfp_url
-    return wrap_command([*command, "--poll", "0.05"], str(metrics_file))
+    return wrap_command([*command, "--poll", "0.05"], str(metrics_file), bool(exp["spec"].get("earlyStopping")))
 
 
 def _env(pods_url: str) -> dict[str, str]:
@@ -232,13 +232,16 @@ def test_sigterm_from_katib_terminates_the_kfp_run(compiled, tmp_path):
             assert time.time() < deadline and process.poll() is None
             time.sleep(0.05)
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        os.kill(int(children[0]) if children else process.pid, signal.SIGTERM)  # Katib ends the main's child
+        assert len(children) == 1, children  # the trial runs below the webhook's shell, as in the pod
+        os.kill(int(children[0]), signal.SIGTERM)  # Katib ends the training process, not the shell
         assert process.wait(30) != 0
     finally:
         if process.poll() is None:
             process.kill()
         kfp.stop()
         pods.stop()
+    assert process.returncode == 1  # the webhook's shell: no early-stopped mark, so the trial failed
+    assert not list(tmp_path.glob("*.pid"))  # not marked completed
     terminated = kfp.calls("RunService_TerminateRun")
     assert len(terminated) == 1 and terminated[0].status == 200
     assert f"KFP run {next(iter(kfp.runs))} terminated" in metrics_file.read_text()

@@ -267,3 +267,31 @@ def test_ctrl_c_waits_for_running_trials_only_when_stop_can_end_them(tmp_path):
         guard.cancel()
     exp.wait(30)
     assert exp.status == "stopped" and [t.status for t in exp.trials] == ["succeeded"]
+
+
+def test_a_study_saved_without_a_spec_still_refuses_another_space(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from nbmagic.tune.local import KEY_ATTR, study_path
+    from nbmagic.tune.watch import SPEC_ATTR
+
+    first = spec(max_trials=1, name="exp-b")
+    path = study_path("exp-b", tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = optuna.create_study(study_name=path.stem, storage=JournalStorage(JournalFileBackend(str(path))))
+    old.set_user_attr(KEY_ATTR, first.key("pipeline"))  # as stored before the spec attribute existed
+    assert SPEC_ATTR not in old.user_attrs
+    other = spec(max_trials=1, name="exp-b", parameters=(parse_param("lr=double(0.1,0.2)"),))
+    with pytest.raises(Exception, match="experiment 'exp-b' exists with another search space"):
+        run_local(other, quadratic(), recorded=RECORDED, directory=tmp_path)
+
+
+def test_each_resume_records_its_spec_for_watchers(tmp_path):
+    from nbmagic.tune.watch import SPEC_ATTR, spec_from_record
+
+    first = run_local(spec(max_trials=1, name="exp-c"), quadratic(), recorded=RECORDED, directory=tmp_path).wait(30)
+    assert spec_from_record(first._study.user_attrs[SPEC_ATTR]).max_trials == 1
+    again = run_local(spec(max_trials=2, name="exp-c"), quadratic(), recorded=RECORDED, directory=tmp_path).wait(30)
+    assert spec_from_record(again._study.user_attrs[SPEC_ATTR]).max_trials == 2

@@ -104,7 +104,7 @@ def test_a_second_kernel_watches_read_only_and_cannot_stop_or_drive(tmp_path, nb
             assert len([line for line in refused.splitlines() if line.strip()]) == 1
             gate.touch()  # the owner's trials may end now
             client.execute_cell(cells[8], 8)
-        watched = text_of(cells[8]).strip()
+        watched = "".join(o.text for o in cells[8].outputs if o.output_type == "stream").strip()  # one print
         owner = execute(
             driver,
             "exp.wait(120)\nprint(exp.status, [t.status for t in exp.trials], exp.best.trial, exp.best.objective)",
@@ -155,6 +155,9 @@ def test_watch_and_list_misuse_is_one_line(ip):
         ("%katib --watch nope", "no local experiment 'nope'"),
         ("%katib --list --watch nope", "take no search space"),
         ('%katib --watch nope --param "c=double(0,1)"', "take no search space"),
+        ("%katib --watch nope --max-trials 20", "tuning options: --max-trials given"),
+        ("%katib --watch nope --algorithm tpe --seed 3 --quiet", "tuning options: --algorithm, --seed given"),
+        ("%katib --list --max-t 5", "tuning options: --max-trials given"),
     ):
         result = run_cell(ip, line)
         error = result.error_in_exec
@@ -192,3 +195,63 @@ def test_a_trial_the_owner_stopped_is_listed_as_stopped_by_the_watcher(tmp_path)
     assert (
         [t.status for t in WatchedExperiment("halted").trials] == ["succeeded"] * 3 == [t.status for t in again.trials]
     )
+
+
+def test_a_restarted_study_is_read_afresh_and_an_unreadable_one_ends_the_watch(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from nbmagic.tune.ownership import StudyLock
+    from nbmagic.tune.watch import SPEC_ATTR, spec_record
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    path = tmp_path / "restarted.journal"
+    spec = ExperimentSpec((parse_param("c=double(0,6)"),), "loss", name="restarted", max_trials=30)
+
+    def study(trials: int) -> None:  # what the owner writes, here without running pipelines
+        made = optuna.create_study(study_name="restarted", storage=JournalStorage(JournalFileBackend(str(path))))
+        made.set_user_attr(SPEC_ATTR, spec_record(spec))
+        made.optimize(lambda t: t.suggest_float("c", 0, 6), n_trials=trials)
+
+    lock = StudyLock(tmp_path / "restarted", "restarted").acquire()  # this process drives it
+    try:
+        study(3)
+        watched = WatchedExperiment("restarted", directory=tmp_path, interval=0.02)
+        assert watched.status == "running" and len(watched.trials) == 3
+        path.unlink()  # the owner ran --restart: a new, longer study in a new file
+        study(5)
+        deadline = time.time() + 10
+        while len(watched.trials) != 5 and time.time() < deadline:
+            time.sleep(0.02)
+        assert len(watched.trials) == 5 and not watched.done
+        path.unlink()
+        path.write_text("not a study\n")
+        assert watched.wait(30).done
+        assert watched.status == "stopped" and "\n" not in watched.message
+        assert watched.message.startswith(f"watch ended: {path} could not be read")
+    finally:
+        lock.release()
+
+
+def test_the_watcher_never_writes_the_study_file(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from nbmagic.tune.watch import SPEC_ATTR, spec_record
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    path = tmp_path / "untouched.journal"
+    spec = ExperimentSpec((parse_param("c=double(0,6)"),), "loss", name="untouched", max_trials=3)
+    study = optuna.create_study(study_name="untouched", storage=JournalStorage(JournalFileBackend(str(path))))
+    study.set_user_attr(SPEC_ATTR, spec_record(spec))
+    study.optimize(lambda t: t.suggest_float("c", 0, 6), n_trials=1)
+    study.ask()  # a trial an owner that died left running: an owner would mark it, a watcher must not
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    time.sleep(0.02)  # a write now would change the modification time
+    watched = WatchedExperiment("untouched", directory=tmp_path, interval=0.01)
+    watched.refresh()
+    assert watched.done and [t.number for t in watched.trials] == [0, 1]
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["untouched.journal"]  # no lock or owner file either

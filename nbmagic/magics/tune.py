@@ -90,7 +90,7 @@ class TuneMagics(Magics):
         if args.stop:
             return _stop(args.name)
         if args.list or args.watch:
-            return self._watch(args)
+            return self._watch(args, _options(self.katib, line))
         from .state import current_plan
 
         plan = current_plan(self.shell, args.notebook)
@@ -98,13 +98,18 @@ class TuneMagics(Magics):
             return self._form(plan, args)
         return self._start(plan, args, build_spec(args, plan))
 
-    def _watch(self, args: Any) -> Any:
+    def _watch(self, args: Any, given: list[str]) -> Any:
         from IPython.core.error import UsageError
 
         from ..tune.watch import list_experiments, watch
 
-        if args.param or args.host or args.restart or (args.list and args.watch):
+        if args.list and args.watch:
             raise UsageError("%katib --watch NAME and --list take no search space, --host or --restart")
+        extra = [option for option in given if option not in WATCH_OPTIONS]
+        if extra:
+            raise UsageError(
+                f"%katib --watch NAME and --list take no search space or tuning options: {', '.join(extra)} given"
+            )
         if args.list:
             return list_experiments()
         experiment = watch(args.watch)
@@ -259,3 +264,23 @@ class FormHandle:
 
     def __repr__(self) -> str:
         return f"<%katib form; experiment: {self.form.experiment!r}>"
+
+
+WATCH_OPTIONS = ("--watch", "--list", "--quiet", "--wait")
+
+
+def _options(magic: Any, line: str) -> list[str]:
+    """The options written on ``line`` (abbreviations resolved as argparse resolves them), in order."""
+    from ..arguments import split
+
+    parser = magic.parser
+    known = [option for option in parser._option_string_actions if option.startswith("--")]
+    found: list[str] = []
+    for word in split(line, parser.prog):
+        if not word.startswith("--"):
+            continue
+        flag = word.split("=", 1)[0]
+        matches = [flag] if flag in known else [option for option in known if option.startswith(flag)]
+        if len(matches) == 1 and matches[0] not in found:
+            found.append(matches[0])
+    return found

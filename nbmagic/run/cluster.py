@@ -486,20 +486,21 @@ class ClusterRun:
             raise type(err)(self._hide(str(err))) from None
         return self
 
-    def logs(self, step: str) -> str:
-        """The log of a step's pod (Kubernetes ``read_namespaced_pod_log``; the KFP API serves no logs)."""
+    def logs(self, step: str, since_seconds: int | None = None) -> str:
+        """The log of a step's pod (Kubernetes ``read_namespaced_pod_log``; the KFP API serves no logs);
+        ``since_seconds``: only its lines of that many last seconds."""
         task = self._task_key(step)
         if task is None and step not in self.tasks:
             raise ClusterError(f"run {self.id} has no step {step!r}")
         task = task or step
         namespace = self.k8s_namespace
         for pod in self._pod_candidates(task):
-            text = self._pods.read(namespace, pod)
+            text = self._pods.read(namespace, pod, since_seconds)
             if text is not None:
                 return text
         for pod in self._pods.run_pods(namespace):
             if pod_is_task(pod, self._task_names(task), set(self._pod_candidates(task))):
-                text = self._pods.read(namespace, pod.metadata.name)
+                text = self._pods.read(namespace, pod.metadata.name, since_seconds)
                 if text is not None:
                     return text
         raise ClusterLogsError(

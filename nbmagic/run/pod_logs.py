@@ -182,16 +182,18 @@ class PodLogs:
             ) from None
         raise err
 
-    def read(self, namespace: str, pod: str) -> str | None:
-        """The log of a pod's ``main`` container (Argo's), or of its only container; None if no such pod."""
+    def read(self, namespace: str, pod: str, since_seconds: int | None = None) -> str | None:
+        """The log of a pod's ``main`` container (Argo's), or of its only container; None if no such pod.
+        ``since_seconds``: only the lines written in that many last seconds."""
         from kubernetes.client.rest import ApiException
 
         core = self.core()
         for container in ("main", None):
             try:
                 # preload off: the client would otherwise json-parse a log that happens to be valid JSON
+                since = {"since_seconds": since_seconds} if since_seconds else {}
                 response = core.read_namespaced_pod_log(
-                    pod, namespace, container=container, _preload_content=False, _request_timeout=(10, 120)
+                    pod, namespace, container=container, _preload_content=False, _request_timeout=(10, 120), **since
                 )
                 return response.data.decode("utf-8", "replace")
             except ApiException as err:

@@ -58,6 +58,7 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
+_KILL_WALKS = 4  # walks of the subtree per ended step, at most (see _kill_tree)
 _SUBREAPER = False  # set once the worker is a child subreaper: a step's leftovers then stay below it
 
 
@@ -191,11 +192,13 @@ def _warm_runtime() -> None:
             pass
 
 
-def _kill_group(pid: int) -> None:
+def _kill_group(pid: int) -> bool:
+    """SIGKILL the process group ``pid``; False when it had no process left."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return False
+    return True
 
 
 def _children(pid: int) -> list[int] | None:
@@ -274,17 +277,57 @@ def _processes() -> list[tuple[int, int, bytes]]:
 
 
 def _kill_tree(pid: int, token: str) -> None:
-    """Kill the step's process group and every process that carries the step's token in its environment."""
-    _kill_group(pid)
+    """Kill the step's process group and every process that carries the step's token in its environment.
+
+    A process killed while the subtree is walked hands its children to the worker after the worker's own
+    child list may have been read; so once something was killed, its victims are let end and the subtree is
+    walked again, until a walk finds no new carrier (a few walks at most).
+    """
     if not token:
+        _kill_group(pid)
         return
     needle = f"{TOKEN_ENV}={token}".encode()
-    for other, _ppid, environ in _processes():
-        if other != os.getpid() and needle in environ.split(b"\0"):
+    me = os.getpid()
+    killed: set[int] = set()
+    for walk in range(_KILL_WALKS):
+        below = [(other, environ) for other, _ppid, environ in _processes() if other != me]
+        new = [other for other, environ in below if other not in killed and needle in environ.split(b"\0")]
+        ending = list(new)
+        if walk == 0 and _kill_group(pid):  # its members end too: wait for those the walk saw
+            ending.extend(other for other, _environ in below if other not in killed and _group(other) == pid)
+        if not ending:
+            return
+        for other in new:
             try:
                 os.kill(other, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        killed.update(ending)
+        _await_end(ending)
+
+
+def _group(pid: int) -> int | None:
+    """The process group of ``pid``; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _await_end(pids: list[int], limit: float = 0.2) -> None:
+    """Wait (briefly) until each of ``pids`` has ended: its children have then been re-parented."""
+    deadline = time.monotonic() + limit
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as handle:
+                    state = handle.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in (b"Z", b"X", b"x"):
+                break
+            time.sleep(0.0005)
 
 
 def _kill_orphans() -> None:

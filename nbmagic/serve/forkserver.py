@@ -103,9 +103,8 @@ def _child(request: dict[str, Any]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+        sys.path[0] = request["cwd"]  # as `python -m` in that folder: not the folder the warm process started in
         sys.path[1:1] = extra
-        if request["cwd"] not in sys.path:
-            sys.path.insert(1, request["cwd"])
         from nbmagic.serve import server
 
         sys.argv = ["nbmagic.serve.server", *request["argv"]]
@@ -129,7 +128,9 @@ def main() -> None:
     from nbmagic.serve.server import die_with_parent
 
     parent = int(sys.argv[1])
-    die_with_parent(parent, pdeathsig=True)
+    # no PR_SET_PDEATHSIG: Linux sends it when the *thread* that started us exits, and a short-lived thread of
+    # the kernel starts us; stdin's end (the kernel's pipe closes when it dies) and the watchdog end us instead
+    die_with_parent(parent, pdeathsig=False)
     preload()
     threading.Thread(target=_reap, name="reaper", daemon=True).start()
     _say("ready")

@@ -25,6 +25,9 @@ SERVER_MODULES = (
     "kserve.protocol.rest.server",
     "kserve.protocol.grpc.server",
 )
+#: kserve's ``__init__`` does ``from .utils import utils`` (and constants): ``kserve.utils`` is the module
+#: ``kserve.utils.utils``, not the package, so ``kserve.utils.get_predict_input`` works
+_REBOUND = ("constants", "utils")
 _LOCK = threading.RLock()
 
 
@@ -38,6 +41,9 @@ def load() -> ModuleType:
         try:
             for name in SERVER_MODULES:
                 importlib.import_module(name)
+            if "__getattr__" in vars(package):  # the real __init__ has not run: bind what it binds
+                for name in _REBOUND:
+                    setattr(package, name, importlib.import_module(f"kserve.{name}.{name}"))
         finally:
             sys.argv = argv
         return package
@@ -49,19 +55,27 @@ def _hollow_package() -> ModuleType:
         raise ModuleNotFoundError("No module named 'kserve'", name="kserve")
     package = importlib.util.module_from_spec(spec)
     completing = False
+    failure: BaseException | None = None
 
     def complete(attr: str) -> object:
         """Run the package's real ``__init__`` once, then answer ``attr`` from it (a submodule not imported yet
-        is left to the import system: ``from . import context`` asks for it before importing it)."""
-        nonlocal completing
+        is left to the import system: ``from . import context`` asks for it before importing it). If that
+        ``__init__`` fails, every later attribute asked raises its first error again."""
+        nonlocal completing, failure
         with _LOCK:
             if completing or "__getattr__" not in vars(package) or attr.startswith("__") or _submodule(attr):
                 raise AttributeError(f"module 'kserve' has no attribute '{attr}'")
+            if failure is not None:
+                raise failure
             completing = True
             try:
                 spec.loader.exec_module(package)  # type: ignore[union-attr]
-            finally:
+            except BaseException as exc:
+                failure = exc
+                raise
+            else:
                 vars(package).pop("__getattr__", None)
+            finally:
                 completing = False
         return getattr(package, attr)
 

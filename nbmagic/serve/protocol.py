@@ -132,7 +132,9 @@ def _tensor(tensor: Any, body: bytes, offset: int) -> tuple[Any, int]:
                 array = np.empty(len(flat), dtype=object)
                 array[:] = flat
             else:
-                array = np.asarray(data, dtype=DTYPES[kind]).ravel()
+                array = _typed(name, kind, np.asarray(data).ravel())
+        except ProtocolError:
+            raise
         except (TypeError, ValueError, OverflowError) as exc:
             raise ProtocolError(f"input '{name}': data is not {kind}: {exc}") from None
     elif isinstance(params, dict) and "binary_data_size" in params:
@@ -147,6 +149,44 @@ def _tensor(tensor: Any, body: bytes, offset: int) -> tuple[Any, int]:
     if array.size != count:
         raise ProtocolError(f"input '{name}': {array.size} values do not fit shape {shape} ({count} expected)")
     return array.reshape(shape), offset
+
+
+_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}  # the rest are integer types: "iu"
+
+
+def _typed(name: str, kind: str, raw: Any) -> Any:
+    """JSON values as ``kind``, refusing any value the conversion would change (no silent coercion)."""
+    import numpy as np
+
+    target = np.dtype(DTYPES[kind])
+    if raw.size == 0:
+        return raw.astype(target)
+    allowed = _KINDS.get(kind, "iu")
+    if raw.dtype.kind == "f" and allowed == "iu":
+        values = raw.tolist()
+        bad = next((v for v in values if not float(v).is_integer() or abs(v) >= 2**63), values[0])
+        raise ProtocolError(f"input '{name}': value {bad!r} is not an integer (datatype {kind})")
+    if raw.dtype.kind not in allowed:
+        found = {"b": "booleans", "i": "numbers", "u": "numbers", "U": "strings"}.get(raw.dtype.kind, "mixed values")
+        if raw.dtype.kind == "O" and allowed == "iu" and all(type(v) is int for v in raw.tolist()):
+            found = f"integers out of {kind} range"
+        raise ProtocolError(f"input '{name}': data is not {kind}: it holds {found}")
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        low, high = int(raw.min()), int(raw.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise ProtocolError(f"input '{name}': value {bad} is out of {kind} range [{info.min}, {info.max}]")
+    with np.errstate(over="ignore"):
+        array = raw.astype(target)
+    if target.kind == "f":
+        overflow = np.isinf(array) & np.isfinite(raw)
+        if overflow.any():
+            bad = raw[overflow.argmax()]
+            raise ProtocolError(f"input '{name}': value {bad} overflows {kind}")
+    elif not np.array_equal(array, raw):
+        raise ProtocolError(f"input '{name}': data is not {kind}: values change when converted")
+    return array
 
 
 def _flatten(data: Any) -> list[Any]:

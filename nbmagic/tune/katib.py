@@ -170,6 +170,9 @@ def build_experiment(
     objective: dict[str, Any] = {"type": spec.goal, "objectiveMetricName": spec.objective}
     if spec.additional_metrics:
         objective["additionalMetricNames"] = list(spec.additional_metrics)
+    # each metric is its last printed value (the step's final one), as nbmagic reads it; Katib's default would
+    # be the best value of any epoch
+    objective["metricStrategies"] = [{"name": m, "value": "latest"} for m in (spec.objective, *spec.additional_metrics)]
     experiment_spec: dict[str, Any] = {}
     if spec.early_stopping:  # Katib stops trials from the timestamped name=value lines nbmagic.report() prints
         experiment_spec["earlyStopping"] = {

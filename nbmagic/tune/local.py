@@ -201,8 +201,6 @@ class LocalExperiment(Experiment):
         recorded_key = self._study.user_attrs.get(KEY_ATTR)
         if recorded_key is None:
             self._study.set_user_attr(KEY_ATTR, key)
-        if SPEC_ATTR not in self._study.user_attrs:  # what another process needs to watch it (tune.watch)
-            self._study.set_user_attr(SPEC_ATTR, spec_record(self.spec))
         elif recorded_key != key:
             raise TuneError(
                 f"experiment {self.name!r} exists with another search space or objective: use a new --name or --restart"
@@ -218,6 +216,9 @@ class LocalExperiment(Experiment):
                 f"experiment {self.name!r} ran other code of step {changed[0]!r}: its trials would mix two versions; "
                 "use --restart to start over or a new --name"
             )
+        record = spec_record(self.spec)  # what another process needs to watch it (tune.watch); --max-trials may change
+        if self._study.user_attrs.get(SPEC_ATTR) != record:
+            self._study.set_user_attr(SPEC_ATTR, record)
         self._distributions = distributions(self.spec)
         for frozen in self._study.get_trials(deepcopy=False):
             if frozen.state == TrialState.RUNNING:  # left by a kernel that died: not a trial failure

@@ -20,7 +20,9 @@ import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +94,13 @@ def typed_parameters(types: Sequence[str], params: Sequence[str]) -> dict[str, A
     return values
 
 
-def metric_lines(metrics: dict[str, Any], names: Sequence[str]) -> list[str]:
+def metric_lines(metrics: dict[str, Any], names: Sequence[str], after: float | None = None) -> list[str]:
     """Time-stamped ``name=value`` lines (``nbmagic.runtime.report.katib_line``): the requested metrics
-    first, then any other numeric ones."""
+    first, then any other numeric ones; stamped after ``after`` (the latest relayed line), so that Katib
+    takes them as the trial's latest values even when the step's clock ran ahead."""
     from ..runtime.report import katib_line
+
+    at = time.time() if after is None else max(time.time(), after + 1e-6)
 
     order = list(names) + sorted(k for k in metrics if k not in names)
     lines = []
@@ -107,8 +112,11 @@ def metric_lines(metrics: dict[str, Any], names: Sequence[str]) -> list[str]:
             except (TypeError, ValueError):
                 continue
         if math.isfinite(float(value)):
-            lines.append(katib_line({name: float(value)}, None))
+            lines.append(katib_line({name: float(value)}, None, at))
     return lines
+
+
+SINCE_MARGIN = 30  # s read again before the last read: a slow poll or a line written late is not missed
 
 
 class ReportRelay:
@@ -121,7 +129,11 @@ class ReportRelay:
 
     def __init__(self, run: Any, out: Any, interval: float) -> None:
         self.run, self.out, self.interval = run, out, interval
-        self._copied: dict[str, int] = {}  # step -> report lines already copied
+        self._last: dict[str, tuple[str, set[str]]] = {}  # step -> latest stamp copied, lines copied with it
+        self._read_at: dict[str, float] = {}  # step -> when its log was last read (monotonic)
+        self._warned: set[str] = set()
+        logs = getattr(run, "logs", None)
+        self._since = callable(logs) and "since_seconds" in _parameters(logs)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="nbmagic-report-relay", daemon=True)
@@ -147,18 +159,64 @@ class ReportRelay:
                 tasks = dict(getattr(self.run, "tasks", {}) or {})
             except NbMagicError:
                 return
+            except Exception as exc:  # noqa: BLE001 - relaying is best effort: the run's own result decides
+                self._warn("", exc)
+                return
             for step, task in tasks.items():
                 if getattr(task, "status", "") not in ("running", "done", "failed"):
                     continue
+                read_at = time.monotonic()
                 try:
-                    text = self.run.logs(step)
+                    text = self._read(step, read_at)
                 except NbMagicError:
                     continue  # not readable yet (pod starting) or not at all: the final metrics say why
+                except Exception as exc:  # noqa: BLE001 - relaying is best effort: the run's own result decides
+                    self._warn(step, exc)
+                    continue
+                self._read_at[step] = read_at
                 lines = [line.rstrip("\r") for line in text.splitlines()]
-                found = [line for line in lines if KATIB_LINE.match(line)]
-                for line in found[self._copied.get(step, 0) :]:
-                    print(line, file=self.out, flush=True)
-                self._copied[step] = max(self._copied.get(step, 0), len(found))
+                for line in lines:
+                    if KATIB_LINE.match(line) and self._new(step, line):
+                        print(line, file=self.out, flush=True)
+
+    def _warn(self, step: str, exc: Exception) -> None:
+        """One line on stderr per step (and per kind of error) that cannot be relayed."""
+        key = f"{step}:{type(exc).__name__}"
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        what = f"the log of step {step!r}" if step else "the run's steps"
+        detail = " ".join(str(exc).split())[:200]
+        print(f"nbmagic trial: cannot relay {what} ({type(exc).__name__}: {detail})", file=sys.stderr, flush=True)
+
+    @property
+    def latest(self) -> float | None:
+        """The latest time stamp copied (epoch seconds), None before any."""
+        stamps = [last for last, _lines in self._last.values()]
+        if not stamps:
+            return None
+        whole, fraction = max(stamps).split(".")
+        from datetime import datetime
+
+        at = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        return at.timestamp() + int(fraction[:6]) / 1e6
+
+    def _read(self, step: str, now: float) -> str:
+        """The step's log; after a first whole read, only its last seconds (since then, plus a margin)."""
+        since = self._read_at.get(step)
+        if since is None or not self._since:
+            return self.run.logs(step)
+        return self.run.logs(step, since_seconds=math.ceil(now - since) + SINCE_MARGIN)
+
+    def _new(self, step: str, line: str) -> bool:
+        """Whether ``line`` comes after what was copied of ``step`` (by its time stamp, not its position: a
+        rotated log or a retried pod starts its lines again); records it as copied."""
+        stamp = stamp_key(line.split(" ", 1)[0])
+        last, same = self._last.get(step, ("", set()))
+        if stamp < last or (stamp == last and line in same):
+            return False
+        self._last[step] = (stamp, {*same, line} if stamp == last else {line})
+        return True
 
     def stop(self) -> None:
         """Stop the thread, then copy what is left."""
@@ -172,7 +230,22 @@ class ReportRelay:
         self._stop.set()
 
 
-class _Terminated(Exception):
+def _parameters(function: Any) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def stamp_key(stamp: str) -> str:
+    """A report line's ``2026-01-01T00:00:00.25Z`` as a string that sorts in time (fraction to 9 digits)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return f"{whole}.{fraction:0<9}"
+
+
+class _Terminated(BaseException):
     """SIGTERM: Katib stops the trial (medianstop), or its Job is deleted."""
 
 
@@ -248,7 +321,7 @@ def main(argv: Sequence[str] | None = None, submit: Callable[..., Any] | None = 
     except NbMagicError as exc:  # logs unreadable: say why, print nothing Katib could mistake for metrics
         print(f"nbmagic trial: {exc}", file=sys.stderr)
         metrics = {}
-    for line in metric_lines(metrics, args.metric):
+    for line in metric_lines(metrics, args.metric, relay.latest if relay is not None else None):
         print(line, flush=True)
     if args.store:
         record_trial(args, run, parameters, metrics)

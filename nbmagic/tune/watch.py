@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from .experiment import RUNNING, STOPPED, SUCCEEDED, Experiment, Trial
 from .ownership import alive, describe, read_owner
 from .space import ExperimentSpec, ParameterSpace, TuneError
 
-SPEC_ATTR = "nbmagic_spec"  # the study's ExperimentSpec as JSON, written by the process that creates the study
+SPEC_ATTR = "nbmagic_spec"  # the study's ExperimentSpec as JSON, written by the process that opens the study
+FAILURES, FAILING_FOR = 5, 3.0  # reads of the study failing in a row, for at least this many s, end a watch
 
 
 class WatchOnly(TuneError):
@@ -92,6 +94,7 @@ class WatchedExperiment(Experiment):
         if not self.path.is_file():
             known = ", ".join(sorted(p.stem for p in folder.glob("*.journal"))) or "none"
             raise TuneError(f"no local experiment {name!r} in {folder} (experiments there: {known})")
+        self._file = self._identity()
         self._study = _load(self.path, name)
         recorded = self._study.user_attrs.get(SPEC_ATTR)
         if recorded is None:
@@ -116,6 +119,7 @@ class WatchedExperiment(Experiment):
         """Read the owner and the trials again; ends the watch once the owner is gone."""
         owner = read_owner(self.path.with_suffix(".owner"))
         running = owner is not None and alive(owner)
+        self._reload_if_replaced()
         if running:
             self._session = float(owner.get("at") or 0)  # kept after the owner goes: its trials stay classified
         frozen = self._study.get_trials(deepcopy=False)
@@ -135,6 +139,22 @@ class WatchedExperiment(Experiment):
         self._notify()
         return self
 
+    def _identity(self) -> tuple[int, int, int]:
+        """(device, inode, size) of the study file; raises while it is missing (between delete and create)."""
+        stat = self.path.stat()
+        return stat.st_dev, stat.st_ino, stat.st_size
+
+    def _reload_if_replaced(self) -> None:
+        """Read the study afresh when its file was replaced or shrank (the owner ran ``--restart``)."""
+        current = self._identity()
+        if current[:2] != self._file[:2] or current[2] < self._file[2]:
+            study = _load(self.path, self.name)
+            recorded = study.user_attrs.get(SPEC_ATTR)
+            if recorded is None:
+                raise TuneError(f"experiment {self.name!r} was replaced by a study without its settings")
+            self._study, self.spec = study, spec_from_record(recorded)
+        self._file = current
+
     def _trial(self, frozen: Any) -> Trial | None:
         """As the owner lists it: a trial its stop() ended is "stopped"; one an earlier, dead owner left
         running is not a trial (a resumed experiment asks for it again)."""
@@ -148,11 +168,24 @@ class WatchedExperiment(Experiment):
         return trial
 
     def _follow(self) -> None:
+        failed, since = 0, 0.0
         while not self._closed.wait(self.interval) and not self.done:
             try:
                 self.refresh()
-            except Exception:  # noqa: BLE001 - a half-written study line: read again at the next poll
-                continue
+                failed = 0
+            except Exception as error:  # noqa: BLE001 - a half-written line or a file being replaced: read again
+                failed, since = failed + 1, since if failed else time.monotonic()
+                if failed >= FAILURES and time.monotonic() - since >= FAILING_FOR:
+                    self._give_up(error, failed)
+
+    def _give_up(self, error: Exception, failed: int) -> None:
+        """End the watch with one line: the study could not be read several times in a row."""
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        with self._lock:
+            self.status = STOPPED
+            self.message = f"watch ended: {self.path} could not be read {failed} times in a row ({reason})"
+        self._done.set()
+        self._notify()
 
     def stop(self, wait: bool = False) -> WatchedExperiment:
         """Not allowed: the experiment belongs to the process that drives it."""

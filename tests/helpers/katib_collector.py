@@ -5,8 +5,9 @@ cmd/metricscollector/v1beta1/file-metricscollector/main.go, pkg/metricscollector
 pkg/controller.v1beta1/trial/trial_controller_util.go, pkg/earlystopping/v1beta1/medianstop/service.py,
 pkg/webhook/v1beta1/pod/utils.go):
 
-- the webhook wraps the primary container: ``sh -c "<args joined by spaces> 1>FILE 2>&1"`` (keeping a
-  command's own ``sh -c``); stdout and stderr both land in the file the collector reads;
+- the webhook wraps the primary container: ``sh -c "<args joined by spaces> 1>FILE 2>&1 [|| <early stopped
+  or failed check>] && echo completed > DIR/$$$$.pid"`` (keeping a command's own ``sh -c``); stdout and stderr
+  both land in the file the collector reads; the trial's process is a child of that shell;
 - a line counts when it contains a metric's name; its first space-separated token is its time stamp if it
   parses as RFC 3339 (else the zero time); every match of the filter (default
   ``([\\w|-]+)\\s*=\\s*([+-]?\\d*(\\.\\d+)?([Ee][+-]?\\d+)?)``, Go's ASCII ``\\w``) whose name is a metric is a value;
@@ -14,7 +15,9 @@ pkg/webhook/v1beta1/pod/utils.go):
   the collector) and compared: for the objective, the best value so far; a rule with ``start_step`` is
   judged at that report only; the trial is stopped once every rule is met;
 - a trial's observation: per metric min, max and latest (the value with the latest time stamp; on a tie the
-  later line);
+  later line); the value Katib uses (best trial, suggestions) is the one the metric's strategy names; the
+  experiment defaulter gives every metric without a strategy min (minimize) or max (maximize), the
+  additional metrics too (pkg/apis/controller/experiments/v1beta1/experiment_defaults.go);
 - medianstop's rule: the objective's values of each succeeded trial ordered by time, the first
   ``start_step`` of them averaged; with at least ``min_trials_required`` trials, the "median" of those
   averages, which the service computes as their mean; compared "greater" for minimize, "less" for maximize.
@@ -32,12 +35,40 @@ UNAVAILABLE = "unavailable"
 _RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
 
 
-def wrap_command(command: list[str], metrics_file: str) -> list[str]:
-    """The primary container's command as Katib's webhook rewrites it for the StdOut collector."""
+def wrap_command(command: list[str], metrics_file: str, early_stopping: bool = False) -> list[str]:
+    """The primary container's command as Katib's webhook rewrites it for the StdOut collector, as the
+    shell then receives it (Kubernetes has expanded ``$$`` to ``$`` outside ``$(...)`` references)."""
     shell, args = ["sh", "-c"], list(command)
     if args[:2] in (["sh", "-c"], ["bash", "-c"]):
         shell, args = args[:2], args[2:]
-    return [*shell, " ".join([*args, f"1>{metrics_file} 2>&1"])]
+    folder = metrics_file.rsplit("/", 1)[0] if "/" in metrics_file else "."
+    args.append(f"1>{metrics_file} 2>&1")
+    if early_stopping:
+        args += [
+            "||",
+            f"if test -f {folder}/$$$$.pid && [ $(head -n 1 {folder}/$$.pid) = early-stopped ]; "
+            "then echo Training Container was Early Stopped; else echo Training Container was Failed; exit 1; fi",
+        ]
+    args += ["&&", f"echo completed > {folder}/$$$$.pid"]
+    return [*shell, k8s_expand(" ".join(args))]
+
+
+def k8s_expand(text: str) -> str:
+    """Kubernetes' expansion of a container's command and args with no variables defined: ``$$`` is ``$``;
+    a ``$(...)`` reference to an undefined variable stays as written."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("$(", i) and ")" in text[i:]:
+            end = text.index(")", i)
+            out.append(text[i : end + 1])
+            i = end + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def _time(token: str) -> datetime | None:
@@ -80,8 +111,20 @@ def parse_text_logs(text: str, metrics: list[str], filters: list[str] | None = N
     return logs
 
 
-def observation(logs: list[MetricLog], metrics: list[str]) -> dict[str, dict[str, str]]:
-    """``getMetrics``: min, max and latest per metric."""
+def metric_strategies(experiment: dict) -> dict[str, str]:
+    """The experiment's ``metricStrategies`` as Katib's defaulter completes them: metric name -> min/max/latest."""
+    objective = experiment["spec"]["objective"]
+    given = {s["name"]: s["value"] for s in objective.get("metricStrategies") or []}
+    default = {"minimize": "min", "maximize": "max"}.get(objective.get("type"), "latest")
+    for name in [objective["objectiveMetricName"], *(objective.get("additionalMetricNames") or [])]:
+        given.setdefault(name, default)
+    return given
+
+
+def observation(
+    logs: list[MetricLog], metrics: list[str], strategies: dict[str, str] | None = None
+) -> dict[str, dict[str, str]]:
+    """``getMetrics``: min, max and latest per metric; with ``strategies`` also ``value``, the one Katib uses."""
     found = {m: {"min": UNAVAILABLE, "max": UNAVAILABLE, "latest": UNAVAILABLE} for m in metrics}
     latest_at: dict[str, datetime] = {}
     for log in logs:
@@ -103,6 +146,9 @@ def observation(logs: list[MetricLog], metrics: list[str]) -> dict[str, dict[str
         if log.name not in latest_at or not latest_at[log.name] > at:
             latest_at[log.name] = at
             metric["latest"] = log.value
+    for name, metric in found.items():
+        if strategies and name in strategies:
+            metric["value"] = metric[strategies[name]]
     return found
 
 

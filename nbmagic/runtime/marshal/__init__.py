@@ -176,6 +176,9 @@ def save(obj: Any, directory: str | os.PathLike, name: str, *, pandas_format: st
             if exc.errno in DISK_FULL:
                 raise  # no format can help: the caller reports the full filesystem
             errors.append(f"{fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        except MarshalError:
+            _clear(directory)
+            raise  # the format claims the value and knows it cannot be stored: no fallback hides that
         except Exception as exc:  # noqa: BLE001 - any failure moves on to the next format
             errors.append(f"{fmt}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             _clear(directory)

@@ -23,7 +23,7 @@ def write(obj: Any, directory: Path, algorithm: str, name: str) -> Written:
         torch.save(obj, directory / "tensor.pt")
         return {"kind": "tensor"}, versions("torch"), {}
     meta: dict = {"kind": "module"}
-    if type(obj).__module__ == "__main__":  # a notebook-defined class: keep it by value
+    if any(type(m).__module__ == "__main__" for m in obj.modules()):  # notebook-defined classes: kept by value
         import dill
 
         torch.save(obj, directory / "module.pt", pickle_module=dill)
