@@ -369,7 +369,9 @@ def _settings_calls(comp: _Component) -> list[str]:
     calls = [f"{task}.set_display_name({literal(comp.step.name)})"]
     # a step that produces metrics always runs on a cluster: a KFP cache hit would skip the code that
     # prints the metric values the run (and a Katib trial) reads back from the step's log
-    if not s.cache or comp.metrics:
+    # with a shared run store, neither: a cached step would record nothing there, and the run would stay
+    # "running" in every kernel for good
+    if not s.cache or comp.metrics or s.store:
         calls.append(f"{task}.set_caching_options(False)")
     for method, value in (
         ("set_cpu_request", s.cpu_request),

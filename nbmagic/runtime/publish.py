@@ -22,22 +22,36 @@ MANIFEST = "manifest.json"
 
 
 class _Folder:
+    """Files and folders owner-only plus the group bits of the store's folder, as the kernel's file store."""
+
     def __init__(self, root: str) -> None:
         self.root = Path(root)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        group = self.root.stat().st_mode & 0o070
+        self.dir_mode, self.file_mode = 0o700 | group, 0o600 | (group & 0o060)
+
+    def _mkdir(self, folder: Path) -> None:
+        missing = [p for p in (folder, *folder.parents) if not p.exists() and self.root in p.parents]
+        for path in reversed(missing):
+            try:
+                path.mkdir(mode=self.dir_mode)
+                os.chmod(path, self.dir_mode)
+            except FileExistsError:
+                pass
 
     def exists(self, key: str) -> bool:
         return (self.root / key).is_file()
 
     def put(self, key: str, source: Path | None = None, data: bytes | None = None, if_absent: bool = False) -> None:
         final = self.root / key
-        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._mkdir(final.parent)
         tmp = self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        tmp.parent.mkdir(mode=0o700, exist_ok=True)
+        self._mkdir(tmp.parent)
         if source is not None:
             shutil.copyfile(source, tmp)
         else:
             tmp.write_bytes(data or b"")
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, self.file_mode)
         try:
             if if_absent:
                 try:
@@ -49,13 +63,26 @@ class _Folder:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def get(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def live(self, prefix: str) -> bool:
         folder = self.root / prefix.rpartition("/")[0]
         stem = prefix.rpartition("/")[2]
         now = time.time()
-        return folder.is_dir() and any(
-            p.name.startswith(stem) and now - p.stat().st_mtime < 600 for p in folder.iterdir()
-        )
+        if not folder.is_dir():
+            return False
+        for p in folder.iterdir():
+            if p.name.startswith(stem):
+                try:
+                    if now - p.stat().st_mtime < 600:
+                        return True
+                except FileNotFoundError:  # a lease deleted while listed
+                    continue
+        return False
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
@@ -91,6 +118,14 @@ class _S3:
             if not (if_absent and code in ("PreconditionFailed", "412", "ConditionalRequestConflict")):
                 raise
 
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except Exception as exc:  # noqa: BLE001
+            if str(getattr(exc, "response", {}).get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
     def live(self, prefix: str) -> bool:
         now = time.time()
         page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(prefix))
@@ -119,13 +154,18 @@ def _push(store, folder: Path) -> dict:  # noqa: ANN001
     manifest = json.loads(manifest_bytes)
     digest = manifest["hash"]
     base = f"objects/{digest[:2]}/{digest}/"
-    if not store.exists(base + MANIFEST):
+    signature = _sign(manifest_bytes)
+    stored = store.get(base + MANIFEST)
+    if stored is None:
         for entry in manifest["files"]:
             store.put(base + entry["path"], source=folder / entry["path"])
-        signature = _sign(manifest_bytes)
         if signature:
             store.put(base + "manifest.sig", data=signature.encode())
         store.put(base + MANIFEST, data=manifest_bytes, if_absent=True)
+    elif signature and stored == manifest_bytes:  # uploaded by a writer without this key: sign this very manifest
+        old = store.get(base + "manifest.sig")
+        if old is None or not hmac.compare_digest(old.decode(errors="replace").strip(), signature):
+            store.put(base + "manifest.sig", data=signature.encode())
     return {k: manifest.get(k) for k in ("hash", "type", "format", "size")}
 
 
@@ -151,6 +191,10 @@ def publish_step(
             break
         store.delete(lease)
         time.sleep(1.0)
+    else:
+        raise RuntimeError(
+            f"a gc of the store has held it for over 600 s ({target['uri']}/locks/gc-*): nothing published"
+        )
     try:
         refs = {
             kind: {name: {**_push(store, Path(folder)), "name": name} for name, folder in values.items()}

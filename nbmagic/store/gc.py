@@ -234,7 +234,7 @@ def collect(
         from .shared_gc import sweep
 
         with store.remote.lease("gc"):
-            store.sync(force=True)
+            store.remote.sync(store)  # a sync that fails stops the gc: its index would miss runs
             with _lock(store):
                 report = _collect(store, policy, dry_run, set(keep), grace, now or time.time())
             swept = sweep(store, {run_id for run_id, *_ in report.runs}, dry_run, grace)

@@ -9,8 +9,9 @@ Layout under the store URI's prefix::
 
 The local store under ``$NBMAGIC_HOME`` stays the cache in front of it: a finished run is published (its
 values first, each value's ``manifest.json`` last and only if absent, then the run's record), and before
-``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index (keys are
-time-ordered, so a sync lists only the newest; a key costs one GET once). Values are pulled on first use
+``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index (a sync lists the
+record keys stamped after its previous listing began, less ``SKEW_S``, and compares them with those seen, so a
+writer's clock ahead of the others hides nothing; a key costs one GET once). Values are pulled on first use
 into the local content-addressed cache and checked against their hash; a value that does not match is removed
 from the shared store, so the step that made it runs again.
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from .runs import RunStore
 
 RECORD_FORMAT = 1
-WINDOW_MS = 2 * 60 * 1000  # a sync re-lists keys this much older than the newest seen (clock skew, slow writers)
+SKEW_S = 10 * 60.0  # a sync re-lists keys stamped up to this long before its previous listing began (its clock)
 STALE_S = 10 * 60.0  # a lease not renewed for this long belongs to a process that died
 RENEW_S = 60.0
 WAIT_S = float(os.environ.get("NBMAGIC_STORE_LOCK_WAIT", "600"))
@@ -77,6 +78,62 @@ def record_hashes(record: dict[str, Any]) -> set[str]:
     }
 
 
+def _name(value: Any) -> bool:
+    """A run id or step name: it becomes a path, so letters, digits and ``-_.`` only, not starting with a dot."""
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and not value.startswith(".")
+        and all(c.isalnum() or c in "-_." for c in value)
+    )
+
+
+def _number(value: Any, optional: bool = False) -> bool:
+    return (value is None and optional) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _mapping(value: Any) -> bool:
+    return value is None or isinstance(value, dict)
+
+
+def well_formed(record: Any) -> bool:
+    """Whether a run record has every field the local index needs, each of the right type."""
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        return False
+    run, experiment, executions = record.get("run"), record.get("experiment"), record.get("executions")
+    if not isinstance(run, dict) or not _name(run.get("id")) or not isinstance(run.get("pipeline"), str):
+        return False
+    if not isinstance(run.get("status"), str) or not _number(run.get("started")):
+        return False
+    if not _number(run.get("ended"), optional=True) or not _number(run.get("steps"), optional=True):
+        return False
+    if not all(_mapping(run.get(k)) for k in ("parameters", "metrics")):
+        return False
+    names = run.get("step_names")
+    if names is not None and (not isinstance(names, list) or not all(_name(n) for n in names)):
+        return False
+    if experiment is not None and not (isinstance(experiment, dict) and isinstance(experiment.get("name"), str)):
+        return False
+    if experiment is not None and not _mapping(experiment.get("properties")):
+        return False
+    if executions is None:
+        return True
+    if not isinstance(executions, list):
+        return False
+    for ex in executions:
+        if not isinstance(ex, dict) or not _name(ex.get("step")) or not isinstance(ex.get("state"), str):
+            return False
+        if not (_number(ex.get("started"), optional=True) and _number(ex.get("ended"), optional=True)):
+            return False
+        if not all(_mapping(ex.get(k)) for k in ("properties", "inputs", "outputs")):
+            return False
+        for kind in ("inputs", "outputs"):
+            refs = ex.get(kind) or {}
+            if not all(isinstance(r, dict) and isinstance(r.get("hash"), str) for r in refs.values()):
+                return False
+    return True
+
+
 class RemoteStore:
     """One shared store (S3 bucket prefix or folder) and the operations the local store needs from it."""
 
@@ -96,14 +153,24 @@ class RemoteStore:
     def push_object(self, objects: ObjectStore, digest: str) -> bool:
         """Upload a local value unless the store has it; its manifest goes last, so a reader never sees it half
         written. Returns True when this call uploaded it."""
-        if self.has_object(digest):
-            return False
         folder = objects._path(digest)
         try:
             manifest_bytes = (folder / marshal.MANIFEST).read_bytes()
             manifest = json.loads(manifest_bytes)
         except (OSError, ValueError):
             raise StoreError(f"value {digest[:12]} is not in the local store: cannot publish it") from None
+        stored = self.backend.get_bytes(self._object_key(digest, marshal.MANIFEST))
+        if stored is not None:
+            # uploaded before, maybe by a writer without the team key (or with another): sign it if it is this
+            # very manifest (its files are checked against it by hash on every pull)
+            sig_key = self._object_key(digest, "manifest.sig")
+            if (
+                self.key
+                and stored == manifest_bytes
+                and not _verified(self.key, stored, self.backend.get_bytes(sig_key))
+            ):
+                self.backend.put_bytes(sig_key, (_sign(self.key, stored) or "").encode())
+            return False
         for entry in manifest["files"]:
             self.backend.put_file(self._object_key(digest, entry["path"]), folder / entry["path"])
         signature = _sign(self.key, manifest_bytes)
@@ -172,10 +239,12 @@ class RemoteStore:
         )
 
     def drop_object(self, digest: str) -> None:
-        """Remove a value: its manifest first, so readers see it whole or not at all."""
-        self.backend.delete(self._object_key(digest, marshal.MANIFEST))
-        for blob in list(self.backend.list(self._object_key(digest))):
-            self.backend.delete(blob.key)
+        """Remove a value: its manifest first, so readers see it whole or not at all. Only the files listed
+        before are deleted (a value uploaded again meanwhile keeps what was written after the listing)."""
+        listed = [blob.key for blob in self.backend.list(self._object_key(digest))]
+        manifest = self._object_key(digest, marshal.MANIFEST)
+        for key in sorted(listed, key=lambda k: k != manifest):
+            self.backend.delete(key)
 
     # ------------------------------------------------------------------ runs
     def publish(self, store: RunStore, run_id: str) -> str:
@@ -185,6 +254,11 @@ class RemoteStore:
             for digest in sorted(record_hashes(record)):
                 if store.objects.exists(digest):
                     self.push_object(store.objects, digest)
+                elif not self.has_object(digest):  # a record naming a value nobody can load: not published
+                    raise StoreError(
+                        f"value {digest[:12]} of run {run_id} is neither in the local store nor in {self.uri}:"
+                        " cannot publish the run"
+                    )
             key = f"runs/{int(time.time() * 1000):013d}-{run_id}.json"
             body = {"record": record, "sig": _sign(self.key, _canonical(record))}
             self.backend.put_bytes(key, json.dumps(body).encode())
@@ -235,21 +309,34 @@ class RemoteStore:
             self.backend.put_bytes(key, json.dumps(body).encode())
         return key
 
-    def write_index(self, store: RunStore) -> str | None:
-        """Write one compacted index of every run this store has seen there (each record signed), so a new
-        kernel's first sync is one GET instead of one per run; older indexes are removed. The caller holds the
-        gc lease (no run publishes meanwhile). Returns the index's key."""
-        uri = str(self.uri)
-        seen = store.remote_record_runs(uri)
-        if not seen:
-            return None
-        entries = []
+    def write_index(self, store: RunStore, foreign: dict[str, dict[str, Any]] | None = None) -> str | None:
+        """Write one compacted index of every run record in the store (each record signed), so a new kernel's
+        first sync is one GET instead of one per run; older indexes are removed. Runs this home indexes are
+        exported from it; ``foreign`` (record key -> record) are the others, read from the store. An index lists
+        only the keys whose record it holds. The caller holds the gc lease (no run publishes meanwhile). Returns
+        the index's key."""
+        foreign = foreign or {}
+        seen = {k: r for k, r in store.remote_record_runs(str(self.uri)).items() if k not in foreign}
+        entries, held = [], set()
         for run_id in sorted(set(seen.values())):
             if store.get_run(run_id) is not None:
                 record = store.export_run(run_id)
                 entries.append({"record": record, "sig": _sign(self.key, _canonical(record))})
+                held.add(run_id)
+        seen = {k: r for k, r in seen.items() if r in held}
+        for key, record in sorted(foreign.items()):
+            entries.append({"record": record, "sig": _sign(self.key, _canonical(record))})
+            seen[key] = record["run"]["id"]
+        if not seen:
+            return None
         covers = max(seen)
-        body = {"format": RECORD_FORMAT, "covers": covers, "keys": sorted(seen.items()), "runs": entries}
+        body = {
+            "format": RECORD_FORMAT,
+            "covers": covers,
+            "listed_at": time.time(),  # the keys were listed under the gc lease, before this moment
+            "keys": sorted(seen.items()),
+            "runs": entries,
+        }
         stamp = covers.removeprefix("runs/")[:13]
         key = f"index/{stamp}-{uuid.uuid4().hex[:8]}.json.gz"
         self.backend.put_bytes(key, gzip.compress(json.dumps(body).encode(), 6))
@@ -269,71 +356,93 @@ class RemoteStore:
             entries, keys = body["runs"], body["keys"]
         except (OSError, ValueError, KeyError, TypeError):
             return 0
-        records = [r for r in (self._read_record("", json.dumps(e).encode()) for e in entries) if r is not None]
-        imported = store.import_runs(records)
-        store.mark_remote_seen(str(self.uri), [(k, r) for k, r in keys])
-        if len(records) < len(entries):
+        try:
+            records = [self._read_record("", json.dumps(e).encode()) for e in entries]
+            marks = [(str(k), str(r)) for k, r in keys]
+        except (TypeError, ValueError):
+            return 0
+        if any(r is None for r in records):  # not this team key's index: each record is read on its own instead
             print(
-                f"nbmagic: skipped {len(entries) - len(records)} run record(s) in {indexes[-1]} of {self.uri} not"
-                " signed with the team key ($NBMAGIC_STORE_KEY)",
+                f"nbmagic: the run index {indexes[-1]} of {self.uri} does not verify with the team key"
+                " ($NBMAGIC_STORE_KEY): reading each run record instead",
                 file=sys.stderr,
             )
+            return 0
+        imported = store.import_runs(records)
+        store.mark_remote_seen(str(self.uri), marks)
+        listed_at = body.get("listed_at")
+        if _number(listed_at):
+            store.set_remote_listed_at(str(self.uri), float(listed_at))
         return imported
 
     def sync(self, store: RunStore, workers: int = 16) -> int:
         """Import the records not seen yet into the local index; returns how many runs were imported."""
         uri = str(self.uri)
-        newest = store.remote_watermark(uri)
         first = 0
-        if newest is None:
+        if store.remote_watermark(uri) is None:
             first = self._first_sync(store)
-            newest = store.remote_watermark(uri)
-        start = ""
-        if newest:
-            stamp = newest.removeprefix("runs/")[:13]
-            if stamp.isdigit():
-                start = f"runs/{max(0, int(stamp) - WINDOW_MS):013d}"
+        # keys carry their writer's clock, so the newest key seen says nothing about the others: a sync lists the
+        # keys stamped after its previous listing began by this machine's clock, less SKEW_S, and compares them
+        # with those seen (a writer's clock ahead hides nothing; one up to SKEW_S behind neither)
+        began, since = time.time(), store.remote_listed_at(uri)
+        start = "" if since is None else f"runs/{max(0, int((since - SKEW_S) * 1000)):013d}"
         listed = [b.key for b in self.backend.list("runs/", start) if b.key.endswith(".json")]
         seen = store.remote_seen(uri, listed)
         fresh = [k for k in listed if k not in seen]
         if not fresh:
+            store.set_remote_listed_at(uri, began)
             return first
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(workers, len(fresh))) as pool:
             bodies = list(pool.map(self.backend.get_bytes, fresh))
-        records, marks, skipped = [], [], []
+        records, marks, skipped, malformed = [], [], [], []
         for key, data in zip(fresh, bodies):
-            record = self._read_record(key, data)
-            if record is None:
-                skipped.append(key)
-                marks.append((key, None))
+            record, why = self._parse(data)
+            if record is None:  # one not signed with this key is read again next time (the key may be fixed)
+                (malformed if why == "malformed" else skipped).append(key)
+                if why == "malformed":
+                    marks.append((key, None))
                 continue
             records.append(record)
             marks.append((key, record["run"]["id"]))
         imported = store.import_runs(records)
         store.mark_remote_seen(uri, marks)
+        # a record skipped for its signature stays inside the next sync's window (the key may be fixed)
+        stamps = [int(k.removeprefix("runs/")[:13]) / 1000 for k in skipped if k.removeprefix("runs/")[:13].isdigit()]
+        store.set_remote_listed_at(uri, min([began, *(t + SKEW_S - 1 for t in stamps)]))
         if skipped:
             print(
                 f"nbmagic: skipped {len(skipped)} run record(s) in {self.uri} not signed with the team key"
                 f" ($NBMAGIC_STORE_KEY), e.g. {skipped[0]}",
                 file=sys.stderr,
             )
+        if malformed:
+            print(
+                f"nbmagic: skipped {len(malformed)} malformed run record(s) in {self.uri} (a field missing or of"
+                f" the wrong type), e.g. {malformed[0]}",
+                file=sys.stderr,
+            )
         return first + imported
 
     def _read_record(self, key: str, data: bytes | None) -> dict[str, Any] | None:
+        """The record in ``data`` if it is well formed and (with a team key) signed with it; else None."""
+        return self._parse(data)[0]
+
+    def _parse(self, data: bytes | None) -> tuple[dict[str, Any] | None, str]:
+        """(record, "") or (None, why): "missing", "malformed" or "unsigned"."""
         if data is None:
-            return None
+            return None, "missing"
         try:
             body = json.loads(data)
             record = body["record"]
-            if record.get("format") != RECORD_FORMAT or not isinstance(record.get("run"), dict):
-                return None
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
+        except (ValueError, KeyError, TypeError):
+            return None, "malformed"
         if self.key and not _verified(self.key, _canonical(record), body.get("sig")):
-            return None
-        return record
+            return None, "unsigned"
+        if not well_formed(record):
+            return None, "malformed"
+        return record, ""
 
     # ------------------------------------------------------------------ leases
     def _live(self, prefix: str, mine: str = "") -> list[str]:
@@ -377,6 +486,7 @@ class RemoteStore:
             yield
         finally:
             stop.set()
+            thread.join()  # a renewal under way would write the lease again after the delete
             with contextlib.suppress(RemoteError):
                 self.backend.delete(key)
 

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS cache (
     metrics TEXT NOT NULL DEFAULT '{}', not_kept TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
     used REAL NOT NULL, carried TEXT);
 CREATE TABLE IF NOT EXISTS remote_seen (uri TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT, PRIMARY KEY (uri, key));
+CREATE TABLE IF NOT EXISTS remote_listed (uri TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS remote_outbox (uri TEXT NOT NULL, run_id TEXT NOT NULL, queued REAL NOT NULL,
     PRIMARY KEY (uri, run_id));
 """
@@ -955,7 +956,9 @@ class RunStore:
                     f"nbmagic: run {run_id} is recorded here but not in {uri}: {exc}; it is published with the next run",
                     file=sys.stderr,
                 )
-                break
+                if isinstance(exc, RemoteError):
+                    break
+                continue  # this run's value is missing: the runs after it still go
             with self._db() as db:
                 db.execute("DELETE FROM remote_outbox WHERE uri=? AND run_id=?", (uri, run_id))
             done.append(run_id)
@@ -999,8 +1002,19 @@ class RunStore:
     def import_runs(self, records: list[dict[str, Any]]) -> int:
         """Add (or complete) runs published elsewhere, in one transaction; a run made by this store is never
         overwritten. Returns how many records added something."""
+        added, failed = 0, []
         with self._db() as db:
-            return sum(self._import_run(db, record) for record in records)
+            for record in records:  # each in its own savepoint: one bad record does not stop the others
+                db.execute("SAVEPOINT import_run")
+                try:
+                    added += self._import_run(db, record)
+                except (KeyError, TypeError, ValueError, AttributeError, sqlite3.IntegrityError):
+                    db.execute("ROLLBACK TO import_run")
+                    failed.append(str((record.get("run") or {}).get("id", "?")) if isinstance(record, dict) else "?")
+                db.execute("RELEASE import_run")
+        if failed:
+            print(f"nbmagic: skipped {len(failed)} malformed run record(s), e.g. run {failed[0]!r}", file=sys.stderr)
+        return added
 
     def import_run(self, record: dict[str, Any]) -> bool:
         """:meth:`import_runs` of one record."""
@@ -1061,6 +1075,12 @@ class RunStore:
                     context,
                 ),
             )
+        steps = [*(run.get("step_names") or []), *(ex.get("step") for ex in record.get("executions") or [])]
+        if not all(
+            isinstance(s, str) and s and not s.startswith(".") and all(c.isalnum() or c in "-_." for c in s)
+            for s in steps
+        ):
+            return False  # step names become paths, like run ids
         for step in run.get("step_names") or []:  # a run published in parts: its steps not recorded yet wait
             db.execute(
                 "INSERT OR IGNORE INTO executions(run_id, step, state) VALUES (?,?,?)", (run_id, step, "pending")
@@ -1136,6 +1156,15 @@ class RunStore:
                 for r in conn.execute(f"SELECT key FROM remote_seen WHERE uri=? AND key IN ({marks})", (uri, *chunk))
             )
         return seen
+
+    def remote_listed_at(self, uri: str) -> float | None:
+        """When (this machine's clock) the last complete listing of ``uri``'s run records began."""
+        row = self._connection().execute("SELECT at FROM remote_listed WHERE uri=?", (uri,)).fetchone()
+        return row[0] if row else None
+
+    def set_remote_listed_at(self, uri: str, at: float) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO remote_listed VALUES (?,?)", (uri, at))
 
     def remote_record_runs(self, uri: str) -> dict[str, str]:
         """record key -> run id of every record imported from ``uri``."""

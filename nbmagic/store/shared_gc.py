@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 
 from ..units import format_size
-from .remote import STALE_S
+from .backends import RemoteError
+from .remote import STALE_S, record_hashes
 from .runs import RunStore
 
 
@@ -38,12 +39,27 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
     remote, found = store.remote, SharedSweep()
     uri, now = str(remote.uri), time.time()
     seen = store.remote_record_runs(uri)
-    for blob in list(remote.backend.list("runs/")):
-        if seen.get(blob.key) in dropped:
-            found.records += 1
-            if not dry_run:
-                remote.backend.delete(blob.key)
     keep = store.referenced_hashes(exclude=dropped)
+    doomed, foreign = [], {}
+    for blob in list(remote.backend.list("runs/")):
+        if not blob.key.endswith(".json"):
+            continue
+        run_id = seen.get(blob.key)
+        if run_id in dropped:
+            doomed.append(blob.key)
+        elif run_id is None or store.get_run(run_id) is None:  # not in this home's index: read the record itself
+            record = remote._read_record(blob.key, remote.backend.get_bytes(blob.key))
+            if record is None:
+                raise RemoteError(
+                    f"gc: run record {blob.key} in {uri} is unreadable, malformed or not signed with the team key"
+                    " ($NBMAGIC_STORE_KEY): the values it refers to cannot be known, so nothing was removed"
+                )
+            foreign[blob.key] = record
+            keep |= record_hashes(record)
+    for key in doomed:
+        found.records += 1
+        if not dry_run:
+            remote.backend.delete(key)
     folders: dict[str, list] = {}
     for blob in remote.backend.list("objects/"):
         parts = blob.key.split("/")
@@ -65,5 +81,5 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
             remote.backend.delete(blob.key)
             found.leftovers += 1
     if not dry_run:
-        remote.write_index(store)  # a new kernel's first sync reads this one object
+        remote.write_index(store, foreign)  # a new kernel's first sync reads this one object
     return found

@@ -1,0 +1,42 @@
+"""A writer whose clock runs ahead cannot hide the runs of writers whose clock is right."""
+
+from __future__ import annotations
+
+from helpers.plans import step
+from nbmagic.pipeline.model import PipelinePlan
+from nbmagic.run.local import LocalRunner
+from nbmagic.store.runs import RunStore
+
+
+def _plan(size: int) -> PipelinePlan:
+    return PipelinePlan("skew", (step("make", f"x = list(range({size}))", outputs=("x",)),), {}, ())
+
+
+def test_a_reader_sees_runs_of_a_correct_clock_after_a_fast_clocks_run(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    fast = LocalRunner(RunStore(tmp_path / "fast" / "store")).run(_plan(3))
+    (record,) = (shared / "runs").glob(f"*-{fast.id}.json")
+    stamp, _, rest = record.name.partition("-")
+    record.rename(record.with_name(f"{int(stamp) + 5 * 60 * 1000:013d}-{rest}"))  # its clock is 5 min ahead
+    reader = RunStore(tmp_path / "reader" / "store")
+    assert [r.id for r in reader.list_runs()] == [fast.id]
+    right = LocalRunner(RunStore(tmp_path / "right" / "store")).run(_plan(4))
+    reader.sync(force=True)
+    assert {r.id for r in reader.list_runs()} == {fast.id, right.id}
+
+
+def test_a_reader_sees_runs_of_a_clock_five_minutes_behind(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    first = LocalRunner(RunStore(tmp_path / "right" / "store")).run(_plan(3))
+    reader = RunStore(tmp_path / "reader" / "store")
+    assert [r.id for r in reader.list_runs()] == [first.id]
+    slow = LocalRunner(RunStore(tmp_path / "slow" / "store")).run(_plan(4))
+    (record,) = (shared / "runs").glob(f"*-{slow.id}.json")
+    stamp, _, rest = record.name.partition("-")
+    record.rename(record.with_name(f"{int(stamp) - 5 * 60 * 1000:013d}-{rest}"))  # its clock is 5 min behind
+    reader.sync(force=True)
+    assert {r.id for r in reader.list_runs()} == {first.id, slow.id}
