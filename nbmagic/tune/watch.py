@@ -8,6 +8,7 @@ experiments with who drives them.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import threading
@@ -22,7 +23,8 @@ from .ownership import alive, describe, read_owner
 from .space import ExperimentSpec, ParameterSpace, TuneError
 
 SPEC_ATTR = "nbmagic_spec"  # the study's ExperimentSpec as JSON, written by the process that opens the study
-FAILURES, FAILING_FOR = 5, 3.0  # reads of the study failing in a row, for at least this many s, end a watch
+FAILURES, FAILING_FOR = 5, 10.0  # reads of the study failing in a row, for at least this many s, end a watch
+# (an owner re-creating the study on a loaded machine can leave the file missing or half-written for seconds)
 
 
 class WatchOnly(TuneError):
@@ -139,21 +141,24 @@ class WatchedExperiment(Experiment):
         self._notify()
         return self
 
-    def _identity(self) -> tuple[int, int, int]:
-        """(device, inode, size) of the study file; raises while it is missing (between delete and create)."""
-        stat = self.path.stat()
-        return stat.st_dev, stat.st_ino, stat.st_size
+    def _identity(self) -> tuple[int, str]:
+        """(size, digest) of the study file as read; raises while it is missing (between delete and create)."""
+        data = self.path.read_bytes()
+        return len(data), hashlib.sha1(data).hexdigest()
 
     def _reload_if_replaced(self) -> None:
-        """Read the study afresh when its file was replaced or shrank (the owner ran ``--restart``)."""
-        current = self._identity()
-        if current[:2] != self._file[:2] or current[2] < self._file[2]:
+        """Read the study afresh unless its file only grew (the owner ran ``--restart``): a journal is appended to,
+        so the bytes already read must still be its beginning. A new file can reuse the old one's inode, so the
+        bytes are compared, not the inode."""
+        size, digest = self._file
+        data = self.path.read_bytes()
+        if len(data) < size or hashlib.sha1(data[:size]).hexdigest() != digest:
             study = _load(self.path, self.name)
             recorded = study.user_attrs.get(SPEC_ATTR)
             if recorded is None:
                 raise TuneError(f"experiment {self.name!r} was replaced by a study without its settings")
             self._study, self.spec = study, spec_from_record(recorded)
-        self._file = current
+        self._file = len(data), hashlib.sha1(data).hexdigest()
 
     def _trial(self, frozen: Any) -> Trial | None:
         """As the owner lists it: a trial its stop() ended is "stopped"; one an earlier, dead owner left
