@@ -6,6 +6,7 @@ The study lives in the run store (``config.home()/tune/<name>.journal``, Optuna'
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -308,6 +309,10 @@ class LocalExperiment(Experiment):
         except Exception as exc:  # the trial's failure, kept per trial
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             result = TrialResult(run_id=None, status="failed", error=last)
+        if result.status not in ("done", "pruned") and self._halt.is_set():
+            # stop() was asked while it ran: a step ended by the same Ctrl-C (its signal can reach the step
+            # before stop() does) is an interrupted trial, asked again on resume, not a failure
+            result = dataclasses.replace(result, status="stopped")
         duration = result.duration or (time.perf_counter() - started)
         objective, problem = (None, result.error or "run failed")
         if result.status == "pruned":
