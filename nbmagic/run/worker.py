@@ -279,9 +279,11 @@ def _processes() -> list[tuple[int, int, bytes]]:
 def _kill_tree(pid: int, token: str) -> None:
     """Kill the step's process group and every process that carries the step's token in its environment.
 
-    A process killed while the subtree is walked hands its children to the worker after the worker's own
-    child list may have been read; so once something was killed, its victims are let end and the subtree is
-    walked again, until a walk finds no new carrier (a few walks at most).
+    A process below one that is ended belongs to the step too, whatever its environment says (a process in the
+    middle of ``exec`` shows an empty one for a moment). A process killed while the subtree is walked hands
+    its children to the worker after the worker's own child list may have been read; so once something was
+    killed, its victims are let end and the subtree is walked again, until a walk finds nothing new (a few
+    walks at most).
     """
     if not token:
         _kill_group(pid)
@@ -290,20 +292,43 @@ def _kill_tree(pid: int, token: str) -> None:
     me = os.getpid()
     killed: set[int] = set()
     for walk in range(_KILL_WALKS):
-        below = [(other, environ) for other, _ppid, environ in _processes() if other != me]
-        new = [other for other, environ in below if other not in killed and needle in environ.split(b"\0")]
-        ending = list(new)
+        below = [(other, ppid, environ) for other, ppid, environ in _processes() if other != me]
+        doomed = {other for other, _ppid, environ in below if other not in killed and _carries(other, environ, needle)}
         if walk == 0 and _kill_group(pid):  # its members end too: wait for those the walk saw
-            ending.extend(other for other, _environ in below if other not in killed and _group(other) == pid)
-        if not ending:
+            doomed.update(other for other, _ppid, _environ in below if other not in killed and _group(other) == pid)
+        doomed.update(_descendants(below, doomed | killed) - killed)
+        if not doomed:
             return
-        for other in new:
+        for other in doomed:
             try:
                 os.kill(other, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        killed.update(ending)
-        _await_end(ending)
+        killed.update(doomed)
+        _await_end(list(doomed))
+
+
+def _carries(pid: int, environ: bytes, needle: bytes) -> bool:
+    """Whether ``pid``'s environment holds the step's token; an empty one (read mid-``exec``) is read again."""
+    if not environ:
+        time.sleep(0.001)
+        environ = _environ(pid)
+    return needle in environ.split(b"\0")
+
+
+def _descendants(below: list[tuple[int, int, bytes]], roots: set[int]) -> set[int]:
+    """The processes of ``below`` that descend from one of ``roots``."""
+    children: dict[int, list[int]] = {}
+    for other, ppid, _environ in below:
+        children.setdefault(ppid, []).append(other)
+    found: set[int] = set()
+    stack = list(roots)
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
 
 
 def _group(pid: int) -> int | None:
