@@ -38,11 +38,17 @@ def nbmagic_run(
     import time
 
     started = time.time()
+    if store:
+        from .publish import heartbeat
+
+        stop_heartbeat = heartbeat(store)
 
     def record(state, values, error=None, result=None):
         if not store:
             return
         import tempfile
+
+        stop_heartbeat()
 
         from .publish import publish_step
 
