@@ -171,6 +171,7 @@ class RemoteStore:
         self.backend = backend or open_backend(uri)
         self.key = shared_key()
         self._bodies: dict[str, bytes] = {}  # loose record key -> its bytes, while it is loose
+        self._fold_refused = False  # a sync's fold was refused (read-only credentials): not tried again
 
     # ------------------------------------------------------------------ values
     @staticmethod
@@ -449,9 +450,13 @@ class RemoteStore:
                 file=sys.stderr,
             )
         self.judge_liveness(store)
-        if len(loose) >= READER_COMPACT_AT:
-            with contextlib.suppress(RemoteError):  # e.g. read-only credentials: the next writer folds them
-                self.compact()
+        if len(loose) >= READER_COMPACT_AT and not self._fold_refused:
+            runs = store.remote_record_runs(uri)  # records this key verified, now or before
+            if sum(k in runs for k in loose) >= READER_COMPACT_AT:
+                try:
+                    self.compact()
+                except RemoteError:  # e.g. read-only credentials: publishers fold them
+                    self._fold_refused = True
         return imported
 
     def _remember(self, key: str, data: bytes) -> None:

@@ -66,13 +66,15 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
     suspect: list[bytes] = []  # bytes of records gc cannot trust: a value whose hash they mention stays
     aside: list[tuple[str, bytes, str | None]] = []  # (quarantine key, bytes, loose key to remove)
 
+    dropped_keys: set[str] = set()  # a record may be both loose and in a segment: counted once
+
     def judge(key: str, body: Any, raw: bytes, loose: bool) -> None:
         record, _why = remote._check(body)
         if record is None:
             aside.append((f"quarantine/{key}", raw, key if loose else None))
             suspect.append(raw)
         elif record["run"]["id"] in dropped:
-            found.records += 1
+            dropped_keys.add(key)
             if loose:
                 doomed.append(key)
         else:
@@ -101,6 +103,7 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
             judge(key, _loads(data), data, loose=True)
     for blob in list(backend.list("quarantine/")):  # set aside before: what they name still stays
         suspect.append(gzip_text(backend.get_bytes(blob.key) or b""))
+    found.records = len(dropped_keys)
     found.quarantined = [key.removeprefix("quarantine/") for key, _, _ in aside]
     if not dry_run:
         for key, data, original in aside:  # copied first, then removed from where readers look
@@ -146,10 +149,9 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
         if kept:
             new, data = segment_bytes(kept)
             backend.put_bytes(new, data, if_absent=True)
+        remote._delete_many([key for key in loose if key in kept])
         for key in kept:
-            if key in loose:
-                backend.delete(key)
-                remote._bodies.pop(key, None)
+            remote._bodies.pop(key, None)
         for seg in old_segments:
             if seg != new:
                 backend.delete(seg)
