@@ -168,6 +168,7 @@ sys.path[:0] = [{root!r}]
 from nbmagic.store.backends import open_backend
 from nbmagic.store_uri import configured
 backend = open_backend(configured())
+backend.exists("warm-up")  # the client and its connection are made before the start
 start = float(sys.argv[2])
 while time.time() < start:
     time.sleep(0.001)
@@ -182,7 +183,7 @@ def test_put_if_absent_raced_by_writer_processes_has_one_winner(tmp_path, gcs_st
 
     script = tmp_path / "racer.py"
     script.write_text(RACER.format(root=str(ROOT)))
-    start = str(time.time() + 4)  # every process is up and waiting by then: they put within a millisecond
+    start = str(time.time() + 4)  # every process is up and waiting by then: they put at once
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), str(n), start],
