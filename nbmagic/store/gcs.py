@@ -71,9 +71,11 @@ class GCSBackend(Backend):
         self._storage, self._exceptions = storage, exceptions
         attempts = max(1, int(os.environ.get("NBMAGIC_STORE_RETRIES", "3")))
         # retried with backoff from 0.25 s, doubling, for up to 2**attempts seconds in all (3 -> 8 s)
-        self.retry = DEFAULT_RETRY.with_delay(initial=0.25, maximum=8.0, multiplier=2.0).with_timeout(
-            float(2**attempts)
-        )
+        retry = DEFAULT_RETRY.with_delay(initial=0.25, maximum=8.0, multiplier=2.0)
+        limit = (
+            getattr(retry, "with_timeout", None) or retry.with_deadline
+        )  # an older google-api-core names it deadline
+        self.retry = limit(float(2**attempts))
         self._client: Any = None
         self._bucket: Any = None
 
