@@ -192,6 +192,11 @@ class WatchedExperiment(Experiment):
         self._done.set()
         self._notify()
 
+    def wait(self, timeout: float | None = None) -> WatchedExperiment:
+        """Block until the experiment ends; an interrupt ends only this wait (the experiment is not ours to stop)."""
+        self._done.wait(timeout)
+        return self
+
     def stop(self, wait: bool = False) -> WatchedExperiment:
         """Not allowed: the experiment belongs to the process that drives it."""
         raise WatchOnly(f"experiment {self.name!r} is driven by {self.driver} and only watched here: stop it there")
