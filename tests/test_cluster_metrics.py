@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers.kfp_api_server import KfpApiServer, PodLogServer  # noqa: E402
+from helpers.kfp_env import isolate_from_cluster  # noqa: E402
 from helpers.kfp_local import run_on_kfp_local  # noqa: E402
 from helpers.plans import step  # noqa: E402
 from nbmagic.errors import NbMagicError  # noqa: E402
@@ -71,20 +72,8 @@ def compiled(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    import kfp
-
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    for name in (
-        "NBMAGIC_KFP_HOST",
-        "NBMAGIC_KFP_TOKEN",
-        "KF_PIPELINES_ENDPOINT",
-        "KF_PIPELINES_UI_ENDPOINT",
-        "NBMAGIC_K8S_HOST",
-        "NBMAGIC_K8S_NAMESPACE",
-        "KUBERNETES_SERVICE_HOST",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    """No kfp context file or KFP/nbmagic/Kubernetes environment leaks in from the machine."""
+    isolate_from_cluster(monkeypatch, tmp_path)
 
 
 def _pods_of(kfp_server: KfpApiServer, logs: dict[str, str]):
