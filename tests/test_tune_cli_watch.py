@@ -118,6 +118,7 @@ def test_a_signal_ends_the_watch_with_one_line_and_the_experiment_goes_on(tmp_pa
 def test_watch_and_list_misuse_is_one_line(tmp_path):
     for words, expected in (
         (("--watch", "nope"), "nbmagic: no local experiment 'nope' in "),
+        (("--watch", "../nope"), "nbmagic: '../nope' is not an experiment name"),
         (("--watch", "x", "--param", "c=double(0,1)"), "take no notebook or tuning options: --param given"),
         (("--watch", "x", "nb.ipynb", "--max-trials", "3"), "tuning options: NOTEBOOK, --max-trials given"),
         (("--list", "--watch", "x"), "tuning options: --list given"),
