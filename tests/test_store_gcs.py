@@ -373,3 +373,36 @@ def test_the_compiled_yaml_on_kfp_local_records_its_run_in_the_gs_store(tmp_path
     restore(reader, run.id, namespace=ns)
     assert list(ns["X"]) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0] and ns["mean"] == 5.0
     assert not gcs_store.keys("team/runs/locks/")
+
+
+def test_the_cluster_images_executor_records_the_step_in_the_gs_store(tmp_path, gcs_store):
+    from types import SimpleNamespace
+
+    from nbmagic.runtime.executor import step_function
+
+    target = {"uri": gcs_store.uri, "pipeline": "exec-gcs", "notebook": None, "steps": ["make"], "dag": {"make": []}}
+    spec = {"step": "make", "label": "cell 1", "outputs": {"x": "out_x"}, "store": target, "store_run": "run_arg"}
+    out = SimpleNamespace(path=str(tmp_path / "out"), metadata={})
+    step_function(spec, "import numpy as np\nx = np.ones(4)", "")(out_x=out, run_arg="kfp-run-9")
+    assert not gcs_store.keys("team/runs/locks/"), "the step's writer lease is gone"
+    (run,) = _home(tmp_path, "reader").list_runs()
+    assert (run.id, run.pipeline, run.status, run.kind) == ("kfp-run-9", "exec-gcs", "done", "kfp")
+    ns: dict = {}
+    restore(_home(tmp_path, "reader"), "kfp-run-9", namespace=ns)
+    assert list(ns["x"]) == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_google_cloud_storage_is_imported_only_for_a_gs_store(tmp_path):
+    code = (
+        "import sys\n"
+        "from nbmagic.store.runs import RunStore\n"
+        "from nbmagic.store.backends import open_backend\n"
+        "from nbmagic.store_uri import parse\n"
+        f"open_backend(parse('file://{tmp_path}/shared'))\n"
+        "assert 'google.cloud.storage' not in sys.modules, 'imported before any gs store'\n"
+        "open_backend(parse('gs://team-bucket/runs'))\n"
+        "assert 'google.cloud.storage' in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
