@@ -13,9 +13,9 @@ The local store under ``$NBMAGIC_HOME`` stays the cache in front of it: a finish
 values first, each value's ``manifest.json`` last and only if absent, then the run's record), and before
 ``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index. A sync lists
 every loose record and every segment and reads the keys it has not seen: no writer's clock is trusted. Loose
-records stay few: one publish in ``COMPACT_EVERY`` (and a sync that lists ``READER_COMPACT_AT`` of them) folds
+records stay few: a publisher holding ``COMPACT_EVERY`` of them (and a sync that lists ``READER_COMPACT_AT``) folds
 them into a content-addressed segment, written before the folded records are removed, and merges the segments
-once there are ``MERGE_AT``; gc merges them all. Values are pulled on first use
+the small ones once there are ``MERGE_AT``; gc merges them all. Values are pulled on first use
 into the local content-addressed cache and checked against their hash; a value that does not match is removed
 from the shared store, so the step that made it runs again.
 
@@ -55,7 +55,9 @@ if TYPE_CHECKING:
 RECORD_FORMAT = 1
 SEGMENT_FORMAT = 2
 _SEGMENT = re.compile(r"index/[0-9a-f]{64}\.json\.gz")
-COMPACT_EVERY = int(os.environ.get("NBMAGIC_STORE_COMPACT_EVERY", "64"))  # one publish in this many folds loose records
+COMPACT_EVERY = int(
+    os.environ.get("NBMAGIC_STORE_COMPACT_EVERY", "64")
+)  # a publisher holding this many loose records folds them
 COMPACT_MIN = 16  # fewer loose records than this stay loose
 READER_COMPACT_AT = 128  # a sync listing this many loose records folds them
 MERGE_AT = 8  # segments are merged into one once there are this many
@@ -303,10 +305,11 @@ class RemoteStore:
         self._remember(key, data)
 
     def fold_if_due(self, key: str) -> None:
-        """After publishing ``key``: fold the loose records if this publish is the one in ``COMPACT_EVERY``."""
-        if self.compact_due(key):
+        """After publishing ``key``: once this process holds ``COMPACT_EVERY`` loose records (its own, those its
+        syncs read), fold them into a segment, with no GET."""
+        if len(self._bodies) >= COMPACT_EVERY:
             with contextlib.suppress(RemoteError):  # folding is for speed: a failure leaves the records loose
-                self.compact()
+                self.compact(fetch=False)
 
     def publish_trial(
         self,
@@ -490,41 +493,50 @@ class RemoteStore:
         return self._check(_loads(data))
 
     # ------------------------------------------------------------------ segments
-    def compact_due(self, key: str) -> bool:
-        """Whether publishing ``key`` should fold the loose records: one publish in ``COMPACT_EVERY``, chosen by
-        the key's hash, so writers share the work without talking to each other."""
-        return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % COMPACT_EVERY == 0
-
-    def compact(self) -> str | None:
-        """Fold the loose records this key verifies into one content-addressed segment (with the segments there
-        once there are ``MERGE_AT``), then remove what was folded: the segment is written first, so a record
-        is always loose or in a segment. Runs under a writer lease; gives way to a gc. Returns the segment's
-        key, or None when there was too little to fold or a gc holds the store."""
+    def compact(self, fetch: bool = True) -> str | None:
+        """Fold the loose records this key verifies into one content-addressed segment, then remove what was
+        folded: the segment is written first, so a record is always loose or in a segment. Once there are
+        ``MERGE_AT`` segments, the small ones go into it too (each at most twice the size of what is merged
+        before it, so a record is rewritten a few times, not once per fold). ``fetch`` off: only the records
+        this process holds (its own, those its syncs read) are folded, with no GET. Runs under a writer lease;
+        gives way to a gc. Returns the segment's key, or None when there was too little to fold or a gc holds
+        the store."""
         try:
             with self.lease("writer", wait=False):
-                return self._compact()
+                return self._compact(fetch)
         except StoreBusy:
             return None
 
-    def _compact(self) -> str | None:
-        loose = [b.key for b in self.backend.list("runs/") if b.key.endswith(".json")]
-        missing = [k for k in loose if k not in self._bodies]
+    def _compact(self, fetch: bool) -> str | None:
+        loose = [b.key for b in self.backend.list("runs/") if b.key.endswith(".json")]  # under the lease: no gc
+        listed = set(loose)
+        for key in [k for k in self._bodies if k not in listed]:  # folded by others, or dropped by a gc
+            del self._bodies[key]
+        missing = [k for k in loose if k not in self._bodies] if fetch else []
         for key, data in zip(missing, self._get_many(missing)):
             if data is not None:
                 self._remember(key, data)
         entries: dict[str, Any] = {}
+        size = 0
         for key in loose:
-            body = _loads(self._bodies.get(key))
+            data = self._bodies.get(key)
+            body = _loads(data)
             if self._check(body)[0] is not None:  # others (not this key's, malformed) stay loose for gc to judge
                 entries[key] = {"record": body["record"], "sig": body.get("sig")}
+                size += len(data or b"") // 8  # about what it weighs gzipped
         if len(entries) < COMPACT_MIN:
             return None
         folded = set(entries)
         merged = []
-        segments = self.segments()
+        segments = sorted(self.segments(), key=lambda b: b.size)
         if len(segments) + 1 >= MERGE_AT:
-            keys = [b.key for b in segments]
-            for seg, data in zip(keys, self._get_many(keys)):
+            chosen = []
+            for blob in segments:
+                if blob.size > 2 * size and len(chosen) >= 2:
+                    break
+                chosen.append(blob.key)
+                size += blob.size
+            for seg, data in zip(chosen, self._get_many(chosen)):
                 parts = self.read_segment(seg, data)
                 if parts is not None:  # carried over as they are, whichever key signed them
                     merged.append(seg)
