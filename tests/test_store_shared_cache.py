@@ -1,0 +1,112 @@
+"""Cache entries and step logs shared through the S3 store (moto on 127.0.0.1): a step computed in one home is a
+cache hit in another, verified before it is taken; a tampered entry or value is a miss in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers.plans import step
+from nbmagic.pipeline.model import PipelinePlan
+from nbmagic.run.local import LocalRunner
+from nbmagic.store.runs import RunStore
+
+
+def _plan(marker: Path) -> PipelinePlan:
+    """``make`` leaves a line in ``marker`` each time it really runs."""
+    make = step(
+        "make",
+        f"import numpy as np\nopen({str(marker)!r}, 'a').write('ran\\n')\nprint('making x')\n"
+        "x = np.arange(5, dtype='float64')\ntotal = float(x.sum())",
+        outputs=("x", "total"),
+        metrics=("total",),
+    )
+    use = step(
+        "use",
+        f"open({str(marker)!r}, 'a').write('used\\n')\nprint('using', len(x))\nn = len(x) * 2",
+        inputs={"x": "make"},
+        outputs=("n",),
+        index=2,
+    )
+    return PipelinePlan("shared", (make, use), {}, ("total",))
+
+
+def _home(tmp_path: Path, name: str) -> RunStore:
+    return RunStore(tmp_path / name / "store")
+
+
+def test_a_step_computed_in_one_home_is_a_verified_cache_hit_in_another(tmp_path, s3_store):
+    marker = tmp_path / "marker.txt"
+    alice = _home(tmp_path, "alice")
+    first = LocalRunner(alice).run(_plan(marker))
+    assert first.status == "done" and marker.read_text() == "ran\nused\n"
+    assert any(k.split("/", 3)[2] == "cache" for k in s3_store.keys()), "entries published"
+
+    bob = _home(tmp_path, "bob")
+    second = LocalRunner(bob).run(_plan(marker))
+    assert second.status == "done"
+    assert marker.read_text() == "ran\nused\n"  # neither step ran in bob's home
+    assert [s.status for s in second.steps.values()] == ["cached", "cached"]
+    assert second.metrics == {"total": 10.0}
+    assert list(bob.objects.get(second.steps["make"].outputs["x"]["hash"])) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    # lineage: bob's cached step points at alice's execution, imported into bob's index
+    from nbmagic.store.lineage import execution
+
+    (row,) = [r for r in bob.step_rows(second.id) if r["step"] == "make"]
+    reused = json.loads(row["properties"])["reused_execution"]
+    assert execution(bob, reused).run_id == first.id
+    # alice's step logs read from bob's home
+    from nbmagic.api import logs
+
+    assert "making x" in logs(first.id, "make", root=bob.root)
+    assert "using 5" in logs(first.id, "use", root=bob.root)
+
+
+def test_a_tampered_shared_entry_or_value_is_a_miss_and_the_step_runs(tmp_path, s3_store, capsys):
+    marker = tmp_path / "marker.txt"
+    LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
+    client, prefix = s3_store.client(), "team/runs/"
+    entries = [k for k in s3_store.keys(prefix + "cache/")]
+    assert len(entries) == 2
+    for key in entries:  # a different metric, the signature left as it was
+        body = json.loads(client.get_object(Bucket=s3_store.bucket, Key=key)["Body"].read())
+        if body["entry"]["step"] == "make":
+            body["entry"]["metrics"]["total"] = 99.0
+            client.put_object(Bucket=s3_store.bucket, Key=key, Body=json.dumps(body).encode())
+    bob = _home(tmp_path, "bob")
+    run = LocalRunner(bob).run(_plan(marker))
+    assert [s.status for s in run.steps.values()] == ["done", "cached"]  # use's inputs are the same value
+    assert run.metrics == {"total": 10.0}
+    err = capsys.readouterr().err
+    assert err.count("not signed with the team key") == 1 and "step 'make'" not in err  # one line, no crash
+    assert marker.read_text() == "ran\nused\nran\n"
+
+    # a value whose bytes were changed: the entry verifies, the value does not; a miss
+    carol = _home(tmp_path, "carol")
+    x_hash = run.steps["make"].outputs["x"]["hash"]
+    (data_key,) = [
+        k for k in s3_store.keys(f"{prefix}objects/{x_hash[:2]}/{x_hash}/") if not k.endswith(("json", "sig"))
+    ]
+    blob = bytearray(client.get_object(Bucket=s3_store.bucket, Key=data_key)["Body"].read())
+    blob[-1] ^= 0xFF
+    client.put_object(Bucket=s3_store.bucket, Key=data_key, Body=bytes(blob))
+    again = LocalRunner(carol).run(_plan(marker))
+    assert again.status == "done" and again.steps["make"].status == "done"
+    assert "corrupt" in capsys.readouterr().err
+    assert marker.read_text().count("ran") == 3
+
+
+@pytest.mark.parametrize("cap", ["200"])
+def test_published_logs_are_bounded_and_never_carry_the_stores_key(tmp_path, s3_store, monkeypatch, cap):
+    from nbmagic.store.shared_logs import step_log
+
+    monkeypatch.setenv("NBMAGIC_SHARED_LOG_CAP", cap)
+    code = "import os\nprint('key:', os.environ['NBMAGIC_STORE_KEY'])\nprint('x' * 5000)\nv = 1"
+    plan = PipelinePlan("loud", (step("loud", code, outputs=("v",)),), {}, ())
+    run = LocalRunner(_home(tmp_path, "alice")).run(plan)
+    assert run.status == "done"
+    text = step_log(_home(tmp_path, "bob"), run.id, "loud")
+    assert text is not None and s3_store.key not in text and "key: ***" in text
+    assert "bytes cut" in text and len(text.encode()) < 400
