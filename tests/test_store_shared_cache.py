@@ -110,3 +110,38 @@ def test_published_logs_are_bounded_and_never_carry_the_stores_key(tmp_path, s3_
     text = step_log(_home(tmp_path, "bob"), run.id, "loud")
     assert text is not None and s3_store.key not in text and "key: ***" in text
     assert "bytes cut" in text and len(text.encode()) < 400
+
+
+def test_no_secret_nor_its_fingerprint_reaches_the_shared_store(tmp_path, s3_store, monkeypatch):
+    from dataclasses import replace
+
+    from nbmagic.pipeline.settings import SecretEnv, StepSettings
+    from nbmagic.runtime.step import fingerprint
+
+    secret = "hunter2-" + "s3cr3t"
+    monkeypatch.setenv("API_TOKEN", secret)
+    uses = step(
+        "uses",
+        "print('token is', token)\nn = len(token)\ncopy = token",
+        outputs=("n",),
+        prelude="import os\ntoken = os.environ['API_TOKEN']",
+    )
+    uses = replace(
+        uses,
+        writes=("n", "copy"),  # assigned, read by no later step: not kept, said so
+        carried=(("demo.ipynb cell 1", "token"),),
+        settings=StepSettings(secret_env=(SecretEnv("api", "token", "API_TOKEN"),)),
+    )
+    alice = _home(tmp_path, "alice")
+    run = LocalRunner(alice).run(PipelinePlan("secretive", (uses,), {}, ()))
+    assert run.status == "done", run.error
+    assert run.steps["uses"].not_kept == {"copy": "holds a secret"}
+    keys = s3_store.keys()
+    assert any("/cache/" in k for k in keys) and any("/logs/" in k for k in keys)
+    client = s3_store.client()
+    stored = b"".join(client.get_object(Bucket=s3_store.bucket, Key=k)["Body"].read() for k in keys)
+    assert secret.encode() not in stored and b"token is ***" in stored
+    assert fingerprint(secret).encode() not in stored
+    (entry,) = [k for k in keys if "/cache/" in k]
+    body = json.loads(client.get_object(Bucket=s3_store.bucket, Key=entry)["Body"].read())["entry"]
+    assert body["carried"] == {"token": None} and body["not_kept"] == {"copy": "holds a secret"}
