@@ -145,3 +145,29 @@ def test_no_secret_nor_its_fingerprint_reaches_the_shared_store(tmp_path, s3_sto
     (entry,) = [k for k in keys if "/cache/" in k]
     body = json.loads(client.get_object(Bucket=s3_store.bucket, Key=entry)["Body"].read())["entry"]
     assert body["carried"] == {"token": None} and body["not_kept"] == {"copy": "holds a secret"}
+
+
+def test_shared_gc_removes_the_entries_and_logs_of_the_runs_it_drops(tmp_path, s3_store):
+    from nbmagic.store.gc import Policy, collect
+
+    marker = tmp_path / "marker.txt"
+    alice = _home(tmp_path, "alice")
+    old = LocalRunner(alice).run(_plan(marker))
+    other = PipelinePlan("shared", (step("solo", "print('solo here')\nv = 3", outputs=("v",)),), {}, ())
+    kept = LocalRunner(alice).run(other)
+
+    def listing() -> tuple[list[str], list[str]]:
+        keys = s3_store.keys("team/runs/")
+        return [k for k in keys if "/cache/" in k], [k for k in keys if "/logs/" in k]
+
+    entries, logs = listing()
+    assert len(entries) == 3 and len(logs) == 2 + 3  # two indexes, three distinct logs
+    report = collect(_home(tmp_path, "bob"), Policy(keep_last=1), shared=True, grace=0)
+    assert [run_id for run_id, *_ in report.runs] == [old.id]
+    entries, logs = listing()
+    assert len(entries) == 1 and len(logs) == 2  # the kept run's entry, index and log
+    from nbmagic.api import logs as read_log
+
+    assert "solo here" in read_log(kept.id, "solo", root=tmp_path / "carol" / "store")
+    again = LocalRunner(_home(tmp_path, "dave")).run(_plan(marker))
+    assert [s.status for s in again.steps.values()] == ["done", "done"]  # a miss, not an error

@@ -144,8 +144,7 @@ def lookup(store: RunStore, key: str) -> CacheEntry | None:
     if row is None:
         store.sync(force=True)
         row = _execution(store, run_id, step)
-    if row is None:
-        _say(remote, f"{where} names a run not readable here: not used, the step runs")
+    if row is None:  # its run was collected (or its record did not verify: the sync said so)
         return None
     recorded = store.step_values(run_id, step)
     if row.get("cache_key") != key or any(
@@ -163,3 +162,30 @@ def lookup(store: RunStore, key: str) -> CacheEntry | None:
     outputs = {name: {**ref, "name": name} for name, ref in body["outputs"].items()}
     store.cache_put(key, step, int(row["id"]), outputs, body["metrics"], body["not_kept"], carried=body["carried"])
     return CacheEntry(key, step, int(row["id"]), outputs, body["metrics"], body["not_kept"], body["carried"])
+
+
+def record_run_id(key: str) -> str:
+    """The run id in a run record's key ``runs/<ms>-<run id>[-trial].json``."""
+    name = key.removeprefix("runs/").removesuffix(".json")[14:]
+    return name.removesuffix("-trial")
+
+
+def sweep(remote: Any, dry_run: bool = False, grace: float = 60.0, gone: set[str] = frozenset()) -> int:
+    """Remove the entries and logs of runs with no record left (``gone``: those gc drops now); the caller holds
+    the gc lease, so no record is being written. Returns how many files it removed (or would)."""
+    live = {record_run_id(b.key) for b in remote.backend.list("runs/") if b.key.endswith(".json")} - set(gone)
+    now, removed = time.time(), 0
+    for blob in list(remote.backend.list("cache/")):
+        if now - blob.modified < grace:
+            continue
+        try:
+            run_id = json.loads(remote.backend.get_bytes(blob.key) or b"null")["entry"]["run"]
+        except (ValueError, KeyError, TypeError):
+            continue  # unreadable: a miss on lookup, left for whoever can tell
+        if run_id not in live:
+            removed += 1
+            if not dry_run:
+                remote.backend.delete(blob.key)
+    from .shared_logs import sweep as sweep_logs
+
+    return removed + sweep_logs(remote, live, dry_run, grace)

@@ -163,3 +163,35 @@ def step_log(store: RunStore, run_id: str, step: str) -> str | None:
     except OSError:
         tmp.unlink(missing_ok=True)  # only a copy: the text is still shown
     return data.decode(errors="replace")
+
+
+def sweep(remote: Any, live: set[str], dry_run: bool = False, grace: float = 60.0) -> int:
+    """Remove the log indexes of runs with no record left, then the logs no remaining index lists (older than
+    ``grace``: one being published has its index written after it). Returns how many files it removed."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    now, removed = time.time(), 0
+    indexes = [b for b in remote.backend.list("logs/runs/") if b.key.endswith(".json")]
+    kept = []
+    for blob in indexes:
+        if blob.key.removeprefix("logs/runs/").removesuffix(".json") in live or now - blob.modified < grace:
+            kept.append(blob.key)
+            continue
+        removed += 1
+        if not dry_run:
+            remote.backend.delete(blob.key)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        bodies = list(pool.map(remote.backend.get_bytes, kept))
+    listed: set[str] = set()
+    for data in bodies:
+        try:
+            listed |= {ref["hash"] for ref in json.loads(data or b"null")["index"]["steps"].values()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return removed  # an index that cannot be read: its logs cannot be told apart, none is removed
+    for blob in list(remote.backend.list("logs/blobs/")):
+        if blob.key.rpartition("/")[2] not in listed and now - blob.modified >= grace:
+            removed += 1
+            if not dry_run:
+                remote.backend.delete(blob.key)
+    return removed
