@@ -103,7 +103,7 @@ def test_published_logs_are_bounded_and_never_carry_the_stores_key(tmp_path, s3_
     from nbmagic.store.shared_logs import step_log
 
     monkeypatch.setenv("NBMAGIC_SHARED_LOG_CAP", cap)
-    code = "import os\nprint('key:', os.environ['NBMAGIC_STORE_KEY'])\nprint('x' * 5000)\nv = 1"
+    code = f"print('key:', {s3_store.key!r})\nprint('x' * 5000)\nv = 1"  # a step that prints the team key
     plan = PipelinePlan("loud", (step("loud", code, outputs=("v",)),), {}, ())
     run = LocalRunner(_home(tmp_path, "alice")).run(plan)
     assert run.status == "done"
