@@ -57,6 +57,10 @@ def test_a_step_computed_in_one_home_is_a_verified_cache_hit_in_another(tmp_path
     (row,) = [r for r in bob.step_rows(second.id) if r["step"] == "make"]
     reused = json.loads(row["properties"])["reused_execution"]
     assert execution(bob, reused).run_id == first.id
+    carol = _home(tmp_path, "carol")  # and in a third home, which imports bob's run
+    carol.sync(force=True)
+    (row,) = [r for r in carol.step_rows(second.id) if r["step"] == "make"]
+    assert execution(carol, json.loads(row["properties"])["reused_execution"]).run_id == first.id
     # alice's step logs read from bob's home
     from nbmagic.api import logs
 

@@ -1025,6 +1025,9 @@ class RunStore:
             reused = props.pop("reused_execution", None)
             if step["cached"]:
                 props["not_kept"] = self.cached_not_kept(step["cache_key"], reused)
+                origin = self._execution_origin(reused)
+                if origin is not None:  # ids are this index's own: the execution it reused goes by run and step
+                    props["reused_from"] = origin
             executions.append(
                 {
                     **{k: step[k] for k in ("step", "state", "cached", "started", "ended", "error", "traceback")},
@@ -1039,6 +1042,12 @@ class RunStore:
         if record.experiment:
             experiment = {"name": record.experiment, "properties": self.experiment_properties(record.experiment) or {}}
         return {"format": 1, "run": run, "experiment": experiment, "executions": executions, "exported": time.time()}
+
+    def _execution_origin(self, execution_id: Any) -> dict[str, str] | None:
+        if not isinstance(execution_id, int):
+            return None
+        row = self._connection().execute("SELECT run_id, step FROM executions WHERE id=?", (execution_id,)).fetchone()
+        return {"run": row[0], "step": row[1]} if row else None
 
     def import_runs(self, records: list[dict[str, Any]]) -> int:
         """Add (or complete) runs published elsewhere, in one transaction; a run made by this store is never
@@ -1134,6 +1143,16 @@ class RunStore:
             (ex_id,) = db.execute(
                 "SELECT id FROM executions WHERE run_id=? AND step=?", (run_id, ex["step"])
             ).fetchone()
+            props = dict(ex.get("properties") or {})
+            props.pop("reused_execution", None)  # another index's id: what it reused goes by run and step
+            origin = props.get("reused_from")
+            if isinstance(origin, dict):  # lineage follows it here too
+                found = db.execute(
+                    "SELECT id FROM executions WHERE run_id=? AND step=?",
+                    (str(origin.get("run")), str(origin.get("step"))),
+                ).fetchone()
+                if found:
+                    props["reused_execution"] = found[0]
             db.execute(
                 "UPDATE executions SET state=?, cache_key=?, code_hash=?, cached=?, started=?, ended=?, error=?,"
                 " traceback=?, properties=?, environment=? WHERE id=?",
@@ -1146,7 +1165,7 @@ class RunStore:
                     ex.get("ended"),
                     ex.get("error"),
                     ex.get("traceback"),
-                    json.dumps(ex.get("properties") or {}),
+                    json.dumps(props),
                     json.dumps(ex["environment"]) if ex.get("environment") else None,
                     ex_id,
                 ),
