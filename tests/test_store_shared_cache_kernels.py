@@ -81,3 +81,23 @@ def test_a_second_home_takes_the_firsts_steps_from_the_shared_cache_and_reads_th
     assert "VALUES [2.0, 2.0, 2.0] 9.0" in texts[6]
     assert "LOG fitting 6.0" in texts[7]
     assert run_id in texts[8]  # lineage names the run that computed the value
+
+    # a third home, after the entry of `fit` was changed in the store: that entry is a miss (one line), fit runs
+    import json
+
+    client = s3_store.client()
+    for key in s3_store.keys("team/runs/cache/"):
+        body = json.loads(client.get_object(Bucket=s3_store.bucket, Key=key)["Body"].read())
+        if body["entry"]["step"] == "fit":
+            body["entry"]["outputs"]["loss"]["hash"] = body["entry"]["outputs"]["loss"]["hash"][::-1]
+            client.put_object(Bucket=s3_store.bucket, Key=key, Body=json.dumps(body).encode())
+    carol = {**bob, "NBMAGIC_HOME": str(tmp_path / "carol")}
+    texts = _execute(
+        ["%load_ext nbmagic", f"%pipeline_config --store {s3_store.uri}\n%pipeline_config --reuse", *notebook],
+        carol,
+        tmp_path,
+    )
+    assert f"make: reused from run {run_id}" in texts[3]
+    assert "fitting 6.0" in texts[4] and "reused" not in texts[4]
+    assert texts[4].count("not signed with the team key") == 1, texts[4]
+    assert marker.read_text() == done + "fit\n"
