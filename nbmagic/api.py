@@ -329,6 +329,17 @@ def logs(run: str, step: str, *, root: str | os.PathLike[str] | None = None) -> 
         raise NbMagicError(f"run {run_id} has no step {step!r} (steps: {names})")
     text = step_log(found, run_id, step)
     if text is None:
+        import json
+
+        from .store.lineage import execution
+
+        row = next(r for r in found.step_rows(run_id) if r["step"] == step)
+        origin = execution(found, json.loads(row["properties"] or "{}").get("reused_execution") or -1)
+        if row["cached"] and origin is not None:
+            raise NbMagicError(
+                f"run {run_id}: step {step!r} was taken from the cache, it printed nothing; it was computed in run"
+                f" {origin.run_id}: logs({origin.run_id!r}, {origin.step!r})"
+            )
         raise NbMagicError(f"run {run_id}: step {step!r} left no log here or in the shared store")
     return text
 

@@ -66,6 +66,10 @@ def test_a_step_computed_in_one_home_is_a_verified_cache_hit_in_another(tmp_path
 
     assert "making x" in logs(first.id, "make", root=bob.root)
     assert "using 5" in logs(first.id, "use", root=bob.root)
+    from nbmagic.errors import NbMagicError
+
+    with pytest.raises(NbMagicError, match=f"computed in run {first.id}"):
+        logs(second.id, "make", root=bob.root)  # a step taken from the cache printed nothing
 
 
 def test_a_tampered_shared_entry_or_value_is_a_miss_and_the_step_runs(tmp_path, s3_store, capsys):

@@ -33,6 +33,7 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 SECRET = "holds a secret"
 _QUIET_S = 60.0  # an unreachable store is said once a minute, not once per step
 _said: dict[str, float] = {}
+_published: set[tuple[str, str, str, int]] = set()  # (home's store, URI, key, execution) written here
 
 
 def entry_key(key: str) -> str:
@@ -61,6 +62,9 @@ def publish_run(store: RunStore, run_id: str) -> int:
     remote = store.remote
     written = 0
     for entry in store.cache_entries_of_run(run_id):
+        mark = (str(store.root), str(remote.uri), entry.key, entry.execution_id)
+        if mark in _published:  # a session run is published again after each cell: its earlier entries are there
+            continue
         body = {
             "format": FORMAT,
             "key": entry.key,
@@ -76,6 +80,7 @@ def publish_run(store: RunStore, run_id: str) -> int:
         }
         data = json.dumps({"entry": body, "sig": _sign(remote.key, _canonical(body))}).encode()
         remote.backend.put_bytes(entry_key(entry.key), data)
+        _published.add(mark)
         written += 1
     return written
 
