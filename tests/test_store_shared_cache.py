@@ -70,6 +70,17 @@ def test_a_step_computed_in_one_home_is_a_verified_cache_hit_in_another(tmp_path
 
     with pytest.raises(NbMagicError, match=f"computed in run {first.id}"):
         logs(second.id, "make", root=bob.root)  # a step taken from the cache printed nothing
+    import subprocess
+    import sys
+
+    fresh = tmp_path / "erin" / "store"  # the command line, from a home that has seen nothing yet
+    done = subprocess.run(
+        [sys.executable, "-m", "nbmagic.cli", "logs", first.id, "use", "--store", str(fresh)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout == "using 5\n", done.stderr
 
 
 def test_a_tampered_shared_entry_or_value_is_a_miss_and_the_step_runs(tmp_path, s3_store, capsys):
