@@ -190,3 +190,20 @@ def test_shared_gc_removes_the_entries_and_logs_of_the_runs_it_drops(tmp_path, s
     assert "solo here" in read_log(kept.id, "solo", root=tmp_path / "carol" / "store")
     again = LocalRunner(_home(tmp_path, "dave")).run(_plan(marker))
     assert [s.status for s in again.steps.values()] == ["done", "done"]  # a miss, not an error
+
+
+def test_a_shared_folder_shares_cache_hits_and_logs_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{tmp_path / 'shared'}")
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    marker = tmp_path / "marker.txt"
+    first = LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
+    bob = _home(tmp_path, "bob")
+    second = LocalRunner(bob).run(_plan(marker))
+    assert [s.status for s in second.steps.values()] == ["cached", "cached"] and second.metrics == {"total": 10.0}
+    assert marker.read_text() == "ran\nused\n"
+    from nbmagic.store.shared_logs import step_log
+
+    assert step_log(bob, first.id, "make") == "making x\n"
+    shared = tmp_path / "shared"
+    assert all(p.stat().st_mode & 0o077 == 0 for p in (shared / "cache").rglob("*"))  # owner-only, as values
+    assert all(p.stat().st_mode & 0o077 == 0 for p in (shared / "logs").rglob("*"))
