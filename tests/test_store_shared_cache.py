@@ -207,3 +207,30 @@ def test_a_shared_folder_shares_cache_hits_and_logs_too(tmp_path, monkeypatch):
     shared = tmp_path / "shared"
     assert all(p.stat().st_mode & 0o077 == 0 for p in (shared / "cache").rglob("*"))  # owner-only, as values
     assert all(p.stat().st_mode & 0o077 == 0 for p in (shared / "logs").rglob("*"))
+
+
+def test_a_store_that_fails_while_entries_are_written_is_one_line_and_the_run_stays_shared(tmp_path, s3_store, capsys):
+    from nbmagic.store.backends import RemoteError
+
+    marker = tmp_path / "marker.txt"
+    alice = _home(tmp_path, "alice")
+    backend = alice.remote.backend
+    put_bytes = backend.put_bytes
+
+    def failing(key: str, data: bytes, if_absent: bool = False) -> bool:
+        if key.startswith("cache/"):
+            raise RemoteError(f"the run store {s3_store.uri}: cannot write {key}: network error (cut)")
+        return put_bytes(key, data, if_absent)
+
+    backend.put_bytes = failing
+    try:
+        run = LocalRunner(alice).run(_plan(marker))
+    finally:
+        del backend.put_bytes
+    assert run.status == "done"
+    err = capsys.readouterr().err
+    assert err.count(f"run {run.id} is in {s3_store.uri} but its cache entries or step logs are not") == 1, err
+    bob = _home(tmp_path, "bob")
+    assert [r.id for r in bob.list_runs()] == [run.id]
+    again = LocalRunner(bob).run(_plan(marker))
+    assert [s.status for s in again.steps.values()] == ["done", "done"]  # no entry: the steps run

@@ -997,8 +997,8 @@ class RunStore:
         from .shared_logs import publish_run as publish_logs
 
         try:
-            publish_logs(self, run_id)
             publish_entries(self, run_id)
+            publish_logs(self, run_id)
         except (RemoteError, StoreError, OSError) as exc:
             print(
                 f"nbmagic: run {run_id} is in {self.remote.uri} but its cache entries or step logs are not: {exc}",
