@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..units import format_size
+from . import shared_cache
 from .remote import _SEGMENT, LEASE_S, STALE_S, _loads, record_hashes, segment_bytes
 from .runs import RunStore
 
@@ -113,6 +114,9 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
         for key in doomed:
             backend.delete(key)
             remote._bodies.pop(key, None)
+    # cache entries and step logs of runs with no record left (a record set aside keeps its run's)
+    live = kept_runs | {shared_cache.record_run_id(key) for key in found.quarantined if key.startswith("runs/")}
+    found.leftovers += shared_cache.sweep(remote, dry_run, grace, dropped, live=live - dropped)
     folders: dict[str, list] = {}
     for blob in backend.list("objects/"):
         parts = blob.key.split("/")
