@@ -151,3 +151,19 @@ def test_a_run_whose_heartbeat_falls_silent_shows_as_lost_and_gc_lets_it_go(tmp_
     report = collect(_home(tmp_path, "gc2"), Policy(keep_last=1), shared=True, grace=0)
     assert [run_id for run_id, *_ in report.runs] == ["run-killed"]
     assert not [k for k in s3_store.keys("team/runs/runs/") if "run-killed" in k]
+
+
+def test_a_second_gc_keeps_the_cache_entries_and_logs_of_runs_whose_records_are_in_a_segment(tmp_path, s3_store):
+    plan = PipelinePlan("logged", (step("make", "print('made')\nx = [1, 2, 3]", outputs=("x",)),), {}, ())
+    run = LocalRunner(_home(tmp_path, "alice")).run(plan)
+
+    def shared() -> list[str]:
+        return [k for k in s3_store.keys("team/runs/") if "/cache/" in k or "/logs/" in k]
+
+    before = shared()
+    assert before
+    collect(_home(tmp_path, "bob"), Policy(keep_last=1), shared=True, grace=0)
+    assert not s3_store.keys("team/runs/runs/")  # the record is now in the one segment
+    collect(_home(tmp_path, "carol"), Policy(keep_last=1), shared=True, grace=0)
+    assert shared() == before
+    assert [r.id for r in _home(tmp_path, "dave").list_runs()] == [run.id]
