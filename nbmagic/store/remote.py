@@ -14,8 +14,8 @@ values first, each value's ``manifest.json`` last and only if absent, then the r
 ``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index. A sync lists
 every loose record and every segment and reads the keys it has not seen: no writer's clock is trusted. Loose
 records stay few: a publisher holding ``COMPACT_EVERY`` of them (and a sync that lists ``READER_COMPACT_AT``) folds
-them into a content-addressed segment, written before the folded records are removed, and merges the segments
-the small ones once there are ``MERGE_AT``; gc merges them all. Values are pulled on first use
+them into a content-addressed segment, written before the folded records are removed, and merges the small
+segments once there are ``MERGE_AT``; gc merges them all. Values are pulled on first use
 into the local content-addressed cache and checked against their hash; a value that does not match is removed
 from the shared store, so the step that made it runs again.
 
