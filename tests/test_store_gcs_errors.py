@@ -214,6 +214,7 @@ def test_a_step_stops_before_its_cell_when_the_store_secret_has_no_key_file(tmp_
 
     key_file = tmp_path / "secret" / "key.json"
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     marker = tmp_path / "ran"
     store = {
         "uri": URI,
@@ -233,7 +234,10 @@ def test_a_step_stops_before_its_cell_when_the_store_secret_has_no_key_file(tmp_
         f"nbmagic: step 'make': cannot record the step in {URI}: the secret 'team-gcs' has no key.json"
         " (kubectl create secret generic team-gcs --from-file=key.json=SERVICE-ACCOUNT-KEY.json)"
     ]
-    # the key file there (or credentials not set by the compiled step): nothing to say
+    # a local server (no credentials sent), the key file there, or credentials not the compiled step's: no line
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    assert publish.credentials_problem(store) is None
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
     key_file.parent.mkdir()
     key_file.write_text("{}")
     assert publish.credentials_problem(store) is None
