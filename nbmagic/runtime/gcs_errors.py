@@ -101,5 +101,5 @@ def reason(exc: BaseException, hint: str = CREDENTIALS_HINT) -> str:
         if isinstance(inner, BaseException):
             root = inner
     text = scrub(root.args[0] if root.args and isinstance(root.args[0], str) else root, 160)
-    name = type(exc).__name__
+    name = next((type(item).__name__ for item in chain if type(item).__name__ != "RetryError"), "RetryError")
     return f"network error ({name}: {text})" if text else f"network error ({name})"

@@ -152,7 +152,6 @@ class _GCS:
         from google.cloud import storage
         from google.cloud.storage.retry import DEFAULT_RETRY
 
-        self.uri = f"gs://{bucket}" + (f"/{prefix}" if prefix else "")
         try:
             client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
         except Exception as exc:  # noqa: BLE001 - google.auth's errors, imported lazily
