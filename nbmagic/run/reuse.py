@@ -239,8 +239,8 @@ class Reuse:
                 namespace.update(loaded)
                 self.keys[step.name] = found
                 source_run, log = self._earlier(entry.execution_id, step.name)
-                if log:
-                    sys.stdout.write(log)
+                if log:  # masked when it was kept; masked again with the secrets the step can read now
+                    sys.stdout.write(mask(log, secrets(plan, step)))
                 took = time.time() - started
                 print(
                     f"{step.name}: reused from run {source_run} (code and inputs unchanged; {took:.2f} s)"
@@ -549,9 +549,10 @@ SECRET = "holds a secret"
 
 def secrets(plan: PipelinePlan, step: StepPlan | None = None) -> tuple[str, ...]:
     """The values of the ``--secret`` environment variables of ``step`` (of every step when None), as a local run
-    injects them: never stored, masked in logs."""
+    injects them, and the contents of its ``--secret-file`` mounts found here: never stored, masked in logs."""
 
     from ..pipeline.settings import local_env
+    from ..runtime.secret_files import secret_file_values
 
     steps = [step] if step is not None else list(plan.steps)
     found: dict[str, None] = {}
@@ -559,6 +560,8 @@ def secrets(plan: PipelinePlan, step: StepPlan | None = None) -> tuple[str, ...]
         settings = merged_settings(plan, each)
         env = local_env(settings, os.environ)
         found.update(dict.fromkeys(env[s.env] for s in settings.secret_env if env.get(s.env)))
+        if settings.secret_files:  # what the step can read at a --secret-file mount on this machine
+            found.update(dict.fromkeys(secret_file_values([f.path for f in settings.secret_files])))
     return tuple(found)
 
 
