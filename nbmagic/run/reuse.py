@@ -288,7 +288,16 @@ class Reuse:
                 else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
-        if moved and not not_kept:
+        shared = _one_object(assigned, {n: namespace[n] for n in watched if n in namespace and n not in assigned})
+        if shared and not not_kept:
+            # stored values load as separate objects: a later change through one name would miss the other
+            print(
+                f"{step.name}: cannot be reused next time ({shared[0]!r} and {shared[1]!r} are one object;"
+                " loaded from the store they would be two)",
+                flush=True,
+            )
+            key = ""
+        if moved and not not_kept and key:
             key = self._learn(plan, step, moved, values, inputs, replan) or ""
         if key and not not_kept:
             self.keys[step.name] = key
@@ -571,6 +580,28 @@ def mask(text: str, hidden: tuple[str, ...]) -> str:
         if len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+def _one_object(assigned: dict[str, Any], others: dict[str, Any]) -> tuple[str, str] | None:
+    """Two names, one assigned by the cell, bound to the same changeable object (``b = a``), if any."""
+    import types
+
+    seen: dict[int, str] = {}
+    for name, value in [*others.items(), *assigned.items()]:
+        if isinstance(value, (int, float, complex, str, bytes, type(None), range, type, types.ModuleType)):
+            continue
+        if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)):
+            continue
+        if isinstance(value, (tuple, frozenset)):
+            try:
+                hash(value)  # only immutable items
+                continue
+            except TypeError:
+                pass
+        first = seen.setdefault(id(value), name)
+        if first != name and name in assigned:
+            return name, first
+    return None
 
 
 def _carried_names(step: StepPlan) -> list[str]:
