@@ -39,3 +39,57 @@ def test_names_bound_to_one_immutable_value_are_still_reused(ip, capsys):
     run_ok(ip, cell)
     assert "s: reused from run" in capsys.readouterr().out
     assert (ip.user_ns["x"], ip.user_ns["label"], ip.user_ns["other"]) == (7, "a", (1, 2))
+
+
+def test_a_local_module_edited_after_the_kernel_imported_it_is_not_reused_nor_stored(ip, tmp_path, monkeypatch, capsys):
+    import importlib
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "helper_mod15", raising=False)
+    source = tmp_path / "helper_mod15.py"
+    source.write_text("def f():\n    return 1\n")
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "import helper_mod15")
+    cell = "%%step s\ny = helper_mod15.f()\n"
+    run_ok(ip, cell)
+    source.write_text("def f():\n    return 2\n")  # edited; the kernel still runs the module it imported
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert ip.user_ns["y"] == 1  # what running the cell in this kernel gives
+    assert "s: runs (cannot be reused: local module 'helper_mod15' changed on disk after" in capsys.readouterr().out
+    run = run_ok(ip, "%compile_run --quiet")  # a run imports the file as it is now: nothing the kernel computed
+    assert run.value("y") == 2
+    importlib.reload(sys.modules["helper_mod15"])  # the kernel now runs the file too: reuse is sure again
+    run_ok(ip, cell)
+    assert ip.user_ns["y"] == 2 and "s: reused from run" in capsys.readouterr().out
+    monkeypatch.delitem(sys.modules, "helper_mod15", raising=False)
+
+
+def test_a_step_that_raises_leaves_no_key_for_the_steps_run_after_it(ip, tmp_path, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "%%pipeline_parameters\nword = 'whole'\n")
+    path = str(tmp_path / "part.txt")
+    step = f"%%step a\nopen({path!r}, 'w').write(word)\nif word == 'half':\n    raise RuntimeError('stopped')\n"
+    after = f"%%step b --after a\ntext = open({path!r}).read()\n"
+    run_ok(ip, step)
+    run_ok(ip, after)
+    assert ip.user_ns["text"] == "whole"
+    run_ok(ip, "word = 'half'")
+    assert not ip.run_cell(step, store_history=True).success  # wrote half the file, then failed
+    capsys.readouterr()
+    run_ok(ip, after)  # runs: what the failed step left behind is read, not the earlier result
+    assert ip.user_ns["text"] == "half"
+    assert "b: runs (cannot be reused: step 'a' it runs after has not run with reuse" in capsys.readouterr().out
+
+
+def test_a_loop_variable_left_on_a_value_does_not_stop_reuse(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\ntrain, test = [1], [2]\nfor part in [train, test]:\n    part.append(0)\n"
+    run_ok(ip, cell)
+    for name in ("train", "test", "part"):
+        ip.user_ns.pop(name)
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert "s: reused from run" in capsys.readouterr().out and ip.user_ns["test"] == [2, 0]

@@ -164,6 +164,12 @@ class Reuse:
     # -- the key ----------------------------------------------------------------------------------
     def key(self, plan: PipelinePlan, step: StepPlan, namespace: dict[str, Any]) -> tuple[str, dict, dict]:
         """(cache key, parameter values, input hashes) for ``step`` from the kernel's current values."""
+        edited = _edited_module(step.modules)
+        if edited is not None:
+            raise NotReusable(
+                f"local module {edited!r} changed on disk after the kernel imported it; restart the kernel or"
+                " importlib.reload it"
+            )
         values: dict[str, Any] = {}
         for name in step.parameters:
             if name not in namespace:
@@ -265,6 +271,7 @@ class Reuse:
         # before and after, as a run's steps are: a change in place the code does not show is kept with the results
         from ..runtime.step import changed, fingerprint
 
+        self.keys.pop(step.name, None)  # until it has run: a cell that raises leaves no key for --after edges
         watched = [n for n in dict.fromkeys([*step.inputs, *(n for _, n in step.carried)]) if n not in step.writes]
         before = {n: fingerprint(namespace[n]) for n in watched if n in namespace}
         kept: list[str] = []
@@ -288,7 +295,11 @@ class Reuse:
                 else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
-        shared = _one_object(assigned, {n: namespace[n] for n in watched if n in namespace and n not in assigned})
+        loops = _loop_names(step.cell.code)  # `for d in [train, test]` leaves d on test: a loop's leftover, not kept
+        shared = _one_object(
+            {n: v for n, v in assigned.items() if n not in loops},
+            {n: namespace[n] for n in watched if n in namespace and n not in assigned},
+        )
         if shared and not not_kept:
             # stored values load as separate objects: a later change through one name would miss the other
             print(
@@ -580,6 +591,43 @@ def mask(text: str, hidden: tuple[str, ...]) -> str:
         if len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+def _edited_module(modules: tuple[str, ...]) -> str | None:
+    """A local module the kernel imported whose files changed since (the key would name code it does not run)."""
+    from .cache_key import local_files
+    from .module_clock import loaded_at
+
+    for module in modules:
+        if module not in sys.modules:
+            continue  # the cell imports it from the file as it is now
+        files = local_files((module,)).get(module)
+        if not files:
+            continue
+        try:
+            newest = max(os.stat(name).st_mtime for name in files)
+        except OSError:
+            return module
+        if newest >= loaded_at(module):
+            return module
+    return None
+
+
+def _loop_names(code: str) -> set[str]:
+    """Names bound as ``for`` loop targets anywhere in ``code``."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    return {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.For, ast.AsyncFor))
+        for target in ast.walk(node.target)
+        if isinstance(target, ast.Name)
+    }
 
 
 def _one_object(assigned: dict[str, Any], others: dict[str, Any]) -> tuple[str, str] | None:
