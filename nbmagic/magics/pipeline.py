@@ -80,7 +80,7 @@ class PipelineMagics(Magics):
         its results under the same key, so ``%compile_run`` and the next restart take them.
 
         What reuse skips: the cell's side effects. Prints are replayed; files it writes and plots it draws are
-        not made again. A step that reads a file should declare it, ``--inputs data/raw.csv`` (its content hash
+        not made again (nor values it displays, nor library state it changes, such as a random generator's). A step that reads a file should declare it, ``--inputs data/raw.csv`` (its content hash
         joins the key: a changed file means the step runs, here and in ``%compile_run``; on a cluster the file
         must be at that path in the step's pod), or use ``--no-reuse``.
 
@@ -91,7 +91,8 @@ class PipelineMagics(Magics):
         (fingerprints before and after) and kept with its results.
 
         The cell simply runs, one line saying why, when reuse cannot be sure: a value it reads or assigns
-        cannot be hashed or stored, two names it assigns are one object, the step spans several cells, or a
+        cannot be hashed or stored, two names it assigns are one object, the step spans several cells, a local
+        module it uses was edited after the kernel imported it, a step it runs ``--after`` failed, or a
         value holds a secret (``--secret`` values and ``--secret-file`` contents are never stored; kept
         output shows ``***`` in their place).
 
