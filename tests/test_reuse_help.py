@@ -11,7 +11,7 @@ def test_step_help_describes_what_reuse_skips_carried_values_and_inputs(ip, caps
     flat = " ".join(text.split())
     assert "%%step [--after STEP" in flat and "[--reuse] [--no-reuse] [--inputs PATH [PATH ...]]" in flat
     assert (
-        "What reuse skips: the cell's side effects. Prints are replayed; files it writes and plots it draws are not made again."
+        "What reuse skips: the cell's side effects. Prints are replayed; files it writes and plots it draws are not made again"
         in flat
     )
     assert "``--inputs data/raw.csv`` (its content hash joins the key" in flat
