@@ -179,10 +179,11 @@ class Reuse:
             except NbMagicError as exc:
                 raise NotReusable(str(exc)) from None
         inputs: dict[str, str] = {}
+        hidden = secrets(plan) if step.inputs else ()
         for var in step.inputs:
             if var not in namespace:
                 raise NotReusable(f"variable {var!r} is not set in the kernel")
-            inputs[var] = self.hasher.store_hash(namespace[var], var, secrets(plan))
+            inputs[var] = self.hasher.store_hash(namespace[var], var, hidden)
         return self._key(plan, step, values, inputs), values, inputs
 
     def _key(self, plan: PipelinePlan, step: StepPlan, values: dict[str, Any], inputs: dict[str, str]) -> str:
