@@ -95,3 +95,34 @@ def test_a_loop_variable_left_on_a_value_does_not_stop_reuse(ip, capsys):
     capsys.readouterr()
     run_ok(ip, cell)
     assert "s: reused from run" in capsys.readouterr().out and ip.user_ns["test"] == [2, 0]
+
+
+def test_functions_and_classes_a_step_defines_see_the_kernels_globals(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "K2 = 2")
+    run_ok(ip, "class Base:\n    pass\n")
+    cell = (
+        "%%step s\ndef h(x):\n    return x * K2\nclass M(Base):\n    def f(self):\n        return K2\n"
+        "m = M()\nb = Base()\nv = h(1)\n"
+    )
+    run_ok(ip, cell)
+    for name in ("h", "v", "m", "M", "b"):  # a restart
+        ip.user_ns.pop(name)
+    run_ok(ip, cell)
+    said = capsys.readouterr().out
+    run_ok(ip, "K2 = 5")  # a later cell: the notebook's own functions read the kernel's globals
+    ns = ip.user_ns
+    assert (ns["h"](1), ns["m"].f(), isinstance(ns["m"], ns["M"])) == (5, 5, True)
+    assert "s: runs (cannot be reused: 'h' is a function defined in the notebook" in said
+
+
+def test_a_step_using_the_notebooks_classes_is_still_reused(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "class Base:\n    def f(self):\n        return 1\n")
+    cell = "%%step s\nb = Base()\n"
+    run_ok(ip, cell)
+    ip.user_ns.pop("b")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert "s: reused from run" in capsys.readouterr().out
+    assert type(ip.user_ns["b"]) is ip.user_ns["Base"]

@@ -242,6 +242,14 @@ class Reuse:
             )
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             loaded = self._load(entry.outputs, step.cell.code, step.writes)
+            unbound = None if loaded is None else _notebook_code(loaded, namespace)
+            if unbound is not None:
+                print(
+                    f"{step.name}: runs (cannot be reused: {unbound!r} is a function defined in the notebook, or of a"
+                    " class the step defines; loaded from the store it would not see the kernel's globals)",
+                    flush=True,
+                )
+                loaded = None
             if loaded is not None:
                 namespace.update(loaded)
                 self.keys[step.name] = found
@@ -611,6 +619,22 @@ def _edited_module(modules: tuple[str, ...]) -> str | None:
             return module
         if newest >= loaded_at(module):
             return module
+    return None
+
+
+def _notebook_code(loaded: dict[str, Any], namespace: dict[str, Any]) -> str | None:
+    """A loaded name that is a function or class defined in the notebook (module ``__main__``), or an instance of
+    such a class, other than the kernel's own: stored by value, its code would read a copy of the globals."""
+    import types
+
+    for name, value in loaded.items():
+        if isinstance(value, types.FunctionType):
+            if value.__module__ == "__main__" and value.__globals__ is not namespace:
+                return name
+            continue
+        cls = value if isinstance(value, type) else type(value)
+        if cls.__module__ == "__main__" and namespace.get(cls.__qualname__) is not cls:
+            return name
     return None
 
 
