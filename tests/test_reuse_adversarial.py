@@ -126,3 +126,29 @@ def test_a_step_using_the_notebooks_classes_is_still_reused(ip, capsys):
     run_ok(ip, cell)
     assert "s: reused from run" in capsys.readouterr().out
     assert type(ip.user_ns["b"]) is ip.user_ns["Base"]
+
+
+def test_a_name_the_step_deletes_is_gone_after_a_reuse_too(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    load, use = "%%step a\ntmp = [1]\n", "%%step s\nz = len(tmp)\ndel tmp\n"
+    run_ok(ip, load)
+    run_ok(ip, use)
+    assert "tmp" not in ip.user_ns
+    ip.user_ns.pop("z")  # a restart
+    run_ok(ip, load)
+    run_ok(ip, use)
+    assert "tmp" not in ip.user_ns and ip.user_ns["z"] == 1
+    assert "s: reused from run" in capsys.readouterr().out
+
+
+def test_a_name_deleted_only_on_some_paths_makes_the_cell_run(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    load, use = "%%step a\ntmp = [1]\n", "%%step s\nz = len(tmp)\nif z:\n    del tmp\n"
+    run_ok(ip, load)
+    run_ok(ip, use)
+    ip.user_ns.pop("z")
+    run_ok(ip, load)
+    capsys.readouterr()
+    run_ok(ip, use)
+    assert "tmp" not in ip.user_ns
+    assert "s: runs (cannot be reused: it deletes 'tmp' on some paths only" in capsys.readouterr().out

@@ -91,9 +91,10 @@ class PipelineMagics(Magics):
         (fingerprints before and after) and kept with its results.
 
         The cell simply runs, one line saying why, when reuse cannot be sure: a value it reads or assigns
-        cannot be hashed or stored, two names it assigns are one object, the step spans several cells, a local
-        module it uses was edited after the kernel imported it, a step it runs ``--after`` failed, or a
-        value holds a secret (``--secret`` values and ``--secret-file`` contents are never stored; kept
+        cannot be hashed or stored, two names it assigns are one object, it defines functions or classes (loaded
+        from the store they would not see the kernel's globals), it deletes a name on some paths only, the step
+        spans several cells, a local module it uses was edited after the kernel imported it, a step it runs
+        ``--after`` failed, or a value holds a secret (``--secret`` values and ``--secret-file`` contents are never stored; kept
         output shows ``***`` in their place).
 
         Example::

@@ -241,6 +241,14 @@ class Reuse:
                 flush=True,
             )
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
+            always, sometimes = _deleted(step.cell.code)
+            if sometimes:
+                print(
+                    f"{step.name}: runs (cannot be reused: it deletes {sorted(sometimes)[0]!r} on some paths only)",
+                    flush=True,
+                )
+                entry = None
+        if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             loaded = self._load(entry.outputs, step.cell.code, step.writes)
             unbound = None if loaded is None else _notebook_code(loaded, namespace)
             if unbound is not None:
@@ -251,6 +259,8 @@ class Reuse:
                 )
                 loaded = None
             if loaded is not None:
+                for name in always - set(loaded):  # what running it leaves out of the kernel, reuse does too
+                    namespace.pop(name, None)
                 namespace.update(loaded)
                 self.keys[step.name] = found
                 source_run, log = self._earlier(entry.execution_id, step.name)
@@ -636,6 +646,37 @@ def _notebook_code(loaded: dict[str, Any], namespace: dict[str, Any]) -> str | N
         if cls.__module__ == "__main__" and namespace.get(cls.__qualname__) is not cls:
             return name
     return None
+
+
+def _deleted(code: str) -> tuple[set[str], set[str]]:
+    """Names the cell deletes: with a ``del`` at its top level (always), and in a block (on some paths only).
+    Deletions inside functions and classes are their own."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set(), set()
+
+    def names(node: ast.Delete) -> set[str]:
+        return {t.id for target in node.targets for t in ast.walk(target) if isinstance(t, ast.Name)}
+
+    always: set[str] = set()
+    sometimes: set[str] = set()
+    stack: list[ast.AST] = []
+    for node in tree.body:
+        if isinstance(node, ast.Delete):
+            always |= names(node)
+        else:
+            stack.append(node)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Delete):
+            sometimes |= names(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return always, sometimes - always
 
 
 def _loop_names(code: str) -> set[str]:
