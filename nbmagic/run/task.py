@@ -51,7 +51,7 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
         secrets = tuple(dict.fromkeys((*secrets, *secret_file_values(spec["secret_files"]))))
     _redirect_output(spec["log"])
     os.environ.update(spec.get("env", {}))
-    from ..store.objects import ObjectStore
+    from ..store.objects import ObjectStore, _holds_secret
 
     store = ObjectStore(Path(spec["store"]))
     result: dict[str, Any] = {"status": "failed", "outputs": {}, "not_kept": {}, "metrics": {}, "started": time.time()}
@@ -72,7 +72,9 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
             for name in carried:
                 if name in namespace:
                     before[name] = fingerprint(namespace[name])
-            result["carried"] = {name: before.get(name) for name in carried}
+            # a value holding a secret has no fingerprint kept (the cache entry may be shared): None, not known
+            hidden = {n for n in carried if secrets and n in namespace and _holds_secret(namespace[n], secrets)}
+            result["carried"] = {name: None if name in hidden else before.get(name) for name in carried}
 
         assigned = execute(
             spec["step"],
