@@ -14,7 +14,7 @@ from helpers.plans import step
 from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.run.local import LocalRunner
 from nbmagic.runtime import marshal, publish
-from nbmagic.store import remote
+from nbmagic.store import gc, remote
 from nbmagic.store.gc import Policy, collect
 from nbmagic.store.remote import RemoteStore
 from nbmagic.store.runs import RunStore
@@ -127,7 +127,9 @@ def _step(tmp_path, target: dict, name: str, started: float) -> None:
     publish.publish_step(target, name, "done", {}, {}, {"x": str(folder)}, {}, started)
 
 
-def test_a_run_whose_heartbeat_falls_silent_shows_as_lost_and_gc_lets_it_go(tmp_path, s3_store, monkeypatch, capsys):
+def test_a_run_whose_heartbeat_falls_silent_shows_as_lost_and_gc_keeps_it_a_day(
+    tmp_path, s3_store, monkeypatch, capsys
+):
     monkeypatch.setattr(remote, "LEASE_S", 3.0)
     monkeypatch.setattr(publish, "HEARTBEAT_S", 0.5)
     base = {"uri": s3_store.uri, "pipeline": "kfp-demo"}
@@ -149,7 +151,12 @@ def test_a_run_whose_heartbeat_falls_silent_shows_as_lost_and_gc_lets_it_go(tmp_
     assert len(lines) == 1 and "no heartbeat" in lines[0] and "shown as lost" in lines[0], lines
     assert {r.id: r.status for r in _home(tmp_path, "fresh").list_runs()}["run-killed"] == "lost"
     report = collect(_home(tmp_path, "gc2"), Policy(keep_last=1), shared=True, grace=0)
+    assert not report.runs  # lost may be only slow (a pending pod, a retry's backoff): kept for a day
+    assert [k for k in s3_store.keys("team/runs/") if "run-killed" in k]
+    later = time.time() + gc.LOST_KEEP_S + 60
+    report = collect(_home(tmp_path, "gc3"), Policy(keep_last=1), shared=True, grace=0, now=later)
     assert [run_id for run_id, *_ in report.runs] == ["run-killed"]
+    assert any("lost run" in note and "run-killed" in note for note in report.notes), report.notes
     assert not [k for k in s3_store.keys("team/runs/runs/") if "run-killed" in k]
 
 

@@ -2,8 +2,9 @@
 
 Reference counting goes through the lineage: a value stays while an execution of a kept run reads or wrote it
 (events) or a live cache entry lists it. A cache entry is live while a kept run holds it (the run that made it,
-or a run whose cached step reused it). Running runs are always kept; so are values written after the oldest
-running run started, and unreferenced values younger than ``grace`` seconds (a run may be about to record them).
+or a run whose cached step reused it). Running runs are always kept, and so are "lost" ones (a shared run whose heartbeat
+stopped: maybe dead, maybe only slow between steps) for ``LOST_KEEP_S`` (24 h) after they started; after that
+the policy may drop them, with a line naming them. Values written after the oldest running run started, and unreferenced values younger than ``grace`` seconds (a run may be about to record them).
 
 The automatic policy is ``<store>/gc.json`` (``{"keep_last": 200, "older_than": "30d", "max_size": "20GB"}``) or
 ``$NBMAGIC_GC`` (``keep_last=200,older_than=30d,max_size=20GB``, which wins); :func:`auto_gc` applies it.
@@ -31,6 +32,7 @@ from .lockfiles import sweep_flights
 from .objects import move_or_remove, remove_tree
 from .runs import RunStore
 
+LOST_KEEP_S = 24 * 3600.0  # a "lost" run is kept this long after it started: it may only be slow
 POLICY_FILE = "gc.json"
 LOCK_FILE = "gc.lock"
 ENV = "NBMAGIC_GC"
@@ -249,6 +251,7 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
     snap = store.gc_snapshot()
     runs = snap.runs
     active = {r[0] for r in runs if r[2] in ("running", "pending")}
+    active |= {r[0] for r in runs if r[2] == "lost" and (r[1] or 0) > now - LOST_KEEP_S}
     newest = store.newest_runs()
     best = store.best_trials() if policy.keep_best else set()
     why_kept: dict[str, str] = {}
@@ -389,6 +392,13 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
         len(runs) - len(doomed),
         len(dead_keys),
     )
+    lost = sorted(r[0] for r in runs if r[0] in doomed and r[2] == "lost")
+    if lost:
+        report.notes.append(
+            f"{_count(len(lost), 'lost run')} ({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''}) started over"
+            f" {LOST_KEEP_S / 3600:g} h ago with no heartbeat since: {'would be' if dry_run else 'were'} dropped by"
+            " the policy"
+        )
     if deferred:
         report.notes.append(
             f"{_count(len(deferred), 'run')} kept for now: {'its' if len(deferred) == 1 else 'their'} values are"

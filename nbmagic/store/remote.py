@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..runtime import marshal
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 RECORD_FORMAT = 1
 SEGMENT_FORMAT = 2
 _SEGMENT = re.compile(r"index/[0-9a-f]{64}\.json\.gz")
+_RECORD_KEY = re.compile(r"runs/(?!\.)[^/\\\x00-\x1f]{1,250}\.json")  # a loose record's key, as a segment may name it
 COMPACT_EVERY = int(
     os.environ.get("NBMAGIC_STORE_COMPACT_EVERY", "64")
 )  # a publisher holding this many loose records folds them
@@ -370,23 +371,62 @@ class RemoteStore:
         return [b for b in self.backend.list("index/") if _SEGMENT.fullmatch(b.key)]
 
     @staticmethod
-    def read_segment(key: str, data: bytes | None) -> dict[str, Any] | None:
-        """record key -> body (``{"record", "sig"}``) of a segment; None unless its bytes hash to its name and
-        hold a segment (each body is still checked on its own, as a loose record is)."""
-        if data is None or hashlib.sha256(data).hexdigest() != key.removeprefix("index/").removesuffix(".json.gz"):
-            return None
+    def segment_entries(key: str, data: bytes | None) -> tuple[dict[str, Any] | None, str]:
+        """(record key -> body, "") of a segment, or (None, why): "missing", "broken" (its bytes do not hash to
+        its name, or do not hold a segment) or "newer" (whole, but of a format this version does not know).
+        Entries whose key is not a record key are left out (each body is still checked on its own)."""
+        if data is None:
+            return None, "missing"
+        if hashlib.sha256(data).hexdigest() != key.removeprefix("index/").removesuffix(".json.gz"):
+            return None, "broken"
         try:
             body = json.loads(gzip.decompress(data))
-            entries = body["entries"] if body.get("format") == SEGMENT_FORMAT else None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
+            fmt = body.get("format")
+        except (OSError, EOFError, ValueError, AttributeError):
+            return None, "broken"
+        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > SEGMENT_FORMAT:
+            return None, "newer"
+        entries = body.get("entries") if fmt == SEGMENT_FORMAT else None
         if not isinstance(entries, list):
-            return None
+            return None, "broken"
         return {
             e["key"]: {"record": e.get("record"), "sig": e.get("sig")}
             for e in entries
-            if isinstance(e, dict) and isinstance(e.get("key"), str) and e["key"].startswith("runs/")
-        }
+            if isinstance(e, dict) and isinstance(e.get("key"), str) and _RECORD_KEY.fullmatch(e["key"])
+        }, ""
+
+    @classmethod
+    def read_segment(cls, key: str, data: bytes | None) -> dict[str, Any] | None:
+        """record key -> body (``{"record", "sig"}``) of a segment; None unless its bytes hash to its name and
+        hold a segment of a known format."""
+        return cls.segment_entries(key, data)[0]
+
+    def _key_mark(self) -> str:
+        """A short fingerprint of the team key: what was judged unsigned under one key is judged again under
+        another."""
+        return hashlib.sha256(b"nbmagic-mark:" + (self.key or b"")).hexdigest()[:16]
+
+    def _read_segments(
+        self, listed: list[str], unseen: Callable[[list[str]], list[str]], workers: int
+    ) -> list[tuple[str, bytes | None]]:
+        """(key, bytes) of the segments in ``listed`` that ``unseen`` keeps; a segment merged (and removed)
+        between the listing and its GET is made up for by listing again, a few times at most, until nothing
+        vanishes (the merged segment was written before the old one was removed)."""
+        out: list[tuple[str, bytes | None]] = []
+        done: set[str] = set()
+        todo = unseen(listed)
+        for _attempt in range(5):
+            got = list(zip(todo, self._get_many(todo, workers)))
+            done.update(todo)
+            out += [(k, d) for k, d in got if d is not None]
+            vanished = [k for k, d in got if d is None]
+            if not vanished:
+                return out
+            todo = unseen([b.key for b in self.segments() if b.key not in done])
+            if not todo:
+                return out
+        out += [(k, None) for k in todo]
+        return out
 
     def sync(self, store: RunStore, workers: int = 16) -> int:
         """Import the records not seen yet into the local index; returns how many runs were imported.
@@ -395,49 +435,61 @@ class RemoteStore:
         before: nothing depends on the writers' clocks. Loose records are few, as publishers and readers fold
         them into segments (:meth:`compact`). The loose keys are read first, the segments second: a record
         folded (and removed) meanwhile is in a segment listed after its removal."""
-        uri = str(self.uri)
+        uri, mark = str(self.uri), self._key_mark()
         loose = [b.key for b in self.backend.list("runs/") if b.key.endswith(".json")]
-        seen = store.remote_seen(uri, loose)
-        fresh = [k for k in loose if k not in seen]
-        found: dict[str, Any] = {}
+        seen = store.remote_seen(uri, loose + [f"{k}@{mark}" for k in loose])
+        fresh = [k for k in loose if k not in seen and f"{k}@{mark}" not in seen]
+        copies: dict[str, list[Any]] = {}  # record key -> every copy found, loose first
         for key, data in zip(fresh, self._get_many(fresh, workers)):
             if data is not None:  # None: folded into a segment meanwhile, read below
                 self._remember(key, data)
-                found[key] = _loads(data)
-        listed = [b.key for b in self.segments()]
-        segments = [k for k in listed if k not in store.remote_seen(uri, listed)]
-        whole, broken = [], []
-        for seg, data in zip(segments, self._get_many(segments, workers)):
-            entries = self.read_segment(seg, data)
+                copies.setdefault(key, []).append(_loads(data))
+
+        def unseen(keys: list[str]) -> list[str]:
+            done = store.remote_seen(uri, keys + [f"{k}@{mark}" for k in keys])
+            return [k for k in keys if k not in done and f"{k}@{mark}" not in done]
+
+        whole, broken, newer = [], [], []
+        for seg, data in self._read_segments([b.key for b in self.segments()], unseen, workers):
+            entries, why = self.segment_entries(seg, data)
             if entries is None:
-                if data is not None:
-                    broken.append(seg)
+                (newer if why == "newer" else broken if why == "broken" else []).append(seg)
                 continue
             known = store.remote_seen(uri, list(entries))
             for key, body in entries.items():
                 if key not in known:
-                    found.setdefault(key, body)
+                    copies.setdefault(key, []).append(body)
             whole.append((seg, set(entries)))
         records, marks, skipped, malformed = [], [], set(), []
-        for key in sorted(found):
-            record, why = self._check(found[key])
-            if record is None:  # one not signed with this key is read again next time (the key may be fixed)
-                if why == "malformed":
-                    malformed.append(key)
-                    marks.append((key, None))
-                else:
-                    skipped.add(key)
+        unsigned: dict[str, str] = {}  # "<key>#<sig>@<mark>" -> record key, for each copy not signed with this key
+        for key in sorted(copies):
+            verdicts = [self._check(body) for body in copies[key]]
+            record = next((r for r, _ in verdicts if r is not None), None)
+            if record is not None:  # the first copy that verifies: a forged one listed before it does not hide it
+                records.append(record)
+                marks.append((key, record["run"]["id"]))
                 continue
-            records.append(record)
-            marks.append((key, record["run"]["id"]))
+            if all(why == "malformed" for _, why in verdicts):
+                malformed.append(key)
+                marks.append((key, None))
+                continue
+            skipped.add(key)  # read again under another team key, but not reported again under this one
+            for body, (_, why) in zip(copies[key], verdicts):
+                if why == "unsigned":
+                    sig = body.get("sig") if isinstance(body.get("sig"), str) else ""
+                    unsigned[f"{key}#{hashlib.sha256(sig.encode()).hexdigest()[:16]}@{mark}"] = key
         imported = store.import_runs(records)
-        # a segment is done with once each of its records is imported or judged malformed
-        marks += [(seg, None) for seg, keys in whole if not keys & skipped] + [(seg, None) for seg in broken]
+        new_unsigned = sorted({unsigned[m] for m in set(unsigned) - store.remote_seen(uri, list(unsigned))})
+        marks += [(m, None) for m in unsigned]
+        marks += [(f"{k}@{mark}", None) for k in fresh if k in skipped]
+        # a segment is done with once each of its records is imported or judged (under this key, if unsigned)
+        marks += [(seg if not keys & skipped else f"{seg}@{mark}", None) for seg, keys in whole]
+        marks += [(seg, None) for seg in broken]
         store.mark_remote_seen(uri, marks)
-        if skipped:
+        if new_unsigned:
             print(
-                f"nbmagic: skipped {len(skipped)} run record(s) in {self.uri} not signed with the team key"
-                f" ($NBMAGIC_STORE_KEY), e.g. {min(skipped)}",
+                f"nbmagic: skipped {len(new_unsigned)} run record(s) in {self.uri} not signed with the team key"
+                f" ($NBMAGIC_STORE_KEY), e.g. {new_unsigned[0]}",
                 file=sys.stderr,
             )
         if malformed:
@@ -450,6 +502,12 @@ class RemoteStore:
             print(
                 f"nbmagic: skipped {len(broken)} segment(s) of {self.uri} whose bytes do not match their name,"
                 f" e.g. {broken[0]}",
+                file=sys.stderr,
+            )
+        if newer:
+            print(
+                f"nbmagic: {len(newer)} segment(s) of {self.uri} were written by a newer nbmagic (e.g. {newer[0]}):"
+                " the runs they hold are not shown; upgrade nbmagic to see them",
                 file=sys.stderr,
             )
         self.judge_liveness(store)
@@ -536,12 +594,20 @@ class RemoteStore:
                     break
                 chosen.append(blob.key)
                 size += blob.size
-            for seg, data in zip(chosen, self._get_many(chosen)):
-                parts = self.read_segment(seg, data)
-                if parts is not None:  # carried over as they are, whichever key signed them
-                    merged.append(seg)
-                    for key, body in parts.items():
-                        entries.setdefault(key, body)
+            read = [(k, self.read_segment(k, d)) for k, d in zip(chosen, self._get_many(chosen))]
+            read = [(k, parts) for k, parts in read if parts is not None]  # others are gc's to judge
+            # a copy this key verifies wins over any other of the same key, whichever segment is read first;
+            # copies nothing verifies are carried as they are only when no verified copy exists
+            for _seg, parts in read:
+                for key, body in parts.items():
+                    if key not in entries and self._check(body)[0] is not None:
+                        entries[key] = body
+            for _seg, parts in read:
+                for key, body in parts.items():
+                    entries.setdefault(key, body)
+            for old, parts in read:  # removed only when every copy it holds that verifies was carried
+                if all(self._check(b)[0] is None or self._check(entries[k])[0] is not None for k, b in parts.items()):
+                    merged.append(old)
         seg, data = segment_bytes(entries)
         self.backend.put_bytes(seg, data, if_absent=True)
         self._delete_many([*sorted(folded), *(old for old in merged if old != seg)])
@@ -577,7 +643,7 @@ class RemoteStore:
                 store.update_run(run_id, status="lost")
                 print(
                     f"nbmagic: run {run_id} in {self.uri} has sent no heartbeat for {silent / 60:.0f} min (its step's"
-                    f" pod or process was likely killed): shown as lost, and gc no longer treats it as live",
+                    f" pod or process was likely killed, or it waits between steps): shown as lost; gc keeps it for a day after it started",
                     file=sys.stderr,
                 )
             elif silent <= LEASE_S and status == "lost":

@@ -13,13 +13,16 @@ are written as one segment (``index/``), which a new kernel's first sync reads i
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..units import format_size
 from . import shared_cache
-from .remote import _SEGMENT, LEASE_S, STALE_S, _loads, record_hashes, segment_bytes
+from .objects import StoreError
+from .remote import _RECORD_KEY, _SEGMENT, LEASE_S, STALE_S, RemoteStore, _loads, record_hashes, segment_bytes
 from .runs import RunStore
 
 
@@ -45,10 +48,21 @@ class SharedSweep:
         return text
 
 
+def segment_items(seg: str, data: bytes) -> list[tuple[str, Any]] | None:
+    """Every entry of a whole segment as (key, body), whatever its key (gc judges each); None if broken."""
+    if RemoteStore.read_segment(seg, data) is None:
+        return None
+    entries = json.loads(gzip.decompress(data))["entries"]
+    items = []
+    for e in entries:
+        e = e if isinstance(e, dict) else {}
+        key = e.get("key") if isinstance(e.get("key"), str) else ""
+        items.append((key, {"record": e.get("record"), "sig": e.get("sig")}))
+    return items
+
+
 def gzip_text(data: bytes) -> bytes:
     """A segment's bytes as text when they unzip (so the hashes they mention can be found), else as they are."""
-    import gzip
-
     try:
         return gzip.decompress(data)
     except (OSError, EOFError):
@@ -69,11 +83,15 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
 
     dropped_keys: set[str] = set()  # a record may be both loose and in a segment: counted once
 
-    def judge(key: str, body: Any, raw: bytes, loose: bool) -> None:
-        record, _why = remote._check(body)
-        if record is None:
-            aside.append((f"quarantine/{key}", raw, key if loose else None))
+    aside_runs: set[str] = set()  # runs with a record set aside: their cache entries and logs stay
+
+    def judge(key: str, body: Any, raw: bytes, loose: bool, where: str) -> None:
+        record, _why = remote._check(body) if _RECORD_KEY.fullmatch(key) else (None, "malformed")
+        if record is None:  # named where it was found: a forged copy's key may be a good record's, or no path
+            aside.append((f"quarantine/{where}", raw, key if loose else None))
             suspect.append(raw)
+            if _RECORD_KEY.fullmatch(key):
+                aside_runs.add(shared_cache.record_run_id(key))
         elif record["run"]["id"] in dropped:
             dropped_keys.add(key)
             if loose:
@@ -85,23 +103,32 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
 
     old_segments = [b.key for b in backend.list("index/")]
     segments = [k for k in old_segments if _SEGMENT.fullmatch(k)]  # others: indexes of an older version
-    for seg, data in zip(segments, remote._get_many(segments)):
+    read = list(zip(segments, remote._get_many(segments)))
+    newer = [seg for seg, data in read if remote.segment_entries(seg, data)[1] == "newer"]
+    if newer:  # whole, of a format this version cannot judge: its runs are not this gc's to hide
+        raise StoreError(
+            f"gc: {len(newer)} segment(s) of {remote.uri} were written by a newer nbmagic (e.g. {newer[0]}):"
+            " nothing was removed; run gc with that version"
+        )
+    for seg, data in read:
         if data is None:
             continue
-        entries = remote.read_segment(seg, data)
+        entries = segment_items(seg, data)
         if entries is None:
             aside.append((f"quarantine/{seg}", data, None))
             suspect.append(gzip_text(data))
             continue
-        for key, body in sorted(entries.items()):
-            judge(key, body, json.dumps(body).encode(), loose=False)
+        digest = seg.removeprefix("index/").removesuffix(".json.gz")
+        for index, (key, body) in enumerate(entries):
+            judge(key, body, json.dumps(body).encode(), False, f"index/{digest}-{index}.json")
     loose = [b.key for b in backend.list("runs/") if b.key.endswith(".json")]
     unknown = [k for k in loose if k not in remote._bodies]
     fetched = dict(zip(unknown, remote._get_many(unknown)))
     for key in loose:
         data = remote._bodies.get(key, fetched.get(key))
         if data is not None:
-            judge(key, _loads(data), data, loose=True)
+            where = key if _RECORD_KEY.fullmatch(key) else f"runs/{hashlib.sha256(key.encode()).hexdigest()}.json"
+            judge(key, _loads(data), data, True, where)
     for blob in list(backend.list("quarantine/")):  # set aside before: what they name still stays
         suspect.append(gzip_text(backend.get_bytes(blob.key) or b""))
     found.records = len(dropped_keys)
@@ -115,7 +142,7 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
             backend.delete(key)
             remote._bodies.pop(key, None)
     # cache entries and step logs of runs with no record left (a record set aside keeps its run's)
-    live = kept_runs | {shared_cache.record_run_id(key) for key in found.quarantined if key.startswith("runs/")}
+    live = kept_runs | aside_runs
     found.leftovers += shared_cache.sweep(remote, dry_run, grace, dropped, live=live - dropped)
     folders: dict[str, list] = {}
     for blob in backend.list("objects/"):
