@@ -276,23 +276,32 @@ def _beat(store, run_id: str) -> None:  # noqa: ANN001
 
 def heartbeat(target: dict) -> Callable[[], None]:
     """Renew run ``target["run"]``'s heartbeat every ``HEARTBEAT_S`` from a daemon thread (the first one too,
-    so the step waits for no request); returns the function that stops it. A failed renewal is tried again at
-    the next beat: the step's record is what must reach the store."""
+    so the step waits for no request); returns the function that stops it (and waits for a beat under way).
+    The store's client is made here, in the calling thread (boto3's default session is not thread-safe). A
+    failed renewal is tried again at the next beat: the step's record is what must reach the store."""
     stop = threading.Event()
+    try:
+        store = _backend(target["uri"])
+    except Exception:  # noqa: BLE001 - no heartbeat: the step's record still says how far the run got
+        return stop.set
 
     def beat() -> None:
-        store = None
         while True:
             try:
-                store = store or _backend(target["uri"])
                 _beat(store, target["run"])
             except Exception:  # noqa: BLE001, S110 - a missed beat is retried; a long silence shows as lost
                 pass
             if stop.wait(HEARTBEAT_S):
                 return
 
-    threading.Thread(target=beat, daemon=True, name="nbmagic-heartbeat").start()
-    return stop.set
+    thread = threading.Thread(target=beat, daemon=True, name="nbmagic-heartbeat")
+    thread.start()
+
+    def stop_beating() -> None:
+        stop.set()
+        thread.join(timeout=60)  # a beat under way ends before the step's record is written
+
+    return stop_beating
 
 
 def credentials_problem(target: dict) -> str | None:
@@ -385,7 +394,10 @@ def publish_step(
         }
         canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
         key = f"runs/{int(ended * 1000):013d}-{target['run']}-{step}.json"
-        _beat(store, target["run"])  # before the record: a reader that sees the record sees a fresh heartbeat
+        try:  # before the record: a reader that sees the record sees a fresh heartbeat
+            _beat(store, target["run"])
+        except Exception:  # noqa: BLE001, S110 - a heartbeat is best-effort: the step's record is what counts
+            pass
         store.put(key, data=json.dumps({"record": record, "sig": _sign(canonical)}).encode())
         return key
     finally:
