@@ -434,3 +434,16 @@ def test_google_cloud_storage_is_imported_only_for_a_gs_store(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_store_clock_is_cloud_storages(gcs_store, monkeypatch):
+    import time
+
+    backend = open_backend(parse(gcs_store.uri))
+    stamp = backend._probe_clock()
+    assert stamp is not None and abs(stamp - time.time()) < 60, stamp  # the server runs on this machine
+    assert not [k for k in gcs_store.keys() if "/tmp/" in k], "the probe is removed"
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this machine's clock: an hour ahead
+    backend._clock = None
+    assert abs(backend.now() - real()) < 60

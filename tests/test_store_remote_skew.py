@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from helpers.plans import step
 from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.run.local import LocalRunner
+from nbmagic.runtime import marshal, publish
 from nbmagic.store.runs import RunStore
 
 
@@ -40,3 +44,24 @@ def test_a_reader_sees_runs_of_a_clock_five_minutes_behind(tmp_path, monkeypatch
     record.rename(record.with_name(f"{int(stamp) - 5 * 60 * 1000:013d}-{rest}"))  # its clock is 5 min behind
     reader.sync(force=True)
     assert {r.id for r in reader.list_runs()} == {first.id, slow.id}
+
+
+def test_a_reader_whose_clock_is_an_hour_ahead_does_not_call_a_live_run_lost(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    folder = tmp_path / "value"
+    folder.mkdir()
+    marshal.save([1, 2], str(folder), "x")
+    target = {"uri": f"file://{shared}", "run": "run-slow", "pipeline": "p", "steps": ["a", "b"]}
+    publish.publish_step(target, "a", "done", {}, {}, {"x": str(folder)}, {}, time.time())  # b runs now
+    reader = RunStore(tmp_path / "reader" / "store")
+    assert {r.id: r.status for r in reader.list_runs()} == {"run-slow": "running"}
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this machine's clock: an hour ahead of the disk's
+    reader.sync(force=True)
+    assert {r.id: r.status for r in reader.list_runs()} == {"run-slow": "running"}
+    beat = shared / "live" / "run-slow.json"
+    os.utime(beat, (real() - 3600, real() - 3600))  # by the disk's clock, silent for an hour: lost
+    reader.sync(force=True)
+    assert {r.id: r.status for r in reader.list_runs()} == {"run-slow": "lost"}

@@ -62,10 +62,28 @@ class Backend:
         raise NotImplementedError
 
     def now(self) -> float:
-        """The store's clock (what it stamps ``Blob.modified`` with), epoch seconds."""
+        """The store's clock (what it stamps ``Blob.modified`` with), epoch seconds: the time stamped on a
+        probe written now (:meth:`_probe_clock`), its offset from this machine's clock kept ``CLOCK_TTL_S``;
+        this machine's clock when the store cannot be probed (e.g. read-only credentials)."""
         import time
 
-        return time.time()
+        local = time.time()
+        cached = getattr(self, "_clock", None)
+        if cached is not None and 0 <= local - cached[0] < CLOCK_TTL_S:
+            return local + cached[1]
+        try:
+            stamp = self._probe_clock()
+        except (RemoteError, OSError):
+            stamp = None
+        after = time.time()
+        if stamp is None:
+            return after
+        self._clock = (after, stamp - (local + after) / 2)
+        return after + self._clock[1]
+
+    def _probe_clock(self) -> float | None:
+        """The store's time stamp of a probe object written (and removed) now; None if it has no clock."""
+        return None
 
 
 def open_backend(uri: StoreURI) -> Backend:
@@ -75,6 +93,8 @@ def open_backend(uri: StoreURI) -> Backend:
         return GCSBackend(uri)
     return FileBackend(uri) if uri.scheme == "file" else S3Backend(uri)
 
+
+CLOCK_TTL_S = 60.0  # how long the offset between this machine's clock and the store's is trusted
 
 # ----------------------------------------------------------------------------------------- shared folder
 
@@ -183,6 +203,15 @@ class FileBackend(Backend):
                         st = os.stat(os.path.join(dirpath, name))
                         found.append(Blob(key, st.st_size, st.st_mtime))
         yield from sorted(found, key=lambda b: b.key)
+
+    def _probe_clock(self) -> float | None:
+        """The file server's clock: the modification time it stamps on a file written now."""
+        probe = self._tmp()
+        try:
+            probe.write_bytes(b"")
+            return probe.stat().st_mtime
+        finally:
+            probe.unlink(missing_ok=True)
 
     def delete(self, key: str) -> None:
         try:

@@ -10,7 +10,9 @@ every failure is one :class:`RemoteError` line naming the store and the cause.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,6 +204,19 @@ class GCSBackend(Backend):
             raise
         except Exception as exc:  # noqa: BLE001
             raise self._fail("list", prefix or "/", exc) from None
+
+    def _probe_clock(self) -> float | None:
+        """Cloud Storage's clock: the ``updated`` time of a probe object written now (then removed)."""
+        key = f"tmp/clock-{uuid.uuid4().hex}"
+        blob = self._blob(key)
+        try:
+            blob.upload_from_string(b"", retry=self.retry, timeout=TIMEOUT)
+            stamp = blob.updated.timestamp() if blob.updated else None
+        except Exception:  # noqa: BLE001 - e.g. read-only credentials: this machine's clock then
+            return None
+        with contextlib.suppress(Exception):
+            blob.delete(retry=self.retry, timeout=TIMEOUT)
+        return stamp
 
     def delete(self, key: str) -> None:
         try:
