@@ -65,3 +65,21 @@ def test_a_reader_whose_clock_is_an_hour_ahead_does_not_call_a_live_run_lost(tmp
     os.utime(beat, (real() - 3600, real() - 3600))  # by the disk's clock, silent for an hour: lost
     reader.sync(force=True)
     assert {r.id: r.status for r in reader.list_runs()} == {"run-slow": "lost"}
+
+
+def test_a_run_kept_running_by_a_forged_heartbeat_is_lost_after_the_cap(tmp_path, monkeypatch, capsys):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    folder = tmp_path / "value"
+    folder.mkdir()
+    marshal.save([1, 2], str(folder), "x")
+    target = {"uri": f"file://{shared}", "run": "run-dead", "pipeline": "p", "steps": ["a", "b"]}
+    publish.publish_step(target, "a", "done", {}, {}, {"x": str(folder)}, {}, time.time() - 8 * 86400)
+    (shared / "live" / "run-dead.json").write_text("{}")  # anyone who can write live/ keeps it fresh
+    reader = RunStore(tmp_path / "reader" / "store")
+    assert {r.id: r.status for r in reader.list_runs()} == {"run-dead": "lost"}
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "run-dead" in line]
+    assert "8 days ago" in line and "shown as lost" in line
+    reader.sync(force=True)  # a fresh heartbeat does not bring it back
+    assert {r.id: r.status for r in reader.list_runs()} == {"run-dead": "lost"}

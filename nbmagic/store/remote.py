@@ -63,6 +63,7 @@ COMPACT_MIN = 16  # fewer loose records than this stay loose
 READER_COMPACT_AT = 128  # a sync listing this many loose records folds them
 MERGE_AT = 8  # segments are merged into one once there are this many
 LEASE_S = float(os.environ.get("NBMAGIC_STORE_RUN_LEASE", "600"))  # a running run silent this long is lost
+RUNNING_CAP_S = float(os.environ.get("NBMAGIC_STORE_RUN_CAP", str(7 * 86400)))  # "running" longer: lost
 STALE_S = 10 * 60.0  # a lease not renewed for this long belongs to a process that died
 RENEW_S = 60.0
 WAIT_S = float(os.environ.get("NBMAGIC_STORE_LOCK_WAIT", "600"))
@@ -626,16 +627,26 @@ class RemoteStore:
     def judge_liveness(self, store: RunStore) -> None:
         """Runs of other homes still "running" whose heartbeat (``live/<run>.json``, renewed by the step that
         runs and written by each step that ends) is older than ``LEASE_S`` by the store's clock are shown as
-        "lost", with one line; a heartbeat seen again makes them "running" again. A run that never had a
-        heartbeat (written by an older version) is left as it is."""
+        "lost", with one line; a heartbeat seen again makes them "running" again. A run started over
+        ``RUNNING_CAP_S`` ago is shown as lost whatever its heartbeat says (a heartbeat is not signed: anyone
+        who can write ``live/`` could keep a dead run "running" for ever). A run that never had a heartbeat
+        (written by an older version) is left as it is until then."""
         active = store.remote_active_runs()
         if not active:
             return
         beats = {b.key[5:-5]: b.modified for b in self.backend.list("live/") if b.key.endswith(".json")}
-        if not any(run_id in beats for run_id in active):
-            return
         now = self.backend.now()
-        for run_id, status in active.items():
+        for run_id, (status, started) in active.items():
+            if now - started > RUNNING_CAP_S:
+                if status == "running":
+                    store.update_run(run_id, status="lost")
+                    print(
+                        f"nbmagic: run {run_id} in {self.uri} started {(now - started) / 86400:.0f} days ago and is"
+                        f" still running by its records: shown as lost (over {RUNNING_CAP_S / 86400:g} days;"
+                        " $NBMAGIC_STORE_RUN_CAP sets the limit)",
+                        file=sys.stderr,
+                    )
+                continue
             if run_id not in beats:
                 continue
             silent = now - beats[run_id]
@@ -643,7 +654,8 @@ class RemoteStore:
                 store.update_run(run_id, status="lost")
                 print(
                     f"nbmagic: run {run_id} in {self.uri} has sent no heartbeat for {silent / 60:.0f} min (its step's"
-                    f" pod or process was likely killed, or it waits between steps): shown as lost; gc keeps it for a day after it started",
+                    f" pod or process was likely killed, or it waits between steps): shown as lost; gc keeps it for"
+                    " a day after it started",
                     file=sys.stderr,
                 )
             elif silent <= LEASE_S and status == "lost":

@@ -70,7 +70,6 @@ CREATE TABLE IF NOT EXISTS cache (
     metrics TEXT NOT NULL DEFAULT '{}', not_kept TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL,
     used REAL NOT NULL, carried TEXT);
 CREATE TABLE IF NOT EXISTS remote_seen (uri TEXT NOT NULL, key TEXT NOT NULL, run_id TEXT, PRIMARY KEY (uri, key));
-CREATE TABLE IF NOT EXISTS remote_listed (uri TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS remote_outbox (uri TEXT NOT NULL, run_id TEXT NOT NULL, queued REAL NOT NULL,
     PRIMARY KEY (uri, run_id));
 """
@@ -1201,10 +1200,6 @@ class RunStore:
         )
         return True
 
-    def remote_watermark(self, uri: str) -> str | None:
-        """The newest record key seen in the shared store ``uri``."""
-        return self._connection().execute("SELECT MAX(key) FROM remote_seen WHERE uri=?", (uri,)).fetchone()[0]
-
     def remote_seen(self, uri: str, keys: list[str]) -> set[str]:
         """Which of ``keys`` were already imported (or judged) from ``uri``."""
         conn, seen = self._connection(), set()
@@ -1217,21 +1212,12 @@ class RunStore:
             )
         return seen
 
-    def remote_active_runs(self) -> dict[str, str]:
-        """run id -> status of runs imported from the shared store that are "running" or "lost"."""
+    def remote_active_runs(self) -> dict[str, tuple[str, float]]:
+        """run id -> (status, started) of runs imported from the shared store that are "running" or "lost"."""
         rows = self._connection().execute(
-            "SELECT id, status FROM runs WHERE status IN ('running','lost') AND owner_pid IS NULL"
+            "SELECT id, status, started FROM runs WHERE status IN ('running','lost') AND owner_pid IS NULL"
         )
-        return dict(rows.fetchall())
-
-    def remote_listed_at(self, uri: str) -> float | None:
-        """When (this machine's clock) the last complete listing of ``uri``'s run records began."""
-        row = self._connection().execute("SELECT at FROM remote_listed WHERE uri=?", (uri,)).fetchone()
-        return row[0] if row else None
-
-    def set_remote_listed_at(self, uri: str, at: float) -> None:
-        with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO remote_listed VALUES (?,?)", (uri, at))
+        return {run_id: (status, started or 0.0) for run_id, status, started in rows.fetchall()}
 
     def remote_record_runs(self, uri: str) -> dict[str, str]:
         """record key -> run id of every record imported from ``uri``."""
