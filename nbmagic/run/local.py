@@ -22,6 +22,7 @@ from ..store.runs import RunStore
 from . import single_flight
 from .cache_key import cache_key, environment  # versions remembered on disk
 from .result import Run, StepState
+from .task import mask_file, mask_result
 from .worker import INTERRUPTED_EXIT
 
 Listener = Callable[[Run, StepState | None], None]
@@ -349,9 +350,16 @@ class LocalRunner:
         """Record a finished step; return when to retry it, or None."""
         state = run.steps[step.name]
         spec = json.loads(Path(spec_path).read_text())
+        # the step's secrets are masked here whatever the outcome (a step timed out, killed or crashed never
+        # reached the worker's own masking), before its log is capped or read by anyone
+        hidden = step_secrets(step)
+        if hidden:
+            mask_file(spec["log"], hidden)
         _cap_log(spec["log"])
         result_path = Path(spec["result"])
         result = json.loads(result_path.read_text()) if result_path.exists() else None
+        if result is not None and hidden:
+            mask_result(result, hidden)
         state.ended = time.time()
         if event.get("timed_out"):
             state.status = "timed_out"
@@ -408,7 +416,13 @@ class LocalRunner:
             ended=state.ended,
             error=state.error,
             traceback=state.traceback,
-            properties={"not_kept": state.not_kept, "attempts": state.attempts, "parameters": spec["parameters"]},
+            properties={
+                "not_kept": state.not_kept,
+                "attempts": state.attempts,
+                "parameters": spec["parameters"],
+                # names only: what a later publish masks in the step's log again
+                **({"secret_env": [s.env for s in step.settings.secret_env]} if step.settings.secret_env else {}),
+            },
         )
         notify(run, state)
         return None
@@ -495,6 +509,19 @@ _SIGNAL_NAMES = {
     8: "floating-point exception",
     11: "segmentation fault",
 }
+
+
+def step_secrets(step: StepPlan) -> tuple[str, ...]:
+    """The values a local run injects for the step's ``--secret`` variables (masked wherever the step's text goes)."""
+    from ..pipeline.settings import local_env
+
+    env = local_env(step.settings, os.environ)
+    found = tuple(dict.fromkeys(env[s.env] for s in step.settings.secret_env if env.get(s.env)))
+    if found:
+        from ..store.shared_logs import remember_secrets
+
+        remember_secrets(found)
+    return found
 
 
 def _ended_without_result(step: str, code: int | None, signal_: int | None) -> str:

@@ -429,7 +429,10 @@ class Reuse:
                 not_kept[name] = SECRET
                 continue
             except Exception as exc:  # noqa: BLE001 - reported by name, and the entry is not cached
-                not_kept[name] = f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
+                # the type and the error's kind only: the error's text can quote the value
+                not_kept[name] = (
+                    f"{type(value).__module__}.{type(value).__qualname__}: cannot be stored ({type(exc).__name__})"
+                )
                 continue
             outputs[name] = asdict(ref)
             self.hasher.remember(value, ref.hash)
