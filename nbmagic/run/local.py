@@ -122,6 +122,8 @@ class LocalRunner:
         )
         run = Run(run_id, plan.name, names, values, self.store)
         run._flights, run._flight_cancel = {}, threading.Event()  # type: ignore[attr-defined]
+        # steps another one runs --after: ordering that carries no value, so they act through side effects
+        run._followed = {n for s in plan.steps for n in s.explicit_after}  # type: ignore[attr-defined]
         run_dir = self.store.run_dir(run_id)
         notify = listener or (lambda *_: None)
         notify(run, None)
@@ -255,9 +257,17 @@ class LocalRunner:
         use_cache = cache and step.settings.cache
         state.started = time.time()
         if use_cache:
-            entry = self.store.cache_get(key)
+            from ..store.shared_cache import Wanted
+
             # a parameter reported as a metric is no stored value: its number is in the entry's metrics
             needed = set(step.outputs) | (set(step.metrics) & set(step.writes))
+            wanted = Wanted(
+                step.name,
+                frozenset(needed),
+                frozenset(step.metrics),
+                followed=step.name in getattr(run, "_followed", ()),
+            )
+            entry = self.store.cache_get(key, wanted=wanted)
             if entry is not None and needed <= set(entry.outputs) and set(step.metrics) <= set(entry.metrics):
                 self._release_flight(run, step.name)
                 state.status, state.ended = "cached", time.time()
