@@ -100,6 +100,18 @@ def _step_secrets(row: dict[str, Any]) -> list[str]:
     return [os.environ[n] for n in names if isinstance(n, str) and os.environ.get(n)]
 
 
+# escape sequences (CSI, OSC, and two-character ones), then any other control character but newline and tab
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to write to a terminal: escape and control sequences removed (newlines and tabs kept,
+    a carriage return before a newline dropped, any other one made a newline so no line hides another)."""
+    text = _ESCAPES.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _CONTROLS.sub("", text)
+
+
 def _blob_key(digest: str) -> str:
     return f"logs/blobs/{digest[:2]}/{digest}"
 
@@ -222,11 +234,14 @@ def sweep(remote: Any, live: set[str], dry_run: bool = False, grace: float = 60.
     with ThreadPoolExecutor(max_workers=16) as pool:
         bodies = list(pool.map(remote.backend.get_bytes, kept))
     listed: set[str] = set()
-    for data in bodies:
+    for key, data in zip(kept, bodies):
         try:
             listed |= {ref["hash"] for ref in json.loads(data or b"null")["index"]["steps"].values()}
         except (ValueError, KeyError, TypeError, AttributeError):
-            return removed  # an index that cannot be read: its logs cannot be told apart, none is removed
+            # an index that cannot be read lists nothing anyone can read (a log is only found through its index):
+            # skipped, so the others' logs are still collected
+            _say(f"{remote.uri}: the log index {key} is unreadable; skipped by log gc")
+            continue
     for blob in list(remote.backend.list("logs/blobs/")):
         if blob.key.rpartition("/")[2] not in listed and now - blob.modified >= grace:
             removed += 1
