@@ -58,7 +58,7 @@ class Wanted:
     """What the caller would take from a shared entry for ``step``: checked before any value is pulled."""
 
     step: str
-    needed: frozenset[str]  # the stored outputs it reads from the entry
+    needed: frozenset[str]  # the stored outputs it takes from the entry
     metrics: frozenset[str] = frozenset()
     carried: dict[str, str | None] | None = field(default=None, hash=False)  # fingerprints the entry must have
     all_kept: bool = False  # an entry with a value not kept is of no use
@@ -226,8 +226,8 @@ def lookup(store: RunStore, key: str, wanted: Wanted | None = None) -> CacheEntr
                 " cannot be verified (steps run, or come from this home's own cache)",
             )
         return None
-    if not wanted.needed or wanted.followed or _down_now(remote):
-        return None  # a step that acts only through side effects always runs
+    if wanted.followed or _down_now(remote):
+        return None  # a step another runs --after acts through side effects: it always runs
     where = f"the shared cache entry {key[:12]} in {uri}"
     try:
         data = remote.backend.get_bytes(entry_key(key))
@@ -258,7 +258,7 @@ def lookup(store: RunStore, key: str, wanted: Wanted | None = None) -> CacheEntr
             " not this platform: not used, the step runs",
         )
         return None
-    if not _fits(body, wanted) or (uri, key, run_id) in _gone:
+    if not body["outputs"] or not _fits(body, wanted) or (uri, key, run_id) in _gone:  # stores nothing: it runs
         return None
     row = _execution(store, run_id, step)
     if row is None:
