@@ -38,6 +38,13 @@ def nbmagic_run(
     import time
 
     started = time.time()
+    if store:  # the store's credentials are checked before the cell runs, not found missing after it
+        from .publish import credentials_problem
+
+        problem = credentials_problem(store)
+        if problem:
+            sys.stderr.write(f"nbmagic: step {step!r}: {problem}\n")
+            raise SystemExit(1)
 
     def record(state, values, error=None, result=None):
         if not store:

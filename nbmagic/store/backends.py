@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NbMagicError
-from ..store_uri import StoreURI
+from ..store_uri import StoreURI, store_retries
 
 
 class RemoteError(NbMagicError):
@@ -220,7 +220,7 @@ class S3Backend(Backend):
                 f"the run store {uri} needs boto3: pip install 'nbmagic[s3]' (or pip install boto3)"
             ) from None
         config = Config(
-            retries={"max_attempts": int(os.environ.get("NBMAGIC_STORE_RETRIES", "3")), "mode": "standard"},
+            retries={"max_attempts": store_retries(), "mode": "standard"},  # attempts, the first included
             connect_timeout=10,
             read_timeout=120,
             max_pool_connections=32,
