@@ -94,3 +94,28 @@ def test_a_value_that_cannot_be_kept_is_named_by_its_type_not_by_its_error_text(
     assert derived not in _everything_stored(s3_store, alice.root, run.id)
     (row,) = alice.step_rows(run.id)
     assert "derived" not in json.loads(row["properties"])["not_kept"]["h"]
+
+
+def test_a_stopped_run_leaves_no_secret_in_its_killed_steps_log_nor_the_store(tmp_path, s3_store, monkeypatch):
+    import threading
+    import time
+
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    alice = RunStore(tmp_path / "alice" / "store")
+    flag = tmp_path / "printed"
+    code = f"import os, time\nprint('token is', os.environ['API_TOKEN'], flush=True)\nopen({str(flag)!r}, 'w')\ntime.sleep(60)\nx = 1"
+    stop = threading.Event()
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(run=LocalRunner(alice).run(_secret_step(code), stop=stop)))
+    worker.start()
+    deadline = time.time() + 60
+    while not flag.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    worker.join(60)
+    run = result["run"]
+    assert run.status == "stopped" and run.steps["leak"].status == "stopped"
+    (row,) = alice.step_rows(run.id)
+    log = (alice.run_dir(run.id) / "leak.log").read_text()
+    assert "token is ***" in log and SECRET not in log
+    assert SECRET.encode() not in _everything_stored(s3_store, alice.root, run.id)

@@ -499,13 +499,22 @@ class LocalRunner:
                     changed = True
 
     def _abort(self, run: Run, reason: str, running: dict, pool: Any, status: str = "failed") -> None:
+        secret_env: dict[str, list[str]] = {}
+        for step, spec_path in running.values():  # killed: their logs never reached the worker's masking
+            hidden = step_secrets(step)
+            if hidden and spec_path:
+                mask_file(str(Path(spec_path).with_name(f"{step.name}.log")), hidden)
+            if step.settings.secret_env:
+                secret_env[step.name] = [x.env for x in step.settings.secret_env]
         for state in run.steps.values():
             if state.status in ("pending", "running"):
                 state.status = status if state.status == "running" else "skipped"
                 state.error = reason
                 state.ended = time.time()
                 try:
-                    self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
+                    names = secret_env.get(state.name)
+                    extra = {"properties": {"secret_env": names}} if names else {}  # masked again when published
+                    self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended, **extra)
                 except NbMagicError:  # the index cannot be written (disk full): finish_run keeps the outcome
                     pass
         run.status, run.error, run.ended = status, reason, time.time()
