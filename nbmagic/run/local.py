@@ -325,6 +325,8 @@ class LocalRunner:
                 REPORT_FILE: str(run_dir / f"{step.name}.reports.jsonl"),  # nbmagic.report() writes here
             },
             "uses_ipython": uses_ipython(step.cell.code, step.prelude),
+            # where the step's --secret-file mounts are: their contents (read by the task) are masked, never stored
+            "secret_files": [f.path for f in getattr(step.settings, "secret_files", ())],
             "cache_key": key,
             # relative paths (--inputs files among them) mean what they mean here, wherever the worker started
             "cwd": os.getcwd(),

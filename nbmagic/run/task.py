@@ -41,9 +41,14 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
     """Run the step described by the JSON spec at ``spec_path``; write its result next to it. Exit code 0/1.
 
-    ``secrets`` (the values injected for ``--secret``) are never stored, and are masked in the log and result.
+    ``secrets`` (the values injected for ``--secret``), and the contents of the spec's ``secret_files`` found on
+    this machine, are never stored, and are masked in the log and result.
     """
     spec = json.loads(Path(spec_path).read_text())
+    if spec.get("secret_files"):  # what the step can read at its --secret-file mounts here is as secret
+        from ..runtime.secret_files import secret_file_values
+
+        secrets = tuple(dict.fromkeys((*secrets, *secret_file_values(spec["secret_files"]))))
     _redirect_output(spec["log"])
     os.environ.update(spec.get("env", {}))
     from ..store.objects import ObjectStore, _holds_secret
