@@ -119,3 +119,24 @@ def test_a_stopped_run_leaves_no_secret_in_its_killed_steps_log_nor_the_store(tm
     log = (alice.run_dir(run.id) / "leak.log").read_text()
     assert "token is ***" in log and SECRET not in log
     assert SECRET.encode() not in _everything_stored(s3_store, alice.root, run.id)
+
+
+def test_a_crashing_step_leaves_no_secret_file_content_in_its_log_nor_the_store(tmp_path, s3_store):
+    from nbmagic.pipeline.settings import SecretFile
+
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    (mount / "token").write_text(SECRET + "\n")
+    code = (
+        f"print('token is', open({str(mount / 'token')!r}).read().strip(), flush=True)\nimport os\nos._exit(3)\nx = 1"
+    )
+    leak = replace(
+        step("leak", code, outputs=("x",)), settings=StepSettings(secret_files=(SecretFile("creds", str(mount)),))
+    )
+    alice = RunStore(tmp_path / "alice" / "store")
+    run = LocalRunner(alice).run(PipelinePlan("p", (leak,), {}, ()))
+    assert run.steps["leak"].status == "failed"
+    log = (alice.run_dir(run.id) / "leak.log").read_text()
+    assert "token is ***" in log and SECRET not in log
+    assert any("/logs/blobs/" in k for k in s3_store.keys())
+    assert SECRET.encode() not in _everything_stored(s3_store, alice.root, run.id)

@@ -434,6 +434,7 @@ class LocalRunner:
                 "parameters": spec["parameters"],
                 # names only: what a later publish masks in the step's log again
                 **({"secret_env": [s.env for s in step.settings.secret_env]} if step.settings.secret_env else {}),
+                **({"secret_files": spec["secret_files"]} if spec.get("secret_files") else {}),
             },
         )
         notify(run, state)
@@ -501,21 +502,24 @@ class LocalRunner:
                     changed = True
 
     def _abort(self, run: Run, reason: str, running: dict, pool: Any, status: str = "failed") -> None:
-        secret_env: dict[str, list[str]] = {}
+        secret_env: dict[str, dict[str, list[str]]] = {}  # what a later publish masks in their logs again
         for step, spec_path in running.values():  # killed: their logs never reached the worker's masking
+            names = {
+                "secret_env": [x.env for x in step.settings.secret_env],
+                "secret_files": [f.path for f in getattr(step.settings, "secret_files", ())],
+            }
+            if any(names.values()):
+                secret_env[step.name] = {k: v for k, v in names.items() if v}
             hidden = step_secrets(step)
             if hidden and spec_path:
                 mask_file(str(Path(spec_path).with_name(f"{step.name}.log")), hidden)
-            if step.settings.secret_env:
-                secret_env[step.name] = [x.env for x in step.settings.secret_env]
         for state in run.steps.values():
             if state.status in ("pending", "running"):
                 state.status = status if state.status == "running" else "skipped"
                 state.error = reason
                 state.ended = time.time()
                 try:
-                    names = secret_env.get(state.name)
-                    extra = {"properties": {"secret_env": names}} if names else {}  # masked again when published
+                    extra = {"properties": secret_env[state.name]} if state.name in secret_env else {}
                     self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended, **extra)
                 except NbMagicError:  # the index cannot be written (disk full): finish_run keeps the outcome
                     pass
@@ -538,6 +542,11 @@ def step_secrets(step: StepPlan) -> tuple[str, ...]:
 
     env = local_env(step.settings, os.environ)
     found = tuple(dict.fromkeys(env[s.env] for s in step.settings.secret_env if env.get(s.env)))
+    files = [f.path for f in getattr(step.settings, "secret_files", ())]
+    if files:  # what the step can read at its --secret-file mounts here is as secret
+        from ..runtime.secret_files import secret_file_values
+
+        found = tuple(dict.fromkeys((*found, *secret_file_values(files))))
     if found:
         from ..store.shared_logs import remember_secrets
 

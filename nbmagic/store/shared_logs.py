@@ -92,12 +92,20 @@ def _masked(data: bytes, secrets: tuple[str, ...] | list[str] = ()) -> bytes:
 
 
 def _step_secrets(row: dict[str, Any]) -> list[str]:
-    """The values of the step's ``--secret`` variables as set here (their names are in its record)."""
+    """The values of the step's ``--secret`` variables and ``--secret-file`` mounts as found here (their names
+    and paths are in its record)."""
     try:
-        names = json.loads(row.get("properties") or "{}").get("secret_env") or []
+        properties = json.loads(row.get("properties") or "{}")
+        names, files = properties.get("secret_env") or [], properties.get("secret_files") or []
     except (ValueError, AttributeError):
         return []
-    return [os.environ[n] for n in names if isinstance(n, str) and os.environ.get(n)]
+    found = [os.environ[n] for n in names if isinstance(n, str) and os.environ.get(n)]
+    paths = [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+    if paths:
+        from ..runtime.secret_files import secret_file_values
+
+        found.extend(secret_file_values(paths))
+    return found
 
 
 # escape sequences (CSI, OSC, and two-character ones), then any other control character but newline and tab
