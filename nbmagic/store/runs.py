@@ -1221,6 +1221,13 @@ class RunStore:
             )
         return seen
 
+    def remote_active_runs(self) -> dict[str, str]:
+        """run id -> status of runs imported from the shared store that are "running" or "lost"."""
+        rows = self._connection().execute(
+            "SELECT id, status FROM runs WHERE status IN ('running','lost') AND owner_pid IS NULL"
+        )
+        return dict(rows.fetchall())
+
     def remote_listed_at(self, uri: str) -> float | None:
         """When (this machine's clock) the last complete listing of ``uri``'s run records began."""
         row = self._connection().execute("SELECT at FROM remote_listed WHERE uri=?", (uri,)).fetchone()

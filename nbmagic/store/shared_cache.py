@@ -293,10 +293,15 @@ def record_run_id(key: str) -> str:
     return name.removesuffix("-trial")
 
 
-def sweep(remote: Any, dry_run: bool = False, grace: float = 60.0, gone: set[str] = frozenset()) -> int:
-    """Remove the entries and logs of runs with no record left (``gone``: those gc drops now); the caller holds
-    the gc lease, so no record is being written. Returns how many files it removed (or would)."""
-    live = {record_run_id(b.key) for b in remote.backend.list("runs/") if b.key.endswith(".json")} - set(gone)
+def sweep(
+    remote: Any, dry_run: bool = False, grace: float = 60.0, gone: set[str] = frozenset(), live: set[str] | None = None
+) -> int:
+    """Remove the entries and logs of runs with no record left (``gone``: those gc drops now; ``live``: the runs
+    with a record, loose or in a segment, when the caller read them all); the caller holds the gc lease, so no
+    record is being written. Returns how many files it removed (or would)."""
+    if live is None:
+        live = {record_run_id(b.key) for b in remote.backend.list("runs/") if b.key.endswith(".json")}
+    live = set(live) - set(gone)
     from concurrent.futures import ThreadPoolExecutor
 
     now, removed = time.time(), 0
