@@ -64,9 +64,13 @@ def test_a_forged_segment_listed_first_does_not_hide_the_real_runs(tmp_path, sha
 def test_merging_keeps_the_copy_that_verifies_and_gc_keeps_the_runs(tmp_path, shared):
     alice = RunStore(tmp_path / "alice" / "store")
     first = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(3)]
-    _forge(shared)  # smaller than the real segment: a merge reads it first
+    forged = _forge(shared)  # smaller than the real segment: a merge reads it first
     more = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(6)]
     everyone = {r.id for r in first + more}
+    real = [p for p in (shared / "index").glob("*.json.gz") if p.relative_to(shared).as_posix() != forged]
+    assert len(real) == 1, real  # merged: the real copies were carried, the forged segment left for gc
+    assert {e["record"]["run"]["id"] for e in _entries(real[0])} == everyone
+    assert (shared / forged).is_file()
     assert {r.id for r in RunStore(tmp_path / "dave" / "store").list_runs()} == everyone
     collect(RunStore(tmp_path / "gc" / "store"), Policy(keep_last=50), shared=True, grace=0)
     assert {r.id for r in RunStore(tmp_path / "erin" / "store").list_runs()} == everyone

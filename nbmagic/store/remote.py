@@ -397,6 +397,19 @@ class RemoteStore:
         }, ""
 
     @classmethod
+    def segment_items(cls, key: str, data: bytes | None) -> list[tuple[str, Any]] | None:
+        """Every entry of a whole segment of a known format as (key, body), whatever its key ("" when it has
+        none); None otherwise."""
+        if cls.segment_entries(key, data)[0] is None:
+            return None
+        items = []
+        for e in json.loads(gzip.decompress(data or b""))["entries"]:
+            e = e if isinstance(e, dict) else {}
+            name = e.get("key") if isinstance(e.get("key"), str) else ""
+            items.append((name, {"record": e.get("record"), "sig": e.get("sig")}))
+        return items
+
+    @classmethod
     def read_segment(cls, key: str, data: bytes | None) -> dict[str, Any] | None:
         """record key -> body (``{"record", "sig"}``) of a segment; None unless its bytes hash to its name and
         hold a segment of a known format."""
@@ -595,19 +608,16 @@ class RemoteStore:
                     break
                 chosen.append(blob.key)
                 size += blob.size
-            read = [(k, self.read_segment(k, d)) for k, d in zip(chosen, self._get_many(chosen))]
-            read = [(k, parts) for k, parts in read if parts is not None]  # others are gc's to judge
-            # a copy this key verifies wins over any other of the same key, whichever segment is read first;
-            # copies nothing verifies are carried as they are only when no verified copy exists
-            for _seg, parts in read:
-                for key, body in parts.items():
-                    if key not in entries and self._check(body)[0] is not None:
-                        entries[key] = body
-            for _seg, parts in read:
-                for key, body in parts.items():
+            read = [(k, self.segment_items(k, d)) for k, d in zip(chosen, self._get_many(chosen))]
+            # only copies this key verifies are carried (so a forged copy never replaces a real one, whichever
+            # segment is read first); a segment holding anything else stays where it is, for gc to judge
+            for old, items in read:
+                if items is None:
+                    continue
+                good = [(key, body) for key, body in items if _RECORD_KEY.fullmatch(key) and self._check(body)[0]]
+                for key, body in good:
                     entries.setdefault(key, body)
-            for old, parts in read:  # removed only when every copy it holds that verifies was carried
-                if all(self._check(b)[0] is None or self._check(entries[k])[0] is not None for k, b in parts.items()):
+                if len(good) == len(items):
                     merged.append(old)
         seg, data = segment_bytes(entries)
         self.backend.put_bytes(seg, data, if_absent=True)

@@ -48,19 +48,6 @@ class SharedSweep:
         return text
 
 
-def segment_items(seg: str, data: bytes) -> list[tuple[str, Any]] | None:
-    """Every entry of a whole segment as (key, body), whatever its key (gc judges each); None if broken."""
-    if RemoteStore.read_segment(seg, data) is None:
-        return None
-    entries = json.loads(gzip.decompress(data))["entries"]
-    items = []
-    for e in entries:
-        e = e if isinstance(e, dict) else {}
-        key = e.get("key") if isinstance(e.get("key"), str) else ""
-        items.append((key, {"record": e.get("record"), "sig": e.get("sig")}))
-    return items
-
-
 def gzip_text(data: bytes) -> bytes:
     """A segment's bytes as text when they unzip (so the hashes they mention can be found), else as they are."""
     try:
@@ -113,7 +100,7 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
     for seg, data in read:
         if data is None:
             continue
-        entries = segment_items(seg, data)
+        entries = RemoteStore.segment_items(seg, data)
         if entries is None:
             aside.append((f"quarantine/{seg}", data, None))
             suspect.append(gzip_text(data))
