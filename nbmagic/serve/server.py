@@ -9,7 +9,7 @@ Both V1 (``{"instances": [...]}``) and V2 (open inference protocol) requests are
 
 The transformer receives V1 ``instances`` as the JSON list, or for V2 the input tensor as a numpy array of
 its declared dtype (BYTES as str; several inputs: a dict name -> array). Its result goes to the model's outputs
-(see endpoint.py); inference over HTTP runs through the lean routes of routes.py.
+(see endpoint.py); inference over HTTP runs through the lean routes of routes.py, in front of KServe's app.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +161,10 @@ def die_with_parent(parent_pid: int | None, pdeathsig: bool = True) -> None:
     threading.Thread(target=watch, name="nbmagic-parent-watchdog", daemon=True).start()
 
 
-def _install(host: str, routes: list[Any], log_requests: bool) -> None:
-    """Shape KServe's REST server for this process: bind ``host`` (KServe hard-codes 0.0.0.0 and [::]), put the
-    lean inference routes first, answer request-schema errors (FastAPI's 422) as 400 ``{"error": ...}``, and
-    keep KServe's per-request timing middleware only when requests are logged."""
+def _install(host: str, front: Callable[[Any], Any], log_requests: bool) -> None:
+    """Shape KServe's REST server for this process: bind ``host`` (KServe hard-codes 0.0.0.0 and [::]), serve
+    KServe's app behind ``front(app)`` (the lean inference routes), answer request-schema errors (FastAPI's 422)
+    as 400 ``{"error": ...}``, and keep KServe's per-request timing middleware only when requests are logged."""
     import grpc
     from fastapi.exceptions import RequestValidationError
     from kserve import model_server
@@ -187,9 +188,9 @@ def _install(host: str, routes: list[Any], log_requests: bool) -> None:
             if log_requests:
                 super()._add_middlewares(app)
 
-        def _register_endpoints(self, app: Any) -> None:
-            app.router.routes[:0] = routes
-            super()._register_endpoints(app)
+        def create_application(self) -> None:
+            super().create_application()
+            self.config.app = front(model_server.app)
 
         def _add_exception_handlers(self, app: Any) -> None:
             super()._add_exception_handlers(app)
@@ -234,12 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     from kserve.model_server import ModelServer
 
     from nbmagic.serve.endpoint import Endpoint
-    from nbmagic.serve.routes import Forward, build_routes
+    from nbmagic.serve.routes import Forward, Front
 
     endpoint = Endpoint(args.package, with_transformer=not args.predictor_only, with_model=not args.transformer_only)
     forward = Forward(args.predictor_host, args.predictor_protocol, args.name) if args.transformer_only else None
     endpoint.name = args.name
-    _install(args.host, build_routes(endpoint, forward), args.log_requests)
+    _install(args.host, lambda app: Front(app, endpoint, forward), args.log_requests)
     model = _model_class()(endpoint, forward)
     server = ModelServer(
         http_port=args.http_port,
