@@ -161,10 +161,13 @@ def die_with_parent(parent_pid: int | None, pdeathsig: bool = True) -> None:
     threading.Thread(target=watch, name="nbmagic-parent-watchdog", daemon=True).start()
 
 
-def _install(host: str, front: Callable[[Any], Any], log_requests: bool) -> None:
+def _install(
+    host: str, front: Callable[[Any], Any], log_requests: bool, on_ready: Callable[[], None] | None = None
+) -> None:
     """Shape KServe's REST server for this process: bind ``host`` (KServe hard-codes 0.0.0.0 and [::]), serve
     KServe's app behind ``front(app)`` (the lean inference routes), answer request-schema errors (FastAPI's 422)
-    as 400 ``{"error": ...}``, and keep KServe's per-request timing middleware only when requests are logged."""
+    as 400 ``{"error": ...}``, keep KServe's per-request timing middleware only when requests are logged, and
+    call ``on_ready`` once uvicorn listens."""
     import grpc
     from fastapi.exceptions import RequestValidationError
     from kserve import model_server
@@ -183,6 +186,16 @@ def _install(host: str, front: Callable[[Any], Any], log_requests: bool) -> None
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.config.host = host
+            if on_ready is not None:
+                uvicorn_server = self._server
+                startup = uvicorn_server.startup
+
+                async def started(sockets: Any = None) -> None:
+                    await startup(sockets=sockets)
+                    if uvicorn_server.started:
+                        on_ready()
+
+                uvicorn_server.startup = started
 
         def _add_middlewares(self, app: Any) -> None:
             if log_requests:
@@ -225,7 +238,8 @@ def _quiet(log_requests: bool) -> None:
     logging.getLogger("kserve.trace").setLevel(level)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve the package (``on_ready``: called once the HTTP server listens)."""
     args = parse_args(argv)
     die_with_parent(args.parent_pid, args.pdeathsig)
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv at import time: give it none of ours
@@ -240,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     endpoint = Endpoint(args.package, with_transformer=not args.predictor_only, with_model=not args.transformer_only)
     forward = Forward(args.predictor_host, args.predictor_protocol, args.name) if args.transformer_only else None
     endpoint.name = args.name
-    _install(args.host, lambda app: Front(app, endpoint, forward), args.log_requests)
+    _install(args.host, lambda app: Front(app, endpoint, forward), args.log_requests, on_ready)
     model = _model_class()(endpoint, forward)
     server = ModelServer(
         http_port=args.http_port,

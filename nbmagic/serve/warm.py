@@ -30,6 +30,10 @@ class Forked:
             self.returncode = self.warm.exit_code(self.pid)
         return self.returncode
 
+    def wait_listening(self, timeout: float) -> bool:
+        """Wait until the server says it listens (False: it exited first, or ``timeout`` passed)."""
+        return self.warm.wait_listening(self.pid, timeout)
+
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
@@ -67,6 +71,7 @@ class WarmProcess:
         self._started: list[int] = []
         self._started_event = threading.Condition()
         self._exits: dict[int, int] = {}
+        self._listening: set[int] = set()
         threading.Thread(target=self._read, name="nbmagic-warm-reader", daemon=True).start()
 
     def _read(self) -> None:
@@ -79,8 +84,15 @@ class WarmProcess:
                 with self._started_event:
                     self._started.append(int(rest[0]))
                     self._started_event.notify_all()
+            elif word == "listening":
+                with self._started_event:
+                    self._listening.add(int(rest[0]))
+                    self._started_event.notify_all()
             elif word == "exit":
-                self._exits[int(rest[0])] = int(rest[1])
+                with self._started_event:
+                    self._exits[int(rest[0])] = int(rest[1])
+                    self._listening.discard(int(rest[0]))
+                    self._started_event.notify_all()
         self._ready.set()  # the warm process ended: nobody waits for it any more
         with self._started_event:
             self._started_event.notify_all()
@@ -95,6 +107,17 @@ class WarmProcess:
         if not self.alive:  # the warm process died: its servers died with it
             return self._exits.get(pid, -signal.SIGTERM)
         return None
+
+    def wait_listening(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._started_event:
+            while pid not in self._listening:
+                left = deadline - time.monotonic()
+                if left <= 0 or pid in self._exits or not self.alive:
+                    return False
+                self._started_event.wait(min(left, 0.5))
+            self._listening.discard(pid)
+            return True
 
     def spawn(
         self, argv: list[str], log: str, env: dict[str, str], timeout: float = 30.0, modules: list[str] | None = None
