@@ -63,6 +63,12 @@ def preload() -> None:
                 sys.modules[name].load()
         except Exception:  # noqa: BLE001 - an optional library missing: the child imports what it needs
             pass
+    try:
+        from nbmagic.serve import server
+
+        server.prebuild()  # KServe's routes on its app once, here: every forked server starts with them
+    except Exception:  # noqa: BLE001 - each server then builds its own
+        pass
     sys.argv = argv
 
 
