@@ -3,7 +3,8 @@
     python -m nbmagic.serve.forkserver PARENT_PID
 
 Requests arrive on stdin, one JSON line each: ``{"argv": [...], "log": PATH, "cwd": DIR, "env": {...},
-"modules": [...]}`` (modules: the model's library modules, imported here first so later servers start warm).
+"modules": [...]}`` (modules: the model's library modules, imported here first so later servers start warm); a
+line with ``modules`` only is a hint sent while the kernel writes the package: they are imported meanwhile.
 It answers on stdout ``started PID``, then ``listening PID`` once that server listens (written by the server itself
 on the same pipe), and later ``exit PID CODE``. It exits with its parent (the kernel) or when
 stdin closes, and its servers exit with it (PR_SET_PDEATHSIG and a parent watchdog, as for any server).
@@ -157,6 +158,8 @@ def main() -> None:
             continue
         request = json.loads(line)
         import_libraries(request.get("modules", []))
+        if "argv" not in request:  # a hint: a server for a model of these modules is coming
+            continue
         pid = os.fork()
         if pid == 0:
             _child(request)

@@ -143,6 +143,16 @@ class WarmProcess:
                     return None
                 return Forked(self, self._started.pop(0))
 
+    def hint(self, modules: list[str]) -> None:
+        """Have the model's library ``modules`` imported now (while the kernel still writes the package)."""
+        with self._lock:
+            try:
+                assert self.popen.stdin is not None
+                self.popen.stdin.write(json.dumps({"modules": modules}) + "\n")
+                self.popen.stdin.flush()
+            except (BrokenPipeError, OSError):
+                pass
+
     def stop(self) -> None:
         if self.alive:
             try:
@@ -176,7 +186,8 @@ def start(env: dict[str, str]) -> WarmProcess | None:
 
 
 def prestart() -> None:
-    """Start the warm process in the background (it imports for a few seconds; nothing waits for it)."""
+    """Start the warm process in the background (it imports for a few seconds; nothing waits for it), then import
+    here what the kernel's first ``%serve`` imports (packaging, dill), off that ``%serve``'s path."""
     if not enabled():
         return
 
@@ -184,8 +195,20 @@ def prestart() -> None:
         from nbmagic.serve.local import _child_env
 
         start(_child_env())
+        try:
+            import dill  # noqa: F401
+
+            from nbmagic.serve import api  # noqa: F401
+        except Exception:  # noqa: BLE001 - the %serve imports (and reports) what it needs
+            pass
 
     threading.Thread(target=run, name="nbmagic-warm-start", daemon=True).start()
+
+
+def hint(model: object) -> None:
+    """Tell a live warm process which module ``model``'s class comes from."""
+    if _WARM is not None and _WARM.alive:
+        _WARM.hint([type(model).__module__])  # the warm process ignores modules that are not installed libraries
 
 
 def stop() -> None:
