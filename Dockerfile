@@ -6,5 +6,6 @@ FROM python:3.11-slim
 WORKDIR /opt/nbmagic
 COPY pyproject.toml README.md ./
 COPY nbmagic ./nbmagic
-RUN pip install --no-cache-dir ".[examples]" && python -c "import nbmagic.serve.server, nbmagic.tune.trial"
+# s3, gcs: Katib trials record their runs in a shared run store (s3:// or gs://)
+RUN pip install --no-cache-dir ".[examples,s3,gcs]" && python -c "import nbmagic.serve.server, nbmagic.tune.trial"
 ENTRYPOINT []

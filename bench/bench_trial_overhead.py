@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from rounds import alternate, finish, machine  # bench/rounds.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "bench_tune_single_flight.py"
@@ -75,18 +76,17 @@ def main() -> None:
     head = subprocess.run(["git", "log", "-1", "--format=%h", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     baseline = unpack(ref)
     sides = {"this tree": ROOT, "baseline": baseline}
-    rows = []
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
-        for number in range(args.rounds):
-            order = ("this tree", "baseline") if number % 2 == 0 else ("baseline", "this tree")
-            got = {name: measure(sides[name], args.repeat) for name in order}
-            rows.append((number + 1, order, got, os.getloadavg()))
-            print(
-                f"round {number + 1}: "
-                + ", ".join(f"{n} {statistics.median(got[n]['overheads']) * 1000:.0f} ms" for n in order),
-                flush=True,
-            )
+        rows = alternate(
+            range(1, args.rounds + 1),
+            ("this tree", "baseline"),
+            lambda _, name: measure(sides[name], args.repeat),
+            lambda number, order, got: (
+                f"round {number}: "
+                + ", ".join(f"{n} {statistics.median(got[n]['overheads']) * 1000:.0f} ms" for n in order)
+            ),
+        )
     finally:
         for burner in burners:
             burner.kill()
@@ -125,12 +125,9 @@ def main() -> None:
         f"{statistics.median(base) / statistics.median(ours):.1f}x less** (target <= 30 ms).",
         f"- Upstream executions (this tree): load {sorted({x for r in rows for x in r[2]['this tree']['load']})}, "
         f"process {sorted({x for r in rows for x in r[2]['this tree']['process']})}.",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; shared with other jobs.",
+        machine(),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    finish(lines, args.out)
 
 
 if __name__ == "__main__":

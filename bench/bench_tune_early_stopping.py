@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from rounds import alternate, finish, machine  # bench/rounds.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -87,6 +88,14 @@ def one(early: bool, args: argparse.Namespace, seed: int) -> dict:
     }
 
 
+def _round_line(seed: int, order: tuple[bool, ...], got: dict[bool, dict]) -> str:
+    a, b = got[True], got[False]
+    return (
+        f"seed {seed}: early stopping {a['epochs']} epochs ({a['pruned']} pruned) {a['wall']:.1f} s, best {a['best'][0]}; "
+        f"without {b['epochs']} epochs {b['wall']:.1f} s, best {b['best'][0]}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=20)
@@ -99,17 +108,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     os.environ.setdefault("NBMAGIC_HOME", tempfile.mkdtemp(prefix="nbmagic-bench-home-"))
-    rows = []
-    for number, seed in enumerate(args.seeds):
-        order = (True, False) if number % 2 == 0 else (False, True)
-        got = {early: one(early, args, seed) for early in order}
-        rows.append((seed, order, got, os.getloadavg()))
-        a, b = got[True], got[False]
-        print(
-            f"seed {seed}: early stopping {a['epochs']} epochs ({a['pruned']} pruned) {a['wall']:.1f} s, best {a['best'][0]}; "
-            f"without {b['epochs']} epochs {b['wall']:.1f} s, best {b['best'][0]}",
-            flush=True,
-        )
+    rows = alternate(args.seeds, (True, False), lambda seed, early: one(early, args, seed), _round_line)
     lines = [
         "## Early stopping (`--early-stopping medianstop`)",
         "",
@@ -144,12 +143,9 @@ def main() -> None:
         f"- **Same best trial (number, parameters, final loss) found by both: {sum(same)} of {len(same)} seeds.**",
         f"- Same parameters suggested in the same order by both: "
         f"{all(r[2][True]['params'] == r[2][False]['params'] for r in rows)}.",
-        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; shared with other jobs.",
+        machine(),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    finish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -316,6 +316,34 @@ def runs(
     return RunTable(table, total)
 
 
+def logs(run: str, step: str, *, root: str | os.PathLike[str] | None = None) -> str:
+    """What ``step`` printed in ``run`` (an id, a unique prefix, ``last``, ``best``): the log kept here, else the
+    one published to the shared store by the home that ran it."""
+    from .restore import resolve_run
+    from .store.shared_logs import step_log
+
+    found = store(root)
+    run_id = resolve_run(found, run)
+    if not any(row["step"] == step for row in found.step_rows(run_id)):
+        names = ", ".join(row["step"] for row in found.step_rows(run_id))
+        raise NbMagicError(f"run {run_id} has no step {step!r} (steps: {names})")
+    text = step_log(found, run_id, step)
+    if text is None:
+        import json
+
+        from .store.lineage import execution
+
+        row = next(r for r in found.step_rows(run_id) if r["step"] == step)
+        origin = execution(found, json.loads(row["properties"] or "{}").get("reused_execution") or -1)
+        if row["cached"] and origin is not None:
+            raise NbMagicError(
+                f"run {run_id}: step {step!r} was taken from the cache, it printed nothing; it was computed in run"
+                f" {origin.run_id}: logs({origin.run_id!r}, {origin.step!r})"
+            )
+        raise NbMagicError(f"run {run_id}: step {step!r} left no log here or in the shared store")
+    return text
+
+
 def gc(
     keep_last: int | None = None,
     older_than: str | None = None,

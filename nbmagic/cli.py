@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--store", help="the store folder (default: $NBMAGIC_HOME/store)")
     gc.set_defaults(func=cmd_gc)
 
+    logs = sub.add_parser("logs", help="what a step printed in a run (kept here, else from the shared store)")
+    logs.add_argument("run", help="a run id, a unique prefix, last, best or best:EXPERIMENT")
+    logs.add_argument("step", help="the step's name")
+    logs.add_argument("--store", help="the store folder (default: $NBMAGIC_HOME/store)")
+    logs.set_defaults(func=cmd_logs)
+
     conv = sub.add_parser("convert", help="turn a Kale-tagged notebook into an nbmagic notebook")
     conv.add_argument("--from-kale", metavar="KALE.ipynb", help="the Kale notebook (cell tags) to convert")
     conv.add_argument("-o", "--output", required=True, help="the nbmagic notebook to write")
@@ -208,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tune(sub)
     return parser
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .api import logs
+
+    sys.stdout.write(logs(args.run, args.step, root=args.store))
+    return 0
 
 
 def _add(parser: argparse.ArgumentParser, specs: list[tuple[tuple[str, ...], dict[str, Any]]]) -> None:

@@ -1,9 +1,12 @@
-"""Where the shared run store lives: ``s3://bucket/prefix`` or ``file:///shared/path``, checked in one place.
+"""Where the shared run store lives: ``s3://bucket/prefix``, ``gs://bucket/prefix`` or ``file:///shared/path``,
+checked in one place.
 
 The store URI comes from ``$NBMAGIC_STORE_URI`` (``%pipeline_config --store URI`` sets it in the kernel);
 without one the store is local only (``$NBMAGIC_HOME/store``). Credentials never appear in a URI: S3 uses the
 standard chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, the pod's workload identity) and
-``AWS_ENDPOINT_URL`` for S3-compatible servers such as MinIO.
+``AWS_ENDPOINT_URL`` for S3-compatible servers such as MinIO; Cloud Storage uses Application Default Credentials
+(``GOOGLE_APPLICATION_CREDENTIALS``, ``gcloud auth application-default login``, workload identity) and
+``STORAGE_EMULATOR_HOST`` for a local server.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from .errors import NbMagicError
 ENV = "NBMAGIC_STORE_URI"
 KEY_ENV = "NBMAGIC_STORE_KEY"  # the team's shared signing key (a secret; never written anywhere)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Cloud Storage: 3-63 characters (up to 222 with dots, 63 between them), no "goog" prefix, no "google"
+_GS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
 
@@ -26,7 +31,7 @@ class StoreURIError(NbMagicError):
 
 @dataclass(frozen=True)
 class StoreURI:
-    """A parsed store URI: ``scheme`` is ``s3`` or ``file``; ``bucket`` is empty for ``file``."""
+    """A parsed store URI: ``scheme`` is ``s3``, ``gs`` or ``file``; ``bucket`` is empty for ``file``."""
 
     scheme: str
     bucket: str
@@ -43,7 +48,7 @@ class StoreURI:
         return f"{self.prefix}/{inner}" if self.prefix and self.scheme != "file" else inner
 
 
-FORMS = "s3://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH"
+FORMS = "s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or file:///ABSOLUTE/PATH"
 
 
 def parse(text: str, option: str = "--store") -> StoreURI:
@@ -57,19 +62,20 @@ def parse(text: str, option: str = "--store") -> StoreURI:
         if not rest.startswith("/") or "\0" in rest or any(part == ".." for part in rest.split("/")):
             raise StoreURIError(f"{option} {value!r}: a file:// store needs an absolute path without '..' ({FORMS})")
         return StoreURI("file", "", "/" + rest.strip("/"))
-    if scheme in ("gs", "gcs"):
-        raise StoreURIError(
-            f"{option} {value!r}: gs:// is not supported yet; use Cloud Storage's S3-compatible API:"
-            " s3://BUCKET/PREFIX with AWS_ENDPOINT_URL=https://storage.googleapis.com and an HMAC key"
-        )
-    if scheme not in ("s3", "s3a"):
+    if scheme not in ("s3", "s3a", "gs", "gcs"):
         raise StoreURIError(f"{option} {value!r}: unknown scheme {scheme!r}; use {FORMS}")
+    gs = scheme in ("gs", "gcs")
     if "@" in rest or "?" in rest or "#" in rest:
-        raise StoreURIError(
-            f"{option} {value!r}: credentials and options do not go in the URI (use the AWS credential chain)"
-        )
+        chain = "Application Default Credentials" if gs else "the AWS credential chain"
+        raise StoreURIError(f"{option} {value!r}: credentials and options do not go in the URI (use {chain})")
     bucket, _, prefix = rest.partition("/")
-    if not _BUCKET.match(bucket) or ".." in bucket:
+    if gs:
+        if not _gs_bucket(bucket):
+            raise StoreURIError(
+                f"{option} {value!r}: {bucket!r} is not a Cloud Storage bucket name"
+                " (3-63 of a-z 0-9 . _ -, starting and ending with a letter or digit; no 'goog' prefix)"
+            )
+    elif not _BUCKET.match(bucket) or ".." in bucket:
         raise StoreURIError(f"{option} {value!r}: {bucket!r} is not an S3 bucket name (3-63 of a-z 0-9 . -)")
     prefix = prefix.strip("/")
     for segment in prefix.split("/") if prefix else ():
@@ -77,7 +83,14 @@ def parse(text: str, option: str = "--store") -> StoreURI:
             raise StoreURIError(
                 f"{option} {value!r}: prefix part {segment!r} may only hold letters, digits and . _ = + -"
             )
-    return StoreURI("s3", bucket, prefix)
+    return StoreURI("gs" if gs else "s3", bucket, prefix)
+
+
+def _gs_bucket(name: str) -> bool:
+    if not _GS_BUCKET.match(name) or ".." in name or name.startswith("goog") or "google" in name:
+        return False
+    parts = name.split(".")
+    return all(0 < len(p) <= 63 for p in parts) and (len(parts) > 1 or len(name) <= 63)
 
 
 def configured() -> StoreURI | None:

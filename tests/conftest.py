@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["helpers.browser", "helpers.s3"]
+pytest_plugins = ["helpers.browser", "helpers.s3", "helpers.gcs"]
 
 
 @pytest.fixture(autouse=True)

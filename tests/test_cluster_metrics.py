@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers.kfp_api_server import KfpApiServer, PodLogServer  # noqa: E402
-from nbmagic.compile.kfp import compile_pipeline  # noqa: E402
+from helpers.kfp_env import isolate_from_cluster  # noqa: E402
+from helpers.kfp_local import run_on_kfp_local  # noqa: E402
+from helpers.plans import step  # noqa: E402
 from nbmagic.errors import NbMagicError  # noqa: E402
-from nbmagic.pipeline.model import Cell, Parameter, PipelinePlan, StepPlan  # noqa: E402
+from nbmagic.pipeline.model import Parameter, PipelinePlan  # noqa: E402
 from nbmagic.run import cluster  # noqa: E402
 from nbmagic.runtime.component import METRIC_LINE_PREFIX  # noqa: E402
 from nbmagic.runtime.report import KATIB_LINE  # noqa: E402
@@ -35,29 +34,17 @@ KFP_TOKEN = "kfp-tok-1a2b3c4d5e6f-SECRET"
 K8S_TOKEN = "k8s-tok-9z8y7x6w5v-SECRET"
 
 
-def _step(name, index, code, *, inputs=None, params=(), outputs=(), metrics=()):
-    inputs = inputs or {}
-    return StepPlan(
-        name=name,
-        cell=Cell(source=code, code=code, index=index, label=f"tiny.ipynb cell {index}"),
-        inputs=inputs,
-        parameters=tuple(params),
-        writes=tuple(outputs),
-        outputs=tuple(outputs),
-        metrics=tuple(metrics),
-        prelude="",
-        modules=(),
-        upstream=tuple(dict.fromkeys(inputs.values())),
-        explicit_after=(),
-    )
-
-
 def tiny_plan() -> PipelinePlan:
     steps = (
-        _step("make_data", 1, "data = [i * scale for i in range(n)]\n", params=("n", "scale"), outputs=("data",)),
-        _step(
+        step(
+            "make_data",
+            "data = [i * scale for i in range(n)]\n",
+            params=("n", "scale"),
+            outputs=("data",),
+            notebook="tiny.ipynb",
+        ),
+        step(
             "score_it",
-            2,
             "total = sum(data)\nmean_value = total / len(data)\ncount = len(data)\n"
             "print('hello from the cell')\n"
             # a cell printing a look-alike line: nbmagic's own lines come after it and win
@@ -65,66 +52,28 @@ def tiny_plan() -> PipelinePlan:
             inputs={"data": "make_data"},
             outputs=("total", "mean_value", "count"),
             metrics=("total", "mean_value", "count"),
+            index=2,
+            notebook="tiny.ipynb",
         ),
     )
     parameters = {"n": Parameter("n", 4, "int"), "scale": Parameter("scale", 0.5, "float")}
     return PipelinePlan("tiny", steps, parameters, ("total", "mean_value", "count"))
 
 
-_KFP_LOCAL = textwrap.dedent("""
-    import json, sys
-    from kfp import components, local
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=sys.argv[2], raise_on_error=True)
-    task = components.load_component_from_file(sys.argv[1])(**json.loads(sys.argv[3]))
-    print("KFP-LOCAL-METRICS " + json.dumps(dict(task.outputs["score_it_metrics"].metadata)))
-""")
-
-
-def _task_logs(stdout: str) -> dict[str, str]:
-    """Each task's streamed output (its container's stdout and stderr) from kfp.local's console output."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", stdout)
-    logs = {}
-    for m in re.finditer(r"Executing task '([^']+)'\n.*?Streamed logs:\n(.*?)\n[^\n]*Task '\1' finished", text, re.S):
-        logs[m.group(1)] = textwrap.dedent(m.group(2)).strip("\n") + "\n"
-    return logs
-
-
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """(pipeline YAML path, task -> pod log, the Metrics artifact kfp.local recorded) from one real run."""
-    tmp = tmp_path_factory.mktemp("metrics")
-    path = tmp / "tiny.yaml"
-    compile_pipeline(tiny_plan(), output=path)
-    done = subprocess.run(
-        [sys.executable, "-c", _KFP_LOCAL, str(path), str(tmp / "root"), json.dumps(PARAMS)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    logs = _task_logs(done.stdout)
+    path, (run,) = run_on_kfp_local(tiny_plan(), tmp_path_factory.mktemp("metrics"), [PARAMS], "score_it_metrics")
     # and the task that writes nbmagic's runtime for the python:3.x steps, once per run
-    assert set(logs) == {"nbmagic-runtime-package", "make-data", "score-it"}, done.stdout[-2000:]
-    artifact = json.loads(done.stdout.split("KFP-LOCAL-METRICS ", 1)[1].splitlines()[0])
+    assert set(run.logs) == {"nbmagic-runtime-package", "make-data", "score-it"}, run.console[-2000:]
+    logs, artifact = run.logs, run.metrics
     return path, logs, artifact
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    import kfp
-
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    for name in (
-        "NBMAGIC_KFP_HOST",
-        "NBMAGIC_KFP_TOKEN",
-        "KF_PIPELINES_ENDPOINT",
-        "KF_PIPELINES_UI_ENDPOINT",
-        "NBMAGIC_K8S_HOST",
-        "NBMAGIC_K8S_NAMESPACE",
-        "KUBERNETES_SERVICE_HOST",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    """No kfp context file or KFP/nbmagic/Kubernetes environment leaks in from the machine."""
+    isolate_from_cluster(monkeypatch, tmp_path)
 
 
 def _pods_of(kfp_server: KfpApiServer, logs: dict[str, str]):

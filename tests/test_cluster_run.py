@@ -16,6 +16,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers.kfp_api_server import KfpApiServer  # noqa: E402
+from helpers.kfp_env import isolate_from_cluster  # noqa: E402
 from nbmagic.errors import NbMagicError  # noqa: E402
 from nbmagic.run import cluster  # noqa: E402
 
@@ -31,23 +32,8 @@ FLOW = [
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    """No kfp context file or KFP/nbmagic environment leaks in from the machine."""
-    import kfp
-
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    for name in (
-        "NBMAGIC_KFP_HOST",
-        "NBMAGIC_KFP_TOKEN",
-        "KF_PIPELINES_ENDPOINT",
-        "KF_PIPELINES_UI_ENDPOINT",
-        "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
-        "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
-        "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID",
-        "NBMAGIC_K8S_HOST",
-        "NBMAGIC_K8S_NAMESPACE",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))  # no real cluster is ever asked
+    """No kfp context file or KFP/nbmagic/Kubernetes environment leaks in from the machine."""
+    isolate_from_cluster(monkeypatch, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -663,24 +663,47 @@ def _tune_cells(pids: Path, hold: Path) -> list[str]:
 KATIB = '%katib --param "c=double(0,6)" --algorithm random --seed 0 --max-trials 4 --parallel 2 --name ctrlc --quiet'
 
 
-@pytest.mark.slow
-def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path, nbmagic_home):
-    from helpers.kernel import execute, execute_in_background, start_kernel
-
+def _held_trials(tmp_path: Path) -> tuple[Path, Path]:
+    """(pids, hold): the folder the trials' steps name their processes in, and the file that keeps them waiting."""
     pids, hold = tmp_path / "pids", tmp_path / "hold"
     pids.mkdir()
     hold.touch()
+    return pids, hold
+
+
+def _started_trials(pids: Path, process: subprocess.Popen | None = None) -> list[int]:
+    """Once both trials are in their step, each with a child in its own session: the steps' and children's PIDs."""
+    deadline = time.time() + 120
+    while len(list(pids.iterdir())) < 2:
+        assert time.time() < deadline and (process is None or process.poll() is None), "the trials did not start"
+        time.sleep(0.1)
+    return [int(p) for name in os.listdir(pids) for p in name.split("-")]
+
+
+@contextlib.contextmanager
+def _tuning_kernel(pids: Path, hold: Path):
+    """A real kernel with the held trials' pipeline recorded; (manager, client), shut down on leaving."""
+    from helpers.kernel import execute, start_kernel
+
     manager, client = start_kernel()
     try:
         for cell in _tune_cells(pids, hold):
             assert execute(client, cell)[0] == "ok"
+        yield manager, client
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path, nbmagic_home):
+    from helpers.kernel import execute, execute_in_background
+
+    pids, hold = _held_trials(tmp_path)
+    with _tuning_kernel(pids, hold) as (manager, client):
         # Run All: the cell after `%katib --wait` must not run once Ctrl-C failed the cell
         thread, result = execute_in_background(client, f"exp = {KATIB} --wait\nafter = 1")
-        deadline = time.time() + 120
-        while len(list(pids.iterdir())) < 2:  # both trials are in their step, each with a child in its own session
-            assert time.time() < deadline, "the trials did not start"
-            time.sleep(0.1)
-        started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+        started = _started_trials(pids)
         manager.interrupt_kernel()  # a real SIGINT to the kernel, as the Stop button sends
         thread.join(60)
         status, out, err = result["reply"]
@@ -708,30 +731,18 @@ def test_ctrl_c_on_katib_wait_stops_the_trials_and_keeps_the_experiment(tmp_path
         assert out.split() == ["0", "succeeded"]
         assert execute(client, "print(sum(t.status == 'succeeded' for t in exp2.trials))")[1].strip() == "4"
         assert execute(client, "%katib --stop")[1].strip() == "nbmagic: no local experiment is running in this kernel"
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
     assert not (nbmagic_home / "tune" / "ctrlc.owner").exists()  # the study's owner record was released
 
 
 @pytest.mark.slow
 def test_ctrl_c_on_exp_wait_stops_the_trials_then_interrupts_the_cell(tmp_path):
-    from helpers.kernel import execute, execute_in_background, start_kernel
+    from helpers.kernel import execute, execute_in_background
 
-    pids, hold = tmp_path / "pids", tmp_path / "hold"
-    pids.mkdir()
-    hold.touch()
-    manager, client = start_kernel()
-    try:
-        for cell in _tune_cells(pids, hold):
-            assert execute(client, cell)[0] == "ok"
+    pids, hold = _held_trials(tmp_path)
+    with _tuning_kernel(pids, hold) as (manager, client):
         assert execute(client, f"exp = {KATIB}")[0] == "ok"
         thread, result = execute_in_background(client, "exp.wait()")
-        deadline = time.time() + 120
-        while len(list(pids.iterdir())) < 2:
-            assert time.time() < deadline, "the trials did not start"
-            time.sleep(0.1)
-        started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+        started = _started_trials(pids)
         manager.interrupt_kernel()
         thread.join(60)
         status, out, err = result["reply"]
@@ -739,30 +750,18 @@ def test_ctrl_c_on_exp_wait_stops_the_trials_then_interrupts_the_cell(tmp_path):
         assert execute(client, "print(exp.done)")[1].strip() == "True"  # stop(wait=True) ran before the re-raise
         assert _gone_soon(started), "a trial's step or its child outlived Ctrl-C"
         assert execute(client, "print(exp.status, *[t.status for t in exp.trials])")[1].split() == ["stopped"] * 3
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
     runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
     assert sorted(r.status for r in runs) == ["stopped", "stopped"]
 
 
 @pytest.mark.slow
 def test_stop_ends_running_trials_and_katib_stop_names_the_experiment(tmp_path):
-    from helpers.kernel import execute, start_kernel
+    from helpers.kernel import execute
 
-    pids, hold = tmp_path / "pids", tmp_path / "hold"
-    pids.mkdir()
-    hold.touch()
-    manager, client = start_kernel()
-    try:
-        for cell in _tune_cells(pids, hold):
-            assert execute(client, cell)[0] == "ok"
+    pids, hold = _held_trials(tmp_path)
+    with _tuning_kernel(pids, hold) as (_, client):
         assert execute(client, f"exp = {KATIB}")[0] == "ok"
-        deadline = time.time() + 120
-        while len(list(pids.iterdir())) < 2:
-            assert time.time() < deadline, "the trials did not start"
-            time.sleep(0.1)
-        started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+        started = _started_trials(pids)
         status, out, err = execute(client, f"{KATIB}")  # a second one in the same kernel: refused, naming --stop
         assert status == "error" and "stop it first (%katib --stop," in err
         status, out, err = execute(client, "%katib --stop")
@@ -771,9 +770,6 @@ def test_stop_ends_running_trials_and_katib_stop_names_the_experiment(tmp_path):
             "nbmagic: experiment 'ctrlc' stopped: 0 trials finished, 2 running ones stopped; the same %katib resumes it"
         )
         assert _gone_soon(started), "stop() left a trial process running"
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
     runs = [r for r in RunStore().list_runs() if r.experiment == "ctrlc"]
     assert sorted(r.status for r in runs) == ["stopped", "stopped"]
 
@@ -1031,9 +1027,7 @@ def test_values_stored_before_signing_can_be_signed_once_the_user_vouches_for_th
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_nbmagic_tune_on_a_signal_stops_its_trials(tmp_path, sig):
-    pids, hold = tmp_path / "pids", tmp_path / "hold"
-    pids.mkdir()
-    hold.touch()
+    pids, hold = _held_trials(tmp_path)
     notebook = write_notebook(tmp_path / "tune.ipynb", _tune_cells(pids, hold)[1:])
     process = subprocess.Popen(
         [
@@ -1053,11 +1047,7 @@ def test_nbmagic_tune_on_a_signal_stops_its_trials(tmp_path, sig):
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.time() + 120
-    while len(list(pids.iterdir())) < 2:
-        assert time.time() < deadline and process.poll() is None, "the trials did not start"
-        time.sleep(0.1)
-    started = [int(p) for name in os.listdir(pids) for p in name.split("-")]
+    started = _started_trials(pids, process)
     process.send_signal(sig)
     out, err = process.communicate(timeout=60)
     assert process.returncode == (130 if sig == signal.SIGINT else 143)

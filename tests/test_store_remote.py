@@ -54,7 +54,7 @@ def test_store_uris_are_checked_in_one_place():
         ("s3://bucket/a/../b", "prefix part '..'"),
         ("s3://key:secret@bucket/x", "credentials and options do not go in the URI"),
         ("file://relative/path", "absolute path"),
-        ("gs://bucket/x", "gs:// is not supported yet"),
+        ("gs://goog-bucket/x", "not a Cloud Storage bucket name"),
         ("ftp://host/x", "unknown scheme 'ftp'"),
     ):
         with pytest.raises(StoreURIError, match=words.replace("(", r"\(").replace(".", r"\.")):

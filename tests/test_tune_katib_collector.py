@@ -10,13 +10,9 @@ wrote is read by a re-implementation of Katib's collector, medianstop and observ
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -33,8 +29,9 @@ from helpers.katib_collector import (
     wrap_command,
 )
 from helpers.kfp_api_server import KfpApiServer, PodLogServer
-from nbmagic.compile.kfp import compile_pipeline
-from nbmagic.pipeline.model import Cell, Parameter, PipelinePlan, StepPlan
+from helpers.kfp_local import run_on_kfp_local
+from helpers.plans import step
+from nbmagic.pipeline.model import Parameter, PipelinePlan
 from nbmagic.tune.katib import build_experiment
 from nbmagic.tune.space import ExperimentSpec, parse_param
 
@@ -61,58 +58,24 @@ def curve(lr: float) -> list[float]:
 
 
 def plan() -> PipelinePlan:
-    step = StepPlan(
-        name="train",
-        cell=Cell(source=TRAIN, code=TRAIN, index=1, label="curves.ipynb cell 1"),
-        inputs={},
-        parameters=("lr",),
-        writes=("val_loss",),
+    train = step(
+        "train",
+        TRAIN,
+        params=("lr",),
         outputs=("val_loss",),
         metrics=("val_loss",),
-        prelude="",
         modules=("nbmagic",),
-        upstream=(),
-        explicit_after=(),
+        notebook="curves.ipynb",
     )
-    return PipelinePlan("curves", (step,), {"lr": Parameter("lr", 0.1, "float")}, ("val_loss",))
-
-
-_KFP_LOCAL = textwrap.dedent("""
-    import json, sys
-    from kfp import components, local
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=sys.argv[2], raise_on_error=True)
-    pipeline = components.load_component_from_file(sys.argv[1])
-    for lr in json.loads(sys.argv[3]):
-        print(f"RUN lr={lr}", flush=True)
-        pipeline(lr=lr)
-""")
-
-
-def _task_logs(stdout: str) -> dict[float, str]:
-    """lr -> the train task's streamed output (its container's stdout and stderr) from kfp.local's console."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", stdout)
-    logs = {}
-    for chunk in text.split("RUN lr=")[1:]:
-        lr = float(chunk.split("\n", 1)[0])
-        m = re.search(r"Executing task 'train'\n.*?Streamed logs:\n(.*?)\n[^\n]*Task 'train' finished", chunk, re.S)
-        assert m, chunk[-2000:]
-        logs[lr] = textwrap.dedent(m.group(1)).strip("\n") + "\n"
-    return logs
+    return PipelinePlan("curves", (train,), {"lr": Parameter("lr", 0.1, "float")}, ("val_loss",))
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("curves")
-    path = tmp / "curves.yaml"
-    compile_pipeline(plan(), output=path)
-    done = subprocess.run(
-        [sys.executable, "-c", _KFP_LOCAL, str(path), str(tmp / "root"), json.dumps([GOOD, BAD])],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return path, _task_logs(done.stdout)
+    """(pipeline YAML path, lr -> the train task's pod log) from real runs with GOOD and BAD."""
+    path, runs = run_on_kfp_local(plan(), tmp_path_factory.mktemp("curves"), [{"lr": GOOD}, {"lr": BAD}])
+    assert all("train" in run.logs for run in runs), runs[-1].console[-2000:]
+    return path, {GOOD: runs[0].logs["train"], BAD: runs[1].logs["train"]}
 
 
 def experiment() -> dict:

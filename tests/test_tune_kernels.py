@@ -9,8 +9,8 @@ import signal
 import time
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
+from helpers.kernel import execute_ok, start_kernel
 from nbmagic.tune.local import LocalExperiment
 from nbmagic.tune.ownership import StudyLock, alive, read_owner
 from nbmagic.tune.space import ExperimentSpec, TuneError, parse_param
@@ -24,30 +24,15 @@ CELLS = (
 )
 
 
-def execute(client, code, timeout=120):
-    """Run code in the kernel; its stdout (an error fails the test)."""
-    out = []
-
-    def hook(msg):
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = client.execute_interactive(code, timeout=timeout, output_hook=hook)
-    assert reply["content"]["status"] == "ok", "".join(out)
-    return "".join(out)
-
-
 def kernel():
-    manager, client = start_new_kernel(kernel_name="python3", env=dict(os.environ))
+    manager, client = start_kernel()
     for cell in CELLS:
-        execute(client, cell)
+        execute_ok(client, cell)
     return manager, client
 
 
 def succeeded(client) -> int:
-    return int(execute(client, "print(sum(t.status == 'succeeded' for t in exp.trials))").strip())
+    return int(execute_ok(client, "print(sum(t.status == 'succeeded' for t in exp.trials))").strip())
 
 
 @pytest.mark.slow
@@ -55,7 +40,7 @@ def test_a_study_is_owned_by_its_kernel_and_resumed_after_the_kernel_is_killed(n
     owner_file = nbmagic_home / "tune" / "shared-study.owner"
     manager, client = kernel()
     try:
-        pid = int(execute(client, "import os; print(os.getpid())"))
+        pid = int(execute_ok(client, "import os; print(os.getpid())"))
         owner = read_owner(owner_file)
         assert owner["pid"] == pid and owner["kernel"].startswith("kernel ") and alive(owner)
         # another process on the same store is refused, with one line naming the kernel
@@ -79,15 +64,15 @@ def test_a_study_is_owned_by_its_kernel_and_resumed_after_the_kernel_is_killed(n
     assert not alive(read_owner(owner_file))  # its owner record is left behind, and recognised as dead
     manager, client = kernel()
     try:
-        resumed = int(execute(client, "print(exp.resumed)"))
+        resumed = int(execute_ok(client, "print(exp.resumed)"))
         assert resumed >= before
-        execute(client, "exp.wait(180)")
-        assert execute(client, "print(exp.status, len(exp.trials), exp.spec.max_trials)").split() == [
+        execute_ok(client, "exp.wait(180)")
+        assert execute_ok(client, "print(exp.status, len(exp.trials), exp.spec.max_trials)").split() == [
             "succeeded",
             "6",
             "6",
         ]
-        statuses = execute(client, "print(*[t.status for t in exp.trials])").split()
+        statuses = execute_ok(client, "print(*[t.status for t in exp.trials])").split()
         assert statuses == ["succeeded"] * 6
     finally:
         client.stop_channels()

@@ -8,9 +8,9 @@ import time
 
 import nbformat
 import pytest
-from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
+from helpers.kernel import execute_ok, start_kernel
 from nbmagic.tune.local import LocalExperiment
 from nbmagic.tune.space import ExperimentSpec, parse_param
 from nbmagic.tune.watch import WatchedExperiment, WatchOnly, list_experiments, watch
@@ -33,20 +33,6 @@ def pipeline(gate: str) -> list[str]:
 START = f'exp = %katib --param "c=double(0,6)" --algorithm random --seed 0 --max-trials 4 --name {NAME} --quiet'
 
 
-def execute(client, code, timeout=120):
-    out = []
-
-    def hook(msg):
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = client.execute_interactive(code, timeout=timeout, output_hook=hook)
-    assert reply["content"]["status"] == "ok", "".join(out)
-    return "".join(out)
-
-
 def text_of(cell) -> str:
     """What a cell showed: streams, text/plain results, and error lines."""
     parts = []
@@ -67,11 +53,11 @@ def errors_of(cell) -> list:
 @pytest.mark.slow
 def test_a_second_kernel_watches_read_only_and_cannot_stop_or_drive(tmp_path, nbmagic_home):
     gate = tmp_path / "gate"
-    manager, driver = start_new_kernel(kernel_name="python3", env=dict(os.environ))
+    manager, driver = start_kernel()
     try:
         for cell in [*pipeline(str(gate)), START]:
-            execute(driver, cell)
-        owner_pid = int(execute(driver, "import os; print(os.getpid())"))
+            execute_ok(driver, cell)
+        owner_pid = int(execute_ok(driver, "import os; print(os.getpid())"))
 
         watching = [
             "%load_ext nbmagic",
@@ -105,7 +91,7 @@ def test_a_second_kernel_watches_read_only_and_cannot_stop_or_drive(tmp_path, nb
             gate.touch()  # the owner's trials may end now
             client.execute_cell(cells[8], 8)
         watched = "".join(o.text for o in cells[8].outputs if o.output_type == "stream").strip()  # one print
-        owner = execute(
+        owner = execute_ok(
             driver,
             "exp.wait(120)\nprint(exp.status, [t.status for t in exp.trials], exp.best.trial, exp.best.objective)",
         )

@@ -33,6 +33,11 @@ STORE_RUN_ARG = "nbmagic_store_run"  # the component input that gets the KFP run
 # --store-secret: keys a compiled step reads from the secret (the first two required, the others if present)
 STORE_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 STORE_SECRET_OPTIONAL = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "NBMAGIC_STORE_KEY")
+# --store-secret with a gs:// store: the secret holds a service-account key file under GCS_KEY_FILE, mounted as a
+# file that $GOOGLE_APPLICATION_CREDENTIALS names (and optionally these keys, as environment variables)
+GCS_KEY_FILE = "key.json"
+GCS_SECRET_MOUNT = "/var/run/secrets/nbmagic-store"
+GCS_SECRET_OPTIONAL = ("NBMAGIC_STORE_KEY", "GOOGLE_CLOUD_PROJECT")
 RUNTIME_OUTPUT = "runtime"
 IMAGE_NOTE = (
     "steps in an image that has nbmagic are container components running its step executor\n"
@@ -177,6 +182,7 @@ def _plan_components(
             modules.append("IPython")  # %time / !cmd lines in the cell run through an IPython shell
         if (settings.store or "").startswith("s3://"):
             modules.append("boto3")  # the step records itself in the shared store
+        store_pins = _gcs_pins() if (settings.store or "").startswith("gs://") else []
         for source in plan.steps:
             if source.name in ancestors[step.name]:
                 modules += source.modules
@@ -186,7 +192,7 @@ def _plan_components(
             pins = [
                 p for p in pins if packages.requirement_name(p) not in packages.ALWAYS or p.split("==")[0] in modules
             ]
-        requirements = packages.combine(pins, plan.packages, extra_packages, settings.packages)
+        requirements = packages.combine(pins, store_pins, plan.packages, extra_packages, settings.packages)
         try:
             # in the component's code, so KFP's cache key changes with the file's content (sha256: any image checks it)
             files = file_hashes(tuple(settings.inputs or ()), "sha256")
@@ -398,7 +404,20 @@ def _settings_calls(comp: _Component) -> list[str]:
         calls.append(
             f"kubernetes.use_secret_as_env({task}, secret_name={literal(name)}, secret_key_to_env={literal(key_to_env)})"
         )
-    if s.store_secret:
+    if s.store_secret and (s.store or "").startswith("gs://"):  # a key file, named by GOOGLE_APPLICATION_CREDENTIALS
+        mount = literal(GCS_SECRET_MOUNT)
+        calls.append(
+            f"kubernetes.use_secret_as_volume({task}, secret_name={literal(s.store_secret)}, mount_path={mount})"
+        )
+        calls.append(
+            f"{task}.set_env_variable({literal('GOOGLE_APPLICATION_CREDENTIALS')},"
+            f" {literal(GCS_SECRET_MOUNT + '/' + GCS_KEY_FILE)})"
+        )
+        calls.append(
+            f"kubernetes.use_secret_as_env({task}, secret_name={literal(s.store_secret)},"
+            f" secret_key_to_env={literal({k: k for k in GCS_SECRET_OPTIONAL})}, optional=True)"
+        )
+    elif s.store_secret:
         for keys, optional in ((STORE_SECRET_KEYS, ""), (STORE_SECRET_OPTIONAL, ", optional=True")):
             calls.append(
                 f"kubernetes.use_secret_as_env({task}, secret_name={literal(s.store_secret)},"
@@ -420,6 +439,16 @@ def _settings_calls(comp: _Component) -> list[str]:
             args.append(f"effect={literal(tol.effect)}")
         calls.append(f"kubernetes.add_toleration({task}, {', '.join(args)})")
     return calls
+
+
+def _gcs_pins() -> list[str]:
+    """google-cloud-storage at the version installed here (a step on a gs:// store records itself there)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return [f"google-cloud-storage=={version('google-cloud-storage')}"]
+    except PackageNotFoundError:
+        return ["google-cloud-storage"]
 
 
 def _uses_kubernetes(s: StepSettings) -> bool:

@@ -145,7 +145,7 @@ class PipelineMagics(Magics):
 
         Example: ``%pipeline_config --image python:3.11 --memory 2Gi --retries 1``
 
-        ``--store s3://BUCKET/PREFIX`` (or ``file:///PATH``) makes this kernel record runs and values in that shared
+        ``--store s3://BUCKET/PREFIX`` (or ``gs://BUCKET/PREFIX``, ``file:///PATH``) makes this kernel record runs and values in that shared
         store as well (``$NBMAGIC_STORE_URI``).
         """
         import os

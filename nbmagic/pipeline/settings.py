@@ -380,7 +380,7 @@ STORE_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         ("--store",),
         {
             "metavar": "URI",
-            "help": "shared run store: s3://BUCKET/PREFIX or file:///PATH (sets $NBMAGIC_STORE_URI in this kernel;"
+            "help": "shared run store: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or file:///PATH (sets $NBMAGIC_STORE_URI in this kernel;"
             " compiled pipelines write there too)",
         },
     ),
@@ -389,7 +389,8 @@ STORE_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         {
             "metavar": "SECRET",
             "help": "Kubernetes secret whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,"
-            " NBMAGIC_STORE_KEY) compiled steps get as environment variables",
+            " NBMAGIC_STORE_KEY) compiled steps get as environment variables; for a gs:// store, a service-account key"
+            " file under key.json, mounted and named by GOOGLE_APPLICATION_CREDENTIALS",
         },
     ),
 ]

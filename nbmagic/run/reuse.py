@@ -17,7 +17,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -304,6 +303,8 @@ class Reuse:
             else:
                 self.keys.pop(step.name, None)
         reported = {**{n: namespace[n] for n in step.metrics if n in namespace}, **assigned}
+        if carried and hidden:  # a secret's fingerprint is kept nowhere (the entry may be shared)
+            carried = _without_secrets(carried, namespace, hidden)
         return self._store_results(
             plan, step, key, values, inputs, reported, outputs, not_kept, mask("".join(kept), hidden), started, carried
         )
@@ -375,13 +376,12 @@ class Reuse:
             original = execution(self.store, found.reused_execution)
             if original is not None:
                 run_id, step = original.run_id, original.step
-        for row in self.store.step_rows(run_id):
-            if row["step"] == step and row.get("log"):
-                try:
-                    return run_id, Path(row["log"]).read_text(errors="replace")
-                except OSError:
-                    return run_id, ""
-        return run_id, ""
+        from ..store.shared_logs import step_log
+
+        try:
+            return run_id, step_log(self.store, run_id, step) or ""  # here, else from the shared store
+        except OSError:
+            return run_id, ""
 
     def _store_results(
         self,
@@ -587,6 +587,15 @@ def _stale(stored: dict[str, str | None] | None, current: dict[str, str | None])
         if digest is None or stored is None or stored.get(name) != digest:
             return name
     return None
+
+
+def _without_secrets(
+    carried: dict[str, str | None], namespace: dict[str, Any], hidden: tuple[str, ...]
+) -> dict[str, str | None]:
+    """``carried`` with no fingerprint of a value that holds one of the step's secrets (None: not known)."""
+    from ..store.objects import _holds_secret
+
+    return {n: None if _holds_secret(namespace.get(n), hidden) else fp for n, fp in carried.items()}
 
 
 def _kernel_key(key: str, carried: dict[str, str | None]) -> str:

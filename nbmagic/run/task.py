@@ -46,7 +46,7 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
     spec = json.loads(Path(spec_path).read_text())
     _redirect_output(spec["log"])
     os.environ.update(spec.get("env", {}))
-    from ..store.objects import ObjectStore
+    from ..store.objects import ObjectStore, _holds_secret
 
     store = ObjectStore(Path(spec["store"]))
     result: dict[str, Any] = {"status": "failed", "outputs": {}, "not_kept": {}, "metrics": {}, "started": time.time()}
@@ -67,7 +67,9 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
             for name in carried:
                 if name in namespace:
                     before[name] = fingerprint(namespace[name])
-            result["carried"] = {name: before.get(name) for name in carried}
+            # a value holding a secret has no fingerprint kept (the cache entry may be shared): None, not known
+            hidden = {n for n in carried if secrets and n in namespace and _holds_secret(namespace[n], secrets)}
+            result["carried"] = {name: None if name in hidden else before.get(name) for name in carried}
 
         assigned = execute(
             spec["step"],

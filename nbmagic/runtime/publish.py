@@ -1,10 +1,12 @@
 """A compiled step records itself in the shared run store: its values, then one signed record for the step.
 
-Runs inside a KFP component, so standard library only (boto3 is imported when the store is on S3, like a format's
-library). The layout and record format are the run store's (``nbmagic.store.remote``): values under
+Runs inside a KFP component, so standard library only (boto3 is imported when the store is on S3, and
+google-cloud-storage when it is on Cloud Storage, like a format's library). The layout and record format are the run store's (``nbmagic.store.remote``): values under
 ``objects/<h[:2]>/<h>/`` with their ``manifest.json`` written last and only if absent, the step as
 ``runs/<ms>-<run id>-<step>.json``; a kernel importing the records puts the run together from its steps.
-Credentials come from the environment (the ``--store-secret`` Kubernetes secret, or the pod's identity).
+Credentials come from the environment (the ``--store-secret`` Kubernetes secret, or the pod's identity; on Cloud
+Storage Application Default Credentials: the secret's key file through ``$GOOGLE_APPLICATION_CREDENTIALS``, or
+workload identity).
 """
 
 from __future__ import annotations
@@ -135,12 +137,60 @@ class _S3:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
+class _GCS:
+    """A Cloud Storage bucket: Application Default Credentials, ``$STORAGE_EMULATOR_HOST`` for a local server."""
+
+    def __init__(self, bucket: str, prefix: str) -> None:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+        from google.cloud import storage
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
+        self.bucket, self.prefix, self.retry = client.bucket(bucket), prefix, DEFAULT_RETRY
+        self.not_found, self.taken = NotFound, PreconditionFailed
+
+    def _blob(self, key: str, chunk: int | None = None):  # noqa: ANN202
+        return self.bucket.blob(f"{self.prefix}/{key}" if self.prefix else key, chunk_size=chunk)
+
+    def exists(self, key: str) -> bool:
+        return bool(self._blob(key).exists(retry=self.retry))
+
+    def put(self, key: str, source: Path | None = None, data: bytes | None = None, if_absent: bool = False) -> None:
+        if source is not None:  # above 8 MiB a resumable upload, streamed in 32 MiB chunks
+            self._blob(key, 32 << 20).upload_from_filename(str(source), retry=self.retry)
+            return
+        try:
+            self._blob(key).upload_from_string(
+                data or b"", if_generation_match=0 if if_absent else None, retry=self.retry
+            )
+        except self.taken:
+            if not if_absent:
+                raise
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._blob(key).download_as_bytes(retry=self.retry)
+        except self.not_found:
+            return None
+
+    def live(self, prefix: str) -> bool:
+        now = time.time()
+        blobs = self.bucket.client.list_blobs(self.bucket, prefix=self._blob(prefix).name, retry=self.retry)
+        return any(now - blob.updated.timestamp() < 600 for blob in blobs)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._blob(key).delete(retry=self.retry)
+        except self.not_found:
+            pass
+
+
 def _backend(uri: str):  # noqa: ANN202
     scheme, _, rest = uri.partition("://")
     if scheme == "file":
         return _Folder(rest)
     bucket, _, prefix = rest.partition("/")
-    return _S3(bucket, prefix.strip("/"))
+    return (_GCS if scheme in ("gs", "gcs") else _S3)(bucket, prefix.strip("/"))
 
 
 def _sign(data: bytes) -> str | None:

@@ -1,4 +1,5 @@
-"""Blobs by key on a shared store: S3 (boto3, imported on first use) or a folder on a shared disk.
+"""Blobs by key on a shared store: S3 (boto3, imported on first use) or a folder on a shared disk (Cloud Storage:
+``nbmagic.store.gcs``, the same operations).
 
 Both give the same few operations. A blob is visible whole or not at all: S3 makes an object visible only once
 its upload (multipart included) completes; the folder backend writes a temp file and renames it into place.
@@ -62,6 +63,10 @@ class Backend:
 
 
 def open_backend(uri: StoreURI) -> Backend:
+    if uri.scheme == "gs":
+        from .gcs import GCSBackend  # Cloud Storage through Google's client, in its own module
+
+        return GCSBackend(uri)
     return FileBackend(uri) if uri.scheme == "file" else S3Backend(uri)
 
 

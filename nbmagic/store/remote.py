@@ -1,4 +1,4 @@
-"""The shared run store: runs and values published to S3 (or a shared folder) and read back by every kernel.
+"""The shared run store: runs and values published to S3, Cloud Storage or a shared folder, read back by every kernel.
 
 Layout under the store URI's prefix::
 
@@ -135,7 +135,7 @@ def well_formed(record: Any) -> bool:
 
 
 class RemoteStore:
-    """One shared store (S3 bucket prefix or folder) and the operations the local store needs from it."""
+    """One shared store (an S3 or Cloud Storage bucket prefix, or a folder) and the operations the local store needs."""
 
     def __init__(self, uri: StoreURI, backend: Backend | None = None) -> None:
         self.uri = uri

@@ -690,14 +690,38 @@ class RunStore:
             .fetchone()
         )
         if row is None:
-            return None
+            return self._shared_cache_get(key)
         carried = json.loads(row[6]) if row[6] else None
         entry = CacheEntry(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), json.loads(row[5]), carried)
         if not all(self.objects.exists(ref["hash"]) for ref in entry.outputs.values()):
-            return None  # a value was collected or lost: run the step again
+            return self._shared_cache_get(key)  # a value was collected or lost here: the team's, else run again
         if touch:
             self.cache_touch(key)
         return entry
+
+    def _shared_cache_get(self, key: str) -> CacheEntry | None:
+        """A local miss: the shared store's entry under ``key``, verified, its values pulled here (or None)."""
+        if self.remote is None:
+            return None
+        from .shared_cache import lookup
+
+        return lookup(self, key)
+
+    def cache_entries_of_run(self, run_id: str) -> list[CacheEntry]:
+        """The cache entries whose results the steps of ``run_id`` computed (not those it took from the cache)."""
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT c.key, c.step, c.execution_id, c.outputs, c.metrics, c.not_kept, c.carried FROM cache c"
+                " JOIN executions e ON e.id = c.execution_id WHERE e.run_id=? AND e.cached=0",
+                (run_id,),
+            )
+            .fetchall()
+        )
+        return [
+            CacheEntry(k, s, x, json.loads(o), json.loads(m), json.loads(n), json.loads(c) if c else None)
+            for k, s, x, o, m, n, c in rows
+        ]
 
     def cache_touch(self, key: str) -> None:
         with self._db() as db:
@@ -962,7 +986,24 @@ class RunStore:
             with self._db() as db:
                 db.execute("DELETE FROM remote_outbox WHERE uri=? AND run_id=?", (uri, run_id))
             done.append(run_id)
+            self._publish_shared_extras(run_id)
         return done
+
+    def _publish_shared_extras(self, run_id: str) -> None:
+        """After a run's record: its steps' cache entries and logs (a failure is one line; the run stays shared)."""
+        from .backends import RemoteError
+        from .objects import StoreError
+        from .shared_cache import publish_run as publish_entries
+        from .shared_logs import publish_run as publish_logs
+
+        try:
+            publish_entries(self, run_id)
+            publish_logs(self, run_id)
+        except (RemoteError, StoreError, OSError) as exc:
+            print(
+                f"nbmagic: run {run_id} is in {self.remote.uri} but its cache entries or step logs are not: {exc}",
+                file=sys.stderr,
+            )
 
     def export_run(self, run_id: str) -> dict[str, Any]:
         """A run as one self-contained record (run row, DAG, experiment, executions with their values)."""
@@ -984,6 +1025,9 @@ class RunStore:
             reused = props.pop("reused_execution", None)
             if step["cached"]:
                 props["not_kept"] = self.cached_not_kept(step["cache_key"], reused)
+                origin = self._execution_origin(reused)
+                if origin is not None:  # ids are this index's own: the execution it reused goes by run and step
+                    props["reused_from"] = origin
             executions.append(
                 {
                     **{k: step[k] for k in ("step", "state", "cached", "started", "ended", "error", "traceback")},
@@ -998,6 +1042,12 @@ class RunStore:
         if record.experiment:
             experiment = {"name": record.experiment, "properties": self.experiment_properties(record.experiment) or {}}
         return {"format": 1, "run": run, "experiment": experiment, "executions": executions, "exported": time.time()}
+
+    def _execution_origin(self, execution_id: Any) -> dict[str, str] | None:
+        if not isinstance(execution_id, int):
+            return None
+        row = self._connection().execute("SELECT run_id, step FROM executions WHERE id=?", (execution_id,)).fetchone()
+        return {"run": row[0], "step": row[1]} if row else None
 
     def import_runs(self, records: list[dict[str, Any]]) -> int:
         """Add (or complete) runs published elsewhere, in one transaction; a run made by this store is never
@@ -1093,6 +1143,16 @@ class RunStore:
             (ex_id,) = db.execute(
                 "SELECT id FROM executions WHERE run_id=? AND step=?", (run_id, ex["step"])
             ).fetchone()
+            props = dict(ex.get("properties") or {})
+            props.pop("reused_execution", None)  # another index's id: what it reused goes by run and step
+            origin = props.get("reused_from")
+            if isinstance(origin, dict):  # lineage follows it here too
+                found = db.execute(
+                    "SELECT id FROM executions WHERE run_id=? AND step=?",
+                    (str(origin.get("run")), str(origin.get("step"))),
+                ).fetchone()
+                if found:
+                    props["reused_execution"] = found[0]
             db.execute(
                 "UPDATE executions SET state=?, cache_key=?, code_hash=?, cached=?, started=?, ended=?, error=?,"
                 " traceback=?, properties=?, environment=? WHERE id=?",
@@ -1105,7 +1165,7 @@ class RunStore:
                     ex.get("ended"),
                     ex.get("error"),
                     ex.get("traceback"),
-                    json.dumps(ex.get("properties") or {}),
+                    json.dumps(props),
                     json.dumps(ex["environment"]) if ex.get("environment") else None,
                     ex_id,
                 ),

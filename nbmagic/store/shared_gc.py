@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from ..units import format_size
+from . import shared_cache
 from .backends import RemoteError
 from .remote import STALE_S, record_hashes
 from .runs import RunStore
@@ -60,6 +61,7 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
         found.records += 1
         if not dry_run:
             remote.backend.delete(key)
+    found.leftovers += shared_cache.sweep(remote, dry_run, grace, dropped)  # entries and logs of runs gone
     folders: dict[str, list] = {}
     for blob in remote.backend.list("objects/"):
         parts = blob.key.split("/")

@@ -154,7 +154,18 @@ def build_experiment(
     }
     if service_account:
         pod["serviceAccountName"] = service_account
-    if store_secret:
+    if store_secret and (store or "").startswith("gs://"):  # the service-account key file, mounted
+        from ..compile.generate import GCS_KEY_FILE, GCS_SECRET_MOUNT, GCS_SECRET_OPTIONAL
+
+        container = pod["containers"][0]
+        container["volumeMounts"].append({"name": "nbmagic-store", "mountPath": GCS_SECRET_MOUNT, "readOnly": True})
+        pod["volumes"].append({"name": "nbmagic-store", "secret": {"secretName": store_secret}})
+        container["env"] = [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": f"{GCS_SECRET_MOUNT}/{GCS_KEY_FILE}"}]
+        container["env"] += [
+            {"name": k, "valueFrom": {"secretKeyRef": {"name": store_secret, "key": k, "optional": True}}}
+            for k in GCS_SECRET_OPTIONAL
+        ]
+    elif store_secret:
         from ..compile.generate import STORE_SECRET_KEYS, STORE_SECRET_OPTIONAL
 
         pod["containers"][0]["env"] = [

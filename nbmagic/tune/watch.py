@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
+from ..k8s_names import is_label
 from .experiment import RUNNING, STOPPED, SUCCEEDED, Experiment, Trial
 from .ownership import alive, describe, read_owner
 from .space import ExperimentSpec, ParameterSpace, TuneError
@@ -91,6 +92,8 @@ class WatchedExperiment(Experiment):
     backend = "local"
 
     def __init__(self, name: str, *, directory: Path | None = None, interval: float = 0.5) -> None:
+        if not is_label(name):  # the name becomes a file name in the store
+            raise TuneError(f"{name!r} is not an experiment name (lowercase letters, digits and '-')")
         folder = _directory(directory)
         self.path = folder / f"{name}.journal"
         if not self.path.is_file():
@@ -191,6 +194,11 @@ class WatchedExperiment(Experiment):
             self.message = f"watch ended: {self.path} could not be read {failed} times in a row ({reason})"
         self._done.set()
         self._notify()
+
+    def wait(self, timeout: float | None = None) -> WatchedExperiment:
+        """Block until the experiment ends; an interrupt ends only this wait (the experiment is not ours to stop)."""
+        self._done.wait(timeout)
+        return self
 
     def stop(self, wait: bool = False) -> WatchedExperiment:
         """Not allowed: the experiment belongs to the process that drives it."""

@@ -14,19 +14,33 @@ def start_kernel() -> tuple[Any, Any]:
     return start_new_kernel(kernel_name="python3", env=dict(os.environ))
 
 
-def execute(client: Any, code: str, timeout: float = 120) -> tuple[str, str, str]:
-    """Run ``code`` in the kernel and wait for it: (status, stdout, stderr + error tracebacks)."""
-    out: list[str] = []
-    err: list[str] = []
+def _outputs(client: Any, code: str, timeout: float) -> tuple[str, list[tuple[str, str]]]:
+    """Run ``code`` and wait for it: its status and, in order, (stream name or "error", text) of what it showed."""
+    shown: list[tuple[str, str]] = []
 
     def hook(msg: dict[str, Any]) -> None:
         if msg["msg_type"] == "stream":
-            (out if msg["content"]["name"] == "stdout" else err).append(msg["content"]["text"])
+            shown.append((msg["content"]["name"], msg["content"]["text"]))
         elif msg["msg_type"] == "error":
-            err.append("\n".join(msg["content"]["traceback"]))
+            shown.append(("error", "\n".join(msg["content"]["traceback"])))
 
     reply = client.execute_interactive(code, timeout=timeout, output_hook=hook)
-    return reply["content"]["status"], "".join(out), "".join(err)
+    return reply["content"]["status"], shown
+
+
+def execute(client: Any, code: str, timeout: float = 120) -> tuple[str, str, str]:
+    """Run ``code`` in the kernel and wait for it: (status, stdout, stderr + error tracebacks)."""
+    status, shown = _outputs(client, code, timeout)
+    out = "".join(text for name, text in shown if name == "stdout")
+    return status, out, "".join(text for name, text in shown if name != "stdout")
+
+
+def execute_ok(client: Any, code: str, timeout: float = 120) -> str:
+    """Run ``code`` in the kernel, failing the test unless it succeeds: all it printed, in order."""
+    status, shown = _outputs(client, code, timeout)
+    text = "".join(text for _, text in shown)
+    assert status == "ok", text
+    return text
 
 
 def execute_in_background(client: Any, code: str, timeout: float = 300) -> tuple[threading.Thread, dict[str, Any]]:
