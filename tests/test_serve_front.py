@@ -109,3 +109,43 @@ def test_kserve_routes_still_answer_behind_the_front(tmp_path):
         }
         bad = requests.post(f"{base}/v1/models/front:predict", data=b"{", timeout=10)
         assert bad.status_code == 400 and bad.json()["error"].startswith("request body is not JSON")
+
+
+@pytest.mark.slow
+def test_logged_requests_time_the_front_too(tmp_path):
+    """With --log-requests, KServe's timing middleware goes around the front: inference requests are timed too."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from nbmagic.serve import local
+    from nbmagic.serve.package import build
+
+    class Double:
+        def predict(self, x):
+            return [v * 2 for v in x]
+
+    package = build(Double(), tmp_path / "package", name="logged")
+    port = local.free_port()
+    log = tmp_path / "server.log"
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    argv = ["--package", str(package.path), "--name", "logged", "--http-port", str(port), "--log-requests"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "nbmagic.serve.server", *argv], stdout=out, stderr=out, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not local._answers("127.0.0.1", port, "/v1/models/logged"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/models/logged:predict", json={"instances": [2]}, timeout=10)
+        assert answer.json() == {"predictions": [4]}
+        deadline = time.monotonic() + 10
+        while "kserve.io.v1.models.logged:predict" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "kserve.io.v1.models.logged:predict" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -190,15 +190,18 @@ def _install(
                 uvicorn_server.startup = started
 
         def _add_middlewares(self, app: Any) -> None:
-            if log_requests:
-                super()._add_middlewares(app)
+            pass  # KServe's timing middleware goes around the front instead (below), when requests are logged
 
         def create_application(self) -> None:
-            if _PREBUILT is not None and _PREBUILT.dataplane is self.dataplane:  # routes already on the app
-                self._add_middlewares(model_server.app)
-            else:
+            if _PREBUILT is None or _PREBUILT.dataplane is not self.dataplane:  # else: routes already on the app
                 super().create_application()
-            self.config.app = front(model_server.app)
+            app = front(model_server.app)
+            if log_requests:  # time every request, the front's too (named after KServe's matching routes)
+                from kserve.protocol.rest.server import PrintTimings, StarletteScopeToName, TimingMiddleware
+
+                namer = StarletteScopeToName(prefix="kserve.io", starlette_app=model_server.app)
+                app = TimingMiddleware(app, client=PrintTimings(), metric_namer=namer)
+            self.config.app = app
 
         def _add_exception_handlers(self, app: Any) -> None:
             super()._add_exception_handlers(app)
