@@ -43,7 +43,9 @@ def _magic_classes() -> list[type]:
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbmagic``: register the magics and the hooks that record cells as they run."""
     from .magics.state import kernel_state
+    from .run.module_clock import install
 
+    install()  # notes when modules are imported: reuse never files an edited module's results under stale code
     state = kernel_state(ipython)
     for cls in _magic_classes():
         ipython.register_magics(cls)

@@ -19,6 +19,10 @@ from .errors import NbMagicError
 
 ENV = "NBMAGIC_STORE_URI"
 KEY_ENV = "NBMAGIC_STORE_KEY"  # the team's shared signing key (a secret; never written anywhere)
+RETRIES_ENV = "NBMAGIC_STORE_RETRIES"  # attempts of each request to an S3 or Cloud Storage store
+DEFAULT_RETRIES = 3
+MAX_RETRIES = 20
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Cloud Storage: 3-63 characters (up to 222 with dots, 63 between them), no "goog" prefix, no "google"
 _GS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
@@ -69,6 +73,8 @@ def parse(text: str, option: str = "--store") -> StoreURI:
         chain = "Application Default Credentials" if gs else "the AWS credential chain"
         raise StoreURIError(f"{option} {value!r}: credentials and options do not go in the URI (use {chain})")
     bucket, _, prefix = rest.partition("/")
+    if _IPV4.match(bucket):
+        raise StoreURIError(f"{option} {value!r}: {bucket!r} is an IP address, not a bucket name")
     if gs:
         if not _gs_bucket(bucket):
             raise StoreURIError(
@@ -111,3 +117,16 @@ def shared_key() -> bytes | None:
             f"${KEY_ENV} is too short to sign with: give at least 16 characters (e.g. 32 random bytes, hex)"
         )
     return value.encode()
+
+
+def store_retries() -> int:
+    """How many times each request to an S3 or Cloud Storage store is tried (``$NBMAGIC_STORE_RETRIES``,
+    default 3; 1 means no retry), or one line naming the variable."""
+    value = os.environ.get(RETRIES_ENV, "").strip()
+    if not value:
+        return DEFAULT_RETRIES
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_RETRIES:
+        raise StoreURIError(
+            f"${RETRIES_ENV} {value!r}: give the number of attempts of each store request, 1 to {MAX_RETRIES}"
+        )
+    return int(value)

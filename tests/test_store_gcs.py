@@ -311,34 +311,62 @@ def test_shared_gc_on_gcs_and_its_lease_against_publishing(tmp_path, gcs_store):
 
 
 def test_compiled_steps_and_katib_trials_get_the_gs_store_and_its_key_file_by_secret_name():
+    import yaml
+
     from nbmagic.compile.kfp import compile_pipeline
     from nbmagic.pipeline.settings import StepSettings
     from nbmagic.tune.katib import build_experiment
     from nbmagic.tune.space import ExperimentSpec, parse_param
 
+    mount, key_file = "/var/run/secrets/nbmagic-store", "/var/run/secrets/nbmagic-store/key.json"
     text = compile_pipeline(_plan(), defaults=StepSettings(store="gs://team-bucket/runs", store_secret="team-gcs"))
-    assert "gs://team-bucket/runs" in text and "google-cloud-storage==" in text and "boto3" not in text
-    assert "secretName: team-gcs" in text and "mountPath: /var/run/secrets/nbmagic-store" in text
-    assert "GOOGLE_APPLICATION_CREDENTIALS" in text and "/var/run/secrets/nbmagic-store/key.json" in text
-    assert "AWS_SECRET_ACCESS_KEY" not in text
+    spec, platform = yaml.safe_load_all(text)
+    executors = spec["deploymentSpec"]["executors"]
+    steps = {name for name in executors if name in ("exec-make", "exec-use")}
+    assert steps == {"exec-make", "exec-use"}, list(executors)
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in steps:
+        container = executors[name]["container"]
+        assert {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": key_file} in container["env"], container
+        assert not [e for e in container["env"] if e["name"].startswith("AWS_")]
+        program = " ".join(container["command"] + container["args"])
+        assert "gs://team-bucket/runs" in program and "google-cloud-storage==" in program and "boto3" not in program
+        assert key_file in program and "team-gcs" in program, "the step checks for the key file before its cell"
+        (volume,) = kubernetes[name]["secretAsVolume"]
+        assert (volume["secretName"], volume["mountPath"], volume["optional"]) == ("team-gcs", mount, False)
+        (env,) = kubernetes[name]["secretAsEnv"]
+        assert env["secretName"] == "team-gcs" and env["optional"] is True
+        assert {e["envVar"]: e["secretKey"] for e in env["keyToEnv"]} == {
+            "NBMAGIC_STORE_KEY": "NBMAGIC_STORE_KEY",
+            "GOOGLE_CLOUD_PROJECT": "GOOGLE_CLOUD_PROJECT",
+        }
     # workload identity: no secret, nothing mounted
-    plain = compile_pipeline(_plan(), defaults=StepSettings(store="gs://team-bucket/runs"))
-    assert "gs://team-bucket/runs" in plain and "GOOGLE_APPLICATION_CREDENTIALS" not in plain
+    spec, *rest = yaml.safe_load_all(compile_pipeline(_plan(), defaults=StepSettings(store="gs://team-bucket/runs")))
+    for name in steps:
+        container = spec["deploymentSpec"]["executors"][name]["container"]
+        assert "gs://team-bucket/runs" in " ".join(container["command"] + container["args"])
+        assert not container.get("env") and key_file not in " ".join(container["command"] + container["args"])
+    assert not rest or not steps & set(rest[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"])
     spec = ExperimentSpec((parse_param("c=double(0,6)"),), "loss", name="exp", max_trials=2)
     manifest = build_experiment(
         spec, name="exp", namespace="team", host="http://kfp", pipeline_name="p", store="gs://b-1/p", store_secret="sa"
     )
     pod = manifest["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
-    container = pod["containers"][0]
+    (container,) = pod["containers"]
     assert "--store gs://b-1/p" in " ".join(container["command"])
-    assert {"name": "nbmagic-store", "secret": {"secretName": "sa"}} in pod["volumes"]
-    env = {e["name"]: e for e in container["env"]}
-    assert env["GOOGLE_APPLICATION_CREDENTIALS"]["value"] == "/var/run/secrets/nbmagic-store/key.json"
-    assert env["NBMAGIC_STORE_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "sa",
-        "key": "NBMAGIC_STORE_KEY",
-        "optional": True,
+    # the key named, not optional: a secret without key.json stops the pod before the trial runs
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["nbmagic-store"] == {
+        "name": "nbmagic-store",
+        "secret": {"secretName": "sa", "items": [{"key": "key.json", "path": "key.json"}]},
     }
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["nbmagic-store"] == {"name": "nbmagic-store", "mountPath": mount, "readOnly": True}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": key_file}
+    for name in ("NBMAGIC_STORE_KEY", "GOOGLE_CLOUD_PROJECT"):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "sa", "key": name, "optional": True}
+    assert set(env) == {"GOOGLE_APPLICATION_CREDENTIALS", "NBMAGIC_STORE_KEY", "GOOGLE_CLOUD_PROJECT"}
 
 
 @pytest.mark.slow

@@ -281,14 +281,18 @@ def _signature(comp: _Component, plan: PipelinePlan) -> list[str]:
 
 
 def _store_target(comp: _Component, plan: PipelinePlan) -> dict[str, Any]:
-    """Where and as what a step records itself in the shared store (the run id comes from KFP at run time)."""
-    return {
+    """Where and as what a step records itself in the shared store (the run id comes from KFP at run time); with
+    a gs:// store and ``--store-secret``, the key file the step checks for before its cell runs."""
+    target: dict[str, Any] = {
         "uri": comp.settings.store,
         "pipeline": plan.name,
         "notebook": Path(plan.notebook).name if plan.notebook else None,
         "steps": [s.name for s in plan.steps],
         "dag": {s.name: list(s.upstream) for s in plan.steps},
     }
+    if comp.settings.store_secret and (comp.settings.store or "").startswith("gs://"):
+        target.update(key_file=f"{GCS_SECRET_MOUNT}/{GCS_KEY_FILE}", secret=comp.settings.store_secret)
+    return target
 
 
 def _container_source(comp: _Component, plan: PipelinePlan) -> list[str]:

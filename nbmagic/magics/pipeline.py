@@ -72,15 +72,30 @@ class PipelineMagics(Magics):
         whose code matches no recorded part of NAME, nor its first line, is taken as the next part, and one
         line says so; ``%pipeline --remove NAME`` starts the step over.
 
-        Reuse (``--reuse`` here or on ``%pipeline_config``; off by default): when the step's code, the notebook
-        code it uses, the parameters and the kernel's values it reads, package versions and its ``--inputs``
-        files are unchanged, the cell is not run: its results are loaded from the store (where an earlier cell
-        or ``%compile_run`` left them) and what it printed is shown again, with one line saying so. Reuse skips
-        side effects: files the cell writes and plots it draws are not made again. A step that reads a file
-        should declare it (``--inputs data/raw.csv``: a changed file means the step runs) or use ``--no-reuse``.
-        A value that cannot be hashed or stored makes the cell simply run. A value the cell changes in place
-        unseen by its code is found (fingerprints before and after) and kept with its results. On a cluster,
-        an ``--inputs`` file must be in the step's pod at the same path (image or ``--volume``).
+        Reuse (``--reuse`` here or on ``%pipeline_config --reuse``; off by default; ``--no-reuse`` always runs
+        the cell): when the step's code, the notebook code it uses, the parameters and the kernel's values it
+        reads (hashed from what the kernel holds now), package versions and its ``--inputs`` files are unchanged,
+        the cell is not run: its results are loaded from the store (where an earlier cell or ``%compile_run``
+        left them), what it printed is shown again, and one line says it was reused. A cell that runs stores
+        its results under the same key, so ``%compile_run`` and the next restart take them.
+
+        What reuse skips: the cell's side effects. Prints are replayed; files it writes and plots it draws are
+        not made again (nor values it displays, nor library state it changes, such as a random generator's). A step that reads a file should declare it, ``--inputs data/raw.csv`` (its content hash
+        joins the key: a changed file means the step runs, here and in ``%compile_run``; on a cluster the file
+        must be at that path in the step's pod), or use ``--no-reuse``.
+
+        Carried values: values from ordinary cells the step uses (``k = 2``, ``history = []``) are
+        fingerprinted; a cell whose kernel holds other values than its stored results were computed with runs
+        instead, and results computed with values the notebook's cells do not give are kept for this kernel
+        only, never for ``%compile_run``. A value the cell changes in place unseen by its code is found
+        (fingerprints before and after) and kept with its results.
+
+        The cell simply runs, one line saying why, when reuse cannot be sure: a value it reads or assigns
+        cannot be hashed or stored, two names it assigns are one object, it defines functions or classes (loaded
+        from the store they would not see the kernel's globals), it deletes a name on some paths only, the step
+        spans several cells, a local module it uses was edited after the kernel imported it, a step it runs
+        ``--after`` failed, or a value holds a secret (``--secret`` values and ``--secret-file`` contents are never stored; kept
+        output shows ``***`` in their place).
 
         Example::
 

@@ -359,7 +359,7 @@ SETTING_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         {
             "action": "store_true",
             "default": False,
-            "help": "when the cell runs in the notebook, load its results from the store if code and inputs are unchanged",
+            "help": "when the cell runs in the notebook, load its results from the store if code and inputs are unchanged (prints replayed; files and plots not made again)",
         },
     ),
     (("--no-reuse",), {"action": "store_true", "default": False, "help": "always run the cell in the notebook"}),
@@ -368,7 +368,7 @@ SETTING_ARGUMENTS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         {
             "nargs": "+",
             "metavar": "PATH",
-            "help": "files or folders the step reads: a change to their content means the step runs again",
+            "help": "files or folders the step reads: their content hash joins the cache key, so a change means the step runs again (in the notebook and in runs)",
         },
     ),
 ]

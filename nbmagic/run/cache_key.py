@@ -104,11 +104,11 @@ def environment(modules: tuple[str, ...]) -> dict[str, Any]:
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages}
 
 
-def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
-    """module -> hash of its source, for modules the step imports from the notebook's own files (not installed)."""
+def local_files(modules: tuple[str, ...]) -> dict[str, list[str]]:
+    """module -> its source files, for modules the step imports from the notebook's own files (not installed)."""
     import importlib.util
 
-    found: dict[str, str] = {}
+    found: dict[str, list[str]] = {}
     for module in modules:
         if module in sys.stdlib_module_names or module in sys.builtin_module_names:
             continue
@@ -120,7 +120,16 @@ def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
         if not origin or not os.path.isfile(origin) or "site-packages" in origin or "dist-packages" in origin:
             continue
         folders = list(spec.submodule_search_locations or [])
-        files = sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py")) if folders else [origin]
+        found[module] = (
+            sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py")) if folders else [origin]
+        )
+    return found
+
+
+def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
+    """module -> hash of its source, for modules the step imports from the notebook's own files (not installed)."""
+    found: dict[str, str] = {}
+    for module, files in local_files(modules).items():
         digest = hashlib.sha256()
         for name in files:
             try:

@@ -163,6 +163,12 @@ class Reuse:
     # -- the key ----------------------------------------------------------------------------------
     def key(self, plan: PipelinePlan, step: StepPlan, namespace: dict[str, Any]) -> tuple[str, dict, dict]:
         """(cache key, parameter values, input hashes) for ``step`` from the kernel's current values."""
+        edited = _edited_module(step.modules)
+        if edited is not None:
+            raise NotReusable(
+                f"local module {edited!r} changed on disk after the kernel imported it; restart the kernel or"
+                " importlib.reload it"
+            )
         values: dict[str, Any] = {}
         for name in step.parameters:
             if name not in namespace:
@@ -172,10 +178,11 @@ class Reuse:
             except NbMagicError as exc:
                 raise NotReusable(str(exc)) from None
         inputs: dict[str, str] = {}
+        hidden = secrets(plan) if step.inputs else ()
         for var in step.inputs:
             if var not in namespace:
                 raise NotReusable(f"variable {var!r} is not set in the kernel")
-            inputs[var] = self.hasher.store_hash(namespace[var], var, secrets(plan))
+            inputs[var] = self.hasher.store_hash(namespace[var], var, hidden)
         return self._key(plan, step, values, inputs), values, inputs
 
     def _key(self, plan: PipelinePlan, step: StepPlan, values: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -215,15 +222,19 @@ class Reuse:
             print(f"{step.name}: runs (cannot be reused: {reason})", flush=True)
             run_body()
             return "ran"
-        entry = self.store.cache_get(key, touch=False)  # marked used with the record, off the cell's path
+        from ..store.shared_cache import Wanted
+
         # a parameter reported as a metric is the kernel's own value, not a stored one
         needed = set(step.outputs) | (set(step.metrics) & set(step.writes))
         carried = _carried(step, namespace)
+        followed = any(step.name in other.explicit_after for other in plan.steps)
+        wanted = Wanted(step.name, frozenset(needed), carried=carried, all_kept=True, followed=followed)
+        entry = self.store.cache_get(key, touch=False, wanted=wanted)  # marked used with the record, later
         stale = None if entry is None else _stale(entry.carried, carried)
         found = key
         if (entry is None or stale is not None) and carried and None not in carried.values():
             # results the kernel computed with carried values other than its cells give (kept under its own key)
-            own = self.store.cache_get(_kernel_key(key, carried), touch=False)
+            own = self.store.cache_get(_kernel_key(key, carried), touch=False, wanted=wanted)
             if own is not None:
                 found, entry, stale = _kernel_key(key, carried), own, None
         if stale is not None:
@@ -233,13 +244,31 @@ class Reuse:
                 flush=True,
             )
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
+            always, sometimes = _deleted(step.cell.code)
+            if sometimes:
+                print(
+                    f"{step.name}: runs (cannot be reused: it deletes {sorted(sometimes)[0]!r} on some paths only)",
+                    flush=True,
+                )
+                entry = None
+        if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             loaded = self._load(entry.outputs, step.cell.code, step.writes)
+            unbound = None if loaded is None else _notebook_code(loaded, namespace)
+            if unbound is not None:
+                print(
+                    f"{step.name}: runs (cannot be reused: {unbound!r} is a function defined in the notebook, or of a"
+                    " class the step defines; loaded from the store it would not see the kernel's globals)",
+                    flush=True,
+                )
+                loaded = None
             if loaded is not None:
+                for name in always - set(loaded):  # what running it leaves out of the kernel, reuse does too
+                    namespace.pop(name, None)
                 namespace.update(loaded)
                 self.keys[step.name] = found
                 source_run, log = self._earlier(entry.execution_id, step.name)
-                if log:
-                    sys.stdout.write(log)
+                if log:  # masked when it was kept; masked again with the secrets the step can read now
+                    sys.stdout.write(mask(log, secrets(plan, step)))
                 took = time.time() - started
                 print(
                     f"{step.name}: reused from run {source_run} (code and inputs unchanged; {took:.2f} s)"
@@ -264,6 +293,7 @@ class Reuse:
         # before and after, as a run's steps are: a change in place the code does not show is kept with the results
         from ..runtime.step import changed, fingerprint
 
+        self.keys.pop(step.name, None)  # until it has run: a cell that raises leaves no key for --after edges
         watched = [n for n in dict.fromkeys([*step.inputs, *(n for _, n in step.carried)]) if n not in step.writes]
         before = {n: fingerprint(namespace[n]) for n in watched if n in namespace}
         kept: list[str] = []
@@ -287,7 +317,20 @@ class Reuse:
                 else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
-        if moved and not not_kept:
+        loops = _loop_names(step.cell.code)  # `for d in [train, test]` leaves d on test: a loop's leftover, not kept
+        shared = _one_object(
+            {n: v for n, v in assigned.items() if n not in loops},
+            {n: namespace[n] for n in watched if n in namespace and n not in assigned},
+        )
+        if shared and not not_kept:
+            # stored values load as separate objects: a later change through one name would miss the other
+            print(
+                f"{step.name}: cannot be reused next time ({shared[0]!r} and {shared[1]!r} are one object;"
+                " loaded from the store they would be two)",
+                flush=True,
+            )
+            key = ""
+        if moved and not not_kept and key:
             key = self._learn(plan, step, moved, values, inputs, replan) or ""
         if key and not not_kept:
             self.keys[step.name] = key
@@ -297,7 +340,11 @@ class Reuse:
             # the kernel's carried values are not what the notebook's cells give them (a later cell or an earlier
             # step changed one): a run would compute something else under the runner's key, so the results are
             # kept under a key of the kernel's own, which only a kernel holding the same values finds
-            key = _kernel_key(key, carried) if None not in carried.values() else ""
+            # a key made from a secret's fingerprint would name the entry (cache/<key>.json): nothing is kept
+            secret = next((n for n in carried if hidden and _holds_secret(namespace.get(n), hidden)), None)
+            key = _kernel_key(key, carried) if None not in carried.values() and secret is None else ""
+            if secret is not None:
+                print(f"{step.name}: cannot be reused next time (the value it carries in {secret!r} holds a secret)")
             if key:
                 self.keys[step.name] = key
             else:
@@ -429,7 +476,10 @@ class Reuse:
                 not_kept[name] = SECRET
                 continue
             except Exception as exc:  # noqa: BLE001 - reported by name, and the entry is not cached
-                not_kept[name] = f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
+                # the type and the error's kind only: the error's text can quote the value
+                not_kept[name] = (
+                    f"{type(value).__module__}.{type(value).__qualname__}: cannot be stored ({type(exc).__name__})"
+                )
                 continue
             outputs[name] = asdict(ref)
             self.hasher.remember(value, ref.hash)
@@ -549,9 +599,10 @@ SECRET = "holds a secret"
 
 def secrets(plan: PipelinePlan, step: StepPlan | None = None) -> tuple[str, ...]:
     """The values of the ``--secret`` environment variables of ``step`` (of every step when None), as a local run
-    injects them: never stored, masked in logs."""
+    injects them, and the contents of its ``--secret-file`` mounts found here: never stored, masked in logs."""
 
     from ..pipeline.settings import local_env
+    from ..runtime.secret_files import secret_file_values
 
     steps = [step] if step is not None else list(plan.steps)
     found: dict[str, None] = {}
@@ -559,6 +610,8 @@ def secrets(plan: PipelinePlan, step: StepPlan | None = None) -> tuple[str, ...]
         settings = merged_settings(plan, each)
         env = local_env(settings, os.environ)
         found.update(dict.fromkeys(env[s.env] for s in settings.secret_env if env.get(s.env)))
+        if settings.secret_files:  # what the step can read at a --secret-file mount on this machine
+            found.update(dict.fromkeys(secret_file_values([f.path for f in settings.secret_files])))
     return tuple(found)
 
 
@@ -568,6 +621,112 @@ def mask(text: str, hidden: tuple[str, ...]) -> str:
         if len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+def _edited_module(modules: tuple[str, ...]) -> str | None:
+    """A local module the kernel imported whose files changed since (the key would name code it does not run)."""
+    from .cache_key import local_files
+    from .module_clock import loaded_at
+
+    for module in modules:
+        if module not in sys.modules:
+            continue  # the cell imports it from the file as it is now
+        files = local_files((module,)).get(module)
+        if not files:
+            continue
+        try:
+            newest = max(os.stat(name).st_mtime for name in files)
+        except OSError:
+            return module
+        if newest >= loaded_at(module):
+            return module
+    return None
+
+
+def _notebook_code(loaded: dict[str, Any], namespace: dict[str, Any]) -> str | None:
+    """A loaded name that is a function or class defined in the notebook (module ``__main__``), or an instance of
+    such a class, other than the kernel's own: stored by value, its code would read a copy of the globals."""
+    import types
+
+    for name, value in loaded.items():
+        if isinstance(value, types.FunctionType):
+            if value.__module__ == "__main__" and value.__globals__ is not namespace:
+                return name
+            continue
+        cls = value if isinstance(value, type) else type(value)
+        if cls.__module__ == "__main__" and namespace.get(cls.__qualname__) is not cls:
+            return name
+    return None
+
+
+def _deleted(code: str) -> tuple[set[str], set[str]]:
+    """Names the cell deletes: with a ``del`` at its top level (always), and in a block (on some paths only).
+    Deletions inside functions and classes are their own."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set(), set()
+
+    def names(node: ast.Delete) -> set[str]:
+        return {t.id for target in node.targets for t in ast.walk(target) if isinstance(t, ast.Name)}
+
+    always: set[str] = set()
+    sometimes: set[str] = set()
+    stack: list[ast.AST] = []
+    for node in tree.body:
+        if isinstance(node, ast.Delete):
+            always |= names(node)
+        else:
+            stack.append(node)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Delete):
+            sometimes |= names(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return always, sometimes - always
+
+
+def _loop_names(code: str) -> set[str]:
+    """Names bound as ``for`` loop targets anywhere in ``code``."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    return {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.For, ast.AsyncFor))
+        for target in ast.walk(node.target)
+        if isinstance(target, ast.Name)
+    }
+
+
+def _one_object(assigned: dict[str, Any], others: dict[str, Any]) -> tuple[str, str] | None:
+    """Two names, one assigned by the cell, bound to the same changeable object (``b = a``), if any."""
+    import types
+
+    seen: dict[int, str] = {}
+    for name, value in [*others.items(), *assigned.items()]:
+        if isinstance(value, (int, float, complex, str, bytes, type(None), range, type, types.ModuleType)):
+            continue
+        if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)):
+            continue
+        if isinstance(value, (tuple, frozenset)):
+            try:
+                hash(value)  # only immutable items
+                continue
+            except TypeError:
+                pass
+        first = seen.setdefault(id(value), name)
+        if first != name and name in assigned:
+            return name, first
+    return None
 
 
 def _carried_names(step: StepPlan) -> list[str]:
@@ -593,9 +752,13 @@ def _without_secrets(
     carried: dict[str, str | None], namespace: dict[str, Any], hidden: tuple[str, ...]
 ) -> dict[str, str | None]:
     """``carried`` with no fingerprint of a value that holds one of the step's secrets (None: not known)."""
-    from ..store.objects import _holds_secret
-
     return {n: None if _holds_secret(namespace.get(n), hidden) else fp for n, fp in carried.items()}
+
+
+def _holds_secret(value: Any, hidden: tuple[str, ...]) -> bool:
+    from ..store.objects import _holds_secret as holds
+
+    return holds(value, hidden)
 
 
 def _kernel_key(key: str, carried: dict[str, str | None]) -> str:

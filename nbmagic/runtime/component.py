@@ -38,11 +38,24 @@ def nbmagic_run(
     import time
 
     started = time.time()
+    if store:  # the store's credentials are checked before the cell runs, not found missing after it
+        from .publish import credentials_problem
+
+        problem = credentials_problem(store)
+        if problem:
+            sys.stderr.write(f"nbmagic: step {step!r}: {problem}\n")
+            raise SystemExit(1)
+    if store:
+        from .publish import heartbeat
+
+        stop_heartbeat = heartbeat(store)
 
     def record(state, values, error=None, result=None):
         if not store:
             return
         import tempfile
+
+        stop_heartbeat()
 
         from .publish import publish_step
 

@@ -4,6 +4,8 @@ Runs inside a KFP component, so standard library only (boto3 is imported when th
 google-cloud-storage when it is on Cloud Storage, like a format's library). The layout and record format are the run store's (``nbmagic.store.remote``): values under
 ``objects/<h[:2]>/<h>/`` with their ``manifest.json`` written last and only if absent, the step as
 ``runs/<ms>-<run id>-<step>.json``; a kernel importing the records puts the run together from its steps.
+While a step runs, :func:`heartbeat` keeps ``live/<run id>.json`` fresh from a background thread (and each
+step's record is preceded by one), so kernels show a run whose pod was killed as lost once it falls silent.
 Credentials come from the environment (the ``--store-secret`` Kubernetes secret, or the pod's identity; on Cloud
 Storage Application Default Credentials: the secret's key file through ``$GOOGLE_APPLICATION_CREDENTIALS``, or
 workload identity).
@@ -16,11 +18,17 @@ import hmac
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+from . import gcs_errors
+
 MANIFEST = "manifest.json"
+HEARTBEAT_S = float(os.environ.get("NBMAGIC_STORE_HEARTBEAT", "60"))  # well inside the readers' lease (600 s)
 
 
 class _Folder:
@@ -137,52 +145,94 @@ class _S3:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
 
+class StoreFailure(RuntimeError):
+    """The store refused or could not be reached: one line, naming the key and the cause (never a URL)."""
+
+
 class _GCS:
-    """A Cloud Storage bucket: Application Default Credentials, ``$STORAGE_EMULATOR_HOST`` for a local server."""
+    """A Cloud Storage bucket: Application Default Credentials, ``$STORAGE_EMULATOR_HOST`` for a local server.
+    Every failure is one :class:`StoreFailure` line (:mod:`.gcs_errors`); a 404 for an object is asked about the
+    bucket once, so a missing bucket is never taken for a missing object."""
 
     def __init__(self, bucket: str, prefix: str) -> None:
-        from google.api_core.exceptions import NotFound, PreconditionFailed
         from google.cloud import storage
         from google.cloud.storage.retry import DEFAULT_RETRY
 
-        client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
+        try:
+            client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
+        except Exception as exc:  # noqa: BLE001 - google.auth's errors, imported lazily
+            raise StoreFailure(f"cannot connect: {gcs_errors.reason(exc)}") from None
         self.bucket, self.prefix, self.retry = client.bucket(bucket), prefix, DEFAULT_RETRY
-        self.not_found, self.taken = NotFound, PreconditionFailed
+        self._bucket_seen = False
 
     def _blob(self, key: str, chunk: int | None = None):  # noqa: ANN202
         return self.bucket.blob(f"{self.prefix}/{key}" if self.prefix else key, chunk_size=chunk)
 
-    def exists(self, key: str) -> bool:
-        return bool(self._blob(key).exists(retry=self.retry))
+    def _fail(self, action: str, key: str, exc: BaseException, no_object: bool = False) -> StoreFailure:
+        if no_object and gcs_errors.status(exc) == 404:
+            return StoreFailure(f"cannot {action} {key}: the bucket does not exist")
+        return StoreFailure(f"cannot {action} {key}: {gcs_errors.reason(exc)}")
 
-    def put(self, key: str, source: Path | None = None, data: bytes | None = None, if_absent: bool = False) -> None:
-        if source is not None:  # above 8 MiB a resumable upload, streamed in 32 MiB chunks
-            self._blob(key, 32 << 20).upload_from_filename(str(source), retry=self.retry)
+    def _check_bucket(self, action: str, key: str) -> None:
+        """After an object's 404: one line when it is the bucket that is missing (asked once while it exists)."""
+        if self._bucket_seen:
             return
         try:
+            found = self.bucket.exists(retry=self.retry)
+        except Exception as exc:  # noqa: BLE001
+            if gcs_errors.status(exc) not in (401, 403):  # without storage.buckets.get the object's 404 stands
+                raise self._fail(action, key, exc) from None
+            found = True
+        if not found:
+            raise StoreFailure(f"cannot {action} {key}: the bucket does not exist")
+        self._bucket_seen = True
+
+    def exists(self, key: str) -> bool:
+        try:
+            found = bool(self._blob(key).exists(retry=self.retry))
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail("read", key, exc) from None
+        if not found:
+            self._check_bucket("read", key)
+        return found
+
+    def put(self, key: str, source: Path | None = None, data: bytes | None = None, if_absent: bool = False) -> None:
+        try:
+            if source is not None:  # above 8 MiB a resumable upload, streamed in 32 MiB chunks
+                self._blob(key, 32 << 20).upload_from_filename(str(source), retry=self.retry)
+                return
             self._blob(key).upload_from_string(
                 data or b"", if_generation_match=0 if if_absent else None, retry=self.retry
             )
-        except self.taken:
-            if not if_absent:
-                raise
+        except Exception as exc:  # noqa: BLE001
+            if not (if_absent and gcs_errors.status(exc) == 412):  # 412: the object is there, kept
+                raise self._fail("write", key, exc, no_object=True) from None
 
     def get(self, key: str) -> bytes | None:
         try:
             return self._blob(key).download_as_bytes(retry=self.retry)
-        except self.not_found:
-            return None
+        except Exception as exc:  # noqa: BLE001
+            if gcs_errors.status(exc) != 404:
+                raise self._fail("read", key, exc) from None
+        self._check_bucket("read", key)
+        return None
 
     def live(self, prefix: str) -> bool:
         now = time.time()
-        blobs = self.bucket.client.list_blobs(self.bucket, prefix=self._blob(prefix).name, retry=self.retry)
-        return any(now - blob.updated.timestamp() < 600 for blob in blobs)
+        try:
+            blobs = self.bucket.client.list_blobs(self.bucket, prefix=self._blob(prefix).name, retry=self.retry)
+            return any(now - blob.updated.timestamp() < 600 for blob in blobs)
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail("list", prefix, exc, no_object=True) from None
 
     def delete(self, key: str) -> None:
         try:
             self._blob(key).delete(retry=self.retry)
-        except self.not_found:
-            pass
+            return
+        except Exception as exc:  # noqa: BLE001
+            if gcs_errors.status(exc) != 404:
+                raise self._fail("delete", key, exc) from None
+        self._check_bucket("delete", key)
 
 
 def _backend(uri: str):  # noqa: ANN202
@@ -217,6 +267,49 @@ def _push(store, folder: Path) -> dict:  # noqa: ANN001
         if old is None or not hmac.compare_digest(old.decode(errors="replace").strip(), signature):
             store.put(base + "manifest.sig", data=signature.encode())
     return {k: manifest.get(k) for k in ("hash", "type", "format", "size")}
+
+
+def _beat(store, run_id: str) -> None:  # noqa: ANN001
+    info = {"host": socket.gethostname(), "pid": os.getpid()}
+    store.put(f"live/{run_id}.json", data=json.dumps(info).encode())
+
+
+def heartbeat(target: dict) -> Callable[[], None]:
+    """Renew run ``target["run"]``'s heartbeat every ``HEARTBEAT_S`` from a daemon thread (the first one too,
+    so the step waits for no request); returns the function that stops it. A failed renewal is tried again at
+    the next beat: the step's record is what must reach the store."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        store = None
+        while True:
+            try:
+                store = store or _backend(target["uri"])
+                _beat(store, target["run"])
+            except Exception:  # noqa: BLE001, S110 - a missed beat is retried; a long silence shows as lost
+                pass
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    threading.Thread(target=beat, daemon=True, name="nbmagic-heartbeat").start()
+    return stop.set
+
+
+def credentials_problem(target: dict) -> str | None:
+    """One line when the step was compiled to read the store's key file from its ``--store-secret``
+    (``target["key_file"]``, which ``$GOOGLE_APPLICATION_CREDENTIALS`` names) and the secret has none: checked
+    before the cell runs, so the step stops before its work rather than after it."""
+    key_file = target.get("key_file")
+    if not key_file or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") != key_file or os.path.isfile(key_file):
+        return None
+    if os.environ.get("STORAGE_EMULATOR_HOST"):  # a local server: the client sends no credentials at all
+        return None
+    secret = target.get("secret") or "the store secret"
+    name = os.path.basename(key_file)
+    return (
+        f"cannot record the step in {target['uri']}: the secret {secret!r} has no {name}"
+        f" (kubectl create secret generic {secret} --from-file={name}=SERVICE-ACCOUNT-KEY.json)"
+    )
 
 
 def publish_step(
@@ -292,6 +385,7 @@ def publish_step(
         }
         canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
         key = f"runs/{int(ended * 1000):013d}-{target['run']}-{step}.json"
+        _beat(store, target["run"])  # before the record: a reader that sees the record sees a fresh heartbeat
         store.put(key, data=json.dumps({"record": record, "sig": _sign(canonical)}).encode())
         return key
     finally:

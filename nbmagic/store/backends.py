@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NbMagicError
-from ..store_uri import StoreURI
+from ..store_uri import StoreURI, store_retries
 
 
 class RemoteError(NbMagicError):
@@ -60,6 +60,12 @@ class Backend:
 
     def delete(self, key: str) -> None:
         raise NotImplementedError
+
+    def now(self) -> float:
+        """The store's clock (what it stamps ``Blob.modified`` with), epoch seconds."""
+        import time
+
+        return time.time()
 
 
 def open_backend(uri: StoreURI) -> Backend:
@@ -220,7 +226,7 @@ class S3Backend(Backend):
                 f"the run store {uri} needs boto3: pip install 'nbmagic[s3]' (or pip install boto3)"
             ) from None
         config = Config(
-            retries={"max_attempts": int(os.environ.get("NBMAGIC_STORE_RETRIES", "3")), "mode": "standard"},
+            retries={"max_attempts": store_retries(), "mode": "standard"},  # attempts, the first included
             connect_timeout=10,
             read_timeout=120,
             max_pool_connections=32,
@@ -303,3 +309,15 @@ class S3Backend(Backend):
             self.client.delete_object(Bucket=self.uri.bucket, Key=self._key(key))
         except Exception as exc:  # noqa: BLE001
             raise self._fail("delete", key, exc) from None
+
+    def now(self) -> float:
+        """The server's clock, from the ``Date`` header of a one-key listing (1 s resolution)."""
+        from email.utils import parsedate_to_datetime
+
+        try:
+            reply = self.client.list_objects_v2(Bucket=self.uri.bucket, Prefix=self._key("live/"), MaxKeys=1)
+            return parsedate_to_datetime(reply["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            return super().now()
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail("list", "live/", exc) from None

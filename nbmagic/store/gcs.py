@@ -15,43 +15,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..store_uri import StoreURI
+from ..runtime import gcs_errors
+from ..store_uri import StoreURI, store_retries
 from .backends import Backend, Blob, RemoteError
 
 CHUNK = 32 << 20  # values above 8 MiB go up as resumable uploads, streamed from the file in chunks of this size
 TIMEOUT = (10.0, 120.0)  # connect, read (seconds) of each request
-CREDENTIALS_HINT = (
-    "GOOGLE_APPLICATION_CREDENTIALS / gcloud auth application-default login / the pod's workload identity"
-)
+PAGE_SIZE = 1000  # keys per listing request (the JSON API's maximum)
 
 
 def _reason(exc: BaseException, no_object: bool = False) -> str:
-    """A short cause for a google-cloud-storage failure (never a credential value). ``no_object``: a 404 cannot be
-    about an object (a listing, an upload), so it is the bucket that is missing."""
-    name = type(exc).__name__
-    cause = getattr(exc, "cause", None)  # api_core's RetryError wraps the last failure
-    if name == "RetryError" and isinstance(cause, BaseException):
-        return _reason(cause, no_object)
-    if name == "DefaultCredentialsError":
-        return f"no credentials: set up Application Default Credentials ({CREDENTIALS_HINT})"
-    if name in ("RefreshError", "TransportError") and "google.auth" in type(exc).__module__:
-        return f"the credentials could not be used ({name}): check {CREDENTIALS_HINT}"
-    code = getattr(exc, "code", None)
-    if isinstance(code, int) and hasattr(exc, "message"):  # google.api_core.exceptions.GoogleAPICallError
-        message = str(getattr(exc, "message", "") or "").splitlines()[0] if getattr(exc, "message", "") else ""
-        if code == 404 and (no_object or _bucket_missing(exc)):
-            return "the bucket does not exist"
-        if code in (401, 403):
-            return f"access denied ({code}): check the credentials ({CREDENTIALS_HINT}, or the store secret)"
-        return f"{code} {name}: {message}"[:300].strip()
-    text = str(exc).splitlines()[0] if str(exc) else name
-    return f"network error ({name}: {text[:200]})"
+    """A short cause for a google-cloud-storage failure (no URL, no credential value). ``no_object``: a 404
+    cannot be about an object (a listing, an upload), so it is the bucket that is missing."""
+    if gcs_errors.status(exc) == 404 and (no_object or _bucket_missing(exc)):
+        return "the bucket does not exist"
+    return gcs_errors.reason(exc)
 
 
 def _bucket_missing(exc: BaseException) -> bool:
     """Cloud Storage's own words for a read in a bucket that does not exist (a missing object is "No such
-    object"); a server that says only "Not Found" for both is taken at its word for the object."""
-    return "bucket does not exist" in str(getattr(exc, "message", "") or exc).lower()
+    object"); a server that says only "Not Found" for both is asked about the bucket (:meth:`GCSBackend._gone`)."""
+    error = gcs_errors.http_error(exc)
+    return error is not None and "bucket does not exist" in gcs_errors.server_message(error).lower()
 
 
 class GCSBackend(Backend):
@@ -60,24 +45,37 @@ class GCSBackend(Backend):
     def __init__(self, uri: StoreURI) -> None:
         self.uri = uri
         try:
-            from google.api_core import exceptions
             from google.cloud import storage
-            from google.cloud.storage.retry import DEFAULT_RETRY
+            from google.cloud.storage import retry as storage_retry
         except ImportError:
             raise RemoteError(
                 f"the run store {uri} needs google-cloud-storage: pip install 'nbmagic[gcs]'"
                 " (or pip install google-cloud-storage)"
             ) from None
-        self._storage, self._exceptions = storage, exceptions
-        attempts = max(1, int(os.environ.get("NBMAGIC_STORE_RETRIES", "3")))
-        # retried with backoff from 0.25 s, doubling, for up to 2**attempts seconds in all (3 -> 8 s)
-        retry = DEFAULT_RETRY.with_delay(initial=0.25, maximum=8.0, multiplier=2.0)
-        limit = (
-            getattr(retry, "with_timeout", None) or retry.with_deadline
-        )  # an older google-api-core names it deadline
-        self.retry = limit(float(2**attempts))
+        self._storage = storage
+        self.attempts = store_retries()  # tries of each operation, as for S3
+        base = storage_retry.DEFAULT_RETRY
+        self._transient = getattr(storage_retry, "_should_retry", None) or base._predicate
+        # backoff from 0.25 s, doubling up to 8 s; the attempts bound it (the timeout is only a backstop)
+        delayed = base.with_delay(initial=0.25, maximum=8.0, multiplier=2.0)
+        limit = getattr(delayed, "with_timeout", None) or delayed.with_deadline  # an older api-core: deadline
+        self._base_retry = limit(600.0)
         self._client: Any = None
         self._bucket: Any = None
+        self._bucket_seen = False  # the bucket was found once: a 404 since is about an object
+
+    @property
+    def retry(self) -> Any:
+        """A retry policy for one operation: at most ``attempts`` tries of it, transient failures only."""
+        left = [self.attempts - 1]
+
+        def again(exc: BaseException) -> bool:
+            if left[0] <= 0 or not self._transient(exc):
+                return False
+            left[0] -= 1
+            return True
+
+        return self._base_retry.with_predicate(again)
 
     @property
     def bucket(self) -> Any:
@@ -100,8 +98,32 @@ class GCSBackend(Backend):
             f"the run store {self.uri}: cannot {action} {key}: {_reason(exc, action in ('write', 'list'))}"
         )
 
-    def _missing(self, exc: BaseException) -> bool:
-        return isinstance(exc, self._exceptions.NotFound) and not _bucket_missing(exc)
+    def _no_bucket(self, action: str, key: str) -> RemoteError:
+        return RemoteError(f"the run store {self.uri}: cannot {action} {key}: the bucket does not exist")
+
+    def _bucket_exists(self, action: str, key: str) -> bool:
+        """Whether the bucket exists, asked once per backend (until it is found, a 404 may be about it)."""
+        if self._bucket_seen:
+            return True
+        try:
+            self._bucket_seen = bool(self.bucket.exists(retry=self.retry, timeout=TIMEOUT))
+        except RemoteError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if gcs_errors.status(exc) not in (401, 403):
+                raise self._fail(action, key, exc) from None
+            # rights on objects without storage.buckets.get: the bucket cannot be asked about; the object's
+            # 404 is taken at its word
+            self._bucket_seen = True
+        return self._bucket_seen
+
+    def _missing(self, action: str, key: str, exc: BaseException) -> bool:
+        """True for a 404 about the object; a 404 because the bucket does not exist raises its own line."""
+        if gcs_errors.status(exc) != 404:
+            return False
+        if _bucket_missing(exc) or not self._bucket_exists(action, key):
+            raise self._no_bucket(action, key)
+        return True
 
     def put_file(self, key: str, path: Path) -> None:
         blob = self._blob(key, CHUNK)
@@ -123,7 +145,7 @@ class GCSBackend(Backend):
         except RemoteError:
             raise
         except Exception as exc:  # noqa: BLE001
-            if if_absent and isinstance(exc, self._exceptions.PreconditionFailed):
+            if if_absent and gcs_errors.status(exc) == 412:  # PreconditionFailed: the object is there
                 return False
             raise self._fail("write", key, exc) from None
 
@@ -133,7 +155,7 @@ class GCSBackend(Backend):
         except RemoteError:
             raise
         except Exception as exc:  # noqa: BLE001
-            if self._missing(exc):
+            if self._missing("read", key, exc):
                 return None
             raise self._fail("read", key, exc) from None
 
@@ -144,17 +166,20 @@ class GCSBackend(Backend):
         except RemoteError:
             raise
         except Exception as exc:  # noqa: BLE001
-            if self._missing(exc):
+            if self._missing("read", key, exc):
                 return False
             raise self._fail("read", key, exc) from None
 
     def exists(self, key: str) -> bool:
         try:
-            return bool(self._blob(key).exists(retry=self.retry, timeout=TIMEOUT))
+            found = bool(self._blob(key).exists(retry=self.retry, timeout=TIMEOUT))
         except RemoteError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise self._fail("read", key, exc) from None
+        if not found and not self._bucket_exists("read", key):
+            raise self._no_bucket("read", key)
+        return found
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[Blob]:
         base = self.uri.key("")
@@ -165,6 +190,7 @@ class GCSBackend(Backend):
                 bucket,
                 prefix=self.uri.key(prefix),
                 start_offset=after or None,  # inclusive: the key itself is skipped below
+                page_size=PAGE_SIZE,
                 retry=self.retry,
                 timeout=TIMEOUT,
             )
@@ -183,6 +209,6 @@ class GCSBackend(Backend):
         except RemoteError:
             raise
         except Exception as exc:  # noqa: BLE001
-            if self._missing(exc):
+            if self._missing("delete", key, exc):
                 return  # already gone, as S3's DeleteObject
             raise self._fail("delete", key, exc) from None

@@ -159,7 +159,9 @@ def build_experiment(
 
         container = pod["containers"][0]
         container["volumeMounts"].append({"name": "nbmagic-store", "mountPath": GCS_SECRET_MOUNT, "readOnly": True})
-        pod["volumes"].append({"name": "nbmagic-store", "secret": {"secretName": store_secret}})
+        # the key named: a secret without it stops the pod before the trial runs (a volume without it would not)
+        key_item = {"key": GCS_KEY_FILE, "path": GCS_KEY_FILE}
+        pod["volumes"].append({"name": "nbmagic-store", "secret": {"secretName": store_secret, "items": [key_item]}})
         container["env"] = [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": f"{GCS_SECRET_MOUNT}/{GCS_KEY_FILE}"}]
         container["env"] += [
             {"name": k, "valueFrom": {"secretKeyRef": {"name": store_secret, "key": k, "optional": True}}}
