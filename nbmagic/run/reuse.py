@@ -26,6 +26,7 @@ from ..pipeline.settings import StepSettings, merge
 from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
+from .reuse_links import TooLarge, alias_of, notebook_code, shared
 
 
 class NotReusable(Exception):
@@ -248,12 +249,16 @@ class Reuse:
                 )
                 entry = None
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
-            loaded = self._load(entry.outputs, step.cell.code, step.writes)
-            unbound = None if loaded is None else _notebook_code(loaded, namespace)
+            loaded = self._load(entry.outputs, step.cell.code, step.writes, namespace)
+            try:
+                unbound = None if loaded is None else notebook_code(loaded, namespace)
+            except TooLarge:
+                print(f"{step.name}: runs (cannot be reused: its values are too large to check)", flush=True)
+                loaded = unbound = None
             if unbound is not None:
                 print(
-                    f"{step.name}: runs (cannot be reused: {unbound!r} is a function defined in the notebook, or of a"
-                    " class the step defines; loaded from the store it would not see the kernel's globals)",
+                    f"{step.name}: runs (cannot be reused: {unbound!r} is a function defined in the notebook or holds"
+                    " one, or of a class the step defines; loaded from the store it would not see the kernel's globals)",
                     flush=True,
                 )
                 loaded = None
@@ -313,18 +318,13 @@ class Reuse:
                 else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
-        loops = _loop_names(step.cell.code)  # `for d in [train, test]` leaves d on test: a loop's leftover, not kept
-        shared = _one_object(
-            {n: v for n, v in assigned.items() if n not in loops},
-            {n: namespace[n] for n in watched if n in namespace and n not in assigned},
-        )
-        if shared and not not_kept:
+        reason, aliases = _links(step, assigned, {n: namespace[n] for n in watched if n in namespace})
+        for name, target in aliases.items():
+            if name in outputs:
+                outputs[name] = {**outputs[name], "alias": target}
+        if reason and not not_kept:
             # stored values load as separate objects: a later change through one name would miss the other
-            print(
-                f"{step.name}: cannot be reused next time ({shared[0]!r} and {shared[1]!r} are one object;"
-                " loaded from the store they would be two)",
-                flush=True,
-            )
+            print(f"{step.name}: cannot be reused next time ({reason})", flush=True)
             key = ""
         if moved and not not_kept and key:
             key = self._learn(plan, step, moved, values, inputs, replan) or ""
@@ -382,7 +382,11 @@ class Reuse:
             return None
 
     def _load(
-        self, outputs: dict[str, dict[str, Any]], code: str, writes: tuple[str, ...] | list[str] = ()
+        self,
+        outputs: dict[str, dict[str, Any]],
+        code: str,
+        writes: tuple[str, ...] | list[str] = (),
+        namespace: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The values the cell binds: from the store, its own imports run again. None when one of ``writes`` is
         neither (a run keeps no modules or figures): the cell runs instead."""
@@ -398,6 +402,15 @@ class Reuse:
                     loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True, mmap_threshold=1 << 20)
         except Exception:  # noqa: BLE001 - a value gone or unreadable: the cell runs instead
             return None
+        for name, ref in outputs.items():  # a loop's leftover is the very object it was left on
+            target = ref.get("alias")
+            if target is not None:
+                if target in loaded:
+                    loaded[name] = loaded[target]
+                elif namespace is not None and target in namespace:
+                    loaded[name] = namespace[target]
+                else:
+                    return None
         for name, value in loaded.items():
             if name not in wanted:
                 self.hasher.remember(value, outputs[name]["hash"])
@@ -632,22 +645,6 @@ def _edited_module(modules: tuple[str, ...]) -> str | None:
     return None
 
 
-def _notebook_code(loaded: dict[str, Any], namespace: dict[str, Any]) -> str | None:
-    """A loaded name that is a function or class defined in the notebook (module ``__main__``), or an instance of
-    such a class, other than the kernel's own: stored by value, its code would read a copy of the globals."""
-    import types
-
-    for name, value in loaded.items():
-        if isinstance(value, types.FunctionType):
-            if value.__module__ == "__main__" and value.__globals__ is not namespace:
-                return name
-            continue
-        cls = value if isinstance(value, type) else type(value)
-        if cls.__module__ == "__main__" and namespace.get(cls.__qualname__) is not cls:
-            return name
-    return None
-
-
 def _deleted(code: str) -> tuple[set[str], set[str]]:
     """Names the cell deletes: with a ``del`` at its top level (always), and in a block (on some paths only).
     Deletions inside functions and classes are their own."""
@@ -696,26 +693,31 @@ def _loop_names(code: str) -> set[str]:
     }
 
 
-def _one_object(assigned: dict[str, Any], others: dict[str, Any]) -> tuple[str, str] | None:
-    """Two names, one assigned by the cell, bound to the same changeable object (``b = a``), if any."""
-    import types
-
-    seen: dict[int, str] = {}
-    for name, value in [*others.items(), *assigned.items()]:
-        if isinstance(value, (int, float, complex, str, bytes, type(None), range, type, types.ModuleType)):
-            continue
-        if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)):
-            continue
-        if isinstance(value, (tuple, frozenset)):
-            try:
-                hash(value)  # only immutable items
-                continue
-            except TypeError:
-                pass
-        first = seen.setdefault(id(value), name)
-        if first != name and name in assigned:
-            return name, first
-    return None
+def _links(step: StepPlan, assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """(why the cell's results cannot be reused: values that share an object, else None; loop leftover -> the
+    name of the object it is left on). A loop's leftover (``d`` after ``for d in [train, test]``) bound to exactly
+    one other name's object is loaded as that object."""
+    loops = _loop_names(step.cell.code)
+    tops = {**read, **{n: v for n, v in assigned.items() if n not in loops}}
+    aliases: dict[str, str] = {}
+    for name in loops & set(assigned):
+        target = alias_of(assigned[name], tops)
+        if target is not None and not isinstance(assigned[name], (int, float, str, bytes, type(None))):
+            aliases[name] = target
+    values = {n: v for n, v in assigned.items() if n not in aliases}
+    try:
+        found = shared(values, {n: v for n, v in read.items() if n not in values})
+    except TooLarge:
+        return "its values are too large to check for shared objects", aliases
+    if found is None:
+        return None, aliases
+    name, other, same = found
+    if same:
+        return f"{name!r} and {other!r} are one object; loaded from the store they would be two", aliases
+    return (
+        f"{name!r} and {other!r} hold a shared object; loaded from the store they would hold two copies",
+        aliases,
+    )
 
 
 def _carried_names(step: StepPlan) -> list[str]:

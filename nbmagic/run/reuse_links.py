@@ -1,0 +1,168 @@
+"""What reuse cannot bring back from the store: objects two values share, and the notebook's own code inside one.
+
+Values are stored one by one, so an object reachable from two of them loads as two objects, and a function the
+notebook defined loads as a copy that reads a frozen copy of the kernel's globals. :func:`shared` and
+:func:`notebook_code` walk values (containers, plain objects' attributes, ``functools.partial``, bound methods)
+with a bound on work; numpy arrays are told apart by the memory they use, pandas objects are leaves, and an
+array's or a list of numbers' contents are never walked item by item.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import sys
+import types
+from collections.abc import Iterable
+from typing import Any
+
+LIMIT = 100_000  # objects looked at per call; past it reuse cannot be sure
+
+_ATOMS = (
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bool,
+    type(None),
+    range,
+    slice,
+    type(Ellipsis),
+    types.ModuleType,
+    types.BuiltinFunctionType,
+    enum.Enum,
+)
+_ATOM_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+class TooLarge(Exception):
+    """The bound on work was reached before the walk ended."""
+
+
+class _Walk:
+    def __init__(self, namespace: dict[str, Any] | None, limit: int) -> None:
+        self.namespace = namespace
+        self.left = limit
+        self.notebook = False  # a function or class of the notebook found that is not the kernel's own
+
+    def charge(self, n: int = 1) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise TooLarge
+
+    def identities(self, value: Any) -> set[int]:
+        """Ids of the changeable objects reachable from ``value`` (an array counts by the memory it uses)."""
+        found: set[int] = set()
+        seen: set[int] = set()
+        stack = [value]
+        while stack:
+            obj = stack.pop()
+            if isinstance(obj, _ATOMS) or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            self.charge()
+            stack.extend(self._children(obj, found))
+        return found
+
+    def _children(self, obj: Any, found: set[int]) -> Iterable[Any]:
+        if isinstance(obj, types.FunctionType):
+            if obj.__module__ == "__main__" and (self.namespace is None or obj.__globals__ is not self.namespace):
+                self.notebook = True
+            return ()
+        if isinstance(obj, type):
+            self._check_class(obj)
+            return ()
+        self._check_class(type(obj))
+        module = type(obj).__module__ or ""
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(obj, np.generic):
+            return ()
+        if np is not None and isinstance(obj, np.ndarray):
+            root = obj  # views and slices count by the object owning their memory
+            while getattr(root, "base", None) is not None:
+                root = root.base
+            found.add(id(root))
+            if getattr(getattr(obj, "dtype", None), "hasobject", False):
+                self.charge(obj.size)
+                return list(obj.flat)
+            return ()
+        if module.startswith("pandas"):
+            found.add(id(obj))
+            return ()
+        if isinstance(obj, (tuple, frozenset)):
+            return self._items(obj)
+        if isinstance(obj, functools.partial):
+            found.add(id(obj))
+            return [obj.func, obj.args, obj.keywords, *self._attributes(obj)]
+        if isinstance(obj, types.MethodType):
+            return [obj.__self__, obj.__func__]
+        found.add(id(obj))
+        children: list[Any] = []
+        if isinstance(obj, dict):
+            children.extend(self._items(obj.keys()))
+            children.extend(self._items(obj.values()))
+        elif isinstance(obj, (list, set)):
+            children.extend(self._items(obj))
+        children.extend(self._attributes(obj))
+        return children
+
+    def _items(self, items: Any) -> list[Any]:
+        """The items worth walking: none when all are numbers or strings (told in C, without a Python loop)."""
+        kinds = set(map(type, items))
+        self.charge(len(items) // 64)
+        if kinds <= _ATOM_TYPES:
+            return []
+        self.charge(len(items))
+        return list(items)
+
+    def _attributes(self, obj: Any) -> list[Any]:
+        found: list[Any] = []
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            found.extend(attrs.values())
+            self.charge(len(attrs))
+        for cls in type(obj).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for slot in (slots,) if isinstance(slots, str) else slots:
+                if slot not in ("__dict__", "__weakref__"):
+                    value = getattr(obj, slot, None)
+                    if value is not None:
+                        found.append(value)
+        return found
+
+    def _check_class(self, cls: type) -> None:
+        if cls.__module__ == "__main__" and (self.namespace is None or self.namespace.get(cls.__qualname__) is not cls):
+            self.notebook = True
+
+
+def shared(assigned: dict[str, Any], read: dict[str, Any], limit: int = LIMIT) -> tuple[str, str, bool] | None:
+    """Two names, one of them in ``assigned``, whose values reach one changeable object: (name, other name, the two
+    are bound to that very object). Raises :class:`TooLarge` when the walk would take too long."""
+    walk = _Walk(None, limit)
+    owner: dict[int, str] = {}
+    tops: dict[str, int] = {}
+    for name, value in [*read.items(), *assigned.items()]:
+        tops[name] = id(value)
+        for ident in walk.identities(value):
+            first = owner.setdefault(ident, name)
+            if first != name and name in assigned:
+                return name, first, tops.get(first) == id(value) == ident
+    return None
+
+
+def notebook_code(values: dict[str, Any], namespace: dict[str, Any], limit: int = LIMIT) -> str | None:
+    """The first name whose value holds, anywhere inside it, a function or class of the notebook (module
+    ``__main__``), or an instance of such a class, other than the kernel's own. Raises :class:`TooLarge`."""
+    for name, value in values.items():
+        walk = _Walk(namespace, limit)
+        walk.identities(value)
+        if walk.notebook:
+            return name
+    return None
+
+
+def alias_of(value: Any, names: dict[str, Any]) -> str | None:
+    """The one name in ``names`` bound to ``value`` itself (a loop's leftover ``d`` after ``for d in [a, b]``)."""
+    found = [name for name, other in names.items() if other is value]
+    return found[0] if len(found) == 1 else None
