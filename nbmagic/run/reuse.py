@@ -626,16 +626,14 @@ def mask(text: str, hidden: tuple[str, ...]) -> str:
 
 
 def _edited_module(modules: tuple[str, ...]) -> str | None:
-    """A local module the kernel imported whose files changed since (the key would name code it does not run)."""
-    from .cache_key import local_files
+    """A local module the kernel imported (one the step imports, or one those import in turn) whose files changed
+    since (the key would name code it does not run)."""
+    from .cache_key import local_modules
     from .module_clock import loaded_at
 
-    for module in modules:
+    for module, files in local_modules(modules).items():
         if module not in sys.modules:
-            continue  # the cell imports it from the file as it is now
-        files = local_files((module,)).get(module)
-        if not files:
-            continue
+            continue  # imported from the file as it is now
         try:
             newest = max(os.stat(name).st_mtime for name in files)
         except OSError:
