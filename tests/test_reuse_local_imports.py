@@ -71,13 +71,21 @@ def test_editing_an_imported_module_after_the_kernel_loaded_it_is_named(chain, i
     assert "s: runs (cannot be reused: local module 'rvw_c15' changed on disk after" in capsys.readouterr().out
 
 
-def test_compile_run_runs_a_step_again_when_a_module_its_module_imports_changes(chain, ip):
-    run_ok(ip, "import rvw_a15")
-    run_ok(ip, "%%step s\ny = float(rvw_a15.f())\n")
-    run_ok(ip, "%pipeline_metrics y\n")
-    first = run_ok(ip, "%compile_run --quiet")
-    assert first.metrics == {"y": 1.0}, first.error
-    assert run_ok(ip, "%compile_run --quiet").steps["s"].status == "cached"
-    chain(4)
-    again = run_ok(ip, "%compile_run --quiet")
-    assert again.steps["s"].status == "done" and again.metrics == {"y": 4.0}, again.error
+def test_compile_run_runs_a_step_again_when_a_module_its_module_imports_changes(chain, ip, monkeypatch):
+    import nbmagic.run.pool as pool_module
+    from nbmagic.run.pool import WorkerPool
+
+    pool = WorkerPool()  # a worker started here, as a kernel started next to its notebook
+    monkeypatch.setattr(pool_module, "_POOL", pool)
+    try:
+        run_ok(ip, "import rvw_a15")
+        run_ok(ip, "%%step s\ny = float(rvw_a15.f())\n")
+        run_ok(ip, "%pipeline_metrics y\n")
+        first = run_ok(ip, "%compile_run --quiet")
+        assert first.metrics == {"y": 1.0}, first.error
+        assert run_ok(ip, "%compile_run --quiet").steps["s"].status == "cached"
+        chain(4)
+        again = run_ok(ip, "%compile_run --quiet")
+        assert again.steps["s"].status == "done" and again.metrics == {"y": 4.0}, again.error
+    finally:
+        pool.close()

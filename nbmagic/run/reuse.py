@@ -26,7 +26,7 @@ from ..pipeline.settings import StepSettings, merge
 from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
-from .reuse_links import TooLarge, alias_of, notebook_code, shared
+from .reuse_links import TooLarge, follow, notebook_code, path_to, shared
 
 
 class NotReusable(Exception):
@@ -318,7 +318,7 @@ class Reuse:
                 else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
-        reason, aliases = _links(step, assigned, {n: namespace[n] for n in watched if n in namespace})
+        reason, aliases = _links(assigned, {n: namespace[n] for n in watched if n in namespace})
         for name, target in aliases.items():
             if name in outputs:
                 outputs[name] = {**outputs[name], "alias": target}
@@ -402,15 +402,8 @@ class Reuse:
                     loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True, mmap_threshold=1 << 20)
         except Exception:  # noqa: BLE001 - a value gone or unreadable: the cell runs instead
             return None
-        for name, ref in outputs.items():  # a loop's leftover is the very object it was left on
-            target = ref.get("alias")
-            if target is not None:
-                if target in loaded:
-                    loaded[name] = loaded[target]
-                elif namespace is not None and target in namespace:
-                    loaded[name] = namespace[target]
-                else:
-                    return None
+        if not _bind_aliases(outputs, loaded, namespace or {}):
+            return None
         for name, value in loaded.items():
             if name not in wanted:
                 self.hasher.remember(value, outputs[name]["hash"])
@@ -674,48 +667,55 @@ def _deleted(code: str) -> tuple[set[str], set[str]]:
     return always, sometimes - always
 
 
-def _loop_names(code: str) -> set[str]:
-    """Names bound as ``for`` loop targets anywhere in ``code``."""
-    import ast
+def _links(assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, dict[str, list[str | int]]]:
+    """(why the cell's results cannot be reused: values that share an object, else None; name -> where its object
+    is found inside another value). A name bound to another value's object, or to a part of it reached by
+    subscripts (``d`` after ``for d in [train, test]``, ``part = nested["rows"]``), is loaded as that object."""
+    tops = {**read, **assigned}
+    aliases: dict[str, list[str | int]] = {}
+    for _ in range(len(assigned) + 1):
+        values = {n: v for n, v in assigned.items() if n not in aliases}
+        try:
+            found = shared(values, {n: v for n, v in read.items() if n not in assigned})
+        except TooLarge:
+            return "its values are too large to check for shared objects", aliases
+        if found is None:
+            return None, aliases
+        name, other, same = found
+        for part, whole in ((name, other), (other, name)):
+            if part in assigned and whole not in aliases:
+                path = path_to(assigned[part], tops[whole])
+                if path is not None:
+                    aliases[part] = [whole, *path]
+                    break
+        else:
+            if same:
+                return f"{name!r} and {other!r} are one object; loaded from the store they would be two", aliases
+            return (
+                f"{name!r} and {other!r} hold a shared object; loaded from the store they would hold two copies",
+                aliases,
+            )
+    return "its values share objects in too many ways to check", aliases
 
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return set()
-    return {
-        target.id
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.For, ast.AsyncFor))
-        for target in ast.walk(node.target)
-        if isinstance(target, ast.Name)
-    }
 
-
-def _links(step: StepPlan, assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
-    """(why the cell's results cannot be reused: values that share an object, else None; loop leftover -> the
-    name of the object it is left on). A loop's leftover (``d`` after ``for d in [train, test]``) bound to exactly
-    one other name's object is loaded as that object."""
-    loops = _loop_names(step.cell.code)
-    tops = {**read, **{n: v for n, v in assigned.items() if n not in loops}}
-    aliases: dict[str, str] = {}
-    for name in loops & set(assigned):
-        target = alias_of(assigned[name], tops)
-        if target is not None and not isinstance(assigned[name], (int, float, str, bytes, type(None))):
-            aliases[name] = target
-    values = {n: v for n, v in assigned.items() if n not in aliases}
-    try:
-        found = shared(values, {n: v for n, v in read.items() if n not in values})
-    except TooLarge:
-        return "its values are too large to check for shared objects", aliases
-    if found is None:
-        return None, aliases
-    name, other, same = found
-    if same:
-        return f"{name!r} and {other!r} are one object; loaded from the store they would be two", aliases
-    return (
-        f"{name!r} and {other!r} hold a shared object; loaded from the store they would hold two copies",
-        aliases,
-    )
+def _bind_aliases(outputs: dict[str, dict[str, Any]], loaded: dict[str, Any], namespace: dict[str, Any]) -> bool:
+    """Bind each name stored as a part of another value to that part of the loaded (or kernel's) value."""
+    pending = {n: ref["alias"] for n, ref in outputs.items() if ref.get("alias")}
+    for _ in range(len(pending) + 1):
+        if not pending:
+            return True
+        for name, (whole, *path) in list(pending.items()):
+            if whole in pending:
+                continue  # bound once that one is
+            source = loaded if whole in loaded else namespace
+            if whole not in source:
+                return False
+            try:
+                loaded[name] = follow(source[whole], path)
+            except (KeyError, IndexError, TypeError):
+                return False
+            del pending[name]
+    return not pending
 
 
 def _carried_names(step: StepPlan) -> list[str]:

@@ -162,7 +162,30 @@ def notebook_code(values: dict[str, Any], namespace: dict[str, Any], limit: int 
     return None
 
 
-def alias_of(value: Any, names: dict[str, Any]) -> str | None:
-    """The one name in ``names`` bound to ``value`` itself (a loop's leftover ``d`` after ``for d in [a, b]``)."""
-    found = [name for name, other in names.items() if other is value]
-    return found[0] if len(found) == 1 else None
+def path_to(value: Any, root: Any, depth: int = 4, limit: int = 10_000) -> list[str | int] | None:
+    """The subscripts that reach ``value`` itself from ``root`` through dicts (string or integer keys), lists
+    and tuples (``[]`` when it is ``root``), shortest first; None when it is not found within the bounds."""
+    queue: list[tuple[Any, list[str | int]]] = [(root, [])]
+    seen: set[int] = set()
+    while queue and limit > 0:
+        obj, path = queue.pop(0)
+        if obj is value:
+            return path
+        if id(obj) in seen or len(path) >= depth:
+            continue
+        seen.add(id(obj))
+        if type(obj) is dict:
+            items = [(k, v) for k, v in obj.items() if type(k) in (str, int)]
+        elif type(obj) in (list, tuple):
+            items = list(enumerate(obj))
+        else:
+            continue
+        limit -= len(items)
+        queue.extend((v, [*path, k]) for k, v in items if not isinstance(v, _ATOMS))
+    return None
+
+
+def follow(root: Any, path: list[str | int]) -> Any:
+    for key in path:
+        root = root[key]
+    return root
