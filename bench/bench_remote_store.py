@@ -5,11 +5,12 @@
    - S3 store: the same put, then the upload (``RemoteStore.push_object``); load in a second home = pull into
      its local cache (hash-checked) + ``get``; a second load comes from that cache;
    - baseline: ``s3fs`` writing ``pickle.dumps(array)`` to the same server and reading it back.
-2. ``%runs`` (``api.runs()``) over 10,000 runs in the shared store: records written straight to the bucket in
-   the store's format (signed), then the first sync from an empty home, a shared gc (which writes a compacted index),
-   the first sync of another empty home from that index, then ``runs()`` once the index is cached. Records are stamped one second
-   apart (10,000 runs over the last ~2.8 hours); a cached sync lists the keys stamped after its previous listing
-   began, less 10 minutes (its clock), and compares them with those seen.
+2. ``%runs`` (``api.runs()``) over 10,000 runs in the shared store, published by 16 writers at once (each its own
+   client and memory), two ways side by side: every record left loose (the previous way: a fresh home reads each
+   one), and the store's way (a writer holding ``COMPACT_EVERY`` loose records folds them into a segment, and a
+   kernel syncing every 2 s meanwhile folds what it read once it lists ``READER_COMPACT_AT``); then the
+   first sync of a fresh home each way, ``runs()`` once synced (a sync lists every loose record and segment: no
+   window by anyone's clock), a shared gc merging all segments into one, and a fresh home after it.
 
     python bench/bench_remote_store.py [--mb 500] [--runs 10000]
 """
@@ -85,57 +86,89 @@ def bench_array(mb: int, store_env: dict) -> list[tuple[str, float, float]]:
     return rows
 
 
-def bench_runs(n: int) -> dict[str, float]:
+def bench_runs(n: int, writers: int = 16) -> dict[str, float]:
     from concurrent.futures import ThreadPoolExecutor
 
     from helpers.plans import step
     from nbmagic import api
     from nbmagic.pipeline.model import PipelinePlan
     from nbmagic.run.local import LocalRunner
-    from nbmagic.store.remote import _canonical, _sign
+    from nbmagic.store import remote
+    from nbmagic.store.gc import Policy, collect
+    from nbmagic.store.remote import RemoteStore
     from nbmagic.store.runs import RunStore
+    from nbmagic.store_uri import parse
 
+    figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NBMAGIC_HOME"] = str(Path(tmp) / "writer")
         writer = RunStore()
         plan = PipelinePlan("demo", (step("train", "acc = 0.5", outputs=("acc",), metrics=("acc",)),), {}, ("acc",))
         template = writer.export_run(LocalRunner(writer).run(plan).id)
+        uri = os.environ["NBMAGIC_STORE_URI"]
         now = time.time()
 
-        def put(i: int) -> None:
-            record = json.loads(json.dumps(template))
-            run_id = f"20250101-{i:06d}-{i:06x}"
-            record["run"].update(id=run_id, started=now - (n - i), metrics={"acc": (i * 7919 % 1000) / 1000})
-            body = {"record": record, "sig": _sign(writer.remote.key, _canonical(record))}
-            key = f"runs/{int((now - n + i) * 1000):013d}-{run_id}.json"
-            writer.remote.backend.put_bytes(key, json.dumps(body).encode())
+        def record(i: int, tag: str) -> tuple[str, dict]:
+            rec = json.loads(json.dumps(template))
+            run_id = f"{tag}-{i:06d}-{i:06x}"
+            rec["run"].update(id=run_id, started=now - (n - i), metrics={"acc": (i * 7919 % 1000) / 1000})
+            return f"runs/{int((now - n + i) * 1000):013d}-{run_id}.json", rec
 
-        built, _ = timed(lambda: list(ThreadPoolExecutor(16).map(put, range(n))))
-        os.environ["NBMAGIC_HOME"] = str(Path(tmp) / "reader")
-        first, table = timed(lambda: api.runs(limit=0))
-        assert table.total >= n, table.total
-        repeats = sorted(timed(lambda: api.runs())[0] for _ in range(5))
-        cached = repeats[len(repeats) // 2]
-        from nbmagic.store.gc import Policy, collect
+        def publish_all(tag: str, fold: bool) -> float:
+            stores = [RemoteStore(parse(uri)) for _ in range(writers)]  # each writer its own client and memory
 
-        compact, _ = timed(lambda: collect(RunStore(), Policy(), shared=True))  # gc writes the compacted index
-        os.environ["NBMAGIC_HOME"] = str(Path(tmp) / "newcomer")
-        indexed, table = timed(lambda: api.runs(limit=0))
-        assert table.total >= n, table.total
+            def one(w: int) -> None:
+                for i in range(w, n, writers):
+                    key, rec = record(i, tag)
+                    stores[w].put_record(key, rec)
+                    if fold:
+                        stores[w].fold_if_due(key)
+
+            return timed(lambda: list(ThreadPoolExecutor(writers).map(one, range(writers))))[0]
+
+        def first_sync(home: str) -> float:
+            os.environ["NBMAGIC_HOME"] = str(Path(tmp) / home)
+            took, table = timed(lambda: api.runs(limit=0))
+            assert table.total >= n, table.total
+            return took
+
+        # the previous way: nobody folds, so a fresh home reads every loose record (16 GETs in flight)
+        figures["write_loose"] = publish_all("loose", fold=False)
+        figures["first_loose"] = first_sync("reader-loose")
+        for blob in list(writer.remote.backend.list("runs/")):  # a fresh bucket prefix for the second way
+            writer.remote.backend.delete(blob.key)
+        for blob in list(writer.remote.backend.list("index/")):
+            writer.remote.backend.delete(blob.key)
+        # now: a writer holding COMPACT_EVERY loose records folds them into a segment (no GET); a kernel that
+        # syncs meanwhile (every 2 s, as %runs would) folds what it read once it lists READER_COMPACT_AT
+        import threading
+
+        done = threading.Event()
+
+        def kernel() -> None:
+            store = RunStore(Path(tmp) / "kernel" / "store")
+            while not done.wait(2.0):
+                store.sync(force=True)
+
+        watcher = threading.Thread(target=kernel)
+        watcher.start()
+        figures["write_fold"] = publish_all("fold", fold=True)
+        done.set()
+        watcher.join()
+        figures["loose_left"] = len([b for b in writer.remote.backend.list("runs/")])
+        figures["segments"] = len(writer.remote.segments())
+        figures["first_fold"] = first_sync("reader")
+        figures["cached"] = sorted(timed(lambda: api.runs())[0] for _ in range(5))[2]
+        figures["compact"] = timed(lambda: collect(RunStore(), Policy(), shared=True))[0]  # merges all segments
+        figures["first_gc"] = first_sync("newcomer")
         os.environ["NBMAGIC_HOME"] = str(Path(tmp) / "reader")
         local_only = dict(os.environ)
         os.environ.pop("NBMAGIC_STORE_URI")
-        baseline = sorted(timed(lambda: api.runs())[0] for _ in range(5))[2]
+        figures["local"] = sorted(timed(lambda: api.runs())[0] for _ in range(5))[2]
         os.environ.clear()
         os.environ.update(local_only)
-        return {
-            "write": built,
-            "first": first,
-            "cached": cached,
-            "local": baseline,
-            "compact": compact,
-            "indexed": indexed,
-        }
+        figures["every"] = remote.COMPACT_EVERY
+    return figures
 
 
 def main() -> None:
@@ -157,16 +190,24 @@ def main() -> None:
         local_load = rows[0][2]
         for name, save, load in rows:
             print(f"| {name} | {save:.2f} s | {load:.2f} s | {load / local_load:.1f}x |")
-    figures = bench_runs(args.runs)
-    print(f"\n%runs over {args.runs} runs in the shared store")
-    print(f"- writing {args.runs} records to the bucket (16 threads): {figures['write']:.1f} s")
-    print(f"- first %runs from an empty home (imports every record): {figures['first']:.1f} s")
-    print(f"- a shared gc (nothing to drop) writing the compacted index: {figures['compact']:.1f} s")
-    print(f"- first %runs from an empty home, after that gc (one GET of the index): {figures['indexed']:.1f} s")
+    f = bench_runs(args.runs)
+    print(f"\n%runs over {args.runs} runs in the shared store (16 writers, each its own client)")
+    print(f"| way | publishing {args.runs} records | first %runs in a fresh home |\n|---|---|---|")
     print(
-        f"- %runs once the index is cached (lists keys of the last 10 min; median of 5): {figures['cached']:.2f} s (target < 2 s)"
+        f"| previous: loose records only, one GET each (16 in flight) | {f['write_loose']:.1f} s | {f['first_loose']:.1f} s |"
     )
-    print(f"- %runs of the same index with no shared store (baseline; median of 5): {figures['local']:.2f} s")
+    print(
+        f"| now: writers fold every {f['every']:.0f} loose records they hold, a kernel syncing every 2 s folds what it"
+        f" read ({f['segments']:.0f} segments,"
+        f" {f['loose_left']:.0f} loose left) | {f['write_fold']:.1f} s | {f['first_fold']:.1f} s"
+        f" ({f['first_loose'] / f['first_fold']:.0f}x faster) |"
+    )
+    print(f"- a shared gc (nothing to drop) merging everything into one segment: {f['compact']:.1f} s")
+    print(f"- first %runs in a fresh home after that gc: {f['first_gc']:.1f} s")
+    print(
+        f"- %runs once synced (lists every loose record and segment; median of 5): {f['cached']:.2f} s (target < 2 s)"
+    )
+    print(f"- %runs of the same index with no shared store (baseline; median of 5): {f['local']:.2f} s")
     server.terminate()
 
 

@@ -218,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from .api import logs
+    from .store.shared_logs import printable
 
-    sys.stdout.write(logs(args.run, args.step, root=args.store))
+    # a log may come from another home: its escape and control sequences never reach the terminal
+    sys.stdout.write(printable(logs(args.run, args.step, root=args.store)))
     return 0
 
 

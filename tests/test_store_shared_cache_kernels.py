@@ -77,6 +77,8 @@ def test_a_second_home_takes_the_firsts_steps_from_the_shared_cache_and_reads_th
     assert marker.read_text() == done, texts  # no step executed in bob's home: not as a cell, not in his run
     assert f"make: reused from run {run_id}" in texts[3] and "making 2.0" in texts[3]  # alice's output, replayed
     assert f"fit: reused from run {run_id}" in texts[4] and "fitting 6.0" in texts[4]
+    for text, name in ((texts[3], "make"), (texts[4], "fit")):  # the shared hit said in the cell, naming the run
+        assert f"step {name!r} taken from the shared cache: computed in run {run_id} on " in text, text
     assert texts[5].split()[2:] == ["done", "['cached',", "'cached']"], texts[5]
     assert "VALUES [2.0, 2.0, 2.0] 9.0" in texts[6]
     assert "LOG fitting 6.0" in texts[7]

@@ -22,6 +22,7 @@ from ..store.runs import RunStore
 from . import single_flight
 from .cache_key import cache_key, environment  # versions remembered on disk
 from .result import Run, StepState
+from .task import mask_file, mask_result
 from .worker import INTERRUPTED_EXIT
 
 Listener = Callable[[Run, StepState | None], None]
@@ -121,6 +122,8 @@ class LocalRunner:
         )
         run = Run(run_id, plan.name, names, values, self.store)
         run._flights, run._flight_cancel = {}, threading.Event()  # type: ignore[attr-defined]
+        # steps another one runs --after: ordering that carries no value, so they act through side effects
+        run._followed = {n for s in plan.steps for n in s.explicit_after}  # type: ignore[attr-defined]
         run_dir = self.store.run_dir(run_id)
         notify = listener or (lambda *_: None)
         notify(run, None)
@@ -254,9 +257,17 @@ class LocalRunner:
         use_cache = cache and step.settings.cache
         state.started = time.time()
         if use_cache:
-            entry = self.store.cache_get(key)
+            from ..store.shared_cache import Wanted
+
             # a parameter reported as a metric is no stored value: its number is in the entry's metrics
             needed = set(step.outputs) | (set(step.metrics) & set(step.writes))
+            wanted = Wanted(
+                step.name,
+                frozenset(needed),
+                frozenset(step.metrics),
+                followed=step.name in getattr(run, "_followed", ()),
+            )
+            entry = self.store.cache_get(key, wanted=wanted)
             if entry is not None and needed <= set(entry.outputs) and set(step.metrics) <= set(entry.metrics):
                 self._release_flight(run, step.name)
                 state.status, state.ended = "cached", time.time()
@@ -351,9 +362,16 @@ class LocalRunner:
         """Record a finished step; return when to retry it, or None."""
         state = run.steps[step.name]
         spec = json.loads(Path(spec_path).read_text())
+        # the step's secrets are masked here whatever the outcome (a step timed out, killed or crashed never
+        # reached the worker's own masking), before its log is capped or read by anyone
+        hidden = step_secrets(step)
+        if hidden:
+            mask_file(spec["log"], hidden)
         _cap_log(spec["log"])
         result_path = Path(spec["result"])
         result = json.loads(result_path.read_text()) if result_path.exists() else None
+        if result is not None and hidden:
+            mask_result(result, hidden)
         state.ended = time.time()
         if event.get("timed_out"):
             state.status = "timed_out"
@@ -410,7 +428,14 @@ class LocalRunner:
             ended=state.ended,
             error=state.error,
             traceback=state.traceback,
-            properties={"not_kept": state.not_kept, "attempts": state.attempts, "parameters": spec["parameters"]},
+            properties={
+                "not_kept": state.not_kept,
+                "attempts": state.attempts,
+                "parameters": spec["parameters"],
+                # names only: what a later publish masks in the step's log again
+                **({"secret_env": [s.env for s in step.settings.secret_env]} if step.settings.secret_env else {}),
+                **({"secret_files": spec["secret_files"]} if spec.get("secret_files") else {}),
+            },
         )
         notify(run, state)
         return None
@@ -477,13 +502,25 @@ class LocalRunner:
                     changed = True
 
     def _abort(self, run: Run, reason: str, running: dict, pool: Any, status: str = "failed") -> None:
+        secret_env: dict[str, dict[str, list[str]]] = {}  # what a later publish masks in their logs again
+        for step, spec_path in running.values():  # killed: their logs never reached the worker's masking
+            names = {
+                "secret_env": [x.env for x in step.settings.secret_env],
+                "secret_files": [f.path for f in getattr(step.settings, "secret_files", ())],
+            }
+            if any(names.values()):
+                secret_env[step.name] = {k: v for k, v in names.items() if v}
+            hidden = step_secrets(step)
+            if hidden and spec_path:
+                mask_file(str(Path(spec_path).with_name(f"{step.name}.log")), hidden)
         for state in run.steps.values():
             if state.status in ("pending", "running"):
                 state.status = status if state.status == "running" else "skipped"
                 state.error = reason
                 state.ended = time.time()
                 try:
-                    self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended)
+                    extra = {"properties": secret_env[state.name]} if state.name in secret_env else {}
+                    self.store.set_step(run.id, state.name, state.status, error=reason, ended=state.ended, **extra)
                 except NbMagicError:  # the index cannot be written (disk full): finish_run keeps the outcome
                     pass
         run.status, run.error, run.ended = status, reason, time.time()
@@ -497,6 +534,24 @@ _SIGNAL_NAMES = {
     8: "floating-point exception",
     11: "segmentation fault",
 }
+
+
+def step_secrets(step: StepPlan) -> tuple[str, ...]:
+    """The values a local run injects for the step's ``--secret`` variables (masked wherever the step's text goes)."""
+    from ..pipeline.settings import local_env
+
+    env = local_env(step.settings, os.environ)
+    found = tuple(dict.fromkeys(env[s.env] for s in step.settings.secret_env if env.get(s.env)))
+    files = [f.path for f in getattr(step.settings, "secret_files", ())]
+    if files:  # what the step can read at its --secret-file mounts here is as secret
+        from ..runtime.secret_files import secret_file_values
+
+        found = tuple(dict.fromkeys((*found, *secret_file_values(files))))
+    if found:
+        from ..store.shared_logs import remember_secrets
+
+        remember_secrets(found)
+    return found
 
 
 def _ended_without_result(step: str, code: int | None, signal_: int | None) -> str:

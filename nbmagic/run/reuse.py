@@ -223,15 +223,19 @@ class Reuse:
             print(f"{step.name}: runs (cannot be reused: {reason})", flush=True)
             run_body()
             return "ran"
-        entry = self.store.cache_get(key, touch=False)  # marked used with the record, off the cell's path
+        from ..store.shared_cache import Wanted
+
         # a parameter reported as a metric is the kernel's own value, not a stored one
         needed = set(step.outputs) | (set(step.metrics) & set(step.writes))
         carried = _carried(step, namespace)
+        followed = any(step.name in other.explicit_after for other in plan.steps)
+        wanted = Wanted(step.name, frozenset(needed), carried=carried, all_kept=True, followed=followed)
+        entry = self.store.cache_get(key, touch=False, wanted=wanted)  # marked used with the record, later
         stale = None if entry is None else _stale(entry.carried, carried)
         found = key
         if (entry is None or stale is not None) and carried and None not in carried.values():
             # results the kernel computed with carried values other than its cells give (kept under its own key)
-            own = self.store.cache_get(_kernel_key(key, carried), touch=False)
+            own = self.store.cache_get(_kernel_key(key, carried), touch=False, wanted=wanted)
             if own is not None:
                 found, entry, stale = _kernel_key(key, carried), own, None
         if stale is not None:
@@ -336,7 +340,11 @@ class Reuse:
             # the kernel's carried values are not what the notebook's cells give them (a later cell or an earlier
             # step changed one): a run would compute something else under the runner's key, so the results are
             # kept under a key of the kernel's own, which only a kernel holding the same values finds
-            key = _kernel_key(key, carried) if None not in carried.values() else ""
+            # a key made from a secret's fingerprint would name the entry (cache/<key>.json): nothing is kept
+            secret = next((n for n in carried if hidden and _holds_secret(namespace.get(n), hidden)), None)
+            key = _kernel_key(key, carried) if None not in carried.values() and secret is None else ""
+            if secret is not None:
+                print(f"{step.name}: cannot be reused next time (the value it carries in {secret!r} holds a secret)")
             if key:
                 self.keys[step.name] = key
             else:
@@ -474,7 +482,10 @@ class Reuse:
                 not_kept[name] = SECRET
                 continue
             except Exception as exc:  # noqa: BLE001 - reported by name, and the entry is not cached
-                not_kept[name] = f"{type(value).__module__}.{type(value).__qualname__}: {exc}"
+                # the type and the error's kind only: the error's text can quote the value
+                not_kept[name] = (
+                    f"{type(value).__module__}.{type(value).__qualname__}: cannot be stored ({type(exc).__name__})"
+                )
                 continue
             outputs[name] = asdict(ref)
             self.hasher.remember(value, ref.hash)
@@ -741,9 +752,13 @@ def _without_secrets(
     carried: dict[str, str | None], namespace: dict[str, Any], hidden: tuple[str, ...]
 ) -> dict[str, str | None]:
     """``carried`` with no fingerprint of a value that holds one of the step's secrets (None: not known)."""
-    from ..store.objects import _holds_secret
-
     return {n: None if _holds_secret(namespace.get(n), hidden) else fp for n, fp in carried.items()}
+
+
+def _holds_secret(value: Any, hidden: tuple[str, ...]) -> bool:
+    from ..store.objects import _holds_secret as holds
+
+    return holds(value, hidden)
 
 
 def _kernel_key(key: str, carried: dict[str, str | None]) -> str:

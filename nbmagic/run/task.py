@@ -127,7 +127,8 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
                         ) from None
                     result["not_kept"][name] = "holds a secret"
                     continue
-                reason = f"{type(value).__module__}.{type(value).__qualname__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                # the type and the error's kind only: the error's text can quote the value (and what it holds)
+                reason = f"{type(value).__module__}.{type(value).__qualname__}: cannot be stored ({type(exc).__name__})"
                 if name in required:
                     raise _OutputError(
                         f"step {spec['step']!r}: variable {name!r} of type {type(value).__qualname__} cannot be stored for the steps that read it ({exc})"
@@ -168,13 +169,33 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
 
 def _mask(result: dict[str, Any], log_path: str, secrets: tuple[str, ...]) -> None:
     """Replace every secret in the result's error text and in the step's log with ``***``."""
-    for key in ("error", "traceback"):
-        if isinstance(result.get(key), str):
-            for secret in secrets:
-                if len(secret) >= 4:  # shorter ones would mask ordinary text (and are not secrets worth the name)
-                    result[key] = result[key].replace(secret, "***")
     sys.stdout.flush()
     sys.stderr.flush()
+    mask_result(result, secrets)
+    mask_file(log_path, secrets)
+
+
+def mask_text(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret of four characters or more replaced by ``***`` (shorter ones would mask
+    ordinary text, and are not secrets worth the name)."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def mask_result(result: dict[str, Any], secrets: tuple[str, ...]) -> None:
+    """The result's error texts and the reasons values were not kept, with every secret masked."""
+    for key in ("error", "traceback"):
+        if isinstance(result.get(key), str):
+            result[key] = mask_text(result[key], secrets)
+    not_kept = result.get("not_kept")
+    if isinstance(not_kept, dict):
+        result["not_kept"] = {n: mask_text(str(why), secrets) for n, why in not_kept.items()}
+
+
+def mask_file(log_path: str, secrets: tuple[str, ...]) -> None:
+    """Rewrite the file at ``log_path`` (owner-only) with every secret masked; nothing when it holds none."""
     try:
         data = Path(log_path).read_bytes()
     except OSError:
@@ -184,7 +205,7 @@ def _mask(result: dict[str, Any], log_path: str, secrets: tuple[str, ...]) -> No
         if len(secret) >= 4:
             masked = masked.replace(secret.encode(), b"***")
     if masked != data:
-        tmp = f"{log_path}.tmp"
+        tmp = f"{log_path}.{os.getpid()}.tmp"
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
             handle.write(masked)
         os.replace(tmp, log_path)

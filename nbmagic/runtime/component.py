@@ -45,11 +45,17 @@ def nbmagic_run(
         if problem:
             sys.stderr.write(f"nbmagic: step {step!r}: {problem}\n")
             raise SystemExit(1)
+    if store:
+        from .publish import heartbeat
+
+        stop_heartbeat = heartbeat(store)
 
     def record(state, values, error=None, result=None):
         if not store:
             return
         import tempfile
+
+        stop_heartbeat()
 
         from .publish import publish_step
 

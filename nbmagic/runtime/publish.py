@@ -4,6 +4,8 @@ Runs inside a KFP component, so standard library only (boto3 is imported when th
 google-cloud-storage when it is on Cloud Storage, like a format's library). The layout and record format are the run store's (``nbmagic.store.remote``): values under
 ``objects/<h[:2]>/<h>/`` with their ``manifest.json`` written last and only if absent, the step as
 ``runs/<ms>-<run id>-<step>.json``; a kernel importing the records puts the run together from its steps.
+While a step runs, :func:`heartbeat` keeps ``live/<run id>.json`` fresh from a background thread (and each
+step's record is preceded by one), so kernels show a run whose pod was killed as lost once it falls silent.
 Credentials come from the environment (the ``--store-secret`` Kubernetes secret, or the pod's identity; on Cloud
 Storage Application Default Credentials: the secret's key file through ``$GOOGLE_APPLICATION_CREDENTIALS``, or
 workload identity).
@@ -16,13 +18,17 @@ import hmac
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from . import gcs_errors
 
 MANIFEST = "manifest.json"
+HEARTBEAT_S = float(os.environ.get("NBMAGIC_STORE_HEARTBEAT", "60"))  # well inside the readers' lease (600 s)
 
 
 class _Folder:
@@ -263,6 +269,32 @@ def _push(store, folder: Path) -> dict:  # noqa: ANN001
     return {k: manifest.get(k) for k in ("hash", "type", "format", "size")}
 
 
+def _beat(store, run_id: str) -> None:  # noqa: ANN001
+    info = {"host": socket.gethostname(), "pid": os.getpid()}
+    store.put(f"live/{run_id}.json", data=json.dumps(info).encode())
+
+
+def heartbeat(target: dict) -> Callable[[], None]:
+    """Renew run ``target["run"]``'s heartbeat every ``HEARTBEAT_S`` from a daemon thread (the first one too,
+    so the step waits for no request); returns the function that stops it. A failed renewal is tried again at
+    the next beat: the step's record is what must reach the store."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        store = None
+        while True:
+            try:
+                store = store or _backend(target["uri"])
+                _beat(store, target["run"])
+            except Exception:  # noqa: BLE001, S110 - a missed beat is retried; a long silence shows as lost
+                pass
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    threading.Thread(target=beat, daemon=True, name="nbmagic-heartbeat").start()
+    return stop.set
+
+
 def credentials_problem(target: dict) -> str | None:
     """One line when the step was compiled to read the store's key file from its ``--store-secret``
     (``target["key_file"]``, which ``$GOOGLE_APPLICATION_CREDENTIALS`` names) and the secret has none: checked
@@ -353,6 +385,7 @@ def publish_step(
         }
         canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
         key = f"runs/{int(ended * 1000):013d}-{target['run']}-{step}.json"
+        _beat(store, target["run"])  # before the record: a reader that sees the record sees a fresh heartbeat
         store.put(key, data=json.dumps({"record": record, "sig": _sign(canonical)}).encode())
         return key
     finally:

@@ -3,21 +3,26 @@
 Layout under the store URI's prefix::
 
     objects/<h[:2]>/<h>/<files>, manifest.sig, manifest.json   a value, content-addressed as locally
-    runs/<ms>-<run id>.json                                     one signed JSON record per published run
-    index/<ms>-<id>.json.gz                                     every run up to <ms>, compacted by gc
+    runs/<ms>-<run id>.json                                     one signed JSON record per published run (loose)
+    index/<sha256>.json.gz                                      a segment: loose records folded together, as they were
+    live/<run id>.json                                          a running run's heartbeat (the store stamps its time)
+    quarantine/runs/...                                         records gc set aside: unreadable or not verifiable
     locks/writer-<id>.json, locks/gc-<id>.json                  leases: publishing and gc exclude each other
 
 The local store under ``$NBMAGIC_HOME`` stays the cache in front of it: a finished run is published (its
 values first, each value's ``manifest.json`` last and only if absent, then the run's record), and before
-``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index (a sync lists the
-record keys stamped after its previous listing began, less ``SKEW_S``, and compares them with those seen, so a
-writer's clock ahead of the others hides nothing; a key costs one GET once). Values are pulled on first use
+``%runs``/``%restore``/``%lineage`` the records not seen yet are imported into the local index. A sync lists
+every loose record and every segment and reads the keys it has not seen: no writer's clock is trusted. Loose
+records stay few: a publisher holding ``COMPACT_EVERY`` of them (and a sync that lists ``READER_COMPACT_AT``) folds
+them into a content-addressed segment, written before the folded records are removed, and merges the small
+segments once there are ``MERGE_AT``; gc merges them all. Values are pulled on first use
 into the local content-addressed cache and checked against their hash; a value that does not match is removed
 from the shared store, so the step that made it runs again.
 
 Trust: values and records are signed (HMAC-SHA256) with the team's key ``$NBMAGIC_STORE_KEY``, kept in a
 secret and never written to the store. A pulled value whose signature does not match is loaded only if its
-format runs no code (``npy``, ``parquet``); a record whose signature does not match is skipped with one line.
+format runs no code (``npy``, ``parquet``); a record whose signature does not match is skipped with one line
+(each record in a segment too: a segment is only a faster way to read the records it holds).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import hmac
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import sys
@@ -40,14 +46,22 @@ from typing import TYPE_CHECKING, Any
 
 from ..runtime import marshal
 from ..store_uri import StoreURI, shared_key
-from .backends import Backend, RemoteError, open_backend
+from .backends import Backend, Blob, RemoteError, open_backend
 from .objects import SAFE_FORMATS, CorruptValueError, ObjectStore, StoreError, UntrustedValue
 
 if TYPE_CHECKING:
     from .runs import RunStore
 
 RECORD_FORMAT = 1
-SKEW_S = 10 * 60.0  # a sync re-lists keys stamped up to this long before its previous listing began (its clock)
+SEGMENT_FORMAT = 2
+_SEGMENT = re.compile(r"index/[0-9a-f]{64}\.json\.gz")
+COMPACT_EVERY = int(
+    os.environ.get("NBMAGIC_STORE_COMPACT_EVERY", "64")
+)  # a publisher holding this many loose records folds them
+COMPACT_MIN = 16  # fewer loose records than this stay loose
+READER_COMPACT_AT = 128  # a sync listing this many loose records folds them
+MERGE_AT = 8  # segments are merged into one once there are this many
+LEASE_S = float(os.environ.get("NBMAGIC_STORE_RUN_LEASE", "600"))  # a running run silent this long is lost
 STALE_S = 10 * 60.0  # a lease not renewed for this long belongs to a process that died
 RENEW_S = 60.0
 WAIT_S = float(os.environ.get("NBMAGIC_STORE_LOCK_WAIT", "600"))
@@ -66,6 +80,23 @@ def _verified(key: bytes | None, data: bytes, signature: str | bytes | None) -> 
 
 def _canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _loads(data: bytes | None) -> Any:
+    """A record body parsed, or None when it is not JSON."""
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def segment_bytes(entries: dict[str, Any]) -> tuple[str, bytes]:
+    """(key, bytes) of the segment holding ``entries`` (record key -> body): named by the hash of its bytes."""
+    body = {"format": SEGMENT_FORMAT, "entries": [{"key": k, **entries[k]} for k in sorted(entries)]}
+    data = gzip.compress(json.dumps(body, sort_keys=True).encode(), 6, mtime=0)
+    return f"index/{hashlib.sha256(data).hexdigest()}.json.gz", data
 
 
 def record_hashes(record: dict[str, Any]) -> set[str]:
@@ -141,6 +172,8 @@ class RemoteStore:
         self.uri = uri
         self.backend = backend or open_backend(uri)
         self.key = shared_key()
+        self._bodies: dict[str, bytes] = {}  # loose record key -> its bytes, while it is loose
+        self._fold_refused = False  # a sync's fold was refused (read-only credentials): not tried again
 
     # ------------------------------------------------------------------ values
     @staticmethod
@@ -260,10 +293,23 @@ class RemoteStore:
                         " cannot publish the run"
                     )
             key = f"runs/{int(time.time() * 1000):013d}-{run_id}.json"
-            body = {"record": record, "sig": _sign(self.key, _canonical(record))}
-            self.backend.put_bytes(key, json.dumps(body).encode())
+            self.put_record(key, record)
         store.mark_remote_seen(str(self.uri), [(key, run_id)])
+        self.fold_if_due(key)
         return key
+
+    def put_record(self, key: str, record: dict[str, Any]) -> None:
+        """Write one run record, signed with the team key (the caller holds a writer lease)."""
+        data = json.dumps({"record": record, "sig": _sign(self.key, _canonical(record))}).encode()
+        self.backend.put_bytes(key, data)
+        self._remember(key, data)
+
+    def fold_if_due(self, key: str) -> None:
+        """After publishing ``key``: once this process holds ``COMPACT_EVERY`` loose records (its own, those its
+        syncs read), fold them into a segment, with no GET."""
+        if len(self._bodies) >= COMPACT_EVERY:
+            with contextlib.suppress(RemoteError):  # folding is for speed: a failure leaves the records loose
+                self.compact(fetch=False)
 
     def publish_trial(
         self,
@@ -305,116 +351,93 @@ class RemoteStore:
         }
         key = f"runs/{int(now * 1000):013d}-{run_id}-trial.json"
         with self.lease("writer"):
-            body = {"record": record, "sig": _sign(self.key, _canonical(record))}
-            self.backend.put_bytes(key, json.dumps(body).encode())
+            self.put_record(key, record)
+        self.fold_if_due(key)
         return key
 
-    def write_index(self, store: RunStore, foreign: dict[str, dict[str, Any]] | None = None) -> str | None:
-        """Write one compacted index of every run record in the store (each record signed), so a new kernel's
-        first sync is one GET instead of one per run; older indexes are removed. Runs this home indexes are
-        exported from it; ``foreign`` (record key -> record) are the others, read from the store. An index lists
-        only the keys whose record it holds. The caller holds the gc lease (no run publishes meanwhile). Returns
-        the index's key."""
-        foreign = foreign or {}
-        seen = {k: r for k, r in store.remote_record_runs(str(self.uri)).items() if k not in foreign}
-        entries, held = [], set()
-        for run_id in sorted(set(seen.values())):
-            if store.get_run(run_id) is not None:
-                record = store.export_run(run_id)
-                entries.append({"record": record, "sig": _sign(self.key, _canonical(record))})
-                held.add(run_id)
-        seen = {k: r for k, r in seen.items() if r in held}
-        for key, record in sorted(foreign.items()):
-            entries.append({"record": record, "sig": _sign(self.key, _canonical(record))})
-            seen[key] = record["run"]["id"]
-        if not seen:
-            return None
-        covers = max(seen)
-        body = {
-            "format": RECORD_FORMAT,
-            "covers": covers,
-            "listed_at": time.time(),  # the keys were listed under the gc lease, before this moment
-            "keys": sorted(seen.items()),
-            "runs": entries,
-        }
-        stamp = covers.removeprefix("runs/")[:13]
-        key = f"index/{stamp}-{uuid.uuid4().hex[:8]}.json.gz"
-        self.backend.put_bytes(key, gzip.compress(json.dumps(body).encode(), 6))
-        for blob in list(self.backend.list("index/")):
-            if blob.key != key:
-                self.backend.delete(blob.key)
-        return key
-
-    def _first_sync(self, store: RunStore) -> int:
-        """An empty home starts from the newest compacted index, if there is one."""
-        indexes = sorted(b.key for b in self.backend.list("index/") if b.key.endswith(".json.gz"))
-        data = self.backend.get_bytes(indexes[-1]) if indexes else None
-        if data is None:
-            return 0
-        try:
-            body = json.loads(gzip.decompress(data))
-            entries, keys = body["runs"], body["keys"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
-        try:
-            records = [self._read_record("", json.dumps(e).encode()) for e in entries]
-            marks = [(str(k), str(r)) for k, r in keys]
-        except (TypeError, ValueError):
-            return 0
-        if any(r is None for r in records):  # not this team key's index: each record is read on its own instead
-            print(
-                f"nbmagic: the run index {indexes[-1]} of {self.uri} does not verify with the team key"
-                " ($NBMAGIC_STORE_KEY): reading each run record instead",
-                file=sys.stderr,
-            )
-            return 0
-        imported = store.import_runs(records)
-        store.mark_remote_seen(str(self.uri), marks)
-        listed_at = body.get("listed_at")
-        if _number(listed_at):
-            store.set_remote_listed_at(str(self.uri), float(listed_at))
-        return imported
-
-    def sync(self, store: RunStore, workers: int = 16) -> int:
-        """Import the records not seen yet into the local index; returns how many runs were imported."""
-        uri = str(self.uri)
-        first = 0
-        if store.remote_watermark(uri) is None:
-            first = self._first_sync(store)
-        # keys carry their writer's clock, so the newest key seen says nothing about the others: a sync lists the
-        # keys stamped after its previous listing began by this machine's clock, less SKEW_S, and compares them
-        # with those seen (a writer's clock ahead hides nothing; one up to SKEW_S behind neither)
-        began, since = time.time(), store.remote_listed_at(uri)
-        start = "" if since is None else f"runs/{max(0, int((since - SKEW_S) * 1000)):013d}"
-        listed = [b.key for b in self.backend.list("runs/", start) if b.key.endswith(".json")]
-        seen = store.remote_seen(uri, listed)
-        fresh = [k for k in listed if k not in seen]
-        if not fresh:
-            store.set_remote_listed_at(uri, began)
-            return first
+    # ------------------------------------------------------------------ sync
+    def _get_many(self, keys: list[str], workers: int = 16) -> list[bytes | None]:
+        """GET ``keys`` over a bounded pool of threads (S3 answers them side by side)."""
+        if len(keys) < 2:
+            return [self.backend.get_bytes(k) for k in keys]
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=min(workers, len(fresh))) as pool:
-            bodies = list(pool.map(self.backend.get_bytes, fresh))
-        records, marks, skipped, malformed = [], [], [], []
-        for key, data in zip(fresh, bodies):
-            record, why = self._parse(data)
+        with ThreadPoolExecutor(max_workers=min(workers, len(keys))) as pool:
+            return list(pool.map(self.backend.get_bytes, keys))
+
+    def segments(self) -> list[Blob]:
+        """The compacted segments (``index/<sha256>.json.gz``) in the store."""
+        return [b for b in self.backend.list("index/") if _SEGMENT.fullmatch(b.key)]
+
+    @staticmethod
+    def read_segment(key: str, data: bytes | None) -> dict[str, Any] | None:
+        """record key -> body (``{"record", "sig"}``) of a segment; None unless its bytes hash to its name and
+        hold a segment (each body is still checked on its own, as a loose record is)."""
+        if data is None or hashlib.sha256(data).hexdigest() != key.removeprefix("index/").removesuffix(".json.gz"):
+            return None
+        try:
+            body = json.loads(gzip.decompress(data))
+            entries = body["entries"] if body.get("format") == SEGMENT_FORMAT else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if not isinstance(entries, list):
+            return None
+        return {
+            e["key"]: {"record": e.get("record"), "sig": e.get("sig")}
+            for e in entries
+            if isinstance(e, dict) and isinstance(e.get("key"), str) and e["key"].startswith("runs/")
+        }
+
+    def sync(self, store: RunStore, workers: int = 16) -> int:
+        """Import the records not seen yet into the local index; returns how many runs were imported.
+
+        Lists every loose record key (``runs/``) and every segment key (``index/``) and reads those not seen
+        before: nothing depends on the writers' clocks. Loose records are few, as publishers and readers fold
+        them into segments (:meth:`compact`). The loose keys are read first, the segments second: a record
+        folded (and removed) meanwhile is in a segment listed after its removal."""
+        uri = str(self.uri)
+        loose = [b.key for b in self.backend.list("runs/") if b.key.endswith(".json")]
+        seen = store.remote_seen(uri, loose)
+        fresh = [k for k in loose if k not in seen]
+        found: dict[str, Any] = {}
+        for key, data in zip(fresh, self._get_many(fresh, workers)):
+            if data is not None:  # None: folded into a segment meanwhile, read below
+                self._remember(key, data)
+                found[key] = _loads(data)
+        listed = [b.key for b in self.segments()]
+        segments = [k for k in listed if k not in store.remote_seen(uri, listed)]
+        whole, broken = [], []
+        for seg, data in zip(segments, self._get_many(segments, workers)):
+            entries = self.read_segment(seg, data)
+            if entries is None:
+                if data is not None:
+                    broken.append(seg)
+                continue
+            known = store.remote_seen(uri, list(entries))
+            for key, body in entries.items():
+                if key not in known:
+                    found.setdefault(key, body)
+            whole.append((seg, set(entries)))
+        records, marks, skipped, malformed = [], [], set(), []
+        for key in sorted(found):
+            record, why = self._check(found[key])
             if record is None:  # one not signed with this key is read again next time (the key may be fixed)
-                (malformed if why == "malformed" else skipped).append(key)
                 if why == "malformed":
+                    malformed.append(key)
                     marks.append((key, None))
+                else:
+                    skipped.add(key)
                 continue
             records.append(record)
             marks.append((key, record["run"]["id"]))
         imported = store.import_runs(records)
+        # a segment is done with once each of its records is imported or judged malformed
+        marks += [(seg, None) for seg, keys in whole if not keys & skipped] + [(seg, None) for seg in broken]
         store.mark_remote_seen(uri, marks)
-        # a record skipped for its signature stays inside the next sync's window (the key may be fixed)
-        stamps = [int(k.removeprefix("runs/")[:13]) / 1000 for k in skipped if k.removeprefix("runs/")[:13].isdigit()]
-        store.set_remote_listed_at(uri, min([began, *(t + SKEW_S - 1 for t in stamps)]))
         if skipped:
             print(
                 f"nbmagic: skipped {len(skipped)} run record(s) in {self.uri} not signed with the team key"
-                f" ($NBMAGIC_STORE_KEY), e.g. {skipped[0]}",
+                f" ($NBMAGIC_STORE_KEY), e.g. {min(skipped)}",
                 file=sys.stderr,
             )
         if malformed:
@@ -423,7 +446,41 @@ class RemoteStore:
                 f" the wrong type), e.g. {malformed[0]}",
                 file=sys.stderr,
             )
-        return first + imported
+        if broken:
+            print(
+                f"nbmagic: skipped {len(broken)} segment(s) of {self.uri} whose bytes do not match their name,"
+                f" e.g. {broken[0]}",
+                file=sys.stderr,
+            )
+        self.judge_liveness(store)
+        if len(loose) >= READER_COMPACT_AT and not self._fold_refused:
+            runs = store.remote_record_runs(uri)  # records this key verified, now or before
+            if sum(k in runs for k in loose) >= READER_COMPACT_AT:
+                try:
+                    self.compact()
+                except RemoteError:  # e.g. read-only credentials: publishers fold them
+                    self._fold_refused = True
+        return imported
+
+    def _remember(self, key: str, data: bytes) -> None:
+        """Keep a loose record's bytes while it is loose, so folding it needs no second GET."""
+        if len(self._bodies) >= 20_000:
+            self._bodies.clear()
+        self._bodies[key] = data
+
+    def _check(self, body: Any) -> tuple[dict[str, Any] | None, str]:
+        """(record, "") or (None, why) for a parsed record body: "missing", "malformed" or "unsigned"."""
+        if body is None:
+            return None, "malformed"
+        try:
+            record = body["record"]
+        except (KeyError, TypeError):
+            return None, "malformed"
+        if self.key and not _verified(self.key, _canonical(record), body.get("sig")):
+            return None, "unsigned"
+        if not well_formed(record):
+            return None, "malformed"
+        return record, ""
 
     def _read_record(self, key: str, data: bytes | None) -> dict[str, Any] | None:
         """The record in ``data`` if it is well formed and (with a team key) signed with it; else None."""
@@ -433,16 +490,98 @@ class RemoteStore:
         """(record, "") or (None, why): "missing", "malformed" or "unsigned"."""
         if data is None:
             return None, "missing"
+        return self._check(_loads(data))
+
+    # ------------------------------------------------------------------ segments
+    def compact(self, fetch: bool = True) -> str | None:
+        """Fold the loose records this key verifies into one content-addressed segment, then remove what was
+        folded: the segment is written first, so a record is always loose or in a segment. Once there are
+        ``MERGE_AT`` segments, the small ones go into it too (each at most twice the size of what is merged
+        before it, so a record is rewritten a few times, not once per fold). ``fetch`` off: only the records
+        this process holds (its own, those its syncs read) are folded, with no GET. Runs under a writer lease;
+        gives way to a gc. Returns the segment's key, or None when there was too little to fold or a gc holds
+        the store."""
         try:
-            body = json.loads(data)
-            record = body["record"]
-        except (ValueError, KeyError, TypeError):
-            return None, "malformed"
-        if self.key and not _verified(self.key, _canonical(record), body.get("sig")):
-            return None, "unsigned"
-        if not well_formed(record):
-            return None, "malformed"
-        return record, ""
+            with self.lease("writer", wait=False):
+                return self._compact(fetch)
+        except StoreBusy:
+            return None
+
+    def _compact(self, fetch: bool) -> str | None:
+        loose = [b.key for b in self.backend.list("runs/") if b.key.endswith(".json")]  # under the lease: no gc
+        listed = set(loose)
+        for key in [k for k in self._bodies if k not in listed]:  # folded by others, or dropped by a gc
+            del self._bodies[key]
+        missing = [k for k in loose if k not in self._bodies] if fetch else []
+        for key, data in zip(missing, self._get_many(missing)):
+            if data is not None:
+                self._remember(key, data)
+        entries: dict[str, Any] = {}
+        size = 0
+        for key in loose:
+            data = self._bodies.get(key)
+            body = _loads(data)
+            if self._check(body)[0] is not None:  # others (not this key's, malformed) stay loose for gc to judge
+                entries[key] = {"record": body["record"], "sig": body.get("sig")}
+                size += len(data or b"") // 8  # about what it weighs gzipped
+        if len(entries) < COMPACT_MIN:
+            return None
+        folded = set(entries)
+        merged = []
+        segments = sorted(self.segments(), key=lambda b: b.size)
+        if len(segments) + 1 >= MERGE_AT:
+            chosen = []
+            for blob in segments:
+                if blob.size > 2 * size and len(chosen) >= 2:
+                    break
+                chosen.append(blob.key)
+                size += blob.size
+            for seg, data in zip(chosen, self._get_many(chosen)):
+                parts = self.read_segment(seg, data)
+                if parts is not None:  # carried over as they are, whichever key signed them
+                    merged.append(seg)
+                    for key, body in parts.items():
+                        entries.setdefault(key, body)
+        seg, data = segment_bytes(entries)
+        self.backend.put_bytes(seg, data, if_absent=True)
+        self._delete_many([*sorted(folded), *(old for old in merged if old != seg)])
+        for key in folded:
+            self._bodies.pop(key, None)
+        return seg
+
+    def _delete_many(self, keys: list[str], workers: int = 16) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if keys:
+            with ThreadPoolExecutor(max_workers=min(workers, len(keys))) as pool:
+                list(pool.map(self.backend.delete, keys))
+
+    # ------------------------------------------------------------------ liveness
+    def judge_liveness(self, store: RunStore) -> None:
+        """Runs of other homes still "running" whose heartbeat (``live/<run>.json``, renewed by the step that
+        runs and written by each step that ends) is older than ``LEASE_S`` by the store's clock are shown as
+        "lost", with one line; a heartbeat seen again makes them "running" again. A run that never had a
+        heartbeat (written by an older version) is left as it is."""
+        active = store.remote_active_runs()
+        if not active:
+            return
+        beats = {b.key[5:-5]: b.modified for b in self.backend.list("live/") if b.key.endswith(".json")}
+        if not any(run_id in beats for run_id in active):
+            return
+        now = self.backend.now()
+        for run_id, status in active.items():
+            if run_id not in beats:
+                continue
+            silent = now - beats[run_id]
+            if silent > LEASE_S and status == "running":
+                store.update_run(run_id, status="lost")
+                print(
+                    f"nbmagic: run {run_id} in {self.uri} has sent no heartbeat for {silent / 60:.0f} min (its step's"
+                    f" pod or process was likely killed): shown as lost, and gc no longer treats it as live",
+                    file=sys.stderr,
+                )
+            elif silent <= LEASE_S and status == "lost":
+                store.update_run(run_id, status="running")
 
     # ------------------------------------------------------------------ leases
     def _live(self, prefix: str, mine: str = "") -> list[str]:
@@ -450,10 +589,11 @@ class RemoteStore:
         return [b.key for b in self.backend.list(prefix) if b.key != mine and now - b.modified < STALE_S]
 
     @contextlib.contextmanager
-    def lease(self, role: str) -> Iterator[None]:
+    def lease(self, role: str, wait: bool = True) -> Iterator[None]:
         """Hold a ``writer`` lease (many at once) or the ``gc`` lease (alone): each side writes its lease, then
         looks for the other's; the store's strong consistency means at least one of two racing sides sees the
-        other and steps back. A writer waits for a gc; a gc gives way to writers (:class:`StoreBusy`)."""
+        other and steps back. A writer waits for a gc (unless ``wait`` is off); a gc gives way to writers
+        (:class:`StoreBusy`)."""
         other = "gc" if role == "writer" else "writer"
         key = f"locks/{role}-{uuid.uuid4().hex}.json"
         info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
@@ -470,6 +610,8 @@ class RemoteStore:
             if not holders:
                 break
             self.backend.delete(key)
+            if not wait:
+                raise StoreBusy(f"the run store {self.uri}: a gc holds it ({holders[0]})")
             if time.time() > deadline:
                 raise RemoteError(f"the run store {self.uri}: a gc has held it for over {WAIT_S:.0f} s ({holders[0]})")
             time.sleep(random.uniform(0.2, 1.0))

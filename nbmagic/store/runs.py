@@ -34,11 +34,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import home
 from ..errors import NbMagicError
 from .processes import identity, same_process
+
+if TYPE_CHECKING:
+    from .shared_cache import Wanted
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS contexts (
@@ -679,9 +682,10 @@ class RunStore:
         return {name: {"hash": h, "type": t, "format": f, "size": s, "name": name} for name, h, t, f, s in rows}
 
     # -- cache ---------------------------------------------------------------------------------
-    def cache_get(self, key: str, touch: bool = True) -> CacheEntry | None:
+    def cache_get(self, key: str, touch: bool = True, wanted: Wanted | None = None) -> CacheEntry | None:
         """The entry under ``key`` when every value it names is still stored; ``touch`` marks it used now (for gc)
-        — a caller in a hurry does it later with :meth:`cache_touch`."""
+        — a caller in a hurry does it later with :meth:`cache_touch`. A local miss asks the shared store only
+        with ``wanted`` (what the step needs from an entry, see :mod:`nbmagic.store.shared_cache`)."""
         row = (
             self._connection()
             .execute(
@@ -690,22 +694,22 @@ class RunStore:
             .fetchone()
         )
         if row is None:
-            return self._shared_cache_get(key)
+            return self._shared_cache_get(key, wanted)
         carried = json.loads(row[6]) if row[6] else None
         entry = CacheEntry(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), json.loads(row[5]), carried)
         if not all(self.objects.exists(ref["hash"]) for ref in entry.outputs.values()):
-            return self._shared_cache_get(key)  # a value was collected or lost here: the team's, else run again
+            return self._shared_cache_get(key, wanted)  # a value was collected or lost here: the team's, else run again
         if touch:
             self.cache_touch(key)
         return entry
 
-    def _shared_cache_get(self, key: str) -> CacheEntry | None:
+    def _shared_cache_get(self, key: str, wanted: Wanted | None) -> CacheEntry | None:
         """A local miss: the shared store's entry under ``key``, verified, its values pulled here (or None)."""
-        if self.remote is None:
+        if self.remote is None or wanted is None:
             return None
         from .shared_cache import lookup
 
-        return lookup(self, key)
+        return lookup(self, key, wanted)
 
     def cache_entries_of_run(self, run_id: str) -> list[CacheEntry]:
         """The cache entries whose results the steps of ``run_id`` computed (not those it took from the cache)."""
@@ -1216,6 +1220,13 @@ class RunStore:
                 for r in conn.execute(f"SELECT key FROM remote_seen WHERE uri=? AND key IN ({marks})", (uri, *chunk))
             )
         return seen
+
+    def remote_active_runs(self) -> dict[str, str]:
+        """run id -> status of runs imported from the shared store that are "running" or "lost"."""
+        rows = self._connection().execute(
+            "SELECT id, status FROM runs WHERE status IN ('running','lost') AND owner_pid IS NULL"
+        )
+        return dict(rows.fetchall())
 
     def remote_listed_at(self, uri: str) -> float | None:
         """When (this machine's clock) the last complete listing of ``uri``'s run records began."""

@@ -1,22 +1,25 @@
 """gc of the shared store: the records of runs the policy dropped, then values no remaining run refers to.
 
-Runs under the store's gc lease (:meth:`RemoteStore.lease`): while it is held no run publishes, and a gc
-never starts while one does (it gives way with one line), so a value a run is about to refer to is never
-collected. The policy is the local one (``nbmagic.store.gc``), applied to the local index right after a full
-sync, so it sees every run of the team. A value's files are removed manifest first (readers see it whole or not
-at all); files left by an interrupted upload (no manifest) and leases of dead processes go too. Last, it
-writes a compacted index of the remaining runs (``index/``), which a new kernel's first sync reads in one GET.
+Runs under the store's gc lease (:meth:`RemoteStore.lease`): while it is held no run publishes or folds records,
+and a gc never starts while one does (it gives way with one line), so a value a run is about to refer to is
+never collected. The policy is the local one (``nbmagic.store.gc``), applied to the local index right after a
+full sync, so it sees every run of the team. Every record, loose or in a segment, is read: the values the kept
+ones name stay. A record that cannot be read or verified does not stop gc: it is set aside under
+``quarantine/`` (one line), and every value hash its bytes mention stays, now and in later gcs while it is
+there. A value's files are removed manifest first (readers see it whole or not at all); files left by an
+interrupted upload (no manifest), leases of dead processes and old heartbeats go too. Last, the kept records
+are written as one segment (``index/``), which a new kernel's first sync reads in one GET.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..units import format_size
 from . import shared_cache
-from .backends import RemoteError
-from .remote import STALE_S, record_hashes
+from .remote import _SEGMENT, LEASE_S, STALE_S, _loads, record_hashes, segment_bytes
 from .runs import RunStore
 
 
@@ -26,49 +29,103 @@ class SharedSweep:
     values: int = 0
     bytes: int = 0
     leftovers: int = 0
+    quarantined: list[str] = field(default_factory=list)
 
     def line(self, uri: str, dry_run: bool) -> str:
         verb = "would remove" if dry_run else "removed"
-        return (
+        text = (
             f"shared store {uri}: {verb} {self.records} run records, {self.values} values"
             f" ({format_size(self.bytes)}), {self.leftovers} leftover files"
         )
+        if self.quarantined:
+            text += (
+                f"; {'would set' if dry_run else 'set'} aside {len(self.quarantined)} unreadable or unverifiable run"
+                f" record(s) under quarantine/ (e.g. {self.quarantined[0]}), keeping every value they name"
+            )
+        return text
+
+
+def gzip_text(data: bytes) -> bytes:
+    """A segment's bytes as text when they unzip (so the hashes they mention can be found), else as they are."""
+    import gzip
+
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError):
+        return data
 
 
 def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: float = 60.0) -> SharedSweep:
     """Remove from the shared store what the local gc dropped; the caller holds the gc lease."""
     remote, found = store.remote, SharedSweep()
-    uri, now = str(remote.uri), time.time()
-    seen = store.remote_record_runs(uri)
-    keep = store.referenced_hashes(exclude=dropped)
-    doomed, foreign = [], {}
-    for blob in list(remote.backend.list("runs/")):
-        if not blob.key.endswith(".json"):
+    backend = remote.backend
+    now = backend.now()
+    keep = store.referenced_hashes(exclude=dropped)  # this home's runs, published or not yet
+    kept: dict[str, Any] = {}
+    kept_runs: set[str] = set()
+    doomed: list[str] = []  # loose records of dropped runs
+    suspect: list[bytes] = []  # bytes of records gc cannot trust: a value whose hash they mention stays
+    aside: list[tuple[str, bytes, str | None]] = []  # (quarantine key, bytes, loose key to remove)
+
+    dropped_keys: set[str] = set()  # a record may be both loose and in a segment: counted once
+
+    def judge(key: str, body: Any, raw: bytes, loose: bool) -> None:
+        record, _why = remote._check(body)
+        if record is None:
+            aside.append((f"quarantine/{key}", raw, key if loose else None))
+            suspect.append(raw)
+        elif record["run"]["id"] in dropped:
+            dropped_keys.add(key)
+            if loose:
+                doomed.append(key)
+        else:
+            kept.setdefault(key, {"record": record, "sig": body.get("sig")})
+            kept_runs.add(record["run"]["id"])
+            keep.update(record_hashes(record))
+
+    old_segments = [b.key for b in backend.list("index/")]
+    segments = [k for k in old_segments if _SEGMENT.fullmatch(k)]  # others: indexes of an older version
+    for seg, data in zip(segments, remote._get_many(segments)):
+        if data is None:
             continue
-        run_id = seen.get(blob.key)
-        if run_id in dropped:
-            doomed.append(blob.key)
-        elif run_id is None or store.get_run(run_id) is None:  # not in this home's index: read the record itself
-            record = remote._read_record(blob.key, remote.backend.get_bytes(blob.key))
-            if record is None:
-                raise RemoteError(
-                    f"gc: run record {blob.key} in {uri} is unreadable, malformed or not signed with the team key"
-                    " ($NBMAGIC_STORE_KEY): the values it refers to cannot be known, so nothing was removed"
-                )
-            foreign[blob.key] = record
-            keep |= record_hashes(record)
-    for key in doomed:
-        found.records += 1
-        if not dry_run:
-            remote.backend.delete(key)
-    found.leftovers += shared_cache.sweep(remote, dry_run, grace, dropped)  # entries and logs of runs gone
+        entries = remote.read_segment(seg, data)
+        if entries is None:
+            aside.append((f"quarantine/{seg}", data, None))
+            suspect.append(gzip_text(data))
+            continue
+        for key, body in sorted(entries.items()):
+            judge(key, body, json.dumps(body).encode(), loose=False)
+    loose = [b.key for b in backend.list("runs/") if b.key.endswith(".json")]
+    unknown = [k for k in loose if k not in remote._bodies]
+    fetched = dict(zip(unknown, remote._get_many(unknown)))
+    for key in loose:
+        data = remote._bodies.get(key, fetched.get(key))
+        if data is not None:
+            judge(key, _loads(data), data, loose=True)
+    for blob in list(backend.list("quarantine/")):  # set aside before: what they name still stays
+        suspect.append(gzip_text(backend.get_bytes(blob.key) or b""))
+    found.records = len(dropped_keys)
+    found.quarantined = [key.removeprefix("quarantine/") for key, _, _ in aside]
+    if not dry_run:
+        for key, data, original in aside:  # copied first, then removed from where readers look
+            backend.put_bytes(key, data)
+            if original:
+                backend.delete(original)
+        for key in doomed:
+            backend.delete(key)
+            remote._bodies.pop(key, None)
+    # cache entries and step logs of runs with no record left (a record set aside keeps its run's)
+    live = kept_runs | {shared_cache.record_run_id(key) for key in found.quarantined if key.startswith("runs/")}
+    found.leftovers += shared_cache.sweep(remote, dry_run, grace, dropped, live=live - dropped)
     folders: dict[str, list] = {}
-    for blob in remote.backend.list("objects/"):
+    for blob in backend.list("objects/"):
         parts = blob.key.split("/")
         if len(parts) == 4:
             folders.setdefault(parts[2], []).append(blob)
     for digest, blobs in folders.items():
         if digest in keep or any(now - b.modified < grace for b in blobs):
+            continue
+        if any(digest.encode() in raw for raw in suspect):
             continue
         whole = any(b.key.endswith("/manifest.json") for b in blobs)
         if whole:
@@ -78,10 +135,28 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
             found.leftovers += len(blobs)
         if not dry_run:
             remote.drop_object(digest)
-    for blob in list(remote.backend.list("locks/")):
+    for blob in list(backend.list("locks/")):
         if now - blob.modified > STALE_S and not dry_run:
-            remote.backend.delete(blob.key)
+            backend.delete(blob.key)
+            found.leftovers += 1
+    for blob in list(backend.list("live/")):  # old heartbeats of runs gone or ended (a lost run keeps its own)
+        run_id = blob.key.removeprefix("live/").removesuffix(".json")
+        run = store.get_run(run_id)
+        ended = run_id not in kept_runs or (run is not None and run.status not in ("running", "lost", "pending"))
+        if ended and now - blob.modified > LEASE_S:
+            if not dry_run:
+                backend.delete(blob.key)
             found.leftovers += 1
     if not dry_run:
-        remote.write_index(store, foreign)  # a new kernel's first sync reads this one object
+        # the kept records as one segment, written before the loose records and segments it replaces go
+        new = None
+        if kept:
+            new, data = segment_bytes(kept)
+            backend.put_bytes(new, data, if_absent=True)
+        remote._delete_many([key for key in loose if key in kept])
+        for key in kept:
+            remote._bodies.pop(key, None)
+        for seg in old_segments:
+            if seg != new:
+                backend.delete(seg)
     return found

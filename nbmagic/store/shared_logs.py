@@ -5,7 +5,8 @@ Layout under the store URI's prefix::
     logs/blobs/<h[:2]>/<h>       a log's bytes, content-addressed (sha256), written only if absent
     logs/runs/<run id>.json      step -> {hash, size, cut}, signed with the team key, written after the blobs
 
-A log is published as the step left it here (the worker masks the step's secrets before it is written),
+A log is published with the step's ``--secret`` values masked (masked here when the step ended, whatever
+its outcome, and again when published),
 bounded to ``$NBMAGIC_SHARED_LOG_CAP`` (default 2 MB: its first and last halves, the cut marked), and with
 the store's own credentials masked should a step have printed them. A log read from another home is checked
 against its hash and the index's signature, then kept under that home's ``runs/<run id>/<step>.log``.
@@ -30,7 +31,11 @@ FORMAT = 1
 CAP_ENV = "NBMAGIC_SHARED_LOG_CAP"
 DEFAULT_CAP = 2 * 10**6
 # credentials of the store itself, never published even if a step printed them
-_CREDENTIALS = ("NBMAGIC_STORE_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS")
+_CREDENTIALS = ("NBMAGIC_STORE_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# a Google service account's key file: the secrets it holds (its path is no secret)
+_GOOGLE_FILE = "GOOGLE_APPLICATION_CREDENTIALS"
+_GOOGLE_FIELDS = ("private_key", "private_key_id", "client_secret", "refresh_token")
+_secrets: set[str] = set()  # values of steps' --secret variables seen in this process
 _HEX = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -54,12 +59,65 @@ def bounded(data: bytes, cap: int) -> tuple[bytes, int]:
     return data[:half] + marker.encode() + data[len(data) - half :], cut
 
 
-def _masked(data: bytes) -> bytes:
-    for name in _CREDENTIALS:
-        value = os.environ.get(name, "")
+def remember_secrets(values: tuple[str, ...] | list[str]) -> None:
+    """Note the values of a step's ``--secret`` variables: every log this process publishes has them masked."""
+    _secrets.update(v for v in values if len(v) >= 4)
+
+
+def _credential_values() -> list[str]:
+    values = [os.environ.get(name, "") for name in _CREDENTIALS]
+    path = os.environ.get(_GOOGLE_FILE, "")
+    if path:
+        try:
+            info = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            info = None
+        if isinstance(info, dict):
+            for field in _GOOGLE_FIELDS:
+                value = info.get(field)
+                if isinstance(value, str):
+                    values.append(value)
+                    # a printed PEM key: each of its base64 lines on its own
+                    values.extend(line for line in value.splitlines() if len(line) >= 16 and "-----" not in line)
+    return values
+
+
+def _masked(data: bytes, secrets: tuple[str, ...] | list[str] = ()) -> bytes:
+    """``data`` with the store's credentials, the step's secrets and those seen in this process masked."""
+    values = sorted({*_credential_values(), *secrets, *_secrets}, key=len, reverse=True)  # longest first
+    for value in values:
         if len(value) >= 4:
             data = data.replace(value.encode(), b"***")
     return data
+
+
+def _step_secrets(row: dict[str, Any]) -> list[str]:
+    """The values of the step's ``--secret`` variables and ``--secret-file`` mounts as found here (their names
+    and paths are in its record)."""
+    try:
+        properties = json.loads(row.get("properties") or "{}")
+        names, files = properties.get("secret_env") or [], properties.get("secret_files") or []
+    except (ValueError, AttributeError):
+        return []
+    found = [os.environ[n] for n in names if isinstance(n, str) and os.environ.get(n)]
+    paths = [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+    if paths:
+        from ..runtime.secret_files import secret_file_values
+
+        found.extend(secret_file_values(paths))
+    return found
+
+
+# escape sequences (CSI, OSC, and two-character ones), then any other control character but newline and tab
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to write to a terminal: escape and control sequences removed (newlines and tabs kept,
+    a carriage return before a newline dropped, any other one made a newline so no line hides another)."""
+    text = _ESCAPES.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _CONTROLS.sub("", text)
 
 
 def _blob_key(digest: str) -> str:
@@ -89,7 +147,7 @@ def publish_run(store: RunStore, run_id: str) -> int:
         if path is None:
             continue
         try:
-            data, cut = bounded(_masked(path.read_bytes()), cap)
+            data, cut = bounded(_masked(path.read_bytes(), _step_secrets(row)), cap)
         except OSError:
             continue
         digest = hashlib.sha256(data).hexdigest()
@@ -184,11 +242,14 @@ def sweep(remote: Any, live: set[str], dry_run: bool = False, grace: float = 60.
     with ThreadPoolExecutor(max_workers=16) as pool:
         bodies = list(pool.map(remote.backend.get_bytes, kept))
     listed: set[str] = set()
-    for data in bodies:
+    for key, data in zip(kept, bodies):
         try:
             listed |= {ref["hash"] for ref in json.loads(data or b"null")["index"]["steps"].values()}
         except (ValueError, KeyError, TypeError, AttributeError):
-            return removed  # an index that cannot be read: its logs cannot be told apart, none is removed
+            # an index that cannot be read lists nothing anyone can read (a log is only found through its index):
+            # skipped, so the others' logs are still collected
+            _say(f"{remote.uri}: the log index {key} is unreadable; skipped by log gc")
+            continue
     for blob in list(remote.backend.list("logs/blobs/")):
         if blob.key.rpartition("/")[2] not in listed and now - blob.modified >= grace:
             removed += 1
