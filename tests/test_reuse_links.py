@@ -142,3 +142,19 @@ def test_a_function_transformer_holding_a_notebook_function_reads_the_kernels_gl
     run_ok(ip, "k = 5")
     assert ip.user_ns["ft"].func(1) == 5  # reused only when the loaded function reads the kernel's own globals
     assert "s: reused from run" in said or "s: runs (cannot be reused: 'ft' is a function defined" in said
+
+
+def test_a_cell_reusing_what_compile_run_computed_keeps_the_links_between_its_values(ip, capsys):
+    run_ok(ip, "%%step s\na = []\nb = {'x': a}\n")
+    run_ok(ip, "%%step t\nv = {'x': []}\nw = [v['x']]\n")
+    run_ok(ip, "%compile_run --quiet")
+    for name in ("a", "b", "v", "w"):
+        ip.user_ns.pop(name)
+    run_ok(ip, "%pipeline_config --reuse")
+    capsys.readouterr()
+    run_ok(ip, "%%step s\na = []\nb = {'x': a}\n")
+    run_ok(ip, "%%step t\nv = {'x': []}\nw = [v['x']]\n")
+    said = capsys.readouterr().out
+    assert "s: reused from run" in said and ip.user_ns["b"]["x"] is ip.user_ns["a"]
+    assert "t: runs (cannot be reused: 'v' was not kept: not reusable in a notebook (" in said
+    assert ip.user_ns["w"][0] is ip.user_ns["v"]["x"]

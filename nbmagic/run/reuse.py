@@ -26,7 +26,7 @@ from ..pipeline.settings import StepSettings, merge
 from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
-from .reuse_links import TooLarge, follow, notebook_code, path_to, shared
+from .reuse_links import TooLarge, follow, links, notebook_code
 
 
 class NotReusable(Exception):
@@ -244,6 +244,9 @@ class Reuse:
                 " with)",
                 flush=True,
             )
+        if entry is not None and stale is None and entry.not_kept:
+            name, why = next(iter(entry.not_kept.items()))
+            print(f"{step.name}: runs (cannot be reused: {name!r} was not kept: {why})", flush=True)
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             always, sometimes = _deleted(step.cell.code)
             if sometimes:
@@ -322,7 +325,7 @@ class Reuse:
                 else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
-        reason, aliases = _links(assigned, {n: namespace[n] for n in watched if n in namespace})
+        reason, aliases = links(assigned, {n: namespace[n] for n in watched if n in namespace})
         for name, target in aliases.items():
             if name in outputs:
                 outputs[name] = {**outputs[name], "alias": target}
@@ -678,40 +681,17 @@ def _deleted(code: str) -> tuple[set[str], set[str]]:
     return always, sometimes - always
 
 
-def _links(assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, dict[str, list[str | int]]]:
-    """(why the cell's results cannot be reused: values that share an object, else None; name -> where its object
-    is found inside another value). A name bound to another value's object, or to a part of it reached by
-    subscripts (``d`` after ``for d in [train, test]``, ``part = nested["rows"]``), is loaded as that object."""
-    tops = {**read, **assigned}
-    aliases: dict[str, list[str | int]] = {}
-    for _ in range(len(assigned) + 1):
-        values = {n: v for n, v in assigned.items() if n not in aliases}
-        try:
-            found = shared(values, {n: v for n, v in read.items() if n not in assigned})
-        except TooLarge:
-            return "its values are too large to check for shared objects", aliases
-        if found is None:
-            return None, aliases
-        name, other, same = found
-        for part, whole in ((name, other), (other, name)):
-            if part in assigned and whole not in aliases:
-                path = path_to(assigned[part], tops[whole])
-                if path is not None:
-                    aliases[part] = [whole, *path]
-                    break
-        else:
-            if same:
-                return f"{name!r} and {other!r} are one object; loaded from the store they would be two", aliases
-            return (
-                f"{name!r} and {other!r} hold a shared object; loaded from the store they would hold two copies",
-                aliases,
-            )
-    return "its values share objects in too many ways to check", aliases
-
-
 def _bind_aliases(outputs: dict[str, dict[str, Any]], loaded: dict[str, Any], namespace: dict[str, Any]) -> bool:
     """Bind each name stored as a part of another value to that part of the loaded (or kernel's) value."""
     pending = {n: ref["alias"] for n, ref in outputs.items() if ref.get("alias")}
+    for alias in pending.values():
+        if not (
+            isinstance(alias, list)
+            and alias
+            and isinstance(alias[0], str)
+            and all(type(k) in (str, int) for k in alias[1:])
+        ):
+            return False
     for _ in range(len(pending) + 1):
         if not pending:
             return True

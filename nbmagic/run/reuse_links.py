@@ -189,3 +189,34 @@ def follow(root: Any, path: list[str | int]) -> Any:
     for key in path:
         root = root[key]
     return root
+
+
+def links(assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, dict[str, list[str | int]]]:
+    """(why the cell's results cannot be reused: values that share an object, else None; name -> where its object
+    is found inside another value). A name bound to another value's object, or to a part of it reached by
+    subscripts (``d`` after ``for d in [train, test]``, ``part = nested["rows"]``), is loaded as that object."""
+    tops = {**read, **assigned}
+    aliases: dict[str, list[str | int]] = {}
+    for _ in range(len(assigned) + 1):
+        values = {n: v for n, v in assigned.items() if n not in aliases}
+        try:
+            found = shared(values, {n: v for n, v in read.items() if n not in assigned})
+        except TooLarge:
+            return "its values are too large to check for shared objects", aliases
+        if found is None:
+            return None, aliases
+        name, other, same = found
+        for part, whole in ((name, other), (other, name)):
+            if part in assigned and whole not in aliases:
+                path = path_to(assigned[part], tops[whole])
+                if path is not None:
+                    aliases[part] = [whole, *path]
+                    break
+        else:
+            if same:
+                return f"{name!r} and {other!r} are one object; loaded from the store they would be two", aliases
+            return (
+                f"{name!r} and {other!r} hold a shared object; loaded from the store they would hold two copies",
+                aliases,
+            )
+    return "its values share objects in too many ways to check", aliases
