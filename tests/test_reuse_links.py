@@ -158,3 +158,17 @@ def test_a_cell_reusing_what_compile_run_computed_keeps_the_links_between_its_va
     assert "s: reused from run" in said and ip.user_ns["b"]["x"] is ip.user_ns["a"]
     assert "t: runs (cannot be reused: 'v' was not kept: not reusable in a notebook (" in said
     assert ip.user_ns["w"][0] is ip.user_ns["v"]["x"]
+
+
+def test_values_too_large_to_walk_make_the_cell_run_next_time(ip, capsys, monkeypatch):
+    import nbmagic.run.reuse_links as reuse_links
+
+    monkeypatch.setattr(reuse_links, "LIMIT", 50)
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\nrows = [[i] for i in range(100)]\n"
+    run_ok(ip, cell)
+    assert "s: cannot be reused next time (its values are too large to check for shared objects)" in (
+        capsys.readouterr().out
+    )
+    run_ok(ip, cell)
+    assert "reused from run" not in capsys.readouterr().out

@@ -259,8 +259,8 @@ class Reuse:
             loaded = self._load(entry.outputs, step.cell.code, step.writes, namespace)
             try:
                 unbound = None if loaded is None else notebook_code(loaded, namespace)
-            except TooLarge:
-                print(f"{step.name}: runs (cannot be reused: its values are too large to check)", flush=True)
+            except TooLarge as exc:
+                print(f"{step.name}: runs (cannot be reused: {exc})", flush=True)
                 loaded = unbound = None
             if unbound is not None:
                 print(

@@ -37,7 +37,7 @@ _ATOM_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
 class TooLarge(Exception):
-    """The bound on work was reached before the walk ended."""
+    """The walk could not end: the bound on work was reached, or an object could not be looked into."""
 
 
 class _Walk:
@@ -49,7 +49,7 @@ class _Walk:
     def charge(self, n: int = 1) -> None:
         self.left -= n
         if self.left < 0:
-            raise TooLarge
+            raise TooLarge("its values are too large to check for shared objects")
 
     def identities(self, value: Any) -> set[int]:
         """Ids of the changeable objects reachable from ``value`` (an array counts by the memory it uses)."""
@@ -62,7 +62,12 @@ class _Walk:
                 continue
             seen.add(id(obj))
             self.charge()
-            stack.extend(self._children(obj, found))
+            try:
+                stack.extend(self._children(obj, found))
+            except TooLarge:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an object that cannot be looked into: not sure
+                raise TooLarge(f"a {type(obj).__qualname__} cannot be looked into ({type(exc).__name__})") from None
         return found
 
     def _children(self, obj: Any, found: set[int]) -> Iterable[Any]:
@@ -136,10 +141,10 @@ class _Walk:
             self.notebook = True
 
 
-def shared(assigned: dict[str, Any], read: dict[str, Any], limit: int = LIMIT) -> tuple[str, str, bool] | None:
+def shared(assigned: dict[str, Any], read: dict[str, Any], limit: int | None = None) -> tuple[str, str, bool] | None:
     """Two names, one of them in ``assigned``, whose values reach one changeable object: (name, other name, the two
     are bound to that very object). Raises :class:`TooLarge` when the walk would take too long."""
-    walk = _Walk(None, limit)
+    walk = _Walk(None, limit or LIMIT)
     owner: dict[int, str] = {}
     tops: dict[str, int] = {}
     for name, value in [*read.items(), *assigned.items()]:
@@ -151,11 +156,11 @@ def shared(assigned: dict[str, Any], read: dict[str, Any], limit: int = LIMIT) -
     return None
 
 
-def notebook_code(values: dict[str, Any], namespace: dict[str, Any], limit: int = LIMIT) -> str | None:
+def notebook_code(values: dict[str, Any], namespace: dict[str, Any], limit: int | None = None) -> str | None:
     """The first name whose value holds, anywhere inside it, a function or class of the notebook (module
     ``__main__``), or an instance of such a class, other than the kernel's own. Raises :class:`TooLarge`."""
     for name, value in values.items():
-        walk = _Walk(namespace, limit)
+        walk = _Walk(namespace, limit or LIMIT)
         walk.identities(value)
         if walk.notebook:
             return name
@@ -201,8 +206,8 @@ def links(assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, d
         values = {n: v for n, v in assigned.items() if n not in aliases}
         try:
             found = shared(values, {n: v for n, v in read.items() if n not in assigned})
-        except TooLarge:
-            return "its values are too large to check for shared objects", aliases
+        except TooLarge as exc:
+            return str(exc), aliases
         if found is None:
             return None, aliases
         name, other, same = found

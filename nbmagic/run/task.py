@@ -234,7 +234,10 @@ def _note_links(result: dict[str, Any], assigned: dict[str, Any], values: dict[s
             outputs[name] = {k: v for k, v in ref.items() if k != "alias"}
     kept = {n: assigned[n] for n in outputs if n in assigned}
     seen = {n: assigned.get(n, values.get(n)) for n in read if n not in kept and (n in assigned or n in values)}
-    reason, aliases = links(kept, seen)
+    try:
+        reason, aliases = links(kept, seen)
+    except Exception as exc:  # noqa: BLE001 - not sure: a kernel runs the step instead of reusing it
+        reason, aliases = f"its values cannot be checked for shared objects ({type(exc).__name__})", {}
     for name, path in aliases.items():
         outputs[name] = {**outputs[name], "alias": path}
     if reason:
