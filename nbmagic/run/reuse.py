@@ -258,7 +258,7 @@ class Reuse:
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             loaded = self._load(entry.outputs, step.cell.code, step.writes, namespace)
             try:
-                unbound = None if loaded is None else notebook_code(loaded, namespace)
+                unbound = None if loaded is None else notebook_code(_by_value(loaded, entry.outputs), namespace)
             except TooLarge as exc:
                 print(f"{step.name}: runs (cannot be reused: {exc})", flush=True)
                 loaded = unbound = None
@@ -679,6 +679,19 @@ def _deleted(code: str) -> tuple[set[str], set[str]]:
             sometimes |= names(node)
         stack.extend(ast.iter_child_nodes(node))
     return always, sometimes - always
+
+
+_BY_REFERENCE = frozenset({"npy", "parquet", "pickle", "joblib"})  # formats naming the notebook's code, not copying it
+
+
+def _by_value(loaded: dict[str, Any], outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The loaded values stored in a format that can copy a function's code and globals (dill): only those can hold
+    a notebook function that does not see the kernel's globals."""
+    return {
+        n: v
+        for n, v in loaded.items()
+        if n in outputs and not outputs[n].get("alias") and outputs[n].get("format") not in _BY_REFERENCE
+    }
 
 
 def _bind_aliases(outputs: dict[str, dict[str, Any]], loaded: dict[str, Any], namespace: dict[str, Any]) -> bool:
