@@ -71,6 +71,15 @@ class _Walk:
         return found
 
     def _children(self, obj: Any, found: set[int]) -> Iterable[Any]:
+        kind = type(obj)
+        if kind is list or kind is set:  # the common cases first, exact types only (subclasses have attributes)
+            found.add(id(obj))
+            return self._items(obj)
+        if kind is dict:
+            found.add(id(obj))
+            return [*self._items(obj.keys()), *self._items(obj.values())]
+        if kind is tuple:
+            return self._items(obj)
         if isinstance(obj, types.FunctionType):
             if obj.__module__ == "__main__" and (self.namespace is None or obj.__globals__ is not self.namespace):
                 self.notebook = True
