@@ -179,6 +179,7 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
 
+    load_at_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="nbmagic-bench-serve-"))
     os.environ["NBMAGIC_HOME"] = str(work / "home")
     from IPython.core.interactiveshell import InteractiveShell
@@ -304,7 +305,8 @@ def main() -> None:
 
     ours, split, plain = rows
     lines = [
-        f"Machine: {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), "
+        f"Machine: {os.cpu_count()} cores (load average {load_at_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end), "
         f"Python {platform.python_version()}; model: scikit-learn LogisticRegression "
         f"+ notebook transformer (tokenizer counts), 2 raw sequences per V1 request.",
         f"Sequential: {args.requests} requests per layout, one keep-alive connection each, the layouts taking turns "

@@ -112,3 +112,39 @@ def test_utils_and_constants_are_bound_as_kserve_binds_them_and_a_failed_init_ke
         "lean": False,
         "errors": ["ModuleNotFoundError: import of kubernetes halted; None in sys.modules"] * 2,
     }
+
+
+DEFERRED_PANDAS = """
+import json, sys
+from nbmagic.serve import kserve_lean
+kserve_lean.load()
+before = "pandas" in sys.modules
+from kserve.protocol.infer_type import InferInput, InferRequest
+from kserve.utils import utils
+tensor = InferInput("x", [2], "FP32", data=[1.5, 2.5])
+frame = InferRequest("m", [tensor]).as_dataframe()
+import pandas
+print(json.dumps({
+    "before": before,
+    "frame": type(frame).__module__ + "." + type(frame).__name__,
+    "rows": frame["x"].tolist(),
+    "real_module": type(sys.modules["pandas"]).__name__,
+    "same_class": isinstance(frame, pandas.DataFrame),
+    "utils_response": utils.get_predict_response({"instances": [[1]]}, pandas.DataFrame({"a": [1]}), "m"),
+}))
+"""
+
+
+def test_the_v2_types_import_pandas_on_first_use_only():
+    """pandas (a quarter of KServe's import time) loads when a pandas helper is first called, not at start-up."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", DEFERRED_PANDAS], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "before": False,
+        "frame": "pandas.core.frame.DataFrame",
+        "rows": [1.5, 2.5],
+        "real_module": "module",
+        "same_class": True,
+        "utils_response": {"predictions": [{"a": 1}]},
+    }

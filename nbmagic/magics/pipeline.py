@@ -91,10 +91,15 @@ class PipelineMagics(Magics):
         (fingerprints before and after) and kept with its results.
 
         The cell simply runs, one line saying why, when reuse cannot be sure: a value it reads or assigns
-        cannot be hashed or stored, two names it assigns are one object, it defines functions or classes (loaded
-        from the store they would not see the kernel's globals), it deletes a name on some paths only, the step
-        spans several cells, a local module it uses was edited after the kernel imported it, a step it runs
-        ``--after`` failed, or a value holds a secret (``--secret`` values and ``--secret-file`` contents are never stored; kept
+        cannot be hashed or stored, two values it assigns (or one it assigns and one it reads) share a changeable
+        object neither holds as a whole (``c = [b['x']]`` next to ``b``, a numpy view ``b = X[:10]``; lists,
+        tuples, dicts, sets, plain objects' attributes, partials are walked, arrays by their memory, pandas objects
+        whole; too large to walk: it runs; a name bound to another value or a part of it by subscripts, ``b = a``,
+        ``part = nested['rows']``, a ``for`` loop's leftover, is loaded as that very object), a value is or holds (in a list, a
+        partial, an attribute) a function or class the notebook defines (loaded from the store it would not see
+        the kernel's globals), it deletes a name on some paths only, the step spans several cells, a local module
+        it uses, or one that module imports, was edited after the kernel imported it (the key holds every such
+        module's source, here and in ``%compile_run``), a step it runs ``--after`` failed, or a value holds a secret (``--secret`` values and ``--secret-file`` contents are never stored; kept
         output shows ``***`` in their place).
 
         Example::

@@ -105,25 +105,85 @@ def environment(modules: tuple[str, ...]) -> dict[str, Any]:
 
 
 def local_files(modules: tuple[str, ...]) -> dict[str, list[str]]:
-    """module -> its source files, for modules the step imports from the notebook's own files (not installed)."""
-    import importlib.util
-
+    """module -> its source files and those of the local modules they import (followed transitively), for modules
+    the step imports from the notebook's own files (not installed)."""
     found: dict[str, list[str]] = {}
     for module in modules:
-        if module in sys.stdlib_module_names or module in sys.builtin_module_names:
-            continue
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            continue
-        origin = (spec.origin or "") if spec else ""
-        if not origin or not os.path.isfile(origin) or "site-packages" in origin or "dist-packages" in origin:
-            continue
-        folders = list(spec.submodule_search_locations or [])
-        found[module] = (
-            sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py")) if folders else [origin]
-        )
+        each = local_modules((module,))
+        if module in each:
+            found[module] = sorted({name for files in each.values() for name in files})
     return found
+
+
+LOCAL_LIMIT = 256  # local modules followed from one step's imports
+
+
+def local_modules(modules: tuple[str, ...]) -> dict[str, list[str]]:
+    """Every local module reached from ``modules`` through the import statements of local files -> its files.
+
+    A local module is one found outside the standard library and site-packages; its files' imports are read
+    with :mod:`ast` (not run) and followed, up to :data:`LOCAL_LIMIT` modules."""
+    found: dict[str, list[str]] = {}
+    todo = list(dict.fromkeys(modules))
+    looked: set[str] = set()
+    while todo and len(looked) < LOCAL_LIMIT:
+        module = todo.pop(0)
+        if module in looked:
+            continue
+        looked.add(module)
+        files = _module_files(module)
+        if not files:
+            continue
+        found[module] = files
+        for name in files:
+            todo.extend(m for m in _imported(name) if m not in looked)
+    return found
+
+
+def _module_files(module: str) -> list[str]:
+    """The source files of ``module`` when it is local (a package: every ``.py`` under it), else none."""
+    import importlib.util
+
+    if module in sys.stdlib_module_names or module in sys.builtin_module_names:
+        return []
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return []
+    origin = (spec.origin or "") if spec else ""
+    if not origin or not os.path.isfile(origin) or "site-packages" in origin or "dist-packages" in origin:
+        return []
+    folders = list(spec.submodule_search_locations or [])
+    return sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py")) if folders else [origin]
+
+
+_IMPORTS: dict[str, tuple[tuple[int, int], list[str]]] = {}  # file -> ((mtime, size), top-level names it imports)
+
+
+def _imported(path: str) -> list[str]:
+    """Top-level names of the modules a source file imports (absolute imports; relative ones stay in its package)."""
+    import ast
+
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return []
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    known = _IMPORTS.get(path)
+    if known is not None and known[0] == stamp:
+        return known[1]
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names: dict[str, None] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(dict.fromkeys(alias.name.split(".")[0] for alias in node.names))
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names[node.module.split(".")[0]] = None
+    _IMPORTS[path] = (stamp, list(names))
+    return list(names)
 
 
 def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:

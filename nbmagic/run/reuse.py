@@ -26,6 +26,7 @@ from ..pipeline.settings import StepSettings, merge
 from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
+from .reuse_links import TooLarge, follow, links, notebook_code
 
 
 class NotReusable(Exception):
@@ -243,6 +244,9 @@ class Reuse:
                 " with)",
                 flush=True,
             )
+        if entry is not None and stale is None and entry.not_kept:
+            name, why = next(iter(entry.not_kept.items()))
+            print(f"{step.name}: runs (cannot be reused: {name!r} was not kept: {why})", flush=True)
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             always, sometimes = _deleted(step.cell.code)
             if sometimes:
@@ -252,12 +256,16 @@ class Reuse:
                 )
                 entry = None
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
-            loaded = self._load(entry.outputs, step.cell.code, step.writes)
-            unbound = None if loaded is None else _notebook_code(loaded, namespace)
+            loaded = self._load(entry.outputs, step.cell.code, step.writes, namespace)
+            try:
+                unbound = None if loaded is None else notebook_code(_by_value(loaded, entry.outputs), namespace)
+            except TooLarge as exc:
+                print(f"{step.name}: runs (cannot be reused: {exc})", flush=True)
+                loaded = unbound = None
             if unbound is not None:
                 print(
-                    f"{step.name}: runs (cannot be reused: {unbound!r} is a function defined in the notebook, or of a"
-                    " class the step defines; loaded from the store it would not see the kernel's globals)",
+                    f"{step.name}: runs (cannot be reused: {unbound!r} is a function defined in the notebook or holds"
+                    " one, or of a class the step defines; loaded from the store it would not see the kernel's globals)",
                     flush=True,
                 )
                 loaded = None
@@ -317,18 +325,13 @@ class Reuse:
                 else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
-        loops = _loop_names(step.cell.code)  # `for d in [train, test]` leaves d on test: a loop's leftover, not kept
-        shared = _one_object(
-            {n: v for n, v in assigned.items() if n not in loops},
-            {n: namespace[n] for n in watched if n in namespace and n not in assigned},
-        )
-        if shared and not not_kept:
+        reason, aliases = links(assigned, {n: namespace[n] for n in watched if n in namespace})
+        for name, target in aliases.items():
+            if name in outputs:
+                outputs[name] = {**outputs[name], "alias": target}
+        if reason and not not_kept:
             # stored values load as separate objects: a later change through one name would miss the other
-            print(
-                f"{step.name}: cannot be reused next time ({shared[0]!r} and {shared[1]!r} are one object;"
-                " loaded from the store they would be two)",
-                flush=True,
-            )
+            print(f"{step.name}: cannot be reused next time ({reason})", flush=True)
             key = ""
         if moved and not not_kept and key:
             key = self._learn(plan, step, moved, values, inputs, replan) or ""
@@ -390,7 +393,11 @@ class Reuse:
             return None
 
     def _load(
-        self, outputs: dict[str, dict[str, Any]], code: str, writes: tuple[str, ...] | list[str] = ()
+        self,
+        outputs: dict[str, dict[str, Any]],
+        code: str,
+        writes: tuple[str, ...] | list[str] = (),
+        namespace: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The values the cell binds: from the store, its own imports run again. None when one of ``writes`` is
         neither (a run keeps no modules or figures): the cell runs instead."""
@@ -405,6 +412,8 @@ class Reuse:
                     # arrays from 1 MiB up are mapped (copy-on-write), not read: the kernel pays for what it touches
                     loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True, mmap_threshold=1 << 20)
         except Exception:  # noqa: BLE001 - a value gone or unreadable: the cell runs instead
+            return None
+        if not _bind_aliases(outputs, loaded, namespace or {}):
             return None
         for name, value in loaded.items():
             if name not in wanted:
@@ -624,38 +633,20 @@ def mask(text: str, hidden: tuple[str, ...]) -> str:
 
 
 def _edited_module(modules: tuple[str, ...]) -> str | None:
-    """A local module the kernel imported whose files changed since (the key would name code it does not run)."""
-    from .cache_key import local_files
+    """A local module the kernel imported (one the step imports, or one those import in turn) whose files changed
+    since (the key would name code it does not run)."""
+    from .cache_key import local_modules
     from .module_clock import loaded_at
 
-    for module in modules:
+    for module, files in local_modules(modules).items():
         if module not in sys.modules:
-            continue  # the cell imports it from the file as it is now
-        files = local_files((module,)).get(module)
-        if not files:
-            continue
+            continue  # imported from the file as it is now
         try:
             newest = max(os.stat(name).st_mtime for name in files)
         except OSError:
             return module
         if newest >= loaded_at(module):
             return module
-    return None
-
-
-def _notebook_code(loaded: dict[str, Any], namespace: dict[str, Any]) -> str | None:
-    """A loaded name that is a function or class defined in the notebook (module ``__main__``), or an instance of
-    such a class, other than the kernel's own: stored by value, its code would read a copy of the globals."""
-    import types
-
-    for name, value in loaded.items():
-        if isinstance(value, types.FunctionType):
-            if value.__module__ == "__main__" and value.__globals__ is not namespace:
-                return name
-            continue
-        cls = value if isinstance(value, type) else type(value)
-        if cls.__module__ == "__main__" and namespace.get(cls.__qualname__) is not cls:
-            return name
     return None
 
 
@@ -690,43 +681,45 @@ def _deleted(code: str) -> tuple[set[str], set[str]]:
     return always, sometimes - always
 
 
-def _loop_names(code: str) -> set[str]:
-    """Names bound as ``for`` loop targets anywhere in ``code``."""
-    import ast
+_BY_REFERENCE = frozenset({"npy", "parquet", "pickle", "joblib"})  # formats naming the notebook's code, not copying it
 
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return set()
+
+def _by_value(loaded: dict[str, Any], outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The loaded values stored in a format that can copy a function's code and globals (dill): only those can hold
+    a notebook function that does not see the kernel's globals."""
     return {
-        target.id
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.For, ast.AsyncFor))
-        for target in ast.walk(node.target)
-        if isinstance(target, ast.Name)
+        n: v
+        for n, v in loaded.items()
+        if n in outputs and not outputs[n].get("alias") and outputs[n].get("format") not in _BY_REFERENCE
     }
 
 
-def _one_object(assigned: dict[str, Any], others: dict[str, Any]) -> tuple[str, str] | None:
-    """Two names, one assigned by the cell, bound to the same changeable object (``b = a``), if any."""
-    import types
-
-    seen: dict[int, str] = {}
-    for name, value in [*others.items(), *assigned.items()]:
-        if isinstance(value, (int, float, complex, str, bytes, type(None), range, type, types.ModuleType)):
-            continue
-        if isinstance(value, (types.FunctionType, types.BuiltinFunctionType)):
-            continue
-        if isinstance(value, (tuple, frozenset)):
+def _bind_aliases(outputs: dict[str, dict[str, Any]], loaded: dict[str, Any], namespace: dict[str, Any]) -> bool:
+    """Bind each name stored as a part of another value to that part of the loaded (or kernel's) value."""
+    pending = {n: ref["alias"] for n, ref in outputs.items() if ref.get("alias")}
+    for alias in pending.values():
+        if not (
+            isinstance(alias, list)
+            and alias
+            and isinstance(alias[0], str)
+            and all(type(k) in (str, int) for k in alias[1:])
+        ):
+            return False
+    for _ in range(len(pending) + 1):
+        if not pending:
+            return True
+        for name, (whole, *path) in list(pending.items()):
+            if whole in pending:
+                continue  # bound once that one is
+            source = loaded if whole in loaded else namespace
+            if whole not in source:
+                return False
             try:
-                hash(value)  # only immutable items
-                continue
-            except TypeError:
-                pass
-        first = seen.setdefault(id(value), name)
-        if first != name and name in assigned:
-            return name, first
-    return None
+                loaded[name] = follow(source[whole], path)
+            except (KeyError, IndexError, TypeError):
+                return False
+            del pending[name]
+    return not pending
 
 
 def _carried_names(step: StepPlan) -> list[str]:

@@ -142,6 +142,7 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
             )
         result["changed"] = [v for v in result["changed"] if v in result["outputs"]]
         result["unsure"] = [v for v in result["unsure"] if v in result["outputs"]]
+        _note_links(result, assigned, values, [*spec["inputs"], *carried])
         missing = sorted(required - set(assigned))
         if missing:
             raise _OutputError(f"step {spec['step']!r} did not assign {missing[0]!r}, which a later step reads")
@@ -220,3 +221,25 @@ def _not_state(value: Any) -> bool:
 
 class _OutputError(Exception):
     pass
+
+
+def _note_links(result: dict[str, Any], assigned: dict[str, Any], values: dict[str, Any], read: list[str]) -> None:
+    """What a kernel reusing these results must know: a name stored as a part of another value is marked so (it
+    loads as that part), and values holding one object otherwise make the results not reusable in a kernel."""
+    from .reuse_links import links
+
+    outputs = result["outputs"]
+    for name, ref in list(outputs.items()):
+        if "alias" in ref:  # passed on from the step that stored it: said afresh here
+            outputs[name] = {k: v for k, v in ref.items() if k != "alias"}
+    kept = {n: assigned[n] for n in outputs if n in assigned}
+    seen = {n: assigned.get(n, values.get(n)) for n in read if n not in kept and (n in assigned or n in values)}
+    try:
+        reason, aliases = links(kept, seen)
+    except Exception as exc:  # noqa: BLE001 - not sure: a kernel runs the step instead of reusing it
+        reason, aliases = f"its values cannot be checked for shared objects ({type(exc).__name__})", {}
+    for name, path in aliases.items():
+        outputs[name] = {**outputs[name], "alias": path}
+    if reason:
+        first = next(iter(sorted(set(kept) - set(aliases))), next(iter(kept)))
+        result["not_kept"].setdefault(first, f"not reusable in a notebook ({reason})")

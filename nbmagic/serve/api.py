@@ -65,6 +65,10 @@ def serve(
         raise ServeError(f"--protocol {protocol} is not supported: use v1 or v2")
     if not cluster and (storage_uri or image):
         raise ServeError("--storage-uri and --image are for --cluster")
+    if not cluster:
+        from nbmagic.serve import warm
+
+        warm.hint(model)  # the warm process imports the model's library while the package is written
     package = make_package(
         model,
         name=name,

@@ -3,8 +3,10 @@
     python -m nbmagic.serve.forkserver PARENT_PID
 
 Requests arrive on stdin, one JSON line each: ``{"argv": [...], "log": PATH, "cwd": DIR, "env": {...},
-"modules": [...]}`` (modules: the model's library modules, imported here first so later servers start warm).
-It answers on stdout ``started PID`` and later ``exit PID CODE``. It exits with its parent (the kernel) or when
+"modules": [...]}`` (modules: the model's library modules, imported here first so later servers start warm); a
+line with ``modules`` only is a hint sent while the kernel writes the package: they are imported meanwhile.
+It answers on stdout ``started PID``, then ``listening PID`` once that server listens (written by the server itself
+on the same pipe), and later ``exit PID CODE``. It exits with its parent (the kernel) or when
 stdin closes, and its servers exit with it (PR_SET_PDEATHSIG and a parent watchdog, as for any server).
 """
 
@@ -62,6 +64,12 @@ def preload() -> None:
                 sys.modules[name].load()
         except Exception:  # noqa: BLE001 - an optional library missing: the child imports what it needs
             pass
+    try:
+        from nbmagic.serve import server
+
+        server.prebuild()  # KServe's routes on its app once, here: every forked server starts with them
+    except Exception:  # noqa: BLE001 - each server then builds its own
+        pass
     sys.argv = argv
 
 
@@ -91,6 +99,8 @@ def _child(request: dict[str, Any]) -> None:
     """In the forked child: become the model server the request describes."""
     code = 0
     try:
+        notify = os.dup(1)  # the warm process's stdout: the server says "listening PID" there
+        os.set_inheritable(notify, False)
         fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -108,7 +118,15 @@ def _child(request: dict[str, Any]) -> None:
         from nbmagic.serve import server
 
         sys.argv = ["nbmagic.serve.server", *request["argv"]]
-        server.main(request["argv"])
+
+        def ready() -> None:
+            try:
+                os.write(notify, f"listening {os.getpid()}\n".encode())  # one short write: atomic on a pipe
+                os.close(notify)
+            except OSError:
+                pass
+
+        server.main(request["argv"], on_ready=ready)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - report like an interpreter would, then exit non-zero
@@ -140,6 +158,8 @@ def main() -> None:
             continue
         request = json.loads(line)
         import_libraries(request.get("modules", []))
+        if "argv" not in request:  # a hint: a server for a model of these modules is coming
+            continue
         pid = os.fork()
         if pid == 0:
             _child(request)

@@ -106,6 +106,20 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _answers(host: str, port: int, path: str) -> bool:
+    """Whether ``GET path`` answers 200 (http.client: the kernel need not import requests to start a server)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=1.0)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 class Server:
     """A live local model server: ``url``, ``predict()``, ``logs()``, ``status``, ``stop()``."""
 
@@ -190,20 +204,21 @@ class Server:
         _LIVE[self.name] = self
 
     def _wait_ready(self, proc: _Process, url: str, timeout: float) -> None:
-        import requests
-
+        """Until ``GET /v1/models/NAME`` answers 200 (a forked server first says when it listens)."""
         deadline = time.monotonic() + timeout
-        ready = f"{url}/v1/models/{self.name}"
-        while time.monotonic() < deadline:
+        listening = getattr(proc.popen, "wait_listening", None)
+        if listening is not None:
+            listening(timeout)  # then one request confirms (or the loop below reports why not)
+        host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+        while True:
             code = proc.popen.poll()
             if code is not None:
                 raise ServerFailed(self._failure(proc, f"exited with code {code} before it was ready"))
-            try:
-                if requests.get(ready, timeout=1.0).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.02)
+            if _answers(host, int(port), f"/v1/models/{self.name}"):
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
         raise ServerFailed(self._failure(proc, f"was not ready after {timeout:.0f} s"))
 
     def _failure(self, proc: _Process, what: str) -> str:

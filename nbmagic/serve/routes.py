@@ -1,7 +1,7 @@
-"""Lean inference routes put in front of KServe's own on the ModelServer's app: V1 predict, V2 infer and V2 model
-metadata. They read the body once with orjson, keep tensors as numpy arrays of their declared dtype, and answer
-errors with the protocol's ``{"error": "..."}`` body. KServe's routes still serve health, readiness, model lists
-and gRPC.
+"""Lean inference routes in front of the ModelServer's app: V1 predict, V2 infer and V2 model metadata. They read
+the body once with orjson, keep tensors as numpy arrays of their declared dtype, and answer errors with the
+protocol's ``{"error": "..."}`` body. KServe's app still serves health, readiness, model lists and the rest; gRPC
+goes through the kserve.Model.
 """
 
 from __future__ import annotations
@@ -13,16 +13,25 @@ from nbmagic.serve.endpoint import Endpoint, InputError
 from nbmagic.serve.protocol import HEADER_LENGTH, ProtocolError, decode_request, decode_response, encode_request
 from nbmagic.serve.protocol import encode_response as encode_v2
 
+Answer = tuple[int, bytes, dict[str, str]]  # status, body, headers
 
-def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Any:
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Answer:
     import orjson
-    from starlette.responses import Response
 
     body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return status, body, {"content-type": "application/json", **(headers or {})}
 
 
 def error(status: int, message: str) -> Any:
+    """A starlette response with the protocol's error body (for FastAPI exception handlers)."""
+    from starlette.responses import Response
+
+    status, body, headers = _json(status, {"error": message})
+    return Response(body, status_code=status, headers=headers)
+
+
+def _error(status: int, message: str) -> Answer:
     return _json(status, {"error": message})
 
 
@@ -86,67 +95,118 @@ class Forward:
         return orjson.loads(response.content) if self.protocol == "v1" else None
 
 
-def build_routes(endpoint: Endpoint, forward: Forward | None = None) -> list[Any]:
-    """Starlette routes for ``endpoint`` (with ``forward``: preprocess here, predict on the predictor)."""
-    from starlette.routing import Route
+class Front:
+    """An ASGI app in front of KServe's FastAPI app: V1 predict, V2 infer and V2 model metadata are answered here,
+    straight from uvicorn's scope (no middleware stack, router or request objects on the way); every other
+    request, and these paths with another method, go to KServe's app unchanged. ``forward``: preprocess here,
+    predict on the predictor (split layout)."""
 
-    name = endpoint.name
+    def __init__(self, app: Any, endpoint: Endpoint, forward: Forward | None = None) -> None:
+        self.app = app
+        self.endpoint = endpoint
+        self.forward = forward
 
-    async def predict(features: Any, requested: list[str] | None) -> dict[str, Any]:
-        if forward is not None:
-            return await forward(features, requested)
-        return endpoint.predict(features, requested)
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        route = _match(scope) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        handler, model = route
+        if model != self.endpoint.name:
+            answer = _error(404, f"Model with name {model} does not exist.")
+        else:
+            body = b""
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+            try:
+                answer = await handler(self, body, scope)
+            except Exception as exc:  # noqa: BLE001 - as KServe's app answers any other failure: 500 {"error"}
+                from kserve.errors import generic_exception_handler
 
-    async def v2_infer(request: Any) -> Any:
-        if request.path_params["model"] != name:
-            return error(404, f"Model with name {request.path_params['model']} does not exist.")
-        body = await request.body()
+                response = await generic_exception_handler(None, exc)
+                await response(scope, receive, send)
+                return
+        status, payload, headers = answer
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        raw.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _predict(self, features: Any, requested: list[str] | None) -> dict[str, Any]:
+        if self.forward is not None:
+            return await self.forward(features, requested)
+        return self.endpoint.predict(features, requested)
+
+    async def v2_infer(self, body: bytes, scope: dict[str, Any]) -> Answer:
+        endpoint = self.endpoint
         try:
-            req = decode_request(body, request.headers.get(HEADER_LENGTH))
+            req = decode_request(body, _header(scope, HEADER_LENGTH.encode()))
             if req.id is None:
                 req.id = str(uuid.uuid4())
             data = next(iter(req.inputs.values())) if len(req.inputs) == 1 else req.inputs
             features = endpoint.preprocess(data)
-            outputs = await predict(features, [n for n, _ in req.outputs] or None)
+            outputs = await self._predict(features, [n for n, _ in req.outputs] or None)
             if not endpoint.outputs_meta:
                 endpoint.observe(req.inputs, outputs)
-            payload, headers = encode_v2(name, outputs, req, endpoint.version)
+            payload, headers = encode_v2(endpoint.name, outputs, req, endpoint.version)
         except ProtocolError as exc:
-            return error(400, str(exc))
-        from starlette.responses import Response
+            return _error(400, str(exc))
+        return 200, payload, headers
 
-        return Response(payload, status_code=200, headers=headers)
-
-    async def v1_predict(request: Any) -> Any:
+    async def v1_predict(self, body: bytes, _scope: dict[str, Any]) -> Answer:
         import orjson
 
-        if request.path_params["model"] != name:
-            return error(404, f"Model with name {request.path_params['model']} does not exist.")
+        endpoint = self.endpoint
         try:
             try:
-                payload = orjson.loads(await request.body())
+                payload = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise ProtocolError(f"request body is not JSON: {exc}") from None
             rows = payload.get("instances", payload.get("inputs")) if isinstance(payload, dict) else None
             if not isinstance(rows, list):
                 raise ProtocolError('V1 request needs "instances": a list, e.g. {"instances": [[1, 2, 3]]}')
-            outputs = await predict(endpoint.preprocess(rows), None)
+            outputs = await self._predict(endpoint.preprocess(rows), None)
         except ProtocolError as exc:
-            return error(400, str(exc))
+            return _error(400, str(exc))
         result = next(iter(outputs.values())) if len(outputs) == 1 and not _was_dict(outputs, endpoint) else outputs
         return _json(200, {"predictions": _to_list(result)})
 
-    async def v2_metadata(request: Any) -> Any:
-        if request.path_params["model"] != name:
-            return error(404, f"Model with name {request.path_params['model']} does not exist.")
-        return _json(200, endpoint.metadata())
+    async def v2_metadata(self, _body: bytes, _scope: dict[str, Any]) -> Answer:
+        return _json(200, self.endpoint.metadata())
 
-    return [
-        Route("/v2/models/{model}/infer", v2_infer, methods=["POST"]),
-        Route("/v2/models/{model}/versions/{version}/infer", v2_infer, methods=["POST"]),
-        Route("/v1/models/{model}:predict", v1_predict, methods=["POST"]),
-        Route("/v2/models/{model}", v2_metadata, methods=["GET"]),
-    ]
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _match(scope: dict[str, Any]) -> tuple[Any, str] | None:
+    """(handler, model name) for the routes served by ``Front``, else None (paths as starlette matches them:
+    a path parameter is one non-empty segment)."""
+    parts = scope["path"].split("/")
+    method = scope["method"]
+    if len(parts) < 4 or parts[0] or parts[2] != "models" or not parts[3]:
+        return None
+    if parts[1] == "v1" and len(parts) == 4 and method == "POST":
+        model, colon, verb = parts[3].rpartition(":")
+        return (Front.v1_predict, model) if colon and model and verb == "predict" else None
+    if parts[1] != "v2":
+        return None
+    if len(parts) == 4 and method == "GET":
+        return Front.v2_metadata, parts[3]
+    if method == "POST" and (
+        (len(parts) == 5 and parts[4] == "infer")
+        or (len(parts) == 7 and parts[4] == "versions" and parts[5] and parts[6] == "infer")
+    ):
+        return Front.v2_infer, parts[3]
+    return None
 
 
 def _was_dict(outputs: dict[str, Any], endpoint: Endpoint) -> bool:

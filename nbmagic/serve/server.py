@@ -9,7 +9,7 @@ Both V1 (``{"instances": [...]}``) and V2 (open inference protocol) requests are
 
 The transformer receives V1 ``instances`` as the JSON list, or for V2 the input tensor as a numpy array of
 its declared dtype (BYTES as str; several inputs: a dict name -> array). Its result goes to the model's outputs
-(see endpoint.py); inference over HTTP runs through the lean routes of routes.py.
+(see endpoint.py); inference over HTTP runs through the lean routes of routes.py, in front of KServe's app.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,40 +161,51 @@ def die_with_parent(parent_pid: int | None, pdeathsig: bool = True) -> None:
     threading.Thread(target=watch, name="nbmagic-parent-watchdog", daemon=True).start()
 
 
-def _install(host: str, routes: list[Any], log_requests: bool) -> None:
-    """Shape KServe's REST server for this process: bind ``host`` (KServe hard-codes 0.0.0.0 and [::]), put the
-    lean inference routes first, answer request-schema errors (FastAPI's 422) as 400 ``{"error": ...}``, and
-    keep KServe's per-request timing middleware only when requests are logged."""
+def _install(
+    host: str, front: Callable[[Any], Any], log_requests: bool, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Shape KServe's REST server for this process: bind ``host`` (KServe hard-codes 0.0.0.0 and [::]), serve
+    KServe's app behind ``front(app)`` (the lean inference routes), answer request-schema errors (FastAPI's 422)
+    as 400 ``{"error": ...}``, keep KServe's per-request timing middleware only when requests are logged, and
+    call ``on_ready`` once uvicorn listens."""
     import grpc
     from fastapi.exceptions import RequestValidationError
     from kserve import model_server
     from kserve.protocol.grpc import server as grpc_server
     from kserve.protocol.rest.server import RESTServer
 
-    from nbmagic.serve.routes import error
-
-    async def invalid_request(_request: Any, exc: RequestValidationError) -> Any:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in exc.errors()
-        )
-        return error(400, f"invalid request: {problems}")
-
     class LocalRESTServer(RESTServer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.config.host = host
+            if on_ready is not None:
+                uvicorn_server = self._server
+                startup = uvicorn_server.startup
+
+                async def started(sockets: Any = None) -> None:
+                    await startup(sockets=sockets)
+                    if uvicorn_server.started:
+                        on_ready()
+
+                uvicorn_server.startup = started
 
         def _add_middlewares(self, app: Any) -> None:
-            if log_requests:
-                super()._add_middlewares(app)
+            pass  # KServe's timing middleware goes around the front instead (below), when requests are logged
 
-        def _register_endpoints(self, app: Any) -> None:
-            app.router.routes[:0] = routes
-            super()._register_endpoints(app)
+        def create_application(self) -> None:
+            if _PREBUILT is None or _PREBUILT.dataplane is not self.dataplane:  # else: routes already on the app
+                super().create_application()
+            app = front(model_server.app)
+            if log_requests:  # time every request, the front's too (named after KServe's matching routes)
+                from kserve.protocol.rest.server import PrintTimings, StarletteScopeToName, TimingMiddleware
+
+                namer = StarletteScopeToName(prefix="kserve.io", starlette_app=model_server.app)
+                app = TimingMiddleware(app, client=PrintTimings(), metric_namer=namer)
+            self.config.app = app
 
         def _add_exception_handlers(self, app: Any) -> None:
             super()._add_exception_handlers(app)
-            app.add_exception_handler(RequestValidationError, invalid_request)
+            app.add_exception_handler(RequestValidationError, _invalid_request)
 
     class LocalAio:
         def __getattr__(self, attr: str) -> Any:
@@ -210,6 +222,43 @@ def _install(host: str, routes: list[Any], log_requests: bool) -> None:
     grpc_server.aio = LocalAio()
 
 
+async def _invalid_request(_request: Any, exc: Any) -> Any:
+    """FastAPI's request-schema errors (422 ``{"detail": ...}``) as the protocol's 400 ``{"error": ...}``."""
+    from nbmagic.serve.routes import error
+
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in exc.errors()
+    )
+    return error(400, f"invalid request: {problems}")
+
+
+#: a ModelServer whose app already has KServe's routes, made by ``prebuild`` in the warm process before it forks
+_PREBUILT: Any = None
+
+
+def prebuild() -> None:
+    """Make a ModelServer and put KServe's routes and exception handlers on its app ahead of a fork. None of it
+    depends on the model (the routes look models up per request; OpenAI and time-series routes are added only
+    for models of those kinds, which a package never is), so each forked server only registers its model and
+    saves the ~40 ms of FastAPI route building. Call with ``sys.argv`` holding no server options."""
+    global _PREBUILT
+    from nbmagic.serve import kserve_lean
+
+    kserve_lean.load()
+    from fastapi.exceptions import RequestValidationError
+    from kserve import model_server
+    from kserve.protocol.rest.server import RESTServer
+
+    server = model_server.ModelServer(enable_grpc=False, enable_latency_logging=False)
+    rest = RESTServer(
+        model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, server.http_port
+    )
+    rest._register_endpoints(model_server.app)
+    rest._add_exception_handlers(model_server.app)
+    model_server.app.add_exception_handler(RequestValidationError, _invalid_request)
+    _PREBUILT = server
+
+
 def _quiet(log_requests: bool) -> None:
     import warnings
 
@@ -224,7 +273,8 @@ def _quiet(log_requests: bool) -> None:
     logging.getLogger("kserve.trace").setLevel(level)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve the package (``on_ready``: called once the HTTP server listens)."""
     args = parse_args(argv)
     die_with_parent(args.parent_pid, args.pdeathsig)
     sys.argv = sys.argv[:1]  # kserve.model_server parses sys.argv at import time: give it none of ours
@@ -234,19 +284,25 @@ def main(argv: list[str] | None = None) -> None:
     from kserve.model_server import ModelServer
 
     from nbmagic.serve.endpoint import Endpoint
-    from nbmagic.serve.routes import Forward, build_routes
+    from nbmagic.serve.routes import Forward, Front
 
     endpoint = Endpoint(args.package, with_transformer=not args.predictor_only, with_model=not args.transformer_only)
     forward = Forward(args.predictor_host, args.predictor_protocol, args.name) if args.transformer_only else None
     endpoint.name = args.name
-    _install(args.host, build_routes(endpoint, forward), args.log_requests)
+    _install(args.host, lambda app: Front(app, endpoint, forward), args.log_requests, on_ready)
     model = _model_class()(endpoint, forward)
-    server = ModelServer(
-        http_port=args.http_port,
-        grpc_port=args.grpc_port or 8081,
-        enable_grpc=args.grpc_port is not None,
-        enable_latency_logging=args.log_requests,
-    )
+    options = {
+        "http_port": args.http_port,
+        "grpc_port": args.grpc_port or 8081,
+        "enable_grpc": args.grpc_port is not None,
+        "enable_latency_logging": args.log_requests,
+    }
+    if _PREBUILT is not None:  # forked from the warm process: its ModelServer, routes already built
+        server = _PREBUILT
+        for key, value in options.items():
+            setattr(server, key, value)
+    else:
+        server = ModelServer(**options)
     _quiet(args.log_requests)
     _fast_event_loop()
     server.start([model])

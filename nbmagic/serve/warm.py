@@ -30,6 +30,10 @@ class Forked:
             self.returncode = self.warm.exit_code(self.pid)
         return self.returncode
 
+    def wait_listening(self, timeout: float) -> bool:
+        """Wait until the server says it listens (False: it exited first, or ``timeout`` passed)."""
+        return self.warm.wait_listening(self.pid, timeout)
+
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
@@ -67,6 +71,7 @@ class WarmProcess:
         self._started: list[int] = []
         self._started_event = threading.Condition()
         self._exits: dict[int, int] = {}
+        self._listening: set[int] = set()
         threading.Thread(target=self._read, name="nbmagic-warm-reader", daemon=True).start()
 
     def _read(self) -> None:
@@ -79,8 +84,15 @@ class WarmProcess:
                 with self._started_event:
                     self._started.append(int(rest[0]))
                     self._started_event.notify_all()
+            elif word == "listening":
+                with self._started_event:
+                    self._listening.add(int(rest[0]))
+                    self._started_event.notify_all()
             elif word == "exit":
-                self._exits[int(rest[0])] = int(rest[1])
+                with self._started_event:
+                    self._exits[int(rest[0])] = int(rest[1])
+                    self._listening.discard(int(rest[0]))
+                    self._started_event.notify_all()
         self._ready.set()  # the warm process ended: nobody waits for it any more
         with self._started_event:
             self._started_event.notify_all()
@@ -95,6 +107,17 @@ class WarmProcess:
         if not self.alive:  # the warm process died: its servers died with it
             return self._exits.get(pid, -signal.SIGTERM)
         return None
+
+    def wait_listening(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._started_event:
+            while pid not in self._listening:
+                left = deadline - time.monotonic()
+                if left <= 0 or pid in self._exits or not self.alive:
+                    return False
+                self._started_event.wait(min(left, 0.5))
+            self._listening.discard(pid)
+            return True
 
     def spawn(
         self, argv: list[str], log: str, env: dict[str, str], timeout: float = 30.0, modules: list[str] | None = None
@@ -119,6 +142,16 @@ class WarmProcess:
                 if not self._started:
                     return None
                 return Forked(self, self._started.pop(0))
+
+    def hint(self, modules: list[str]) -> None:
+        """Have the model's library ``modules`` imported now (while the kernel still writes the package)."""
+        with self._lock:
+            try:
+                assert self.popen.stdin is not None
+                self.popen.stdin.write(json.dumps({"modules": modules}) + "\n")
+                self.popen.stdin.flush()
+            except (BrokenPipeError, OSError):
+                pass
 
     def stop(self) -> None:
         if self.alive:
@@ -153,7 +186,8 @@ def start(env: dict[str, str]) -> WarmProcess | None:
 
 
 def prestart() -> None:
-    """Start the warm process in the background (it imports for a few seconds; nothing waits for it)."""
+    """Start the warm process in the background (it imports for a few seconds; nothing waits for it), then import
+    here what the kernel's first ``%serve`` imports (packaging, dill), off that ``%serve``'s path."""
     if not enabled():
         return
 
@@ -161,8 +195,20 @@ def prestart() -> None:
         from nbmagic.serve.local import _child_env
 
         start(_child_env())
+        try:
+            import dill  # noqa: F401
+
+            from nbmagic.serve import api  # noqa: F401
+        except Exception:  # noqa: BLE001 - the %serve imports (and reports) what it needs
+            pass
 
     threading.Thread(target=run, name="nbmagic-warm-start", daemon=True).start()
+
+
+def hint(model: object) -> None:
+    """Tell a live warm process which module ``model``'s class comes from."""
+    if _WARM is not None and _WARM.alive:
+        _WARM.hint([type(model).__module__])  # the warm process ignores modules that are not installed libraries
 
 
 def stop() -> None:

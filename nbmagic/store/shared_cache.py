@@ -113,7 +113,10 @@ def publish_run(store: RunStore, run_id: str) -> int:
             "run": run_id,
             "step": entry.step,
             "outputs": {
-                name: {k: ref.get(k) for k in ("hash", "type", "format", "size", "name")}
+                name: {
+                    **{k: ref.get(k) for k in ("hash", "type", "format", "size", "name")},
+                    **({"alias": ref["alias"]} if ref.get("alias") else {}),  # loads as a part of another value
+                }
                 for name, ref in entry.outputs.items()
             },
             "metrics": dict(entry.metrics),

@@ -1,0 +1,236 @@
+"""What reuse cannot bring back from the store: objects two values share, and the notebook's own code inside one.
+
+Values are stored one by one, so an object reachable from two of them loads as two objects, and a function the
+notebook defined loads as a copy that reads a frozen copy of the kernel's globals. :func:`shared` and
+:func:`notebook_code` walk values (containers, plain objects' attributes, ``functools.partial``, bound methods)
+with a bound on work; numpy arrays are told apart by the memory they use, pandas objects are leaves, and an
+array's or a list of numbers' contents are never walked item by item.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import sys
+import types
+from collections.abc import Iterable
+from typing import Any
+
+LIMIT = 100_000  # objects looked at per call; past it reuse cannot be sure
+
+_ATOMS = (
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bool,
+    type(None),
+    range,
+    slice,
+    type(Ellipsis),
+    types.ModuleType,
+    types.BuiltinFunctionType,
+    enum.Enum,
+)
+_ATOM_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+class TooLarge(Exception):
+    """The walk could not end: the bound on work was reached, or an object could not be looked into."""
+
+
+class _Walk:
+    def __init__(self, namespace: dict[str, Any] | None, limit: int) -> None:
+        self.namespace = namespace
+        self.left = limit
+        self.notebook = False  # a function or class of the notebook found that is not the kernel's own
+
+    def charge(self, n: int = 1) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise TooLarge("its values are too large to check for shared objects")
+
+    def identities(self, value: Any) -> set[int]:
+        """Ids of the changeable objects reachable from ``value`` (an array counts by the memory it uses)."""
+        found: set[int] = set()
+        seen: set[int] = set()
+        stack = [value]
+        while stack:
+            obj = stack.pop()
+            if isinstance(obj, _ATOMS) or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            self.charge()
+            try:
+                stack.extend(self._children(obj, found))
+            except TooLarge:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an object that cannot be looked into: not sure
+                raise TooLarge(f"a {type(obj).__qualname__} cannot be looked into ({type(exc).__name__})") from None
+        return found
+
+    def _children(self, obj: Any, found: set[int]) -> Iterable[Any]:
+        kind = type(obj)
+        if kind is list or kind is set:  # the common cases first, exact types only (subclasses have attributes)
+            found.add(id(obj))
+            return self._items(obj)
+        if kind is dict:
+            found.add(id(obj))
+            return [*self._items(obj.keys()), *self._items(obj.values())]
+        if kind is tuple:
+            return self._items(obj)
+        if isinstance(obj, types.FunctionType):
+            if obj.__module__ == "__main__" and (self.namespace is None or obj.__globals__ is not self.namespace):
+                self.notebook = True
+            return ()
+        if isinstance(obj, type):
+            self._check_class(obj)
+            return ()
+        self._check_class(type(obj))
+        module = type(obj).__module__ or ""
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(obj, np.generic):
+            return ()
+        if np is not None and isinstance(obj, np.ndarray):
+            root = obj  # views and slices count by the object owning their memory
+            while getattr(root, "base", None) is not None:
+                root = root.base
+            found.add(id(root))
+            if getattr(getattr(obj, "dtype", None), "hasobject", False):
+                self.charge(obj.size)
+                return list(obj.flat)
+            return ()
+        if module.startswith("pandas"):
+            found.add(id(obj))
+            return ()
+        if isinstance(obj, (tuple, frozenset)):
+            return self._items(obj)
+        if isinstance(obj, functools.partial):
+            found.add(id(obj))
+            return [obj.func, obj.args, obj.keywords, *self._attributes(obj)]
+        if isinstance(obj, types.MethodType):
+            return [obj.__self__, obj.__func__]
+        found.add(id(obj))
+        children: list[Any] = []
+        if isinstance(obj, dict):
+            children.extend(self._items(obj.keys()))
+            children.extend(self._items(obj.values()))
+        elif isinstance(obj, (list, set)):
+            children.extend(self._items(obj))
+        children.extend(self._attributes(obj))
+        return children
+
+    def _items(self, items: Any) -> list[Any]:
+        """The items worth walking: none when all are numbers or strings (told in C, without a Python loop)."""
+        kinds = set(map(type, items))
+        self.charge(len(items) // 64)
+        if kinds <= _ATOM_TYPES:
+            return []
+        self.charge(len(items))
+        return list(items)
+
+    def _attributes(self, obj: Any) -> list[Any]:
+        found: list[Any] = []
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            found.extend(attrs.values())
+            self.charge(len(attrs))
+        for cls in type(obj).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for slot in (slots,) if isinstance(slots, str) else slots:
+                if slot not in ("__dict__", "__weakref__"):
+                    value = getattr(obj, slot, None)
+                    if value is not None:
+                        found.append(value)
+        return found
+
+    def _check_class(self, cls: type) -> None:
+        if cls.__module__ == "__main__" and (self.namespace is None or self.namespace.get(cls.__qualname__) is not cls):
+            self.notebook = True
+
+
+def shared(assigned: dict[str, Any], read: dict[str, Any], limit: int | None = None) -> tuple[str, str, bool] | None:
+    """Two names, one of them in ``assigned``, whose values reach one changeable object: (name, other name, the two
+    are bound to that very object). Raises :class:`TooLarge` when the walk would take too long."""
+    walk = _Walk(None, limit or LIMIT)
+    owner: dict[int, str] = {}
+    tops: dict[str, int] = {}
+    for name, value in [*read.items(), *assigned.items()]:
+        tops[name] = id(value)
+        for ident in walk.identities(value):
+            first = owner.setdefault(ident, name)
+            if first != name and name in assigned:
+                return name, first, tops.get(first) == id(value) == ident
+    return None
+
+
+def notebook_code(values: dict[str, Any], namespace: dict[str, Any], limit: int | None = None) -> str | None:
+    """The first name whose value holds, anywhere inside it, a function or class of the notebook (module
+    ``__main__``), or an instance of such a class, other than the kernel's own. Raises :class:`TooLarge`."""
+    for name, value in values.items():
+        walk = _Walk(namespace, limit or LIMIT)
+        walk.identities(value)
+        if walk.notebook:
+            return name
+    return None
+
+
+def path_to(value: Any, root: Any, depth: int = 4, limit: int = 10_000) -> list[str | int] | None:
+    """The subscripts that reach ``value`` itself from ``root`` through dicts (string or integer keys), lists
+    and tuples (``[]`` when it is ``root``), shortest first; None when it is not found within the bounds."""
+    queue: list[tuple[Any, list[str | int]]] = [(root, [])]
+    seen: set[int] = set()
+    while queue and limit > 0:
+        obj, path = queue.pop(0)
+        if obj is value:
+            return path
+        if id(obj) in seen or len(path) >= depth:
+            continue
+        seen.add(id(obj))
+        if type(obj) is dict:
+            items = [(k, v) for k, v in obj.items() if type(k) in (str, int)]
+        elif type(obj) in (list, tuple):
+            items = list(enumerate(obj))
+        else:
+            continue
+        limit -= len(items)
+        queue.extend((v, [*path, k]) for k, v in items if not isinstance(v, _ATOMS))
+    return None
+
+
+def follow(root: Any, path: list[str | int]) -> Any:
+    for key in path:
+        root = root[key]
+    return root
+
+
+def links(assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, dict[str, list[str | int]]]:
+    """(why the cell's results cannot be reused: values that share an object, else None; name -> where its object
+    is found inside another value). A name bound to another value's object, or to a part of it reached by
+    subscripts (``d`` after ``for d in [train, test]``, ``part = nested["rows"]``), is loaded as that object."""
+    tops = {**read, **assigned}
+    aliases: dict[str, list[str | int]] = {}
+    for _ in range(len(assigned) + 1):
+        values = {n: v for n, v in assigned.items() if n not in aliases}
+        try:
+            found = shared(values, {n: v for n, v in read.items() if n not in assigned})
+        except TooLarge as exc:
+            return str(exc), aliases
+        if found is None:
+            return None, aliases
+        name, other, same = found
+        for part, whole in ((name, other), (other, name)):
+            if part in assigned and whole not in aliases:
+                path = path_to(assigned[part], tops[whole])
+                if path is not None:
+                    aliases[part] = [whole, *path]
+                    break
+        else:
+            if same:
+                return f"{name!r} and {other!r} are one object; loaded from the store they would be two", aliases
+            return (
+                f"{name!r} and {other!r} hold a shared object; loaded from the store they would hold two copies",
+                aliases,
+            )
+    return "its values share objects in too many ways to check", aliases

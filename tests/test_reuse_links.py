@@ -1,0 +1,174 @@
+"""Reuse never leaves the kernel other than running the cell would: shared objects, notebook code inside values."""
+
+from __future__ import annotations
+
+from helpers.shell import run_ok
+
+
+def _restart(ip, *names):
+    for name in names:
+        ip.user_ns.pop(name, None)
+
+
+def test_a_list_held_inside_a_dict_is_that_list_after_a_reuse(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\na = []\nb = {'x': a}\n"
+    run_ok(ip, cell)
+    _restart(ip, "a", "b")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert "s: reused from run" in capsys.readouterr().out
+    run_ok(ip, "a.append(1)")
+    assert ip.user_ns["b"] == {"x": [1]}  # as running the cell gives
+
+
+def test_a_list_held_by_two_values_makes_the_cell_run(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\nb = {'x': []}\nc = [b['x'], 2]\n"
+    run_ok(ip, cell)
+    first = capsys.readouterr().out
+    _restart(ip, "b", "c")
+    run_ok(ip, cell)
+    run_ok(ip, "c[0].append(1)")
+    assert ip.user_ns["b"] == {"x": [1]}
+    assert "reused from run" not in capsys.readouterr().out
+    assert "s: cannot be reused next time ('c' and 'b' hold a shared object" in first
+
+
+def test_a_value_holding_what_the_step_reads_makes_the_cell_run(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "%%step load\nrows = [1, 2]\n")
+    run_ok(ip, "%%step wrap\nbox = {'rows': rows}\n")
+    assert "wrap: cannot be reused next time ('box' and 'rows' hold a shared object" in capsys.readouterr().out
+
+
+def test_a_part_of_what_the_step_reads_is_that_part_after_a_reuse(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "%%step load\nnested = {'rows': [[1, 2]]}\n")
+    cell = "%%step s\npart = nested['rows'][0]\n"
+    run_ok(ip, cell)
+    ip.user_ns.pop("part")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert "s: reused from run" in capsys.readouterr().out
+    assert ip.user_ns["part"] is ip.user_ns["nested"]["rows"][0]
+
+
+def test_a_numpy_view_of_another_array_makes_the_cell_run(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\nimport numpy as np\nX = np.arange(20.0)\nb = X[:10]\n"
+    run_ok(ip, cell)
+    first = capsys.readouterr().out
+    _restart(ip, "X", "b", "np")
+    run_ok(ip, cell)
+    run_ok(ip, "X[0] = 99.0")
+    assert ip.user_ns["b"][0] == 99.0
+    assert "reused from run" not in capsys.readouterr().out
+    assert "s: cannot be reused next time ('b' and 'X' hold a shared object" in first
+
+
+def test_separate_arrays_and_containers_are_still_reused(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\nimport numpy as np\nX = np.arange(20.0)\nb = X[:10].copy()\nd = {'k': [1, 2], 'v': (3, 'a')}\n"
+    run_ok(ip, cell)
+    _restart(ip, "X", "b", "d", "np")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert "s: reused from run" in capsys.readouterr().out
+    assert ip.user_ns["d"] == {"k": [1, 2], "v": (3, "a")} and list(ip.user_ns["b"]) == list(range(10))
+
+
+def test_a_loop_leftover_is_the_object_it_was_left_on_after_a_reuse(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\ntrain, test = [1], [2]\nfor d in [train, test]:\n    d.append(0)\n"
+    run_ok(ip, cell)
+    _restart(ip, "train", "test", "d")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert "s: reused from run" in capsys.readouterr().out
+    assert ip.user_ns["d"] is ip.user_ns["test"]
+    run_ok(ip, "d.append(5)")
+    assert ip.user_ns["test"] == [2, 0, 5]
+
+
+def test_a_loop_leftover_inside_another_value_is_that_item_after_a_reuse(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\nrows = [[1], [2]]\nfor row in rows:\n    row.append(0)\n"
+    run_ok(ip, cell)
+    _restart(ip, "rows", "row")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    assert "s: reused from run" in capsys.readouterr().out
+    assert ip.user_ns["row"] is ip.user_ns["rows"][1]
+
+
+def test_a_lambda_in_a_list_reads_the_kernels_globals(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "k = 2")
+    cell = "%%step s\nfns = [lambda x: x * k]\n"
+    run_ok(ip, cell)
+    _restart(ip, "fns")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    said = capsys.readouterr().out
+    run_ok(ip, "k = 5")
+    assert ip.user_ns["fns"][0](1) == 5
+    assert "s: runs (cannot be reused: 'fns' is a function defined in the notebook or holds one" in said
+
+
+def test_a_partial_and_an_object_holding_a_notebook_function_read_the_kernels_globals(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "k = 2\nclass Holder:\n    def __init__(self, f):\n        self.f = f\n")
+    cell = "%%step s\nimport functools\np = functools.partial(lambda x, y: x * y * k, 1)\nh = Holder(lambda x: x + k)\n"
+    run_ok(ip, cell)
+    _restart(ip, "p", "h", "functools")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    said = capsys.readouterr().out
+    run_ok(ip, "k = 5")
+    assert (ip.user_ns["p"](1), ip.user_ns["h"].f(0)) == (5, 5)
+    assert "s: runs (cannot be reused:" in said and "is a function defined in the notebook or holds one" in said
+
+
+def test_a_function_transformer_holding_a_notebook_function_reads_the_kernels_globals(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "k = 2")
+    cell = "%%step s\nfrom sklearn.preprocessing import FunctionTransformer\nft = FunctionTransformer(func=lambda x: x * k)\n"
+    run_ok(ip, cell)
+    _restart(ip, "ft", "FunctionTransformer")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    said = capsys.readouterr().out
+    run_ok(ip, "k = 5")
+    assert ip.user_ns["ft"].func(1) == 5  # reused only when the loaded function reads the kernel's own globals
+    assert "s: reused from run" in said or "s: runs (cannot be reused: 'ft' is a function defined" in said
+
+
+def test_a_cell_reusing_what_compile_run_computed_keeps_the_links_between_its_values(ip, capsys):
+    run_ok(ip, "%%step s\na = []\nb = {'x': a}\n")
+    run_ok(ip, "%%step t\nv = {'x': []}\nw = [v['x']]\n")
+    run_ok(ip, "%compile_run --quiet")
+    for name in ("a", "b", "v", "w"):
+        ip.user_ns.pop(name)
+    run_ok(ip, "%pipeline_config --reuse")
+    capsys.readouterr()
+    run_ok(ip, "%%step s\na = []\nb = {'x': a}\n")
+    run_ok(ip, "%%step t\nv = {'x': []}\nw = [v['x']]\n")
+    said = capsys.readouterr().out
+    assert "s: reused from run" in said and ip.user_ns["b"]["x"] is ip.user_ns["a"]
+    assert "t: runs (cannot be reused: 'v' was not kept: not reusable in a notebook (" in said
+    assert ip.user_ns["w"][0] is ip.user_ns["v"]["x"]
+
+
+def test_values_too_large_to_walk_make_the_cell_run_next_time(ip, capsys, monkeypatch):
+    import nbmagic.run.reuse_links as reuse_links
+
+    monkeypatch.setattr(reuse_links, "LIMIT", 50)
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\nrows = [[i] for i in range(100)]\n"
+    run_ok(ip, cell)
+    assert "s: cannot be reused next time (its values are too large to check for shared objects)" in (
+        capsys.readouterr().out
+    )
+    run_ok(ip, cell)
+    assert "reused from run" not in capsys.readouterr().out
