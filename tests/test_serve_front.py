@@ -149,3 +149,52 @@ def test_logged_requests_time_the_front_too(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class _Echo:
+    """Answers V1 predict with the rows it received (to check the body was assembled whole)."""
+
+    name = "m"
+    version = "1"
+    outputs = {"output-0": None}
+    outputs_meta = [{"name": "output-0"}]
+
+    def preprocess(self, data):
+        return data
+
+    def predict(self, features, requested=None):
+        return {"output-0": features}
+
+
+class _Chunk(bytes):
+    """A body chunk that counts how often it is added to another bytes object (a copy of the body so far)."""
+
+    added = 0
+
+    def __radd__(self, other):
+        _Chunk.added += 1
+        return bytes(other) + bytes(self)
+
+
+def test_a_body_in_many_chunks_is_assembled_once():
+    rows = list(range(2000))
+    body = orjson.dumps({"instances": rows})
+    pieces = [_Chunk(body[i : i + 7]) for i in range(0, len(body), 7)]
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(pieces) - 1} for i, p in enumerate(pieces)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    async def kserve_app(scope, receive, send):
+        raise AssertionError("the front answers V1 predict")
+
+    _Chunk.added = 0
+    scope = {"type": "http", "method": "POST", "path": "/v1/models/m:predict", "headers": [], "query_string": b""}
+    asyncio.run(Front(kserve_app, _Echo())(scope, receive, send))
+    assert sent[0]["status"] == 200
+    assert orjson.loads(sent[1]["body"]) == {"predictions": rows}
+    assert _Chunk.added == 0  # joined once, not one growing copy per chunk

@@ -115,14 +115,15 @@ class Front:
         if model != self.endpoint.name:
             answer = _error(404, f"Model with name {model} does not exist.")
         else:
-            body = b""
+            chunks: list[bytes] = []
             more = True
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return
-                body += message.get("body", b"")
+                chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             try:
                 answer = await handler(self, body, scope)
             except Exception as exc:  # noqa: BLE001 - as KServe's app answers any other failure: 500 {"error"}
