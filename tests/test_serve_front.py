@@ -29,6 +29,10 @@ double = Double()
         ("POST", "/v2/models/m/infer", "v2_infer", "m"),
         ("POST", "/v2/models/m/versions/3/infer", "v2_infer", "m"),
         ("GET", "/v2/models/m", "v2_metadata", "m"),
+        ("HEAD", "/v2/models/m", "v2_metadata", "m"),
+        ("GET", "/v2/models/m/versions/3", "v2_metadata", "m"),
+        ("POST", "/v2/models/m/versions/3", None, None),
+        ("GET", "/v2/models/m/versions/", None, None),
         ("GET", "/v1/models/m:predict", None, None),  # another method: KServe's app answers
         ("POST", "/v2/models/m", None, None),
         ("GET", "/v2/models/m/ready", None, None),
@@ -165,6 +169,12 @@ class _Echo:
     def predict(self, features, requested=None):
         return {"output-0": features}
 
+    def observe(self, inputs, outputs):
+        pass
+
+    def metadata(self):
+        return {"name": self.name, "versions": [self.version], "inputs": [], "outputs": []}
+
 
 class _Chunk(bytes):
     """A body chunk that counts how often it is added to another bytes object (a copy of the body so far)."""
@@ -198,3 +208,36 @@ def test_a_body_in_many_chunks_is_assembled_once():
     assert sent[0]["status"] == 200
     assert orjson.loads(sent[1]["body"]) == {"predictions": rows}
     assert _Chunk.added == 0  # joined once, not one growing copy per chunk
+
+
+def test_a_version_other_than_the_served_one_is_a_404():
+    passed = []
+
+    async def kserve_app(scope, receive, send):
+        passed.append((scope["method"], scope["path"]))
+
+    front = Front(kserve_app, _Echo())
+    tensor = {"inputs": [{"name": "a", "shape": [2], "datatype": "INT32", "data": [1, 2]}]}
+    wrong = _call(front, "POST", "/v2/models/m/versions/999/infer", orjson.dumps(tensor))
+    assert wrong[0]["status"] == 404
+    assert orjson.loads(wrong[1]["body"]) == {"error": "Model m has no version 999 (versions: 1)."}
+    right = _call(front, "POST", "/v2/models/m/versions/1/infer", orjson.dumps(tensor))
+    assert right[0]["status"] == 200 and orjson.loads(right[1]["body"])["outputs"][0]["data"] == [1, 2]
+    meta = _call(front, "GET", "/v2/models/m/versions/1")
+    assert meta[0]["status"] == 200 and orjson.loads(meta[1]["body"])["versions"] == ["1"]
+    assert _call(front, "GET", "/v2/models/m/versions/2")[0]["status"] == 404
+    assert _call(front, "GET", "/v2/models/m/versions/2/ready")[0]["status"] == 404
+    assert _call(front, "GET", "/v2/models/m/versions/1/ready") == []
+    assert passed == [("GET", "/v2/models/m/ready")]  # the served version's readiness: KServe's answer
+
+
+def test_head_on_metadata_answers_its_headers_without_a_body():
+    async def kserve_app(scope, receive, send):
+        raise AssertionError("the front answers metadata")
+
+    front = Front(kserve_app, _Echo())
+    for path in ("/v2/models/m", "/v2/models/m/versions/1"):
+        get = _call(front, "GET", path)
+        head = _call(front, "HEAD", path)
+        assert head[0] == get[0] and head[0]["status"] == 200
+        assert head[1]["body"] == b"" and get[1]["body"]

@@ -111,9 +111,15 @@ class Front:
         if route is None:
             await self.app(scope, receive, send)
             return
-        handler, model = route
+        handler, model, version = route
         if model != self.endpoint.name:
             answer = _error(404, f"Model with name {model} does not exist.")
+        elif version is not None and version != self.endpoint.version:
+            answer = _error(404, f"Model {model} has no version {version} (versions: {self.endpoint.version}).")
+        elif handler is None:  # the right version's readiness: KServe's own answer for the model
+            path = f"/v2/models/{model}/ready"
+            await self.app(dict(scope, path=path, raw_path=path.encode()), receive, send)
+            return
         else:
             chunks: list[bytes] = []
             more = True
@@ -136,7 +142,7 @@ class Front:
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": payload})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else payload})
 
     async def _predict(self, features: Any, requested: list[str] | None) -> dict[str, Any]:
         if self.forward is not None:
@@ -188,25 +194,32 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
-def _match(scope: dict[str, Any]) -> tuple[Any, str] | None:
-    """(handler, model name) for the routes served by ``Front``, else None (paths as starlette matches them:
-    a path parameter is one non-empty segment)."""
+def _match(scope: dict[str, Any]) -> tuple[Any, str, str | None] | None:
+    """(handler, model name, version or None) for the routes served by ``Front``, else None (paths as starlette
+    matches them: a path parameter is one non-empty segment). Handler None: a versioned readiness check, answered
+    by KServe's app once the version is known to be the served one."""
     parts = scope["path"].split("/")
     method = scope["method"]
     if len(parts) < 4 or parts[0] or parts[2] != "models" or not parts[3]:
         return None
     if parts[1] == "v1" and len(parts) == 4 and method == "POST":
         model, colon, verb = parts[3].rpartition(":")
-        return (Front.v1_predict, model) if colon and model and verb == "predict" else None
+        return (Front.v1_predict, model, None) if colon and model and verb == "predict" else None
     if parts[1] != "v2":
         return None
-    if len(parts) == 4 and method == "GET":
-        return Front.v2_metadata, parts[3]
-    if method == "POST" and (
-        (len(parts) == 5 and parts[4] == "infer")
-        or (len(parts) == 7 and parts[4] == "versions" and parts[5] and parts[6] == "infer")
-    ):
-        return Front.v2_infer, parts[3]
+    model, rest = parts[3], parts[4:]
+    version = None
+    if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
+        version, rest = rest[1], rest[2:]
+    elif rest and rest[0] == "versions":
+        return None
+    read = method in ("GET", "HEAD")
+    if not rest and read:
+        return Front.v2_metadata, model, version
+    if rest == ["infer"] and method == "POST":
+        return Front.v2_infer, model, version
+    if rest == ["ready"] and read and version is not None:
+        return None, model, version
     return None
 
 
