@@ -113,6 +113,15 @@ def test_kserve_routes_still_answer_behind_the_front(tmp_path):
         }
         bad = requests.post(f"{base}/v1/models/front:predict", data=b"{", timeout=10)
         assert bad.status_code == 400 and bad.json()["error"].startswith("request body is not JSON")
+        _assert_framework_errors_use_the_protocol_body(base)
+
+
+def _assert_framework_errors_use_the_protocol_body(base):
+    unknown = requests.get(f"{base}/v2/nowhere", timeout=10)
+    assert (unknown.status_code, unknown.json()) == (404, {"error": "Not Found"})
+    method = requests.delete(f"{base}/v2/health/ready", timeout=10)
+    assert (method.status_code, method.json()) == (405, {"error": "Method Not Allowed"})
+    assert "GET" in method.headers["allow"]
 
 
 @pytest.mark.slow
@@ -146,6 +155,7 @@ def test_logged_requests_time_the_front_too(tmp_path):
             time.sleep(0.1)
         answer = requests.post(f"http://127.0.0.1:{port}/v1/models/logged:predict", json={"instances": [2]}, timeout=10)
         assert answer.json() == {"predictions": [4]}
+        _assert_framework_errors_use_the_protocol_body(f"http://127.0.0.1:{port}")  # a server built without fork
         deadline = time.monotonic() + 10
         while "kserve.io.v1.models.logged:predict" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -169,7 +169,6 @@ def _install(
     as 400 ``{"error": ...}``, keep KServe's per-request timing middleware only when requests are logged, and
     call ``on_ready`` once uvicorn listens."""
     import grpc
-    from fastapi.exceptions import RequestValidationError
     from kserve import model_server
     from kserve.protocol.grpc import server as grpc_server
     from kserve.protocol.rest.server import RESTServer
@@ -205,7 +204,7 @@ def _install(
 
         def _add_exception_handlers(self, app: Any) -> None:
             super()._add_exception_handlers(app)
-            app.add_exception_handler(RequestValidationError, _invalid_request)
+            _add_protocol_handlers(app)
 
     class LocalAio:
         def __getattr__(self, attr: str) -> Any:
@@ -220,6 +219,24 @@ def _install(
 
     model_server.RESTServer = LocalRESTServer
     grpc_server.aio = LocalAio()
+
+
+def _add_protocol_handlers(app: Any) -> None:
+    """Answer FastAPI's own errors (request schema, unknown path, wrong method) with ``{"error": ...}``."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+async def _http_error(_request: Any, exc: Any) -> Any:
+    """Starlette's HTTP errors (404 ``{"detail": "Not Found"}``, 405 ...) with the protocol's error body."""
+    from nbmagic.serve.routes import error
+
+    response = error(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _invalid_request(_request: Any, exc: Any) -> Any:
@@ -245,7 +262,6 @@ def prebuild() -> None:
     from nbmagic.serve import kserve_lean
 
     kserve_lean.load()
-    from fastapi.exceptions import RequestValidationError
     from kserve import model_server
     from kserve.protocol.rest.server import RESTServer
 
@@ -255,7 +271,7 @@ def prebuild() -> None:
     )
     rest._register_endpoints(model_server.app)
     rest._add_exception_handlers(model_server.app)
-    model_server.app.add_exception_handler(RequestValidationError, _invalid_request)
+    _add_protocol_handlers(model_server.app)
     _PREBUILT = server
 
 
