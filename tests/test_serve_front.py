@@ -251,3 +251,44 @@ def test_head_on_metadata_answers_its_headers_without_a_body():
         head = _call(front, "HEAD", path)
         assert head[0] == get[0] and head[0]["status"] == 200
         assert head[1]["body"] == b"" and get[1]["body"]
+
+
+def _split_front(answer):
+    """A transformer-side front whose predictor hop goes through httpx to ``answer(request)``."""
+    import httpx
+
+    from nbmagic.serve.routes import Forward
+
+    async def kserve_app(scope, receive, send):
+        raise AssertionError("the front answers inference")
+
+    forward = Forward("predictor:80", "v2", "m")
+    forward._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    return Front(kserve_app, _Echo(), forward)
+
+
+@pytest.mark.parametrize(("predictor", "expected"), [(500, 502), (503, 502), (404, 502), (400, 400)])
+def test_split_layout_passes_a_predictor_failure_on_as_a_gateway_error(predictor, expected):
+    import httpx
+
+    front = _split_front(lambda request: httpx.Response(predictor, json={"error": "boom"}))
+    tensor = {"inputs": [{"name": "a", "shape": [2], "datatype": "INT32", "data": [1, 2]}]}
+    for protocol, path, body in (
+        ("v2", "/v2/models/m/infer", orjson.dumps(tensor)),
+        ("v1", "/v1/models/m:predict", b'{"instances": [[1]]}'),
+    ):
+        front.forward.protocol = protocol
+        sent = _call(front, "POST", path, body)
+        assert sent[0]["status"] == expected
+        assert orjson.loads(sent[1]["body"]) == {"error": f"predictor answered {predictor}: boom"}
+
+
+def test_split_layout_answers_502_when_the_predictor_is_unreachable():
+    import httpx
+
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    sent = _call(_split_front(refuse), "POST", "/v1/models/m:predict", b'{"instances": [[1]]}')
+    assert sent[0]["status"] == 502
+    assert orjson.loads(sent[1]["body"])["error"].startswith("predictor at http://predictor:80 unreachable")

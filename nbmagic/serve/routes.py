@@ -46,6 +46,16 @@ def _to_list(result: Any) -> Any:
     return array
 
 
+class PredictorError(ProtocolError):
+    """The predictor failed, not the request: it answered 5xx or 404, or could not be reached (answered 502)."""
+
+    status = 502
+
+
+def _failed(exc: ProtocolError) -> Answer:
+    return _error(getattr(exc, "status", 400), str(exc))
+
+
 class Forward:
     """The split layout's hop to the predictor server (V1 or V2, binary tensors so dtypes survive)."""
 
@@ -64,6 +74,14 @@ class Forward:
         return self._client
 
     async def __call__(self, features: Any, requested: list[str] | None) -> dict[str, Any]:
+        import httpx
+
+        try:
+            return await self._forward(features, requested)
+        except httpx.HTTPError as exc:
+            raise PredictorError(f"predictor at {self.base} unreachable: {type(exc).__name__}: {exc}") from None
+
+    async def _forward(self, features: Any, requested: list[str] | None) -> dict[str, Any]:
         import orjson
 
         if self.protocol == "v1":
@@ -91,7 +109,8 @@ class Forward:
                 message = orjson.loads(response.content).get("error") or response.text
             except (orjson.JSONDecodeError, AttributeError):
                 message = response.text
-            raise InputError(f"predictor answered {response.status_code}: {message}")
+            failure = PredictorError if response.status_code >= 500 or response.status_code == 404 else InputError
+            raise failure(f"predictor answered {response.status_code}: {message}")
         return orjson.loads(response.content) if self.protocol == "v1" else None
 
 
@@ -162,7 +181,7 @@ class Front:
                 endpoint.observe(req.inputs, outputs)
             payload, headers = encode_v2(endpoint.name, outputs, req, endpoint.version)
         except ProtocolError as exc:
-            return _error(400, str(exc))
+            return _failed(exc)
         return 200, payload, headers
 
     async def v1_predict(self, body: bytes, _scope: dict[str, Any]) -> Answer:
@@ -179,7 +198,7 @@ class Front:
                 raise ProtocolError('V1 request needs "instances": a list, e.g. {"instances": [[1, 2, 3]]}')
             outputs = await self._predict(endpoint.preprocess(rows), None)
         except ProtocolError as exc:
-            return _error(400, str(exc))
+            return _failed(exc)
         result = next(iter(outputs.values())) if len(outputs) == 1 and not _was_dict(outputs, endpoint) else outputs
         return _json(200, {"predictions": _to_list(result)})
 

@@ -69,12 +69,13 @@ def _model_class() -> type:
     """Define the kserve.Model subclass (kserve is imported only in the server process)."""
     import asyncio
 
-    from kserve.errors import InvalidInput
+    from kserve.errors import InferenceError, InvalidInput
     from kserve.model import Model
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
     from nbmagic.serve.endpoint import Endpoint
     from nbmagic.serve.protocol import ProtocolError, as_array, datatype
+    from nbmagic.serve.routes import PredictorError
 
     class PackagedModel(Model):
         """The package's endpoint as a kserve.Model: preprocess, predict (here or forwarded), V1/V2 answers."""
@@ -114,6 +115,8 @@ def _model_class() -> type:
                 outputs = await self._predict(self.endpoint.preprocess(rows), None)
                 result = next(iter(outputs.values())) if len(outputs) == 1 else outputs
                 return {"predictions": _plain(result)}, {}
+            except PredictorError as exc:
+                raise InferenceError(str(exc)) from None
             except ProtocolError as exc:
                 raise InvalidInput(str(exc)) from None
 
