@@ -99,6 +99,11 @@ def test_kserve_routes_still_answer_behind_the_front(tmp_path):
         base = server.url
         assert requests.get(f"{base}/v2/health/ready", timeout=10).status_code == 200
         assert requests.get(f"{base}/v2/models/front/ready", timeout=10).status_code == 200
+        assert requests.get(f"{base}/v2/models/front/versions/1/ready", timeout=10).json()["ready"] is True
+        assert requests.get(f"{base}/v2/models/front/versions/2/ready", timeout=10).status_code == 404
+        assert requests.get(f"{base}/v2/models/front/versions/1", timeout=10).json()["versions"] == ["1"]
+        head = requests.head(f"{base}/v2/models/front", timeout=10)
+        assert (head.status_code, head.content) == (200, b"")
         assert requests.get(f"{base}/v1/models/front", timeout=10).json() == {"name": "front", "ready": True}
         wrong_method = requests.get(f"{base}/v1/models/front:predict", timeout=10)  # KServe's GET /v1/models/{name}
         assert wrong_method.status_code == 404 and "front:predict" in wrong_method.json()["error"]
