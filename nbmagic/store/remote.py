@@ -474,7 +474,7 @@ class RemoteStore:
                 if key not in known:
                     copies.setdefault(key, []).append(body)
             whole.append((seg, set(entries)))
-        records, marks, skipped, malformed = [], [], set(), []
+        records, marks, skipped, malformed, later = [], [], set(), [], set()
         unsigned: dict[str, str] = {}  # "<key>#<sig>@<mark>" -> record key, for each copy not signed with this key
         for key in sorted(copies):
             verdicts = [self._check(body) for body in copies[key]]
@@ -482,6 +482,9 @@ class RemoteStore:
             if record is not None:  # the first copy that verifies: a forged one listed before it does not hide it
                 records.append(record)
                 marks.append((key, record["run"]["id"]))
+                continue
+            if any(why == "newer" for _, why in verdicts):  # not marked seen: read again once upgraded
+                later.add(key)
                 continue
             if all(why == "malformed" for _, why in verdicts):
                 malformed.append(key)
@@ -497,7 +500,7 @@ class RemoteStore:
         marks += [(m, None) for m in unsigned]
         marks += [(f"{k}@{mark}", None) for k in fresh if k in skipped]
         # a segment is done with once each of its records is imported or judged (under this key, if unsigned)
-        marks += [(seg if not keys & skipped else f"{seg}@{mark}", None) for seg, keys in whole]
+        marks += [(seg if not keys & skipped else f"{seg}@{mark}", None) for seg, keys in whole if not keys & later]
         marks += [(seg, None) for seg in broken]
         store.mark_remote_seen(uri, marks)
         if new_unsigned:
@@ -524,6 +527,12 @@ class RemoteStore:
                 " the runs they hold are not shown; upgrade nbmagic to see them",
                 file=sys.stderr,
             )
+        if later:
+            print(
+                f"nbmagic: {len(later)} run record(s) of {self.uri} were written by a newer nbmagic"
+                f" (e.g. {sorted(later)[0]}): the runs they hold are not shown; upgrade nbmagic to see them",
+                file=sys.stderr,
+            )
         self.judge_liveness(store)
         if len(loose) >= READER_COMPACT_AT and not self._fold_refused:
             runs = store.remote_record_runs(uri)  # records this key verified, now or before
@@ -541,7 +550,8 @@ class RemoteStore:
         self._bodies[key] = data
 
     def _check(self, body: Any) -> tuple[dict[str, Any] | None, str]:
-        """(record, "") or (None, why) for a parsed record body: "missing", "malformed" or "unsigned"."""
+        """(record, "") or (None, why) for a parsed record body: "missing", "malformed", "unsigned" or "newer"
+        (signed, or with no team key, but of a format a newer nbmagic writes: neither wrong nor readable here)."""
         if body is None:
             return None, "malformed"
         try:
@@ -550,6 +560,9 @@ class RemoteStore:
             return None, "malformed"
         if self.key and not _verified(self.key, _canonical(record), body.get("sig")):
             return None, "unsigned"
+        fmt = record.get("format") if isinstance(record, dict) else None
+        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > RECORD_FORMAT:
+            return None, "newer"
         if not well_formed(record):
             return None, "malformed"
         return record, ""

@@ -71,10 +71,13 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
     dropped_keys: set[str] = set()  # a record may be both loose and in a segment: counted once
 
     aside_runs: set[str] = set()  # runs with a record set aside: their cache entries and logs stay
+    later: list[str] = []  # records of a newer format
 
     def judge(key: str, body: Any, raw: bytes, loose: bool, where: str) -> None:
-        record, _why = remote._check(body) if _RECORD_KEY.fullmatch(key) else (None, "malformed")
-        if record is None:  # named where it was found: a forged copy's key may be a good record's, or no path
+        record, why = remote._check(body) if _RECORD_KEY.fullmatch(key) else (None, "malformed")
+        if why == "newer":  # signed, of a format this version cannot judge: not this gc's to hide
+            later.append(key)
+        elif record is None:  # named where it was found: a forged copy's key may be a good record's, or no path
             aside.append((f"quarantine/{where}", raw, key if loose else None))
             suspect.append(raw)
             if _RECORD_KEY.fullmatch(key):
@@ -116,6 +119,11 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
         if data is not None:
             where = key if _RECORD_KEY.fullmatch(key) else f"runs/{hashlib.sha256(key.encode()).hexdigest()}.json"
             judge(key, _loads(data), data, True, where)
+    if later:
+        raise StoreError(
+            f"gc: {len(later)} run record(s) of {remote.uri} were written by a newer nbmagic (e.g. {later[0]}):"
+            " nothing was removed; run gc with that version"
+        )
     for blob in list(backend.list("quarantine/")):  # set aside before: what they name still stays
         suspect.append(gzip_text(backend.get_bytes(blob.key) or b""))
     found.records = len(dropped_keys)
