@@ -9,6 +9,7 @@ from helpers.plans import step
 from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.run.local import LocalRunner
 from nbmagic.runtime import marshal, publish
+from nbmagic.store.gc import Policy, collect
 from nbmagic.store.runs import RunStore
 
 
@@ -67,19 +68,27 @@ def test_a_reader_whose_clock_is_an_hour_ahead_does_not_call_a_live_run_lost(tmp
     assert {r.id: r.status for r in reader.list_runs()} == {"run-slow": "lost"}
 
 
-def test_a_run_kept_running_by_a_forged_heartbeat_is_lost_after_the_cap(tmp_path, monkeypatch, capsys):
+def test_a_run_over_the_cap_is_shown_lost_once_its_heartbeat_is_stale_and_kept_while_fresh(
+    tmp_path, monkeypatch, capsys
+):
     shared = tmp_path / "shared"
     monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
     monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
     folder = tmp_path / "value"
     folder.mkdir()
     marshal.save([1, 2], str(folder), "x")
-    target = {"uri": f"file://{shared}", "run": "run-dead", "pipeline": "p", "steps": ["a", "b"]}
+    target = {"uri": f"file://{shared}", "run": "run-long", "pipeline": "p", "steps": ["a", "b"]}
     publish.publish_step(target, "a", "done", {}, {}, {"x": str(folder)}, {}, time.time() - 8 * 86400)
-    (shared / "live" / "run-dead.json").write_text("{}")  # anyone who can write live/ keeps it fresh
+    beat = shared / "live" / "run-long.json"
+    os.utime(beat, (time.time() - 8 * 86400, time.time() - 8 * 86400))  # step a's end, 8 days ago: silent since
     reader = RunStore(tmp_path / "reader" / "store")
-    assert {r.id: r.status for r in reader.list_runs()} == {"run-dead": "lost"}
-    (line,) = [line for line in capsys.readouterr().err.splitlines() if "run-dead" in line]
+    assert {r.id: r.status for r in reader.list_runs()} == {"run-long": "lost"}
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "run-long" in line]
     assert "8 days ago" in line and "shown as lost" in line
-    reader.sync(force=True)  # a fresh heartbeat does not bring it back
-    assert {r.id: r.status for r in reader.list_runs()} == {"run-dead": "lost"}
+    beat.write_text("{}")  # step b beats again: a long run, alive
+    newer = {**target, "run": "run-new", "steps": ["a"]}
+    publish.publish_step(newer, "a", "done", {}, {}, {"x": str(folder)}, {}, time.time())
+    reader.sync(force=True)
+    assert {r.id: r.status for r in reader.list_runs()} == {"run-long": "running", "run-new": "done"}
+    report = collect(RunStore(tmp_path / "gc" / "store"), Policy(keep_last=1), shared=True, dry_run=True, grace=0)
+    assert not report.runs  # over the cap, but its heartbeat is fresh: gc keeps it

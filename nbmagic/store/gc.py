@@ -3,7 +3,8 @@
 Reference counting goes through the lineage: a value stays while an execution of a kept run reads or wrote it
 (events) or a live cache entry lists it. A cache entry is live while a kept run holds it (the run that made it,
 or a run whose cached step reused it). Running runs are always kept, and so are "lost" ones (a shared run whose heartbeat
-stopped: maybe dead, maybe only slow between steps) for ``LOST_KEEP_S`` (24 h) after they started; after that
+stopped: maybe dead, maybe only slow between steps) for ``LOST_KEEP_S`` (24 h) after their last heartbeat or step
+end, and any shared run whose heartbeat is fresh whatever its status; after that
 the policy may drop them, with a line naming them. Values written after the oldest running run started, and unreferenced values younger than ``grace`` seconds (a run may be about to record them).
 
 The automatic policy is ``<store>/gc.json`` (``{"keep_last": 200, "older_than": "30d", "max_size": "20GB"}``) or
@@ -237,8 +238,12 @@ def collect(
 
         with store.remote.lease("gc"):
             store.remote.sync(store)  # a sync that fails stops the gc: its index would miss runs
+            from .remote import LEASE_S
+
+            ages, clock = store.remote.signs_of_life(), time.time()
+            beats = {run_id: (clock - age, age <= LEASE_S) for run_id, age in ages.items()}
             with _lock(store):
-                report = _collect(store, policy, dry_run, set(keep), grace, now or time.time())
+                report = _collect(store, policy, dry_run, set(keep), grace, now or time.time(), beats)
             swept = sweep(store, {run_id for run_id, *_ in report.runs}, dry_run, grace)
             report.notes.append(swept.line(str(store.remote.uri), dry_run))
             return report
@@ -246,12 +251,33 @@ def collect(
         return _collect(store, policy, dry_run, set(keep), grace, now or time.time())
 
 
-def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], grace: float, now: float) -> GcReport:
+def _collect(
+    store: RunStore,
+    policy: Policy,
+    dry_run: bool,
+    keep: set[str],
+    grace: float,
+    now: float,
+    beats: dict[str, tuple[float, bool]] | None = None,
+) -> GcReport:
+    """``beats``: run id -> (when its shared heartbeat, ``live/``, was last written, whether that is fresh), when
+    gc covers a shared store."""
     store.mark_torn_runs()
     snap = store.gc_snapshot()
     runs = snap.runs
+    beats = beats or {}
+    ends = store.last_step_ends()
     active = {r[0] for r in runs if r[2] in ("running", "pending")}
-    active |= {r[0] for r in runs if r[2] == "lost" and (r[1] or 0) > now - LOST_KEEP_S}
+    active |= {run_id for run_id, (_, fresh) in beats.items() if fresh}  # a fresh heartbeat: whatever its status
+
+    def last_life(run_id: str, started: float) -> float:
+        """The latest sign of life of a run: its start, its last step's end, its heartbeat."""
+        times = [started, ends.get(run_id) or 0.0]
+        if run_id in beats:
+            times.append(beats[run_id][0])
+        return max(times)
+
+    active |= {r[0] for r in runs if r[2] == "lost" and last_life(r[0], r[1] or 0) > now - LOST_KEEP_S}
     newest = store.newest_runs()
     best = store.best_trials() if policy.keep_best else set()
     why_kept: dict[str, str] = {}
@@ -396,7 +422,7 @@ def _collect(store: RunStore, policy: Policy, dry_run: bool, keep: set[str], gra
     if lost:
         report.notes.append(
             f"{_count(len(lost), 'lost run')} ({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''}) started over"
-            f" {LOST_KEEP_S / 3600:g} h ago with no heartbeat since: {'would be' if dry_run else 'were'} dropped by"
+            f" {LOST_KEEP_S / 3600:g} h ago with no heartbeat or step since: {'would be' if dry_run else 'were'} dropped by"
             " the policy"
         )
     if deferred:

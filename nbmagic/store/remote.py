@@ -651,8 +651,8 @@ class RemoteStore:
         """Runs of other homes still "running" whose heartbeat (``live/<run>.json``, renewed by the step that
         runs and written by each step that ends) is older than ``LEASE_S`` by the store's clock are shown as
         "lost", with one line; a heartbeat seen again makes them "running" again. A run started over
-        ``RUNNING_CAP_S`` ago is shown as lost whatever its heartbeat says (a heartbeat is not signed: anyone
-        who can write ``live/`` could keep a dead run "running" for ever). A run that never had a heartbeat
+        ``RUNNING_CAP_S`` ago with no fresh heartbeat is shown as lost (gc still keeps any run whose heartbeat
+        is fresh, see :meth:`signs_of_life`). A run that never had a heartbeat
         (written by an older version) is left as it is until then."""
         active = store.remote_active_runs()
         if not active:
@@ -660,7 +660,8 @@ class RemoteStore:
         beats = {b.key[5:-5]: b.modified for b in self.backend.list("live/") if b.key.endswith(".json")}
         now = self.backend.now()
         for run_id, (status, started) in active.items():
-            if now - started > RUNNING_CAP_S:
+            beating = run_id in beats and now - beats[run_id] <= LEASE_S
+            if now - started > RUNNING_CAP_S and not beating:
                 if status == "running":
                     store.update_run(run_id, status="lost")
                     print(
@@ -678,11 +679,16 @@ class RemoteStore:
                 print(
                     f"nbmagic: run {run_id} in {self.uri} has sent no heartbeat for {silent / 60:.0f} min (its step's"
                     f" pod or process was likely killed, or it waits between steps): shown as lost; gc keeps it for"
-                    " a day after it started",
+                    " a day after its last heartbeat or step",
                     file=sys.stderr,
                 )
             elif silent <= LEASE_S and status == "lost":
                 store.update_run(run_id, status="running")
+
+    def signs_of_life(self) -> dict[str, float]:
+        """run id -> how many seconds ago (by the store's clock) its ``live/`` heartbeat was last written."""
+        now = self.backend.now()
+        return {b.key[5:-5]: max(0.0, now - b.modified) for b in self.backend.list("live/") if b.key.endswith(".json")}
 
     # ------------------------------------------------------------------ leases
     def _live(self, prefix: str, mine: str = "") -> list[str]:

@@ -1223,6 +1223,13 @@ class RunStore:
         )
         return {run_id: (status, started or 0.0) for run_id, status, started in rows.fetchall()}
 
+    def last_step_ends(self) -> dict[str, float]:
+        """run id -> when its last step ended, for runs with a step that ended."""
+        rows = self._connection().execute(
+            "SELECT run_id, MAX(ended) FROM executions WHERE ended IS NOT NULL GROUP BY run_id"
+        )
+        return {run_id: ended for run_id, ended in rows.fetchall() if ended is not None}
+
     def remote_record_runs(self, uri: str) -> dict[str, str]:
         """record key -> run id of every record imported from ``uri``."""
         rows = self._connection().execute(
