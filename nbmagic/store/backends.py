@@ -76,7 +76,8 @@ class Backend:
         except (RemoteError, OSError):
             stamp = None
         after = time.time()
-        if stamp is None:
+        if stamp is None:  # kept too: a store that cannot be probed is not probed on every call
+            self._clock = (after, 0.0)
             return after
         self._clock = (after, stamp - (local + after) / 2)
         return after + self._clock[1]
