@@ -156,8 +156,26 @@ def test_a_cell_reusing_what_compile_run_computed_keeps_the_links_between_its_va
     run_ok(ip, "%%step t\nv = {'x': []}\nw = [v['x']]\n")
     said = capsys.readouterr().out
     assert "s: reused from run" in said and ip.user_ns["b"]["x"] is ip.user_ns["a"]
-    assert "t: runs (cannot be reused: 'v' was not kept: not reusable in a notebook (" in said
+    assert "t: runs (cannot be reused: 'w' and 'v' hold a shared object" in said
     assert ip.user_ns["w"][0] is ip.user_ns["v"]["x"]
+
+
+def test_restore_after_compile_run_gets_back_values_a_kernel_could_not_reuse(ip, capsys):
+    from nbmagic.restore import state_after
+    from nbmagic.store.runs import RunStore
+
+    run_ok(ip, "%%step t\nv = {'x': []}\nw = [v['x']]\n")
+    run_ok(ip, "%%step big\nrecs = [{'i': i} for i in range(60000)]\n")  # too many to check
+    run_ok(ip, "%compile_run --quiet")
+    store = RunStore()
+    run_id = store.list_runs()[0].id
+    state = state_after(store, run_id)
+    assert {"v", "w", "recs"} <= set(state.items) and not state.not_kept
+    for name in ("v", "w", "recs"):
+        ip.user_ns.pop(name)
+    capsys.readouterr()
+    run_ok(ip, f"%restore {run_id}")
+    assert ip.user_ns["v"] == {"x": []} and len(ip.user_ns["recs"]) == 60000
 
 
 def test_values_too_large_to_walk_make_the_cell_run_next_time(ip, capsys, monkeypatch):

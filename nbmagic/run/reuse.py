@@ -247,6 +247,14 @@ class Reuse:
         if entry is not None and stale is None and entry.not_kept:
             name, why = next(iter(entry.not_kept.items()))
             print(f"{step.name}: runs (cannot be reused: {name!r} was not kept: {why})", flush=True)
+        refused = (
+            None
+            if entry is None
+            else next((r["kernel_reuse"] for r in entry.outputs.values() if r.get("kernel_reuse")), None)
+        )
+        if entry is not None and stale is None and not entry.not_kept and refused:
+            print(f"{step.name}: runs (cannot be reused: {refused})", flush=True)
+            entry = None
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             always, sometimes = _deleted(step.cell.code)
             if sometimes:
