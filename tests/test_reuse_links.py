@@ -190,3 +190,13 @@ def test_values_too_large_to_walk_make_the_cell_run_next_time(ip, capsys, monkey
     )
     run_ok(ip, cell)
     assert "reused from run" not in capsys.readouterr().out
+
+
+def test_a_value_whose_class_cannot_be_asked_makes_the_cell_run_next_time_not_fail(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "class Odd:\n    @property\n    def __class__(self):\n        raise RuntimeError('no')\n")
+    cell = "%%step s\nx = Odd()\ny = [x]\n"
+    run_ok(ip, cell)  # run_ok fails the test when the cell raises
+    assert "s: cannot be reused next time (" in capsys.readouterr().out
+    run_ok(ip, cell)
+    assert "reused from run" not in capsys.readouterr().out

@@ -267,8 +267,9 @@ class Reuse:
             loaded = self._load(entry.outputs, step.cell.code, step.writes, namespace)
             try:
                 unbound = None if loaded is None else notebook_code(_by_value(loaded, entry.outputs), namespace)
-            except TooLarge as exc:
-                print(f"{step.name}: runs (cannot be reused: {exc})", flush=True)
+            except Exception as exc:  # noqa: BLE001 - TooLarge, or an object that cannot be asked: not sure
+                why = exc if isinstance(exc, TooLarge) else f"its values cannot be checked ({type(exc).__name__})"
+                print(f"{step.name}: runs (cannot be reused: {why})", flush=True)
                 loaded = unbound = None
             if unbound is not None:
                 print(
@@ -333,7 +334,10 @@ class Reuse:
                 else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
-        reason, aliases = links(assigned, {n: namespace[n] for n in watched if n in namespace})
+        try:
+            reason, aliases = links(assigned, {n: namespace[n] for n in watched if n in namespace})
+        except Exception as exc:  # noqa: BLE001 - the cell has run: not sure, so it runs next time
+            reason, aliases = f"its values cannot be checked for shared objects ({type(exc).__name__})", {}
         for name, target in aliases.items():
             if name in outputs:
                 outputs[name] = {**outputs[name], "alias": target}

@@ -58,11 +58,13 @@ class _Walk:
         stack = [value]
         while stack:
             obj = stack.pop()
-            if isinstance(obj, _ATOMS) or id(obj) in seen:
+            if id(obj) in seen:
                 continue
-            seen.add(id(obj))
-            self.charge()
-            try:
+            try:  # everything about the object, its type included, may raise (a ``__class__`` property)
+                if isinstance(obj, _ATOMS):
+                    continue
+                seen.add(id(obj))
+                self.charge()
                 stack.extend(self._children(obj, found))
             except TooLarge:
                 raise
