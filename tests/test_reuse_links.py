@@ -200,3 +200,20 @@ def test_a_value_whose_class_cannot_be_asked_makes_the_cell_run_next_time_not_fa
     assert "s: cannot be reused next time (" in capsys.readouterr().out
     run_ok(ip, cell)
     assert "reused from run" not in capsys.readouterr().out
+
+
+def test_many_names_bound_to_items_of_a_long_list_load_as_those_items():
+    from nbmagic.run.reuse_links import links
+
+    rows = [[i] for i in range(20_000)]
+    values = {"rows": rows, **{f"r{i}": rows[i * 60] for i in range(300)}}
+    reason, aliases = links(values, {})
+    assert reason is None and aliases["r299"] == ["rows", 17_940] and len(aliases) == 300
+
+
+def test_a_walk_past_its_time_says_it_cannot_be_sure(monkeypatch):
+    import nbmagic.run.reuse_links as reuse_links
+
+    monkeypatch.setattr(reuse_links, "TIME_LIMIT", 0.0)
+    reason, _ = reuse_links.links({"rows": [[i] for i in range(5_000)]}, {})
+    assert reason == "its values take too long to check for shared objects"

@@ -12,11 +12,13 @@ from __future__ import annotations
 import enum
 import functools
 import sys
+import time
 import types
 from collections.abc import Iterable
 from typing import Any
 
-LIMIT = 100_000  # objects looked at per call; past it reuse cannot be sure
+LIMIT = 1_000_000  # objects looked at per call; past it reuse cannot be sure
+TIME_LIMIT = 0.25  # seconds one call may take; past it reuse cannot be sure
 
 _ATOMS = (
     int,
@@ -41,15 +43,22 @@ class TooLarge(Exception):
 
 
 class _Walk:
-    def __init__(self, namespace: dict[str, Any] | None, limit: int) -> None:
+    def __init__(self, namespace: dict[str, Any] | None, limit: int, seconds: float | None = None) -> None:
         self.namespace = namespace
         self.left = limit
+        self.deadline = time.perf_counter() + (TIME_LIMIT if seconds is None else seconds)
+        self.clock = 0  # charges since the clock was last read
         self.notebook = False  # a function or class of the notebook found that is not the kernel's own
 
     def charge(self, n: int = 1) -> None:
         self.left -= n
         if self.left < 0:
             raise TooLarge("its values are too large to check for shared objects")
+        self.clock += n
+        if self.clock >= 512:
+            self.clock = 0
+            if time.perf_counter() > self.deadline:
+                raise TooLarge("its values take too long to check for shared objects")
 
     def identities(self, value: Any) -> set[int]:
         """Ids of the changeable objects reachable from ``value`` (an array counts by the memory it uses)."""
@@ -178,27 +187,30 @@ def notebook_code(values: dict[str, Any], namespace: dict[str, Any], limit: int 
     return None
 
 
-def path_to(value: Any, root: Any, depth: int = 4, limit: int = 10_000) -> list[str | int] | None:
-    """The subscripts that reach ``value`` itself from ``root`` through dicts (string or integer keys), lists
-    and tuples (``[]`` when it is ``root``), shortest first; None when it is not found within the bounds."""
-    queue: list[tuple[Any, list[str | int]]] = [(root, [])]
-    seen: set[int] = set()
-    while queue and limit > 0:
-        obj, path = queue.pop(0)
-        if obj is value:
-            return path
-        if id(obj) in seen or len(path) >= depth:
-            continue
-        seen.add(id(obj))
-        if type(obj) is dict:
-            items = [(k, v) for k, v in obj.items() if type(k) in (str, int)]
-        elif type(obj) in (list, tuple):
-            items = list(enumerate(obj))
-        else:
-            continue
-        limit -= len(items)
-        queue.extend((v, [*path, k]) for k, v in items if not isinstance(v, _ATOMS))
-    return None
+def paths(root: Any, depth: int = 4, limit: int = 10_000) -> dict[int, list[str | int]]:
+    """Id -> shortest subscripts from ``root`` of the changeable objects reached through dicts (string or
+    integer keys), lists and tuples, within ``depth`` subscripts and about ``limit`` items."""
+    found: dict[int, list[str | int]] = {id(root): []}
+    level: list[tuple[Any, list[str | int]]] = [(root, [])]
+    for _ in range(depth):
+        following: list[tuple[Any, list[str | int]]] = []
+        for obj, path in level:
+            if type(obj) is dict:
+                items = [(k, v) for k, v in obj.items() if type(k) in (str, int)]
+            elif type(obj) in (list, tuple):
+                items = list(enumerate(obj))
+            else:
+                continue
+            limit -= len(items)
+            if limit < 0:
+                return found
+            for key, item in items:
+                if type(item) in _ATOM_TYPES or id(item) in found:
+                    continue
+                found[id(item)] = [*path, key]
+                following.append((item, found[id(item)]))
+        level = following
+    return found
 
 
 def follow(root: Any, path: list[str | int]) -> Any:
@@ -210,29 +222,60 @@ def follow(root: Any, path: list[str | int]) -> Any:
 def links(assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, dict[str, list[str | int]]]:
     """(why the cell's results cannot be reused: values that share an object, else None; name -> where its object
     is found inside another value). A name bound to another value's object, or to a part of it reached by
-    subscripts (``d`` after ``for d in [train, test]``, ``part = nested["rows"]``), is loaded as that object."""
+    subscripts (``d`` after ``for d in [train, test]``, ``part = nested["rows"]``), is loaded as that object.
+
+    Each value is walked once, within :data:`LIMIT` objects and :data:`TIME_LIMIT` seconds in all."""
+    read = {n: v for n, v in read.items() if n not in assigned}
     tops = {**read, **assigned}
     aliases: dict[str, list[str | int]] = {}
-    for _ in range(len(assigned) + 1):
-        values = {n: v for n, v in assigned.items() if n not in aliases}
-        try:
-            found = shared(values, {n: v for n, v in read.items() if n not in assigned})
-        except TooLarge as exc:
-            return str(exc), aliases
-        if found is None:
-            return None, aliases
-        name, other, same = found
-        for part, whole in ((name, other), (other, name)):
-            if part in assigned and whole not in aliases:
-                path = path_to(assigned[part], tops[whole])
-                if path is not None:
-                    aliases[part] = [whole, *path]
+    walk = _Walk(None, LIMIT)
+    ids: dict[str, set[int]] = {}
+    index: dict[str, dict[int, list[str | int]]] = {}
+
+    def path_in(part: Any, whole: str) -> list[str | int] | None:
+        if whole not in index:
+            index[whole] = paths(tops[whole], limit=LIMIT)
+            walk.charge(len(index[whole]))
+        return index[whole].get(id(part))
+
+    owner: dict[int, str] = {}
+    try:
+        for name, value in read.items():
+            ids[name] = walk.identities(value)
+            for ident in ids[name]:
+                owner.setdefault(ident, name)
+        for name, value in assigned.items():
+            ids[name] = walk.identities(value)
+            clashes: dict[str, int] = {}  # earlier value -> an object this one shares with it (one pass)
+            for ident in ids[name]:
+                first = owner.get(ident)
+                if first is not None and first != name:
+                    clashes.setdefault(first, ident)
+            for first, ident in clashes.items():
+                walk.charge()
+                path = path_in(value, first)
+                if path is not None:  # this name is a part of an earlier value
+                    aliases[name] = [first, *path]
                     break
-        else:
-            if same:
-                return f"{name!r} and {other!r} are one object; loaded from the store they would be two", aliases
-            return (
-                f"{name!r} and {other!r} hold a shared object; loaded from the store they would hold two copies",
-                aliases,
-            )
-    return "its values share objects in too many ways to check", aliases
+                path = path_in(tops[first], name) if first in assigned else None
+                if path is None:
+                    if id(tops[first]) == id(value) == ident:
+                        return (
+                            f"{name!r} and {first!r} are one object; loaded from the store they would be two",
+                            aliases,
+                        )
+                    return (
+                        f"{name!r} and {first!r} hold a shared object; loaded from the store they would hold two"
+                        " copies",
+                        aliases,
+                    )
+                aliases[first] = [name, *path]  # the earlier value is a part of this one: it stops owning
+                for i in ids[first]:
+                    if owner.get(i) == first:
+                        del owner[i]
+            if name not in aliases:
+                for ident in ids[name]:
+                    owner.setdefault(ident, name)
+    except TooLarge as exc:
+        return str(exc), aliases
+    return None, aliases
