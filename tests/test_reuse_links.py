@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from helpers.shell import run_ok
 
 
@@ -202,9 +204,11 @@ def test_a_value_whose_class_cannot_be_asked_makes_the_cell_run_next_time_not_fa
     assert "reused from run" not in capsys.readouterr().out
 
 
-def test_many_names_bound_to_items_of_a_long_list_load_as_those_items():
+def test_many_names_bound_to_items_of_a_long_list_load_as_those_items(monkeypatch):
+    import nbmagic.run.reuse_links as reuse_links
     from nbmagic.run.reuse_links import links
 
+    monkeypatch.setattr(reuse_links, "TIME_LIMIT", 60.0)  # what is checked here is the work, not the clock
     rows = [[i] for i in range(20_000)]
     values = {"rows": rows, **{f"r{i}": rows[i * 60] for i in range(300)}}
     reason, aliases = links(values, {})
@@ -217,3 +221,48 @@ def test_a_walk_past_its_time_says_it_cannot_be_sure(monkeypatch):
     monkeypatch.setattr(reuse_links, "TIME_LIMIT", 0.0)
     reason, _ = reuse_links.links({"rows": [[i] for i in range(5_000)]}, {})
     assert reason == "its values take too long to check for shared objects"
+
+
+def _runs_or_keeps_the_link(ip, capsys, cell, names, change, check):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, cell)
+    _restart(ip, *names)
+    capsys.readouterr()
+    run_ok(ip, cell)
+    said = capsys.readouterr().out
+    run_ok(ip, change)
+    ip.user_ns.pop("ok_", None)
+    run_ok(ip, f"ok_ = {check}")
+    assert ip.user_ns["ok_"] is True, said  # as running the cell gives, whether reused or run
+
+
+def test_a_pandas_object_column_holding_a_list_keeps_the_link(ip, capsys):
+    cell = "%%step s\nimport pandas as pd\na = []\ndf = pd.DataFrame({'c': [a, 1]})\n"
+    _runs_or_keeps_the_link(ip, capsys, cell, ("a", "df"), "a.append(1)", "df['c'][0] == [1]")
+
+
+def test_a_deque_holding_a_list_keeps_the_link(ip, capsys):
+    cell = "%%step s\nimport collections\na = []\nq = collections.deque([a])\n"
+    _runs_or_keeps_the_link(ip, capsys, cell, ("a", "q"), "a.append(1)", "q[0] == [1]")
+
+
+def test_a_closure_from_a_local_module_keeps_the_link(ip, capsys, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rlmk.py").write_text("def make(a):\n    def f():\n        return len(a)\n    return f\n")
+    cell = "%%step s\nimport rlmk\na = []\nf = rlmk.make(a)\n"
+    try:
+        _runs_or_keeps_the_link(ip, capsys, cell, ("a", "f"), "a.append(1)", "f() == 1")
+    finally:
+        sys.modules.pop("rlmk", None)
+
+
+def test_an_object_stored_its_own_way_makes_the_cell_run_next_time(ip, capsys):
+    run_ok(
+        ip,
+        "class Box:\n    def __init__(self, a):\n        self.a = a\n    def __reduce__(self):\n        return (Box, (self.a,))\n",
+    )
+    cell = "%%step s\na = []\nb = Box(a)\nc = Box(a)\n"
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, cell)
+    assert "s: cannot be reused next time (a Box cannot be checked for shared objects)" in capsys.readouterr().out

@@ -9,6 +9,8 @@ array's or a list of numbers' contents are never walked item by item.
 
 from __future__ import annotations
 
+import array
+import collections
 import enum
 import functools
 import sys
@@ -36,6 +38,28 @@ _ATOMS = (
     enum.Enum,
 )
 _ATOM_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def _importable(func: Any) -> bool:
+    """A function its module holds under its name (stored by reference, loaded as that very function)."""
+    module = sys.modules.get(getattr(func, "__module__", None) or "")
+    if module is None or func.__module__ == "__main__" or "<locals>" in func.__qualname__:
+        return False
+    target: Any = module
+    for part in func.__qualname__.split("."):
+        target = getattr(target, part, None)
+    return target is func
+
+
+def _own_pickling(kind: type) -> bool:
+    """The class says itself how it is stored (what it holds may be other than its attributes)."""
+    return any(
+        getattr(kind, method, None) is not getattr(object, method, None) for method in ("__reduce__", "__reduce_ex__")
+    )
+
+
+def _slots(kind: type) -> bool:
+    return any("__slots__" in vars(cls) for cls in kind.__mro__)
 
 
 class TooLarge(Exception):
@@ -94,7 +118,16 @@ class _Walk:
         if isinstance(obj, types.FunctionType):
             if obj.__module__ == "__main__" and (self.namespace is None or obj.__globals__ is not self.namespace):
                 self.notebook = True
-            return ()
+            if _importable(obj):  # loaded by reference: the very function
+                return ()
+            found.add(id(obj))  # loaded by value: what its closure and defaults hold are copied with it
+            return [*(obj.__closure__ or ()), *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+        if isinstance(obj, types.CellType):
+            found.add(id(obj))
+            try:
+                return [obj.cell_contents]
+            except ValueError:  # an empty cell
+                return ()
         if isinstance(obj, type):
             self._check_class(obj)
             return ()
@@ -102,6 +135,8 @@ class _Walk:
         module = type(obj).__module__ or ""
         np = sys.modules.get("numpy")
         if np is not None and isinstance(obj, np.generic):
+            if getattr(getattr(obj, "dtype", None), "hasobject", False):
+                raise TooLarge(f"a {type(obj).__qualname__} holding objects cannot be checked for shared objects")
             return ()
         if np is not None and isinstance(obj, np.ndarray):
             root = obj  # views and slices count by the object owning their memory
@@ -110,11 +145,10 @@ class _Walk:
             found.add(id(root))
             if getattr(getattr(obj, "dtype", None), "hasobject", False):
                 self.charge(obj.size)
-                return list(obj.flat)
+                return self._items(list(obj.flat))
             return ()
         if module.startswith("pandas"):
-            found.add(id(obj))
-            return ()
+            return self._pandas(obj, found)
         if isinstance(obj, (tuple, frozenset)):
             return self._items(obj)
         if isinstance(obj, functools.partial):
@@ -122,6 +156,18 @@ class _Walk:
             return [obj.func, obj.args, obj.keywords, *self._attributes(obj)]
         if isinstance(obj, types.MethodType):
             return [obj.__self__, obj.__func__]
+        if kind in (bytearray, array.array):  # changeable, holding only numbers
+            found.add(id(obj))
+            return ()
+        if kind is memoryview:
+            found.add(id(obj))
+            return [obj.obj]
+        if kind is collections.deque:
+            found.add(id(obj))
+            return self._items(obj)
+        if _own_pickling(kind) or (not hasattr(obj, "__dict__") and not _slots(kind)):
+            # stored in a way of its own (or a C object): what it holds cannot be told from here
+            raise TooLarge(f"a {kind.__qualname__} cannot be checked for shared objects")
         found.add(id(obj))
         children: list[Any] = []
         if isinstance(obj, dict):
@@ -129,7 +175,26 @@ class _Walk:
             children.extend(self._items(obj.values()))
         elif isinstance(obj, (list, set)):
             children.extend(self._items(obj))
+        elif isinstance(obj, (collections.deque, bytearray, array.array, memoryview)):
+            raise TooLarge(f"a {kind.__qualname__} cannot be checked for shared objects")
         children.extend(self._attributes(obj))
+        return children
+
+    def _pandas(self, obj: Any, found: set[int]) -> Iterable[Any]:
+        """A DataFrame, Series or Index counts as one object; its object columns' items are walked."""
+        import pandas as pd
+
+        found.add(id(obj))
+        if isinstance(obj, pd.DataFrame):
+            columns = [obj.iloc[:, i] for i, dtype in enumerate(obj.dtypes) if getattr(dtype, "hasobject", True)]
+        elif isinstance(obj, (pd.Series, pd.Index)):
+            columns = [obj] if getattr(obj.dtype, "hasobject", True) else []
+        else:
+            raise TooLarge(f"a {type(obj).__qualname__} cannot be checked for shared objects")
+        children: list[Any] = []
+        for column in columns:
+            self.charge(len(column))
+            children.extend(self._items(list(column)))
         return children
 
     def _items(self, items: Any) -> list[Any]:
