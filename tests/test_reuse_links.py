@@ -266,3 +266,20 @@ def test_an_object_stored_its_own_way_makes_the_cell_run_next_time(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
     run_ok(ip, cell)
     assert "s: cannot be reused next time (a Box cannot be checked for shared objects)" in capsys.readouterr().out
+
+
+def test_a_value_held_by_an_imported_module_makes_the_cell_run_next_time(ip, capsys, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rlcfg.py").write_text("CONFIG = {'k': 1}\n")
+    cell = "%%step s\nimport rlcfg\ncfg = rlcfg.CONFIG\n"
+    try:
+        run_ok(ip, "%pipeline_config --reuse")
+        run_ok(ip, cell)
+        assert "s: cannot be reused next time ('cfg' holds rlcfg.CONFIG;" in capsys.readouterr().out
+        _restart(ip, "cfg")
+        run_ok(ip, cell)
+        run_ok(ip, "cfg['k'] = 2")
+        assert sys.modules["rlcfg"].CONFIG == {"k": 2}
+    finally:
+        sys.modules.pop("rlcfg", None)

@@ -335,7 +335,7 @@ class Reuse:
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
         try:
-            reason, aliases = links(assigned, {n: namespace[n] for n in watched if n in namespace})
+            reason, aliases = links(assigned, {n: namespace[n] for n in watched if n in namespace}, step.modules)
         except Exception as exc:  # noqa: BLE001 - the cell has run: not sure, so it runs next time
             reason, aliases = f"its values cannot be checked for shared objects ({type(exc).__name__})", {}
         for name, target in aliases.items():

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import array
 import collections
+import datetime
+import decimal
 import enum
+import fractions
 import functools
+import pathlib
+import re
 import sys
 import time
 import types
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,6 +42,16 @@ _ATOMS = (
     types.ModuleType,
     types.BuiltinFunctionType,
     enum.Enum,
+    # values that never change, stored and loaded as equal values
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    datetime.tzinfo,
+    decimal.Decimal,
+    fractions.Fraction,
+    uuid.UUID,
+    pathlib.PurePath,
+    re.Pattern,
 )
 _ATOM_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
@@ -134,6 +150,8 @@ class _Walk:
         self._check_class(type(obj))
         module = type(obj).__module__ or ""
         np = sys.modules.get("numpy")
+        if np is not None and isinstance(obj, np.dtype):
+            return ()
         if np is not None and isinstance(obj, np.generic):
             if getattr(getattr(obj, "dtype", None), "hasobject", False):
                 raise TooLarge(f"a {type(obj).__qualname__} holding objects cannot be checked for shared objects")
@@ -184,6 +202,8 @@ class _Walk:
         """A DataFrame, Series or Index counts as one object; its object columns' items are walked."""
         import pandas as pd
 
+        if isinstance(obj, (pd.Timestamp, pd.Timedelta, pd.Period, pd.Interval, type(pd.NaT))):
+            return ()  # values that never change
         found.add(id(obj))
         if isinstance(obj, pd.DataFrame):
             columns = [obj.iloc[:, i] for i, dtype in enumerate(obj.dtypes) if getattr(dtype, "hasobject", True)]
@@ -284,12 +304,30 @@ def follow(root: Any, path: list[str | int]) -> Any:
     return root
 
 
-def links(assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, dict[str, list[str | int]]]:
+def _module_values(modules: Iterable[str]) -> dict[int, str]:
+    """Id -> "module.name" of the changeable values held at the top of the named modules and their submodules
+    (functions and classes are stored by reference, so they are left out)."""
+    wanted = tuple(modules)
+    held: dict[int, str] = {}
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not any(module_name == m or module_name.startswith(m + ".") for m in wanted):
+            continue
+        for name, value in list(getattr(module, "__dict__", {}).items()):
+            if not isinstance(value, (*_ATOMS, type, types.FunctionType)):
+                held.setdefault(id(value), f"{module_name}.{name}")
+    return held
+
+
+def links(
+    assigned: dict[str, Any], read: dict[str, Any], modules: Iterable[str] = ()
+) -> tuple[str | None, dict[str, list[str | int]]]:
     """(why the cell's results cannot be reused: values that share an object, else None; name -> where its object
     is found inside another value). A name bound to another value's object, or to a part of it reached by
     subscripts (``d`` after ``for d in [train, test]``, ``part = nested["rows"]``), is loaded as that object.
 
-    Each value is walked once, within :data:`LIMIT` objects and :data:`TIME_LIMIT` seconds in all."""
+    A value holding a changeable value of one of ``modules`` (imported by the cell) cannot be reused: loaded from
+    the store it would be a copy, not the module's. Each value is walked once, within :data:`LIMIT` objects and
+    :data:`TIME_LIMIT` seconds in all."""
     read = {n: v for n, v in read.items() if n not in assigned}
     tops = {**read, **assigned}
     aliases: dict[str, list[str | int]] = {}
@@ -309,8 +347,13 @@ def links(assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, d
             ids[name] = walk.identities(value)
             for ident in ids[name]:
                 owner.setdefault(ident, name)
+        held = _module_values(modules) if modules else {}
+        walk.charge(len(held))
         for name, value in assigned.items():
             ids[name] = walk.identities(value)
+            inside = next((held[i] for i in ids[name] if i in held), None)
+            if inside is not None:
+                return f"{name!r} holds {inside}; loaded from the store it would be a copy, not the module's", aliases
             clashes: dict[str, int] = {}  # earlier value -> an object this one shares with it (one pass)
             for ident in ids[name]:
                 first = owner.get(ident)
