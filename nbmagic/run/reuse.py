@@ -192,6 +192,11 @@ class Reuse:
             if name not in self.keys:
                 raise NotReusable(f"step {name!r} it runs after has not run with reuse in this kernel")
             after[name] = self.keys[name]
+        from .cache_key import local_unsure
+
+        unsure = local_unsure(step.modules)
+        if unsure:
+            raise NotReusable(unsure)
         settings = merged_settings(plan, step)
         try:
             return cache_key(step if settings == step.settings else _with(step, settings), values, inputs, after)
