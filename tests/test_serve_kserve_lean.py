@@ -148,3 +148,33 @@ def test_the_v2_types_import_pandas_on_first_use_only():
         "same_class": True,
         "utils_response": {"predictions": [{"a": 1}]},
     }
+
+
+REBOUND_PANDAS = """
+import json, sys
+from nbmagic.serve import kserve_lean
+kserve_lean.load()
+from kserve.protocol import infer_type
+from kserve.utils import utils
+import pandas  # imported by other code first: the stand-ins answer its dunders from then on
+version = infer_type.pd.__version__
+first_use = infer_type.pd.DataFrame  # then the modules hold pandas itself
+print(json.dumps({
+    "version": version == pandas.__version__,
+    "infer_type": infer_type.pd is pandas,
+    "utils": utils.pd is pandas,
+    "frame": first_use is pandas.DataFrame,
+}))
+"""
+
+
+def test_after_pandas_is_imported_the_stand_ins_give_way_to_it():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", REBOUND_PANDAS], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "version": True,
+        "infer_type": True,
+        "utils": True,
+        "frame": True,
+    }

@@ -180,3 +180,36 @@ def test_forked_server_imports_local_modules_from_the_current_folder(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["Forked", "[2]"]
+
+
+NOISY_IMPORT = textwrap.dedent("""
+    from sklearn.dummy import DummyClassifier
+    from nbmagic.serve import warm
+    from nbmagic.serve.api import serve
+    from nbmagic.serve.local import _child_env
+
+    process = warm.start(_child_env())
+    assert process._ready.wait(120)
+    process.hint(["torch"])  # the module on PYTHONPATH prints to stdout while it is imported
+    server = serve(DummyClassifier().fit([[0], [1]], [0, 1]), name="noisy")
+    try:
+        print(type(server.processes[0].popen).__name__, server.predict([[1]]) in ([0], [1]), flush=True)
+    finally:
+        server.stop()
+        warm.stop()
+""")
+
+
+def test_a_library_printing_at_import_does_not_break_the_warm_process(tmp_path):
+    """What imported code prints does not reach the kernel's pipe, and the servers are still forked."""
+    noisy = tmp_path / "noisy"
+    (noisy / "torch").mkdir(parents=True)
+    (noisy / "torch" / "__init__.py").write_text(
+        'print()\nprint("started soon")\nprint("exit now")\nraise ImportError("not the real torch")\n'
+    )
+    environment = dict(os.environ, NBMAGIC_HOME=str(tmp_path / "home"), PYTHONPATH=f"{noisy}{os.pathsep}{ROOT}")
+    done = subprocess.run(
+        [sys.executable, "-c", NOISY_IMPORT], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["Forked", "True"]

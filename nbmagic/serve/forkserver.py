@@ -5,7 +5,7 @@
 Requests arrive on stdin, one JSON line each: ``{"argv": [...], "log": PATH, "cwd": DIR, "env": {...},
 "modules": [...]}`` (modules: the model's library modules, imported here first so later servers start warm); a
 line with ``modules`` only is a hint sent while the kernel writes the package: they are imported meanwhile.
-It answers on stdout ``started PID``, then ``listening PID`` once that server listens (written by the server itself
+It answers on its stdout pipe (kept on its own fd: fd 1 goes to stderr) ``started PID``, then ``listening PID`` once that server listens (written by the server itself
 on the same pipe), and later ``exit PID CODE``. It exits with its parent (the kernel) or when
 stdin closes, and its servers exit with it (PR_SET_PDEATHSIG and a parent watchdog, as for any server).
 """
@@ -49,8 +49,19 @@ _PRELOAD = (
 _LIBRARIES = ("sklearn", "xgboost", "lightgbm", "torch")
 
 
+_PROTOCOL = 1  # the fd the kernel reads; main() moves it off fd 1, where imported code may print
+
+
 def _say(text: str) -> None:
-    os.write(1, (text + "\n").encode())  # no Python-level stream lock: safe around fork
+    os.write(_PROTOCOL, (text + "\n").encode())  # no Python-level stream lock: safe around fork
+
+
+def _own_stdout() -> None:
+    """Keep the protocol on a dedicated fd and point fd 1 (what imported code prints to) at stderr."""
+    global _PROTOCOL
+    _PROTOCOL = os.dup(1)
+    os.set_inheritable(_PROTOCOL, False)
+    os.dup2(2, 1)
 
 
 def preload() -> None:
@@ -99,8 +110,7 @@ def _child(request: dict[str, Any]) -> None:
     """In the forked child: become the model server the request describes."""
     code = 0
     try:
-        notify = os.dup(1)  # the warm process's stdout: the server says "listening PID" there
-        os.set_inheritable(notify, False)
+        notify = _PROTOCOL  # the kernel's pipe: the server says "listening PID" there
         fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -149,6 +159,7 @@ def main() -> None:
     # no PR_SET_PDEATHSIG: Linux sends it when the *thread* that started us exits, and a short-lived thread of
     # the kernel starts us; stdin's end (the kernel's pipe closes when it dies) and the watchdog end us instead
     die_with_parent(parent, pdeathsig=False)
+    _own_stdout()
     preload()
     threading.Thread(target=_reap, name="reaper", daemon=True).start()
     _say("ready")

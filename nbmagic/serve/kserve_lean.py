@@ -104,11 +104,22 @@ class _Deferred(ModuleType):
     """Stands for a module not imported yet: the first attribute asked imports it (and answers from it)."""
 
     def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__") and attr.endswith("__"):
-            raise AttributeError(attr)
-        if sys.modules.get(self.__name__) is self:
+        real = sys.modules.get(self.__name__)
+        if attr.startswith("__") and attr.endswith("__") and (real is None or real is self):
+            raise AttributeError(attr)  # introspection (hasattr, pickling, inspect) does not import the module
+        if real is self:
             del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), attr)
+        return getattr(self._import(), attr)
+
+    def _import(self) -> ModuleType:
+        """The real module, bound in place of this stand-in wherever ``_DEFERRED_PANDAS`` holds it."""
+        real = importlib.import_module(self.__name__)
+        for name in _DEFERRED_PANDAS:
+            module = sys.modules.get(name)
+            for key, value in list(vars(module).items()) if module is not None else ():
+                if value is self:
+                    setattr(module, key, real)
+        return real
 
 
 class _PostponedAnnotations(importlib.machinery.SourceFileLoader):

@@ -46,6 +46,16 @@ def _to_list(result: Any) -> Any:
     return array
 
 
+class PredictorError(ProtocolError):
+    """The predictor failed, not the request: it answered 5xx or 404, or could not be reached (answered 502)."""
+
+    status = 502
+
+
+def _failed(exc: ProtocolError) -> Answer:
+    return _error(getattr(exc, "status", 400), str(exc))
+
+
 class Forward:
     """The split layout's hop to the predictor server (V1 or V2, binary tensors so dtypes survive)."""
 
@@ -64,6 +74,14 @@ class Forward:
         return self._client
 
     async def __call__(self, features: Any, requested: list[str] | None) -> dict[str, Any]:
+        import httpx
+
+        try:
+            return await self._forward(features, requested)
+        except httpx.HTTPError as exc:
+            raise PredictorError(f"predictor at {self.base} unreachable: {type(exc).__name__}: {exc}") from None
+
+    async def _forward(self, features: Any, requested: list[str] | None) -> dict[str, Any]:
         import orjson
 
         if self.protocol == "v1":
@@ -91,7 +109,8 @@ class Forward:
                 message = orjson.loads(response.content).get("error") or response.text
             except (orjson.JSONDecodeError, AttributeError):
                 message = response.text
-            raise InputError(f"predictor answered {response.status_code}: {message}")
+            failure = PredictorError if response.status_code >= 500 or response.status_code == 404 else InputError
+            raise failure(f"predictor answered {response.status_code}: {message}")
         return orjson.loads(response.content) if self.protocol == "v1" else None
 
 
@@ -111,18 +130,25 @@ class Front:
         if route is None:
             await self.app(scope, receive, send)
             return
-        handler, model = route
+        handler, model, version = route
         if model != self.endpoint.name:
             answer = _error(404, f"Model with name {model} does not exist.")
+        elif version is not None and version != self.endpoint.version:
+            answer = _error(404, f"Model {model} has no version {version} (versions: {self.endpoint.version}).")
+        elif handler is None:  # the right version's readiness: KServe's own answer for the model
+            path = f"/v2/models/{model}/ready"
+            await self.app(dict(scope, path=path, raw_path=path.encode()), receive, send)
+            return
         else:
-            body = b""
+            chunks: list[bytes] = []
             more = True
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return
-                body += message.get("body", b"")
+                chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             try:
                 answer = await handler(self, body, scope)
             except Exception as exc:  # noqa: BLE001 - as KServe's app answers any other failure: 500 {"error"}
@@ -135,7 +161,7 @@ class Front:
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw})
-        await send({"type": "http.response.body", "body": payload})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else payload})
 
     async def _predict(self, features: Any, requested: list[str] | None) -> dict[str, Any]:
         if self.forward is not None:
@@ -155,7 +181,7 @@ class Front:
                 endpoint.observe(req.inputs, outputs)
             payload, headers = encode_v2(endpoint.name, outputs, req, endpoint.version)
         except ProtocolError as exc:
-            return _error(400, str(exc))
+            return _failed(exc)
         return 200, payload, headers
 
     async def v1_predict(self, body: bytes, _scope: dict[str, Any]) -> Answer:
@@ -172,7 +198,7 @@ class Front:
                 raise ProtocolError('V1 request needs "instances": a list, e.g. {"instances": [[1, 2, 3]]}')
             outputs = await self._predict(endpoint.preprocess(rows), None)
         except ProtocolError as exc:
-            return _error(400, str(exc))
+            return _failed(exc)
         result = next(iter(outputs.values())) if len(outputs) == 1 and not _was_dict(outputs, endpoint) else outputs
         return _json(200, {"predictions": _to_list(result)})
 
@@ -187,25 +213,32 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
-def _match(scope: dict[str, Any]) -> tuple[Any, str] | None:
-    """(handler, model name) for the routes served by ``Front``, else None (paths as starlette matches them:
-    a path parameter is one non-empty segment)."""
+def _match(scope: dict[str, Any]) -> tuple[Any, str, str | None] | None:
+    """(handler, model name, version or None) for the routes served by ``Front``, else None (paths as starlette
+    matches them: a path parameter is one non-empty segment). Handler None: a versioned readiness check, answered
+    by KServe's app once the version is known to be the served one."""
     parts = scope["path"].split("/")
     method = scope["method"]
     if len(parts) < 4 or parts[0] or parts[2] != "models" or not parts[3]:
         return None
     if parts[1] == "v1" and len(parts) == 4 and method == "POST":
         model, colon, verb = parts[3].rpartition(":")
-        return (Front.v1_predict, model) if colon and model and verb == "predict" else None
+        return (Front.v1_predict, model, None) if colon and model and verb == "predict" else None
     if parts[1] != "v2":
         return None
-    if len(parts) == 4 and method == "GET":
-        return Front.v2_metadata, parts[3]
-    if method == "POST" and (
-        (len(parts) == 5 and parts[4] == "infer")
-        or (len(parts) == 7 and parts[4] == "versions" and parts[5] and parts[6] == "infer")
-    ):
-        return Front.v2_infer, parts[3]
+    model, rest = parts[3], parts[4:]
+    version = None
+    if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
+        version, rest = rest[1], rest[2:]
+    elif rest and rest[0] == "versions":
+        return None
+    read = method in ("GET", "HEAD")
+    if not rest and read:
+        return Front.v2_metadata, model, version
+    if rest == ["infer"] and method == "POST":
+        return Front.v2_infer, model, version
+    if rest == ["ready"] and read and version is not None:
+        return None, model, version
     return None
 
 

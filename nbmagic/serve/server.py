@@ -69,12 +69,13 @@ def _model_class() -> type:
     """Define the kserve.Model subclass (kserve is imported only in the server process)."""
     import asyncio
 
-    from kserve.errors import InvalidInput
+    from kserve.errors import InferenceError, InvalidInput
     from kserve.model import Model
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
     from nbmagic.serve.endpoint import Endpoint
     from nbmagic.serve.protocol import ProtocolError, as_array, datatype
+    from nbmagic.serve.routes import PredictorError
 
     class PackagedModel(Model):
         """The package's endpoint as a kserve.Model: preprocess, predict (here or forwarded), V1/V2 answers."""
@@ -114,6 +115,8 @@ def _model_class() -> type:
                 outputs = await self._predict(self.endpoint.preprocess(rows), None)
                 result = next(iter(outputs.values())) if len(outputs) == 1 else outputs
                 return {"predictions": _plain(result)}, {}
+            except PredictorError as exc:
+                raise InferenceError(str(exc)) from None
             except ProtocolError as exc:
                 raise InvalidInput(str(exc)) from None
 
@@ -169,7 +172,6 @@ def _install(
     as 400 ``{"error": ...}``, keep KServe's per-request timing middleware only when requests are logged, and
     call ``on_ready`` once uvicorn listens."""
     import grpc
-    from fastapi.exceptions import RequestValidationError
     from kserve import model_server
     from kserve.protocol.grpc import server as grpc_server
     from kserve.protocol.rest.server import RESTServer
@@ -205,7 +207,7 @@ def _install(
 
         def _add_exception_handlers(self, app: Any) -> None:
             super()._add_exception_handlers(app)
-            app.add_exception_handler(RequestValidationError, _invalid_request)
+            _add_protocol_handlers(app)
 
     class LocalAio:
         def __getattr__(self, attr: str) -> Any:
@@ -220,6 +222,24 @@ def _install(
 
     model_server.RESTServer = LocalRESTServer
     grpc_server.aio = LocalAio()
+
+
+def _add_protocol_handlers(app: Any) -> None:
+    """Answer FastAPI's own errors (request schema, unknown path, wrong method) with ``{"error": ...}``."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+async def _http_error(_request: Any, exc: Any) -> Any:
+    """Starlette's HTTP errors (404 ``{"detail": "Not Found"}``, 405 ...) with the protocol's error body."""
+    from nbmagic.serve.routes import error
+
+    response = error(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _invalid_request(_request: Any, exc: Any) -> Any:
@@ -245,7 +265,6 @@ def prebuild() -> None:
     from nbmagic.serve import kserve_lean
 
     kserve_lean.load()
-    from fastapi.exceptions import RequestValidationError
     from kserve import model_server
     from kserve.protocol.rest.server import RESTServer
 
@@ -255,7 +274,7 @@ def prebuild() -> None:
     )
     rest._register_endpoints(model_server.app)
     rest._add_exception_handlers(model_server.app)
-    model_server.app.add_exception_handler(RequestValidationError, _invalid_request)
+    _add_protocol_handlers(model_server.app)
     _PREBUILT = server
 
 

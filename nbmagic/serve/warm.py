@@ -77,24 +77,32 @@ class WarmProcess:
     def _read(self) -> None:
         assert self.popen.stdout is not None
         for line in self.popen.stdout:
-            word, *rest = line.split()
-            if word == "ready":
-                self._ready.set()
-            elif word == "started":
-                with self._started_event:
-                    self._started.append(int(rest[0]))
-                    self._started_event.notify_all()
-            elif word == "listening":
-                with self._started_event:
-                    self._listening.add(int(rest[0]))
-                    self._started_event.notify_all()
-            elif word == "exit":
-                with self._started_event:
-                    self._exits[int(rest[0])] = int(rest[1])
-                    self._listening.discard(int(rest[0]))
-                    self._started_event.notify_all()
+            self._on_line(line)
         self._ready.set()  # the warm process ended: nobody waits for it any more
         with self._started_event:
+            self._started_event.notify_all()
+
+    def _on_line(self, line: str) -> None:
+        """Follow one line of the warm process (lines that are not its protocol are skipped)."""
+        word, *rest = line.split() or [""]
+        try:
+            numbers = [int(n) for n in rest]
+        except ValueError:
+            return
+        if word == "ready" and not numbers:
+            self._ready.set()
+            return
+        with self._started_event:
+            if word == "started" and len(numbers) == 1:
+                self._exits.pop(numbers[0], None)  # a reused pid: a new server, not the one that exited
+                self._started.append(numbers[0])
+            elif word == "listening" and len(numbers) == 1:
+                self._listening.add(numbers[0])
+            elif word == "exit" and len(numbers) == 2:
+                self._exits[numbers[0]] = numbers[1]
+                self._listening.discard(numbers[0])
+            else:
+                return
             self._started_event.notify_all()
 
     @property
