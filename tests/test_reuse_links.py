@@ -202,6 +202,7 @@ def test_a_value_whose_class_cannot_be_asked_makes_the_cell_run_next_time_not_fa
     assert "s: cannot be reused next time (" in capsys.readouterr().out
     run_ok(ip, cell)
     assert "reused from run" not in capsys.readouterr().out
+    _restart(ip, "x", "y", "Odd")  # the fixture's kernel is shared with later tests
 
 
 def test_many_names_bound_to_items_of_a_long_list_load_as_those_items(monkeypatch):
