@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from helpers.shell import run_ok
 
 
@@ -156,8 +158,26 @@ def test_a_cell_reusing_what_compile_run_computed_keeps_the_links_between_its_va
     run_ok(ip, "%%step t\nv = {'x': []}\nw = [v['x']]\n")
     said = capsys.readouterr().out
     assert "s: reused from run" in said and ip.user_ns["b"]["x"] is ip.user_ns["a"]
-    assert "t: runs (cannot be reused: 'v' was not kept: not reusable in a notebook (" in said
+    assert "t: runs (cannot be reused: 'w' and 'v' hold a shared object" in said
     assert ip.user_ns["w"][0] is ip.user_ns["v"]["x"]
+
+
+def test_restore_after_compile_run_gets_back_values_a_kernel_could_not_reuse(ip, capsys):
+    from nbmagic.restore import state_after
+    from nbmagic.store.runs import RunStore
+
+    run_ok(ip, "%%step t\nv = {'x': []}\nw = [v['x']]\n")
+    run_ok(ip, "%%step big\nrecs = [{'i': i} for i in range(60000)]\n")  # too many to check
+    run_ok(ip, "%compile_run --quiet")
+    store = RunStore()
+    run_id = store.list_runs()[0].id
+    state = state_after(store, run_id)
+    assert {"v", "w", "recs"} <= set(state.items) and not state.not_kept
+    for name in ("v", "w", "recs"):
+        ip.user_ns.pop(name)
+    capsys.readouterr()
+    run_ok(ip, f"%restore {run_id}")
+    assert ip.user_ns["v"] == {"x": []} and len(ip.user_ns["recs"]) == 60000
 
 
 def test_values_too_large_to_walk_make_the_cell_run_next_time(ip, capsys, monkeypatch):
@@ -172,3 +192,95 @@ def test_values_too_large_to_walk_make_the_cell_run_next_time(ip, capsys, monkey
     )
     run_ok(ip, cell)
     assert "reused from run" not in capsys.readouterr().out
+
+
+def test_a_value_whose_class_cannot_be_asked_makes_the_cell_run_next_time_not_fail(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "class Odd:\n    @property\n    def __class__(self):\n        raise RuntimeError('no')\n")
+    cell = "%%step s\nx = Odd()\ny = [x]\n"
+    run_ok(ip, cell)  # run_ok fails the test when the cell raises
+    assert "s: cannot be reused next time (" in capsys.readouterr().out
+    run_ok(ip, cell)
+    assert "reused from run" not in capsys.readouterr().out
+    _restart(ip, "x", "y", "Odd")  # the fixture's kernel is shared with later tests
+
+
+def test_many_names_bound_to_items_of_a_long_list_load_as_those_items(monkeypatch):
+    import nbmagic.run.reuse_links as reuse_links
+    from nbmagic.run.reuse_links import links
+
+    monkeypatch.setattr(reuse_links, "TIME_LIMIT", 60.0)  # what is checked here is the work, not the clock
+    rows = [[i] for i in range(20_000)]
+    values = {"rows": rows, **{f"r{i}": rows[i * 60] for i in range(300)}}
+    reason, aliases = links(values, {})
+    assert reason is None and aliases["r299"] == ["rows", 17_940] and len(aliases) == 300
+
+
+def test_a_walk_past_its_time_says_it_cannot_be_sure(monkeypatch):
+    import nbmagic.run.reuse_links as reuse_links
+
+    monkeypatch.setattr(reuse_links, "TIME_LIMIT", 0.0)
+    reason, _ = reuse_links.links({"rows": [[i] for i in range(5_000)]}, {})
+    assert reason == "its values take too long to check for shared objects"
+
+
+def _runs_or_keeps_the_link(ip, capsys, cell, names, change, check):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, cell)
+    _restart(ip, *names)
+    capsys.readouterr()
+    run_ok(ip, cell)
+    said = capsys.readouterr().out
+    run_ok(ip, change)
+    ip.user_ns.pop("ok_", None)
+    run_ok(ip, f"ok_ = {check}")
+    assert ip.user_ns["ok_"] is True, said  # as running the cell gives, whether reused or run
+
+
+def test_a_pandas_object_column_holding_a_list_keeps_the_link(ip, capsys):
+    cell = "%%step s\nimport pandas as pd\na = []\ndf = pd.DataFrame({'c': [a, 1]})\n"
+    _runs_or_keeps_the_link(ip, capsys, cell, ("a", "df"), "a.append(1)", "df['c'][0] == [1]")
+
+
+def test_a_deque_holding_a_list_keeps_the_link(ip, capsys):
+    cell = "%%step s\nimport collections\na = []\nq = collections.deque([a])\n"
+    _runs_or_keeps_the_link(ip, capsys, cell, ("a", "q"), "a.append(1)", "q[0] == [1]")
+
+
+def test_a_closure_from_a_local_module_keeps_the_link(ip, capsys, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rlmk.py").write_text("def make(a):\n    def f():\n        return len(a)\n    return f\n")
+    cell = "%%step s\nimport rlmk\na = []\nf = rlmk.make(a)\n"
+    try:
+        _runs_or_keeps_the_link(ip, capsys, cell, ("a", "f"), "a.append(1)", "f() == 1")
+    finally:
+        sys.modules.pop("rlmk", None)
+
+
+def test_an_object_stored_its_own_way_makes_the_cell_run_next_time(ip, capsys):
+    run_ok(
+        ip,
+        "class Box:\n    def __init__(self, a):\n        self.a = a\n    def __reduce__(self):\n        return (Box, (self.a,))\n",
+    )
+    cell = "%%step s\na = []\nb = Box(a)\nc = Box(a)\n"
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, cell)
+    assert "s: cannot be reused next time (a Box cannot be checked for shared objects)" in capsys.readouterr().out
+
+
+def test_a_value_held_by_an_imported_module_makes_the_cell_run_next_time(ip, capsys, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rlcfg.py").write_text("CONFIG = {'k': 1}\n")
+    cell = "%%step s\nimport rlcfg\ncfg = rlcfg.CONFIG\n"
+    try:
+        run_ok(ip, "%pipeline_config --reuse")
+        run_ok(ip, cell)
+        assert "s: cannot be reused next time ('cfg' holds rlcfg.CONFIG;" in capsys.readouterr().out
+        _restart(ip, "cfg")
+        run_ok(ip, cell)
+        run_ok(ip, "cfg['k'] = 2")
+        assert sys.modules["rlcfg"].CONFIG == {"k": 2}
+    finally:
+        sys.modules.pop("rlcfg", None)

@@ -93,12 +93,14 @@ class PipelineMagics(Magics):
         The cell simply runs, one line saying why, when reuse cannot be sure: a value it reads or assigns
         cannot be hashed or stored, two values it assigns (or one it assigns and one it reads) share a changeable
         object neither holds as a whole (``c = [b['x']]`` next to ``b``, a numpy view ``b = X[:10]``; lists,
-        tuples, dicts, sets, plain objects' attributes, partials are walked, arrays by their memory, pandas objects
-        whole; too large to walk: it runs; a name bound to another value or a part of it by subscripts, ``b = a``,
+        tuples, dicts, sets, deques, plain objects' attributes, partials, closures, pandas object columns are
+        walked, arrays by their memory; anything else inside a value, or too much to walk: it runs; a value a
+        module it imports holds, ``cfg = mod.CONFIG``, would load as a copy: it runs; a name bound to another value or a part of it by subscripts, ``b = a``,
         ``part = nested['rows']``, a ``for`` loop's leftover, is loaded as that very object), a value is or holds (in a list, a
         partial, an attribute) a function or class the notebook defines (loaded from the store it would not see
         the kernel's globals), it deletes a name on some paths only, the step spans several cells, a local module
-        it uses, or one that module imports, was edited after the kernel imported it (the key holds every such
+        it uses, or one that module imports (``import_module('x')`` with a constant name too; a name given at run
+        time: it runs), was edited after the kernel imported it (the key holds every such
         module's source, here and in ``%compile_run``), a step it runs ``--after`` failed, or a value holds a secret (``--secret`` values and ``--secret-file`` contents are never stored; kept
         output shows ``***`` in their place).
 

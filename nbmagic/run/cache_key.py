@@ -121,27 +121,45 @@ LOCAL_LIMIT = 256  # local modules followed from one step's imports
 def local_modules(modules: tuple[str, ...]) -> dict[str, list[str]]:
     """Every local module reached from ``modules`` through the import statements of local files -> its files.
 
-    A local module is one found outside the standard library and site-packages; its files' imports are read
-    with :mod:`ast` (not run) and followed, up to :data:`LOCAL_LIMIT` modules."""
+    A local module is one found outside the standard library and site-packages; its files' imports (statements,
+    and ``importlib.import_module``/``__import__`` calls with a constant name) are read with :mod:`ast` (not run)
+    and followed, up to :data:`LOCAL_LIMIT` modules."""
+    return _follow(modules)[0]
+
+
+def local_unsure(modules: tuple[str, ...]) -> str | None:
+    """Why the local modules ``modules`` reach cannot all be known (a module named at run time, too many), or None."""
+    return _follow(modules)[1]
+
+
+def _follow(modules: tuple[str, ...]) -> tuple[dict[str, list[str]], str | None]:
     found: dict[str, list[str]] = {}
+    unsure: str | None = None
     todo = list(dict.fromkeys(modules))
     looked: set[str] = set()
-    while todo and len(looked) < LOCAL_LIMIT:
+    while todo:
         module = todo.pop(0)
         if module in looked:
             continue
+        if len(looked) >= LOCAL_LIMIT:
+            unsure = unsure or f"it imports more than {LOCAL_LIMIT} local modules, too many to follow"
+            break
         looked.add(module)
         files = _module_files(module)
         if not files:
             continue
         found[module] = files
         for name in files:
-            todo.extend(m for m in _imported(name) if m not in looked)
-    return found
+            names, dynamic = _imported(name)
+            if dynamic and unsure is None:
+                unsure = f"{name} imports a module named at run time, which cannot be followed"
+            todo.extend(m for m in names if m not in looked)
+    return found, unsure
 
 
 def _module_files(module: str) -> list[str]:
-    """The source files of ``module`` when it is local (a package: every ``.py`` under it), else none."""
+    """The source files of ``module`` when it is local (a package, namespace packages too: every ``.py`` under
+    it), else none."""
     import importlib.util
 
     if module in sys.stdlib_module_names or module in sys.builtin_module_names:
@@ -150,40 +168,67 @@ def _module_files(module: str) -> list[str]:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return []
-    origin = (spec.origin or "") if spec else ""
-    if not origin or not os.path.isfile(origin) or "site-packages" in origin or "dist-packages" in origin:
+    if spec is None:
         return []
-    folders = list(spec.submodule_search_locations or [])
+    folders = [str(f) for f in (spec.submodule_search_locations or [])]
+    origin = spec.origin or ""
+    if origin in ("", "namespace") and folders:  # a folder without __init__.py
+        if any(_installed(folder) for folder in folders):
+            return []
+        return sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py"))
+    if not origin or not os.path.isfile(origin) or _installed(origin):
+        return []
     return sorted(str(p) for folder in folders for p in Path(folder).rglob("*.py")) if folders else [origin]
 
 
-_IMPORTS: dict[str, tuple[tuple[int, int], list[str]]] = {}  # file -> ((mtime, size), top-level names it imports)
+def _installed(path: str) -> bool:
+    import sysconfig
+
+    if "site-packages" in path or "dist-packages" in path:
+        return True
+    stdlib = sysconfig.get_paths().get("stdlib") or ""
+    return bool(stdlib) and os.path.abspath(path).startswith(os.path.abspath(stdlib) + os.sep)
 
 
-def _imported(path: str) -> list[str]:
-    """Top-level names of the modules a source file imports (absolute imports; relative ones stay in its package)."""
+_IMPORTS: dict[str, tuple[tuple[int, int], list[str], bool]] = {}  # file -> (stamp, names, imports by a variable)
+_DYNAMIC = {"import_module", "__import__"}
+
+
+def _imported(path: str) -> tuple[list[str], bool]:
+    """Top-level names of the modules a source file imports (absolute imports; relative ones stay in its package;
+    ``import_module("x")``/``__import__("x")`` calls), and whether it imports a module named at run time."""
     import ast
 
     try:
         stat = os.stat(path)
     except OSError:
-        return []
+        return [], False
     stamp = (stat.st_mtime_ns, stat.st_size)
     known = _IMPORTS.get(path)
     if known is not None and known[0] == stamp:
-        return known[1]
+        return known[1], known[2]
     try:
         tree = ast.parse(Path(path).read_bytes())
     except (OSError, SyntaxError, ValueError):
-        return []
+        return [], False
     names: dict[str, None] = {}
+    dynamic = False
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(dict.fromkeys(alias.name.split(".")[0] for alias in node.names))
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
             names[node.module.split(".")[0]] = None
-    _IMPORTS[path] = (stamp, list(names))
-    return list(names)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            if called in _DYNAMIC:
+                first = node.args[0] if node.args else None
+                if isinstance(first, ast.Constant) and isinstance(first.value, str) and not first.value.startswith("."):
+                    names[first.value.split(".")[0]] = None
+                elif not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+                    dynamic = True  # a relative constant name stays in its package, followed with it
+    _IMPORTS[path] = (stamp, list(names), dynamic)
+    return list(names), dynamic
 
 
 def _local_sources(modules: tuple[str, ...]) -> dict[str, str]:
@@ -228,6 +273,8 @@ def cache_key(
         "after": after or {},
         "versions": _versions(step.modules),
         "local_modules": _local_sources(step.modules),
+        # a module named at run time cannot be followed: a key never found again (the step runs each time)
+        **({"unsure": os.urandom(16).hex()} if local_unsure(step.modules) else {}),
         "writes": list(step.writes),
         "metrics": list(step.metrics),
         "env": list(getattr(settings, "env", ()) or ()),

@@ -328,6 +328,7 @@ class LocalRunner:
             # where the step's --secret-file mounts are: their contents (read by the task) are masked, never stored
             "secret_files": [f.path for f in getattr(step.settings, "secret_files", ())],
             "cache_key": key,
+            "modules": list(step.modules),  # a value of one of them cannot be reused in a kernel (it loads as a copy)
             # relative paths (--inputs files among them) mean what they mean here, wherever the worker started
             "cwd": os.getcwd(),
         }

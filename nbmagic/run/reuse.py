@@ -192,6 +192,11 @@ class Reuse:
             if name not in self.keys:
                 raise NotReusable(f"step {name!r} it runs after has not run with reuse in this kernel")
             after[name] = self.keys[name]
+        from .cache_key import local_unsure
+
+        unsure = local_unsure(step.modules)
+        if unsure:
+            raise NotReusable(unsure)
         settings = merged_settings(plan, step)
         try:
             return cache_key(step if settings == step.settings else _with(step, settings), values, inputs, after)
@@ -247,6 +252,14 @@ class Reuse:
         if entry is not None and stale is None and entry.not_kept:
             name, why = next(iter(entry.not_kept.items()))
             print(f"{step.name}: runs (cannot be reused: {name!r} was not kept: {why})", flush=True)
+        refused = (
+            None
+            if entry is None
+            else next((r["kernel_reuse"] for r in entry.outputs.values() if r.get("kernel_reuse")), None)
+        )
+        if entry is not None and stale is None and not entry.not_kept and refused:
+            print(f"{step.name}: runs (cannot be reused: {refused})", flush=True)
+            entry = None
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             always, sometimes = _deleted(step.cell.code)
             if sometimes:
@@ -259,8 +272,9 @@ class Reuse:
             loaded = self._load(entry.outputs, step.cell.code, step.writes, namespace)
             try:
                 unbound = None if loaded is None else notebook_code(_by_value(loaded, entry.outputs), namespace)
-            except TooLarge as exc:
-                print(f"{step.name}: runs (cannot be reused: {exc})", flush=True)
+            except Exception as exc:  # noqa: BLE001 - TooLarge, or an object that cannot be asked: not sure
+                why = exc if isinstance(exc, TooLarge) else f"its values cannot be checked ({type(exc).__name__})"
+                print(f"{step.name}: runs (cannot be reused: {why})", flush=True)
                 loaded = unbound = None
             if unbound is not None:
                 print(
@@ -325,7 +339,10 @@ class Reuse:
                 else f"of type {type(assigned[name]).__qualname__} cannot be stored"
             )
             print(f"{step.name}: cannot be reused next time (variable {name!r} {why})", flush=True)
-        reason, aliases = links(assigned, {n: namespace[n] for n in watched if n in namespace})
+        try:
+            reason, aliases = links(assigned, {n: namespace[n] for n in watched if n in namespace}, step.modules)
+        except Exception as exc:  # noqa: BLE001 - the cell has run: not sure, so it runs next time
+            reason, aliases = f"its values cannot be checked for shared objects ({type(exc).__name__})", {}
         for name, target in aliases.items():
             if name in outputs:
                 outputs[name] = {**outputs[name], "alias": target}

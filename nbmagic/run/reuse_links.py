@@ -9,14 +9,24 @@ array's or a list of numbers' contents are never walked item by item.
 
 from __future__ import annotations
 
+import array
+import collections
+import datetime
+import decimal
 import enum
+import fractions
 import functools
+import pathlib
+import re
 import sys
+import time
 import types
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
-LIMIT = 100_000  # objects looked at per call; past it reuse cannot be sure
+LIMIT = 1_000_000  # objects looked at per call; past it reuse cannot be sure
+TIME_LIMIT = 0.25  # seconds one call may take; past it reuse cannot be sure
 
 _ATOMS = (
     int,
@@ -32,8 +42,40 @@ _ATOMS = (
     types.ModuleType,
     types.BuiltinFunctionType,
     enum.Enum,
+    # values that never change, stored and loaded as equal values
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    datetime.tzinfo,
+    decimal.Decimal,
+    fractions.Fraction,
+    uuid.UUID,
+    pathlib.PurePath,
+    re.Pattern,
 )
 _ATOM_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def _importable(func: Any) -> bool:
+    """A function its module holds under its name (stored by reference, loaded as that very function)."""
+    module = sys.modules.get(getattr(func, "__module__", None) or "")
+    if module is None or func.__module__ == "__main__" or "<locals>" in func.__qualname__:
+        return False
+    target: Any = module
+    for part in func.__qualname__.split("."):
+        target = getattr(target, part, None)
+    return target is func
+
+
+def _own_pickling(kind: type) -> bool:
+    """The class says itself how it is stored (what it holds may be other than its attributes)."""
+    return any(
+        getattr(kind, method, None) is not getattr(object, method, None) for method in ("__reduce__", "__reduce_ex__")
+    )
+
+
+def _slots(kind: type) -> bool:
+    return any("__slots__" in vars(cls) for cls in kind.__mro__)
 
 
 class TooLarge(Exception):
@@ -41,15 +83,22 @@ class TooLarge(Exception):
 
 
 class _Walk:
-    def __init__(self, namespace: dict[str, Any] | None, limit: int) -> None:
+    def __init__(self, namespace: dict[str, Any] | None, limit: int, seconds: float | None = None) -> None:
         self.namespace = namespace
         self.left = limit
+        self.deadline = time.perf_counter() + (TIME_LIMIT if seconds is None else seconds)
+        self.clock = 0  # charges since the clock was last read
         self.notebook = False  # a function or class of the notebook found that is not the kernel's own
 
     def charge(self, n: int = 1) -> None:
         self.left -= n
         if self.left < 0:
             raise TooLarge("its values are too large to check for shared objects")
+        self.clock += n
+        if self.clock >= 512:
+            self.clock = 0
+            if time.perf_counter() > self.deadline:
+                raise TooLarge("its values take too long to check for shared objects")
 
     def identities(self, value: Any) -> set[int]:
         """Ids of the changeable objects reachable from ``value`` (an array counts by the memory it uses)."""
@@ -58,11 +107,13 @@ class _Walk:
         stack = [value]
         while stack:
             obj = stack.pop()
-            if isinstance(obj, _ATOMS) or id(obj) in seen:
+            if id(obj) in seen:
                 continue
-            seen.add(id(obj))
-            self.charge()
-            try:
+            try:  # everything about the object, its type included, may raise (a ``__class__`` property)
+                if isinstance(obj, _ATOMS):
+                    continue
+                seen.add(id(obj))
+                self.charge()
                 stack.extend(self._children(obj, found))
             except TooLarge:
                 raise
@@ -83,14 +134,27 @@ class _Walk:
         if isinstance(obj, types.FunctionType):
             if obj.__module__ == "__main__" and (self.namespace is None or obj.__globals__ is not self.namespace):
                 self.notebook = True
-            return ()
+            if _importable(obj):  # loaded by reference: the very function
+                return ()
+            found.add(id(obj))  # loaded by value: what its closure and defaults hold are copied with it
+            return [*(obj.__closure__ or ()), *(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+        if isinstance(obj, types.CellType):
+            found.add(id(obj))
+            try:
+                return [obj.cell_contents]
+            except ValueError:  # an empty cell
+                return ()
         if isinstance(obj, type):
             self._check_class(obj)
             return ()
         self._check_class(type(obj))
         module = type(obj).__module__ or ""
         np = sys.modules.get("numpy")
+        if np is not None and isinstance(obj, np.dtype):
+            return ()
         if np is not None and isinstance(obj, np.generic):
+            if getattr(getattr(obj, "dtype", None), "hasobject", False):
+                raise TooLarge(f"a {type(obj).__qualname__} holding objects cannot be checked for shared objects")
             return ()
         if np is not None and isinstance(obj, np.ndarray):
             root = obj  # views and slices count by the object owning their memory
@@ -99,11 +163,10 @@ class _Walk:
             found.add(id(root))
             if getattr(getattr(obj, "dtype", None), "hasobject", False):
                 self.charge(obj.size)
-                return list(obj.flat)
+                return self._items(list(obj.flat))
             return ()
         if module.startswith("pandas"):
-            found.add(id(obj))
-            return ()
+            return self._pandas(obj, found)
         if isinstance(obj, (tuple, frozenset)):
             return self._items(obj)
         if isinstance(obj, functools.partial):
@@ -111,6 +174,18 @@ class _Walk:
             return [obj.func, obj.args, obj.keywords, *self._attributes(obj)]
         if isinstance(obj, types.MethodType):
             return [obj.__self__, obj.__func__]
+        if kind in (bytearray, array.array):  # changeable, holding only numbers
+            found.add(id(obj))
+            return ()
+        if kind is memoryview:
+            found.add(id(obj))
+            return [obj.obj]
+        if kind is collections.deque:
+            found.add(id(obj))
+            return self._items(obj)
+        if _own_pickling(kind) or (not hasattr(obj, "__dict__") and not _slots(kind)):
+            # stored in a way of its own (or a C object): what it holds cannot be told from here
+            raise TooLarge(f"a {kind.__qualname__} cannot be checked for shared objects")
         found.add(id(obj))
         children: list[Any] = []
         if isinstance(obj, dict):
@@ -118,7 +193,28 @@ class _Walk:
             children.extend(self._items(obj.values()))
         elif isinstance(obj, (list, set)):
             children.extend(self._items(obj))
+        elif isinstance(obj, (collections.deque, bytearray, array.array, memoryview)):
+            raise TooLarge(f"a {kind.__qualname__} cannot be checked for shared objects")
         children.extend(self._attributes(obj))
+        return children
+
+    def _pandas(self, obj: Any, found: set[int]) -> Iterable[Any]:
+        """A DataFrame, Series or Index counts as one object; its object columns' items are walked."""
+        import pandas as pd
+
+        if isinstance(obj, (pd.Timestamp, pd.Timedelta, pd.Period, pd.Interval, type(pd.NaT))):
+            return ()  # values that never change
+        found.add(id(obj))
+        if isinstance(obj, pd.DataFrame):
+            columns = [obj.iloc[:, i] for i, dtype in enumerate(obj.dtypes) if getattr(dtype, "hasobject", True)]
+        elif isinstance(obj, (pd.Series, pd.Index)):
+            columns = [obj] if getattr(obj.dtype, "hasobject", True) else []
+        else:
+            raise TooLarge(f"a {type(obj).__qualname__} cannot be checked for shared objects")
+        children: list[Any] = []
+        for column in columns:
+            self.charge(len(column))
+            children.extend(self._items(list(column)))
         return children
 
     def _items(self, items: Any) -> list[Any]:
@@ -176,27 +272,30 @@ def notebook_code(values: dict[str, Any], namespace: dict[str, Any], limit: int 
     return None
 
 
-def path_to(value: Any, root: Any, depth: int = 4, limit: int = 10_000) -> list[str | int] | None:
-    """The subscripts that reach ``value`` itself from ``root`` through dicts (string or integer keys), lists
-    and tuples (``[]`` when it is ``root``), shortest first; None when it is not found within the bounds."""
-    queue: list[tuple[Any, list[str | int]]] = [(root, [])]
-    seen: set[int] = set()
-    while queue and limit > 0:
-        obj, path = queue.pop(0)
-        if obj is value:
-            return path
-        if id(obj) in seen or len(path) >= depth:
-            continue
-        seen.add(id(obj))
-        if type(obj) is dict:
-            items = [(k, v) for k, v in obj.items() if type(k) in (str, int)]
-        elif type(obj) in (list, tuple):
-            items = list(enumerate(obj))
-        else:
-            continue
-        limit -= len(items)
-        queue.extend((v, [*path, k]) for k, v in items if not isinstance(v, _ATOMS))
-    return None
+def paths(root: Any, depth: int = 4, limit: int = 10_000) -> dict[int, list[str | int]]:
+    """Id -> shortest subscripts from ``root`` of the changeable objects reached through dicts (string or
+    integer keys), lists and tuples, within ``depth`` subscripts and about ``limit`` items."""
+    found: dict[int, list[str | int]] = {id(root): []}
+    level: list[tuple[Any, list[str | int]]] = [(root, [])]
+    for _ in range(depth):
+        following: list[tuple[Any, list[str | int]]] = []
+        for obj, path in level:
+            if type(obj) is dict:
+                items = [(k, v) for k, v in obj.items() if type(k) in (str, int)]
+            elif type(obj) in (list, tuple):
+                items = list(enumerate(obj))
+            else:
+                continue
+            limit -= len(items)
+            if limit < 0:
+                return found
+            for key, item in items:
+                if type(item) in _ATOM_TYPES or id(item) in found:
+                    continue
+                found[id(item)] = [*path, key]
+                following.append((item, found[id(item)]))
+        level = following
+    return found
 
 
 def follow(root: Any, path: list[str | int]) -> Any:
@@ -205,32 +304,86 @@ def follow(root: Any, path: list[str | int]) -> Any:
     return root
 
 
-def links(assigned: dict[str, Any], read: dict[str, Any]) -> tuple[str | None, dict[str, list[str | int]]]:
+def _module_values(modules: Iterable[str]) -> dict[int, str]:
+    """Id -> "module.name" of the changeable values held at the top of the named modules and their submodules
+    (functions and classes are stored by reference, so they are left out)."""
+    wanted = tuple(modules)
+    held: dict[int, str] = {}
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not any(module_name == m or module_name.startswith(m + ".") for m in wanted):
+            continue
+        for name, value in list(getattr(module, "__dict__", {}).items()):
+            if not isinstance(value, (*_ATOMS, type, types.FunctionType)):
+                held.setdefault(id(value), f"{module_name}.{name}")
+    return held
+
+
+def links(
+    assigned: dict[str, Any], read: dict[str, Any], modules: Iterable[str] = ()
+) -> tuple[str | None, dict[str, list[str | int]]]:
     """(why the cell's results cannot be reused: values that share an object, else None; name -> where its object
     is found inside another value). A name bound to another value's object, or to a part of it reached by
-    subscripts (``d`` after ``for d in [train, test]``, ``part = nested["rows"]``), is loaded as that object."""
+    subscripts (``d`` after ``for d in [train, test]``, ``part = nested["rows"]``), is loaded as that object.
+
+    A value holding a changeable value of one of ``modules`` (imported by the cell) cannot be reused: loaded from
+    the store it would be a copy, not the module's. Each value is walked once, within :data:`LIMIT` objects and
+    :data:`TIME_LIMIT` seconds in all."""
+    read = {n: v for n, v in read.items() if n not in assigned}
     tops = {**read, **assigned}
     aliases: dict[str, list[str | int]] = {}
-    for _ in range(len(assigned) + 1):
-        values = {n: v for n, v in assigned.items() if n not in aliases}
-        try:
-            found = shared(values, {n: v for n, v in read.items() if n not in assigned})
-        except TooLarge as exc:
-            return str(exc), aliases
-        if found is None:
-            return None, aliases
-        name, other, same = found
-        for part, whole in ((name, other), (other, name)):
-            if part in assigned and whole not in aliases:
-                path = path_to(assigned[part], tops[whole])
-                if path is not None:
-                    aliases[part] = [whole, *path]
+    walk = _Walk(None, LIMIT)
+    ids: dict[str, set[int]] = {}
+    index: dict[str, dict[int, list[str | int]]] = {}
+
+    def path_in(part: Any, whole: str) -> list[str | int] | None:
+        if whole not in index:
+            index[whole] = paths(tops[whole], limit=LIMIT)
+            walk.charge(len(index[whole]))
+        return index[whole].get(id(part))
+
+    owner: dict[int, str] = {}
+    try:
+        for name, value in read.items():
+            ids[name] = walk.identities(value)
+            for ident in ids[name]:
+                owner.setdefault(ident, name)
+        held = _module_values(modules) if modules else {}
+        walk.charge(len(held))
+        for name, value in assigned.items():
+            ids[name] = walk.identities(value)
+            inside = next((held[i] for i in ids[name] if i in held), None)
+            if inside is not None:
+                return f"{name!r} holds {inside}; loaded from the store it would be a copy, not the module's", aliases
+            clashes: dict[str, int] = {}  # earlier value -> an object this one shares with it (one pass)
+            for ident in ids[name]:
+                first = owner.get(ident)
+                if first is not None and first != name:
+                    clashes.setdefault(first, ident)
+            for first, ident in clashes.items():
+                walk.charge()
+                path = path_in(value, first)
+                if path is not None:  # this name is a part of an earlier value
+                    aliases[name] = [first, *path]
                     break
-        else:
-            if same:
-                return f"{name!r} and {other!r} are one object; loaded from the store they would be two", aliases
-            return (
-                f"{name!r} and {other!r} hold a shared object; loaded from the store they would hold two copies",
-                aliases,
-            )
-    return "its values share objects in too many ways to check", aliases
+                path = path_in(tops[first], name) if first in assigned else None
+                if path is None:
+                    if id(tops[first]) == id(value) == ident:
+                        return (
+                            f"{name!r} and {first!r} are one object; loaded from the store they would be two",
+                            aliases,
+                        )
+                    return (
+                        f"{name!r} and {first!r} hold a shared object; loaded from the store they would hold two"
+                        " copies",
+                        aliases,
+                    )
+                aliases[first] = [name, *path]  # the earlier value is a part of this one: it stops owning
+                for i in ids[first]:
+                    if owner.get(i) == first:
+                        del owner[i]
+            if name not in aliases:
+                for ident in ids[name]:
+                    owner.setdefault(ident, name)
+    except TooLarge as exc:
+        return str(exc), aliases
+    return None, aliases

@@ -142,7 +142,7 @@ def run_task(spec_path: str, secrets: tuple[str, ...] = ()) -> int:
             )
         result["changed"] = [v for v in result["changed"] if v in result["outputs"]]
         result["unsure"] = [v for v in result["unsure"] if v in result["outputs"]]
-        _note_links(result, assigned, values, [*spec["inputs"], *carried])
+        _note_links(result, assigned, values, [*spec["inputs"], *carried], spec.get("modules", ()))
         missing = sorted(required - set(assigned))
         if missing:
             raise _OutputError(f"step {spec['step']!r} did not assign {missing[0]!r}, which a later step reads")
@@ -223,23 +223,29 @@ class _OutputError(Exception):
     pass
 
 
-def _note_links(result: dict[str, Any], assigned: dict[str, Any], values: dict[str, Any], read: list[str]) -> None:
+def _note_links(
+    result: dict[str, Any], assigned: dict[str, Any], values: dict[str, Any], read: list[str], modules: Any = ()
+) -> None:
     """What a kernel reusing these results must know: a name stored as a part of another value is marked so (it
-    loads as that part), and values holding one object otherwise make the results not reusable in a kernel."""
+    loads as that part), and values holding one object otherwise make the results not reusable in a kernel (said in
+    ``result["kernel_reuse"]`` and on a stored value's reference; ``not_kept`` keeps meaning "not stored")."""
     from .reuse_links import links
 
     outputs = result["outputs"]
     for name, ref in list(outputs.items()):
-        if "alias" in ref:  # passed on from the step that stored it: said afresh here
-            outputs[name] = {k: v for k, v in ref.items() if k != "alias"}
+        if "alias" in ref or "kernel_reuse" in ref:  # passed on from the step that stored it: said afresh here
+            outputs[name] = {k: v for k, v in ref.items() if k not in ("alias", "kernel_reuse")}
     kept = {n: assigned[n] for n in outputs if n in assigned}
     seen = {n: assigned.get(n, values.get(n)) for n in read if n not in kept and (n in assigned or n in values)}
     try:
-        reason, aliases = links(kept, seen)
+        reason, aliases = links(kept, seen, modules)
     except Exception as exc:  # noqa: BLE001 - not sure: a kernel runs the step instead of reusing it
         reason, aliases = f"its values cannot be checked for shared objects ({type(exc).__name__})", {}
     for name, path in aliases.items():
         outputs[name] = {**outputs[name], "alias": path}
-    if reason:
+    if reason and kept:
+        # the values are stored (a run's later steps and %restore load them); a kernel must not reuse them as one
+        # set: the reason goes with the first value's reference, which the cache entry (local and shared) carries
         first = next(iter(sorted(set(kept) - set(aliases))), next(iter(kept)))
-        result["not_kept"].setdefault(first, f"not reusable in a notebook ({reason})")
+        result["kernel_reuse"] = reason
+        outputs[first] = {**outputs[first], "kernel_reuse": reason}

@@ -116,6 +116,8 @@ def publish_run(store: RunStore, run_id: str) -> int:
                 name: {
                     **{k: ref.get(k) for k in ("hash", "type", "format", "size", "name")},
                     **({"alias": ref["alias"]} if ref.get("alias") else {}),  # loads as a part of another value
+                    # a kernel must run the step: its values share objects that load as copies
+                    **({"kernel_reuse": str(ref["kernel_reuse"])} if ref.get("kernel_reuse") else {}),
                 }
                 for name, ref in entry.outputs.items()
             },
