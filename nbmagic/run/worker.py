@@ -185,7 +185,14 @@ def _loop(stdin: Any, out: Any, wake_r: int, tasks: dict[int, dict[str, Any]]) -
 
 def _warm_runtime() -> None:
     """Import what every step uses (runtime, store, hashing) once, so forked steps start with it loaded."""
-    for module in ("nbmagic.run.task", "nbmagic.store.objects", "nbmagic.runtime.marshal", "xxhash", "dill"):
+    for module in (
+        "nbmagic.run.task",
+        "nbmagic.run.reuse_links",
+        "nbmagic.store.objects",
+        "nbmagic.runtime.marshal",
+        "xxhash",
+        "dill",
+    ):
         try:
             importlib.import_module(module)
         except ImportError:
