@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 LIMIT = 1_000_000  # objects looked at per call; past it reuse cannot be sure
-TIME_LIMIT = 0.25  # seconds one call may take; past it reuse cannot be sure
+TIME_LIMIT = 1.0  # CPU seconds of the calling thread one call may take; past it reuse cannot be sure
 
 _ATOMS = (
     int,
@@ -86,7 +86,7 @@ class _Walk:
     def __init__(self, namespace: dict[str, Any] | None, limit: int, seconds: float | None = None) -> None:
         self.namespace = namespace
         self.left = limit
-        self.deadline = time.perf_counter() + (TIME_LIMIT if seconds is None else seconds)
+        self.deadline = time.thread_time() + (TIME_LIMIT if seconds is None else seconds)  # not other threads' time
         self.clock = 0  # charges since the clock was last read
         self.notebook = False  # a function or class of the notebook found that is not the kernel's own
 
@@ -97,7 +97,7 @@ class _Walk:
         self.clock += n
         if self.clock >= 512:
             self.clock = 0
-            if time.perf_counter() > self.deadline:
+            if time.thread_time() > self.deadline:
                 raise TooLarge("its values take too long to check for shared objects")
 
     def identities(self, value: Any) -> set[int]:
