@@ -4,40 +4,17 @@ the best trial."""
 
 from __future__ import annotations
 
-import os
-
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _execute(cells: list[str], env: dict[str, str], folder) -> list[str]:
-    """Run ``cells`` in a fresh kernel; each cell's text output."""
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}})
-    client.execute(env=env)
-    texts = []
-    for cell in nb.cells:
-        parts = []
-        for out in cell.outputs:
-            if out.get("output_type") == "stream":
-                parts.append(out["text"])
-            elif "data" in out:
-                parts.append(out["data"].get("text/plain", ""))
-        texts.append("".join(parts))
-    return texts
+from helpers.notebook_kernel import execute_cells, store_kernel_env
 
 
 @pytest.mark.slow
 def test_two_kernels_share_one_gs_store(tmp_path, gcs_store):
-    base = {k: v for k, v in os.environ.items() if k != "NBMAGIC_STORE_URI"}
-    base["PYTHONPATH"] = os.pathsep.join([ROOT, base.get("PYTHONPATH", "")])
+    base = store_kernel_env()
     alice = {**base, **gcs_store.env(), "NBMAGIC_HOME": str(tmp_path / "alice")}
     alice.pop("NBMAGIC_STORE_URI")  # the notebook says where its store is
-    texts = _execute(
+    texts = execute_cells(
         [
             "%load_ext nbmagic",
             f"%pipeline_config --store {gcs_store.uri}",
@@ -57,7 +34,7 @@ def test_two_kernels_share_one_gs_store(tmp_path, gcs_store):
     assert [k for k in gcs_store.keys("team/runs/runs/") if k.endswith(f"-{run_id}.json")]
     best_run, best_loss = texts[7].split("BEST")[-1].split()[:2]
     bob = {**base, **gcs_store.env(), "NBMAGIC_HOME": str(tmp_path / "bob")}
-    texts = _execute(
+    texts = execute_cells(
         [
             "%load_ext nbmagic",
             "table = %runs --limit 0\nprint('RUNS', [(r.id, r.status, r.metrics) for r in table.runs])",

@@ -4,37 +4,15 @@ from the shared cache (as reused cells and as a run), nothing executes there, an
 
 from __future__ import annotations
 
-import os
-
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _execute(cells: list[str], env: dict[str, str], folder) -> list[str]:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}})
-    client.execute(env=env)
-    texts = []
-    for cell in nb.cells:
-        parts = []
-        for out in cell.outputs:
-            if out.get("output_type") == "stream":
-                parts.append(out["text"])
-            elif "data" in out:
-                parts.append(out["data"].get("text/plain", ""))
-        texts.append("".join(parts))
-    return texts
+from helpers.notebook_kernel import execute_cells, store_kernel_env
 
 
 @pytest.mark.slow
 def test_a_second_home_takes_the_firsts_steps_from_the_shared_cache_and_reads_their_logs(tmp_path, s3_store):
     marker = tmp_path / "executions.txt"
-    base = {k: v for k, v in os.environ.items() if k != "NBMAGIC_STORE_URI"}
-    base["PYTHONPATH"] = os.pathsep.join([ROOT, base.get("PYTHONPATH", "")])
+    base = store_kernel_env()
     notebook = [
         "%%pipeline_parameters\nc = 2.0",
         f"%%step make\nimport numpy as np\nopen({str(marker)!r}, 'a').write('make\\n')\nprint('making', c)\n"
@@ -44,7 +22,7 @@ def test_a_second_home_takes_the_firsts_steps_from_the_shared_cache_and_reads_th
     ]
     alice = {**base, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / "alice")}
     alice.pop("NBMAGIC_STORE_URI")  # the notebook says where its store is
-    texts = _execute(
+    texts = execute_cells(
         [
             "%load_ext nbmagic",
             f"%pipeline_config --store {s3_store.uri}",
@@ -61,7 +39,7 @@ def test_a_second_home_takes_the_firsts_steps_from_the_shared_cache_and_reads_th
 
     bob = {**base, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / "bob")}
     bob.pop("NBMAGIC_STORE_URI")
-    texts = _execute(
+    texts = execute_cells(
         [
             "%load_ext nbmagic",
             f"%pipeline_config --store {s3_store.uri}\n%pipeline_config --reuse",
@@ -94,7 +72,7 @@ def test_a_second_home_takes_the_firsts_steps_from_the_shared_cache_and_reads_th
             body["entry"]["outputs"]["loss"]["hash"] = body["entry"]["outputs"]["loss"]["hash"][::-1]
             client.put_object(Bucket=s3_store.bucket, Key=key, Body=json.dumps(body).encode())
     carol = {**bob, "NBMAGIC_HOME": str(tmp_path / "carol")}
-    texts = _execute(
+    texts = execute_cells(
         ["%load_ext nbmagic", f"%pipeline_config --store {s3_store.uri}\n%pipeline_config --reuse", *notebook],
         carol,
         tmp_path,
