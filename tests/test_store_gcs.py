@@ -21,29 +21,14 @@ import pytest
 from helpers.flaky_proxy import FlakyProxy
 from helpers.gcs import GCSStore, free_port, make_bucket, start_server
 from helpers.plans import step
+from helpers.store_homes import demo_plan, home_store
 from nbmagic.pipeline.model import Parameter, PipelinePlan
 from nbmagic.restore import restore
 from nbmagic.run.local import LocalRunner
 from nbmagic.store.backends import RemoteError, open_backend
-from nbmagic.store.runs import RunStore
 from nbmagic.store_uri import StoreURIError, parse
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _plan(size: int = 10, name: str = "demo") -> PipelinePlan:
-    make = step(
-        "make",
-        f"import numpy as np\nx = np.arange({size}, dtype='float64')\ntotal = float(x.sum())",
-        outputs=("x", "total"),
-        metrics=("total",),
-    )
-    use = step("use", "table = {'n': len(x), 'first': float(x[0])}", inputs={"x": "make"}, outputs=("table",), index=2)
-    return PipelinePlan(name, (make, use), {}, ("total",))
-
-
-def _home(tmp_path: Path, name: str) -> RunStore:
-    return RunStore(tmp_path / name / "store")
 
 
 def test_gs_uris_are_parsed_and_bad_ones_are_one_line():
@@ -133,14 +118,14 @@ def test_a_missing_bucket_or_missing_credentials_is_one_line(tmp_path, gcs_store
 
 
 def test_runs_and_restore_through_gcs(tmp_path, gcs_store):
-    run = LocalRunner(_home(tmp_path, "alice")).run(_plan())
+    run = LocalRunner(home_store(tmp_path, "alice")).run(demo_plan())
     assert run.status == "done", run.error
     keys = gcs_store.keys()
     assert [k for k in keys if k.startswith("team/runs/runs/") and k.endswith(f"-{run.id}.json")], keys
     assert not gcs_store.keys("team/runs/locks/"), "the writer's lease is gone once the run is published"
     record = json.loads(gcs_store.read(next(k for k in keys if k.startswith("team/runs/runs/"))))
     assert record["sig"] and gcs_store.key not in json.dumps(record)
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     assert [(r.id, r.status, r.metrics) for r in bob.list_runs()] == [(run.id, "done", {"total": 45.0})]
     ns: dict = {}
     report = restore(bob, run.id[:12], namespace=ns)
@@ -151,13 +136,13 @@ def test_runs_and_restore_through_gcs(tmp_path, gcs_store):
 def test_a_corrupt_value_on_gcs_is_detected_and_removed(tmp_path, gcs_store):
     from nbmagic.errors import NbMagicError
 
-    run = LocalRunner(_home(tmp_path, "alice")).run(_plan(size=1000))
+    run = LocalRunner(home_store(tmp_path, "alice")).run(demo_plan(size=1000))
     data_key = next(k for k in gcs_store.keys() if k.endswith(".npy"))
     body = bytearray(gcs_store.read(data_key))
     body[-1] ^= 0xFF
     gcs_store.client().bucket(gcs_store.bucket).blob(data_key).upload_from_string(bytes(body))
     with pytest.raises(NbMagicError) as caught:
-        restore(_home(tmp_path, "bob"), run.id, namespace={}, names=["x"])
+        restore(home_store(tmp_path, "bob"), run.id, namespace={}, names=["x"])
     assert "'x' is corrupt" in str(caught.value) and "removed from the shared store" in str(caught.value)
     assert not [k for k in gcs_store.keys() if k.startswith(data_key.rsplit("/", 1)[0])]
 
@@ -240,7 +225,7 @@ def test_writer_processes_publishing_the_same_value_at_once(tmp_path, gcs_store)
         run_id, status = out.split()[-2:]
         assert status == "done" and "nbmagic:" not in err, err
         ids[run_id] = n
-    reader = _home(tmp_path, "reader")
+    reader = home_store(tmp_path, "reader")
     assert {r.id for r in reader.list_runs()} == set(ids)
     for run_id, n in ids.items():
         ns: dict = {}
@@ -264,8 +249,8 @@ def test_a_connection_cut_mid_upload_is_one_line_and_leaves_nothing_half_written
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
         monkeypatch.setenv("NBMAGIC_STORE_RETRIES", "2")
         proxy.cut_after = 256 << 10
-        alice = _home(tmp_path, "alice")
-        run = LocalRunner(alice).run(_plan(size=1_200_000))  # a 9.6 MB array: a resumable upload
+        alice = home_store(tmp_path, "alice")
+        run = LocalRunner(alice).run(demo_plan(size=1_200_000))  # a 9.6 MB array: a resumable upload
         assert run.status == "done", run.error
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nbmagic:")]
         assert len(err) == 1, err
@@ -276,10 +261,10 @@ def test_a_connection_cut_mid_upload_is_one_line_and_leaves_nothing_half_written
         assert not [k for k in keys if k.endswith(".npy") or k.startswith(("team/runs/runs/", "team/runs/locks/"))]
         folders = {k.rsplit("/", 1)[0] for k in keys}
         assert all(f"{folder}/manifest.json" in keys for folder in folders), "a value is whole or absent"
-        assert _home(tmp_path, "bob").list_runs() == []  # nothing half-published is visible
+        assert home_store(tmp_path, "bob").list_runs() == []  # nothing half-published is visible
         proxy.cut_after = None  # the network is back: the next run publishes both
-        second = LocalRunner(alice).run(_plan(size=1_200_000), {}, cache=False)
-        bob = _home(tmp_path, "bob")
+        second = LocalRunner(alice).run(demo_plan(size=1_200_000), {}, cache=False)
+        bob = home_store(tmp_path, "bob")
         assert {r.id for r in bob.list_runs()} == {run.id, second.id}
         ns: dict = {}
         restore(bob, run.id, namespace=ns, names=["x"])
@@ -294,16 +279,16 @@ def test_shared_gc_on_gcs_and_its_lease_against_publishing(tmp_path, gcs_store):
     from nbmagic.store.gc import Policy, collect
     from nbmagic.store.remote import StoreBusy
 
-    alice = _home(tmp_path, "alice")
-    runs = [LocalRunner(alice).run(_plan(size=size)) for size in (100, 200, 300)]
+    alice = home_store(tmp_path, "alice")
+    runs = [LocalRunner(alice).run(demo_plan(size=size)) for size in (100, 200, 300)]
     with alice.remote.lease("writer"):  # a run publishing right now: gc gives way
         with pytest.raises(StoreBusy, match=r"gc: 1 run\(s\) are publishing to gs://.*; nothing was removed"):
-            collect(_home(tmp_path, "bob"), Policy(keep_last=0), shared=True, grace=0)
-    report = collect(_home(tmp_path, "bob"), Policy(keep_last=1), shared=True, grace=0)
+            collect(home_store(tmp_path, "bob"), Policy(keep_last=0), shared=True, grace=0)
+    report = collect(home_store(tmp_path, "bob"), Policy(keep_last=1), shared=True, grace=0)
     assert {run_id for run_id, *_ in report.runs} == {runs[0].id, runs[1].id}
     assert f"shared store {gcs_store.uri}: removed 2 run records, 6 values" in report.text()
     assert len(gcs_store.keys("team/runs/index/")) == 1 and not gcs_store.keys("team/runs/locks/")
-    carol = _home(tmp_path, "carol")
+    carol = home_store(tmp_path, "carol")
     assert [r.id for r in carol.list_runs()] == [runs[2].id]
     ns: dict = {}
     restore(carol, "last", namespace=ns)
@@ -319,7 +304,7 @@ def test_compiled_steps_and_katib_trials_get_the_gs_store_and_its_key_file_by_se
     from nbmagic.tune.space import ExperimentSpec, parse_param
 
     mount, key_file = "/var/run/secrets/nbmagic-store", "/var/run/secrets/nbmagic-store/key.json"
-    text = compile_pipeline(_plan(), defaults=StepSettings(store="gs://team-bucket/runs", store_secret="team-gcs"))
+    text = compile_pipeline(demo_plan(), defaults=StepSettings(store="gs://team-bucket/runs", store_secret="team-gcs"))
     spec, platform = yaml.safe_load_all(text)
     executors = spec["deploymentSpec"]["executors"]
     steps = {name for name in executors if name in ("exec-make", "exec-use")}
@@ -341,7 +326,9 @@ def test_compiled_steps_and_katib_trials_get_the_gs_store_and_its_key_file_by_se
             "GOOGLE_CLOUD_PROJECT": "GOOGLE_CLOUD_PROJECT",
         }
     # workload identity: no secret, nothing mounted
-    spec, *rest = yaml.safe_load_all(compile_pipeline(_plan(), defaults=StepSettings(store="gs://team-bucket/runs")))
+    spec, *rest = yaml.safe_load_all(
+        compile_pipeline(demo_plan(), defaults=StepSettings(store="gs://team-bucket/runs"))
+    )
     for name in steps:
         container = spec["deploymentSpec"]["executors"][name]["container"]
         assert "gs://team-bucket/runs" in " ".join(container["command"] + container["args"])
@@ -394,7 +381,7 @@ def test_the_compiled_yaml_on_kfp_local_records_its_run_in_the_gs_store(tmp_path
     task = components.load_component_from_file(str(tmp_path / "p.yaml"))(scale=2.0)
     assert task.outputs
     monkeypatch.setenv("NBMAGIC_STORE_URI", gcs_store.uri)
-    reader = _home(tmp_path, "reader")
+    reader = home_store(tmp_path, "reader")
     (run,) = reader.list_runs()
     assert (run.pipeline, run.status, run.kind, run.metrics) == ("kfp-gcs", "done", "kfp", {"mean": 5.0})
     ns: dict = {}
@@ -413,10 +400,10 @@ def test_the_cluster_images_executor_records_the_step_in_the_gs_store(tmp_path, 
     out = SimpleNamespace(path=str(tmp_path / "out"), metadata={})
     step_function(spec, "import numpy as np\nx = np.ones(4)", "")(out_x=out, run_arg="kfp-run-9")
     assert not gcs_store.keys("team/runs/locks/"), "the step's writer lease is gone"
-    (run,) = _home(tmp_path, "reader").list_runs()
+    (run,) = home_store(tmp_path, "reader").list_runs()
     assert (run.id, run.pipeline, run.status, run.kind) == ("kfp-run-9", "exec-gcs", "done", "kfp")
     ns: dict = {}
-    restore(_home(tmp_path, "reader"), "kfp-run-9", namespace=ns)
+    restore(home_store(tmp_path, "reader"), "kfp-run-9", namespace=ns)
     assert list(ns["x"]) == [1.0, 1.0, 1.0, 1.0]
 
 

@@ -17,31 +17,14 @@ import numpy as np
 import pytest
 
 from helpers.flaky_proxy import FlakyProxy
-from helpers.plans import step
+from helpers.store_homes import demo_plan, home_store
 from nbmagic.errors import NbMagicError
-from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.restore import restore
 from nbmagic.run.local import LocalRunner
 from nbmagic.store.objects import UntrustedValue
-from nbmagic.store.runs import RunStore
 from nbmagic.store_uri import StoreURIError, parse
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _plan(size: int = 10, name: str = "demo") -> PipelinePlan:
-    make = step(
-        "make",
-        f"import numpy as np\nx = np.arange({size}, dtype='float64')\ntotal = float(x.sum())",
-        outputs=("x", "total"),
-        metrics=("total",),
-    )
-    use = step("use", "table = {'n': len(x), 'first': float(x[0])}", inputs={"x": "make"}, outputs=("table",), index=2)
-    return PipelinePlan(name, (make, use), {}, ("total",))
-
-
-def _home(tmp_path: Path, name: str) -> RunStore:
-    return RunStore(tmp_path / name / "store")
 
 
 def test_store_uris_are_checked_in_one_place():
@@ -76,9 +59,9 @@ def test_pipeline_config_store_sets_the_kernels_store_and_rejects_bad_uris(ip, m
 def test_two_homes_share_runs_and_values_through_a_shared_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{tmp_path / 'shared'}")
     monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
-    first = LocalRunner(_home(tmp_path, "alice")).run(_plan())
+    first = LocalRunner(home_store(tmp_path, "alice")).run(demo_plan())
     assert first.status == "done", first.error
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     assert [(r.id, r.status, r.metrics) for r in bob.list_runs()] == [(first.id, "done", {"total": 45.0})]
     ns: dict = {}
     restore(bob, "last", namespace=ns)
@@ -94,12 +77,12 @@ def test_two_homes_share_runs_and_values_through_a_shared_folder(tmp_path, monke
 
 
 def test_runs_and_restore_through_s3(tmp_path, s3_store):
-    run = LocalRunner(_home(tmp_path, "alice")).run(_plan())
+    run = LocalRunner(home_store(tmp_path, "alice")).run(demo_plan())
     assert run.status == "done", run.error
     keys = s3_store.keys()
     assert [k for k in keys if k.startswith("team/runs/runs/") and k.endswith(f"-{run.id}.json")], keys
     assert not s3_store.keys("team/runs/locks/"), "the writer's lease is gone once the run is published"
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     ns: dict = {}
     report = restore(bob, run.id[:12], namespace=ns)
     assert {item.name for item in report.loaded} == {"x", "table", "total"}
@@ -109,13 +92,13 @@ def test_runs_and_restore_through_s3(tmp_path, s3_store):
 
 
 def test_a_corrupt_shared_value_is_detected_on_read_and_removed(tmp_path, s3_store):
-    run = LocalRunner(_home(tmp_path, "alice")).run(_plan(size=1000))
+    run = LocalRunner(home_store(tmp_path, "alice")).run(demo_plan(size=1000))
     client = s3_store.client()
     data_key = next(k for k in s3_store.keys() if k.endswith(".npy"))
     body = bytearray(client.get_object(Bucket=s3_store.bucket, Key=data_key)["Body"].read())
     body[-1] ^= 0xFF
     client.put_object(Bucket=s3_store.bucket, Key=data_key, Body=bytes(body))
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     with pytest.raises(NbMagicError) as caught:
         restore(bob, run.id, namespace={}, names=["x"])
     message = str(caught.value)
@@ -124,9 +107,9 @@ def test_a_corrupt_shared_value_is_detected_on_read_and_removed(tmp_path, s3_sto
 
 
 def test_values_that_can_run_code_need_the_team_key(tmp_path, s3_store, monkeypatch, capsys):
-    run = LocalRunner(_home(tmp_path, "alice")).run(_plan())
+    run = LocalRunner(home_store(tmp_path, "alice")).run(demo_plan())
     monkeypatch.delenv("NBMAGIC_STORE_KEY")
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     ns: dict = {}
     restore(bob, run.id, namespace=ns, names=["x"])  # npy: loading runs no code, the hash guards it
     assert ns["x"][3] == 3.0
@@ -134,7 +117,7 @@ def test_values_that_can_run_code_need_the_team_key(tmp_path, s3_store, monkeypa
         restore(bob, run.id, namespace=ns, names=["table"])  # a pickle
     # a kernel holding another key skips the records (one line) instead of trusting them
     monkeypatch.setenv("NBMAGIC_STORE_KEY", "another-team-key-0123456789")
-    carol = _home(tmp_path, "carol")
+    carol = home_store(tmp_path, "carol")
     assert carol.list_runs() == []
     err = capsys.readouterr().err
     assert "skipped 1 run record(s)" in err and "not signed with the team key" in err
@@ -150,8 +133,8 @@ def test_a_connection_cut_mid_upload_is_one_line_and_leaves_nothing_half_written
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     monkeypatch.setenv("NBMAGIC_STORE_RETRIES", "2")
     proxy.cut_after = 256 << 10
-    alice = _home(tmp_path, "alice")
-    run = LocalRunner(alice).run(_plan(size=400_000))  # a 3.2 MB array
+    alice = home_store(tmp_path, "alice")
+    run = LocalRunner(alice).run(demo_plan(size=400_000))  # a 3.2 MB array
     assert run.status == "done", run.error
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nbmagic:")]
     assert len(err) == 1, err
@@ -162,10 +145,10 @@ def test_a_connection_cut_mid_upload_is_one_line_and_leaves_nothing_half_written
     assert not [k for k in keys if k.endswith(".npy") or k.startswith(("team/runs/runs/", "team/runs/locks/"))], keys
     folders = {k.rsplit("/", 1)[0] for k in keys}
     assert all(f"{folder}/manifest.json" in keys for folder in folders), "a value is whole or absent"
-    assert _home(tmp_path, "bob").list_runs() == []  # nothing half-published is visible
+    assert home_store(tmp_path, "bob").list_runs() == []  # nothing half-published is visible
     proxy.cut_after = None  # the network is back: the next run publishes both
-    second = LocalRunner(alice).run(_plan(size=400_000), {}, cache=False)
-    bob = _home(tmp_path, "bob")
+    second = LocalRunner(alice).run(demo_plan(size=400_000), {}, cache=False)
+    bob = home_store(tmp_path, "bob")
     assert {r.id for r in bob.list_runs()} == {run.id, second.id}
     ns: dict = {}
     restore(bob, run.id, namespace=ns, names=["x"])
@@ -206,7 +189,7 @@ def test_many_writer_processes_at_once(tmp_path, s3_store):
         run_id, status = out.split()[-2:]
         assert status == "done"
         ids[run_id] = n
-    reader = _home(tmp_path, "reader")
+    reader = home_store(tmp_path, "reader")
     runs = reader.list_runs()
     assert {r.id for r in runs} == set(ids)
     for run in runs:
@@ -224,14 +207,14 @@ def test_many_writer_processes_at_once(tmp_path, s3_store):
 def test_shared_gc_drops_old_runs_and_their_values_and_keeps_what_kept_runs_use(tmp_path, s3_store):
     from nbmagic.store.gc import Policy, collect
 
-    alice = _home(tmp_path, "alice")
-    runs = [LocalRunner(alice).run(_plan(size=size)) for size in (100, 200, 300)]
-    bob = _home(tmp_path, "bob")
+    alice = home_store(tmp_path, "alice")
+    runs = [LocalRunner(alice).run(demo_plan(size=size)) for size in (100, 200, 300)]
+    bob = home_store(tmp_path, "bob")
     report = collect(bob, Policy(keep_last=1), shared=True, grace=0)
     assert {run_id for run_id, *_ in report.runs} == {runs[0].id, runs[1].id}
     assert f"shared store {s3_store.uri}: removed 2 run records, 6 values" in report.text()  # 2 x (x, total, table)
     assert len(s3_store.keys("team/runs/index/")) == 1  # gc leaves a compacted index of the remaining runs
-    carol = _home(tmp_path, "carol")
+    carol = home_store(tmp_path, "carol")
     fetched: list[str] = []
     backend = carol.remote.backend
     get_bytes = backend.get_bytes
@@ -254,16 +237,16 @@ def test_shared_gc_and_publishing_exclude_each_other(tmp_path, s3_store):
     from nbmagic.store.gc import Policy, collect
     from nbmagic.store.remote import StoreBusy
 
-    alice = _home(tmp_path, "alice")
-    LocalRunner(alice).run(_plan())
+    alice = home_store(tmp_path, "alice")
+    LocalRunner(alice).run(demo_plan())
     with alice.remote.lease("writer"):  # a run publishing right now
         with pytest.raises(StoreBusy, match=r"gc: 1 run\(s\) are publishing to .*; nothing was removed"):
-            collect(_home(tmp_path, "bob"), Policy(keep_last=0), shared=True, grace=0)
+            collect(home_store(tmp_path, "bob"), Policy(keep_last=0), shared=True, grace=0)
     before = len(s3_store.keys("team/runs/runs/"))
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     finished = threading.Event()
     with bob.remote.lease("gc"):  # a gc deleting right now: a run that ends meanwhile waits to publish
-        thread = threading.Thread(target=lambda: (LocalRunner(alice).run(_plan(), cache=False), finished.set()))
+        thread = threading.Thread(target=lambda: (LocalRunner(alice).run(demo_plan(), cache=False), finished.set()))
         thread.start()
         time.sleep(4)
         assert len(s3_store.keys("team/runs/runs/")) == before and not finished.is_set()
@@ -296,15 +279,15 @@ def test_katib_trials_get_the_store_and_its_secret_by_name_only():
 def test_an_unreachable_store_is_one_line_and_the_local_runs_are_shown(tmp_path, s3_store, monkeypatch, capsys):
     import socket
 
-    alice = _home(tmp_path, "alice")
-    run = LocalRunner(alice).run(_plan())
+    alice = home_store(tmp_path, "alice")
+    run = LocalRunner(alice).run(demo_plan())
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
     monkeypatch.setenv("NBMAGIC_STORE_RETRIES", "1")
     capsys.readouterr()
-    assert [r.id for r in _home(tmp_path, "alice").list_runs()] == [run.id]
+    assert [r.id for r in home_store(tmp_path, "alice").list_runs()] == [run.id]
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nbmagic:")]
     assert len(err) == 1 and f"the run store {s3_store.uri}: cannot list runs/" in err[0], err
     assert "network error" in err[0] and "(showing the runs known here)" in err[0]
@@ -335,7 +318,7 @@ def test_gc_looping_while_writer_processes_publish_never_leaves_a_run_without_it
     def gc_loop() -> None:
         while not stop.is_set():
             try:
-                sweeps.append(collect(_home(tmp_path, "gc"), Policy(keep_last=0), shared=True, grace=0))
+                sweeps.append(collect(home_store(tmp_path, "gc"), Policy(keep_last=0), shared=True, grace=0))
             except RemoteError:
                 busy.append(1)  # gave way to a publishing run
 
@@ -348,7 +331,7 @@ def test_gc_looping_while_writer_processes_publish_never_leaves_a_run_without_it
         thread.join(120)
     assert all(proc.returncode == 0 for proc in procs) and sum(o.count(" done") for o in outputs) == 12
     assert sweeps and sum(len(report.runs) for report in sweeps) > 0, "gc ran and dropped runs meanwhile"
-    reader = _home(tmp_path, "reader")
+    reader = home_store(tmp_path, "reader")
     listed = reader.list_runs()
     assert listed, "the newest run is always kept"
     for run in listed:  # every run still recorded has every value
@@ -362,7 +345,7 @@ def test_steps_in_the_cluster_image_carry_the_store_in_their_spec_and_its_secret
     from nbmagic.pipeline.settings import StepSettings
 
     text = compile_pipeline(
-        _plan(),
+        demo_plan(),
         image="registry.example/nbmagic:1",
         runtime_image="registry.example/nbmagic:1",
         defaults=StepSettings(store="s3://team-bucket/runs", store_secret="team-s3"),
@@ -381,7 +364,7 @@ def test_the_cluster_images_executor_records_the_step_in_the_store(tmp_path, s3_
     spec = {"step": "make", "label": "cell 1", "outputs": {"x": "out_x"}, "store": target, "store_run": "run_arg"}
     out = SimpleNamespace(path=str(tmp_path / "out"), metadata={})
     step_function(spec, "import numpy as np\nx = np.ones(4)", "")(out_x=out, run_arg="kfp-run-7")
-    reader = _home(tmp_path, "reader")
+    reader = home_store(tmp_path, "reader")
     (run,) = reader.list_runs()
     assert (run.id, run.pipeline, run.status, run.kind) == ("kfp-run-7", "exec-demo", "done", "kfp")
     ns: dict = {}

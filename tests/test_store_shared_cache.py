@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from helpers.plans import step
+from helpers.store_homes import home_store
 from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.run.local import LocalRunner
-from nbmagic.store.runs import RunStore
 
 
 def _plan(marker: Path) -> PipelinePlan:
@@ -33,18 +33,14 @@ def _plan(marker: Path) -> PipelinePlan:
     return PipelinePlan("shared", (make, use), {}, ("total",))
 
 
-def _home(tmp_path: Path, name: str) -> RunStore:
-    return RunStore(tmp_path / name / "store")
-
-
 def test_a_step_computed_in_one_home_is_a_verified_cache_hit_in_another(tmp_path, s3_store):
     marker = tmp_path / "marker.txt"
-    alice = _home(tmp_path, "alice")
+    alice = home_store(tmp_path, "alice")
     first = LocalRunner(alice).run(_plan(marker))
     assert first.status == "done" and marker.read_text() == "ran\nused\n"
     assert any(k.split("/", 3)[2] == "cache" for k in s3_store.keys()), "entries published"
 
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     second = LocalRunner(bob).run(_plan(marker))
     assert second.status == "done"
     assert marker.read_text() == "ran\nused\n"  # neither step ran in bob's home
@@ -57,7 +53,7 @@ def test_a_step_computed_in_one_home_is_a_verified_cache_hit_in_another(tmp_path
     (row,) = [r for r in bob.step_rows(second.id) if r["step"] == "make"]
     reused = json.loads(row["properties"])["reused_execution"]
     assert execution(bob, reused).run_id == first.id
-    carol = _home(tmp_path, "carol")  # and in a third home, which imports bob's run
+    carol = home_store(tmp_path, "carol")  # and in a third home, which imports bob's run
     carol.sync(force=True)
     (row,) = [r for r in carol.step_rows(second.id) if r["step"] == "make"]
     assert execution(carol, json.loads(row["properties"])["reused_execution"]).run_id == first.id
@@ -85,7 +81,7 @@ def test_a_step_computed_in_one_home_is_a_verified_cache_hit_in_another(tmp_path
 
 def test_a_tampered_shared_entry_or_value_is_a_miss_and_the_step_runs(tmp_path, s3_store, capsys):
     marker = tmp_path / "marker.txt"
-    LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
+    LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
     client, prefix = s3_store.client(), "team/runs/"
     entries = [k for k in s3_store.keys(prefix + "cache/")]
     assert len(entries) == 2
@@ -94,7 +90,7 @@ def test_a_tampered_shared_entry_or_value_is_a_miss_and_the_step_runs(tmp_path, 
         if body["entry"]["step"] == "make":
             body["entry"]["metrics"]["total"] = 99.0
             client.put_object(Bucket=s3_store.bucket, Key=key, Body=json.dumps(body).encode())
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     run = LocalRunner(bob).run(_plan(marker))
     assert [s.status for s in run.steps.values()] == ["done", "cached"]  # use's inputs are the same value
     assert run.metrics == {"total": 10.0}
@@ -103,7 +99,7 @@ def test_a_tampered_shared_entry_or_value_is_a_miss_and_the_step_runs(tmp_path, 
     assert marker.read_text() == "ran\nused\nran\n"
 
     # a value whose bytes were changed: the entry verifies, the value does not; a miss
-    carol = _home(tmp_path, "carol")
+    carol = home_store(tmp_path, "carol")
     x_hash = run.steps["make"].outputs["x"]["hash"]
     (data_key,) = [
         k for k in s3_store.keys(f"{prefix}objects/{x_hash[:2]}/{x_hash}/") if not k.endswith(("json", "sig"))
@@ -124,9 +120,9 @@ def test_published_logs_are_bounded_and_never_carry_the_stores_key(tmp_path, s3_
     monkeypatch.setenv("NBMAGIC_SHARED_LOG_CAP", cap)
     code = f"print('key:', {s3_store.key!r})\nprint('x' * 5000)\nv = 1"  # a step that prints the team key
     plan = PipelinePlan("loud", (step("loud", code, outputs=("v",)),), {}, ())
-    run = LocalRunner(_home(tmp_path, "alice")).run(plan)
+    run = LocalRunner(home_store(tmp_path, "alice")).run(plan)
     assert run.status == "done"
-    text = step_log(_home(tmp_path, "bob"), run.id, "loud")
+    text = step_log(home_store(tmp_path, "bob"), run.id, "loud")
     assert text is not None and s3_store.key not in text and "key: ***" in text
     assert "bytes cut" in text and len(text.encode()) < 400
 
@@ -151,7 +147,7 @@ def test_no_secret_nor_its_fingerprint_reaches_the_shared_store(tmp_path, s3_sto
         carried=(("demo.ipynb cell 1", "token"),),
         settings=StepSettings(secret_env=(SecretEnv("api", "token", "API_TOKEN"),)),
     )
-    alice = _home(tmp_path, "alice")
+    alice = home_store(tmp_path, "alice")
     run = LocalRunner(alice).run(PipelinePlan("secretive", (uses,), {}, ()))
     assert run.status == "done", run.error
     assert run.steps["uses"].not_kept == {"copy": "holds a secret"}
@@ -170,7 +166,7 @@ def test_shared_gc_removes_the_entries_and_logs_of_the_runs_it_drops(tmp_path, s
     from nbmagic.store.gc import Policy, collect
 
     marker = tmp_path / "marker.txt"
-    alice = _home(tmp_path, "alice")
+    alice = home_store(tmp_path, "alice")
     old = LocalRunner(alice).run(_plan(marker))
     other = PipelinePlan("shared", (step("solo", "print('solo here')\nv = 3", outputs=("v",)),), {}, ())
     kept = LocalRunner(alice).run(other)
@@ -181,14 +177,14 @@ def test_shared_gc_removes_the_entries_and_logs_of_the_runs_it_drops(tmp_path, s
 
     entries, logs = listing()
     assert len(entries) == 3 and len(logs) == 2 + 3  # two indexes, three distinct logs
-    report = collect(_home(tmp_path, "bob"), Policy(keep_last=1), shared=True, grace=0)
+    report = collect(home_store(tmp_path, "bob"), Policy(keep_last=1), shared=True, grace=0)
     assert [run_id for run_id, *_ in report.runs] == [old.id]
     entries, logs = listing()
     assert len(entries) == 1 and len(logs) == 2  # the kept run's entry, index and log
     from nbmagic.api import logs as read_log
 
     assert "solo here" in read_log(kept.id, "solo", root=tmp_path / "carol" / "store")
-    again = LocalRunner(_home(tmp_path, "dave")).run(_plan(marker))
+    again = LocalRunner(home_store(tmp_path, "dave")).run(_plan(marker))
     assert [s.status for s in again.steps.values()] == ["done", "done"]  # a miss, not an error
 
 
@@ -196,8 +192,8 @@ def test_a_shared_folder_shares_cache_hits_and_logs_too(tmp_path, monkeypatch):
     monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{tmp_path / 'shared'}")
     monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
     marker = tmp_path / "marker.txt"
-    first = LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
-    bob = _home(tmp_path, "bob")
+    first = LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
+    bob = home_store(tmp_path, "bob")
     second = LocalRunner(bob).run(_plan(marker))
     assert [s.status for s in second.steps.values()] == ["cached", "cached"] and second.metrics == {"total": 10.0}
     assert marker.read_text() == "ran\nused\n"
@@ -213,7 +209,7 @@ def test_a_store_that_fails_while_entries_are_written_is_one_line_and_the_run_st
     from nbmagic.store.backends import RemoteError
 
     marker = tmp_path / "marker.txt"
-    alice = _home(tmp_path, "alice")
+    alice = home_store(tmp_path, "alice")
     backend = alice.remote.backend
     put_bytes = backend.put_bytes
 
@@ -230,7 +226,7 @@ def test_a_store_that_fails_while_entries_are_written_is_one_line_and_the_run_st
     assert run.status == "done"
     err = capsys.readouterr().err
     assert err.count(f"run {run.id} is in {s3_store.uri} but its cache entries or step logs are not") == 1, err
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     assert [r.id for r in bob.list_runs()] == [run.id]
     again = LocalRunner(bob).run(_plan(marker))
     assert [s.status for s in again.steps.values()] == ["done", "done"]  # no entry: the steps run

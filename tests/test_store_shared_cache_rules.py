@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from helpers.plans import step
+from helpers.store_homes import home_store
 from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.run.local import LocalRunner
 from nbmagic.store import shared_cache
-from nbmagic.store.runs import RunStore
 
 
 @pytest.fixture(autouse=True)
@@ -33,10 +33,6 @@ def _plan(marker: Path) -> PipelinePlan:
         metrics=("total",),
     )
     return PipelinePlan("rules", (make,), {}, ("total",))
-
-
-def _home(tmp_path: Path, name: str) -> RunStore:
-    return RunStore(tmp_path / name / "store")
 
 
 def _entries(s3_store) -> dict[str, dict]:
@@ -58,9 +54,9 @@ def _rewrite(s3_store, key: str, body: dict) -> None:
 
 def test_a_shared_hit_says_which_run_and_host_it_came_from(tmp_path, s3_store, capsys):
     marker = tmp_path / "marker.txt"
-    first = LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
+    first = LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
     capsys.readouterr()
-    again = LocalRunner(_home(tmp_path, "bob")).run(_plan(marker))
+    again = LocalRunner(home_store(tmp_path, "bob")).run(_plan(marker))
     assert again.steps["make"].status == "cached" and marker.read_text() == "ran\n"
     err = capsys.readouterr().err
     line = f"step 'make' taken from the shared cache: computed in run {first.id} on {socket.gethostname()}"
@@ -69,11 +65,11 @@ def test_a_shared_hit_says_which_run_and_host_it_came_from(tmp_path, s3_store, c
 
 def test_without_a_team_key_shared_hits_are_off_said_once(tmp_path, s3_store, monkeypatch, capsys):
     marker = tmp_path / "marker.txt"
-    LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
+    LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
     assert _entries(s3_store)
     monkeypatch.delenv("NBMAGIC_STORE_KEY")
     for name in ("bob", "carol"):
-        run = LocalRunner(_home(tmp_path, name)).run(_plan(marker))
+        run = LocalRunner(home_store(tmp_path, name)).run(_plan(marker))
         assert run.steps["make"].status == "done"
     assert marker.read_text() == "ran\nran\nran\n"
     err = capsys.readouterr().err
@@ -91,9 +87,9 @@ def test_a_step_another_runs_after_or_that_stores_nothing_always_runs(tmp_path, 
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "data.txt").write_text("v1 left over in bob's folder")
     monkeypatch.chdir(tmp_path / "a")
-    assert LocalRunner(_home(tmp_path, "alice")).run(plan).status == "done"
+    assert LocalRunner(home_store(tmp_path, "alice")).run(plan).status == "done"
     monkeypatch.chdir(tmp_path / "b")
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     run = LocalRunner(bob).run(plan)
     assert run.steps["prep"].status == "done"  # ran here: its effect (the file) is here
     assert (tmp_path / "b" / "data.txt").read_text() == "v2 computed by prep"
@@ -102,11 +98,11 @@ def test_a_step_another_runs_after_or_that_stores_nothing_always_runs(tmp_path, 
 
 def test_an_entry_from_another_platform_is_a_miss(tmp_path, s3_store, capsys):
     marker = tmp_path / "marker.txt"
-    LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
+    LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
     ((key, data),) = _entries(s3_store).items()
     assert data["entry"]["platform"] == shared_cache.platform_tag()
     _rewrite(s3_store, key, {**data["entry"], "platform": {**data["entry"]["platform"], "machine": "riscv128"}})
-    run = LocalRunner(_home(tmp_path, "bob")).run(_plan(marker))
+    run = LocalRunner(home_store(tmp_path, "bob")).run(_plan(marker))
     assert run.steps["make"].status == "done" and marker.read_text() == "ran\nran\n"
     assert "riscv128" in capsys.readouterr().err
 
@@ -114,7 +110,7 @@ def test_an_entry_from_another_platform_is_a_miss(tmp_path, s3_store, capsys):
 @pytest.mark.parametrize("change", ["fewer-outputs", "other-metric", "not-kept"])
 def test_a_signed_entry_that_disagrees_with_the_runs_record_is_a_miss(tmp_path, s3_store, capsys, change):
     marker = tmp_path / "marker.txt"
-    LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
+    LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
     ((key, data),) = _entries(s3_store).items()
     body = dict(data["entry"])
     if change == "fewer-outputs":
@@ -124,7 +120,7 @@ def test_a_signed_entry_that_disagrees_with_the_runs_record_is_a_miss(tmp_path, 
     else:
         body["not_kept"] = {"conn": "socket.socket"}
     _rewrite(s3_store, key, body)
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     if change == "fewer-outputs":  # asked for by a step that needs only x
         assert shared_cache.lookup(bob, body["key"], shared_cache.Wanted("make", frozenset({"x"}))) is None
     else:
@@ -137,8 +133,8 @@ def test_an_unreachable_store_is_not_asked_again_for_a_while(tmp_path, s3_store,
     from nbmagic.store.backends import RemoteError
 
     marker = tmp_path / "marker.txt"
-    LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
-    bob = _home(tmp_path, "bob")
+    LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
+    bob = home_store(tmp_path, "bob")
     bob.sync(force=True)
     asked: list[str] = []
 
@@ -156,13 +152,13 @@ def test_an_unreachable_store_is_not_asked_again_for_a_while(tmp_path, s3_store,
 
 def test_an_entry_whose_run_is_gone_syncs_once_per_process(tmp_path, s3_store):
     marker = tmp_path / "marker.txt"
-    first = LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
+    first = LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
     client = s3_store.client()
     for k in s3_store.keys():
         if "/runs/" in k.split("team/runs", 1)[1] and first.id in k:
             client.delete_object(Bucket=s3_store.bucket, Key=k)  # the run's record, collected (say)
     ((key, data),) = _entries(s3_store).items()
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     forced = []
     sync = bob.sync
     bob.sync = lambda force=False: (forced.append(force), sync(force))[1]
@@ -174,9 +170,9 @@ def test_an_entry_whose_run_is_gone_syncs_once_per_process(tmp_path, s3_store):
 
 def test_nothing_is_pulled_for_an_entry_that_lacks_what_the_step_needs(tmp_path, s3_store):
     marker = tmp_path / "marker.txt"
-    LocalRunner(_home(tmp_path, "alice")).run(_plan(marker))
+    LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
     ((key, data),) = _entries(s3_store).items()
-    bob = _home(tmp_path, "bob")
+    bob = home_store(tmp_path, "bob")
     pulled = []
     pull = bob.remote.pull_object
     bob.remote.pull_object = lambda objects, digest, name: (pulled.append(name), pull(objects, digest, name))[1]
