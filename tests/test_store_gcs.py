@@ -223,7 +223,9 @@ def test_writer_processes_publishing_the_same_value_at_once(tmp_path, gcs_store)
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         run_id, status = out.split()[-2:]
-        assert status == "done" and "nbmagic:" not in err, err
+        # a writer starting after another published may take the shared step from the store (said in one line)
+        lines = [x for x in err.splitlines() if x.startswith("nbmagic:") and "taken from the shared cache" not in x]
+        assert status == "done" and not lines, err
         ids[run_id] = n
     reader = home_store(tmp_path, "reader")
     assert {r.id for r in reader.list_runs()} == set(ids)
