@@ -111,19 +111,10 @@ def test_cmaes_with_a_categorical_parameter_says_so_once_instead_of_a_warning_pe
 def test_katib_stop_counts_the_trials_that_exist_now_not_the_last_poll(tmp_path):
     """Lowering maxTrialCount below the trials Katib already made would have it delete running ones."""
     from helpers.fake_katib_api import FakeKubernetesAPI
-    from nbmagic.tune.katib import api_client, run_katib
+    from helpers.katib_runs import start_katib
 
     with FakeKubernetesAPI() as api:
-        exp = run_katib(
-            spec(max_trials=50, parallel_trials=2),
-            "z",
-            host="h",
-            pipeline_name="p",
-            namespace="ns",
-            recorded=RECORDED,
-            client=api_client(api.url),
-            poll=5.0,
-        )
+        exp = start_katib(api, spec(max_trials=50, parallel_trials=2), RECORDED, "z", poll=5.0)
         deadline = time.time() + 5
         while not exp.trials and time.time() < deadline:
             time.sleep(0.01)

@@ -9,10 +9,11 @@ import shlex
 import pytest
 
 from helpers.fake_katib_api import FakeKatib, FakeKubernetesAPI, job_errors, katib_errors, schema_errors
+from helpers.katib_runs import start_katib
 from nbmagic.pipeline.model import Parameter
 from nbmagic.runtime.report import KATIB_LINE
 from nbmagic.tune import trial as trial_runner
-from nbmagic.tune.katib import api_client, build_experiment, run_katib
+from nbmagic.tune.katib import build_experiment
 from nbmagic.tune.space import ExperimentSpec, parse_param
 
 RECORDED = {
@@ -22,6 +23,7 @@ RECORDED = {
     "units": Parameter("units", 64, "int"),
     "shuffle": Parameter("shuffle", True, "bool"),
 }
+TEAM_A = {"host": "http://kfp:8888", "pipeline_name": "quickstart", "namespace": "team-a"}
 
 
 def spec(*params, **kw):
@@ -108,16 +110,7 @@ def test_grid_without_a_step_and_bad_specs_fail_the_strict_schema_or_katib_check
 
 def test_submission_and_watching_through_the_kubernetes_api():
     with FakeKubernetesAPI() as api:
-        exp = run_katib(
-            spec(max_trials=4, parallel_trials=2),
-            "pipelineSpec: {}\n",
-            host="http://kfp:8888",
-            pipeline_name="quickstart",
-            namespace="team-a",
-            recorded=RECORDED,
-            client=api_client(api.url),
-            poll=0.01,
-        )
+        exp = start_katib(api, spec(max_trials=4, parallel_trials=2), RECORDED, **TEAM_A)
         exp.wait(20)
         assert exp.done and exp.status == "succeeded", exp.message
         assert ("POST", "/api/v1/namespaces/team-a/configmaps") in api.state.requests
@@ -131,15 +124,8 @@ def test_submission_and_watching_through_the_kubernetes_api():
         assert best.objective == min(t.objective for t in trials)
         assert trials[best.trial].name == optimal["bestTrialName"]
         # the same experiment again (the API server answers 409) is watched again, as a local one resumes
-        again = run_katib(
-            spec(max_trials=4, parallel_trials=2),
-            "x",
-            host="h",
-            pipeline_name="quickstart",
-            namespace="team-a",
-            recorded=RECORDED,
-            client=api_client(api.url),
-            poll=0.01,
+        again = start_katib(
+            api, spec(max_trials=4, parallel_trials=2), RECORDED, "x", pipeline_name="quickstart", namespace="team-a"
         ).wait(20)
         assert again.resumed and again.name == exp.name and again.status == "succeeded"
         assert len(again.trials) == 4
@@ -148,29 +134,11 @@ def test_submission_and_watching_through_the_kubernetes_api():
 def test_failing_trials_and_stop():
     failing = FakeKatib(metrics=lambda assignments, objective, index: None)
     with FakeKubernetesAPI(failing) as api:
-        exp = run_katib(
-            spec(max_trials=10, max_failed_trials=2),
-            "y",
-            host="h",
-            pipeline_name="p",
-            namespace="ns",
-            recorded=RECORDED,
-            client=api_client(api.url),
-            poll=0.01,
-        ).wait(20)
+        exp = start_katib(api, spec(max_trials=10, max_failed_trials=2), RECORDED, "y").wait(20)
         assert exp.status == "failed" and "max failed" in exp.message
         assert [t.status for t in exp.trials] == ["failed", "failed"] and exp.trials[0].error == "Job has failed"
     with FakeKubernetesAPI() as api:
-        exp = run_katib(
-            spec(max_trials=50, parallel_trials=2),
-            "z",
-            host="h",
-            pipeline_name="p",
-            namespace="ns",
-            recorded=RECORDED,
-            client=api_client(api.url),
-            poll=0.05,
-        )
+        exp = start_katib(api, spec(max_trials=50, parallel_trials=2), RECORDED, "z", poll=0.05)
         while not exp.trials:
             exp.wait(0.05)
         exp.stop()
@@ -181,16 +149,8 @@ def test_failing_trials_and_stop():
 
 def test_stop_reads_again_when_katib_adds_trials_between_read_and_patch():
     with FakeKubernetesAPI() as api:
-        exp = run_katib(
-            spec(max_trials=50, parallel_trials=2),
-            "w",
-            host="h",
-            pipeline_name="p",
-            namespace="ns",
-            recorded=RECORDED,
-            client=api_client(api.url),
-            poll=3600,  # the watcher reads once; this test drives every other read itself
-        )
+        # the watcher reads once; this test drives every other read itself
+        exp = start_katib(api, spec(max_trials=50, parallel_trials=2), RECORDED, "w", poll=3600)
         while not exp.trials:
             exp.wait(0.05)
         key, refresh, raced = ("ns", exp.name), exp.refresh, []
@@ -267,17 +227,7 @@ def test_changed_step_code_names_a_new_katib_experiment():
     names = []
     with FakeKubernetesAPI() as api:
         for code in ("train:aaa", "train:aaa", "train:bbb"):
-            exp = run_katib(
-                spec(max_trials=1),
-                "pipelineSpec: {}\n",
-                host="http://kfp:8888",
-                pipeline_name="quickstart",
-                namespace="team-a",
-                recorded=RECORDED,
-                client=api_client(api.url),
-                poll=0.01,
-                code=code,
-            )
+            exp = start_katib(api, spec(max_trials=1), RECORDED, **TEAM_A, code=code)
             exp.wait(20)
             names.append((exp.name, exp.resumed))
     assert names[0][0] == names[1][0] != names[2][0]
