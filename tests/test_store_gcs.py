@@ -21,7 +21,7 @@ import pytest
 from helpers.flaky_proxy import FlakyProxy
 from helpers.gcs import GCSStore, free_port, make_bucket, start_server
 from helpers.plans import step
-from helpers.store_homes import demo_plan, home_store
+from helpers.store_homes import demo_plan, home_store, start_writers
 from nbmagic.pipeline.model import Parameter, PipelinePlan
 from nbmagic.restore import restore
 from nbmagic.run.local import LocalRunner
@@ -208,16 +208,7 @@ def test_writer_processes_publishing_the_same_value_at_once(tmp_path, gcs_store)
     """Six homes make the same ``base`` value (one digest) and their own ``x``, and publish at once."""
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(root=str(ROOT), tests=str(ROOT / "tests")))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(n)],
-            env={**os.environ, **gcs_store.env(), "NBMAGIC_HOME": str(tmp_path / f"writer{n}")},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(6)
-    ]
+    procs = start_writers(script, 6, gcs_store.env(), tmp_path)
     ids = {}
     for n, proc in enumerate(procs):
         out, err = proc.communicate(timeout=300)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers.flaky_proxy import FlakyProxy
-from helpers.store_homes import demo_plan, home_store
+from helpers.store_homes import demo_plan, home_store, start_writers
 from nbmagic.errors import NbMagicError
 from nbmagic.restore import restore
 from nbmagic.run.local import LocalRunner
@@ -176,12 +174,7 @@ print(run.id, run.status, flush=True)
 def test_many_writer_processes_at_once(tmp_path, s3_store):
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(root=str(ROOT), tests=str(ROOT / "tests")))
-    procs = []
-    for n in range(6):
-        env = {**os.environ, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / f"writer{n}")}
-        procs.append(
-            subprocess.Popen([sys.executable, str(script), str(n)], env=env, stdout=subprocess.PIPE, text=True)
-        )
+    procs = start_writers(script, 6, s3_store.env(), tmp_path)
     ids = {}
     for n, proc in enumerate(procs):
         out, _ = proc.communicate(timeout=300)
@@ -304,15 +297,7 @@ def test_gc_looping_while_writer_processes_publish_never_leaves_a_run_without_it
     one = 'run = LocalRunner(workers=1).run(plan, {"N": n})\nprint(run.id, run.status, flush=True)'
     three = "for n in range(n, n + 30, 10):\n    " + one.replace("\n", "\n    ")  # 3 runs per process
     script.write_text(WRITER.format(root=str(ROOT), tests=str(ROOT / "tests")).replace(one, three))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(n)],
-            env={**os.environ, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / f"writer{n}")},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(4)
-    ]
+    procs = start_writers(script, 4, s3_store.env(), tmp_path)
     stop, sweeps, busy = threading.Event(), [], []
 
     def gc_loop() -> None:

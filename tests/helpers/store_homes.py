@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from helpers.plans import step
@@ -24,3 +27,18 @@ def demo_plan(size: int = 10, name: str = "demo") -> PipelinePlan:
 def home_store(tmp_path: Path, name: str) -> RunStore:
     """The run store of a home of its own under ``tmp_path``."""
     return RunStore(tmp_path / name / "store")
+
+
+def start_writers(script: Path, count: int, store_env: dict[str, str], homes: Path) -> list[subprocess.Popen]:
+    """``count`` processes running ``script N`` at once, each in a home of its own (``homes/writerN``) on the store
+    of ``store_env``; their output (stdout, stderr) is text, to be read with ``communicate``."""
+    return [
+        subprocess.Popen(
+            [sys.executable, str(script), str(n)],
+            env={**os.environ, **store_env, "NBMAGIC_HOME": str(homes / f"writer{n}")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(count)
+    ]
