@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from helpers.reuse_cells import run_again
 from helpers.shell import run_ok
 
 S = "%%step s\na = []\nb = a\n"
@@ -10,12 +11,7 @@ T = "%%step t\na.append(1)\nn = len(b)\n"
 
 def test_two_names_for_one_object_are_one_object_after_a_reuse(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
-    run_ok(ip, S)
-    for name in ("a", "b"):  # a restart
-        ip.user_ns.pop(name)
-    capsys.readouterr()
-    run_ok(ip, S)
-    assert "s: reused from run" in capsys.readouterr().out
+    assert "s: reused from run" in run_again(ip, capsys, S, "a", "b")
     run_ok(ip, T)  # as in a full Run All: appending to a is appending to b
     assert ip.user_ns["n"] == 1
     assert ip.user_ns["a"] is ip.user_ns["b"]
@@ -24,11 +20,7 @@ def test_two_names_for_one_object_are_one_object_after_a_reuse(ip, capsys):
 def test_a_name_bound_to_a_value_the_step_reads_is_that_value_after_a_reuse(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
     run_ok(ip, "%%step load\nrows = [1, 2]\n")
-    run_ok(ip, "%%step alias\nsame = rows\nk = 1\n")
-    ip.user_ns.pop("same")
-    capsys.readouterr()
-    run_ok(ip, "%%step alias\nsame = rows\nk = 1\n")
-    assert "alias: reused from run" in capsys.readouterr().out
+    assert "alias: reused from run" in run_again(ip, capsys, "%%step alias\nsame = rows\nk = 1\n", "same")
     assert ip.user_ns["same"] is ip.user_ns["rows"]
 
 
@@ -41,12 +33,7 @@ def test_two_values_holding_one_object_where_neither_holds_the_other_make_the_ce
 def test_names_bound_to_one_immutable_value_are_still_reused(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
     cell = "%%step s\nx = y = 7\nname = label = 'a'\npair = other = (1, 2)\n"
-    run_ok(ip, cell)
-    for name in ("x", "y", "name", "label", "pair", "other"):
-        ip.user_ns.pop(name)
-    capsys.readouterr()
-    run_ok(ip, cell)
-    assert "s: reused from run" in capsys.readouterr().out
+    assert "s: reused from run" in run_again(ip, capsys, cell, "x", "y", "name", "label", "pair", "other")
     assert (ip.user_ns["x"], ip.user_ns["label"], ip.user_ns["other"]) == (7, "a", (1, 2))
 
 
@@ -98,12 +85,7 @@ def test_a_step_that_raises_leaves_no_key_for_the_steps_run_after_it(ip, tmp_pat
 def test_a_loop_variable_left_on_a_value_does_not_stop_reuse(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
     cell = "%%step s\ntrain, test = [1], [2]\nfor part in [train, test]:\n    part.append(0)\n"
-    run_ok(ip, cell)
-    for name in ("train", "test", "part"):
-        ip.user_ns.pop(name)
-    capsys.readouterr()
-    run_ok(ip, cell)
-    assert "s: reused from run" in capsys.readouterr().out and ip.user_ns["test"] == [2, 0]
+    assert "s: reused from run" in run_again(ip, capsys, cell, "train", "test", "part") and ip.user_ns["test"] == [2, 0]
 
 
 def test_functions_and_classes_a_step_defines_see_the_kernels_globals(ip, capsys):
@@ -128,12 +110,7 @@ def test_functions_and_classes_a_step_defines_see_the_kernels_globals(ip, capsys
 def test_a_step_using_the_notebooks_classes_is_still_reused(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
     run_ok(ip, "class Base:\n    def f(self):\n        return 1\n")
-    cell = "%%step s\nb = Base()\n"
-    run_ok(ip, cell)
-    ip.user_ns.pop("b")
-    capsys.readouterr()
-    run_ok(ip, cell)
-    assert "s: reused from run" in capsys.readouterr().out
+    assert "s: reused from run" in run_again(ip, capsys, "%%step s\nb = Base()\n", "b")
     assert type(ip.user_ns["b"]) is ip.user_ns["Base"]
 
 
