@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.notebook_kernel import execute_cells, store_kernel_env
+from helpers.notebook_kernel import execute_cells, home_kernel_env
 
 
 @pytest.mark.slow
 def test_two_kernels_share_one_gs_store(tmp_path, gcs_store):
-    base = store_kernel_env()
-    alice = {**base, **gcs_store.env(), "NBMAGIC_HOME": str(tmp_path / "alice")}
-    alice.pop("NBMAGIC_STORE_URI")  # the notebook says where its store is
+    alice = home_kernel_env(gcs_store.env(), tmp_path / "alice", uri_in_notebook=True)  # the notebook names it
     texts = execute_cells(
         [
             "%load_ext nbmagic",
@@ -33,7 +31,7 @@ def test_two_kernels_share_one_gs_store(tmp_path, gcs_store):
     assert status == "done", texts[6]
     assert [k for k in gcs_store.keys("team/runs/runs/") if k.endswith(f"-{run_id}.json")]
     best_run, best_loss = texts[7].split("BEST")[-1].split()[:2]
-    bob = {**base, **gcs_store.env(), "NBMAGIC_HOME": str(tmp_path / "bob")}
+    bob = home_kernel_env(gcs_store.env(), tmp_path / "bob")
     texts = execute_cells(
         [
             "%load_ext nbmagic",

@@ -10,14 +10,12 @@ import sys
 import nbformat
 import pytest
 
-from helpers.notebook_kernel import execute_cells, store_kernel_env
+from helpers.notebook_kernel import execute_cells, home_kernel_env
 
 
 @pytest.mark.slow
 def test_two_kernels_share_one_store_run_tune_and_restore_best(tmp_path, s3_store):
-    base = store_kernel_env()
-    alice = {**base, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / "alice")}
-    alice.pop("NBMAGIC_STORE_URI")  # the notebook says where its store is
+    alice = home_kernel_env(s3_store.env(), tmp_path / "alice", uri_in_notebook=True)  # the notebook names it
     texts = execute_cells(
         [
             "%load_ext nbmagic",
@@ -35,7 +33,7 @@ def test_two_kernels_share_one_store_run_tune_and_restore_best(tmp_path, s3_stor
     run_id = texts[5].split()[1]
     assert texts[5].split()[2] == "done", texts[5]
     best_run, best_loss = texts[6].split("BEST")[-1].split()[:2]
-    bob = {**base, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / "bob")}
+    bob = home_kernel_env(s3_store.env(), tmp_path / "bob")
     texts = execute_cells(
         [
             "%load_ext nbmagic",
@@ -67,8 +65,7 @@ def test_two_kernels_share_one_store_run_tune_and_restore_best(tmp_path, s3_stor
         )
     ]
     nbformat.write(nb, tmp_path / "cli.ipynb")
-    carol = {**base, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / "carol")}
-    carol.pop("NBMAGIC_STORE_URI")  # the notebook's %pipeline_config names the store
+    carol = home_kernel_env(s3_store.env(), tmp_path / "carol", uri_in_notebook=True)  # %pipeline_config names it
     done = subprocess.run(
         [sys.executable, "-m", "nbmagic.cli", "run", str(tmp_path / "cli.ipynb"), "--param", "k=7", "--quiet"],
         env=carol,

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.notebook_kernel import execute_cells, store_kernel_env
+from helpers.notebook_kernel import execute_cells, home_kernel_env
 
 
 @pytest.mark.slow
 def test_a_second_home_takes_the_firsts_steps_from_the_shared_cache_and_reads_their_logs(tmp_path, s3_store):
     marker = tmp_path / "executions.txt"
-    base = store_kernel_env()
     notebook = [
         "%%pipeline_parameters\nc = 2.0",
         f"%%step make\nimport numpy as np\nopen({str(marker)!r}, 'a').write('make\\n')\nprint('making', c)\n"
@@ -20,8 +19,7 @@ def test_a_second_home_takes_the_firsts_steps_from_the_shared_cache_and_reads_th
         f"%%step fit\nopen({str(marker)!r}, 'a').write('fit\\n')\nprint('fitting', w.sum())\n"
         "loss = float((w.sum() - 3.0) ** 2)",
     ]
-    alice = {**base, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / "alice")}
-    alice.pop("NBMAGIC_STORE_URI")  # the notebook says where its store is
+    alice = home_kernel_env(s3_store.env(), tmp_path / "alice", uri_in_notebook=True)  # the notebook names it
     texts = execute_cells(
         [
             "%load_ext nbmagic",
@@ -37,8 +35,7 @@ def test_a_second_home_takes_the_firsts_steps_from_the_shared_cache_and_reads_th
     done = marker.read_text()
     assert done.count("make") == 2 and done.count("fit") == 2  # once in alice's kernel, once in her run
 
-    bob = {**base, **s3_store.env(), "NBMAGIC_HOME": str(tmp_path / "bob")}
-    bob.pop("NBMAGIC_STORE_URI")
+    bob = home_kernel_env(s3_store.env(), tmp_path / "bob", uri_in_notebook=True)
     texts = execute_cells(
         [
             "%load_ext nbmagic",

@@ -33,3 +33,12 @@ def store_kernel_env() -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k != "NBMAGIC_STORE_URI"}
     base["PYTHONPATH"] = os.pathsep.join([ROOT, base.get("PYTHONPATH", "")])
     return base
+
+
+def home_kernel_env(store_env: dict[str, str], home, *, uri_in_notebook: bool = False) -> dict[str, str]:
+    """``store_kernel_env()`` on the store of ``store_env``, with a home of its own (``$NBMAGIC_HOME`` = ``home``);
+    ``uri_in_notebook``: without ``NBMAGIC_STORE_URI``, as the notebook's ``%pipeline_config --store`` names it."""
+    env = {**store_kernel_env(), **store_env, "NBMAGIC_HOME": str(home)}
+    if uri_in_notebook:
+        env.pop("NBMAGIC_STORE_URI")
+    return env
