@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from nbmagic.runtime import marshal, publish
+from helpers.store_homes import saved_value
+from nbmagic.runtime import publish
 
 
 class _NoLive(publish._Folder):
@@ -20,11 +21,9 @@ class _NoLive(publish._Folder):
 
 def test_a_heartbeat_that_cannot_be_written_does_not_fail_the_step(tmp_path, monkeypatch):
     monkeypatch.setattr(publish, "_backend", lambda uri: _NoLive(str(tmp_path / "shared")))
-    folder = tmp_path / "value"
-    folder.mkdir()
-    marshal.save([1, 2], str(folder), "x")
+    folder = saved_value(tmp_path)
     target = {"uri": f"file://{tmp_path / 'shared'}", "run": "run-a", "pipeline": "p", "steps": ["a"]}
-    key = publish.publish_step(target, "a", "done", {}, {}, {"x": str(folder)}, {}, time.time())
+    key = publish.publish_step(target, "a", "done", {}, {}, {"x": folder}, {}, time.time())
     assert (tmp_path / "shared" / key).is_file()
     assert not (tmp_path / "shared" / "live").exists()
 

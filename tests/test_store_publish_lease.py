@@ -37,16 +37,14 @@ def test_a_lease_deleted_while_listed_is_not_an_error(tmp_path, monkeypatch):
 
 
 def test_a_step_writes_to_a_group_shared_folder_with_the_folders_group_bits(tmp_path, monkeypatch):
-    from nbmagic.runtime import marshal
+    from helpers.store_homes import saved_value
 
     root = tmp_path / "shared"
     root.mkdir(mode=0o700)
     root.chmod(0o2770)  # shared with a group, as the README shows
-    value = tmp_path / "value"
-    value.mkdir()
-    marshal.save([1, 2], str(value), "x")
+    value = saved_value(tmp_path)
     monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
-    publish.publish_step(_target(root), "make", "done", {}, {}, {"x": str(value)}, {}, time.time())
+    publish.publish_step(_target(root), "make", "done", {}, {}, {"x": value}, {}, time.time())
     written = [p for p in root.rglob("*") if p.name != "tmp"]
     assert written and all(p.stat().st_mode & 0o007 == 0 for p in written), "others never get access"
     files = [p for p in written if p.is_file()]

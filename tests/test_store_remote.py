@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers.flaky_proxy import FlakyProxy
-from helpers.store_homes import demo_plan, home_store, start_writers
+from helpers.store_homes import demo_plan, home_store, shared_folder, start_writers
 from nbmagic.errors import NbMagicError
 from nbmagic.restore import restore
 from nbmagic.run.local import LocalRunner
@@ -55,8 +55,7 @@ def test_pipeline_config_store_sets_the_kernels_store_and_rejects_bad_uris(ip, m
 
 
 def test_two_homes_share_runs_and_values_through_a_shared_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{tmp_path / 'shared'}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    shared_folder(tmp_path, monkeypatch)
     first = LocalRunner(home_store(tmp_path, "alice")).run(demo_plan())
     assert first.status == "done", first.error
     bob = home_store(tmp_path, "bob")

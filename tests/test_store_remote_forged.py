@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from helpers.plans import step
-from nbmagic.pipeline.model import PipelinePlan
+from helpers.store_homes import keyed_plan, shared_folder
 from nbmagic.run.local import LocalRunner
 from nbmagic.store import remote
 from nbmagic.store.gc import Policy, collect
@@ -19,15 +18,9 @@ from nbmagic.store.remote import segment_bytes
 from nbmagic.store.runs import RunStore
 
 
-def _plan() -> PipelinePlan:
-    return PipelinePlan("keyed", (step("make", "x = [1, 2]", outputs=("x",)),), {}, ())
-
-
 @pytest.fixture
 def shared(tmp_path, monkeypatch):
-    folder = tmp_path / "shared"
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{folder}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    folder = shared_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(remote, "COMPACT_EVERY", 3)
     monkeypatch.setattr(remote, "COMPACT_MIN", 2)
     monkeypatch.setattr(remote, "MERGE_AT", 3)
@@ -54,7 +47,7 @@ def _forge(folder, extra: dict | None = None, before: str | None = None) -> str:
 
 def test_a_forged_segment_listed_first_does_not_hide_the_real_runs(tmp_path, shared, capsys):
     alice = RunStore(tmp_path / "alice" / "store")
-    runs = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(3)]
+    runs = [LocalRunner(alice).run(keyed_plan(), cache=False) for _ in range(3)]
     (good,) = [p.relative_to(shared).as_posix() for p in (shared / "index").glob("*.json.gz")]
     _forge(shared, before=good)
     carol = RunStore(tmp_path / "carol" / "store")
@@ -63,9 +56,9 @@ def test_a_forged_segment_listed_first_does_not_hide_the_real_runs(tmp_path, sha
 
 def test_merging_keeps_the_copy_that_verifies_and_gc_keeps_the_runs(tmp_path, shared):
     alice = RunStore(tmp_path / "alice" / "store")
-    first = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(3)]
+    first = [LocalRunner(alice).run(keyed_plan(), cache=False) for _ in range(3)]
     forged = _forge(shared)  # smaller than the real segment: a merge reads it first
-    more = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(6)]
+    more = [LocalRunner(alice).run(keyed_plan(), cache=False) for _ in range(6)]
     everyone = {r.id for r in first + more}
     real = [p for p in (shared / "index").glob("*.json.gz") if p.relative_to(shared).as_posix() != forged]
     assert len(real) == 1, real  # merged: the real copies were carried, the forged segment left for gc
@@ -81,7 +74,7 @@ def test_merging_keeps_the_copy_that_verifies_and_gc_keeps_the_runs(tmp_path, sh
 
 def test_a_record_not_signed_with_the_key_is_read_and_reported_once(tmp_path, shared, capsys):
     alice = RunStore(tmp_path / "alice" / "store")
-    runs = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(3)]
+    runs = [LocalRunner(alice).run(keyed_plan(), cache=False) for _ in range(3)]
     seg = next((shared / "index").glob("*.json.gz"))
     stranger = {k: v for k, v in _entries(seg)[0].items() if k != "key"}
     stranger["record"] = {**stranger["record"], "run": {**stranger["record"]["run"], "id": "run-stranger"}}
@@ -104,7 +97,7 @@ def _tree(folder) -> set[str]:
 
 def test_a_segment_of_a_newer_format_stops_gc_with_one_line_and_removes_nothing(tmp_path, shared, capsys):
     alice = RunStore(tmp_path / "alice" / "store")
-    runs = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(3)]
+    runs = [LocalRunner(alice).run(keyed_plan(), cache=False) for _ in range(3)]
     seg = next((shared / "index").glob("*.json.gz"))
     body = {"format": remote.SEGMENT_FORMAT + 1, "blocks": [{"entries": _entries(seg)}]}
     data = gzip.compress(json.dumps(body).encode(), mtime=0)
@@ -126,7 +119,7 @@ def test_a_segment_of_a_newer_format_stops_gc_with_one_line_and_removes_nothing(
 
 def test_forged_entry_keys_are_set_aside_by_segment_and_index_and_gc_goes_on(tmp_path, shared):
     alice = RunStore(tmp_path / "alice" / "store")
-    runs = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(3)]
+    runs = [LocalRunner(alice).run(keyed_plan(), cache=False) for _ in range(3)]
     seg = next((shared / "index").glob("*.json.gz"))
     body = {k: v for k, v in _entries(seg)[0].items() if k != "key"}
     bad = ["runs/../x.json", "runs/a//b.json", "runs/" + "y" * 1100 + ".json"]
@@ -141,7 +134,7 @@ def test_forged_entry_keys_are_set_aside_by_segment_and_index_and_gc_goes_on(tmp
 
 def test_a_segment_merged_away_between_listing_and_reading_is_found_by_listing_again(tmp_path, shared):
     alice = RunStore(tmp_path / "alice" / "store")
-    runs = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(3)]
+    runs = [LocalRunner(alice).run(keyed_plan(), cache=False) for _ in range(3)]
     (seg,) = [p.relative_to(shared).as_posix() for p in (shared / "index").glob("*.json.gz")]
     carol = RunStore(tmp_path / "carol" / "store")
     real_get = carol.remote.backend.get_bytes

@@ -5,14 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
+from helpers.store_homes import shared_folder
 from nbmagic.store import remote
 from nbmagic.store.runs import RunStore
 
 
 def test_a_renewal_in_flight_does_not_bring_a_released_lease_back(tmp_path, monkeypatch):
-    shared = tmp_path / "shared"
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    shared = shared_folder(tmp_path, monkeypatch)
     monkeypatch.setattr(remote, "RENEW_S", 0.05)
     store = RunStore(tmp_path / "home" / "store").remote
     put = store.backend.put_bytes

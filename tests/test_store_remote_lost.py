@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 
+from helpers.store_homes import shared_folder
 from nbmagic.runtime import marshal, publish
 from nbmagic.store import gc
 from nbmagic.store.gc import Policy, collect
@@ -20,9 +21,7 @@ def _step(tmp_path, target: dict, name: str, started: float) -> None:
 
 
 def test_a_lost_run_is_kept_a_day_after_its_last_sign_of_life_not_its_start(tmp_path, monkeypatch):
-    shared = tmp_path / "shared"
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    shared = shared_folder(tmp_path, monkeypatch)
     target = {"uri": f"file://{shared}", "run": "run-long", "pipeline": "p", "steps": ["a", "b", "c"]}
     _step(tmp_path, target, "a", time.time() - 2 * 86400)  # started two days ago
     _step(tmp_path, target, "b", time.time() - 3600)  # step b ended an hour ago; c waits for its pod

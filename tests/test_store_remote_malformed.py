@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from helpers.plans import step
+from helpers.store_homes import shared_folder
 from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.restore import restore
 from nbmagic.run.local import LocalRunner
@@ -22,9 +23,7 @@ def _put_signed(shared, key: str, record: dict) -> None:
 
 
 def test_a_malformed_record_is_skipped_and_the_other_runs_list_and_restore(tmp_path, monkeypatch, capsys):
-    shared = tmp_path / "shared"
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    shared = shared_folder(tmp_path, monkeypatch)
     alice = RunStore(tmp_path / "alice" / "store")
     good = LocalRunner(alice).run(_plan())
     template = alice.export_run(good.id)

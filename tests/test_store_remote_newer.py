@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from helpers.plans import step
-from nbmagic.pipeline.model import PipelinePlan
+from helpers.store_homes import keyed_plan, shared_folder
 from nbmagic.run.local import LocalRunner
 from nbmagic.store import remote
 from nbmagic.store.gc import Policy, collect
@@ -18,16 +17,9 @@ from nbmagic.store.remote import segment_bytes
 from nbmagic.store.runs import RunStore
 
 
-def _plan() -> PipelinePlan:
-    return PipelinePlan("keyed", (step("make", "x = [1, 2]", outputs=("x",)),), {}, ())
-
-
 @pytest.fixture
 def shared(tmp_path, monkeypatch):
-    folder = tmp_path / "shared"
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{folder}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
-    return folder
+    return shared_folder(tmp_path, monkeypatch)
 
 
 def _newer(body: dict, key: bytes) -> dict:
@@ -50,7 +42,7 @@ def _tree(folder) -> set[str]:
 
 def test_a_loose_record_of_a_newer_format_stops_gc_and_is_not_quarantined(tmp_path, shared):
     alice = RunStore(tmp_path / "alice" / "store")
-    LocalRunner(alice).run(_plan(), cache=False)
+    LocalRunner(alice).run(keyed_plan(), cache=False)
     names = _rewrite_loose(shared, alice.remote.key)
     before = _tree(shared)
     with pytest.raises(StoreError, match="newer nbmagic") as caught:
@@ -63,7 +55,7 @@ def test_a_loose_record_of_a_newer_format_stops_gc_and_is_not_quarantined(tmp_pa
 
 def test_a_segment_entry_of_a_newer_format_stops_gc_and_is_not_quarantined(tmp_path, shared):
     alice = RunStore(tmp_path / "alice" / "store")
-    LocalRunner(alice).run(_plan(), cache=False)
+    LocalRunner(alice).run(keyed_plan(), cache=False)
     key = alice.remote.key
     entries = {}
     for p in (shared / "runs").glob("*.json"):
@@ -83,7 +75,7 @@ def test_a_segment_entry_of_a_newer_format_stops_gc_and_is_not_quarantined(tmp_p
 
 def test_a_record_with_a_bad_signature_is_still_set_aside(tmp_path, shared):
     alice = RunStore(tmp_path / "alice" / "store")
-    LocalRunner(alice).run(_plan(), cache=False)
+    LocalRunner(alice).run(keyed_plan(), cache=False)
     _rewrite_loose(shared, b"x" * 32)  # newer format, signed with another key: unverifiable
     collect(RunStore(tmp_path / "gc" / "store"), Policy(keep_last=50), shared=True, grace=0)
     assert not list((shared / "runs").glob("*.json"))
@@ -92,7 +84,7 @@ def test_a_record_with_a_bad_signature_is_still_set_aside(tmp_path, shared):
 
 def test_sync_says_to_upgrade_and_reads_a_newer_record_again_once_upgraded(tmp_path, shared, capsys, monkeypatch):
     alice = RunStore(tmp_path / "alice" / "store")
-    run = LocalRunner(alice).run(_plan(), cache=False)
+    run = LocalRunner(alice).run(keyed_plan(), cache=False)
     _rewrite_loose(shared, alice.remote.key)
     bob = RunStore(tmp_path / "bob" / "store")
     capsys.readouterr()

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from helpers.plans import step
+from helpers.store_homes import shared_folder
 from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.run.local import LocalRunner
 from nbmagic.store.objects import StoreError
@@ -14,8 +15,7 @@ from nbmagic.store.runs import RunStore
 
 
 def test_publishing_a_run_whose_value_is_gone_is_one_line_and_publishes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{tmp_path / 'first'}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    shared_folder(tmp_path, monkeypatch, "first")
     home = tmp_path / "alice" / "store"
     run = LocalRunner(RunStore(home)).run(PipelinePlan("gone", (step("make", "x = [1]", outputs=("x",)),), {}, ()))
     monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{tmp_path / 'second'}")  # a store that has none of it

@@ -6,22 +6,16 @@ from __future__ import annotations
 import gzip
 import json
 
-from helpers.plans import step
-from nbmagic.pipeline.model import PipelinePlan
+from helpers.store_homes import keyed_plan, restamp_record, shared_folder
 from nbmagic.run.local import LocalRunner
 from nbmagic.store.gc import Policy, collect
 from nbmagic.store.remote import segment_bytes
 from nbmagic.store.runs import RunStore
 
 
-def _plan() -> PipelinePlan:
-    return PipelinePlan("keyed", (step("make", "x = [1, 2]", outputs=("x",)),), {}, ())
-
-
 def test_a_record_skipped_under_a_wrong_key_is_imported_once_the_key_is_right(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{tmp_path / 'shared'}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
-    run = LocalRunner(RunStore(tmp_path / "alice" / "store")).run(_plan())
+    shared_folder(tmp_path, monkeypatch)
+    run = LocalRunner(RunStore(tmp_path / "alice" / "store")).run(keyed_plan())
     monkeypatch.setenv("NBMAGIC_STORE_KEY", "w" * 32)  # bob's secret holds a wrong key
     assert RunStore(tmp_path / "bob" / "store").list_runs() == []
     monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)  # fixed
@@ -31,11 +25,9 @@ def test_a_record_skipped_under_a_wrong_key_is_imported_once_the_key_is_right(tm
 def test_a_segment_entry_that_does_not_verify_is_skipped_and_a_changed_segment_is_not_used(
     tmp_path, monkeypatch, capsys
 ):
-    shared = tmp_path / "shared"
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    shared = shared_folder(tmp_path, monkeypatch)
     alice = RunStore(tmp_path / "alice" / "store")
-    runs = [LocalRunner(alice).run(_plan(), cache=False) for _ in range(2)]
+    runs = [LocalRunner(alice).run(keyed_plan(), cache=False) for _ in range(2)]
     collect(RunStore(tmp_path / "gc" / "store"), Policy(keep_last=5), shared=True, grace=0)
     (index,) = (shared / "index").glob("*.json.gz")
     assert not list((shared / "runs").glob("*.json"))  # gc folded every record into the one segment
@@ -54,13 +46,9 @@ def test_a_segment_entry_that_does_not_verify_is_skipped_and_a_changed_segment_i
 
 
 def test_an_old_record_skipped_under_a_wrong_key_is_imported_once_the_key_is_right(tmp_path, monkeypatch):
-    shared = tmp_path / "shared"
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{shared}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
-    run = LocalRunner(RunStore(tmp_path / "alice" / "store")).run(_plan())
-    (record,) = (shared / "runs").glob(f"*-{run.id}.json")
-    stamp, _, rest = record.name.partition("-")
-    record.rename(record.with_name(f"{int(stamp) - 3600 * 1000:013d}-{rest}"))  # published an hour ago
+    shared = shared_folder(tmp_path, monkeypatch)
+    run = LocalRunner(RunStore(tmp_path / "alice" / "store")).run(keyed_plan())
+    restamp_record(shared, run.id, -3600 * 1000)  # published an hour ago
     monkeypatch.setenv("NBMAGIC_STORE_KEY", "w" * 32)
     bob = RunStore(tmp_path / "bob" / "store")
     assert bob.list_runs() == []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers.plans import step
-from helpers.store_homes import home_store
+from helpers.store_homes import home_store, shared_folder
 from nbmagic.pipeline.model import PipelinePlan
 from nbmagic.run.local import LocalRunner
 
@@ -189,8 +189,7 @@ def test_shared_gc_removes_the_entries_and_logs_of_the_runs_it_drops(tmp_path, s
 
 
 def test_a_shared_folder_shares_cache_hits_and_logs_too(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{tmp_path / 'shared'}")
-    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    shared_folder(tmp_path, monkeypatch)
     marker = tmp_path / "marker.txt"
     first = LocalRunner(home_store(tmp_path, "alice")).run(_plan(marker))
     bob = home_store(tmp_path, "bob")

@@ -42,3 +42,35 @@ def start_writers(script: Path, count: int, store_env: dict[str, str], homes: Pa
         )
         for n in range(count)
     ]
+
+
+def shared_folder(tmp_path: Path, monkeypatch, name: str = "shared") -> Path:
+    """A shared folder store, ``file://`` ``tmp_path/name`` signed with the team key ``"k" * 32``, set as this
+    process's store (``NBMAGIC_STORE_URI``, ``NBMAGIC_STORE_KEY``); the folder."""
+    folder = tmp_path / name
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{folder}")
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    return folder
+
+
+def keyed_plan() -> PipelinePlan:
+    """One step, ``make``, assigning a small list ``x``: the run the signed-record tests publish."""
+    return PipelinePlan("keyed", (step("make", "x = [1, 2]", outputs=("x",)),), {}, ())
+
+
+def restamp_record(folder: Path, run_id: str, shift_ms: int) -> None:
+    """Rename run ``run_id``'s one loose record in the shared ``folder`` as if its writer's clock were ``shift_ms``
+    milliseconds ahead (behind, when negative)."""
+    (record,) = (folder / "runs").glob(f"*-{run_id}.json")
+    stamp, _, rest = record.name.partition("-")
+    record.rename(record.with_name(f"{int(stamp) + shift_ms:013d}-{rest}"))
+
+
+def saved_value(tmp_path: Path) -> str:
+    """A value folder ``tmp_path/value`` holding ``x = [1, 2]`` as a step saves it, for ``publish.publish_step``."""
+    from nbmagic.runtime import marshal
+
+    folder = tmp_path / "value"
+    folder.mkdir()
+    marshal.save([1, 2], str(folder), "x")
+    return str(folder)
