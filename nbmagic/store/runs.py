@@ -476,38 +476,8 @@ class RunStore:
             db.execute(f"UPDATE runs SET {', '.join(f'{k}=?' for k in sets)} WHERE id=?", (*sets.values(), run_id))
 
     def _record(self, row: sqlite3.Row | tuple) -> RunRecord:
-        (
-            rid,
-            pipeline,
-            status,
-            kind,
-            params,
-            metrics,
-            notebook,
-            experiment,
-            started,
-            ended,
-            steps,
-            cached,
-            error,
-            url,
-        ) = row
-        return RunRecord(
-            rid,
-            pipeline,
-            status,
-            kind,
-            json.loads(params),
-            json.loads(metrics),
-            notebook,
-            experiment,
-            started,
-            ended,
-            steps,
-            cached,
-            error,
-            url,
-        )
+        rid, pipeline, status, kind, params, metrics, *rest = row  # rest: notebook ... url, as _RUN_COLUMNS
+        return RunRecord(rid, pipeline, status, kind, json.loads(params), json.loads(metrics), *rest)
 
     _RUN_COLUMNS = "id, pipeline, status, kind, parameters, metrics, notebook, experiment, started, ended, steps, cached, error, url"
 
