@@ -62,6 +62,16 @@ def _flip_byte(store: RunStore, digest: str) -> Path:
     return data
 
 
+def _corrupted_after_a_run(ip, step: str, name: str, line: str = "%compile_run --quiet"):
+    """Record SMALL's cells, run ``line``, then flip a byte of the value ``name`` of ``step``: run, store, digest."""
+    _cells(ip, SMALL)
+    first = run_ok(ip, line)
+    store = RunStore()
+    digest = first.outputs(step)[name]["hash"]
+    _flip_byte(store, digest)
+    return first, store, digest
+
+
 # ------------------------------------------------------------------------------------------- gc keeps
 
 
@@ -265,11 +275,7 @@ def test_a_full_disk_under_the_index_is_one_line(tmp_path):
 
 
 def test_a_corrupt_value_is_noticed_removed_and_recomputed(ip):
-    _cells(ip, SMALL)
-    first = run_ok(ip, "%compile_run --quiet")
-    store = RunStore()
-    digest = first.outputs("load")["small"]["hash"]
-    _flip_byte(store, digest)
+    first, store, digest = _corrupted_after_a_run(ip, "load", "small")
     with pytest.raises(NbMagicError, match=r"stored value 'small' is corrupt: .*runs again on the next run"):
         restore(store, first.id, namespace={})
     assert not store.objects.exists(digest)
@@ -281,22 +287,14 @@ def test_a_corrupt_value_is_noticed_removed_and_recomputed(ip):
 
 
 def test_a_no_cache_rerun_rewrites_a_corrupt_value(ip):
-    _cells(ip, SMALL)
-    first = run_ok(ip, "%compile_run --quiet")
-    store = RunStore()
-    digest = first.outputs("load")["small"]["hash"]
-    _flip_byte(store, digest)
+    first, store, digest = _corrupted_after_a_run(ip, "load", "small")
     again = run_ok(ip, "%compile_run --quiet --no-cache")
     assert again.status == "done" and again.outputs("load")["small"]["hash"] == digest
     assert store.objects.get(digest, "small")[999] == 999  # rewritten whole
 
 
 def test_gc_verify_removes_corrupt_values_and_their_cache_entries(ip):
-    _cells(ip, SMALL)
-    first = run_ok(ip, "%compile_run --quiet --param scale=2")
-    store = RunStore()
-    digest = first.outputs("double")["bigger"]["hash"]
-    _flip_byte(store, digest)
+    first, store, digest = _corrupted_after_a_run(ip, "double", "bigger", "%compile_run --quiet --param scale=2")
     count = len(list(store.objects.iter_hashes()))
     done = subprocess.run([sys.executable, "-m", "nbmagic.cli", "gc", "--verify"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
