@@ -41,15 +41,21 @@ def arguments(
 def in_notebook() -> bool:
     """True where rich displays are seen (JupyterLab, Notebook, VS Code, nbclient/papermill); False in terminal
     IPython and scripts, and for Jupyter kernels driven by a text-only front end (``jupyter console``, qtconsole)."""
+    shell = _kernel_shell()
+    if shell is None:
+        return False
+    return not text_only_front_end(shell)
+
+
+def _kernel_shell() -> Any:
+    """The IPython shell of a Jupyter kernel this runs in, else None (terminal IPython, a script, no IPython)."""
     try:
         from IPython import get_ipython
 
         shell = get_ipython()
     except ImportError:
-        return False
-    if shell is None or shell.__class__.__name__ != "ZMQInteractiveShell":
-        return False
-    return not text_only_front_end(shell)
+        return None
+    return shell if shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell" else None
 
 
 def text_only_front_end(shell: Any) -> bool:
@@ -70,13 +76,8 @@ def text_only_front_end(shell: Any) -> bool:
 def headless() -> bool:
     """A notebook run by nbclient (``nbconvert --execute``, papermill): nobody clicks, and the kernel stops after
     the last cell, so work started in the background must be waited for."""
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except ImportError:
-        return False
-    if shell is None or shell.__class__.__name__ != "ZMQInteractiveShell":
+    shell = _kernel_shell()
+    if shell is None:
         return False
     return (_current_request(shell).get("content") or {}).get("allow_stdin") is False
 
