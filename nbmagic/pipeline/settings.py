@@ -457,18 +457,16 @@ def settings_from_args(namespace: Any, base: StepSettings | None = None) -> Step
         changes["timeout"] = parse_duration(get("timeout"), "--timeout")
         if changes["timeout"] <= 0:
             raise SettingError(f"--timeout: {get('timeout')!r} must be longer than 0 seconds")
-    if get("env"):
-        changes["env"] = tuple(parse_env(v) for v in get("env"))
-    if get("secret"):
-        changes["secret_env"] = tuple(parse_secret(v) for v in get("secret"))
-    if get("secret_file"):
-        changes["secret_files"] = tuple(parse_secret_file(v) for v in get("secret_file"))
-    if get("volume"):
-        changes["volumes"] = tuple(parse_volume(v) for v in get("volume"))
-    if get("node_selector"):
-        changes["node_selector"] = tuple(parse_node_selector(v) for v in get("node_selector"))
-    if get("toleration"):
-        changes["tolerations"] = tuple(parse_toleration(v) for v in get("toleration"))
+    for option, field, parse in (  # repeatable options: each value parsed, in the order given
+        ("env", "env", parse_env),
+        ("secret", "secret_env", parse_secret),
+        ("secret_file", "secret_files", parse_secret_file),
+        ("volume", "volumes", parse_volume),
+        ("node_selector", "node_selector", parse_node_selector),
+        ("toleration", "tolerations", parse_toleration),
+    ):
+        if get(option):
+            changes[field] = tuple(parse(v) for v in get(option))
     if get("store") is not None:
         from .. import store_uri
 
