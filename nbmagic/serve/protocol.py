@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,31 +250,39 @@ def encode_response(
     model_version: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The V2 response body (JSON, or JSON header + binary tensors) and its extra headers."""
-    import orjson
+    tensors, raws = _tensors(outputs, lambda name, kind: request is not None and request.binary(name))
+    head: dict[str, Any] = {"model_name": model_name, "outputs": tensors}
+    if model_version is not None:
+        head["model_version"] = model_version
+    head["id"] = (request.id if request is not None else None) or ""
+    return _framed(head, raws)
 
+
+def _tensors(values: dict[str, Any], binary: Callable[[str, str], bool]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The V2 tensor entries of named values, and the binary parts of those ``binary(name, datatype)`` picks."""
     tensors, raws = [], []
-    for name, value in outputs.items():
+    for name, value in values.items():
         array = as_array(value)
         kind = datatype(array)
-        entry: dict[str, Any] = {"name": name, "datatype": kind, "shape": list(array.shape)}
-        if request is not None and request.binary(name):
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": kind}
+        if binary(name, kind):
             raw = _to_bytes(array, kind)
             entry["parameters"] = {"binary_data_size": len(raw)}
             raws.append(raw)
         else:
             entry["data"] = _json_values(name, array, kind)
         tensors.append(entry)
-    head: dict[str, Any] = {"model_name": model_name, "outputs": tensors}
-    if model_version is not None:
-        head["model_version"] = model_version
-    head["id"] = (request.id if request is not None else None) or ""
+    return tensors, raws
+
+
+def _framed(head: dict[str, Any], raws: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """The body of a V2 message and its headers: the JSON head, then any binary parts after it."""
+    import orjson
+
     body = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
     if not raws:
         return body, {"content-type": "application/json"}
-    return body + b"".join(raws), {
-        "content-type": "application/octet-stream",
-        HEADER_LENGTH: str(len(body)),
-    }
+    return body + b"".join(raws), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(body))}
 
 
 def _json_values(name: str, array: Any, kind: str) -> Any:
@@ -316,20 +325,7 @@ def encode_request(
     binary_output: bool = False,
 ) -> tuple[bytes, dict[str, str]]:
     """A V2 request body for named numpy inputs; FP16 always goes binary (JSON cannot carry it exactly)."""
-    import orjson
-
-    tensors, raws = [], []
-    for name, value in inputs.items():
-        array = as_array(value)
-        kind = datatype(array)
-        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": kind}
-        if binary or kind == "FP16":
-            raw = _to_bytes(array, kind)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            raws.append(raw)
-        else:
-            entry["data"] = _json_values(name, array, kind)
-        tensors.append(entry)
+    tensors, raws = _tensors(inputs, lambda name, kind: binary or kind == "FP16")
     head: dict[str, Any] = {"inputs": tensors}
     if request_id is not None:
         head["id"] = request_id
@@ -337,10 +333,7 @@ def encode_request(
         head["outputs"] = [{"name": n} for n in outputs]
     if binary_output:
         head["parameters"] = {"binary_data_output": True}
-    body = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not raws:
-        return body, {"content-type": "application/json"}
-    return body + b"".join(raws), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(body))}
+    return _framed(head, raws)
 
 
 def decode_response(body: bytes, header_length: str | int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
