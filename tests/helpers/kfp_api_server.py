@@ -196,6 +196,18 @@ class Recorded:
     error: str | None = None
 
 
+def _recorded(handler: JsonHandler, method: str) -> Recorded:
+    """The request ``handler`` holds, as recorded before it is answered (its body, if any, is set later)."""
+    parts = urlsplit(handler.path)
+    return Recorded(
+        method=method,
+        path=parts.path,
+        query=parse_qs(parts.query, keep_blank_values=True),
+        headers={k.lower(): v for k, v in handler.headers.items()},
+        body=None,
+    )
+
+
 @dataclass
 class _RunRecord:
     body: dict
@@ -292,13 +304,7 @@ class KfpApiServer(LocalServer):
         parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
-        rec = Recorded(
-            method=handler.command,
-            path=parts.path,
-            query=parse_qs(parts.query, keep_blank_values=True),
-            headers={k.lower(): v for k, v in handler.headers.items()},
-            body=None,
-        )
+        rec = _recorded(handler, handler.command)
         with self._lock:
             self.requests.append(rec)
         op = None
@@ -769,13 +775,7 @@ class PodLogServer(LocalServer):
 
     def _answer(self, handler: JsonHandler) -> tuple[int, str, bytes]:
         parts = urlsplit(handler.path)
-        rec = Recorded(
-            method="GET",
-            path=parts.path,
-            query=parse_qs(parts.query, keep_blank_values=True),
-            headers={k.lower(): v for k, v in handler.headers.items()},
-            body=None,
-        )
+        rec = _recorded(handler, "GET")
         with self._lock:
             self.requests.append(rec)
         auth = rec.headers.get("authorization", "")
