@@ -16,6 +16,7 @@ import pytest
 import requests
 from IPython.core.error import UsageError
 
+from helpers.processes import running
 from helpers.serve_shell import serve_shell
 from nbmagic.magics.serve import ServeMagics
 from nbmagic.serve import local
@@ -176,14 +177,6 @@ def test_model_that_fails_to_load_shows_the_log_tail(shell, tmp_path):
     assert "ModuleNotFoundError: No module named 'kernel_only_lib'" in message
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def test_server_dies_with_its_kernel(tmp_path):
     script = textwrap.dedent("""
         import sys, time
@@ -197,14 +190,14 @@ def test_server_dies_with_its_kernel(tmp_path):
     kernel = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
         pid = int(kernel.stdout.readline())
-        assert _alive(pid)
+        assert running(pid)
     finally:
         kernel.send_signal(signal.SIGKILL)  # no atexit: only the child's own safeguards can stop it
         kernel.wait()
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(pid)
+    assert not running(pid)
 
 
 def test_requests_leave_the_log_quiet_and_logs_follow(server, capsys):

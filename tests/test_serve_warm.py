@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.processes import running
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,14 +35,6 @@ KERNEL = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def _run_kernel(tmp_path: Path, **env: str) -> tuple[str, list[int]]:
     """Start a kernel-like process that serves two models, SIGKILL it, and wait for what it started to go."""
     environment = dict(os.environ, NBMAGIC_HOME=str(tmp_path), PYTHONPATH=str(ROOT), **env)
@@ -48,14 +42,14 @@ def _run_kernel(tmp_path: Path, **env: str) -> tuple[str, list[int]]:
     try:
         kinds, *numbers = kernel.stdout.readline().split()
         pids = [int(n) for n in numbers if int(n)]
-        assert pids and all(_alive(pid) for pid in pids)
+        assert pids and all(running(pid) for pid in pids)
     finally:
         kernel.send_signal(signal.SIGKILL)  # no atexit: only the processes' own safeguards can stop them
         kernel.wait()
     deadline = time.monotonic() + 15
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return kinds, [pid for pid in pids if _alive(pid)]
+    return kinds, [pid for pid in pids if running(pid)]
 
 
 def test_servers_forked_by_the_warm_process_die_with_the_kernel(tmp_path):
@@ -108,9 +102,9 @@ def test_a_kernel_starts_the_warm_process_at_load_ext_and_leaves_nothing_behind(
     assert warm_pid and kind == "Forked"
     assert words[words.index("predict") + 1] in ("[0]", "[1]")
     deadline = time.monotonic() + 15
-    while (_alive(warm_pid) or _alive(server_pid)) and time.monotonic() < deadline:
+    while (running(warm_pid) or running(server_pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(warm_pid) and not _alive(server_pid)
+    assert not running(warm_pid) and not running(server_pid)
 
 
 STARTER_THREAD = textwrap.dedent("""
