@@ -37,18 +37,22 @@ def shell(tmp_path_factory):
         yield ip
 
 
+def _served(shell, variable: str, layout: str):
+    """``%serve`` of the notebook's ``variable`` in ``layout`` (one of LAYOUTS), named after both."""
+    split = " --split" if layout == "split" else ""
+    return shell.run_line_magic("serve", f"{variable} --name {variable}-{layout}{split}")
+
+
 @pytest.fixture(scope="module", params=LAYOUTS)
 def echo(shell, request):
-    split = " --split" if request.param == "split" else ""
-    srv = shell.run_line_magic("serve", f"echo --name echo-{request.param}{split}")
+    srv = _served(shell, "echo", request.param)
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
 def clf(shell, request):
-    split = " --split" if request.param == "split" else ""
-    srv = shell.run_line_magic("serve", f"clf --name clf-{request.param}{split}")
+    srv = _served(shell, "clf", request.param)
     yield srv
     srv.stop()
 
