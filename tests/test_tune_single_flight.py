@@ -127,12 +127,18 @@ def cells(counter, seconds):
     return [c.format(counter=str(counter), seconds=seconds) for c in CELLS]
 
 
-@pytest.mark.slow
-def test_another_process_on_the_same_store_waits_for_the_leader(tmp_path, nbmagic_home):
+def started_leader(tmp_path, nbmagic_home, seconds):
+    """A child process running CELLS (``load`` taking ``seconds``), once its ``load`` began: counter, cells, child."""
     counter = tmp_path / "count.txt"
-    text = cells(counter, 2.0)
+    text = cells(counter, seconds)
     child = child_process(text, nbmagic_home)
     wait_for_executions(counter, 1)
+    return counter, text, child
+
+
+@pytest.mark.slow
+def test_another_process_on_the_same_store_waits_for_the_leader(tmp_path, nbmagic_home):
+    counter, text, child = started_leader(tmp_path, nbmagic_home, 2.0)
     run = LocalRunner(workers=2).run(plan_of(*text), {"c": 3})
     out, _ = child.communicate(timeout=60)
     assert out.split() == ["done", "done", "50.0"]
@@ -142,10 +148,7 @@ def test_another_process_on_the_same_store_waits_for_the_leader(tmp_path, nbmagi
 
 @pytest.mark.slow
 def test_a_killed_leader_process_lets_a_waiter_run_the_step(tmp_path, nbmagic_home):
-    counter = tmp_path / "count.txt"
-    text = cells(counter, 3.0)
-    child = child_process(text, nbmagic_home)
-    wait_for_executions(counter, 1)
+    counter, text, child = started_leader(tmp_path, nbmagic_home, 3.0)
     waiter = threading.Thread(target=lambda: found.append(LocalRunner(workers=2).run(plan_of(*text), {"c": 3})))
     found: list = []
     waiter.start()
