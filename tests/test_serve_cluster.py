@@ -119,14 +119,18 @@ def test_deploy_uploads_submits_waits_and_predicts(sk_package, tmp_path):
     backend = local.serve(sk_package)  # stands in for the cluster's service URL: a real server, same package
     try:
         with FakeKServeAPI(url=backend.url, ready_after=3) as api:
-            handle = cluster.deploy(
-                sk_package,
-                storage_uri=f"file://{target}",
-                namespace="ml",
-                api=cluster.api_client(api.host),
-                timeout=30,
-                interval=0.2,
-            )
+
+            def deploy():
+                return cluster.deploy(
+                    sk_package,
+                    storage_uri=f"file://{target}",
+                    namespace="ml",
+                    api=cluster.api_client(api.host),
+                    timeout=30,
+                    interval=0.2,
+                )
+
+            handle = deploy()
             assert (target / "model" / "model.joblib").is_file()
             assert (target / "transformer" / "assets" / "vocab.dill").is_file()
             methods = [(m, p.split("?")[0]) for m, p, _ in api.requests]
@@ -138,14 +142,7 @@ def test_deploy_uploads_submits_waits_and_predicts(sk_package, tmp_path):
             assert handle.predict(RAW, protocol="v2") == [0, 1]
             assert "featurize" in handle._repr_html_() and "kubectl logs -n ml" in handle.logs()
             # serving again replaces the existing InferenceService (409 -> GET -> PUT with its resourceVersion)
-            cluster.deploy(
-                sk_package,
-                storage_uri=f"file://{target}",
-                namespace="ml",
-                api=cluster.api_client(api.host),
-                timeout=30,
-                interval=0.2,
-            )
+            deploy()
             put = [(p, b) for m, p, b in api.requests if m == "PUT"]
             assert len(put) == 1 and put[0][1]["metadata"]["resourceVersion"] == "1"
             handle.stop()
