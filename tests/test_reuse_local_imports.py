@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from helpers.local_modules import local_module_files
 from helpers.shell import run_ok
 from nbmagic.run.cache_key import local_files, local_modules
 
@@ -104,48 +105,29 @@ def _edit_and_rerun(ip, capsys, tmp_path, cell, path, text, modules):
 
 
 def test_an_edited_module_of_a_local_namespace_package_makes_the_cell_run(ip, capsys, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "rvwns15").mkdir()
-    (tmp_path / "rvwns15" / "mod.py").write_text("V = 1\n")
     cell = "%%step s\nfrom rvwns15 import mod\ny = mod.V\n"
-    try:
-        said = _edit_and_rerun(
-            ip, capsys, tmp_path, cell, tmp_path / "rvwns15" / "mod.py", "V = 2\n", ("rvwns15", "rvwns15.mod")
-        )
+    modules = ("rvwns15", "rvwns15.mod")
+    with local_module_files(tmp_path, monkeypatch, {"rvwns15/mod.py": "V = 1\n"}, modules):
+        said = _edit_and_rerun(ip, capsys, tmp_path, cell, tmp_path / "rvwns15" / "mod.py", "V = 2\n", modules)
         assert ip.user_ns["y"] == 2, said
-    finally:
-        for name in ("rvwns15", "rvwns15.mod"):
-            sys.modules.pop(name, None)
 
 
 def test_a_module_imported_by_import_module_with_a_constant_name_is_followed(ip, capsys, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "rvw_t15.py").write_text(
-        "import importlib\ndef f():\n    return importlib.import_module('rvw_d15').V\n"
-    )
-    (tmp_path / "rvw_d15.py").write_text("V = 1\n")
+    files = {
+        "rvw_t15.py": "import importlib\ndef f():\n    return importlib.import_module('rvw_d15').V\n",
+        "rvw_d15.py": "V = 1\n",
+    }
     cell = "%%step s\nimport rvw_t15\ny = rvw_t15.f()\n"
-    try:
+    with local_module_files(tmp_path, monkeypatch, files, ("rvw_t15", "rvw_d15")):
         said = _edit_and_rerun(ip, capsys, tmp_path, cell, tmp_path / "rvw_d15.py", "V = 2\n", ("rvw_t15", "rvw_d15"))
         assert ip.user_ns["y"] == 2, said
         assert "rvw_d15" in local_modules(("rvw_t15",))
-    finally:
-        for name in ("rvw_t15", "rvw_d15"):
-            sys.modules.pop(name, None)
 
 
 def test_a_module_named_at_run_time_makes_the_cell_run_with_one_line(ip, capsys, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "rvw_v15.py").write_text("def f(name):\n    return __import__(name).V\n")
-    (tmp_path / "rvw_w15.py").write_text("V = 1\n")
+    files = {"rvw_v15.py": "def f(name):\n    return __import__(name).V\n", "rvw_w15.py": "V = 1\n"}
     cell = "%%step s\nimport rvw_v15\ny = rvw_v15.f('rvw_w15')\n"
-    try:
+    with local_module_files(tmp_path, monkeypatch, files, ("rvw_v15", "rvw_w15")):
         said = _edit_and_rerun(ip, capsys, tmp_path, cell, tmp_path / "rvw_w15.py", "V = 2\n", ("rvw_v15", "rvw_w15"))
         assert ip.user_ns["y"] == 2, said
         assert "s: runs (cannot be reused: " in said and "imports a module named at run time" in said
-    finally:
-        for name in ("rvw_v15", "rvw_w15"):
-            sys.modules.pop(name, None)
