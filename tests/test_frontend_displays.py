@@ -5,34 +5,18 @@ from __future__ import annotations
 import re
 
 from helpers.shell import run_cell, run_ok
+from helpers.tune_runs import finished_local_experiment
 from nbmagic.magics.state import kernel_state
 from nbmagic.pipeline.model import Parameter
 from nbmagic.pipeline.render import plan_svg
-from nbmagic.tune.experiment import TrialResult
 from nbmagic.tune.form import COLUMNS, TuneForm
-from nbmagic.tune.local import run_local
-from nbmagic.tune.space import ExperimentSpec, parse_param
 from nbmagic.tune.view import render, render_html
 
 RECORDED = {"lr": Parameter("lr", 0.01, "float"), "kind": Parameter("kind", "a", "str")}
 
 
 def finished_experiment(tmp_path):
-    spec = ExperimentSpec(
-        parameters=(parse_param("lr=double(1e-3,1e-1,log)"), parse_param("kind=categorical(a,b)")),
-        objective="loss",
-        max_trials=4,
-        max_failed_trials=4,
-    )
-    outcomes = iter([0.5, None, 0.2, 0.9])
-
-    def trial(values):
-        value = next(outcomes)
-        if value is None:
-            return TrialResult("r-fail", "failed", error="step 'train': ValueError: x < 0")
-        return TrialResult(f"r-{value}", "done", metrics={"loss": value}, cached_steps=1)
-
-    return run_local(spec, trial, directory=tmp_path).wait(30)
+    return finished_local_experiment(tmp_path, [0.5, None, 0.2, 0.9])
 
 
 def test_the_tuning_view_has_a_readable_text_form(tmp_path):

@@ -8,13 +8,11 @@ import shlex
 import pytest
 
 from helpers.shell import run_cell
+from helpers.tune_runs import finished_local_experiment
 from nbmagic.arguments import parse
 from nbmagic.magics.tune import TuneMagics, build_spec
 from nbmagic.pipeline.model import Parameter
-from nbmagic.tune.experiment import TrialResult
 from nbmagic.tune.form import TuneForm
-from nbmagic.tune.local import run_local
-from nbmagic.tune.space import ExperimentSpec, parse_param
 from nbmagic.tune.view import render_html
 
 CELLS = [
@@ -152,21 +150,7 @@ def test_form_shows_mistakes_inline_and_does_not_run():
 
 
 def test_live_view_html_has_table_best_progress_and_plots(tmp_path):
-    spec = ExperimentSpec(
-        parameters=(parse_param("lr=double(1e-3,1e-1,log)"), parse_param("kind=categorical(a,b)")),
-        objective="loss",
-        max_trials=5,
-        max_failed_trials=5,
-    )
-    outcomes = iter([0.5, None, 0.2, 0.9, 0.3])
-
-    def trial(values):
-        value = next(outcomes)
-        if value is None:
-            return TrialResult("r-fail", "failed", error="step 'train': ValueError: x < 0")
-        return TrialResult(f"r-{value}", "done", metrics={"loss": value}, cached_steps=1)
-
-    exp = run_local(spec, trial, directory=tmp_path).wait(30)
+    exp = finished_local_experiment(tmp_path, [0.5, None, 0.2, 0.9, 0.3])
     page = render_html(exp)
     assert 'data-status="succeeded"' in page and "5/5 finished" in page
     assert "best: trial 2, loss = 0.2" in page
