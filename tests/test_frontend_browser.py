@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers.browser import dump_page, requires_chromium, while_attached
+from helpers.browser import dump_page, open_and_run_all, requires_chromium, while_attached
 
 NOTEBOOK = "tune.ipynb"
 CELLS = [
@@ -54,11 +54,7 @@ def test_jupyterlab_tuning_view_reads_in_the_theme_and_survives_save_and_reopen(
     shots = Path(__file__).resolve().parent.parent / "build" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     try:
-        page.goto(notebook_server.url(f"lab/tree/{NOTEBOOK}"))
-        page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-        notebook_server.wait_kernel_idle(NOTEBOOK, timeout=60)
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.locator('li[data-command="runmenu:run-all"]').click()
+        open_and_run_all(page, notebook_server, f"lab/tree/{NOTEBOOK}", NOTEBOOK, cell_timeout=60, kernel_timeout=60)
         form = page.locator(".nbmagic-katib-form")
         form.wait_for(timeout=60_000)
         trials = form.locator(".widget-text", has_text="max trials").locator("input")

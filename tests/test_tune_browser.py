@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers.browser import dump_page, requires_chromium
+from helpers.browser import dump_page, open_and_run_all, requires_chromium
 
 NOTEBOOK = "tune.ipynb"
 CELLS = [
@@ -52,11 +52,7 @@ def table(view) -> list[dict[str, str]]:
 def test_katib_form_in_notebook7_runs_trials_and_shows_the_best(notebook_server, notebook_root, page, tmp_path):
     write_notebook(notebook_root / NOTEBOOK)
     try:
-        page.goto(notebook_server.url(f"notebooks/{NOTEBOOK}"))
-        page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=30_000)
-        notebook_server.wait_kernel_idle(NOTEBOOK, timeout=45)
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.locator('li[data-command="runmenu:run-all"]').click()
+        open_and_run_all(page, notebook_server, f"notebooks/{NOTEBOOK}", NOTEBOOK, cell_timeout=30, kernel_timeout=45)
 
         form = page.locator(".nbmagic-katib-form")
         form.wait_for(timeout=30_000)

@@ -275,3 +275,15 @@ def page() -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+def open_and_run_all(
+    page: Any, server: NotebookServer, path: str, notebook: str, *, cell_timeout: float, kernel_timeout: float
+) -> None:
+    """Open ``notebook`` at the front end's URL ``path`` (JupyterLab or Notebook 7), wait for its first cell and then
+    for its kernel to be idle (timeouts in seconds), and choose Run > Run All Cells."""
+    page.goto(server.url(path))
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=cell_timeout * 1000)
+    server.wait_kernel_idle(notebook, timeout=kernel_timeout)
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.locator('li[data-command="runmenu:run-all"]').click()
