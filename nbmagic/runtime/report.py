@@ -100,16 +100,17 @@ def report(step: int | None = None, **metrics: float) -> None:
 
 
 def _acked(path: str) -> int:
-    try:
-        with open(ack_path(path)) as handle:
-            return int(handle.read() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
+    return _count_in(ack_path(path))
 
 
 def _wait_from(path: str) -> int:
+    return _count_in(watched_path(path))
+
+
+def _count_in(file: str) -> int:
+    """The count a file next to the report file holds; 0 while it is absent or not yet written whole."""
     try:
-        with open(watched_path(path)) as handle:
+        with open(file) as handle:
             return int(handle.read() or 0)
     except (FileNotFoundError, ValueError):
         return 0
