@@ -20,9 +20,7 @@ import pytest
 
 from helpers.flaky_proxy import FlakyProxy
 from helpers.gcs import GCSStore, free_port, make_bucket, start_server
-from helpers.plans import step
-from helpers.store_homes import demo_plan, home_store, start_writers
-from nbmagic.pipeline.model import Parameter, PipelinePlan
+from helpers.store_homes import demo_plan, home_store, scaled_mean_plan, start_writers
 from nbmagic.restore import restore
 from nbmagic.run.local import LocalRunner
 from nbmagic.store.backends import RemoteError, open_backend
@@ -356,15 +354,7 @@ def test_the_compiled_yaml_on_kfp_local_records_its_run_in_the_gs_store(tmp_path
     from nbmagic.compile.kfp import compile_pipeline
     from nbmagic.pipeline.settings import StepSettings
 
-    plan = PipelinePlan(
-        "kfp-gcs",
-        (
-            step("load", "import numpy as np\nX = np.arange(6.0) * scale", params=("scale",), outputs=("X",)),
-            step("fit", "mean = float(X.mean())", inputs={"X": "load"}, outputs=("mean",), metrics=("mean",), index=2),
-        ),
-        {"scale": Parameter("scale", 1.0, "float")},
-        ("mean",),
-    )
+    plan = scaled_mean_plan("kfp-gcs")
     monkeypatch.delenv("NBMAGIC_STORE_URI")  # the URI is compiled in
     yaml_text = compile_pipeline(
         plan, output=tmp_path / "p.yaml", defaults=StepSettings(store=gcs_store.uri, store_secret="team-gcs")

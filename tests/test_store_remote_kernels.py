@@ -82,22 +82,13 @@ def test_two_kernels_share_one_store_run_tune_and_restore_best(tmp_path, s3_stor
 def test_the_compiled_yaml_on_kfp_local_records_its_run_in_the_store(tmp_path, s3_store, monkeypatch):
     from kfp import components, local
 
-    from helpers.plans import step
+    from helpers.store_homes import scaled_mean_plan
     from nbmagic.compile.kfp import compile_pipeline
-    from nbmagic.pipeline.model import Parameter, PipelinePlan
     from nbmagic.pipeline.settings import StepSettings
     from nbmagic.restore import restore
     from nbmagic.store.runs import RunStore
 
-    plan = PipelinePlan(
-        "kfp-demo",
-        (
-            step("load", "import numpy as np\nX = np.arange(6.0) * scale", params=("scale",), outputs=("X",)),
-            step("fit", "mean = float(X.mean())", inputs={"X": "load"}, outputs=("mean",), metrics=("mean",), index=2),
-        ),
-        {"scale": Parameter("scale", 1.0, "float")},
-        ("mean",),
-    )
+    plan = scaled_mean_plan("kfp-demo")
     defaults = StepSettings(store=s3_store.uri, store_secret="team-s3")
     monkeypatch.delenv("NBMAGIC_STORE_URI")  # the URI is compiled in
     yaml_text = compile_pipeline(plan, output=tmp_path / "p.yaml", defaults=defaults)

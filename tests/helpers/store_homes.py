@@ -74,3 +74,18 @@ def saved_value(tmp_path: Path) -> str:
     folder.mkdir()
     marshal.save([1, 2], str(folder), "x")
     return str(folder)
+
+
+def scaled_mean_plan(name: str) -> PipelinePlan:
+    """``load`` (``X = arange(6) * scale``, parameter ``scale`` = 1.0) -> ``fit`` (``mean`` of X, a metric)."""
+    from nbmagic.pipeline.model import Parameter
+
+    return PipelinePlan(
+        name,
+        (
+            step("load", "import numpy as np\nX = np.arange(6.0) * scale", params=("scale",), outputs=("X",)),
+            step("fit", "mean = float(X.mean())", inputs={"X": "load"}, outputs=("mean",), metrics=("mean",), index=2),
+        ),
+        {"scale": Parameter("scale", 1.0, "float")},
+        ("mean",),
+    )
