@@ -7,6 +7,7 @@ import json
 import pytest
 from IPython.core.error import UsageError
 
+from helpers.compile_runs import run_twice
 from helpers.shell import run_ok
 from nbmagic.store.history import compare
 from nbmagic.store.lineage import code_hash, executions, lineage, resolve_artifact
@@ -23,10 +24,7 @@ CELLS = [
 
 @pytest.fixture
 def runs(ip):
-    for cell in CELLS:
-        run_ok(ip, cell)
-    first = run_ok(ip, "%compile_run --quiet")
-    second = run_ok(ip, "%compile_run --quiet --param scale=3")
+    first, second = run_twice(ip, CELLS, "scale=3")
     return ip, first, second
 
 

@@ -7,6 +7,7 @@ import os
 import pytest
 from IPython.core.error import UsageError
 
+from helpers.compile_runs import run_twice
 from helpers.shell import run_ok
 from nbmagic.errors import NbMagicError
 from nbmagic.restore import Provenance, resolve_run, restore, state_after
@@ -24,10 +25,7 @@ CELLS = [
 
 @pytest.fixture
 def ran(ip):
-    for cell in CELLS:
-        run_ok(ip, cell)
-    first = run_ok(ip, "%compile_run --quiet")
-    second = run_ok(ip, "%compile_run --quiet --param C=0.01")
+    first, second = run_twice(ip, CELLS, "C=0.01")
     assert first.status == "done" and second.status == "done", (first.error, second.error)
     return ip, first, second
 
