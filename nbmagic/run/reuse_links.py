@@ -4,7 +4,9 @@ Values are stored one by one, so an object reachable from two of them loads as t
 notebook defined loads as a copy that reads a frozen copy of the kernel's globals. :func:`shared` and
 :func:`notebook_code` walk values (containers, plain objects' attributes, ``functools.partial``, bound methods)
 with a bound on work; numpy arrays are told apart by the memory they use, pandas objects are leaves, and an
-array's or a list of numbers' contents are never walked item by item.
+array's or a list of numbers' contents are never walked item by item. Values whose memory overlaps (a DataFrame or
+a tensor over an array, a column kept beside its frame) are found by comparing the byte ranges of their buffers
+(:mod:`.buffers`). Only the exact built-in types count as holding nothing: a subclass's attributes are walked.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import types
 import uuid
 from collections.abc import Iterable
 from typing import Any
+
+from .buffers import Buffer, array_buffers, overlap, pandas_buffers, tensor_buffers
 
 LIMIT = 1_000_000  # objects looked at per call; past it reuse cannot be sure
 TIME_LIMIT = 1.0  # CPU seconds of the calling thread one call may take; past it reuse cannot be sure
@@ -54,6 +58,45 @@ _ATOMS = (
     re.Pattern,
 )
 _ATOM_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_EXACT_ATOMS = frozenset(
+    {
+        *_ATOM_TYPES,
+        range,
+        slice,
+        type(Ellipsis),
+        types.ModuleType,
+        types.BuiltinFunctionType,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+        datetime.timezone,
+        decimal.Decimal,
+        fractions.Fraction,
+        uuid.UUID,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+        pathlib.Path,
+        re.Pattern,
+    }
+)
+
+
+def _atom(obj: Any) -> bool:
+    """A value holding no changeable object: an exact built-in atom, an enum member (stored by name), or a
+    subclass instance with no attributes of its own (a subclass carrying attributes is walked like any object)."""
+    kind = type(obj)
+    if kind in _EXACT_ATOMS:
+        return True
+    if not isinstance(obj, _ATOMS):
+        return False
+    if isinstance(obj, enum.Enum):
+        return True
+    if getattr(obj, "__dict__", None):
+        return False
+    return not any(cls.__dict__.get("__slots__") for cls in kind.__mro__ if cls.__module__ != "builtins")
 
 
 def _importable(func: Any) -> bool:
@@ -89,6 +132,11 @@ class _Walk:
         self.deadline = time.thread_time() + (TIME_LIMIT if seconds is None else seconds)  # not other threads' time
         self.clock = 0  # charges since the clock was last read
         self.notebook = False  # a function or class of the notebook found that is not the kernel's own
+        self.buffers: list[Buffer] = []  # memory of the arrays, frames and tensors reached (since last taken)
+
+    def take_buffers(self) -> list[Buffer]:
+        found, self.buffers = self.buffers, []
+        return found
 
     def charge(self, n: int = 1) -> None:
         self.left -= n
@@ -110,7 +158,7 @@ class _Walk:
             if id(obj) in seen:
                 continue
             try:  # everything about the object, its type included, may raise (a ``__class__`` property)
-                if isinstance(obj, _ATOMS):
+                if _atom(obj):
                     continue
                 seen.add(id(obj))
                 self.charge()
@@ -161,14 +209,24 @@ class _Walk:
             while getattr(root, "base", None) is not None:
                 root = root.base
             found.add(id(root))
+            self.buffers.extend(array_buffers(obj, id(obj)))
             if getattr(getattr(obj, "dtype", None), "hasobject", False):
                 self.charge(obj.size)
                 return self._items(list(obj.flat))
             return ()
         if module.startswith("pandas"):
             return self._pandas(obj, found)
+        torch = sys.modules.get("torch")
+        if torch is not None and kind in (torch.Tensor, torch.nn.Parameter):
+            if obj.requires_grad and (obj.grad_fn is not None or obj.grad is not None):
+                raise TooLarge("a Tensor holding gradients cannot be loaded as it is")
+            found.add(id(obj))
+            self.buffers.extend(tensor_buffers(obj))
+            return self._attributes(obj)
         if isinstance(obj, (tuple, frozenset)):
-            return self._items(obj)
+            if kind is tuple or kind is frozenset:
+                return self._items(obj)
+            return [*self._items(obj), *self._attributes(obj)]  # a named tuple or a subclass: its attributes too
         if isinstance(obj, functools.partial):
             found.add(id(obj))
             return [obj.func, obj.args, obj.keywords, *self._attributes(obj)]
@@ -205,6 +263,7 @@ class _Walk:
         if isinstance(obj, (pd.Timestamp, pd.Timedelta, pd.Period, pd.Interval, type(pd.NaT))):
             return ()  # values that never change
         found.add(id(obj))
+        self.buffers.extend(pandas_buffers(obj))
         if isinstance(obj, pd.DataFrame):
             columns = [obj.iloc[:, i] for i, dtype in enumerate(obj.dtypes) if getattr(dtype, "hasobject", True)]
         elif isinstance(obj, (pd.Series, pd.Index)):
@@ -304,18 +363,36 @@ def follow(root: Any, path: list[str | int]) -> Any:
     return root
 
 
-def _module_values(modules: Iterable[str]) -> dict[int, str]:
-    """Id -> "module.name" of the changeable values held at the top of the named modules and their submodules
+def _module_values(modules: Iterable[str]) -> dict[int, tuple[str, Any]]:
+    """Id -> ("module.name", value) of the changeable values held at the top of the named modules and their submodules
     (functions and classes are stored by reference, so they are left out)."""
     wanted = tuple(modules)
-    held: dict[int, str] = {}
+    held: dict[int, tuple[str, Any]] = {}
     for module_name, module in list(sys.modules.items()):
         if module is None or not any(module_name == m or module_name.startswith(m + ".") for m in wanted):
             continue
         for name, value in list(getattr(module, "__dict__", {}).items()):
             if not isinstance(value, (*_ATOMS, type, types.FunctionType)):
-                held.setdefault(id(value), f"{module_name}.{name}")
+                held.setdefault(id(value), (f"{module_name}.{name}", value))
     return held
+
+
+def _module_buffers(held: dict[int, tuple[str, Any]]) -> list[tuple[str, Buffer]]:
+    """The buffers of the arrays, frames and tensors among the modules' values (the values themselves, not what
+    they hold)."""
+    np, pd, torch = (sys.modules.get(m) for m in ("numpy", "pandas", "torch"))
+    found: list[tuple[str, Buffer]] = []
+    for label, value in held.values():
+        if np is not None and isinstance(value, np.ndarray):
+            buffers = array_buffers(value, id(value))
+        elif pd is not None and isinstance(value, (pd.DataFrame, pd.Series, pd.Index)):
+            buffers = pandas_buffers(value)
+        elif torch is not None and isinstance(value, torch.Tensor):
+            buffers = tensor_buffers(value)
+        else:
+            continue
+        found.extend((label, b) for b in buffers)
+    return found
 
 
 def links(
@@ -342,16 +419,20 @@ def links(
         return index[whole].get(id(part))
 
     owner: dict[int, str] = {}
+    memory: list[tuple[str, Buffer]] = []  # (name, buffer) of every value walked, modules' values included
     try:
         for name, value in read.items():
             ids[name] = walk.identities(value)
+            memory.extend((name, b) for b in walk.take_buffers())
             for ident in ids[name]:
                 owner.setdefault(ident, name)
         held = _module_values(modules) if modules else {}
         walk.charge(len(held))
+        memory.extend(_module_buffers(held))
         for name, value in assigned.items():
             ids[name] = walk.identities(value)
-            inside = next((held[i] for i in ids[name] if i in held), None)
+            memory.extend((name, b) for b in walk.take_buffers())
+            inside = next((held[i][0] for i in ids[name] if i in held), None)
             if inside is not None:
                 return f"{name!r} holds {inside}; loaded from the store it would be a copy, not the module's", aliases
             clashes: dict[str, int] = {}  # earlier value -> an object this one shares with it (one pass)
@@ -384,6 +465,15 @@ def links(
             if name not in aliases:
                 for ident in ids[name]:
                     owner.setdefault(ident, name)
+        walk.charge(len(memory))
+        pair = overlap(memory, lambda a, b: a in assigned or b in assigned) if len(memory) > 1 else None
     except TooLarge as exc:
         return str(exc), aliases
-    return None, aliases
+    except Exception as exc:  # noqa: BLE001 - a buffer whose memory cannot be told: not sure
+        return f"its values' memory cannot be checked ({type(exc).__name__})", aliases
+    if pair is None:
+        return None, aliases
+    name, other = pair if pair[0] in assigned else pair[::-1]
+    if other in tops:
+        return f"{name!r} and {other!r} share memory; loaded from the store they would be two copies", aliases
+    return f"{name!r} shares memory with {other}; loaded from the store it would be a copy, not the module's", aliases

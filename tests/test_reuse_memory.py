@@ -1,0 +1,168 @@
+"""Reuse and memory two values share (frames and tensors over arrays), and subclasses of built-in types."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from helpers.shell import run_ok
+
+
+def _reuse_twice(ip, capsys, cell, names):
+    """Run the cell, forget its names (a restart), run it again: (what each run said)."""
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, cell)
+    first = capsys.readouterr().out
+    for name in names:
+        ip.user_ns.pop(name, None)
+    run_ok(ip, cell)
+    return first, capsys.readouterr().out
+
+
+def _check(ip, expression):
+    ip.user_ns.pop("ok_", None)
+    run_ok(ip, f"ok_ = bool({expression})")
+    return ip.user_ns.pop("ok_")
+
+
+@pytest.mark.parametrize(
+    ("make", "change", "check", "said"),
+    [
+        (
+            "arr = np.zeros((1000, 3))\ndf = pd.DataFrame(arr, copy=False)",
+            "arr[0, 0] = 5",
+            "df.iloc[0, 0] == 5",
+            "'df' and 'arr' share memory",
+        ),
+        ("arr = np.zeros(4)\ns = pd.Series(arr, copy=False)", "arr[0] = 5", "s.iloc[0] == 5", "'s' and 'arr' share"),
+        (
+            "df = pd.DataFrame({'a': [1.0, 2.0], 'b': [3.0, 4.0]})\nv = df.values",
+            "v[0, 0] = 9",
+            "df.iloc[0, 0] == 9",
+            "'v' and 'df' share memory",
+        ),
+        (
+            "df = pd.DataFrame({'a': [1.0, 2.0], 'b': [3.0, 4.0]})\ns = df['a']",
+            "s.iloc[0] = 9",
+            "df.iloc[0, 0] == 9",
+            "'s' and 'df' share memory",
+        ),
+    ],
+    ids=["frame-over-array", "series-over-array", "frame-values", "column-of-single-block-frame"],
+)
+def test_pandas_objects_sharing_memory_with_another_value_make_the_cell_run(ip, capsys, make, change, check, said):
+    import warnings
+
+    cell = f"%%step s\nimport numpy as np\nimport pandas as pd\n{make}\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas' chained-assignment warning for the change through a column
+        first, second = _reuse_twice(ip, capsys, cell, ("arr", "df", "s", "v"))
+        run_ok(ip, change)
+        assert _check(ip, check), second  # as running the cell gives
+    assert "reused from run" not in second
+    assert f"s: cannot be reused next time ({said}" in first
+
+
+def test_a_frame_over_an_array_another_step_made_makes_the_cell_run(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "%%step load\nimport numpy as np\narr = np.zeros((10, 2))\n")
+    run_ok(ip, "%%step wrap\nimport pandas as pd\ndf = pd.DataFrame(arr, copy=False)\n")
+    out = capsys.readouterr().out
+    assert "wrap: cannot be reused next time ('df' and 'arr' share memory" in out
+
+
+def test_a_series_over_a_modules_array_makes_the_cell_run(ip, capsys, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rmarr.py").write_text("import numpy as np\nARR = np.zeros(5)\n")
+    try:
+        first, second = _reuse_twice(
+            ip, capsys, "%%step s\nimport pandas as pd\nimport rmarr\ns = pd.Series(rmarr.ARR, copy=False)\n", ("s",)
+        )
+        assert "s: cannot be reused next time ('s' shares memory with rmarr.ARR" in first
+        assert "reused from run" not in second
+    finally:
+        sys.modules.pop("rmarr", None)
+
+
+def test_frames_sharing_only_an_index_and_copied_columns_are_reused(ip, capsys):
+    cell = (
+        "%%step s\nimport pandas as pd\ndf = pd.DataFrame({'a': [1.0, 2.0], 'b': [3.0, 4.0], 'y': [0, 1]})\n"
+        "X = df[['a', 'b']]\ny = df['y'].copy()\n"
+    )
+    _, second = _reuse_twice(ip, capsys, cell, ("df", "X", "y"))
+    assert "s: reused from run" in second
+    assert list(ip.user_ns["y"]) == [0, 1] and list(ip.user_ns["X"].columns) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("make", "change", "check", "said"),
+    [
+        ("t = torch.from_numpy(arr)", "arr[0, 0] = 5", "t[0, 0] == 5", "'t' and 'arr' share memory"),
+        ("t = torch.zeros(4, 3)\nv = t[0]", "t[0, 0] = 5", "v[0] == 5", "'v' and 't' share memory"),
+        ("t = torch.zeros(4, 3)\nt2 = t.view(-1)", "t2[0] = 5", "t[0, 0] == 5", "'t2' and 't' share memory"),
+    ],
+    ids=["from-numpy", "row", "view"],
+)
+def test_tensors_sharing_memory_make_the_cell_run(ip, capsys, make, change, check, said):
+    pytest.importorskip("torch")
+    cell = f"%%step s\nimport numpy as np\nimport torch\narr = np.zeros((4, 3))\n{make}\n"
+    first, second = _reuse_twice(ip, capsys, cell, ("arr", "t", "v", "t2"))
+    run_ok(ip, change)
+    assert _check(ip, check), second
+    assert "reused from run" not in second
+    assert f"s: cannot be reused next time ({said}" in first
+
+
+def test_separate_tensors_are_reused(ip, capsys):
+    pytest.importorskip("torch")
+    cell = "%%step s\nimport torch\nt = torch.arange(6.0)\nu = t.clone()\nsame = t\n"
+    _, second = _reuse_twice(ip, capsys, cell, ("t", "u", "same"))
+    assert "s: reused from run" in second
+    assert ip.user_ns["same"] is ip.user_ns["t"] and ip.user_ns["u"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_tensor_holding_gradients_makes_the_cell_run(ip, capsys):
+    pytest.importorskip("torch")
+    cell = "%%step s\nimport torch\nw = torch.ones(3, requires_grad=True)\n(w * 2).sum().backward()\n"
+    first, second = _reuse_twice(ip, capsys, cell, ("w",))
+    assert "s: cannot be reused next time (a Tensor holding gradients" in first
+    assert "reused from run" not in second and ip.user_ns["w"].grad is not None
+
+
+@pytest.mark.parametrize(
+    ("define", "make", "change", "check"),
+    [
+        ("class Tag(str):\n    pass\n", "t = Tag('x')\nt.rows = rows", "rows.append(1)", "t.rows == [1]"),
+        ("class Num(int):\n    pass\n", "t = Num(3)\nt.rows = rows", "rows.append(1)", "t.rows == [1]"),
+        (
+            "import collections\nclass Pair(collections.namedtuple('Pair', 'a b')):\n    pass\n",
+            "t = Pair(1, 2)\nt.rows = rows",
+            "rows.append(1)",
+            "t.rows == [1]",
+        ),
+        (
+            "class Slotted(float):\n    __slots__ = ('rows',)\n",
+            "t = Slotted(1.5)\nt.rows = rows",
+            "rows.append(1)",
+            "t.rows == [1]",
+        ),
+    ],
+    ids=["str", "int", "namedtuple", "float-slots"],
+)
+def test_a_subclass_of_a_builtin_carrying_another_value_keeps_the_link(ip, capsys, define, make, change, check):
+    run_ok(ip, define)
+    cell = f"%%step s\nrows = []\n{make}\n"
+    first, second = _reuse_twice(ip, capsys, cell, ("rows", "t"))
+    run_ok(ip, change)
+    assert _check(ip, check), second  # as running the cell gives
+    assert "s: cannot be reused next time ('t' and 'rows' hold a shared object" in first
+
+
+def test_paths_enum_members_and_plain_subclass_values_are_still_reused(ip, capsys):
+    run_ok(ip, "class Plain(str):\n    pass\n")
+    cell = "%%step s\nimport http\nimport pathlib\np = pathlib.Path('a') / 'b'\nc = http.HTTPStatus.OK\nn = [1, Plain('x')]\n"
+    _, second = _reuse_twice(ip, capsys, cell, ("p", "c", "n"))
+    assert "s: reused from run" in second
+    assert ip.user_ns["c"] is __import__("http").HTTPStatus.OK and ip.user_ns["n"] == [1, "x"]
