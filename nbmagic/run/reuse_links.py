@@ -18,9 +18,11 @@ import decimal
 import enum
 import fractions
 import functools
+import gc
 import pathlib
 import re
 import sys
+import threading
 import time
 import types
 import uuid
@@ -126,13 +128,36 @@ class TooLarge(Exception):
 
 
 class _Walk:
+    """One walk's bounds. Used as a context manager, the garbage collector's passes in the walking thread do not
+    count against its time: a collection of a large heap can take a good part of a second in a long-lived kernel,
+    whatever the values walked."""
+
     def __init__(self, namespace: dict[str, Any] | None, limit: int, seconds: float | None = None) -> None:
         self.namespace = namespace
         self.left = limit
         self.deadline = time.thread_time() + (TIME_LIMIT if seconds is None else seconds)  # not other threads' time
+        self.thread = threading.get_ident()
+        self.collecting: float | None = None  # thread time a collection in this thread started at
         self.clock = 0  # charges since the clock was last read
         self.notebook = False  # a function or class of the notebook found that is not the kernel's own
         self.buffers: list[Buffer] = []  # memory of the arrays, frames and tensors reached (since last taken)
+
+    def __enter__(self) -> _Walk:
+        gc.callbacks.append(self._collection)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._collection)
+
+    def _collection(self, phase: str, info: dict[str, int]) -> None:
+        """A collection's time moves the deadline on (a pause of the walk, not its work)."""
+        if threading.get_ident() != self.thread:
+            return
+        if phase == "start":
+            self.collecting = time.thread_time()
+        elif self.collecting is not None:
+            self.deadline += time.thread_time() - self.collecting
+            self.collecting = None
 
     def take_buffers(self) -> list[Buffer]:
         found, self.buffers = self.buffers, []
@@ -308,15 +333,15 @@ class _Walk:
 def shared(assigned: dict[str, Any], read: dict[str, Any], limit: int | None = None) -> tuple[str, str, bool] | None:
     """Two names, one of them in ``assigned``, whose values reach one changeable object: (name, other name, the two
     are bound to that very object). Raises :class:`TooLarge` when the walk would take too long."""
-    walk = _Walk(None, limit or LIMIT)
     owner: dict[int, str] = {}
     tops: dict[str, int] = {}
-    for name, value in [*read.items(), *assigned.items()]:
-        tops[name] = id(value)
-        for ident in walk.identities(value):
-            first = owner.setdefault(ident, name)
-            if first != name and name in assigned:
-                return name, first, tops.get(first) == id(value) == ident
+    with _Walk(None, limit or LIMIT) as walk:
+        for name, value in [*read.items(), *assigned.items()]:
+            tops[name] = id(value)
+            for ident in walk.identities(value):
+                first = owner.setdefault(ident, name)
+                if first != name and name in assigned:
+                    return name, first, tops.get(first) == id(value) == ident
     return None
 
 
@@ -324,8 +349,8 @@ def notebook_code(values: dict[str, Any], namespace: dict[str, Any], limit: int 
     """The first name whose value holds, anywhere inside it, a function or class of the notebook (module
     ``__main__``), or an instance of such a class, other than the kernel's own. Raises :class:`TooLarge`."""
     for name, value in values.items():
-        walk = _Walk(namespace, limit or LIMIT)
-        walk.identities(value)
+        with _Walk(namespace, limit or LIMIT) as walk:
+            walk.identities(value)
         if walk.notebook:
             return name
     return None
@@ -420,57 +445,61 @@ def links(
 
     owner: dict[int, str] = {}
     memory: list[tuple[str, Buffer]] = []  # (name, buffer) of every value walked, modules' values included
-    try:
-        for name, value in read.items():
-            ids[name] = walk.identities(value)
-            memory.extend((name, b) for b in walk.take_buffers())
-            for ident in ids[name]:
-                owner.setdefault(ident, name)
-        held = _module_values(modules) if modules else {}
-        walk.charge(len(held))
-        memory.extend(_module_buffers(held))
-        for name, value in assigned.items():
-            ids[name] = walk.identities(value)
-            memory.extend((name, b) for b in walk.take_buffers())
-            inside = next((held[i][0] for i in ids[name] if i in held), None)
-            if inside is not None:
-                return f"{name!r} holds {inside}; loaded from the store it would be a copy, not the module's", aliases
-            clashes: dict[str, int] = {}  # earlier value -> an object this one shares with it (one pass)
-            for ident in ids[name]:
-                first = owner.get(ident)
-                if first is not None and first != name:
-                    clashes.setdefault(first, ident)
-            for first, ident in clashes.items():
-                walk.charge()
-                path = path_in(value, first)
-                if path is not None:  # this name is a part of an earlier value
-                    aliases[name] = [first, *path]
-                    break
-                path = path_in(tops[first], name) if first in assigned else None
-                if path is None:
-                    if id(tops[first]) == id(value) == ident:
-                        return (
-                            f"{name!r} and {first!r} are one object; loaded from the store they would be two",
-                            aliases,
-                        )
-                    return (
-                        f"{name!r} and {first!r} hold a shared object; loaded from the store they would hold two"
-                        " copies",
-                        aliases,
-                    )
-                aliases[first] = [name, *path]  # the earlier value is a part of this one: it stops owning
-                for i in ids[first]:
-                    if owner.get(i) == first:
-                        del owner[i]
-            if name not in aliases:
+    with walk:
+        try:
+            for name, value in read.items():
+                ids[name] = walk.identities(value)
+                memory.extend((name, b) for b in walk.take_buffers())
                 for ident in ids[name]:
                     owner.setdefault(ident, name)
-        walk.charge(len(memory))
-        pair = overlap(memory, lambda a, b: a in assigned or b in assigned) if len(memory) > 1 else None
-    except TooLarge as exc:
-        return str(exc), aliases
-    except Exception as exc:  # noqa: BLE001 - a buffer whose memory cannot be told: not sure
-        return f"its values' memory cannot be checked ({type(exc).__name__})", aliases
+            held = _module_values(modules) if modules else {}
+            walk.charge(len(held))
+            memory.extend(_module_buffers(held))
+            for name, value in assigned.items():
+                ids[name] = walk.identities(value)
+                memory.extend((name, b) for b in walk.take_buffers())
+                inside = next((held[i][0] for i in ids[name] if i in held), None)
+                if inside is not None:
+                    return (
+                        f"{name!r} holds {inside}; loaded from the store it would be a copy, not the module's",
+                        aliases,
+                    )
+                clashes: dict[str, int] = {}  # earlier value -> an object this one shares with it (one pass)
+                for ident in ids[name]:
+                    first = owner.get(ident)
+                    if first is not None and first != name:
+                        clashes.setdefault(first, ident)
+                for first, ident in clashes.items():
+                    walk.charge()
+                    path = path_in(value, first)
+                    if path is not None:  # this name is a part of an earlier value
+                        aliases[name] = [first, *path]
+                        break
+                    path = path_in(tops[first], name) if first in assigned else None
+                    if path is None:
+                        if id(tops[first]) == id(value) == ident:
+                            return (
+                                f"{name!r} and {first!r} are one object; loaded from the store they would be two",
+                                aliases,
+                            )
+                        return (
+                            f"{name!r} and {first!r} hold a shared object; loaded from the store they would hold two"
+                            " copies",
+                            aliases,
+                        )
+                    aliases[first] = [name, *path]  # the earlier value is a part of this one: it stops owning
+                    for i in ids[first]:
+                        if owner.get(i) == first:
+                            del owner[i]
+                if name not in aliases:
+                    for ident in ids[name]:
+                        owner.setdefault(ident, name)
+            walk.charge(len(memory))
+            pair = overlap(memory, lambda a, b: a in assigned or b in assigned) if len(memory) > 1 else None
+        except TooLarge as exc:
+            return str(exc), aliases
+        except Exception as exc:  # noqa: BLE001 - a buffer whose memory cannot be told: not sure
+            return f"its values' memory cannot be checked ({type(exc).__name__})", aliases
     if pair is None:
         return None, aliases
     name, other = pair if pair[0] in assigned else pair[::-1]
