@@ -48,8 +48,14 @@ def _check(ip, expression):
             "df.iloc[0, 0] == 9",
             "'s' and 'df' share memory",
         ),
+        (
+            "df = pd.DataFrame({'c': pd.Categorical(['a', 'b'])})\ns = df['c']",
+            "s.iloc[0] = 'b'",
+            "df['c'].iloc[0] == 'b'",
+            "'s' and 'df' share memory",
+        ),
     ],
-    ids=["frame-over-array", "series-over-array", "frame-values", "column-of-single-block-frame"],
+    ids=["frame-over-array", "series-over-array", "frame-values", "column-of-single-block-frame", "categorical"],
 )
 def test_pandas_objects_sharing_memory_with_another_value_make_the_cell_run(ip, capsys, make, change, check, said):
     import warnings
@@ -84,6 +90,19 @@ def test_a_series_over_a_modules_array_makes_the_cell_run(ip, capsys, tmp_path, 
         assert "reused from run" not in second
     finally:
         sys.modules.pop("rmarr", None)
+
+
+def test_a_copied_frame_of_extension_columns_is_reused(ip, capsys):
+    pytest.importorskip("pyarrow")
+    cell = (
+        "%%step s\nimport pandas as pd\n"
+        "df = pd.DataFrame({'s': pd.array(['a', 'b'], dtype='string[pyarrow]'), 'c': pd.Categorical(['x', 'y']),"
+        " 'i': pd.array([1, 2], dtype='Int64'), 't': pd.date_range('2020', periods=2, tz='UTC')})\n"
+        "df2 = df.copy()\n"
+    )
+    _, second = _reuse_twice(ip, capsys, cell, ("df", "df2"))
+    assert "s: reused from run" in second
+    assert ip.user_ns["df2"].equals(ip.user_ns["df"]) and ip.user_ns["df2"] is not ip.user_ns["df"]
 
 
 def test_frames_sharing_only_an_index_and_copied_columns_are_reused(ip, capsys):

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 
 class Buffer(NamedTuple):
-    """Bytes ``[start, end)`` on ``device`` used by the object with id ``owner``; ``frozen``: pandas never writes
-    through it (an Index); ``array``: the numpy array itself, for an exact check when both sides are arrays."""
+    """Bytes ``[start, end)`` on ``device`` used by the object with id ``owner``; ``frozen``: nothing writes
+    through it (an Index, an Arrow array); ``array``: the numpy array itself, for an exact check when both sides are arrays."""
 
     start: int
     end: int
@@ -69,16 +69,27 @@ def _values_buffers(values: Any, owner: int, frozen: bool, depth: int = 0) -> li
         for chunk in [values] if chunks is None else chunks:
             for buffer in chunk.buffers():
                 if buffer is not None and buffer.size:
-                    found.append(Buffer(buffer.address, buffer.address + buffer.size, "cpu", owner, frozen, None))
+                    # Arrow arrays never change: only a writable array over the same memory could change them
+                    found.append(Buffer(buffer.address, buffer.address + buffer.size, "cpu", owner, True, None))
         return found
     if not isinstance(values, pd.api.extensions.ExtensionArray):
         raise Unknown(type(values).__qualname__)
-    for part in vars(values).values():  # _ndarray, _data and _mask, _codes, _pa_array, _left/_right ...
+    kind = type(values)
+    named = (getattr(values, n, None) for n in _PARTS if not isinstance(getattr(kind, n, None), property))
+    parts = {id(p): p for p in named if p is not None}  # a property may warn or compute: attributes only
+    parts.update((id(p), p) for p in getattr(values, "__dict__", {}).values())
+    for part in parts.values():
         if isinstance(part, (np.ndarray, pd.Index, pd.api.extensions.ExtensionArray)) or (
             type(part).__module__ or ""
         ).startswith("pyarrow"):
             found.extend(_values_buffers(part, owner, frozen, depth + 1))
+    if not found and len(values):
+        raise Unknown(f"{type(values).__qualname__} holds no buffer it names")
     return found
+
+
+# where pandas' own extension arrays keep their data (several are attributes of a compiled class, not in __dict__)
+_PARTS = ("_ndarray", "_data", "_mask", "_pa_array", "_left", "_right", "_sparse_values")
 
 
 def index_buffers(index: Any, owner: int) -> list[Buffer]:

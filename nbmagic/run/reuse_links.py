@@ -499,7 +499,7 @@ def links(
         except TooLarge as exc:
             return str(exc), aliases
         except Exception as exc:  # noqa: BLE001 - a buffer whose memory cannot be told: not sure
-            return f"its values' memory cannot be checked ({type(exc).__name__})", aliases
+            return f"its values cannot be checked for shared objects ({type(exc).__name__})", aliases
     if pair is None:
         return None, aliases
     name, other = pair if pair[0] in assigned else pair[::-1]
