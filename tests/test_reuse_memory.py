@@ -185,3 +185,17 @@ def test_paths_enum_members_and_plain_subclass_values_are_still_reused(ip, capsy
     _, second = _reuse_twice(ip, capsys, cell, ("p", "c", "n"))
     assert "s: reused from run" in second
     assert ip.user_ns["c"] is __import__("http").HTTPStatus.OK and ip.user_ns["n"] == [1, "x"]
+
+
+def test_a_runs_step_keeping_a_frame_over_its_array_notes_it_for_kernels(tmp_path):
+    from helpers.plans import step
+    from nbmagic.pipeline.model import PipelinePlan
+    from nbmagic.run.local import LocalRunner
+    from nbmagic.store.runs import RunStore
+
+    code = "import numpy as np\nimport pandas as pd\narr = np.zeros((10, 2))\ndf = pd.DataFrame(arr, copy=False)\n"
+    plan = PipelinePlan("mem", (step("t", code, outputs=("arr", "df"), modules=("numpy", "pandas")),), {}, ())
+    run = LocalRunner(RunStore(tmp_path / "store")).run(plan)
+    assert run.status == "done", run.error
+    notes = [ref.get("kernel_reuse") for ref in run.steps["t"].outputs.values() if ref.get("kernel_reuse")]
+    assert notes and "'df' and 'arr' share memory" in notes[0]
