@@ -199,3 +199,78 @@ def test_a_runs_step_keeping_a_frame_over_its_array_notes_it_for_kernels(tmp_pat
     assert run.status == "done", run.error
     notes = [ref.get("kernel_reuse") for ref in run.steps["t"].outputs.values() if ref.get("kernel_reuse")]
     assert notes and "'df' and 'arr' share memory" in notes[0]
+
+
+@pytest.fixture
+def copy_on_write():
+    import pandas as pd
+
+    before = pd.options.mode.copy_on_write
+    pd.set_option("mode.copy_on_write", True)
+    yield
+    pd.set_option("mode.copy_on_write", before)
+
+
+_CHANGES = {  # what a later cell may do to a frame or to a column taken from it
+    "df.iloc": lambda df, s: df.iloc.__setitem__((0, 0), 9.0),
+    "s.iloc": lambda df, s: s.iloc.__setitem__(1, 7.0),
+    "df.loc column": lambda df, s: df.loc.__setitem__((slice(None), "a"), 0.0),
+    "df.fillna inplace": lambda df, s: df.fillna(0, inplace=True),
+    "s += 1": lambda df, s: s.__iadd__(1),
+    "s.clip inplace": lambda df, s: s.clip(0, 1, inplace=True),
+    "df.values write": lambda df, s: df.values.__setitem__((0, 0), 5.0),
+    "s.to_numpy write": lambda df, s: s.to_numpy().__setitem__(0, 5.0),
+}
+
+
+def _after(change, copies):
+    """What a frame and its column hold after ``change``: made together, or stored and loaded apart (copies)."""
+    import pickle
+    import warnings
+
+    import pandas as pd
+
+    df = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]})
+    s = df["a"]
+    if copies:
+        df, s = pickle.loads(pickle.dumps(df)), pickle.loads(pickle.dumps(s))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            change(df, s)
+    except Exception as exc:  # noqa: BLE001 - what happened is compared, an error included
+        return type(exc).__name__
+    return df.to_dict(), s.tolist()
+
+
+def test_with_pandas_copy_on_write_a_column_beside_its_frame_behaves_as_copies_and_is_reusable(copy_on_write):
+    import pandas as pd
+
+    from nbmagic.run.reuse_links import links
+
+    for name, change in _CHANGES.items():
+        assert _after(change, copies=False) == _after(change, copies=True), name
+    df = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]})
+    assert links({"s": df["a"]}, {"df": df}) == (None, {})
+
+
+def test_without_copy_on_write_a_column_beside_its_frame_does_not_behave_as_copies():
+    import pandas as pd
+
+    from nbmagic.run.reuse_links import links
+
+    assert pd.options.mode.copy_on_write is not True
+    assert any(_after(change, copies=False) != _after(change, copies=True) for change in _CHANGES.values())
+    df = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0]})
+    assert (
+        links({"s": df["a"]}, {"df": df})[0]
+        == "'s' and 'df' share memory; loaded from the store they would be two copies"
+    )
+
+
+def test_with_pandas_copy_on_write_a_frame_over_an_array_still_makes_the_cell_run(ip, capsys, copy_on_write):
+    cell = "%%step s\nimport numpy as np\nimport pandas as pd\narr = np.zeros(3)\ns = pd.Series(arr, copy=False)\n"
+    first, second = _reuse_twice(ip, capsys, cell, ("arr", "s"))
+    assert "s: cannot be reused next time ('s' and 'arr' share memory" in first
+    run_ok(ip, "arr[0] = 5.0")
+    assert _check(ip, "s.iloc[0] == 5.0")

@@ -103,15 +103,23 @@ def index_buffers(index: Any, owner: int) -> list[Buffer]:
     return _values_buffers(index._data, owner, True)
 
 
-def pandas_buffers(obj: Any) -> list[Buffer]:
-    """A DataFrame's or Series's blocks and axes, or an Index's values; other pandas values use none."""
+def copy_on_write() -> bool:
+    """pandas copies a block shared with another frame or series before writing to it (its copy-on-write mode)."""
+    pd = sys.modules.get("pandas")
+    return pd is not None and pd.options.mode.copy_on_write is True
+
+
+def pandas_buffers(obj: Any, cow: bool = False) -> list[Buffer]:
+    """A DataFrame's or Series's blocks and axes, or an Index's values; other pandas values use none. With
+    ``cow`` (pandas' copy-on-write mode on) the blocks count as frozen: two pandas objects sharing them stay apart
+    as copies would, while a numpy array or tensor over them can still write through."""
     pd = sys.modules["pandas"]
     if isinstance(obj, pd.Index):
         return index_buffers(obj, id(obj))
     if not isinstance(obj, (pd.DataFrame, pd.Series)):
         return []
     manager = obj._mgr
-    found = [b for block in manager.blocks for b in _values_buffers(block.values, id(obj), False)]
+    found = [b for block in manager.blocks for b in _values_buffers(block.values, id(obj), cow)]
     return found + [b for axis in manager.axes for b in index_buffers(axis, id(obj))]
 
 

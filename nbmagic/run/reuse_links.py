@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from .buffers import Buffer, array_buffers, overlap, pandas_buffers, tensor_buffers
+from .buffers import Buffer, array_buffers, copy_on_write, overlap, pandas_buffers, tensor_buffers
 
 LIMIT = 1_000_000  # objects looked at per call; past it reuse cannot be sure
 TIME_LIMIT = 1.0  # CPU seconds of the calling thread one call may take; past it reuse cannot be sure
@@ -141,6 +141,7 @@ class _Walk:
         self.clock = 0  # charges since the clock was last read
         self.notebook = False  # a function or class of the notebook found that is not the kernel's own
         self.buffers: list[Buffer] = []  # memory of the arrays, frames and tensors reached (since last taken)
+        self.cow: bool | None = None  # pandas' copy-on-write mode, read at the first pandas object
 
     def __enter__(self) -> _Walk:
         gc.callbacks.append(self._collection)
@@ -288,7 +289,9 @@ class _Walk:
         if isinstance(obj, (pd.Timestamp, pd.Timedelta, pd.Period, pd.Interval, type(pd.NaT))):
             return ()  # values that never change
         found.add(id(obj))
-        self.buffers.extend(pandas_buffers(obj))
+        if self.cow is None:
+            self.cow = copy_on_write()
+        self.buffers.extend(pandas_buffers(obj, self.cow))
         if isinstance(obj, pd.DataFrame):
             columns = [obj.iloc[:, i] for i, dtype in enumerate(obj.dtypes) if getattr(dtype, "hasobject", True)]
         elif isinstance(obj, (pd.Series, pd.Index)):
@@ -411,7 +414,7 @@ def _module_buffers(held: dict[int, tuple[str, Any]]) -> list[tuple[str, Buffer]
         if np is not None and isinstance(value, np.ndarray):
             buffers = array_buffers(value, id(value))
         elif pd is not None and isinstance(value, (pd.DataFrame, pd.Series, pd.Index)):
-            buffers = pandas_buffers(value)
+            buffers = pandas_buffers(value, copy_on_write())
         elif torch is not None and isinstance(value, torch.Tensor):
             buffers = tensor_buffers(value)
         else:
