@@ -49,3 +49,15 @@ def test_the_walks_own_work_past_its_time_still_makes_it_unsure(monkeypatch):
         gc.enable()
         gc.set_threshold(*threshold)
     assert reason == "its values take too long to check for shared objects"
+
+
+def test_comparing_many_overlapping_buffers_is_bounded_by_the_walks_work(monkeypatch):
+    import numpy as np
+
+    import nbmagic.run.reuse_links as reuse_links
+
+    monkeypatch.setattr(reuse_links, "LIMIT", 100_000)
+    base = np.zeros(20_000)
+    suffixes = [base[i:] for i in range(0, 20_000, 4)]  # 5,000 views, each overlapping all before it
+    reason, _ = reuse_links.links({"y": np.zeros(3)}, {"views": suffixes})
+    assert reason == "its values are too large to check for shared objects"

@@ -498,7 +498,9 @@ def links(
                     for ident in ids[name]:
                         owner.setdefault(ident, name)
             walk.charge(len(memory))
-            pair = overlap(memory, lambda a, b: a in assigned or b in assigned) if len(memory) > 1 else None
+            pair = (
+                overlap(memory, lambda a, b: a in assigned or b in assigned, walk.charge) if len(memory) > 1 else None
+            )
         except TooLarge as exc:
             return str(exc), aliases
         except Exception as exc:  # noqa: BLE001 - a buffer whose memory cannot be told: not sure
