@@ -179,12 +179,21 @@ def test_a_subclass_of_a_builtin_carrying_another_value_keeps_the_link(ip, capsy
     assert "s: cannot be reused next time ('t' and 'rows' hold a shared object" in first
 
 
-def test_paths_enum_members_and_plain_subclass_values_are_still_reused(ip, capsys):
-    run_ok(ip, "class Plain(str):\n    pass\n")
-    cell = "%%step s\nimport http\nimport pathlib\np = pathlib.Path('a') / 'b'\nc = http.HTTPStatus.OK\nn = [1, Plain('x')]\n"
-    _, second = _reuse_twice(ip, capsys, cell, ("p", "c", "n"))
+def test_paths_enum_members_and_a_librarys_float_subclass_are_still_reused(ip, capsys):
+    cell = (
+        "%%step s\nimport http\nimport pathlib\nimport numpy as np\np = pathlib.Path('a') / 'b'\n"
+        "c = http.HTTPStatus.OK\nn = [1, np.float64(2.5), 'x']\n"
+    )
+    _, second = _reuse_twice(ip, capsys, cell, ("p", "c", "n", "np"))
     assert "s: reused from run" in second
-    assert ip.user_ns["c"] is __import__("http").HTTPStatus.OK and ip.user_ns["n"] == [1, "x"]
+    assert ip.user_ns["c"] is __import__("http").HTTPStatus.OK and ip.user_ns["n"] == [1, 2.5, "x"]
+
+
+def test_an_instance_of_a_notebook_str_subclass_in_a_value_keeps_the_kernels_class(ip, capsys):
+    run_ok(ip, "class Plain(str):\n    pass\n")
+    _, second = _reuse_twice(ip, capsys, "%%step s\nn = [1, Plain('x')]\n", ("n",))
+    assert type(ip.user_ns["n"][1]) is ip.user_ns["Plain"], second  # loaded by value it would be a copy of the class
+    assert "s: runs (cannot be reused: 'n' is a function defined in the notebook or holds one, or of a class" in second
 
 
 def test_a_runs_step_keeping_a_frame_over_its_array_notes_it_for_kernels(tmp_path):

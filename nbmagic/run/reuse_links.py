@@ -87,8 +87,9 @@ _EXACT_ATOMS = frozenset(
 
 
 def _atom(obj: Any) -> bool:
-    """A value holding no changeable object: an exact built-in atom, an enum member (stored by name), or a
-    subclass instance with no attributes of its own (a subclass carrying attributes is walked like any object)."""
+    """A value holding no changeable object: an exact built-in atom, an enum member (stored by name), or an
+    installed library's subclass instance with no attributes of its own (``numpy.float64``). A subclass carrying
+    attributes, or one the notebook defines (its class is checked as any object's), is walked like any object."""
     kind = type(obj)
     if kind in _EXACT_ATOMS:
         return True
@@ -96,7 +97,7 @@ def _atom(obj: Any) -> bool:
         return False
     if isinstance(obj, enum.Enum):
         return True
-    if getattr(obj, "__dict__", None):
+    if getattr(obj, "__dict__", None) or kind.__module__ == "__main__":
         return False
     return not any(cls.__dict__.get("__slots__") for cls in kind.__mro__ if cls.__module__ != "builtins")
 
