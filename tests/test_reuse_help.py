@@ -27,4 +27,7 @@ def test_step_help_tells_that_overlapping_memory_makes_the_cell_run(ip, capsys):
     ip.run_cell("%%step?")
     flat = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out).split())
     assert "values whose memory overlaps, compared by the byte ranges of numpy arrays, pandas blocks" in flat
-    assert "subclasses of ``str``/``int``/``tuple``... with attributes like any object" in flat
+    assert (
+        "subclasses of ``str``/``int``/``tuple``... with attributes (or defined in the notebook) like any object"
+        in flat
+    )

@@ -94,7 +94,7 @@ class PipelineMagics(Magics):
         cannot be hashed or stored, two values it assigns (or one it assigns and one it reads) share a changeable
         object neither holds as a whole (``c = [b['x']]`` next to ``b``, a numpy view ``b = X[:10]``; lists,
         tuples, dicts, sets, deques, plain objects' attributes, partials, closures, pandas object columns are
-        walked, arrays by their memory, subclasses of ``str``/``int``/``tuple``... with attributes like any object;
+        walked, arrays by their memory, subclasses of ``str``/``int``/``tuple``... with attributes (or defined in the notebook) like any object;
         values whose memory overlaps, compared by the byte ranges of numpy arrays, pandas blocks and indexes and
         torch storages (``df = pd.DataFrame(arr, copy=False)``, ``s = df['a']``, ``torch.from_numpy(arr)``,
         ``t.view(-1)`` next to the other), would load as copies: it runs (with pandas' copy-on-write mode on,
