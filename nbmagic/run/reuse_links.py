@@ -185,7 +185,7 @@ class _Walk:
             if id(obj) in seen:
                 continue
             try:  # everything about the object, its type included, may raise (a ``__class__`` property)
-                if _atom(obj):
+                if type(obj) in _EXACT_ATOMS or _atom(obj):
                     continue
                 seen.add(id(obj))
                 self.charge()
