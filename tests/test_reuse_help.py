@@ -21,3 +21,13 @@ def test_step_help_describes_what_reuse_skips_carried_values_and_inputs(ip, caps
     # the options' own lines come from the same argument parser
     assert "--inputs PATH [PATH ...]" in flat and "their content hash joins the cache key" in flat
     assert "prints replayed; files and plots not made again" in flat
+
+
+def test_step_help_tells_that_overlapping_memory_makes_the_cell_run(ip, capsys):
+    ip.run_cell("%%step?")
+    flat = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out).split())
+    assert "values whose memory overlaps, compared by the byte ranges of numpy arrays, pandas blocks" in flat
+    assert (
+        "subclasses of ``str``/``int``/``tuple``... with attributes (or defined in the notebook) like any object"
+        in flat
+    )

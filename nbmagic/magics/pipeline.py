@@ -94,7 +94,13 @@ class PipelineMagics(Magics):
         cannot be hashed or stored, two values it assigns (or one it assigns and one it reads) share a changeable
         object neither holds as a whole (``c = [b['x']]`` next to ``b``, a numpy view ``b = X[:10]``; lists,
         tuples, dicts, sets, deques, plain objects' attributes, partials, closures, pandas object columns are
-        walked, arrays by their memory; anything else inside a value, or too much to walk: it runs; a value a
+        walked, arrays by their memory, subclasses of ``str``/``int``/``tuple``... with attributes (or defined in
+        the notebook) like any object; values whose memory overlaps, compared by the byte ranges of numpy arrays,
+        pandas blocks and indexes and torch storages (``df = pd.DataFrame(arr, copy=False)``, ``s = df['a']``,
+        ``torch.from_numpy(arr)``, ``t.view(-1)`` next to the other), would load as copies: it runs (with pandas'
+        copy-on-write mode on, frames and series sharing blocks behave as copies and do not count); a tensor
+        holding gradients: it runs; anything else inside a value, or too much to walk (a million objects or a
+        second of CPU, garbage collection not counted): it runs; a value a
         module it imports holds, ``cfg = mod.CONFIG``, would load as a copy: it runs; a name bound to another value or a part of it by subscripts, ``b = a``,
         ``part = nested['rows']``, a ``for`` loop's leftover, is loaded as that very object), a value is or holds (in a list, a
         partial, an attribute) a function or class the notebook defines (loaded from the store it would not see

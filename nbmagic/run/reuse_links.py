@@ -4,7 +4,9 @@ Values are stored one by one, so an object reachable from two of them loads as t
 notebook defined loads as a copy that reads a frozen copy of the kernel's globals. :func:`shared` and
 :func:`notebook_code` walk values (containers, plain objects' attributes, ``functools.partial``, bound methods)
 with a bound on work; numpy arrays are told apart by the memory they use, pandas objects are leaves, and an
-array's or a list of numbers' contents are never walked item by item.
+array's or a list of numbers' contents are never walked item by item. Values whose memory overlaps (a DataFrame or
+a tensor over an array, a column kept beside its frame) are found by comparing the byte ranges of their buffers
+(:mod:`.buffers`). Only the exact built-in types count as holding nothing: a subclass's attributes are walked.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ import decimal
 import enum
 import fractions
 import functools
+import gc
 import pathlib
 import re
 import sys
+import threading
 import time
 import types
 import uuid
 from collections.abc import Iterable
 from typing import Any
+
+from .buffers import Buffer, array_buffers, copy_on_write, overlap, pandas_buffers, tensor_buffers
 
 LIMIT = 1_000_000  # objects looked at per call; past it reuse cannot be sure
 TIME_LIMIT = 1.0  # CPU seconds of the calling thread one call may take; past it reuse cannot be sure
@@ -54,6 +60,46 @@ _ATOMS = (
     re.Pattern,
 )
 _ATOM_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_EXACT_ATOMS = frozenset(
+    {
+        *_ATOM_TYPES,
+        range,
+        slice,
+        type(Ellipsis),
+        types.ModuleType,
+        types.BuiltinFunctionType,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+        datetime.timezone,
+        decimal.Decimal,
+        fractions.Fraction,
+        uuid.UUID,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        pathlib.PosixPath,
+        pathlib.WindowsPath,
+        pathlib.Path,
+        re.Pattern,
+    }
+)
+
+
+def _atom(obj: Any) -> bool:
+    """A value holding no changeable object: an exact built-in atom, an enum member (stored by name), or an
+    installed library's subclass instance with no attributes of its own (``numpy.float64``). A subclass carrying
+    attributes, or one the notebook defines (its class is checked as any object's), is walked like any object."""
+    kind = type(obj)
+    if kind in _EXACT_ATOMS:
+        return True
+    if not isinstance(obj, _ATOMS):
+        return False
+    if isinstance(obj, enum.Enum):
+        return True
+    if getattr(obj, "__dict__", None) or kind.__module__ == "__main__":
+        return False
+    return not any(cls.__dict__.get("__slots__") for cls in kind.__mro__ if cls.__module__ != "builtins")
 
 
 def _importable(func: Any) -> bool:
@@ -83,12 +129,41 @@ class TooLarge(Exception):
 
 
 class _Walk:
+    """One walk's bounds. Used as a context manager, the garbage collector's passes in the walking thread do not
+    count against its time: a collection of a large heap can take a good part of a second in a long-lived kernel,
+    whatever the values walked."""
+
     def __init__(self, namespace: dict[str, Any] | None, limit: int, seconds: float | None = None) -> None:
         self.namespace = namespace
         self.left = limit
         self.deadline = time.thread_time() + (TIME_LIMIT if seconds is None else seconds)  # not other threads' time
+        self.thread = threading.get_ident()
+        self.collecting: float | None = None  # thread time a collection in this thread started at
         self.clock = 0  # charges since the clock was last read
         self.notebook = False  # a function or class of the notebook found that is not the kernel's own
+        self.buffers: list[Buffer] = []  # memory of the arrays, frames and tensors reached (since last taken)
+        self.cow: bool | None = None  # pandas' copy-on-write mode, read at the first pandas object
+
+    def __enter__(self) -> _Walk:
+        gc.callbacks.append(self._collection)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._collection)
+
+    def _collection(self, phase: str, info: dict[str, int]) -> None:
+        """A collection's time moves the deadline on (a pause of the walk, not its work)."""
+        if threading.get_ident() != self.thread:
+            return
+        if phase == "start":
+            self.collecting = time.thread_time()
+        elif self.collecting is not None:
+            self.deadline += time.thread_time() - self.collecting
+            self.collecting = None
+
+    def take_buffers(self) -> list[Buffer]:
+        found, self.buffers = self.buffers, []
+        return found
 
     def charge(self, n: int = 1) -> None:
         self.left -= n
@@ -110,7 +185,7 @@ class _Walk:
             if id(obj) in seen:
                 continue
             try:  # everything about the object, its type included, may raise (a ``__class__`` property)
-                if isinstance(obj, _ATOMS):
+                if type(obj) in _EXACT_ATOMS or _atom(obj):
                     continue
                 seen.add(id(obj))
                 self.charge()
@@ -161,14 +236,24 @@ class _Walk:
             while getattr(root, "base", None) is not None:
                 root = root.base
             found.add(id(root))
+            self.buffers.extend(array_buffers(obj, id(obj)))
             if getattr(getattr(obj, "dtype", None), "hasobject", False):
                 self.charge(obj.size)
                 return self._items(list(obj.flat))
             return ()
         if module.startswith("pandas"):
             return self._pandas(obj, found)
+        torch = sys.modules.get("torch")
+        if torch is not None and kind in (torch.Tensor, torch.nn.Parameter):
+            if obj.requires_grad and (obj.grad_fn is not None or obj.grad is not None):
+                raise TooLarge("a Tensor holding gradients cannot be loaded as it is")
+            found.add(id(obj))
+            self.buffers.extend(tensor_buffers(obj))
+            return self._attributes(obj)
         if isinstance(obj, (tuple, frozenset)):
-            return self._items(obj)
+            if kind is tuple or kind is frozenset:
+                return self._items(obj)
+            return [*self._items(obj), *self._attributes(obj)]  # a named tuple or a subclass: its attributes too
         if isinstance(obj, functools.partial):
             found.add(id(obj))
             return [obj.func, obj.args, obj.keywords, *self._attributes(obj)]
@@ -205,6 +290,9 @@ class _Walk:
         if isinstance(obj, (pd.Timestamp, pd.Timedelta, pd.Period, pd.Interval, type(pd.NaT))):
             return ()  # values that never change
         found.add(id(obj))
+        if self.cow is None:
+            self.cow = copy_on_write()
+        self.buffers.extend(pandas_buffers(obj, self.cow))
         if isinstance(obj, pd.DataFrame):
             columns = [obj.iloc[:, i] for i, dtype in enumerate(obj.dtypes) if getattr(dtype, "hasobject", True)]
         elif isinstance(obj, (pd.Series, pd.Index)):
@@ -249,15 +337,15 @@ class _Walk:
 def shared(assigned: dict[str, Any], read: dict[str, Any], limit: int | None = None) -> tuple[str, str, bool] | None:
     """Two names, one of them in ``assigned``, whose values reach one changeable object: (name, other name, the two
     are bound to that very object). Raises :class:`TooLarge` when the walk would take too long."""
-    walk = _Walk(None, limit or LIMIT)
     owner: dict[int, str] = {}
     tops: dict[str, int] = {}
-    for name, value in [*read.items(), *assigned.items()]:
-        tops[name] = id(value)
-        for ident in walk.identities(value):
-            first = owner.setdefault(ident, name)
-            if first != name and name in assigned:
-                return name, first, tops.get(first) == id(value) == ident
+    with _Walk(None, limit or LIMIT) as walk:
+        for name, value in [*read.items(), *assigned.items()]:
+            tops[name] = id(value)
+            for ident in walk.identities(value):
+                first = owner.setdefault(ident, name)
+                if first != name and name in assigned:
+                    return name, first, tops.get(first) == id(value) == ident
     return None
 
 
@@ -265,8 +353,8 @@ def notebook_code(values: dict[str, Any], namespace: dict[str, Any], limit: int 
     """The first name whose value holds, anywhere inside it, a function or class of the notebook (module
     ``__main__``), or an instance of such a class, other than the kernel's own. Raises :class:`TooLarge`."""
     for name, value in values.items():
-        walk = _Walk(namespace, limit or LIMIT)
-        walk.identities(value)
+        with _Walk(namespace, limit or LIMIT) as walk:
+            walk.identities(value)
         if walk.notebook:
             return name
     return None
@@ -304,18 +392,36 @@ def follow(root: Any, path: list[str | int]) -> Any:
     return root
 
 
-def _module_values(modules: Iterable[str]) -> dict[int, str]:
-    """Id -> "module.name" of the changeable values held at the top of the named modules and their submodules
+def _module_values(modules: Iterable[str]) -> dict[int, tuple[str, Any]]:
+    """Id -> ("module.name", value) of the changeable values held at the top of the named modules and their submodules
     (functions and classes are stored by reference, so they are left out)."""
     wanted = tuple(modules)
-    held: dict[int, str] = {}
+    held: dict[int, tuple[str, Any]] = {}
     for module_name, module in list(sys.modules.items()):
         if module is None or not any(module_name == m or module_name.startswith(m + ".") for m in wanted):
             continue
         for name, value in list(getattr(module, "__dict__", {}).items()):
             if not isinstance(value, (*_ATOMS, type, types.FunctionType)):
-                held.setdefault(id(value), f"{module_name}.{name}")
+                held.setdefault(id(value), (f"{module_name}.{name}", value))
     return held
+
+
+def _module_buffers(held: dict[int, tuple[str, Any]]) -> list[tuple[str, Buffer]]:
+    """The buffers of the arrays, frames and tensors among the modules' values (the values themselves, not what
+    they hold)."""
+    np, pd, torch = (sys.modules.get(m) for m in ("numpy", "pandas", "torch"))
+    found: list[tuple[str, Buffer]] = []
+    for label, value in held.values():
+        if np is not None and isinstance(value, np.ndarray):
+            buffers = array_buffers(value, id(value))
+        elif pd is not None and isinstance(value, (pd.DataFrame, pd.Series, pd.Index)):
+            buffers = pandas_buffers(value, copy_on_write())
+        elif torch is not None and isinstance(value, torch.Tensor):
+            buffers = tensor_buffers(value)
+        else:
+            continue
+        found.extend((label, b) for b in buffers)
+    return found
 
 
 def links(
@@ -342,48 +448,67 @@ def links(
         return index[whole].get(id(part))
 
     owner: dict[int, str] = {}
-    try:
-        for name, value in read.items():
-            ids[name] = walk.identities(value)
-            for ident in ids[name]:
-                owner.setdefault(ident, name)
-        held = _module_values(modules) if modules else {}
-        walk.charge(len(held))
-        for name, value in assigned.items():
-            ids[name] = walk.identities(value)
-            inside = next((held[i] for i in ids[name] if i in held), None)
-            if inside is not None:
-                return f"{name!r} holds {inside}; loaded from the store it would be a copy, not the module's", aliases
-            clashes: dict[str, int] = {}  # earlier value -> an object this one shares with it (one pass)
-            for ident in ids[name]:
-                first = owner.get(ident)
-                if first is not None and first != name:
-                    clashes.setdefault(first, ident)
-            for first, ident in clashes.items():
-                walk.charge()
-                path = path_in(value, first)
-                if path is not None:  # this name is a part of an earlier value
-                    aliases[name] = [first, *path]
-                    break
-                path = path_in(tops[first], name) if first in assigned else None
-                if path is None:
-                    if id(tops[first]) == id(value) == ident:
-                        return (
-                            f"{name!r} and {first!r} are one object; loaded from the store they would be two",
-                            aliases,
-                        )
-                    return (
-                        f"{name!r} and {first!r} hold a shared object; loaded from the store they would hold two"
-                        " copies",
-                        aliases,
-                    )
-                aliases[first] = [name, *path]  # the earlier value is a part of this one: it stops owning
-                for i in ids[first]:
-                    if owner.get(i) == first:
-                        del owner[i]
-            if name not in aliases:
+    memory: list[tuple[str, Buffer]] = []  # (name, buffer) of every value walked, modules' values included
+    with walk:
+        try:
+            for name, value in read.items():
+                ids[name] = walk.identities(value)
+                memory.extend((name, b) for b in walk.take_buffers())
                 for ident in ids[name]:
                     owner.setdefault(ident, name)
-    except TooLarge as exc:
-        return str(exc), aliases
-    return None, aliases
+            held = _module_values(modules) if modules else {}
+            walk.charge(len(held))
+            memory.extend(_module_buffers(held))
+            for name, value in assigned.items():
+                ids[name] = walk.identities(value)
+                memory.extend((name, b) for b in walk.take_buffers())
+                inside = next((held[i][0] for i in ids[name] if i in held), None)
+                if inside is not None:
+                    return (
+                        f"{name!r} holds {inside}; loaded from the store it would be a copy, not the module's",
+                        aliases,
+                    )
+                clashes: dict[str, int] = {}  # earlier value -> an object this one shares with it (one pass)
+                for ident in ids[name]:
+                    first = owner.get(ident)
+                    if first is not None and first != name:
+                        clashes.setdefault(first, ident)
+                for first, ident in clashes.items():
+                    walk.charge()
+                    path = path_in(value, first)
+                    if path is not None:  # this name is a part of an earlier value
+                        aliases[name] = [first, *path]
+                        break
+                    path = path_in(tops[first], name) if first in assigned else None
+                    if path is None:
+                        if id(tops[first]) == id(value) == ident:
+                            return (
+                                f"{name!r} and {first!r} are one object; loaded from the store they would be two",
+                                aliases,
+                            )
+                        return (
+                            f"{name!r} and {first!r} hold a shared object; loaded from the store they would hold two"
+                            " copies",
+                            aliases,
+                        )
+                    aliases[first] = [name, *path]  # the earlier value is a part of this one: it stops owning
+                    for i in ids[first]:
+                        if owner.get(i) == first:
+                            del owner[i]
+                if name not in aliases:
+                    for ident in ids[name]:
+                        owner.setdefault(ident, name)
+            walk.charge(len(memory))
+            pair = (
+                overlap(memory, lambda a, b: a in assigned or b in assigned, walk.charge) if len(memory) > 1 else None
+            )
+        except TooLarge as exc:
+            return str(exc), aliases
+        except Exception as exc:  # noqa: BLE001 - a buffer whose memory cannot be told: not sure
+            return f"its values cannot be checked for shared objects ({type(exc).__name__})", aliases
+    if pair is None:
+        return None, aliases
+    name, other = pair if pair[0] in assigned else pair[::-1]
+    if other in tops:
+        return f"{name!r} and {other!r} share memory; loaded from the store they would be two copies", aliases
+    return f"{name!r} shares memory with {other}; loaded from the store it would be a copy, not the module's", aliases
