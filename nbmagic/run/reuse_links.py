@@ -16,17 +16,21 @@ import decimal
 import enum
 import fractions
 import functools
+import gc
 import pathlib
 import re
 import sys
+import threading
 import time
 import types
 import uuid
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 LIMIT = 1_000_000  # objects looked at per call; past it reuse cannot be sure
 TIME_LIMIT = 1.0  # CPU seconds of the calling thread one call may take; past it reuse cannot be sure
+MODULE_LIMIT = 300_000  # objects looked at inside the values of the modules a step imports; past it: not sure
 
 _ATOMS = (
     int,
@@ -78,6 +82,42 @@ def _slots(kind: type) -> bool:
     return any("__slots__" in vars(cls) for cls in kind.__mro__)
 
 
+_gc_seconds: dict[int, float] = {}  # thread id -> thread CPU seconds its garbage collections took
+_gc_began: dict[int, float] = {}
+
+
+def _count_gc(phase: str, info: dict[str, Any]) -> None:
+    ident = threading.get_ident()
+    if phase == "start":
+        _gc_began[ident] = time.thread_time()
+    else:
+        began = _gc_began.pop(ident, None)
+        if began is not None:
+            _gc_seconds[ident] = _gc_seconds.get(ident, 0.0) + time.thread_time() - began
+
+
+if _count_gc not in gc.callbacks:
+    gc.callbacks.append(_count_gc)
+
+
+def _cpu() -> float:
+    """The calling thread's CPU seconds, less those its garbage collections took (a collection of a large heap
+    landing inside a walk is no work of the walk's)."""
+    return time.thread_time() - _gc_seconds.get(threading.get_ident(), 0.0)
+
+
+def _quiet(function: Any) -> Any:
+    """Run ``function`` with warnings silenced: reading a module's attributes can warn (deprecated ones)."""
+
+    @functools.wraps(function)
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return function(*args, **kwargs)
+
+    return quiet
+
+
 class TooLarge(Exception):
     """The walk could not end: the bound on work was reached, or an object could not be looked into."""
 
@@ -86,7 +126,7 @@ class _Walk:
     def __init__(self, namespace: dict[str, Any] | None, limit: int, seconds: float | None = None) -> None:
         self.namespace = namespace
         self.left = limit
-        self.deadline = time.thread_time() + (TIME_LIMIT if seconds is None else seconds)  # not other threads' time
+        self.deadline = _cpu() + (TIME_LIMIT if seconds is None else seconds)  # not other threads' time, nor GC's
         self.clock = 0  # charges since the clock was last read
         self.notebook = False  # a function or class of the notebook found that is not the kernel's own
 
@@ -97,7 +137,7 @@ class _Walk:
         self.clock += n
         if self.clock >= 512:
             self.clock = 0
-            if time.thread_time() > self.deadline:
+            if _cpu() > self.deadline:
                 raise TooLarge("its values take too long to check for shared objects")
 
     def identities(self, value: Any) -> set[int]:
@@ -304,6 +344,7 @@ def follow(root: Any, path: list[str | int]) -> Any:
     return root
 
 
+@_quiet
 def _module_values(modules: Iterable[str]) -> dict[int, str]:
     """Id -> "module.name" of the changeable values held at the top of the named modules and their submodules
     (functions and classes are stored by reference, so they are left out)."""
@@ -316,6 +357,64 @@ def _module_values(modules: Iterable[str]) -> dict[int, str]:
             if not isinstance(value, (*_ATOMS, type, types.FunctionType)):
                 held.setdefault(id(value), f"{module_name}.{name}")
     return held
+
+
+@_quiet
+def _module_contents(modules: Iterable[str]) -> dict[int, str]:
+    """Id -> "module.name" of the changeable objects held inside the values at the top of the named modules (and
+    their submodules): dicts, lists, tuples, sets, deques and objects' attributes, within :data:`MODULE_LIMIT`
+    objects. Raises :class:`TooLarge` past it."""
+    wanted = tuple(modules)
+    found: dict[int, str] = {}
+    seen: set[int] = set()
+    left = MODULE_LIMIT
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not any(module_name == m or module_name.startswith(m + ".") for m in wanted):
+            continue
+        for name, top in list(getattr(module, "__dict__", {}).items()):
+            if isinstance(top, (*_ATOMS, type, types.FunctionType)):
+                continue
+            stack = [top]
+            while stack:
+                obj = stack.pop()
+                if id(obj) in seen:
+                    continue
+                seen.add(id(obj))
+                left -= 1
+                if left < 0:
+                    raise TooLarge("the modules it imports hold too much to check for its values inside them")
+                try:
+                    children = _module_part(obj, found, f"{module_name}.{name}")
+                except Exception:  # noqa: BLE001 - what it holds is not reached by subscripts or attributes
+                    continue
+                left -= len(children) // 64
+                stack.extend(children)
+    return found
+
+
+def _module_part(obj: Any, found: dict[int, str], label: str) -> list[Any]:
+    """Note ``obj`` (an array by the memory it uses) as held by the module value ``label``; what it holds."""
+    if isinstance(obj, (*_ATOMS, type, types.FunctionType)):
+        return []
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, np.ndarray):
+        root = obj
+        while getattr(root, "base", None) is not None:
+            root = root.base
+        found.setdefault(id(root), label)
+        return []
+    if type(obj) is not tuple and type(obj) is not frozenset:
+        found.setdefault(id(obj), label)
+    children: list[Any] = []
+    if isinstance(obj, dict):
+        children.extend(obj.keys())
+        children.extend(obj.values())
+    elif isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+        children.extend(obj)
+    attrs = getattr(obj, "__dict__", None)
+    if type(attrs) is dict:
+        children.extend(attrs.values())
+    return children
 
 
 def links(
@@ -347,11 +446,14 @@ def links(
             ids[name] = walk.identities(value)
             for ident in ids[name]:
                 owner.setdefault(ident, name)
-        held = _module_values(modules) if modules else {}
-        walk.charge(len(held))
+        held = _module_values(modules) if modules else {}  # its own bound (MODULE_LIMIT), not the values' walk
+        inner: dict[int, str] | None = None
         for name, value in assigned.items():
             ids[name] = walk.identities(value)
             inside = next((held[i] for i in ids[name] if i in held), None)
+            if inside is None and ids[name] and modules:  # a part of a module's value (``mod.CONFIG['train']``)
+                inner = _module_contents(modules) if inner is None else inner
+                inside = next((inner[i] for i in ids[name] if i in inner), None)
             if inside is not None:
                 return f"{name!r} holds {inside}; loaded from the store it would be a copy, not the module's", aliases
             clashes: dict[str, int] = {}  # earlier value -> an object this one shares with it (one pass)

@@ -1,0 +1,72 @@
+"""A reused cell leaves the kernel as running it would: names it binds on some paths or out of sight of its code,
+objects other kernel values share, parts of a module's values; and the checks' own bounds."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+import warnings
+
+import pytest
+
+from helpers.shell import run_ok
+
+
+def _restart(ip, *names: str) -> None:
+    """What a kernel restart does to the names the test's cells bound."""
+    for name in names:
+        ip.user_ns.pop(name, None)
+
+
+def test_a_part_of_a_local_modules_value_is_not_loaded_as_a_copy(ip, capsys, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rcfg_nested.py").write_text("CONFIG = {'train': {'lr': 1}}\n")
+    cell = "%%step s\nimport rcfg_nested\ncfg = rcfg_nested.CONFIG['train']\n"
+    try:
+        run_ok(ip, "%pipeline_config --reuse")
+        run_ok(ip, cell)
+        first = capsys.readouterr().out
+        _restart(ip, "cfg")
+        run_ok(ip, cell)
+        second = capsys.readouterr().out
+        run_ok(ip, "cfg['lr'] = 2")
+        assert sys.modules["rcfg_nested"].CONFIG["train"] == {"lr": 2}, second
+        assert "s: cannot be reused next time ('cfg' holds rcfg_nested.CONFIG" in first
+        assert "reused from run" not in second
+    finally:
+        sys.modules.pop("rcfg_nested", None)
+
+
+def test_a_step_importing_numpy_with_small_values_is_not_charged_for_numpys_values(monkeypatch):
+    import numpy as np
+
+    import nbmagic.run.reuse_links as rl
+
+    # with no time at all, only a walk that reaches its clock check (every 512 objects) can fail
+    monkeypatch.setattr(rl, "TIME_LIMIT", 0.0)
+    values = {"X": np.arange(20.0), "d": {"k": [1, 2], "v": (3, "a")}}
+    assert rl.links(values, {}, ("numpy",)) == (None, {})
+
+
+def test_garbage_collection_is_not_counted_in_the_walks_time():
+    import nbmagic.run.reuse_links as rl
+
+    heap = [[i] for i in range(300_000)]
+    cpu, thread = rl._cpu(), time.thread_time()
+    gc.collect()
+    collected = time.thread_time() - thread
+    assert rl._cpu() - cpu < 0.2 * collected + 0.002, (rl._cpu() - cpu, collected)
+    del heap
+
+
+def test_reading_a_modules_attributes_prints_no_warning(ip, capsys):
+    pytest.importorskip("torch")
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "import torch")  # its own import warnings, if any, are not the step's
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_ok(ip, "%%step s\nimport torch\nsizes = [1, 2]\n")
+    assert "s: cannot be reused" not in capsys.readouterr().out
+    assert [str(w.message) for w in caught] == []
