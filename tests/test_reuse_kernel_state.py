@@ -70,3 +70,53 @@ def test_reading_a_modules_attributes_prints_no_warning(ip, capsys):
         run_ok(ip, "%%step s\nimport torch\nsizes = [1, 2]\n")
     assert "s: cannot be reused" not in capsys.readouterr().out
     assert [str(w.message) for w in caught] == []
+
+
+def test_a_name_assigned_on_a_path_not_taken_is_not_loaded_over_the_kernels(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "y = 0")
+    cell = "%%step s\nn = 3\nif n > 5:\n    y = n\n"
+    run_ok(ip, cell)
+    first = capsys.readouterr().out
+    run_ok(ip, "y = 100")  # an ordinary cell changed and run again
+    run_ok(ip, cell)  # running the step leaves y alone
+    second = capsys.readouterr().out
+    assert ip.user_ns["y"] == 100, second
+    assert "reused from run" not in second
+    assert "s: cannot be reused next time (it assigns 'y' on some paths only" in first
+
+
+def test_a_name_assigned_on_a_path_taken_is_reused(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    cell = "%%step s\nn = 7\nif n > 5:\n    y = [n]\n"
+    run_ok(ip, cell)
+    assert "cannot be reused" not in capsys.readouterr().out
+    _restart(ip, "n", "y")
+    run_ok(ip, cell)
+    assert "s: reused from run" in capsys.readouterr().out
+    assert ip.user_ns["y"] == [7]
+
+
+def test_names_bound_through_globals_make_the_cell_run(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    step = "%%step s\nfor name in ['a', 'b']:\n    globals()[name] = [name]\ny = 1\n"
+    run_ok(ip, step)
+    first = capsys.readouterr().out
+    _restart(ip, "a", "b", "y", "name")
+    run_ok(ip, step)
+    second = capsys.readouterr().out
+    assert ip.user_ns.get("a") == ["a"] and ip.user_ns.get("b") == ["b"], second
+    assert "reused from run" not in second
+    assert "s: cannot be reused next time (it binds 'a' out of sight of its code" in first
+
+
+def test_a_name_removed_through_globals_makes_the_cell_run(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "scratch = 1")
+    step = "%%step s\nglobals().pop('scratch', None)\ny = 1\n"
+    run_ok(ip, step)
+    first = capsys.readouterr().out
+    run_ok(ip, "scratch = 1")
+    run_ok(ip, step)
+    assert "scratch" not in ip.user_ns
+    assert "s: cannot be reused next time (it removes 'scratch' out of sight of its code" in first

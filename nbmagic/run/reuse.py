@@ -21,11 +21,13 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from ..errors import NbMagicError
+from ..pipeline.analysis import analyze
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import StepSettings, merge
 from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
+from .reuse_kernel import bound_by_run, snapshot
 from .reuse_links import TooLarge, follow, links, notebook_code
 
 
@@ -318,6 +320,7 @@ class Reuse:
         self.keys.pop(step.name, None)  # until it has run: a cell that raises leaves no key for --after edges
         watched = [n for n in dict.fromkeys([*step.inputs, *(n for _, n in step.carried)]) if n not in step.writes]
         before = {n: fingerprint(namespace[n]) for n in watched if n in namespace}
+        names_before = snapshot(namespace)
         kept: list[str] = []
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, kept), _Tee(err, kept)
@@ -326,11 +329,19 @@ class Reuse:
         finally:
             sys.stdout, sys.stderr = out, err
         moved = changed(before, namespace)  # a value with no fingerprint counts as changed: kept, to be safe
-        # every name the cell assigns, as the kernel holds it now (re-binding the same object, as a repeated
-        # import does, counts: a later reuse must bind it too), and what it changed in place
-        assigned = {n: namespace[n] for n in (*step.writes, *moved) if n in namespace}
+        # every name the cell bound (re-binding the same object at its top level, as a repeated import does, counts:
+        # a later reuse must bind it too), and what it changed in place; a name bound out of sight of its code, or
+        # one it binds on some paths only and left as it was, makes its results not reusable
+        always, sometimes = _deleted(step.cell.code)
+        mutated = analyze(step.cell.code).mutated | set(moved)
+        bound, unseen = bound_by_run(names_before, namespace, step.cell.code, step.writes, mutated, always | sometimes)
+        assigned = {n: namespace[n] for n in (*step.writes, *moved) if n in namespace and (n in bound or n in moved)}
+        if unseen:
+            key = ""
         hidden = secrets(plan, step)
         outputs, not_kept = self._put(assigned, hidden)
+        if unseen and not not_kept:
+            print(f"{step.name}: cannot be reused next time ({unseen})", flush=True)
         if not_kept:
             name = next(iter(not_kept))
             why = (
@@ -346,7 +357,7 @@ class Reuse:
         for name, target in aliases.items():
             if name in outputs:
                 outputs[name] = {**outputs[name], "alias": target}
-        if reason and not not_kept:
+        if reason and not not_kept and not unseen:
             # stored values load as separate objects: a later change through one name would miss the other
             print(f"{step.name}: cannot be reused next time ({reason})", flush=True)
             key = ""
