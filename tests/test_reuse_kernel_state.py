@@ -120,3 +120,67 @@ def test_a_name_removed_through_globals_makes_the_cell_run(ip, capsys):
     run_ok(ip, step)
     assert "scratch" not in ip.user_ns
     assert "s: cannot be reused next time (it removes 'scratch' out of sight of its code" in first
+
+
+def test_a_list_changed_in_place_that_another_value_holds_is_not_replaced_by_a_copy(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    load = "%%step load\nrows = [1, 2]\nbox = {'r': rows}\n"
+    grow = "%%step grow\nrows.append(3)\n"
+    run_ok(ip, load)
+    run_ok(ip, grow)
+    _restart(ip, "rows", "box")  # restart and run all
+    capsys.readouterr()
+    run_ok(ip, load)
+    run_ok(ip, grow)
+    out = capsys.readouterr().out
+    assert ip.user_ns["box"]["r"] is ip.user_ns["rows"] and ip.user_ns["rows"] == [1, 2, 3], out
+    assert "load: reused from run" in out
+    assert "grow: runs (cannot be reused: 'rows' is also reached from 'box'; the cell may change it in place" in out
+
+
+def test_a_list_changed_in_place_that_nothing_else_holds_is_reused(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    load = "%%step load\nrows = [1, 2]\n"
+    grow = "%%step grow\nrows.append(3)\n"
+    run_ok(ip, load)
+    run_ok(ip, grow)
+    _restart(ip, "rows")
+    capsys.readouterr()
+    run_ok(ip, load)
+    run_ok(ip, grow)
+    out = capsys.readouterr().out
+    assert "grow: reused from run" in out and ip.user_ns["rows"] == [1, 2, 3]
+
+
+def test_a_carried_list_a_notebook_function_appends_to_under_another_name_makes_the_cell_run(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    cells = ["history = []\ndef log(x):\n    history.append(x)\n", "seen = history\n", "%%step s\nlog(1)\ny = 2\n"]
+    for cell in cells:
+        run_ok(ip, cell)
+    _restart(ip, "history", "seen", "y", "log")
+    capsys.readouterr()
+    for cell in cells:
+        run_ok(ip, cell)
+    out = capsys.readouterr().out
+    assert ip.user_ns["seen"] == [1] and ip.user_ns["seen"] is ip.user_ns["history"], out
+    assert "s: runs (cannot be reused: 'history' is also reached from 'seen'" in out
+
+
+def test_a_model_fitted_in_place_that_an_earlier_cells_object_holds_makes_the_cell_run(ip, capsys):
+    pytest.importorskip("sklearn")
+    run_ok(ip, "%pipeline_config --reuse")
+    cells = [
+        "%%step make\nfrom sklearn.linear_model import LinearRegression\nmodel = LinearRegression()\n",
+        "holder = {'m': model}\n",
+        "%%step fit\nmodel.fit([[0.0], [1.0]], [0.0, 2.0])\n",
+    ]
+    for cell in cells:
+        run_ok(ip, cell)
+    _restart(ip, "model", "holder", "LinearRegression")
+    capsys.readouterr()
+    for cell in cells:
+        run_ok(ip, cell)
+    out = capsys.readouterr().out
+    assert ip.user_ns["holder"]["m"] is ip.user_ns["model"], out
+    assert hasattr(ip.user_ns["holder"]["m"], "coef_"), out
+    assert "fit: runs (cannot be reused: 'model' is also reached from 'holder'" in out

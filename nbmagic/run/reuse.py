@@ -27,7 +27,7 @@ from ..pipeline.settings import StepSettings, merge
 from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
-from .reuse_kernel import bound_by_run, snapshot
+from .reuse_kernel import bound_by_run, shared_elsewhere, snapshot
 from .reuse_links import TooLarge, follow, links, notebook_code
 
 
@@ -285,6 +285,19 @@ class Reuse:
                     flush=True,
                 )
                 loaded = None
+            if loaded is not None:
+                changing = _changing(step, loaded, namespace)
+                try:
+                    elsewhere = shared_elsewhere(changing, namespace, set(loaded)) if changing else None
+                except Exception as exc:  # noqa: BLE001 - TooLarge, or an object that cannot be asked: not sure
+                    elsewhere = (
+                        str(exc)
+                        if isinstance(exc, TooLarge)
+                        else f"the kernel's values cannot be checked ({type(exc).__name__})"
+                    )
+                if elsewhere is not None:
+                    print(f"{step.name}: runs (cannot be reused: {elsewhere})", flush=True)
+                    loaded = None
             if loaded is not None:
                 for name in always - set(loaded):  # what running it leaves out of the kernel, reuse does too
                     namespace.pop(name, None)
@@ -748,6 +761,15 @@ def _bind_aliases(outputs: dict[str, dict[str, Any]], loaded: dict[str, Any], na
                 return False
             del pending[name]
     return not pending
+
+
+def _changing(step: StepPlan, loaded: dict[str, Any], namespace: dict[str, Any]) -> list[str]:
+    """The names a reuse would bind whose current objects running the cell may change in place: those its code
+    reads or changes, its inputs, and the values it carries from ordinary cells (a notebook function can change
+    them)."""
+    info = analyze(step.cell.code)
+    seen = {*info.reads, *info.mutated, *step.inputs, *(n for _, n in step.carried)}
+    return [n for n in loaded if n in namespace and n in seen]
 
 
 def _carried_names(step: StepPlan) -> list[str]:
