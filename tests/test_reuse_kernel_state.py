@@ -184,3 +184,23 @@ def test_a_model_fitted_in_place_that_an_earlier_cells_object_holds_makes_the_ce
     assert ip.user_ns["holder"]["m"] is ip.user_ns["model"], out
     assert hasattr(ip.user_ns["holder"]["m"], "coef_"), out
     assert "fit: runs (cannot be reused: 'model' is also reached from 'holder'" in out
+
+
+def test_a_kernel_too_large_to_check_makes_the_cell_run(ip, capsys, monkeypatch):
+    import nbmagic.run.reuse_links as rl
+
+    run_ok(ip, "%pipeline_config --reuse")
+    load = "%%step load\nrows = [1, 2]\n"
+    grow = "%%step grow\nrows.append(3)\n"
+    run_ok(ip, load)
+    run_ok(ip, grow)
+    _restart(ip, "rows")
+    run_ok(ip, load)
+    run_ok(ip, "many = [[i] for i in range(5000)]")  # more objects than the bound set below
+    monkeypatch.setattr(rl, "LIMIT", 1000)
+    monkeypatch.setattr(sys.modules["nbmagic.run.reuse_kernel"], "LIMIT", 1000)
+    capsys.readouterr()
+    run_ok(ip, grow)
+    out = capsys.readouterr().out
+    assert "grow: runs (cannot be reused: the kernel's values take too much to check for others reaching 'rows')" in out
+    assert ip.user_ns["rows"] == [1, 2, 3]

@@ -291,7 +291,7 @@ class Reuse:
                     elsewhere = shared_elsewhere(changing, namespace, set(loaded)) if changing else None
                 except Exception as exc:  # noqa: BLE001 - TooLarge, or an object that cannot be asked: not sure
                     elsewhere = (
-                        str(exc)
+                        f"the kernel's values take too much to check for others reaching {changing[0]!r}"
                         if isinstance(exc, TooLarge)
                         else f"the kernel's values cannot be checked ({type(exc).__name__})"
                     )
