@@ -4,6 +4,7 @@ objects other kernel values share, parts of a module's values; and the checks' o
 from __future__ import annotations
 
 import gc
+import re
 import sys
 import time
 import warnings
@@ -204,3 +205,12 @@ def test_a_kernel_too_large_to_check_makes_the_cell_run(ip, capsys, monkeypatch)
     out = capsys.readouterr().out
     assert "grow: runs (cannot be reused: the kernel's values take too much to check for others reaching 'rows')" in out
     assert ip.user_ns["rows"] == [1, 2, 3]
+
+
+def test_step_help_tells_what_the_kernels_names_make_run(ip, capsys):
+    ip.run_cell("%%step?")
+    flat = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out).split())
+    assert "only names the run bound are stored" in flat
+    assert "binds or removes a name its code does not show" in flat
+    assert "assigns a name on some paths only" in flat
+    assert "a loaded copy would leave the other holder stale" in flat
