@@ -205,6 +205,7 @@ def test_a_kernel_too_large_to_check_makes_the_cell_run(ip, capsys, monkeypatch)
     out = capsys.readouterr().out
     assert "grow: runs (cannot be reused: the kernel's values take too much to check for others reaching 'rows')" in out
     assert ip.user_ns["rows"] == [1, 2, 3]
+    _restart(ip, "many")
 
 
 def test_step_help_tells_what_the_kernels_names_make_run(ip, capsys):
@@ -214,3 +215,21 @@ def test_step_help_tells_what_the_kernels_names_make_run(ip, capsys):
     assert "binds or removes a name its code does not show" in flat
     assert "assigns a name on some paths only" in flat
     assert "a loaded copy would leave the other holder stale" in flat
+
+
+def test_a_large_frame_of_strings_elsewhere_in_the_kernel_does_not_stop_the_reuse(ip, capsys, monkeypatch):
+    pytest.importorskip("pandas")
+    run_ok(ip, "%pipeline_config --reuse")
+    load = "%%step load\nrows = [1, 2]\n"
+    grow = "%%step grow\nrows.append(3)\n"
+    run_ok(ip, load)
+    run_ok(ip, grow)
+    _restart(ip, "rows")
+    _restart(ip, "many")
+    run_ok(ip, load)
+    run_ok(ip, "import pandas as pd\ntexts = pd.DataFrame({'t': [str(i) for i in range(5000)]})")
+    monkeypatch.setattr(sys.modules["nbmagic.run.reuse_kernel"], "LIMIT", 3000)  # fewer objects than rows
+    capsys.readouterr()
+    run_ok(ip, grow)
+    out = capsys.readouterr().out
+    assert "grow: reused from run" in out and ip.user_ns["rows"] == [1, 2, 3], out
