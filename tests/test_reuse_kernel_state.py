@@ -136,7 +136,10 @@ def test_a_list_changed_in_place_that_another_value_holds_is_not_replaced_by_a_c
     out = capsys.readouterr().out
     assert ip.user_ns["box"]["r"] is ip.user_ns["rows"] and ip.user_ns["rows"] == [1, 2, 3], out
     assert "load: reused from run" in out
-    assert "grow: runs (cannot be reused: 'rows' is also reached from 'box'; the cell may change it in place" in out
+    assert (
+        "grow: runs (cannot be reused: an object of 'rows' is also reached from 'box'; the cell may change it in place"
+        in out
+    )
 
 
 def test_a_list_changed_in_place_that_nothing_else_holds_is_reused(ip, capsys):
@@ -164,7 +167,7 @@ def test_a_carried_list_a_notebook_function_appends_to_under_another_name_makes_
         run_ok(ip, cell)
     out = capsys.readouterr().out
     assert ip.user_ns["seen"] == [1] and ip.user_ns["seen"] is ip.user_ns["history"], out
-    assert "s: runs (cannot be reused: 'history' is also reached from 'seen'" in out
+    assert "s: runs (cannot be reused: an object of 'history' is also reached from 'seen'" in out
 
 
 def test_a_model_fitted_in_place_that_an_earlier_cells_object_holds_makes_the_cell_run(ip, capsys):
@@ -184,7 +187,7 @@ def test_a_model_fitted_in_place_that_an_earlier_cells_object_holds_makes_the_ce
     out = capsys.readouterr().out
     assert ip.user_ns["holder"]["m"] is ip.user_ns["model"], out
     assert hasattr(ip.user_ns["holder"]["m"], "coef_"), out
-    assert "fit: runs (cannot be reused: 'model' is also reached from 'holder'" in out
+    assert "fit: runs (cannot be reused: an object of 'model' is also reached from 'holder'" in out
 
 
 def test_a_kernel_too_large_to_check_makes_the_cell_run(ip, capsys, monkeypatch):
@@ -233,3 +236,18 @@ def test_a_large_frame_of_strings_elsewhere_in_the_kernel_does_not_stop_the_reus
     run_ok(ip, grow)
     out = capsys.readouterr().out
     assert "grow: reused from run" in out and ip.user_ns["rows"] == [1, 2, 3], out
+
+
+def test_a_part_changed_in_place_that_another_name_holds_makes_the_cell_run(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    load = "%%step load\nrows = [1, 2]\nbox = {'r': rows}\n"
+    grow = "%%step grow\nbox['r'].append(3)\n"
+    run_ok(ip, load)
+    run_ok(ip, grow)
+    _restart(ip, "rows", "box")
+    capsys.readouterr()
+    run_ok(ip, load)
+    run_ok(ip, grow)
+    out = capsys.readouterr().out
+    assert ip.user_ns["rows"] == [1, 2, 3] and ip.user_ns["box"]["r"] is ip.user_ns["rows"], out
+    assert "grow: runs (cannot be reused: an object of 'box' is also reached from 'rows'" in out

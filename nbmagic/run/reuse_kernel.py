@@ -153,7 +153,7 @@ def shared_elsewhere(names: list[str], namespace: dict[str, Any], rebound: set[s
         hit = next((mine[i] for i in walk.identities(value) if i in mine), None)
         if hit is not None:
             return (
-                f"{hit!r} is also reached from {other!r}; the cell may change it in place, which a value loaded from"
+                f"an object of {hit!r} is also reached from {other!r}; the cell may change it in place, which a value loaded from"
                 " the store would not pass on"
             )
     return None
