@@ -251,3 +251,20 @@ def test_a_part_changed_in_place_that_another_name_holds_makes_the_cell_run(ip, 
     out = capsys.readouterr().out
     assert ip.user_ns["rows"] == [1, 2, 3] and ip.user_ns["box"]["r"] is ip.user_ns["rows"], out
     assert "grow: runs (cannot be reused: an object of 'box' is also reached from 'rows'" in out
+
+
+def test_a_holder_stored_its_own_way_is_looked_into_by_what_it_references(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    load = "%%step load\nrows = [1, 2]\n"
+    grow = "%%step grow\nrows.append(3)\n"
+    run_ok(ip, load)
+    run_ok(ip, grow)
+    _restart(ip, "rows")
+    run_ok(ip, load)
+    run_ok(ip, "import collections\nkept = collections.OrderedDict(r=rows)")  # pickled through its own __reduce__
+    capsys.readouterr()
+    run_ok(ip, grow)
+    out = capsys.readouterr().out
+    assert ip.user_ns["kept"]["r"] is ip.user_ns["rows"] and ip.user_ns["rows"] == [1, 2, 3], out
+    assert "grow: runs (cannot be reused: an object of 'rows' is also reached from 'kept'" in out
+    _restart(ip, "kept")

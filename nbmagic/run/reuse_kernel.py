@@ -15,7 +15,7 @@ import types
 from typing import Any
 
 from ..pipeline.analysis import IPYTHON_HISTORY
-from .reuse_links import LIMIT, TooLarge, _cpu, _Walk
+from .reuse_links import LIMIT, TooLarge, _Walk
 
 _IPYTHON_NAMES = frozenset({"In", "Out", "_oh", "_ih", "_dh", "_exit_code", "exit", "quit", "get_ipython"})
 
@@ -112,6 +112,15 @@ class _KernelWalk(_Walk):
     do (a 64th of a row each when all are numbers or strings), not a row each: a large frame elsewhere in the
     kernel is walked, not given up on."""
 
+    spent = False  # the bound on work or time was reached: the walk ends
+
+    def charge(self, n: int = 1) -> None:
+        try:
+            super().charge(n)
+        except TooLarge:
+            self.spent = True
+            raise
+
     def _pandas(self, obj: Any, found: set[int]) -> Any:
         try:
             dtypes = list(obj.dtypes) if hasattr(obj, "columns") else [obj.dtype]
@@ -124,7 +133,7 @@ class _KernelWalk(_Walk):
         try:
             return super()._children(obj, found)
         except TooLarge:
-            if self.left < 0 or _cpu() > self.deadline:
+            if self.spent:
                 raise
             found.add(id(obj))
             return [
