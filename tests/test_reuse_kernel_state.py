@@ -268,3 +268,16 @@ def test_a_holder_stored_its_own_way_is_looked_into_by_what_it_references(ip, ca
     assert ip.user_ns["kept"]["r"] is ip.user_ns["rows"] and ip.user_ns["rows"] == [1, 2, 3], out
     assert "grow: runs (cannot be reused: an object of 'rows' is also reached from 'kept'" in out
     _restart(ip, "kept")
+
+
+def test_a_runs_results_without_a_name_assigned_on_a_path_not_taken_make_the_cell_run_with_a_line(ip, capsys):
+    cell = "%%step s\nn = 3\nif n > 5:\n    y = [n]\n"
+    run_ok(ip, cell)
+    run_ok(ip, "%compile_run --quiet")  # its results hold n only
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "y = 'kernel'")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    out = capsys.readouterr().out
+    assert "s: runs (cannot be reused: its stored results do not hold 'y', which it assigns)" in out
+    assert ip.user_ns["y"] == "kernel"

@@ -272,6 +272,19 @@ class Reuse:
                 entry = None
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             loaded = self._load(entry.outputs, step.cell.code, step.writes, namespace)
+            if loaded is None:
+                lacking = next(
+                    (w for w in step.writes if w not in entry.outputs and not _imports(step.cell.code, [w])), None
+                )
+                print(
+                    f"{step.name}: runs (cannot be reused: "
+                    + (
+                        f"its stored results do not hold {lacking!r}, which it assigns)"
+                        if lacking is not None
+                        else "a stored value of it cannot be read)"
+                    ),
+                    flush=True,
+                )
             try:
                 unbound = None if loaded is None else notebook_code(_by_value(loaded, entry.outputs), namespace)
             except Exception as exc:  # noqa: BLE001 - TooLarge, or an object that cannot be asked: not sure
