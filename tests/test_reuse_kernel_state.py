@@ -281,3 +281,17 @@ def test_a_runs_results_without_a_name_assigned_on_a_path_not_taken_make_the_cel
     out = capsys.readouterr().out
     assert "s: runs (cannot be reused: its stored results do not hold 'y', which it assigns)" in out
     assert ip.user_ns["y"] == "kernel"
+
+
+def test_a_name_read_and_assigned_on_some_paths_is_stored_even_when_left_as_it_was(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    make = "%%step make\nrows = [3, 1, 2]\n"
+    tidy = "%%step tidy\nif len(rows) > 1:\n    rows = sorted(rows) if rows[0] > rows[-1] else rows\n"
+    run_ok(ip, make)
+    run_ok(ip, tidy)
+    run_ok(ip, tidy)  # run again: rows is bound to the very list it held
+    assert "cannot be reused" not in capsys.readouterr().out
+    _restart(ip, "rows")
+    run_ok(ip, make)
+    run_ok(ip, tidy)
+    assert "tidy: reused from run" in capsys.readouterr().out and ip.user_ns["rows"] == [1, 2, 3]

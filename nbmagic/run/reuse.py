@@ -359,8 +359,12 @@ class Reuse:
         # a later reuse must bind it too), and what it changed in place; a name bound out of sight of its code, or
         # one it binds on some paths only and left as it was, makes its results not reusable
         always, sometimes = _deleted(step.cell.code)
-        mutated = analyze(step.cell.code).mutated | set(moved)
-        bound, unseen = bound_by_run(names_before, namespace, step.cell.code, step.writes, mutated, always | sometimes)
+        info = analyze(step.cell.code)
+        read = {*info.reads, *step.inputs, *(n for _, n in step.carried)}
+        deleted = always | sometimes
+        bound, unseen = bound_by_run(
+            names_before, namespace, step.cell.code, step.writes, info.mutated | set(moved), deleted, read
+        )
         assigned = {n: namespace[n] for n in (*step.writes, *moved) if n in namespace and (n in bound or n in moved)}
         if unseen:
             key = ""

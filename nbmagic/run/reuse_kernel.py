@@ -71,11 +71,14 @@ def bound_by_run(
     writes: tuple[str, ...],
     in_place: set[str],
     deleted: set[str],
+    read: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> tuple[set[str], str | None]:
     """(the names of ``writes`` the run left as outputs, why the results cannot be reused or None).
 
     A name the code binds at its top level is an output; one it changes in place (``in_place``) too; one it binds
-    on some paths only is an output when the run bound it to another object than before. Not reusable: the run
+    on some paths only is an output when the run bound it to another object than before, or when the cell reads it
+    (``read``: its value is then part of the key, so the stored value is what the kernel holds either way,
+    ``model = model.eval()`` in a ``with`` block). Not reusable: the run
     bound (or removed) a name its code does not show, or left a some-paths name as it was (not bound, or bound to
     the very object it held: cannot be told) — reused, the stored value would replace the kernel's."""
     after = snapshot(namespace)
@@ -91,7 +94,7 @@ def bound_by_run(
     for name in writes:
         if name not in after:
             continue  # deleted by the cell (reuse deletes it too) or never bound
-        if name in always or name in in_place or before.get(name) != after[name]:
+        if name in always or name in in_place or name in read or before.get(name) != after[name]:
             outputs.add(name)
         elif name not in before:
             continue
