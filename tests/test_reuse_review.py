@@ -91,7 +91,9 @@ def test_a_name_the_stored_results_lack_makes_the_cell_run(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
     capsys.readouterr()
     run_ok(ip, cell)
-    assert "reused" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reused from run" not in out
+    assert "s: runs (cannot be reused: its stored results do not hold 'mod', which it assigns)" in out
     assert ip.user_ns["mod"].__name__ == "colorsys" and ip.user_ns["v"] == 1
 
 

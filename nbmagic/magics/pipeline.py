@@ -110,6 +110,13 @@ class PipelineMagics(Magics):
         module's source, here and in ``%compile_run``), a step it runs ``--after`` failed, or a value holds a secret (``--secret`` values and ``--secret-file`` contents are never stored; kept
         output shows ``***`` in their place).
 
+        The kernel's names: only names the run bound are stored. The cell runs next time when it binds or removes
+        a name its code does not show (``globals()[n] = …``, ``exec``), or assigns a name on some paths only
+        (``if n > 5: y = n``) and left the kernel's value as it was; a part of a local module's value
+        (``cfg = mod.CONFIG['train']``) too. It runs instead of being reused when it may change a value in place
+        (it reads or changes it, or carries it) that another kernel value reaches (``box = {'r': rows}`` before
+        ``rows.append(3)``): a loaded copy would leave the other holder stale.
+
         Example::
 
             %%step train --after process --memory 4Gi --retries 2

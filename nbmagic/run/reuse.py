@@ -21,11 +21,13 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from ..errors import NbMagicError
+from ..pipeline.analysis import analyze
 from ..pipeline.model import PipelinePlan, StepPlan
 from ..pipeline.settings import StepSettings, merge
 from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
+from .reuse_kernel import bound_by_run, shared_elsewhere, snapshot
 from .reuse_links import TooLarge, follow, links, notebook_code
 
 
@@ -270,6 +272,19 @@ class Reuse:
                 entry = None
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             loaded = self._load(entry.outputs, step.cell.code, step.writes, namespace)
+            if loaded is None:
+                lacking = next(
+                    (w for w in step.writes if w not in entry.outputs and not _imports(step.cell.code, [w])), None
+                )
+                print(
+                    f"{step.name}: runs (cannot be reused: "
+                    + (
+                        f"its stored results do not hold {lacking!r}, which it assigns)"
+                        if lacking is not None
+                        else "a stored value of it cannot be read)"
+                    ),
+                    flush=True,
+                )
             try:
                 unbound = None if loaded is None else notebook_code(_by_value(loaded, entry.outputs), namespace)
             except Exception as exc:  # noqa: BLE001 - TooLarge, or an object that cannot be asked: not sure
@@ -283,6 +298,19 @@ class Reuse:
                     flush=True,
                 )
                 loaded = None
+            if loaded is not None:
+                changing = _changing(step, loaded, namespace)
+                try:
+                    elsewhere = shared_elsewhere(changing, namespace, set(loaded)) if changing else None
+                except Exception as exc:  # noqa: BLE001 - TooLarge, or an object that cannot be asked: not sure
+                    elsewhere = (
+                        f"the kernel's values take too much to check for others reaching {changing[0]!r}"
+                        if isinstance(exc, TooLarge)
+                        else f"the kernel's values cannot be checked ({type(exc).__name__})"
+                    )
+                if elsewhere is not None:
+                    print(f"{step.name}: runs (cannot be reused: {elsewhere})", flush=True)
+                    loaded = None
             if loaded is not None:
                 for name in always - set(loaded):  # what running it leaves out of the kernel, reuse does too
                     namespace.pop(name, None)
@@ -318,6 +346,7 @@ class Reuse:
         self.keys.pop(step.name, None)  # until it has run: a cell that raises leaves no key for --after edges
         watched = [n for n in dict.fromkeys([*step.inputs, *(n for _, n in step.carried)]) if n not in step.writes]
         before = {n: fingerprint(namespace[n]) for n in watched if n in namespace}
+        names_before = snapshot(namespace)
         kept: list[str] = []
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, kept), _Tee(err, kept)
@@ -326,11 +355,23 @@ class Reuse:
         finally:
             sys.stdout, sys.stderr = out, err
         moved = changed(before, namespace)  # a value with no fingerprint counts as changed: kept, to be safe
-        # every name the cell assigns, as the kernel holds it now (re-binding the same object, as a repeated
-        # import does, counts: a later reuse must bind it too), and what it changed in place
-        assigned = {n: namespace[n] for n in (*step.writes, *moved) if n in namespace}
+        # every name the cell bound (re-binding the same object at its top level, as a repeated import does, counts:
+        # a later reuse must bind it too), and what it changed in place; a name bound out of sight of its code, or
+        # one it binds on some paths only and left as it was, makes its results not reusable
+        always, sometimes = _deleted(step.cell.code)
+        info = analyze(step.cell.code)
+        read = {*info.reads, *step.inputs, *(n for _, n in step.carried)}
+        deleted = always | sometimes
+        bound, unseen = bound_by_run(
+            names_before, namespace, step.cell.code, step.writes, info.mutated | set(moved), deleted, read
+        )
+        assigned = {n: namespace[n] for n in (*step.writes, *moved) if n in namespace and (n in bound or n in moved)}
+        if unseen:
+            key = ""
         hidden = secrets(plan, step)
         outputs, not_kept = self._put(assigned, hidden)
+        if unseen and not not_kept:
+            print(f"{step.name}: cannot be reused next time ({unseen})", flush=True)
         if not_kept:
             name = next(iter(not_kept))
             why = (
@@ -346,7 +387,7 @@ class Reuse:
         for name, target in aliases.items():
             if name in outputs:
                 outputs[name] = {**outputs[name], "alias": target}
-        if reason and not not_kept:
+        if reason and not not_kept and not unseen:
             # stored values load as separate objects: a later change through one name would miss the other
             print(f"{step.name}: cannot be reused next time ({reason})", flush=True)
             key = ""
@@ -737,6 +778,15 @@ def _bind_aliases(outputs: dict[str, dict[str, Any]], loaded: dict[str, Any], na
                 return False
             del pending[name]
     return not pending
+
+
+def _changing(step: StepPlan, loaded: dict[str, Any], namespace: dict[str, Any]) -> list[str]:
+    """The names a reuse would bind whose current objects running the cell may change in place: those its code
+    reads or changes, its inputs, and the values it carries from ordinary cells (a notebook function can change
+    them)."""
+    info = analyze(step.cell.code)
+    seen = {*info.reads, *info.mutated, *step.inputs, *(n for _, n in step.carried)}
+    return [n for n in loaded if n in namespace and n in seen]
 
 
 def _carried_names(step: StepPlan) -> list[str]:

@@ -26,6 +26,7 @@ import threading
 import time
 import types
 import uuid
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,6 +34,7 @@ from .buffers import Buffer, array_buffers, copy_on_write, overlap, pandas_buffe
 
 LIMIT = 1_000_000  # objects looked at per call; past it reuse cannot be sure
 TIME_LIMIT = 1.0  # CPU seconds of the calling thread one call may take; past it reuse cannot be sure
+MODULE_LIMIT = 300_000  # objects looked at inside the values of the modules a step imports; past it: not sure
 
 _ATOMS = (
     int,
@@ -122,6 +124,18 @@ def _own_pickling(kind: type) -> bool:
 
 def _slots(kind: type) -> bool:
     return any("__slots__" in vars(cls) for cls in kind.__mro__)
+
+
+def _quiet(function: Any) -> Any:
+    """Run ``function`` with warnings silenced: reading a module's attributes can warn (deprecated ones)."""
+
+    @functools.wraps(function)
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return function(*args, **kwargs)
+
+    return quiet
 
 
 class TooLarge(Exception):
@@ -392,6 +406,7 @@ def follow(root: Any, path: list[str | int]) -> Any:
     return root
 
 
+@_quiet
 def _module_values(modules: Iterable[str]) -> dict[int, tuple[str, Any]]:
     """Id -> ("module.name", value) of the changeable values held at the top of the named modules and their submodules
     (functions and classes are stored by reference, so they are left out)."""
@@ -406,6 +421,7 @@ def _module_values(modules: Iterable[str]) -> dict[int, tuple[str, Any]]:
     return held
 
 
+@_quiet
 def _module_buffers(held: dict[int, tuple[str, Any]]) -> list[tuple[str, Buffer]]:
     """The buffers of the arrays, frames and tensors among the modules' values (the values themselves, not what
     they hold)."""
@@ -422,6 +438,81 @@ def _module_buffers(held: dict[int, tuple[str, Any]]) -> list[tuple[str, Buffer]
             continue
         found.extend((label, b) for b in buffers)
     return found
+
+
+def _local(modules: Iterable[str]) -> list[str]:
+    """The notebook's own modules among ``modules`` and those they import (installed packages are left out: walking
+    inside their values costs 20-130 ms for numpy, pandas, sklearn and torch)."""
+    from .cache_key import local_modules
+
+    return list(local_modules(tuple(modules)))
+
+
+@_quiet
+def _module_contents(modules: Iterable[str]) -> dict[int, str]:
+    """Id -> "module.name" of the changeable objects held inside the values at the top of the named modules (and
+    their submodules): dicts, lists, tuples, sets, deques and objects' attributes, within :data:`MODULE_LIMIT`
+    objects. Raises :class:`TooLarge` past it."""
+    wanted = tuple(modules)
+    found: dict[int, str] = {}
+    seen: set[int] = set()
+    left = MODULE_LIMIT
+    np = sys.modules.get("numpy")
+    ndarray = np.ndarray if np is not None else None
+    skip = (*_ATOMS, type, types.FunctionType)
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not any(module_name == m or module_name.startswith(m + ".") for m in wanted):
+            continue
+        for name, top in list(getattr(module, "__dict__", {}).items()):
+            if isinstance(top, skip):
+                continue
+            label = f"{module_name}.{name}"
+            stack = [top]
+            while stack:
+                obj = stack.pop()
+                kind = type(obj)
+                if kind in _ATOM_TYPES or id(obj) in seen:
+                    continue
+                seen.add(id(obj))
+                left -= 1
+                if left < 0:
+                    raise TooLarge("the modules it imports hold too much to check for its values inside them")
+                if kind is dict:
+                    found.setdefault(id(obj), label)
+                    stack.extend(obj.values())
+                elif kind is list or kind is set:
+                    found.setdefault(id(obj), label)
+                    stack.extend(obj)
+                elif kind is tuple or kind is frozenset:
+                    stack.extend(obj)
+                else:
+                    try:
+                        stack.extend(_module_part(obj, found, label, ndarray, skip))
+                    except Exception:  # noqa: BLE001 - what it holds is not reached by subscripts or attributes
+                        continue
+    return found
+
+
+def _module_part(obj: Any, found: dict[int, str], label: str, ndarray: Any, skip: tuple[type, ...]) -> list[Any]:
+    """Note ``obj`` (an array by the memory it uses) as held by the module value ``label``; what it holds."""
+    if isinstance(obj, skip):
+        return []
+    if ndarray is not None and isinstance(obj, ndarray):
+        root = obj
+        while getattr(root, "base", None) is not None:
+            root = root.base
+        found.setdefault(id(root), label)
+        return []
+    found.setdefault(id(obj), label)
+    children: list[Any] = []
+    if isinstance(obj, dict):
+        children.extend(obj.values())
+    elif isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+        children.extend(obj)
+    attrs = getattr(obj, "__dict__", None)
+    if type(attrs) is dict:
+        children.extend(attrs.values())
+    return children
 
 
 def links(
@@ -457,12 +548,15 @@ def links(
                 for ident in ids[name]:
                     owner.setdefault(ident, name)
             held = _module_values(modules) if modules else {}
-            walk.charge(len(held))
+            inner: dict[int, str] | None = None  # ids inside local modules' values, found when needed
             memory.extend(_module_buffers(held))
             for name, value in assigned.items():
                 ids[name] = walk.identities(value)
                 memory.extend((name, b) for b in walk.take_buffers())
                 inside = next((held[i][0] for i in ids[name] if i in held), None)
+                if inside is None and ids[name] and modules:  # a part of a local module's value (mod.CONFIG["x"])
+                    inner = _module_contents(_local(modules)) if inner is None else inner
+                    inside = next((inner[i] for i in ids[name] if i in inner), None)
                 if inside is not None:
                     return (
                         f"{name!r} holds {inside}; loaded from the store it would be a copy, not the module's",

@@ -1,0 +1,171 @@
+"""What a ``%%step`` cell did to the kernel's names, seen from outside its code, and what a reuse would break.
+
+Before the cell runs, :func:`snapshot` notes each name's object (by id and type, holding no reference: a held
+reference would change what the cell does, ``ndarray.resize`` refuses it). After it, :func:`bound_by_run` tells
+which names the run bound or rebound, names bound out of sight of the code (``globals()[name] = …``, ``exec``),
+and names the code assigns on some paths only whose binding cannot be told. :func:`shared_elsewhere` finds, before
+a reuse, a name the cell may change in place whose object another kernel value also reaches.
+"""
+
+from __future__ import annotations
+
+import ast
+import gc
+import types
+from typing import Any
+
+from ..pipeline.analysis import IPYTHON_HISTORY
+from .reuse_links import LIMIT, TooLarge, _Walk
+
+_IPYTHON_NAMES = frozenset({"In", "Out", "_oh", "_ih", "_dh", "_exit_code", "exit", "quit", "get_ipython"})
+
+
+def ipython_name(name: str) -> bool:
+    """A name IPython itself keeps in the namespace (output history, ``In``/``Out``) or a dunder."""
+    return name in _IPYTHON_NAMES or bool(IPYTHON_HISTORY.match(name)) or (name[:2] == "__" == name[-2:])
+
+
+def snapshot(namespace: dict[str, Any]) -> dict[str, tuple[int, type]]:
+    return {name: (id(value), type(value)) for name, value in namespace.items()}
+
+
+def always_bound(code: str) -> set[str]:
+    """Names bound by the cell's top-level statements that run whenever the cell succeeds (assignments, imports,
+    definitions, ``with … as``); names bound in a branch, loop, ``try``, ``with`` body or ``:=`` are left out."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return set()
+    found: set[str] = set()
+
+    def targets(node: ast.expr) -> None:
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, (ast.Tuple, ast.List)):
+            for item in node.elts:
+                targets(item)
+        elif isinstance(node, ast.Starred):
+            targets(node.value)
+
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                targets(target)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and node.value is not None:
+            targets(node.target)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update(a.asname or a.name.split(".")[0] for a in node.names if a.name != "*")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found.add(node.name)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                if item.optional_vars is not None:
+                    targets(item.optional_vars)
+    return found
+
+
+def bound_by_run(
+    before: dict[str, tuple[int, type]],
+    namespace: dict[str, Any],
+    code: str,
+    writes: tuple[str, ...],
+    in_place: set[str],
+    deleted: set[str],
+    read: set[str] = frozenset(),  # type: ignore[assignment]
+) -> tuple[set[str], str | None]:
+    """(the names of ``writes`` the run left as outputs, why the results cannot be reused or None).
+
+    A name the code binds at its top level is an output; one it changes in place (``in_place``) too; one it binds
+    on some paths only is an output when the run bound it to another object than before, or when the cell reads it
+    (``read``: its value is then part of the key, so the stored value is what the kernel holds either way,
+    ``model = model.eval()`` in a ``with`` block). Not reusable: the run
+    bound (or removed) a name its code does not show, or left a some-paths name as it was (not bound, or bound to
+    the very object it held: cannot be told) — reused, the stored value would replace the kernel's."""
+    after = snapshot(namespace)
+    known = set(writes) | in_place | deleted
+    for name, mark in after.items():
+        if name not in known and before.get(name) != mark and not ipython_name(name):
+            return set(), f"it binds {name!r} out of sight of its code (globals(), exec, a function); a reuse would not"
+    for name in before:
+        if name not in after and name not in known and not ipython_name(name):
+            return set(), f"it removes {name!r} out of sight of its code; a reuse would not"
+    always = always_bound(code)
+    outputs: set[str] = set()
+    for name in writes:
+        if name not in after:
+            continue  # deleted by the cell (reuse deletes it too) or never bound
+        if name in always or name in in_place or name in read or before.get(name) != after[name]:
+            outputs.add(name)
+        elif name not in before:
+            continue
+        else:
+            return outputs, (
+                f"it assigns {name!r} on some paths only and this run left the kernel's {name!r} as it was;"
+                " reused, the stored value would replace the kernel's"
+            )
+    unbound = [n for n in writes if n not in after and n not in before and n not in deleted]
+    if unbound:
+        return outputs, f"it assigns {unbound[0]!r} on some paths only and this run did not"
+    return outputs, None
+
+
+class _KernelWalk(_Walk):
+    """The shared-object walk, reaching into objects it cannot store by what the garbage collector sees them hold
+    (C objects); globals dicts, frames and modules are not followed. A pandas object column costs what its items
+    do (a 64th of a row each when all are numbers or strings), not a row each: a large frame elsewhere in the
+    kernel is walked, not given up on."""
+
+    spent = False  # the bound on work or time was reached: the walk ends
+
+    def charge(self, n: int = 1) -> None:
+        try:
+            super().charge(n)
+        except TooLarge:
+            self.spent = True
+            raise
+
+    def _pandas(self, obj: Any, found: set[int]) -> Any:
+        try:
+            dtypes = list(obj.dtypes) if hasattr(obj, "columns") else [obj.dtype]
+            self.left += len(obj) * sum(1 for d in dtypes if getattr(d, "hasobject", True))
+        except Exception:  # noqa: BLE001 - the walk below says what it cannot look into
+            pass
+        return super()._pandas(obj, found)
+
+    def _children(self, obj: Any, found: set[int]) -> Any:
+        try:
+            return super()._children(obj, found)
+        except TooLarge:
+            if self.spent:
+                raise
+            found.add(id(obj))
+            return [
+                child
+                for child in gc.get_referents(obj)
+                if not isinstance(child, (types.ModuleType, types.FrameType, types.CodeType))
+                and not (type(child) is dict and "__builtins__" in child)
+            ]
+
+
+def shared_elsewhere(names: list[str], namespace: dict[str, Any], rebound: set[str]) -> str | None:
+    """Why a reuse binding ``names`` (the cell may change their objects in place) would differ from running it:
+    another kernel value reaches an object of theirs, so a change in place would reach it and a loaded copy would
+    not. ``rebound``: every name the reuse binds (their current objects leave the kernel with them). Raises
+    :class:`~nbmagic.run.reuse_links.TooLarge` when the values take too much to walk."""
+    with _KernelWalk(namespace, LIMIT) as walk:  # the collector's passes in this thread are no work of the walk
+        mine: dict[int, str] = {}
+        for name in names:
+            for ident in walk.identities(namespace[name]):
+                mine.setdefault(ident, name)
+        if not mine:
+            return None
+        for other, value in list(namespace.items()):
+            if other in rebound or ipython_name(other) or isinstance(value, (types.ModuleType, type)):
+                continue
+            hit = next((mine[i] for i in walk.identities(value) if i in mine), None)
+            if hit is not None:
+                return (
+                    f"an object of {hit!r} is also reached from {other!r}; the cell may change it in place, which a value loaded from"
+                    " the store would not pass on"
+                )
+    return None
