@@ -43,7 +43,7 @@ def table(obj: Any) -> Any:
         return None
     try:
         arrow = pa.Table.from_pandas(df, preserve_index=None)
-    except (pa.ArrowException, TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - ArrowException, TypeError, OverflowError (int >= 2**63)...: pickle it
         return None
     for f in arrow.schema:
         if pa.types.is_nested(f.type):
