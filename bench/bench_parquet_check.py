@@ -3,7 +3,8 @@
     python bench/bench_parquet_check.py [--baseline REF]    # REF: a git ref whose parquet.py is compared (main)
 
 Times ``parquet.table()`` (Arrow conversion + the check) and the whole ``marshal.save`` for this tree and for
-the baseline's ``parquet.py`` (loaded from git into the same package), best of ``--repeat``, in one run.
+the baseline's ``parquet.py`` (loaded from git into the same package), best of ``--repeat``, interleaved in one
+run; and the every-row check alone, wall and CPU time (CPU time is steadier on a shared machine).
 """
 
 from __future__ import annotations
@@ -59,12 +60,12 @@ def baseline_module(ref: str):
     return module
 
 
-def best(fn, repeat: int) -> float:
+def best(fn, repeat: int, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return min(times)
 
 
@@ -79,26 +80,46 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-parquet-check-"))
     print(f"{args.rows} rows: {', '.join(f'{c} {t}' for c, t in df.dtypes.items())}")
     try:
-        results = {}
-        for label, module in (("baseline " + args.baseline, old), ("this tree", parquet)):
+        import pyarrow as pa
+
+        modules = {"baseline " + args.baseline: old, "this tree": parquet}
+        for module in modules.values():
             assert module.table(df) is not None
-            t_table = best(lambda m=module: m.table(df), args.repeat)
+        arrow_only: list[float] = []
+        table_times: dict[str, list[float]] = {label: [] for label in modules}
+        save_times: dict[str, list[float]] = {label: [] for label in modules}
+        for _ in range(args.repeat):  # interleaved, so both sides see the same machine load
+            arrow_only.append(best(lambda: pa.Table.from_pandas(df, preserve_index=None), 1))
+            for label, module in modules.items():
+                table_times[label].append(best(lambda m=module: m.table(df), 1))
 
-            def save(m=module) -> None:
-                d = work / "v"
-                shutil.rmtree(d, ignore_errors=True)
-                d.mkdir()
-                original, marshal.parquet.table = marshal.parquet.table, m.table
-                try:
-                    assert marshal.save(df, d, "df")["format"] == "parquet"
-                finally:
-                    marshal.parquet.table = original
+                def save(m=module) -> None:
+                    d = work / "v"
+                    shutil.rmtree(d, ignore_errors=True)
+                    d.mkdir()
+                    original, marshal.parquet.table = marshal.parquet.table, m.table
+                    try:
+                        assert marshal.save(df, d, "df")["format"] == "parquet"
+                    finally:
+                        marshal.parquet.table = original
 
-            t_save = best(save, args.repeat)
-            results[label] = (t_table, t_save)
-            print(f"  {label:<16} table() {t_table:6.3f} s   save {t_save:6.3f} s", flush=True)
-        (bt, bs), (nt, ns) = results.values()
-        print(f"  ratio this/baseline: table() {nt / bt:.2f}x, save {ns / bs:.2f}x (check adds {nt - bt:+.3f} s)")
+                save_times[label].append(best(save, 1))
+        arrow = pa.Table.from_pandas(df, preserve_index=None)
+        check_cpu = best(lambda: parquet._rows_exact(df, arrow), args.repeat, time.process_time)
+        check_wall = best(lambda: parquet._rows_exact(df, arrow), args.repeat)
+        print(f"  the every-row check alone (_rows_exact): {check_wall:.3f} s wall, {check_cpu:.3f} s CPU")
+        for label, module in modules.items():
+            cpu = best(lambda m=module: m.table(df), args.repeat, time.process_time)
+            print(f"  {label:<16} table() CPU {cpu:6.3f} s")
+        base = min(arrow_only)
+        print(f"  Arrow conversion alone (pa.Table.from_pandas): {base:.3f} s")
+        rows = {}
+        for label in modules:
+            t_table, t_save = min(table_times[label]), min(save_times[label])
+            rows[label] = (t_table, t_save)
+            print(f"  {label:<16} table() {t_table:6.3f} s (check {t_table - base:+.3f} s)   save {t_save:6.3f} s")
+        (bt, bs), (nt, ns) = rows.values()
+        print(f"  ratio this/baseline: table() {nt / bt:.2f}x, save {ns / bs:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
