@@ -55,6 +55,7 @@ EXACT = {
     "float": pd.Series(np.r_[rng.standard_normal(N - 6), np.inf, -np.inf, -0.0, np.nan, NEG_NAN, PAYLOAD_NAN]),
     "float32": pd.Series(np.r_[rng.standard_normal(N - 3), -0.0, np.nan, NEG_NAN].astype(np.float32)),
     "float16": pd.Series(np.array([1.0, np.nan, -np.nan, 65504.0, 1e-7, -0.0] * (N // 6) + [0.0] * 4, np.float16)),
+    "float16-nan": pd.Series(np.array([1.0, np.nan] * (N // 2), np.float16)),
     "datetime-ns": pd.Series(pd.date_range("1700-01-01", periods=N, freq="7919min").as_unit("ns")).where(
         np.arange(N) != 500
     ),
