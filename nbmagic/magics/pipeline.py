@@ -84,6 +84,11 @@ class PipelineMagics(Magics):
         joins the key: a changed file means the step runs, here and in ``%compile_run``; on a cluster the file
         must be at that path in the step's pod), or use ``--no-reuse``.
 
+        Loaded arrays: a numpy array under 64 MiB is read into memory of its own, as running the cell leaves it.
+        One of 64 MiB or more is mapped copy-on-write from the store (writes work and never reach the store), and
+        an array inside a list, dict or other container is a view of the loaded data: ``X.resize(n)`` on those
+        says it does not own its data; ``X = np.resize(X, n)`` or ``X = X.copy()`` work.
+
         Carried values: values from ordinary cells the step uses (``k = 2``, ``history = []``) are
         fingerprinted; a cell whose kernel holds other values than its stored results were computed with runs
         instead, and results computed with values the notebook's cells do not give are kept for this kernel

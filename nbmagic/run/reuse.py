@@ -467,8 +467,9 @@ class Reuse:
         try:
             for name, ref in outputs.items():
                 if name not in loaded:
-                    # arrays from 1 MiB up are mapped (copy-on-write), not read: the kernel pays for what it touches
-                    loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True, mmap_threshold=1 << 20)
+                    # arrays under 64 MiB are read into memory of their own, as running the cell gives (~0.3 ms
+                    # per MB); larger ones are mapped copy-on-write, as %restore maps them (cannot .resize())
+                    loaded[name] = self.store.objects.get(ref["hash"], name, mmap=True)
         except Exception:  # noqa: BLE001 - a value gone or unreadable: the cell runs instead
             return None
         if not _bind_aliases(outputs, loaded, namespace or {}):

@@ -26,6 +26,7 @@ import secrets
 import shutil
 import socket
 import stat
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -84,14 +85,35 @@ def _holds_secret(obj: Any, secrets: tuple[str, ...], depth: int = 0, budget: li
         )
     if isinstance(obj, (list, tuple, set, frozenset)):
         return any(_holds_secret(item, secrets, depth + 1, budget) for item in obj)
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "US":
+            return _text_array_holds_secret(obj, secrets, np)
+        if obj.dtype.hasobject:
+            return any(_holds_secret(item, secrets, depth + 1, budget) for item in obj.flat)
     return False
 
 
+def _text_array_holds_secret(arr: Any, secrets: tuple[str, ...], np: Any) -> bool:
+    """True when an element of a numpy str/bytes array equals or contains a secret (numpy's own search)."""
+    find = getattr(getattr(np, "strings", None), "find", None) or np.char.find
+    for secret in secrets:
+        needle: str | bytes = secret if arr.dtype.kind == "U" else secret.encode()
+        if (arr == needle).any() or (len(secret) >= 4 and (find(arr, needle) >= 0).any()):
+            return True
+    return False
+
+
+#: how a secret's text can sit in a stored file: UTF-8 (pickle, parquet), UTF-32 (numpy 'U' arrays), UTF-16
+_ENCODINGS = ("utf-8", "utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be")
+
+
 def _files_hold_secret(folder: Path, secrets: tuple[str, ...]) -> bool:
-    """True when a written file's bytes contain a secret (catches secrets inside objects: pickles keep strings)."""
+    """True when a written file's bytes contain a secret in any of ``_ENCODINGS`` (catches secrets inside
+    objects: pickles keep strings, numpy keeps str arrays as UTF-32)."""
     import mmap
 
-    needles = [secret.encode() for secret in secrets if len(secret) >= 4]
+    needles = list(dict.fromkeys(secret.encode(e) for secret in secrets if len(secret) >= 4 for e in _ENCODINGS))
     for path in folder.iterdir():
         if not needles or path.stat().st_size == 0:
             continue
@@ -282,6 +304,8 @@ class ObjectStore:
                 if _disk_full(exc):
                     raise StoreFull(f"cannot store variable {name!r}: no space left on device ({self.root})") from None
                 raise StoreError(f"cannot store variable {name!r}: {exc.strerror or exc}") from None
+            except StoreError:
+                raise  # SecretValue from the file search, as it is
             except marshal.MarshalError as exc:
                 raise StoreError(str(exc)) from exc
             digest = manifest["hash"]

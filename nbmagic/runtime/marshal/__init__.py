@@ -122,7 +122,10 @@ def _candidates(obj: Any, pandas_format: str) -> list[tuple[str, Callable[..., W
             return [(pickle.FORMAT, pickle.write)]
         return [(npy.SCALAR_FORMAT, npy.write_scalar)]
     if parquet.claims(obj):
-        table = parquet.table(obj) if pandas_format == "parquet" else None
+        try:
+            table = parquet.table(obj) if pandas_format == "parquet" else None
+        except Exception:  # noqa: BLE001 - any failure of the parquet path leaves the frame to pickle
+            table = None
         if table is not None:
             return [
                 (parquet.FORMAT, lambda o, d, a, n: parquet.write(o, d, a, n, table)),
