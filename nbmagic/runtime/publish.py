@@ -29,6 +29,7 @@ from . import gcs_errors
 
 MANIFEST = "manifest.json"
 HEARTBEAT_S = float(os.environ.get("NBMAGIC_STORE_HEARTBEAT", "60"))  # well inside the readers' lease (600 s)
+LEASE_RENEW_S = 60.0  # a writer lease is renewed this often while a step publishes (stale after 600 s)
 
 
 class _Folder:
@@ -304,6 +305,31 @@ def heartbeat(target: dict) -> Callable[[], None]:
     return stop_beating
 
 
+def _renew_lease(uri: str, lease: str, body: bytes) -> Callable[[], None]:
+    """Rewrite the writer lease ``lease`` every ``LEASE_RENEW_S`` from a daemon thread, so a publish of big
+    values over a slow link stays seen by a gc however long it takes; returns the function that stops it,
+    waiting for a renewal under way (it would write the lease again after its removal). The client is made
+    here, in the calling thread."""
+    stop = threading.Event()
+    store = _backend(uri)
+
+    def renew() -> None:
+        while not stop.wait(LEASE_RENEW_S):
+            try:
+                store.put(lease, data=body)
+            except Exception:  # noqa: BLE001, S110 - retried at the next renewal, well inside the 600 s
+                pass
+
+    thread = threading.Thread(target=renew, daemon=True, name="nbmagic-writer-lease")
+    thread.start()
+
+    def stop_renewing() -> None:
+        stop.set()
+        thread.join()
+
+    return stop_renewing
+
+
 def credentials_problem(target: dict) -> str | None:
     """One line when the step was compiled to read the store's key file from its ``--store-secret``
     (``target["key_file"]``, which ``$GOOGLE_APPLICATION_CREDENTIALS`` names) and the secret has none: checked
@@ -337,8 +363,9 @@ def publish_step(
     ``inputs``/``outputs`` map variable names to their marshal folders. Returns the record's key."""
     store = _backend(target["uri"])
     lease = f"locks/writer-{uuid.uuid4().hex}.json"
+    body = json.dumps({"pid": os.getpid(), "since": time.time()}).encode()
     for _attempt in range(600):  # a gc of the store excludes writers while it deletes
-        store.put(lease, data=json.dumps({"pid": os.getpid(), "since": time.time()}).encode())
+        store.put(lease, data=body)
         if not store.live("locks/gc-"):
             break
         store.delete(lease)
@@ -347,6 +374,7 @@ def publish_step(
         raise RuntimeError(
             f"a gc of the store has held it for over 600 s ({target['uri']}/locks/gc-*): nothing published"
         )
+    stop_renewing = _renew_lease(target["uri"], lease, body)
     try:
         refs = {
             kind: {name: {**_push(store, Path(folder)), "name": name} for name, folder in values.items()}
@@ -401,4 +429,5 @@ def publish_step(
         store.put(key, data=json.dumps({"record": record, "sig": _sign(canonical)}).encode())
         return key
     finally:
+        stop_renewing()
         store.delete(lease)
