@@ -80,10 +80,22 @@ class _Folder:
         except FileNotFoundError:
             return None
 
+    def now(self) -> float:
+        """The file server's clock: the modification time it stamps on a file written now."""
+        probe = self.root / "tmp" / f"clock-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        try:
+            self._mkdir(probe.parent)
+            probe.write_bytes(b"")
+            return probe.stat().st_mtime
+        except OSError:
+            return time.time()
+        finally:
+            probe.unlink(missing_ok=True)
+
     def live(self, prefix: str) -> bool:
         folder = self.root / prefix.rpartition("/")[0]
         stem = prefix.rpartition("/")[2]
-        now = time.time()
+        now = self.now()
         if not folder.is_dir():
             return False
         for p in folder.iterdir():
@@ -138,12 +150,22 @@ class _S3:
             raise
 
     def live(self, prefix: str) -> bool:
-        now = time.time()
         page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(prefix))
+        now = _date_header(page)  # the server's clock: this machine's may be off
         return any(now - item["LastModified"].timestamp() < 600 for item in page.get("Contents", ()))
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def _date_header(reply: dict) -> float:
+    """The ``Date`` header of an S3 reply (the server's clock, 1 s resolution); this machine's clock without one."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return parsedate_to_datetime(reply["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
 
 
 class StoreFailure(RuntimeError):
@@ -218,8 +240,22 @@ class _GCS:
         self._check_bucket("read", key)
         return None
 
+    def now(self) -> float:
+        """Cloud Storage's clock: the ``updated`` time of a probe object written now (then removed)."""
+        blob = self._blob(f"tmp/clock-{uuid.uuid4().hex}")
+        try:
+            blob.upload_from_string(b"", retry=self.retry)
+            stamp = blob.updated.timestamp() if blob.updated else time.time()
+        except Exception:  # noqa: BLE001 - e.g. write-only credentials: this machine's clock then
+            return time.time()
+        try:
+            blob.delete(retry=self.retry)
+        except Exception:  # noqa: BLE001, S110 - an empty probe left under tmp/ is harmless
+            pass
+        return stamp
+
     def live(self, prefix: str) -> bool:
-        now = time.time()
+        now = self.now()
         try:
             blobs = self.bucket.client.list_blobs(self.bucket, prefix=self._blob(prefix).name, retry=self.retry)
             return any(now - blob.updated.timestamp() < 600 for blob in blobs)
