@@ -393,10 +393,12 @@ def publish_step(
     metrics: dict,
     started: float,
     error: str | None = None,
+    not_kept: dict | None = None,
 ) -> str:
     """Record one finished (or failed) step of run ``target["run"]`` in the store ``target["uri"]``.
 
-    ``inputs``/``outputs`` map variable names to their marshal folders. Returns the record's key."""
+    ``inputs``/``outputs`` map variable names to their marshal folders; ``not_kept``: outputs not stored, and
+    why (e.g. "holds a secret"). Returns the record's key."""
     store = _backend(target["uri"])
     lease = f"locks/writer-{uuid.uuid4().hex}.json"
     body = json.dumps({"pid": os.getpid(), "since": time.time()}).encode()
@@ -449,7 +451,7 @@ def publish_step(
                     "traceback": None,
                     "cache_key": None,
                     "code_hash": target.get("code_hashes", {}).get(step),
-                    "properties": {},
+                    "properties": {"not_kept": not_kept} if not_kept else {},
                     "environment": None,
                     **refs,
                 }
