@@ -234,17 +234,24 @@ def collect(
     (:mod:`nbmagic.store.shared_gc`).
     """
     if shared and store.remote is not None:
-        from .shared_gc import sweep
+        from .shared_gc import survey, sweep
 
         with store.remote.lease("gc"):
             store.remote.sync(store)  # a sync that fails stops the gc: its index would miss runs
+            surveyed = survey(store)  # what can stop the shared sweep stops it before anything is applied
             from .remote import LEASE_S
 
             ages, clock = store.remote.signs_of_life(), time.time()
             beats = {run_id: (clock - age, age <= LEASE_S) for run_id, age in ages.items()}
             with _lock(store):
                 report = _collect(store, policy, dry_run, set(keep), grace, now or time.time(), beats)
-            swept = sweep(store, {run_id for run_id, *_ in report.runs}, dry_run, grace)
+            dropped = {run_id for run_id, *_ in report.runs}
+            try:
+                swept = sweep(store, dropped, dry_run, grace, surveyed)
+            except BaseException:  # e.g. the network: the next sync brings back the runs whose records remain
+                if not dry_run:
+                    store.forget_remote_runs(str(store.remote.uri), dropped)
+                raise
             report.notes.append(swept.line(str(store.remote.uri), dry_run))
             return report
     with _lock(store):
