@@ -72,3 +72,41 @@ def test_runs_dropped_by_a_gc_the_network_stopped_come_back_with_the_next_sync(t
     alice.sync(force=True)
     assert {r.id for r in alice.list_runs()} >= {first.id, second.id}
     assert _restorable(alice, first.id, 3)
+
+
+def _quarantine(shared) -> list:  # noqa: ANN001
+    return sorted(p.name for p in (shared / "quarantine").rglob("*")) if (shared / "quarantine").exists() else []
+
+
+def test_a_gc_with_a_mistyped_key_refuses_and_moves_nothing(team, tmp_path, monkeypatch):
+    shared, _alice, _runs = team
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 31 + "K")
+    with pytest.raises(StoreError) as caught:
+        collect(RunStore(tmp_path / "typo" / "store"), Policy(keep_last=0), shared=True, grace=0)
+    line = str(caught.value)
+    assert "$NBMAGIC_STORE_KEY verifies 0 of the 3 signed run records" in line and "\n" not in line
+    assert "nothing was moved or removed" in line
+    assert _quarantine(shared) == []
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "k" * 32)
+    assert len(RunStore(tmp_path / "dave" / "store").list_runs()) == 3
+
+
+def test_a_gc_whose_key_verifies_fewer_records_than_it_cannot_refuses(team, tmp_path, monkeypatch):
+    shared, _alice, _runs = team
+    monkeypatch.setenv("NBMAGIC_STORE_KEY", "w" * 32)  # another key, which has signed one run of its own
+    typo = RunStore(tmp_path / "typo" / "store")
+    LocalRunner(typo).run(_plan("r", 6), cache=False)
+    with pytest.raises(StoreError, match=r"verifies 1 of the 4 signed run records"):
+        collect(typo, Policy(keep_last=0), shared=True, grace=0)
+    assert _quarantine(shared) == []
+
+
+def test_a_gc_with_the_team_key_still_sets_a_forged_record_aside(team, tmp_path):
+    shared, alice, _runs = team
+    (path,) = [
+        p for p in (shared / "runs").glob("*.json") if json.loads(p.read_bytes())["record"]["run"]["pipeline"] == "q"
+    ]
+    body = json.loads(path.read_bytes())
+    path.write_bytes(json.dumps({**body, "sig": "0" * 64}).encode())  # one forged signature among good ones
+    report = collect(alice, Policy(keep_last=50), shared=True, grace=0)
+    assert "set aside 1 unreadable or unverifiable run record(s)" in report.notes[-1]

@@ -68,8 +68,9 @@ class Survey:
 
 def survey(store: RunStore) -> Survey:
     """Read every segment and loose record, and stop (:class:`StoreError`, nothing applied yet, here or in the
-    local index) when gc cannot judge them: a segment or record of a newer format. The caller holds the gc
-    lease."""
+    local index) when gc cannot judge them: a segment or record of a newer format, or a team key that verifies
+    none of the signed records, or fewer than those it cannot verify (a mistyped ``$NBMAGIC_STORE_KEY`` would
+    set the team's records aside). The caller holds the gc lease."""
     remote = store.remote
     backend = remote.backend
     old_segments = [b.key for b in backend.list("index/")]
@@ -89,15 +90,26 @@ def survey(store: RunStore) -> Survey:
         if data is not None:
             bodies += RemoteStore.segment_items(seg, data) or []
     bodies += [(key, _loads(data)) for key in loose if (data := remote._bodies.get(key, fetched.get(key)))]
-    later = []
+    later, good, foreign = [], set(), set()
     for key, body in bodies:
         record, why = remote._check(body) if _RECORD_KEY.fullmatch(key) else (None, "malformed")
         if why == "newer":
             later.append(key)
+        elif record is not None:
+            good.add(key)
+        elif why == "unsigned" and isinstance(body, dict) and body.get("sig"):
+            foreign.add(key)  # signed, but not with this key
     if later:
         raise StoreError(
             f"gc: {len(later)} run record(s) of {remote.uri} were written by a newer nbmagic (e.g. {later[0]}):"
             " nothing was removed; run gc with that version"
+        )
+    foreign -= good  # a record with one copy that verifies is this team's
+    if remote.key and foreign and len(good) < len(foreign):
+        raise StoreError(
+            f"gc: $NBMAGIC_STORE_KEY verifies {len(good)} of the {len(good) + len(foreign)} signed run records"
+            f" in {remote.uri} (mistyped, or another team's key?): nothing was moved or removed; set the team's"
+            " key and run gc again"
         )
     return Survey(old_segments, read, loose, fetched)
 
