@@ -290,6 +290,9 @@ def _store_target(comp: _Component, plan: PipelinePlan) -> dict[str, Any]:
         "steps": [s.name for s in plan.steps],
         "dag": {s.name: list(s.upstream) for s in plan.steps},
     }
+    if comp.settings.secret_env or comp.settings.secret_files:  # names and paths only: values kept out in the pod
+        target["secret_env"] = [secret.env for secret in comp.settings.secret_env]
+        target["secret_files"] = [secret.path for secret in comp.settings.secret_files]
     if comp.settings.store_secret and (comp.settings.store or "").startswith("gs://"):
         target.update(key_file=f"{GCS_SECRET_MOUNT}/{GCS_KEY_FILE}", secret=comp.settings.store_secret)
     return target

@@ -65,17 +65,11 @@ def nbmagic_run(
                 if name not in saved:
                     saved[name] = tempfile.mkdtemp(prefix=f"nbmagic-{name}-")
                     marshal.save(result[name], saved[name], name)
-            publish_step(
-                store,
-                step,
-                state,
-                dict(parameters),
-                {name: artifact.path for name, artifact in inputs.items()},
-                saved,
-                values,
-                started,
-                error,
-            )
+            from .store_secrets import hold_back
+
+            loaded = {name: artifact.path for name, artifact in inputs.items()}
+            saved, loaded, not_kept = hold_back(step, store, saved, loaded)  # values holding a secret stay out
+            publish_step(store, step, state, dict(parameters), loaded, saved, values, started, error, not_kept=not_kept)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is this step's failure
             sys.stderr.write(f"nbmagic: step {step!r}: cannot record the step in {store['uri']}: {exc}\n")
             raise SystemExit(1) from None

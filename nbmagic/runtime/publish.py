@@ -29,6 +29,7 @@ from . import gcs_errors
 
 MANIFEST = "manifest.json"
 HEARTBEAT_S = float(os.environ.get("NBMAGIC_STORE_HEARTBEAT", "60"))  # well inside the readers' lease (600 s)
+LEASE_RENEW_S = 60.0  # a writer lease is renewed this often while a step publishes (stale after 600 s)
 
 
 class _Folder:
@@ -79,10 +80,22 @@ class _Folder:
         except FileNotFoundError:
             return None
 
+    def now(self) -> float:
+        """The file server's clock: the modification time it stamps on a file written now."""
+        probe = self.root / "tmp" / f"clock-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        try:
+            self._mkdir(probe.parent)
+            probe.write_bytes(b"")
+            return probe.stat().st_mtime
+        except OSError:
+            return time.time()
+        finally:
+            probe.unlink(missing_ok=True)
+
     def live(self, prefix: str) -> bool:
         folder = self.root / prefix.rpartition("/")[0]
         stem = prefix.rpartition("/")[2]
-        now = time.time()
+        now = self.now()
         if not folder.is_dir():
             return False
         for p in folder.iterdir():
@@ -137,12 +150,22 @@ class _S3:
             raise
 
     def live(self, prefix: str) -> bool:
-        now = time.time()
         page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(prefix))
+        now = _date_header(page)  # the server's clock: this machine's may be off
         return any(now - item["LastModified"].timestamp() < 600 for item in page.get("Contents", ()))
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+def _date_header(reply: dict) -> float:
+    """The ``Date`` header of an S3 reply (the server's clock, 1 s resolution); this machine's clock without one."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return parsedate_to_datetime(reply["ResponseMetadata"]["HTTPHeaders"]["date"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return time.time()
 
 
 class StoreFailure(RuntimeError):
@@ -217,8 +240,22 @@ class _GCS:
         self._check_bucket("read", key)
         return None
 
+    def now(self) -> float:
+        """Cloud Storage's clock: the ``updated`` time of a probe object written now (then removed)."""
+        blob = self._blob(f"tmp/clock-{uuid.uuid4().hex}")
+        try:
+            blob.upload_from_string(b"", retry=self.retry)
+            stamp = blob.updated.timestamp() if blob.updated else time.time()
+        except Exception:  # noqa: BLE001 - e.g. write-only credentials: this machine's clock then
+            return time.time()
+        try:
+            blob.delete(retry=self.retry)
+        except Exception:  # noqa: BLE001, S110 - an empty probe left under tmp/ is harmless
+            pass
+        return stamp
+
     def live(self, prefix: str) -> bool:
-        now = time.time()
+        now = self.now()
         try:
             blobs = self.bucket.client.list_blobs(self.bucket, prefix=self._blob(prefix).name, retry=self.retry)
             return any(now - blob.updated.timestamp() < 600 for blob in blobs)
@@ -304,6 +341,31 @@ def heartbeat(target: dict) -> Callable[[], None]:
     return stop_beating
 
 
+def _renew_lease(uri: str, lease: str, body: bytes) -> Callable[[], None]:
+    """Rewrite the writer lease ``lease`` every ``LEASE_RENEW_S`` from a daemon thread, so a publish of big
+    values over a slow link stays seen by a gc however long it takes; returns the function that stops it,
+    waiting for a renewal under way (it would write the lease again after its removal). The client is made
+    here, in the calling thread."""
+    stop = threading.Event()
+    store = _backend(uri)
+
+    def renew() -> None:
+        while not stop.wait(LEASE_RENEW_S):
+            try:
+                store.put(lease, data=body)
+            except Exception:  # noqa: BLE001, S110 - retried at the next renewal, well inside the 600 s
+                pass
+
+    thread = threading.Thread(target=renew, daemon=True, name="nbmagic-writer-lease")
+    thread.start()
+
+    def stop_renewing() -> None:
+        stop.set()
+        thread.join()
+
+    return stop_renewing
+
+
 def credentials_problem(target: dict) -> str | None:
     """One line when the step was compiled to read the store's key file from its ``--store-secret``
     (``target["key_file"]``, which ``$GOOGLE_APPLICATION_CREDENTIALS`` names) and the secret has none: checked
@@ -331,14 +393,17 @@ def publish_step(
     metrics: dict,
     started: float,
     error: str | None = None,
+    not_kept: dict | None = None,
 ) -> str:
     """Record one finished (or failed) step of run ``target["run"]`` in the store ``target["uri"]``.
 
-    ``inputs``/``outputs`` map variable names to their marshal folders. Returns the record's key."""
+    ``inputs``/``outputs`` map variable names to their marshal folders; ``not_kept``: outputs not stored, and
+    why (e.g. "holds a secret"). Returns the record's key."""
     store = _backend(target["uri"])
     lease = f"locks/writer-{uuid.uuid4().hex}.json"
+    body = json.dumps({"pid": os.getpid(), "since": time.time()}).encode()
     for _attempt in range(600):  # a gc of the store excludes writers while it deletes
-        store.put(lease, data=json.dumps({"pid": os.getpid(), "since": time.time()}).encode())
+        store.put(lease, data=body)
         if not store.live("locks/gc-"):
             break
         store.delete(lease)
@@ -347,6 +412,7 @@ def publish_step(
         raise RuntimeError(
             f"a gc of the store has held it for over 600 s ({target['uri']}/locks/gc-*): nothing published"
         )
+    stop_renewing = _renew_lease(target["uri"], lease, body)
     try:
         refs = {
             kind: {name: {**_push(store, Path(folder)), "name": name} for name, folder in values.items()}
@@ -385,7 +451,7 @@ def publish_step(
                     "traceback": None,
                     "cache_key": None,
                     "code_hash": target.get("code_hashes", {}).get(step),
-                    "properties": {},
+                    "properties": {"not_kept": not_kept} if not_kept else {},
                     "environment": None,
                     **refs,
                 }
@@ -401,4 +467,5 @@ def publish_step(
         store.put(key, data=json.dumps({"record": record, "sig": _sign(canonical)}).encode())
         return key
     finally:
+        stop_renewing()
         store.delete(lease)

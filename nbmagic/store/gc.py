@@ -234,17 +234,24 @@ def collect(
     (:mod:`nbmagic.store.shared_gc`).
     """
     if shared and store.remote is not None:
-        from .shared_gc import sweep
+        from .shared_gc import survey, sweep
 
         with store.remote.lease("gc"):
             store.remote.sync(store)  # a sync that fails stops the gc: its index would miss runs
+            surveyed = survey(store)  # what can stop the shared sweep stops it before anything is applied
             from .remote import LEASE_S
 
             ages, clock = store.remote.signs_of_life(), time.time()
             beats = {run_id: (clock - age, age <= LEASE_S) for run_id, age in ages.items()}
             with _lock(store):
                 report = _collect(store, policy, dry_run, set(keep), grace, now or time.time(), beats)
-            swept = sweep(store, {run_id for run_id, *_ in report.runs}, dry_run, grace)
+            dropped = {run_id for run_id, *_ in report.runs}
+            try:
+                swept = sweep(store, dropped, dry_run, grace, surveyed)
+            except BaseException:  # e.g. the network: the next sync brings back the runs whose records remain
+                if not dry_run:
+                    store.forget_remote_runs(str(store.remote.uri), dropped)
+                raise
             report.notes.append(swept.line(str(store.remote.uri), dry_run))
             return report
     with _lock(store):
@@ -259,9 +266,11 @@ def _collect(
     grace: float,
     now: float,
     beats: dict[str, tuple[float, bool]] | None = None,
+    copies_only: frozenset[str] | set[str] = frozenset(),
 ) -> GcReport:
     """``beats``: run id -> (when its shared heartbeat, ``live/``, was last written, whether that is fresh), when
-    gc covers a shared store."""
+    gc covers a shared store. ``copies_only``: runs whose records are in the shared store; when the policy
+    drops one, only this home's copies of its values go (a restore pulls them again), its index rows stay."""
     store.mark_torn_runs()
     snap = store.gc_snapshot()
     runs = snap.runs
@@ -408,6 +417,11 @@ def _collect(
             drop(run_id, f"store over {format_size(policy.max_size)}", keys, values)
             remaining -= sum(size_of(d) for d in values)
     deferred -= set(doomed)
+    copies = {run_id for run_id in doomed if run_id in copies_only}
+    for run_id in copies:  # the shared store keeps their records and values: here the rows stay
+        del doomed[run_id]
+    still = {artifacts[aid][0] for run_id in copies for aid in run_artifacts.get(run_id, ())}
+    dead_keys -= {key for run_id in copies for key in holders_of.get(run_id, ())}
     report = GcReport(
         dry_run,
         policy,
@@ -432,9 +446,16 @@ def _collect(
         )
     if policy.max_size is not None and remaining > policy.max_size:
         report.over_budget = _over_budget(remaining, policy.max_size, runs, doomed, why_kept, deferred, grace)
+    if copies:
+        report.notes.append(
+            f"{_count(len(copies), 'run')} of the shared store {'stay' if len(copies) > 1 else 'stays'} listed:"
+            f" only this home's copies of {'their' if len(copies) > 1 else 'its'} values"
+            f" {'would go' if dry_run else 'went'} (a restore pulls them again)"
+        )
     if dry_run:
         return report
-    _apply(store, report, snap, set(doomed), dead_keys, {by_hash[d] for d in freed if d in by_hash}, exec_run)
+    dead = {by_hash[d] for d in freed if d in by_hash and d not in still}
+    _apply(store, report, snap, set(doomed), dead_keys, dead, exec_run, still)
     report.tmp_removed = store.objects.sweep_tmp()
     report.flights_removed = sweep_flights(store.root)
     return report
@@ -514,8 +535,10 @@ def _apply(
     dead_keys: set[str],
     dead_artifacts: set[int],
     exec_run: dict[int, str],
+    copies: set[str] = frozenset(),
 ) -> None:
-    """Remove the index rows first (one transaction), then the values and run folders."""
+    """Remove the index rows first (one transaction), then the values and run folders. ``copies``: values
+    whose index rows stay (runs of the shared store), removed from this home only."""
     from .lineage import execution, step_code_hash
 
     doomed_execs = {eid for eid, run_id in exec_run.items() if run_id in doomed}
@@ -530,7 +553,7 @@ def _apply(
             digest = step_code_hash(store, original) if original else None
             if digest:
                 updates.append((digest, eid))
-    rescued = store.gc_remove(doomed, doomed_execs, dead_artifacts, dead_keys, updates)
+    rescued = store.gc_remove(doomed, doomed_execs, dead_artifacts, dead_keys, updates) - copies
     freed_hashes = [(d, s) for d, s in report.values if d not in rescued]
     if len(freed_hashes) != len(report.values):
         report.notes.append(
@@ -721,7 +744,8 @@ def auto_gc(store: RunStore | None = None) -> GcReport | None:
         over = total > policy.max_size
     if not over:
         return None
+    shared = frozenset(store.remote_record_runs(str(store.remote.uri)).values()) if store.remote else frozenset()
     with _lock(store, wait=False) as got:
         if not got:
             return None
-        return _collect(store, policy, False, set(), 60.0, time.time())
+        return _collect(store, policy, False, set(), 60.0, time.time(), copies_only=shared)

@@ -692,7 +692,8 @@ class RemoteStore:
 
     # ------------------------------------------------------------------ leases
     def _live(self, prefix: str, mine: str = "") -> list[str]:
-        now = time.time()
+        """Leases under ``prefix`` renewed within ``STALE_S`` by the store's clock (this machine's may be off)."""
+        now = self.backend.now()
         return [b.key for b in self.backend.list(prefix) if b.key != mine and now - b.modified < STALE_S]
 
     @contextlib.contextmanager

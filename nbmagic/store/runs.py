@@ -1215,6 +1215,13 @@ class RunStore:
         )
         return {digest for run_id, digest in rows if run_id not in exclude}
 
+    def forget_remote_runs(self, uri: str, run_ids: set[str]) -> None:
+        """Forget that the records of ``run_ids`` (and every segment) were imported from ``uri``, so the next
+        sync imports again those still in the store (after a gc that dropped them here and then stopped)."""
+        with self._db() as db:
+            db.executemany("DELETE FROM remote_seen WHERE uri=? AND run_id=?", [(uri, r) for r in run_ids])
+            db.execute("DELETE FROM remote_seen WHERE uri=? AND key LIKE 'index/%'", (uri,))
+
     def mark_remote_seen(self, uri: str, keys: list[tuple[str, str | None]]) -> None:
         if keys:
             with self._db() as db:

@@ -56,10 +56,72 @@ def gzip_text(data: bytes) -> bytes:
         return data
 
 
-def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: float = 60.0) -> SharedSweep:
-    """Remove from the shared store what the local gc dropped; the caller holds the gc lease."""
+@dataclass
+class Survey:
+    """What a shared gc read before anything is applied: the segments and loose records of the store."""
+
+    old_segments: list[str]
+    read: list[tuple[str, bytes | None]]
+    loose: list[str]
+    fetched: dict[str, bytes | None]
+
+
+def survey(store: RunStore) -> Survey:
+    """Read every segment and loose record, and stop (:class:`StoreError`, nothing applied yet, here or in the
+    local index) when gc cannot judge them: a segment or record of a newer format, or a team key that verifies
+    none of the signed records, or fewer than those it cannot verify (a mistyped ``$NBMAGIC_STORE_KEY`` would
+    set the team's records aside). The caller holds the gc lease."""
+    remote = store.remote
+    backend = remote.backend
+    old_segments = [b.key for b in backend.list("index/")]
+    segments = [k for k in old_segments if _SEGMENT.fullmatch(k)]  # others: indexes of an older version
+    read = list(zip(segments, remote._get_many(segments)))
+    newer = [seg for seg, data in read if remote.segment_entries(seg, data)[1] == "newer"]
+    if newer:  # whole, of a format this version cannot judge: its runs are not this gc's to hide
+        raise StoreError(
+            f"gc: {len(newer)} segment(s) of {remote.uri} were written by a newer nbmagic (e.g. {newer[0]}):"
+            " nothing was removed; run gc with that version"
+        )
+    loose = [b.key for b in backend.list("runs/") if b.key.endswith(".json")]
+    unknown = [k for k in loose if k not in remote._bodies]
+    fetched = dict(zip(unknown, remote._get_many(unknown)))
+    bodies: list[tuple[str, Any]] = []
+    for seg, data in read:
+        if data is not None:
+            bodies += RemoteStore.segment_items(seg, data) or []
+    bodies += [(key, _loads(data)) for key in loose if (data := remote._bodies.get(key, fetched.get(key)))]
+    later, good, foreign = [], set(), set()
+    for key, body in bodies:
+        record, why = remote._check(body) if _RECORD_KEY.fullmatch(key) else (None, "malformed")
+        if why == "newer":
+            later.append(key)
+        elif record is not None:
+            good.add(key)
+        elif why == "unsigned" and isinstance(body, dict) and body.get("sig"):
+            foreign.add(key)  # signed, but not with this key
+    if later:
+        raise StoreError(
+            f"gc: {len(later)} run record(s) of {remote.uri} were written by a newer nbmagic (e.g. {later[0]}):"
+            " nothing was removed; run gc with that version"
+        )
+    foreign -= good  # a record with one copy that verifies is this team's
+    if remote.key and foreign and len(good) < len(foreign):
+        raise StoreError(
+            f"gc: $NBMAGIC_STORE_KEY verifies {len(good)} of the {len(good) + len(foreign)} signed run records"
+            f" in {remote.uri} (mistyped, or another team's key?): nothing was moved or removed; set the team's"
+            " key and run gc again"
+        )
+    return Survey(old_segments, read, loose, fetched)
+
+
+def sweep(
+    store: RunStore, dropped: set[str], dry_run: bool = False, grace: float = 60.0, surveyed: Survey | None = None
+) -> SharedSweep:
+    """Remove from the shared store what the local gc dropped; the caller holds the gc lease (and ran
+    :func:`survey` under it before the local gc, or it is run here)."""
     remote, found = store.remote, SharedSweep()
     backend = remote.backend
+    surveyed = surveyed or survey(store)
     now = backend.now()
     keep = store.referenced_hashes(exclude=dropped)  # this home's runs, published or not yet
     kept: dict[str, Any] = {}
@@ -91,15 +153,7 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
             kept_runs.add(record["run"]["id"])
             keep.update(record_hashes(record))
 
-    old_segments = [b.key for b in backend.list("index/")]
-    segments = [k for k in old_segments if _SEGMENT.fullmatch(k)]  # others: indexes of an older version
-    read = list(zip(segments, remote._get_many(segments)))
-    newer = [seg for seg, data in read if remote.segment_entries(seg, data)[1] == "newer"]
-    if newer:  # whole, of a format this version cannot judge: its runs are not this gc's to hide
-        raise StoreError(
-            f"gc: {len(newer)} segment(s) of {remote.uri} were written by a newer nbmagic (e.g. {newer[0]}):"
-            " nothing was removed; run gc with that version"
-        )
+    old_segments, read = surveyed.old_segments, surveyed.read
     for seg, data in read:
         if data is None:
             continue
@@ -111,15 +165,13 @@ def sweep(store: RunStore, dropped: set[str], dry_run: bool = False, grace: floa
         digest = seg.removeprefix("index/").removesuffix(".json.gz")
         for index, (key, body) in enumerate(entries):
             judge(key, body, json.dumps(body).encode(), False, f"index/{digest}-{index}.json")
-    loose = [b.key for b in backend.list("runs/") if b.key.endswith(".json")]
-    unknown = [k for k in loose if k not in remote._bodies]
-    fetched = dict(zip(unknown, remote._get_many(unknown)))
+    loose, fetched = surveyed.loose, surveyed.fetched
     for key in loose:
         data = remote._bodies.get(key, fetched.get(key))
         if data is not None:
             where = key if _RECORD_KEY.fullmatch(key) else f"runs/{hashlib.sha256(key.encode()).hexdigest()}.json"
             judge(key, _loads(data), data, True, where)
-    if later:
+    if later:  # found by survey() already, before anything was applied
         raise StoreError(
             f"gc: {len(later)} run record(s) of {remote.uri} were written by a newer nbmagic (e.g. {later[0]}):"
             " nothing was removed; run gc with that version"
