@@ -21,7 +21,9 @@ compiler says so with ``"cache"`` in the store target), a team key is set, the e
 is under this very key and holds every output and metric the step must produce, and every value pulls whole:
 its manifest (signed with the team key unless its format runs no code) and files checked against its hash.
 Values are pulled into temporary folders first and moved into the step's output folders only once all of them
-are whole: a failure leaves no output half written, says why in one line, and the step runs.
+are whole: a failure leaves no output half written, says why in one line, and the step runs (a value whose
+bytes do not match its hash loses its manifest in the store, as the local pull removes it, so the step uploads it
+again; an entry that could not be used is replaced by the new one).
 """
 
 from __future__ import annotations
@@ -226,12 +228,23 @@ def pull(store: Any, digest: str, name: str, folder: Path) -> Path:
     (folder / MANIFEST).write_bytes(manifest_bytes)
     for path in paths:
         if not store.get_file(base + path, folder / path):
-            raise Miss(f"value {name!r} ({digest[:12]}) lacks its file {path}")
+            _drop(store, base)
+            raise Miss(f"value {name!r} ({digest[:12]}) lacks its file {path}; removed from the store")
     try:
         marshal.verify(folder, name, expected_hash=digest)
     except marshal.CorruptValue as exc:
-        raise Miss(str(exc)) from None
+        _drop(store, base)
+        raise Miss(f"{exc}; removed from the store") from None
     return folder
+
+
+def _drop(store: Any, base: str) -> None:
+    """A value that does not check loses its manifest (readers then see it absent, as the local pull does), so
+    the step that runs now uploads it whole again."""
+    try:
+        store.delete(base + MANIFEST)
+    except Exception:  # noqa: BLE001, S110 - the step runs either way; the next pull finds it corrupt again
+        pass
 
 
 def place(hit: Hit, outputs: dict[str, Any]) -> None:
