@@ -4,6 +4,7 @@ file:// store (hit, tampered entry, tampered value, no team key), and which step
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -233,3 +234,26 @@ def test_the_compiler_lets_hit_only_steps_whose_key_covers_what_they_do():
     assert _targets(make, secret_env=(SecretEnv("s", "k", "TOKEN"),))["make"]["cache"] is False
     assert _targets(make, secret_files=(SecretFile("s", "/etc/s"),))["make"]["cache"] is False
     assert _targets(make, env=(("MODE", "fast"),))["make"]["env"] == ["MODE"]
+
+
+def test_shared_gc_removes_the_entries_of_the_runs_it_drops_and_keeps_what_a_cached_run_names(
+    pod, capsys, tmp_path, monkeypatch
+):
+    from helpers.store_homes import home_store
+    from nbmagic.store.gc import Policy, collect
+
+    pod.run()
+    second = pod.run()  # cached: its record names run-1's values
+    assert second.ran == 1 and len(list((pod.root / "podcache").rglob("*.json"))) == 1
+    beat = pod.root / "live" / "run-1.json"
+    os.utime(beat, (beat.stat().st_mtime - 3600,) * 2)  # run-1 ended an hour ago: no fresh heartbeat keeps it
+    monkeypatch.setenv("NBMAGIC_STORE_URI", f"file://{pod.root}")
+    report = collect(home_store(tmp_path, "bob"), Policy(keep_last=1), shared=True, grace=0)
+    assert [run_id for run_id, *_ in report.runs] == ["run-1"]
+    assert not list((pod.root / "podcache").rglob("*.json"))  # its entry went with it
+    digest = second.meta["hash"]
+    assert (pod.root / "objects" / digest[:2] / digest / "manifest.json").is_file()  # run-2 still names it
+    capsys.readouterr()
+    third = pod.run()
+    assert third.ran == 2 and _lines(capsys.readouterr().err) == []  # a plain miss, then a new entry
+    assert pod.run().ran == 2
