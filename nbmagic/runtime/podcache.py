@@ -256,7 +256,7 @@ def place(hit: Hit, outputs: dict[str, Any]) -> None:
             if target.exists():
                 shutil.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(hit.folders[name], target)
+            shutil.move(str(hit.folders[name]), str(target))  # a rename where both are on one file system
             manifest = json.loads((target / MANIFEST).read_bytes())
             artifact.metadata.update({k: manifest[k] for k in ("type", "format", "size", "hash") if k in manifest})
     except BaseException:
