@@ -77,7 +77,7 @@ def test_a_record_with_a_bad_signature_is_still_set_aside(tmp_path, shared):
     alice = RunStore(tmp_path / "alice" / "store")
     LocalRunner(alice).run(keyed_plan(), cache=False)
     _rewrite_loose(shared, b"x" * 32)  # newer format, signed with another key: unverifiable
-    LocalRunner(alice).run(_plan(), cache=False)  # a record the gc's key verifies: it is the team's key
+    LocalRunner(alice).run(keyed_plan(), cache=False)  # a record the gc's key verifies: it is the team's key
     collect(RunStore(tmp_path / "gc" / "store"), Policy(keep_last=50), shared=True, grace=0)
     assert not list((shared / "runs").glob("*.json"))
     assert list((shared / "quarantine").rglob("*.json"))

@@ -282,17 +282,31 @@ def _signature(comp: _Component, plan: PipelinePlan) -> list[str]:
 
 def _store_target(comp: _Component, plan: PipelinePlan) -> dict[str, Any]:
     """Where and as what a step records itself in the shared store (the run id comes from KFP at run time); with
-    a gs:// store and ``--store-secret``, the key file the step checks for before its cell runs."""
+    a gs:// store and ``--store-secret``, the key file the step checks for before its cell runs.
+
+    ``cache``: whether the step may be taken from the store's cache (``runtime.podcache``): not with caching off,
+    a secret, an ``--after`` edge either way (ordering that carries no value means files or services the key
+    cannot see), or nothing to produce. ``env``: its ``--env`` names, whose values its key covers."""
+    s = comp.settings
+    followed = any(comp.step.name in other.explicit_after for other in plan.steps)
+    cache = bool(
+        s.cache
+        and not (s.secret_env or s.secret_files or followed or comp.step.explicit_after)
+        and (comp.outputs or comp.metrics)
+    )
     target: dict[str, Any] = {
         "uri": comp.settings.store,
         "pipeline": plan.name,
         "notebook": Path(plan.notebook).name if plan.notebook else None,
         "steps": [s.name for s in plan.steps],
         "dag": {s.name: list(s.upstream) for s in plan.steps},
+        "cache": cache,
     }
     if comp.settings.secret_env or comp.settings.secret_files:  # names and paths only: values kept out in the pod
         target["secret_env"] = [secret.env for secret in comp.settings.secret_env]
         target["secret_files"] = [secret.path for secret in comp.settings.secret_files]
+    if s.env:
+        target["env"] = sorted({name for name, _ in s.env})
     if comp.settings.store_secret and (comp.settings.store or "").startswith("gs://"):
         target.update(key_file=f"{GCS_SECRET_MOUNT}/{GCS_KEY_FILE}", secret=comp.settings.store_secret)
     return target
@@ -383,7 +397,7 @@ def _settings_calls(comp: _Component) -> list[str]:
     # a step that produces metrics always runs on a cluster: a KFP cache hit would skip the code that
     # prints the metric values the run (and a Katib trial) reads back from the step's log
     # with a shared run store, neither: a cached step would record nothing there, and the run would stay
-    # "running" in every kernel for good
+    # "running" in every kernel for good; the step takes its cache hits from the store instead (runtime.podcache)
     if not s.cache or comp.metrics or s.store:
         calls.append(f"{task}.set_caching_options(False)")
     for method, value in (

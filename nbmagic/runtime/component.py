@@ -31,7 +31,9 @@ def nbmagic_run(
 
     ``files``: the step's ``--inputs`` files and their content hashes when the pipeline was compiled; the step
     stops when one is missing here or changed (a cached result keyed by the old content would be wrong).
-    ``store`` (``{"uri", "run", "pipeline", "steps", "dag"}``): the shared run store the step records itself in."""
+    ``store`` (``{"uri", "run", "pipeline", "steps", "dag", "cache", "env"}``): the shared run store the step
+    records itself in; with ``"cache"`` on and a team key, the step is taken from the store's cache when an entry
+    for its key is there (:mod:`.podcache`), and otherwise writes one once its record is published."""
     import numbers
     import os
     import sys
@@ -45,10 +47,16 @@ def nbmagic_run(
         if problem:
             sys.stderr.write(f"nbmagic: step {step!r}: {problem}\n")
             raise SystemExit(1)
+    beating = {}
     if store:
         from .publish import heartbeat
 
-        stop_heartbeat = heartbeat(store)
+        beating["stop"] = heartbeat(store)
+
+    def stop_heartbeat():
+        beating.pop("stop", lambda: None)()
+
+    saved: dict = {}  # the step's stored values: name -> marshal folder
 
     def record(state, values, error=None, result=None):
         if not store:
@@ -59,7 +67,7 @@ def nbmagic_run(
 
         from .publish import publish_step
 
-        saved = {name: artifact.path for name, artifact in outputs.items()} if state == "done" else {}
+        saved.update({name: artifact.path for name, artifact in outputs.items()} if state == "done" else {})
         try:
             for name in values if result is not None else ():  # metrics that are no artifact: stored too
                 if name not in saved:
@@ -68,8 +76,11 @@ def nbmagic_run(
             from .store_secrets import hold_back
 
             loaded = {name: artifact.path for name, artifact in inputs.items()}
-            saved, loaded, not_kept = hold_back(step, store, saved, loaded)  # values holding a secret stay out
-            publish_step(store, step, state, dict(parameters), loaded, saved, values, started, error, not_kept=not_kept)
+            kept, loaded, not_kept = hold_back(step, store, dict(saved), loaded)  # values holding a secret stay out
+            if not_kept:  # never named by a cache entry either
+                for name in not_kept:
+                    saved.pop(name, None)
+            publish_step(store, step, state, dict(parameters), loaded, kept, values, started, error, not_kept=not_kept)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is this step's failure
             sys.stderr.write(f"nbmagic: step {step!r}: cannot record the step in {store['uri']}: {exc}\n")
             raise SystemExit(1) from None
@@ -89,6 +100,14 @@ def nbmagic_run(
         problem = check_files(files)
         if problem:
             fail(problem)
+    # the store's cache is asked before the inputs load: the key needs only their manifests' hashes
+    cache = _store_cache(store, step, code, prelude, parameters, inputs, outputs, metric_names, files)
+    if cache is not None and cache.hit is not None:
+        if _take_hit(store, step, cache, outputs, metric_names, started, parameters, inputs, metrics, stop_heartbeat):
+            return
+        from .publish import heartbeat
+
+        beating["stop"] = heartbeat(store)  # the step runs after all
     values = dict(parameters)
     for name, artifact in inputs.items():
         try:
@@ -130,11 +149,139 @@ def nbmagic_run(
             fail(f"metric {name!r} is {type(value).__name__}, not a number")
         logged[name] = int(value) if isinstance(value, numbers.Integral) else float(value)
     record("done", logged, result=result)
-    for name, value in logged.items():
-        metrics.log_metric(name, value)
-    # One JSON line per metric on stdout (= the pod log on a cluster): the KFP REST API returns no metric
-    # values, the Kubernetes pod log API does. Printed last, so they follow anything the cell printed.
+    if cache is not None:
+        cache.remember(store, step, saved, logged)
+    _log_metrics(step, logged, metrics)
+
+
+def _log_metrics(step: str, logged: dict, metrics: Any) -> None:
+    """The step's metrics into its KFP Metrics artifact, and one JSON line per metric on stdout (= the pod log on a
+    cluster): the KFP REST API returns no metric values, the Kubernetes pod log API does. Printed last, so they
+    follow anything the cell printed."""
     import json
 
     for name, value in logged.items():
+        metrics.log_metric(name, value)
+    for name, value in logged.items():
         print(METRIC_LINE_PREFIX + json.dumps({"step": step, "name": name, "value": value}), flush=True)
+
+
+class _StoreCache:
+    """The step's key in the store's cache, what a lookup found, and whether the entry is to be written."""
+
+    def __init__(self, key: str, backend: Any) -> None:
+        self.key, self.backend = key, backend
+        self.hit: Any = None
+        self.replace = False  # the entry found could not be used: the new one replaces it
+
+    def remember(self, store: dict, step: str, saved: dict, logged: dict) -> None:
+        """After the step's record: its entry (only if absent); a failure is one line, never the step's."""
+        import sys
+
+        from .podcache import write_entry
+        from .publish import value_ref
+
+        try:
+            refs = {name: value_ref(folder) for name, folder in saved.items()}
+            write_entry(self.backend, self.key, store["run"], step, refs, logged, replace=self.replace)
+        except Exception as exc:  # noqa: BLE001 - the step is done and recorded; only later hits are lost
+            sys.stderr.write(f"nbmagic: step {step!r}: its entry in the store's cache is not written: {exc}\n")
+
+
+def _store_cache(
+    store: dict | None,
+    step: str,
+    code: str,
+    prelude: str,
+    parameters: dict,
+    inputs: dict,
+    outputs: dict,
+    metric_names: tuple,
+    files: dict | None,
+) -> _StoreCache | None:
+    """The step's place in the store's cache, with the entry found for its key (``.hit``); None when the step is
+    never taken from it. A lookup that fails says why in one line, and the step runs."""
+    import os
+    import sys
+
+    if not store or store.get("cache") is not True or not (outputs or metric_names):
+        return None
+    from . import podcache
+
+    if podcache.team_key() is None:
+        sys.stderr.write(
+            f"nbmagic: step {step!r}: the store's cache is off: no team key ($NBMAGIC_STORE_KEY) is set here\n"
+        )
+        return None
+    try:
+        from .publish import _backend
+
+        env = {name: os.environ.get(name) for name in store.get("env") or ()}
+        hashes = podcache.input_hashes({name: artifact.path for name, artifact in inputs.items()})
+        key = podcache.pod_key(code, prelude, parameters, hashes, files, list(outputs), list(metric_names), env)
+        cache = _StoreCache(key, _backend(store["uri"]))
+    except Exception as exc:  # noqa: BLE001 - no cache: the step runs as without one
+        sys.stderr.write(f"nbmagic: step {step!r}: not looked up in the store's cache: {exc}\n")
+        return None
+    try:
+        cache.hit = podcache.lookup(cache.backend, key, set(outputs) | set(metric_names), set(metric_names))
+    except podcache.Miss as why:
+        cache.replace = True
+        sys.stderr.write(f"nbmagic: step {step!r}: not taken from the store's cache: {why}; the step runs\n")
+    except Exception as exc:  # noqa: BLE001 - a network or disk failure: the step runs
+        sys.stderr.write(f"nbmagic: step {step!r}: not taken from the store's cache: {exc}; the step runs\n")
+    return cache
+
+
+def _take_hit(
+    store: dict,
+    step: str,
+    cache: _StoreCache,
+    outputs: dict,
+    metric_names: tuple,
+    started: float,
+    parameters: dict,
+    inputs: dict,
+    metrics: Any,
+    stop_heartbeat: Any,
+) -> bool:
+    """Take the step from the store's cache: its values into the output artifacts, its record (cached, naming the
+    run that computed it), its metrics logged and printed. False (one line said why) when that fails: the step
+    runs, its outputs rewritten."""
+    import sys
+
+    from .podcache import place
+    from .publish import publish_step, writer_lease
+
+    hit = cache.hit
+    logged = {name: hit.metrics[name] for name in metric_names}
+    try:
+        with writer_lease(cache.backend, store["uri"]):  # no gc removes the values before the record names them
+            place(hit, outputs)
+            stop_heartbeat()
+            publish_step(
+                store,
+                step,
+                "cached",
+                dict(parameters),
+                {name: artifact.path for name, artifact in inputs.items()},
+                {},
+                logged,
+                started,
+                stored=hit.refs,
+                reused_from={"run": hit.run, "step": hit.step},
+            )
+    except Exception as exc:  # noqa: BLE001 - the step runs instead
+        for artifact in outputs.values():
+            import shutil
+
+            shutil.rmtree(artifact.path, ignore_errors=True)
+        sys.stderr.write(f"nbmagic: step {step!r}: not taken from the store's cache: {exc}; the step runs\n")
+        return False
+    finally:
+        hit.discard()
+    sys.stderr.write(f"nbmagic: step {step!r}: taken from the store's cache (run {hit.run} on {hit.host})\n")
+    sys.stderr.flush()
+    if metric_names:
+        _log_metrics(step, logged, metrics)
+    return True

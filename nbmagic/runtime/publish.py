@@ -13,6 +13,7 @@ workload identity).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -22,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import gcs_errors
@@ -92,6 +93,13 @@ class _Folder:
         finally:
             probe.unlink(missing_ok=True)
 
+    def get_file(self, key: str, dest: Path) -> bool:
+        try:
+            shutil.copyfile(self.root / key, dest)
+            return True
+        except FileNotFoundError:
+            return False
+
     def live(self, prefix: str) -> bool:
         folder = self.root / prefix.rpartition("/")[0]
         stem = prefix.rpartition("/")[2]
@@ -147,6 +155,15 @@ class _S3:
         except Exception as exc:  # noqa: BLE001
             if str(getattr(exc, "response", {}).get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
                 return None
+            raise
+
+    def get_file(self, key: str, dest: Path) -> bool:
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(dest))
+            return True
+        except Exception as exc:  # noqa: BLE001
+            if str(getattr(exc, "response", {}).get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return False
             raise
 
     def live(self, prefix: str) -> bool:
@@ -253,6 +270,16 @@ class _GCS:
         except Exception:  # noqa: BLE001, S110 - an empty probe left under tmp/ is harmless
             pass
         return stamp
+
+    def get_file(self, key: str, dest: Path) -> bool:
+        try:
+            self._blob(key).download_to_filename(str(dest), retry=self.retry)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            if gcs_errors.status(exc) != 404:
+                raise self._fail("read", key, exc) from None
+        self._check_bucket("read", key)
+        return False
 
     def live(self, prefix: str) -> bool:
         now = self.now()
@@ -383,6 +410,34 @@ def credentials_problem(target: dict) -> str | None:
     )
 
 
+@contextlib.contextmanager
+def writer_lease(store, uri: str) -> Iterator[None]:  # noqa: ANN001
+    """Hold a writer lease on the store while the block runs: a gc of the store (which excludes writers while it
+    deletes) is waited for, up to 600 s, and none starts until the lease is gone."""
+    lease = f"locks/writer-{uuid.uuid4().hex}.json"
+    body = json.dumps({"pid": os.getpid(), "since": time.time()}).encode()
+    for _attempt in range(600):
+        store.put(lease, data=body)
+        if not store.live("locks/gc-"):
+            break
+        store.delete(lease)
+        time.sleep(1.0)
+    else:
+        raise RuntimeError(f"a gc of the store has held it for over 600 s ({uri}/locks/gc-*): nothing published")
+    stop_renewing = _renew_lease(uri, lease, body)  # a publish of large values may outlast the lease's 600 s
+    try:
+        yield
+    finally:
+        stop_renewing()
+        store.delete(lease)
+
+
+def value_ref(folder: str | Path) -> dict:
+    """The reference a run record keeps for a stored value (a marshal folder): hash, type, format, size."""
+    manifest = json.loads((Path(folder) / MANIFEST).read_bytes())
+    return {k: manifest.get(k) for k in ("hash", "type", "format", "size")}
+
+
 def publish_step(
     target: dict,
     step: str,
@@ -393,32 +448,28 @@ def publish_step(
     metrics: dict,
     started: float,
     error: str | None = None,
+    *,
     not_kept: dict | None = None,
+    stored: dict | None = None,
+    reused_from: dict | None = None,
 ) -> str:
     """Record one finished (or failed) step of run ``target["run"]`` in the store ``target["uri"]``.
 
-    ``inputs``/``outputs`` map variable names to their marshal folders; ``not_kept``: outputs not stored, and
-    why (e.g. "holds a secret"). Returns the record's key."""
+    ``inputs``/``outputs`` map variable names to their marshal folders; ``stored`` maps more output names to
+    references of values the store already holds. ``reused_from`` (``{"run", "step"}``): the step was taken from
+    the store's cache, computed by that step of that run; it is recorded as cached, as the local runner records a
+    cache hit. ``not_kept``: outputs not stored, and why (e.g. "holds a secret"). Returns the record's key."""
     store = _backend(target["uri"])
-    lease = f"locks/writer-{uuid.uuid4().hex}.json"
-    body = json.dumps({"pid": os.getpid(), "since": time.time()}).encode()
-    for _attempt in range(600):  # a gc of the store excludes writers while it deletes
-        store.put(lease, data=body)
-        if not store.live("locks/gc-"):
-            break
-        store.delete(lease)
-        time.sleep(1.0)
-    else:
-        raise RuntimeError(
-            f"a gc of the store has held it for over 600 s ({target['uri']}/locks/gc-*): nothing published"
-        )
-    stop_renewing = _renew_lease(target["uri"], lease, body)
-    try:
+    with writer_lease(store, target["uri"]):
         refs = {
             kind: {name: {**_push(store, Path(folder)), "name": name} for name, folder in values.items()}
             for kind, values in (("inputs", inputs), ("outputs", outputs))
         }
+        refs["outputs"].update({name: {**ref, "name": name} for name, ref in (stored or {}).items()})
         ended = time.time()
+        properties = {"not_kept": not_kept} if not_kept else {}
+        if reused_from:
+            properties = {"reused_from": reused_from, "not_kept": {}}
         record = {
             "format": 1,
             "run": {
@@ -444,14 +495,14 @@ def publish_step(
                 {
                     "step": step,
                     "state": state,
-                    "cached": 0,
+                    "cached": 1 if reused_from else 0,
                     "started": started,
                     "ended": ended,
                     "error": error,
                     "traceback": None,
                     "cache_key": None,
                     "code_hash": target.get("code_hashes", {}).get(step),
-                    "properties": {"not_kept": not_kept} if not_kept else {},
+                    "properties": properties,
                     "environment": None,
                     **refs,
                 }
@@ -466,6 +517,3 @@ def publish_step(
             pass
         store.put(key, data=json.dumps({"record": record, "sig": _sign(canonical)}).encode())
         return key
-    finally:
-        stop_renewing()
-        store.delete(lease)

@@ -16,6 +16,7 @@ from pathlib import Path
 from .secret_files import secret_file_values
 
 HELD = "holds a secret"
+ENCODINGS = ("utf-8", "utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be")
 MARK = ".nbmagic-holds-secret"  # in an artifact folder whose value was held back (not in its manifest)
 
 
@@ -44,7 +45,8 @@ def hold_back(step: str, target: dict, outputs: dict, inputs: dict) -> tuple[dic
     ``not_kept`` reasons of the outputs held back; one line on stderr for each. A held output's folder is
     marked for the steps that read it."""
     secrets = secret_values(target)
-    needles = [s.encode() for s in secrets if len(s) >= 4]  # as the local store: shorter ones match too much
+    # as the local store: shorter ones match too much; numpy keeps strings as UTF-32, some formats as UTF-16
+    needles = [s.encode(e) for s in secrets if len(s) >= 4 for e in ENCODINGS]
     not_kept: dict[str, str] = {}
     kept_out, kept_in = {}, {}
     for name, folder in outputs.items():

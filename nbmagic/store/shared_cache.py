@@ -301,7 +301,7 @@ def record_run_id(key: str) -> str:
 def sweep(
     remote: Any, dry_run: bool = False, grace: float = 60.0, gone: set[str] = frozenset(), live: set[str] | None = None
 ) -> int:
-    """Remove the entries and logs of runs with no record left (``gone``: those gc drops now; ``live``: the runs
+    """Remove the cache entries (``cache/``, ``podcache/``) and logs of runs with no record left (``gone``: those gc drops now; ``live``: the runs
     with a record, loose or in a segment, when the caller read them all); the caller holds the gc lease, so no
     record is being written. Returns how many files it removed (or would)."""
     if live is None:
@@ -310,7 +310,8 @@ def sweep(
     from concurrent.futures import ThreadPoolExecutor
 
     now, removed = time.time(), 0
-    blobs = [b for b in remote.backend.list("cache/") if now - b.modified >= grace]
+    # the local runner's entries, and those compiled steps write in their pods (runtime.podcache): same shape
+    blobs = [b for prefix in ("cache/", "podcache/") for b in remote.backend.list(prefix) if now - b.modified >= grace]
     with ThreadPoolExecutor(max_workers=16) as pool:
         bodies = list(pool.map(remote.backend.get_bytes, [b.key for b in blobs]))
     for blob, data in zip(blobs, bodies):
