@@ -29,6 +29,7 @@ from ..store.runs import RunStore
 from .cache_key import cache_key, environment
 from .reuse_kernel import bound_by_run, shared_elsewhere, snapshot
 from .reuse_links import TooLarge, follow, links, notebook_code
+from .reuse_parts import valid
 
 
 class NotReusable(Exception):
@@ -757,12 +758,7 @@ def _bind_aliases(outputs: dict[str, dict[str, Any]], loaded: dict[str, Any], na
     """Bind each name stored as a part of another value to that part of the loaded (or kernel's) value."""
     pending = {n: ref["alias"] for n, ref in outputs.items() if ref.get("alias")}
     for alias in pending.values():
-        if not (
-            isinstance(alias, list)
-            and alias
-            and isinstance(alias[0], str)
-            and all(type(k) in (str, int) for k in alias[1:])
-        ):
+        if not (isinstance(alias, list) and alias and isinstance(alias[0], str) and all(valid(k) for k in alias[1:])):
             return False
     for _ in range(len(pending) + 1):
         if not pending:
@@ -775,7 +771,7 @@ def _bind_aliases(outputs: dict[str, dict[str, Any]], loaded: dict[str, Any], na
                 return False
             try:
                 loaded[name] = follow(source[whole], path)
-            except (KeyError, IndexError, TypeError):
+            except (KeyError, IndexError, TypeError, AttributeError):
                 return False
             del pending[name]
     return not pending

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .buffers import Buffer, array_buffers, copy_on_write, overlap, pandas_buffers, tensor_buffers
+from .reuse_parts import apply, parts
 
 LIMIT = 1_000_000  # objects looked at per call; past it reuse cannot be sure
 TIME_LIMIT = 1.0  # CPU seconds of the calling thread one call may take; past it reuse cannot be sure
@@ -400,9 +401,10 @@ def paths(root: Any, depth: int = 4, limit: int = 10_000) -> dict[int, list[str 
     return found
 
 
-def follow(root: Any, path: list[str | int]) -> Any:
+def follow(root: Any, path: list[Any]) -> Any:
+    """The part of ``root`` a path of :func:`paths` or :func:`.reuse_parts.parts` names."""
     for key in path:
-        root = root[key]
+        root = apply(root, key)
     return root
 
 
@@ -596,6 +598,12 @@ def links(
             pair = (
                 overlap(memory, lambda a, b: a in assigned or b in assigned, walk.charge) if len(memory) > 1 else None
             )
+            if pair is not None:  # columns taken from a frame load as those columns of the loaded frame
+                found = parts(assigned, tops, set(aliases))
+                if found:
+                    aliases.update(found)
+                    memory = [(n, b) for n, b in memory if n not in found]
+                    pair = overlap(memory, lambda a, b: a in assigned or b in assigned, walk.charge)
         except TooLarge as exc:
             return str(exc), aliases
         except Exception as exc:  # noqa: BLE001 - a buffer whose memory cannot be told: not sure

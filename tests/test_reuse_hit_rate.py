@@ -1,0 +1,102 @@
+"""Ordinary notebook code stays reusable: the X/y split of a frame, loops, tries; and reuse leaves what running does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from helpers.shell import run_ok
+
+LOAD = (
+    "%%step load\nimport pandas as pd, numpy as np\n"
+    "df = pd.read_csv(__import__('io').StringIO('a,b,target\\n1.0,2.0,0\\n3.0,4.0,1\\n5.0,6.0,0\\n'))\n"
+)
+
+
+def _restart_all(ip: Any, capsys: Any, cells: list[str]) -> tuple[str, str]:
+    """Run ``cells`` with reuse on, drop what they bound (a restart), run them again: (first, second) output."""
+    run_ok(ip, "%pipeline_config --reuse")
+    base = set(ip.user_ns)
+    for cell in cells:
+        run_ok(ip, cell)
+    first = capsys.readouterr().out
+    for name in set(ip.user_ns) - base:
+        ip.user_ns.pop(name)
+    for cell in cells:
+        run_ok(ip, cell)
+    return first, capsys.readouterr().out
+
+
+SPLITS = {
+    "column": ("X = df.drop(columns='target')\ny = df['target']\n", "y", "df.loc[1, 'target'] = 7", "y.iloc[0] = 5"),
+    "values": (
+        "X = df[['a', 'b']].values\ny = df['target'].values\n",
+        "y",
+        "df.loc[1, 'target'] = 7",
+        "y[0] = 5",
+    ),
+    "iloc": ("X = df.iloc[:, :-1]\ny = df.iloc[:, -1]\n", "y", "df.iloc[1, 2] = 7", "y.iloc[0] = 5"),
+    "tuple": ("X, y = df.iloc[:, :-1], df.iloc[:, -1]\n", "y", "df.iloc[1, 2] = 7", "y.iloc[0] = 5"),
+}
+
+
+def _read(ip: Any, part: str) -> tuple[Any, Any]:
+    ns = ip.user_ns
+    df, value = ns["df"], ns[part]
+    if part == "X":
+        return df.iloc[:, 0].tolist(), value.iloc[:, 0].tolist()
+    return df.iloc[:, 2].tolist(), list(value.tolist())
+
+
+def _shares(ip: Any, part: str) -> bool:
+    import numpy as np
+
+    value = ip.user_ns[part]
+    values = value.to_numpy() if part != "X" and hasattr(value, "to_numpy") else value
+    if part == "X":
+        values = value.iloc[:, 0].to_numpy()
+    return bool(np.shares_memory(ip.user_ns["df"].iloc[:, 0 if part == "X" else 2].to_numpy(), values))
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case", list(SPLITS))
+def test_a_split_of_a_frame_is_reused_and_shares_its_memory_as_running_gives(ip, capsys, case):
+    code, part, _, _ = SPLITS[case]
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, LOAD)
+    run_ok(ip, "%%step split\n" + code)
+    ran = _shares(ip, part)
+    first, second = _restart_all(ip, capsys, [LOAD, "%%step split\n" + code])
+    assert "cannot be reused" not in first and "split: reused" in second, first + second
+    assert ran and _shares(ip, part)
+
+
+@pytest.mark.xfail(raises=ValueError, strict=False, reason="frames loaded from parquet are read-only (a separate fix)")
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case", list(SPLITS))
+def test_after_reuse_a_change_in_place_shows_through_both_names(ip, capsys, case):
+    code, part, change_frame, change_part = SPLITS[case]
+    first, second = _restart_all(ip, capsys, [LOAD, "%%step split\n" + code])
+    assert "split: reused" in second, first + second
+    run_ok(ip, change_frame)
+    whole, taken = _read(ip, part)
+    assert whole == taken and 7 in whole, (whole, taken)
+    run_ok(ip, change_part)
+    whole, taken = _read(ip, part)
+    assert whole == taken and 5 in whole, (whole, taken)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_column_copied_is_reused_and_stays_apart(ip, capsys):
+    first, second = _restart_all(ip, capsys, [LOAD, "%%step split\ny = df['target'].copy()\n"])
+    assert "split: reused" in second, first + second
+    assert not _shares(ip, "y")
+
+
+def test_a_frame_over_several_columns_of_another_runs_again(ip, capsys):
+    """Whether ``df.iloc[:, :-1]`` is a view depends on the frame's blocks, which loading does not keep."""
+    code = "%%step split\nimport pandas as pd\ndf = pd.DataFrame(df.to_numpy(float), columns=df.columns)\nX = df.iloc[:, :-1]\n"
+    first, second = _restart_all(ip, capsys, [LOAD, code])
+    assert "split: cannot be reused next time ('X' and 'df' share memory" in first, first
+    assert "split: reused" not in second and _shares(ip, "X"), second
