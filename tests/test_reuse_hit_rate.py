@@ -100,3 +100,44 @@ def test_a_frame_over_several_columns_of_another_runs_again(ip, capsys):
     first, second = _restart_all(ip, capsys, [LOAD, code])
     assert "split: cannot be reused next time ('X' and 'df' share memory" in first, first
     assert "split: reused" not in second and _shares(ip, "X"), second
+
+
+LOOPS = {
+    "for": "%%step train\nlosses = []\nfor epoch in range(5):\n    losses.append(1.0 / (epoch + 1))\n",
+    "try": "%%step train\ntry:\n    import json as codec\nexcept ImportError:\n    codec = None\nlosses = [1.0]\n",
+}
+
+
+@pytest.mark.parametrize("case", list(LOOPS))
+def test_an_edited_cell_with_a_loop_or_a_try_run_again_stays_reusable(ip, capsys, case):
+    run_ok(ip, "%pipeline_config --reuse")
+    base = set(ip.user_ns)
+    cell = LOOPS[case]
+    edited = cell.replace("1.0", "2.0")
+    run_ok(ip, cell)
+    run_ok(ip, edited)  # the same names end on the same objects (a small int, a module)
+    out = capsys.readouterr().out
+    assert "cannot be reused" not in out, out
+    for name in set(ip.user_ns) - base:
+        ip.user_ns.pop(name)
+    run_ok(ip, edited)
+    assert "train: reused" in capsys.readouterr().out
+    assert ip.user_ns["losses"][0] == 2.0
+
+
+def test_a_loop_that_may_not_run_still_leaves_its_target_to_the_check(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "n = 0\nepoch = 7\n")
+    run_ok(ip, "%%step train\nlosses = []\nfor epoch in range(n):\n    losses.append(epoch)\n")
+    assert "it assigns 'epoch' on some paths only" in capsys.readouterr().out
+
+
+def test_a_name_bound_under_time_to_the_object_it_held_stays_reusable(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "epoch = 4\n")  # the cell binds it to that very object
+    cell = "%%step train\nlosses = [1.0]\n%time epoch = 4\n"
+    run_ok(ip, cell)
+    assert "cannot be reused" not in capsys.readouterr().out
+    ip.user_ns.pop("losses"), ip.user_ns.pop("epoch")
+    run_ok(ip, cell)
+    assert "train: reused" in capsys.readouterr().out and ip.user_ns["epoch"] == 4

@@ -30,29 +30,81 @@ def snapshot(namespace: dict[str, Any]) -> dict[str, tuple[int, type]]:
 
 
 def always_bound(code: str) -> set[str]:
-    """Names bound by the cell's top-level statements that run whenever the cell succeeds (assignments, imports,
-    definitions, ``with … as``); names bound in a branch, loop, ``try``, ``with`` body or ``:=`` are left out."""
+    """Names bound by the cell's statements that run whenever the cell succeeds: assignments, imports, definitions,
+    ``with … as`` and ``%time`` at its top level; a ``for`` loop's target (and what its body binds, when it has no
+    ``break``/``continue``) over a non-empty literal or ``range`` of constants; a ``try``'s names bound in its body
+    (and ``else``) and in every handler that does not raise, and in its ``finally``. Names bound in a branch, a
+    ``while`` or ``with`` body, a loop that may not run, or by ``:=`` are left out."""
     try:
         tree = ast.parse(code)
     except SyntaxError:
         return set()
+    return _block(tree.body)
+
+
+def _targets(node: ast.expr, found: set[str]) -> None:
+    if isinstance(node, ast.Name):
+        found.add(node.id)
+    elif isinstance(node, (ast.Tuple, ast.List)):
+        for item in node.elts:
+            _targets(item, found)
+    elif isinstance(node, ast.Starred):
+        _targets(node.value, found)
+
+
+def _runs_once(node: ast.For) -> bool:
+    """The loop's iterable is a non-empty literal or a ``range`` of integer constants with at least one item."""
+    it = node.iter
+    if isinstance(it, (ast.List, ast.Tuple, ast.Set)):
+        return bool(it.elts) and not any(isinstance(e, ast.Starred) for e in it.elts)
+    if isinstance(it, ast.Constant) and isinstance(it.value, (str, bytes)):
+        return bool(it.value)
+    if (
+        isinstance(it, ast.Call)
+        and isinstance(it.func, ast.Name)
+        and it.func.id == "range"
+        and not it.keywords
+        and 1 <= len(it.args) <= 3
+        and all(isinstance(a, ast.Constant) and type(a.value) is int for a in it.args)
+    ):
+        try:
+            return len(range(*(a.value for a in it.args))) > 0  # type: ignore[attr-defined]
+        except ValueError:  # a zero step
+            return False
+    return False
+
+
+def _raises(body: list[ast.stmt]) -> bool:
+    return bool(body) and isinstance(body[-1], ast.Raise)
+
+
+def _time_code(node: ast.stmt) -> str | None:
+    """The statement ``%time`` runs (``get_ipython().run_line_magic('time', '...')``), in the kernel's names."""
+    call = node.value if isinstance(node, ast.Expr) else None
+    if not (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "run_line_magic"
+        and isinstance(call.func.value, ast.Call)
+        and isinstance(call.func.value.func, ast.Name)
+        and call.func.value.func.id == "get_ipython"
+        and len(call.args) == 2
+        and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)
+    ):
+        return None
+    name, line = (a.value for a in call.args)  # type: ignore[attr-defined]
+    return line if name == "time" else None
+
+
+def _block(body: list[ast.stmt]) -> set[str]:
+    """The names a block binds whenever it runs to its end."""
     found: set[str] = set()
-
-    def targets(node: ast.expr) -> None:
-        if isinstance(node, ast.Name):
-            found.add(node.id)
-        elif isinstance(node, (ast.Tuple, ast.List)):
-            for item in node.elts:
-                targets(item)
-        elif isinstance(node, ast.Starred):
-            targets(node.value)
-
-    for node in tree.body:
+    for node in body:
         if isinstance(node, ast.Assign):
             for target in node.targets:
-                targets(target)
+                _targets(target, found)
         elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and node.value is not None:
-            targets(node.target)
+            _targets(node.target, found)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             found.update(a.asname or a.name.split(".")[0] for a in node.names if a.name != "*")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -60,7 +112,22 @@ def always_bound(code: str) -> set[str]:
         elif isinstance(node, (ast.With, ast.AsyncWith)):
             for item in node.items:
                 if item.optional_vars is not None:
-                    targets(item.optional_vars)
+                    _targets(item.optional_vars, found)
+        elif isinstance(node, ast.For) and _runs_once(node):
+            _targets(node.target, found)
+            if not any(isinstance(n, (ast.Break, ast.Continue)) for n in ast.walk(node)):
+                found |= _block(node.body)
+        elif isinstance(node, ast.Try):
+            bound = _block(node.body) | _block(node.orelse)
+            for handler in node.handlers:
+                if not _raises(handler.body):
+                    bound &= _block(handler.body)
+            found |= bound | _block(node.finalbody)
+        elif _time_code(node) is not None:
+            try:
+                found |= _block(ast.parse(_time_code(node) or "").body)
+            except SyntaxError:
+                pass
     return found
 
 
