@@ -141,3 +141,17 @@ def test_a_name_bound_under_time_to_the_object_it_held_stays_reusable(ip, capsys
     ip.user_ns.pop("losses"), ip.user_ns.pop("epoch")
     run_ok(ip, cell)
     assert "train: reused" in capsys.readouterr().out and ip.user_ns["epoch"] == 4
+
+
+def test_an_object_column_holding_a_shared_list_is_still_found():
+    import pandas as pd
+
+    from nbmagic.run.reuse_kernel import shared_elsewhere
+    from nbmagic.run.reuse_links import links
+
+    row = [1, 2]
+    frame = pd.DataFrame({"s": ["a"] * 999 + [row], "t": ["x"] * 1000})
+    assert "'kept' and 'frame' hold a shared object" in (links({"frame": frame, "kept": row}, {})[0] or "")
+    assert "reached from 'kept'" in (shared_elsewhere(["frame"], {"frame": frame, "kept": row}, {"frame"}) or "")
+    strings = pd.DataFrame({"s": ["a", "b"] * 500})
+    assert links({"strings": strings, "other": ["a"]}, {})[0] is None
