@@ -272,6 +272,7 @@ def _take_hit(
                 reused_from={"run": hit.run, "step": hit.step},
             )
     except Exception as exc:  # noqa: BLE001 - the step runs instead
+        stop_heartbeat()  # the caller starts a new one for the run
         for artifact in outputs.values():
             import shutil
 
