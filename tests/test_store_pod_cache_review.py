@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from types import SimpleNamespace
 
 import pytest
 
-from nbmagic.runtime import marshal, podcache
+from nbmagic.runtime import component, marshal, podcache
 from nbmagic.runtime.component import nbmagic_run
 from nbmagic.runtime.store_secrets import MARK
 
@@ -33,7 +34,7 @@ def _value(tmp_path, name, value, marked=False):
     return folder
 
 
-def _run(tmp_path, n, code, inputs, out="y", watch=(), cache=True, step="s"):
+def _run(tmp_path, n, code, inputs, out="y", watch=(), cache=True, step="s", **target):
     root = tmp_path / "store"
     nbmagic_run(
         step=step,
@@ -47,7 +48,7 @@ def _run(tmp_path, n, code, inputs, out="y", watch=(), cache=True, step="s"):
         metrics=_Metrics(),
         watch=watch,
         store={"uri": f"file://{root}", "run": f"run-{n}", "pipeline": "p", "steps": [step], "dag": {step: []},
-               "cache": cache},
+               "cache": cache, **target},
     )  # fmt: skip
     return root
 
@@ -67,3 +68,60 @@ def test_a_failed_place_leaves_no_heartbeat_beating(tmp_path, team_key, monkeypa
     _run(tmp_path, 2, "y = [v * 2 for v in x]", {"x": x})
     alive = [t for t in threading.enumerate() if t.name == "nbmagic-heartbeat"]
     assert not alive, f"{len(alive)} heartbeat thread(s) still beating after the step's record"
+
+
+def test_a_hit_never_publishes_an_input_an_earlier_step_held_back(tmp_path, team_key, capsys):
+    token = _value(tmp_path, "token", SECRET, marked=True)
+    for n in (1, 2):
+        with pytest.raises(SystemExit):
+            _run(tmp_path, n, "y = len(token)", {"token": token})
+        assert not _leaked(tmp_path / "store"), f"after run {n}: the secret is in the store"
+    assert "input 'token' holds a secret and is not passed to the steps that read it" in capsys.readouterr().err
+    assert not list((tmp_path / "store").glob("podcache/*/*.json")), "a cache entry for a step with a held input"
+
+
+def test_a_hit_with_a_marked_input_leaves_it_out_of_the_record(tmp_path, team_key, capsys):
+    x = _value(tmp_path, "x", [1, 2, 3])
+    root = _run(tmp_path, 1, "y = [v * 2 for v in x]", {"x": x})
+    (x / MARK).write_bytes(b"")  # the same value, now known to hold a secret: the hit's record must not name it
+    found = component._store_cache(
+        {"uri": f"file://{root}", "run": "run-2", "pipeline": "p", "steps": ["s"], "dag": {"s": []}, "cache": True},
+        "s", "y = [v * 2 for v in x]", "", {}, {"x": SimpleNamespace(path=str(x), metadata={})},
+        {"y": SimpleNamespace(path=str(tmp_path / "run2" / "y"), metadata={})}, (), None,
+    )  # fmt: skip
+    assert found is not None and found.hit is not None
+    store = {"uri": f"file://{root}", "run": "run-2", "pipeline": "p", "steps": ["s"], "dag": {"s": []}}
+    taken = component._take_hit(
+        store, "s", found, {"y": SimpleNamespace(path=str(tmp_path / "run2" / "y"), metadata={})}, (), 0.0, {},
+        {"x": SimpleNamespace(path=str(x), metadata={})}, _Metrics(), lambda: None,
+    )  # fmt: skip
+    assert taken
+    record = json.loads(next((root / "runs").glob("*run-2-*")).read_text())["record"]
+    assert record["executions"][0]["cached"] == 1
+    assert "x" not in record["executions"][0]["inputs"], "the hit's record names an input held back upstream"
+    assert "input 'x' holds a secret" in capsys.readouterr().err
+
+
+def test_a_value_computed_from_a_held_input_is_never_published(tmp_path, team_key, capsys):
+    token = _value(tmp_path, "token", SECRET.upper(), marked=True)
+    with pytest.raises(SystemExit):
+        _run(tmp_path, 1, "n = token.lower()", {"token": token}, out="n")
+    assert not _leaked(tmp_path / "store", SECRET)
+    assert not _leaked(tmp_path / "store", SECRET.upper())
+    assert not (tmp_path / "run1" / "n").exists()
+
+
+def test_a_secret_step_whose_output_a_later_step_reads_fails_as_locally(tmp_path, team_key, capsys, monkeypatch):
+    monkeypatch.setenv("TOK", SECRET)
+    with pytest.raises(SystemExit):
+        _run(tmp_path, 1, "import os\ntoken = os.environ['TOK']", {}, out="token", cache=False, secret_env=["TOK"])
+    root = tmp_path / "store"
+    err = capsys.readouterr().err
+    assert (
+        "step 's': variable 'token' holds a secret and is not passed to the steps that read it (read the secret in "
+        "the step that uses it)" in err
+    )
+    assert not _leaked(root)
+    assert not (tmp_path / "run1" / "token").exists(), "the secret is left in the artifact KFP would upload"
+    record = json.loads(next((root / "runs").glob("*run-1-*")).read_text())["record"]
+    assert record["executions"][0]["state"] == "failed"

@@ -61,6 +61,7 @@ def nbmagic_run(
     def record(state, values, error=None, result=None):
         if not store:
             return
+        import shutil
         import tempfile
 
         stop_heartbeat()
@@ -80,6 +81,17 @@ def nbmagic_run(
             if not_kept:  # never named by a cache entry either
                 for name in not_kept:
                     saved.pop(name, None)
+            needed = [name for name in not_kept if name in outputs]
+            if state == "done" and needed:  # as the local runner: a later step reads it, so the step fails
+                error = (
+                    f"variable {needed[0]!r} holds a secret and is not passed to the steps that read it"
+                    " (read the secret in the step that uses it)"
+                )
+                for artifact in outputs.values():
+                    shutil.rmtree(artifact.path, ignore_errors=True)
+                sys.stderr.write(f"nbmagic: step {step!r}: {error}\n")
+                publish_step(store, step, "failed", dict(parameters), loaded, {}, {}, started, error)
+                raise SystemExit(1)
             publish_step(store, step, state, dict(parameters), loaded, kept, values, started, error, not_kept=not_kept)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is this step's failure
             sys.stderr.write(f"nbmagic: step {step!r}: cannot record the step in {store['uri']}: {exc}\n")
@@ -100,6 +112,14 @@ def nbmagic_run(
         problem = check_files(files)
         if problem:
             fail(problem)
+    from .store_secrets import MARK
+
+    for name, artifact in inputs.items():  # held back by an earlier --secret step (a pipeline compiled before it
+        if os.path.exists(os.path.join(artifact.path, MARK)):  # failed there): as the local runner, not passed on
+            fail(
+                f"input {name!r} holds a secret and is not passed to the steps that read it (read the secret in "
+                "the step that uses it)"
+            )
     # the store's cache is asked before the inputs load: the key needs only their manifests' hashes
     cache = _store_cache(store, step, code, prelude, parameters, inputs, outputs, metric_names, files)
     if cache is not None and cache.hit is not None:
@@ -252,9 +272,11 @@ def _take_hit(
 
     from .podcache import place
     from .publish import publish_step, writer_lease
+    from .store_secrets import hold_back
 
     hit = cache.hit
     logged = {name: hit.metrics[name] for name in metric_names}
+    _, loaded, _ = hold_back(step, store, {}, {name: artifact.path for name, artifact in inputs.items()})
     try:
         with writer_lease(cache.backend, store["uri"]):  # no gc removes the values before the record names them
             place(hit, outputs)
@@ -264,7 +286,7 @@ def _take_hit(
                 step,
                 "cached",
                 dict(parameters),
-                {name: artifact.path for name, artifact in inputs.items()},
+                loaded,  # inputs an earlier step held back stay out, as in the step's own record
                 {},
                 logged,
                 started,
