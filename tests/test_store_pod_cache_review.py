@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from types import SimpleNamespace
 
@@ -125,3 +126,18 @@ def test_a_secret_step_whose_output_a_later_step_reads_fails_as_locally(tmp_path
     assert not (tmp_path / "run1" / "token").exists(), "the secret is left in the artifact KFP would upload"
     record = json.loads(next((root / "runs").glob("*run-1-*")).read_text())["record"]
     assert record["executions"][0]["state"] == "failed"
+
+
+def test_a_pod_that_cannot_check_a_value_leaves_it_in_the_store(tmp_path, team_key, monkeypatch, capsys):
+    x = _value(tmp_path, "x", [1, 2, 3])
+    root = _run(tmp_path, 1, "y = [v * 2 for v in x]", {"x": x})  # y hashed with xxh3-128
+    before = {p.parent.name for p in (root / "objects").rglob("manifest.json")}
+    assert before
+    monkeypatch.setitem(sys.modules, "xxhash", None)  # an image without xxhash
+    with pytest.raises(SystemExit):  # its input cannot load here either; the lookup ran first
+        _run(tmp_path, 2, "y = [v * 2 for v in x]", {"x": x})
+    after = {p.parent.name for p in (root / "objects").rglob("manifest.json")}
+    assert before <= after, f"good values lost their manifest: {before - after}"
+    err = capsys.readouterr().err
+    assert "not taken from the store's cache: cannot verify stored value 'y'" in err
+    assert "left in the store" in err

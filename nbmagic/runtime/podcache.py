@@ -23,7 +23,8 @@ its manifest (signed with the team key unless its format runs no code) and files
 Values are pulled into temporary folders first and moved into the step's output folders only once all of them
 are whole: a failure leaves no output half written, says why in one line, and the step runs (a value whose
 bytes do not match its hash loses its manifest in the store, as the local pull removes it, so the step uploads it
-again; an entry that could not be used is replaced by the new one).
+again; a value the pod cannot check, its hash algorithm unknown here or ``xxhash`` not installed, is a miss and
+stays in the store; an entry that could not be used is replaced by the new one).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from . import marshal
+from .marshal.base import hasher
 from .publish import MANIFEST, _sign
 
 FORMAT = 1
@@ -230,6 +232,10 @@ def pull(store: Any, digest: str, name: str, folder: Path) -> Path:
         if not store.get_file(base + path, folder / path):
             _drop(store, base)
             raise Miss(f"value {name!r} ({digest[:12]}) lacks its file {path}; removed from the store")
+    try:  # a value this pod cannot check (no xxhash, a newer algorithm) is a miss; the store keeps it
+        hasher(str(manifest.get("hash_algorithm")), name)
+    except marshal.MarshalError as exc:
+        raise Miss(f"{exc}; left in the store") from None
     try:
         marshal.verify(folder, name, expected_hash=digest)
     except marshal.CorruptValue as exc:
