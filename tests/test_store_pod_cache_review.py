@@ -141,3 +141,16 @@ def test_a_pod_that_cannot_check_a_value_leaves_it_in_the_store(tmp_path, team_k
     err = capsys.readouterr().err
     assert "not taken from the store's cache: cannot verify stored value 'y'" in err
     assert "left in the store" in err
+
+
+def test_a_step_that_must_not_change_an_input_is_no_hit_of_one_that_may(tmp_path, team_key, capsys):
+    x = _value(tmp_path, "x", [1, 2, 3])
+    _run(tmp_path, 1, "x.append(4)\ny = len(x)", {"x": x})  # compiled when no later step read x from elsewhere
+    with pytest.raises(SystemExit):  # recompiled: a later step reads x upstream, so the change in place fails
+        _run(tmp_path, 2, "x.append(4)\ny = len(x)", {"x": x}, watch=("x",))
+    assert "changes x in place" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the same again, cache on: the first run's entry is not this step's
+        _run(tmp_path, 3, "x.append(4)\ny = len(x)", {"x": x}, watch=("x",))
+    err = capsys.readouterr().err
+    assert "taken from the store's cache" not in err
+    assert "changes x in place" in err

@@ -121,7 +121,7 @@ def nbmagic_run(
                 "the step that uses it)"
             )
     # the store's cache is asked before the inputs load: the key needs only their manifests' hashes
-    cache = _store_cache(store, step, code, prelude, parameters, inputs, outputs, metric_names, files)
+    cache = _store_cache(store, step, code, prelude, parameters, inputs, outputs, metric_names, files, watch)
     if cache is not None and cache.hit is not None:
         if _take_hit(store, step, cache, outputs, metric_names, started, parameters, inputs, metrics, stop_heartbeat):
             return
@@ -218,6 +218,7 @@ def _store_cache(
     outputs: dict,
     metric_names: tuple,
     files: dict | None,
+    watch: tuple = (),
 ) -> _StoreCache | None:
     """The step's place in the store's cache, with the entry found for its key (``.hit``); None when the step is
     never taken from it. A lookup that fails says why in one line, and the step runs."""
@@ -238,7 +239,9 @@ def _store_cache(
 
         env = {name: os.environ.get(name) for name in store.get("env") or ()}
         hashes = podcache.input_hashes({name: artifact.path for name, artifact in inputs.items()})
-        key = podcache.pod_key(code, prelude, parameters, hashes, files, list(outputs), list(metric_names), env)
+        key = podcache.pod_key(
+            code, prelude, parameters, hashes, files, list(outputs), list(metric_names), env, watch=list(watch)
+        )
         cache = _StoreCache(key, _backend(store["uri"]))
     except Exception as exc:  # noqa: BLE001 - no cache: the step runs as without one
         sys.stderr.write(f"nbmagic: step {step!r}: not looked up in the store's cache: {exc}\n")

@@ -3,7 +3,8 @@
 A step compiled with a store URI computes a key before its cell runs (:func:`pod_key`): a format tag, the step's
 code and the notebook code it carries, its parameter values (canonical JSON), its inputs' content hashes (from
 their marshal manifests) by name, its ``--inputs`` files' hashes, the outputs and metrics it must produce, the
-values of its ``--env`` variables, and where it runs: Python version and implementation, ``sys.platform``,
+values of its ``--env`` variables, the inputs it must not change in place (later steps read them from elsewhere),
+and where it runs: Python version and implementation, ``sys.platform``,
 machine, and the installed distributions (a hash of the sorted ``*.dist-info``/``*.egg-info`` folder names on
 ``sys.path``, which carry the versions). The key is not the local runner's (that one also follows the notebook's
 local modules and asks each distribution's metadata, which a pod cannot do the same way): pod entries live
@@ -100,6 +101,7 @@ def pod_key(
     metrics: list[str] | tuple[str, ...],
     env: dict[str, str | None] | None = None,
     environment: dict[str, str] | None = None,
+    watch: list[str] | tuple[str, ...] = (),
 ) -> str:
     """The step's key in the store's cache (see the module's docstring); ``inputs``: name -> value hash."""
     material = {
@@ -112,6 +114,7 @@ def pod_key(
         "outputs": sorted(outputs),
         "metrics": sorted(metrics),
         "env": dict(env or {}),
+        "watch": sorted(watch),  # inputs later steps read from elsewhere: running the step checks them
         "environment": environment if environment is not None else environment_tag(),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
