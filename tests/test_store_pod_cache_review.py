@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import threading
 from types import SimpleNamespace
@@ -154,3 +155,29 @@ def test_a_step_that_must_not_change_an_input_is_no_hit_of_one_that_may(tmp_path
     err = capsys.readouterr().err
     assert "taken from the store's cache" not in err
     assert "changes x in place" in err
+
+
+def test_no_gc_runs_between_a_hits_lookup_and_its_record(tmp_path, team_key, monkeypatch):
+    x = _value(tmp_path, "x", [1, 2, 3])
+    root = _run(tmp_path, 1, "y = [v * 2 for v in x]", {"x": x})
+    real = podcache.lookup
+    collected = []
+
+    def lookup_then_gc(backend, *args, **kwargs):
+        hit = real(backend, *args, **kwargs)
+        if not backend.live("locks/writer-"):  # a gc of the store, which waits for writers: run-1 is dropped
+            for record in (root / "runs").glob("*run-1-*"):
+                record.unlink()
+            shutil.rmtree(root / "podcache")
+            shutil.rmtree(root / "objects")
+            collected.append(True)
+        return hit
+
+    monkeypatch.setattr(podcache, "lookup", lookup_then_gc)
+    _run(tmp_path, 2, "y = [v * 2 for v in x]", {"x": x})
+    execution = json.loads(next((root / "runs").glob("*run-2-*")).read_text())["record"]["executions"][0]
+    assert execution["cached"] == 1
+    digest = execution["outputs"]["y"]["hash"]
+    assert (root / "objects" / digest[:2] / digest / "manifest.json").exists(), f"run-2 names {digest}, now gone"
+    assert not collected
+    assert not list((root / "locks").glob("writer-*")), "a writer lease is left behind"

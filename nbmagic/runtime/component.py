@@ -193,6 +193,12 @@ class _StoreCache:
         self.key, self.backend = key, backend
         self.hit: Any = None
         self.replace = False  # the entry found could not be used: the new one replaces it
+        self.lease: Any = None  # the writer lease held from the lookup through a hit's record (no gc between)
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease, lease = None, self.lease
+            lease.close()
 
     def remember(self, store: dict, step: str, saved: dict, logged: dict) -> None:
         """After the step's record: its entry (only if absent); a failure is one line, never the step's."""
@@ -247,12 +253,21 @@ def _store_cache(
         sys.stderr.write(f"nbmagic: step {step!r}: not looked up in the store's cache: {exc}\n")
         return None
     try:
+        import contextlib
+
+        from .publish import writer_lease
+
+        cache.lease = contextlib.ExitStack()  # a gc waits from the lookup until the hit's record names the values
+        cache.lease.enter_context(writer_lease(cache.backend, store["uri"]))
         cache.hit = podcache.lookup(cache.backend, key, set(outputs) | set(metric_names), set(metric_names))
     except podcache.Miss as why:
         cache.replace = True
         sys.stderr.write(f"nbmagic: step {step!r}: not taken from the store's cache: {why}; the step runs\n")
     except Exception as exc:  # noqa: BLE001 - a network or disk failure: the step runs
         sys.stderr.write(f"nbmagic: step {step!r}: not taken from the store's cache: {exc}; the step runs\n")
+    finally:
+        if cache.hit is None:
+            cache.release()
     return cache
 
 
@@ -274,28 +289,28 @@ def _take_hit(
     import sys
 
     from .podcache import place
-    from .publish import publish_step, writer_lease
+    from .publish import publish_step
     from .store_secrets import hold_back
 
     hit = cache.hit
     logged = {name: hit.metrics[name] for name in metric_names}
     _, loaded, _ = hold_back(step, store, {}, {name: artifact.path for name, artifact in inputs.items()})
     try:
-        with writer_lease(cache.backend, store["uri"]):  # no gc removes the values before the record names them
-            place(hit, outputs)
-            stop_heartbeat()
-            publish_step(
-                store,
-                step,
-                "cached",
-                dict(parameters),
-                loaded,  # inputs an earlier step held back stay out, as in the step's own record
-                {},
-                logged,
-                started,
-                stored=hit.refs,
-                reused_from={"run": hit.run, "step": hit.step},
-            )
+        # the writer lease taken before the lookup is held: no gc removes the values before the record names them
+        place(hit, outputs)
+        stop_heartbeat()
+        publish_step(
+            store,
+            step,
+            "cached",
+            dict(parameters),
+            loaded,  # inputs an earlier step held back stay out, as in the step's own record
+            {},
+            logged,
+            started,
+            stored=hit.refs,
+            reused_from={"run": hit.run, "step": hit.step},
+        )
     except Exception as exc:  # noqa: BLE001 - the step runs instead
         stop_heartbeat()  # the caller starts a new one for the run
         for artifact in outputs.values():
@@ -306,6 +321,7 @@ def _take_hit(
         return False
     finally:
         hit.discard()
+        cache.release()
     sys.stderr.write(f"nbmagic: step {step!r}: taken from the store's cache (run {hit.run} on {hit.host})\n")
     sys.stderr.flush()
     if metric_names:

@@ -21,7 +21,8 @@ A hit is taken only when the step was compiled with caching on (no ``--no-cache`
 compiler says so with ``"cache"`` in the store target), a team key is set, the entry verifies, is well formed,
 is under this very key and holds every output and metric the step must produce, and every value pulls whole:
 its manifest (signed with the team key unless its format runs no code) and files checked against its hash.
-Values are pulled into temporary folders first and moved into the step's output folders only once all of them
+The step holds a writer lease on the store from before the lookup until the hit's record is written, so no gc
+removes a value between its pull and the record that names it. Values are pulled into temporary folders first and moved into the step's output folders only once all of them
 are whole: a failure leaves no output half written, says why in one line, and the step runs (a value whose
 bytes do not match its hash loses its manifest in the store, as the local pull removes it, so the step uploads it
 again; a value the pod cannot check, its hash algorithm unknown here or ``xxhash`` not installed, is a miss and
