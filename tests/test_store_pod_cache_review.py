@@ -181,3 +181,52 @@ def test_no_gc_runs_between_a_hits_lookup_and_its_record(tmp_path, team_key, mon
     assert (root / "objects" / digest[:2] / digest / "manifest.json").exists(), f"run-2 names {digest}, now gone"
     assert not collected
     assert not list((root / "locks").glob("writer-*")), "a writer lease is left behind"
+
+
+def _key_in_a_process(path_entries, image):
+    """The pod key a fresh interpreter computes with ``path_entries`` first on ``sys.path`` (as a pod's)."""
+    import subprocess
+
+    script = (
+        "import sys\n"
+        f"sys.path[:0] = {[str(p) for p in path_entries]!r}\n"
+        "from nbmagic.runtime import podcache\n"
+        "print(podcache.runtime_stamp())\n"
+        "print(podcache.pod_key('y = helper.f(x)', '', {}, {'x': 'a' * 32}, {}, ['y'], [],"
+        f" environment=podcache.environment_tag({image!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env={})
+    return done.stdout.split()
+
+
+def test_the_runtime_zip_a_step_carries_and_its_image_are_in_its_key(tmp_path):
+    from nbmagic.compile.bundle import runtime_zip
+
+    zipped = tmp_path / "rt" / "runtime.zip"
+    zipped.parent.mkdir()
+    zipped.write_bytes(runtime_zip())
+    stamp, key = _key_in_a_process([zipped], "python:3.11")
+    assert [stamp, key] == _key_in_a_process([zipped], "python:3.11")  # the same runtime, the same key
+    assert stamp == podcache.runtime_stamp(), "the zipped runtime's stamp is not that of the same sources installed"
+    assert _key_in_a_process([zipped], "team/image:v2")[1] != key, "the image is not in the key"
+    import zipfile
+
+    with zipfile.ZipFile(zipped, "a") as archive:  # a newer runtime: one more source file
+        archive.writestr("nbmagic/runtime/newer.py", "VERSION = 2\n")
+    newer_stamp, newer_key = _key_in_a_process([zipped], "python:3.11")
+    assert newer_stamp != stamp
+    assert newer_key != key, "a step run with another runtime takes the old one's values"
+
+
+def test_a_step_compiled_with_a_store_names_its_image_for_its_key():
+    from helpers.store_homes import demo_plan
+    from nbmagic.compile.kfp import compile_pipeline
+    from nbmagic.pipeline.settings import StepSettings
+
+    text = compile_pipeline(
+        demo_plan(),
+        image="registry.example/nbmagic:7",
+        runtime_image="registry.example/nbmagic:7",
+        defaults=StepSettings(store="s3://team-bucket/runs"),
+    )
+    assert '"image":"registry.example/nbmagic:7"' in text

@@ -246,8 +246,9 @@ def _store_cache(
         env = {name: os.environ.get(name) for name in store.get("env") or ()}
         hashes = podcache.input_hashes({name: artifact.path for name, artifact in inputs.items()})
         key = podcache.pod_key(
-            code, prelude, parameters, hashes, files, list(outputs), list(metric_names), env, watch=list(watch)
-        )
+            code, prelude, parameters, hashes, files, list(outputs), list(metric_names), env,
+            environment=podcache.environment_tag(store.get("image")), watch=list(watch),
+        )  # fmt: skip
         cache = _StoreCache(key, _backend(store["uri"]))
     except Exception as exc:  # noqa: BLE001 - no cache: the step runs as without one
         sys.stderr.write(f"nbmagic: step {step!r}: not looked up in the store's cache: {exc}\n")
