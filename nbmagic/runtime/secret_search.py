@@ -149,14 +149,18 @@ class _Walk:
         kind = getattr(dtype, "kind", "O")
         if kind in "biufcmM" and not isinstance(dtype, pd.StringDtype):
             return False
-        return self.sequence(values.to_numpy(dtype=object).ravel().tolist(), depth)
+        try:
+            items = values.to_numpy(dtype=object).ravel().tolist()
+        except Exception:  # noqa: BLE001 - an extension array without an object form: its file is searched
+            return False
+        return self.sequence(items, depth)
 
     def attributes(self, obj: Any, depth: int) -> bool:
         """An object's instance attributes (never properties: nothing of the object's runs)."""
         found: list[Any] = []
         try:
             state = object.__getattribute__(obj, "__dict__")
-        except AttributeError:
+        except Exception:  # noqa: BLE001 - no instance dict (or one that cannot be read)
             state = None
         if isinstance(state, dict):
             found.append(state)
@@ -166,6 +170,6 @@ class _Walk:
                 if slot not in ("__dict__", "__weakref__"):
                     try:
                         found.append(object.__getattribute__(obj, slot))
-                    except AttributeError:
+                    except Exception:  # noqa: BLE001 - an empty slot
                         continue
         return any(self.holds(x, depth + 1) for x in found)
