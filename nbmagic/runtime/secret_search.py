@@ -91,18 +91,19 @@ class _Walk:
         return self.attributes(obj, depth)
 
     def sequence(self, items: list, depth: int) -> bool:
-        """Strings searched in chunks (joined by NUL, which no secret holds), everything else walked."""
-        strings = [x for x in items if type(x) is str]
-        if len(strings) > 16:
-            exact = set(strings)
-            if any(s in exact for s in self.secrets):
-                return True
-            for start in range(0, len(strings), CHUNK):
-                joined = "\0".join(strings[start : start + CHUNK])
-                if any(s in joined for s in self.long):
+        """Strings searched a chunk at a time (joined by NUL, which no secret holds), everything else walked."""
+        for start in range(0, len(items), CHUNK):
+            chunk = items[start : start + CHUNK]
+            try:
+                joined = "\0" + "\0".join(chunk) + "\0"
+            except TypeError:  # not only strings
+                strings = [x for x in chunk if type(x) is str]
+                joined = "\0" + "\0".join(strings) + "\0"
+                if any(self.holds(x, depth + 1) for x in chunk if type(x) is not str):
                     return True
-            items = [x for x in items if type(x) is not str]
-        return any(self.holds(x, depth + 1) for x in items)
+            if any(f"\0{s}\0" in joined for s in self.secrets) or any(s in joined for s in self.long):
+                return True
+        return False
 
     def array(self, arr: Any, depth: int, np: Any) -> bool:
         if arr.dtype.names:  # structured: each field
