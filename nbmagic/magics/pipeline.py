@@ -88,6 +88,7 @@ class PipelineMagics(Magics):
         One of 64 MiB or more is mapped copy-on-write from the store (writes work and never reach the store), and
         an array inside a list, dict or other container is a view of the loaded data: ``X.resize(n)`` on those
         says it does not own its data; ``X = np.resize(X, n)`` or ``X = X.copy()`` work.
+        A loaded DataFrame or Series is writable, as the cell's is (``df.loc[...] = ...``, ``df['a'] *= 2``).
 
         Carried values: values from ordinary cells the step uses (``k = 2``, ``history = []``) are
         fingerprinted; a cell whose kernel holds other values than its stored results were computed with runs
