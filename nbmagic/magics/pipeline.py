@@ -104,7 +104,8 @@ class PipelineMagics(Magics):
         the notebook) like any object; values whose memory overlaps, compared by the byte ranges of numpy arrays,
         pandas blocks and indexes and torch storages (``df = pd.DataFrame(arr, copy=False)``, ``s = df['a']``,
         ``torch.from_numpy(arr)``, ``t.view(-1)`` next to the other), would load as copies: it runs (with pandas'
-        copy-on-write mode on, frames and series sharing blocks behave as copies and do not count); a tensor
+        copy-on-write mode on, frames and series sharing blocks behave as copies and do not count), inside one
+        value too (``{'X': X, 'v': X[:5]}``, an object holding a frame and its ``.values``); a tensor
         holding gradients: it runs; anything else inside a value, or too much to walk (a million objects or a
         second of CPU, garbage collection not counted): it runs; a value a
         module it imports holds, ``cfg = mod.CONFIG``, would load as a copy: it runs; a name bound to another value or a part of it by subscripts, ``b = a``,
