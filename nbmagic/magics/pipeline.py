@@ -122,7 +122,8 @@ class PipelineMagics(Magics):
         (``if n > 5: y = n``) and left the kernel's value as it was; a part of a local module's value
         (``cfg = mod.CONFIG['train']``) too. It runs instead of being reused when it may change a value in place
         (it reads or changes it, or carries it) that another kernel value reaches (``box = {'r': rows}`` before
-        ``rows.append(3)``): a loaded copy would leave the other holder stale.
+        ``rows.append(3)``) or whose memory it uses (``df = pd.DataFrame(arr, copy=False)`` before ``arr += 1``):
+        a loaded copy would leave the other holder stale.
 
         Example::
 
