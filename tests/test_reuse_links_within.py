@@ -64,3 +64,18 @@ def test_disjoint_views_inside_one_value_are_reused(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
     run_ok(ip, cell)
     assert "cannot be reused" not in capsys.readouterr().out
+
+
+def test_a_cell_does_not_reuse_what_compile_run_stored_for_such_a_value(ip, capsys):
+    cell = "%%step s\nimport numpy as np\nd = (lambda X: {'X': X, 'v': X[:5]})(np.arange(10.0))\n"
+    run_ok(ip, cell)
+    run = run_ok(ip, "%compile_run --quiet")
+    assert run.status == "done", run.error
+    ip.user_ns.pop("d")
+    run_ok(ip, "%pipeline_config --reuse")
+    capsys.readouterr()
+    run_ok(ip, cell)
+    said = capsys.readouterr().out
+    assert "s: runs (cannot be reused: 'd' holds two arrays or frames over the same memory" in said
+    run_ok(ip, "d['X'][0] = 7.0")
+    assert ip.user_ns["d"]["v"][0] == 7.0
