@@ -57,6 +57,7 @@ def nbmagic_run(
         beating.pop("stop", lambda: None)()
 
     saved: dict = {}  # the step's stored values: name -> marshal folder
+    inputs_in_memory: dict = {}  # the loaded inputs, searched for secrets with their files
 
     def record(state, values, error=None, result=None):
         if not store:
@@ -76,7 +77,8 @@ def nbmagic_run(
             from .store_secrets import hold_back
 
             loaded = {name: artifact.path for name, artifact in inputs.items()}
-            kept, loaded, not_kept = hold_back(step, store, dict(saved), loaded)  # values holding a secret stay out
+            memory = (result or {}, {n: v for n, v in inputs_in_memory.items() if n in loaded})  # searched too
+            kept, loaded, not_kept = hold_back(step, store, dict(saved), loaded, *memory)  # secrets stay out
             if not_kept:  # never named by a cache entry either
                 for name in not_kept:
                     saved.pop(name, None)
@@ -114,6 +116,7 @@ def nbmagic_run(
             values[name] = marshal.load(artifact.path, name)
         except marshal.MarshalError as error:
             fail(f"cannot load input {name!r}: {error}")
+    inputs_in_memory.update(values)
     wanted = tuple(outputs) + tuple(m for m in metric_names if m not in outputs)
     # inputs later steps read from elsewhere: a change in place here would not reach them
     before = {name: runtime.fingerprint(values[name]) for name in watch if name in values}
