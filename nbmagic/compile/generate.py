@@ -282,11 +282,12 @@ def _signature(comp: _Component, plan: PipelinePlan) -> list[str]:
 
 def _store_target(comp: _Component, plan: PipelinePlan) -> dict[str, Any]:
     """Where and as what a step records itself in the shared store (the run id comes from KFP at run time); with
-    a gs:// store and ``--store-secret``, the key file the step checks for before its cell runs.
+        a gs:// store and ``--store-secret``, the key file the step checks for before its cell runs.
 
-    ``cache``: whether the step may be taken from the store's cache (``runtime.podcache``): not with caching off,
-    a secret, an ``--after`` edge either way (ordering that carries no value means files or services the key
-    cannot see), or nothing to produce. ``env``: its ``--env`` names, whose values its key covers."""
+        ``cache``: whether the step may be taken from the store's cache (``runtime.podcache``): not with caching off,
+        a secret, an ``--after`` edge either way (ordering that carries no value means files or services the key
+        cannot see), or nothing to produce. ``env``: its ``--env`` names, whose values its key covers; ``image``: its
+    image, which its key covers too."""
     s = comp.settings
     followed = any(comp.step.name in other.explicit_after for other in plan.steps)
     cache = bool(
@@ -301,6 +302,7 @@ def _store_target(comp: _Component, plan: PipelinePlan) -> dict[str, Any]:
         "steps": [s.name for s in plan.steps],
         "dag": {s.name: list(s.upstream) for s in plan.steps},
         "cache": cache,
+        "image": comp.image,  # in the step's key in the store's cache
     }
     if comp.settings.secret_env or comp.settings.secret_files:  # names and paths only: values kept out in the pod
         target["secret_env"] = [secret.env for secret in comp.settings.secret_env]

@@ -88,6 +88,7 @@ class PipelineMagics(Magics):
         One of 64 MiB or more is mapped copy-on-write from the store (writes work and never reach the store), and
         an array inside a list, dict or other container is a view of the loaded data: ``X.resize(n)`` on those
         says it does not own its data; ``X = np.resize(X, n)`` or ``X = X.copy()`` work.
+        A loaded DataFrame or Series is writable, as the cell's is (``df.loc[...] = ...``, ``df['a'] *= 2``).
 
         Carried values: values from ordinary cells the step uses (``k = 2``, ``history = []``) are
         fingerprinted; a cell whose kernel holds other values than its stored results were computed with runs
@@ -103,7 +104,8 @@ class PipelineMagics(Magics):
         the notebook) like any object; values whose memory overlaps, compared by the byte ranges of numpy arrays,
         pandas blocks and indexes and torch storages (``df = pd.DataFrame(arr, copy=False)``, ``s = df['a']``,
         ``torch.from_numpy(arr)``, ``t.view(-1)`` next to the other), would load as copies: it runs (with pandas'
-        copy-on-write mode on, frames and series sharing blocks behave as copies and do not count); a tensor
+        copy-on-write mode on, frames and series sharing blocks behave as copies and do not count), inside one
+        value too (``{'X': X, 'v': X[:5]}``, an object holding a frame and its ``.values``); a tensor
         holding gradients: it runs; anything else inside a value, or too much to walk (a million objects or a
         second of CPU, garbage collection not counted): it runs; a value a
         module it imports holds, ``cfg = mod.CONFIG``, would load as a copy: it runs; a name bound to another value or a part of it by subscripts, ``b = a``,
@@ -120,7 +122,8 @@ class PipelineMagics(Magics):
         (``if n > 5: y = n``) and left the kernel's value as it was; a part of a local module's value
         (``cfg = mod.CONFIG['train']``) too. It runs instead of being reused when it may change a value in place
         (it reads or changes it, or carries it) that another kernel value reaches (``box = {'r': rows}`` before
-        ``rows.append(3)``): a loaded copy would leave the other holder stale.
+        ``rows.append(3)``) or whose memory it uses (``df = pd.DataFrame(arr, copy=False)`` before ``arr += 1``):
+        a loaded copy would leave the other holder stale.
 
         Example::
 

@@ -137,8 +137,9 @@ def overlap(
     named: list[tuple[str, Buffer]], matters: Callable[[str, str], bool], charge: Callable[[int], None] = lambda n: None
 ) -> tuple[str, str] | None:
     """The first two names (the later in the order given first) for which ``matters`` holds whose buffers of
-    different owners share memory, one of them written through (not both an Index). Sorted by start, each range
-    is compared only with those still open; ``charge`` is told how many (it may raise to stop)."""
+    different owners share memory, one of them written through (not both an Index). One name twice when two
+    objects inside its value do (``matters(name, name)``: pickled as one value they load as two copies). Sorted by
+    start, each range is compared only with those still open; ``charge`` is told how many (it may raise to stop)."""
     order = {name: i for i, name in enumerate(dict.fromkeys(n for n, _ in named))}
     spans = sorted(named, key=lambda item: (item[1].device, item[1].start))
     open_: list[tuple[str, Buffer]] = []
@@ -146,7 +147,7 @@ def overlap(
         charge(len(open_) + 1)
         open_ = [(n, b) for n, b in open_ if b.device == buffer.device and b.end > buffer.start]
         for other, seen in open_:
-            if other == name or seen.owner == buffer.owner or (seen.frozen and buffer.frozen):
+            if seen.owner == buffer.owner or (seen.frozen and buffer.frozen):
                 continue
             if not matters(name, other):
                 continue

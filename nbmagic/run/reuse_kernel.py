@@ -4,7 +4,7 @@ Before the cell runs, :func:`snapshot` notes each name's object (by id and type,
 reference would change what the cell does, ``ndarray.resize`` refuses it). After it, :func:`bound_by_run` tells
 which names the run bound or rebound, names bound out of sight of the code (``globals()[name] = …``, ``exec``),
 and names the code assigns on some paths only whose binding cannot be told. :func:`shared_elsewhere` finds, before
-a reuse, a name the cell may change in place whose object another kernel value also reaches.
+a reuse, a name the cell may change in place whose object (or memory) another kernel value also reaches.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import types
 from typing import Any
 
 from ..pipeline.analysis import IPYTHON_HISTORY
+from .buffers import Buffer, overlap
 from .reuse_links import LIMIT, TooLarge, _Walk
 
 _IPYTHON_NAMES = frozenset({"In", "Out", "_oh", "_ih", "_dh", "_exit_code", "exit", "quit", "get_ipython"})
@@ -216,14 +217,17 @@ class _KernelWalk(_Walk):
 
 def shared_elsewhere(names: list[str], namespace: dict[str, Any], rebound: set[str]) -> str | None:
     """Why a reuse binding ``names`` (the cell may change their objects in place) would differ from running it:
-    another kernel value reaches an object of theirs, so a change in place would reach it and a loaded copy would
-    not. ``rebound``: every name the reuse binds (their current objects leave the kernel with them). Raises
+    another kernel value reaches an object of theirs, or uses memory of theirs (a frame made over an array without
+    a copy), so a change in place would reach it and a loaded copy would not. ``rebound``: every name the reuse
+    binds (their current objects leave the kernel with them). Raises
     :class:`~nbmagic.run.reuse_links.TooLarge` when the values take too much to walk."""
     with _KernelWalk(namespace, LIMIT) as walk:  # the collector's passes in this thread are no work of the walk
         mine: dict[int, str] = {}
+        memory: list[tuple[str, Buffer]] = []  # (name, buffer): theirs, then the other values'
         for name in names:
             for ident in walk.identities(namespace[name]):
                 mine.setdefault(ident, name)
+            memory.extend((name, b) for b in walk.take_buffers())
         if not mine:
             return None
         for other, value in list(namespace.items()):
@@ -235,4 +239,14 @@ def shared_elsewhere(names: list[str], namespace: dict[str, Any], rebound: set[s
                     f"an object of {hit!r} is also reached from {other!r}; the cell may change it in place, which a value loaded from"
                     " the store would not pass on"
                 )
-    return None
+            memory.extend((other, b) for b in walk.take_buffers())
+        changing = set(names)
+        walk.charge(len(memory))
+        pair = overlap(memory, lambda a, b: (a in changing) != (b in changing), walk.charge) if memory else None
+    if pair is None:
+        return None
+    hit, other = pair if pair[0] in changing else pair[::-1]
+    return (
+        f"{hit!r} shares memory with {other!r}; the cell may change it in place, which a value loaded from the store"
+        " would not pass on"
+    )

@@ -613,6 +613,11 @@ def links(
     if pair is None:
         return None, aliases
     name, other = pair if pair[0] in assigned else pair[::-1]
+    if name == other:
+        return (
+            f"{name!r} holds two arrays or frames over the same memory; loaded from the store they would be two copies",
+            aliases,
+        )
     if other in tops:
         return f"{name!r} and {other!r} share memory; loaded from the store they would be two copies", aliases
     return f"{name!r} shares memory with {other}; loaded from the store it would be a copy, not the module's", aliases

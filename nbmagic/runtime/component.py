@@ -57,10 +57,12 @@ def nbmagic_run(
         beating.pop("stop", lambda: None)()
 
     saved: dict = {}  # the step's stored values: name -> marshal folder
+    inputs_in_memory: dict = {}  # the loaded inputs, searched for secrets with their files
 
     def record(state, values, error=None, result=None):
         if not store:
             return
+        import shutil
         import tempfile
 
         stop_heartbeat()
@@ -76,10 +78,22 @@ def nbmagic_run(
             from .store_secrets import hold_back
 
             loaded = {name: artifact.path for name, artifact in inputs.items()}
-            kept, loaded, not_kept = hold_back(step, store, dict(saved), loaded)  # values holding a secret stay out
+            memory = (result or {}, {n: v for n, v in inputs_in_memory.items() if n in loaded})  # searched too
+            kept, loaded, not_kept = hold_back(step, store, dict(saved), loaded, *memory)  # secrets stay out
             if not_kept:  # never named by a cache entry either
                 for name in not_kept:
                     saved.pop(name, None)
+            needed = [name for name in not_kept if name in outputs]
+            if state == "done" and needed:  # as the local runner: a later step reads it, so the step fails
+                error = (
+                    f"variable {needed[0]!r} holds a secret and is not passed to the steps that read it"
+                    " (read the secret in the step that uses it)"
+                )
+                for artifact in outputs.values():
+                    shutil.rmtree(artifact.path, ignore_errors=True)
+                sys.stderr.write(f"nbmagic: step {step!r}: {error}\n")
+                publish_step(store, step, "failed", dict(parameters), loaded, {}, {}, started, error)
+                raise SystemExit(1)
             publish_step(store, step, state, dict(parameters), loaded, kept, values, started, error, not_kept=not_kept)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is this step's failure
             sys.stderr.write(f"nbmagic: step {step!r}: cannot record the step in {store['uri']}: {exc}\n")
@@ -100,8 +114,16 @@ def nbmagic_run(
         problem = check_files(files)
         if problem:
             fail(problem)
+    from .store_secrets import MARK
+
+    for name, artifact in inputs.items():  # held back by an earlier --secret step (a pipeline compiled before it
+        if os.path.exists(os.path.join(artifact.path, MARK)):  # failed there): as the local runner, not passed on
+            fail(
+                f"input {name!r} holds a secret and is not passed to the steps that read it (read the secret in "
+                "the step that uses it)"
+            )
     # the store's cache is asked before the inputs load: the key needs only their manifests' hashes
-    cache = _store_cache(store, step, code, prelude, parameters, inputs, outputs, metric_names, files)
+    cache = _store_cache(store, step, code, prelude, parameters, inputs, outputs, metric_names, files, watch)
     if cache is not None and cache.hit is not None:
         if _take_hit(store, step, cache, outputs, metric_names, started, parameters, inputs, metrics, stop_heartbeat):
             return
@@ -114,6 +136,7 @@ def nbmagic_run(
             values[name] = marshal.load(artifact.path, name)
         except marshal.MarshalError as error:
             fail(f"cannot load input {name!r}: {error}")
+    inputs_in_memory.update(values)
     wanted = tuple(outputs) + tuple(m for m in metric_names if m not in outputs)
     # inputs later steps read from elsewhere: a change in place here would not reach them
     before = {name: runtime.fingerprint(values[name]) for name in watch if name in values}
@@ -173,6 +196,12 @@ class _StoreCache:
         self.key, self.backend = key, backend
         self.hit: Any = None
         self.replace = False  # the entry found could not be used: the new one replaces it
+        self.lease: Any = None  # the writer lease held from the lookup through a hit's record (no gc between)
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease, lease = None, self.lease
+            lease.close()
 
     def remember(self, store: dict, step: str, saved: dict, logged: dict) -> None:
         """After the step's record: its entry (only if absent); a failure is one line, never the step's."""
@@ -198,6 +227,7 @@ def _store_cache(
     outputs: dict,
     metric_names: tuple,
     files: dict | None,
+    watch: tuple = (),
 ) -> _StoreCache | None:
     """The step's place in the store's cache, with the entry found for its key (``.hit``); None when the step is
     never taken from it. A lookup that fails says why in one line, and the step runs."""
@@ -218,18 +248,30 @@ def _store_cache(
 
         env = {name: os.environ.get(name) for name in store.get("env") or ()}
         hashes = podcache.input_hashes({name: artifact.path for name, artifact in inputs.items()})
-        key = podcache.pod_key(code, prelude, parameters, hashes, files, list(outputs), list(metric_names), env)
+        key = podcache.pod_key(
+            code, prelude, parameters, hashes, files, list(outputs), list(metric_names), env,
+            environment=podcache.environment_tag(store.get("image")), watch=list(watch),
+        )  # fmt: skip
         cache = _StoreCache(key, _backend(store["uri"]))
     except Exception as exc:  # noqa: BLE001 - no cache: the step runs as without one
         sys.stderr.write(f"nbmagic: step {step!r}: not looked up in the store's cache: {exc}\n")
         return None
     try:
+        import contextlib
+
+        from .publish import writer_lease
+
+        cache.lease = contextlib.ExitStack()  # a gc waits from the lookup until the hit's record names the values
+        cache.lease.enter_context(writer_lease(cache.backend, store["uri"]))
         cache.hit = podcache.lookup(cache.backend, key, set(outputs) | set(metric_names), set(metric_names))
     except podcache.Miss as why:
         cache.replace = True
         sys.stderr.write(f"nbmagic: step {step!r}: not taken from the store's cache: {why}; the step runs\n")
     except Exception as exc:  # noqa: BLE001 - a network or disk failure: the step runs
         sys.stderr.write(f"nbmagic: step {step!r}: not taken from the store's cache: {exc}; the step runs\n")
+    finally:
+        if cache.hit is None:
+            cache.release()
     return cache
 
 
@@ -251,27 +293,30 @@ def _take_hit(
     import sys
 
     from .podcache import place
-    from .publish import publish_step, writer_lease
+    from .publish import publish_step
+    from .store_secrets import hold_back
 
     hit = cache.hit
     logged = {name: hit.metrics[name] for name in metric_names}
+    _, loaded, _ = hold_back(step, store, {}, {name: artifact.path for name, artifact in inputs.items()})
     try:
-        with writer_lease(cache.backend, store["uri"]):  # no gc removes the values before the record names them
-            place(hit, outputs)
-            stop_heartbeat()
-            publish_step(
-                store,
-                step,
-                "cached",
-                dict(parameters),
-                {name: artifact.path for name, artifact in inputs.items()},
-                {},
-                logged,
-                started,
-                stored=hit.refs,
-                reused_from={"run": hit.run, "step": hit.step},
-            )
+        # the writer lease taken before the lookup is held: no gc removes the values before the record names them
+        place(hit, outputs)
+        stop_heartbeat()
+        publish_step(
+            store,
+            step,
+            "cached",
+            dict(parameters),
+            loaded,  # inputs an earlier step held back stay out, as in the step's own record
+            {},
+            logged,
+            started,
+            stored=hit.refs,
+            reused_from={"run": hit.run, "step": hit.step},
+        )
     except Exception as exc:  # noqa: BLE001 - the step runs instead
+        stop_heartbeat()  # the caller starts a new one for the run
         for artifact in outputs.values():
             import shutil
 
@@ -280,6 +325,7 @@ def _take_hit(
         return False
     finally:
         hit.discard()
+        cache.release()
     sys.stderr.write(f"nbmagic: step {step!r}: taken from the store's cache (run {hit.run} on {hit.host})\n")
     sys.stderr.flush()
     if metric_names:

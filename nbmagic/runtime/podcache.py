@@ -3,9 +3,12 @@
 A step compiled with a store URI computes a key before its cell runs (:func:`pod_key`): a format tag, the step's
 code and the notebook code it carries, its parameter values (canonical JSON), its inputs' content hashes (from
 their marshal manifests) by name, its ``--inputs`` files' hashes, the outputs and metrics it must produce, the
-values of its ``--env`` variables, and where it runs: Python version and implementation, ``sys.platform``,
-machine, and the installed distributions (a hash of the sorted ``*.dist-info``/``*.egg-info`` folder names on
-``sys.path``, which carry the versions). The key is not the local runner's (that one also follows the notebook's
+values of its ``--env`` variables, the inputs it must not change in place (later steps read them from elsewhere),
+and where it runs: Python version and implementation, ``sys.platform``,
+machine, the installed distributions (a hash of the sorted ``*.dist-info``/``*.egg-info`` folder names on
+``sys.path``, which carry the versions, and of the zips on it), nbmagic's runtime sources as loaded, and the image
+the step was compiled for (``"image"`` in the store target). Modules baked into an image outside pip are seen only
+through the image's name: a step relying on them under a reused tag should be compiled with ``--no-cache``. The key is not the local runner's (that one also follows the notebook's
 local modules and asks each distribution's metadata, which a pod cannot do the same way): pod entries live
 under their own prefix, and only pods read them.
 
@@ -20,10 +23,12 @@ A hit is taken only when the step was compiled with caching on (no ``--no-cache`
 compiler says so with ``"cache"`` in the store target), a team key is set, the entry verifies, is well formed,
 is under this very key and holds every output and metric the step must produce, and every value pulls whole:
 its manifest (signed with the team key unless its format runs no code) and files checked against its hash.
-Values are pulled into temporary folders first and moved into the step's output folders only once all of them
+The step holds a writer lease on the store from before the lookup until the hit's record is written, so no gc
+removes a value between its pull and the record that names it. Values are pulled into temporary folders first and moved into the step's output folders only once all of them
 are whole: a failure leaves no output half written, says why in one line, and the step runs (a value whose
 bytes do not match its hash loses its manifest in the store, as the local pull removes it, so the step uploads it
-again; an entry that could not be used is replaced by the new one).
+again; a value the pod cannot check, its hash algorithm unknown here or ``xxhash`` not installed, is a miss and
+stays in the store; an entry that could not be used is replaced by the new one).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from . import marshal
+from .marshal.base import hasher
 from .publish import MANIFEST, _sign
 
 FORMAT = 1
@@ -63,28 +69,71 @@ def entry_key(key: str) -> str:
 
 
 def packages_stamp() -> str:
-    """A hash of the distributions installed on ``sys.path``: their metadata folders' names carry the versions."""
+    """A hash of the distributions installed on ``sys.path`` (their metadata folders' names carry the versions)
+    and of the zips on it (nbmagic's embedded runtime, eggs), by content."""
     entries = tuple(sys.path)
     if entries not in _PACKAGES:
         names: set[str] = set()
         for entry in entries:
+            path = os.path.abspath(entry or ".")
+            if os.path.isfile(path):  # a zip: its bytes, not its (temporary) path
+                names.add("zip:" + _sha256_of(path))
+                continue
             try:
-                with os.scandir(os.path.abspath(entry or ".")) as found:
+                with os.scandir(path) as found:
                     names.update(e.name for e in found if e.name.endswith((".dist-info", ".egg-info")))
-            except OSError:  # a zip (nbmagic's runtime), a missing folder
+            except OSError:  # a missing folder
                 continue
         _PACKAGES[entries] = hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
     return _PACKAGES[entries]
 
 
-def environment_tag() -> dict[str, str]:
-    """What a value computed here depends on beyond the step's code and inputs, as far as a pod can tell."""
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return "unreadable"
+    return digest.hexdigest()
+
+
+_RUNTIME: list[str] = []
+
+
+def runtime_stamp() -> str:
+    """A hash of nbmagic's runtime sources as this process loaded them (installed or from the embedded zip):
+    their paths under ``nbmagic/runtime/`` and their bytes."""
+    if not _RUNTIME:
+        digest = hashlib.sha256()
+        archive = getattr(__loader__, "archive", None)  # zipimport: the runtime zip the component carries
+        if archive:
+            import zipfile
+
+            with zipfile.ZipFile(archive) as zipped:
+                names = sorted(n for n in zipped.namelist() if n.startswith("nbmagic/runtime/") and n.endswith(".py"))
+                for name in names:
+                    digest.update(name.removeprefix("nbmagic/runtime/").encode() + b"\0" + zipped.read(name) + b"\0")
+        else:
+            here = Path(__file__).resolve().parent
+            for path in sorted(p for p in here.rglob("*.py") if "__pycache__" not in p.parts):
+                digest.update(path.relative_to(here).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        _RUNTIME.append(digest.hexdigest())
+    return _RUNTIME[0]
+
+
+def environment_tag(image: str | None = None) -> dict[str, str]:
+    """What a value computed here depends on beyond the step's code and inputs, as far as a pod can tell: the
+    image the step was compiled for too (its files outside pip are not seen otherwise)."""
     return {
         "python": platform.python_version(),
         "implementation": sys.implementation.name,
         "system": sys.platform,
         "machine": platform.machine(),
         "packages": packages_stamp(),
+        "runtime": runtime_stamp(),
+        "image": image or "",
     }
 
 
@@ -98,6 +147,7 @@ def pod_key(
     metrics: list[str] | tuple[str, ...],
     env: dict[str, str | None] | None = None,
     environment: dict[str, str] | None = None,
+    watch: list[str] | tuple[str, ...] = (),
 ) -> str:
     """The step's key in the store's cache (see the module's docstring); ``inputs``: name -> value hash."""
     material = {
@@ -110,6 +160,7 @@ def pod_key(
         "outputs": sorted(outputs),
         "metrics": sorted(metrics),
         "env": dict(env or {}),
+        "watch": sorted(watch),  # inputs later steps read from elsewhere: running the step checks them
         "environment": environment if environment is not None else environment_tag(),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -230,6 +281,10 @@ def pull(store: Any, digest: str, name: str, folder: Path) -> Path:
         if not store.get_file(base + path, folder / path):
             _drop(store, base)
             raise Miss(f"value {name!r} ({digest[:12]}) lacks its file {path}; removed from the store")
+    try:  # a value this pod cannot check (no xxhash, a newer algorithm) is a miss; the store keeps it
+        hasher(str(manifest.get("hash_algorithm")), name)
+    except marshal.MarshalError as exc:
+        raise Miss(f"{exc}; left in the store") from None
     try:
         marshal.verify(folder, name, expected_hash=digest)
     except marshal.CorruptValue as exc:

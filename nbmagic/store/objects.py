@@ -26,7 +26,6 @@ import secrets
 import shutil
 import socket
 import stat
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -36,6 +35,7 @@ from typing import Any
 
 from nbmagic.errors import SerializationError
 from nbmagic.runtime import marshal
+from nbmagic.runtime.secret_search import files_hold_secret, holds_secret
 
 from .processes import alive
 
@@ -68,59 +68,8 @@ class SecretValue(StoreError):
     """A value that equals or contains a secret the run injected: never written to the store."""
 
 
-def _holds_secret(obj: Any, secrets: tuple[str, ...], depth: int = 0, budget: list[int] | None = None) -> bool:
-    """True when obj (or a str/bytes inside a list, tuple, set or dict, a few levels deep) contains a secret."""
-    budget = budget if budget is not None else [100_000]
-    budget[0] -= 1
-    if budget[0] < 0 or depth > 6:
-        return False
-    if isinstance(obj, str):
-        return any(secret == obj or (len(secret) >= 4 and secret in obj) for secret in secrets)
-    if isinstance(obj, (bytes, bytearray)):
-        return any(len(secret) >= 4 and secret.encode() in obj for secret in secrets)
-    if isinstance(obj, dict):
-        return any(
-            _holds_secret(k, secrets, depth + 1, budget) or _holds_secret(v, secrets, depth + 1, budget)
-            for k, v in obj.items()
-        )
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return any(_holds_secret(item, secrets, depth + 1, budget) for item in obj)
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(obj, np.ndarray):
-        if obj.dtype.kind in "US":
-            return _text_array_holds_secret(obj, secrets, np)
-        if obj.dtype.hasobject:
-            return any(_holds_secret(item, secrets, depth + 1, budget) for item in obj.flat)
-    return False
-
-
-def _text_array_holds_secret(arr: Any, secrets: tuple[str, ...], np: Any) -> bool:
-    """True when an element of a numpy str/bytes array equals or contains a secret (numpy's own search)."""
-    find = getattr(getattr(np, "strings", None), "find", None) or np.char.find
-    for secret in secrets:
-        needle: str | bytes = secret if arr.dtype.kind == "U" else secret.encode()
-        if (arr == needle).any() or (len(secret) >= 4 and (find(arr, needle) >= 0).any()):
-            return True
-    return False
-
-
-#: how a secret's text can sit in a stored file: UTF-8 (pickle, parquet), UTF-32 (numpy 'U' arrays), UTF-16
-_ENCODINGS = ("utf-8", "utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be")
-
-
-def _files_hold_secret(folder: Path, secrets: tuple[str, ...]) -> bool:
-    """True when a written file's bytes contain a secret in any of ``_ENCODINGS`` (catches secrets inside
-    objects: pickles keep strings, numpy keeps str arrays as UTF-32)."""
-    import mmap
-
-    needles = list(dict.fromkeys(secret.encode(e) for secret in secrets if len(secret) >= 4 for e in _ENCODINGS))
-    for path in folder.iterdir():
-        if not needles or path.stat().st_size == 0:
-            continue
-        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            if any(data.find(needle) >= 0 for needle in needles):
-                return True
-    return False
+# one check with the compiled steps' (runtime/secret_search.py); run/ imports it under this name
+_holds_secret = holds_secret
 
 
 class UntrustedValue(StoreError):
@@ -280,7 +229,7 @@ class ObjectStore:
         nothing is left behind then.
         """
         secrets = tuple(s for s in secrets if s)
-        if secrets and _holds_secret(obj, secrets):
+        if secrets and holds_secret(obj, secrets):
             raise SecretValue(f"variable {name!r} holds a secret")
         known = marshal.fingerprint(obj, name)
         if known is not None:
@@ -291,7 +240,7 @@ class ObjectStore:
         try:
             try:
                 manifest = marshal.save(obj, tmp, name)
-                if secrets and _files_hold_secret(tmp, secrets):
+                if secrets and files_hold_secret(tmp, secrets):
                     raise SecretValue(f"variable {name!r} holds a secret")
                 self._sign(tmp)
                 for p in tmp.iterdir():

@@ -255,10 +255,36 @@ def read(directory: Path, meta: dict, mmap: bool) -> Any:
     import pyarrow.parquet as pq
 
     arrow = pq.read_table(directory / FILE, memory_map=True)
-    # one block per column (no consolidation copy) unless the frame is wide enough for that to hurt pandas
-    df = arrow.to_pandas(split_blocks=arrow.num_columns <= 100, self_destruct=True)
+    # consolidated blocks, as pandas' own read_parquet and a frame built from columns have: Arrow copies the columns
+    # into writable arrays pandas owns (one copy, in threads); zero-copy columns would be read-only Arrow memory
+    df = arrow.to_pandas(split_blocks=False, self_destruct=True)
     del arrow
+    df = _writable(df)
     _restore_tz(df, meta.get("utc_columns", []))
     if meta.get("series"):
         return df["__value__"].rename(meta.get("series_name"))
+    return df
+
+
+def _writable(df: Any) -> Any:
+    """df with what Arrow still hands out read-only (a categorical's codes, an index's values) copied, so that
+    writing into it works as on a frame the notebook made; a deep copy if pandas' blocks cannot be reached."""
+    import numpy as np
+    import pandas as pd
+
+    try:
+        blocks = df._mgr.blocks
+        for block in blocks:
+            values = block.values
+            data = values if isinstance(values, np.ndarray) else getattr(values, "_ndarray", None)
+            if isinstance(data, np.ndarray) and not data.flags.writeable:
+                block.values = values.copy()
+    except (AttributeError, TypeError):  # another pandas' internals: copy it all, as pandas does
+        return df.copy(deep=True)
+    index = df.index
+    if not isinstance(index, (pd.RangeIndex, pd.MultiIndex)):
+        data = getattr(index, "_data", None)
+        data = data if isinstance(data, np.ndarray) else getattr(data, "_ndarray", None)
+        if isinstance(data, np.ndarray) and not data.flags.writeable:
+            df.index = index.copy(deep=True)
     return df
