@@ -72,7 +72,6 @@ def test_a_split_of_a_frame_is_reused_and_shares_its_memory_as_running_gives(ip,
     assert ran and _shares(ip, part)
 
 
-@pytest.mark.xfail(raises=ValueError, strict=False, reason="frames loaded from parquet are read-only (a separate fix)")
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("case", list(SPLITS))
 def test_after_reuse_a_change_in_place_shows_through_both_names(ip, capsys, case):
