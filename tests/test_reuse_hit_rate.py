@@ -154,3 +154,25 @@ def test_an_object_column_holding_a_shared_list_is_still_found():
     assert "reached from 'kept'" in (shared_elsewhere(["frame"], {"frame": frame, "kept": row}, {"frame"}) or "")
     strings = pd.DataFrame({"s": ["a", "b"] * 500})
     assert links({"strings": strings, "other": ["a"]}, {})[0] is None
+
+
+@pytest.mark.parametrize("change", ["Cfg.lr = 0.5\n", "Cfg.items.append(1)\n", "del Cfg.lr\n"])
+def test_a_step_changing_a_notebook_class_runs_again(ip, capsys, change):
+    cells = ["class Cfg:\n    lr = 0.1\n    items = []\n", "%%step s\n" + change + "n = len(Cfg.items)\n"]
+    first, second = _restart_all(ip, capsys, cells)
+    assert "s: cannot be reused next time (it changes class 'Cfg'; a reuse would not)" in first, first
+    assert "s: reused" not in second
+    assert (getattr(ip.user_ns["Cfg"], "lr", None), ip.user_ns["Cfg"].items) == {
+        "Cfg.lr = 0.5\n": (0.5, []),
+        "Cfg.items.append(1)\n": (0.1, [1]),
+        "del Cfg.lr\n": (None, []),
+    }[change]
+
+
+def test_a_step_reading_a_notebook_class_is_reused(ip, capsys):
+    cells = [
+        "class Cfg:\n    lr = 0.1\n    def scaled(self):\n        return self.lr * 2\n",
+        "%%step s\nn = Cfg().scaled()\n",
+    ]
+    first, second = _restart_all(ip, capsys, cells)
+    assert "s: reused" in second and ip.user_ns["n"] == 0.2, first + second

@@ -27,6 +27,7 @@ from ..pipeline.settings import StepSettings, merge
 from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
+from .reuse_classes import changed_class, class_state
 from .reuse_kernel import bound_by_run, shared_elsewhere, snapshot
 from .reuse_links import TooLarge, follow, links, notebook_code
 from .reuse_parts import valid
@@ -347,6 +348,7 @@ class Reuse:
         self.keys.pop(step.name, None)  # until it has run: a cell that raises leaves no key for --after edges
         watched = [n for n in dict.fromkeys([*step.inputs, *(n for _, n in step.carried)]) if n not in step.writes]
         before = {n: fingerprint(namespace[n]) for n in watched if n in namespace}
+        classes = class_state(namespace, {*analyze(step.cell.code).reads, *watched})
         names_before = snapshot(namespace)
         kept: list[str] = []
         out, err = sys.stdout, sys.stderr
@@ -391,6 +393,10 @@ class Reuse:
         if reason and not not_kept and not unseen:
             # stored values load as separate objects: a later change through one name would miss the other
             print(f"{step.name}: cannot be reused next time ({reason})", flush=True)
+            key = ""
+        changed_cls = changed_class(classes) if classes else None
+        if changed_cls and key and not not_kept and not unseen:
+            print(f"{step.name}: cannot be reused next time (it changes class {changed_cls!r}; a reuse would not)")
             key = ""
         if moved and not not_kept and key:
             key = self._learn(plan, step, moved, values, inputs, replan) or ""
