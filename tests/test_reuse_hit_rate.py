@@ -176,3 +176,18 @@ def test_a_step_reading_a_notebook_class_is_reused(ip, capsys):
     ]
     first, second = _restart_all(ip, capsys, cells)
     assert "s: reused" in second and ip.user_ns["n"] == 0.2, first + second
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["exec('del tmp\\ntmp = [9]')\ny = 1\n", "globals()['tmp'] = [9]\ny = 1\n", "vars().update(tmp=[9])\ny = 1\n"],
+)
+def test_a_step_binding_names_through_exec_or_globals_runs_again(ip, capsys, code):
+    first, second = _restart_all(ip, capsys, ["tmp = [1, 2]\n", "%%step s\n" + code])
+    assert "s: cannot be reused next time (it " in first, first
+    assert "s: reused" not in second and ip.user_ns["tmp"] == [9]
+
+
+def test_a_step_reading_globals_is_reused(ip, capsys):
+    first, second = _restart_all(ip, capsys, ["tmp = [1, 2]\n", "%%step s\ny = len(globals().get('tmp', []))\n"])
+    assert "s: reused" in second and ip.user_ns["y"] == 2, first + second

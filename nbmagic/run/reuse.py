@@ -28,7 +28,7 @@ from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
 from .reuse_classes import changed_class, class_state
-from .reuse_kernel import bound_by_run, shared_elsewhere, snapshot
+from .reuse_kernel import bound_by_run, dynamic_names, shared_elsewhere, snapshot
 from .reuse_links import TooLarge, follow, links, notebook_code
 from .reuse_parts import valid
 
@@ -369,6 +369,7 @@ class Reuse:
             names_before, namespace, step.cell.code, step.writes, info.mutated | set(moved), deleted, read
         )
         assigned = {n: namespace[n] for n in (*step.writes, *moved) if n in namespace and (n in bound or n in moved)}
+        unseen = unseen or dynamic_names(step.cell.code)
         if unseen:
             key = ""
         hidden = secrets(plan, step)

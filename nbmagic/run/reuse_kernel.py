@@ -132,6 +132,42 @@ def _block(body: list[ast.stmt]) -> set[str]:
     return found
 
 
+_NAMESPACE_CALLS = frozenset({"globals", "vars", "locals"})
+_WRITING_METHODS = frozenset({"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__"})
+
+
+def dynamic_names(code: str) -> str | None:
+    """Why the cell's names cannot be told from its code: it calls ``exec`` or ``eval`` (either may bind or remove
+    a name, even to an object of a recycled id), or writes through ``globals()``, ``vars()`` or ``locals()``
+    (a subscript assigned or deleted, a writing method, or the namespace passed on to a call). None otherwise."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    parents: dict[int, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[id(child)] = node
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            continue
+        name = node.func.id
+        if name in ("exec", "eval"):
+            return f"it calls {name}(), which may bind names out of sight of its code; a reuse would not"
+        if name not in _NAMESPACE_CALLS or node.args or node.keywords:
+            continue
+        parent = parents.get(id(node))
+        writes = (
+            (isinstance(parent, ast.Subscript) and isinstance(parent.ctx, (ast.Store, ast.Del)))
+            or (isinstance(parent, ast.Attribute) and parent.attr in _WRITING_METHODS)
+            or (isinstance(parent, ast.Call) and node is not parent.func)
+            or isinstance(parent, (ast.Assign, ast.NamedExpr, ast.keyword))
+        )
+        if writes:
+            return f"it writes through {name}() (or passes it on), out of sight of its code; a reuse would not"
+    return None
+
+
 def bound_by_run(
     before: dict[str, tuple[int, type]],
     namespace: dict[str, Any],
