@@ -191,3 +191,19 @@ def test_a_step_binding_names_through_exec_or_globals_runs_again(ip, capsys, cod
 def test_a_step_reading_globals_is_reused(ip, capsys):
     first, second = _restart_all(ip, capsys, ["tmp = [1, 2]\n", "%%step s\ny = len(globals().get('tmp', []))\n"])
     assert "s: reused" in second and ip.user_ns["y"] == 2, first + second
+
+
+@pytest.mark.parametrize(
+    "index", ["pd.date_range('2024-01-01', periods=30, freq='D')", "pd.timedelta_range(0, periods=30, freq='h')"]
+)
+def test_a_frame_whose_index_has_a_freq_is_reused_with_it(ip, capsys, index):
+    cell = (
+        "%%step s\nimport pandas as pd, numpy as np\n"
+        f"ts = pd.Series(np.arange(30.0), index={index}, name='y')\nframe = ts.to_frame()\n"
+    )
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, cell)
+    want = ip.user_ns["ts"].index.freq, ip.user_ns["frame"].index.freq
+    first, second = _restart_all(ip, capsys, [cell])
+    assert "s: reused" in second, first + second
+    assert (ip.user_ns["ts"].index.freq, ip.user_ns["frame"].index.freq) == want and want[0] is not None

@@ -48,6 +48,7 @@ def table(obj: Any) -> Any:
         or not isinstance(df.columns, pd.Index)
         or type(df.columns) is not pd.Index
         or not all(n is None or type(n) is str for n in (*df.index.names, df.columns.name))
+        or getattr(df.index, "freq", None) is not None  # a DatetimeIndex's or TimedeltaIndex's freq: Arrow drops it
     ):
         return None
     try:
