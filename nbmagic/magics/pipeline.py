@@ -102,14 +102,14 @@ class PipelineMagics(Magics):
         tuples, dicts, sets, deques, plain objects' attributes, partials, closures, pandas object columns are
         walked, arrays by their memory, subclasses of ``str``/``int``/``tuple``... with attributes (or defined in
         the notebook) like any object; values whose memory overlaps, compared by the byte ranges of numpy arrays,
-        pandas blocks and indexes and torch storages (``df = pd.DataFrame(arr, copy=False)``, ``s = df['a']``,
+        pandas blocks and indexes and torch storages (``df = pd.DataFrame(arr, copy=False)``, ``X = df.iloc[:, :-1]``,
         ``torch.from_numpy(arr)``, ``t.view(-1)`` next to the other), would load as copies: it runs (with pandas'
         copy-on-write mode on, frames and series sharing blocks behave as copies and do not count), inside one
         value too (``{'X': X, 'v': X[:5]}``, an object holding a frame and its ``.values``); a tensor
         holding gradients: it runs; anything else inside a value, or too much to walk (a million objects or a
         second of CPU, garbage collection not counted): it runs; a value a
         module it imports holds, ``cfg = mod.CONFIG``, would load as a copy: it runs; a name bound to another value or a part of it by subscripts, ``b = a``,
-        ``part = nested['rows']``, a ``for`` loop's leftover, is loaded as that very object), a value is or holds (in a list, a
+        ``part = nested['rows']``, a ``for`` loop's leftover, is loaded as that very object, and a column taken from a frame, ``y = df['y']``, ``df.iloc[:, -1]``, ``df['y'].values``, as that column of the loaded frame); it calls ``exec``/``eval`` or writes through ``globals()``/``vars()``/``locals()``; it changes a class the notebook defines (``Cfg.lr = 0.5``), a value is or holds (in a list, a
         partial, an attribute) a function or class the notebook defines (loaded from the store it would not see
         the kernel's globals), it deletes a name on some paths only, the step spans several cells, a local module
         it uses, or one that module imports (``import_module('x')`` with a constant name too; a name given at run
