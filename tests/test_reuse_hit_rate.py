@@ -207,3 +207,37 @@ def test_a_frame_whose_index_has_a_freq_is_reused_with_it(ip, capsys, index):
     first, second = _restart_all(ip, capsys, [cell])
     assert "s: reused" in second, first + second
     assert (ip.user_ns["ts"].index.freq, ip.user_ns["frame"].index.freq) == want and want[0] is not None
+
+
+def test_a_frame_of_a_million_strings_is_walked_not_given_up_on():
+    import numpy as np
+    import pandas as pd
+
+    from nbmagic.run.reuse_links import links
+
+    words = np.array(["alpha", "beta", "gamma"], dtype=object)
+    big = pd.DataFrame({"s": np.tile(words, 400_000), "t": np.repeat(words, 400_000), "f": np.zeros(1_200_000)})
+    assert links({"big": big}, {}) == (None, {})
+    big.iloc[7, 0] = kept = [1]
+    assert links({"big": big, "kept": kept}, {})[0] is not None  # shared, or too much to walk: never reused
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("make", "change", "check"),
+    [
+        ("df = pd.DataFrame({'a': [1.0, 2.0], 'b': [3.0, 4.0]})\ns = df['a']", "s.iloc[0] = 9", "df.iloc[0, 0] == 9"),
+        (
+            "df = pd.DataFrame({'c': pd.Categorical(['a', 'b'])})\ns = df['c']",
+            "s.iloc[0] = 'b'",
+            "df['c'].iloc[0] == 'b'",
+        ),
+    ],
+    ids=["column-of-single-block-frame", "categorical"],
+)
+def test_a_column_beside_its_frame_in_one_step_is_reused_as_its_column(ip, capsys, make, change, check):
+    first, second = _restart_all(ip, capsys, ["%%step s\nimport pandas as pd\n" + make + "\n"])
+    assert "s: reused" in second, first + second
+    run_ok(ip, change)
+    run_ok(ip, f"ok_ = bool({check})")
+    assert ip.user_ns.pop("ok_")

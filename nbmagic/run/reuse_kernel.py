@@ -231,7 +231,9 @@ class _KernelWalk(_Walk):
     def _pandas(self, obj: Any, found: set[int]) -> Any:
         try:
             dtypes = list(obj.dtypes) if hasattr(obj, "columns") else [obj.dtype]
-            self.left += len(obj) * sum(1 for d in dtypes if getattr(d, "hasobject", True))
+            self.left += len(obj) * sum(
+                1 for d in dtypes if getattr(d, "hasobject", True) and getattr(d, "kind", "") != "O"
+            )
         except Exception:  # noqa: BLE001 - the walk below says what it cannot look into
             pass
         return super()._pandas(obj, found)
