@@ -18,6 +18,17 @@ def _restart(ip, *names: str) -> None:
         ip.user_ns.pop(name, None)
 
 
+def _run_all_twice(ip, capsys, cells: list[str], *names: str) -> str:
+    """Run the cells, restart the kernel, and run them all again: what the second Run All printed."""
+    for cell in cells:
+        run_ok(ip, cell)
+    _restart(ip, *names)
+    capsys.readouterr()
+    for cell in cells:
+        run_ok(ip, cell)
+    return capsys.readouterr().out
+
+
 def test_a_part_of_a_local_modules_value_is_not_loaded_as_a_copy(ip, capsys, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
@@ -114,13 +125,7 @@ def test_a_list_changed_in_place_that_another_value_holds_is_not_replaced_by_a_c
     run_ok(ip, "%pipeline_config --reuse")
     load = "%%step load\nrows = [1, 2]\nbox = {'r': rows}\n"
     grow = "%%step grow\nrows.append(3)\n"
-    run_ok(ip, load)
-    run_ok(ip, grow)
-    _restart(ip, "rows", "box")  # restart and run all
-    capsys.readouterr()
-    run_ok(ip, load)
-    run_ok(ip, grow)
-    out = capsys.readouterr().out
+    out = _run_all_twice(ip, capsys, [load, grow], "rows", "box")
     assert ip.user_ns["box"]["r"] is ip.user_ns["rows"] and ip.user_ns["rows"] == [1, 2, 3], out
     assert "load: reused from run" in out
     assert (
@@ -133,26 +138,14 @@ def test_a_list_changed_in_place_that_nothing_else_holds_is_reused(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
     load = "%%step load\nrows = [1, 2]\n"
     grow = "%%step grow\nrows.append(3)\n"
-    run_ok(ip, load)
-    run_ok(ip, grow)
-    _restart(ip, "rows")
-    capsys.readouterr()
-    run_ok(ip, load)
-    run_ok(ip, grow)
-    out = capsys.readouterr().out
+    out = _run_all_twice(ip, capsys, [load, grow], "rows")
     assert "grow: reused from run" in out and ip.user_ns["rows"] == [1, 2, 3]
 
 
 def test_a_carried_list_a_notebook_function_appends_to_under_another_name_makes_the_cell_run(ip, capsys):
     run_ok(ip, "%pipeline_config --reuse")
     cells = ["history = []\ndef log(x):\n    history.append(x)\n", "seen = history\n", "%%step s\nlog(1)\ny = 2\n"]
-    for cell in cells:
-        run_ok(ip, cell)
-    _restart(ip, "history", "seen", "y", "log")
-    capsys.readouterr()
-    for cell in cells:
-        run_ok(ip, cell)
-    out = capsys.readouterr().out
+    out = _run_all_twice(ip, capsys, cells, "history", "seen", "y", "log")
     assert ip.user_ns["seen"] == [1] and ip.user_ns["seen"] is ip.user_ns["history"], out
     assert "s: runs (cannot be reused: an object of 'history' is also reached from 'seen'" in out
 
@@ -165,13 +158,7 @@ def test_a_model_fitted_in_place_that_an_earlier_cells_object_holds_makes_the_ce
         "holder = {'m': model}\n",
         "%%step fit\nmodel.fit([[0.0], [1.0]], [0.0, 2.0])\n",
     ]
-    for cell in cells:
-        run_ok(ip, cell)
-    _restart(ip, "model", "holder", "LinearRegression")
-    capsys.readouterr()
-    for cell in cells:
-        run_ok(ip, cell)
-    out = capsys.readouterr().out
+    out = _run_all_twice(ip, capsys, cells, "model", "holder", "LinearRegression")
     assert ip.user_ns["holder"]["m"] is ip.user_ns["model"], out
     assert hasattr(ip.user_ns["holder"]["m"], "coef_"), out
     assert "fit: runs (cannot be reused: an object of 'model' is also reached from 'holder'" in out
@@ -229,13 +216,7 @@ def test_a_part_changed_in_place_that_another_name_holds_makes_the_cell_run(ip, 
     run_ok(ip, "%pipeline_config --reuse")
     load = "%%step load\nrows = [1, 2]\nbox = {'r': rows}\n"
     grow = "%%step grow\nbox['r'].append(3)\n"
-    run_ok(ip, load)
-    run_ok(ip, grow)
-    _restart(ip, "rows", "box")
-    capsys.readouterr()
-    run_ok(ip, load)
-    run_ok(ip, grow)
-    out = capsys.readouterr().out
+    out = _run_all_twice(ip, capsys, [load, grow], "rows", "box")
     assert ip.user_ns["rows"] == [1, 2, 3] and ip.user_ns["box"]["r"] is ip.user_ns["rows"], out
     assert "grow: runs (cannot be reused: an object of 'box' is also reached from 'rows'" in out
 
