@@ -169,11 +169,10 @@ def test_a_step_changing_a_notebook_class_runs_again(ip, capsys, change):
     }[change]
 
 
-def test_a_step_reading_a_notebook_class_is_reused(ip, capsys):
-    cells = [
-        "class Cfg:\n    lr = 0.1\n    def scaled(self):\n        return self.lr * 2\n",
-        "%%step s\nn = Cfg().scaled()\n",
-    ]
+@pytest.mark.parametrize("base", ["", "(__import__('abc').ABC)"])
+def test_a_step_reading_a_notebook_class_is_reused(ip, capsys, base):
+    cls = f"class Cfg{base}:\n    lr = 0.1\n    lock = __import__('threading').Lock()\n"
+    cells = [cls + "    def scaled(self):\n        return self.lr * 2\n", "%%step s\nn = Cfg().scaled()\n"]
     first, second = _restart_all(ip, capsys, cells)
     assert "s: reused" in second and ip.user_ns["n"] == 0.2, first + second
 

@@ -14,11 +14,14 @@ from typing import Any
 _CODE = (types.FunctionType, staticmethod, classmethod, property)
 
 
+_BY_IDENTITY = frozenset({"_abc", "_thread", "threading"})  # an ABC's registry, locks: no value, told apart by object
+
+
 def _attributes(cls: type) -> tuple[Any, ...]:
     from ..runtime.step import fingerprint
 
     return tuple(
-        (key, id(value), fingerprint(value))
+        (key, id(value), "" if type(value).__module__ in _BY_IDENTITY else fingerprint(value))
         for key, value in sorted(vars(cls).items())
         if not (key.startswith("__") and key.endswith("__")) and not isinstance(value, _CODE)
     )
