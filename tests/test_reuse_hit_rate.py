@@ -103,6 +103,8 @@ def test_a_frame_over_several_columns_of_another_runs_again(ip, capsys):
 
 LOOPS = {
     "for": "%%step train\nlosses = []\nfor epoch in range(5):\n    losses.append(1.0 / (epoch + 1))\n",
+    "range_of_a_value": "%%step train\nlosses = []\nfor epoch in range(EPOCHS):\n    losses.append(1.0 / (epoch + 1))\n",
+    "enumerate": "%%step train\nlosses = []\nfor epoch, b in enumerate(BATCHES):\n    losses.append(1.0 / b)\n",
     "try": "%%step train\ntry:\n    import json as codec\nexcept ImportError:\n    codec = None\nlosses = [1.0]\n",
 }
 
@@ -110,6 +112,7 @@ LOOPS = {
 @pytest.mark.parametrize("case", list(LOOPS))
 def test_an_edited_cell_with_a_loop_or_a_try_run_again_stays_reusable(ip, capsys, case):
     run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "EPOCHS = 5\nBATCHES = [1, 2]\n")
     base = set(ip.user_ns)
     cell = LOOPS[case]
     edited = cell.replace("1.0", "2.0")

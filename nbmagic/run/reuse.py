@@ -28,7 +28,7 @@ from ..store.lineage import code_hash
 from ..store.runs import RunStore
 from .cache_key import cache_key, environment
 from .reuse_classes import changed_class, class_state
-from .reuse_kernel import bound_by_run, dynamic_names, shared_elsewhere, snapshot
+from .reuse_kernel import bound_by_run, dynamic_names, loop_sizes, shared_elsewhere, snapshot
 from .reuse_links import TooLarge, follow, links, notebook_code
 from .reuse_parts import valid
 
@@ -350,6 +350,8 @@ class Reuse:
         before = {n: fingerprint(namespace[n]) for n in watched if n in namespace}
         classes = class_state(namespace, {*analyze(step.cell.code).reads, *watched})
         names_before = snapshot(namespace)
+        code_info = analyze(step.cell.code)
+        sizes = loop_sizes(step.cell.code, namespace, set(code_info.reads) - set(step.writes) - code_info.mutated)
         kept: list[str] = []
         out, err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(out, kept), _Tee(err, kept)
@@ -366,7 +368,7 @@ class Reuse:
         read = {*info.reads, *step.inputs, *(n for _, n in step.carried)}
         deleted = always | sometimes
         bound, unseen = bound_by_run(
-            names_before, namespace, step.cell.code, step.writes, info.mutated | set(moved), deleted, read
+            names_before, namespace, step.cell.code, step.writes, info.mutated | set(moved), deleted, read, sizes
         )
         assigned = {n: namespace[n] for n in (*step.writes, *moved) if n in namespace and (n in bound or n in moved)}
         unseen = unseen or dynamic_names(step.cell.code)

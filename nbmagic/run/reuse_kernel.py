@@ -30,7 +30,33 @@ def snapshot(namespace: dict[str, Any]) -> dict[str, tuple[int, type]]:
     return {name: (id(value), type(value)) for name, value in namespace.items()}
 
 
-def always_bound(code: str) -> set[str]:
+_SIZED = (list, tuple, dict, str, bytes, set, frozenset, range)
+
+
+def loop_sizes(code: str, namespace: dict[str, Any], fixed: set[str]) -> dict[str, int]:
+    """Name -> its int value (a ``range`` argument) or its length (a loop over it, ``enumerate`` of it) of the kernel's
+    values that ``for`` loops of the cell walk, taken before it runs; only names in ``fixed`` (the cell neither
+    binds nor changes them, and their values are part of its key)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return {}
+    found: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.For):
+            continue
+        for name in ast.walk(node.iter):
+            if not isinstance(name, ast.Name) or name.id not in fixed or name.id not in namespace:
+                continue
+            value = namespace[name.id]
+            if type(value) is int:
+                found[name.id] = value
+            elif type(value) in _SIZED:
+                found[name.id] = len(value)
+    return found
+
+
+def always_bound(code: str, known: dict[str, int] | None = None) -> set[str]:
     """Names bound by the cell's statements that run whenever the cell succeeds: assignments, imports, definitions,
     ``with … as`` and ``%time`` at its top level; a ``for`` loop's target (and what its body binds, when it has no
     ``break``/``continue``) over a non-empty literal or ``range`` of constants; a ``try``'s names bound in its body
@@ -40,7 +66,7 @@ def always_bound(code: str) -> set[str]:
         tree = ast.parse(code)
     except SyntaxError:
         return set()
-    return _block(tree.body)
+    return _block(tree.body, known or {})
 
 
 def _targets(node: ast.expr, found: set[str]) -> None:
@@ -53,9 +79,29 @@ def _targets(node: ast.expr, found: set[str]) -> None:
         _targets(node.value, found)
 
 
-def _runs_once(node: ast.For) -> bool:
-    """The loop's iterable is a non-empty literal or a ``range`` of integer constants with at least one item."""
+def _int(node: ast.expr, known: dict[str, int]) -> int | None:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _int(node.operand, known)
+        return None if inner is None else -inner
+    return known.get(node.id) if isinstance(node, ast.Name) else None
+
+
+def _runs_once(node: ast.For, known: dict[str, int]) -> bool:
+    """The loop's iterable has an item: a non-empty literal, a ``range`` of integer constants or of ``known`` ints,
+    a ``known`` value of non-zero length, or ``enumerate`` of one."""
     it = node.iter
+    if (
+        isinstance(it, ast.Call)
+        and isinstance(it.func, ast.Name)
+        and it.func.id == "enumerate"
+        and len(it.args) == 1
+        and not it.keywords
+    ):
+        it = it.args[0]
+    if isinstance(it, ast.Name):
+        return known.get(it.id, 0) > 0  # a length (an int there would make the loop raise)
     if isinstance(it, (ast.List, ast.Tuple, ast.Set)):
         return bool(it.elts) and not any(isinstance(e, ast.Starred) for e in it.elts)
     if isinstance(it, ast.Constant) and isinstance(it.value, (str, bytes)):
@@ -66,10 +112,12 @@ def _runs_once(node: ast.For) -> bool:
         and it.func.id == "range"
         and not it.keywords
         and 1 <= len(it.args) <= 3
-        and all(isinstance(a, ast.Constant) and type(a.value) is int for a in it.args)
     ):
+        bounds = [_int(a, known) for a in it.args]
+        if any(b is None for b in bounds):
+            return False
         try:
-            return len(range(*(a.value for a in it.args))) > 0  # type: ignore[attr-defined]
+            return len(range(*bounds)) > 0  # type: ignore[arg-type]
         except ValueError:  # a zero step
             return False
     return False
@@ -97,7 +145,7 @@ def _time_code(node: ast.stmt) -> str | None:
     return line if name == "time" else None
 
 
-def _block(body: list[ast.stmt]) -> set[str]:
+def _block(body: list[ast.stmt], known: dict[str, int]) -> set[str]:
     """The names a block binds whenever it runs to its end."""
     found: set[str] = set()
     for node in body:
@@ -114,19 +162,19 @@ def _block(body: list[ast.stmt]) -> set[str]:
             for item in node.items:
                 if item.optional_vars is not None:
                     _targets(item.optional_vars, found)
-        elif isinstance(node, ast.For) and _runs_once(node):
+        elif isinstance(node, ast.For) and _runs_once(node, known):
             _targets(node.target, found)
             if not any(isinstance(n, (ast.Break, ast.Continue)) for n in ast.walk(node)):
-                found |= _block(node.body)
+                found |= _block(node.body, known)
         elif isinstance(node, ast.Try):
-            bound = _block(node.body) | _block(node.orelse)
+            bound = _block(node.body, known) | _block(node.orelse, known)
             for handler in node.handlers:
                 if not _raises(handler.body):
-                    bound &= _block(handler.body)
-            found |= bound | _block(node.finalbody)
+                    bound &= _block(handler.body, known)
+            found |= bound | _block(node.finalbody, known)
         elif _time_code(node) is not None:
             try:
-                found |= _block(ast.parse(_time_code(node) or "").body)
+                found |= _block(ast.parse(_time_code(node) or "").body, known)
             except SyntaxError:
                 pass
     return found
@@ -176,6 +224,7 @@ def bound_by_run(
     in_place: set[str],
     deleted: set[str],
     read: set[str] = frozenset(),  # type: ignore[assignment]
+    sizes: dict[str, int] | None = None,
 ) -> tuple[set[str], str | None]:
     """(the names of ``writes`` the run left as outputs, why the results cannot be reused or None).
 
@@ -193,7 +242,7 @@ def bound_by_run(
     for name in before:
         if name not in after and name not in known and not ipython_name(name):
             return set(), f"it removes {name!r} out of sight of its code; a reuse would not"
-    always = always_bound(code)
+    always = always_bound(code, sizes)  # ``sizes``: see :func:`loop_sizes`
     outputs: set[str] = set()
     for name in writes:
         if name not in after:
