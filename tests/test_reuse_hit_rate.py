@@ -243,3 +243,10 @@ def test_a_column_beside_its_frame_in_one_step_is_reused_as_its_column(ip, capsy
     run_ok(ip, change)
     run_ok(ip, f"ok_ = bool({check})")
     assert ip.user_ns.pop("ok_")
+
+
+def test_a_loop_over_a_value_emptied_through_another_name_leaves_its_target_to_the_check(ip, capsys):
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, "batches = [1, 2]\nb = 7\n")
+    run_ok(ip, "%%step train\nalias = batches\nalias.clear()\nfor b in batches:\n    pass\n")
+    assert "it assigns 'b' on some paths only" in capsys.readouterr().out

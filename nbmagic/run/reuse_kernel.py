@@ -242,7 +242,8 @@ def bound_by_run(
     for name in before:
         if name not in after and name not in known and not ipython_name(name):
             return set(), f"it removes {name!r} out of sight of its code; a reuse would not"
-    always = always_bound(code, sizes)  # ``sizes``: see :func:`loop_sizes`
+    # ``sizes``: see :func:`loop_sizes`; a value the run changed in place may have changed size before the loop
+    always = always_bound(code, {n: v for n, v in (sizes or {}).items() if n not in in_place})
     outputs: set[str] = set()
     for name in writes:
         if name not in after:
