@@ -19,6 +19,7 @@ MIN_LEN = 4  # shorter secrets match too much: only a value equal to one counts
 NODES = 100_000  # containers, objects and non-text elements visited before the walk stops
 DEPTH = 8
 CHUNK = 65_536  # strings of an array joined per search
+CHARS = 1 << 23  # at most this many characters joined at once (a copy of at most 32 MB)
 _SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.CodeType)
 
 
@@ -58,6 +59,7 @@ class _Walk:
         self.exact_bytes = frozenset(s.encode() for s in secrets)
         self.budget = NODES
         self.seen: set[int] = set()
+        self.kept: list[Any] = []
 
     def text(self, value: str) -> bool:
         return value in self.secrets or any(s in value for s in self.long)
@@ -76,6 +78,7 @@ class _Walk:
         if self.budget < 0 or depth > DEPTH or id(obj) in self.seen:
             return False
         self.seen.add(id(obj))
+        self.kept.append(obj)  # alive until the walk ends: a temporary's id is not given to a later one
         np = sys.modules.get("numpy")
         if np is not None and isinstance(obj, np.ndarray):
             return self.array(obj, depth, np)
@@ -91,19 +94,37 @@ class _Walk:
         return self.attributes(obj, depth)
 
     def sequence(self, items: list, depth: int) -> bool:
-        """Strings searched a chunk at a time (joined by NUL, which no secret holds), everything else walked."""
+        """Strings searched a chunk at a time (joined by NUL, which no secret holds; a chunk holds at most
+        :data:`CHARS` characters, so the joined copy stays small whatever the strings), everything else walked."""
         for start in range(0, len(items), CHUNK):
-            chunk = items[start : start + CHUNK]
-            try:
-                joined = "\0" + "\0".join(chunk) + "\0"
-            except TypeError:  # not only strings
-                strings = [x for x in chunk if type(x) is str]
-                joined = "\0" + "\0".join(strings) + "\0"
-                if any(self.holds(x, depth + 1) for x in chunk if type(x) is not str):
+            part = items[start : start + CHUNK]
+            if set(map(type, part)) <= {str} and sum(map(len, part)) + len(part) <= CHARS:  # the common case, in C
+                if self._joined(part):
                     return True
-            if any(f"\0{s}\0" in joined for s in self.secrets) or any(s in joined for s in self.long):
+                continue
+            chunk: list[str] = []
+            size = 0
+            for x in part:
+                if type(x) is not str:
+                    if self.holds(x, depth + 1):
+                        return True
+                elif len(x) > CHARS:  # a long text alone, not copied into a join
+                    if self.text(x):
+                        return True
+                else:
+                    chunk.append(x)
+                    size += len(x) + 1
+                    if size > CHARS:
+                        if self._joined(chunk):
+                            return True
+                        chunk, size = [], 0
+            if chunk and self._joined(chunk):
                 return True
         return False
+
+    def _joined(self, strings: list[str]) -> bool:
+        joined = "\0" + "\0".join(strings) + "\0"
+        return any(f"\0{s}\0" in joined for s in self.secrets) or any(s in joined for s in self.long)
 
     def array(self, arr: Any, depth: int, np: Any) -> bool:
         if arr.dtype.names:  # structured: each field
