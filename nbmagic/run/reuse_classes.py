@@ -1,8 +1,10 @@
-"""The notebook's classes a ``%%step`` cell reads, seen before and after it runs: a reuse does not set their attributes.
+"""The notebook's classes, seen before and after a ``%%step`` cell runs: a reuse does not set their attributes.
 
-``Cfg.lr = 0.5`` in a step changes the class itself, which no stored value carries: reused, the kernel would keep
-``Cfg.lr == 0.1``. :func:`class_state` notes each class's own attributes other than functions (by object and
-content); :func:`changed_class` names the first one the run changed.
+``Cfg.lr = 0.5`` in a step (or in a notebook function it calls, or through ``type(obj)``) changes the class itself,
+which no stored value carries: reused, the kernel would keep ``Cfg.lr == 0.1``. :func:`class_state` notes every
+notebook class (module ``__main__``) among the kernel's values, the classes of the values the cell reads, their
+notebook bases and metaclasses: functions, properties and dunders by object, other attributes by object and
+content. :func:`changed_class` names the first one the run changed.
 """
 
 from __future__ import annotations
@@ -16,35 +18,62 @@ _CODE = (types.FunctionType, staticmethod, classmethod, property)
 
 _BY_IDENTITY = frozenset({"_abc", "_thread", "threading"})  # an ABC's registry, locks: no value, told apart by object
 
+State = dict[type, tuple[str, bool, tuple[Any, ...]]]  # class -> (qualified name, strict, its attributes)
+
 
 def _attributes(cls: type) -> tuple[Any, ...]:
     from ..runtime.step import fingerprint
 
     return tuple(
-        (key, id(value), "" if type(value).__module__ in _BY_IDENTITY else fingerprint(value))
+        (
+            key,
+            id(value),
+            ""
+            if (key.startswith("__") and key.endswith("__"))
+            or isinstance(value, _CODE)
+            or type(value).__module__ in _BY_IDENTITY
+            else fingerprint(value),
+        )
         for key, value in sorted(vars(cls).items())
-        if not (key.startswith("__") and key.endswith("__")) and not isinstance(value, _CODE)
     )
 
 
-def class_state(namespace: dict[str, Any], names: Iterable[str]) -> dict[str, tuple[type, tuple[Any, ...]]]:
-    """Qualified name -> (class, its attributes) of the notebook classes (module ``__main__``) among ``names``'
-    values, and their notebook base classes."""
-    state: dict[str, tuple[type, tuple[Any, ...]]] = {}
+def _notebook(cls: Any) -> bool:
+    return isinstance(cls, type) and getattr(cls, "__module__", None) == "__main__"
+
+
+def _add(state: State, cls: type, strict: bool) -> None:
+    for klass in cls.__mro__:
+        for one in (klass, type(klass)):
+            if _notebook(one) and (one not in state or (strict and not state[one][1])):
+                state[one] = (one.__qualname__, strict, _attributes(one))
+
+
+def class_state(namespace: dict[str, Any], names: Iterable[str]) -> State:
+    """Every notebook class among the kernel's values, and the class of each of ``names``' values, with their
+    notebook bases and metaclasses. Those ``names`` reach (``strict``) count as changed when an attribute has no
+    fingerprint; the others are then compared by object."""
+    state: State = {}
     for name in names:
         value = namespace.get(name)
-        if not isinstance(value, type) or value.__module__ != "__main__":
-            continue
-        for cls in value.__mro__:
-            if cls.__module__ == "__main__" and cls.__qualname__ not in state:
-                state[cls.__qualname__] = (cls, _attributes(cls))
+        cls = value if isinstance(value, type) else type(value)
+        if _notebook(cls) or _notebook(type(cls)):
+            _add(state, cls, True)
+    for value in list(namespace.values()):
+        if isinstance(value, type):
+            if _notebook(value) or _notebook(type(value)):
+                _add(state, value, False)
+        elif _notebook(type(value)):
+            _add(state, type(value), False)
     return state
 
 
-def changed_class(before: dict[str, tuple[type, tuple[Any, ...]]]) -> str | None:
-    """The first class whose attributes the run set, deleted or changed in place (one it cannot fingerprint
-    counts as changed)."""
-    for name, (cls, attributes) in before.items():
-        if any(fp is None for _, _, fp in attributes) or _attributes(cls) != attributes:
+def changed_class(before: State) -> str | None:
+    """The first class whose attributes the run set, deleted or changed in place (in a class the cell reads, one it
+    cannot fingerprint counts as changed)."""
+    for cls, (name, strict, attributes) in before.items():
+        if strict and any(fp is None for _, _, fp in attributes):
+            return name
+        if _attributes(cls) != attributes:
             return name
     return None

@@ -1,0 +1,64 @@
+"""A reused cell leaves the notebook's classes and pandas' copy-on-write sharing as running it would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from helpers.shell import run_ok
+
+
+def _restart_all(ip: Any, capsys: Any, cells: list[str]) -> tuple[str, str]:
+    """Run ``cells`` with reuse on, drop what they bound (a restart), run them again: (first, second) output."""
+    run_ok(ip, "%pipeline_config --reuse")
+    base = set(ip.user_ns)
+    for cell in cells:
+        run_ok(ip, cell)
+    first = capsys.readouterr().out
+    for name in set(ip.user_ns) - base:
+        ip.user_ns.pop(name)
+    for cell in cells:
+        run_ok(ip, cell)
+    return first, capsys.readouterr().out
+
+
+CLASS_CHANGES = {
+    "through type()": ("class Cfg:\n    lr = 0.1\nobj = Cfg()\n", "type(obj).lr = 0.5\n", "Cfg.lr", 0.5),
+    "through __class__": ("class Cfg:\n    lr = 0.1\nobj = Cfg()\n", "obj.__class__.lr = 0.5\n", "Cfg.lr", 0.5),
+    "in a notebook function": (
+        "class Cfg:\n    lr = 0.1\ndef bump():\n    Cfg.lr = 0.5\n",
+        "bump()\n",
+        "Cfg.lr",
+        0.5,
+    ),
+    "a metaclass attribute": (
+        "class Meta(type):\n    registry = []\nclass A(metaclass=Meta):\n    pass\n",
+        "A.registry.append(1)\n",
+        "len(Meta.registry)",
+        1,
+    ),
+    "a method rebound": (
+        "class Model:\n    def predict(self):\n        return 1\n    def predict_v2(self):\n        return 2\n",
+        "Model.predict = Model.predict_v2\n",
+        "Model().predict()",
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLASS_CHANGES))
+def test_a_class_changed_by_the_step_makes_it_run(ip: Any, capsys: Any, case: str) -> None:
+    pre, body, expr, ran = CLASS_CHANGES[case]
+    first, second = _restart_all(ip, capsys, [pre, "%%step s\n" + body + "z = 1\n"])
+    assert "cannot be reused next time (it changes class" in first
+    assert "reused from run" not in second
+    assert eval(expr, ip.user_ns) == ran  # noqa: S307 - the test's own expression
+
+
+def test_an_unchanged_class_keeps_the_step_reusable(ip: Any, capsys: Any) -> None:
+    pre = "class Cfg:\n    lr = 0.1\n    def f(self):\n        return self.lr\nobj = Cfg()\n"
+    first, second = _restart_all(ip, capsys, [pre, "%%step s\nz = obj.f() * 2\n"])
+    assert "cannot be reused" not in first
+    assert "s: reused from run" in second
+    assert ip.user_ns["z"] == 0.2
