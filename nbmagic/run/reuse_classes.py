@@ -17,6 +17,7 @@ _CODE = (types.FunctionType, staticmethod, classmethod, property)
 
 
 _BY_IDENTITY = frozenset({"_abc", "_thread", "threading"})  # an ABC's registry, locks: no value, told apart by object
+_IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None)})  # the object is the value
 
 State = dict[type, tuple[str, bool, tuple[Any, ...]]]  # class -> (qualified name, strict, its attributes)
 
@@ -29,7 +30,8 @@ def _attributes(cls: type) -> tuple[Any, ...]:
             key,
             id(value),
             ""
-            if (key.startswith("__") and key.endswith("__"))
+            if type(value) in _IMMUTABLE
+            or (key.startswith("__") and key.endswith("__"))
             or isinstance(value, _CODE)
             or type(value).__module__ in _BY_IDENTITY
             else fingerprint(value),
