@@ -9,6 +9,15 @@ import pytest
 from helpers.shell import run_ok
 
 
+@pytest.fixture(autouse=True)
+def _cow_mode() -> Any:
+    """pandas' copy-on-write mode is process-wide: each test leaves it as it found it."""
+    pd = pytest.importorskip("pandas")
+    mode = pd.options.mode.copy_on_write
+    yield
+    pd.options.mode.copy_on_write = mode
+
+
 def _restart_all(ip: Any, capsys: Any, cells: list[str]) -> tuple[str, str]:
     """Run ``cells`` with reuse on, drop what they bound (a restart), run them again: (first, second) output."""
     run_ok(ip, "%pipeline_config --reuse")
@@ -62,3 +71,26 @@ def test_an_unchanged_class_keeps_the_step_reusable(ip: Any, capsys: Any) -> Non
     assert "cannot be reused" not in first
     assert "s: reused from run" in second
     assert ip.user_ns["z"] == 0.2
+
+
+FRAME = "%%step s\nimport pandas as pd\ndf = pd.DataFrame({'x': [1.0, 2.0], 'y': [3.0, 4.0]})\ny = df['y']\n"
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("extra", "check"),
+    [
+        ("y.attrs['unit'] = 'kg'\n", "y.attrs == {'unit': 'kg'}"),
+        ("y.note = 'kg'\n", "getattr(y, 'note', None) == 'kg'"),
+        ("y.flags.allows_duplicate_labels = False\n", "y.flags.allows_duplicate_labels is False"),
+    ],
+)
+def test_a_column_with_state_of_its_own_is_not_loaded_as_the_frames_column(
+    ip: Any, capsys: Any, extra: str, check: str
+) -> None:
+    _restart_all(ip, capsys, ["import pandas as pd\npd.options.mode.copy_on_write = False", FRAME + extra])
+    import numpy as np
+
+    assert eval(check, ip.user_ns)  # noqa: S307 - the test's own expression
+    y, df = ip.user_ns["y"], ip.user_ns["df"]
+    assert np.shares_memory(y.to_numpy(), df["y"].to_numpy())  # as running leaves them

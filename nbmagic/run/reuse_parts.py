@@ -53,16 +53,34 @@ def _column(frame: Any, i: int) -> Any:
     return frame.iloc[:, i]
 
 
+_PANDAS_OWN = frozenset({"_attrs", "_cacher", "_flags", "_is_copy", "_item_cache", "_mgr", "_name", "_references"})
+
+
+def _accessor(value: Any, key: str, item: Any) -> bool:
+    """``.cat``, ``.str``, ``.dt``...: pandas' own accessor, kept on the Series once used."""
+    return key in getattr(type(value), "_accessors", ()) and type(item).__module__.startswith("pandas.")
+
+
+def _plain(value: Any) -> bool:
+    """A Series holding nothing its frame's column would not: no ``attrs``, default flags, no attribute of its own."""
+    own = getattr(value, "__dict__", {})
+    return (
+        not value.attrs
+        and value.flags.allows_duplicate_labels
+        and all(key in _PANDAS_OWN or _accessor(value, key, item) for key, item in own.items())
+    )
+
+
 def _series_part(value: Any, frame: Any) -> list[Any] | None:
     """The step giving the Series ``value`` from ``frame``: its cached column (``frame[name] is value``), else a
     positional column of the same index, name and memory."""
+    if value.index is not frame.index or not _plain(value):
+        return None
     name = value.name
     cache = getattr(frame, "_item_cache", None)
     if type(name) in (str, int) and isinstance(cache, dict) and cache.get(name) is value:
         if frame.columns.is_unique:
             return [name]
-    if value.index is not frame.index:
-        return None
     for i, label in enumerate(frame.columns):
         if label is name or (type(label) is type(name) and label == name):
             if _same(_column(frame, i)._values, value._values):
