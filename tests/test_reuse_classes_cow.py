@@ -94,3 +94,26 @@ def test_a_column_with_state_of_its_own_is_not_loaded_as_the_frames_column(
     assert eval(check, ip.user_ns)  # noqa: S307 - the test's own expression
     y, df = ip.user_ns["y"], ip.user_ns["df"]
     assert np.shares_memory(y.to_numpy(), df["y"].to_numpy())  # as running leaves them
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(("then", "now"), [(True, False), (False, True)])
+def test_results_kept_under_the_other_copy_on_write_mode_make_the_cell_run(
+    ip: Any, capsys: Any, then: bool, now: bool
+) -> None:
+    run_ok(ip, "%pipeline_config --reuse")
+    run_ok(ip, f"import pandas as pd\npd.options.mode.copy_on_write = {then}")
+    run_ok(ip, FRAME)
+    ip.user_ns.pop("df")
+    ip.user_ns.pop("y")
+    run_ok(ip, f"pd.options.mode.copy_on_write = {now}")
+    capsys.readouterr()
+    run_ok(ip, FRAME)
+    out = capsys.readouterr().out
+    assert "s: runs (cannot be reused: its results were kept with pandas' copy_on_write" in out, out
+    run_ok(ip, "y.iloc[0] = 99.0")
+    assert bool(ip.user_ns["df"]["y"].iloc[0] == 99.0) is (not now)  # a write through y reaches df only without it
+    ip.user_ns.pop("df")
+    ip.user_ns.pop("y")
+    run_ok(ip, FRAME)
+    assert "s: reused from run" in capsys.readouterr().out  # the same mode: reused as before

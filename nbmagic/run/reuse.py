@@ -30,7 +30,7 @@ from .cache_key import cache_key, environment
 from .reuse_classes import changed_class, class_state
 from .reuse_kernel import bound_by_run, dynamic_names, loop_sizes, shared_elsewhere, snapshot
 from .reuse_links import TooLarge, follow, links, notebook_code
-from .reuse_parts import valid
+from .reuse_parts import mark_mode, other_mode, valid
 
 
 class NotReusable(Exception):
@@ -264,6 +264,10 @@ class Reuse:
         if entry is not None and stale is None and not entry.not_kept and refused:
             print(f"{step.name}: runs (cannot be reused: {refused})", flush=True)
             entry = None
+        mode = None if entry is None or stale is not None or entry.not_kept else other_mode(entry.outputs)
+        if mode is not None:
+            print(f"{step.name}: runs (cannot be reused: {mode})", flush=True)
+            entry = None
         if entry is not None and stale is None and not entry.not_kept and needed <= set(entry.outputs):
             always, sometimes = _deleted(step.cell.code)
             if sometimes:
@@ -393,6 +397,7 @@ class Reuse:
         for name, target in aliases.items():
             if name in outputs:
                 outputs[name] = {**outputs[name], "alias": target}
+        mark_mode(outputs, assigned)
         if reason and not not_kept and not unseen:
             # stored values load as separate objects: a later change through one name would miss the other
             print(f"{step.name}: cannot be reused next time ({reason})", flush=True)

@@ -131,3 +131,28 @@ def parts(assigned: dict[str, Any], tops: dict[str, Any], skip: set[str]) -> dic
                 found[name] = [whole, *path]
                 break
     return found
+
+
+def mark_mode(outputs: dict[str, dict[str, Any]], assigned: dict[str, Any]) -> None:
+    """Note pandas' copy-on-write mode on the stored reference of each pandas value (and each value stored as a
+    part of another): whether such values share their blocks loaded depends on it, as it did when they ran."""
+    from .buffers import copy_on_write
+
+    mode = copy_on_write()
+    for name, ref in outputs.items():
+        if ref.get("alias") or type(assigned.get(name)).__module__.split(".")[0] == "pandas":
+            outputs[name] = {**ref, "cow": mode}
+
+
+def other_mode(outputs: dict[str, dict[str, Any]]) -> str | None:
+    """Why stored results cannot be loaded under pandas' copy-on-write mode now: they were kept under the other."""
+    from .buffers import copy_on_write
+
+    mode = copy_on_write()
+    then = next((ref["cow"] for ref in outputs.values() if "cow" in ref and ref["cow"] is not mode), None)
+    if then is None:
+        return None
+    return (
+        f"its results were kept with pandas' copy_on_write {'on' if then else 'off'}, and it is"
+        f" {'on' if mode else 'off'} now"
+    )

@@ -230,11 +230,14 @@ def _note_links(
     loads as that part), and values holding one object otherwise make the results not reusable in a kernel (said in
     ``result["kernel_reuse"]`` and on a stored value's reference; ``not_kept`` keeps meaning "not stored")."""
     from .reuse_links import links
+    from .reuse_parts import mark_mode
 
     outputs = result["outputs"]
     for name, ref in list(outputs.items()):
-        if "alias" in ref or "kernel_reuse" in ref:  # passed on from the step that stored it: said afresh here
-            outputs[name] = {k: v for k, v in ref.items() if k not in ("alias", "kernel_reuse")}
+        if (
+            "alias" in ref or "kernel_reuse" in ref or "cow" in ref
+        ):  # passed on from the step that stored it: said afresh here
+            outputs[name] = {k: v for k, v in ref.items() if k not in ("alias", "kernel_reuse", "cow")}
     kept = {n: assigned[n] for n in outputs if n in assigned}
     seen = {n: assigned.get(n, values.get(n)) for n in read if n not in kept and (n in assigned or n in values)}
     try:
@@ -243,6 +246,7 @@ def _note_links(
         reason, aliases = f"its values cannot be checked for shared objects ({type(exc).__name__})", {}
     for name, path in aliases.items():
         outputs[name] = {**outputs[name], "alias": path}
+    mark_mode(outputs, assigned)
     if reason and kept:
         # the values are stored (a run's later steps and %restore load them); a kernel must not reuse them as one
         # set: the reason goes with the first value's reference, which the cache entry (local and shared) carries

@@ -118,6 +118,7 @@ def publish_run(store: RunStore, run_id: str) -> int:
                     **({"alias": ref["alias"]} if ref.get("alias") else {}),  # loads as a part of another value
                     # a kernel must run the step: its values share objects that load as copies
                     **({"kernel_reuse": str(ref["kernel_reuse"])} if ref.get("kernel_reuse") else {}),
+                    **({"cow": ref["cow"]} if type(ref.get("cow")) is bool else {}),  # pandas' mode it ran with
                 }
                 for name, ref in entry.outputs.items()
             },
