@@ -134,17 +134,6 @@ def test_a_loop_that_may_not_run_still_leaves_its_target_to_the_check(ip, capsys
     assert "it assigns 'epoch' on some paths only" in capsys.readouterr().out
 
 
-def test_a_name_bound_under_time_to_the_object_it_held_stays_reusable(ip, capsys):
-    run_ok(ip, "%pipeline_config --reuse")
-    run_ok(ip, "epoch = 4\n")  # the cell binds it to that very object
-    cell = "%%step train\nlosses = [1.0]\n%time epoch = 4\n"
-    run_ok(ip, cell)
-    assert "cannot be reused" not in capsys.readouterr().out
-    ip.user_ns.pop("losses"), ip.user_ns.pop("epoch")
-    run_ok(ip, cell)
-    assert "train: reused" in capsys.readouterr().out and ip.user_ns["epoch"] == 4
-
-
 def test_an_object_column_holding_a_shared_list_is_still_found():
     import pandas as pd
 

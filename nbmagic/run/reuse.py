@@ -734,8 +734,15 @@ def _deleted(code: str) -> tuple[set[str], set[str]]:
     except SyntaxError:
         return set(), set()
 
+    def bare(target: ast.expr) -> set[str]:  # ``del a, (b, c)``; not ``del obj.attr`` or ``del d[key]``
+        if isinstance(target, ast.Name):
+            return {target.id}
+        if isinstance(target, (ast.Tuple, ast.List)):
+            return {name for item in target.elts for name in bare(item)}
+        return set()
+
     def names(node: ast.Delete) -> set[str]:
-        return {t.id for target in node.targets for t in ast.walk(target) if isinstance(t, ast.Name)}
+        return {name for target in node.targets for name in bare(target)}
 
     always: set[str] = set()
     sometimes: set[str] = set()

@@ -127,24 +127,6 @@ def _raises(body: list[ast.stmt]) -> bool:
     return bool(body) and isinstance(body[-1], ast.Raise)
 
 
-def _time_code(node: ast.stmt) -> str | None:
-    """The statement ``%time`` runs (``get_ipython().run_line_magic('time', '...')``), in the kernel's names."""
-    call = node.value if isinstance(node, ast.Expr) else None
-    if not (
-        isinstance(call, ast.Call)
-        and isinstance(call.func, ast.Attribute)
-        and call.func.attr == "run_line_magic"
-        and isinstance(call.func.value, ast.Call)
-        and isinstance(call.func.value.func, ast.Name)
-        and call.func.value.func.id == "get_ipython"
-        and len(call.args) == 2
-        and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)
-    ):
-        return None
-    name, line = (a.value for a in call.args)  # type: ignore[attr-defined]
-    return line if name == "time" else None
-
-
 def _block(body: list[ast.stmt], known: dict[str, int]) -> set[str]:
     """The names a block binds whenever it runs to its end."""
     found: set[str] = set()
@@ -172,16 +154,27 @@ def _block(body: list[ast.stmt], known: dict[str, int]) -> set[str]:
                 if not _raises(handler.body):
                     bound &= _block(handler.body, known)
             found |= bound | _block(node.finalbody, known)
-        elif _time_code(node) is not None:
-            try:
-                found |= _block(ast.parse(_time_code(node) or "").body, known)
-            except SyntaxError:
-                pass
+    # %time x = ... is left to the check of names bound on some paths: %time prints an exception and the cell
+    # goes on, so its assignment may not have happened
     return found
 
 
 _NAMESPACE_CALLS = frozenset({"globals", "vars", "locals"})
 _WRITING_METHODS = frozenset({"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__"})
+
+
+_READING_CALLS = frozenset(
+    {"len", "print", "repr", "str", "dict", "list", "sorted", "set", "tuple", "frozenset", "any", "all"}
+)
+_READING_METHODS = frozenset({"format", "format_map"})
+
+
+def _reads_only(call: ast.Call) -> bool:
+    """A call that only reads the namespace it is given (``len(globals())``, ``"{a}".format_map(locals())``)."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id in _READING_CALLS
+    return isinstance(func, ast.Attribute) and func.attr in _READING_METHODS
 
 
 def dynamic_names(code: str) -> str | None:
@@ -205,10 +198,11 @@ def dynamic_names(code: str) -> str | None:
         if name not in _NAMESPACE_CALLS or node.args or node.keywords:
             continue
         parent = parents.get(id(node))
-        writes = (
+        unpacked = isinstance(parent, ast.keyword) and parent.arg is None  # f(**locals()) gets a copy
+        writes = not unpacked and (
             (isinstance(parent, ast.Subscript) and isinstance(parent.ctx, (ast.Store, ast.Del)))
             or (isinstance(parent, ast.Attribute) and parent.attr in _WRITING_METHODS)
-            or (isinstance(parent, ast.Call) and node is not parent.func)
+            or (isinstance(parent, ast.Call) and node is not parent.func and not _reads_only(parent))
             or isinstance(parent, (ast.Assign, ast.NamedExpr, ast.keyword))
         )
         if writes:
