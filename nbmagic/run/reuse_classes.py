@@ -17,6 +17,7 @@ _CODE = (types.FunctionType, staticmethod, classmethod, property)
 
 
 _BY_IDENTITY = frozenset({"_abc", "_thread", "threading"})  # an ABC's registry, locks: no value, told apart by object
+_CACHES = frozenset({"__slotnames__"})  # set by copyreg when an instance is pickled (stored): no change of the class
 _IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None)})  # the object is the value
 
 State = dict[type, tuple[str, bool, tuple[Any, ...]]]  # class -> (qualified name, strict, its attributes)
@@ -37,6 +38,7 @@ def _attributes(cls: type) -> tuple[Any, ...]:
             else fingerprint(value),
         )
         for key, value in sorted(vars(cls).items())
+        if key not in _CACHES
     )
 
 
