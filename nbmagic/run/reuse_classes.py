@@ -42,8 +42,12 @@ def _attributes(cls: type) -> tuple[Any, ...]:
     )
 
 
+def _is_class(value: Any) -> bool:
+    return issubclass(type(value), type)  # never asks the value (its ``__class__`` may raise)
+
+
 def _notebook(cls: Any) -> bool:
-    return isinstance(cls, type) and getattr(cls, "__module__", None) == "__main__"
+    return _is_class(cls) and type.__dict__["__module__"].__get__(cls) == "__main__"
 
 
 def _add(state: State, cls: type, strict: bool) -> None:
@@ -60,15 +64,19 @@ def class_state(namespace: dict[str, Any], names: Iterable[str]) -> State:
     state: State = {}
     for name in names:
         value = namespace.get(name)
-        cls = value if isinstance(value, type) else type(value)
-        if _notebook(cls) or _notebook(type(cls)):
-            _add(state, cls, True)
+        cls = value if _is_class(value) else type(value)
+        try:
+            if _notebook(cls) or _notebook(type(cls)):
+                _add(state, cls, True)
+        except Exception:  # noqa: BLE001 - a class that cannot be read: not sure, so counted as changed
+            state[cls] = (type.__dict__["__qualname__"].__get__(cls), True, (("", 0, None),))
     for value in list(namespace.values()):
-        if isinstance(value, type):
-            if _notebook(value) or _notebook(type(value)):
-                _add(state, value, False)
-        elif _notebook(type(value)):
-            _add(state, type(value), False)
+        cls = value if _is_class(value) else type(value)
+        try:
+            if _notebook(cls) or _notebook(type(cls)):
+                _add(state, cls, False)
+        except Exception:  # noqa: BLE001 - not one the cell reads: compared as far as it can be
+            continue
     return state
 
 
@@ -78,6 +86,9 @@ def changed_class(before: State) -> str | None:
     for cls, (name, strict, attributes) in before.items():
         if strict and any(fp is None for _, _, fp in attributes):
             return name
-        if _attributes(cls) != attributes:
+        try:
+            if _attributes(cls) != attributes:
+                return name
+        except Exception:  # noqa: BLE001 - cannot be read now: not sure
             return name
     return None
