@@ -397,7 +397,7 @@ class Reuse:
         for name, target in aliases.items():
             if name in outputs:
                 outputs[name] = {**outputs[name], "alias": target}
-        mark_mode(outputs, assigned)
+        mark_mode(outputs)
         if reason and not not_kept and not unseen:
             # stored values load as separate objects: a later change through one name would miss the other
             print(f"{step.name}: cannot be reused next time ({reason})", flush=True)

@@ -133,15 +133,16 @@ def parts(assigned: dict[str, Any], tops: dict[str, Any], skip: set[str]) -> dic
     return found
 
 
-def mark_mode(outputs: dict[str, dict[str, Any]], assigned: dict[str, Any]) -> None:
-    """Note pandas' copy-on-write mode on the stored reference of each pandas value (and each value stored as a
-    part of another): whether such values share their blocks loaded depends on it, as it did when they ran."""
+def mark_mode(outputs: dict[str, dict[str, Any]]) -> None:
+    """Note pandas' copy-on-write mode on each stored reference once pandas is loaded: whether pandas values (at
+    the top or inside others) share their blocks loaded depends on it, as it did when they ran."""
     from .buffers import copy_on_write
 
+    if "pandas" not in sys.modules and not any(ref.get("alias") for ref in outputs.values()):
+        return
     mode = copy_on_write()
     for name, ref in outputs.items():
-        if ref.get("alias") or type(assigned.get(name)).__module__.split(".")[0] == "pandas":
-            outputs[name] = {**ref, "cow": mode}
+        outputs[name] = {**ref, "cow": mode}
 
 
 def other_mode(outputs: dict[str, dict[str, Any]]) -> str | None:

@@ -246,7 +246,7 @@ def _note_links(
         reason, aliases = f"its values cannot be checked for shared objects ({type(exc).__name__})", {}
     for name, path in aliases.items():
         outputs[name] = {**outputs[name], "alias": path}
-    mark_mode(outputs, assigned)
+    mark_mode(outputs)
     if reason and kept:
         # the values are stored (a run's later steps and %restore load them); a kernel must not reuse them as one
         # set: the reason goes with the first value's reference, which the cache entry (local and shared) carries
