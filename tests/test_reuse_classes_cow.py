@@ -117,3 +117,53 @@ def test_results_kept_under_the_other_copy_on_write_mode_make_the_cell_run(
     ip.user_ns.pop("y")
     run_ok(ip, FRAME)
     assert "s: reused from run" in capsys.readouterr().out  # the same mode: reused as before
+
+
+def test_odd_classes_are_read_without_error_and_without_false_changes() -> None:
+    from nbmagic.run.reuse_classes import changed_class, class_state
+
+    namespace: dict[str, Any] = {}
+    code = (
+        "import functools, weakref\n"
+        "class M(type):\n    def __eq__(cls, other):\n        raise RuntimeError('no')\n"
+        "class B(metaclass=M):\n    pass\n"  # an unhashable class
+        "class Lazy:\n    cache = weakref.WeakValueDictionary()\n"
+        "    @functools.cached_property\n    def v(self):\n        return 1\n"
+        "obj = Lazy()\n"
+    )
+    exec(code, namespace)  # noqa: S102
+    for name in ("M", "B", "Lazy"):
+        namespace[name].__module__ = "__main__"
+    state = class_state(namespace, ["B", "obj", "Lazy"])  # read by the cell: compared by content
+    assert namespace["obj"].v == 1
+    assert changed_class(state) is None
+    namespace["Lazy"].cache = weakref_dict = __import__("weakref").WeakValueDictionary()
+    assert weakref_dict is not None and changed_class(state) == "Lazy"  # rebound: seen by object
+
+
+def test_classes_the_cell_does_not_read_are_compared_without_their_contents(monkeypatch: Any) -> None:
+    import nbmagic.runtime.step as runtime_step
+    from nbmagic.run.reuse_classes import changed_class, class_state
+
+    namespace: dict[str, Any] = {}
+    exec("class Lookup:\n    table = {i: str(i) for i in range(1000)}\n    items = []\n", namespace)  # noqa: S102
+    lookup = namespace["Lookup"]
+    lookup.__module__ = "__main__"
+    calls: list[Any] = []
+    real = runtime_step.fingerprint
+    monkeypatch.setattr(runtime_step, "fingerprint", lambda value: calls.append(value) or real(value))
+    state = class_state(namespace, [])
+    assert calls == []  # no content hashed: a large class-level table costs nothing
+    lookup.items.append(1)  # a function the step calls appends: seen by its length
+    assert changed_class(state) == "Lookup"
+    assert class_state(namespace, ["Lookup"]) and calls  # read by the cell: by content
+
+
+def test_a_column_plotted_is_still_the_frames_column() -> None:
+    pd = pytest.importorskip("pandas")
+    from nbmagic.run.reuse_parts import _plain
+
+    frame = pd.DataFrame({"a": [1.0, 2.0]})
+    column = frame["a"]
+    _ = column.plot  # pandas caches its plot accessor on the Series
+    assert _plain(column)

@@ -352,7 +352,10 @@ class Reuse:
         self.keys.pop(step.name, None)  # until it has run: a cell that raises leaves no key for --after edges
         watched = [n for n in dict.fromkeys([*step.inputs, *(n for _, n in step.carried)]) if n not in step.writes]
         before = {n: fingerprint(namespace[n]) for n in watched if n in namespace}
-        classes = class_state(namespace, {*analyze(step.cell.code).reads, *watched})
+        try:
+            classes: dict | None = class_state(namespace, {*analyze(step.cell.code).reads, *watched})
+        except Exception:  # noqa: BLE001 - a class that cannot be looked at: the results are not reused
+            classes = None
         names_before = snapshot(namespace)
         code_info = analyze(step.cell.code)
         sizes = loop_sizes(step.cell.code, namespace, set(code_info.reads) - set(step.writes) - code_info.mutated)
@@ -403,8 +406,15 @@ class Reuse:
             print(f"{step.name}: cannot be reused next time ({reason})", flush=True)
             key = ""
         changed_cls = changed_class(classes) if classes else None
-        if changed_cls and key and not not_kept and not unseen:
-            print(f"{step.name}: cannot be reused next time (it changes class {changed_cls!r}; a reuse would not)")
+        why_cls = (
+            "a notebook class cannot be looked at, so a change to it could not be seen"
+            if classes is None
+            else f"it changes class {changed_cls!r}; a reuse would not"
+            if changed_cls
+            else None
+        )
+        if why_cls and key and not not_kept and not unseen:
+            print(f"{step.name}: cannot be reused next time ({why_cls})")
             key = ""
         if moved and not not_kept and key:
             key = self._learn(plan, step, moved, values, inputs, replan) or ""

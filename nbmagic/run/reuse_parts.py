@@ -58,7 +58,10 @@ _PANDAS_OWN = frozenset({"_attrs", "_cacher", "_flags", "_is_copy", "_item_cache
 
 def _accessor(value: Any, key: str, item: Any) -> bool:
     """``.cat``, ``.str``, ``.dt``...: pandas' own accessor, kept on the Series once used."""
-    return key in getattr(type(value), "_accessors", ()) and type(item).__module__.startswith("pandas.")
+    kind = type(value)
+    static = next((k.__dict__[key] for k in kind.__mro__ if key in k.__dict__), None)
+    known = key in getattr(kind, "_accessors", ()) or type(static).__name__ == "CachedAccessor"
+    return known and type(item).__module__.startswith("pandas.")  # .plot is cached too, not in _accessors
 
 
 def _plain(value: Any) -> bool:
