@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from helpers.reuse_cells import restart_all
 from helpers.shell import run_ok
 
 
@@ -16,20 +17,6 @@ def _cow_mode() -> Any:
     mode = pd.options.mode.copy_on_write
     yield
     pd.options.mode.copy_on_write = mode
-
-
-def _restart_all(ip: Any, capsys: Any, cells: list[str]) -> tuple[str, str]:
-    """Run ``cells`` with reuse on, drop what they bound (a restart), run them again: (first, second) output."""
-    run_ok(ip, "%pipeline_config --reuse")
-    base = set(ip.user_ns)
-    for cell in cells:
-        run_ok(ip, cell)
-    first = capsys.readouterr().out
-    for name in set(ip.user_ns) - base:
-        ip.user_ns.pop(name)
-    for cell in cells:
-        run_ok(ip, cell)
-    return first, capsys.readouterr().out
 
 
 CLASS_CHANGES = {
@@ -59,7 +46,7 @@ CLASS_CHANGES = {
 @pytest.mark.parametrize("case", sorted(CLASS_CHANGES))
 def test_a_class_changed_by_the_step_makes_it_run(ip: Any, capsys: Any, case: str) -> None:
     pre, body, expr, ran = CLASS_CHANGES[case]
-    first, second = _restart_all(ip, capsys, [pre, "%%step s\n" + body + "z = 1\n"])
+    first, second = restart_all(ip, capsys, [pre, "%%step s\n" + body + "z = 1\n"])
     assert "cannot be reused next time (it changes class" in first
     assert "reused from run" not in second
     assert eval(expr, ip.user_ns) == ran  # noqa: S307 - the test's own expression
@@ -67,7 +54,7 @@ def test_a_class_changed_by_the_step_makes_it_run(ip: Any, capsys: Any, case: st
 
 def test_an_unchanged_class_keeps_the_step_reusable(ip: Any, capsys: Any) -> None:
     pre = "class Cfg:\n    lr = 0.1\n    def f(self):\n        return self.lr\nobj = Cfg()\n"
-    first, second = _restart_all(ip, capsys, [pre, "%%step s\nz = obj.f() * 2\n"])
+    first, second = restart_all(ip, capsys, [pre, "%%step s\nz = obj.f() * 2\n"])
     assert "cannot be reused" not in first
     assert "s: reused from run" in second
     assert ip.user_ns["z"] == 0.2
@@ -88,7 +75,7 @@ FRAME = "%%step s\nimport pandas as pd\ndf = pd.DataFrame({'x': [1.0, 2.0], 'y':
 def test_a_column_with_state_of_its_own_is_not_loaded_as_the_frames_column(
     ip: Any, capsys: Any, extra: str, check: str
 ) -> None:
-    _restart_all(ip, capsys, ["import pandas as pd\npd.options.mode.copy_on_write = False", FRAME + extra])
+    restart_all(ip, capsys, ["import pandas as pd\npd.options.mode.copy_on_write = False", FRAME + extra])
     import numpy as np
 
     assert eval(check, ip.user_ns)  # noqa: S307 - the test's own expression

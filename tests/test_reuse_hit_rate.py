@@ -6,26 +6,13 @@ from typing import Any
 
 import pytest
 
+from helpers.reuse_cells import restart_all
 from helpers.shell import run_ok
 
 LOAD = (
     "%%step load\nimport pandas as pd, numpy as np\n"
     "df = pd.read_csv(__import__('io').StringIO('a,b,target\\n1.0,2.0,0\\n3.0,4.0,1\\n5.0,6.0,0\\n'))\n"
 )
-
-
-def _restart_all(ip: Any, capsys: Any, cells: list[str]) -> tuple[str, str]:
-    """Run ``cells`` with reuse on, drop what they bound (a restart), run them again: (first, second) output."""
-    run_ok(ip, "%pipeline_config --reuse")
-    base = set(ip.user_ns)
-    for cell in cells:
-        run_ok(ip, cell)
-    first = capsys.readouterr().out
-    for name in set(ip.user_ns) - base:
-        ip.user_ns.pop(name)
-    for cell in cells:
-        run_ok(ip, cell)
-    return first, capsys.readouterr().out
 
 
 SPLITS = {
@@ -67,7 +54,7 @@ def test_a_split_of_a_frame_is_reused_and_shares_its_memory_as_running_gives(ip,
     run_ok(ip, LOAD)
     run_ok(ip, "%%step split\n" + code)
     ran = _shares(ip, part)
-    first, second = _restart_all(ip, capsys, [LOAD, "%%step split\n" + code])
+    first, second = restart_all(ip, capsys, [LOAD, "%%step split\n" + code])
     assert "cannot be reused" not in first and "split: reused" in second, first + second
     assert ran and _shares(ip, part)
 
@@ -76,7 +63,7 @@ def test_a_split_of_a_frame_is_reused_and_shares_its_memory_as_running_gives(ip,
 @pytest.mark.parametrize("case", list(SPLITS))
 def test_after_reuse_a_change_in_place_shows_through_both_names(ip, capsys, case):
     code, part, change_frame, change_part = SPLITS[case]
-    first, second = _restart_all(ip, capsys, [LOAD, "%%step split\n" + code])
+    first, second = restart_all(ip, capsys, [LOAD, "%%step split\n" + code])
     assert "split: reused" in second, first + second
     run_ok(ip, change_frame)
     whole, taken = _read(ip, part)
@@ -88,7 +75,7 @@ def test_after_reuse_a_change_in_place_shows_through_both_names(ip, capsys, case
 
 @pytest.mark.filterwarnings("ignore")
 def test_a_column_copied_is_reused_and_stays_apart(ip, capsys):
-    first, second = _restart_all(ip, capsys, [LOAD, "%%step split\ny = df['target'].copy()\n"])
+    first, second = restart_all(ip, capsys, [LOAD, "%%step split\ny = df['target'].copy()\n"])
     assert "split: reused" in second, first + second
     assert not _shares(ip, "y")
 
@@ -96,7 +83,7 @@ def test_a_column_copied_is_reused_and_stays_apart(ip, capsys):
 def test_a_frame_over_several_columns_of_another_runs_again(ip, capsys):
     """Whether ``df.iloc[:, :-1]`` is a view depends on the frame's blocks, which loading does not keep."""
     code = "%%step split\nimport pandas as pd\ndf = pd.DataFrame(df.to_numpy(float), columns=df.columns)\nX = df.iloc[:, :-1]\n"
-    first, second = _restart_all(ip, capsys, [LOAD, code])
+    first, second = restart_all(ip, capsys, [LOAD, code])
     assert "split: cannot be reused next time ('X' and 'df' share memory" in first, first
     assert "split: reused" not in second and _shares(ip, "X"), second
 
@@ -151,7 +138,7 @@ def test_an_object_column_holding_a_shared_list_is_still_found():
 @pytest.mark.parametrize("change", ["Cfg.lr = 0.5\n", "Cfg.items.append(1)\n", "del Cfg.lr\n"])
 def test_a_step_changing_a_notebook_class_runs_again(ip, capsys, change):
     cells = ["class Cfg:\n    lr = 0.1\n    items = []\n", "%%step s\n" + change + "n = len(Cfg.items)\n"]
-    first, second = _restart_all(ip, capsys, cells)
+    first, second = restart_all(ip, capsys, cells)
     assert "s: cannot be reused next time (it changes class 'Cfg'; a reuse would not)" in first, first
     assert "s: reused" not in second
     assert (getattr(ip.user_ns["Cfg"], "lr", None), ip.user_ns["Cfg"].items) == {
@@ -165,7 +152,7 @@ def test_a_step_changing_a_notebook_class_runs_again(ip, capsys, change):
 def test_a_step_reading_a_notebook_class_is_reused(ip, capsys, base):
     cls = f"class Cfg{base}:\n    lr = 0.1\n    lock = __import__('threading').Lock()\n"
     cells = [cls + "    def scaled(self):\n        return self.lr * 2\n", "%%step s\nn = Cfg().scaled()\n"]
-    first, second = _restart_all(ip, capsys, cells)
+    first, second = restart_all(ip, capsys, cells)
     assert "s: reused" in second and ip.user_ns["n"] == 0.2, first + second
 
 
@@ -174,13 +161,13 @@ def test_a_step_reading_a_notebook_class_is_reused(ip, capsys, base):
     ["exec('del tmp\\ntmp = [9]')\ny = 1\n", "globals()['tmp'] = [9]\ny = 1\n", "vars().update(tmp=[9])\ny = 1\n"],
 )
 def test_a_step_binding_names_through_exec_or_globals_runs_again(ip, capsys, code):
-    first, second = _restart_all(ip, capsys, ["tmp = [1, 2]\n", "%%step s\n" + code])
+    first, second = restart_all(ip, capsys, ["tmp = [1, 2]\n", "%%step s\n" + code])
     assert "s: cannot be reused next time (it " in first, first
     assert "s: reused" not in second and ip.user_ns["tmp"] == [9]
 
 
 def test_a_step_reading_globals_is_reused(ip, capsys):
-    first, second = _restart_all(ip, capsys, ["tmp = [1, 2]\n", "%%step s\ny = len(globals().get('tmp', []))\n"])
+    first, second = restart_all(ip, capsys, ["tmp = [1, 2]\n", "%%step s\ny = len(globals().get('tmp', []))\n"])
     assert "s: reused" in second and ip.user_ns["y"] == 2, first + second
 
 
@@ -195,7 +182,7 @@ def test_a_frame_whose_index_has_a_freq_is_reused_with_it(ip, capsys, index):
     run_ok(ip, "%pipeline_config --reuse")
     run_ok(ip, cell)
     want = ip.user_ns["ts"].index.freq, ip.user_ns["frame"].index.freq
-    first, second = _restart_all(ip, capsys, [cell])
+    first, second = restart_all(ip, capsys, [cell])
     assert "s: reused" in second, first + second
     assert (ip.user_ns["ts"].index.freq, ip.user_ns["frame"].index.freq) == want and want[0] is not None
 
@@ -227,7 +214,7 @@ def test_a_frame_of_a_million_strings_is_walked_not_given_up_on():
     ids=["column-of-single-block-frame", "categorical"],
 )
 def test_a_column_beside_its_frame_in_one_step_is_reused_as_its_column(ip, capsys, make, change, check):
-    first, second = _restart_all(ip, capsys, ["%%step s\nimport pandas as pd\n" + make + "\n"])
+    first, second = restart_all(ip, capsys, ["%%step s\nimport pandas as pd\n" + make + "\n"])
     assert "s: reused" in second, first + second
     run_ok(ip, change)
     run_ok(ip, f"ok_ = bool({check})")

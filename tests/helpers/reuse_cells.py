@@ -23,3 +23,17 @@ def run_again(ip: Any, capsys: Any, cell: str, *names: str, strict: bool = True)
     capsys.readouterr()
     run_ok(ip, cell)
     return capsys.readouterr().out
+
+
+def restart_all(ip: Any, capsys: Any, cells: list[str]) -> tuple[str, str]:
+    """Run ``cells`` with reuse on, drop what they bound (a restart), run them again: (first, second) output."""
+    run_ok(ip, "%pipeline_config --reuse")
+    base = set(ip.user_ns)
+    for cell in cells:
+        run_ok(ip, cell)
+    first = capsys.readouterr().out
+    for name in set(ip.user_ns) - base:
+        ip.user_ns.pop(name)
+    for cell in cells:
+        run_ok(ip, cell)
+    return first, capsys.readouterr().out
